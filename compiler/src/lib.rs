@@ -1,0 +1,11 @@
+//! qatc: a compiler for quantization-aware training.
+//!
+//! The pipeline, one module per stage (see [`compile`]):
+//! ```text
+//! .qspec / .yaml --syntax--> ast::Model --check--> (diagnostics)
+//!     --lower (bit profile + placement rules)--> ir::Graph --summary--> cost report
+//! ```
+
+pub mod ast;
+pub mod diag;
+pub mod syntax;

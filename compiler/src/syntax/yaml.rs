@@ -1,0 +1,1 @@
+//! YAML twin of the `.qspec` language (placeholder, being written).
