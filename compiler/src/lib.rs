@@ -7,5 +7,10 @@
 //! ```
 
 pub mod ast;
+pub mod check;
 pub mod diag;
+pub mod driver;
+pub mod ir;
+pub mod lower;
+pub mod summary;
 pub mod syntax;

@@ -1,1 +1,170 @@
-fn main() {}
+//! The `qatc` command line. Thin: every command calls into the library and
+//! turns its result into output and an exit status (0 ok, 1 bad input).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use qatc::driver::{self, Source, Syntax};
+use qatc::summary;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "qatc",
+    version,
+    about = "A compiler for quantization-aware training"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a spec (every profile) and report all problems.
+    Check {
+        spec: PathBuf,
+        /// Print the IR of the chosen profile (default: the first one).
+        #[arg(long)]
+        dump_ir: bool,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Per-layer table and totals: params, MACs, memory, BOPs.
+    Summary {
+        spec: PathBuf,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
+    Fmt {
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        to: Option<To>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum To {
+    Qspec,
+    Yaml,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read(spec: &Path) -> anyhow::Result<Source> {
+    Source::read(spec).map_err(anyhow::Error::msg)
+}
+
+/// Prints diagnostics and returns exit status 1.
+fn fail(src: &Source, diags: &qatc::diag::Diagnostics) -> ExitCode {
+    diags.emit_stderr(&src.name, &src.text);
+    let n = diags.error_count();
+    eprintln!(
+        "error: {} failed its checks with {n} error{}",
+        src.name,
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(1)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check {
+            spec,
+            dump_ir,
+            profile,
+        } => {
+            let src = read(&spec)?;
+            let (model, checked, graphs) = match driver::check_all(&src) {
+                Ok(r) => r,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            if dump_ir || profile.is_some() {
+                match driver::compile(&src, profile.as_deref()) {
+                    Ok(g) if dump_ir => print!("{}", g.dump()),
+                    Ok(_) => {}
+                    Err(d) => return Ok(fail(&src, &d)),
+                }
+            }
+            let nodes: usize = graphs.first().map(|g| g.nodes.len()).unwrap_or(0);
+            eprintln!(
+                "ok: {} (model {}, {} slots, {} nodes, profiles: {})",
+                src.name,
+                model.name.name,
+                checked.slots.len(),
+                nodes,
+                checked.profile_names().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Summary {
+            spec,
+            profile,
+            format,
+        } => {
+            let src = read(&spec)?;
+            let g = match driver::compile(&src, profile.as_deref()) {
+                Ok(g) => g,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let s = summary::summarize(&g);
+            match format {
+                Format::Table => print!("{}", s.table()),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fmt { spec, to, output } => {
+            let src = read(&spec)?;
+            let model = match driver::parse(&src) {
+                Ok(m) => m,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let to = to.unwrap_or(match src.syntax {
+                Syntax::Qspec => To::Qspec,
+                Syntax::Yaml => To::Yaml,
+            });
+            let text = match to {
+                To::Qspec => qatc::syntax::print_qspec(&model),
+                To::Yaml => qatc::syntax::yaml::print_yaml(&model),
+            };
+            match output {
+                Some(path) => write_atomic(&path, &text)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes via a temporary file and a rename, so an interrupted write never
+/// leaves a half-written spec behind.
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -84,6 +84,10 @@ pub enum Fragment {
     Word,
     ProfileName,
     Scope,
+    /// One name that is not a keyword (model, block, setting and list names).
+    Ident,
+    /// A stage without the `stage` keyword: `s2: cell x3 (cout: 32)` or `cell x3`.
+    Stage,
 }
 
 /// What a fragment parses to.
@@ -101,6 +105,7 @@ pub enum FragmentValue {
     Entries(Vec<ListEntry>),
     Word(Ident),
     ScopeTarget(ScopeTarget),
+    Stage(Stage),
 }
 
 /// Parses `text` (which starts at byte `base` of its file) as one fragment.
@@ -124,6 +129,8 @@ pub fn parse_fragment(
         Fragment::Word => Rule::only_word,
         Fragment::ProfileName => Rule::only_profile_name,
         Fragment::Scope => Rule::only_scope,
+        Fragment::Ident => Rule::only_ident,
+        Fragment::Stage => Rule::only_stage,
     };
     let mut pairs = QspecParser::parse(rule, text).map_err(|e| syntax_error(e, base))?;
     let outer = pairs.next().expect("fragment rule");
@@ -131,6 +138,14 @@ pub fn parse_fragment(
         base,
         diags: Diagnostics::default(),
     };
+    if let Fragment::Stage = kind {
+        // `only_stage` holds the stage's parts directly (like `stage_decl`).
+        let stage = conv.stage(outer);
+        if conv.diags.has_errors() {
+            return Err(conv.diags);
+        }
+        return Ok(FragmentValue::Stage(stage));
+    }
     let mut inner = outer.into_inner().filter(not_keyword);
     let first = inner.next();
     let value = match kind {
@@ -150,9 +165,11 @@ pub fn parse_fragment(
                 Fragment::Shape => FragmentValue::Shape(conv.shape(p)),
                 Fragment::Rule => FragmentValue::Rule(conv.rule_use(p)),
                 Fragment::Binding => FragmentValue::Binding(conv.binding(p)),
-                Fragment::Word | Fragment::ProfileName => FragmentValue::Word(conv.ident(p)),
+                Fragment::Word | Fragment::ProfileName | Fragment::Ident => {
+                    FragmentValue::Word(conv.ident(p))
+                }
                 Fragment::Scope => FragmentValue::ScopeTarget(conv.scope_target(p)),
-                Fragment::Entries => unreachable!("handled above"),
+                Fragment::Entries | Fragment::Stage => unreachable!("handled above"),
             }
         }
     };
@@ -255,6 +272,8 @@ fn describe(rule: &Rule) -> String {
         Rule::head_decl => "`head: ...`",
         Rule::fc_decl => "`fc: ...`",
         Rule::stage_decl => "`stage NAME: BLOCK xN (...)`",
+        Rule::only_stage => "a stage such as `cell x3 (cout: 32)`",
+        Rule::only_ident => "a name",
         Rule::profile => "`profile NAME { ... }`",
         Rule::list_item => "a bit list such as `abit [8 x9]`",
         Rule::scope_item => "a scope such as `stage s2 { w 4 }`",
@@ -720,6 +739,8 @@ impl Converter {
                         .map(|a| self.arg(a))
                         .collect()
                 }
+                // `only_stage` (the YAML twin's fragment) ends with EOI.
+                Rule::EOI => {}
                 r => unreachable!("stage {r:?}"),
             }
         }

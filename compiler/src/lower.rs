@@ -1,0 +1,1136 @@
+//! Lowering: a checked AST + one resolved profile -> [`ir::Graph`].
+//!
+//! Input: the [`ast::Model`], its [`Checked`] facts and a [`ResolvedProfile`].
+//! Output: a graph in topological order whose nodes carry shapes and bits.
+//!
+//! Blocks are instantiated once per stage repeat with concrete argument
+//! values (`cin` bound to the incoming channels; `stride` applies to the
+//! first repeat of a stage only). Placement rules are applied while a block
+//! is lowered, where the roles they talk about are known: the operands of a
+//! `+=`, the block's input and output. Shape errors found here point at the
+//! op in the block template, with a note naming the instance.
+//!
+//! A block instance stops at its first error (later errors would be
+//! consequences of it); the static checks in [`crate::check`] have already
+//! reported every name-level problem of the file.
+
+use crate::ast::*;
+use crate::check::{self, BitRef, Checked, ResolvedProfile, Rule};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::ir::*;
+use std::collections::HashMap;
+
+/// Largest channel count, kernel, spatial size and the like; keeps every
+/// count in the summary far from overflow.
+const MAX_DIM: i64 = 1 << 20;
+/// Deepest nesting of block calls.
+const MAX_CALL_DEPTH: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number with a fraction",
+            Value::Bool(_) => "a boolean",
+        }
+    }
+}
+
+type Env = HashMap<String, Value>;
+
+/// A value flowing through a block: a node, and whether a conv lies on its
+/// path since the block input (what `quantize_shortcut` asks).
+#[derive(Clone, Copy, Debug)]
+struct Val {
+    node: NodeId,
+    has_conv: bool,
+}
+
+/// Where ops are being lowered.
+struct Ctx {
+    slot: usize,
+    prefix: String,
+    env: Env,
+    /// "in block `cell` as s2.0 (cout = 32, stride = 2)"; empty in sections.
+    note: String,
+    depth: usize,
+}
+
+type LResult<T> = Result<T, Box<Diagnostic>>;
+
+/// Lowers the model under one profile.
+pub fn lower(
+    m: &Model,
+    checked: &Checked,
+    profile: &ResolvedProfile,
+) -> Result<Graph, Diagnostics> {
+    let mut l = Lowerer {
+        m,
+        checked,
+        p: profile,
+        nodes: Vec::new(),
+        counters: HashMap::new(),
+    };
+    match l.model() {
+        Ok(output) => {
+            let (bn_bits, pool_bits) = (l.bn_bits(), l.pool_bits());
+            let slots = checked
+                .slots
+                .iter()
+                .zip(&profile.bits)
+                .map(|(s, b)| {
+                    let (stage, index, block) = match s.stage {
+                        Some((si, r)) => (
+                            Some(checked.stage_names[si].clone()),
+                            Some(r),
+                            Some(m.stages[si].block.name.clone()),
+                        ),
+                        None => (None, None, None),
+                    };
+                    Slot {
+                        name: s.name.clone(),
+                        kind: s.kind,
+                        stage,
+                        index,
+                        block,
+                        w: b.w,
+                        ain: b.ain,
+                        aout: b.aout,
+                    }
+                })
+                .collect();
+            Ok(Graph {
+                model: m.name.name.clone(),
+                profile: profile.name.clone(),
+                classes: m.classes.as_ref().map(|c| c.value).unwrap_or(0),
+                weight_quant: profile.weights,
+                slots,
+                nodes: l.nodes,
+                output,
+                bn_bits,
+                pool_bits,
+            })
+        }
+        Err(d) => {
+            let mut ds = Diagnostics::default();
+            let mut d = *d;
+            if profile.name != check::FLOAT_PROFILE && checked.profiles.len() > 2 {
+                d = d.note(format!("while lowering profile `{}`", profile.name));
+            }
+            ds.push(d);
+            Err(ds)
+        }
+    }
+}
+
+struct Lowerer<'a> {
+    m: &'a Model,
+    checked: &'a Checked,
+    p: &'a ResolvedProfile,
+    nodes: Vec<Node>,
+    counters: HashMap<String, usize>,
+}
+
+fn err(
+    code: &'static str,
+    msg: impl Into<String>,
+    span: Span,
+    label: impl Into<String>,
+) -> Box<Diagnostic> {
+    Box::new(Diagnostic::error(code, msg).primary(span, label))
+}
+
+impl<'a> Lowerer<'a> {
+    fn bn_bits(&self) -> u32 {
+        self.p
+            .rule(|r| {
+                if let Rule::BnBits(b) = r {
+                    Some(*b)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(32)
+    }
+
+    fn pool_bits(&self) -> u32 {
+        self.p
+            .rule(|r| {
+                if let Rule::PoolBits(b) = r {
+                    Some(*b)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(32)
+    }
+
+    fn model(&mut self) -> LResult<NodeId> {
+        let m = self.m;
+        let dims: Vec<i64> = m.input.dims.iter().map(|d| d.value).collect();
+        let input = self.push(
+            0,
+            "input".into(),
+            Op::Input,
+            vec![],
+            Shape(dims),
+            None,
+            Origin::Spec { span: m.input.span },
+        );
+        let classes = m.classes.as_ref().map(|c| c.value).unwrap_or(0);
+        let mut cur = Val {
+            node: input,
+            has_conv: false,
+        };
+        let mut slot = 0;
+        if let Some(stem) = &m.stem {
+            cur = self.section(stem, "stem", slot, cur, classes)?;
+            slot += 1;
+        }
+        for (si, stage) in m.stages.iter().enumerate() {
+            let block = m
+                .blocks
+                .iter()
+                .find(|b| b.name.name == stage.block.name)
+                .expect("checked");
+            for r in 0..stage.repeats.value as usize {
+                let name = &self.checked.slots[slot].name;
+                let mut env = Env::from([
+                    ("cin".to_string(), Value::Int(self.channels(cur.node))),
+                    ("classes".into(), Value::Int(classes)),
+                ]);
+                let mut scratch = Diagnostics::default();
+                let bound = check::bind_block(block, &stage.args, stage.span, &mut scratch);
+                let outer = Ctx {
+                    slot,
+                    prefix: String::new(),
+                    env: env.clone(),
+                    note: String::new(),
+                    depth: 0,
+                };
+                let mut vals = Vec::new();
+                for e in &bound {
+                    vals.push(match e {
+                        Some(e) => Some(self.eval(e, &outer)?),
+                        None => None,
+                    });
+                }
+                if r > 0 {
+                    if let Some(i) = block.params.iter().position(|p| p.name.name == "stride") {
+                        vals[i] = Some(Value::Int(1));
+                    }
+                }
+                self.bind_params(block, vals, &mut env, &outer)?;
+                let args_note = describe_args(block, &env);
+                let ctx = Ctx {
+                    slot,
+                    prefix: name.clone(),
+                    env,
+                    note: format!(
+                        "in block `{}` instantiated as {name}{args_note}",
+                        block.name.name
+                    ),
+                    depth: 0,
+                };
+                cur = self
+                    .block(block, cur, ctx)
+                    .map_err(|d| Box::new(d.secondary(stage.span, "instantiated by this stage")))?;
+                slot += 1;
+            }
+            let _ = si;
+        }
+        if let Some(head) = &m.head {
+            cur = self.section(head, "head", slot, cur, classes)?;
+            slot += 1;
+        }
+        if let Some(fc) = &m.fc {
+            cur = self.section(fc, "fc", slot, cur, classes)?;
+        }
+        let out = &self.nodes[cur.node].out_shape;
+        if out.0 != [classes] {
+            let span = [&m.fc, &m.head, &m.stem]
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|s| s.span)
+                .unwrap_or(m.name.span);
+            return Err(Box::new(
+                Diagnostic::error(
+                    "E0311",
+                    format!("the model outputs {out}, not {classes} class scores"),
+                )
+                .primary(span, format!("the last layer produces {out}"))
+                .secondary(
+                    m.classes.as_ref().map(|c| c.span).unwrap_or(m.name.span),
+                    "classes declared here",
+                )
+                .help("end the model with `fc: linear(classes)` after a `flatten`"),
+            ));
+        }
+        Ok(cur.node)
+    }
+
+    fn bind_params(
+        &self,
+        b: &BlockDef,
+        vals: Vec<Option<Value>>,
+        env: &mut Env,
+        ctx: &Ctx,
+    ) -> LResult<()> {
+        for (p, v) in b.params.iter().zip(vals) {
+            let v = match v {
+                Some(v) => v,
+                None => {
+                    let d = p
+                        .default
+                        .as_ref()
+                        .expect("checked: required params are bound");
+                    let c = Ctx {
+                        slot: ctx.slot,
+                        prefix: ctx.prefix.clone(),
+                        env: env.clone(),
+                        note: ctx.note.clone(),
+                        depth: ctx.depth,
+                    };
+                    self.eval(d, &c)?
+                }
+            };
+            env.insert(p.name.name.clone(), v);
+        }
+        Ok(())
+    }
+
+    fn section(
+        &mut self,
+        s: &Section,
+        name: &str,
+        slot: usize,
+        cur: Val,
+        classes: i64,
+    ) -> LResult<Val> {
+        let env = Env::from([
+            ("cin".to_string(), Value::Int(self.channels(cur.node))),
+            ("classes".into(), Value::Int(classes)),
+        ]);
+        let ctx = Ctx {
+            slot,
+            prefix: name.to_string(),
+            env,
+            note: String::new(),
+            depth: 0,
+        };
+        let mut v = cur;
+        for op in &s.ops {
+            v = self.op(op, v, &ctx)?;
+        }
+        Ok(v)
+    }
+
+    fn channels(&self, n: NodeId) -> i64 {
+        self.nodes[n].out_shape.0.first().copied().unwrap_or(0)
+    }
+
+    fn block(&mut self, b: &BlockDef, input: Val, ctx: Ctx) -> Result<Val, Diagnostic> {
+        self.block_inner(b, input, &ctx).map_err(|d| {
+            if ctx.note.is_empty() {
+                *d
+            } else {
+                d.note(ctx.note.clone())
+            }
+        })
+    }
+
+    fn block_inner(&mut self, b: &BlockDef, input: Val, ctx: &Ctx) -> LResult<Val> {
+        let mut x = Val {
+            node: input.node,
+            has_conv: false,
+        };
+        if let Some((bits, q)) = self.p.rule(|r| {
+            if let Rule::BlockInput { bits, quant } = r {
+                Some((*bits, quant.clone()))
+            } else {
+                None
+            }
+        }) {
+            if !self.is_act(x.node) {
+                x = self.insert_act(x, bits, q, ctx, "quantize_block_input");
+            }
+        }
+        let mut vars: HashMap<String, Val> = HashMap::from([("x".to_string(), x)]);
+        let out = self.stmts(&b.body, &mut vars, ctx)?;
+        let Some(mut out) = out else {
+            return Err(err(
+                "E0105",
+                format!("block `{}` does not return a value", b.name.name),
+                b.name.span,
+                "no `return` on the path taken",
+            ));
+        };
+        if let Some((bits, q)) = self.p.rule(|r| {
+            if let Rule::BlockOutput { bits, quant } = r {
+                Some((*bits, quant.clone()))
+            } else {
+                None
+            }
+        }) {
+            if !self.is_act(out.node) {
+                out = self.insert_act(out, bits, q, ctx, "quantize_block_output");
+            }
+        }
+        Ok(out)
+    }
+
+    fn stmts(
+        &mut self,
+        stmts: &[Stmt],
+        vars: &mut HashMap<String, Val>,
+        ctx: &Ctx,
+    ) -> LResult<Option<Val>> {
+        for s in stmts {
+            match s {
+                Stmt::Assign { target, value, .. } => {
+                    let v = self.chain(value, vars, ctx)?;
+                    vars.insert(target.name.clone(), v);
+                }
+                Stmt::AddAssign {
+                    target,
+                    value,
+                    span,
+                } => {
+                    let lhs = *vars.get(&target.name).ok_or_else(|| undefined(target))?;
+                    let mut rhs = self.chain(value, vars, ctx)?;
+                    if let Some((bits, q)) = self.p.rule(|r| {
+                        if let Rule::Shortcut { bits, quant } = r {
+                            Some((*bits, quant.clone()))
+                        } else {
+                            None
+                        }
+                    }) {
+                        if rhs.has_conv && !self.is_act(rhs.node) {
+                            rhs = self.insert_act(rhs, bits, q, ctx, "quantize_shortcut");
+                        }
+                    }
+                    let (ls, rs) = (
+                        self.nodes[lhs.node].out_shape.clone(),
+                        self.nodes[rhs.node].out_shape.clone(),
+                    );
+                    if ls != rs {
+                        return Err(Box::new(
+                            Diagnostic::error("E0302", format!("residual add of different shapes: {ls} += {rs}"))
+                                .primary(value.span, format!("this is {rs}"))
+                                .secondary(target.span, format!("`{}` is {ls}", target.name))
+                                .help("give the shortcut a conv that matches channels and stride (e.g. `conv1x1(cout, stride)`)"),
+                        ));
+                    }
+                    let name = self.name(ctx, "add");
+                    let add = self.push(
+                        ctx.slot,
+                        name,
+                        Op::Add,
+                        vec![lhs.node, rhs.node],
+                        ls,
+                        None,
+                        Origin::Spec { span: *span },
+                    );
+                    let mut v = Val {
+                        node: add,
+                        has_conv: lhs.has_conv || rhs.has_conv,
+                    };
+                    if let Some((bits, q)) = self.p.rule(|r| {
+                        if let Rule::AfterAdd { bits, quant } = r {
+                            Some((*bits, quant.clone()))
+                        } else {
+                            None
+                        }
+                    }) {
+                        v = self.insert_act(v, bits, q, ctx, "quantize_after_add");
+                    }
+                    vars.insert(target.name.clone(), v);
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                    ..
+                } => {
+                    let taken = match self.eval(cond, ctx)? {
+                        Value::Bool(b) => b,
+                        other => {
+                            return Err(err(
+                                "E0310",
+                                format!("condition is {}, not a boolean", other.type_name()),
+                                cond.span(),
+                                "expected `true` or `false`",
+                            ))
+                        }
+                    };
+                    let branch = if taken { then } else { otherwise };
+                    if let Some(v) = self.stmts(branch, vars, ctx)? {
+                        return Ok(Some(v));
+                    }
+                }
+                Stmt::Return { value, .. } => return Ok(Some(self.chain(value, vars, ctx)?)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn chain(&mut self, c: &Chain, vars: &HashMap<String, Val>, ctx: &Ctx) -> LResult<Val> {
+        let mut v = *vars
+            .get(&c.source.name)
+            .ok_or_else(|| undefined(&c.source))?;
+        for op in &c.ops {
+            v = self.op(op, v, ctx)?;
+        }
+        Ok(v)
+    }
+
+    fn is_act(&self, n: NodeId) -> bool {
+        matches!(self.nodes[n].op, Op::ActQuant { .. })
+    }
+
+    fn insert_act(
+        &mut self,
+        v: Val,
+        bits: BitRef,
+        q: Option<Quantizer>,
+        ctx: &Ctx,
+        rule: &str,
+    ) -> Val {
+        let bits = self.bits(bits, ctx.slot);
+        let quantizer = q.unwrap_or_else(|| self.p.acts.clone());
+        let shape = self.nodes[v.node].out_shape.clone();
+        let name = self.name(ctx, "act");
+        let n = self.push_full(
+            ctx.slot,
+            name,
+            Op::ActQuant { quantizer },
+            vec![v.node],
+            shape,
+            None,
+            bits,
+            Origin::Rule { rule: rule.into() },
+        );
+        Val {
+            node: n,
+            has_conv: v.has_conv,
+        }
+    }
+
+    fn bits(&self, b: BitRef, slot: usize) -> u32 {
+        match b {
+            BitRef::Lit(v) => v,
+            BitRef::Var(v) => self.p.bits[slot].get(v),
+        }
+    }
+
+    /// `prefix.kindN`, counting per prefix and kind from 1.
+    fn name(&mut self, ctx: &Ctx, kind: &str) -> String {
+        let key = format!("{}.{kind}", ctx.prefix);
+        let n = self.counters.entry(key.clone()).or_insert(0);
+        *n += 1;
+        format!("{key}{n}")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        slot: usize,
+        name: String,
+        op: Op,
+        inputs: Vec<NodeId>,
+        out: Shape,
+        w_bit: Option<u32>,
+        origin: Origin,
+    ) -> NodeId {
+        let out_bit = match op {
+            Op::BatchNorm => self.bn_bits(),
+            Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => self.pool_bits(),
+            _ => 32,
+        };
+        self.push_full(slot, name, op, inputs, out, w_bit, out_bit, origin)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_full(
+        &mut self,
+        slot: usize,
+        name: String,
+        op: Op,
+        inputs: Vec<NodeId>,
+        out: Shape,
+        w_bit: Option<u32>,
+        out_bit: u32,
+        origin: Origin,
+    ) -> NodeId {
+        let id = self.nodes.len();
+        let (in_shape, a_bit) = match inputs.first() {
+            Some(&i) => (self.nodes[i].out_shape.clone(), self.carried_bits(i)),
+            None => (Shape(vec![]), 32),
+        };
+        self.nodes.push(Node {
+            id,
+            name,
+            slot,
+            op,
+            inputs,
+            in_shape,
+            out_shape: out,
+            w_bit,
+            a_bit,
+            out_bit,
+            origin,
+        });
+        id
+    }
+
+    /// Bits of the quantized activation a node carries, seen through
+    /// shape-only ops; 32 when it is not quantized.
+    fn carried_bits(&self, n: NodeId) -> u32 {
+        let node = &self.nodes[n];
+        match node.op {
+            Op::ActQuant { ref quantizer } if *quantizer != Quantizer::None => node.out_bit,
+            Op::Flatten | Op::MaxPool { .. } => node
+                .inputs
+                .first()
+                .map(|&i| self.carried_bits(i))
+                .unwrap_or(32),
+            _ => 32,
+        }
+    }
+
+    fn op(&mut self, call: &Call, v: Val, ctx: &Ctx) -> LResult<Val> {
+        let name = call.name.name.as_str();
+        let Some(sig) = check::op_sig(name) else {
+            return self.call_block(call, v, ctx);
+        };
+        let mut scratch = Diagnostics::default();
+        let bound = check::bind_builtin(sig, call, &mut scratch);
+        if let Some(d) = scratch.items.into_iter().next() {
+            return Err(Box::new(d));
+        }
+        let shape = self.nodes[v.node].out_shape.clone();
+        let span = call.span;
+        let origin = Origin::Spec { span };
+        let w_bit = self.p.bits[ctx.slot].w;
+        let arg = |i: usize| bound[i];
+        let map = |what: &str| -> LResult<(i64, i64, i64)> {
+            if !shape.is_map() {
+                return Err(Box::new(
+                    Diagnostic::error(
+                        "E0303",
+                        format!("`{what}` needs a feature map, but its input is {shape}"),
+                    )
+                    .primary(span, "input is already flattened")
+                    .help("move `flatten` after this op"),
+                ));
+            }
+            Ok((shape.0[0], shape.0[1], shape.0[2]))
+        };
+        let has_conv = v.has_conv;
+        let (op, out, w) = match name {
+            "conv" | "conv3x3" | "conv1x1" | "dwconv" | "dwconv3x3" => {
+                let (cin, h, wd) = map(name)?;
+                let (out, kernel, stride, padding, groups, bias, declared_in) = match name {
+                    "conv" => {
+                        let k = self.int_arg(arg(1), None, ctx, "kernel", 1)?;
+                        (
+                            self.int_arg(arg(0), None, ctx, "out", 1)?,
+                            k,
+                            self.int_arg(arg(2), Some(1), ctx, "stride", 1)?,
+                            self.int_arg(arg(3), Some((k - 1) / 2), ctx, "padding", 0)?,
+                            self.int_arg(arg(4), Some(1), ctx, "groups", 1)?,
+                            self.bool_arg(arg(5), false, ctx)?,
+                            arg(6),
+                        )
+                    }
+                    "conv3x3" | "conv1x1" => {
+                        let k = if name == "conv3x3" { 3 } else { 1 };
+                        (
+                            self.int_arg(arg(0), None, ctx, "out", 1)?,
+                            k,
+                            self.int_arg(arg(1), Some(1), ctx, "stride", 1)?,
+                            (k - 1) / 2,
+                            self.int_arg(arg(2), Some(1), ctx, "groups", 1)?,
+                            self.bool_arg(arg(3), false, ctx)?,
+                            arg(4),
+                        )
+                    }
+                    "dwconv" => {
+                        let k = self.int_arg(arg(0), None, ctx, "kernel", 1)?;
+                        (
+                            cin,
+                            k,
+                            self.int_arg(arg(1), Some(1), ctx, "stride", 1)?,
+                            self.int_arg(arg(2), Some((k - 1) / 2), ctx, "padding", 0)?,
+                            cin,
+                            self.bool_arg(arg(3), false, ctx)?,
+                            None,
+                        )
+                    }
+                    _ => (
+                        cin,
+                        3,
+                        self.int_arg(arg(0), Some(1), ctx, "stride", 1)?,
+                        1,
+                        cin,
+                        self.bool_arg(arg(1), false, ctx)?,
+                        None,
+                    ),
+                };
+                if let Some(e) = declared_in {
+                    let declared = self.int_arg(Some(e), None, ctx, "in", 1)?;
+                    if declared != cin {
+                        return Err(Box::new(
+                            Diagnostic::error("E0304", format!("channel mismatch: `{name}` expects {declared} input channels, gets {cin}"))
+                                .primary(e.span(), format!("declared {declared}"))
+                                .secondary(span, format!("the previous layer produces {cin} channels")),
+                        ));
+                    }
+                }
+                if cin % groups != 0 || out % groups != 0 {
+                    return Err(Box::new(
+                        Diagnostic::error("E0305", format!("groups = {groups} does not divide the channels ({cin} in, {out} out)"))
+                            .primary(span, "bad groups")
+                            .note("input and output channels must both be multiples of `groups`; a depthwise conv has groups = in = out channels"),
+                    ));
+                }
+                let (oh, ow) = self.spatial(h, wd, kernel, stride, padding, span, name)?;
+                let op = Op::Conv {
+                    out,
+                    kernel,
+                    stride,
+                    padding,
+                    groups,
+                    bias,
+                };
+                (op, Shape(vec![out, oh, ow]), Some(w_bit))
+            }
+            "bn" => {
+                map("bn")?;
+                (Op::BatchNorm, shape.clone(), None)
+            }
+            "relu" => (Op::Relu, shape.clone(), None),
+            "relu6" => (Op::Relu6, shape.clone(), None),
+            "act" => {
+                let mut ds = Diagnostics::default();
+                let bits = check::bit_ref(arg(0).expect("required"), &mut ds);
+                let q = match arg(1) {
+                    Some(e) => check::quantizer(e, &mut ds),
+                    None => Some(self.p.acts.clone()),
+                };
+                if let Some(d) = ds.items.into_iter().next() {
+                    return Err(Box::new(d));
+                }
+                let bits = self.bits(bits.expect("no error"), ctx.slot);
+                let name = self.name(ctx, "act");
+                let n = self.push_full(
+                    ctx.slot,
+                    name,
+                    Op::ActQuant {
+                        quantizer: q.expect("no error"),
+                    },
+                    vec![v.node],
+                    shape,
+                    None,
+                    bits,
+                    origin,
+                );
+                return Ok(Val { node: n, has_conv });
+            }
+            "avgpool" | "maxpool" => {
+                let (c, h, wd) = map(name)?;
+                let k = self.int_arg(arg(0), None, ctx, "kernel", 1)?;
+                let s = self.int_arg(arg(1), Some(k), ctx, "stride", 1)?;
+                let (pad, op) = if name == "avgpool" {
+                    let functional = self.bool_arg(arg(2), false, ctx)?;
+                    (
+                        0,
+                        Op::AvgPool {
+                            kernel: k,
+                            stride: s,
+                            functional,
+                        },
+                    )
+                } else {
+                    let p = self.int_arg(arg(2), Some(0), ctx, "padding", 0)?;
+                    (
+                        p,
+                        Op::MaxPool {
+                            kernel: k,
+                            stride: s,
+                            padding: p,
+                        },
+                    )
+                };
+                let (oh, ow) = self.spatial(h, wd, k, s, pad, span, name)?;
+                (op, Shape(vec![c, oh, ow]), None)
+            }
+            "adaptive_avgpool" => {
+                let (c, h, wd) = map(name)?;
+                let size = self.int_arg(arg(0), Some(1), ctx, "size", 1)?;
+                if size > h || size > wd {
+                    return Err(err(
+                        "E0306",
+                        format!("adaptive pooling to {size}x{size} from {h}x{wd}"),
+                        span,
+                        "output larger than input",
+                    ));
+                }
+                (
+                    Op::AdaptiveAvgPool { size },
+                    Shape(vec![c, size, size]),
+                    None,
+                )
+            }
+            "flatten" => (Op::Flatten, Shape(vec![shape.numel()]), None),
+            "linear" => {
+                if shape.0.len() != 1 {
+                    return Err(Box::new(
+                        Diagnostic::error(
+                            "E0308",
+                            format!("`linear` expects a flattened input, gets {shape}"),
+                        )
+                        .primary(span, "input is a feature map")
+                        .help("add `flatten` before `linear`"),
+                    ));
+                }
+                let fin = shape.0[0];
+                let out = self.int_arg(arg(0), None, ctx, "out", 1)?;
+                let bias = self.bool_arg(arg(1), true, ctx)?;
+                if let Some(e) = arg(2) {
+                    let declared = self.int_arg(Some(e), None, ctx, "in", 1)?;
+                    if declared != fin {
+                        return Err(Box::new(
+                            Diagnostic::error("E0304", format!("channel mismatch: `linear` expects {declared} input features, gets {fin}"))
+                                .primary(e.span(), format!("declared {declared}"))
+                                .secondary(span, format!("the previous layer produces {fin} features")),
+                        ));
+                    }
+                }
+                (Op::Linear { out, bias }, Shape(vec![out]), Some(w_bit))
+            }
+            other => unreachable!("op table entry {other} without lowering"),
+        };
+        let kind = match &op {
+            Op::Conv { .. } => "conv",
+            Op::AvgPool { .. } | Op::MaxPool { .. } | Op::AdaptiveAvgPool { .. } => "pool",
+            Op::Linear { .. } => "linear",
+            o => o.kind(),
+        };
+        let is_conv = matches!(op, Op::Conv { .. });
+        let node_name = self.name(ctx, kind);
+        let n = self.push(ctx.slot, node_name, op, vec![v.node], out, w, origin);
+        Ok(Val {
+            node: n,
+            has_conv: has_conv || is_conv,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spatial(
+        &self,
+        h: i64,
+        w: i64,
+        k: i64,
+        s: i64,
+        p: i64,
+        span: Span,
+        name: &str,
+    ) -> LResult<(i64, i64)> {
+        if p >= k {
+            return Err(err(
+                "E0306",
+                format!("padding {p} is not smaller than the kernel {k}"),
+                span,
+                "bad padding",
+            ));
+        }
+        let (eh, ew) = (h + 2 * p - k, w + 2 * p - k);
+        if eh < 0 || ew < 0 {
+            return Err(err(
+                "E0306",
+                format!("`{name}` kernel {k} is larger than its {h}x{w} input"),
+                span,
+                "kernel too large",
+            ));
+        }
+        if h % s != 0 || w % s != 0 {
+            return Err(Box::new(
+                Diagnostic::error(
+                    "E0307",
+                    format!("stride {s} does not divide the spatial size {h}x{w}"),
+                )
+                .primary(span, format!("input is {h}x{w} here"))
+                .help("use a stride that divides the input size, or change the input shape"),
+            ));
+        }
+        Ok((eh / s + 1, ew / s + 1))
+    }
+
+    fn call_block(&mut self, call: &Call, v: Val, ctx: &Ctx) -> LResult<Val> {
+        let b = self
+            .m
+            .blocks
+            .iter()
+            .find(|b| b.name.name == call.name.name)
+            .expect("checked: known op or block");
+        if ctx.depth >= MAX_CALL_DEPTH {
+            return Err(err(
+                "E0111",
+                "blocks nested too deeply",
+                call.span,
+                format!("more than {MAX_CALL_DEPTH} levels of block calls"),
+            ));
+        }
+        let mut scratch = Diagnostics::default();
+        let bound = check::bind_block(b, &call.args, call.span, &mut scratch);
+        let mut vals = Vec::new();
+        for e in &bound {
+            vals.push(match e {
+                Some(e) => Some(self.eval(e, ctx)?),
+                None => None,
+            });
+        }
+        let mut env = Env::from([
+            ("cin".to_string(), Value::Int(self.channels(v.node))),
+            ("classes".into(), ctx.env["classes"]),
+        ]);
+        self.bind_params(b, vals, &mut env, ctx)?;
+        let prefix = self.name(ctx, &b.name.name);
+        let inner = Ctx {
+            slot: ctx.slot,
+            prefix,
+            env,
+            note: ctx.note.clone(),
+            depth: ctx.depth + 1,
+        };
+        let out = self.block_inner(b, v, &inner)?;
+        Ok(Val {
+            node: out.node,
+            has_conv: v.has_conv || out.has_conv || self.nodes[out.node].id != v.node,
+        })
+    }
+
+    fn int_arg(
+        &self,
+        e: Option<&Expr>,
+        default: Option<i64>,
+        ctx: &Ctx,
+        what: &str,
+        min: i64,
+    ) -> LResult<i64> {
+        let (v, span) = match e {
+            Some(e) => match self.eval(e, ctx)? {
+                Value::Int(i) => (i, e.span()),
+                other => {
+                    return Err(err(
+                        "E0310",
+                        format!("`{what}` must be an integer, found {}", other.type_name()),
+                        e.span(),
+                        "expected an integer",
+                    ))
+                }
+            },
+            None => return Ok(default.expect("checked: required argument present")),
+        };
+        if v < min || v > MAX_DIM {
+            return Err(err(
+                "E0309",
+                format!("`{what}` = {v} is out of range"),
+                span,
+                format!("must be between {min} and {MAX_DIM}"),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn bool_arg(&self, e: Option<&Expr>, default: bool, ctx: &Ctx) -> LResult<bool> {
+        match e {
+            None => Ok(default),
+            Some(e) => match self.eval(e, ctx)? {
+                Value::Bool(b) => Ok(b),
+                other => Err(err(
+                    "E0310",
+                    format!("expected a boolean, found {}", other.type_name()),
+                    e.span(),
+                    "expected `true` or `false`",
+                )),
+            },
+        }
+    }
+
+    fn eval(&self, e: &Expr, ctx: &Ctx) -> LResult<Value> {
+        Ok(match e {
+            Expr::Int(i) => Value::Int(i.value),
+            Expr::Float { value, .. } => Value::Float(*value),
+            Expr::Bool { value, .. } => Value::Bool(*value),
+            Expr::Name(n) => *ctx.env.get(&n.name).ok_or_else(|| {
+                err(
+                    "E0108",
+                    format!("unknown name `{}`", n.name),
+                    n.span,
+                    "not in scope",
+                )
+            })?,
+            Expr::Call(c) => {
+                return Err(err(
+                    "E0109",
+                    "a call is not a value here",
+                    c.span,
+                    "expected a number",
+                ))
+            }
+            Expr::Paren { expr, .. } => self.eval(expr, ctx)?,
+            Expr::Unary { op, expr, span } => match (op, self.eval(expr, ctx)?) {
+                (UnOp::Neg, Value::Int(i)) => {
+                    Value::Int(i.checked_neg().ok_or_else(|| overflow(*span))?)
+                }
+                (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
+                (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
+                (op, v) => {
+                    return Err(err(
+                        "E0310",
+                        format!(
+                            "cannot apply `{}` to {}",
+                            if *op == UnOp::Neg { "-" } else { "not" },
+                            v.type_name()
+                        ),
+                        *span,
+                        "type mismatch",
+                    ))
+                }
+            },
+            Expr::Binary { op, lhs, rhs, span } => {
+                let (a, b) = (self.eval(lhs, ctx)?, self.eval(rhs, ctx)?);
+                binary(*op, a, b, *span)?
+            }
+        })
+    }
+}
+
+fn overflow(span: Span) -> Box<Diagnostic> {
+    err(
+        "E0309",
+        "arithmetic overflow",
+        span,
+        "value does not fit in 64 bits",
+    )
+}
+
+fn binary(op: BinOp, a: Value, b: Value, span: Span) -> LResult<Value> {
+    use Value::*;
+    let mismatch = || {
+        err(
+            "E0310",
+            format!(
+                "cannot apply `{}` to {} and {}",
+                op.symbol(),
+                a.type_name(),
+                b.type_name()
+            ),
+            span,
+            "type mismatch",
+        )
+    };
+    Ok(match op {
+        BinOp::Or | BinOp::And => match (a, b) {
+            (Bool(x), Bool(y)) => Bool(if op == BinOp::Or { x || y } else { x && y }),
+            _ => return Err(mismatch()),
+        },
+        BinOp::Eq | BinOp::Ne => {
+            let eq = match (a, b) {
+                (Int(x), Int(y)) => x == y,
+                (Bool(x), Bool(y)) => x == y,
+                (Int(_) | Float(_), Int(_) | Float(_)) => as_f(a) == as_f(b),
+                _ => return Err(mismatch()),
+            };
+            Bool(if op == BinOp::Eq { eq } else { !eq })
+        }
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+            let (x, y) = match (a, b) {
+                (Int(_) | Float(_), Int(_) | Float(_)) => (as_f(a), as_f(b)),
+                _ => return Err(mismatch()),
+            };
+            Bool(match op {
+                BinOp::Lt => x < y,
+                BinOp::Le => x <= y,
+                BinOp::Gt => x > y,
+                _ => x >= y,
+            })
+        }
+        _ => match (a, b) {
+            (Int(x), Int(y)) => {
+                if matches!(op, BinOp::Div | BinOp::Rem) && y == 0 {
+                    return Err(err("E0309", "division by zero", span, "divisor is 0"));
+                }
+                let r = match op {
+                    BinOp::Add => x.checked_add(y),
+                    BinOp::Sub => x.checked_sub(y),
+                    BinOp::Mul => x.checked_mul(y),
+                    BinOp::Div => x.checked_div(y),
+                    _ => x.checked_rem(y),
+                };
+                Int(r.ok_or_else(|| overflow(span))?)
+            }
+            (Int(_) | Float(_), Int(_) | Float(_)) => {
+                let (x, y) = (as_f(a), as_f(b));
+                let r = match op {
+                    BinOp::Add => x + y,
+                    BinOp::Sub => x - y,
+                    BinOp::Mul => x * y,
+                    BinOp::Div => x / y,
+                    _ => x % y,
+                };
+                if !r.is_finite() {
+                    return Err(overflow(span));
+                }
+                Float(r)
+            }
+            _ => return Err(mismatch()),
+        },
+    })
+}
+
+fn as_f(v: Value) -> f64 {
+    match v {
+        Value::Int(i) => i as f64,
+        Value::Float(f) => f,
+        Value::Bool(_) => f64::NAN,
+    }
+}
+
+fn undefined(n: &Ident) -> Box<Diagnostic> {
+    err(
+        "E0104",
+        format!("`{}` has no value on this path", n.name),
+        n.span,
+        "assigned only in a branch that was not taken",
+    )
+}
+
+fn describe_args(b: &BlockDef, env: &Env) -> String {
+    let parts: Vec<String> = b
+        .params
+        .iter()
+        .filter_map(|p| {
+            env.get(&p.name.name).map(|v| match v {
+                Value::Int(i) => format!("{} = {i}", p.name.name),
+                Value::Float(f) => format!("{} = {f}", p.name.name),
+                Value::Bool(x) => format!("{} = {x}", p.name.name),
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
