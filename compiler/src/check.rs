@@ -271,6 +271,21 @@ impl ResolvedProfile {
     pub fn rule<T>(&self, f: impl Fn(&Rule) -> Option<T>) -> Option<T> {
         self.rules.iter().find_map(f)
     }
+
+    /// The bits and quantizer of an active activation-placing rule, by name.
+    pub fn act_rule(&self, name: &str) -> Option<(BitRef, Option<Quantizer>)> {
+        self.rule(|r| match r {
+            Rule::AfterAdd { bits, quant }
+            | Rule::Shortcut { bits, quant }
+            | Rule::BlockOutput { bits, quant }
+            | Rule::BlockInput { bits, quant }
+                if r.name() == name =>
+            {
+                Some((*bits, quant.clone()))
+            }
+            _ => None,
+        })
+    }
 }
 
 /// The result of checking: slots and all profiles, ready for lowering.

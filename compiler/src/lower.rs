@@ -338,7 +338,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn block(&mut self, b: &BlockDef, input: Val, ctx: Ctx) -> Result<Val, Diagnostic> {
-        self.block_inner(b, input, &ctx).map_err(|d| {
+        self.block_inner(b, input, &ctx, true).map_err(|d| {
             if ctx.note.is_empty() {
                 *d
             } else {
@@ -347,19 +347,16 @@ impl<'a> Lowerer<'a> {
         })
     }
 
-    fn block_inner(&mut self, b: &BlockDef, input: Val, ctx: &Ctx) -> LResult<Val> {
+    /// Lowers a block body. `top` is true for a stage's block instance (a layer
+    /// slot): the block input/output rules apply to those only, not to blocks
+    /// called as ops inside another block.
+    fn block_inner(&mut self, b: &BlockDef, input: Val, ctx: &Ctx, top: bool) -> LResult<Val> {
         let mut x = Val {
             node: input.node,
             has_conv: false,
         };
-        if let Some((bits, q)) = self.p.rule(|r| {
-            if let Rule::BlockInput { bits, quant } = r {
-                Some((*bits, quant.clone()))
-            } else {
-                None
-            }
-        }) {
-            if !self.is_act(x.node) {
+        if let Some((bits, q)) = self.p.act_rule("quantize_block_input") {
+            if top && !self.is_act(x.node) {
                 x = self.insert_act(x, bits, q, ctx, "quantize_block_input");
             }
         }
@@ -373,14 +370,8 @@ impl<'a> Lowerer<'a> {
                 "no `return` on the path taken",
             ));
         };
-        if let Some((bits, q)) = self.p.rule(|r| {
-            if let Rule::BlockOutput { bits, quant } = r {
-                Some((*bits, quant.clone()))
-            } else {
-                None
-            }
-        }) {
-            if !self.is_act(out.node) {
+        if let Some((bits, q)) = self.p.act_rule("quantize_block_output") {
+            if top && !self.is_act(out.node) {
                 out = self.insert_act(out, bits, q, ctx, "quantize_block_output");
             }
         }
@@ -406,13 +397,7 @@ impl<'a> Lowerer<'a> {
                 } => {
                     let lhs = *vars.get(&target.name).ok_or_else(|| undefined(target))?;
                     let mut rhs = self.chain(value, vars, ctx)?;
-                    if let Some((bits, q)) = self.p.rule(|r| {
-                        if let Rule::Shortcut { bits, quant } = r {
-                            Some((*bits, quant.clone()))
-                        } else {
-                            None
-                        }
-                    }) {
+                    if let Some((bits, q)) = self.p.act_rule("quantize_shortcut") {
                         if rhs.has_conv && !self.is_act(rhs.node) {
                             rhs = self.insert_act(rhs, bits, q, ctx, "quantize_shortcut");
                         }
@@ -443,13 +428,7 @@ impl<'a> Lowerer<'a> {
                         node: add,
                         has_conv: lhs.has_conv || rhs.has_conv,
                     };
-                    if let Some((bits, q)) = self.p.rule(|r| {
-                        if let Rule::AfterAdd { bits, quant } = r {
-                            Some((*bits, quant.clone()))
-                        } else {
-                            None
-                        }
-                    }) {
+                    if let Some((bits, q)) = self.p.act_rule("quantize_after_add") {
                         v = self.insert_act(v, bits, q, ctx, "quantize_after_add");
                     }
                     vars.insert(target.name.clone(), v);
@@ -912,7 +891,7 @@ impl<'a> Lowerer<'a> {
             note: ctx.note.clone(),
             depth: ctx.depth + 1,
         };
-        let out = self.block_inner(b, v, &inner)?;
+        let out = self.block_inner(b, v, &inner, false)?;
         Ok(Val {
             node: out.node,
             has_conv: v.has_conv || out.has_conv || self.nodes[out.node].id != v.node,
