@@ -804,6 +804,7 @@ impl<'a> Lowerer<'a> {
             Op::Linear { .. } => "linear",
             o => o.kind(),
         };
+        check_size(&op, &shape, &out, span)?;
         let is_conv = matches!(op, Op::Conv { .. });
         let node_name = self.name(ctx, kind);
         let n = self.push(ctx.slot, node_name, op, vec![v.node], out, w, origin);
@@ -993,6 +994,42 @@ impl<'a> Lowerer<'a> {
             }
         })
     }
+}
+
+/// Most elements in one activation tensor, and most weights or MACs in one
+/// layer: far beyond any real CNN, and low enough that every total of the
+/// summary fits in 64 bits.
+const MAX_ELEMENTS: i128 = 1 << 32;
+const MAX_LAYER_MACS: i128 = 1 << 44;
+
+fn check_size(op: &Op, input: &Shape, out: &Shape, span: Span) -> LResult<()> {
+    let numel = out.0.iter().map(|&d| d as i128).product::<i128>();
+    let cin = input.0.first().copied().unwrap_or(0) as i128;
+    let weights = match op {
+        Op::Conv {
+            out: co,
+            kernel,
+            groups,
+            ..
+        } => (*co as i128) * (cin / *groups as i128) * (*kernel as i128).pow(2),
+        Op::Linear { out: co, .. } => (*co as i128) * cin,
+        _ => 0,
+    };
+    let macs = match op {
+        Op::Conv { .. } => numel * weights / out.0[0].max(1) as i128,
+        _ => weights,
+    };
+    if numel > MAX_ELEMENTS || weights > MAX_ELEMENTS || macs > MAX_LAYER_MACS {
+        return Err(err(
+            "E0309",
+            "layer too large",
+            span,
+            format!(
+                "{numel} output elements, {weights} weights, {macs} MACs: beyond qatc's limits"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn overflow(span: Span) -> Box<Diagnostic> {

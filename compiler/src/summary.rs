@@ -96,31 +96,31 @@ pub fn summarize(g: &Graph) -> Summary {
                 params = w + if *bias { *co as u64 } else { 0 };
                 macs = out * per;
                 weight_bytes = bytes(w * w_bit) + if *bias { 4 * *co as u64 } else { 0 };
-                t.conv_macs += macs;
+                t.conv_macs = t.conv_macs.saturating_add(macs);
             }
             Op::Linear { out: co, bias } => {
                 let w = cin * *co as u64;
                 params = w + if *bias { *co as u64 } else { 0 };
                 macs = w;
                 weight_bytes = bytes(w * w_bit) + if *bias { 4 * *co as u64 } else { 0 };
-                t.fc_macs += macs;
+                t.fc_macs = t.fc_macs.saturating_add(macs);
             }
             Op::BatchNorm => {
                 params = 2 * cin;
                 seed_ops = 2 * out;
                 weight_bytes = bytes(2 * cin * g.bn_bits as u64);
-                t.bn_ops += seed_ops;
+                t.bn_ops = t.bn_ops.saturating_add(seed_ops);
             }
             Op::AvgPool { functional, .. } => {
                 seed_ops = if *functional { 0 } else { out };
-                t.pool_ops += seed_ops;
+                t.pool_ops = t.pool_ops.saturating_add(seed_ops);
             }
             Op::AdaptiveAvgPool { size } => {
                 let h = n.in_shape.0.get(1).copied().unwrap_or(1) as u64;
                 let w = n.in_shape.0.get(2).copied().unwrap_or(1) as u64;
                 let k = (h / *size as u64) * (w / *size as u64);
                 seed_ops = (k + 1) * out;
-                t.pool_ops += seed_ops;
+                t.pool_ops = t.pool_ops.saturating_add(seed_ops);
             }
             Op::ActQuant { quantizer } => {
                 t.act_quantizers += 1;
@@ -131,10 +131,10 @@ pub fn summarize(g: &Graph) -> Summary {
             }
             _ => {}
         }
-        let bops = macs * w_bit * n.a_bit as u64;
-        t.params += params;
-        t.weight_bytes += weight_bytes;
-        t.bops += bops;
+        let bops = macs.saturating_mul(w_bit * n.a_bit as u64);
+        t.params = t.params.saturating_add(params);
+        t.weight_bytes = t.weight_bytes.saturating_add(weight_bytes);
+        t.bops = t.bops.saturating_add(bops);
         t.layers += 1;
         t.peak_activation_bytes = t.peak_activation_bytes.max(bytes(out * n.out_bit as u64));
         rows.push(LayerRow {
@@ -153,7 +153,11 @@ pub fn summarize(g: &Graph) -> Summary {
             bops,
         });
     }
-    t.seed_macs = t.conv_macs + t.fc_macs + t.bn_ops + t.pool_ops;
+    t.seed_macs = t
+        .conv_macs
+        .saturating_add(t.fc_macs)
+        .saturating_add(t.bn_ops)
+        .saturating_add(t.pool_ops);
     let input = g
         .nodes
         .first()
