@@ -27,10 +27,18 @@ fn main() {
     let mut specs: Vec<_> = std::fs::read_dir(&dir)
         .expect("spec dir")
         .map(|e| e.expect("entry").path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("qspec" | "yaml")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("qspec" | "yaml")
+            )
+        })
         .collect();
     specs.sort();
-    println!("{:<22} {:>9} {:>12} {:>12} {:>14}", "spec", "profiles", "check med", "check min", "summary med");
+    println!(
+        "{:<22} {:>9} {:>12} {:>12} {:>14}",
+        "spec", "profiles", "check med", "check min", "summary med"
+    );
     for path in specs {
         let src = Source::read(&path).expect("readable");
         let (_, checked, graphs) = match driver::check_all(&src) {

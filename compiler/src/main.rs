@@ -61,7 +61,19 @@ enum To {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad flags are bad input: exit status 1 like every other input error
+    // (clap's own default is 2); `--help` and `--version` still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
