@@ -117,6 +117,27 @@ pub const OPS: &[(&str, &[OpParam])] = &[
     ),
 ];
 
+/// Names of ops in other frameworks, for did-you-mean hints.
+const OP_ALIASES: &[(&str, &str)] = &[
+    ("batchnorm", "bn"),
+    ("batch_norm", "bn"),
+    ("batchnorm2d", "bn"),
+    ("bn2d", "bn"),
+    ("conv2d", "conv"),
+    ("depthwise", "dwconv"),
+    ("dense", "linear"),
+    ("fully_connected", "linear"),
+    ("avg_pool", "avgpool"),
+    ("avg_pool2d", "avgpool"),
+    ("max_pool", "maxpool"),
+    ("max_pool2d", "maxpool"),
+    ("global_avgpool", "adaptive_avgpool"),
+    ("gap", "adaptive_avgpool"),
+    ("quant", "act"),
+    ("quantize", "act"),
+    ("view", "flatten"),
+];
+
 pub fn op_sig(name: &str) -> Option<&'static [OpParam]> {
     OPS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
 }
@@ -527,7 +548,10 @@ impl<'m> Checker<'m> {
                     "E0105",
                     format!("block `{}` does not return a value", b.name.name),
                 )
-                .primary(b.name.span, "no `return` on every path")
+                .primary(
+                    b.name.span,
+                    "not every path through this block ends in `return`",
+                )
                 .help("end the block with `return y`"),
             );
         }
@@ -635,7 +659,16 @@ impl<'m> Checker<'m> {
                 op.name.span,
                 "neither a builtin op nor a block of this model",
             );
-            self.diags.push(with_suggestion(d, name, known));
+            let alias = OP_ALIASES
+                .iter()
+                .find(|(a, _)| name.eq_ignore_ascii_case(a))
+                .map(|(_, op)| *op);
+            self.diags.push(match alias {
+                Some(op) => d
+                    .help(format!("did you mean `{op}`?"))
+                    .note(format!("known: {}", known.join(", "))),
+                None => with_suggestion(d, name, known),
+            });
         }
     }
 
@@ -705,7 +738,10 @@ impl<'m> Checker<'m> {
                     let mut p = path.clone();
                     p.push((callee.clone(), span));
                     if callee == start.name.name {
-                        if reported.insert(start.name.name.clone()) {
+                        // Every block on the cycle refers to itself; report the cycle once.
+                        let on_cycle = p.iter().any(|(n, _)| reported.contains(n));
+                        if !on_cycle && reported.insert(start.name.name.clone()) {
+                            reported.extend(p.iter().map(|(n, _)| n.clone()));
                             let cycle: Vec<String> = std::iter::once(start.name.name.clone())
                                 .chain(p.iter().map(|(n, _)| n.clone()))
                                 .collect();
@@ -996,7 +1032,16 @@ impl<'m> Checker<'m> {
                                         "E0122",
                                         format!("rule `{name}` is not on in this model"),
                                     )
-                                    .primary(u.call.span, "nothing to switch off"),
+                                    .primary(u.call.span, "nothing to switch off")
+                                    .note(
+                                        if rules.is_empty() {
+                                            "no placement rule is on here".to_string()
+                                        } else {
+                                            let on: Vec<&str> =
+                                                rules.iter().map(Rule::name).collect();
+                                            format!("rules on here: {}", on.join(", "))
+                                        },
+                                    ),
                                 );
                             }
                             rules.retain(|r| r.name() != name);
@@ -1150,20 +1195,27 @@ impl<'m> Checker<'m> {
             })
             .collect();
         if values.len() != covered.len() {
-            let mapping: Vec<String> = covered
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let vars: Vec<String> = uses
+            // Entry j of a list of the expected length feeds these layers' variables.
+            let covered = &covered;
+            let mapping: Vec<String> = (0..covered.len())
+                .map(|j| {
+                    let targets: Vec<String> = covered
                         .iter()
-                        .filter_map(|(v, _, off)| {
-                            let j = i as i64 + off;
-                            (j >= 0).then(|| {
-                                format!("{}[{j}] -> {} {}", name.name, slots[*s].name, var_name(*v))
-                            })
+                        .enumerate()
+                        .flat_map(|(i, s)| {
+                            uses.iter()
+                                .filter(move |(_, _, off)| i as i64 + off == j as i64)
+                                .map(move |(v, _, _)| {
+                                    format!("{} {}", slots[*s].name, var_name(*v))
+                                })
                         })
                         .collect();
-                    vars.join(", ")
+                    let targets = if targets.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        targets.join(", ")
+                    };
+                    format!("[{j}] {targets}")
                 })
                 .collect();
             let covered_names: Vec<&str> = layout
@@ -1185,7 +1237,10 @@ impl<'m> Checker<'m> {
                     covered.len()
                 ),
             )
-            .primary(span, format!("{} entries", values.len()))
+            .primary(
+                span,
+                format!("{} entries, expected {}", values.len(), covered.len()),
+            )
             .note(format!(
                 "the lists cover {} ({} layers), one entry per layer",
                 covered_names.join(", "),
@@ -1193,10 +1248,28 @@ impl<'m> Checker<'m> {
             ));
             let shown = mapping.len().min(24);
             d = d.note(format!(
-                "entry i maps to: {}{}",
+                "entries of `{}` feed: {}{}",
+                name.name,
                 mapping[..shown].join("; "),
                 if shown < mapping.len() { "; ..." } else { "" }
             ));
+            let unfed: Vec<String> = uses
+                .iter()
+                .flat_map(|(v, _, off)| {
+                    covered.iter().enumerate().filter_map(move |(i, s)| {
+                        let j = i as i64 + off;
+                        (j < 0 || j as usize >= covered.len())
+                            .then(|| format!("{} {}", slots[*s].name, var_name(*v)))
+                    })
+                })
+                .collect();
+            if !unfed.is_empty() {
+                d = d.note(format!(
+                    "no entry of `{}` feeds {} (it keeps 32, or what a scope sets)",
+                    name.name,
+                    unfed.join(", ")
+                ));
+            }
             self.diags.push(d);
             return;
         }
@@ -1414,6 +1487,7 @@ fn bind<'a>(
     let mut bound: Vec<Option<&Expr>> = vec![None; names.len()];
     let mut positional = 0;
     let mut seen_named = false;
+    let mut misplaced = false;
     for a in args {
         match &a.name {
             None => {
@@ -1422,6 +1496,8 @@ fn bind<'a>(
                         Diagnostic::error("E0114", "positional argument after a named one")
                             .primary(a.span, "move it before the named arguments"),
                     );
+                    // What it was meant for is unknown: do not also report it missing.
+                    misplaced = true;
                     continue;
                 }
                 if positional >= names.len() {
@@ -1467,14 +1543,22 @@ fn bind<'a>(
             }
         }
     }
-    let missing: Vec<&str> = names
+    // A repeated parameter name (reported as E0005) counts as given when
+    // any parameter of that name is.
+    let given = |n: &str| {
+        names
+            .iter()
+            .zip(&bound)
+            .any(|(m, b)| *m == n && b.is_some())
+    };
+    let mut missing: Vec<&str> = names
         .iter()
         .zip(required)
-        .zip(&bound)
-        .filter(|((_, r), b)| **r && b.is_none())
-        .map(|((n, _), _)| *n)
+        .filter(|(n, r)| **r && !given(n))
+        .map(|(n, _)| *n)
         .collect();
-    if !missing.is_empty() {
+    missing.dedup();
+    if !missing.is_empty() && !misplaced {
         let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
         diags.push(
             Diagnostic::error(

@@ -259,7 +259,8 @@ impl<'a> Lowerer<'a> {
                 .into_iter()
                 .flatten()
                 .next()
-                .map(|s| s.span)
+                .map(|s| s.ops.last().map_or(s.span, |c| c.span))
+                .or_else(|| m.stages.last().map(|s| s.span))
                 .unwrap_or(m.name.span);
             return Err(Box::new(
                 Diagnostic::error(
@@ -442,11 +443,13 @@ impl<'a> Lowerer<'a> {
                     let taken = match self.eval(cond, ctx)? {
                         Value::Bool(b) => b,
                         other => {
-                            return Err(err(
-                                "E0310",
-                                format!("condition is {}, not a boolean", other.type_name()),
-                                cond.span(),
-                                "expected `true` or `false`",
+                            return Err(Box::new(
+                                Diagnostic::error(
+                                    "E0310",
+                                    format!("condition is {}, not a boolean", other.type_name()),
+                                )
+                                .primary(cond.span(), "expected `true` or `false`")
+                                .help("compare it, e.g. `if stride != 1 { ... }`"),
                             ))
                         }
                     };

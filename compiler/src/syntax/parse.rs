@@ -50,7 +50,7 @@ fn pratt() -> &'static PrattParser<Rule> {
 /// Parses a whole `.qspec` file.
 pub fn parse_qspec(src: &str) -> Result<Model, Diagnostics> {
     check_nesting(src, 0)?;
-    let mut pairs = QspecParser::parse(Rule::file, src).map_err(|e| syntax_error(e, 0))?;
+    let mut pairs = QspecParser::parse(Rule::file, src).map_err(|e| syntax_error(e, src, 0))?;
     let file = pairs.next().expect("file rule");
     let model_pair = file
         .into_inner()
@@ -132,7 +132,7 @@ pub fn parse_fragment(
         Fragment::Ident => Rule::only_ident,
         Fragment::Stage => Rule::only_stage,
     };
-    let mut pairs = QspecParser::parse(rule, text).map_err(|e| syntax_error(e, base))?;
+    let mut pairs = QspecParser::parse(rule, text).map_err(|e| syntax_error(e, text, base))?;
     let outer = pairs.next().expect("fragment rule");
     let mut conv = Converter {
         base,
@@ -287,25 +287,150 @@ fn describe(rule: &Rule) -> String {
         Rule::bool => "`true` or `false`",
         Rule::paren => "`(`",
         Rule::keyword => "a keyword",
+        Rule::kw_model => "`model`",
+        Rule::kw_input => "`input`",
+        Rule::kw_classes => "`classes`",
+        Rule::kw_quant => "`quant`",
+        Rule::kw_rules => "`rules`",
+        Rule::kw_lists => "`lists`",
+        Rule::kw_block => "`block`",
+        Rule::kw_stem => "`stem`",
+        Rule::kw_stage => "`stage`",
+        Rule::kw_head => "`head`",
+        Rule::kw_fc => "`fc`",
+        Rule::kw_all => "`all`",
+        Rule::kw_profile => "`profile`",
+        Rule::kw_if => "`if`",
+        Rule::kw_else => "`else`",
+        Rule::kw_return => "`return`",
+        Rule::kw_cover => "`cover`",
         other => return format!("{other:?}").replace('_', " "),
     };
     s.to_string()
 }
 
-fn syntax_error(e: pest::error::Error<Rule>, base: usize) -> Diagnostics {
+/// Keywords that start a model item; an error that expects most of them is
+/// reported as expecting "another model item".
+const ITEM_KEYWORDS: &[Rule] = &[
+    Rule::kw_input,
+    Rule::kw_classes,
+    Rule::kw_quant,
+    Rule::kw_rules,
+    Rule::kw_lists,
+    Rule::kw_block,
+    Rule::kw_stem,
+    Rule::kw_stage,
+    Rule::kw_head,
+    Rule::kw_fc,
+    Rule::kw_profile,
+];
+
+/// The token at or after byte `pos` of `src` (whitespace skipped), with its
+/// offset, for "unexpected `...`" labels.
+fn token_at(src: &str, pos: usize) -> Option<(usize, &str)> {
+    let mut pos = pos;
+    let mut rest = src.get(pos..)?;
+    loop {
+        let t = rest.trim_start();
+        pos += rest.len() - t.len();
+        rest = t;
+        if !rest.starts_with('#') {
+            break;
+        }
+        let skip = rest.find('\n').unwrap_or(rest.len());
+        pos += skip;
+        rest = &rest[skip..];
+    }
+    let first = rest.chars().next()?;
+    let len = if first.is_ascii_alphanumeric() || first == '_' {
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len())
+    } else {
+        rest.find(|c: char| c.is_whitespace() || c.is_ascii_alphanumeric() || c == '_')
+            .unwrap_or(rest.len())
+    };
+    let mut end = len.min(24);
+    while !rest.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some((pos, &rest[..end.max(first.len_utf8())]))
+}
+
+/// Byte offsets of the `{` still open at `pos` (comments skipped), outermost first.
+fn open_braces(src: &str, pos: usize) -> Vec<usize> {
+    let mut open = Vec::new();
+    let mut in_comment = false;
+    for (i, c) in src.char_indices() {
+        if i >= pos {
+            break;
+        }
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '#' => in_comment = true,
+            '{' => open.push(i),
+            '}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open
+}
+
+fn syntax_error(e: pest::error::Error<Rule>, src: &str, base: usize) -> Diagnostics {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match e.location {
         InputLocation::Pos(p) => (p, p),
         InputLocation::Span((s, e)) => (s, e),
     };
+    let (at, token) = match token_at(src, start) {
+        Some((at, t)) => (at, Some(t)),
+        None => (start, None),
+    };
+    let mut notes = Vec::new();
+    let mut unclosed = None;
     let message = match &e.variant {
         ErrorVariant::ParsingError {
             positives,
             negatives,
         } => {
-            let mut names: Vec<String> = positives.iter().map(describe).collect();
+            let items = positives
+                .iter()
+                .filter(|r| ITEM_KEYWORDS.contains(r))
+                .count();
+            let mut names: Vec<String> = positives
+                .iter()
+                .filter(|r| items < 4 || !ITEM_KEYWORDS.contains(r))
+                .map(describe)
+                .collect();
+            if items >= 4 {
+                names.push("another model item".to_string());
+            }
             names.sort();
             names.dedup();
+            let keyword_here = token.is_some_and(|t| {
+                [
+                    "input", "classes", "quant", "lists", "block", "stem", "stage", "head", "fc",
+                    "profile",
+                ]
+                .contains(&t)
+            });
+            let open = open_braces(src, start);
+            if keyword_here && open.len() >= 2 {
+                unclosed = open.last().copied();
+                notes.push(format!(
+                    "help: `{}` starts a model item, but the `{{` above is still open: is a `}}` missing?",
+                    token.unwrap_or_default()
+                ));
+            } else if token.is_none() && !open.is_empty() {
+                unclosed = open.last().copied();
+                notes.push(
+                    "help: the file ends before every `{` is closed; was it cut off?".to_string(),
+                );
+            } else if matches!(token, Some("=>" | "-" | ">" | "\u{2192}")) {
+                notes.push("help: ops in a chain are joined with `->`".to_string());
+            }
             if !names.is_empty() {
                 let list = match names.len() {
                     1 => names[0].clone(),
@@ -326,9 +451,35 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize) -> Diagnostics {
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    Diagnostic::error("E0001", format!("syntax error: {message}"))
-        .primary(Span::new(base + start, base + end.max(start)), message)
-        .into()
+    let label = match token {
+        Some(t) => format!("unexpected `{t}`"),
+        None if base == 0 => "unexpected end of file".to_string(),
+        None => "unexpected end of text".to_string(),
+    };
+    let (start, end) = match token {
+        Some(t) if end <= start => (at, at + t.len()),
+        _ => (start, end.max(start)),
+    };
+    let mut d = Diagnostic::error("E0001", format!("syntax error: {message}"))
+        .primary(Span::new(base + start, base + end), label);
+    if let Some(b) = unclosed {
+        d = d.secondary(Span::new(base + b, base + b + 1), "this `{` is not closed");
+    }
+    d.notes.extend(notes);
+    d.into()
+}
+
+/// `text` without trailing whitespace and `#` comments (`#` only ever starts
+/// a comment in `.qspec`).
+fn trim_trailing(text: &str) -> &str {
+    let mut t = text.trim_end();
+    loop {
+        let line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        match t[line_start..].find('#') {
+            Some(h) => t = t[..line_start + h].trim_end(),
+            None => return t,
+        }
+    }
 }
 
 struct Converter {
@@ -337,9 +488,13 @@ struct Converter {
 }
 
 impl Converter {
+    /// The pair's span without trailing whitespace and comments: pest lets a
+    /// rule that ends in an optional or repeated part (`bn` before `->`, a
+    /// chain before the next line) swallow the whitespace after it.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.base + s.start(), self.base + s.end())
+        let end = s.start() + trim_trailing(s.as_str()).len();
+        Span::new(self.base + s.start(), self.base + end)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
