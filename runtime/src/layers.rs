@@ -1,0 +1,492 @@
+//! Quantized layers: conv2d and linear whose weights go through the DoReFa
+//! weight quantizer, and the seed's (unfolded) 2-D batch normalisation.
+//!
+//! Input: a variable path (`&nn::Path`) and explicit shapes, bit-widths and
+//! options; every learnable tensor is a variable of that path, named as in
+//! PyTorch (`weight`, `bias`, `running_mean`, `running_var`), so checkpoints
+//! map one to one onto the seed's state dict.
+//!
+//! Invariants:
+//! - The weight is quantized at the layer's `w_bit` on every forward pass
+//!   (train and eval alike, as in the seed), and the gradient reaches the
+//!   float weight through [`dorefa_weight`]; `w_bit == 32` is a plain layer.
+//! - Biases and BN parameters stay float. BN is never folded into the conv
+//!   during QAT (the seed found folding hurt convergence).
+//! - Initialisation is explicit: the seed's models use different schemes
+//!   ([`ConvInit`], [`LinearInit`]); the default is PyTorch's.
+
+use crate::quant::{check_bits, dorefa_weight};
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// How a conv layer's weight (and bias, if any) is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvInit {
+    /// Kaiming-normal, fan-out, ReLU gain: `std = sqrt(2 / (out * k * k))`;
+    /// bias 0. The seed's ToyNet (torch's `kaiming_normal_(mode='fan_out')`).
+    KaimingNormalFanOut,
+    /// Kaiming-uniform, fan-in, ReLU gain: bound `sqrt(6 / fan_in)`; bias 0.
+    /// The seed's ResNet20 (torch's `kaiming_uniform_` with defaults).
+    KaimingUniform,
+    /// PyTorch's default for `nn.Conv2d`: weight and bias uniform in
+    /// `±1/sqrt(fan_in)` (`kaiming_uniform_(a=sqrt(5))`). The seed's
+    /// MobileNetV2.
+    #[default]
+    PyTorchDefault,
+}
+
+/// How a linear layer's weight (and bias, if any) is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LinearInit {
+    /// Weight normal with mean 0 and this standard deviation, bias 0
+    /// (the seed's ToyNet fc uses `std = 0.001`).
+    Normal {
+        /// Standard deviation of the weight.
+        std: f64,
+    },
+    /// Kaiming-uniform, fan-in, ReLU gain for the weight; bias 0.
+    KaimingUniform,
+    /// PyTorch's default for `nn.Linear`: weight and bias uniform in
+    /// `±1/sqrt(in_features)`.
+    #[default]
+    PyTorchDefault,
+}
+
+/// The uniform initialisation PyTorch gives a layer with this fan-in.
+fn pytorch_default_uniform(fan_in: i64) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+fn kaiming(dist: nn::init::NormalOrUniform, fan: nn::init::FanInOut) -> Init {
+    Init::Kaiming {
+        dist,
+        fan,
+        non_linearity: nn::init::NonLinearity::ReLU,
+    }
+}
+
+/// Options of a [`QConv2d`]; `Default` is stride 1, no padding, one group,
+/// no bias (the seed's convs have none) and PyTorch's initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QConv2dConfig {
+    /// Stride in both directions.
+    pub stride: i64,
+    /// Zero padding on every side.
+    pub padding: i64,
+    /// Number of groups (`groups == in_channels == out_channels`: depthwise).
+    pub groups: i64,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Initialisation of weight and bias.
+    pub init: ConvInit,
+}
+
+impl Default for QConv2dConfig {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: false,
+            init: ConvInit::default(),
+        }
+    }
+}
+
+/// A 2-D convolution (square kernel, dilation 1) with a DoReFa-quantized
+/// weight of shape `[out, in / groups, k, k]`.
+#[derive(Debug)]
+pub struct QConv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    w_bit: u32,
+    config: QConv2dConfig,
+}
+
+impl QConv2d {
+    /// A conv layer `in_channels -> out_channels` with a `kernel x kernel`
+    /// kernel whose weight is quantized at `w_bit` bits.
+    ///
+    /// # Panics
+    /// If the channels are not divisible by `config.groups`, a size is not
+    /// positive, or `w_bit` is not a supported bit-width.
+    pub fn new(
+        path: &nn::Path,
+        in_channels: i64,
+        out_channels: i64,
+        kernel: i64,
+        w_bit: u32,
+        config: QConv2dConfig,
+    ) -> Self {
+        let QConv2dConfig {
+            stride,
+            padding,
+            groups,
+            bias,
+            init,
+        } = config;
+        assert!(
+            in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0 && padding >= 0,
+            "QConv2d: bad sizes (in {in_channels}, out {out_channels}, kernel {kernel}, stride {stride}, padding {padding})"
+        );
+        assert!(
+            groups > 0 && in_channels % groups == 0 && out_channels % groups == 0,
+            "QConv2d: {in_channels} -> {out_channels} channels cannot be split into {groups} groups"
+        );
+        check_bits("QConv2d weight", w_bit, 1);
+        let dims = [out_channels, in_channels / groups, kernel, kernel];
+        let fan_in = in_channels / groups * kernel * kernel;
+        use nn::init::{FanInOut, NormalOrUniform};
+        let (weight_init, bias_init) = match init {
+            ConvInit::KaimingNormalFanOut => (
+                kaiming(NormalOrUniform::Normal, FanInOut::FanOut),
+                Init::Const(0.0),
+            ),
+            ConvInit::KaimingUniform => (
+                kaiming(NormalOrUniform::Uniform, FanInOut::FanIn),
+                Init::Const(0.0),
+            ),
+            ConvInit::PyTorchDefault => (
+                pytorch_default_uniform(fan_in),
+                pytorch_default_uniform(fan_in),
+            ),
+        };
+        let weight = path.var("weight", &dims, weight_init);
+        let bias = bias.then(|| path.var("bias", &[out_channels], bias_init));
+        Self {
+            weight,
+            bias,
+            w_bit,
+            config,
+        }
+    }
+
+    /// The float weight (the variable that is trained).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The weight bit-width (32: not quantized).
+    pub fn w_bit(&self) -> u32 {
+        self.w_bit
+    }
+
+    /// The layer's options.
+    pub fn config(&self) -> QConv2dConfig {
+        self.config
+    }
+
+    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`.
+    pub fn quantized_weight(&self) -> Tensor {
+        dorefa_weight(&self.weight, self.w_bit)
+    }
+}
+
+impl nn::Module for QConv2d {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let QConv2dConfig {
+            stride,
+            padding,
+            groups,
+            ..
+        } = self.config;
+        xs.conv2d(
+            &self.quantized_weight(),
+            self.bias.as_ref(),
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            groups,
+        )
+    }
+}
+
+/// Options of a [`QLinear`]; `Default` has a bias and PyTorch's
+/// initialisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QLinearConfig {
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Initialisation of weight and bias.
+    pub init: LinearInit,
+}
+
+impl Default for QLinearConfig {
+    fn default() -> Self {
+        Self {
+            bias: true,
+            init: LinearInit::default(),
+        }
+    }
+}
+
+/// A fully connected layer `y = x W^T + b` with a DoReFa-quantized weight of
+/// shape `[out, in]`.
+#[derive(Debug)]
+pub struct QLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    w_bit: u32,
+}
+
+impl QLinear {
+    /// A linear layer `in_features -> out_features` whose weight is
+    /// quantized at `w_bit` bits.
+    ///
+    /// # Panics
+    /// If a size is not positive or `w_bit` is not a supported bit-width.
+    pub fn new(
+        path: &nn::Path,
+        in_features: i64,
+        out_features: i64,
+        w_bit: u32,
+        config: QLinearConfig,
+    ) -> Self {
+        assert!(
+            in_features > 0 && out_features > 0,
+            "QLinear: bad sizes (in {in_features}, out {out_features})"
+        );
+        check_bits("QLinear weight", w_bit, 1);
+        use nn::init::{FanInOut, NormalOrUniform};
+        let (weight_init, bias_init) = match config.init {
+            LinearInit::Normal { std } => (
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                Init::Const(0.0),
+            ),
+            LinearInit::KaimingUniform => (
+                kaiming(NormalOrUniform::Uniform, FanInOut::FanIn),
+                Init::Const(0.0),
+            ),
+            LinearInit::PyTorchDefault => (
+                pytorch_default_uniform(in_features),
+                pytorch_default_uniform(in_features),
+            ),
+        };
+        let weight = path.var("weight", &[out_features, in_features], weight_init);
+        let bias = config
+            .bias
+            .then(|| path.var("bias", &[out_features], bias_init));
+        Self {
+            weight,
+            bias,
+            w_bit,
+        }
+    }
+
+    /// The float weight (the variable that is trained).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The weight bit-width (32: not quantized).
+    pub fn w_bit(&self) -> u32 {
+        self.w_bit
+    }
+
+    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`.
+    pub fn quantized_weight(&self) -> Tensor {
+        dorefa_weight(&self.weight, self.w_bit)
+    }
+}
+
+impl nn::Module for QLinear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.linear(&self.quantized_weight(), self.bias.as_ref())
+    }
+}
+
+/// BN epsilon of every model in the seed.
+pub const BN_EPS: f64 = 1e-5;
+
+/// BN running-statistics momentum of every model in the seed.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// 2-D batch normalisation as in the seed (PyTorch's `nn.BatchNorm2d`):
+/// affine, eps 1e-5, momentum 0.1, weight 1 and bias 0 at start, running
+/// mean 0 and variance 1. Training mode uses batch statistics and updates
+/// the running ones; eval mode uses the running ones.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    inner: nn::BatchNorm,
+}
+
+impl BatchNorm2d {
+    /// A BN layer over `channels` channels.
+    pub fn new(path: &nn::Path, channels: i64) -> Self {
+        let config = nn::BatchNormConfig {
+            eps: BN_EPS,
+            momentum: BN_MOMENTUM,
+            affine: true,
+            ws_init: Init::Const(1.0),
+            bs_init: Init::Const(0.0),
+            ..Default::default()
+        };
+        Self {
+            inner: nn::batch_norm2d(path, channels, config),
+        }
+    }
+
+    /// The scale `gamma`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.ws.as_ref().expect("the seed's BN is affine")
+    }
+
+    /// The shift `beta`.
+    pub fn bias(&self) -> &Tensor {
+        self.inner.bs.as_ref().expect("the seed's BN is affine")
+    }
+
+    /// The running mean used in eval mode.
+    pub fn running_mean(&self) -> &Tensor {
+        &self.inner.running_mean
+    }
+
+    /// The running (unbiased) variance used in eval mode.
+    pub fn running_var(&self) -> &Tensor {
+        &self.inner.running_var
+    }
+}
+
+impl nn::ModuleT for BatchNorm2d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.inner.forward_t(xs, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{Module, ModuleT};
+    use tch::{Device, Kind};
+
+    fn vs() -> nn::VarStore {
+        nn::VarStore::new(Device::Cpu)
+    }
+
+    #[test]
+    fn depthwise_conv_shapes_and_quantized_weight() {
+        let vs = vs();
+        let config = QConv2dConfig {
+            stride: 2,
+            padding: 1,
+            groups: 8,
+            ..Default::default()
+        };
+        let conv = QConv2d::new(&vs.root(), 8, 8, 3, 4, config);
+        assert_eq!(conv.weight().size(), [8, 1, 3, 3]);
+        assert!(conv.bias().is_none());
+        let x = Tensor::randn([2, 8, 9, 9], (Kind::Float, Device::Cpu));
+        let y = conv.forward(&x);
+        assert_eq!(y.size(), [2, 8, 5, 5]);
+        let want = x.conv2d(
+            &dorefa_weight(conv.weight(), 4),
+            None::<Tensor>,
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            8,
+        );
+        assert!(y.equal(&want));
+        // Four bits: every weight on the grid of multiples of 1/7.
+        let scaled = conv.quantized_weight() * 7.0;
+        assert!((&scaled - scaled.round()).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn float_conv_uses_the_raw_weight_and_bias() {
+        let vs = vs();
+        let config = QConv2dConfig {
+            bias: true,
+            init: ConvInit::KaimingNormalFanOut,
+            ..Default::default()
+        };
+        let conv = QConv2d::new(&vs.root(), 3, 4, 1, 32, config);
+        let x = Tensor::randn([1, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let want = x.conv2d(conv.weight(), conv.bias(), [1, 1], [0, 0], [1, 1], 1);
+        assert!(conv.forward(&x).equal(&want));
+        assert_eq!(
+            f64::try_from(conv.bias().unwrap().abs().sum(Kind::Float)).unwrap(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn conv_gradient_reaches_the_float_weight() {
+        let vs = vs();
+        let conv = QConv2d::new(&vs.root(), 2, 2, 3, 8, QConv2dConfig::default());
+        let x = Tensor::randn([1, 2, 5, 5], (Kind::Float, Device::Cpu));
+        conv.forward(&x).sum(Kind::Float).backward();
+        assert!(
+            conv.weight()
+                .grad()
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn linear_with_seed_init() {
+        let vs = vs();
+        let config = QLinearConfig {
+            init: LinearInit::Normal { std: 0.001 },
+            ..Default::default()
+        };
+        let fc = QLinear::new(&vs.root(), 64, 10, 16, config);
+        assert_eq!(fc.weight().size(), [10, 64]);
+        assert!(fc.weight().abs().max().double_value(&[]) < 0.01);
+        let x = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        let want = x.linear(&dorefa_weight(fc.weight(), 16), fc.bias());
+        assert!(fc.forward(&x).equal(&want));
+    }
+
+    #[test]
+    fn batch_norm_starts_as_identity_affine_and_tracks_statistics() {
+        let vs = vs();
+        let bn = BatchNorm2d::new(&vs.root(), 3);
+        assert!(bn
+            .weight()
+            .equal(&Tensor::ones([3], (Kind::Float, Device::Cpu))));
+        assert!(bn
+            .bias()
+            .equal(&Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+        let x = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        let y = bn.forward_t(&x, true);
+        let mean = y.mean_dim([0, 2, 3].as_slice(), false, Kind::Float);
+        assert!(mean.abs().max().double_value(&[]) < 1e-5);
+        // momentum 0.1: running mean moved a tenth of the way to the batch mean.
+        let batch_mean = x.mean_dim([0, 2, 3].as_slice(), false, Kind::Float);
+        assert!(
+            (bn.running_mean() - batch_mean * 0.1)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-6
+        );
+        let named: Vec<String> = vs.variables().into_keys().collect();
+        for name in ["weight", "bias", "running_mean", "running_var"] {
+            assert!(
+                named.iter().any(|n| n == name),
+                "{name} missing from {named:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Fake quantizers of the seed (its section 1), as tch ops with the seed's
+//! exact forward values and gradients.
+//!
+//! Input: float tensors (weights or activations) and a bit-width `bits`;
+//! `bits == 32` ([`FLOAT_BITS`]) always means "not quantized" and returns the
+//! input unchanged. Output: a tensor of the same shape whose value is the
+//! quantized tensor and whose gradient is the seed's.
+//!
+//! Invariants, checked against the golden tensors of the seed's PyTorch code
+//! (`tests/golden_quantizers.rs`):
+//! - Gradients come from autograd on ordinary differentiable ops. A
+//!   straight-through estimator is written `q.detach() + (c - c.detach())`
+//!   where `c` is a "gradient carrier": its value cancels exactly, so the
+//!   forward value is `q` bit for bit, and the gradient is whatever autograd
+//!   gives for `c`. (`c + (q - c).detach()` would be one ulp off at times.)
+//! - PACT and mPACT have hand-written backward rules in the seed
+//!   (`dx = g*[0 <= x <= a]`, `da = sum(g*[x >= a])`, ties included on both
+//!   sides); their carriers are `x * mask + a * mask'` with detached masks, so
+//!   autograd reproduces those rules exactly, including at `x == a`, where
+//!   `clamp`'s own gradient would not.
+//! - Scales are computed the way the seed's PyTorch code evaluates
+//!   `(2**k - 1) / alpha`: `alpha.reciprocal() * (2**k - 1)`. A true division
+//!   differs in the last bit on a few percent of the elements.
+//! - Only `alpha`'s value enters the quantization grid; its gradient is the
+//!   seed's rule above, not the derivative of the grid.
+//!
+//! Where this module departs from the seed's formulas, the golden tensors
+//! decide, and each function says so.
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// The bit-width that means "not quantized" (identity).
+pub const FLOAT_BITS: u32 = 32;
+
+/// Coefficient of the L2 penalty on learnable clipping values
+/// (see [`alpha_penalty`]).
+pub const ALPHA_L2_COEF: f64 = 0.0002;
+
+/// Name of the learnable clipping value under an [`ActQuant`]'s path.
+pub const ALPHA_VAR: &str = "alpha";
+
+/// Panics unless `bits` is [`FLOAT_BITS`] or in `min..=16`: the seed
+/// quantizes to at most 16 bits, and the checked spec never asks for more.
+pub(crate) fn check_bits(quantizer: &str, bits: u32, min: u32) {
+    assert!(
+        bits == FLOAT_BITS || (min..=16).contains(&bits),
+        "{quantizer}: bit-width {bits} not supported (expected {min}..=16 or {FLOAT_BITS})"
+    );
+}
+
+/// `2^k - 1` as a float: the number of quantization steps on each side.
+fn levels(k: u32) -> f64 {
+    f64::from((1u32 << k) - 1)
+}
+
+/// Straight-through estimator: the value of `q`, the gradient of `carrier`.
+fn ste(q: &Tensor, carrier: &Tensor) -> Tensor {
+    q.detach() + (carrier - carrier.detach())
+}
+
+/// A detached 0/1 float mask of the same kind as `like`.
+fn mask(condition: &Tensor, like: &Tensor) -> Tensor {
+    condition.to_kind(like.kind()).detach()
+}
+
+/// DoReFa weight quantizer, modified to be symmetric:
+/// `t = tanh(w) / max|tanh(w)|`, `q = round(t*n)/n` with `n = 2^(b-1) - 1`.
+///
+/// Gradient: straight through the rounding, while `tanh` and the
+/// max-normalisation are differentiated (the gradient flows through `max`).
+///
+/// Special cases:
+/// - `bits == 2`: `q = sign(t)` (values -1, 1). The seed rounds with
+///   `k = b - 1` bits and its rounding function takes the sign when `k == 1`;
+///   the golden tensors confirm it (`round(t)` would give mostly zeros).
+/// - `bits == 1`: the seed divides by zero here (NaN). qatc defines binary
+///   weights as `sign(w) * mean(|w|)` (XNOR-Net / DoReFa's scaled sign), with
+///   the mean treated as a constant and the gradient passed straight through
+///   to `w`.
+///
+/// # Panics
+/// If `bits` is not 1..=16 or 32.
+pub fn dorefa_weight(w: &Tensor, bits: u32) -> Tensor {
+    check_bits("DoReFa weight quantizer", bits, 1);
+    match bits {
+        FLOAT_BITS => w.shallow_clone(),
+        1 => {
+            let scale = w.detach().abs().mean(w.kind());
+            let q = w.detach().sign() * scale;
+            ste(&q, w)
+        }
+        _ => {
+            let t = w.tanh();
+            let t = &t / t.abs().max();
+            let q = if bits == 2 {
+                t.detach().sign()
+            } else {
+                let n = levels(bits - 1);
+                (t.detach() * n).round() / n
+            };
+            ste(&q, &t)
+        }
+    }
+}
+
+/// DoReFa activation quantizer: `y = clamp(0.1*x, 0, 1)`,
+/// `q = round(y*n)/n` with `n = 2^b - 1`; `bits == 1` gives `q = sign(y)`.
+/// The output stays in `[0, 1]`: the seed never undoes the 0.1.
+///
+/// Gradient: straight through the rounding (or sign), `clamp` differentiated
+/// (`0.1 * g` where `0 <= 0.1*x <= 1`).
+///
+/// # Panics
+/// If `bits` is not 1..=16 or 32.
+pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
+    check_bits("DoReFa activation quantizer", bits, 1);
+    if bits == FLOAT_BITS {
+        return x.shallow_clone();
+    }
+    let y = (x * 0.1).clamp(0.0, 1.0);
+    let q = if bits == 1 {
+        y.detach().sign()
+    } else {
+        let n = levels(bits);
+        (y.detach() * n).round() / n
+    };
+    ste(&q, &y)
+}
+
+/// PACT: `y = clamp(x, 0, a)`, `s = (2^b - 1)/a`, `q = round(y*s)/s`, with a
+/// learnable clipping value `a` (a scalar tensor).
+///
+/// Gradients (the seed's own backward): `dx = g * [0 <= x <= a]`,
+/// `da = sum(g * [x >= a])`.
+///
+/// # Panics
+/// If `bits` is not 1..=16 or 32.
+pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
+    check_bits("PACT", bits, 1);
+    if bits == FLOAT_BITS {
+        return x.shallow_clone();
+    }
+    let a = alpha.detach();
+    let y = x.detach().clamp_min(0.0).clamp_max_tensor(&a);
+    let s = a.reciprocal() * levels(bits);
+    let q = (y * &s).round() / &s;
+    let in_range = mask(&x.ge(0.0).logical_and(&x.le_tensor(&a)), x);
+    let clipped = mask(&x.ge_tensor(&a), x);
+    let carrier = x * in_range + alpha * clipped;
+    ste(&q, &carrier)
+}
+
+/// mPACT, the seed's symmetric "ActQuant": `k = b - 1`,
+/// `y = clamp(x, -|a|, |a|)`, `s = (2^k - 1)/a`, `q = round(y*s)/s`.
+///
+/// Gradients (the seed's own backward): `dx = g * [-|a| <= x <= |a|]`,
+/// `da = sum(g * ([x >= |a|] - [x <= -|a|]))`.
+///
+/// # Panics
+/// If `bits` is not 2..=16 or 32 (`bits == 1` leaves no level: `k = 0`).
+pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
+    check_bits("mPACT", bits, 2);
+    if bits == FLOAT_BITS {
+        return x.shallow_clone();
+    }
+    let a = alpha.detach();
+    let bound = a.abs();
+    let y = x
+        .detach()
+        .clamp_tensor(Some(-&bound), Some(bound.shallow_clone()));
+    let s = a.reciprocal() * levels(bits - 1);
+    let q = (y * &s).round() / &s;
+    let in_range = mask(&x.ge_tensor(&-&bound).logical_and(&x.le_tensor(&bound)), x);
+    let upper = mask(&x.ge_tensor(&bound), x);
+    let lower = mask(&x.le_tensor(&-&bound), x);
+    let carrier = x * in_range + alpha * (upper - lower);
+    ste(&q, &carrier)
+}
+
+/// PACT with a fixed scale `s` (a constant, not learned):
+/// `y = 0.5*(|x| - |x - s| + s)` (that is, `clamp(x, 0, s)`),
+/// `q = round(y/s*n)/n*s` with `n = 2^b - 1`.
+///
+/// Gradient: straight through the rounding; `y` is differentiated, so
+/// `dx = g` inside `(0, s)`, `g/2` at `x = 0` and `x = s`, 0 outside.
+///
+/// # Panics
+/// If `bits` is not 1..=16 or 32, or `scale` is not positive and finite.
+pub fn fixed_scale_pact(x: &Tensor, scale: f64, bits: u32) -> Tensor {
+    check_bits("fixed-scale PACT", bits, 1);
+    assert!(
+        scale.is_finite() && scale > 0.0,
+        "fixed-scale PACT: scale must be positive and finite, got {scale}"
+    );
+    if bits == FLOAT_BITS {
+        return x.shallow_clone();
+    }
+    let y = (x.abs() - (x - scale).abs() + scale) * 0.5;
+    let n = levels(bits);
+    let q = (y.detach() / scale * n).round() / n * scale;
+    ste(&q, &y)
+}
+
+/// The L2 penalty the seed adds to the loss for learnable clipping values:
+/// `0.0002 * sum(a^2)`. `None` when there are no clipping values.
+pub fn alpha_penalty<'a>(alphas: impl IntoIterator<Item = &'a Tensor>) -> Option<Tensor> {
+    alphas
+        .into_iter()
+        .map(Tensor::square)
+        .reduce(|sum, a2| sum + a2)
+        .map(|sum| sum * ALPHA_L2_COEF)
+}
+
+/// Which activation quantizer an [`ActQuant`] applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActQuantKind {
+    /// [`dorefa_activation`]: no parameter.
+    DoReFa,
+    /// [`pact`]: unsigned, learnable clipping value.
+    Pact,
+    /// [`mpact`]: symmetric, learnable clipping value.
+    MPact,
+    /// [`fixed_scale_pact`] with a constant scale.
+    FixedScalePact {
+        /// The constant clipping value `s`.
+        scale: f64,
+    },
+}
+
+/// An activation quantizer: its kind, bit-width and, for PACT and mPACT, the
+/// learnable clipping value, a scalar variable named [`ALPHA_VAR`] under the
+/// path it was built with. The variable exists at every bit-width (also 32,
+/// where it is unused) so that checkpoints do not depend on the bits.
+#[derive(Debug)]
+pub struct ActQuant {
+    kind: ActQuantKind,
+    bits: u32,
+    alpha: Option<Tensor>,
+}
+
+impl ActQuant {
+    /// A DoReFa activation quantizer at `bits`.
+    ///
+    /// # Panics
+    /// If `bits` is not 1..=16 or 32.
+    pub fn dorefa(bits: u32) -> Self {
+        check_bits("DoReFa activation quantizer", bits, 1);
+        Self {
+            kind: ActQuantKind::DoReFa,
+            bits,
+            alpha: None,
+        }
+    }
+
+    /// A PACT quantizer at `bits` whose clipping value starts at `alpha_init`.
+    ///
+    /// # Panics
+    /// If `bits` is not 1..=16 or 32.
+    pub fn pact(path: &nn::Path, bits: u32, alpha_init: f64) -> Self {
+        check_bits("PACT", bits, 1);
+        let alpha = path.var(ALPHA_VAR, &[], Init::Const(alpha_init));
+        Self {
+            kind: ActQuantKind::Pact,
+            bits,
+            alpha: Some(alpha),
+        }
+    }
+
+    /// An mPACT quantizer at `bits` whose clipping value starts at
+    /// `alpha_init`.
+    ///
+    /// # Panics
+    /// If `bits` is not 2..=16 or 32.
+    pub fn mpact(path: &nn::Path, bits: u32, alpha_init: f64) -> Self {
+        check_bits("mPACT", bits, 2);
+        let alpha = path.var(ALPHA_VAR, &[], Init::Const(alpha_init));
+        Self {
+            kind: ActQuantKind::MPact,
+            bits,
+            alpha: Some(alpha),
+        }
+    }
+
+    /// A fixed-scale PACT quantizer at `bits` with clipping value `scale`.
+    ///
+    /// # Panics
+    /// If `bits` is not 1..=16 or 32, or `scale` is not positive and finite.
+    pub fn fixed_scale_pact(bits: u32, scale: f64) -> Self {
+        check_bits("fixed-scale PACT", bits, 1);
+        assert!(
+            scale.is_finite() && scale > 0.0,
+            "fixed-scale PACT: scale must be positive and finite, got {scale}"
+        );
+        Self {
+            kind: ActQuantKind::FixedScalePact { scale },
+            bits,
+            alpha: None,
+        }
+    }
+
+    /// The quantizer's kind.
+    pub fn kind(&self) -> ActQuantKind {
+        self.kind
+    }
+
+    /// The bit-width (32: identity).
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// The learnable clipping value, for PACT and mPACT.
+    pub fn alpha(&self) -> Option<&Tensor> {
+        self.alpha.as_ref()
+    }
+}
+
+impl nn::Module for ActQuant {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let alpha = || {
+            self.alpha
+                .as_ref()
+                .expect("PACT and mPACT always hold alpha")
+        };
+        match self.kind {
+            ActQuantKind::DoReFa => dorefa_activation(xs, self.bits),
+            ActQuantKind::Pact => pact(xs, alpha(), self.bits),
+            ActQuantKind::MPact => mpact(xs, alpha(), self.bits),
+            ActQuantKind::FixedScalePact { scale } => fixed_scale_pact(xs, scale, self.bits),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::Module;
+    use tch::{Device, Kind};
+
+    fn leaf(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values).set_requires_grad(true)
+    }
+
+    fn grad_of_sum(out: &Tensor, input: &Tensor) -> Vec<f32> {
+        out.sum(Kind::Float).backward();
+        Vec::<f32>::try_from(input.grad()).unwrap()
+    }
+
+    #[test]
+    fn thirty_two_bits_is_identity() {
+        let x = Tensor::from_slice(&[-3.0f32, -0.4, 0.0, 0.7, 12.5]);
+        let alpha = Tensor::from(1.5f32);
+        for out in [
+            dorefa_weight(&x, 32),
+            dorefa_activation(&x, 32),
+            pact(&x, &alpha, 32),
+            mpact(&x, &alpha, 32),
+            fixed_scale_pact(&x, 2.0, 32),
+        ] {
+            assert!(out.equal(&x));
+        }
+    }
+
+    #[test]
+    fn binary_weights_are_scaled_signs_with_identity_gradient() {
+        let w = leaf(&[-0.5, 0.25, 1.0, -0.25]);
+        let q = dorefa_weight(&w, 1);
+        assert_eq!(
+            Vec::<f32>::try_from(&q).unwrap(),
+            vec![-0.5, 0.5, 0.5, -0.5]
+        );
+        assert_eq!(grad_of_sum(&q, &w), vec![1.0; 4]);
+    }
+
+    #[test]
+    fn two_bit_weights_are_signs() {
+        let w = Tensor::from_slice(&[-0.01f32, 0.02, 1.0, -3.0]);
+        let q = dorefa_weight(&w, 2);
+        assert_eq!(
+            Vec::<f32>::try_from(&q).unwrap(),
+            vec![-1.0, 1.0, 1.0, -1.0]
+        );
+    }
+
+    #[test]
+    fn pact_gradients_include_ties_on_both_sides() {
+        // 2 bits with a = 3: steps of 1, so q = clamp(x, 0, 3) here.
+        let x = leaf(&[-1.0, 0.0, 1.0, 3.0, 4.0]);
+        let quant = ActQuant::pact(&nn::VarStore::new(Device::Cpu).root(), 2, 3.0);
+        let q = quant.forward(&x);
+        assert_eq!(
+            Vec::<f32>::try_from(&q).unwrap(),
+            vec![0.0, 0.0, 1.0, 3.0, 3.0]
+        );
+        // x == a counts for both dx and da.
+        assert_eq!(grad_of_sum(&q, &x), vec![0.0, 1.0, 1.0, 1.0, 0.0]);
+        assert_eq!(f64::try_from(quant.alpha().unwrap().grad()).unwrap(), 2.0);
+    }
+
+    #[test]
+    fn mpact_gradients_follow_the_seed() {
+        let x = leaf(&[-3.0, -2.0, -0.5, 2.0, 3.0]);
+        let quant = ActQuant::mpact(&nn::VarStore::new(Device::Cpu).root(), 3, 2.0);
+        let q = quant.forward(&x);
+        assert_eq!(grad_of_sum(&q, &x), vec![0.0, 1.0, 1.0, 1.0, 0.0]);
+        // [x >= 2] - [x <= -2] summed: 2 - 2.
+        assert_eq!(f64::try_from(quant.alpha().unwrap().grad()).unwrap(), 0.0);
+        // k = 2: three steps of 2/3 on each side.
+        let want = [-2.0f32, -2.0, -2.0 / 3.0, 2.0, 2.0];
+        let got = Vec::<f32>::try_from(&q).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_scale_pact_clips_to_the_scale() {
+        let x = leaf(&[-1.0, 0.0, 0.5, 1.0, 4.0]);
+        let q = ActQuant::fixed_scale_pact(2, 1.0).forward(&x);
+        let got = Vec::<f32>::try_from(&q).unwrap();
+        let want = [0.0f32, 0.0, 2.0 / 3.0, 1.0, 1.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert_eq!(grad_of_sum(&q, &x), vec![0.0, 0.5, 1.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn alpha_penalty_is_scaled_sum_of_squares() {
+        let (a, b) = (Tensor::from(2.0f32), Tensor::from(3.0f32));
+        let penalty = alpha_penalty([&a, &b]).unwrap();
+        assert!((f64::try_from(penalty).unwrap() - 0.0002 * 13.0).abs() < 1e-9);
+        assert!(alpha_penalty(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "mPACT: bit-width 1 not supported")]
+    fn mpact_rejects_one_bit() {
+        ActQuant::mpact(&nn::VarStore::new(Device::Cpu).root(), 1, 1.0);
+    }
+}

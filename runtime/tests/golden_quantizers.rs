@@ -1,0 +1,227 @@
+//! The quantizers against the golden tensors of the seed's PyTorch code
+//! (`quantizers.safetensors`, described in the golden directory's README).
+//!
+//! The golden directory is `$QATC_GOLDEN` (a relative path is taken from the
+//! workspace root), by default `../shared/golden` from the workspace root. A
+//! missing directory or tensor fails the tests: they must not pass on nothing.
+//!
+//! Outputs must match bit for bit, except that an element may flip by one
+//! quantization step (a value on a rounding boundary); flips are counted and
+//! allowed on at most 0.1% of the elements. Gradients must match within 1e-5
+//! relative. Run with `--nocapture` to see the counts.
+
+use qatc_runtime::quant::{dorefa_activation, dorefa_weight, ActQuant};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+const WEIGHT_BITS: [u32; 6] = [2, 3, 4, 6, 8, 16];
+const ACT_BITS: [u32; 5] = [1, 2, 4, 8, 16];
+const PACT_ALPHA: &str = "2.5";
+const PACT_BITS: [u32; 3] = [2, 4, 8];
+const MPACT_ALPHA: &str = "1.7";
+const MPACT_BITS: [u32; 5] = [2, 4, 6, 8, 16];
+
+fn golden_dir() -> PathBuf {
+    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    match std::env::var_os("QATC_GOLDEN") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("../shared/golden"),
+    }
+}
+
+struct Golden(HashMap<String, Tensor>);
+
+impl Golden {
+    fn load() -> Self {
+        let dir = golden_dir();
+        assert!(
+            dir.is_dir(),
+            "golden directory {} not found: set QATC_GOLDEN to the directory holding quantizers.safetensors",
+            dir.display()
+        );
+        let file = dir.join("quantizers.safetensors");
+        let tensors = Tensor::read_safetensors(&file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        Self(tensors.into_iter().collect())
+    }
+
+    fn get(&self, name: &str) -> &Tensor {
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("golden tensor {name} missing"))
+    }
+
+    fn leaf(&self, name: &str) -> Tensor {
+        self.get(name).detach().copy().set_requires_grad(true)
+    }
+}
+
+/// Output check: exact, up to one-step flips on at most 0.1% of the elements.
+/// Returns the number of flips.
+fn check_output(name: &str, got: &Tensor, want: &Tensor, step: f64) -> i64 {
+    assert_eq!(got.size(), want.size(), "{name}: shape");
+    let diff = (got - want).abs();
+    let flips = diff.gt(0.0).sum(Kind::Int64).int64_value(&[]);
+    let max_diff = diff.max().double_value(&[]);
+    assert!(
+        max_diff <= step * (1.0 + 1e-4),
+        "{name}: an element is off by {max_diff}, more than one step ({step})"
+    );
+    let numel = want.numel() as i64;
+    assert!(
+        flips * 1000 <= numel,
+        "{name}: {flips} of {numel} elements flipped, more than 0.1%"
+    );
+    flips
+}
+
+/// Gradient check: |got - want| <= 1e-5 |want| elementwise (plus 1e-12 for
+/// zeros). Returns the largest relative error.
+fn check_grad(name: &str, got: &Tensor, want: &Tensor) -> f64 {
+    let got = got.reshape(want.size());
+    let err = (&got - want).abs();
+    let bad = err
+        .gt_tensor(&(want.abs() * 1e-5 + 1e-12))
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    let rel = (err / want.abs().clamp_min(1e-12)).max().double_value(&[]);
+    assert_eq!(
+        bad, 0,
+        "{name}: {bad} gradient elements off by more than 1e-5 relative (max {rel:e})"
+    );
+    rel
+}
+
+/// Runs `quant` on a fresh leaf copy of `input`, backpropagates
+/// `sum(q * grad_out)`, and returns the output and the input's gradient.
+fn run(
+    golden: &Golden,
+    input: &str,
+    grad_out: &str,
+    quant: impl Fn(&Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
+    let x = golden.leaf(input);
+    let q = quant(&x);
+    (&q * golden.get(grad_out)).sum(Kind::Float).backward();
+    (q.detach(), x.grad())
+}
+
+#[test]
+fn golden_weight_dorefa() {
+    let golden = Golden::load();
+    for bits in WEIGHT_BITS {
+        let key = format!("weight_dorefa.b{bits}");
+        let (out, grad) = run(&golden, "w", "grad_out_w", |w| dorefa_weight(w, bits));
+        let step = if bits == 2 {
+            2.0
+        } else {
+            1.0 / f64::from((1u32 << (bits - 1)) - 1)
+        };
+        let flips = check_output(&key, &out, golden.get(&format!("{key}.out")), step);
+        let rel = check_grad(&key, &grad, golden.get(&format!("{key}.grad_w")));
+        println!(
+            "{key}: {flips} of {} outputs flipped, grad_w max rel err {rel:e}",
+            out.numel()
+        );
+    }
+}
+
+#[test]
+fn golden_act_dorefa() {
+    let golden = Golden::load();
+    for bits in ACT_BITS {
+        let key = format!("act_dorefa.b{bits}");
+        let (out, grad) = run(&golden, "x", "grad_out_x", |x| dorefa_activation(x, bits));
+        let flips = check_output(
+            &key,
+            &out,
+            golden.get(&format!("{key}.out")),
+            1.0 / f64::from((1u32 << bits) - 1),
+        );
+        let rel = check_grad(&key, &grad, golden.get(&format!("{key}.grad_x")));
+        println!(
+            "{key}: {flips} of {} outputs flipped, grad_x max rel err {rel:e}",
+            out.numel()
+        );
+    }
+}
+
+/// PACT and mPACT through [`ActQuant`], with the clipping value as a
+/// variable of a var store, as a generated model holds it.
+fn check_clipping_quantizer(golden: &Golden, name: &str, alpha: &str, bits: u32) {
+    let key = format!("{name}.alpha{alpha}.b{bits}");
+    let alpha_init: f64 = alpha.parse().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let quant = match name {
+        "pact" => ActQuant::pact(&(vs.root() / name), bits, alpha_init),
+        _ => ActQuant::mpact(&(vs.root() / name), bits, alpha_init),
+    };
+    let alpha_var = quant.alpha().expect("clipping quantizers hold alpha");
+    assert_eq!(alpha_var.size(), Vec::<i64>::new(), "alpha is a scalar");
+    assert_eq!(alpha_var.double_value(&[]) as f32, alpha_init as f32);
+    let (out, grad) = run(golden, "x", "grad_out_x", |x| quant.forward(x));
+    let levels = if name == "pact" {
+        (1u32 << bits) - 1
+    } else {
+        (1u32 << (bits - 1)) - 1
+    };
+    let step = alpha_init / f64::from(levels);
+    let flips = check_output(&key, &out, golden.get(&format!("{key}.out")), step);
+    let rel_x = check_grad(&key, &grad, golden.get(&format!("{key}.grad_x")));
+    let rel_a = check_grad(
+        &format!("{key} alpha"),
+        &alpha_var.grad(),
+        golden.get(&format!("{key}.grad_alpha")),
+    );
+    println!(
+        "{key}: {flips} of {} outputs flipped, grad_x max rel err {rel_x:e}, grad_alpha rel err {rel_a:e}",
+        out.numel()
+    );
+}
+
+#[test]
+fn golden_pact() {
+    let golden = Golden::load();
+    for bits in PACT_BITS {
+        check_clipping_quantizer(&golden, "pact", PACT_ALPHA, bits);
+    }
+}
+
+#[test]
+fn golden_mpact() {
+    let golden = Golden::load();
+    for bits in MPACT_BITS {
+        check_clipping_quantizer(&golden, "mpact", MPACT_ALPHA, bits);
+    }
+}
+
+/// Every tensor of the golden file is an input or is checked above, so a
+/// quantizer added to the file cannot go unchecked.
+#[test]
+fn golden_quantizers_all_checked() {
+    let golden = Golden::load();
+    let mut expected: BTreeSet<String> = ["x", "w", "grad_out_x", "grad_out_w"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for bits in WEIGHT_BITS {
+        expected.extend(["out", "grad_w"].map(|t| format!("weight_dorefa.b{bits}.{t}")));
+    }
+    for bits in ACT_BITS {
+        expected.extend(["out", "grad_x"].map(|t| format!("act_dorefa.b{bits}.{t}")));
+    }
+    for (name, alpha, bits_list) in [
+        ("pact", PACT_ALPHA, &PACT_BITS[..]),
+        ("mpact", MPACT_ALPHA, &MPACT_BITS[..]),
+    ] {
+        for bits in bits_list {
+            expected.extend(
+                ["out", "grad_x", "grad_alpha"].map(|t| format!("{name}.alpha{alpha}.b{bits}.{t}")),
+            );
+        }
+    }
+    let present: BTreeSet<String> = golden.0.keys().cloned().collect();
+    assert_eq!(present, expected);
+}
