@@ -78,10 +78,34 @@ pub fn check_all(src: &Source) -> Result<(Model, Checked, Vec<Graph>), Diagnosti
     let checked = check::check(&model)?;
     let mut diags = Diagnostics::default();
     let mut graphs = Vec::new();
-    for p in &checked.profiles {
+    // A structural problem shows up under every profile: report it once, the
+    // first time (the float profile goes first, so a problem that does not
+    // depend on bit-widths carries no profile note).
+    let mut order: Vec<&check::ResolvedProfile> = checked.profiles.iter().collect();
+    order.sort_by_key(|p| p.name != check::FLOAT_PROFILE);
+    let mut seen: Vec<(&'static str, std::ops::Range<usize>)> = Vec::new();
+    let mut lowered = Vec::new();
+    for p in order {
         match lower::lower(&model, &checked, p) {
-            Ok(g) => graphs.push(g),
-            Err(d) => diags.extend(d),
+            Ok(g) => lowered.push(g),
+            Err(d) => {
+                for item in d.items {
+                    let key = (
+                        item.code,
+                        item.labels.first().map(|l| l.span.range()).unwrap_or(0..0),
+                    );
+                    if !seen.contains(&key) {
+                        seen.push(key);
+                        diags.push(item);
+                    }
+                }
+            }
+        }
+    }
+    // Keep the graphs in the spec's profile order.
+    for p in &checked.profiles {
+        if let Some(i) = lowered.iter().position(|g| g.profile == p.name) {
+            graphs.push(lowered.swap_remove(i));
         }
     }
     if diags.has_errors() {

@@ -121,7 +121,7 @@ pub fn lower(
         Err(d) => {
             let mut ds = Diagnostics::default();
             let mut d = *d;
-            if profile.name != check::FLOAT_PROFILE && checked.profiles.len() > 2 {
+            if profile.name != check::FLOAT_PROFILE {
                 d = d.note(format!("while lowering profile `{}`", profile.name));
             }
             ds.push(d);
@@ -149,25 +149,19 @@ fn err(
 
 impl<'a> Lowerer<'a> {
     fn bn_bits(&self) -> u32 {
-        self.p
-            .rule(|r| {
-                if let Rule::BnBits(b) = r {
-                    Some(*b)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(32)
+        self.stored_bits("bn_bits")
     }
 
     fn pool_bits(&self) -> u32 {
+        self.stored_bits("pool_bits")
+    }
+
+    /// The bits a `bn_bits` / `pool_bits` rule sets; 32 without the rule.
+    fn stored_bits(&self, rule: &str) -> u32 {
         self.p
-            .rule(|r| {
-                if let Rule::PoolBits(b) = r {
-                    Some(*b)
-                } else {
-                    None
-                }
+            .rule(|r| match r {
+                Rule::BnBits(b) | Rule::PoolBits(b) if r.name() == rule => Some(*b),
+                _ => None,
             })
             .unwrap_or(32)
     }
@@ -358,7 +352,7 @@ impl<'a> Lowerer<'a> {
         };
         if let Some((bits, q)) = self.p.act_rule("quantize_block_input") {
             if top && !self.is_act(x.node) {
-                x = self.insert_act(x, bits, q, ctx, "quantize_block_input");
+                x = self.insert_act(x, bits, q, ctx, "quantize_block_input", b.name.span)?;
             }
         }
         let mut vars: HashMap<String, Val> = HashMap::from([("x".to_string(), x)]);
@@ -373,7 +367,7 @@ impl<'a> Lowerer<'a> {
         };
         if let Some((bits, q)) = self.p.act_rule("quantize_block_output") {
             if top && !self.is_act(out.node) {
-                out = self.insert_act(out, bits, q, ctx, "quantize_block_output");
+                out = self.insert_act(out, bits, q, ctx, "quantize_block_output", b.name.span)?;
             }
         }
         Ok(out)
@@ -400,7 +394,14 @@ impl<'a> Lowerer<'a> {
                     let mut rhs = self.chain(value, vars, ctx)?;
                     if let Some((bits, q)) = self.p.act_rule("quantize_shortcut") {
                         if rhs.has_conv && !self.is_act(rhs.node) {
-                            rhs = self.insert_act(rhs, bits, q, ctx, "quantize_shortcut");
+                            rhs = self.insert_act(
+                                rhs,
+                                bits,
+                                q,
+                                ctx,
+                                "quantize_shortcut",
+                                value.span,
+                            )?;
                         }
                     }
                     let (ls, rs) = (
@@ -430,7 +431,7 @@ impl<'a> Lowerer<'a> {
                         has_conv: lhs.has_conv || rhs.has_conv,
                     };
                     if let Some((bits, q)) = self.p.act_rule("quantize_after_add") {
-                        v = self.insert_act(v, bits, q, ctx, "quantize_after_add");
+                        v = self.insert_act(v, bits, q, ctx, "quantize_after_add", *span)?;
                     }
                     vars.insert(target.name.clone(), v);
                 }
@@ -485,9 +486,11 @@ impl<'a> Lowerer<'a> {
         q: Option<Quantizer>,
         ctx: &Ctx,
         rule: &str,
-    ) -> Val {
+        span: Span,
+    ) -> LResult<Val> {
         let bits = self.bits(bits, ctx.slot);
         let quantizer = q.unwrap_or_else(|| self.p.acts.clone());
+        quantizer_bits_ok(&quantizer, bits, span, &format!("rule `{rule}` places"))?;
         let shape = self.nodes[v.node].out_shape.clone();
         let name = self.name(ctx, "act");
         let n = self.push_full(
@@ -500,10 +503,10 @@ impl<'a> Lowerer<'a> {
             bits,
             Origin::Rule { rule: rule.into() },
         );
-        Val {
+        Ok(Val {
             node: n,
             has_conv: v.has_conv,
-        }
+        })
     }
 
     fn bits(&self, b: BitRef, slot: usize) -> u32 {
@@ -601,7 +604,11 @@ impl<'a> Lowerer<'a> {
         let shape = self.nodes[v.node].out_shape.clone();
         let span = call.span;
         let origin = Origin::Spec { span };
-        let w_bit = self.p.bits[ctx.slot].w;
+        // With `weights none` the weights stay float whatever the slot's `w`.
+        let w_bit = match self.p.weights {
+            WeightQuant::Dorefa => self.p.bits[ctx.slot].w,
+            WeightQuant::None => 32,
+        };
         let arg = |i: usize| bound[i];
         let map = |what: &str| -> LResult<(i64, i64, i64)> {
             if !shape.is_map() {
@@ -712,13 +719,13 @@ impl<'a> Lowerer<'a> {
                     return Err(Box::new(d));
                 }
                 let bits = self.bits(bits.expect("no error"), ctx.slot);
+                let quantizer = q.expect("no error");
+                quantizer_bits_ok(&quantizer, bits, span, "this places")?;
                 let name = self.name(ctx, "act");
                 let n = self.push_full(
                     ctx.slot,
                     name,
-                    Op::ActQuant {
-                        quantizer: q.expect("no error"),
-                    },
+                    Op::ActQuant { quantizer },
                     vec![v.node],
                     shape,
                     None,
@@ -1030,6 +1037,20 @@ fn check_size(op: &Op, input: &Shape, out: &Shape, span: Span) -> LResult<()> {
             format!(
                 "{numel} output elements, {weights} weights, {macs} MACs: beyond qatc's limits"
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// mPACT keeps a sign bit: `k = b - 1` magnitude bits, so it needs b >= 2
+/// (the seed divides by zero at 1 bit).
+fn quantizer_bits_ok(q: &Quantizer, bits: u32, span: Span, what: &str) -> LResult<()> {
+    if matches!(q, Quantizer::Mpact { .. }) && bits < 2 {
+        return Err(Box::new(
+            Diagnostic::error("E0205", format!("{what} an mPACT quantizer at {bits} bit"))
+                .primary(span, "mPACT needs at least 2 bits")
+                .note("mPACT is symmetric: one bit holds the sign, b - 1 bits the magnitude")
+                .help("use 2 or more bits here, or `dorefa` / `pact` for 1-bit activations"),
         ));
     }
     Ok(())

@@ -52,11 +52,7 @@ pub fn parse_qspec(src: &str) -> Result<Model, Diagnostics> {
     check_nesting(src, 0)?;
     let mut pairs = QspecParser::parse(Rule::file, src).map_err(|e| syntax_error(e, src, 0))?;
     let file = pairs.next().expect("file rule");
-    let model_pair = file
-        .into_inner()
-        .filter(not_keyword)
-        .next()
-        .expect("model rule");
+    let model_pair = file.kids().next().expect("model rule");
     let mut conv = Converter {
         base: 0,
         diags: Diagnostics::default(),
@@ -146,7 +142,7 @@ pub fn parse_fragment(
         }
         return Ok(FragmentValue::Stage(stage));
     }
-    let mut inner = outer.into_inner().filter(not_keyword);
+    let mut inner = outer.kids();
     let first = inner.next();
     let value = match kind {
         Fragment::Entries => {
@@ -190,6 +186,21 @@ fn inner_entries<'a>(
         .filter(|p| p.as_rule() == Rule::list_entry)
         .map(|p| conv.list_entry(p))
         .collect()
+}
+
+/// The children of a pair without keyword tokens.
+type KidsIter<'a> =
+    std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool>;
+
+trait Kids<'a> {
+    fn kids(self) -> KidsIter<'a>;
+}
+
+impl<'a> Kids<'a> for Pair<'a, Rule> {
+    fn kids(self) -> KidsIter<'a> {
+        self.into_inner()
+            .filter(not_keyword as fn(&Pair<'a, Rule>) -> bool)
+    }
 }
 
 /// Keyword tokens are atomic rules (so `modelx` is a name, not `model x`),
@@ -518,7 +529,7 @@ impl Converter {
 
     fn model(&mut self, p: Pair<Rule>) -> Model {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let name = self.ident(inner.next().expect("model name"));
         let mut model = Model {
             name,
@@ -545,35 +556,26 @@ impl Converter {
             let item_span = self.span(&item);
             match item.as_rule() {
                 Rule::input_decl => {
-                    let shape =
-                        self.shape(item.into_inner().filter(not_keyword).next().expect("shape"));
+                    let shape = self.shape(item.kids().next().expect("shape"));
                     if self.once(&mut input_seen, item_span, "input") {
                         model.input = shape;
                     }
                 }
                 Rule::classes_decl => {
-                    let n = self.int(item.into_inner().filter(not_keyword).next().expect("int"));
+                    let n = self.int(item.kids().next().expect("int"));
                     let mut seen = model.classes.as_ref().map(|c| c.span);
                     if self.once(&mut seen, item_span, "classes") {
                         model.classes = Some(n);
                     }
                 }
                 Rule::quant_decl => {
-                    let settings = item
-                        .into_inner()
-                        .filter(not_keyword)
-                        .map(|s| self.setting(s))
-                        .collect();
+                    let settings = item.kids().map(|s| self.setting(s)).collect();
                     if self.once(&mut quant_seen, item_span, "quant") {
                         model.quant = settings;
                     }
                 }
                 Rule::rules_decl => {
-                    let rules = item
-                        .into_inner()
-                        .filter(not_keyword)
-                        .map(|r| self.rule_use(r))
-                        .collect();
+                    let rules = item.kids().map(|r| self.rule_use(r)).collect();
                     if self.once(&mut rules_seen, item_span, "rules") {
                         model.rules = rules;
                     }
@@ -591,7 +593,7 @@ impl Converter {
                 }
                 Rule::stem_decl | Rule::head_decl | Rule::fc_decl => {
                     let rule = item.as_rule();
-                    let mut inner = item.into_inner().filter(not_keyword);
+                    let mut inner = item.kids();
                     let keyword = self.ident(inner.next().expect("keyword"));
                     let ops = self.ops(inner.next().expect("ops"));
                     let section = Section {
@@ -647,17 +649,13 @@ impl Converter {
 
     fn shape(&mut self, p: Pair<Rule>) -> InputShape {
         let span = self.span(&p);
-        let dims = p
-            .into_inner()
-            .filter(not_keyword)
-            .map(|d| self.int(d))
-            .collect();
+        let dims = p.kids().map(|d| self.int(d)).collect();
         InputShape { dims, span }
     }
 
     fn setting(&mut self, p: Pair<Rule>) -> Setting {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let key = self.ident(inner.next().expect("key"));
         let value = self.expr(inner.next().expect("value"));
         Setting { key, value, span }
@@ -666,7 +664,7 @@ impl Converter {
     fn rule_use(&mut self, p: Pair<Rule>) -> RuleUse {
         let mut disable = false;
         let mut call = None;
-        for q in p.into_inner().filter(not_keyword) {
+        for q in p.kids() {
             match q.as_rule() {
                 Rule::rule_neg => disable = true,
                 Rule::call => call = Some(self.call(q)),
@@ -683,15 +681,9 @@ impl Converter {
         let span = self.span(&p);
         let mut cover = Vec::new();
         let mut bindings = Vec::new();
-        for q in p.into_inner().filter(not_keyword) {
+        for q in p.kids() {
             match q.as_rule() {
-                Rule::cover => {
-                    cover = q
-                        .into_inner()
-                        .filter(not_keyword)
-                        .map(|w| self.ident(w))
-                        .collect()
-                }
+                Rule::cover => cover = q.kids().map(|w| self.ident(w)).collect(),
                 Rule::list_binding => bindings.push(self.binding(q)),
                 r => unreachable!("lists {r:?}"),
             }
@@ -705,18 +697,13 @@ impl Converter {
 
     fn binding(&mut self, p: Pair<Rule>) -> ListBinding {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let var = self.ident(inner.next().expect("var"));
         let list = self.ident(inner.next().expect("list"));
         let mut offset = 0;
         if let Some(off) = inner.next() {
             let neg = off.as_str().trim_start().starts_with('-');
-            let n = self.int(
-                off.into_inner()
-                    .filter(not_keyword)
-                    .next()
-                    .expect("offset int"),
-            );
+            let n = self.int(off.kids().next().expect("offset int"));
             offset = if neg { -n.value } else { n.value };
         }
         ListBinding {
@@ -729,13 +716,12 @@ impl Converter {
 
     fn block(&mut self, p: Pair<Rule>) -> BlockDef {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let name = self.ident(inner.next().expect("block name"));
         let params = inner
             .next()
             .expect("params")
-            .into_inner()
-            .filter(not_keyword)
+            .kids()
             .map(|q| self.param(q))
             .collect();
         let body = self.body(inner.next().expect("body"));
@@ -749,7 +735,7 @@ impl Converter {
 
     fn param(&mut self, p: Pair<Rule>) -> Param {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let name = self.ident(inner.next().expect("param name"));
         let default = inner.next().map(|e| self.expr(e));
         Param {
@@ -760,10 +746,7 @@ impl Converter {
     }
 
     fn body(&mut self, p: Pair<Rule>) -> Vec<Stmt> {
-        p.into_inner()
-            .filter(not_keyword)
-            .map(|s| self.stmt(s))
-            .collect()
+        p.kids().map(|s| self.stmt(s)).collect()
     }
 
     fn stmt(&mut self, p: Pair<Rule>) -> Stmt {
@@ -771,7 +754,7 @@ impl Converter {
         match p.as_rule() {
             Rule::assign | Rule::add_assign => {
                 let add = p.as_rule() == Rule::add_assign;
-                let mut inner = p.into_inner().filter(not_keyword);
+                let mut inner = p.kids();
                 let target = self.ident(inner.next().expect("target"));
                 let value = self.chain(inner.next().expect("chain"));
                 if add {
@@ -789,11 +772,11 @@ impl Converter {
                 }
             }
             Rule::return_stmt => {
-                let value = self.chain(p.into_inner().filter(not_keyword).next().expect("chain"));
+                let value = self.chain(p.kids().next().expect("chain"));
                 Stmt::Return { value, span }
             }
             Rule::if_stmt => {
-                let mut inner = p.into_inner().filter(not_keyword);
+                let mut inner = p.kids();
                 let cond = self.expr(inner.next().expect("cond"));
                 let then = self.body(inner.next().expect("then"));
                 let otherwise = match inner.next() {
@@ -814,31 +797,22 @@ impl Converter {
 
     fn chain(&mut self, p: Pair<Rule>) -> Chain {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let source = self.ident(inner.next().expect("source"));
         let ops = inner.map(|c| self.call(c)).collect();
         Chain { source, ops, span }
     }
 
     fn ops(&mut self, p: Pair<Rule>) -> Vec<Call> {
-        p.into_inner()
-            .filter(not_keyword)
-            .map(|c| self.call(c))
-            .collect()
+        p.kids().map(|c| self.call(c)).collect()
     }
 
     fn call(&mut self, p: Pair<Rule>) -> Call {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let name = self.ident(inner.next().expect("call name"));
         let (args, parens) = match inner.next() {
-            Some(a) => (
-                a.into_inner()
-                    .filter(not_keyword)
-                    .map(|x| self.arg(x))
-                    .collect(),
-                true,
-            ),
+            Some(a) => (a.kids().map(|x| self.arg(x)).collect(), true),
             None => (Vec::new(), false),
         };
         Call {
@@ -853,12 +827,9 @@ impl Converter {
         let span = self.span(&p);
         let mut name = None;
         let mut value = None;
-        for q in p.into_inner().filter(not_keyword) {
+        for q in p.kids() {
             match q.as_rule() {
-                Rule::arg_name => {
-                    name =
-                        Some(self.ident(q.into_inner().filter(not_keyword).next().expect("ident")))
-                }
+                Rule::arg_name => name = Some(self.ident(q.kids().next().expect("ident"))),
                 Rule::expr => value = Some(self.expr(q)),
                 r => unreachable!("arg {r:?}"),
             }
@@ -876,24 +847,12 @@ impl Converter {
         let mut block = None;
         let mut repeats = None;
         let mut args = Vec::new();
-        for q in p.into_inner().filter(not_keyword) {
+        for q in p.kids() {
             match q.as_rule() {
-                Rule::stage_name => {
-                    name =
-                        Some(self.ident(q.into_inner().filter(not_keyword).next().expect("ident")))
-                }
+                Rule::stage_name => name = Some(self.ident(q.kids().next().expect("ident"))),
                 Rule::ident => block = Some(self.ident(q)),
-                Rule::repeats => {
-                    repeats =
-                        Some(self.int(q.into_inner().filter(not_keyword).next().expect("int")))
-                }
-                Rule::call_args => {
-                    args = q
-                        .into_inner()
-                        .filter(not_keyword)
-                        .map(|a| self.arg(a))
-                        .collect()
-                }
+                Rule::repeats => repeats = Some(self.int(q.kids().next().expect("int"))),
+                Rule::call_args => args = q.kids().map(|a| self.arg(a)).collect(),
                 // `only_stage` (the YAML twin's fragment) ends with EOI.
                 Rule::EOI => {}
                 r => unreachable!("stage {r:?}"),
@@ -910,7 +869,7 @@ impl Converter {
 
     fn profile(&mut self, p: Pair<Rule>) -> Profile {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let name = self.ident(inner.next().expect("profile name"));
         let items = inner.map(|q| self.profile_item(q)).collect();
         Profile { name, items, span }
@@ -920,15 +879,11 @@ impl Converter {
         let span = self.span(&p);
         match p.as_rule() {
             Rule::profile_rules => ProfileItem::Rules {
-                rules: p
-                    .into_inner()
-                    .filter(not_keyword)
-                    .map(|r| self.rule_use(r))
-                    .collect(),
+                rules: p.kids().map(|r| self.rule_use(r)).collect(),
                 span,
             },
             Rule::list_item => {
-                let mut inner = p.into_inner().filter(not_keyword);
+                let mut inner = p.kids();
                 let name = self.ident(inner.next().expect("list name"));
                 let entries = inner.map(|e| self.list_entry(e)).collect();
                 ProfileItem::List {
@@ -938,7 +893,7 @@ impl Converter {
                 }
             }
             Rule::scope_item => {
-                let mut inner = p.into_inner().filter(not_keyword);
+                let mut inner = p.kids();
                 let target = self.scope_target(inner.next().expect("target"));
                 let bits = inner.map(|s| self.setting(s)).collect();
                 ProfileItem::Scope { target, bits, span }
@@ -950,7 +905,7 @@ impl Converter {
 
     fn list_entry(&mut self, p: Pair<Rule>) -> ListEntry {
         let span = self.span(&p);
-        let mut inner = p.into_inner().filter(not_keyword);
+        let mut inner = p.kids();
         let value = self.int(inner.next().expect("value"));
         let repeat = inner.next().map(|r| self.int(r));
         ListEntry {
@@ -961,22 +916,16 @@ impl Converter {
     }
 
     fn scope_target(&mut self, p: Pair<Rule>) -> ScopeTarget {
-        let q = p
-            .into_inner()
-            .filter(not_keyword)
-            .next()
-            .expect("scope kind");
+        let q = p.kids().next().expect("scope kind");
         let span = self.span(&q);
         match q.as_rule() {
             Rule::scope_all => ScopeTarget::All(span),
             Rule::scope_stem => ScopeTarget::Stem(span),
             Rule::scope_head => ScopeTarget::Head(span),
             Rule::scope_fc => ScopeTarget::Fc(span),
-            Rule::scope_stage => ScopeTarget::Stage(
-                self.ident(q.into_inner().filter(not_keyword).next().expect("stage")),
-            ),
+            Rule::scope_stage => ScopeTarget::Stage(self.ident(q.kids().next().expect("stage"))),
             Rule::scope_block => {
-                let mut inner = q.into_inner().filter(not_keyword);
+                let mut inner = q.kids();
                 let stage = self.ident(inner.next().expect("stage"));
                 let index = self.int(inner.next().expect("index"));
                 ScopeTarget::Block { stage, index, span }
@@ -989,8 +938,7 @@ impl Converter {
         let span = self.span(&p);
         let ops = p
             .clone()
-            .into_inner()
-            .filter(not_keyword)
+            .kids()
             .filter(|q| format!("{:?}", q.as_rule()).starts_with("op_"))
             .count();
         if ops > MAX_EXPR_OPS {
@@ -1041,7 +989,7 @@ impl Converter {
                     span,
                 }
             })
-            .parse(p.into_inner().filter(not_keyword));
+            .parse(p.kids());
         parsed
     }
 
@@ -1073,12 +1021,7 @@ impl Converter {
                 }
             }
             Rule::paren => {
-                let e = self.expr(
-                    p.into_inner()
-                        .filter(not_keyword)
-                        .next()
-                        .expect("inner expr"),
-                );
+                let e = self.expr(p.kids().next().expect("inner expr"));
                 Expr::Paren {
                     expr: Box::new(e),
                     span,
