@@ -15,15 +15,13 @@
 # file also keeps two installs from downloading at once). With the marker
 # present this script only sets variables (no subprocess, well under 1 s).
 #
-# Build: we export LIBTORCH=<cache>/torch (the wheel's torch package has the
-# include/ and lib/ layout torch-sys expects) and LIBTORCH_CXX11_ABI as
-# recorded from the installed torch. We do not use LIBTORCH_USE_PYTORCH=1:
-# torch-sys then runs `python3` (or `python` when VIRTUAL_ENV is set) from
-# PATH and reads no variable naming the interpreter, so it would need this
-# cache first on PATH for every child process; LIBTORCH names the exact
-# directory, needs no Python at build time, and torch-sys reruns its build
-# script when it changes. LIBTORCH_USE_PYTORCH and friends are unset because
-# they would take precedence.
+# Build: with LIBTORCH_USE_PYTORCH=1 (the project's fixed choice), torch-sys
+# asks `python3` on PATH (`python` inside a virtualenv) for torch's include
+# and library directories and its C++ ABI. The wheel lives in a
+# `pip --target` directory, not in site-packages, so this script puts that
+# directory on PYTHONPATH; the same interpreter that installed the wheel
+# (QATC_PYTHON, default python3) must be the python3 on PATH. LIBTORCH and
+# friends are unset because torch-sys would prefer them.
 #
 # Run: binaries and tests must find libtorch without LD_LIBRARY_PATH, so every
 # artefact gets an rpath to <cache>/torch/lib through RUSTFLAGS (and
@@ -117,7 +115,7 @@ print(int(torch._C._GLIBCXX_USE_CXX11_ABI))
 }
 
 _qatc_torch_env() {
-  local abi=1 key value rpath
+  local rpath
   case "$QATC_TORCH_HOME" in
   *[[:space:]]*)
     echo "qatc: QATC_TORCH_HOME must not contain whitespace (it goes into RUSTFLAGS): $QATC_TORCH_HOME" >&2
@@ -127,15 +125,14 @@ _qatc_torch_env() {
   if [ ! -f "$_qatc_torch_marker" ]; then
     _qatc_torch_install || return 1
   fi
-  while IFS='=' read -r key value; do
-    [ "$key" = cxx11_abi ] && abi=$value
-  done <"$_qatc_torch_marker"
+  export LIBTORCH_USE_PYTORCH=1
+  case ":${PYTHONPATH:-}:" in
+  *":$QATC_TORCH_HOME:"*) ;;
+  *) export PYTHONPATH="$QATC_TORCH_HOME${PYTHONPATH:+:$PYTHONPATH}" ;;
+  esac
+  unset LIBTORCH LIBTORCH_INCLUDE LIBTORCH_LIB LIBTORCH_STATIC LIBTORCH_CXX11_ABI
 
-  export LIBTORCH="$QATC_TORCH_HOME/torch"
-  export LIBTORCH_CXX11_ABI="$abi"
-  unset LIBTORCH_USE_PYTORCH LIBTORCH_INCLUDE LIBTORCH_LIB LIBTORCH_STATIC
-
-  rpath="-C link-arg=-Wl,-rpath,$LIBTORCH/lib"
+  rpath="-C link-arg=-Wl,-rpath,$QATC_TORCH_HOME/torch/lib"
   case " ${RUSTFLAGS:-} " in
   *" $rpath "*) ;;
   *) export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$rpath" ;;
