@@ -3,13 +3,23 @@
 //! Generated code is thin (see `docs/conventions.md`): it names the items of
 //! this crate by full path and leaves all numerics to them.
 //! - [`quant`]: the seed's fake quantizers (DoReFa, PACT, mPACT, fixed-scale
-//!   PACT) with its exact forward values and gradients, and the clipping-value
-//!   penalty;
-//! - [`layers`]: quantized conv2d and linear layers and the seed's batch norm.
+//!   PACT) with its exact forward values and gradients, the clipping-value
+//!   penalty, and [`quant::ActSpec`], one activation site under one profile;
+//! - [`layers`]: quantized conv2d and linear layers and the seed's batch norm;
+//! - [`ops`]: the stateless ops (ReLU, ReLU6, add, pooling, flatten) with
+//!   PyTorch's defaults and gradients;
+//! - [`profile`]: a model's named bit-width profiles and lookup by name;
+//! - [`model`]: the [`model::QatModel`] trait every generated model
+//!   implements, and a one-step training smoke check;
+//! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`).
 //!
 //! libtorch comes from the project's own install
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
 //! gives every binary an rpath to it.
 
+pub mod device;
 pub mod layers;
+pub mod model;
+pub mod ops;
+pub mod profile;
 pub mod quant;

@@ -26,6 +26,13 @@
 //!
 //! Where this module departs from the seed's formulas, the golden tensors
 //! decide, and each function says so.
+//!
+//! Generated models describe each activation-quantizer site per profile with
+//! an [`ActSpec`], plain data that fits in a `const` profile table, and build
+//! the site with [`ActQuant::from_spec`]. A site that a placement rule
+//! switches off in one profile but not in another is [`ActSpec::Off`]: the
+//! model keeps the same structure (the same fields and forward code) under
+//! every profile, and only the quantizer's behaviour changes.
 
 use tch::nn::{self, Init};
 use tch::Tensor;
@@ -212,9 +219,68 @@ pub fn alpha_penalty<'a>(alphas: impl IntoIterator<Item = &'a Tensor>) -> Option
         .map(|sum| sum * ALPHA_L2_COEF)
 }
 
+/// What one activation-quantizer site does under one profile.
+///
+/// Data only (no tensors), so that generated code can list it in `const`
+/// profile tables; [`ActQuant::from_spec`] turns it into a quantizer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActSpec {
+    /// No quantizer: the identity. The site exists in another profile of the
+    /// model but a placement rule switched it off in this one.
+    Off,
+    /// [`dorefa_activation`] at `bits`.
+    Dorefa {
+        /// Bit-width (32: identity).
+        bits: u32,
+    },
+    /// [`pact`] at `bits`, the clipping value starting at `alpha`.
+    Pact {
+        /// Bit-width (32: identity).
+        bits: u32,
+        /// Initial clipping value.
+        alpha: f64,
+    },
+    /// [`mpact`] at `bits`, the clipping value starting at `alpha`.
+    Mpact {
+        /// Bit-width (32: identity).
+        bits: u32,
+        /// Initial clipping value.
+        alpha: f64,
+    },
+    /// [`fixed_scale_pact`] at `bits` with the constant clipping value
+    /// `scale`.
+    PactFixed {
+        /// Bit-width (32: identity).
+        bits: u32,
+        /// The constant clipping value `s`.
+        scale: f64,
+    },
+}
+
+impl ActSpec {
+    /// The bit-width the site quantizes to; [`FLOAT_BITS`] for
+    /// [`ActSpec::Off`].
+    pub fn bits(&self) -> u32 {
+        match *self {
+            ActSpec::Off => FLOAT_BITS,
+            ActSpec::Dorefa { bits }
+            | ActSpec::Pact { bits, .. }
+            | ActSpec::Mpact { bits, .. }
+            | ActSpec::PactFixed { bits, .. } => bits,
+        }
+    }
+
+    /// Whether the site has a learnable clipping value (PACT and mPACT).
+    pub fn has_alpha(&self) -> bool {
+        matches!(self, ActSpec::Pact { .. } | ActSpec::Mpact { .. })
+    }
+}
+
 /// Which activation quantizer an [`ActQuant`] applies.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ActQuantKind {
+    /// No quantizer: the identity ([`ActSpec::Off`]).
+    Off,
     /// [`dorefa_activation`]: no parameter.
     DoReFa,
     /// [`pact`]: unsigned, learnable clipping value.
@@ -240,6 +306,37 @@ pub struct ActQuant {
 }
 
 impl ActQuant {
+    /// The quantizer `spec` describes. PACT and mPACT create their clipping
+    /// value under `path` exactly as [`ActQuant::pact`] and
+    /// [`ActQuant::mpact`] do, so a variable store has the same names
+    /// whichever way it was built; the other kinds create no variable.
+    ///
+    /// Note that checkpoints of two profiles differ where a site has a
+    /// clipping value in one profile and none in the other (e.g. PACT in
+    /// one, [`ActSpec::Off`] in the other).
+    ///
+    /// # Panics
+    /// As the constructor of the spec's kind does.
+    pub fn from_spec(path: &nn::Path, spec: ActSpec) -> ActQuant {
+        match spec {
+            ActSpec::Off => Self::off(),
+            ActSpec::Dorefa { bits } => Self::dorefa(bits),
+            ActSpec::Pact { bits, alpha } => Self::pact(path, bits, alpha),
+            ActSpec::Mpact { bits, alpha } => Self::mpact(path, bits, alpha),
+            ActSpec::PactFixed { bits, scale } => Self::fixed_scale_pact(bits, scale),
+        }
+    }
+
+    /// The identity: a site switched off in this profile. Its bit-width is
+    /// [`FLOAT_BITS`].
+    pub fn off() -> Self {
+        Self {
+            kind: ActQuantKind::Off,
+            bits: FLOAT_BITS,
+            alpha: None,
+        }
+    }
+
     /// A DoReFa activation quantizer at `bits`.
     ///
     /// # Panics
@@ -323,6 +420,7 @@ impl nn::Module for ActQuant {
                 .expect("PACT and mPACT always hold alpha")
         };
         match self.kind {
+            ActQuantKind::Off => xs.shallow_clone(),
             ActQuantKind::DoReFa => dorefa_activation(xs, self.bits),
             ActQuantKind::Pact => pact(xs, alpha(), self.bits),
             ActQuantKind::MPact => mpact(xs, alpha(), self.bits),
@@ -431,6 +529,103 @@ mod tests {
         let penalty = alpha_penalty([&a, &b]).unwrap();
         assert!((f64::try_from(penalty).unwrap() - 0.0002 * 13.0).abs() < 1e-9);
         assert!(alpha_penalty(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn off_is_the_identity_without_variables() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let quant = ActQuant::from_spec(&vs.root(), ActSpec::Off);
+        assert_eq!(quant.kind(), ActQuantKind::Off);
+        assert_eq!(quant.bits(), FLOAT_BITS);
+        assert!(quant.alpha().is_none());
+        let x = leaf(&[-3.0, -0.4, 0.0, 0.7, 12.5]);
+        let y = quant.forward(&x);
+        assert!(y.equal(&x));
+        assert_eq!(grad_of_sum(&y, &x), vec![1.0; 5]);
+        assert!(vs.variables().is_empty());
+    }
+
+    #[test]
+    fn from_spec_builds_the_same_quantizer_as_the_constructors() {
+        let x = Tensor::from_slice(&[-3.0f32, -0.4, 0.0, 0.7, 1.9, 2.6, 12.5]);
+        type Build = fn(&nn::Path) -> ActQuant;
+        let cases: [(ActSpec, Build); 4] = [
+            (ActSpec::Dorefa { bits: 4 }, |_| ActQuant::dorefa(4)),
+            (
+                ActSpec::Pact {
+                    bits: 3,
+                    alpha: 2.5,
+                },
+                |p| ActQuant::pact(p, 3, 2.5),
+            ),
+            (
+                ActSpec::Mpact {
+                    bits: 4,
+                    alpha: 1.7,
+                },
+                |p| ActQuant::mpact(p, 4, 1.7),
+            ),
+            (
+                ActSpec::PactFixed {
+                    bits: 2,
+                    scale: 2.0,
+                },
+                |_| ActQuant::fixed_scale_pact(2, 2.0),
+            ),
+        ];
+        for (spec, build) in cases {
+            let (vs_spec, vs_ctor) = (
+                nn::VarStore::new(Device::Cpu),
+                nn::VarStore::new(Device::Cpu),
+            );
+            let from_spec = ActQuant::from_spec(&(vs_spec.root() / "act"), spec);
+            let from_ctor = build(&(vs_ctor.root() / "act"));
+            assert_eq!(from_spec.kind(), from_ctor.kind(), "{spec:?}");
+            assert_eq!(from_spec.bits(), spec.bits(), "{spec:?}");
+            assert_eq!(from_spec.alpha().is_some(), spec.has_alpha(), "{spec:?}");
+            assert!(
+                from_spec.forward(&x).equal(&from_ctor.forward(&x)),
+                "{spec:?}"
+            );
+            let names = |vs: &nn::VarStore| {
+                let mut names: Vec<String> = vs.variables().into_keys().collect();
+                names.sort();
+                names
+            };
+            assert_eq!(names(&vs_spec), names(&vs_ctor), "{spec:?}");
+            let want: &[&str] = if spec.has_alpha() {
+                &["act.alpha"]
+            } else {
+                &[]
+            };
+            assert_eq!(names(&vs_spec), want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn spec_bits_of_off_is_float() {
+        assert_eq!(ActSpec::Off.bits(), FLOAT_BITS);
+        assert!(!ActSpec::Off.has_alpha());
+        assert_eq!(
+            ActSpec::PactFixed {
+                bits: 5,
+                scale: 1.0
+            }
+            .bits(),
+            5
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "mPACT: bit-width 1 not supported")]
+    fn from_spec_checks_bits() {
+        ActQuant::from_spec(
+            &nn::VarStore::new(Device::Cpu).root(),
+            ActSpec::Mpact {
+                bits: 1,
+                alpha: 1.0,
+            },
+        );
     }
 
     #[test]
