@@ -492,7 +492,15 @@ impl<'a> Lowerer<'a> {
         let quantizer = q.unwrap_or_else(|| self.p.acts.clone());
         quantizer_bits_ok(&quantizer, bits, span, &format!("rule `{rule}` places"))?;
         let shape = self.nodes[v.node].out_shape.clone();
-        let name = self.name(ctx, "act");
+        // Named by role, not by count: a profile that switches a rule off
+        // must not shift the names (and checkpoint keys) of other sites.
+        let role = match rule {
+            "quantize_block_input" => "in_act",
+            "quantize_block_output" => "out_act",
+            "quantize_shortcut" => "shortcut_act",
+            _ => "add_act",
+        };
+        let name = self.name(ctx, role);
         let n = self.push_full(
             ctx.slot,
             name,

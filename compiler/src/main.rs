@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Generate the Rust crate of a model (default: generated/<model>).
+    Build {
+        spec: PathBuf,
+        /// Output directory of the crate.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
     Fmt {
         spec: PathBuf,
@@ -146,6 +153,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build { spec, output } => {
+            let src = read(&spec)?;
+            let (model, checked, graphs) = match driver::check_all(&src) {
+                Ok(r) => r,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let out = output.unwrap_or_else(|| PathBuf::from("generated").join(&model.name.name));
+            std::fs::create_dir_all(out.join("src"))
+                .with_context(|| format!("cannot create `{}`", out.display()))?;
+            let runtime = runtime_path(&out)?;
+            let spec_shown = spec.to_string_lossy().replace('\\', "/");
+            let krate = qatc::codegen::generate(&checked, &graphs, &spec_shown, &runtime);
+            for (file, text) in [
+                ("Cargo.toml", &krate.cargo_toml),
+                ("src/lib.rs", &krate.lib_rs),
+                ("src/main.rs", &krate.main_rs),
+            ] {
+                let path = out.join(file);
+                write_atomic(&path, text)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
+            eprintln!(
+                "built: {} -> {} (crate {})",
+                src.name,
+                out.display(),
+                krate.package
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fmt { spec, to, output } => {
             let src = read(&spec)?;
             let model = match driver::parse(&src) {
@@ -168,6 +204,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The runtime crate as a path relative to `out` (where the generated crate
+/// goes), so generated files are the same on every machine.
+fn runtime_path(out: &Path) -> anyhow::Result<String> {
+    let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime");
+    let runtime = runtime
+        .canonicalize()
+        .with_context(|| format!("runtime crate not found at `{}`", runtime.display()))?;
+    let out = out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve `{}`", out.display()))?;
+    let common = runtime
+        .components()
+        .zip(out.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel = PathBuf::new();
+    for _ in out.components().skip(common) {
+        rel.push("..");
+    }
+    for c in runtime.components().skip(common) {
+        rel.push(c);
+    }
+    Ok(rel.to_string_lossy().replace('\\', "/"))
 }
 
 /// Writes via a temporary file and a rename, so an interrupted write never

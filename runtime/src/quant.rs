@@ -258,6 +258,26 @@ pub enum ActSpec {
 }
 
 impl ActSpec {
+    /// DoReFa activation at `bits` (one line each in generated profile tables).
+    pub const fn dorefa(bits: u32) -> Self {
+        ActSpec::Dorefa { bits }
+    }
+
+    /// PACT at `bits` with initial clipping value `alpha`.
+    pub const fn pact(bits: u32, alpha: f64) -> Self {
+        ActSpec::Pact { bits, alpha }
+    }
+
+    /// mPACT at `bits` with initial clipping value `alpha`.
+    pub const fn mpact(bits: u32, alpha: f64) -> Self {
+        ActSpec::Mpact { bits, alpha }
+    }
+
+    /// Fixed-scale PACT at `bits` with scale `scale`.
+    pub const fn pact_fixed(bits: u32, scale: f64) -> Self {
+        ActSpec::PactFixed { bits, scale }
+    }
+
     /// The bit-width the site quantizes to; [`FLOAT_BITS`] for
     /// [`ActSpec::Off`].
     pub fn bits(&self) -> u32 {
