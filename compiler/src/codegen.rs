@@ -89,9 +89,8 @@ fn space_items(text: &str) -> String {
             || prev_t.ends_with('{')
             || prev_t.is_empty();
         let prev_use = prev_t.starts_with("use ") && t.starts_with("use ");
-        if starts_item && !prev_is_head && !prev_use && !prev.is_empty() {
-            out.push('\n');
-        } else if starts_item && prev_t.starts_with("//!") {
+        let after_crate_docs = prev_t.starts_with("//!");
+        if starts_item && (after_crate_docs || (!prev_is_head && !prev_use && !prev.is_empty())) {
             out.push('\n');
         }
         out.push_str(line);
@@ -182,7 +181,7 @@ fn var(name: &str) -> Ident {
 }
 
 fn path_expr(name: &str) -> TokenStream {
-    let parts = name.split('.').map(|p| Literal::string(p));
+    let parts = name.split('.').map(Literal::string);
     quote! { &(vs #(/ #parts)*) }
 }
 
