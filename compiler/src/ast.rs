@@ -77,7 +77,34 @@ pub struct Model {
     pub head: Option<Section>,
     pub fc: Option<Section>,
     pub profiles: Vec<Profile>,
+    /// `import seed { ... }`: how checkpoints of another code base map onto this model.
+    pub imports: Vec<Import>,
     pub span: Span,
+}
+
+/// A quoted string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StrLit {
+    pub value: String,
+    pub span: Span,
+}
+
+/// `import FORMAT { ... }`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Import {
+    pub format: Ident,
+    pub items: Vec<ImportItem>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImportItem {
+    /// `blocks "cells.{block}"`: where a part of the model lives in the checkpoint.
+    Prefix { part: Ident, template: StrLit },
+    /// `rename alpha "scale_coef"`: a parameter's name in the checkpoint.
+    Rename { param: Ident, to: StrLit },
+    /// `ignore "cells.*.act_quant_bn.*"`: checkpoint entries the model does not use.
+    Ignore { pattern: StrLit },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +143,8 @@ pub struct Call {
     /// Whether the call was written with parentheses (`bn` vs `bn()`): kept so
     /// that printing gives back what the user wrote.
     pub parens: bool,
+    /// `as name`: names the node (and its checkpoint entries); ops only.
+    pub label: Option<Ident>,
     pub span: Span,
 }
 

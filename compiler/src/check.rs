@@ -198,18 +198,26 @@ pub enum Rule {
     AfterAdd {
         bits: BitRef,
         quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
     },
     Shortcut {
         bits: BitRef,
         quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
     },
     BlockOutput {
         bits: BitRef,
         quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
     },
     BlockInput {
         bits: BitRef,
         quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
     },
     WideFirst(SlotOverride),
     WideLast(SlotOverride),
@@ -294,15 +302,17 @@ impl ResolvedProfile {
     }
 
     /// The bits and quantizer of an active activation-placing rule, by name.
-    pub fn act_rule(&self, name: &str) -> Option<(BitRef, Option<Quantizer>)> {
+    /// The bits, quantizer and node name (`as NAME`) of an active
+    /// activation-placing rule, by rule name.
+    pub fn act_rule(&self, name: &str) -> Option<(BitRef, Option<Quantizer>, Option<String>)> {
         self.rule(|r| match r {
-            Rule::AfterAdd { bits, quant }
-            | Rule::Shortcut { bits, quant }
-            | Rule::BlockOutput { bits, quant }
-            | Rule::BlockInput { bits, quant }
+            Rule::AfterAdd { bits, quant, label }
+            | Rule::Shortcut { bits, quant, label }
+            | Rule::BlockOutput { bits, quant, label }
+            | Rule::BlockInput { bits, quant, label }
                 if r.name() == name =>
             {
-                Some((*bits, quant.clone()))
+                Some((*bits, quant.clone(), label.clone()))
             }
             _ => None,
         })
@@ -352,6 +362,7 @@ pub fn check(m: &Model) -> Result<Checked, Diagnostics> {
         c.block(b);
     }
     c.recursion();
+    crate::import::check(m, &mut c.diags);
     for sec in [&m.stem, &m.head, &m.fc].into_iter().flatten() {
         let mut vars = HashSet::new();
         c.ops(&sec.ops, &Scope::Section, &mut vars);
@@ -1707,6 +1718,18 @@ pub fn quantizer(e: &Expr, diags: &mut Diagnostics) -> Option<Quantizer> {
 
 fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> {
     let name = c.name.name.as_str();
+    let label = c.label.as_ref().map(|l| l.name.clone());
+    if let (Some(l), false) = (&c.label, name.starts_with("quantize_")) {
+        diags.push(
+            Diagnostic::error("E0123", format!("rule `{name}` places no node to name"))
+                .primary(
+                    l.span,
+                    "`as NAME` names the quantizers a `quantize_*` rule inserts",
+                )
+                .help("remove `as ...`"),
+        );
+        return None;
+    }
     match name {
         "quantize_after_add"
         | "quantize_shortcut"
@@ -1720,10 +1743,10 @@ fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> {
                 None => None,
             };
             Some(match name {
-                "quantize_after_add" => Rule::AfterAdd { bits, quant },
-                "quantize_shortcut" => Rule::Shortcut { bits, quant },
-                "quantize_block_output" => Rule::BlockOutput { bits, quant },
-                _ => Rule::BlockInput { bits, quant },
+                "quantize_after_add" => Rule::AfterAdd { bits, quant, label },
+                "quantize_shortcut" => Rule::Shortcut { bits, quant, label },
+                "quantize_block_output" => Rule::BlockOutput { bits, quant, label },
+                _ => Rule::BlockInput { bits, quant, label },
             })
         }
         "wide_first" | "wide_last" => {

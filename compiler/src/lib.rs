@@ -11,6 +11,7 @@ pub mod check;
 pub mod codegen;
 pub mod diag;
 pub mod driver;
+pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod summary;

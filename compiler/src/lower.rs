@@ -350,9 +350,15 @@ impl<'a> Lowerer<'a> {
             node: input.node,
             has_conv: false,
         };
-        if let Some((bits, q)) = self.p.act_rule("quantize_block_input") {
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_block_input") {
             if top && !self.is_act(x.node) {
-                x = self.insert_act(x, bits, q, ctx, "quantize_block_input", b.name.span)?;
+                x = self.insert_act(
+                    x,
+                    (bits, q, label),
+                    ctx,
+                    "quantize_block_input",
+                    b.name.span,
+                )?;
             }
         }
         let mut vars: HashMap<String, Val> = HashMap::from([("x".to_string(), x)]);
@@ -365,9 +371,15 @@ impl<'a> Lowerer<'a> {
                 "no `return` on the path taken",
             ));
         };
-        if let Some((bits, q)) = self.p.act_rule("quantize_block_output") {
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_block_output") {
             if top && !self.is_act(out.node) {
-                out = self.insert_act(out, bits, q, ctx, "quantize_block_output", b.name.span)?;
+                out = self.insert_act(
+                    out,
+                    (bits, q, label),
+                    ctx,
+                    "quantize_block_output",
+                    b.name.span,
+                )?;
             }
         }
         Ok(out)
@@ -392,12 +404,11 @@ impl<'a> Lowerer<'a> {
                 } => {
                     let lhs = *vars.get(&target.name).ok_or_else(|| undefined(target))?;
                     let mut rhs = self.chain(value, vars, ctx)?;
-                    if let Some((bits, q)) = self.p.act_rule("quantize_shortcut") {
+                    if let Some((bits, q, label)) = self.p.act_rule("quantize_shortcut") {
                         if rhs.has_conv && !self.is_act(rhs.node) {
                             rhs = self.insert_act(
                                 rhs,
-                                bits,
-                                q,
+                                (bits, q, label),
                                 ctx,
                                 "quantize_shortcut",
                                 value.span,
@@ -430,8 +441,9 @@ impl<'a> Lowerer<'a> {
                         node: add,
                         has_conv: lhs.has_conv || rhs.has_conv,
                     };
-                    if let Some((bits, q)) = self.p.act_rule("quantize_after_add") {
-                        v = self.insert_act(v, bits, q, ctx, "quantize_after_add", *span)?;
+                    if let Some((bits, q, label)) = self.p.act_rule("quantize_after_add") {
+                        v =
+                            self.insert_act(v, (bits, q, label), ctx, "quantize_after_add", *span)?;
                     }
                     vars.insert(target.name.clone(), v);
                 }
@@ -482,8 +494,7 @@ impl<'a> Lowerer<'a> {
     fn insert_act(
         &mut self,
         v: Val,
-        bits: BitRef,
-        q: Option<Quantizer>,
+        (bits, q, label): (BitRef, Option<Quantizer>, Option<String>),
         ctx: &Ctx,
         rule: &str,
         span: Span,
@@ -500,7 +511,21 @@ impl<'a> Lowerer<'a> {
             "quantize_shortcut" => "shortcut_act",
             _ => "add_act",
         };
-        let name = self.name(ctx, role);
+        let name = match label {
+            Some(l) => {
+                let name = format!("{}.{l}", ctx.prefix);
+                if self.nodes.iter().any(|n| n.name == name) {
+                    return Err(err(
+                        "E0005",
+                        format!("rule `{rule}` names its quantizer `{name}`, which is taken"),
+                        span,
+                        "the rule inserts a quantizer here",
+                    ));
+                }
+                name
+            }
+            None => self.name(ctx, role),
+        };
         let n = self.push_full(
             ctx.slot,
             name,
@@ -525,6 +550,26 @@ impl<'a> Lowerer<'a> {
     }
 
     /// `prefix.kindN`, counting per prefix and kind from 1.
+    /// The node name of an op: `prefix.label` when the spec names it
+    /// (`as label`), else `prefix.kindN`. Two nodes of one name are an error.
+    fn node_name(&mut self, ctx: &Ctx, label: Option<&Ident>, kind: &str) -> LResult<String> {
+        let name = match label {
+            Some(l) => format!("{}.{}", ctx.prefix, l.name),
+            None => self.name(ctx, kind),
+        };
+        if let Some(n) = self.nodes.iter().find(|n| n.name == name) {
+            let span = label.map(|l| l.span).unwrap_or_default();
+            let mut d = Diagnostic::error("E0005", format!("two layers are named `{name}`"))
+                .primary(span, "this name is taken")
+                .help("give the ops different names with `as NAME`");
+            if let Origin::Spec { span: first } = n.origin {
+                d = d.secondary(first, "first layer of that name");
+            }
+            return Err(Box::new(d));
+        }
+        Ok(name)
+    }
+
     fn name(&mut self, ctx: &Ctx, kind: &str) -> String {
         let key = format!("{}.{kind}", ctx.prefix);
         let n = self.counters.entry(key.clone()).or_insert(0);
@@ -729,7 +774,7 @@ impl<'a> Lowerer<'a> {
                 let bits = self.bits(bits.expect("no error"), ctx.slot);
                 let quantizer = q.expect("no error");
                 quantizer_bits_ok(&quantizer, bits, span, "this places")?;
-                let name = self.name(ctx, "act");
+                let name = self.node_name(ctx, call.label.as_ref(), "act")?;
                 let n = self.push_full(
                     ctx.slot,
                     name,
@@ -824,7 +869,7 @@ impl<'a> Lowerer<'a> {
         };
         check_size(&op, &shape, &out, span)?;
         let is_conv = matches!(op, Op::Conv { .. });
-        let node_name = self.name(ctx, kind);
+        let node_name = self.node_name(ctx, call.label.as_ref(), kind)?;
         let n = self.push(ctx.slot, node_name, op, vec![v.node], out, w, origin);
         Ok(Val {
             node: n,
@@ -902,7 +947,7 @@ impl<'a> Lowerer<'a> {
             ("classes".into(), ctx.env["classes"]),
         ]);
         self.bind_params(b, vals, &mut env, ctx)?;
-        let prefix = self.name(ctx, &b.name.name);
+        let prefix = self.node_name(ctx, call.label.as_ref(), &b.name.name)?;
         let inner = Ctx {
             slot: ctx.slot,
             prefix,

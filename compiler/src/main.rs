@@ -45,6 +45,26 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Map a checkpoint of another code base (e.g. the seed's PyTorch state
+    /// dict, as safetensors) onto the model's own names, as the spec's
+    /// `import FORMAT` section says. Without -o: check it and list the mapping.
+    Import {
+        spec: PathBuf,
+        /// The checkpoint to read (safetensors).
+        #[arg(long)]
+        from: PathBuf,
+        /// Which `import` section of the spec to use.
+        #[arg(long, default_value = "seed")]
+        format: String,
+        #[arg(long)]
+        profile: Option<String>,
+        /// Read only entries starting with this prefix (e.g. `state.`), without it.
+        #[arg(long, default_value = "")]
+        strip_prefix: String,
+        /// Where to write the converted checkpoint (safetensors).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
     Fmt {
         spec: PathBuf,
@@ -182,6 +202,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import {
+            spec,
+            from,
+            format,
+            profile,
+            strip_prefix,
+            output,
+        } => {
+            let src = read(&spec)?;
+            let model = match driver::parse(&src) {
+                Ok(m) => m,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let g = match driver::compile(&src, profile.as_deref()) {
+                Ok(g) => g,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let plan = match qatc::import::plan(&model, &g, &format) {
+                Ok(p) => p,
+                Err(d) => return Ok(fail(&src, &d)),
+            };
+            let bytes = std::fs::read(&from)
+                .with_context(|| format!("cannot read `{}`", from.display()))?;
+            match qatc::import::convert(&plan, &bytes, &strip_prefix) {
+                Ok(converted) => {
+                    if let Some(out) = output {
+                        write_atomic_bytes(&out, &converted)
+                            .with_context(|| format!("cannot write `{}`", out.display()))?;
+                        eprintln!(
+                            "imported: {} tensors from {} -> {}",
+                            plan.entries.len(),
+                            from.display(),
+                            out.display()
+                        );
+                    } else {
+                        for e in &plan.entries {
+                            println!("{:<40} <- {}{}", e.ours, strip_prefix, e.theirs);
+                        }
+                        eprintln!(
+                            "ok: {} maps onto model {} (profile {}), {} tensors",
+                            from.display(),
+                            g.model,
+                            g.profile,
+                            plan.entries.len()
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => {
+                    eprint!("{}", problems.report());
+                    eprintln!(
+                        "error: {} does not fit model {} (profile {}) as `import {format}` maps it",
+                        from.display(),
+                        g.model,
+                        g.profile
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Fmt { spec, to, output } => {
             let src = read(&spec)?;
             let model = match driver::parse(&src) {
@@ -232,12 +312,14 @@ fn runtime_path(out: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes via a temporary file and a rename, so an interrupted write never
-/// leaves a half-written spec behind.
+/// leaves a half-written file behind.
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
-    std::fs::write(&tmp, text)?;
+    write_atomic_bytes(path, text.as_bytes())
+}
+
+fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("out");
+    let tmp = path.with_extension(format!("{ext}.tmp"));
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

@@ -79,7 +79,10 @@ fn summary_json_has_the_documented_keys() {
     ] {
         assert!(!first_conv[key].is_null(), "layers[].{key} missing");
     }
-    assert_eq!(first_conv["name"], "stem.conv1");
+    assert_eq!(
+        first_conv["name"], "stem.stem",
+        "named as in the spec (`as stem`)"
+    );
 }
 
 #[test]
@@ -183,4 +186,93 @@ fn build_writes_a_crate() {
         !dir.join("src/lib.rs").exists(),
         "nothing is written for a bad spec"
     );
+}
+
+#[test]
+fn import_maps_the_seed_golden_checkpoints() {
+    let golden = std::env::var("QATC_GOLDEN").unwrap_or_else(|_| "../shared/golden".into());
+    for (spec, file, tensors) in [
+        ("spec/toynet.qspec", "toynet.safetensors", "127 tensors"),
+        ("spec/resnet20.qspec", "resnet20.safetensors", "107 tensors"),
+        (
+            "spec/mobilenetv2.qspec",
+            "mobilenetv2.safetensors",
+            "403 tensors",
+        ),
+    ] {
+        let from = format!("{golden}/{file}");
+        let out = qatc(&["import", spec, "--from", &from, "--strip-prefix", "state."]);
+        assert!(out.status.success(), "{spec}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(tensors), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("<- state."),
+            "the mapping is listed"
+        );
+    }
+    // A checkpoint of another model: every problem listed, exit 1.
+    let from = format!("{golden}/toynet.safetensors");
+    let out = qatc(&[
+        "import",
+        "spec/resnet20.qspec",
+        "--from",
+        &from,
+        "--strip-prefix",
+        "state.",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("missing: `state.features.stage1.unit1.conv1.weight`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected: `state.cells.0.conv1.weight`"),
+        "{err}"
+    );
+    // Not a safetensors file.
+    let out = qatc(&[
+        "import",
+        "spec/resnet20.qspec",
+        "--from",
+        "spec/resnet20.qspec",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a safetensors file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn import_writes_a_checkpoint_with_the_models_names() {
+    let golden = std::env::var("QATC_GOLDEN").unwrap_or_else(|_| "../shared/golden".into());
+    let out_file =
+        std::env::temp_dir().join(format!("qatc-import-{}.safetensors", std::process::id()));
+    let from = format!("{golden}/resnet20.safetensors");
+    let out = qatc(&[
+        "import",
+        "spec/resnet20.qspec",
+        "--from",
+        &from,
+        "--strip-prefix",
+        "state.",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&out_file).expect("written");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + header_len]).expect("safetensors header");
+    assert_eq!(
+        header["stem.stem.weight"]["shape"],
+        serde_json::json!([16, 3, 3, 3])
+    );
+    assert_eq!(
+        header["stage2.0.identity_conv.weight"]["shape"],
+        serde_json::json!([32, 16, 1, 1])
+    );
+    assert!(header.get("features.stage1.unit1.conv1.weight").is_none());
+    std::fs::remove_file(&out_file).ok();
 }

@@ -221,6 +221,10 @@ fn not_keyword(p: &Pair<Rule>) -> bool {
             | Rule::kw_else
             | Rule::kw_return
             | Rule::kw_cover
+            | Rule::kw_as
+            | Rule::kw_import
+            | Rule::kw_rename
+            | Rule::kw_ignore
     )
 }
 
@@ -299,6 +303,17 @@ fn describe(rule: &Rule) -> String {
         Rule::paren => "`(`",
         Rule::keyword => "a keyword",
         Rule::kw_model => "`model`",
+        Rule::kw_as | Rule::op_label => "`as NAME`",
+        Rule::kw_import => "`import`",
+        Rule::kw_rename => "`rename`",
+        Rule::kw_ignore => "`ignore`",
+        Rule::label => "a name",
+        Rule::string => "a quoted string",
+        Rule::import_decl => "`import FORMAT { ... }`",
+        Rule::import_item | Rule::import_prefix | Rule::import_rename | Rule::import_ignore => {
+            "an import item such as `blocks \"cells.{block}\"`"
+        }
+        Rule::op => "an op such as `conv3x3(16)`",
         Rule::kw_input => "`input`",
         Rule::kw_classes => "`classes`",
         Rule::kw_quant => "`quant`",
@@ -334,6 +349,7 @@ const ITEM_KEYWORDS: &[Rule] = &[
     Rule::kw_head,
     Rule::kw_fc,
     Rule::kw_profile,
+    Rule::kw_import,
 ];
 
 /// The token at or after byte `pos` of `src` (whitespace skipped), with its
@@ -547,6 +563,7 @@ impl Converter {
             head: None,
             fc: None,
             profiles: Vec::new(),
+            imports: Vec::new(),
             span,
         };
         let mut input_seen: Option<Span> = None;
@@ -615,6 +632,10 @@ impl Converter {
                     let s = self.stage(item);
                     model.stages.push(s);
                 }
+                Rule::import_decl => {
+                    let imp = self.import(item);
+                    model.imports.push(imp);
+                }
                 Rule::profile => {
                     let pr = self.profile(item);
                     model.profiles.push(pr);
@@ -667,7 +688,7 @@ impl Converter {
         for q in p.kids() {
             match q.as_rule() {
                 Rule::rule_neg => disable = true,
-                Rule::call => call = Some(self.call(q)),
+                Rule::call | Rule::op => call = Some(self.call(q)),
                 r => unreachable!("rule_use {r:?}"),
             }
         }
@@ -808,6 +829,15 @@ impl Converter {
     }
 
     fn call(&mut self, p: Pair<Rule>) -> Call {
+        if p.as_rule() == Rule::op {
+            let mut inner = p.kids();
+            let mut call = self.call(inner.next().expect("op call"));
+            if let Some(l) = inner.next() {
+                let label = l.kids().next().expect("label");
+                call.label = Some(self.ident(label));
+            }
+            return call;
+        }
         let span = self.span(&p);
         let mut inner = p.kids();
         let name = self.ident(inner.next().expect("call name"));
@@ -819,6 +849,7 @@ impl Converter {
             name,
             args,
             parens,
+            label: None,
             span,
         }
     }
@@ -863,6 +894,48 @@ impl Converter {
             block: block.expect("block"),
             repeats: repeats.expect("repeats"),
             args,
+            span,
+        }
+    }
+
+    fn string(&self, p: Pair<Rule>) -> StrLit {
+        let span = self.span(&p);
+        let text = p.as_str();
+        StrLit {
+            value: text[1..text.len() - 1].to_string(),
+            span,
+        }
+    }
+
+    fn import(&mut self, p: Pair<Rule>) -> Import {
+        let span = self.span(&p);
+        let mut inner = p.kids();
+        let format = self.ident(inner.next().expect("format"));
+        let items = inner
+            .map(|item| {
+                let q = item.kids().next().expect("import item");
+                let rule = q.as_rule();
+                let mut parts = q.kids();
+                match rule {
+                    Rule::import_rename => {
+                        let param = self.ident(parts.next().expect("param"));
+                        let to = self.string(parts.next().expect("string"));
+                        ImportItem::Rename { param, to }
+                    }
+                    Rule::import_ignore => ImportItem::Ignore {
+                        pattern: self.string(parts.next().expect("string")),
+                    },
+                    _ => {
+                        let part = self.ident(parts.next().expect("part"));
+                        let template = self.string(parts.next().expect("string"));
+                        ImportItem::Prefix { part, template }
+                    }
+                }
+            })
+            .collect();
+        Import {
+            format,
+            items,
             span,
         }
     }

@@ -132,6 +132,18 @@ fn write_call(s: &mut String, c: &Call) {
         s.push_str(&args_to_string(&c.args));
         s.push(')');
     }
+    if let Some(l) = &c.label {
+        s.push_str(" as ");
+        s.push_str(&l.name);
+    }
+}
+
+pub fn import_item_to_string(item: &ImportItem) -> String {
+    match item {
+        ImportItem::Prefix { part, template } => format!("{} \"{}\"", part.name, template.value),
+        ImportItem::Rename { param, to } => format!("rename {} \"{}\"", param.name, to.value),
+        ImportItem::Ignore { pattern } => format!("ignore \"{}\"", pattern.value),
+    }
 }
 
 fn write_expr(s: &mut String, e: &Expr) {
@@ -256,6 +268,16 @@ impl Printer {
         }
         if let Some(s) = &m.fc {
             self.line(&format!("fc: {}", ops_to_string(&s.ops)));
+        }
+        for imp in &m.imports {
+            self.blank();
+            self.line(&format!("import {} {{", imp.format.name));
+            self.indent += 1;
+            for item in &imp.items {
+                self.line(&import_item_to_string(item));
+            }
+            self.indent -= 1;
+            self.line("}");
         }
         for p in &m.profiles {
             self.blank();

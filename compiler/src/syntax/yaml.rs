@@ -642,7 +642,7 @@ impl Reader<'_> {
     fn model(&mut self, root: &YNode) -> Model {
         const KEYS: &[&str] = &[
             "model", "input", "classes", "quant", "rules", "lists", "blocks", "stem", "stages",
-            "head", "fc", "profiles",
+            "head", "fc", "profiles", "imports",
         ];
         let root_span = self.head(root);
         let f = self
@@ -710,7 +710,16 @@ impl Reader<'_> {
                 .collect(),
             None => Vec::new(),
         };
+        let imports = match f.get("imports") {
+            Some(n) => self
+                .items(n, "a list of imports")
+                .iter()
+                .filter_map(|i| self.import(i))
+                .collect(),
+            None => Vec::new(),
+        };
         Model {
+            imports,
             name: name.unwrap_or_else(|| Ident::new("", root_span)),
             input: input.unwrap_or(InputShape {
                 dims: Vec::new(),
@@ -728,6 +737,55 @@ impl Reader<'_> {
             profiles,
             span: Span::new(0, self.src.len()),
         }
+    }
+
+    /// `{format: seed, items: [{stem: stem}, {rename alpha: scale_coef}, {ignore: "x.*"}]}`
+    fn import(&mut self, n: &YNode) -> Option<Import> {
+        let f = self.fields(n, "an import", &["format", "items"])?;
+        let format = match f.get("format") {
+            Some(x) => self.ident(x, "a checkpoint format name")?,
+            None => {
+                self.missing(self.head(n), "format", "this import", "add `format: seed`");
+                return None;
+            }
+        };
+        let mut items = Vec::new();
+        if let Some(list) = f.get("items") {
+            for item in self.items(list, "a list of import items") {
+                for (k, v) in self.entries(item, "an import item (a one-key map)") {
+                    let (Some((key, kbase)), Some((value, vbase))) =
+                        (self.key_text(k), self.text(v, "a string"))
+                    else {
+                        continue;
+                    };
+                    let lit = StrLit {
+                        value: value.clone(),
+                        span: snap(self.src, Span::new(vbase, vbase + value.len())),
+                    };
+                    let key_span = snap(self.src, Span::new(kbase, kbase + key.len()));
+                    if key == "ignore" {
+                        items.push(ImportItem::Ignore { pattern: lit });
+                    } else if let Some(param) = key.strip_prefix("rename ") {
+                        let off = kbase + key.len() - param.len();
+                        let param = Ident::new(
+                            param.trim(),
+                            snap(self.src, Span::new(off, off + param.len())),
+                        );
+                        items.push(ImportItem::Rename { param, to: lit });
+                    } else {
+                        items.push(ImportItem::Prefix {
+                            part: Ident::new(key, key_span),
+                            template: lit,
+                        });
+                    }
+                }
+            }
+        }
+        Some(Import {
+            format,
+            items,
+            span: self.head(n),
+        })
     }
 
     fn section(&mut self, f: &Fields, key: &str) -> Option<Section> {
@@ -1223,6 +1281,37 @@ fn model_tree(m: &Model) -> Out {
             })
             .collect();
         put("profiles", Out::Seq(spaced(profiles)));
+    }
+    if !m.imports.is_empty() {
+        let imports = m
+            .imports
+            .iter()
+            .map(|i| {
+                let items = i
+                    .items
+                    .iter()
+                    .map(|item| {
+                        let (k, v) = match item {
+                            ImportItem::Prefix { part, template } => {
+                                (part.name.clone(), &template.value)
+                            }
+                            ImportItem::Rename { param, to } => {
+                                (format!("rename {}", param.name), &to.value)
+                            }
+                            ImportItem::Ignore { pattern } => {
+                                ("ignore".to_string(), &pattern.value)
+                            }
+                        };
+                        Out::Map(vec![(k, s(v.clone()))])
+                    })
+                    .collect();
+                Out::Map(vec![
+                    ("format".to_string(), s(&i.format.name)),
+                    ("items".to_string(), Out::Seq(items)),
+                ])
+            })
+            .collect();
+        put("imports", Out::Seq(spaced(imports)));
     }
     // Blank lines between the groups of the layout, as in `.qspec`: header,
     // quant, rules, lists, blocks, macro-architecture, profiles.

@@ -39,72 +39,72 @@ pub const SLOTS: [&str; 20] = [
 
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 67] = [
-    "stem.act1",
-    "s1.0.shortcut_act1",
-    "s1.0.act1",
-    "s1.0.act2",
-    "s1.0.out_act1",
-    "s2.0.shortcut_act1",
-    "s2.0.act1",
-    "s2.0.act2",
-    "s2.0.out_act1",
-    "s2.1.shortcut_act1",
-    "s2.1.act1",
-    "s2.1.act2",
-    "s2.1.out_act1",
-    "s3.0.act1",
-    "s3.0.act2",
-    "s3.0.out_act1",
-    "s3.1.shortcut_act1",
-    "s3.1.act1",
-    "s3.1.act2",
-    "s3.1.out_act1",
-    "s3.2.shortcut_act1",
-    "s3.2.act1",
-    "s3.2.act2",
-    "s3.2.out_act1",
-    "s4.0.act1",
-    "s4.0.act2",
-    "s4.0.out_act1",
-    "s4.1.shortcut_act1",
-    "s4.1.act1",
-    "s4.1.act2",
-    "s4.1.out_act1",
-    "s4.2.shortcut_act1",
-    "s4.2.act1",
-    "s4.2.act2",
-    "s4.2.out_act1",
-    "s4.3.shortcut_act1",
-    "s4.3.act1",
-    "s4.3.act2",
-    "s4.3.out_act1",
-    "s5.0.shortcut_act1",
-    "s5.0.act1",
-    "s5.0.act2",
-    "s5.0.out_act1",
-    "s5.1.shortcut_act1",
-    "s5.1.act1",
-    "s5.1.act2",
-    "s5.1.out_act1",
-    "s5.2.shortcut_act1",
-    "s5.2.act1",
-    "s5.2.act2",
-    "s5.2.out_act1",
-    "s6.0.act1",
-    "s6.0.act2",
-    "s6.0.out_act1",
-    "s6.1.shortcut_act1",
-    "s6.1.act1",
-    "s6.1.act2",
-    "s6.1.out_act1",
-    "s6.2.shortcut_act1",
-    "s6.2.act1",
-    "s6.2.act2",
-    "s6.2.out_act1",
-    "s7.0.shortcut_act1",
-    "s7.0.act1",
-    "s7.0.act2",
-    "s7.0.out_act1",
+    "stem.actq_first",
+    "s1.0.act_quant3",
+    "s1.0.act_quant1",
+    "s1.0.act_quant2",
+    "s1.0.act_quant4",
+    "s2.0.act_quant3",
+    "s2.0.act_quant1",
+    "s2.0.act_quant2",
+    "s2.0.act_quant4",
+    "s2.1.act_quant3",
+    "s2.1.act_quant1",
+    "s2.1.act_quant2",
+    "s2.1.act_quant4",
+    "s3.0.act_quant1",
+    "s3.0.act_quant2",
+    "s3.0.act_quant3",
+    "s3.1.act_quant3",
+    "s3.1.act_quant1",
+    "s3.1.act_quant2",
+    "s3.1.act_quant4",
+    "s3.2.act_quant3",
+    "s3.2.act_quant1",
+    "s3.2.act_quant2",
+    "s3.2.act_quant4",
+    "s4.0.act_quant1",
+    "s4.0.act_quant2",
+    "s4.0.act_quant3",
+    "s4.1.act_quant3",
+    "s4.1.act_quant1",
+    "s4.1.act_quant2",
+    "s4.1.act_quant4",
+    "s4.2.act_quant3",
+    "s4.2.act_quant1",
+    "s4.2.act_quant2",
+    "s4.2.act_quant4",
+    "s4.3.act_quant3",
+    "s4.3.act_quant1",
+    "s4.3.act_quant2",
+    "s4.3.act_quant4",
+    "s5.0.act_quant3",
+    "s5.0.act_quant1",
+    "s5.0.act_quant2",
+    "s5.0.act_quant4",
+    "s5.1.act_quant3",
+    "s5.1.act_quant1",
+    "s5.1.act_quant2",
+    "s5.1.act_quant4",
+    "s5.2.act_quant3",
+    "s5.2.act_quant1",
+    "s5.2.act_quant2",
+    "s5.2.act_quant4",
+    "s6.0.act_quant1",
+    "s6.0.act_quant2",
+    "s6.0.act_quant3",
+    "s6.1.act_quant3",
+    "s6.1.act_quant1",
+    "s6.1.act_quant2",
+    "s6.1.act_quant4",
+    "s6.2.act_quant3",
+    "s6.2.act_quant1",
+    "s6.2.act_quant2",
+    "s6.2.act_quant4",
+    "s7.0.act_quant3",
+    "s7.0.act_quant1",
+    "s7.0.act_quant2",
+    "s7.0.act_quant4",
     "head.act1",
 ];
 
@@ -413,23 +413,23 @@ pub const PROFILES: [Profile; 4] = [
 /// Model `mobilenetv2`: input 3x32x32, 10 classes.
 #[derive(Debug)]
 pub struct Mobilenetv2 {
-    /// `stem.conv1`: conv 3 -> 32, 3x3, stride 1, padding 1; weight bits of slot `stem`.
-    pub stem_conv1: qatc_runtime::layers::QConv2d,
+    /// `stem.stem`: conv 3 -> 32, 3x3, stride 1, padding 1; weight bits of slot `stem`.
+    pub stem_stem: qatc_runtime::layers::QConv2d,
 
     /// `stem.bn1`: batch norm over 32 channels (unfolded).
     pub stem_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `stem.act1`: activation quantizer, site 0 (written in the spec).
-    pub stem_act1: qatc_runtime::quant::ActQuant,
+    /// `stem.actq_first`: activation quantizer, site 0 (written in the spec).
+    pub stem_actq_first: qatc_runtime::quant::ActQuant,
 
-    /// `s1.0.conv4`: conv 32 -> 16, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
-    pub s1_0_conv4: qatc_runtime::layers::QConv2d,
+    /// `s1.0.shortcut.0`: conv 32 -> 16, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
+    pub s1_0_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s1.0.bn4`: batch norm over 16 channels (unfolded).
-    pub s1_0_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s1.0.shortcut.1`: batch norm over 16 channels (unfolded).
+    pub s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.shortcut_act1`: activation quantizer, site 1 (placed by rule `quantize_shortcut`).
-    pub s1_0_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant3`: activation quantizer, site 1 (placed by rule `quantize_shortcut`).
+    pub s1_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv1`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
     pub s1_0_conv1: qatc_runtime::layers::QConv2d,
@@ -437,8 +437,8 @@ pub struct Mobilenetv2 {
     /// `s1.0.bn1`: batch norm over 32 channels (unfolded).
     pub s1_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.act1`: activation quantizer, site 2 (written in the spec).
-    pub s1_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant1`: activation quantizer, site 2 (written in the spec).
+    pub s1_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv2`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s1.0`.
     pub s1_0_conv2: qatc_runtime::layers::QConv2d,
@@ -446,8 +446,8 @@ pub struct Mobilenetv2 {
     /// `s1.0.bn2`: batch norm over 32 channels (unfolded).
     pub s1_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.act2`: activation quantizer, site 3 (written in the spec).
-    pub s1_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant2`: activation quantizer, site 3 (written in the spec).
+    pub s1_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv3`: conv 32 -> 16, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
     pub s1_0_conv3: qatc_runtime::layers::QConv2d,
@@ -455,17 +455,17 @@ pub struct Mobilenetv2 {
     /// `s1.0.bn3`: batch norm over 16 channels (unfolded).
     pub s1_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.out_act1`: activation quantizer, site 4 (placed by rule `quantize_block_output`).
-    pub s1_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant4`: activation quantizer, site 4 (written in the spec).
+    pub s1_0_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s2.0.conv4`: conv 16 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
-    pub s2_0_conv4: qatc_runtime::layers::QConv2d,
+    /// `s2.0.shortcut.0`: conv 16 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
+    pub s2_0_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s2.0.bn4`: batch norm over 24 channels (unfolded).
-    pub s2_0_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s2.0.shortcut.1`: batch norm over 24 channels (unfolded).
+    pub s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.shortcut_act1`: activation quantizer, site 5 (placed by rule `quantize_shortcut`).
-    pub s2_0_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant3`: activation quantizer, site 5 (placed by rule `quantize_shortcut`).
+    pub s2_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s2.0.conv1`: conv 16 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_conv1: qatc_runtime::layers::QConv2d,
@@ -473,8 +473,8 @@ pub struct Mobilenetv2 {
     /// `s2.0.bn1`: batch norm over 96 channels (unfolded).
     pub s2_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.act1`: activation quantizer, site 6 (written in the spec).
-    pub s2_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant1`: activation quantizer, site 6 (written in the spec).
+    pub s2_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s2.0.conv2`: conv 96 -> 96, 3x3, stride 1, padding 1, 96 groups; weight bits of slot `s2.0`.
     pub s2_0_conv2: qatc_runtime::layers::QConv2d,
@@ -482,8 +482,8 @@ pub struct Mobilenetv2 {
     /// `s2.0.bn2`: batch norm over 96 channels (unfolded).
     pub s2_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.act2`: activation quantizer, site 7 (written in the spec).
-    pub s2_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant2`: activation quantizer, site 7 (written in the spec).
+    pub s2_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s2.0.conv3`: conv 96 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_conv3: qatc_runtime::layers::QConv2d,
@@ -491,17 +491,17 @@ pub struct Mobilenetv2 {
     /// `s2.0.bn3`: batch norm over 24 channels (unfolded).
     pub s2_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.out_act1`: activation quantizer, site 8 (placed by rule `quantize_block_output`).
-    pub s2_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant4`: activation quantizer, site 8 (written in the spec).
+    pub s2_0_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s2.1.conv4`: conv 24 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
-    pub s2_1_conv4: qatc_runtime::layers::QConv2d,
+    /// `s2.1.shortcut.0`: conv 24 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
+    pub s2_1_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s2.1.bn4`: batch norm over 24 channels (unfolded).
-    pub s2_1_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s2.1.shortcut.1`: batch norm over 24 channels (unfolded).
+    pub s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.shortcut_act1`: activation quantizer, site 9 (placed by rule `quantize_shortcut`).
-    pub s2_1_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant3`: activation quantizer, site 9 (placed by rule `quantize_shortcut`).
+    pub s2_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv1`: conv 24 -> 144, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_conv1: qatc_runtime::layers::QConv2d,
@@ -509,8 +509,8 @@ pub struct Mobilenetv2 {
     /// `s2.1.bn1`: batch norm over 144 channels (unfolded).
     pub s2_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.act1`: activation quantizer, site 10 (written in the spec).
-    pub s2_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant1`: activation quantizer, site 10 (written in the spec).
+    pub s2_1_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv2`: conv 144 -> 144, 3x3, stride 1, padding 1, 144 groups; weight bits of slot `s2.1`.
     pub s2_1_conv2: qatc_runtime::layers::QConv2d,
@@ -518,8 +518,8 @@ pub struct Mobilenetv2 {
     /// `s2.1.bn2`: batch norm over 144 channels (unfolded).
     pub s2_1_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.act2`: activation quantizer, site 11 (written in the spec).
-    pub s2_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant2`: activation quantizer, site 11 (written in the spec).
+    pub s2_1_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv3`: conv 144 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_conv3: qatc_runtime::layers::QConv2d,
@@ -527,8 +527,8 @@ pub struct Mobilenetv2 {
     /// `s2.1.bn3`: batch norm over 24 channels (unfolded).
     pub s2_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.out_act1`: activation quantizer, site 12 (placed by rule `quantize_block_output`).
-    pub s2_1_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant4`: activation quantizer, site 12 (written in the spec).
+    pub s2_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv1`: conv 24 -> 144, 1x1, stride 1, padding 0; weight bits of slot `s3.0`.
     pub s3_0_conv1: qatc_runtime::layers::QConv2d,
@@ -536,8 +536,8 @@ pub struct Mobilenetv2 {
     /// `s3.0.bn1`: batch norm over 144 channels (unfolded).
     pub s3_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.0.act1`: activation quantizer, site 13 (written in the spec).
-    pub s3_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant1`: activation quantizer, site 13 (written in the spec).
+    pub s3_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv2`: conv 144 -> 144, 3x3, stride 2, padding 1, 144 groups; weight bits of slot `s3.0`.
     pub s3_0_conv2: qatc_runtime::layers::QConv2d,
@@ -545,8 +545,8 @@ pub struct Mobilenetv2 {
     /// `s3.0.bn2`: batch norm over 144 channels (unfolded).
     pub s3_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.0.act2`: activation quantizer, site 14 (written in the spec).
-    pub s3_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant2`: activation quantizer, site 14 (written in the spec).
+    pub s3_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv3`: conv 144 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.0`.
     pub s3_0_conv3: qatc_runtime::layers::QConv2d,
@@ -554,17 +554,17 @@ pub struct Mobilenetv2 {
     /// `s3.0.bn3`: batch norm over 32 channels (unfolded).
     pub s3_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.0.out_act1`: activation quantizer, site 15 (placed by rule `quantize_block_output`).
-    pub s3_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant3`: activation quantizer, site 15 (written in the spec).
+    pub s3_0_act_quant3: qatc_runtime::quant::ActQuant,
 
-    /// `s3.1.conv4`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
-    pub s3_1_conv4: qatc_runtime::layers::QConv2d,
+    /// `s3.1.shortcut.0`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
+    pub s3_1_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s3.1.bn4`: batch norm over 32 channels (unfolded).
-    pub s3_1_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s3.1.shortcut.1`: batch norm over 32 channels (unfolded).
+    pub s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.shortcut_act1`: activation quantizer, site 16 (placed by rule `quantize_shortcut`).
-    pub s3_1_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant3`: activation quantizer, site 16 (placed by rule `quantize_shortcut`).
+    pub s3_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
     pub s3_1_conv1: qatc_runtime::layers::QConv2d,
@@ -572,8 +572,8 @@ pub struct Mobilenetv2 {
     /// `s3.1.bn1`: batch norm over 192 channels (unfolded).
     pub s3_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.act1`: activation quantizer, site 17 (written in the spec).
-    pub s3_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant1`: activation quantizer, site 17 (written in the spec).
+    pub s3_1_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv2`: conv 192 -> 192, 3x3, stride 1, padding 1, 192 groups; weight bits of slot `s3.1`.
     pub s3_1_conv2: qatc_runtime::layers::QConv2d,
@@ -581,8 +581,8 @@ pub struct Mobilenetv2 {
     /// `s3.1.bn2`: batch norm over 192 channels (unfolded).
     pub s3_1_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.act2`: activation quantizer, site 18 (written in the spec).
-    pub s3_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant2`: activation quantizer, site 18 (written in the spec).
+    pub s3_1_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv3`: conv 192 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
     pub s3_1_conv3: qatc_runtime::layers::QConv2d,
@@ -590,17 +590,17 @@ pub struct Mobilenetv2 {
     /// `s3.1.bn3`: batch norm over 32 channels (unfolded).
     pub s3_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.out_act1`: activation quantizer, site 19 (placed by rule `quantize_block_output`).
-    pub s3_1_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant4`: activation quantizer, site 19 (written in the spec).
+    pub s3_1_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s3.2.conv4`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
-    pub s3_2_conv4: qatc_runtime::layers::QConv2d,
+    /// `s3.2.shortcut.0`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
+    pub s3_2_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s3.2.bn4`: batch norm over 32 channels (unfolded).
-    pub s3_2_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s3.2.shortcut.1`: batch norm over 32 channels (unfolded).
+    pub s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.shortcut_act1`: activation quantizer, site 20 (placed by rule `quantize_shortcut`).
-    pub s3_2_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant3`: activation quantizer, site 20 (placed by rule `quantize_shortcut`).
+    pub s3_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_conv1: qatc_runtime::layers::QConv2d,
@@ -608,8 +608,8 @@ pub struct Mobilenetv2 {
     /// `s3.2.bn1`: batch norm over 192 channels (unfolded).
     pub s3_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.act1`: activation quantizer, site 21 (written in the spec).
-    pub s3_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant1`: activation quantizer, site 21 (written in the spec).
+    pub s3_2_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv2`: conv 192 -> 192, 3x3, stride 1, padding 1, 192 groups; weight bits of slot `s3.2`.
     pub s3_2_conv2: qatc_runtime::layers::QConv2d,
@@ -617,8 +617,8 @@ pub struct Mobilenetv2 {
     /// `s3.2.bn2`: batch norm over 192 channels (unfolded).
     pub s3_2_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.act2`: activation quantizer, site 22 (written in the spec).
-    pub s3_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant2`: activation quantizer, site 22 (written in the spec).
+    pub s3_2_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv3`: conv 192 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_conv3: qatc_runtime::layers::QConv2d,
@@ -626,8 +626,8 @@ pub struct Mobilenetv2 {
     /// `s3.2.bn3`: batch norm over 32 channels (unfolded).
     pub s3_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.out_act1`: activation quantizer, site 23 (placed by rule `quantize_block_output`).
-    pub s3_2_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant4`: activation quantizer, site 23 (written in the spec).
+    pub s3_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s4.0.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
     pub s4_0_conv1: qatc_runtime::layers::QConv2d,
@@ -635,8 +635,8 @@ pub struct Mobilenetv2 {
     /// `s4.0.bn1`: batch norm over 192 channels (unfolded).
     pub s4_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.0.act1`: activation quantizer, site 24 (written in the spec).
-    pub s4_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.0.act_quant1`: activation quantizer, site 24 (written in the spec).
+    pub s4_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s4.0.conv2`: conv 192 -> 192, 3x3, stride 2, padding 1, 192 groups; weight bits of slot `s4.0`.
     pub s4_0_conv2: qatc_runtime::layers::QConv2d,
@@ -644,8 +644,8 @@ pub struct Mobilenetv2 {
     /// `s4.0.bn2`: batch norm over 192 channels (unfolded).
     pub s4_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.0.act2`: activation quantizer, site 25 (written in the spec).
-    pub s4_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.0.act_quant2`: activation quantizer, site 25 (written in the spec).
+    pub s4_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s4.0.conv3`: conv 192 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
     pub s4_0_conv3: qatc_runtime::layers::QConv2d,
@@ -653,17 +653,17 @@ pub struct Mobilenetv2 {
     /// `s4.0.bn3`: batch norm over 64 channels (unfolded).
     pub s4_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.0.out_act1`: activation quantizer, site 26 (placed by rule `quantize_block_output`).
-    pub s4_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.0.act_quant3`: activation quantizer, site 26 (written in the spec).
+    pub s4_0_act_quant3: qatc_runtime::quant::ActQuant,
 
-    /// `s4.1.conv4`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
-    pub s4_1_conv4: qatc_runtime::layers::QConv2d,
+    /// `s4.1.shortcut.0`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
+    pub s4_1_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s4.1.bn4`: batch norm over 64 channels (unfolded).
-    pub s4_1_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s4.1.shortcut.1`: batch norm over 64 channels (unfolded).
+    pub s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.shortcut_act1`: activation quantizer, site 27 (placed by rule `quantize_shortcut`).
-    pub s4_1_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant3`: activation quantizer, site 27 (placed by rule `quantize_shortcut`).
+    pub s4_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
     pub s4_1_conv1: qatc_runtime::layers::QConv2d,
@@ -671,8 +671,8 @@ pub struct Mobilenetv2 {
     /// `s4.1.bn1`: batch norm over 384 channels (unfolded).
     pub s4_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.act1`: activation quantizer, site 28 (written in the spec).
-    pub s4_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant1`: activation quantizer, site 28 (written in the spec).
+    pub s4_1_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv2`: conv 384 -> 384, 3x3, stride 1, padding 1, 384 groups; weight bits of slot `s4.1`.
     pub s4_1_conv2: qatc_runtime::layers::QConv2d,
@@ -680,8 +680,8 @@ pub struct Mobilenetv2 {
     /// `s4.1.bn2`: batch norm over 384 channels (unfolded).
     pub s4_1_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.act2`: activation quantizer, site 29 (written in the spec).
-    pub s4_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant2`: activation quantizer, site 29 (written in the spec).
+    pub s4_1_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv3`: conv 384 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
     pub s4_1_conv3: qatc_runtime::layers::QConv2d,
@@ -689,17 +689,17 @@ pub struct Mobilenetv2 {
     /// `s4.1.bn3`: batch norm over 64 channels (unfolded).
     pub s4_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.out_act1`: activation quantizer, site 30 (placed by rule `quantize_block_output`).
-    pub s4_1_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant4`: activation quantizer, site 30 (written in the spec).
+    pub s4_1_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s4.2.conv4`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
-    pub s4_2_conv4: qatc_runtime::layers::QConv2d,
+    /// `s4.2.shortcut.0`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
+    pub s4_2_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s4.2.bn4`: batch norm over 64 channels (unfolded).
-    pub s4_2_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s4.2.shortcut.1`: batch norm over 64 channels (unfolded).
+    pub s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.shortcut_act1`: activation quantizer, site 31 (placed by rule `quantize_shortcut`).
-    pub s4_2_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant3`: activation quantizer, site 31 (placed by rule `quantize_shortcut`).
+    pub s4_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_conv1: qatc_runtime::layers::QConv2d,
@@ -707,8 +707,8 @@ pub struct Mobilenetv2 {
     /// `s4.2.bn1`: batch norm over 384 channels (unfolded).
     pub s4_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.act1`: activation quantizer, site 32 (written in the spec).
-    pub s4_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant1`: activation quantizer, site 32 (written in the spec).
+    pub s4_2_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv2`: conv 384 -> 384, 3x3, stride 1, padding 1, 384 groups; weight bits of slot `s4.2`.
     pub s4_2_conv2: qatc_runtime::layers::QConv2d,
@@ -716,8 +716,8 @@ pub struct Mobilenetv2 {
     /// `s4.2.bn2`: batch norm over 384 channels (unfolded).
     pub s4_2_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.act2`: activation quantizer, site 33 (written in the spec).
-    pub s4_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant2`: activation quantizer, site 33 (written in the spec).
+    pub s4_2_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv3`: conv 384 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_conv3: qatc_runtime::layers::QConv2d,
@@ -725,17 +725,17 @@ pub struct Mobilenetv2 {
     /// `s4.2.bn3`: batch norm over 64 channels (unfolded).
     pub s4_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.out_act1`: activation quantizer, site 34 (placed by rule `quantize_block_output`).
-    pub s4_2_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant4`: activation quantizer, site 34 (written in the spec).
+    pub s4_2_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s4.3.conv4`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
-    pub s4_3_conv4: qatc_runtime::layers::QConv2d,
+    /// `s4.3.shortcut.0`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
+    pub s4_3_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s4.3.bn4`: batch norm over 64 channels (unfolded).
-    pub s4_3_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s4.3.shortcut.1`: batch norm over 64 channels (unfolded).
+    pub s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.shortcut_act1`: activation quantizer, site 35 (placed by rule `quantize_shortcut`).
-    pub s4_3_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant3`: activation quantizer, site 35 (placed by rule `quantize_shortcut`).
+    pub s4_3_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.3.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
     pub s4_3_conv1: qatc_runtime::layers::QConv2d,
@@ -743,8 +743,8 @@ pub struct Mobilenetv2 {
     /// `s4.3.bn1`: batch norm over 384 channels (unfolded).
     pub s4_3_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.act1`: activation quantizer, site 36 (written in the spec).
-    pub s4_3_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant1`: activation quantizer, site 36 (written in the spec).
+    pub s4_3_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s4.3.conv2`: conv 384 -> 384, 3x3, stride 1, padding 1, 384 groups; weight bits of slot `s4.3`.
     pub s4_3_conv2: qatc_runtime::layers::QConv2d,
@@ -752,8 +752,8 @@ pub struct Mobilenetv2 {
     /// `s4.3.bn2`: batch norm over 384 channels (unfolded).
     pub s4_3_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.act2`: activation quantizer, site 37 (written in the spec).
-    pub s4_3_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant2`: activation quantizer, site 37 (written in the spec).
+    pub s4_3_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s4.3.conv3`: conv 384 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
     pub s4_3_conv3: qatc_runtime::layers::QConv2d,
@@ -761,17 +761,17 @@ pub struct Mobilenetv2 {
     /// `s4.3.bn3`: batch norm over 64 channels (unfolded).
     pub s4_3_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.out_act1`: activation quantizer, site 38 (placed by rule `quantize_block_output`).
-    pub s4_3_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant4`: activation quantizer, site 38 (written in the spec).
+    pub s4_3_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s5.0.conv4`: conv 64 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
-    pub s5_0_conv4: qatc_runtime::layers::QConv2d,
+    /// `s5.0.shortcut.0`: conv 64 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
+    pub s5_0_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s5.0.bn4`: batch norm over 96 channels (unfolded).
-    pub s5_0_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s5.0.shortcut.1`: batch norm over 96 channels (unfolded).
+    pub s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.shortcut_act1`: activation quantizer, site 39 (placed by rule `quantize_shortcut`).
-    pub s5_0_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant3`: activation quantizer, site 39 (placed by rule `quantize_shortcut`).
+    pub s5_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.0.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
     pub s5_0_conv1: qatc_runtime::layers::QConv2d,
@@ -779,8 +779,8 @@ pub struct Mobilenetv2 {
     /// `s5.0.bn1`: batch norm over 384 channels (unfolded).
     pub s5_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.act1`: activation quantizer, site 40 (written in the spec).
-    pub s5_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant1`: activation quantizer, site 40 (written in the spec).
+    pub s5_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s5.0.conv2`: conv 384 -> 384, 3x3, stride 1, padding 1, 384 groups; weight bits of slot `s5.0`.
     pub s5_0_conv2: qatc_runtime::layers::QConv2d,
@@ -788,8 +788,8 @@ pub struct Mobilenetv2 {
     /// `s5.0.bn2`: batch norm over 384 channels (unfolded).
     pub s5_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.act2`: activation quantizer, site 41 (written in the spec).
-    pub s5_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant2`: activation quantizer, site 41 (written in the spec).
+    pub s5_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s5.0.conv3`: conv 384 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
     pub s5_0_conv3: qatc_runtime::layers::QConv2d,
@@ -797,17 +797,17 @@ pub struct Mobilenetv2 {
     /// `s5.0.bn3`: batch norm over 96 channels (unfolded).
     pub s5_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.out_act1`: activation quantizer, site 42 (placed by rule `quantize_block_output`).
-    pub s5_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant4`: activation quantizer, site 42 (written in the spec).
+    pub s5_0_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s5.1.conv4`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
-    pub s5_1_conv4: qatc_runtime::layers::QConv2d,
+    /// `s5.1.shortcut.0`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
+    pub s5_1_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s5.1.bn4`: batch norm over 96 channels (unfolded).
-    pub s5_1_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s5.1.shortcut.1`: batch norm over 96 channels (unfolded).
+    pub s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.shortcut_act1`: activation quantizer, site 43 (placed by rule `quantize_shortcut`).
-    pub s5_1_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant3`: activation quantizer, site 43 (placed by rule `quantize_shortcut`).
+    pub s5_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.1.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
     pub s5_1_conv1: qatc_runtime::layers::QConv2d,
@@ -815,8 +815,8 @@ pub struct Mobilenetv2 {
     /// `s5.1.bn1`: batch norm over 576 channels (unfolded).
     pub s5_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.act1`: activation quantizer, site 44 (written in the spec).
-    pub s5_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant1`: activation quantizer, site 44 (written in the spec).
+    pub s5_1_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s5.1.conv2`: conv 576 -> 576, 3x3, stride 1, padding 1, 576 groups; weight bits of slot `s5.1`.
     pub s5_1_conv2: qatc_runtime::layers::QConv2d,
@@ -824,8 +824,8 @@ pub struct Mobilenetv2 {
     /// `s5.1.bn2`: batch norm over 576 channels (unfolded).
     pub s5_1_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.act2`: activation quantizer, site 45 (written in the spec).
-    pub s5_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant2`: activation quantizer, site 45 (written in the spec).
+    pub s5_1_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s5.1.conv3`: conv 576 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
     pub s5_1_conv3: qatc_runtime::layers::QConv2d,
@@ -833,17 +833,17 @@ pub struct Mobilenetv2 {
     /// `s5.1.bn3`: batch norm over 96 channels (unfolded).
     pub s5_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.out_act1`: activation quantizer, site 46 (placed by rule `quantize_block_output`).
-    pub s5_1_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant4`: activation quantizer, site 46 (written in the spec).
+    pub s5_1_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s5.2.conv4`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
-    pub s5_2_conv4: qatc_runtime::layers::QConv2d,
+    /// `s5.2.shortcut.0`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
+    pub s5_2_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s5.2.bn4`: batch norm over 96 channels (unfolded).
-    pub s5_2_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s5.2.shortcut.1`: batch norm over 96 channels (unfolded).
+    pub s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.shortcut_act1`: activation quantizer, site 47 (placed by rule `quantize_shortcut`).
-    pub s5_2_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant3`: activation quantizer, site 47 (placed by rule `quantize_shortcut`).
+    pub s5_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.2.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
     pub s5_2_conv1: qatc_runtime::layers::QConv2d,
@@ -851,8 +851,8 @@ pub struct Mobilenetv2 {
     /// `s5.2.bn1`: batch norm over 576 channels (unfolded).
     pub s5_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.act1`: activation quantizer, site 48 (written in the spec).
-    pub s5_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant1`: activation quantizer, site 48 (written in the spec).
+    pub s5_2_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s5.2.conv2`: conv 576 -> 576, 3x3, stride 1, padding 1, 576 groups; weight bits of slot `s5.2`.
     pub s5_2_conv2: qatc_runtime::layers::QConv2d,
@@ -860,8 +860,8 @@ pub struct Mobilenetv2 {
     /// `s5.2.bn2`: batch norm over 576 channels (unfolded).
     pub s5_2_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.act2`: activation quantizer, site 49 (written in the spec).
-    pub s5_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant2`: activation quantizer, site 49 (written in the spec).
+    pub s5_2_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s5.2.conv3`: conv 576 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
     pub s5_2_conv3: qatc_runtime::layers::QConv2d,
@@ -869,8 +869,8 @@ pub struct Mobilenetv2 {
     /// `s5.2.bn3`: batch norm over 96 channels (unfolded).
     pub s5_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.out_act1`: activation quantizer, site 50 (placed by rule `quantize_block_output`).
-    pub s5_2_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant4`: activation quantizer, site 50 (written in the spec).
+    pub s5_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s6.0.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s6.0`.
     pub s6_0_conv1: qatc_runtime::layers::QConv2d,
@@ -878,8 +878,8 @@ pub struct Mobilenetv2 {
     /// `s6.0.bn1`: batch norm over 576 channels (unfolded).
     pub s6_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.0.act1`: activation quantizer, site 51 (written in the spec).
-    pub s6_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.0.act_quant1`: activation quantizer, site 51 (written in the spec).
+    pub s6_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s6.0.conv2`: conv 576 -> 576, 3x3, stride 2, padding 1, 576 groups; weight bits of slot `s6.0`.
     pub s6_0_conv2: qatc_runtime::layers::QConv2d,
@@ -887,8 +887,8 @@ pub struct Mobilenetv2 {
     /// `s6.0.bn2`: batch norm over 576 channels (unfolded).
     pub s6_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.0.act2`: activation quantizer, site 52 (written in the spec).
-    pub s6_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s6.0.act_quant2`: activation quantizer, site 52 (written in the spec).
+    pub s6_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s6.0.conv3`: conv 576 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.0`.
     pub s6_0_conv3: qatc_runtime::layers::QConv2d,
@@ -896,17 +896,17 @@ pub struct Mobilenetv2 {
     /// `s6.0.bn3`: batch norm over 160 channels (unfolded).
     pub s6_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.0.out_act1`: activation quantizer, site 53 (placed by rule `quantize_block_output`).
-    pub s6_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.0.act_quant3`: activation quantizer, site 53 (written in the spec).
+    pub s6_0_act_quant3: qatc_runtime::quant::ActQuant,
 
-    /// `s6.1.conv4`: conv 160 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.1`.
-    pub s6_1_conv4: qatc_runtime::layers::QConv2d,
+    /// `s6.1.shortcut.0`: conv 160 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.1`.
+    pub s6_1_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s6.1.bn4`: batch norm over 160 channels (unfolded).
-    pub s6_1_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s6.1.shortcut.1`: batch norm over 160 channels (unfolded).
+    pub s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.shortcut_act1`: activation quantizer, site 54 (placed by rule `quantize_shortcut`).
-    pub s6_1_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant3`: activation quantizer, site 54 (placed by rule `quantize_shortcut`).
+    pub s6_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s6.1.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s6.1`.
     pub s6_1_conv1: qatc_runtime::layers::QConv2d,
@@ -914,8 +914,8 @@ pub struct Mobilenetv2 {
     /// `s6.1.bn1`: batch norm over 960 channels (unfolded).
     pub s6_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.act1`: activation quantizer, site 55 (written in the spec).
-    pub s6_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant1`: activation quantizer, site 55 (written in the spec).
+    pub s6_1_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s6.1.conv2`: conv 960 -> 960, 3x3, stride 1, padding 1, 960 groups; weight bits of slot `s6.1`.
     pub s6_1_conv2: qatc_runtime::layers::QConv2d,
@@ -923,8 +923,8 @@ pub struct Mobilenetv2 {
     /// `s6.1.bn2`: batch norm over 960 channels (unfolded).
     pub s6_1_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.act2`: activation quantizer, site 56 (written in the spec).
-    pub s6_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant2`: activation quantizer, site 56 (written in the spec).
+    pub s6_1_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s6.1.conv3`: conv 960 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.1`.
     pub s6_1_conv3: qatc_runtime::layers::QConv2d,
@@ -932,17 +932,17 @@ pub struct Mobilenetv2 {
     /// `s6.1.bn3`: batch norm over 160 channels (unfolded).
     pub s6_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.out_act1`: activation quantizer, site 57 (placed by rule `quantize_block_output`).
-    pub s6_1_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant4`: activation quantizer, site 57 (written in the spec).
+    pub s6_1_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s6.2.conv4`: conv 160 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
-    pub s6_2_conv4: qatc_runtime::layers::QConv2d,
+    /// `s6.2.shortcut.0`: conv 160 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
+    pub s6_2_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s6.2.bn4`: batch norm over 160 channels (unfolded).
-    pub s6_2_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s6.2.shortcut.1`: batch norm over 160 channels (unfolded).
+    pub s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.shortcut_act1`: activation quantizer, site 58 (placed by rule `quantize_shortcut`).
-    pub s6_2_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant3`: activation quantizer, site 58 (placed by rule `quantize_shortcut`).
+    pub s6_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s6.2.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
     pub s6_2_conv1: qatc_runtime::layers::QConv2d,
@@ -950,8 +950,8 @@ pub struct Mobilenetv2 {
     /// `s6.2.bn1`: batch norm over 960 channels (unfolded).
     pub s6_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.act1`: activation quantizer, site 59 (written in the spec).
-    pub s6_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant1`: activation quantizer, site 59 (written in the spec).
+    pub s6_2_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s6.2.conv2`: conv 960 -> 960, 3x3, stride 1, padding 1, 960 groups; weight bits of slot `s6.2`.
     pub s6_2_conv2: qatc_runtime::layers::QConv2d,
@@ -959,8 +959,8 @@ pub struct Mobilenetv2 {
     /// `s6.2.bn2`: batch norm over 960 channels (unfolded).
     pub s6_2_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.act2`: activation quantizer, site 60 (written in the spec).
-    pub s6_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant2`: activation quantizer, site 60 (written in the spec).
+    pub s6_2_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s6.2.conv3`: conv 960 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
     pub s6_2_conv3: qatc_runtime::layers::QConv2d,
@@ -968,17 +968,17 @@ pub struct Mobilenetv2 {
     /// `s6.2.bn3`: batch norm over 160 channels (unfolded).
     pub s6_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.out_act1`: activation quantizer, site 61 (placed by rule `quantize_block_output`).
-    pub s6_2_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant4`: activation quantizer, site 61 (written in the spec).
+    pub s6_2_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `s7.0.conv4`: conv 160 -> 320, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
-    pub s7_0_conv4: qatc_runtime::layers::QConv2d,
+    /// `s7.0.shortcut.0`: conv 160 -> 320, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
+    pub s7_0_shortcut_0: qatc_runtime::layers::QConv2d,
 
-    /// `s7.0.bn4`: batch norm over 320 channels (unfolded).
-    pub s7_0_bn4: qatc_runtime::layers::BatchNorm2d,
+    /// `s7.0.shortcut.1`: batch norm over 320 channels (unfolded).
+    pub s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.shortcut_act1`: activation quantizer, site 62 (placed by rule `quantize_shortcut`).
-    pub s7_0_shortcut_act1: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant3`: activation quantizer, site 62 (placed by rule `quantize_shortcut`).
+    pub s7_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s7.0.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
     pub s7_0_conv1: qatc_runtime::layers::QConv2d,
@@ -986,8 +986,8 @@ pub struct Mobilenetv2 {
     /// `s7.0.bn1`: batch norm over 960 channels (unfolded).
     pub s7_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.act1`: activation quantizer, site 63 (written in the spec).
-    pub s7_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant1`: activation quantizer, site 63 (written in the spec).
+    pub s7_0_act_quant1: qatc_runtime::quant::ActQuant,
 
     /// `s7.0.conv2`: conv 960 -> 960, 3x3, stride 1, padding 1, 960 groups; weight bits of slot `s7.0`.
     pub s7_0_conv2: qatc_runtime::layers::QConv2d,
@@ -995,8 +995,8 @@ pub struct Mobilenetv2 {
     /// `s7.0.bn2`: batch norm over 960 channels (unfolded).
     pub s7_0_bn2: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.act2`: activation quantizer, site 64 (written in the spec).
-    pub s7_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant2`: activation quantizer, site 64 (written in the spec).
+    pub s7_0_act_quant2: qatc_runtime::quant::ActQuant,
 
     /// `s7.0.conv3`: conv 960 -> 320, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
     pub s7_0_conv3: qatc_runtime::layers::QConv2d,
@@ -1004,20 +1004,20 @@ pub struct Mobilenetv2 {
     /// `s7.0.bn3`: batch norm over 320 channels (unfolded).
     pub s7_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.out_act1`: activation quantizer, site 65 (placed by rule `quantize_block_output`).
-    pub s7_0_out_act1: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant4`: activation quantizer, site 65 (written in the spec).
+    pub s7_0_act_quant4: qatc_runtime::quant::ActQuant,
 
-    /// `head.conv1`: conv 320 -> 1280, 1x1, stride 1, padding 0; weight bits of slot `head`.
-    pub head_conv1: qatc_runtime::layers::QConv2d,
+    /// `head.head`: conv 320 -> 1280, 1x1, stride 1, padding 0; weight bits of slot `head`.
+    pub head_head: qatc_runtime::layers::QConv2d,
 
-    /// `head.bn1`: batch norm over 1280 channels (unfolded).
-    pub head_bn1: qatc_runtime::layers::BatchNorm2d,
+    /// `head.bn2`: batch norm over 1280 channels (unfolded).
+    pub head_bn2: qatc_runtime::layers::BatchNorm2d,
 
     /// `head.act1`: activation quantizer, site 66 (written in the spec).
     pub head_act1: qatc_runtime::quant::ActQuant,
 
-    /// `fc.linear1`: linear 1280 -> 10, bias; weight bits of slot `fc`.
-    pub fc_linear1: qatc_runtime::layers::QLinear,
+    /// `fc.linear`: linear 1280 -> 10, bias; weight bits of slot `fc`.
+    pub fc_linear: qatc_runtime::layers::QLinear,
 }
 
 impl Mobilenetv2 {
@@ -1033,8 +1033,8 @@ impl Mobilenetv2 {
     /// Builds the model under a profile given as data.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
         Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "stem" / "conv1"),
+            stem_stem: qatc_runtime::layers::QConv2d::new(
+                &(vs / "stem" / "stem"),
                 3,
                 32,
                 3,
@@ -1048,12 +1048,12 @@ impl Mobilenetv2 {
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 32),
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "stem" / "act1"),
+            stem_actq_first: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "stem" / "actq_first"),
                 p.acts[0],
             ),
-            s1_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s1" / "0" / "conv4"),
+            s1_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s1" / "0" / "shortcut" / "0"),
                 32,
                 16,
                 1,
@@ -1066,12 +1066,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s1_0_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s1" / "0" / "bn4"),
+            s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s1" / "0" / "shortcut" / "1"),
                 16,
             ),
-            s1_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "shortcut_act1"),
+            s1_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant3"),
                 p.acts[1],
             ),
             s1_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1092,8 +1092,8 @@ impl Mobilenetv2 {
                 &(vs / "s1" / "0" / "bn1"),
                 32,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act1"),
+            s1_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant1"),
                 p.acts[2],
             ),
             s1_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1114,8 +1114,8 @@ impl Mobilenetv2 {
                 &(vs / "s1" / "0" / "bn2"),
                 32,
             ),
-            s1_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act2"),
+            s1_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant2"),
                 p.acts[3],
             ),
             s1_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1136,12 +1136,12 @@ impl Mobilenetv2 {
                 &(vs / "s1" / "0" / "bn3"),
                 16,
             ),
-            s1_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "out_act1"),
+            s1_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant4"),
                 p.acts[4],
             ),
-            s2_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s2" / "0" / "conv4"),
+            s2_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s2" / "0" / "shortcut" / "0"),
                 16,
                 24,
                 1,
@@ -1154,12 +1154,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s2_0_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s2" / "0" / "bn4"),
+            s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s2" / "0" / "shortcut" / "1"),
                 24,
             ),
-            s2_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "shortcut_act1"),
+            s2_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant3"),
                 p.acts[5],
             ),
             s2_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1180,8 +1180,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "0" / "bn1"),
                 96,
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act1"),
+            s2_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant1"),
                 p.acts[6],
             ),
             s2_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1202,8 +1202,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "0" / "bn2"),
                 96,
             ),
-            s2_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act2"),
+            s2_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant2"),
                 p.acts[7],
             ),
             s2_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1224,12 +1224,12 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "0" / "bn3"),
                 24,
             ),
-            s2_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "out_act1"),
+            s2_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant4"),
                 p.acts[8],
             ),
-            s2_1_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s2" / "1" / "conv4"),
+            s2_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s2" / "1" / "shortcut" / "0"),
                 24,
                 24,
                 1,
@@ -1242,12 +1242,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s2_1_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s2" / "1" / "bn4"),
+            s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s2" / "1" / "shortcut" / "1"),
                 24,
             ),
-            s2_1_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "shortcut_act1"),
+            s2_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant3"),
                 p.acts[9],
             ),
             s2_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1268,8 +1268,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "1" / "bn1"),
                 144,
             ),
-            s2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act1"),
+            s2_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant1"),
                 p.acts[10],
             ),
             s2_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1290,8 +1290,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "1" / "bn2"),
                 144,
             ),
-            s2_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act2"),
+            s2_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant2"),
                 p.acts[11],
             ),
             s2_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1312,8 +1312,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "1" / "bn3"),
                 24,
             ),
-            s2_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "out_act1"),
+            s2_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant4"),
                 p.acts[12],
             ),
             s3_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1334,8 +1334,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "0" / "bn1"),
                 144,
             ),
-            s3_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "act1"),
+            s3_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant1"),
                 p.acts[13],
             ),
             s3_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1356,8 +1356,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "0" / "bn2"),
                 144,
             ),
-            s3_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "act2"),
+            s3_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant2"),
                 p.acts[14],
             ),
             s3_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1378,12 +1378,12 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "0" / "bn3"),
                 32,
             ),
-            s3_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "out_act1"),
+            s3_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant3"),
                 p.acts[15],
             ),
-            s3_1_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s3" / "1" / "conv4"),
+            s3_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s3" / "1" / "shortcut" / "0"),
                 32,
                 32,
                 1,
@@ -1396,12 +1396,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s3_1_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s3" / "1" / "bn4"),
+            s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s3" / "1" / "shortcut" / "1"),
                 32,
             ),
-            s3_1_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "shortcut_act1"),
+            s3_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant3"),
                 p.acts[16],
             ),
             s3_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1422,8 +1422,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "1" / "bn1"),
                 192,
             ),
-            s3_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act1"),
+            s3_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant1"),
                 p.acts[17],
             ),
             s3_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1444,8 +1444,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "1" / "bn2"),
                 192,
             ),
-            s3_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act2"),
+            s3_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant2"),
                 p.acts[18],
             ),
             s3_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1466,12 +1466,12 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "1" / "bn3"),
                 32,
             ),
-            s3_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "out_act1"),
+            s3_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant4"),
                 p.acts[19],
             ),
-            s3_2_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s3" / "2" / "conv4"),
+            s3_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s3" / "2" / "shortcut" / "0"),
                 32,
                 32,
                 1,
@@ -1484,12 +1484,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s3_2_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s3" / "2" / "bn4"),
+            s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s3" / "2" / "shortcut" / "1"),
                 32,
             ),
-            s3_2_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "shortcut_act1"),
+            s3_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant3"),
                 p.acts[20],
             ),
             s3_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1510,8 +1510,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "2" / "bn1"),
                 192,
             ),
-            s3_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act1"),
+            s3_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant1"),
                 p.acts[21],
             ),
             s3_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1532,8 +1532,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "2" / "bn2"),
                 192,
             ),
-            s3_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act2"),
+            s3_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant2"),
                 p.acts[22],
             ),
             s3_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1554,8 +1554,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "2" / "bn3"),
                 32,
             ),
-            s3_2_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "out_act1"),
+            s3_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant4"),
                 p.acts[23],
             ),
             s4_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1576,8 +1576,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "0" / "bn1"),
                 192,
             ),
-            s4_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "act1"),
+            s4_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant1"),
                 p.acts[24],
             ),
             s4_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1598,8 +1598,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "0" / "bn2"),
                 192,
             ),
-            s4_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "act2"),
+            s4_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant2"),
                 p.acts[25],
             ),
             s4_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1620,12 +1620,12 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "0" / "bn3"),
                 64,
             ),
-            s4_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "out_act1"),
+            s4_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant3"),
                 p.acts[26],
             ),
-            s4_1_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "1" / "conv4"),
+            s4_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "1" / "shortcut" / "0"),
                 64,
                 64,
                 1,
@@ -1638,12 +1638,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s4_1_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s4" / "1" / "bn4"),
+            s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s4" / "1" / "shortcut" / "1"),
                 64,
             ),
-            s4_1_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "shortcut_act1"),
+            s4_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant3"),
                 p.acts[27],
             ),
             s4_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1664,8 +1664,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "1" / "bn1"),
                 384,
             ),
-            s4_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act1"),
+            s4_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant1"),
                 p.acts[28],
             ),
             s4_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1686,8 +1686,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "1" / "bn2"),
                 384,
             ),
-            s4_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act2"),
+            s4_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant2"),
                 p.acts[29],
             ),
             s4_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1708,12 +1708,12 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "1" / "bn3"),
                 64,
             ),
-            s4_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "out_act1"),
+            s4_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant4"),
                 p.acts[30],
             ),
-            s4_2_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "2" / "conv4"),
+            s4_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "2" / "shortcut" / "0"),
                 64,
                 64,
                 1,
@@ -1726,12 +1726,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s4_2_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s4" / "2" / "bn4"),
+            s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s4" / "2" / "shortcut" / "1"),
                 64,
             ),
-            s4_2_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "shortcut_act1"),
+            s4_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant3"),
                 p.acts[31],
             ),
             s4_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1752,8 +1752,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "2" / "bn1"),
                 384,
             ),
-            s4_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act1"),
+            s4_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant1"),
                 p.acts[32],
             ),
             s4_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1774,8 +1774,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "2" / "bn2"),
                 384,
             ),
-            s4_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act2"),
+            s4_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant2"),
                 p.acts[33],
             ),
             s4_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1796,12 +1796,12 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "2" / "bn3"),
                 64,
             ),
-            s4_2_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "out_act1"),
+            s4_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant4"),
                 p.acts[34],
             ),
-            s4_3_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "3" / "conv4"),
+            s4_3_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "3" / "shortcut" / "0"),
                 64,
                 64,
                 1,
@@ -1814,12 +1814,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s4_3_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s4" / "3" / "bn4"),
+            s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s4" / "3" / "shortcut" / "1"),
                 64,
             ),
-            s4_3_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "shortcut_act1"),
+            s4_3_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant3"),
                 p.acts[35],
             ),
             s4_3_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1840,8 +1840,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "3" / "bn1"),
                 384,
             ),
-            s4_3_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "act1"),
+            s4_3_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant1"),
                 p.acts[36],
             ),
             s4_3_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1862,8 +1862,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "3" / "bn2"),
                 384,
             ),
-            s4_3_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "act2"),
+            s4_3_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant2"),
                 p.acts[37],
             ),
             s4_3_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1884,12 +1884,12 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "3" / "bn3"),
                 64,
             ),
-            s4_3_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "out_act1"),
+            s4_3_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant4"),
                 p.acts[38],
             ),
-            s5_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s5" / "0" / "conv4"),
+            s5_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s5" / "0" / "shortcut" / "0"),
                 64,
                 96,
                 1,
@@ -1902,12 +1902,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s5_0_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s5" / "0" / "bn4"),
+            s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s5" / "0" / "shortcut" / "1"),
                 96,
             ),
-            s5_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "shortcut_act1"),
+            s5_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant3"),
                 p.acts[39],
             ),
             s5_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1928,8 +1928,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "0" / "bn1"),
                 384,
             ),
-            s5_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "act1"),
+            s5_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant1"),
                 p.acts[40],
             ),
             s5_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1950,8 +1950,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "0" / "bn2"),
                 384,
             ),
-            s5_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "act2"),
+            s5_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant2"),
                 p.acts[41],
             ),
             s5_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1972,12 +1972,12 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "0" / "bn3"),
                 96,
             ),
-            s5_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "out_act1"),
+            s5_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant4"),
                 p.acts[42],
             ),
-            s5_1_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s5" / "1" / "conv4"),
+            s5_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s5" / "1" / "shortcut" / "0"),
                 96,
                 96,
                 1,
@@ -1990,12 +1990,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s5_1_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s5" / "1" / "bn4"),
+            s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s5" / "1" / "shortcut" / "1"),
                 96,
             ),
-            s5_1_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "shortcut_act1"),
+            s5_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant3"),
                 p.acts[43],
             ),
             s5_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2016,8 +2016,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "1" / "bn1"),
                 576,
             ),
-            s5_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "act1"),
+            s5_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant1"),
                 p.acts[44],
             ),
             s5_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2038,8 +2038,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "1" / "bn2"),
                 576,
             ),
-            s5_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "act2"),
+            s5_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant2"),
                 p.acts[45],
             ),
             s5_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2060,12 +2060,12 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "1" / "bn3"),
                 96,
             ),
-            s5_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "out_act1"),
+            s5_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant4"),
                 p.acts[46],
             ),
-            s5_2_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s5" / "2" / "conv4"),
+            s5_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s5" / "2" / "shortcut" / "0"),
                 96,
                 96,
                 1,
@@ -2078,12 +2078,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s5_2_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s5" / "2" / "bn4"),
+            s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s5" / "2" / "shortcut" / "1"),
                 96,
             ),
-            s5_2_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "shortcut_act1"),
+            s5_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant3"),
                 p.acts[47],
             ),
             s5_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2104,8 +2104,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "2" / "bn1"),
                 576,
             ),
-            s5_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "act1"),
+            s5_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant1"),
                 p.acts[48],
             ),
             s5_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2126,8 +2126,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "2" / "bn2"),
                 576,
             ),
-            s5_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "act2"),
+            s5_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant2"),
                 p.acts[49],
             ),
             s5_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2148,8 +2148,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "2" / "bn3"),
                 96,
             ),
-            s5_2_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "out_act1"),
+            s5_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant4"),
                 p.acts[50],
             ),
             s6_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2170,8 +2170,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "0" / "bn1"),
                 576,
             ),
-            s6_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "0" / "act1"),
+            s6_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "0" / "act_quant1"),
                 p.acts[51],
             ),
             s6_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2192,8 +2192,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "0" / "bn2"),
                 576,
             ),
-            s6_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "0" / "act2"),
+            s6_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "0" / "act_quant2"),
                 p.acts[52],
             ),
             s6_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2214,12 +2214,12 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "0" / "bn3"),
                 160,
             ),
-            s6_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "0" / "out_act1"),
+            s6_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "0" / "act_quant3"),
                 p.acts[53],
             ),
-            s6_1_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s6" / "1" / "conv4"),
+            s6_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s6" / "1" / "shortcut" / "0"),
                 160,
                 160,
                 1,
@@ -2232,12 +2232,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s6_1_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s6" / "1" / "bn4"),
+            s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s6" / "1" / "shortcut" / "1"),
                 160,
             ),
-            s6_1_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "shortcut_act1"),
+            s6_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant3"),
                 p.acts[54],
             ),
             s6_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2258,8 +2258,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "1" / "bn1"),
                 960,
             ),
-            s6_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "act1"),
+            s6_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant1"),
                 p.acts[55],
             ),
             s6_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2280,8 +2280,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "1" / "bn2"),
                 960,
             ),
-            s6_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "act2"),
+            s6_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant2"),
                 p.acts[56],
             ),
             s6_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2302,12 +2302,12 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "1" / "bn3"),
                 160,
             ),
-            s6_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "out_act1"),
+            s6_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant4"),
                 p.acts[57],
             ),
-            s6_2_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s6" / "2" / "conv4"),
+            s6_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s6" / "2" / "shortcut" / "0"),
                 160,
                 160,
                 1,
@@ -2320,12 +2320,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s6_2_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s6" / "2" / "bn4"),
+            s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s6" / "2" / "shortcut" / "1"),
                 160,
             ),
-            s6_2_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "shortcut_act1"),
+            s6_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant3"),
                 p.acts[58],
             ),
             s6_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2346,8 +2346,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "2" / "bn1"),
                 960,
             ),
-            s6_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "act1"),
+            s6_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant1"),
                 p.acts[59],
             ),
             s6_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2368,8 +2368,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "2" / "bn2"),
                 960,
             ),
-            s6_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "act2"),
+            s6_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant2"),
                 p.acts[60],
             ),
             s6_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2390,12 +2390,12 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "2" / "bn3"),
                 160,
             ),
-            s6_2_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "out_act1"),
+            s6_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant4"),
                 p.acts[61],
             ),
-            s7_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s7" / "0" / "conv4"),
+            s7_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s7" / "0" / "shortcut" / "0"),
                 160,
                 320,
                 1,
@@ -2408,12 +2408,12 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            s7_0_bn4: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s7" / "0" / "bn4"),
+            s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s7" / "0" / "shortcut" / "1"),
                 320,
             ),
-            s7_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "shortcut_act1"),
+            s7_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant3"),
                 p.acts[62],
             ),
             s7_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2434,8 +2434,8 @@ impl Mobilenetv2 {
                 &(vs / "s7" / "0" / "bn1"),
                 960,
             ),
-            s7_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "act1"),
+            s7_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant1"),
                 p.acts[63],
             ),
             s7_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -2456,8 +2456,8 @@ impl Mobilenetv2 {
                 &(vs / "s7" / "0" / "bn2"),
                 960,
             ),
-            s7_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "act2"),
+            s7_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant2"),
                 p.acts[64],
             ),
             s7_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -2478,12 +2478,12 @@ impl Mobilenetv2 {
                 &(vs / "s7" / "0" / "bn3"),
                 320,
             ),
-            s7_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "out_act1"),
+            s7_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant4"),
                 p.acts[65],
             ),
-            head_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "head" / "conv1"),
+            head_head: qatc_runtime::layers::QConv2d::new(
+                &(vs / "head" / "head"),
                 320,
                 1280,
                 1,
@@ -2496,16 +2496,16 @@ impl Mobilenetv2 {
                     ..Default::default()
                 },
             ),
-            head_bn1: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "head" / "bn1"),
+            head_bn2: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "head" / "bn2"),
                 1280,
             ),
             head_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "head" / "act1"),
                 p.acts[66],
             ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
-                &(vs / "fc" / "linear1"),
+            fc_linear: qatc_runtime::layers::QLinear::new(
+                &(vs / "fc" / "linear"),
                 1280,
                 10,
                 p.w_bits[19],
@@ -2520,260 +2520,260 @@ impl Mobilenetv2 {
 
 impl tch::nn::ModuleT for Mobilenetv2 {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_conv1 = self.stem_conv1.forward(input);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
+        let stem_stem = self.stem_stem.forward(input);
+        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
         let stem_relu1 = qatc_runtime::ops::relu(&stem_bn1);
-        let stem_act1 = self.stem_act1.forward(&stem_relu1);
-        let s1_0_conv4 = self.s1_0_conv4.forward(&stem_act1);
-        let s1_0_bn4 = self.s1_0_bn4.forward_t(&s1_0_conv4, train);
-        let s1_0_shortcut_act1 = self.s1_0_shortcut_act1.forward(&s1_0_bn4);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_act1);
+        let stem_actq_first = self.stem_actq_first.forward(&stem_relu1);
+        let s1_0_shortcut_0 = self.s1_0_shortcut_0.forward(&stem_actq_first);
+        let s1_0_shortcut_1 = self.s1_0_shortcut_1.forward_t(&s1_0_shortcut_0, train);
+        let s1_0_act_quant3 = self.s1_0_act_quant3.forward(&s1_0_shortcut_1);
+        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_actq_first);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
         let s1_0_relu61 = qatc_runtime::ops::relu6(&s1_0_bn1);
-        let s1_0_act1 = self.s1_0_act1.forward(&s1_0_relu61);
-        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act1);
+        let s1_0_act_quant1 = self.s1_0_act_quant1.forward(&s1_0_relu61);
+        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant1);
         let s1_0_bn2 = self.s1_0_bn2.forward_t(&s1_0_conv2, train);
         let s1_0_relu62 = qatc_runtime::ops::relu6(&s1_0_bn2);
-        let s1_0_act2 = self.s1_0_act2.forward(&s1_0_relu62);
-        let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act2);
+        let s1_0_act_quant2 = self.s1_0_act_quant2.forward(&s1_0_relu62);
+        let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant2);
         let s1_0_bn3 = self.s1_0_bn3.forward_t(&s1_0_conv3, train);
-        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_shortcut_act1);
-        let s1_0_out_act1 = self.s1_0_out_act1.forward(&s1_0_add1);
-        let s2_0_conv4 = self.s2_0_conv4.forward(&s1_0_out_act1);
-        let s2_0_bn4 = self.s2_0_bn4.forward_t(&s2_0_conv4, train);
-        let s2_0_shortcut_act1 = self.s2_0_shortcut_act1.forward(&s2_0_bn4);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_out_act1);
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_act_quant3);
+        let s1_0_act_quant4 = self.s1_0_act_quant4.forward(&s1_0_add1);
+        let s2_0_shortcut_0 = self.s2_0_shortcut_0.forward(&s1_0_act_quant4);
+        let s2_0_shortcut_1 = self.s2_0_shortcut_1.forward_t(&s2_0_shortcut_0, train);
+        let s2_0_act_quant3 = self.s2_0_act_quant3.forward(&s2_0_shortcut_1);
+        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_act_quant4);
         let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
         let s2_0_relu61 = qatc_runtime::ops::relu6(&s2_0_bn1);
-        let s2_0_act1 = self.s2_0_act1.forward(&s2_0_relu61);
-        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act1);
+        let s2_0_act_quant1 = self.s2_0_act_quant1.forward(&s2_0_relu61);
+        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act_quant1);
         let s2_0_bn2 = self.s2_0_bn2.forward_t(&s2_0_conv2, train);
         let s2_0_relu62 = qatc_runtime::ops::relu6(&s2_0_bn2);
-        let s2_0_act2 = self.s2_0_act2.forward(&s2_0_relu62);
-        let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act2);
+        let s2_0_act_quant2 = self.s2_0_act_quant2.forward(&s2_0_relu62);
+        let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant2);
         let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
-        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_shortcut_act1);
-        let s2_0_out_act1 = self.s2_0_out_act1.forward(&s2_0_add1);
-        let s2_1_conv4 = self.s2_1_conv4.forward(&s2_0_out_act1);
-        let s2_1_bn4 = self.s2_1_bn4.forward_t(&s2_1_conv4, train);
-        let s2_1_shortcut_act1 = self.s2_1_shortcut_act1.forward(&s2_1_bn4);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_out_act1);
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_act_quant3);
+        let s2_0_act_quant4 = self.s2_0_act_quant4.forward(&s2_0_add1);
+        let s2_1_shortcut_0 = self.s2_1_shortcut_0.forward(&s2_0_act_quant4);
+        let s2_1_shortcut_1 = self.s2_1_shortcut_1.forward_t(&s2_1_shortcut_0, train);
+        let s2_1_act_quant3 = self.s2_1_act_quant3.forward(&s2_1_shortcut_1);
+        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant4);
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
         let s2_1_relu61 = qatc_runtime::ops::relu6(&s2_1_bn1);
-        let s2_1_act1 = self.s2_1_act1.forward(&s2_1_relu61);
-        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act1);
+        let s2_1_act_quant1 = self.s2_1_act_quant1.forward(&s2_1_relu61);
+        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant1);
         let s2_1_bn2 = self.s2_1_bn2.forward_t(&s2_1_conv2, train);
         let s2_1_relu62 = qatc_runtime::ops::relu6(&s2_1_bn2);
-        let s2_1_act2 = self.s2_1_act2.forward(&s2_1_relu62);
-        let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act2);
+        let s2_1_act_quant2 = self.s2_1_act_quant2.forward(&s2_1_relu62);
+        let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant2);
         let s2_1_bn3 = self.s2_1_bn3.forward_t(&s2_1_conv3, train);
-        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_shortcut_act1);
-        let s2_1_out_act1 = self.s2_1_out_act1.forward(&s2_1_add1);
-        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_1_out_act1);
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_act_quant3);
+        let s2_1_act_quant4 = self.s2_1_act_quant4.forward(&s2_1_add1);
+        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_1_act_quant4);
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
         let s3_0_relu61 = qatc_runtime::ops::relu6(&s3_0_bn1);
-        let s3_0_act1 = self.s3_0_act1.forward(&s3_0_relu61);
-        let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act1);
+        let s3_0_act_quant1 = self.s3_0_act_quant1.forward(&s3_0_relu61);
+        let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant1);
         let s3_0_bn2 = self.s3_0_bn2.forward_t(&s3_0_conv2, train);
         let s3_0_relu62 = qatc_runtime::ops::relu6(&s3_0_bn2);
-        let s3_0_act2 = self.s3_0_act2.forward(&s3_0_relu62);
-        let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act2);
+        let s3_0_act_quant2 = self.s3_0_act_quant2.forward(&s3_0_relu62);
+        let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant2);
         let s3_0_bn3 = self.s3_0_bn3.forward_t(&s3_0_conv3, train);
-        let s3_0_out_act1 = self.s3_0_out_act1.forward(&s3_0_bn3);
-        let s3_1_conv4 = self.s3_1_conv4.forward(&s3_0_out_act1);
-        let s3_1_bn4 = self.s3_1_bn4.forward_t(&s3_1_conv4, train);
-        let s3_1_shortcut_act1 = self.s3_1_shortcut_act1.forward(&s3_1_bn4);
-        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_out_act1);
+        let s3_0_act_quant3 = self.s3_0_act_quant3.forward(&s3_0_bn3);
+        let s3_1_shortcut_0 = self.s3_1_shortcut_0.forward(&s3_0_act_quant3);
+        let s3_1_shortcut_1 = self.s3_1_shortcut_1.forward_t(&s3_1_shortcut_0, train);
+        let s3_1_act_quant3 = self.s3_1_act_quant3.forward(&s3_1_shortcut_1);
+        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_act_quant3);
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
         let s3_1_relu61 = qatc_runtime::ops::relu6(&s3_1_bn1);
-        let s3_1_act1 = self.s3_1_act1.forward(&s3_1_relu61);
-        let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act1);
+        let s3_1_act_quant1 = self.s3_1_act_quant1.forward(&s3_1_relu61);
+        let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant1);
         let s3_1_bn2 = self.s3_1_bn2.forward_t(&s3_1_conv2, train);
         let s3_1_relu62 = qatc_runtime::ops::relu6(&s3_1_bn2);
-        let s3_1_act2 = self.s3_1_act2.forward(&s3_1_relu62);
-        let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act2);
+        let s3_1_act_quant2 = self.s3_1_act_quant2.forward(&s3_1_relu62);
+        let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant2);
         let s3_1_bn3 = self.s3_1_bn3.forward_t(&s3_1_conv3, train);
-        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_shortcut_act1);
-        let s3_1_out_act1 = self.s3_1_out_act1.forward(&s3_1_add1);
-        let s3_2_conv4 = self.s3_2_conv4.forward(&s3_1_out_act1);
-        let s3_2_bn4 = self.s3_2_bn4.forward_t(&s3_2_conv4, train);
-        let s3_2_shortcut_act1 = self.s3_2_shortcut_act1.forward(&s3_2_bn4);
-        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_out_act1);
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_act_quant3);
+        let s3_1_act_quant4 = self.s3_1_act_quant4.forward(&s3_1_add1);
+        let s3_2_shortcut_0 = self.s3_2_shortcut_0.forward(&s3_1_act_quant4);
+        let s3_2_shortcut_1 = self.s3_2_shortcut_1.forward_t(&s3_2_shortcut_0, train);
+        let s3_2_act_quant3 = self.s3_2_act_quant3.forward(&s3_2_shortcut_1);
+        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant4);
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
         let s3_2_relu61 = qatc_runtime::ops::relu6(&s3_2_bn1);
-        let s3_2_act1 = self.s3_2_act1.forward(&s3_2_relu61);
-        let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act1);
+        let s3_2_act_quant1 = self.s3_2_act_quant1.forward(&s3_2_relu61);
+        let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant1);
         let s3_2_bn2 = self.s3_2_bn2.forward_t(&s3_2_conv2, train);
         let s3_2_relu62 = qatc_runtime::ops::relu6(&s3_2_bn2);
-        let s3_2_act2 = self.s3_2_act2.forward(&s3_2_relu62);
-        let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act2);
+        let s3_2_act_quant2 = self.s3_2_act_quant2.forward(&s3_2_relu62);
+        let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant2);
         let s3_2_bn3 = self.s3_2_bn3.forward_t(&s3_2_conv3, train);
-        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_shortcut_act1);
-        let s3_2_out_act1 = self.s3_2_out_act1.forward(&s3_2_add1);
-        let s4_0_conv1 = self.s4_0_conv1.forward(&s3_2_out_act1);
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_act_quant3);
+        let s3_2_act_quant4 = self.s3_2_act_quant4.forward(&s3_2_add1);
+        let s4_0_conv1 = self.s4_0_conv1.forward(&s3_2_act_quant4);
         let s4_0_bn1 = self.s4_0_bn1.forward_t(&s4_0_conv1, train);
         let s4_0_relu61 = qatc_runtime::ops::relu6(&s4_0_bn1);
-        let s4_0_act1 = self.s4_0_act1.forward(&s4_0_relu61);
-        let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act1);
+        let s4_0_act_quant1 = self.s4_0_act_quant1.forward(&s4_0_relu61);
+        let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act_quant1);
         let s4_0_bn2 = self.s4_0_bn2.forward_t(&s4_0_conv2, train);
         let s4_0_relu62 = qatc_runtime::ops::relu6(&s4_0_bn2);
-        let s4_0_act2 = self.s4_0_act2.forward(&s4_0_relu62);
-        let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act2);
+        let s4_0_act_quant2 = self.s4_0_act_quant2.forward(&s4_0_relu62);
+        let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant2);
         let s4_0_bn3 = self.s4_0_bn3.forward_t(&s4_0_conv3, train);
-        let s4_0_out_act1 = self.s4_0_out_act1.forward(&s4_0_bn3);
-        let s4_1_conv4 = self.s4_1_conv4.forward(&s4_0_out_act1);
-        let s4_1_bn4 = self.s4_1_bn4.forward_t(&s4_1_conv4, train);
-        let s4_1_shortcut_act1 = self.s4_1_shortcut_act1.forward(&s4_1_bn4);
-        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_out_act1);
+        let s4_0_act_quant3 = self.s4_0_act_quant3.forward(&s4_0_bn3);
+        let s4_1_shortcut_0 = self.s4_1_shortcut_0.forward(&s4_0_act_quant3);
+        let s4_1_shortcut_1 = self.s4_1_shortcut_1.forward_t(&s4_1_shortcut_0, train);
+        let s4_1_act_quant3 = self.s4_1_act_quant3.forward(&s4_1_shortcut_1);
+        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_act_quant3);
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
         let s4_1_relu61 = qatc_runtime::ops::relu6(&s4_1_bn1);
-        let s4_1_act1 = self.s4_1_act1.forward(&s4_1_relu61);
-        let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act1);
+        let s4_1_act_quant1 = self.s4_1_act_quant1.forward(&s4_1_relu61);
+        let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant1);
         let s4_1_bn2 = self.s4_1_bn2.forward_t(&s4_1_conv2, train);
         let s4_1_relu62 = qatc_runtime::ops::relu6(&s4_1_bn2);
-        let s4_1_act2 = self.s4_1_act2.forward(&s4_1_relu62);
-        let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act2);
+        let s4_1_act_quant2 = self.s4_1_act_quant2.forward(&s4_1_relu62);
+        let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant2);
         let s4_1_bn3 = self.s4_1_bn3.forward_t(&s4_1_conv3, train);
-        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_shortcut_act1);
-        let s4_1_out_act1 = self.s4_1_out_act1.forward(&s4_1_add1);
-        let s4_2_conv4 = self.s4_2_conv4.forward(&s4_1_out_act1);
-        let s4_2_bn4 = self.s4_2_bn4.forward_t(&s4_2_conv4, train);
-        let s4_2_shortcut_act1 = self.s4_2_shortcut_act1.forward(&s4_2_bn4);
-        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_out_act1);
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_act_quant3);
+        let s4_1_act_quant4 = self.s4_1_act_quant4.forward(&s4_1_add1);
+        let s4_2_shortcut_0 = self.s4_2_shortcut_0.forward(&s4_1_act_quant4);
+        let s4_2_shortcut_1 = self.s4_2_shortcut_1.forward_t(&s4_2_shortcut_0, train);
+        let s4_2_act_quant3 = self.s4_2_act_quant3.forward(&s4_2_shortcut_1);
+        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant4);
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
         let s4_2_relu61 = qatc_runtime::ops::relu6(&s4_2_bn1);
-        let s4_2_act1 = self.s4_2_act1.forward(&s4_2_relu61);
-        let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act1);
+        let s4_2_act_quant1 = self.s4_2_act_quant1.forward(&s4_2_relu61);
+        let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant1);
         let s4_2_bn2 = self.s4_2_bn2.forward_t(&s4_2_conv2, train);
         let s4_2_relu62 = qatc_runtime::ops::relu6(&s4_2_bn2);
-        let s4_2_act2 = self.s4_2_act2.forward(&s4_2_relu62);
-        let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act2);
+        let s4_2_act_quant2 = self.s4_2_act_quant2.forward(&s4_2_relu62);
+        let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant2);
         let s4_2_bn3 = self.s4_2_bn3.forward_t(&s4_2_conv3, train);
-        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_shortcut_act1);
-        let s4_2_out_act1 = self.s4_2_out_act1.forward(&s4_2_add1);
-        let s4_3_conv4 = self.s4_3_conv4.forward(&s4_2_out_act1);
-        let s4_3_bn4 = self.s4_3_bn4.forward_t(&s4_3_conv4, train);
-        let s4_3_shortcut_act1 = self.s4_3_shortcut_act1.forward(&s4_3_bn4);
-        let s4_3_conv1 = self.s4_3_conv1.forward(&s4_2_out_act1);
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_act_quant3);
+        let s4_2_act_quant4 = self.s4_2_act_quant4.forward(&s4_2_add1);
+        let s4_3_shortcut_0 = self.s4_3_shortcut_0.forward(&s4_2_act_quant4);
+        let s4_3_shortcut_1 = self.s4_3_shortcut_1.forward_t(&s4_3_shortcut_0, train);
+        let s4_3_act_quant3 = self.s4_3_act_quant3.forward(&s4_3_shortcut_1);
+        let s4_3_conv1 = self.s4_3_conv1.forward(&s4_2_act_quant4);
         let s4_3_bn1 = self.s4_3_bn1.forward_t(&s4_3_conv1, train);
         let s4_3_relu61 = qatc_runtime::ops::relu6(&s4_3_bn1);
-        let s4_3_act1 = self.s4_3_act1.forward(&s4_3_relu61);
-        let s4_3_conv2 = self.s4_3_conv2.forward(&s4_3_act1);
+        let s4_3_act_quant1 = self.s4_3_act_quant1.forward(&s4_3_relu61);
+        let s4_3_conv2 = self.s4_3_conv2.forward(&s4_3_act_quant1);
         let s4_3_bn2 = self.s4_3_bn2.forward_t(&s4_3_conv2, train);
         let s4_3_relu62 = qatc_runtime::ops::relu6(&s4_3_bn2);
-        let s4_3_act2 = self.s4_3_act2.forward(&s4_3_relu62);
-        let s4_3_conv3 = self.s4_3_conv3.forward(&s4_3_act2);
+        let s4_3_act_quant2 = self.s4_3_act_quant2.forward(&s4_3_relu62);
+        let s4_3_conv3 = self.s4_3_conv3.forward(&s4_3_act_quant2);
         let s4_3_bn3 = self.s4_3_bn3.forward_t(&s4_3_conv3, train);
-        let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_shortcut_act1);
-        let s4_3_out_act1 = self.s4_3_out_act1.forward(&s4_3_add1);
-        let s5_0_conv4 = self.s5_0_conv4.forward(&s4_3_out_act1);
-        let s5_0_bn4 = self.s5_0_bn4.forward_t(&s5_0_conv4, train);
-        let s5_0_shortcut_act1 = self.s5_0_shortcut_act1.forward(&s5_0_bn4);
-        let s5_0_conv1 = self.s5_0_conv1.forward(&s4_3_out_act1);
+        let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_act_quant3);
+        let s4_3_act_quant4 = self.s4_3_act_quant4.forward(&s4_3_add1);
+        let s5_0_shortcut_0 = self.s5_0_shortcut_0.forward(&s4_3_act_quant4);
+        let s5_0_shortcut_1 = self.s5_0_shortcut_1.forward_t(&s5_0_shortcut_0, train);
+        let s5_0_act_quant3 = self.s5_0_act_quant3.forward(&s5_0_shortcut_1);
+        let s5_0_conv1 = self.s5_0_conv1.forward(&s4_3_act_quant4);
         let s5_0_bn1 = self.s5_0_bn1.forward_t(&s5_0_conv1, train);
         let s5_0_relu61 = qatc_runtime::ops::relu6(&s5_0_bn1);
-        let s5_0_act1 = self.s5_0_act1.forward(&s5_0_relu61);
-        let s5_0_conv2 = self.s5_0_conv2.forward(&s5_0_act1);
+        let s5_0_act_quant1 = self.s5_0_act_quant1.forward(&s5_0_relu61);
+        let s5_0_conv2 = self.s5_0_conv2.forward(&s5_0_act_quant1);
         let s5_0_bn2 = self.s5_0_bn2.forward_t(&s5_0_conv2, train);
         let s5_0_relu62 = qatc_runtime::ops::relu6(&s5_0_bn2);
-        let s5_0_act2 = self.s5_0_act2.forward(&s5_0_relu62);
-        let s5_0_conv3 = self.s5_0_conv3.forward(&s5_0_act2);
+        let s5_0_act_quant2 = self.s5_0_act_quant2.forward(&s5_0_relu62);
+        let s5_0_conv3 = self.s5_0_conv3.forward(&s5_0_act_quant2);
         let s5_0_bn3 = self.s5_0_bn3.forward_t(&s5_0_conv3, train);
-        let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_shortcut_act1);
-        let s5_0_out_act1 = self.s5_0_out_act1.forward(&s5_0_add1);
-        let s5_1_conv4 = self.s5_1_conv4.forward(&s5_0_out_act1);
-        let s5_1_bn4 = self.s5_1_bn4.forward_t(&s5_1_conv4, train);
-        let s5_1_shortcut_act1 = self.s5_1_shortcut_act1.forward(&s5_1_bn4);
-        let s5_1_conv1 = self.s5_1_conv1.forward(&s5_0_out_act1);
+        let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_act_quant3);
+        let s5_0_act_quant4 = self.s5_0_act_quant4.forward(&s5_0_add1);
+        let s5_1_shortcut_0 = self.s5_1_shortcut_0.forward(&s5_0_act_quant4);
+        let s5_1_shortcut_1 = self.s5_1_shortcut_1.forward_t(&s5_1_shortcut_0, train);
+        let s5_1_act_quant3 = self.s5_1_act_quant3.forward(&s5_1_shortcut_1);
+        let s5_1_conv1 = self.s5_1_conv1.forward(&s5_0_act_quant4);
         let s5_1_bn1 = self.s5_1_bn1.forward_t(&s5_1_conv1, train);
         let s5_1_relu61 = qatc_runtime::ops::relu6(&s5_1_bn1);
-        let s5_1_act1 = self.s5_1_act1.forward(&s5_1_relu61);
-        let s5_1_conv2 = self.s5_1_conv2.forward(&s5_1_act1);
+        let s5_1_act_quant1 = self.s5_1_act_quant1.forward(&s5_1_relu61);
+        let s5_1_conv2 = self.s5_1_conv2.forward(&s5_1_act_quant1);
         let s5_1_bn2 = self.s5_1_bn2.forward_t(&s5_1_conv2, train);
         let s5_1_relu62 = qatc_runtime::ops::relu6(&s5_1_bn2);
-        let s5_1_act2 = self.s5_1_act2.forward(&s5_1_relu62);
-        let s5_1_conv3 = self.s5_1_conv3.forward(&s5_1_act2);
+        let s5_1_act_quant2 = self.s5_1_act_quant2.forward(&s5_1_relu62);
+        let s5_1_conv3 = self.s5_1_conv3.forward(&s5_1_act_quant2);
         let s5_1_bn3 = self.s5_1_bn3.forward_t(&s5_1_conv3, train);
-        let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_shortcut_act1);
-        let s5_1_out_act1 = self.s5_1_out_act1.forward(&s5_1_add1);
-        let s5_2_conv4 = self.s5_2_conv4.forward(&s5_1_out_act1);
-        let s5_2_bn4 = self.s5_2_bn4.forward_t(&s5_2_conv4, train);
-        let s5_2_shortcut_act1 = self.s5_2_shortcut_act1.forward(&s5_2_bn4);
-        let s5_2_conv1 = self.s5_2_conv1.forward(&s5_1_out_act1);
+        let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_act_quant3);
+        let s5_1_act_quant4 = self.s5_1_act_quant4.forward(&s5_1_add1);
+        let s5_2_shortcut_0 = self.s5_2_shortcut_0.forward(&s5_1_act_quant4);
+        let s5_2_shortcut_1 = self.s5_2_shortcut_1.forward_t(&s5_2_shortcut_0, train);
+        let s5_2_act_quant3 = self.s5_2_act_quant3.forward(&s5_2_shortcut_1);
+        let s5_2_conv1 = self.s5_2_conv1.forward(&s5_1_act_quant4);
         let s5_2_bn1 = self.s5_2_bn1.forward_t(&s5_2_conv1, train);
         let s5_2_relu61 = qatc_runtime::ops::relu6(&s5_2_bn1);
-        let s5_2_act1 = self.s5_2_act1.forward(&s5_2_relu61);
-        let s5_2_conv2 = self.s5_2_conv2.forward(&s5_2_act1);
+        let s5_2_act_quant1 = self.s5_2_act_quant1.forward(&s5_2_relu61);
+        let s5_2_conv2 = self.s5_2_conv2.forward(&s5_2_act_quant1);
         let s5_2_bn2 = self.s5_2_bn2.forward_t(&s5_2_conv2, train);
         let s5_2_relu62 = qatc_runtime::ops::relu6(&s5_2_bn2);
-        let s5_2_act2 = self.s5_2_act2.forward(&s5_2_relu62);
-        let s5_2_conv3 = self.s5_2_conv3.forward(&s5_2_act2);
+        let s5_2_act_quant2 = self.s5_2_act_quant2.forward(&s5_2_relu62);
+        let s5_2_conv3 = self.s5_2_conv3.forward(&s5_2_act_quant2);
         let s5_2_bn3 = self.s5_2_bn3.forward_t(&s5_2_conv3, train);
-        let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_shortcut_act1);
-        let s5_2_out_act1 = self.s5_2_out_act1.forward(&s5_2_add1);
-        let s6_0_conv1 = self.s6_0_conv1.forward(&s5_2_out_act1);
+        let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_act_quant3);
+        let s5_2_act_quant4 = self.s5_2_act_quant4.forward(&s5_2_add1);
+        let s6_0_conv1 = self.s6_0_conv1.forward(&s5_2_act_quant4);
         let s6_0_bn1 = self.s6_0_bn1.forward_t(&s6_0_conv1, train);
         let s6_0_relu61 = qatc_runtime::ops::relu6(&s6_0_bn1);
-        let s6_0_act1 = self.s6_0_act1.forward(&s6_0_relu61);
-        let s6_0_conv2 = self.s6_0_conv2.forward(&s6_0_act1);
+        let s6_0_act_quant1 = self.s6_0_act_quant1.forward(&s6_0_relu61);
+        let s6_0_conv2 = self.s6_0_conv2.forward(&s6_0_act_quant1);
         let s6_0_bn2 = self.s6_0_bn2.forward_t(&s6_0_conv2, train);
         let s6_0_relu62 = qatc_runtime::ops::relu6(&s6_0_bn2);
-        let s6_0_act2 = self.s6_0_act2.forward(&s6_0_relu62);
-        let s6_0_conv3 = self.s6_0_conv3.forward(&s6_0_act2);
+        let s6_0_act_quant2 = self.s6_0_act_quant2.forward(&s6_0_relu62);
+        let s6_0_conv3 = self.s6_0_conv3.forward(&s6_0_act_quant2);
         let s6_0_bn3 = self.s6_0_bn3.forward_t(&s6_0_conv3, train);
-        let s6_0_out_act1 = self.s6_0_out_act1.forward(&s6_0_bn3);
-        let s6_1_conv4 = self.s6_1_conv4.forward(&s6_0_out_act1);
-        let s6_1_bn4 = self.s6_1_bn4.forward_t(&s6_1_conv4, train);
-        let s6_1_shortcut_act1 = self.s6_1_shortcut_act1.forward(&s6_1_bn4);
-        let s6_1_conv1 = self.s6_1_conv1.forward(&s6_0_out_act1);
+        let s6_0_act_quant3 = self.s6_0_act_quant3.forward(&s6_0_bn3);
+        let s6_1_shortcut_0 = self.s6_1_shortcut_0.forward(&s6_0_act_quant3);
+        let s6_1_shortcut_1 = self.s6_1_shortcut_1.forward_t(&s6_1_shortcut_0, train);
+        let s6_1_act_quant3 = self.s6_1_act_quant3.forward(&s6_1_shortcut_1);
+        let s6_1_conv1 = self.s6_1_conv1.forward(&s6_0_act_quant3);
         let s6_1_bn1 = self.s6_1_bn1.forward_t(&s6_1_conv1, train);
         let s6_1_relu61 = qatc_runtime::ops::relu6(&s6_1_bn1);
-        let s6_1_act1 = self.s6_1_act1.forward(&s6_1_relu61);
-        let s6_1_conv2 = self.s6_1_conv2.forward(&s6_1_act1);
+        let s6_1_act_quant1 = self.s6_1_act_quant1.forward(&s6_1_relu61);
+        let s6_1_conv2 = self.s6_1_conv2.forward(&s6_1_act_quant1);
         let s6_1_bn2 = self.s6_1_bn2.forward_t(&s6_1_conv2, train);
         let s6_1_relu62 = qatc_runtime::ops::relu6(&s6_1_bn2);
-        let s6_1_act2 = self.s6_1_act2.forward(&s6_1_relu62);
-        let s6_1_conv3 = self.s6_1_conv3.forward(&s6_1_act2);
+        let s6_1_act_quant2 = self.s6_1_act_quant2.forward(&s6_1_relu62);
+        let s6_1_conv3 = self.s6_1_conv3.forward(&s6_1_act_quant2);
         let s6_1_bn3 = self.s6_1_bn3.forward_t(&s6_1_conv3, train);
-        let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_shortcut_act1);
-        let s6_1_out_act1 = self.s6_1_out_act1.forward(&s6_1_add1);
-        let s6_2_conv4 = self.s6_2_conv4.forward(&s6_1_out_act1);
-        let s6_2_bn4 = self.s6_2_bn4.forward_t(&s6_2_conv4, train);
-        let s6_2_shortcut_act1 = self.s6_2_shortcut_act1.forward(&s6_2_bn4);
-        let s6_2_conv1 = self.s6_2_conv1.forward(&s6_1_out_act1);
+        let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_act_quant3);
+        let s6_1_act_quant4 = self.s6_1_act_quant4.forward(&s6_1_add1);
+        let s6_2_shortcut_0 = self.s6_2_shortcut_0.forward(&s6_1_act_quant4);
+        let s6_2_shortcut_1 = self.s6_2_shortcut_1.forward_t(&s6_2_shortcut_0, train);
+        let s6_2_act_quant3 = self.s6_2_act_quant3.forward(&s6_2_shortcut_1);
+        let s6_2_conv1 = self.s6_2_conv1.forward(&s6_1_act_quant4);
         let s6_2_bn1 = self.s6_2_bn1.forward_t(&s6_2_conv1, train);
         let s6_2_relu61 = qatc_runtime::ops::relu6(&s6_2_bn1);
-        let s6_2_act1 = self.s6_2_act1.forward(&s6_2_relu61);
-        let s6_2_conv2 = self.s6_2_conv2.forward(&s6_2_act1);
+        let s6_2_act_quant1 = self.s6_2_act_quant1.forward(&s6_2_relu61);
+        let s6_2_conv2 = self.s6_2_conv2.forward(&s6_2_act_quant1);
         let s6_2_bn2 = self.s6_2_bn2.forward_t(&s6_2_conv2, train);
         let s6_2_relu62 = qatc_runtime::ops::relu6(&s6_2_bn2);
-        let s6_2_act2 = self.s6_2_act2.forward(&s6_2_relu62);
-        let s6_2_conv3 = self.s6_2_conv3.forward(&s6_2_act2);
+        let s6_2_act_quant2 = self.s6_2_act_quant2.forward(&s6_2_relu62);
+        let s6_2_conv3 = self.s6_2_conv3.forward(&s6_2_act_quant2);
         let s6_2_bn3 = self.s6_2_bn3.forward_t(&s6_2_conv3, train);
-        let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_shortcut_act1);
-        let s6_2_out_act1 = self.s6_2_out_act1.forward(&s6_2_add1);
-        let s7_0_conv4 = self.s7_0_conv4.forward(&s6_2_out_act1);
-        let s7_0_bn4 = self.s7_0_bn4.forward_t(&s7_0_conv4, train);
-        let s7_0_shortcut_act1 = self.s7_0_shortcut_act1.forward(&s7_0_bn4);
-        let s7_0_conv1 = self.s7_0_conv1.forward(&s6_2_out_act1);
+        let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_act_quant3);
+        let s6_2_act_quant4 = self.s6_2_act_quant4.forward(&s6_2_add1);
+        let s7_0_shortcut_0 = self.s7_0_shortcut_0.forward(&s6_2_act_quant4);
+        let s7_0_shortcut_1 = self.s7_0_shortcut_1.forward_t(&s7_0_shortcut_0, train);
+        let s7_0_act_quant3 = self.s7_0_act_quant3.forward(&s7_0_shortcut_1);
+        let s7_0_conv1 = self.s7_0_conv1.forward(&s6_2_act_quant4);
         let s7_0_bn1 = self.s7_0_bn1.forward_t(&s7_0_conv1, train);
         let s7_0_relu61 = qatc_runtime::ops::relu6(&s7_0_bn1);
-        let s7_0_act1 = self.s7_0_act1.forward(&s7_0_relu61);
-        let s7_0_conv2 = self.s7_0_conv2.forward(&s7_0_act1);
+        let s7_0_act_quant1 = self.s7_0_act_quant1.forward(&s7_0_relu61);
+        let s7_0_conv2 = self.s7_0_conv2.forward(&s7_0_act_quant1);
         let s7_0_bn2 = self.s7_0_bn2.forward_t(&s7_0_conv2, train);
         let s7_0_relu62 = qatc_runtime::ops::relu6(&s7_0_bn2);
-        let s7_0_act2 = self.s7_0_act2.forward(&s7_0_relu62);
-        let s7_0_conv3 = self.s7_0_conv3.forward(&s7_0_act2);
+        let s7_0_act_quant2 = self.s7_0_act_quant2.forward(&s7_0_relu62);
+        let s7_0_conv3 = self.s7_0_conv3.forward(&s7_0_act_quant2);
         let s7_0_bn3 = self.s7_0_bn3.forward_t(&s7_0_conv3, train);
-        let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_shortcut_act1);
-        let s7_0_out_act1 = self.s7_0_out_act1.forward(&s7_0_add1);
-        let head_conv1 = self.head_conv1.forward(&s7_0_out_act1);
-        let head_bn1 = self.head_bn1.forward_t(&head_conv1, train);
-        let head_relu1 = qatc_runtime::ops::relu(&head_bn1);
+        let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_act_quant3);
+        let s7_0_act_quant4 = self.s7_0_act_quant4.forward(&s7_0_add1);
+        let head_head = self.head_head.forward(&s7_0_act_quant4);
+        let head_bn2 = self.head_bn2.forward_t(&head_head, train);
+        let head_relu1 = qatc_runtime::ops::relu(&head_bn2);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&head_relu1, 4, 4);
         let head_act1 = self.head_act1.forward(&head_pool1);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_act1);
-        self.fc_linear1.forward(&head_flatten1)
+        self.fc_linear.forward(&head_flatten1)
     }
 }
 
@@ -2792,72 +2792,72 @@ impl qatc_runtime::model::QatModel for Mobilenetv2 {
 
     fn clip_values(&self) -> Vec<&tch::Tensor> {
         [
-            self.stem_act1.alpha(),
-            self.s1_0_shortcut_act1.alpha(),
-            self.s1_0_act1.alpha(),
-            self.s1_0_act2.alpha(),
-            self.s1_0_out_act1.alpha(),
-            self.s2_0_shortcut_act1.alpha(),
-            self.s2_0_act1.alpha(),
-            self.s2_0_act2.alpha(),
-            self.s2_0_out_act1.alpha(),
-            self.s2_1_shortcut_act1.alpha(),
-            self.s2_1_act1.alpha(),
-            self.s2_1_act2.alpha(),
-            self.s2_1_out_act1.alpha(),
-            self.s3_0_act1.alpha(),
-            self.s3_0_act2.alpha(),
-            self.s3_0_out_act1.alpha(),
-            self.s3_1_shortcut_act1.alpha(),
-            self.s3_1_act1.alpha(),
-            self.s3_1_act2.alpha(),
-            self.s3_1_out_act1.alpha(),
-            self.s3_2_shortcut_act1.alpha(),
-            self.s3_2_act1.alpha(),
-            self.s3_2_act2.alpha(),
-            self.s3_2_out_act1.alpha(),
-            self.s4_0_act1.alpha(),
-            self.s4_0_act2.alpha(),
-            self.s4_0_out_act1.alpha(),
-            self.s4_1_shortcut_act1.alpha(),
-            self.s4_1_act1.alpha(),
-            self.s4_1_act2.alpha(),
-            self.s4_1_out_act1.alpha(),
-            self.s4_2_shortcut_act1.alpha(),
-            self.s4_2_act1.alpha(),
-            self.s4_2_act2.alpha(),
-            self.s4_2_out_act1.alpha(),
-            self.s4_3_shortcut_act1.alpha(),
-            self.s4_3_act1.alpha(),
-            self.s4_3_act2.alpha(),
-            self.s4_3_out_act1.alpha(),
-            self.s5_0_shortcut_act1.alpha(),
-            self.s5_0_act1.alpha(),
-            self.s5_0_act2.alpha(),
-            self.s5_0_out_act1.alpha(),
-            self.s5_1_shortcut_act1.alpha(),
-            self.s5_1_act1.alpha(),
-            self.s5_1_act2.alpha(),
-            self.s5_1_out_act1.alpha(),
-            self.s5_2_shortcut_act1.alpha(),
-            self.s5_2_act1.alpha(),
-            self.s5_2_act2.alpha(),
-            self.s5_2_out_act1.alpha(),
-            self.s6_0_act1.alpha(),
-            self.s6_0_act2.alpha(),
-            self.s6_0_out_act1.alpha(),
-            self.s6_1_shortcut_act1.alpha(),
-            self.s6_1_act1.alpha(),
-            self.s6_1_act2.alpha(),
-            self.s6_1_out_act1.alpha(),
-            self.s6_2_shortcut_act1.alpha(),
-            self.s6_2_act1.alpha(),
-            self.s6_2_act2.alpha(),
-            self.s6_2_out_act1.alpha(),
-            self.s7_0_shortcut_act1.alpha(),
-            self.s7_0_act1.alpha(),
-            self.s7_0_act2.alpha(),
-            self.s7_0_out_act1.alpha(),
+            self.stem_actq_first.alpha(),
+            self.s1_0_act_quant3.alpha(),
+            self.s1_0_act_quant1.alpha(),
+            self.s1_0_act_quant2.alpha(),
+            self.s1_0_act_quant4.alpha(),
+            self.s2_0_act_quant3.alpha(),
+            self.s2_0_act_quant1.alpha(),
+            self.s2_0_act_quant2.alpha(),
+            self.s2_0_act_quant4.alpha(),
+            self.s2_1_act_quant3.alpha(),
+            self.s2_1_act_quant1.alpha(),
+            self.s2_1_act_quant2.alpha(),
+            self.s2_1_act_quant4.alpha(),
+            self.s3_0_act_quant1.alpha(),
+            self.s3_0_act_quant2.alpha(),
+            self.s3_0_act_quant3.alpha(),
+            self.s3_1_act_quant3.alpha(),
+            self.s3_1_act_quant1.alpha(),
+            self.s3_1_act_quant2.alpha(),
+            self.s3_1_act_quant4.alpha(),
+            self.s3_2_act_quant3.alpha(),
+            self.s3_2_act_quant1.alpha(),
+            self.s3_2_act_quant2.alpha(),
+            self.s3_2_act_quant4.alpha(),
+            self.s4_0_act_quant1.alpha(),
+            self.s4_0_act_quant2.alpha(),
+            self.s4_0_act_quant3.alpha(),
+            self.s4_1_act_quant3.alpha(),
+            self.s4_1_act_quant1.alpha(),
+            self.s4_1_act_quant2.alpha(),
+            self.s4_1_act_quant4.alpha(),
+            self.s4_2_act_quant3.alpha(),
+            self.s4_2_act_quant1.alpha(),
+            self.s4_2_act_quant2.alpha(),
+            self.s4_2_act_quant4.alpha(),
+            self.s4_3_act_quant3.alpha(),
+            self.s4_3_act_quant1.alpha(),
+            self.s4_3_act_quant2.alpha(),
+            self.s4_3_act_quant4.alpha(),
+            self.s5_0_act_quant3.alpha(),
+            self.s5_0_act_quant1.alpha(),
+            self.s5_0_act_quant2.alpha(),
+            self.s5_0_act_quant4.alpha(),
+            self.s5_1_act_quant3.alpha(),
+            self.s5_1_act_quant1.alpha(),
+            self.s5_1_act_quant2.alpha(),
+            self.s5_1_act_quant4.alpha(),
+            self.s5_2_act_quant3.alpha(),
+            self.s5_2_act_quant1.alpha(),
+            self.s5_2_act_quant2.alpha(),
+            self.s5_2_act_quant4.alpha(),
+            self.s6_0_act_quant1.alpha(),
+            self.s6_0_act_quant2.alpha(),
+            self.s6_0_act_quant3.alpha(),
+            self.s6_1_act_quant3.alpha(),
+            self.s6_1_act_quant1.alpha(),
+            self.s6_1_act_quant2.alpha(),
+            self.s6_1_act_quant4.alpha(),
+            self.s6_2_act_quant3.alpha(),
+            self.s6_2_act_quant1.alpha(),
+            self.s6_2_act_quant2.alpha(),
+            self.s6_2_act_quant4.alpha(),
+            self.s7_0_act_quant3.alpha(),
+            self.s7_0_act_quant1.alpha(),
+            self.s7_0_act_quant2.alpha(),
+            self.s7_0_act_quant4.alpha(),
             self.head_act1.alpha(),
         ]
             .into_iter()

@@ -261,8 +261,8 @@ pub const PROFILES: [Profile; 7] = [
 /// Model `resnet20`: input 3x32x32, 10 classes.
 #[derive(Debug)]
 pub struct Resnet20 {
-    /// `stem.conv1`: conv 3 -> 16, 3x3, stride 1, padding 1; weight bits of slot `stem`.
-    pub stem_conv1: qatc_runtime::layers::QConv2d,
+    /// `stem.stem`: conv 3 -> 16, 3x3, stride 1, padding 1; weight bits of slot `stem`.
+    pub stem_stem: qatc_runtime::layers::QConv2d,
 
     /// `stem.bn1`: batch norm over 16 channels (unfolded).
     pub stem_bn1: qatc_runtime::layers::BatchNorm2d,
@@ -324,8 +324,8 @@ pub struct Resnet20 {
     /// `stage1.2.add_act1`: activation quantizer, site 6 (placed by rule `quantize_after_add`).
     pub stage1_2_add_act1: qatc_runtime::quant::ActQuant,
 
-    /// `stage2.0.conv3`: conv 16 -> 32, 1x1, stride 2, padding 0; weight bits of slot `stage2.0`.
-    pub stage2_0_conv3: qatc_runtime::layers::QConv2d,
+    /// `stage2.0.identity_conv`: conv 16 -> 32, 1x1, stride 2, padding 0; weight bits of slot `stage2.0`.
+    pub stage2_0_identity_conv: qatc_runtime::layers::QConv2d,
 
     /// `stage2.0.bn3`: batch norm over 32 channels (unfolded).
     pub stage2_0_bn3: qatc_runtime::layers::BatchNorm2d,
@@ -387,8 +387,8 @@ pub struct Resnet20 {
     /// `stage2.2.add_act1`: activation quantizer, site 13 (placed by rule `quantize_after_add`).
     pub stage2_2_add_act1: qatc_runtime::quant::ActQuant,
 
-    /// `stage3.0.conv3`: conv 32 -> 64, 1x1, stride 2, padding 0; weight bits of slot `stage3.0`.
-    pub stage3_0_conv3: qatc_runtime::layers::QConv2d,
+    /// `stage3.0.identity_conv`: conv 32 -> 64, 1x1, stride 2, padding 0; weight bits of slot `stage3.0`.
+    pub stage3_0_identity_conv: qatc_runtime::layers::QConv2d,
 
     /// `stage3.0.bn3`: batch norm over 64 channels (unfolded).
     pub stage3_0_bn3: qatc_runtime::layers::BatchNorm2d,
@@ -453,8 +453,8 @@ pub struct Resnet20 {
     /// `head.act1`: activation quantizer, site 21 (written in the spec).
     pub head_act1: qatc_runtime::quant::ActQuant,
 
-    /// `fc.linear1`: linear 64 -> 10, bias; weight bits of slot `fc`.
-    pub fc_linear1: qatc_runtime::layers::QLinear,
+    /// `fc.output`: linear 64 -> 10, bias; weight bits of slot `fc`.
+    pub fc_output: qatc_runtime::layers::QLinear,
 }
 
 impl Resnet20 {
@@ -470,8 +470,8 @@ impl Resnet20 {
     /// Builds the model under a profile given as data.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
         Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "stem" / "conv1"),
+            stem_stem: qatc_runtime::layers::QConv2d::new(
+                &(vs / "stem" / "stem"),
                 3,
                 16,
                 3,
@@ -621,8 +621,8 @@ impl Resnet20 {
                 &(vs / "stage1" / "2" / "add_act1"),
                 p.acts[6],
             ),
-            stage2_0_conv3: qatc_runtime::layers::QConv2d::new(
-                &(vs / "stage2" / "0" / "conv3"),
+            stage2_0_identity_conv: qatc_runtime::layers::QConv2d::new(
+                &(vs / "stage2" / "0" / "identity_conv"),
                 16,
                 32,
                 1,
@@ -775,8 +775,8 @@ impl Resnet20 {
                 &(vs / "stage2" / "2" / "add_act1"),
                 p.acts[13],
             ),
-            stage3_0_conv3: qatc_runtime::layers::QConv2d::new(
-                &(vs / "stage3" / "0" / "conv3"),
+            stage3_0_identity_conv: qatc_runtime::layers::QConv2d::new(
+                &(vs / "stage3" / "0" / "identity_conv"),
                 32,
                 64,
                 1,
@@ -933,8 +933,8 @@ impl Resnet20 {
                 &(vs / "head" / "act1"),
                 p.acts[21],
             ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
-                &(vs / "fc" / "linear1"),
+            fc_output: qatc_runtime::layers::QLinear::new(
+                &(vs / "fc" / "output"),
                 64,
                 10,
                 p.w_bits[11],
@@ -949,8 +949,8 @@ impl Resnet20 {
 
 impl tch::nn::ModuleT for Resnet20 {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_conv1 = self.stem_conv1.forward(input);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
+        let stem_stem = self.stem_stem.forward(input);
+        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
         let stem_relu1 = qatc_runtime::ops::relu(&stem_bn1);
         let stem_act1 = self.stem_act1.forward(&stem_relu1);
         let stage1_0_conv1 = self.stage1_0_conv1.forward(&stem_act1);
@@ -977,8 +977,10 @@ impl tch::nn::ModuleT for Resnet20 {
         let stage1_2_bn2 = self.stage1_2_bn2.forward_t(&stage1_2_conv2, train);
         let stage1_2_add1 = qatc_runtime::ops::add(&stage1_2_bn2, &stage1_1_add_act1);
         let stage1_2_add_act1 = self.stage1_2_add_act1.forward(&stage1_2_add1);
-        let stage2_0_conv3 = self.stage2_0_conv3.forward(&stage1_2_add_act1);
-        let stage2_0_bn3 = self.stage2_0_bn3.forward_t(&stage2_0_conv3, train);
+        let stage2_0_identity_conv = self
+            .stage2_0_identity_conv
+            .forward(&stage1_2_add_act1);
+        let stage2_0_bn3 = self.stage2_0_bn3.forward_t(&stage2_0_identity_conv, train);
         let stage2_0_shortcut_act1 = self.stage2_0_shortcut_act1.forward(&stage2_0_bn3);
         let stage2_0_conv1 = self.stage2_0_conv1.forward(&stage1_2_add_act1);
         let stage2_0_bn1 = self.stage2_0_bn1.forward_t(&stage2_0_conv1, train);
@@ -1007,8 +1009,10 @@ impl tch::nn::ModuleT for Resnet20 {
         let stage2_2_bn2 = self.stage2_2_bn2.forward_t(&stage2_2_conv2, train);
         let stage2_2_add1 = qatc_runtime::ops::add(&stage2_2_bn2, &stage2_1_add_act1);
         let stage2_2_add_act1 = self.stage2_2_add_act1.forward(&stage2_2_add1);
-        let stage3_0_conv3 = self.stage3_0_conv3.forward(&stage2_2_add_act1);
-        let stage3_0_bn3 = self.stage3_0_bn3.forward_t(&stage3_0_conv3, train);
+        let stage3_0_identity_conv = self
+            .stage3_0_identity_conv
+            .forward(&stage2_2_add_act1);
+        let stage3_0_bn3 = self.stage3_0_bn3.forward_t(&stage3_0_identity_conv, train);
         let stage3_0_shortcut_act1 = self.stage3_0_shortcut_act1.forward(&stage3_0_bn3);
         let stage3_0_conv1 = self.stage3_0_conv1.forward(&stage2_2_add_act1);
         let stage3_0_bn1 = self.stage3_0_bn1.forward_t(&stage3_0_conv1, train);
@@ -1040,7 +1044,7 @@ impl tch::nn::ModuleT for Resnet20 {
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&stage3_2_add_act1, 8, 8);
         let head_act1 = self.head_act1.forward(&head_pool1);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_act1);
-        self.fc_linear1.forward(&head_flatten1)
+        self.fc_output.forward(&head_flatten1)
     }
 }
 

@@ -32,42 +32,42 @@ pub const SLOTS: [&str; 13] = [
 
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 36] = [
-    "stem.act1",
-    "stem.act2",
-    "s1.0.act1",
-    "s1.0.act2",
-    "s1.0.add_act1",
-    "s2.0.act1",
-    "s2.0.act2",
-    "s2.0.act3",
-    "s2.0.add_act1",
-    "s2.1.act1",
-    "s2.1.act2",
-    "s2.1.add_act1",
-    "s2.2.act1",
-    "s2.2.act2",
-    "s2.2.add_act1",
-    "s3.0.act1",
-    "s3.0.act2",
-    "s3.0.add_act1",
-    "s3.1.act1",
-    "s3.1.act2",
-    "s3.1.add_act1",
-    "s3.2.act1",
-    "s3.2.act2",
-    "s3.2.add_act1",
-    "s4.0.act1",
-    "s4.0.act2",
-    "s4.0.act3",
-    "s4.0.add_act1",
-    "s4.1.act1",
-    "s4.1.act2",
-    "s4.1.add_act1",
-    "s4.2.act1",
-    "s4.2.act2",
-    "s4.2.add_act1",
-    "head.act1",
-    "head.act2",
+    "stem.act_quant_in",
+    "stem.act_quant_out",
+    "s1.0.act_quant_in1",
+    "s1.0.act_quant_in2",
+    "s1.0.act_quant_out",
+    "s2.0.actq_down",
+    "s2.0.act_quant_in1",
+    "s2.0.act_quant_in2",
+    "s2.0.act_quant_out",
+    "s2.1.act_quant_in1",
+    "s2.1.act_quant_in2",
+    "s2.1.act_quant_out",
+    "s2.2.act_quant_in1",
+    "s2.2.act_quant_in2",
+    "s2.2.act_quant_out",
+    "s3.0.act_quant_in1",
+    "s3.0.act_quant_in2",
+    "s3.0.act_quant_out",
+    "s3.1.act_quant_in1",
+    "s3.1.act_quant_in2",
+    "s3.1.act_quant_out",
+    "s3.2.act_quant_in1",
+    "s3.2.act_quant_in2",
+    "s3.2.act_quant_out",
+    "s4.0.actq_down",
+    "s4.0.act_quant_in1",
+    "s4.0.act_quant_in2",
+    "s4.0.act_quant_out",
+    "s4.1.act_quant_in1",
+    "s4.1.act_quant_in2",
+    "s4.1.act_quant_out",
+    "s4.2.act_quant_in1",
+    "s4.2.act_quant_in2",
+    "s4.2.act_quant_out",
+    "head.act_quant_out",
+    "fc.act_qlast",
 ];
 
 /// The bit-widths of one profile.
@@ -290,17 +290,17 @@ pub const PROFILES: [Profile; 5] = [
 /// Model `toynet`: input 3x32x32, 10 classes.
 #[derive(Debug)]
 pub struct Toynet {
-    /// `stem.act1`: activation quantizer, site 0 (written in the spec).
-    pub stem_act1: qatc_runtime::quant::ActQuant,
+    /// `stem.act_quant_in`: activation quantizer, site 0 (written in the spec).
+    pub stem_act_quant_in: qatc_runtime::quant::ActQuant,
 
-    /// `stem.conv1`: conv 3 -> 16, 3x3, stride 1, padding 1; weight bits of slot `stem`.
-    pub stem_conv1: qatc_runtime::layers::QConv2d,
+    /// `stem.conv`: conv 3 -> 16, 3x3, stride 1, padding 1; weight bits of slot `stem`.
+    pub stem_conv: qatc_runtime::layers::QConv2d,
 
-    /// `stem.bn1`: batch norm over 16 channels (unfolded).
-    pub stem_bn1: qatc_runtime::layers::BatchNorm2d,
+    /// `stem.bn`: batch norm over 16 channels (unfolded).
+    pub stem_bn: qatc_runtime::layers::BatchNorm2d,
 
-    /// `stem.act2`: activation quantizer, site 1 (written in the spec).
-    pub stem_act2: qatc_runtime::quant::ActQuant,
+    /// `stem.act_quant_out`: activation quantizer, site 1 (written in the spec).
+    pub stem_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv1`: conv 16 -> 16, 3x3, stride 1, padding 1, 16 groups; weight bits of slot `s1.0`.
     pub s1_0_conv1: qatc_runtime::layers::QConv2d,
@@ -308,50 +308,50 @@ pub struct Toynet {
     /// `s1.0.bn1`: batch norm over 16 channels (unfolded).
     pub s1_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.act1`: activation quantizer, site 2 (written in the spec).
-    pub s1_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant_in1`: activation quantizer, site 2 (written in the spec).
+    pub s1_0_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv2`: conv 16 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
     pub s1_0_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s1.0.act2`: activation quantizer, site 3 (written in the spec).
-    pub s1_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant_in2`: activation quantizer, site 3 (written in the spec).
+    pub s1_0_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv3`: conv 64 -> 16, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
     pub s1_0_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s1.0.add_act1`: activation quantizer, site 4 (placed by rule `quantize_after_add`).
-    pub s1_0_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant_out`: activation quantizer, site 4 (placed by rule `quantize_after_add`).
+    pub s1_0_act_quant_out: qatc_runtime::quant::ActQuant,
 
-    /// `s2.0.bn1`: batch norm over 16 channels (unfolded).
-    pub s2_0_bn1: qatc_runtime::layers::BatchNorm2d,
+    /// `s2.0.norm`: batch norm over 16 channels (unfolded).
+    pub s2_0_norm: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.conv1`: conv 16 -> 32, 2x2, stride 2, padding 0; weight bits of slot `s2.0`.
+    /// `s2.0.downsample`: conv 16 -> 32, 2x2, stride 2, padding 0; weight bits of slot `s2.0`.
+    pub s2_0_downsample: qatc_runtime::layers::QConv2d,
+
+    /// `s2.0.actq_down`: activation quantizer, site 5 (written in the spec).
+    pub s2_0_actq_down: qatc_runtime::quant::ActQuant,
+
+    /// `s2.0.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s2.0`.
     pub s2_0_conv1: qatc_runtime::layers::QConv2d,
 
-    /// `s2.0.act1`: activation quantizer, site 5 (written in the spec).
-    pub s2_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.0.bn1`: batch norm over 32 channels (unfolded).
+    pub s2_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.conv2`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s2.0`.
+    /// `s2.0.act_quant_in1`: activation quantizer, site 6 (written in the spec).
+    pub s2_0_act_quant_in1: qatc_runtime::quant::ActQuant,
+
+    /// `s2.0.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s2.0.bn2`: batch norm over 32 channels (unfolded).
-    pub s2_0_bn2: qatc_runtime::layers::BatchNorm2d,
+    /// `s2.0.act_quant_in2`: activation quantizer, site 7 (written in the spec).
+    pub s2_0_act_quant_in2: qatc_runtime::quant::ActQuant,
 
-    /// `s2.0.act2`: activation quantizer, site 6 (written in the spec).
-    pub s2_0_act2: qatc_runtime::quant::ActQuant,
-
-    /// `s2.0.conv3`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
+    /// `s2.0.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s2.0.act3`: activation quantizer, site 7 (written in the spec).
-    pub s2_0_act3: qatc_runtime::quant::ActQuant,
-
-    /// `s2.0.conv4`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
-    pub s2_0_conv4: qatc_runtime::layers::QConv2d,
-
-    /// `s2.0.add_act1`: activation quantizer, site 8 (placed by rule `quantize_after_add`).
-    pub s2_0_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant_out`: activation quantizer, site 8 (placed by rule `quantize_after_add`).
+    pub s2_0_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s2.1`.
     pub s2_1_conv1: qatc_runtime::layers::QConv2d,
@@ -359,20 +359,20 @@ pub struct Toynet {
     /// `s2.1.bn1`: batch norm over 32 channels (unfolded).
     pub s2_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.act1`: activation quantizer, site 9 (written in the spec).
-    pub s2_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant_in1`: activation quantizer, site 9 (written in the spec).
+    pub s2_1_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s2.1.act2`: activation quantizer, site 10 (written in the spec).
-    pub s2_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant_in2`: activation quantizer, site 10 (written in the spec).
+    pub s2_1_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s2.1.add_act1`: activation quantizer, site 11 (placed by rule `quantize_after_add`).
-    pub s2_1_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant_out`: activation quantizer, site 11 (placed by rule `quantize_after_add`).
+    pub s2_1_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s2.2.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s2.2`.
     pub s2_2_conv1: qatc_runtime::layers::QConv2d,
@@ -380,20 +380,20 @@ pub struct Toynet {
     /// `s2.2.bn1`: batch norm over 32 channels (unfolded).
     pub s2_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.2.act1`: activation quantizer, site 12 (written in the spec).
-    pub s2_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.2.act_quant_in1`: activation quantizer, site 12 (written in the spec).
+    pub s2_2_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s2.2.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s2.2`.
     pub s2_2_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s2.2.act2`: activation quantizer, site 13 (written in the spec).
-    pub s2_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s2.2.act_quant_in2`: activation quantizer, site 13 (written in the spec).
+    pub s2_2_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s2.2.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s2.2`.
     pub s2_2_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s2.2.add_act1`: activation quantizer, site 14 (placed by rule `quantize_after_add`).
-    pub s2_2_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s2.2.act_quant_out`: activation quantizer, site 14 (placed by rule `quantize_after_add`).
+    pub s2_2_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s3.0`.
     pub s3_0_conv1: qatc_runtime::layers::QConv2d,
@@ -401,20 +401,20 @@ pub struct Toynet {
     /// `s3.0.bn1`: batch norm over 32 channels (unfolded).
     pub s3_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.0.act1`: activation quantizer, site 15 (written in the spec).
-    pub s3_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant_in1`: activation quantizer, site 15 (written in the spec).
+    pub s3_0_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s3.0`.
     pub s3_0_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s3.0.act2`: activation quantizer, site 16 (written in the spec).
-    pub s3_0_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant_in2`: activation quantizer, site 16 (written in the spec).
+    pub s3_0_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.0`.
     pub s3_0_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s3.0.add_act1`: activation quantizer, site 17 (placed by rule `quantize_after_add`).
-    pub s3_0_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.0.act_quant_out`: activation quantizer, site 17 (placed by rule `quantize_after_add`).
+    pub s3_0_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s3.1`.
     pub s3_1_conv1: qatc_runtime::layers::QConv2d,
@@ -422,20 +422,20 @@ pub struct Toynet {
     /// `s3.1.bn1`: batch norm over 32 channels (unfolded).
     pub s3_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.act1`: activation quantizer, site 18 (written in the spec).
-    pub s3_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant_in1`: activation quantizer, site 18 (written in the spec).
+    pub s3_1_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
     pub s3_1_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s3.1.act2`: activation quantizer, site 19 (written in the spec).
-    pub s3_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant_in2`: activation quantizer, site 19 (written in the spec).
+    pub s3_1_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
     pub s3_1_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s3.1.add_act1`: activation quantizer, site 20 (placed by rule `quantize_after_add`).
-    pub s3_1_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant_out`: activation quantizer, site 20 (placed by rule `quantize_after_add`).
+    pub s3_1_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv1`: conv 32 -> 32, 3x3, stride 1, padding 1, 32 groups; weight bits of slot `s3.2`.
     pub s3_2_conv1: qatc_runtime::layers::QConv2d,
@@ -443,50 +443,50 @@ pub struct Toynet {
     /// `s3.2.bn1`: batch norm over 32 channels (unfolded).
     pub s3_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.act1`: activation quantizer, site 21 (written in the spec).
-    pub s3_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant_in1`: activation quantizer, site 21 (written in the spec).
+    pub s3_2_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv2`: conv 32 -> 128, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s3.2.act2`: activation quantizer, site 22 (written in the spec).
-    pub s3_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant_in2`: activation quantizer, site 22 (written in the spec).
+    pub s3_2_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv3`: conv 128 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s3.2.add_act1`: activation quantizer, site 23 (placed by rule `quantize_after_add`).
-    pub s3_2_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant_out`: activation quantizer, site 23 (placed by rule `quantize_after_add`).
+    pub s3_2_act_quant_out: qatc_runtime::quant::ActQuant,
 
-    /// `s4.0.bn1`: batch norm over 32 channels (unfolded).
-    pub s4_0_bn1: qatc_runtime::layers::BatchNorm2d,
+    /// `s4.0.norm`: batch norm over 32 channels (unfolded).
+    pub s4_0_norm: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.0.conv1`: conv 32 -> 64, 2x2, stride 2, padding 0; weight bits of slot `s4.0`.
+    /// `s4.0.downsample`: conv 32 -> 64, 2x2, stride 2, padding 0; weight bits of slot `s4.0`.
+    pub s4_0_downsample: qatc_runtime::layers::QConv2d,
+
+    /// `s4.0.actq_down`: activation quantizer, site 24 (written in the spec).
+    pub s4_0_actq_down: qatc_runtime::quant::ActQuant,
+
+    /// `s4.0.conv1`: conv 64 -> 64, 3x3, stride 1, padding 1, 64 groups; weight bits of slot `s4.0`.
     pub s4_0_conv1: qatc_runtime::layers::QConv2d,
 
-    /// `s4.0.act1`: activation quantizer, site 24 (written in the spec).
-    pub s4_0_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.0.bn1`: batch norm over 64 channels (unfolded).
+    pub s4_0_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.0.conv2`: conv 64 -> 64, 3x3, stride 1, padding 1, 64 groups; weight bits of slot `s4.0`.
+    /// `s4.0.act_quant_in1`: activation quantizer, site 25 (written in the spec).
+    pub s4_0_act_quant_in1: qatc_runtime::quant::ActQuant,
+
+    /// `s4.0.conv2`: conv 64 -> 256, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
     pub s4_0_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s4.0.bn2`: batch norm over 64 channels (unfolded).
-    pub s4_0_bn2: qatc_runtime::layers::BatchNorm2d,
+    /// `s4.0.act_quant_in2`: activation quantizer, site 26 (written in the spec).
+    pub s4_0_act_quant_in2: qatc_runtime::quant::ActQuant,
 
-    /// `s4.0.act2`: activation quantizer, site 25 (written in the spec).
-    pub s4_0_act2: qatc_runtime::quant::ActQuant,
-
-    /// `s4.0.conv3`: conv 64 -> 256, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
+    /// `s4.0.conv3`: conv 256 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
     pub s4_0_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s4.0.act3`: activation quantizer, site 26 (written in the spec).
-    pub s4_0_act3: qatc_runtime::quant::ActQuant,
-
-    /// `s4.0.conv4`: conv 256 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
-    pub s4_0_conv4: qatc_runtime::layers::QConv2d,
-
-    /// `s4.0.add_act1`: activation quantizer, site 27 (placed by rule `quantize_after_add`).
-    pub s4_0_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.0.act_quant_out`: activation quantizer, site 27 (placed by rule `quantize_after_add`).
+    pub s4_0_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv1`: conv 64 -> 64, 3x3, stride 1, padding 1, 64 groups; weight bits of slot `s4.1`.
     pub s4_1_conv1: qatc_runtime::layers::QConv2d,
@@ -494,20 +494,20 @@ pub struct Toynet {
     /// `s4.1.bn1`: batch norm over 64 channels (unfolded).
     pub s4_1_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.act1`: activation quantizer, site 28 (written in the spec).
-    pub s4_1_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant_in1`: activation quantizer, site 28 (written in the spec).
+    pub s4_1_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv2`: conv 64 -> 256, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
     pub s4_1_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s4.1.act2`: activation quantizer, site 29 (written in the spec).
-    pub s4_1_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant_in2`: activation quantizer, site 29 (written in the spec).
+    pub s4_1_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv3`: conv 256 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
     pub s4_1_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s4.1.add_act1`: activation quantizer, site 30 (placed by rule `quantize_after_add`).
-    pub s4_1_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant_out`: activation quantizer, site 30 (placed by rule `quantize_after_add`).
+    pub s4_1_act_quant_out: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv1`: conv 64 -> 64, 3x3, stride 1, padding 1, 64 groups; weight bits of slot `s4.2`.
     pub s4_2_conv1: qatc_runtime::layers::QConv2d,
@@ -515,35 +515,35 @@ pub struct Toynet {
     /// `s4.2.bn1`: batch norm over 64 channels (unfolded).
     pub s4_2_bn1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.act1`: activation quantizer, site 31 (written in the spec).
-    pub s4_2_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant_in1`: activation quantizer, site 31 (written in the spec).
+    pub s4_2_act_quant_in1: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv2`: conv 64 -> 256, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_conv2: qatc_runtime::layers::QConv2d,
 
-    /// `s4.2.act2`: activation quantizer, site 32 (written in the spec).
-    pub s4_2_act2: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant_in2`: activation quantizer, site 32 (written in the spec).
+    pub s4_2_act_quant_in2: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv3`: conv 256 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_conv3: qatc_runtime::layers::QConv2d,
 
-    /// `s4.2.add_act1`: activation quantizer, site 33 (placed by rule `quantize_after_add`).
-    pub s4_2_add_act1: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant_out`: activation quantizer, site 33 (placed by rule `quantize_after_add`).
+    pub s4_2_act_quant_out: qatc_runtime::quant::ActQuant,
 
-    /// `head.conv1`: conv 64 -> 512, 1x1, stride 1, padding 0; weight bits of slot `head`.
-    pub head_conv1: qatc_runtime::layers::QConv2d,
+    /// `head.conv`: conv 64 -> 512, 1x1, stride 1, padding 0; weight bits of slot `head`.
+    pub head_conv: qatc_runtime::layers::QConv2d,
 
-    /// `head.bn1`: batch norm over 512 channels (unfolded).
-    pub head_bn1: qatc_runtime::layers::BatchNorm2d,
+    /// `head.bn`: batch norm over 512 channels (unfolded).
+    pub head_bn: qatc_runtime::layers::BatchNorm2d,
 
-    /// `head.act1`: activation quantizer, site 34 (written in the spec).
-    pub head_act1: qatc_runtime::quant::ActQuant,
+    /// `head.act_quant_out`: activation quantizer, site 34 (written in the spec).
+    pub head_act_quant_out: qatc_runtime::quant::ActQuant,
 
-    /// `head.act2`: activation quantizer, site 35 (written in the spec).
-    pub head_act2: qatc_runtime::quant::ActQuant,
+    /// `fc.act_qlast`: activation quantizer, site 35 (written in the spec).
+    pub fc_act_qlast: qatc_runtime::quant::ActQuant,
 
-    /// `fc.linear1`: linear 512 -> 10, bias; weight bits of slot `fc`.
-    pub fc_linear1: qatc_runtime::layers::QLinear,
+    /// `fc.fc`: linear 512 -> 10, bias; weight bits of slot `fc`.
+    pub fc_fc: qatc_runtime::layers::QLinear,
 }
 
 impl Toynet {
@@ -559,12 +559,12 @@ impl Toynet {
     /// Builds the model under a profile given as data.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
         Self {
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "stem" / "act1"),
+            stem_act_quant_in: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "stem" / "act_quant_in"),
                 p.acts[0],
             ),
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "stem" / "conv1"),
+            stem_conv: qatc_runtime::layers::QConv2d::new(
+                &(vs / "stem" / "conv"),
                 3,
                 16,
                 3,
@@ -577,9 +577,9 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "stem" / "act2"),
+            stem_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn"), 16),
+            stem_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "stem" / "act_quant_out"),
                 p.acts[1],
             ),
             s1_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -600,8 +600,8 @@ impl Toynet {
                 &(vs / "s1" / "0" / "bn1"),
                 16,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act1"),
+            s1_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant_in1"),
                 p.acts[2],
             ),
             s1_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -618,8 +618,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s1_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act2"),
+            s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant_in2"),
                 p.acts[3],
             ),
             s1_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -636,16 +636,16 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s1_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "add_act1"),
+            s1_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant_out"),
                 p.acts[4],
             ),
-            s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s2" / "0" / "bn1"),
+            s2_0_norm: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s2" / "0" / "norm"),
                 16,
             ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s2" / "0" / "conv1"),
+            s2_0_downsample: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s2" / "0" / "downsample"),
                 16,
                 32,
                 2,
@@ -658,12 +658,12 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act1"),
+            s2_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "actq_down"),
                 p.acts[5],
             ),
-            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s2" / "0" / "conv2"),
+            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s2" / "0" / "conv1"),
                 32,
                 32,
                 3,
@@ -676,34 +676,34 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s2" / "0" / "bn2"),
+            s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s2" / "0" / "bn1"),
                 32,
             ),
-            s2_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act2"),
+            s2_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant_in1"),
                 p.acts[6],
+            ),
+            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s2" / "0" / "conv2"),
+                32,
+                128,
+                1,
+                p.w_bits[2],
+                qatc_runtime::layers::QConv2dConfig {
+                    stride: 1,
+                    padding: 0,
+                    groups: 1,
+                    bias: false,
+                    ..Default::default()
+                },
+            ),
+            s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant_in2"),
+                p.acts[7],
             ),
             s2_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv3"),
-                32,
-                128,
-                1,
-                p.w_bits[2],
-                qatc_runtime::layers::QConv2dConfig {
-                    stride: 1,
-                    padding: 0,
-                    groups: 1,
-                    bias: false,
-                    ..Default::default()
-                },
-            ),
-            s2_0_act3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act3"),
-                p.acts[7],
-            ),
-            s2_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s2" / "0" / "conv4"),
                 128,
                 32,
                 1,
@@ -716,8 +716,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "add_act1"),
+            s2_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant_out"),
                 p.acts[8],
             ),
             s2_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -738,8 +738,8 @@ impl Toynet {
                 &(vs / "s2" / "1" / "bn1"),
                 32,
             ),
-            s2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act1"),
+            s2_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant_in1"),
                 p.acts[9],
             ),
             s2_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -756,8 +756,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act2"),
+            s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant_in2"),
                 p.acts[10],
             ),
             s2_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -774,8 +774,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "add_act1"),
+            s2_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant_out"),
                 p.acts[11],
             ),
             s2_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -796,8 +796,8 @@ impl Toynet {
                 &(vs / "s2" / "2" / "bn1"),
                 32,
             ),
-            s2_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "2" / "act1"),
+            s2_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "2" / "act_quant_in1"),
                 p.acts[12],
             ),
             s2_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -814,8 +814,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "2" / "act2"),
+            s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "2" / "act_quant_in2"),
                 p.acts[13],
             ),
             s2_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -832,8 +832,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s2_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "2" / "add_act1"),
+            s2_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "2" / "act_quant_out"),
                 p.acts[14],
             ),
             s3_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -854,8 +854,8 @@ impl Toynet {
                 &(vs / "s3" / "0" / "bn1"),
                 32,
             ),
-            s3_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "act1"),
+            s3_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant_in1"),
                 p.acts[15],
             ),
             s3_0_conv2: qatc_runtime::layers::QConv2d::new(
@@ -872,8 +872,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "act2"),
+            s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant_in2"),
                 p.acts[16],
             ),
             s3_0_conv3: qatc_runtime::layers::QConv2d::new(
@@ -890,8 +890,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "0" / "add_act1"),
+            s3_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "0" / "act_quant_out"),
                 p.acts[17],
             ),
             s3_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -912,8 +912,8 @@ impl Toynet {
                 &(vs / "s3" / "1" / "bn1"),
                 32,
             ),
-            s3_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act1"),
+            s3_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant_in1"),
                 p.acts[18],
             ),
             s3_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -930,8 +930,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act2"),
+            s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant_in2"),
                 p.acts[19],
             ),
             s3_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -948,8 +948,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "add_act1"),
+            s3_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant_out"),
                 p.acts[20],
             ),
             s3_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -970,8 +970,8 @@ impl Toynet {
                 &(vs / "s3" / "2" / "bn1"),
                 32,
             ),
-            s3_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act1"),
+            s3_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant_in1"),
                 p.acts[21],
             ),
             s3_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -988,8 +988,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act2"),
+            s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant_in2"),
                 p.acts[22],
             ),
             s3_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1006,16 +1006,16 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s3_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "add_act1"),
+            s3_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant_out"),
                 p.acts[23],
             ),
-            s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s4" / "0" / "bn1"),
+            s4_0_norm: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s4" / "0" / "norm"),
                 32,
             ),
-            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "0" / "conv1"),
+            s4_0_downsample: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "0" / "downsample"),
                 32,
                 64,
                 2,
@@ -1028,12 +1028,12 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_0_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "act1"),
+            s4_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "actq_down"),
                 p.acts[24],
             ),
-            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "0" / "conv2"),
+            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "0" / "conv1"),
                 64,
                 64,
                 3,
@@ -1046,34 +1046,34 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "s4" / "0" / "bn2"),
+            s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
+                &(vs / "s4" / "0" / "bn1"),
                 64,
             ),
-            s4_0_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "act2"),
+            s4_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant_in1"),
                 p.acts[25],
+            ),
+            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
+                &(vs / "s4" / "0" / "conv2"),
+                64,
+                256,
+                1,
+                p.w_bits[8],
+                qatc_runtime::layers::QConv2dConfig {
+                    stride: 1,
+                    padding: 0,
+                    groups: 1,
+                    bias: false,
+                    ..Default::default()
+                },
+            ),
+            s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant_in2"),
+                p.acts[26],
             ),
             s4_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv3"),
-                64,
-                256,
-                1,
-                p.w_bits[8],
-                qatc_runtime::layers::QConv2dConfig {
-                    stride: 1,
-                    padding: 0,
-                    groups: 1,
-                    bias: false,
-                    ..Default::default()
-                },
-            ),
-            s4_0_act3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "act3"),
-                p.acts[26],
-            ),
-            s4_0_conv4: qatc_runtime::layers::QConv2d::new(
-                &(vs / "s4" / "0" / "conv4"),
                 256,
                 64,
                 1,
@@ -1086,8 +1086,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "0" / "add_act1"),
+            s4_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "0" / "act_quant_out"),
                 p.acts[27],
             ),
             s4_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1108,8 +1108,8 @@ impl Toynet {
                 &(vs / "s4" / "1" / "bn1"),
                 64,
             ),
-            s4_1_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act1"),
+            s4_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant_in1"),
                 p.acts[28],
             ),
             s4_1_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1126,8 +1126,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_1_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act2"),
+            s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant_in2"),
                 p.acts[29],
             ),
             s4_1_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1144,8 +1144,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "add_act1"),
+            s4_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant_out"),
                 p.acts[30],
             ),
             s4_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1166,8 +1166,8 @@ impl Toynet {
                 &(vs / "s4" / "2" / "bn1"),
                 64,
             ),
-            s4_2_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act1"),
+            s4_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant_in1"),
                 p.acts[31],
             ),
             s4_2_conv2: qatc_runtime::layers::QConv2d::new(
@@ -1184,8 +1184,8 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_2_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act2"),
+            s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant_in2"),
                 p.acts[32],
             ),
             s4_2_conv3: qatc_runtime::layers::QConv2d::new(
@@ -1202,12 +1202,12 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            s4_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "add_act1"),
+            s4_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant_out"),
                 p.acts[33],
             ),
-            head_conv1: qatc_runtime::layers::QConv2d::new(
-                &(vs / "head" / "conv1"),
+            head_conv: qatc_runtime::layers::QConv2d::new(
+                &(vs / "head" / "conv"),
                 64,
                 512,
                 1,
@@ -1220,20 +1220,17 @@ impl Toynet {
                     ..Default::default()
                 },
             ),
-            head_bn1: qatc_runtime::layers::BatchNorm2d::new(
-                &(vs / "head" / "bn1"),
-                512,
-            ),
-            head_act1: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "head" / "act1"),
+            head_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "head" / "bn"), 512),
+            head_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "head" / "act_quant_out"),
                 p.acts[34],
             ),
-            head_act2: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "head" / "act2"),
+            fc_act_qlast: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "fc" / "act_qlast"),
                 p.acts[35],
             ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
-                &(vs / "fc" / "linear1"),
+            fc_fc: qatc_runtime::layers::QLinear::new(
+                &(vs / "fc" / "fc"),
                 512,
                 10,
                 p.w_bits[12],
@@ -1248,113 +1245,113 @@ impl Toynet {
 
 impl tch::nn::ModuleT for Toynet {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_act1 = self.stem_act1.forward(input);
-        let stem_conv1 = self.stem_conv1.forward(&stem_act1);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
-        let stem_act2 = self.stem_act2.forward(&stem_bn1);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_act2);
+        let stem_act_quant_in = self.stem_act_quant_in.forward(input);
+        let stem_conv = self.stem_conv.forward(&stem_act_quant_in);
+        let stem_bn = self.stem_bn.forward_t(&stem_conv, train);
+        let stem_act_quant_out = self.stem_act_quant_out.forward(&stem_bn);
+        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_act_quant_out);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
-        let s1_0_act1 = self.s1_0_act1.forward(&s1_0_bn1);
-        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act1);
+        let s1_0_act_quant_in1 = self.s1_0_act_quant_in1.forward(&s1_0_bn1);
+        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant_in1);
         let s1_0_relu1 = qatc_runtime::ops::relu(&s1_0_conv2);
-        let s1_0_act2 = self.s1_0_act2.forward(&s1_0_relu1);
-        let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act2);
-        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, &stem_act2);
-        let s1_0_add_act1 = self.s1_0_add_act1.forward(&s1_0_add1);
-        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s1_0_add_act1, train);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s2_0_bn1);
-        let s2_0_act1 = self.s2_0_act1.forward(&s2_0_conv1);
-        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act1);
-        let s2_0_bn2 = self.s2_0_bn2.forward_t(&s2_0_conv2, train);
-        let s2_0_act2 = self.s2_0_act2.forward(&s2_0_bn2);
-        let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act2);
-        let s2_0_relu1 = qatc_runtime::ops::relu(&s2_0_conv3);
-        let s2_0_act3 = self.s2_0_act3.forward(&s2_0_relu1);
-        let s2_0_conv4 = self.s2_0_conv4.forward(&s2_0_act3);
-        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_conv4, &s2_0_act1);
-        let s2_0_add_act1 = self.s2_0_add_act1.forward(&s2_0_add1);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_add_act1);
+        let s1_0_act_quant_in2 = self.s1_0_act_quant_in2.forward(&s1_0_relu1);
+        let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant_in2);
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, &stem_act_quant_out);
+        let s1_0_act_quant_out = self.s1_0_act_quant_out.forward(&s1_0_add1);
+        let s2_0_norm = self.s2_0_norm.forward_t(&s1_0_act_quant_out, train);
+        let s2_0_downsample = self.s2_0_downsample.forward(&s2_0_norm);
+        let s2_0_actq_down = self.s2_0_actq_down.forward(&s2_0_downsample);
+        let s2_0_conv1 = self.s2_0_conv1.forward(&s2_0_actq_down);
+        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
+        let s2_0_act_quant_in1 = self.s2_0_act_quant_in1.forward(&s2_0_bn1);
+        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act_quant_in1);
+        let s2_0_relu1 = qatc_runtime::ops::relu(&s2_0_conv2);
+        let s2_0_act_quant_in2 = self.s2_0_act_quant_in2.forward(&s2_0_relu1);
+        let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant_in2);
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_conv3, &s2_0_actq_down);
+        let s2_0_act_quant_out = self.s2_0_act_quant_out.forward(&s2_0_add1);
+        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant_out);
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
-        let s2_1_act1 = self.s2_1_act1.forward(&s2_1_bn1);
-        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act1);
+        let s2_1_act_quant_in1 = self.s2_1_act_quant_in1.forward(&s2_1_bn1);
+        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant_in1);
         let s2_1_relu1 = qatc_runtime::ops::relu(&s2_1_conv2);
-        let s2_1_act2 = self.s2_1_act2.forward(&s2_1_relu1);
-        let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act2);
-        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, &s2_0_add_act1);
-        let s2_1_add_act1 = self.s2_1_add_act1.forward(&s2_1_add1);
-        let s2_2_conv1 = self.s2_2_conv1.forward(&s2_1_add_act1);
+        let s2_1_act_quant_in2 = self.s2_1_act_quant_in2.forward(&s2_1_relu1);
+        let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant_in2);
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, &s2_0_act_quant_out);
+        let s2_1_act_quant_out = self.s2_1_act_quant_out.forward(&s2_1_add1);
+        let s2_2_conv1 = self.s2_2_conv1.forward(&s2_1_act_quant_out);
         let s2_2_bn1 = self.s2_2_bn1.forward_t(&s2_2_conv1, train);
-        let s2_2_act1 = self.s2_2_act1.forward(&s2_2_bn1);
-        let s2_2_conv2 = self.s2_2_conv2.forward(&s2_2_act1);
+        let s2_2_act_quant_in1 = self.s2_2_act_quant_in1.forward(&s2_2_bn1);
+        let s2_2_conv2 = self.s2_2_conv2.forward(&s2_2_act_quant_in1);
         let s2_2_relu1 = qatc_runtime::ops::relu(&s2_2_conv2);
-        let s2_2_act2 = self.s2_2_act2.forward(&s2_2_relu1);
-        let s2_2_conv3 = self.s2_2_conv3.forward(&s2_2_act2);
-        let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, &s2_1_add_act1);
-        let s2_2_add_act1 = self.s2_2_add_act1.forward(&s2_2_add1);
-        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_2_add_act1);
+        let s2_2_act_quant_in2 = self.s2_2_act_quant_in2.forward(&s2_2_relu1);
+        let s2_2_conv3 = self.s2_2_conv3.forward(&s2_2_act_quant_in2);
+        let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, &s2_1_act_quant_out);
+        let s2_2_act_quant_out = self.s2_2_act_quant_out.forward(&s2_2_add1);
+        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_2_act_quant_out);
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
-        let s3_0_act1 = self.s3_0_act1.forward(&s3_0_bn1);
-        let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act1);
+        let s3_0_act_quant_in1 = self.s3_0_act_quant_in1.forward(&s3_0_bn1);
+        let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant_in1);
         let s3_0_relu1 = qatc_runtime::ops::relu(&s3_0_conv2);
-        let s3_0_act2 = self.s3_0_act2.forward(&s3_0_relu1);
-        let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act2);
-        let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, &s2_2_add_act1);
-        let s3_0_add_act1 = self.s3_0_add_act1.forward(&s3_0_add1);
-        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_add_act1);
+        let s3_0_act_quant_in2 = self.s3_0_act_quant_in2.forward(&s3_0_relu1);
+        let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant_in2);
+        let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, &s2_2_act_quant_out);
+        let s3_0_act_quant_out = self.s3_0_act_quant_out.forward(&s3_0_add1);
+        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_act_quant_out);
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
-        let s3_1_act1 = self.s3_1_act1.forward(&s3_1_bn1);
-        let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act1);
+        let s3_1_act_quant_in1 = self.s3_1_act_quant_in1.forward(&s3_1_bn1);
+        let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant_in1);
         let s3_1_relu1 = qatc_runtime::ops::relu(&s3_1_conv2);
-        let s3_1_act2 = self.s3_1_act2.forward(&s3_1_relu1);
-        let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act2);
-        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, &s3_0_add_act1);
-        let s3_1_add_act1 = self.s3_1_add_act1.forward(&s3_1_add1);
-        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_add_act1);
+        let s3_1_act_quant_in2 = self.s3_1_act_quant_in2.forward(&s3_1_relu1);
+        let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant_in2);
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, &s3_0_act_quant_out);
+        let s3_1_act_quant_out = self.s3_1_act_quant_out.forward(&s3_1_add1);
+        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant_out);
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
-        let s3_2_act1 = self.s3_2_act1.forward(&s3_2_bn1);
-        let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act1);
+        let s3_2_act_quant_in1 = self.s3_2_act_quant_in1.forward(&s3_2_bn1);
+        let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant_in1);
         let s3_2_relu1 = qatc_runtime::ops::relu(&s3_2_conv2);
-        let s3_2_act2 = self.s3_2_act2.forward(&s3_2_relu1);
-        let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act2);
-        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, &s3_1_add_act1);
-        let s3_2_add_act1 = self.s3_2_add_act1.forward(&s3_2_add1);
-        let s4_0_bn1 = self.s4_0_bn1.forward_t(&s3_2_add_act1, train);
-        let s4_0_conv1 = self.s4_0_conv1.forward(&s4_0_bn1);
-        let s4_0_act1 = self.s4_0_act1.forward(&s4_0_conv1);
-        let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act1);
-        let s4_0_bn2 = self.s4_0_bn2.forward_t(&s4_0_conv2, train);
-        let s4_0_act2 = self.s4_0_act2.forward(&s4_0_bn2);
-        let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act2);
-        let s4_0_relu1 = qatc_runtime::ops::relu(&s4_0_conv3);
-        let s4_0_act3 = self.s4_0_act3.forward(&s4_0_relu1);
-        let s4_0_conv4 = self.s4_0_conv4.forward(&s4_0_act3);
-        let s4_0_add1 = qatc_runtime::ops::add(&s4_0_conv4, &s4_0_act1);
-        let s4_0_add_act1 = self.s4_0_add_act1.forward(&s4_0_add1);
-        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_add_act1);
+        let s3_2_act_quant_in2 = self.s3_2_act_quant_in2.forward(&s3_2_relu1);
+        let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant_in2);
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, &s3_1_act_quant_out);
+        let s3_2_act_quant_out = self.s3_2_act_quant_out.forward(&s3_2_add1);
+        let s4_0_norm = self.s4_0_norm.forward_t(&s3_2_act_quant_out, train);
+        let s4_0_downsample = self.s4_0_downsample.forward(&s4_0_norm);
+        let s4_0_actq_down = self.s4_0_actq_down.forward(&s4_0_downsample);
+        let s4_0_conv1 = self.s4_0_conv1.forward(&s4_0_actq_down);
+        let s4_0_bn1 = self.s4_0_bn1.forward_t(&s4_0_conv1, train);
+        let s4_0_act_quant_in1 = self.s4_0_act_quant_in1.forward(&s4_0_bn1);
+        let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act_quant_in1);
+        let s4_0_relu1 = qatc_runtime::ops::relu(&s4_0_conv2);
+        let s4_0_act_quant_in2 = self.s4_0_act_quant_in2.forward(&s4_0_relu1);
+        let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant_in2);
+        let s4_0_add1 = qatc_runtime::ops::add(&s4_0_conv3, &s4_0_actq_down);
+        let s4_0_act_quant_out = self.s4_0_act_quant_out.forward(&s4_0_add1);
+        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_act_quant_out);
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
-        let s4_1_act1 = self.s4_1_act1.forward(&s4_1_bn1);
-        let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act1);
+        let s4_1_act_quant_in1 = self.s4_1_act_quant_in1.forward(&s4_1_bn1);
+        let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant_in1);
         let s4_1_relu1 = qatc_runtime::ops::relu(&s4_1_conv2);
-        let s4_1_act2 = self.s4_1_act2.forward(&s4_1_relu1);
-        let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act2);
-        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, &s4_0_add_act1);
-        let s4_1_add_act1 = self.s4_1_add_act1.forward(&s4_1_add1);
-        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_add_act1);
+        let s4_1_act_quant_in2 = self.s4_1_act_quant_in2.forward(&s4_1_relu1);
+        let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant_in2);
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, &s4_0_act_quant_out);
+        let s4_1_act_quant_out = self.s4_1_act_quant_out.forward(&s4_1_add1);
+        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant_out);
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
-        let s4_2_act1 = self.s4_2_act1.forward(&s4_2_bn1);
-        let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act1);
+        let s4_2_act_quant_in1 = self.s4_2_act_quant_in1.forward(&s4_2_bn1);
+        let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant_in1);
         let s4_2_relu1 = qatc_runtime::ops::relu(&s4_2_conv2);
-        let s4_2_act2 = self.s4_2_act2.forward(&s4_2_relu1);
-        let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act2);
-        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, &s4_1_add_act1);
-        let s4_2_add_act1 = self.s4_2_add_act1.forward(&s4_2_add1);
-        let head_conv1 = self.head_conv1.forward(&s4_2_add_act1);
-        let head_bn1 = self.head_bn1.forward_t(&head_conv1, train);
-        let head_act1 = self.head_act1.forward(&head_bn1);
-        let head_pool1 = qatc_runtime::ops::adaptive_avg_pool2d(&head_act1, 1);
-        let head_act2 = self.head_act2.forward(&head_pool1);
-        let head_flatten1 = qatc_runtime::ops::flatten(&head_act2);
-        self.fc_linear1.forward(&head_flatten1)
+        let s4_2_act_quant_in2 = self.s4_2_act_quant_in2.forward(&s4_2_relu1);
+        let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant_in2);
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, &s4_1_act_quant_out);
+        let s4_2_act_quant_out = self.s4_2_act_quant_out.forward(&s4_2_add1);
+        let head_conv = self.head_conv.forward(&s4_2_act_quant_out);
+        let head_bn = self.head_bn.forward_t(&head_conv, train);
+        let head_act_quant_out = self.head_act_quant_out.forward(&head_bn);
+        let head_pool1 = qatc_runtime::ops::adaptive_avg_pool2d(&head_act_quant_out, 1);
+        let fc_act_qlast = self.fc_act_qlast.forward(&head_pool1);
+        let fc_flatten1 = qatc_runtime::ops::flatten(&fc_act_qlast);
+        self.fc_fc.forward(&fc_flatten1)
     }
 }
 
@@ -1373,42 +1370,42 @@ impl qatc_runtime::model::QatModel for Toynet {
 
     fn clip_values(&self) -> Vec<&tch::Tensor> {
         [
-            self.stem_act1.alpha(),
-            self.stem_act2.alpha(),
-            self.s1_0_act1.alpha(),
-            self.s1_0_act2.alpha(),
-            self.s1_0_add_act1.alpha(),
-            self.s2_0_act1.alpha(),
-            self.s2_0_act2.alpha(),
-            self.s2_0_act3.alpha(),
-            self.s2_0_add_act1.alpha(),
-            self.s2_1_act1.alpha(),
-            self.s2_1_act2.alpha(),
-            self.s2_1_add_act1.alpha(),
-            self.s2_2_act1.alpha(),
-            self.s2_2_act2.alpha(),
-            self.s2_2_add_act1.alpha(),
-            self.s3_0_act1.alpha(),
-            self.s3_0_act2.alpha(),
-            self.s3_0_add_act1.alpha(),
-            self.s3_1_act1.alpha(),
-            self.s3_1_act2.alpha(),
-            self.s3_1_add_act1.alpha(),
-            self.s3_2_act1.alpha(),
-            self.s3_2_act2.alpha(),
-            self.s3_2_add_act1.alpha(),
-            self.s4_0_act1.alpha(),
-            self.s4_0_act2.alpha(),
-            self.s4_0_act3.alpha(),
-            self.s4_0_add_act1.alpha(),
-            self.s4_1_act1.alpha(),
-            self.s4_1_act2.alpha(),
-            self.s4_1_add_act1.alpha(),
-            self.s4_2_act1.alpha(),
-            self.s4_2_act2.alpha(),
-            self.s4_2_add_act1.alpha(),
-            self.head_act1.alpha(),
-            self.head_act2.alpha(),
+            self.stem_act_quant_in.alpha(),
+            self.stem_act_quant_out.alpha(),
+            self.s1_0_act_quant_in1.alpha(),
+            self.s1_0_act_quant_in2.alpha(),
+            self.s1_0_act_quant_out.alpha(),
+            self.s2_0_actq_down.alpha(),
+            self.s2_0_act_quant_in1.alpha(),
+            self.s2_0_act_quant_in2.alpha(),
+            self.s2_0_act_quant_out.alpha(),
+            self.s2_1_act_quant_in1.alpha(),
+            self.s2_1_act_quant_in2.alpha(),
+            self.s2_1_act_quant_out.alpha(),
+            self.s2_2_act_quant_in1.alpha(),
+            self.s2_2_act_quant_in2.alpha(),
+            self.s2_2_act_quant_out.alpha(),
+            self.s3_0_act_quant_in1.alpha(),
+            self.s3_0_act_quant_in2.alpha(),
+            self.s3_0_act_quant_out.alpha(),
+            self.s3_1_act_quant_in1.alpha(),
+            self.s3_1_act_quant_in2.alpha(),
+            self.s3_1_act_quant_out.alpha(),
+            self.s3_2_act_quant_in1.alpha(),
+            self.s3_2_act_quant_in2.alpha(),
+            self.s3_2_act_quant_out.alpha(),
+            self.s4_0_actq_down.alpha(),
+            self.s4_0_act_quant_in1.alpha(),
+            self.s4_0_act_quant_in2.alpha(),
+            self.s4_0_act_quant_out.alpha(),
+            self.s4_1_act_quant_in1.alpha(),
+            self.s4_1_act_quant_in2.alpha(),
+            self.s4_1_act_quant_out.alpha(),
+            self.s4_2_act_quant_in1.alpha(),
+            self.s4_2_act_quant_in2.alpha(),
+            self.s4_2_act_quant_out.alpha(),
+            self.head_act_quant_out.alpha(),
+            self.fc_act_qlast.alpha(),
         ]
             .into_iter()
             .flatten()
