@@ -296,6 +296,7 @@ fn lib(checked: &Checked, graphs: &[Graph], union: &Union, header: &str) -> Toke
         }
     });
     let n_profiles = int(graphs.len() as i64);
+    let profile_names: Vec<&str> = graphs.iter().map(|g| g.profile.as_str()).collect();
 
     let mut fields = Vec::new();
     let mut inits = Vec::new();
@@ -459,6 +460,10 @@ fn lib(checked: &Checked, graphs: &[Graph], union: &Union, header: &str) -> Toke
         pub const CLASSES: i64 = #classes;
         /// Layer slots in order: index into `Profile::w_bits`.
         pub const SLOTS: [&str; #n_slots] = [#(#slots),*];
+        /// Model name, as in the spec.
+        pub const MODEL_NAME: &str = #model_name;
+        /// Profile names; the first is the default.
+        pub const PROFILE_NAMES: [&str; #n_profiles] = [#(#profile_names),*];
         /// Activation quantizer sites in order: index into `Profile::acts`.
         pub const ACT_SITES: [&str; #n_acts] = [#(#act_names),*];
         /// The bit-widths of one profile.

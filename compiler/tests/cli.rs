@@ -229,6 +229,10 @@ fn import_maps_the_seed_golden_checkpoints() {
         err.contains("unexpected: `state.cells.0.conv1.weight`"),
         "{err}"
     );
+    // A spec without an import section for the format.
+    let out = qatc(&["import", "spec/vgg7.qspec", "--from", &from]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("E0137"), "{}", text(&out.stderr));
     // Not a safetensors file.
     let out = qatc(&[
         "import",

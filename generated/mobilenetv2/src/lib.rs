@@ -37,6 +37,12 @@ pub const SLOTS: [&str; 20] = [
     "fc",
 ];
 
+/// Model name, as in the spec.
+pub const MODEL_NAME: &str = "mobilenetv2";
+
+/// Profile names; the first is the default.
+pub const PROFILE_NAMES: [&str; 4] = ["cfg-1*", "w8a8", "w4a4", "float"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 67] = [
     "stem.actq_first",

@@ -29,6 +29,20 @@ pub const SLOTS: [&str; 12] = [
     "fc",
 ];
 
+/// Model name, as in the spec.
+pub const MODEL_NAME: &str = "resnet20";
+
+/// Profile names; the first is the default.
+pub const PROFILE_NAMES: [&str; 7] = [
+    "w8a8",
+    "w8a8-no-shortcut-quant",
+    "w6a6",
+    "w4a4",
+    "pact-w4a4",
+    "mpact-w4a4",
+    "float",
+];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 22] = [
     "stem.act1",

@@ -30,6 +30,12 @@ pub const SLOTS: [&str; 13] = [
     "fc",
 ];
 
+/// Model name, as in the spec.
+pub const MODEL_NAME: &str = "toynet";
+
+/// Profile names; the first is the default.
+pub const PROFILE_NAMES: [&str; 5] = ["cfg-1*", "cfg-1", "cfg-2", "cfg-3", "float"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 36] = [
     "stem.act_quant_in",

@@ -16,6 +16,12 @@ pub const CLASSES: i64 = 10;
 /// Layer slots in order: index into `Profile::w_bits`.
 pub const SLOTS: [&str; 6] = ["stem", "c1.0", "c2.0", "c3.0", "head", "fc"];
 
+/// Model name, as in the spec.
+pub const MODEL_NAME: &str = "vgg7";
+
+/// Profile names; the first is the default.
+pub const PROFILE_NAMES: [&str; 4] = ["w4a4", "w8a8", "mixed", "float"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 5] = [
     "stem.act1",
