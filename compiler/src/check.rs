@@ -1616,17 +1616,8 @@ pub fn bit_ref(e: &Expr, diags: &mut Diagnostics) -> Option<BitRef> {
                 None
             }
         },
-        Expr::Int(i) if valid_bits(i.value) => Some(BitRef::Lit(i.value as u32)),
-        Expr::Int(i) => {
-            diags.push(bits_error(i.span, i.value));
-            None
-        }
         other => {
-            diags.push(
-                Diagnostic::error("E0204", "expected a bit-width")
-                    .primary(other.span(), "expected `ain`, `aout`, `w` or an integer"),
-            );
-            None
+            literal_bits(other, diags, "expected `ain`, `aout`, `w` or an integer").map(BitRef::Lit)
         }
     }
 }
@@ -1770,7 +1761,7 @@ fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> {
             let mut vals = [None; 4];
             for (i, b) in bound.iter().enumerate() {
                 if let Some(e) = b {
-                    vals[i] = Some(literal_bits(e, diags)?);
+                    vals[i] = Some(literal_bits(e, diags, "write an integer")?);
                 }
             }
             let o = SlotOverride {
@@ -1787,7 +1778,7 @@ fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> {
         _ => {
             let sig = [req("bits", Int)];
             let bound = bind_builtin(&sig, c, diags);
-            let v = literal_bits(bound[0]?, diags)?;
+            let v = literal_bits(bound[0]?, diags, "write an integer")?;
             Some(if name == "bn_bits" {
                 Rule::BnBits(v)
             } else {
@@ -1797,7 +1788,8 @@ fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> {
     }
 }
 
-fn literal_bits(e: &Expr, diags: &mut Diagnostics) -> Option<u32> {
+/// An integer literal that is a valid bit-width; `label` says what else was expected.
+fn literal_bits(e: &Expr, diags: &mut Diagnostics, label: &str) -> Option<u32> {
     match e {
         Expr::Int(i) if valid_bits(i.value) => Some(i.value as u32),
         Expr::Int(i) => {
@@ -1806,8 +1798,7 @@ fn literal_bits(e: &Expr, diags: &mut Diagnostics) -> Option<u32> {
         }
         other => {
             diags.push(
-                Diagnostic::error("E0204", "expected a bit-width")
-                    .primary(other.span(), "write an integer"),
+                Diagnostic::error("E0204", "expected a bit-width").primary(other.span(), label),
             );
             None
         }

@@ -502,7 +502,6 @@ impl<'a> Lowerer<'a> {
         let bits = self.bits(bits, ctx.slot);
         let quantizer = q.unwrap_or_else(|| self.p.acts.clone());
         quantizer_bits_ok(&quantizer, bits, span, &format!("rule `{rule}` places"))?;
-        let shape = self.nodes[v.node].out_shape.clone();
         // Named by role, not by count: a profile that switches a rule off
         // must not shift the names (and checkpoint keys) of other sites.
         let role = match rule {
@@ -526,14 +525,12 @@ impl<'a> Lowerer<'a> {
             }
             None => self.name(ctx, role),
         };
-        let n = self.push_full(
-            ctx.slot,
+        let n = self.push_act(
+            ctx,
             name,
-            Op::ActQuant { quantizer },
-            vec![v.node],
-            shape,
-            None,
+            quantizer,
             bits,
+            v.node,
             Origin::Rule { rule: rule.into() },
         );
         Ok(Val {
@@ -575,6 +572,29 @@ impl<'a> Lowerer<'a> {
         let n = self.counters.entry(key.clone()).or_insert(0);
         *n += 1;
         format!("{key}{n}")
+    }
+
+    /// A fake-quantizer node reading `input`, with the input's shape.
+    fn push_act(
+        &mut self,
+        ctx: &Ctx,
+        name: String,
+        quantizer: Quantizer,
+        bits: u32,
+        input: NodeId,
+        origin: Origin,
+    ) -> NodeId {
+        let shape = self.nodes[input].out_shape.clone();
+        self.push_full(
+            ctx.slot,
+            name,
+            Op::ActQuant { quantizer },
+            vec![input],
+            shape,
+            None,
+            bits,
+            origin,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -775,16 +795,7 @@ impl<'a> Lowerer<'a> {
                 let quantizer = q.expect("no error");
                 quantizer_bits_ok(&quantizer, bits, span, "this places")?;
                 let name = self.node_name(ctx, call.label.as_ref(), "act")?;
-                let n = self.push_full(
-                    ctx.slot,
-                    name,
-                    Op::ActQuant { quantizer },
-                    vec![v.node],
-                    shape,
-                    None,
-                    bits,
-                    origin,
-                );
+                let n = self.push_act(ctx, name, quantizer, bits, v.node, origin);
                 return Ok(Val { node: n, has_conv });
             }
             "avgpool" | "maxpool" => {
