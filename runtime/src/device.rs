@@ -25,6 +25,17 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
     resolve(s, cuda_devices)
 }
 
+/// The name [`parse_device`] reads for `device`: `cpu`, `cuda:N` (`mps`,
+/// `vulkan` for the devices qatc does not select itself).
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}
+
 /// [`parse_device`] on a machine with `cuda_devices` CUDA devices.
 fn resolve(s: &str, cuda_devices: usize) -> Result<Device, String> {
     let index = match s {
@@ -106,6 +117,15 @@ mod tests {
         assert!(resolve("cuda:x", 2)
             .unwrap_err()
             .contains("not a CUDA device index"));
+    }
+
+    #[test]
+    fn names_read_back() {
+        assert_eq!(device_name(Device::Cpu), "cpu");
+        assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
+        for device in [Device::Cpu, Device::Cuda(0), Device::Cuda(1)] {
+            assert_eq!(resolve(&device_name(device), 2), Ok(device));
+        }
     }
 
     #[test]

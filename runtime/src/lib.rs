@@ -11,12 +11,16 @@
 //! - [`profile`]: a model's named bit-width profiles and lookup by name;
 //! - [`model`]: the [`model::QatModel`] trait every generated model
 //!   implements, and a one-step training smoke check;
-//! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`).
+//! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`);
+//! - [`bench`]: training and evaluation throughput, float against QAT;
+//! - [`cli`]: the command line of generated binaries (`smoke`, `bench`).
 //!
 //! libtorch comes from the project's own install
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
 //! gives every binary an rpath to it.
 
+pub mod bench;
+pub mod cli;
 pub mod device;
 pub mod layers;
 pub mod model;
