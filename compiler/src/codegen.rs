@@ -49,7 +49,7 @@ pub fn generate(checked: &Checked, graphs: &[Graph], spec_path: &str, runtime_pa
         header.replace('\n', "\n# ")
     );
     let lib_rs = unparse(lib(checked, graphs, &union, &header));
-    let main_rs = unparse(main(model, &lib_name, &header, &graphs[0].profile));
+    let main_rs = unparse(main(model, &lib_name, &header));
     Crate {
         package,
         cargo_toml,
@@ -535,59 +535,20 @@ fn lib(checked: &Checked, graphs: &[Graph], union: &Union, header: &str) -> Toke
     }
 }
 
-fn main(model: &str, lib_name: &str, header: &str, default_profile: &str) -> TokenStream {
+fn main(model: &str, lib_name: &str, header: &str) -> TokenStream {
     let ty = type_name(model);
     let krate = format_ident!("{}", lib_name);
     let header_doc: Vec<String> = header.lines().map(|l| format!(" {l}")).collect();
-    let usage = format!("usage: {lib_name} [--profile NAME] [--device auto|cpu|cuda]");
-    let summary_fmt = format!("{model} (profile {{profile}}): {{params}} parameters, smoke-step loss {{loss:.4}}, eval logits {{logits:?}}");
     let doc = format!(
-        " Builds model `{model}` under a profile, runs one training step on a random batch and an evaluation pass. Real training: `qatc train`."
+        " The command line of model `{model}` (`smoke`, `bench`; `--help` lists them), all in `qatc_runtime::cli`."
     );
     quote! {
         #(#![doc = #header_doc])*
         #![doc = ""]
         #![doc = #doc]
 
-        use tch::nn::ModuleT;
-
         fn main() -> std::process::ExitCode {
-            let mut profile = String::from(#default_profile);
-            let mut device = String::from("auto");
-            let mut args = std::env::args().skip(1);
-            while let Some(arg) = args.next() {
-                let value = args.next();
-                match (arg.as_str(), value) {
-                    ("--profile", Some(v)) => profile = v,
-                    ("--device", Some(v)) => device = v,
-                    _ => {
-                        eprintln!(#usage);
-                        return std::process::ExitCode::from(1);
-                    }
-                }
-            }
-            let device = match qatc_runtime::device::parse_device(&device) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return std::process::ExitCode::from(1);
-                }
-            };
-            let vs = tch::nn::VarStore::new(device);
-            let model = match #krate::#ty::new(&vs.root(), &profile) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return std::process::ExitCode::from(1);
-                }
-            };
-            let loss = qatc_runtime::model::smoke_step(&model, &vs, 8);
-            let shape = #krate::INPUT_SHAPE;
-            let x = tch::Tensor::zeros([1, shape[0], shape[1], shape[2]], (tch::Kind::Float, device));
-            let logits = model.forward_t(&x, false).size();
-            let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-            println!(#summary_fmt);
-            std::process::ExitCode::SUCCESS
+            qatc_runtime::cli::run(#krate::MODEL_NAME, &#krate::PROFILE_NAMES, #krate::#ty::new)
         }
     }
 }
