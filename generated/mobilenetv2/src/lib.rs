@@ -46,71 +46,71 @@ pub const PROFILE_NAMES: [&str; 4] = ["cfg-1*", "w8a8", "w4a4", "float"];
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 67] = [
     "stem.actq_first",
-    "s1.0.act_quant3",
+    "s1.0.act_quant4",
     "s1.0.act_quant1",
     "s1.0.act_quant2",
-    "s1.0.act_quant4",
-    "s2.0.act_quant3",
+    "s1.0.act_quant3",
+    "s2.0.act_quant4",
     "s2.0.act_quant1",
     "s2.0.act_quant2",
-    "s2.0.act_quant4",
-    "s2.1.act_quant3",
+    "s2.0.act_quant3",
+    "s2.1.act_quant4",
     "s2.1.act_quant1",
     "s2.1.act_quant2",
-    "s2.1.act_quant4",
+    "s2.1.act_quant3",
     "s3.0.act_quant1",
     "s3.0.act_quant2",
     "s3.0.act_quant3",
-    "s3.1.act_quant3",
+    "s3.1.act_quant4",
     "s3.1.act_quant1",
     "s3.1.act_quant2",
-    "s3.1.act_quant4",
-    "s3.2.act_quant3",
+    "s3.1.act_quant3",
+    "s3.2.act_quant4",
     "s3.2.act_quant1",
     "s3.2.act_quant2",
-    "s3.2.act_quant4",
+    "s3.2.act_quant3",
     "s4.0.act_quant1",
     "s4.0.act_quant2",
     "s4.0.act_quant3",
-    "s4.1.act_quant3",
+    "s4.1.act_quant4",
     "s4.1.act_quant1",
     "s4.1.act_quant2",
-    "s4.1.act_quant4",
-    "s4.2.act_quant3",
+    "s4.1.act_quant3",
+    "s4.2.act_quant4",
     "s4.2.act_quant1",
     "s4.2.act_quant2",
-    "s4.2.act_quant4",
-    "s4.3.act_quant3",
+    "s4.2.act_quant3",
+    "s4.3.act_quant4",
     "s4.3.act_quant1",
     "s4.3.act_quant2",
-    "s4.3.act_quant4",
-    "s5.0.act_quant3",
+    "s4.3.act_quant3",
+    "s5.0.act_quant4",
     "s5.0.act_quant1",
     "s5.0.act_quant2",
-    "s5.0.act_quant4",
-    "s5.1.act_quant3",
+    "s5.0.act_quant3",
+    "s5.1.act_quant4",
     "s5.1.act_quant1",
     "s5.1.act_quant2",
-    "s5.1.act_quant4",
-    "s5.2.act_quant3",
+    "s5.1.act_quant3",
+    "s5.2.act_quant4",
     "s5.2.act_quant1",
     "s5.2.act_quant2",
-    "s5.2.act_quant4",
+    "s5.2.act_quant3",
     "s6.0.act_quant1",
     "s6.0.act_quant2",
     "s6.0.act_quant3",
-    "s6.1.act_quant3",
+    "s6.1.act_quant4",
     "s6.1.act_quant1",
     "s6.1.act_quant2",
-    "s6.1.act_quant4",
-    "s6.2.act_quant3",
+    "s6.1.act_quant3",
+    "s6.2.act_quant4",
     "s6.2.act_quant1",
     "s6.2.act_quant2",
-    "s6.2.act_quant4",
-    "s7.0.act_quant3",
+    "s6.2.act_quant3",
+    "s7.0.act_quant4",
     "s7.0.act_quant1",
     "s7.0.act_quant2",
-    "s7.0.act_quant4",
+    "s7.0.act_quant3",
     "head.act1",
 ];
 
@@ -434,8 +434,8 @@ pub struct Mobilenetv2 {
     /// `s1.0.shortcut.1`: batch norm over 16 channels (unfolded).
     pub s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.act_quant3`: activation quantizer, site 1 (placed by rule `quantize_shortcut`).
-    pub s1_0_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant4`: activation quantizer, site 1 (placed by rule `quantize_shortcut`).
+    pub s1_0_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s1.0.conv1`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s1.0`.
     pub s1_0_conv1: qatc_runtime::layers::QConv2d,
@@ -461,8 +461,8 @@ pub struct Mobilenetv2 {
     /// `s1.0.bn3`: batch norm over 16 channels (unfolded).
     pub s1_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s1.0.act_quant4`: activation quantizer, site 4 (written in the spec).
-    pub s1_0_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s1.0.act_quant3`: activation quantizer, site 4 (written in the spec).
+    pub s1_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s2.0.shortcut.0`: conv 16 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -470,8 +470,8 @@ pub struct Mobilenetv2 {
     /// `s2.0.shortcut.1`: batch norm over 24 channels (unfolded).
     pub s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.act_quant3`: activation quantizer, site 5 (placed by rule `quantize_shortcut`).
-    pub s2_0_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant4`: activation quantizer, site 5 (placed by rule `quantize_shortcut`).
+    pub s2_0_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s2.0.conv1`: conv 16 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s2.0`.
     pub s2_0_conv1: qatc_runtime::layers::QConv2d,
@@ -497,8 +497,8 @@ pub struct Mobilenetv2 {
     /// `s2.0.bn3`: batch norm over 24 channels (unfolded).
     pub s2_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.0.act_quant4`: activation quantizer, site 8 (written in the spec).
-    pub s2_0_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s2.0.act_quant3`: activation quantizer, site 8 (written in the spec).
+    pub s2_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.shortcut.0`: conv 24 -> 24, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -506,8 +506,8 @@ pub struct Mobilenetv2 {
     /// `s2.1.shortcut.1`: batch norm over 24 channels (unfolded).
     pub s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.act_quant3`: activation quantizer, site 9 (placed by rule `quantize_shortcut`).
-    pub s2_1_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant4`: activation quantizer, site 9 (placed by rule `quantize_shortcut`).
+    pub s2_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s2.1.conv1`: conv 24 -> 144, 1x1, stride 1, padding 0; weight bits of slot `s2.1`.
     pub s2_1_conv1: qatc_runtime::layers::QConv2d,
@@ -533,8 +533,8 @@ pub struct Mobilenetv2 {
     /// `s2.1.bn3`: batch norm over 24 channels (unfolded).
     pub s2_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s2.1.act_quant4`: activation quantizer, site 12 (written in the spec).
-    pub s2_1_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s2.1.act_quant3`: activation quantizer, site 12 (written in the spec).
+    pub s2_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s3.0.conv1`: conv 24 -> 144, 1x1, stride 1, padding 0; weight bits of slot `s3.0`.
     pub s3_0_conv1: qatc_runtime::layers::QConv2d,
@@ -569,8 +569,8 @@ pub struct Mobilenetv2 {
     /// `s3.1.shortcut.1`: batch norm over 32 channels (unfolded).
     pub s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.act_quant3`: activation quantizer, site 16 (placed by rule `quantize_shortcut`).
-    pub s3_1_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant4`: activation quantizer, site 16 (placed by rule `quantize_shortcut`).
+    pub s3_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s3.1.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s3.1`.
     pub s3_1_conv1: qatc_runtime::layers::QConv2d,
@@ -596,8 +596,8 @@ pub struct Mobilenetv2 {
     /// `s3.1.bn3`: batch norm over 32 channels (unfolded).
     pub s3_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.1.act_quant4`: activation quantizer, site 19 (written in the spec).
-    pub s3_1_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s3.1.act_quant3`: activation quantizer, site 19 (written in the spec).
+    pub s3_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.shortcut.0`: conv 32 -> 32, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -605,8 +605,8 @@ pub struct Mobilenetv2 {
     /// `s3.2.shortcut.1`: batch norm over 32 channels (unfolded).
     pub s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.act_quant3`: activation quantizer, site 20 (placed by rule `quantize_shortcut`).
-    pub s3_2_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant4`: activation quantizer, site 20 (placed by rule `quantize_shortcut`).
+    pub s3_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s3.2.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s3.2`.
     pub s3_2_conv1: qatc_runtime::layers::QConv2d,
@@ -632,8 +632,8 @@ pub struct Mobilenetv2 {
     /// `s3.2.bn3`: batch norm over 32 channels (unfolded).
     pub s3_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s3.2.act_quant4`: activation quantizer, site 23 (written in the spec).
-    pub s3_2_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s3.2.act_quant3`: activation quantizer, site 23 (written in the spec).
+    pub s3_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.0.conv1`: conv 32 -> 192, 1x1, stride 1, padding 0; weight bits of slot `s4.0`.
     pub s4_0_conv1: qatc_runtime::layers::QConv2d,
@@ -668,8 +668,8 @@ pub struct Mobilenetv2 {
     /// `s4.1.shortcut.1`: batch norm over 64 channels (unfolded).
     pub s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.act_quant3`: activation quantizer, site 27 (placed by rule `quantize_shortcut`).
-    pub s4_1_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant4`: activation quantizer, site 27 (placed by rule `quantize_shortcut`).
+    pub s4_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s4.1.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.1`.
     pub s4_1_conv1: qatc_runtime::layers::QConv2d,
@@ -695,8 +695,8 @@ pub struct Mobilenetv2 {
     /// `s4.1.bn3`: batch norm over 64 channels (unfolded).
     pub s4_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.1.act_quant4`: activation quantizer, site 30 (written in the spec).
-    pub s4_1_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s4.1.act_quant3`: activation quantizer, site 30 (written in the spec).
+    pub s4_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.shortcut.0`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -704,8 +704,8 @@ pub struct Mobilenetv2 {
     /// `s4.2.shortcut.1`: batch norm over 64 channels (unfolded).
     pub s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.act_quant3`: activation quantizer, site 31 (placed by rule `quantize_shortcut`).
-    pub s4_2_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant4`: activation quantizer, site 31 (placed by rule `quantize_shortcut`).
+    pub s4_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s4.2.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.2`.
     pub s4_2_conv1: qatc_runtime::layers::QConv2d,
@@ -731,8 +731,8 @@ pub struct Mobilenetv2 {
     /// `s4.2.bn3`: batch norm over 64 channels (unfolded).
     pub s4_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.2.act_quant4`: activation quantizer, site 34 (written in the spec).
-    pub s4_2_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s4.2.act_quant3`: activation quantizer, site 34 (written in the spec).
+    pub s4_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s4.3.shortcut.0`: conv 64 -> 64, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
     pub s4_3_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -740,8 +740,8 @@ pub struct Mobilenetv2 {
     /// `s4.3.shortcut.1`: batch norm over 64 channels (unfolded).
     pub s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.act_quant3`: activation quantizer, site 35 (placed by rule `quantize_shortcut`).
-    pub s4_3_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant4`: activation quantizer, site 35 (placed by rule `quantize_shortcut`).
+    pub s4_3_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s4.3.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s4.3`.
     pub s4_3_conv1: qatc_runtime::layers::QConv2d,
@@ -767,8 +767,8 @@ pub struct Mobilenetv2 {
     /// `s4.3.bn3`: batch norm over 64 channels (unfolded).
     pub s4_3_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s4.3.act_quant4`: activation quantizer, site 38 (written in the spec).
-    pub s4_3_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s4.3.act_quant3`: activation quantizer, site 38 (written in the spec).
+    pub s4_3_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.0.shortcut.0`: conv 64 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
     pub s5_0_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -776,8 +776,8 @@ pub struct Mobilenetv2 {
     /// `s5.0.shortcut.1`: batch norm over 96 channels (unfolded).
     pub s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.act_quant3`: activation quantizer, site 39 (placed by rule `quantize_shortcut`).
-    pub s5_0_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant4`: activation quantizer, site 39 (placed by rule `quantize_shortcut`).
+    pub s5_0_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s5.0.conv1`: conv 64 -> 384, 1x1, stride 1, padding 0; weight bits of slot `s5.0`.
     pub s5_0_conv1: qatc_runtime::layers::QConv2d,
@@ -803,8 +803,8 @@ pub struct Mobilenetv2 {
     /// `s5.0.bn3`: batch norm over 96 channels (unfolded).
     pub s5_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.0.act_quant4`: activation quantizer, site 42 (written in the spec).
-    pub s5_0_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s5.0.act_quant3`: activation quantizer, site 42 (written in the spec).
+    pub s5_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.1.shortcut.0`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
     pub s5_1_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -812,8 +812,8 @@ pub struct Mobilenetv2 {
     /// `s5.1.shortcut.1`: batch norm over 96 channels (unfolded).
     pub s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.act_quant3`: activation quantizer, site 43 (placed by rule `quantize_shortcut`).
-    pub s5_1_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant4`: activation quantizer, site 43 (placed by rule `quantize_shortcut`).
+    pub s5_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s5.1.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s5.1`.
     pub s5_1_conv1: qatc_runtime::layers::QConv2d,
@@ -839,8 +839,8 @@ pub struct Mobilenetv2 {
     /// `s5.1.bn3`: batch norm over 96 channels (unfolded).
     pub s5_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.1.act_quant4`: activation quantizer, site 46 (written in the spec).
-    pub s5_1_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s5.1.act_quant3`: activation quantizer, site 46 (written in the spec).
+    pub s5_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s5.2.shortcut.0`: conv 96 -> 96, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
     pub s5_2_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -848,8 +848,8 @@ pub struct Mobilenetv2 {
     /// `s5.2.shortcut.1`: batch norm over 96 channels (unfolded).
     pub s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.act_quant3`: activation quantizer, site 47 (placed by rule `quantize_shortcut`).
-    pub s5_2_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant4`: activation quantizer, site 47 (placed by rule `quantize_shortcut`).
+    pub s5_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s5.2.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s5.2`.
     pub s5_2_conv1: qatc_runtime::layers::QConv2d,
@@ -875,8 +875,8 @@ pub struct Mobilenetv2 {
     /// `s5.2.bn3`: batch norm over 96 channels (unfolded).
     pub s5_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s5.2.act_quant4`: activation quantizer, site 50 (written in the spec).
-    pub s5_2_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s5.2.act_quant3`: activation quantizer, site 50 (written in the spec).
+    pub s5_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s6.0.conv1`: conv 96 -> 576, 1x1, stride 1, padding 0; weight bits of slot `s6.0`.
     pub s6_0_conv1: qatc_runtime::layers::QConv2d,
@@ -911,8 +911,8 @@ pub struct Mobilenetv2 {
     /// `s6.1.shortcut.1`: batch norm over 160 channels (unfolded).
     pub s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.act_quant3`: activation quantizer, site 54 (placed by rule `quantize_shortcut`).
-    pub s6_1_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant4`: activation quantizer, site 54 (placed by rule `quantize_shortcut`).
+    pub s6_1_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s6.1.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s6.1`.
     pub s6_1_conv1: qatc_runtime::layers::QConv2d,
@@ -938,8 +938,8 @@ pub struct Mobilenetv2 {
     /// `s6.1.bn3`: batch norm over 160 channels (unfolded).
     pub s6_1_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.1.act_quant4`: activation quantizer, site 57 (written in the spec).
-    pub s6_1_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s6.1.act_quant3`: activation quantizer, site 57 (written in the spec).
+    pub s6_1_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s6.2.shortcut.0`: conv 160 -> 160, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
     pub s6_2_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -947,8 +947,8 @@ pub struct Mobilenetv2 {
     /// `s6.2.shortcut.1`: batch norm over 160 channels (unfolded).
     pub s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.act_quant3`: activation quantizer, site 58 (placed by rule `quantize_shortcut`).
-    pub s6_2_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant4`: activation quantizer, site 58 (placed by rule `quantize_shortcut`).
+    pub s6_2_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s6.2.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s6.2`.
     pub s6_2_conv1: qatc_runtime::layers::QConv2d,
@@ -974,8 +974,8 @@ pub struct Mobilenetv2 {
     /// `s6.2.bn3`: batch norm over 160 channels (unfolded).
     pub s6_2_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s6.2.act_quant4`: activation quantizer, site 61 (written in the spec).
-    pub s6_2_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s6.2.act_quant3`: activation quantizer, site 61 (written in the spec).
+    pub s6_2_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `s7.0.shortcut.0`: conv 160 -> 320, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
     pub s7_0_shortcut_0: qatc_runtime::layers::QConv2d,
@@ -983,8 +983,8 @@ pub struct Mobilenetv2 {
     /// `s7.0.shortcut.1`: batch norm over 320 channels (unfolded).
     pub s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.act_quant3`: activation quantizer, site 62 (placed by rule `quantize_shortcut`).
-    pub s7_0_act_quant3: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant4`: activation quantizer, site 62 (placed by rule `quantize_shortcut`).
+    pub s7_0_act_quant4: qatc_runtime::quant::ActQuant,
 
     /// `s7.0.conv1`: conv 160 -> 960, 1x1, stride 1, padding 0; weight bits of slot `s7.0`.
     pub s7_0_conv1: qatc_runtime::layers::QConv2d,
@@ -1010,8 +1010,8 @@ pub struct Mobilenetv2 {
     /// `s7.0.bn3`: batch norm over 320 channels (unfolded).
     pub s7_0_bn3: qatc_runtime::layers::BatchNorm2d,
 
-    /// `s7.0.act_quant4`: activation quantizer, site 65 (written in the spec).
-    pub s7_0_act_quant4: qatc_runtime::quant::ActQuant,
+    /// `s7.0.act_quant3`: activation quantizer, site 65 (written in the spec).
+    pub s7_0_act_quant3: qatc_runtime::quant::ActQuant,
 
     /// `head.head`: conv 320 -> 1280, 1x1, stride 1, padding 0; weight bits of slot `head`.
     pub head_head: qatc_runtime::layers::QConv2d,
@@ -1076,8 +1076,8 @@ impl Mobilenetv2 {
                 &(vs / "s1" / "0" / "shortcut" / "1"),
                 16,
             ),
-            s1_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act_quant3"),
+            s1_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant4"),
                 p.acts[1],
             ),
             s1_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1142,8 +1142,8 @@ impl Mobilenetv2 {
                 &(vs / "s1" / "0" / "bn3"),
                 16,
             ),
-            s1_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s1" / "0" / "act_quant4"),
+            s1_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s1" / "0" / "act_quant3"),
                 p.acts[4],
             ),
             s2_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1164,8 +1164,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "0" / "shortcut" / "1"),
                 24,
             ),
-            s2_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act_quant3"),
+            s2_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant4"),
                 p.acts[5],
             ),
             s2_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1230,8 +1230,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "0" / "bn3"),
                 24,
             ),
-            s2_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "0" / "act_quant4"),
+            s2_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "0" / "act_quant3"),
                 p.acts[8],
             ),
             s2_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1252,8 +1252,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "1" / "shortcut" / "1"),
                 24,
             ),
-            s2_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act_quant3"),
+            s2_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant4"),
                 p.acts[9],
             ),
             s2_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1318,8 +1318,8 @@ impl Mobilenetv2 {
                 &(vs / "s2" / "1" / "bn3"),
                 24,
             ),
-            s2_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s2" / "1" / "act_quant4"),
+            s2_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s2" / "1" / "act_quant3"),
                 p.acts[12],
             ),
             s3_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1406,8 +1406,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "1" / "shortcut" / "1"),
                 32,
             ),
-            s3_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act_quant3"),
+            s3_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant4"),
                 p.acts[16],
             ),
             s3_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1472,8 +1472,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "1" / "bn3"),
                 32,
             ),
-            s3_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "1" / "act_quant4"),
+            s3_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "1" / "act_quant3"),
                 p.acts[19],
             ),
             s3_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1494,8 +1494,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "2" / "shortcut" / "1"),
                 32,
             ),
-            s3_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act_quant3"),
+            s3_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant4"),
                 p.acts[20],
             ),
             s3_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1560,8 +1560,8 @@ impl Mobilenetv2 {
                 &(vs / "s3" / "2" / "bn3"),
                 32,
             ),
-            s3_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s3" / "2" / "act_quant4"),
+            s3_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s3" / "2" / "act_quant3"),
                 p.acts[23],
             ),
             s4_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1648,8 +1648,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "1" / "shortcut" / "1"),
                 64,
             ),
-            s4_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act_quant3"),
+            s4_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant4"),
                 p.acts[27],
             ),
             s4_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1714,8 +1714,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "1" / "bn3"),
                 64,
             ),
-            s4_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "1" / "act_quant4"),
+            s4_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "1" / "act_quant3"),
                 p.acts[30],
             ),
             s4_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1736,8 +1736,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "2" / "shortcut" / "1"),
                 64,
             ),
-            s4_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act_quant3"),
+            s4_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant4"),
                 p.acts[31],
             ),
             s4_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1802,8 +1802,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "2" / "bn3"),
                 64,
             ),
-            s4_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "2" / "act_quant4"),
+            s4_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "2" / "act_quant3"),
                 p.acts[34],
             ),
             s4_3_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1824,8 +1824,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "3" / "shortcut" / "1"),
                 64,
             ),
-            s4_3_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "act_quant3"),
+            s4_3_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant4"),
                 p.acts[35],
             ),
             s4_3_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1890,8 +1890,8 @@ impl Mobilenetv2 {
                 &(vs / "s4" / "3" / "bn3"),
                 64,
             ),
-            s4_3_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s4" / "3" / "act_quant4"),
+            s4_3_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s4" / "3" / "act_quant3"),
                 p.acts[38],
             ),
             s5_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -1912,8 +1912,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "0" / "shortcut" / "1"),
                 96,
             ),
-            s5_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "act_quant3"),
+            s5_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant4"),
                 p.acts[39],
             ),
             s5_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -1978,8 +1978,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "0" / "bn3"),
                 96,
             ),
-            s5_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "0" / "act_quant4"),
+            s5_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "0" / "act_quant3"),
                 p.acts[42],
             ),
             s5_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -2000,8 +2000,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "1" / "shortcut" / "1"),
                 96,
             ),
-            s5_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "act_quant3"),
+            s5_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant4"),
                 p.acts[43],
             ),
             s5_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2066,8 +2066,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "1" / "bn3"),
                 96,
             ),
-            s5_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "1" / "act_quant4"),
+            s5_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "1" / "act_quant3"),
                 p.acts[46],
             ),
             s5_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -2088,8 +2088,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "2" / "shortcut" / "1"),
                 96,
             ),
-            s5_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "act_quant3"),
+            s5_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant4"),
                 p.acts[47],
             ),
             s5_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2154,8 +2154,8 @@ impl Mobilenetv2 {
                 &(vs / "s5" / "2" / "bn3"),
                 96,
             ),
-            s5_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s5" / "2" / "act_quant4"),
+            s5_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s5" / "2" / "act_quant3"),
                 p.acts[50],
             ),
             s6_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2242,8 +2242,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "1" / "shortcut" / "1"),
                 160,
             ),
-            s6_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "act_quant3"),
+            s6_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant4"),
                 p.acts[54],
             ),
             s6_1_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2308,8 +2308,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "1" / "bn3"),
                 160,
             ),
-            s6_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "1" / "act_quant4"),
+            s6_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "1" / "act_quant3"),
                 p.acts[57],
             ),
             s6_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -2330,8 +2330,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "2" / "shortcut" / "1"),
                 160,
             ),
-            s6_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "act_quant3"),
+            s6_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant4"),
                 p.acts[58],
             ),
             s6_2_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2396,8 +2396,8 @@ impl Mobilenetv2 {
                 &(vs / "s6" / "2" / "bn3"),
                 160,
             ),
-            s6_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s6" / "2" / "act_quant4"),
+            s6_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s6" / "2" / "act_quant3"),
                 p.acts[61],
             ),
             s7_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
@@ -2418,8 +2418,8 @@ impl Mobilenetv2 {
                 &(vs / "s7" / "0" / "shortcut" / "1"),
                 320,
             ),
-            s7_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "act_quant3"),
+            s7_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant4"),
                 p.acts[62],
             ),
             s7_0_conv1: qatc_runtime::layers::QConv2d::new(
@@ -2484,8 +2484,8 @@ impl Mobilenetv2 {
                 &(vs / "s7" / "0" / "bn3"),
                 320,
             ),
-            s7_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
-                &(vs / "s7" / "0" / "act_quant4"),
+            s7_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+                &(vs / "s7" / "0" / "act_quant3"),
                 p.acts[65],
             ),
             head_head: qatc_runtime::layers::QConv2d::new(
@@ -2532,7 +2532,7 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let stem_actq_first = self.stem_actq_first.forward(&stem_relu1);
         let s1_0_shortcut_0 = self.s1_0_shortcut_0.forward(&stem_actq_first);
         let s1_0_shortcut_1 = self.s1_0_shortcut_1.forward_t(&s1_0_shortcut_0, train);
-        let s1_0_act_quant3 = self.s1_0_act_quant3.forward(&s1_0_shortcut_1);
+        let s1_0_act_quant4 = self.s1_0_act_quant4.forward(&s1_0_shortcut_1);
         let s1_0_conv1 = self.s1_0_conv1.forward(&stem_actq_first);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
         let s1_0_relu61 = qatc_runtime::ops::relu6(&s1_0_bn1);
@@ -2543,12 +2543,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s1_0_act_quant2 = self.s1_0_act_quant2.forward(&s1_0_relu62);
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant2);
         let s1_0_bn3 = self.s1_0_bn3.forward_t(&s1_0_conv3, train);
-        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_act_quant3);
-        let s1_0_act_quant4 = self.s1_0_act_quant4.forward(&s1_0_add1);
-        let s2_0_shortcut_0 = self.s2_0_shortcut_0.forward(&s1_0_act_quant4);
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_act_quant4);
+        let s1_0_act_quant3 = self.s1_0_act_quant3.forward(&s1_0_add1);
+        let s2_0_shortcut_0 = self.s2_0_shortcut_0.forward(&s1_0_act_quant3);
         let s2_0_shortcut_1 = self.s2_0_shortcut_1.forward_t(&s2_0_shortcut_0, train);
-        let s2_0_act_quant3 = self.s2_0_act_quant3.forward(&s2_0_shortcut_1);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_act_quant4);
+        let s2_0_act_quant4 = self.s2_0_act_quant4.forward(&s2_0_shortcut_1);
+        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_act_quant3);
         let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
         let s2_0_relu61 = qatc_runtime::ops::relu6(&s2_0_bn1);
         let s2_0_act_quant1 = self.s2_0_act_quant1.forward(&s2_0_relu61);
@@ -2558,12 +2558,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s2_0_act_quant2 = self.s2_0_act_quant2.forward(&s2_0_relu62);
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant2);
         let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
-        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_act_quant3);
-        let s2_0_act_quant4 = self.s2_0_act_quant4.forward(&s2_0_add1);
-        let s2_1_shortcut_0 = self.s2_1_shortcut_0.forward(&s2_0_act_quant4);
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_act_quant4);
+        let s2_0_act_quant3 = self.s2_0_act_quant3.forward(&s2_0_add1);
+        let s2_1_shortcut_0 = self.s2_1_shortcut_0.forward(&s2_0_act_quant3);
         let s2_1_shortcut_1 = self.s2_1_shortcut_1.forward_t(&s2_1_shortcut_0, train);
-        let s2_1_act_quant3 = self.s2_1_act_quant3.forward(&s2_1_shortcut_1);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant4);
+        let s2_1_act_quant4 = self.s2_1_act_quant4.forward(&s2_1_shortcut_1);
+        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant3);
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
         let s2_1_relu61 = qatc_runtime::ops::relu6(&s2_1_bn1);
         let s2_1_act_quant1 = self.s2_1_act_quant1.forward(&s2_1_relu61);
@@ -2573,9 +2573,9 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s2_1_act_quant2 = self.s2_1_act_quant2.forward(&s2_1_relu62);
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant2);
         let s2_1_bn3 = self.s2_1_bn3.forward_t(&s2_1_conv3, train);
-        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_act_quant3);
-        let s2_1_act_quant4 = self.s2_1_act_quant4.forward(&s2_1_add1);
-        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_1_act_quant4);
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_act_quant4);
+        let s2_1_act_quant3 = self.s2_1_act_quant3.forward(&s2_1_add1);
+        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_1_act_quant3);
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
         let s3_0_relu61 = qatc_runtime::ops::relu6(&s3_0_bn1);
         let s3_0_act_quant1 = self.s3_0_act_quant1.forward(&s3_0_relu61);
@@ -2588,7 +2588,7 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_0_act_quant3 = self.s3_0_act_quant3.forward(&s3_0_bn3);
         let s3_1_shortcut_0 = self.s3_1_shortcut_0.forward(&s3_0_act_quant3);
         let s3_1_shortcut_1 = self.s3_1_shortcut_1.forward_t(&s3_1_shortcut_0, train);
-        let s3_1_act_quant3 = self.s3_1_act_quant3.forward(&s3_1_shortcut_1);
+        let s3_1_act_quant4 = self.s3_1_act_quant4.forward(&s3_1_shortcut_1);
         let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_act_quant3);
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
         let s3_1_relu61 = qatc_runtime::ops::relu6(&s3_1_bn1);
@@ -2599,12 +2599,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_1_act_quant2 = self.s3_1_act_quant2.forward(&s3_1_relu62);
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant2);
         let s3_1_bn3 = self.s3_1_bn3.forward_t(&s3_1_conv3, train);
-        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_act_quant3);
-        let s3_1_act_quant4 = self.s3_1_act_quant4.forward(&s3_1_add1);
-        let s3_2_shortcut_0 = self.s3_2_shortcut_0.forward(&s3_1_act_quant4);
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_act_quant4);
+        let s3_1_act_quant3 = self.s3_1_act_quant3.forward(&s3_1_add1);
+        let s3_2_shortcut_0 = self.s3_2_shortcut_0.forward(&s3_1_act_quant3);
         let s3_2_shortcut_1 = self.s3_2_shortcut_1.forward_t(&s3_2_shortcut_0, train);
-        let s3_2_act_quant3 = self.s3_2_act_quant3.forward(&s3_2_shortcut_1);
-        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant4);
+        let s3_2_act_quant4 = self.s3_2_act_quant4.forward(&s3_2_shortcut_1);
+        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant3);
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
         let s3_2_relu61 = qatc_runtime::ops::relu6(&s3_2_bn1);
         let s3_2_act_quant1 = self.s3_2_act_quant1.forward(&s3_2_relu61);
@@ -2614,9 +2614,9 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_2_act_quant2 = self.s3_2_act_quant2.forward(&s3_2_relu62);
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant2);
         let s3_2_bn3 = self.s3_2_bn3.forward_t(&s3_2_conv3, train);
-        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_act_quant3);
-        let s3_2_act_quant4 = self.s3_2_act_quant4.forward(&s3_2_add1);
-        let s4_0_conv1 = self.s4_0_conv1.forward(&s3_2_act_quant4);
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_act_quant4);
+        let s3_2_act_quant3 = self.s3_2_act_quant3.forward(&s3_2_add1);
+        let s4_0_conv1 = self.s4_0_conv1.forward(&s3_2_act_quant3);
         let s4_0_bn1 = self.s4_0_bn1.forward_t(&s4_0_conv1, train);
         let s4_0_relu61 = qatc_runtime::ops::relu6(&s4_0_bn1);
         let s4_0_act_quant1 = self.s4_0_act_quant1.forward(&s4_0_relu61);
@@ -2629,7 +2629,7 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_0_act_quant3 = self.s4_0_act_quant3.forward(&s4_0_bn3);
         let s4_1_shortcut_0 = self.s4_1_shortcut_0.forward(&s4_0_act_quant3);
         let s4_1_shortcut_1 = self.s4_1_shortcut_1.forward_t(&s4_1_shortcut_0, train);
-        let s4_1_act_quant3 = self.s4_1_act_quant3.forward(&s4_1_shortcut_1);
+        let s4_1_act_quant4 = self.s4_1_act_quant4.forward(&s4_1_shortcut_1);
         let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_act_quant3);
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
         let s4_1_relu61 = qatc_runtime::ops::relu6(&s4_1_bn1);
@@ -2640,12 +2640,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_1_act_quant2 = self.s4_1_act_quant2.forward(&s4_1_relu62);
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant2);
         let s4_1_bn3 = self.s4_1_bn3.forward_t(&s4_1_conv3, train);
-        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_act_quant3);
-        let s4_1_act_quant4 = self.s4_1_act_quant4.forward(&s4_1_add1);
-        let s4_2_shortcut_0 = self.s4_2_shortcut_0.forward(&s4_1_act_quant4);
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_act_quant4);
+        let s4_1_act_quant3 = self.s4_1_act_quant3.forward(&s4_1_add1);
+        let s4_2_shortcut_0 = self.s4_2_shortcut_0.forward(&s4_1_act_quant3);
         let s4_2_shortcut_1 = self.s4_2_shortcut_1.forward_t(&s4_2_shortcut_0, train);
-        let s4_2_act_quant3 = self.s4_2_act_quant3.forward(&s4_2_shortcut_1);
-        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant4);
+        let s4_2_act_quant4 = self.s4_2_act_quant4.forward(&s4_2_shortcut_1);
+        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant3);
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
         let s4_2_relu61 = qatc_runtime::ops::relu6(&s4_2_bn1);
         let s4_2_act_quant1 = self.s4_2_act_quant1.forward(&s4_2_relu61);
@@ -2655,12 +2655,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_2_act_quant2 = self.s4_2_act_quant2.forward(&s4_2_relu62);
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant2);
         let s4_2_bn3 = self.s4_2_bn3.forward_t(&s4_2_conv3, train);
-        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_act_quant3);
-        let s4_2_act_quant4 = self.s4_2_act_quant4.forward(&s4_2_add1);
-        let s4_3_shortcut_0 = self.s4_3_shortcut_0.forward(&s4_2_act_quant4);
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_act_quant4);
+        let s4_2_act_quant3 = self.s4_2_act_quant3.forward(&s4_2_add1);
+        let s4_3_shortcut_0 = self.s4_3_shortcut_0.forward(&s4_2_act_quant3);
         let s4_3_shortcut_1 = self.s4_3_shortcut_1.forward_t(&s4_3_shortcut_0, train);
-        let s4_3_act_quant3 = self.s4_3_act_quant3.forward(&s4_3_shortcut_1);
-        let s4_3_conv1 = self.s4_3_conv1.forward(&s4_2_act_quant4);
+        let s4_3_act_quant4 = self.s4_3_act_quant4.forward(&s4_3_shortcut_1);
+        let s4_3_conv1 = self.s4_3_conv1.forward(&s4_2_act_quant3);
         let s4_3_bn1 = self.s4_3_bn1.forward_t(&s4_3_conv1, train);
         let s4_3_relu61 = qatc_runtime::ops::relu6(&s4_3_bn1);
         let s4_3_act_quant1 = self.s4_3_act_quant1.forward(&s4_3_relu61);
@@ -2670,12 +2670,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_3_act_quant2 = self.s4_3_act_quant2.forward(&s4_3_relu62);
         let s4_3_conv3 = self.s4_3_conv3.forward(&s4_3_act_quant2);
         let s4_3_bn3 = self.s4_3_bn3.forward_t(&s4_3_conv3, train);
-        let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_act_quant3);
-        let s4_3_act_quant4 = self.s4_3_act_quant4.forward(&s4_3_add1);
-        let s5_0_shortcut_0 = self.s5_0_shortcut_0.forward(&s4_3_act_quant4);
+        let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_act_quant4);
+        let s4_3_act_quant3 = self.s4_3_act_quant3.forward(&s4_3_add1);
+        let s5_0_shortcut_0 = self.s5_0_shortcut_0.forward(&s4_3_act_quant3);
         let s5_0_shortcut_1 = self.s5_0_shortcut_1.forward_t(&s5_0_shortcut_0, train);
-        let s5_0_act_quant3 = self.s5_0_act_quant3.forward(&s5_0_shortcut_1);
-        let s5_0_conv1 = self.s5_0_conv1.forward(&s4_3_act_quant4);
+        let s5_0_act_quant4 = self.s5_0_act_quant4.forward(&s5_0_shortcut_1);
+        let s5_0_conv1 = self.s5_0_conv1.forward(&s4_3_act_quant3);
         let s5_0_bn1 = self.s5_0_bn1.forward_t(&s5_0_conv1, train);
         let s5_0_relu61 = qatc_runtime::ops::relu6(&s5_0_bn1);
         let s5_0_act_quant1 = self.s5_0_act_quant1.forward(&s5_0_relu61);
@@ -2685,12 +2685,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_0_act_quant2 = self.s5_0_act_quant2.forward(&s5_0_relu62);
         let s5_0_conv3 = self.s5_0_conv3.forward(&s5_0_act_quant2);
         let s5_0_bn3 = self.s5_0_bn3.forward_t(&s5_0_conv3, train);
-        let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_act_quant3);
-        let s5_0_act_quant4 = self.s5_0_act_quant4.forward(&s5_0_add1);
-        let s5_1_shortcut_0 = self.s5_1_shortcut_0.forward(&s5_0_act_quant4);
+        let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_act_quant4);
+        let s5_0_act_quant3 = self.s5_0_act_quant3.forward(&s5_0_add1);
+        let s5_1_shortcut_0 = self.s5_1_shortcut_0.forward(&s5_0_act_quant3);
         let s5_1_shortcut_1 = self.s5_1_shortcut_1.forward_t(&s5_1_shortcut_0, train);
-        let s5_1_act_quant3 = self.s5_1_act_quant3.forward(&s5_1_shortcut_1);
-        let s5_1_conv1 = self.s5_1_conv1.forward(&s5_0_act_quant4);
+        let s5_1_act_quant4 = self.s5_1_act_quant4.forward(&s5_1_shortcut_1);
+        let s5_1_conv1 = self.s5_1_conv1.forward(&s5_0_act_quant3);
         let s5_1_bn1 = self.s5_1_bn1.forward_t(&s5_1_conv1, train);
         let s5_1_relu61 = qatc_runtime::ops::relu6(&s5_1_bn1);
         let s5_1_act_quant1 = self.s5_1_act_quant1.forward(&s5_1_relu61);
@@ -2700,12 +2700,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_1_act_quant2 = self.s5_1_act_quant2.forward(&s5_1_relu62);
         let s5_1_conv3 = self.s5_1_conv3.forward(&s5_1_act_quant2);
         let s5_1_bn3 = self.s5_1_bn3.forward_t(&s5_1_conv3, train);
-        let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_act_quant3);
-        let s5_1_act_quant4 = self.s5_1_act_quant4.forward(&s5_1_add1);
-        let s5_2_shortcut_0 = self.s5_2_shortcut_0.forward(&s5_1_act_quant4);
+        let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_act_quant4);
+        let s5_1_act_quant3 = self.s5_1_act_quant3.forward(&s5_1_add1);
+        let s5_2_shortcut_0 = self.s5_2_shortcut_0.forward(&s5_1_act_quant3);
         let s5_2_shortcut_1 = self.s5_2_shortcut_1.forward_t(&s5_2_shortcut_0, train);
-        let s5_2_act_quant3 = self.s5_2_act_quant3.forward(&s5_2_shortcut_1);
-        let s5_2_conv1 = self.s5_2_conv1.forward(&s5_1_act_quant4);
+        let s5_2_act_quant4 = self.s5_2_act_quant4.forward(&s5_2_shortcut_1);
+        let s5_2_conv1 = self.s5_2_conv1.forward(&s5_1_act_quant3);
         let s5_2_bn1 = self.s5_2_bn1.forward_t(&s5_2_conv1, train);
         let s5_2_relu61 = qatc_runtime::ops::relu6(&s5_2_bn1);
         let s5_2_act_quant1 = self.s5_2_act_quant1.forward(&s5_2_relu61);
@@ -2715,9 +2715,9 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_2_act_quant2 = self.s5_2_act_quant2.forward(&s5_2_relu62);
         let s5_2_conv3 = self.s5_2_conv3.forward(&s5_2_act_quant2);
         let s5_2_bn3 = self.s5_2_bn3.forward_t(&s5_2_conv3, train);
-        let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_act_quant3);
-        let s5_2_act_quant4 = self.s5_2_act_quant4.forward(&s5_2_add1);
-        let s6_0_conv1 = self.s6_0_conv1.forward(&s5_2_act_quant4);
+        let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_act_quant4);
+        let s5_2_act_quant3 = self.s5_2_act_quant3.forward(&s5_2_add1);
+        let s6_0_conv1 = self.s6_0_conv1.forward(&s5_2_act_quant3);
         let s6_0_bn1 = self.s6_0_bn1.forward_t(&s6_0_conv1, train);
         let s6_0_relu61 = qatc_runtime::ops::relu6(&s6_0_bn1);
         let s6_0_act_quant1 = self.s6_0_act_quant1.forward(&s6_0_relu61);
@@ -2730,7 +2730,7 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_0_act_quant3 = self.s6_0_act_quant3.forward(&s6_0_bn3);
         let s6_1_shortcut_0 = self.s6_1_shortcut_0.forward(&s6_0_act_quant3);
         let s6_1_shortcut_1 = self.s6_1_shortcut_1.forward_t(&s6_1_shortcut_0, train);
-        let s6_1_act_quant3 = self.s6_1_act_quant3.forward(&s6_1_shortcut_1);
+        let s6_1_act_quant4 = self.s6_1_act_quant4.forward(&s6_1_shortcut_1);
         let s6_1_conv1 = self.s6_1_conv1.forward(&s6_0_act_quant3);
         let s6_1_bn1 = self.s6_1_bn1.forward_t(&s6_1_conv1, train);
         let s6_1_relu61 = qatc_runtime::ops::relu6(&s6_1_bn1);
@@ -2741,12 +2741,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_1_act_quant2 = self.s6_1_act_quant2.forward(&s6_1_relu62);
         let s6_1_conv3 = self.s6_1_conv3.forward(&s6_1_act_quant2);
         let s6_1_bn3 = self.s6_1_bn3.forward_t(&s6_1_conv3, train);
-        let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_act_quant3);
-        let s6_1_act_quant4 = self.s6_1_act_quant4.forward(&s6_1_add1);
-        let s6_2_shortcut_0 = self.s6_2_shortcut_0.forward(&s6_1_act_quant4);
+        let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_act_quant4);
+        let s6_1_act_quant3 = self.s6_1_act_quant3.forward(&s6_1_add1);
+        let s6_2_shortcut_0 = self.s6_2_shortcut_0.forward(&s6_1_act_quant3);
         let s6_2_shortcut_1 = self.s6_2_shortcut_1.forward_t(&s6_2_shortcut_0, train);
-        let s6_2_act_quant3 = self.s6_2_act_quant3.forward(&s6_2_shortcut_1);
-        let s6_2_conv1 = self.s6_2_conv1.forward(&s6_1_act_quant4);
+        let s6_2_act_quant4 = self.s6_2_act_quant4.forward(&s6_2_shortcut_1);
+        let s6_2_conv1 = self.s6_2_conv1.forward(&s6_1_act_quant3);
         let s6_2_bn1 = self.s6_2_bn1.forward_t(&s6_2_conv1, train);
         let s6_2_relu61 = qatc_runtime::ops::relu6(&s6_2_bn1);
         let s6_2_act_quant1 = self.s6_2_act_quant1.forward(&s6_2_relu61);
@@ -2756,12 +2756,12 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_2_act_quant2 = self.s6_2_act_quant2.forward(&s6_2_relu62);
         let s6_2_conv3 = self.s6_2_conv3.forward(&s6_2_act_quant2);
         let s6_2_bn3 = self.s6_2_bn3.forward_t(&s6_2_conv3, train);
-        let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_act_quant3);
-        let s6_2_act_quant4 = self.s6_2_act_quant4.forward(&s6_2_add1);
-        let s7_0_shortcut_0 = self.s7_0_shortcut_0.forward(&s6_2_act_quant4);
+        let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_act_quant4);
+        let s6_2_act_quant3 = self.s6_2_act_quant3.forward(&s6_2_add1);
+        let s7_0_shortcut_0 = self.s7_0_shortcut_0.forward(&s6_2_act_quant3);
         let s7_0_shortcut_1 = self.s7_0_shortcut_1.forward_t(&s7_0_shortcut_0, train);
-        let s7_0_act_quant3 = self.s7_0_act_quant3.forward(&s7_0_shortcut_1);
-        let s7_0_conv1 = self.s7_0_conv1.forward(&s6_2_act_quant4);
+        let s7_0_act_quant4 = self.s7_0_act_quant4.forward(&s7_0_shortcut_1);
+        let s7_0_conv1 = self.s7_0_conv1.forward(&s6_2_act_quant3);
         let s7_0_bn1 = self.s7_0_bn1.forward_t(&s7_0_conv1, train);
         let s7_0_relu61 = qatc_runtime::ops::relu6(&s7_0_bn1);
         let s7_0_act_quant1 = self.s7_0_act_quant1.forward(&s7_0_relu61);
@@ -2771,9 +2771,9 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s7_0_act_quant2 = self.s7_0_act_quant2.forward(&s7_0_relu62);
         let s7_0_conv3 = self.s7_0_conv3.forward(&s7_0_act_quant2);
         let s7_0_bn3 = self.s7_0_bn3.forward_t(&s7_0_conv3, train);
-        let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_act_quant3);
-        let s7_0_act_quant4 = self.s7_0_act_quant4.forward(&s7_0_add1);
-        let head_head = self.head_head.forward(&s7_0_act_quant4);
+        let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_act_quant4);
+        let s7_0_act_quant3 = self.s7_0_act_quant3.forward(&s7_0_add1);
+        let head_head = self.head_head.forward(&s7_0_act_quant3);
         let head_bn2 = self.head_bn2.forward_t(&head_head, train);
         let head_relu1 = qatc_runtime::ops::relu(&head_bn2);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&head_relu1, 4, 4);
@@ -2799,71 +2799,71 @@ impl qatc_runtime::model::QatModel for Mobilenetv2 {
     fn clip_values(&self) -> Vec<&tch::Tensor> {
         [
             self.stem_actq_first.alpha(),
-            self.s1_0_act_quant3.alpha(),
+            self.s1_0_act_quant4.alpha(),
             self.s1_0_act_quant1.alpha(),
             self.s1_0_act_quant2.alpha(),
-            self.s1_0_act_quant4.alpha(),
-            self.s2_0_act_quant3.alpha(),
+            self.s1_0_act_quant3.alpha(),
+            self.s2_0_act_quant4.alpha(),
             self.s2_0_act_quant1.alpha(),
             self.s2_0_act_quant2.alpha(),
-            self.s2_0_act_quant4.alpha(),
-            self.s2_1_act_quant3.alpha(),
+            self.s2_0_act_quant3.alpha(),
+            self.s2_1_act_quant4.alpha(),
             self.s2_1_act_quant1.alpha(),
             self.s2_1_act_quant2.alpha(),
-            self.s2_1_act_quant4.alpha(),
+            self.s2_1_act_quant3.alpha(),
             self.s3_0_act_quant1.alpha(),
             self.s3_0_act_quant2.alpha(),
             self.s3_0_act_quant3.alpha(),
-            self.s3_1_act_quant3.alpha(),
+            self.s3_1_act_quant4.alpha(),
             self.s3_1_act_quant1.alpha(),
             self.s3_1_act_quant2.alpha(),
-            self.s3_1_act_quant4.alpha(),
-            self.s3_2_act_quant3.alpha(),
+            self.s3_1_act_quant3.alpha(),
+            self.s3_2_act_quant4.alpha(),
             self.s3_2_act_quant1.alpha(),
             self.s3_2_act_quant2.alpha(),
-            self.s3_2_act_quant4.alpha(),
+            self.s3_2_act_quant3.alpha(),
             self.s4_0_act_quant1.alpha(),
             self.s4_0_act_quant2.alpha(),
             self.s4_0_act_quant3.alpha(),
-            self.s4_1_act_quant3.alpha(),
+            self.s4_1_act_quant4.alpha(),
             self.s4_1_act_quant1.alpha(),
             self.s4_1_act_quant2.alpha(),
-            self.s4_1_act_quant4.alpha(),
-            self.s4_2_act_quant3.alpha(),
+            self.s4_1_act_quant3.alpha(),
+            self.s4_2_act_quant4.alpha(),
             self.s4_2_act_quant1.alpha(),
             self.s4_2_act_quant2.alpha(),
-            self.s4_2_act_quant4.alpha(),
-            self.s4_3_act_quant3.alpha(),
+            self.s4_2_act_quant3.alpha(),
+            self.s4_3_act_quant4.alpha(),
             self.s4_3_act_quant1.alpha(),
             self.s4_3_act_quant2.alpha(),
-            self.s4_3_act_quant4.alpha(),
-            self.s5_0_act_quant3.alpha(),
+            self.s4_3_act_quant3.alpha(),
+            self.s5_0_act_quant4.alpha(),
             self.s5_0_act_quant1.alpha(),
             self.s5_0_act_quant2.alpha(),
-            self.s5_0_act_quant4.alpha(),
-            self.s5_1_act_quant3.alpha(),
+            self.s5_0_act_quant3.alpha(),
+            self.s5_1_act_quant4.alpha(),
             self.s5_1_act_quant1.alpha(),
             self.s5_1_act_quant2.alpha(),
-            self.s5_1_act_quant4.alpha(),
-            self.s5_2_act_quant3.alpha(),
+            self.s5_1_act_quant3.alpha(),
+            self.s5_2_act_quant4.alpha(),
             self.s5_2_act_quant1.alpha(),
             self.s5_2_act_quant2.alpha(),
-            self.s5_2_act_quant4.alpha(),
+            self.s5_2_act_quant3.alpha(),
             self.s6_0_act_quant1.alpha(),
             self.s6_0_act_quant2.alpha(),
             self.s6_0_act_quant3.alpha(),
-            self.s6_1_act_quant3.alpha(),
+            self.s6_1_act_quant4.alpha(),
             self.s6_1_act_quant1.alpha(),
             self.s6_1_act_quant2.alpha(),
-            self.s6_1_act_quant4.alpha(),
-            self.s6_2_act_quant3.alpha(),
+            self.s6_1_act_quant3.alpha(),
+            self.s6_2_act_quant4.alpha(),
             self.s6_2_act_quant1.alpha(),
             self.s6_2_act_quant2.alpha(),
-            self.s6_2_act_quant4.alpha(),
-            self.s7_0_act_quant3.alpha(),
+            self.s6_2_act_quant3.alpha(),
+            self.s7_0_act_quant4.alpha(),
             self.s7_0_act_quant1.alpha(),
             self.s7_0_act_quant2.alpha(),
-            self.s7_0_act_quant4.alpha(),
+            self.s7_0_act_quant3.alpha(),
             self.head_act1.alpha(),
         ]
             .into_iter()
