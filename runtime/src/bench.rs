@@ -19,9 +19,10 @@
 //! Both run on one fixed random batch (standard-normal images of the
 //! model's input shape, uniform labels, drawn after `tch::manual_seed`), so
 //! no data loading is timed. The two models are built in separate variable
-//! stores, warmed up, and then timed in alternation (a float step, a QAT
-//! step, ...), so that a slow phase of a shared machine hits both alike;
-//! medians, not means, are reported for the same reason. On CUDA the device
+//! stores, warmed up, and then timed in rounds (a float and a QAT training
+//! step, a float and a QAT evaluation step), so that a slow phase of a
+//! shared machine hits all four alike; medians, not means, are reported for
+//! the same reason. On CUDA the device
 //! is synchronised before a step's clock stops.
 
 use crate::model::QatModel;
@@ -307,21 +308,18 @@ where
     let mut float = Runner::new(&build, FLOAT_PROFILE, config)?;
     let mut qat = Runner::new(&build, qat_profile, config)?;
 
-    // Alternate float and QAT steps so that both see the same machine.
+    // Rounds of a float and a QAT training step and a float and a QAT
+    // evaluation step: a busy phase of a shared machine hits all four alike.
     let mut train = (Vec::new(), Vec::new());
-    for i in 0..config.warmup + config.steps {
-        let (f, q) = (float.train_step(), qat.train_step());
-        if i >= config.warmup {
-            train.0.push(f);
-            train.1.push(q);
-        }
-    }
     let mut eval = (Vec::new(), Vec::new());
     for i in 0..config.warmup + config.steps {
-        let (f, q) = (float.eval_step(), qat.eval_step());
+        let (tf, tq) = (float.train_step(), qat.train_step());
+        let (ef, eq) = (float.eval_step(), qat.eval_step());
         if i >= config.warmup {
-            eval.0.push(f);
-            eval.1.push(q);
+            train.0.push(tf);
+            train.1.push(tq);
+            eval.0.push(ef);
+            eval.1.push(eq);
         }
     }
 

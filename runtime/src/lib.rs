@@ -12,7 +12,7 @@
 //! - [`model`]: the [`model::QatModel`] trait every generated model
 //!   implements, and a one-step training smoke check;
 //! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`);
-//! - [`bench`]: training and evaluation throughput, float against QAT;
+//! - [`bench`](mod@bench): training and evaluation throughput, float against QAT;
 //! - [`cli`]: the command line of generated binaries (`smoke`, `bench`).
 //!
 //! libtorch comes from the project's own install
