@@ -10,14 +10,55 @@
 //! - The weight is quantized at the layer's `w_bit` on every forward pass
 //!   (train and eval alike, as in the seed), and the gradient reaches the
 //!   float weight through [`dorefa_weight`]; `w_bit == 32` is a plain layer.
+//!   Where autograd does not track the weight (under `no_grad`, or a frozen
+//!   weight), the quantized weight is computed once and reused until the
+//!   weight changes: every in-place change (an optimizer step, loading a
+//!   checkpoint) bumps the tensor's version counter, which the cache checks.
 //! - Biases and BN parameters stay float. BN is never folded into the conv
 //!   during QAT (the seed found folding hurt convergence).
 //! - Initialisation is explicit: the seed's models use different schemes
 //!   ([`ConvInit`], [`LinearInit`]); the default is PyTorch's.
 
-use crate::quant::{check_bits, dorefa_weight};
+use crate::quant::{check_bits, dorefa_weight, tracked, FLOAT_BITS};
+use std::cell::RefCell;
 use tch::nn::{self, Init};
 use tch::Tensor;
+
+/// The quantized weight of a layer, kept for untracked forward passes.
+#[derive(Debug, Default)]
+struct WeightCache(RefCell<Option<CachedWeight>>);
+
+#[derive(Debug)]
+struct CachedWeight {
+    /// The float weight's version counter and data address when `q` was made.
+    key: (i64, usize),
+    q: Tensor,
+}
+
+impl WeightCache {
+    /// `dorefa_weight(w, bits)`: fresh where autograd tracks `w` (training
+    /// needs a new graph each step), else from the cache while `w` has not
+    /// changed since it was quantized. The cached tensor is shared: callers
+    /// must not change it in place.
+    fn quantized(&self, w: &Tensor, bits: u32) -> Tensor {
+        if bits == FLOAT_BITS || tracked(w) {
+            return dorefa_weight(w, bits);
+        }
+        let key = (w.internal_version(), w.data_ptr() as usize);
+        let mut cache = self.0.borrow_mut();
+        match cache.as_ref() {
+            Some(cached) if cached.key == key => cached.q.shallow_clone(),
+            _ => {
+                let q = tch::no_grad(|| dorefa_weight(w, bits));
+                *cache = Some(CachedWeight {
+                    key,
+                    q: q.shallow_clone(),
+                });
+                q
+            }
+        }
+    }
+}
 
 /// How a conv layer's weight (and bias, if any) is initialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +146,7 @@ pub struct QConv2d {
     bias: Option<Tensor>,
     w_bit: u32,
     config: QConv2dConfig,
+    cache: WeightCache,
 }
 
 impl QConv2d {
@@ -162,6 +204,7 @@ impl QConv2d {
             bias,
             w_bit,
             config,
+            cache: WeightCache::default(),
         }
     }
 
@@ -185,9 +228,10 @@ impl QConv2d {
         self.config
     }
 
-    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`.
+    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`
+    /// (cached where autograd does not track it; see the module doc).
     pub fn quantized_weight(&self) -> Tensor {
-        dorefa_weight(&self.weight, self.w_bit)
+        self.cache.quantized(&self.weight, self.w_bit)
     }
 }
 
@@ -236,6 +280,7 @@ pub struct QLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     w_bit: u32,
+    cache: WeightCache,
 }
 
 impl QLinear {
@@ -282,6 +327,7 @@ impl QLinear {
             weight,
             bias,
             w_bit,
+            cache: WeightCache::default(),
         }
     }
 
@@ -300,9 +346,10 @@ impl QLinear {
         self.w_bit
     }
 
-    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`.
+    /// The weight as the forward pass uses it: DoReFa-quantized at `w_bit`
+    /// (cached where autograd does not track it; see the module doc).
     pub fn quantized_weight(&self) -> Tensor {
-        dorefa_weight(&self.weight, self.w_bit)
+        self.cache.quantized(&self.weight, self.w_bit)
     }
 }
 
@@ -441,6 +488,39 @@ mod tests {
                 .double_value(&[])
                 > 0.0
         );
+    }
+
+    #[test]
+    fn untracked_forward_passes_reuse_the_quantized_weight_until_it_changes() {
+        let vs = vs();
+        let conv = QConv2d::new(&vs.root(), 2, 3, 3, 4, QConv2dConfig::default());
+        let first = tch::no_grad(|| conv.quantized_weight());
+        let again = tch::no_grad(|| conv.quantized_weight());
+        assert_eq!(first.data_ptr(), again.data_ptr(), "cached");
+        assert!(first.equal(&dorefa_weight(conv.weight(), 4)));
+        // Tracked (training): a fresh quantized weight with a graph.
+        let tracked = conv.quantized_weight();
+        assert!(tracked.requires_grad());
+        assert_ne!(tracked.data_ptr(), first.data_ptr());
+        // An in-place change of the weight (as an optimizer step makes).
+        tch::no_grad(|| {
+            let _ = conv.weight().shallow_clone().g_mul_scalar_(-2.0);
+        });
+        let changed = tch::no_grad(|| conv.quantized_weight());
+        assert!(changed.equal(&dorefa_weight(conv.weight(), 4)));
+        assert!(!changed.equal(&first));
+        // Loading a checkpoint copies into the variables: also seen.
+        let other = nn::VarStore::new(Device::Cpu);
+        let _ = QConv2d::new(&other.root(), 2, 3, 3, 4, QConv2dConfig::default());
+        let mut vs = vs;
+        vs.copy(&other).unwrap();
+        let loaded = tch::no_grad(|| conv.quantized_weight());
+        assert!(loaded.equal(&dorefa_weight(conv.weight(), 4)));
+        assert!(!loaded.equal(&changed));
+        // The eval forward pass uses it.
+        let x = Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu));
+        let want = x.conv2d(&loaded, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+        assert!(tch::no_grad(|| conv.forward(&x)).equal(&want));
     }
 
     #[test]

@@ -8,11 +8,9 @@
 //!
 //! Invariants, checked against the golden tensors of the seed's PyTorch code
 //! (`tests/golden_quantizers.rs`):
-//! - Gradients come from autograd on ordinary differentiable ops. A
-//!   straight-through estimator is written `q.detach() + (c - c.detach())`
-//!   where `c` is a "gradient carrier": its value cancels exactly, so the
-//!   forward value is `q` bit for bit, and the gradient is whatever autograd
-//!   gives for `c`. (`c + (q - c).detach()` would be one ulp off at times.)
+//! - Gradients come from autograd on ordinary differentiable ops: a
+//!   straight-through estimator gives the value of the quantized `q` and
+//!   the gradient of a "gradient carrier" `c` (see "Fast paths" for how).
 //! - PACT and mPACT have hand-written backward rules in the seed
 //!   (`dx = g*[0 <= x <= a]`, `da = sum(g*[x >= a])`, ties included on both
 //!   sides); their carriers are `x * mask + a * mask'` with detached masks, so
@@ -23,6 +21,45 @@
 //!   differs in the last bit on a few percent of the elements.
 //! - Only `alpha`'s value enters the quantization grid; its gradient is the
 //!   seed's rule above, not the derivative of the grid.
+//!
+//! # Fast paths
+//!
+//! [`reference`](mod@reference) holds the quantizers as first written, op by op: the STE is
+//! `q.detach() + (c - c.detach())` (the carrier's value cancels exactly, so
+//! the value is `q` bit for bit; `c + (q - c).detach()` would be one ulp off
+//! at times). On a CPU the cost of these quantizers is the number of
+//! element-wise passes over an activation tensor (and fresh allocations),
+//! not their arithmetic; comparisons into `bool` tensors, `where` and
+//! mixed-kind products are several times slower than float ops of the same
+//! size because libtorch does not vectorise them. The reference mPACT makes
+//! about 18 passes forward, several of them of that slow kind, plus
+//! `clamp`'s backward; `examples/quant_cost.rs` times each quantizer against
+//! a conv, and `docs/performance.md` has the numbers. The public quantizers
+//! compute the same values and gradients with fewer and cheaper passes
+//! (`fused`):
+//! - The carrier is one product per term: `x * slope` for DoReFa,
+//!   `x * mask + alpha * mask'` for PACT and mPACT, with float masks (same
+//!   kind, so vectorised) made without autograd in chunks of `CHUNK`
+//!   elements that stay in cache through their ops. Its backward is one
+//!   product per term (and the sum for `alpha`), against `clamp`'s four
+//!   passes with a `where`.
+//! - The STE writes `q` into the carrier's own storage after the carrier is
+//!   built (PyTorch's `c.data = q` without the new tensor), instead of
+//!   adding `q.detach()` and `c - c.detach()`: no extra passes or
+//!   allocations. Sound because the carrier's backward uses `x`, `alpha`
+//!   and the masks, never its own output; were a backward function to need
+//!   it, autograd would refuse to run (the write bumps the version counter)
+//!   rather than give a wrong gradient.
+//! - `q` is computed in the same chunks with the reference's ops in the
+//!   reference's order (scale, clamp, round, rescale; in place), so values
+//!   are bit for bit the same.
+//! - Where nothing is tracked (evaluation under `no_grad`) there is no mask
+//!   and no carrier: only the passes that compute `q`. The weight quantizer
+//!   and fixed-scale PACT keep the reference's differentiable ops and round
+//!   in place in their last op's output.
+//!
+//! `tests/fused_quantizers.rs` checks values and gradients against the
+//! reference on large tensors with ties, zeros of both signs and NaNs.
 //!
 //! Where this module departs from the seed's formulas, the golden tensors
 //! decide, and each function says so.
@@ -61,14 +98,100 @@ fn levels(k: u32) -> f64 {
     f64::from((1u32 << k) - 1)
 }
 
-/// Straight-through estimator: the value of `q`, the gradient of `carrier`.
-fn ste(q: &Tensor, carrier: &Tensor) -> Tensor {
-    q.detach() + (carrier - carrier.detach())
+pub mod reference;
+
+/// Elements per chunk of a fused pass (1 MiB of `f32`): small enough that
+/// a chunk of the input, the output and the masks stays in cache from the
+/// first op on it to the last, large enough that the ops on a chunk still
+/// split across threads and cost little to dispatch.
+const CHUNK: i64 = 1 << 18;
+
+/// Whether autograd records ops on `t` here: `t` requires a gradient and
+/// grad mode is on (outside `tch::no_grad`).
+pub(crate) fn tracked(t: &Tensor) -> bool {
+    t.requires_grad() && grad_mode()
 }
 
-/// A detached 0/1 float mask of the same kind as `like`.
-fn mask(condition: &Tensor, like: &Tensor) -> Tensor {
-    condition.to_kind(like.kind()).detach()
+/// Whether grad mode is on. tch does not say, so this asks a fresh 0-d
+/// leaf: a view of a leaf that requires a gradient requires one too, except
+/// under `no_grad` (a few microseconds).
+fn grad_mode() -> bool {
+    Tensor::from(0f32)
+        .set_requires_grad(true)
+        .alias()
+        .requires_grad()
+}
+
+/// `(start, len)` of the chunks of `n` elements.
+fn chunks(n: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..n)
+        .step_by(CHUNK as usize)
+        .map(move |start| (start, CHUNK.min(n - start)))
+}
+
+/// The skeleton of the fused activation quantizers (see "Fast paths").
+///
+/// Without a gradient to track, `value(x_chunk, out_chunk)` writes the
+/// quantized values chunk by chunk into a fresh tensor. With one,
+/// `masks(x_chunk, mask_chunks, scratch_chunk)` first fills `M` masks of
+/// `x`'s size (its kind: mixed-kind ops are not vectorised), chunk by
+/// chunk; `carrier(x, masks)` builds the gradient carrier from them, whose
+/// storage then takes the values: its backward uses `x` and the masks,
+/// never its own output.
+fn fused<const M: usize>(
+    x: &Tensor,
+    track: bool,
+    masks: impl Fn(&Tensor, &[Tensor; M], &Tensor),
+    carrier: impl FnOnce(&Tensor, [Tensor; M]) -> Tensor,
+    value: impl Fn(&Tensor, &mut Tensor),
+) -> Tensor {
+    let x = if x.is_contiguous() {
+        x.shallow_clone()
+    } else {
+        x.contiguous()
+    };
+    let size = x.size();
+    let xs = x.detach().view([-1]);
+    let n = xs.numel() as i64;
+    let out = if track {
+        let bufs: [Tensor; M] = std::array::from_fn(|_| xs.empty_like());
+        let scratch = Tensor::empty([CHUNK.min(n)], (xs.kind(), xs.device()));
+        for (start, len) in chunks(n) {
+            let parts = bufs.each_ref().map(|m| m.narrow(0, start, len));
+            masks(
+                &xs.narrow(0, start, len),
+                &parts,
+                &scratch.narrow(0, 0, len),
+            );
+        }
+        carrier(&x, bufs.map(|m| m.view(size.as_slice())))
+    } else {
+        xs.empty_like().view(size.as_slice())
+    };
+    // The carrier of a contiguous input and contiguous masks is contiguous.
+    let out_flat = out.detach().view([-1]);
+    for (start, len) in chunks(n) {
+        value(
+            &xs.narrow(0, start, len),
+            &mut out_flat.narrow(0, start, len),
+        );
+    }
+    out
+}
+
+/// `q = round(q * n) / n` in place, the seed's rounding to the grid of `n`
+/// steps.
+fn round_to_grid_(q: &mut Tensor, n: f64) {
+    let _ = q.g_mul_scalar_(n);
+    let _ = q.round_();
+    let _ = q.g_div_scalar_(n);
+}
+
+/// [`round_to_grid_`] with a tensor scale `s` (a 0-d tensor).
+fn round_to_scale_(q: &mut Tensor, s: &Tensor) {
+    let _ = q.g_mul_(s);
+    let _ = q.round_();
+    let _ = q.g_div_(s);
 }
 
 /// DoReFa weight quantizer, modified to be symmetric:
@@ -86,27 +209,28 @@ fn mask(condition: &Tensor, like: &Tensor) -> Tensor {
 ///   the mean treated as a constant and the gradient passed straight through
 ///   to `w`.
 ///
+/// Computed as [`reference::dorefa_weight`] is, except that the rounding
+/// happens in place in `t`'s storage (see "Fast paths").
+///
 /// # Panics
 /// If `bits` is not 1..=16 or 32.
 pub fn dorefa_weight(w: &Tensor, bits: u32) -> Tensor {
     check_bits("DoReFa weight quantizer", bits, 1);
     match bits {
         FLOAT_BITS => w.shallow_clone(),
-        1 => {
-            let scale = w.detach().abs().mean(w.kind());
-            let q = w.detach().sign() * scale;
-            ste(&q, w)
-        }
+        1 => reference::dorefa_weight(w, 1),
         _ => {
             let t = w.tanh();
+            // The division's backward uses its inputs, never its output:
+            // its storage may take the quantized values.
             let t = &t / t.abs().max();
-            let q = if bits == 2 {
-                t.detach().sign()
+            let mut q = t.detach();
+            if bits == 2 {
+                let _ = q.sign_();
             } else {
-                let n = levels(bits - 1);
-                (t.detach() * n).round() / n
-            };
-            ste(&q, &t)
+                round_to_grid_(&mut q, levels(bits - 1));
+            }
+            t
         }
     }
 }
@@ -118,6 +242,9 @@ pub fn dorefa_weight(w: &Tensor, bits: u32) -> Tensor {
 /// Gradient: straight through the rounding (or sign), `clamp` differentiated
 /// (`0.1 * g` where `0 <= 0.1*x <= 1`).
 ///
+/// Fused (see "Fast paths"): the carrier is `x * slope` with the slope
+/// `0.1 * [0 <= 0.1*x <= 1]`.
+///
 /// # Panics
 /// If `bits` is not 1..=16 or 32.
 pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
@@ -125,14 +252,27 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
-    let y = (x * 0.1).clamp(0.0, 1.0);
-    let q = if bits == 1 {
-        y.detach().sign()
-    } else {
-        let n = levels(bits);
-        (y.detach() * n).round() / n
-    };
-    ste(&q, &y)
+    fused(
+        x,
+        tracked(x),
+        |xc, [slope]: &[Tensor; 1], y| {
+            let _ = xc.mul_scalar_out(y, 0.1);
+            let _ = y.clamp_out(slope, 0.0, 1.0);
+            // Clamping leaves y unchanged exactly where 0 <= y <= 1.
+            let mut slope = slope.eq_tensor_out(slope, y);
+            let _ = slope.g_mul_scalar_(0.1);
+        },
+        |x, [slope]| x * slope,
+        |xc, q| {
+            let _ = xc.mul_scalar_out(q, 0.1);
+            let _ = q.clamp_(0.0, 1.0);
+            if bits == 1 {
+                let _ = q.sign_();
+            } else {
+                round_to_grid_(q, levels(bits));
+            }
+        },
+    )
 }
 
 /// PACT: `y = clamp(x, 0, a)`, `s = (2^b - 1)/a`, `q = round(y*s)/s`, with a
@@ -140,6 +280,9 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
 ///
 /// Gradients (the seed's own backward): `dx = g * [0 <= x <= a]`,
 /// `da = sum(g * [x >= a])`.
+///
+/// Fused (see "Fast paths"): the carrier is
+/// `x * [0 <= x <= a] + alpha * [x >= a]`.
 ///
 /// # Panics
 /// If `bits` is not 1..=16 or 32.
@@ -149,13 +292,27 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
         return x.shallow_clone();
     }
     let a = alpha.detach();
-    let y = x.detach().clamp_min(0.0).clamp_max_tensor(&a);
     let s = a.reciprocal() * levels(bits);
-    let q = (y * &s).round() / &s;
-    let in_range = mask(&x.ge(0.0).logical_and(&x.le_tensor(&a)), x);
-    let clipped = mask(&x.ge_tensor(&a), x);
-    let carrier = x * in_range + alpha * clipped;
-    ste(&q, &carrier)
+    fused(
+        x,
+        tracked(x) || tracked(alpha),
+        |xc, [inside, clipped]: &[Tensor; 2], below| {
+            let mut inside = xc.ge_scalar_out(inside, 0.0);
+            let _ = xc.le_tensor_out(below, &a);
+            let _ = inside.g_mul_(below);
+            let _ = xc.ge_tensor_out(clipped, &a);
+        },
+        |x, [inside, clipped]| {
+            let mut carrier = x * inside;
+            let _ = carrier.g_add_(&(alpha * clipped));
+            carrier
+        },
+        |xc, q| {
+            let _ = xc.clamp_min_out(q, 0.0);
+            let _ = q.clamp_max_tensor_(&a);
+            round_to_scale_(q, &s);
+        },
+    )
 }
 
 /// mPACT, the seed's symmetric "ActQuant": `k = b - 1`,
@@ -163,6 +320,9 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
 ///
 /// Gradients (the seed's own backward): `dx = g * [-|a| <= x <= |a|]`,
 /// `da = sum(g * ([x >= |a|] - [x <= -|a|]))`.
+///
+/// Fused (see "Fast paths"): the carrier is
+/// `x * [-|a| <= x <= |a|] + alpha * ([x >= |a|] - [x <= -|a|])`.
 ///
 /// # Panics
 /// If `bits` is not 2..=16 or 32 (`bits == 1` leaves no level: `k = 0`).
@@ -173,16 +333,29 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     }
     let a = alpha.detach();
     let bound = a.abs();
-    let y = x
-        .detach()
-        .clamp_tensor(Some(-&bound), Some(bound.shallow_clone()));
+    let neg_bound = -&bound;
     let s = a.reciprocal() * levels(bits - 1);
-    let q = (y * &s).round() / &s;
-    let in_range = mask(&x.ge_tensor(&-&bound).logical_and(&x.le_tensor(&bound)), x);
-    let upper = mask(&x.ge_tensor(&bound), x);
-    let lower = mask(&x.le_tensor(&-&bound), x);
-    let carrier = x * in_range + alpha * (upper - lower);
-    ste(&q, &carrier)
+    fused(
+        x,
+        tracked(x) || tracked(alpha),
+        |xc, [inside, side]: &[Tensor; 2], scratch| {
+            let _ = xc.clamp_tensor_out(scratch, Some(&neg_bound), Some(&bound));
+            // Clamping leaves x unchanged exactly where -|a| <= x <= |a|.
+            let _ = scratch.eq_tensor_out(inside, xc);
+            let mut side = xc.ge_tensor_out(side, &bound);
+            let _ = xc.le_tensor_out(scratch, &neg_bound);
+            let _ = side.g_sub_(scratch);
+        },
+        |x, [inside, side]| {
+            let mut carrier = x * inside;
+            let _ = carrier.g_add_(&(alpha * side));
+            carrier
+        },
+        |xc, q| {
+            let _ = xc.clamp_tensor_out(q, Some(&neg_bound), Some(&bound));
+            round_to_scale_(q, &s);
+        },
+    )
 }
 
 /// PACT with a fixed scale `s` (a constant, not learned):
@@ -191,6 +364,9 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
 ///
 /// Gradient: straight through the rounding; `y` is differentiated, so
 /// `dx = g` inside `(0, s)`, `g/2` at `x = 0` and `x = s`, 0 outside.
+///
+/// Computed as [`reference::fixed_scale_pact`] is, except that the rounding
+/// happens in place in `y`'s storage (see "Fast paths").
 ///
 /// # Panics
 /// If `bits` is not 1..=16 or 32, or `scale` is not positive and finite.
@@ -203,10 +379,14 @@ pub fn fixed_scale_pact(x: &Tensor, scale: f64, bits: u32) -> Tensor {
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
+    // The last op (times 0.5) does not keep its output for backward: its
+    // storage may take the quantized values.
     let y = (x.abs() - (x - scale).abs() + scale) * 0.5;
-    let n = levels(bits);
-    let q = (y.detach() / scale * n).round() / n * scale;
-    ste(&q, &y)
+    let mut q = y.detach();
+    let _ = q.g_div_scalar_(scale);
+    round_to_grid_(&mut q, levels(bits));
+    let _ = q.g_mul_scalar_(scale);
+    y
 }
 
 /// The L2 penalty the seed adds to the loss for learnable clipping values:
@@ -462,6 +642,17 @@ mod tests {
     fn grad_of_sum(out: &Tensor, input: &Tensor) -> Vec<f32> {
         out.sum(Kind::Float).backward();
         Vec::<f32>::try_from(input.grad()).unwrap()
+    }
+
+    #[test]
+    fn tracked_means_requires_grad_outside_no_grad() {
+        let leaf = Tensor::from(1.0f32).set_requires_grad(true);
+        assert!(tracked(&leaf));
+        assert!(!tch::no_grad(|| tracked(&leaf)));
+        assert!(!tracked(&Tensor::from(1.0f32)));
+        assert!(tracked(&(&leaf * 2.0)));
+        let nonleaf = &leaf * 2.0;
+        assert!(!tch::no_grad(|| tracked(&nonleaf)));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! allowed on at most 0.1% of the elements. Gradients must match within 1e-5
 //! relative. Run with `--nocapture` to see the counts.
 
-use qatc_runtime::quant::{dorefa_activation, dorefa_weight, ActQuant};
+use qatc_runtime::quant::{dorefa_activation, dorefa_weight, reference, ActQuant};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use tch::nn::{self, Module};
@@ -194,6 +194,68 @@ fn golden_mpact() {
     let golden = Golden::load();
     for bits in MPACT_BITS {
         check_clipping_quantizer(&golden, "mpact", MPACT_ALPHA, bits);
+    }
+}
+
+/// The reference quantizers (`quant::reference`, which the fast ones are
+/// checked against in `fused_quantizers.rs`) against the same tensors.
+#[test]
+fn golden_reference_quantizers() {
+    let golden = Golden::load();
+    for bits in WEIGHT_BITS {
+        let key = format!("weight_dorefa.b{bits}");
+        let (out, grad) = run(&golden, "w", "grad_out_w", |w| {
+            reference::dorefa_weight(w, bits)
+        });
+        let step = if bits == 2 {
+            2.0
+        } else {
+            1.0 / f64::from((1u32 << (bits - 1)) - 1)
+        };
+        check_output(&key, &out, golden.get(&format!("{key}.out")), step);
+        check_grad(&key, &grad, golden.get(&format!("{key}.grad_w")));
+    }
+    for bits in ACT_BITS {
+        let key = format!("act_dorefa.b{bits}");
+        let (out, grad) = run(&golden, "x", "grad_out_x", |x| {
+            reference::dorefa_activation(x, bits)
+        });
+        let step = 1.0 / f64::from((1u32 << bits) - 1);
+        check_output(&key, &out, golden.get(&format!("{key}.out")), step);
+        check_grad(&key, &grad, golden.get(&format!("{key}.grad_x")));
+    }
+    type Clipping = fn(&Tensor, &Tensor, u32) -> Tensor;
+    for (name, alpha, bits_list, f, k) in [
+        (
+            "pact",
+            PACT_ALPHA,
+            &PACT_BITS[..],
+            reference::pact as Clipping,
+            0,
+        ),
+        (
+            "mpact",
+            MPACT_ALPHA,
+            &MPACT_BITS[..],
+            reference::mpact as Clipping,
+            1,
+        ),
+    ] {
+        for &bits in bits_list {
+            let key = format!("{name}.alpha{alpha}.b{bits}");
+            let a: f32 = alpha.parse().unwrap();
+            let a = Tensor::from(a).set_requires_grad(true);
+            let (out, grad) = run(&golden, "x", "grad_out_x", |x| f(x, &a, bits));
+            let step =
+                f64::from(alpha.parse::<f32>().unwrap()) / f64::from((1u32 << (bits - k)) - 1);
+            check_output(&key, &out, golden.get(&format!("{key}.out")), step);
+            check_grad(&key, &grad, golden.get(&format!("{key}.grad_x")));
+            check_grad(
+                &format!("{key} alpha"),
+                &a.grad(),
+                golden.get(&format!("{key}.grad_alpha")),
+            );
+        }
     }
 }
 

@@ -1,0 +1,343 @@
+//! The fast quantizers of `qatc_runtime::quant` against the reference ones
+//! (`quant::reference`, the seed's formulas op by op, which
+//! `golden_quantizers.rs` checks against the seed's PyTorch code).
+//!
+//! Values: an element may flip by one quantization step on at most 0.1% of
+//! the elements (the project's tolerance); the fast paths use the
+//! reference's ops in the reference's order, so none flips, and the test
+//! prints the counts (`--nocapture`). Gradients (input and clipping value)
+//! must be equal bit for bit. Inputs span several chunks of the fused pass,
+//! end in a partial chunk, and hold the hard cases: values exactly at the
+//! clipping bounds (where the seed's gradient rules count ties on both
+//! sides), zeros of both signs, rounding ties, huge values and NaNs.
+
+use qatc_runtime::quant::{self, reference};
+use tch::{Device, Kind, Tensor};
+
+/// Elements of the test inputs: a little over 2.5 chunks of the fused pass.
+const SHAPE: [i64; 4] = [5, 7, 97, 199];
+
+/// Random activations (normal, std 4) with special values planted at
+/// scattered positions: `specials` repeated.
+fn input(seed: i64, specials: &[f32]) -> Tensor {
+    tch::manual_seed(seed);
+    let x = Tensor::randn(SHAPE, (Kind::Float, Device::Cpu)) * 4.0;
+    let mut flat = x.view([-1]);
+    let n = flat.size()[0];
+    let every = 101;
+    let count = n / every;
+    let idx = Tensor::arange(count, (Kind::Int64, Device::Cpu)) * every;
+    let values: Vec<f32> = (0..count as usize)
+        .map(|i| specials[i % specials.len()])
+        .collect();
+    let _ = flat.index_put_(&[Some(idx)], &Tensor::from_slice(&values), false);
+    x
+}
+
+/// Elements where `a` and `b` differ (NaN equals NaN).
+fn differing(a: &Tensor, b: &Tensor) -> i64 {
+    differing_where(a, b, &a.ones_like().to_kind(Kind::Bool))
+}
+
+/// [`differing`], counting only where `mask` holds.
+fn differing_where(a: &Tensor, b: &Tensor, mask: &Tensor) -> i64 {
+    assert_eq!(a.size(), b.size());
+    let same = a
+        .eq_tensor(b)
+        .logical_or(&a.isnan().logical_and(&b.isnan()));
+    same.logical_not()
+        .logical_and(mask)
+        .sum(Kind::Int64)
+        .int64_value(&[])
+}
+
+/// Value check: at most 0.1% one-step flips, every other element equal;
+/// returns the number of flips.
+///
+/// Elements whose input is NaN are not compared: the reference's output
+/// there is NaN only because its STE adds `c - c.detach()` = NaN - NaN,
+/// where the seed (and the fast path) give the quantizer's own value, e.g.
+/// `sign(NaN) = 0` for 1-bit DoReFa. Their gradients are compared.
+fn check_values(name: &str, x: &Tensor, fast: &Tensor, slow: &Tensor, step: f64) -> i64 {
+    let flips = differing_where(fast, slow, &x.isnan().logical_not());
+    if flips > 0 {
+        let finite = fast.isfinite().logical_and(&slow.isfinite());
+        let diff = (fast - slow).abs().masked_select(&finite);
+        let max = diff.max().double_value(&[]);
+        assert!(max <= step * (1.0 + 1e-4), "{name}: off by {max} > {step}");
+    }
+    assert!(
+        flips * 1000 <= fast.numel() as i64,
+        "{name}: {flips} of {} elements flipped",
+        fast.numel()
+    );
+    flips
+}
+
+fn assert_same_grad(name: &str, fast: &Tensor, slow: &Tensor) {
+    assert!(fast.defined() && slow.defined(), "{name}: gradient missing");
+    let n = differing(fast, slow);
+    assert_eq!(n, 0, "{name}: {n} gradient elements differ");
+}
+
+/// One quantizer, fast and reference: `f(x, alpha)`.
+type Quantizer<'a> = (&'a str, f64, Box<dyn Fn(&Tensor, &Tensor) -> Tensor + 'a>);
+
+/// Runs `fast` and `slow` on leaf copies of `x` (and of `alpha`), backs
+/// `sum(q * g)` through both, and compares values and gradients; then the
+/// same without autograd.
+fn compare(name: &str, step: f64, x: &Tensor, alpha: f32, fast: &Quantizer, slow: &Quantizer) {
+    let g = Tensor::randn(x.size().as_slice(), (Kind::Float, Device::Cpu));
+    let run = |q: &Quantizer| {
+        let x = x.detach().copy().set_requires_grad(true);
+        let a = Tensor::from(alpha).set_requires_grad(true);
+        let out = (q.2)(&x, &a);
+        (&out * &g).sum(Kind::Float).backward();
+        (out.detach(), x.grad(), a.grad())
+    };
+    let (qf, gxf, gaf) = run(fast);
+    let (qs, gxs, gas) = run(slow);
+    let flips = check_values(name, x, &qf, &qs, step);
+    assert_same_grad(&format!("{name} dx"), &gxf, &gxs);
+    if gas.defined() {
+        assert_same_grad(&format!("{name} dalpha"), &gaf, &gas);
+    }
+    let a = Tensor::from(alpha);
+    let untracked = tch::no_grad(|| (fast.2)(x, &a));
+    assert!(!untracked.requires_grad());
+    let flips_untracked = check_values(&format!("{name} no_grad"), x, &untracked, &qs, step);
+    // Stricter than the tolerance: the fast paths run the reference's ops
+    // in the reference's order, so nothing flips at all.
+    assert_eq!((flips, flips_untracked), (0, 0), "{name}");
+    println!(
+        "{name}: {flips} of {} values flipped ({flips_untracked} under no_grad), gradients equal",
+        qf.numel()
+    );
+}
+
+/// Values at and around the bounds, rounding ties and the odd ones out.
+fn specials(alpha: f32, steps: f32) -> Vec<f32> {
+    let s = alpha / steps;
+    vec![
+        alpha,
+        -alpha,
+        0.0,
+        -0.0,
+        10.0,
+        -10.0,
+        0.5 * s,
+        1.5 * s,
+        -2.5 * s,
+        alpha - 0.5 * s,
+        1e30,
+        -1e30,
+        f32::NAN,
+        1e-40,
+    ]
+}
+
+#[test]
+fn dorefa_activation_matches_the_reference() {
+    for bits in [1, 2, 4, 8, 16] {
+        let steps = ((1u32 << bits) - 1) as f32;
+        let x = input(i64::from(bits), &specials(10.0, steps));
+        let fast: Quantizer = (
+            "fast",
+            0.0,
+            Box::new(move |x, _| quant::dorefa_activation(x, bits)),
+        );
+        let slow: Quantizer = (
+            "reference",
+            0.0,
+            Box::new(move |x, _| reference::dorefa_activation(x, bits)),
+        );
+        let step = if bits == 1 {
+            1.0
+        } else {
+            1.0 / f64::from(steps)
+        };
+        compare(
+            &format!("dorefa_activation b{bits}"),
+            step,
+            &x,
+            1.0,
+            &fast,
+            &slow,
+        );
+    }
+}
+
+#[test]
+fn pact_matches_the_reference() {
+    for (bits, alpha) in [(1, 2.5f32), (2, 2.5), (4, 3.0), (8, 10.0), (16, 6.0)] {
+        let steps = ((1u32 << bits) - 1) as f32;
+        let x = input(10 + i64::from(bits), &specials(alpha, steps));
+        let fast: Quantizer = ("fast", 0.0, Box::new(move |x, a| quant::pact(x, a, bits)));
+        let slow: Quantizer = (
+            "reference",
+            0.0,
+            Box::new(move |x, a| reference::pact(x, a, bits)),
+        );
+        let step = f64::from(alpha / steps);
+        compare(
+            &format!("pact b{bits} a{alpha}"),
+            step,
+            &x,
+            alpha,
+            &fast,
+            &slow,
+        );
+    }
+}
+
+#[test]
+fn mpact_matches_the_reference() {
+    for (bits, alpha) in [
+        (2, 1.7f32),
+        (4, 1.7),
+        (6, 10.0),
+        (8, 10.0),
+        (16, 6.0),
+        (8, -3.0),
+    ] {
+        let steps = ((1u32 << (bits - 1)) - 1) as f32;
+        let x = input(20 + i64::from(bits), &specials(alpha.abs(), steps));
+        let fast: Quantizer = ("fast", 0.0, Box::new(move |x, a| quant::mpact(x, a, bits)));
+        let slow: Quantizer = (
+            "reference",
+            0.0,
+            Box::new(move |x, a| reference::mpact(x, a, bits)),
+        );
+        let step = f64::from(alpha.abs() / steps);
+        compare(
+            &format!("mpact b{bits} a{alpha}"),
+            step,
+            &x,
+            alpha,
+            &fast,
+            &slow,
+        );
+    }
+}
+
+#[test]
+fn fixed_scale_pact_matches_the_reference() {
+    for (bits, scale) in [(1, 1.0f32), (4, 6.0), (8, 6.0), (16, 2.0)] {
+        let steps = ((1u32 << bits) - 1) as f32;
+        let x = input(30 + i64::from(bits), &specials(scale, steps));
+        let s = f64::from(scale);
+        let fast: Quantizer = (
+            "fast",
+            0.0,
+            Box::new(move |x, _| quant::fixed_scale_pact(x, s, bits)),
+        );
+        let slow: Quantizer = (
+            "reference",
+            0.0,
+            Box::new(move |x, _| reference::fixed_scale_pact(x, s, bits)),
+        );
+        compare(
+            &format!("fixed_scale_pact b{bits}"),
+            s / f64::from(steps),
+            &x,
+            1.0,
+            &fast,
+            &slow,
+        );
+    }
+}
+
+#[test]
+fn dorefa_weight_matches_the_reference() {
+    for bits in [1, 2, 3, 4, 8, 16] {
+        tch::manual_seed(40 + i64::from(bits));
+        let w = Tensor::randn([64, 32, 3, 3], (Kind::Float, Device::Cpu)) * 0.1;
+        let fast: Quantizer = (
+            "fast",
+            0.0,
+            Box::new(move |w, _| quant::dorefa_weight(w, bits)),
+        );
+        let slow: Quantizer = (
+            "reference",
+            0.0,
+            Box::new(move |w, _| reference::dorefa_weight(w, bits)),
+        );
+        let step = if bits <= 2 {
+            2.0
+        } else {
+            1.0 / f64::from((1u32 << (bits - 1)) - 1)
+        };
+        compare(
+            &format!("dorefa_weight b{bits}"),
+            step,
+            &w,
+            1.0,
+            &fast,
+            &slow,
+        );
+    }
+}
+
+/// Only the clipping value needs a gradient (a quantizer on the input
+/// images), and a non-contiguous input: same values and gradients.
+#[test]
+fn untracked_inputs_and_strided_inputs() {
+    let x = input(50, &specials(2.0, 7.0));
+    let g = Tensor::randn(SHAPE, (Kind::Float, Device::Cpu));
+    type Q = fn(&Tensor, &Tensor, u32) -> Tensor;
+    for (name, fast, slow) in [
+        ("pact", quant::pact as Q, reference::pact as Q),
+        ("mpact", quant::mpact as Q, reference::mpact as Q),
+    ] {
+        let run = |q: Q, x: &Tensor| {
+            let a = Tensor::from(2.0f32).set_requires_grad(true);
+            let out = q(x, &a, 4);
+            (&out * &g).sum(Kind::Float).backward();
+            (out.detach(), a.grad())
+        };
+        let (qf, gf) = run(fast, &x);
+        let (qs, gs) = run(slow, &x);
+        assert_eq!(differing(&qf, &qs), 0, "{name}");
+        assert_same_grad(&format!("{name} dalpha, x untracked"), &gf, &gs);
+
+        let strided = x.transpose(1, 3);
+        assert!(!strided.is_contiguous());
+        let a = Tensor::from(2.0f32);
+        assert_eq!(
+            differing(&fast(&strided, &a, 4), &slow(&strided, &a, 4)),
+            0,
+            "{name}"
+        );
+    }
+    let strided = x.transpose(0, 2);
+    assert_eq!(
+        differing(
+            &quant::dorefa_activation(&strided, 8),
+            &reference::dorefa_activation(&strided, 8)
+        ),
+        0
+    );
+}
+
+/// The quantized output feeds ops that keep it for their backward, twice:
+/// autograd accepts the carriers (no in-place error) and the gradient is
+/// the reference's.
+#[test]
+fn outputs_can_be_reused_downstream() {
+    let x = input(60, &[1.0]);
+    let run = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let x = x.detach().copy().set_requires_grad(true);
+        let a = Tensor::from(3.0f32).set_requires_grad(true);
+        let q = f(&x, &a);
+        let y = (&q * &q).sum(Kind::Float) + q.tanh().sum(Kind::Float);
+        y.backward();
+        (x.grad(), a.grad())
+    };
+    let (gxf, gaf) = run(&|x, a| quant::mpact(x, a, 8));
+    let (gxs, gas) = run(&|x, a| reference::mpact(x, a, 8));
+    assert_same_grad("mpact dx", &gxf, &gxs);
+    assert_same_grad("mpact dalpha", &gaf, &gas);
+    let (gxf, _) = run(&|x, _| quant::dorefa_activation(x, 4));
+    let (gxs, _) = run(&|x, _| reference::dorefa_activation(x, 4));
+    assert_same_grad("dorefa dx", &gxf, &gxs);
+}
