@@ -65,6 +65,31 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Training and evaluation images/s of the model's generated crate,
+    /// float profile against a QAT profile, and their ratio: runs
+    /// `cargo run --release -p qatc-model-<model> -- bench` in the
+    /// workspace (through `./dev qatc`, which sets up libtorch).
+    Bench {
+        spec: PathBuf,
+        /// QAT profile to compare with `float` [default: the spec's first].
+        #[arg(long)]
+        profile: Option<String>,
+        /// Images per step [default: 128].
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        batch_size: Option<i64>,
+        /// auto, cpu, cuda or cuda:N [default: auto].
+        #[arg(long)]
+        device: Option<String>,
+        /// Timed steps per profile [default: 10].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: Option<u32>,
+        /// Untimed steps first [default: 2].
+        #[arg(long)]
+        warmup: Option<u32>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
     Fmt {
         spec: PathBuf,
@@ -262,6 +287,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Bench {
+            spec,
+            profile,
+            batch_size,
+            device,
+            steps,
+            warmup,
+            json,
+        } => {
+            let mut args: Vec<String> = Vec::new();
+            let options = [
+                ("--profile", profile.clone()),
+                ("--batch-size", batch_size.map(|n| n.to_string())),
+                ("--device", device),
+                ("--steps", steps.map(|n| n.to_string())),
+                ("--warmup", warmup.map(|n| n.to_string())),
+            ];
+            for (flag, value) in options {
+                if let Some(value) = value {
+                    args.extend([flag.to_string(), value]);
+                }
+            }
+            if json {
+                args.push("--json".into());
+            }
+            bench(&spec, profile.as_deref(), &args)
+        }
         Command::Fmt { spec, to, output } => {
             let src = read(&spec)?;
             let model = match driver::parse(&src) {
@@ -322,4 +374,122 @@ fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("{ext}.tmp"));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// `qatc bench`: checks the spec (and that it has `profile`), finds its
+/// generated crate in the workspace and checks that it is what `qatc build`
+/// makes of the spec now, then runs the crate's `bench` with `args` (stdio
+/// inherited) and returns its exit status.
+fn bench(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Result<ExitCode> {
+    let src = read(spec)?;
+    let (model, checked, graphs) = match driver::check_all(&src) {
+        Ok(r) => r,
+        Err(d) => return Ok(fail(&src, &d)),
+    };
+    let name = &model.name.name;
+    let known = checked.profile_names();
+    if let Some(profile) = profile {
+        if !known.iter().any(|k| k == profile) {
+            anyhow::bail!(
+                "model `{name}` has no profile `{profile}`; known: {}",
+                known.join(", ")
+            );
+        }
+    }
+    let root = workspace_root(spec)?;
+    let dir = root.join("generated").join(name);
+    let shown = spec.to_string_lossy().replace('\\', "/");
+    if !dir.join("Cargo.toml").is_file() {
+        anyhow::bail!(
+            "no generated crate for model `{name}` at `{}`: run `qatc build {shown}` first",
+            dir.display()
+        );
+    }
+    // `qatc build` writes the spec's path as given into the headers: accept
+    // the crate if it matches the spec as named here or relative to the
+    // workspace root (as `./dev generate` names it).
+    let runtime = runtime_path(&dir)?;
+    let mut labels = vec![shown.clone()];
+    let relative = spec.canonicalize().ok().and_then(|p| {
+        p.strip_prefix(&root)
+            .ok()
+            .map(|rel| rel.to_string_lossy().replace('\\', "/"))
+    });
+    labels.extend(relative.filter(|rel| *rel != shown));
+    let mut package = None;
+    let mut stale = Vec::new();
+    for label in &labels {
+        let krate = qatc::codegen::generate(&checked, &graphs, label, &runtime);
+        stale = [
+            ("Cargo.toml", &krate.cargo_toml),
+            ("src/lib.rs", &krate.lib_rs),
+            ("src/main.rs", &krate.main_rs),
+        ]
+        .into_iter()
+        .filter(|(file, text)| {
+            std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(text.as_str())
+        })
+        .map(|(file, _)| file)
+        .collect();
+        package = Some(krate.package);
+        if stale.is_empty() {
+            break;
+        }
+    }
+    if !stale.is_empty() {
+        anyhow::bail!(
+            "the generated crate `{}` is stale (not as qatc generates it from {shown} now: {}): run `qatc build {shown}`",
+            dir.display(),
+            stale.join(", ")
+        );
+    }
+    let package = package.expect("at least one label");
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_none() {
+        anyhow::bail!(
+            "libtorch is not set up in this environment (LIBTORCH_USE_PYTORCH is unset): run qatc as `./dev qatc bench ...`, which sets it up so that `{package}` builds and runs"
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "qatc: cargo run --release -q -p {package} -- bench {} (in {})",
+        args.join(" "),
+        root.display()
+    );
+    let status = std::process::Command::new(&cargo)
+        .current_dir(&root)
+        .args(["run", "--release", "-q", "-p", &package, "--", "bench"])
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(1),
+    })
+}
+
+/// The workspace root for `spec`: the nearest directory holding a
+/// `Cargo.toml` with a `[workspace]` table, above the spec or else above
+/// the current directory.
+fn workspace_root(spec: &Path) -> anyhow::Result<PathBuf> {
+    let is_root = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .map(|text| text.lines().any(|line| line.trim() == "[workspace]"))
+            .unwrap_or(false)
+    };
+    let spec_dir = spec
+        .canonicalize()
+        .with_context(|| format!("cannot resolve `{}`", spec.display()))?
+        .parent()
+        .map(Path::to_path_buf);
+    let cwd = std::env::current_dir().ok();
+    for start in [spec_dir, cwd].into_iter().flatten() {
+        if let Some(root) = start.ancestors().find(|dir| is_root(dir)) {
+            return Ok(root.to_path_buf());
+        }
+    }
+    anyhow::bail!(
+        "no Cargo workspace (a Cargo.toml with [workspace]) above `{}` or the current directory: the generated crates live in one",
+        spec.display()
+    )
 }
