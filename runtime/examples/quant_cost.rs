@@ -89,6 +89,11 @@ fn main() {
             Box::new(|_: &Tensor| reference::dorefa_weight(&w, 8)),
         ),
     ];
+    // Warm up libtorch and the allocator on every op before timing any.
+    for (_, op) in &ops {
+        let x = x0.detach().copy().set_requires_grad(true);
+        op(&x).sum(Kind::Float).backward();
+    }
     println!(
         "{:<28} {:>12} {:>14} {:>12}",
         "op", "fwd ms", "fwd+bwd ms", "no_grad ms"
