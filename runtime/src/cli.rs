@@ -136,6 +136,20 @@ where
         }
     };
     let default_profile = profiles.first().copied().unwrap_or(bench::FLOAT_PROFILE);
+    let asked = match &cli.command {
+        Some(Command::Bench(args)) => args.profile.as_deref(),
+        Some(Command::Smoke(args)) => args.profile.as_deref(),
+        None => cli.smoke.profile.as_deref(),
+    };
+    // Say so before any work (the builder would too, later).
+    if let Some(name) = asked.filter(|name| !profiles.contains(name)) {
+        let unknown = UnknownProfile {
+            name: name.to_owned(),
+            known: profiles.iter().map(|p| p.to_string()).collect(),
+        };
+        eprintln!("error: {unknown}");
+        return ExitCode::from(1);
+    }
     let result = match cli.command {
         Some(Command::Bench(args)) => bench_command(model, default_profile, &build, args),
         Some(Command::Smoke(args)) => smoke_command(model, default_profile, &build, args),
