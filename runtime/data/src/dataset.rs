@@ -1,0 +1,173 @@
+//! `Dataset`: decoded images in memory, their labels, and how to normalise
+//! and augment them.
+//!
+//! Invariants (every constructor in this crate keeps them):
+//! `images.len() == labels.len() * C * H * W`, each image stored as CHW
+//! planes of `u8` pixels, every label `< classes.len()`, and `norm.mean`,
+//! `norm.std` have one entry per channel. Images stay `u8` so that CIFAR-10
+//! (60,000 images) takes 184 MB rather than 737 MB of `f32`; normalisation
+//! happens per batch through a 256-entry table per channel.
+
+/// Per-channel normalisation: `(pixel / scale - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    /// The largest pixel value: 255 for 8-bit images, 16 for the digits.
+    pub scale: f32,
+    /// One mean per channel, in units of `pixel / scale`.
+    pub mean: Vec<f32>,
+    /// One standard deviation per channel, in units of `pixel / scale`.
+    pub std: Vec<f32>,
+}
+
+impl Normalize {
+    /// The seed's CIFAR-10 normalisation (`../shared/docs/seed-reference.md`
+    /// section 6): scale 255, mean (0.4914, 0.4822, 0.4465), std (0.2023,
+    /// 0.1994, 0.2010).
+    pub fn cifar10() -> Normalize {
+        Normalize {
+            scale: 255.0,
+            mean: vec![0.4914, 0.4822, 0.4465],
+            std: vec![0.2023, 0.1994, 0.2010],
+        }
+    }
+
+    /// For each channel, the normalised value of every `u8` pixel value
+    /// (`table[c][p]`): a lookup is cheaper than the arithmetic and gives
+    /// exactly the same `f32` for a pixel wherever it is normalised.
+    pub fn table(&self) -> Vec<[f32; 256]> {
+        self.mean
+            .iter()
+            .zip(&self.std)
+            .map(|(&mean, &std)| {
+                let mut t = [0f32; 256];
+                for (p, v) in t.iter_mut().enumerate() {
+                    *v = (p as f32 / self.scale - mean) / std;
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+/// Training-time augmentation: a random crop of the original size out of
+/// the image padded with `pad` zero pixels on every side (torchvision's
+/// `RandomCrop(size, padding=pad)`), then, when `hflip`, a horizontal flip
+/// with probability 1/2 (`RandomHorizontalFlip`). Padding is in pixel space
+/// (pixel value 0, as the seed pads PIL images before normalising).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Augment {
+    /// Zero padding on each side before the random crop; 0 disables the crop.
+    pub pad: usize,
+    /// Flip horizontally with probability 1/2.
+    pub hflip: bool,
+}
+
+impl Augment {
+    /// The seed's CIFAR-10 augmentation: pad 4, horizontal flip.
+    pub fn cifar10() -> Augment {
+        Augment {
+            pad: 4,
+            hflip: true,
+        }
+    }
+
+    /// Whether this augmentation changes anything.
+    pub fn is_identity(&self) -> bool {
+        self.pad == 0 && !self.hflip
+    }
+}
+
+/// A labelled set of same-sized images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// A short name: `digits`, `cifar10`, or the folder's name.
+    pub name: String,
+    /// `[C, H, W]` of every image.
+    pub shape: [usize; 3],
+    /// Class names, indexed by label.
+    pub classes: Vec<String>,
+    /// `N * C * H * W` pixels, CHW per image.
+    pub images: Vec<u8>,
+    /// `N` labels, each `< classes.len()`.
+    pub labels: Vec<u16>,
+    /// How to normalise the pixels.
+    pub norm: Normalize,
+    /// The usual training augmentation for this kind of data.
+    pub augment: Augment,
+}
+
+impl Dataset {
+    /// The number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// `C * H * W`: pixels per image.
+    pub fn image_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The first `n` images (all of them when `n >= len`).
+    pub fn limit(mut self, n: usize) -> Dataset {
+        let n = n.min(self.len());
+        let len = self.image_len();
+        self.labels.truncate(n);
+        self.images.truncate(n * len);
+        self
+    }
+
+    /// The pixels of image `i` (CHW). Panics when `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let len = self.image_len();
+        &self.images[i * len..(i + 1) * len]
+    }
+
+    /// Image `i` normalised, without augmentation, into `out`
+    /// (`image_len()` values, CHW). Panics when `i >= len()` or `out` has
+    /// another length.
+    pub fn normalized(&self, i: usize, out: &mut [f32]) {
+        let table = self.norm.table();
+        self.normalize_with(&table, i, out);
+    }
+
+    /// `normalized` with a table made once by `Normalize::table`.
+    pub(crate) fn normalize_with(&self, table: &[[f32; 256]], i: usize, out: &mut [f32]) {
+        let plane = self.shape[1] * self.shape[2];
+        assert_eq!(out.len(), self.image_len(), "output length");
+        for (c, (dst, src)) in out
+            .chunks_exact_mut(plane)
+            .zip(self.image(i).chunks_exact(plane))
+            .enumerate()
+        {
+            let t = &table[c];
+            for (d, &p) in dst.iter_mut().zip(src) {
+                *d = t[p as usize];
+            }
+        }
+    }
+
+    /// How many images each class has, indexed by label.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// A data set's training and test splits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// The training split.
+    pub train: Dataset,
+    /// The test split (same shape, classes and normalisation).
+    pub test: Dataset,
+}

@@ -1,0 +1,129 @@
+//! Parallel decoding of a list of JPEG/PNG images into one CHW `u8` buffer.
+//!
+//! Input: `ImageEntry`s (a file on disk or bytes already in memory, and a
+//! label). Output: the pixels of every image, in entry order, converted to
+//! RGB (grayscale is replicated into the three channels and alpha dropped,
+//! so that every image folder has one channel count, 3, whatever mix of
+//! PNG modes it holds) and laid out as R, G, B planes. All images must have
+//! the size of the first; the first error in entry order is reported,
+//! whatever thread met it, so errors do not depend on thread timing.
+//!
+//! The work is split into one contiguous run of entries per core (std
+//! scoped threads, each writing its own disjoint slice of the output), which
+//! needs no work queue and no locks: images of one data set cost about the
+//! same to decode.
+
+use crate::error::DataError;
+use std::path::PathBuf;
+
+/// Where an image's bytes are.
+#[derive(Debug, Clone)]
+pub(crate) enum ImageSource {
+    /// A file, read when decoded.
+    File,
+    /// Bytes already in memory (a member of an archive).
+    Memory(Vec<u8>),
+}
+
+/// One image to decode.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageEntry {
+    /// The file (or archive member) named in messages.
+    pub path: PathBuf,
+    pub source: ImageSource,
+    pub label: u16,
+}
+
+/// Decoded images: `[3, H, W]` and the pixels.
+pub(crate) struct Decoded {
+    pub shape: [usize; 3],
+    pub images: Vec<u8>,
+}
+
+fn decode_one(entry: &ImageEntry) -> Result<image::RgbImage, DataError> {
+    let owned;
+    let bytes: &[u8] = match &entry.source {
+        ImageSource::File => {
+            owned = std::fs::read(&entry.path).map_err(|e| DataError::io(&entry.path, e))?;
+            &owned
+        }
+        ImageSource::Memory(bytes) => bytes,
+    };
+    let image = image::load_from_memory(bytes).map_err(|e| DataError::Decode {
+        path: entry.path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(image.into_rgb8())
+}
+
+/// Decodes `entries` on `threads` threads (at least 1).
+pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decoded, DataError> {
+    let Some(first_entry) = entries.first() else {
+        return Ok(Decoded {
+            shape: [3, 0, 0],
+            images: Vec::new(),
+        });
+    };
+    let first = decode_one(first_entry)?;
+    let (w, h) = first.dimensions();
+    let image_len = 3 * w as usize * h as usize;
+    let mut images = vec![0u8; entries.len() * image_len];
+    let threads = threads.clamp(1, entries.len());
+    let per_thread = entries.len().div_ceil(threads);
+    let check = |entry: &ImageEntry, out: &mut [u8]| -> Result<(), DataError> {
+        let rgb = decode_one(entry)?;
+        if rgb.dimensions() != (w, h) {
+            return Err(DataError::ImageSize {
+                path: entry.path.clone(),
+                got_w: rgb.width(),
+                got_h: rgb.height(),
+                first: first_entry.path.clone(),
+                w,
+                h,
+            });
+        }
+        let plane = w as usize * h as usize;
+        let (r, gb) = out.split_at_mut(plane);
+        let (g, b) = gb.split_at_mut(plane);
+        for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+            r[i] = px[0];
+            g[i] = px[1];
+            b[i] = px[2];
+        }
+        Ok(())
+    };
+    let errors: Vec<DataError> = std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(per_thread)
+            .zip(images.chunks_mut(per_thread * image_len))
+            .map(|(chunk, out)| {
+                scope.spawn(move || {
+                    for (entry, out) in chunk.iter().zip(out.chunks_exact_mut(image_len)) {
+                        check(entry, out)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| match h.join() {
+                Ok(result) => result.err(),
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    // Chunks are in entry order, so the first error is the earliest entry's.
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    Ok(Decoded {
+        shape: [3, h as usize, w as usize],
+        images,
+    })
+}
+
+/// The number of decoding threads: the cores this process may use.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
