@@ -14,5 +14,6 @@ pub mod driver;
 pub mod import;
 pub mod ir;
 pub mod lower;
+pub mod plot;
 pub mod summary;
 pub mod syntax;

@@ -98,6 +98,27 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Plot a training run: loss, accuracy, learning rate and every
+    /// clipping value over the epochs, as one PNG (prints the path written).
+    Plot {
+        /// A run directory written by `qatc train`.
+        run_dir: PathBuf,
+        /// The PNG to write [default: RUN_DIR/metrics.png].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Compare training runs: a table on stdout and one PNG of test top-1
+    /// and train loss over the epochs of every run.
+    Compare {
+        /// Run directories written by `qatc train`.
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        /// The PNG to write [default: compare.png].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -335,6 +356,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plot { run_dir, output } => plot(&run_dir, output),
+        Command::Compare {
+            run_dirs,
+            output,
+            format,
+        } => compare(&run_dirs, output, format),
     }
 }
 
@@ -492,4 +519,43 @@ fn workspace_root(spec: &Path) -> anyhow::Result<PathBuf> {
         "no Cargo workspace (a Cargo.toml with [workspace]) above `{}` or the current directory: the generated crates live in one",
         spec.display()
     )
+}
+
+/// `qatc plot`: reads the run, renders it and writes the PNG atomically.
+fn plot(run_dir: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let run = qatc::plot::read_run(run_dir)?;
+    let png = qatc::plot::render_run(&run)?;
+    let out = output.unwrap_or_else(|| run_dir.join("metrics.png"));
+    write_atomic_bytes(&out, &png).with_context(|| format!("cannot write `{}`", out.display()))?;
+    println!("{}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qatc compare`: the table (or JSON) on stdout, the PNG to `output`.
+fn compare(
+    run_dirs: &[PathBuf],
+    output: Option<PathBuf>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let runs = run_dirs
+        .iter()
+        .map(|dir| qatc::plot::read_run(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = qatc::plot::summarize_runs(&runs);
+    match format {
+        Format::Table => print!("{}", qatc::plot::comparison_table(&rows)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+    }
+    for run in runs.iter().filter(|r| r.epochs.is_empty()) {
+        eprintln!(
+            "note: `{}` has no finished epoch yet: left out of the plot",
+            run.metrics_path().display()
+        );
+    }
+    let labels: Vec<String> = rows.into_iter().map(|r| r.label).collect();
+    let png = qatc::plot::render_comparison(&runs, &labels)?;
+    let out = output.unwrap_or_else(|| PathBuf::from("compare.png"));
+    write_atomic_bytes(&out, &png).with_context(|| format!("cannot write `{}`", out.display()))?;
+    eprintln!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }
