@@ -12,6 +12,7 @@ pub mod codegen;
 pub mod diag;
 pub mod driver;
 pub mod import;
+pub mod int;
 pub mod ir;
 pub mod lower;
 pub mod plot;

@@ -1,0 +1,201 @@
+//! Checkpoint reading for the integer pipeline.
+//!
+//! Input: a safetensors file whose tensor names are the generated model's
+//! variable-store names (`s2.0.conv1.weight`, `stem.act_quant_out.alpha`:
+//! what `qatc import` writes and training saves), with an optional JSON
+//! sidecar `<file>.json` naming its `model` and `profile`; or a seed
+//! checkpoint mapped through the spec's `import` section. Output: a
+//! [`Checkpoint`], float32 values by name.
+//!
+//! Invariants: every variable the graph needs is present with the shape the
+//! graph gives it, or the error lists every missing and every wrongly shaped
+//! tensor at once; a sidecar that names another model or profile is an
+//! error before any tensor is read.
+
+use super::IntError;
+use crate::ir::{Graph, Op, Quantizer};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Float tensors by variable name.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+/// The variables `g` reads, with their shapes (the generated model's names).
+pub fn variables(g: &Graph) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        let cin = n.in_shape.0.first().copied().unwrap_or(0).max(0) as usize;
+        let mut add =
+            |param: &str, shape: Vec<usize>| out.push((format!("{}.{param}", n.name), shape));
+        match &n.op {
+            Op::Conv {
+                out: co,
+                kernel,
+                groups,
+                bias,
+                ..
+            } => {
+                let (co, k, gr) = (*co as usize, *kernel as usize, (*groups).max(1) as usize);
+                add("weight", vec![co, cin / gr, k, k]);
+                if *bias {
+                    add("bias", vec![co]);
+                }
+            }
+            Op::Linear { out: co, bias } => {
+                add("weight", vec![*co as usize, cin]);
+                if *bias {
+                    add("bias", vec![*co as usize]);
+                }
+            }
+            Op::BatchNorm => {
+                for p in ["weight", "bias", "running_mean", "running_var"] {
+                    add(p, vec![cin]);
+                }
+            }
+            Op::ActQuant {
+                quantizer: Quantizer::Pact { .. } | Quantizer::Mpact { .. },
+            } => add("alpha", vec![]),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint in the model's own names, checking its sidecar
+    /// (when there is one) against `g`'s model and profile.
+    pub fn read(path: &Path, g: &Graph) -> Result<Checkpoint, IntError> {
+        let sidecar = path.with_file_name(format!(
+            "{}.json",
+            path.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        if let Ok(text) = std::fs::read_to_string(&sidecar) {
+            let meta: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| IntError::Sidecar {
+                    path: sidecar.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let model = meta.get("model").and_then(|v| v.as_str());
+            let profile = meta.get("profile").and_then(|v| v.as_str());
+            if model.is_some_and(|m| m != g.model) || profile.is_some_and(|p| p != g.profile) {
+                return Err(IntError::WrongModel {
+                    file: path.display().to_string(),
+                    found: format!(
+                        "model `{}`, profile `{}`",
+                        model.unwrap_or("?"),
+                        profile.unwrap_or("?")
+                    ),
+                    expected: format!("model `{}`, profile `{}`", g.model, g.profile),
+                });
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| IntError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Checkpoint::from_bytes(&bytes, g, "")
+    }
+
+    /// Reads safetensors bytes whose names, after `prefix`, are the model's
+    /// variable names; checks every variable `g` needs.
+    pub fn from_bytes(bytes: &[u8], g: &Graph, prefix: &str) -> Result<Checkpoint, IntError> {
+        use safetensors::tensor::SafeTensors;
+        use safetensors::Dtype;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| IntError::NotSafetensors(e.to_string()))?;
+        let mut ck = Checkpoint::default();
+        let mut missing = Vec::new();
+        let mut wrong = Vec::new();
+        for (name, shape) in variables(g) {
+            let full = format!("{prefix}{name}");
+            let Ok(view) = st.tensor(&full) else {
+                missing.push(format!("`{full}` (shape {shape:?})"));
+                continue;
+            };
+            if view.shape() != shape.as_slice() {
+                wrong.push(format!(
+                    "`{full}` is {:?}, the model needs {shape:?}",
+                    view.shape()
+                ));
+                continue;
+            }
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|c| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(c);
+                        f64::from_le_bytes(b) as f32
+                    })
+                    .collect(),
+                other => {
+                    wrong.push(format!("`{full}` is {other:?}, expected F32"));
+                    continue;
+                }
+            };
+            ck.tensors.insert(name, (shape, values));
+        }
+        if !missing.is_empty() || !wrong.is_empty() {
+            return Err(IntError::Tensors {
+                model: g.model.clone(),
+                profile: g.profile.clone(),
+                missing,
+                wrong,
+            });
+        }
+        Ok(ck)
+    }
+
+    /// Reads a checkpoint of another code base through the spec's
+    /// `import FORMAT` section (e.g. the seed's state dict, `prefix` being
+    /// `state.` in the golden files).
+    pub fn import(
+        bytes: &[u8],
+        model: &crate::ast::Model,
+        g: &Graph,
+        format: &str,
+        prefix: &str,
+    ) -> Result<Checkpoint, IntError> {
+        let plan = crate::import::plan(model, g, format).map_err(|d| IntError::Import {
+            reason: d
+                .items
+                .iter()
+                .map(|i| i.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        let converted =
+            crate::import::convert(&plan, bytes, prefix).map_err(|p| IntError::Import {
+                reason: p.report().trim_end().replace('\n', "; "),
+            })?;
+        Checkpoint::from_bytes(&converted, g, "")
+    }
+
+    /// Values of a variable (checked present by construction).
+    pub fn get(&self, name: &str) -> Result<&[f32], IntError> {
+        self.tensors
+            .get(name)
+            .map(|(_, v)| v.as_slice())
+            .ok_or_else(|| IntError::Tensors {
+                model: String::new(),
+                profile: String::new(),
+                missing: vec![format!("`{name}`")],
+                wrong: vec![],
+            })
+    }
+
+    /// A scalar variable (a clipping value).
+    pub fn scalar(&self, name: &str) -> Result<f32, IntError> {
+        Ok(self.get(name)?.first().copied().unwrap_or(0.0))
+    }
+}

@@ -1,0 +1,703 @@
+//! The integer engine: runs an [`IntPlan`] on images, integers throughout.
+//!
+//! Input: a plan and float images (`[C, H, W]`, normalised as for training).
+//! Output: per image the logits (dequantized once at the end) and the
+//! integer accumulator they come from; per conv layer the largest
+//! accumulator reached and, when an accumulator width is simulated, how
+//! many values overflowed it.
+//!
+//! Invariants: activations are i32, accumulators i32 where the plan proves
+//! 31 bits enough and i64 otherwise, requantization products i64 (i128
+//! where the plan says they may pass 2^63); no float arithmetic except
+//! where the plan reads the float input (the first conv's float sum,
+//! rounded as the plan's mode says, or a `QuantizeInput`) and the final
+//! dequantization. The inner loops are plain Rust, compiled a second time
+//! with AVX2 enabled and chosen at run time where the CPU has it.
+
+// Per-channel loops index several parallel arrays at once.
+#![allow(clippy::needless_range_loop)]
+
+use super::fixed::{div_round, shift_round, shift_round_wide, Rounding};
+use super::plan::{
+    ConvInput, ConvLayer, IntPlan, Layer, Pool, PoolKind, QuantizeInput, Requant, TensorId,
+};
+use super::IntError;
+use serde::Serialize;
+
+/// What happens to an accumulator that passes the simulated width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowMode {
+    Saturate,
+    Wrap,
+}
+
+/// Hardware simulation settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SimOptions {
+    /// Accumulator width in bits (sign included); `None`: unlimited.
+    pub acc_bits: Option<u32>,
+    pub overflow: OverflowMode,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            acc_bits: None,
+            overflow: OverflowMode::Saturate,
+        }
+    }
+}
+
+/// Accumulator statistics of one conv/linear layer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AccStats {
+    pub max_abs: i64,
+    pub overflows: u64,
+    pub values: u64,
+}
+
+/// One image's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageOutput {
+    pub logits: Vec<f32>,
+    /// The integers the logits are computed from (the first output term).
+    pub acc: Vec<i64>,
+}
+
+/// An integer tensor at run time.
+#[derive(Clone, Debug)]
+pub enum Buf {
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+}
+
+impl Buf {
+    pub fn to_i64(&self) -> Vec<i64> {
+        match self {
+            Buf::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            Buf::I64(v) => v.clone(),
+        }
+    }
+    #[inline(always)]
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Buf::I32(v) => v[i] as i64,
+            Buf::I64(v) => v[i],
+        }
+    }
+}
+
+/// Scratch memory of one thread: a buffer per plan tensor and im2col space.
+pub struct Workspace {
+    bufs: Vec<Buf>,
+    col32: Vec<i32>,
+    col64: Vec<i64>,
+    colf: Vec<f64>,
+    outf: Vec<f64>,
+    /// Per layer (index into `plan.layers`), conv layers only.
+    pub stats: Vec<AccStats>,
+}
+
+impl Workspace {
+    pub fn new(plan: &IntPlan) -> Workspace {
+        let bufs = plan
+            .tensors
+            .iter()
+            .map(|t| {
+                if t.wide {
+                    Buf::I64(vec![0; t.len()])
+                } else {
+                    Buf::I32(vec![0; t.len()])
+                }
+            })
+            .collect();
+        Workspace {
+            bufs,
+            col32: Vec::new(),
+            col64: Vec::new(),
+            colf: Vec::new(),
+            outf: Vec::new(),
+            stats: vec![AccStats::default(); plan.layers.len()],
+        }
+    }
+
+    /// A tensor's values after the last [`run_image`].
+    pub fn tensor(&self, t: TensorId) -> Option<&Buf> {
+        self.bufs.get(t)
+    }
+}
+
+trait Num:
+    Copy + Default + PartialEq + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+}
+impl Num for i32 {}
+impl Num for i64 {}
+impl Num for f64 {}
+
+/// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
+/// column row so each input value is loaded once for four products.
+#[inline(always)]
+fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut [T]) {
+    let zero = T::default();
+    let mut o = 0;
+    while o + 4 <= m {
+        let (a0, rest) = out[o * p..(o + 4) * p].split_at_mut(p);
+        let (a1, rest) = rest.split_at_mut(p);
+        let (a2, a3) = rest.split_at_mut(p);
+        a0.fill(zero);
+        a1.fill(zero);
+        a2.fill(zero);
+        a3.fill(zero);
+        for kk in 0..k {
+            let (w0, w1, w2, w3) = (
+                w[o * k + kk],
+                w[(o + 1) * k + kk],
+                w[(o + 2) * k + kk],
+                w[(o + 3) * k + kk],
+            );
+            let row = &col[kk * p..(kk + 1) * p];
+            for i in 0..p {
+                let x = row[i];
+                a0[i] = a0[i] + w0 * x;
+                a1[i] = a1[i] + w1 * x;
+                a2[i] = a2[i] + w2 * x;
+                a3[i] = a3[i] + w3 * x;
+            }
+        }
+        o += 4;
+    }
+    while o < m {
+        let acc = &mut out[o * p..(o + 1) * p];
+        acc.fill(zero);
+        for kk in 0..k {
+            let wv = w[o * k + kk];
+            if wv == zero {
+                continue;
+            }
+            for (a, &x) in acc.iter_mut().zip(&col[kk * p..(kk + 1) * p]) {
+                *a = *a + wv * x;
+            }
+        }
+        o += 1;
+    }
+}
+
+/// Depthwise conv of one channel: `out[oh x ow] += sum w[ky,kx] * in[...]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn depthwise_body<T: Num>(
+    input: &[T],
+    ih: usize,
+    iw: usize,
+    w: &[T],
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out: &mut [T],
+    oh: usize,
+    ow: usize,
+) {
+    out.fill(T::default());
+    for ky in 0..k {
+        for kx in 0..k {
+            let wv = w[ky * k + kx];
+            if wv == T::default() {
+                continue;
+            }
+            for oy in 0..oh {
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= ih as isize {
+                    continue;
+                }
+                let irow = &input[iy as usize * iw..(iy as usize + 1) * iw];
+                let orow = &mut out[oy * ow..(oy + 1) * ow];
+                // Output columns whose input column is inside the image.
+                let lo = (pad.saturating_sub(kx)).div_ceil(stride);
+                let hi = ((iw + pad).saturating_sub(kx)).div_ceil(stride).min(ow);
+                if stride == 1 {
+                    let start = lo + kx - pad;
+                    for (o, &x) in orow[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                        *o = *o + wv * x;
+                    }
+                } else {
+                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o = *o + wv * irow[ox * stride + kx - pad];
+                    }
+                }
+            }
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($name:ident, $avx:ident, $body:ident, ($($arg:ident : $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx<T: Num>($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: Num>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above); the
+                    // function is safe Rust compiled with AVX2 enabled.
+                    unsafe { $avx($($arg),*) };
+                    return;
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+dispatch!(gemm, gemm_avx2, gemm_body, (w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut [T]));
+dispatch!(
+    depthwise,
+    depthwise_avx2,
+    depthwise_body,
+    (input: &[T], ih: usize, iw: usize, w: &[T], k: usize, stride: usize, pad: usize, out: &mut [T], oh: usize, ow: usize)
+);
+
+/// im2col of channels `c0..c0+cn` of a `[C, ih, iw]` image:
+/// rows `(c, ky, kx)`, columns output positions.
+#[allow(clippy::too_many_arguments)]
+fn im2col<T: Num>(
+    input: &[T],
+    ih: usize,
+    iw: usize,
+    c0: usize,
+    cn: usize,
+    l: &ConvLayer,
+    col: &mut Vec<T>,
+) {
+    let (k, s, pad) = (l.kernel, l.stride, l.padding);
+    let [oh, ow] = l.out_hw;
+    let p = oh * ow;
+    col.clear();
+    col.resize(cn * k * k * p, T::default());
+    for c in 0..cn {
+        let plane = &input[(c0 + c) * ih * iw..(c0 + c + 1) * ih * iw];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * p..((c * k + ky) * k + kx + 1) * p];
+                for oy in 0..oh {
+                    let iy = (oy * s + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    for ox in 0..ow {
+                        let ix = (ox * s + kx) as isize - pad as isize;
+                        if ix >= 0 && ix < iw as isize {
+                            row[oy * ow + ox] = plane[iy as usize * iw + ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One conv over typed buffers (the input already converted to `T`).
+fn conv_typed<T: Num>(l: &ConvLayer, input: &[T], w: &[T], col: &mut Vec<T>, out: &mut [T]) {
+    let [ih, iw] = l.in_hw;
+    let [oh, ow] = l.out_hw;
+    let p = oh * ow;
+    let cin_g = l.cin / l.groups;
+    let cout_g = l.cout / l.groups;
+    let kk = cin_g * l.kernel * l.kernel;
+    if l.groups == l.cin && l.groups == l.cout {
+        let k2 = l.kernel * l.kernel;
+        for c in 0..l.cout {
+            depthwise(
+                &input[c * ih * iw..(c + 1) * ih * iw],
+                ih,
+                iw,
+                &w[c * k2..(c + 1) * k2],
+                l.kernel,
+                l.stride,
+                l.padding,
+                &mut out[c * p..(c + 1) * p],
+                oh,
+                ow,
+            );
+        }
+        return;
+    }
+    for g in 0..l.groups {
+        let wg = &w[g * cout_g * kk..(g + 1) * cout_g * kk];
+        let og = &mut out[g * cout_g * p..(g + 1) * cout_g * p];
+        if l.kernel == 1 && l.stride == 1 && l.padding == 0 {
+            gemm(
+                wg,
+                cout_g,
+                kk,
+                &input[g * cin_g * p..(g + 1) * cin_g * p],
+                p,
+                og,
+            );
+        } else {
+            im2col(input, ih, iw, g * cin_g, cin_g, l, col);
+            gemm(wg, cout_g, kk, col, p, og);
+        }
+    }
+}
+
+/// Weights converted once per plan to every width the engine computes in.
+pub struct Weights {
+    w32: Vec<Vec<i32>>,
+    w64: Vec<Vec<i64>>,
+    wf: Vec<Vec<f64>>,
+}
+
+impl Weights {
+    pub fn new(plan: &IntPlan) -> Weights {
+        let mut w = Weights {
+            w32: Vec::new(),
+            w64: Vec::new(),
+            wf: Vec::new(),
+        };
+        for layer in &plan.layers {
+            let (a, b, c) = match layer {
+                Layer::Conv(l) => (
+                    l.weights.clone(),
+                    l.weights.iter().map(|&x| x as i64).collect(),
+                    l.weights.iter().map(|&x| x as f64).collect(),
+                ),
+                _ => (Vec::new(), Vec::new(), Vec::new()),
+            };
+            w.w32.push(a);
+            w.w64.push(b);
+            w.wf.push(c);
+        }
+        w
+    }
+}
+
+fn run_conv(
+    plan: &IntPlan,
+    li: usize,
+    l: &ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) {
+    let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
+    match (l.input, &mut out) {
+        (ConvInput::Float, out) => {
+            let input: Vec<f64> = image.iter().map(|&x| x as f64).collect();
+            let mut col = std::mem::take(&mut ws.colf);
+            let mut o = std::mem::take(&mut ws.outf);
+            o.resize(plan.tensors[l.output].len(), 0.0);
+            conv_typed(l, &input, &weights.wf[li], &mut col, &mut o);
+            let round = |x: f64| -> i64 {
+                match plan.options.rounding {
+                    // The seed: `F.conv2d(...).long()`.
+                    Rounding::Trunc => x.trunc() as i64,
+                    Rounding::Nearest => x.round() as i64,
+                }
+            };
+            match out {
+                Buf::I64(v) => v.iter_mut().zip(&o).for_each(|(a, &x)| *a = round(x)),
+                Buf::I32(v) => v
+                    .iter_mut()
+                    .zip(&o)
+                    .for_each(|(a, &x)| *a = round(x) as i32),
+            }
+            ws.colf = col;
+            ws.outf = o;
+        }
+        (ConvInput::Tensor(t), Buf::I32(o)) => {
+            let mut col = std::mem::take(&mut ws.col32);
+            match &ws.bufs[t] {
+                Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o),
+                Buf::I64(input) => {
+                    let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+                    conv_typed(l, &input, &weights.w32[li], &mut col, o)
+                }
+            }
+            ws.col32 = col;
+        }
+        (ConvInput::Tensor(t), Buf::I64(o)) => {
+            let mut col = std::mem::take(&mut ws.col64);
+            let input: Vec<i64> = ws.bufs[t].to_i64();
+            conv_typed(l, &input, &weights.w64[li], &mut col, o);
+            ws.col64 = col;
+        }
+    }
+    // Statistics and the simulated accumulator width.
+    let st = &mut ws.stats[li];
+    let (min, max) = match sim.acc_bits {
+        Some(b) if b < 64 => (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1),
+        _ => (i64::MIN, i64::MAX),
+    };
+    let mut apply = |x: i64| -> i64 {
+        st.max_abs = st.max_abs.max(x.saturating_abs());
+        if x < min || x > max {
+            st.overflows += 1;
+            match sim.overflow {
+                OverflowMode::Saturate => x.clamp(min, max),
+                OverflowMode::Wrap => {
+                    let b = 64 - sim.acc_bits.unwrap_or(64);
+                    (x << b) >> b
+                }
+            }
+        } else {
+            x
+        }
+    };
+    match &mut out {
+        Buf::I32(v) => {
+            st.values += v.len() as u64;
+            for x in v.iter_mut() {
+                *x = apply(*x as i64) as i32;
+            }
+        }
+        Buf::I64(v) => {
+            st.values += v.len() as u64;
+            for x in v.iter_mut() {
+                *x = apply(*x);
+            }
+        }
+    }
+    ws.bufs[l.output] = out;
+}
+
+fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
+    let mut out = match std::mem::replace(&mut ws.bufs[r.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    let c = r.bias.len();
+    let p = plan.tensors[r.output].len() / c.max(1);
+    let srcs: Vec<&Buf> = r.terms.iter().map(|t| &ws.bufs[t.src]).collect();
+    let (shift, div, lo, hi) = (r.shift, r.div, r.lo, r.hi);
+    if r.wide {
+        for ch in 0..c {
+            for i in 0..p {
+                let idx = ch * p + i;
+                let mut s = r.bias[ch] as i128;
+                for (t, src) in r.terms.iter().zip(&srcs) {
+                    s += src.get(idx) as i128 * t.mult[ch] as i128;
+                }
+                out[idx] = shift_round_wide(s, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    } else if let ([t0], [Buf::I32(src)]) = (r.terms.as_slice(), srcs.as_slice()) {
+        for ch in 0..c {
+            let (m, b) = (t0.mult[ch], r.bias[ch]);
+            let o = &mut out[ch * p..(ch + 1) * p];
+            let s = &src[ch * p..(ch + 1) * p];
+            for (o, &x) in o.iter_mut().zip(s) {
+                *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    } else {
+        for ch in 0..c {
+            for i in 0..p {
+                let idx = ch * p + i;
+                let mut s = r.bias[ch];
+                for (t, src) in r.terms.iter().zip(&srcs) {
+                    s += src.get(idx) * t.mult[ch];
+                }
+                out[idx] = shift_round(s, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    }
+    ws.bufs[r.output] = Buf::I32(out);
+}
+
+fn run_pool(plan: &IntPlan, l: &Pool, ws: &mut Workspace) {
+    let [c, ih, iw] = plan.tensors[l.input].shape;
+    let [_, oh, ow] = plan.tensors[l.output].shape;
+    let mut out = match std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    let src = &ws.bufs[l.input];
+    for ch in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (y0, y1, x0, x1, pad) = match l.kind {
+                    PoolKind::Avg { kernel, stride } => (
+                        oy * stride,
+                        oy * stride + kernel,
+                        ox * stride,
+                        ox * stride + kernel,
+                        0,
+                    ),
+                    PoolKind::Max {
+                        kernel,
+                        stride,
+                        padding,
+                    } => (
+                        oy * stride,
+                        oy * stride + kernel,
+                        ox * stride,
+                        ox * stride + kernel,
+                        padding,
+                    ),
+                    PoolKind::Adaptive { .. } => (
+                        oy * ih / oh,
+                        ((oy + 1) * ih).div_ceil(oh),
+                        ox * iw / ow,
+                        ((ox + 1) * iw).div_ceil(ow),
+                        0,
+                    ),
+                };
+                let mut sum = 0i64;
+                let mut best = i64::MIN;
+                let mut n = 0i64;
+                for y in y0..y1 {
+                    let Some(y) = y.checked_sub(pad).filter(|&y| y < ih) else {
+                        continue;
+                    };
+                    for x in x0..x1 {
+                        let Some(x) = x.checked_sub(pad).filter(|&x| x < iw) else {
+                            continue;
+                        };
+                        let v = src.get((ch * ih + y) * iw + x);
+                        sum += v;
+                        best = best.max(v);
+                        n += 1;
+                    }
+                }
+                let v = match l.kind {
+                    PoolKind::Max { .. } => best,
+                    _ => div_round(sum, n.max(1), l.div),
+                };
+                out[(ch * oh + oy) * ow + ox] = v as i32;
+            }
+        }
+    }
+    ws.bufs[l.output] = Buf::I32(out);
+}
+
+fn run_quantize_input(q: &QuantizeInput, image: &[f32], ws: &mut Workspace) {
+    if let Buf::I32(out) = &mut ws.bufs[q.output] {
+        for (o, &x) in out.iter_mut().zip(image) {
+            *o = ((x * q.pre).clamp(q.clip_lo, q.clip_hi) * q.gain).round_ties_even() as i32;
+        }
+    }
+}
+
+/// Runs one image (`[C, H, W]` floats) through the plan.
+pub fn run_image(
+    plan: &IntPlan,
+    weights: &Weights,
+    image: &[f32],
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) -> Result<ImageOutput, IntError> {
+    if image.len() != plan.input_len() {
+        return Err(IntError::BadInput {
+            expected: plan.input_shape.to_vec(),
+            got: image.len(),
+        });
+    }
+    for (li, layer) in plan.layers.iter().enumerate() {
+        match layer {
+            Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
+            Layer::Conv(l) => run_conv(plan, li, l, image, weights, ws, sim),
+            Layer::Requant(r) => run_requant(plan, r, ws),
+            Layer::Pool(p) => run_pool(plan, p, ws),
+        }
+    }
+    let o = &plan.output;
+    let classes = o.classes;
+    let mut logits = vec![0f32; classes];
+    let mut acc = vec![0i64; classes];
+    let trunc = plan.options.rounding == Rounding::Trunc;
+    for (ti, (src, k)) in o.terms.iter().enumerate() {
+        let buf = &ws.bufs[*src];
+        for c in 0..classes {
+            let v = buf.get(c);
+            if ti == 0 {
+                acc[c] = v;
+            }
+            if trunc {
+                // The seed: `(q_x * 1.0) * re_scale`, then `+= bias`, in float32.
+                logits[c] += v as f32 * o.terms_f32[ti][c];
+            } else {
+                logits[c] = (logits[c] as f64 + v as f64 * k[c]) as f32;
+            }
+        }
+    }
+    for c in 0..classes {
+        if trunc {
+            logits[c] += o.bias_f32[c];
+        } else {
+            logits[c] = (logits[c] as f64 + o.bias[c]) as f32;
+        }
+    }
+    Ok(ImageOutput { logits, acc })
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_naive() {
+        let (m, k, p) = (6, 5, 7);
+        let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
+        let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
+        let mut out = vec![0; m * p];
+        gemm(&w, m, k, &col, p, &mut out);
+        for o in 0..m {
+            for i in 0..p {
+                let want: i32 = (0..k).map(|kk| w[o * k + kk] * col[kk * p + i]).sum();
+                assert_eq!(out[o * p + i], want);
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_naive_with_stride_and_padding() {
+        for stride in [1, 2] {
+            let (ih, iw, k, pad) = (5, 6, 3, 1);
+            let oh = (ih + 2 * pad - k) / stride + 1;
+            let ow = (iw + 2 * pad - k) / stride + 1;
+            let input: Vec<i64> = (0..ih * iw).map(|i| (i as i64 * 3 % 7) - 3).collect();
+            let w: Vec<i64> = (0..k * k).map(|i| i as i64 - 4).collect();
+            let mut out = vec![0; oh * ow];
+            depthwise(&input, ih, iw, &w, k, stride, pad, &mut out, oh, ow);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut want = 0;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
+                                want += w[ky * k + kx] * input[iy as usize * iw + ix as usize];
+                            }
+                        }
+                    }
+                    assert_eq!(out[oy * ow + ox], want, "stride {stride} at {oy},{ox}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+    }
+}

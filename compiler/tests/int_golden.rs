@@ -1,0 +1,183 @@
+//! The integer engine against the seed's integer-only ToyNet
+//! (`toynet_int.safetensors` in `QATC_GOLDEN`, default `../shared/golden`
+//! next to the workspace): in `trunc` mode the stem output, every block
+//! output and the logits must be identical; `nearest` is compared with the
+//! fake-quant logits and reported.
+
+use qatc::driver::{self, Source};
+use qatc::int::{self, engine, Checkpoint, PlanOptions, Rounding};
+use safetensors::tensor::SafeTensors;
+use std::path::PathBuf;
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("QATC_GOLDEN") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    }
+}
+
+fn spec(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../spec")
+        .join(name)
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn i64s(st: &SafeTensors, name: &str) -> Vec<i64> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    t.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+struct Golden {
+    bytes: Vec<u8>,
+}
+
+fn golden() -> Golden {
+    let path = golden_dir().join("toynet_int.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}): set QATC_GOLDEN to the seed's golden directory",
+            path.display()
+        )
+    });
+    Golden { bytes }
+}
+
+fn plan(g: &Golden, rounding: Rounding) -> int::IntPlan {
+    let src = Source::read(&spec("toynet.qspec")).unwrap();
+    let model = driver::parse(&src).unwrap();
+    let graph = driver::compile(&src, Some("cfg-1*")).unwrap();
+    let ck = Checkpoint::import(&g.bytes, &model, &graph, "seed", "state.").unwrap();
+    // The seed clamps constants to their format silently (its head bias
+    // does not fit fixed<32,16>); saturating reproduces it.
+    let opts = PlanOptions {
+        rounding,
+        saturate_constants: true,
+        ..PlanOptions::default()
+    };
+    int::build(&graph, &ck, opts).unwrap()
+}
+
+/// Runs every image of `input` through `plan`, handing each result and the
+/// engine's tensors to `f`.
+fn run_each(
+    plan: &int::IntPlan,
+    input: &[f32],
+    mut f: impl FnMut(usize, &engine::ImageOutput, &engine::Workspace),
+) {
+    let per = plan.input_len();
+    let weights = engine::Weights::new(plan);
+    let mut ws = engine::Workspace::new(plan);
+    for (img, x) in input.chunks_exact(per).enumerate() {
+        let out = engine::run_image(plan, &weights, x, &mut ws, &Default::default()).unwrap();
+        f(img, &out, &ws);
+    }
+}
+
+#[test]
+fn golden_toynet_trunc_is_bit_exact() {
+    let g = golden();
+    let st = SafeTensors::deserialize(&g.bytes).unwrap();
+    let plan = plan(&g, Rounding::Trunc);
+    let input = f32s(&st, "input");
+    let logits_int = f32s(&st, "logits_int");
+    let per = plan.input_len();
+    let n = input.len() / per;
+    assert_eq!(n, 8);
+    let cells = [
+        "s1.0", "s2.0", "s2.1", "s2.2", "s3.0", "s3.1", "s3.2", "s4.0", "s4.1", "s4.2",
+    ];
+    let mut taps = vec![("stem.act_quant_out".to_string(), "int.stem".to_string())];
+    for (i, c) in cells.iter().enumerate() {
+        taps.push((format!("{c}.act_quant_out"), format!("int.cell{i}")));
+    }
+    let golden_taps: Vec<Vec<i64>> = taps.iter().map(|(_, g)| i64s(&st, g)).collect();
+    let mut mismatches = Vec::new();
+    run_each(&plan, &input, |img, out, ws| {
+        for ((node, gname), gold) in taps.iter().zip(&golden_taps) {
+            let t = plan
+                .tensor_of(node)
+                .unwrap_or_else(|| panic!("no tensor for {node}"));
+            let ours = ws.tensor(t).unwrap().to_i64();
+            let len = ours.len();
+            let theirs = &gold[img * len..(img + 1) * len];
+            let bad = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
+            if bad > 0 {
+                mismatches.push(format!(
+                    "image {img} {gname} ({node}): {bad} of {len} differ"
+                ));
+            }
+        }
+        let want = &logits_int[img * 10..(img + 1) * 10];
+        for (c, (a, b)) in out.logits.iter().zip(want).enumerate() {
+            if a.to_bits() != b.to_bits() {
+                mismatches.push(format!("image {img} logit {c}: {a} vs seed {b}"));
+            }
+        }
+    });
+    assert!(
+        mismatches.is_empty(),
+        "not bit exact:\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn golden_toynet_nearest_against_fake_quant() {
+    let g = golden();
+    let st = SafeTensors::deserialize(&g.bytes).unwrap();
+    let fq = f32s(&st, "logits_fakequant");
+    let seed_int = f32s(&st, "logits_int");
+    let input = f32s(&st, "input");
+    let mut report = Vec::new();
+    for rounding in [Rounding::Trunc, Rounding::Nearest] {
+        let plan = plan(&g, rounding);
+        let mut max_diff = 0f32;
+        let mut agree = 0;
+        run_each(&plan, &input, |img, out, _| {
+            let want = &fq[img * 10..(img + 1) * 10];
+            for (a, b) in out.logits.iter().zip(want) {
+                max_diff = max_diff.max((a - b).abs());
+            }
+            agree += usize::from(engine::argmax(&out.logits) == engine::argmax(want));
+        });
+        report.push((rounding, max_diff, agree));
+    }
+    let seed_diff = seed_int
+        .iter()
+        .zip(&fq)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    for (r, d, a) in &report {
+        eprintln!("{r}: max |logit - fake-quant logit| = {d:.4}, top-1 agreement {a}/8");
+    }
+    eprintln!("seed integer logits: max |diff| to fake quant = {seed_diff:.4}");
+    let (_, trunc_diff, _) = report[0];
+    let (_, nearest_diff, nearest_agree) = report[1];
+    assert!(
+        (trunc_diff - seed_diff).abs() < 1e-6,
+        "trunc must be the seed's pipeline"
+    );
+    assert!(
+        nearest_diff < trunc_diff,
+        "nearest ({nearest_diff}) should be closer to fake quant than trunc ({trunc_diff})"
+    );
+    assert!(
+        nearest_agree >= 7,
+        "nearest agrees with fake quant on {nearest_agree}/8 images"
+    );
+}
