@@ -10,6 +10,7 @@ pub mod ast;
 pub mod check;
 pub mod codegen;
 pub mod diag;
+pub mod download;
 pub mod driver;
 pub mod import;
 pub mod int;

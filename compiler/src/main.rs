@@ -98,6 +98,11 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Data sets: `qatc data download cifar10 [DIR]`.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// Plot a training run: loss, accuracy, learning rate and every
     /// clipping value over the epochs, as one PNG (prints the path written).
     Plot {
@@ -356,6 +361,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Data {
+            command:
+                DataCommand::Download {
+                    dataset: DataSet::Cifar10,
+                    dir,
+                    url,
+                    md5,
+                },
+        } => data_download(dir, url, md5),
         Command::Plot { run_dir, output } => plot(&run_dir, output),
         Command::Compare {
             run_dirs,
@@ -557,5 +571,55 @@ fn compare(
     let out = output.unwrap_or_else(|| PathBuf::from("compare.png"));
     write_atomic_bytes(&out, &png).with_context(|| format!("cannot write `{}`", out.display()))?;
     eprintln!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download a data set, verify its checksum and unpack it into DIR
+    /// (default: data/cifar10), all or nothing; progress on stderr.
+    Download {
+        dataset: DataSet,
+        /// Where to put the files [default: data/cifar10].
+        dir: Option<PathBuf>,
+        /// Fetch from this URL instead (a mirror) [default: the official archive].
+        #[arg(long)]
+        url: Option<String>,
+        /// The archive's expected MD5 [default: the official archive's].
+        #[arg(long)]
+        md5: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DataSet {
+    /// CIFAR-10, binary version (170 MB).
+    Cifar10,
+}
+
+/// `qatc data download cifar10`: see `qatc::download`.
+fn data_download(
+    dir: Option<PathBuf>,
+    url: Option<String>,
+    md5: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use qatc::download::{download_cifar10, Request, CIFAR10_DIR, CIFAR10_MD5, CIFAR10_URL};
+    let req = Request {
+        url: url.unwrap_or_else(|| CIFAR10_URL.into()),
+        md5: md5.unwrap_or_else(|| CIFAR10_MD5.into()),
+        dir: dir.unwrap_or_else(|| CIFAR10_DIR.into()),
+    };
+    let done = download_cifar10(&req, &mut std::io::stderr())?;
+    let what = if done.already_there {
+        "already there"
+    } else {
+        "unpacked"
+    };
+    println!(
+        "{}: CIFAR-10 {what}, {} training and {} test images",
+        req.dir.display(),
+        done.train,
+        done.test
+    );
     Ok(ExitCode::SUCCESS)
 }
