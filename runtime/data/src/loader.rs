@@ -239,14 +239,32 @@ pub(crate) fn augment_into(
                 continue;
             }
             let src_row = &src[sy as usize * w..(sy as usize + 1) * w];
-            for (x, v) in row.iter_mut().enumerate() {
-                let xo = if flip { w - 1 - x } else { x };
-                let sx = xo as isize + dx;
-                *v = if sx < 0 || sx >= w as isize {
-                    zero
-                } else {
-                    t[src_row[sx as usize] as usize]
-                };
+            // Output x shows source column (flip ? w-1-x : x) + dx; the
+            // columns with a source pixel form one run [lo, hi).
+            let wi = w as isize;
+            let (lo, hi) = if flip {
+                (dx.clamp(0, wi), (wi + dx).clamp(0, wi))
+            } else {
+                ((-dx).clamp(0, wi), (wi - dx).clamp(0, wi))
+            };
+            let (lo, hi) = (lo as usize, hi.max(lo) as usize);
+            row[..lo].fill(zero);
+            row[hi..].fill(zero);
+            let inside = &mut row[lo..hi];
+            if inside.is_empty() {
+                continue;
+            }
+            if flip {
+                let from = (wi - hi as isize + dx) as usize;
+                let pixels = src_row[from..from + inside.len()].iter().rev();
+                for (v, &p) in inside.iter_mut().zip(pixels) {
+                    *v = t[p as usize];
+                }
+            } else {
+                let from = (lo as isize + dx) as usize;
+                for (v, &p) in inside.iter_mut().zip(&src_row[from..]) {
+                    *v = t[p as usize];
+                }
             }
         }
     }
@@ -439,6 +457,22 @@ mod tests {
         ];
         assert_eq!(&run(-1, -2, false)[..12], &expect[..12]);
         assert_eq!(&run(-1, -2, false)[12..], &expect[12..]);
+    }
+
+    #[test]
+    fn shifts_beyond_the_image_give_padding_only() {
+        for (dy, dx) in [(0, 4), (0, -4), (0, 9), (0, -9), (3, 0), (-7, 1)] {
+            for flip in [false, true] {
+                assert!(
+                    run(dy, dx, flip).iter().all(|&v| v == 0.0),
+                    "{dy} {dx} {flip}"
+                );
+            }
+        }
+        // One column left in view, on either side, flipped or not.
+        assert_eq!(&run(0, 3, false)[..4], &[4., 0., 0., 0.]);
+        assert_eq!(&run(0, 3, true)[..4], &[0., 0., 0., 4.]);
+        assert_eq!(&run(0, -3, true)[..4], &[1., 0., 0., 0.]);
     }
 
     #[test]
