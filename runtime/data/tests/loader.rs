@@ -257,3 +257,30 @@ fn waited_counts_blocking_time() {
     assert_eq!(n, 23);
     assert!(loader.waited() <= t0.elapsed());
 }
+
+#[test]
+fn each_batch_draws_its_own_augmentation() {
+    // Every image the same, no shuffling: batches differ only by their
+    // augmentation, which must depend on the batch index.
+    let one = synthetic(1, 8);
+    let ds = Arc::new(Dataset {
+        images: one.images.repeat(64),
+        labels: vec![0; 64],
+        ..one
+    });
+    let cfg = BatchConfig {
+        shuffle: false,
+        augment: Some(Augment::cifar10()),
+        ..BatchConfig::eval(16)
+    };
+    let batches = all(&ds, &cfg);
+    assert_eq!(batches.len(), 4);
+    for a in 0..4 {
+        for b in a + 1..4 {
+            assert_ne!(batches[a].images, batches[b].images, "batches {a} and {b}");
+        }
+    }
+    // Within a batch, images draw different crops too.
+    let len = ds.image_len();
+    assert_ne!(batches[0].images[..len], batches[0].images[len..2 * len]);
+}
