@@ -15,6 +15,10 @@
 //! 4. open it with `qatc_data` (every record is checked), then rename it to
 //!    DIR, so DIR either does not exist or holds a complete data set.
 //!
+//! Temporary files of a download that was killed (no destructor ran) are
+//! removed by the next download into the same DIR once their process is
+//! gone.
+//!
 //! This lives in the `qatc` crate, not in `qatc-data`, so that the training
 //! runtime and the integer engine, which only read data, do not compile an
 //! HTTP client and TLS. `ureq` (with rustls: no OpenSSL to install) is a
@@ -160,6 +164,7 @@ pub fn download_cifar10(req: &Request, progress: &mut dyn Write) -> Result<Outco
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    remove_stale(&parent, &name);
     let pid = std::process::id();
     let archive = Temp(Some(parent.join(format!(".{name}.download-{pid}"))));
     let (bytes, got) = fetch(&req.url, archive.path(), progress)?;
@@ -191,6 +196,32 @@ pub fn download_cifar10(req: &Request, progress: &mut dyn Write) -> Result<Outco
         test: split.test.len(),
         bytes,
     })
+}
+
+/// Removes what a download into `parent/name` that was killed (by a
+/// signal: no destructor ran) left behind: `.NAME.download-PID` and
+/// `.NAME.unpack-PID` whose process is gone. Where there is no `/proc` to
+/// tell, nothing is removed.
+fn remove_stale(parent: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = [".download-", ".unpack-"].iter().find_map(|kind| {
+            file.strip_prefix(&format!(".{name}{kind}"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+        });
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
 }
 
 /// Streams `url` into `path`; returns its size and MD5 (lowercase hex).
