@@ -14,13 +14,15 @@
 //!
 //! **Invariants**:
 //! - Bad input is an error naming the file (and for JSON, `file:line`),
-//!   never a panic: a missing directory or file, a line that is not a JSON
-//!   object with the expected keys.
+//!   never a panic: a missing directory or `run.json`, a line that is not a
+//!   JSON object with the expected keys.
 //! - [`Run::epochs`] is sorted by epoch with no epoch twice: a resumed run
 //!   may log an epoch again, and the later line wins.
 //! - A `null` metric (JSON has no NaN, so a NaN loss is logged as `null`)
-//!   is kept as NaN and left out of the plot; it is not an error.
-//! - A run with no finished epoch reads fine (the table shows it) but has
+//!   is kept as NaN and left out of the plot; it is not an error. So is a
+//!   value too large to draw (beyond 1e150 in magnitude).
+//! - A run with no finished epoch (an empty or, before the trainer's first
+//!   epoch, missing `metrics.jsonl`) reads fine (the table shows it) but has
 //!   nothing to plot: [`render_run`] refuses it with [`PlotError::NoEpochs`].
 //!
 //! **Dependencies, kept lean on purpose**: plotters with only
@@ -147,10 +149,12 @@ pub enum RunError {
     NotDir(PathBuf),
     #[error("`{}` is missing: is `{}` a run directory written by `qatc train`?", .path.display(), .dir.display())]
     MissingFile { path: PathBuf, dir: PathBuf },
-    #[error("cannot read `{}`: {source}", .path.display())]
+    // `error`, not `source`: the message already says it, and a source
+    // would be printed a second time by `{:#}`.
+    #[error("cannot read `{}`: {error}", .path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}:{line}:{column}: {message}", .path.display())]
     Json {
@@ -173,8 +177,13 @@ pub fn read_run(dir: &Path) -> Result<Run, RunError> {
     let text = read_file(dir, &info_path)?;
     let info: RunInfo = serde_json::from_str(&text).map_err(|e| json_error(&info_path, 0, &e))?;
 
+    // `qatc train` writes `metrics.jsonl` after the first epoch: without it
+    // the run has just started and has no epoch yet.
     let metrics_path = dir.join(METRICS);
-    let text = read_file(dir, &metrics_path)?;
+    let text = match read_file(dir, &metrics_path) {
+        Err(RunError::MissingFile { .. }) => String::new(),
+        other => other?,
+    };
     let mut epochs: Vec<Epoch> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -211,7 +220,7 @@ fn read_file(dir: &Path, path: &Path) -> Result<String, RunError> {
         } else {
             RunError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }
         }
     })
@@ -303,7 +312,13 @@ fn pale(c: RGBColor) -> RGBColor {
     RGBColor(half(c.0), half(c.1), half(c.2))
 }
 
-/// One line of a panel: its points (epoch, value), NaNs already dropped.
+/// The largest magnitude drawn. Beyond it a value (a diverged loss) is left
+/// out like NaN: axis ranges near `f64::MAX` overflow to infinity when
+/// padded, and plotters does not return from laying out such an axis.
+const PLOTTABLE: f64 = 1e150;
+
+/// One line of a panel: its points (epoch, value), NaNs and values beyond
+/// [`PLOTTABLE`] already dropped.
 struct Line {
     label: Option<String>,
     colour: RGBColor,
@@ -321,7 +336,7 @@ impl Line {
             label,
             colour,
             width: 2,
-            points: points.filter(|(_, v)| v.is_finite()).collect(),
+            points: points.filter(|(_, v)| v.abs() <= PLOTTABLE).collect(),
         }
     }
 }
@@ -333,7 +348,7 @@ struct Panel {
     lines: Vec<Line>,
     /// Clamp the y range to this (accuracies: 0..100).
     y_limits: Option<(f64, f64)>,
-    /// Use a log scale when the positive values span a decade or more.
+    /// Use a log scale when the positive values span one to twelve decades.
     log_if_wide: bool,
     legend: SeriesLabelPosition,
     /// Shown in the middle of an empty panel.
@@ -386,12 +401,15 @@ fn y_range(lines: &[Line], limits: Option<(f64, f64)>) -> Option<(f64, f64)> {
     } else {
         (hi.abs() * 0.1).max(1e-3)
     };
-    let (mut lo, mut hi) = (lo - pad, hi + pad);
-    if let Some((min, max)) = limits {
-        lo = lo.max(min);
-        hi = hi.min(max);
+    // The limits only trim the margins: every value stays inside the axes
+    // (plotters' mapping of a point far outside overflows), so values
+    // beyond them (a bug in the trainer's units, say) are shown as they are.
+    match limits {
+        Some((min, max)) if min <= lo && hi <= max => {
+            Some(((lo - pad).max(min), (hi + pad).min(max)))
+        }
+        _ => Some((lo - pad, hi + pad)),
     }
-    Some((lo, hi))
 }
 
 /// The x range: first..last epoch, widened by one on each side when a run
@@ -401,7 +419,7 @@ fn x_range(lines: &[Line]) -> (u32, u32) {
     let lo = epochs.clone().min().unwrap_or(1);
     let hi = epochs.max().unwrap_or(1);
     if lo == hi {
-        (lo.saturating_sub(1), hi + 1)
+        (lo.saturating_sub(1), hi.saturating_add(1))
     } else {
         (lo, hi)
     }
@@ -440,7 +458,10 @@ fn draw_panel(area: &Area, panel: &Panel) -> Result<(), PlotError> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
         });
-    if panel.log_if_wide && positive && max / min >= 10.0 {
+    // Past twelve decades (no schedule spans that) the axis stays linear:
+    // plotters' log axis does not return from laying out hundreds of them.
+    let decades = (max / min).log10();
+    if panel.log_if_wide && positive && (1.0..=12.0).contains(&decades) {
         let y = (min / 1.2..max * 1.2).log_scale();
         let mut chart = chart_on(area, panel, x_lo..x_hi, y)?;
         chart
@@ -647,9 +668,10 @@ fn clip_lines(run: &Run) -> Vec<Line> {
 fn run_title(run: &Run) -> String {
     let info = &run.info;
     let done = run.epochs.len();
+    let epochs = |n: u64| if n == 1 { "epoch" } else { "epochs" };
     let progress = match info.planned_epochs() {
-        Some(planned) => format!("{done} of {planned} epochs"),
-        None => format!("{done} epochs"),
+        Some(planned) => format!("{done} of {planned} {}", epochs(planned)),
+        None => format!("{done} {}", epochs(done as u64)),
     };
     format!(
         "{}  |  profile {}  |  data {}  |  {progress}",
@@ -804,7 +826,8 @@ pub fn summarize_runs(runs: &[Run]) -> Vec<RunSummary> {
 /// has no value (no finished epoch yet).
 pub fn comparison_table(rows: &[RunSummary]) -> String {
     let num = |v: Option<f64>, decimals: usize| match v {
-        Some(v) => format!("{v:.decimals$}"),
+        Some(v) if v.abs() < 1e6 => format!("{v:.decimals$}"),
+        Some(v) => format!("{v:.3e}"),
         None => "-".into(),
     };
     let header = [
@@ -927,5 +950,8 @@ mod tests {
         assert_eq!(flat.points.len(), 1);
         let (lo, hi) = y_range(&[flat], None).unwrap();
         assert!(lo < 5.0 && hi > 5.0);
+        let wild = Line::new(None, colour(0), [(1, 150.0), (2, 160.0)].into_iter());
+        let (lo, hi) = y_range(&[wild], Some((0.0, 100.0))).unwrap();
+        assert!(lo < 150.0 && hi > 160.0, "not clamped into an empty range");
     }
 }

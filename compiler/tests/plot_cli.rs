@@ -314,9 +314,12 @@ fn a_missing_directory_or_file_is_named() {
         "cfg-1*",
         &run_of(2, 1, 1.0),
     );
+    // No `metrics.jsonl` yet: the run is in its first epoch.
     std::fs::remove_file(tmp.path().join("r/metrics.jsonl")).unwrap();
+    let err = fails(tmp.path(), &["plot", "r"]);
+    assert!(err.contains("has no finished epoch yet"), "{err}");
     let err = fails(tmp.path(), &["compare", "r"]);
-    assert!(err.contains("metrics.jsonl` is missing"), "{err}");
+    assert!(err.contains("no run has a finished epoch yet"), "{err}");
     assert!(!tmp.path().join("compare.png").exists());
 
     std::fs::write(tmp.path().join("file"), "").unwrap();
