@@ -116,6 +116,11 @@ fn downloads_verifies_and_unpacks_a_loadable_data_set() {
     let md5 = md5_hex(&body);
     let url = format!("{}/cifar.tar.gz", serve(body, 1));
     let tmp = tempfile::tempdir().unwrap();
+    // Left by a killed download (no process has this id); another data set's.
+    let sets = tmp.path().join("sets");
+    std::fs::create_dir_all(sets.join(".c10.unpack-999999999")).unwrap();
+    std::fs::write(sets.join(".c10.download-999999999"), "partial").unwrap();
+    std::fs::write(sets.join(".c100.download-999999999"), "other").unwrap();
     let out = qatc(
         tmp.path(),
         &[
@@ -146,8 +151,8 @@ fn downloads_verifies_and_unpacks_a_loadable_data_set() {
             "test_batch.bin"
         ]
     );
-    // Nothing temporary left beside it.
-    assert_eq!(listing(&tmp.path().join("sets")), ["c10"]);
+    // Nothing temporary left beside it, stale leftovers of c10 removed.
+    assert_eq!(listing(&sets), [".c100.download-999999999", "c10"]);
     let split = qatc_data::open(&dir.to_string_lossy()).unwrap();
     assert_eq!(split.train.labels, [0, 1, 2, 3, 4, 5, 6]);
     assert_eq!(split.test.labels, [7, 8]);
