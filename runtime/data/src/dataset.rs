@@ -31,6 +31,37 @@ impl Normalize {
         }
     }
 
+    /// The mean and (population) standard deviation of each channel of
+    /// `images` (CHW images of `shape`), in units of `pixel / scale`: what
+    /// gives the normalised pixels of this data mean 0 and standard
+    /// deviation 1 per channel. Sums are exact integers, so the result does
+    /// not depend on the order of the images.
+    pub fn fit(images: &[u8], [c, h, w]: [usize; 3], scale: f32) -> Normalize {
+        let plane = (h * w).max(1);
+        let mut sum = vec![0u64; c];
+        let mut sq = vec![0u64; c];
+        for (k, chunk) in images.chunks_exact(plane).enumerate() {
+            let ch = k % c.max(1);
+            for &p in chunk {
+                sum[ch] += p as u64;
+                sq[ch] += (p as u64) * (p as u64);
+            }
+        }
+        let n = (images.len() / c.max(1)).max(1) as f64;
+        let scale64 = scale as f64;
+        let (mean, std) = sum
+            .iter()
+            .zip(&sq)
+            .map(|(&s, &q)| {
+                let mean = s as f64 / n;
+                let var = (q as f64 / n - mean * mean).max(0.0);
+                let std = (var.sqrt() / scale64).max(1e-6);
+                ((mean / scale64) as f32, std as f32)
+            })
+            .unzip();
+        Normalize { scale, mean, std }
+    }
+
     /// For each channel, the normalised value of every `u8` pixel value
     /// (`table[c][p]`): a lookup is cheaper than the arithmetic and gives
     /// exactly the same `f32` for a pixel wherever it is normalised.
@@ -170,4 +201,21 @@ pub struct Split {
     pub train: Dataset,
     /// The test split (same shape, classes and normalisation).
     pub test: Dataset,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_gives_each_channels_mean_and_std() {
+        // Two 1x2 images of two channels: channel 0 sees 0, 2, 4, 6 (mean 3,
+        // std sqrt(5)); channel 1 always 10 (std 0, floored).
+        let images = [0, 2, 10, 10, 4, 6, 10, 10];
+        let n = Normalize::fit(&images, [2, 1, 2], 2.0);
+        assert_eq!(n.scale, 2.0);
+        assert_eq!(n.mean, [1.5, 5.0]);
+        assert!((n.std[0] - 5f32.sqrt() / 2.0).abs() < 1e-6, "{n:?}");
+        assert!(n.std[1] > 0.0 && n.std[1] < 1e-5, "{n:?}");
+    }
 }

@@ -1,12 +1,13 @@
 //! Parallel decoding of a list of JPEG/PNG images into one CHW `u8` buffer.
 //!
 //! Input: `ImageEntry`s (a file on disk or bytes already in memory, and a
-//! label). Output: the pixels of every image, in entry order, converted to
-//! RGB (grayscale is replicated into the three channels and alpha dropped,
-//! so that every image folder has one channel count, 3, whatever mix of
-//! PNG modes it holds) and laid out as R, G, B planes. All images must have
-//! the size of the first; the first error in entry order is reported,
-//! whatever thread met it, so errors do not depend on thread timing.
+//! label). Output: the pixels of every image, in entry order, as CHW planes:
+//! one luma plane when every image is grayscale (an MNIST-like folder keeps
+//! its one channel), else R, G, B planes, grayscale images replicated into
+//! the three (a colour data set with a few gray images stays RGB). Alpha is
+//! dropped. All images must have the size of the first; the first error in
+//! entry order is reported, whatever thread met it, so errors do not depend
+//! on thread timing.
 //!
 //! The work is split into one contiguous run of entries per core (std
 //! scoped threads, each writing its own disjoint slice of the output), which
@@ -34,13 +35,14 @@ pub(crate) struct ImageEntry {
     pub label: u16,
 }
 
-/// Decoded images: `[3, H, W]` and the pixels.
+/// Decoded images: `[C, H, W]` (C is 1 or 3) and the pixels.
 pub(crate) struct Decoded {
     pub shape: [usize; 3],
     pub images: Vec<u8>,
 }
 
-fn decode_one(entry: &ImageEntry) -> Result<image::RgbImage, DataError> {
+/// The image as RGB, and whether it was grayscale.
+fn decode_one(entry: &ImageEntry) -> Result<(image::RgbImage, bool), DataError> {
     let owned;
     let bytes: &[u8] = match &entry.source {
         ImageSource::File => {
@@ -53,7 +55,14 @@ fn decode_one(entry: &ImageEntry) -> Result<image::RgbImage, DataError> {
         path: entry.path.clone(),
         message: e.to_string(),
     })?;
-    Ok(image.into_rgb8())
+    let gray = matches!(
+        image.color(),
+        image::ColorType::L8
+            | image::ColorType::La8
+            | image::ColorType::L16
+            | image::ColorType::La16
+    );
+    Ok((image.into_rgb8(), gray))
 }
 
 /// Decodes `entries` on `threads` threads (at least 1).
@@ -64,14 +73,17 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
             images: Vec::new(),
         });
     };
-    let first = decode_one(first_entry)?;
+    let (first, _) = decode_one(first_entry)?;
     let (w, h) = first.dimensions();
     let image_len = 3 * w as usize * h as usize;
     let mut images = vec![0u8; entries.len() * image_len];
     let threads = threads.clamp(1, entries.len());
     let per_thread = entries.len().div_ceil(threads);
-    let check = |entry: &ImageEntry, out: &mut [u8]| -> Result<(), DataError> {
-        let rgb = decode_one(entry)?;
+    // Whether image i was grayscale, written by the thread that decodes it.
+    let mut gray = vec![false; entries.len()];
+    let check = |entry: &ImageEntry, out: &mut [u8], is_gray: &mut bool| -> Result<(), DataError> {
+        let (rgb, g) = decode_one(entry)?;
+        *is_gray = g;
         if rgb.dimensions() != (w, h) {
             return Err(DataError::ImageSize {
                 path: entry.path.clone(),
@@ -96,10 +108,12 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
         let handles: Vec<_> = entries
             .chunks(per_thread)
             .zip(images.chunks_mut(per_thread * image_len))
-            .map(|(chunk, out)| {
+            .zip(gray.chunks_mut(per_thread))
+            .map(|((chunk, out), gray)| {
                 scope.spawn(move || {
-                    for (entry, out) in chunk.iter().zip(out.chunks_exact_mut(image_len)) {
-                        check(entry, out)?;
+                    let outs = out.chunks_exact_mut(image_len).zip(gray);
+                    for (entry, (out, is_gray)) in chunk.iter().zip(outs) {
+                        check(entry, out, is_gray)?;
                     }
                     Ok(())
                 })
@@ -117,8 +131,22 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
     }
+    let (h, w) = (h as usize, w as usize);
+    if gray.iter().all(|&g| g) {
+        // Keep each image's first plane (R = G = B = luma).
+        let plane = h * w;
+        let luma: Vec<u8> = images
+            .chunks_exact(image_len)
+            .flat_map(|rgb| &rgb[..plane])
+            .copied()
+            .collect();
+        return Ok(Decoded {
+            shape: [1, h, w],
+            images: luma,
+        });
+    }
     Ok(Decoded {
-        shape: [3, h as usize, w as usize],
+        shape: [3, h, w],
         images,
     })
 }

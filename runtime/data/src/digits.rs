@@ -28,9 +28,7 @@ pub fn digits() -> Result<Split, DataError> {
     let train_n = labels.len().saturating_sub(DIGITS_TEST_ROWS);
     let test = make(images[train_n * 64..].to_vec(), labels[train_n..].to_vec());
     let mut train = make(images[..train_n * 64].to_vec(), labels[..train_n].to_vec());
-    let (mean, std) = mean_std(&train.images, 16.0);
-    train.norm.mean = vec![mean];
-    train.norm.std = vec![std];
+    train.norm = Normalize::fit(&train.images, train.shape, 16.0);
     let test = Dataset {
         norm: train.norm.clone(),
         ..test
@@ -59,18 +57,6 @@ fn make(images: Vec<u8>, labels: Vec<u16>) -> Dataset {
             hflip: false,
         },
     }
-}
-
-/// Mean and population standard deviation of `pixels / scale`.
-fn mean_std(pixels: &[u8], scale: f64) -> (f32, f32) {
-    let n = pixels.len().max(1) as f64;
-    let mean = pixels.iter().map(|&p| p as f64 / scale).sum::<f64>() / n;
-    let var = pixels
-        .iter()
-        .map(|&p| (p as f64 / scale - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    (mean as f32, var.sqrt().max(1e-12) as f32)
 }
 
 /// Parses the gzipped table into pixels (row-major 8x8 per image, which is

@@ -10,8 +10,14 @@
 //! `train/` or `test/` (a file beside the class directories, a non-image
 //! file or a directory inside a class) is an error naming it, and so are an
 //! empty class, a missing `train/` or `test/`, an undecodable image and an
-//! image whose size differs from the first. Images become 3-channel RGB
-//! (see `decode`) with the seed's CIFAR-10 normalisation and augmentation.
+//! image whose size differs from the first.
+//!
+//! Colour: a folder whose images are all grayscale gives 1-channel images,
+//! normalised by its training split's mean and standard deviation and
+//! augmented by shifts of up to 2 pixels without flips (MNIST-like data);
+//! any other folder gives RGB images (grayscale ones replicated, see
+//! `decode`; a grayscale split beside a colour one too) with the seed's
+//! CIFAR-10 normalisation and augmentation.
 //!
 //! Decoding runs once: each split is cached (see `cache`); an archive is
 //! not even read again while its size and modification time are unchanged.
@@ -25,7 +31,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The version of the decoded-pixel format, part of every cache key.
-const FORMAT: &str = "qatc-data images v1 rgb chw";
+const FORMAT: &str = "qatc-data images v2 gray-or-rgb chw";
 
 /// How image folders are decoded and cached.
 #[derive(Debug, Clone)]
@@ -204,24 +210,36 @@ fn load_split(
     Ok(cached)
 }
 
-fn dataset(name: &str, c: Cached) -> Dataset {
-    Dataset {
+fn split_of(name: &str, train: Cached, test: Cached) -> Result<Split, DataError> {
+    let (norm, augment) = if train.shape[0] == 1 {
+        (
+            Normalize::fit(&train.images, train.shape, 255.0),
+            GRAY_AUGMENT,
+        )
+    } else {
+        (Normalize::cifar10(), Augment::cifar10())
+    };
+    let dataset = |c: Cached| Dataset {
         name: name.to_string(),
         shape: c.shape,
         classes: c.classes,
         images: c.images,
         labels: c.labels,
-        norm: Normalize::cifar10(),
-        augment: Augment::cifar10(),
-    }
-}
-
-fn split_of(name: &str, train: Cached, test: Cached) -> Result<Split, DataError> {
+        norm: norm.clone(),
+        augment,
+    };
     Ok(Split {
-        train: dataset(name, train),
-        test: dataset(name, test),
+        train: dataset(train),
+        test: dataset(test),
     })
 }
+
+/// Grayscale folders are mostly handwriting and glyphs (MNIST-like), which
+/// a mirror turns into other symbols: small shifts only.
+const GRAY_AUGMENT: Augment = Augment {
+    pad: 2,
+    hflip: false,
+};
 
 /// Opens the image folder `dir`.
 pub fn open_folder(dir: &Path, opts: &FolderOptions) -> Result<Split, DataError> {
@@ -232,10 +250,30 @@ pub fn open_folder(dir: &Path, opts: &FolderOptions) -> Result<Split, DataError>
         let local = dir.join(".qatc-cache").join(format!("{split}.bin"));
         CachePlaces::new(dir, local, split, opts.fallback_cache.as_deref())
     };
-    let train = load_split(train, &places("train"), opts)?;
-    let test = load_split(test, &places("test"), opts)?;
+    let mut train = load_split(train, &places("train"), opts)?;
+    let mut test = load_split(test, &places("test"), opts)?;
+    unify_channels(&mut train, &mut test);
     check_shapes(&dir.join("test"), &train, &test)?;
     split_of(&data_name(dir), train, test)
+}
+
+/// When one split is grayscale and the other colour, the grayscale one
+/// becomes RGB too (its plane replicated), so both have one channel count.
+fn unify_channels(train: &mut Cached, test: &mut Cached) {
+    let (train_c, test_c) = (train.shape[0], test.shape[0]);
+    for (gray, colour) in [(train, test_c), (test, train_c)] {
+        if gray.shape[0] == 1 && colour == 3 {
+            let plane = gray.shape[1] * gray.shape[2];
+            let mut rgb = Vec::with_capacity(gray.images.len() * 3);
+            for luma in gray.images.chunks_exact(plane.max(1)) {
+                for _ in 0..3 {
+                    rgb.extend_from_slice(luma);
+                }
+            }
+            gray.images = rgb;
+            gray.shape[0] = 3;
+        }
+    }
 }
 
 /// The test images must have the training images' size.
@@ -282,6 +320,8 @@ pub fn open_archive(path: &Path, opts: &FolderOptions) -> Result<Split, DataErro
         if let (Some(train), Some(test)) =
             (train_places.load(train_key), test_places.load(test_key))
         {
+            let (mut train, mut test) = (train, test);
+            unify_channels(&mut train, &mut test);
             if train.classes == test.classes && train.shape == test.shape {
                 return split_of(&data_name(path), train, test);
             }
@@ -289,7 +329,7 @@ pub fn open_archive(path: &Path, opts: &FolderOptions) -> Result<Split, DataErro
     }
     let [train, test] = list_archive(path)?;
     check_classes(&path.join("test"), &train.classes, &test.classes)?;
-    let train = load_split(
+    let mut train = load_split(
         Listed {
             key: train_key,
             ..train
@@ -297,7 +337,7 @@ pub fn open_archive(path: &Path, opts: &FolderOptions) -> Result<Split, DataErro
         &train_places,
         opts,
     )?;
-    let test = load_split(
+    let mut test = load_split(
         Listed {
             key: test_key,
             ..test
@@ -305,6 +345,7 @@ pub fn open_archive(path: &Path, opts: &FolderOptions) -> Result<Split, DataErro
         &test_places,
         opts,
     )?;
+    unify_channels(&mut train, &mut test);
     check_shapes(&path.join("test"), &train, &test)?;
     split_of(&data_name(path), train, test)
 }

@@ -362,3 +362,70 @@ fn archive_layout_errors_name_the_member() {
     let msg = expect_err(open_dir(&path, tmp.path()));
     assert!(msg.contains("bad.tar.gz: bad archive"), "{msg}");
 }
+
+/// Like `folder`, with grayscale PNGs: pixel (x, y) = 10k + 20x + y + class.
+fn gray_folder(root: &Path) -> PathBuf {
+    let dir = root.join("glyphs");
+    for (split, n) in [("train", 3u8), ("test", 1)] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let d = dir.join(split).join(class);
+            fs::create_dir_all(&d).unwrap();
+            for k in 0..n {
+                let img = image::GrayImage::from_fn(4, 3, |x, y| {
+                    image::Luma([10 * k + 20 * x as u8 + y as u8 + c as u8])
+                });
+                img.save(d.join(format!("{k}.png"))).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn all_grayscale_folders_keep_one_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = gray_folder(tmp.path());
+    let split = open_dir(&dir, tmp.path()).unwrap();
+    assert_eq!(split.train.shape, [1, 3, 4]);
+    assert_eq!(split.test.shape, [1, 3, 4]);
+    assert_eq!(split.train.labels, [0, 0, 0, 1, 1, 1]);
+    // Image 4 = class b, k = 1: 10 + 20x + y + 1.
+    assert_eq!(&split.train.image(4)[..4], &[11, 31, 51, 71]);
+    assert_eq!(&split.train.image(4)[4..8], &[12, 32, 52, 72]);
+    // Normalised by the training split's own statistics; no flips.
+    let norm = &split.train.norm;
+    assert_eq!(norm.mean.len(), 1);
+    let fitted = qatc_data::Normalize::fit(&split.train.images, [1, 3, 4], 255.0);
+    assert_eq!(*norm, fitted);
+    assert_eq!(split.test.norm, fitted);
+    assert_eq!(
+        split.train.augment,
+        qatc_data::Augment {
+            pad: 2,
+            hflip: false
+        }
+    );
+    // The archive of it says the same.
+    let path = tmp.path().join("glyphs.tgz");
+    archive(&dir, &path, "glyphs");
+    assert_eq!(open_dir(&path, tmp.path()).unwrap().train, split.train);
+}
+
+#[test]
+fn a_grayscale_split_beside_a_colour_one_becomes_rgb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = gray_folder(tmp.path());
+    rgb(0, 0, 4, 3).save(dir.join("test/a/0.png")).unwrap();
+    for _ in 0..2 {
+        // Decoded, then from the cache (where train stays 1-channel).
+        let split = open_dir(&dir, tmp.path()).unwrap();
+        assert_eq!(split.train.shape, [3, 3, 4]);
+        assert_eq!(split.test.shape, [3, 3, 4]);
+        let img = split.train.image(4);
+        for c in 0..3 {
+            assert_eq!(&img[c * 12..c * 12 + 4], &[11, 31, 51, 71]);
+        }
+        assert_eq!(split.train.norm, qatc_data::Normalize::cifar10());
+        assert_eq!(split.train.augment, qatc_data::Augment::cifar10());
+    }
+}
