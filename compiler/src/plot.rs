@@ -459,7 +459,8 @@ fn draw_panel(area: &Area, panel: &Panel) -> Result<(), PlotError> {
             (a.min(v), b.max(v))
         });
     // Past twelve decades (no schedule spans that) the axis stays linear:
-    // plotters' log axis does not return from laying out hundreds of them.
+    // plotters' log axis lays out every decade, and never returns when the
+    // ratio of its ends overflows to infinity.
     let decades = (max / min).log10();
     if panel.log_if_wide && positive && (1.0..=12.0).contains(&decades) {
         let y = (min / 1.2..max * 1.2).log_scale();

@@ -5,7 +5,8 @@
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn qatc(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qatc"))
@@ -13,6 +14,27 @@ fn qatc(cwd: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         .output()
         .expect("qatc runs")
+}
+
+/// Like [`qatc`], but kills it and fails after `seconds`.
+fn qatc_within(cwd: &Path, args: &[&str], seconds: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qatc runs");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("qatc {args:?} still running after {seconds} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn text(b: &[u8]) -> String {
@@ -276,6 +298,35 @@ fn a_null_metric_is_a_gap_not_an_error() {
     let out = qatc(tmp.path(), &["plot", "r"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(decode(&tmp.path().join("r/metrics.png")).0, (1600, 1100));
+}
+
+#[test]
+fn extreme_values_neither_hang_nor_panic() {
+    // Each of these once hung in plotters' axis layout or overflowed its
+    // pixel mapping: a loss near f64::MAX, a learning rate whose range
+    // overflows, an accuracy far below 0.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lines = run_of(3, 2, 1.0);
+    lines[0] = lines[0]
+        .replace("\"train_loss\":", "\"train_loss\":1.7e308,\"x\":")
+        .replace("\"lr\":", "\"lr\":1e-300,\"y\":");
+    lines[1] = lines[1]
+        .replace("\"lr\":", "\"lr\":1e140,\"y\":")
+        .replace("\"test_top1\":", "\"test_top1\":2e112,\"z\":")
+        .replace("\"test_top5\":", "\"test_top5\":-3e76,\"w\":");
+    lines[2] = lines[2].replace("\"test_loss\":", "\"test_loss\":-1.7e308,\"x\":");
+    write_run(&tmp.path().join("wild"), "toynet", "cfg-1*", &lines);
+    // A regression would hang: fail after a minute instead (it takes ~1 s).
+    let out = qatc_within(tmp.path(), &["plot", "wild"], 60);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(decode(&tmp.path().join("wild/metrics.png")).0, (1600, 1100));
+    let out = qatc(tmp.path(), &["compare", "wild"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2.000e112"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// Runs qatc, expects exit status 1 and returns stderr.
