@@ -5,8 +5,9 @@
 //! it can be written: `<dir>/.qatc-cache/<split>.bin` next to an image
 //! folder (`<parent>/.qatc-cache/<archive name>-<split>.bin` for an archive),
 //! else `${XDG_CACHE_HOME:-$HOME/.cache}/qatc/data/<hash of the data path>-<split>.bin`
-//! (read-only data such as a shared mount). Reading tries the same places
-//! in the same order.
+//! (read-only data such as a shared mount). A directory without write
+//! permission bits counts as read-only even for root, who could write into
+//! it. Reading tries the same places in the same order.
 //!
 //! A cache file is valid only for its key, an FNV-1a hash of the format
 //! version and of every source file's relative path, size, modification
@@ -112,8 +113,27 @@ impl CachePlaces {
         let bytes = encode(key, cached);
         self.paths
             .iter()
-            .find(|p| write_atomic(p, &bytes).is_ok())
+            .find(|p| meant_to_be_written(p) && write_atomic(p, &bytes).is_ok())
             .cloned()
+    }
+}
+
+/// Whether the directory that `path` goes in (or, while that does not
+/// exist yet, its parent: the data's directory) has any write permission
+/// bit. Root can write into a read-only directory anyway, so trying is not
+/// enough: shared, read-only data must not get a cache written into it.
+fn meant_to_be_written(path: &Path) -> bool {
+    let Some(dir) = path.parent() else {
+        return true;
+    };
+    let existing = if dir.exists() {
+        Some(dir)
+    } else {
+        dir.parent()
+    };
+    match existing.map(std::fs::metadata) {
+        Some(Ok(meta)) => !meta.permissions().readonly(),
+        _ => true,
     }
 }
 
@@ -264,6 +284,27 @@ mod tests {
         let written = places.store(1, &sample()).unwrap();
         assert!(written.starts_with(dir.path().join("user")), "{written:?}");
         assert!(written.to_string_lossy().ends_with("-train.bin"));
+        assert_eq!(places.load(1), Some(sample()));
+    }
+
+    #[test]
+    fn read_only_data_directories_are_left_alone_even_by_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let places = CachePlaces::new(
+            &data,
+            data.join(".qatc-cache/train.bin"),
+            "train",
+            Some(&dir.path().join("user")),
+        );
+        let written = places.store(1, &sample());
+        let local_made = data.join(".qatc-cache").exists();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!local_made);
+        assert!(written.unwrap().starts_with(dir.path().join("user")));
         assert_eq!(places.load(1), Some(sample()));
     }
 
