@@ -75,6 +75,12 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
     };
     let (first, _) = decode_one(first_entry)?;
     let (w, h) = first.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DataError::Decode {
+            path: first_entry.path.clone(),
+            message: "the image has no pixels".into(),
+        });
+    }
     let image_len = 3 * w as usize * h as usize;
     let mut images = vec![0u8; entries.len() * image_len];
     let threads = threads.clamp(1, entries.len());

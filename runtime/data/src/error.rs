@@ -83,6 +83,10 @@ pub enum DataError {
     #[error("{path}: no class directories (expected {path}/<class>/<image>)")]
     NoClasses { path: PathBuf },
 
+    /// More classes than labels can number.
+    #[error("{path}: more than {max} class directories")]
+    TooManyClasses { path: PathBuf, max: usize },
+
     /// A class directory without any image.
     #[error("{path}: empty class directory (no .jpg, .jpeg or .png file)")]
     EmptyClass { path: PathBuf },
@@ -143,6 +147,7 @@ impl DataError {
             | DataError::ClassNames { path, .. }
             | DataError::ClassMismatch { path, .. }
             | DataError::NoClasses { path }
+            | DataError::TooManyClasses { path, .. }
             | DataError::EmptyClass { path }
             | DataError::StrayFile { path, .. }
             | DataError::Decode { path, .. }

@@ -90,6 +90,17 @@ const NOT_A_CLASS: &str = "not a class directory (a split holds one directory pe
 const NOT_AN_IMAGE: &str = "not a .jpg, .jpeg or .png image";
 const NESTED_DIR: &str = "a directory inside a class directory (images go directly in it)";
 
+/// Labels are `u16`.
+const MAX_CLASSES: usize = u16::MAX as usize + 1;
+
+/// The label of the class at `index`, or an error past `MAX_CLASSES`.
+fn class_label(split: &Path, index: usize) -> Result<u16, DataError> {
+    u16::try_from(index).map_err(|_| DataError::TooManyClasses {
+        path: split.to_path_buf(),
+        max: MAX_CLASSES,
+    })
+}
+
 /// One split of a folder as listed: classes, images and the cache key.
 struct Listed {
     classes: Vec<String>,
@@ -132,7 +143,7 @@ fn list_split(root: &Path, split: &'static str) -> Result<Listed, DataError> {
             }
             _ => {}
         }
-        let label = classes.len() as u16;
+        let label = class_label(&dir, classes.len())?;
         let before = entries.len();
         for (file, path, meta) in sorted_dir(&path)? {
             match kind(&file) {
@@ -437,6 +448,9 @@ fn listed_split(
     }
     let mut entries = Vec::new();
     let mut names = Vec::new();
+    if classes.len() > MAX_CLASSES {
+        class_label(&split_path, classes.len())?;
+    }
     for (label, (class, files)) in classes.into_iter().enumerate() {
         if files.is_empty() {
             return Err(DataError::EmptyClass {
@@ -457,4 +471,28 @@ fn listed_split(
         entries,
         key: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_run_out_after_65536_classes() {
+        let split = Path::new("d/train");
+        assert_eq!(class_label(split, 65_535).unwrap(), 65_535);
+        let e = class_label(split, 65_536).unwrap_err();
+        assert_eq!(e.to_string(), "d/train: more than 65536 class directories");
+    }
+
+    #[test]
+    fn names_are_sorted_into_kinds() {
+        assert!(kind(".DS_Store") == Kind::Hidden);
+        assert!(kind("a.JPEG") == Kind::Image);
+        assert!(kind("b.png") == Kind::Image);
+        assert!(kind("c.gif") == Kind::Other);
+        assert!(is_archive(Path::new("x/cifar.tar.gz")));
+        assert!(is_archive(Path::new("cifar.tgz")));
+        assert!(!is_archive(Path::new("cifar.tar")));
+    }
 }
