@@ -65,6 +65,15 @@ impl Source {
 }
 
 /// Parses a source into the AST.
+/// The identity of a spec: SHA-256 (hex) of its canonical `.qspec` text
+/// ([`syntax::print_qspec`]), so a spec and its YAML twin, or a spec
+/// reformatted, hash alike. Generated crates and checkpoints record it.
+pub fn spec_hash(model: &Model) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(syntax::print_qspec(model).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn parse(src: &Source) -> Result<Model, Diagnostics> {
     match src.syntax {
         Syntax::Qspec => syntax::parse_qspec(&src.text),

@@ -90,6 +90,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train the spec's model (QAT under a profile): runs `train` of its
+    /// generated crate (regenerated if stale, built with cargo), which takes
+    /// the flags after the spec: `qatc train SPEC --help` lists them
+    /// (--data, --profile, --epochs, --batch-size, --lr, --schedule,
+    /// --optimizer, --out, --resume, --init, --config ...).
+    #[command(disable_help_flag = true)]
+    Train {
+        spec: PathBuf,
+        /// Flags of the model's `train` (see `qatc train SPEC --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Evaluate a checkpoint of the spec's model: top-1, top-5, per-class
+    /// accuracy, confusion matrix (`qatc eval SPEC --checkpoint F [--data D]
+    /// [--format table|json]`; `qatc eval SPEC --help` lists the flags).
+    #[command(disable_help_flag = true)]
+    Eval {
+        spec: PathBuf,
+        /// Flags of the model's `eval` (see `qatc eval SPEC --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Integer-only inference of a trained checkpoint: accuracy and the
+    /// per-layer accumulator report (`qatc int SPEC --checkpoint F --data D
+    /// [--rounding trunc|nearest] [--acc-bits N --overflow saturate|wrap]`),
+    /// `qatc int sweep` over fixed-point formats, `qatc int bench`.
+    Int(qatc::int::cli::IntCommand),
+    /// Write a checkpoint's integer plan for hardware: integer weights,
+    /// multipliers, shifts, clamp ranges (`--format c|npz|json -o DIR`).
+    Export(qatc::int::cli::ExportArgs),
     /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
     Fmt {
         spec: PathBuf,
@@ -235,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot create `{}`", out.display()))?;
             let runtime = runtime_path(&out)?;
             let spec_shown = spec.to_string_lossy().replace('\\', "/");
-            let krate = qatc::codegen::generate(&checked, &graphs, &spec_shown, &runtime);
+            let krate = qatc::codegen::generate(&model, &checked, &graphs, &spec_shown, &runtime);
             for (file, text) in [
                 ("Cargo.toml", &krate.cargo_toml),
                 ("src/lib.rs", &krate.lib_rs),
@@ -338,8 +368,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 args.push("--json".into());
             }
-            bench(&spec, profile.as_deref(), &args)
+            run_model(&spec, "bench", profile.as_deref(), &args)
         }
+        Command::Train { spec, args } => {
+            let profile = flag_value(&args, "--profile");
+            run_model(&spec, "train", profile.as_deref(), &args)
+        }
+        Command::Eval { spec, args } => {
+            let profile = flag_value(&args, "--profile");
+            run_model(&spec, "eval", profile.as_deref(), &args)
+        }
+        Command::Int(cmd) => qatc::int::cli::run_int(cmd),
+        Command::Export(args) => qatc::int::cli::run_export(args),
         Command::Fmt { spec, to, output } => {
             let src = read(&spec)?;
             let model = match driver::parse(&src) {
@@ -417,11 +457,31 @@ fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `qatc bench`: checks the spec (and that it has `profile`), finds its
-/// generated crate in the workspace and checks that it is what `qatc build`
-/// makes of the spec now, then runs the crate's `bench` with `args` (stdio
-/// inherited) and returns its exit status.
-fn bench(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Result<ExitCode> {
+/// The value of `--flag VALUE` or `--flag=VALUE` in pass-through arguments.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&prefix).map(str::to_string)
+        }
+    })
+}
+
+/// `qatc bench` / `train` / `eval`: checks the spec (and that it has
+/// `profile`), brings its generated crate in the workspace up to date
+/// (generated if missing, regenerated if stale; a crate of another spec
+/// under the same model name is an error, never overwritten), then runs
+/// `cargo run --release -p <crate> -- <subcommand> <args>` in the workspace.
+/// On Unix qatc *becomes* that process (exec), so Ctrl-C, the exit status
+/// and the terminal go straight to the model binary.
+fn run_model(
+    spec: &Path,
+    subcommand: &str,
+    profile: Option<&str>,
+    args: &[String],
+) -> anyhow::Result<ExitCode> {
     let src = read(spec)?;
     let (model, checked, graphs) = match driver::check_all(&src) {
         Ok(r) => r,
@@ -440,73 +500,100 @@ fn bench(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Result<
     let root = workspace_root(spec)?;
     let dir = root.join("generated").join(name);
     let shown = spec.to_string_lossy().replace('\\', "/");
-    if !dir.join("Cargo.toml").is_file() {
-        anyhow::bail!(
-            "no generated crate for model `{name}` at `{}`: run `qatc build {shown}` first",
-            dir.display()
-        );
-    }
     // `qatc build` writes the spec's path as given into the headers: accept
     // the crate if it matches the spec as named here or relative to the
     // workspace root (as `./dev generate` names it).
-    let runtime = runtime_path(&dir)?;
-    let mut labels = vec![shown.clone()];
+    let mut labels = Vec::new();
     let relative = spec.canonicalize().ok().and_then(|p| {
         p.strip_prefix(&root)
             .ok()
             .map(|rel| rel.to_string_lossy().replace('\\', "/"))
     });
-    labels.extend(relative.filter(|rel| *rel != shown));
-    let mut package = None;
-    let mut stale = Vec::new();
-    for label in &labels {
-        let krate = qatc::codegen::generate(&checked, &graphs, label, &runtime);
-        stale = [
-            ("Cargo.toml", &krate.cargo_toml),
-            ("src/lib.rs", &krate.lib_rs),
-            ("src/main.rs", &krate.main_rs),
+    labels.extend(relative.clone());
+    if !labels.contains(&shown) {
+        labels.push(shown.clone());
+    }
+    let files = |k: &qatc::codegen::Crate| {
+        [
+            ("Cargo.toml", k.cargo_toml.clone()),
+            ("src/lib.rs", k.lib_rs.clone()),
+            ("src/main.rs", k.main_rs.clone()),
         ]
-        .into_iter()
-        .filter(|(file, text)| {
-            std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(text.as_str())
-        })
-        .map(|(file, _)| file)
+    };
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let runtime = runtime_path(&dir)?;
+    let crates: Vec<qatc::codegen::Crate> = labels
+        .iter()
+        .map(|label| qatc::codegen::generate(&model, &checked, &graphs, label, &runtime))
         .collect();
-        package = Some(krate.package);
-        if stale.is_empty() {
-            break;
+    let up_to_date = crates.iter().find(|k| {
+        files(k)
+            .iter()
+            .all(|(file, text)| std::fs::read_to_string(dir.join(file)).ok().as_deref() == Some(text))
+    });
+    let package = match up_to_date {
+        Some(k) => k.package.clone(),
+        None => {
+            let existing = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+            let ours = existing.is_empty()
+                || labels
+                    .iter()
+                    .any(|l| existing.contains(&format!("generated by qatc from {l}\"")));
+            if !ours {
+                anyhow::bail!(
+                    "`{}` holds the crate of another spec with a model named `{name}`: rename the model in {shown}, or remove that crate",
+                    dir.display()
+                );
+            }
+            let k = &crates[0];
+            for (file, text) in files(k) {
+                let path = dir.join(file);
+                write_atomic(&path, &text)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
+            eprintln!(
+                "qatc: {} {} from {}",
+                if existing.is_empty() { "generated" } else { "regenerated (it was stale)" },
+                dir.display(),
+                labels[0]
+            );
+            k.package.clone()
         }
-    }
-    if !stale.is_empty() {
-        anyhow::bail!(
-            "the generated crate `{}` is stale (not as qatc generates it from {shown} now: {}): run `qatc build {shown}`",
-            dir.display(),
-            stale.join(", ")
-        );
-    }
-    let package = package.expect("at least one label");
+    };
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_none() {
         anyhow::bail!(
-            "libtorch is not set up in this environment (LIBTORCH_USE_PYTORCH is unset): run qatc as `./dev qatc bench ...`, which sets it up so that `{package}` builds and runs"
+            "libtorch is not set up in this environment (LIBTORCH_USE_PYTORCH is unset): run qatc as `./dev qatc {subcommand} ...`, which sets it up so that `{package}` builds and runs"
         );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "qatc: cargo run --release -q -p {package} -- bench {} (in {})",
+        "qatc: cargo run --release -q -p {package} -- {subcommand} {} (in {})",
         args.join(" "),
         root.display()
     );
-    let status = std::process::Command::new(&cargo)
+    let mut command = std::process::Command::new(&cargo);
+    command
         .current_dir(&root)
-        .args(["run", "--release", "-q", "-p", &package, "--", "bench"])
-        .args(args)
-        .status()
-        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::from(1),
-    })
+        .args(["run", "--release", "-q", "-p", &package, "--", subcommand])
+        .args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = command.exec();
+        Err(err).with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+        Ok(match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => ExitCode::from(1),
+        })
+    }
 }
 
 /// The workspace root for `spec`: the nearest directory holding a

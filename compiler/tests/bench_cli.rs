@@ -1,5 +1,6 @@
 //! `qatc bench` up to the point where it hands over to cargo: the checks
-//! (spec, profile, generated crate present and up to date, libtorch set up)
+//! (spec, profile, generated crate brought up to date, libtorch set up),
+//! for `bench`, `train` and `eval` alike,
 //! and the command it runs. `CARGO` points at `echo` here, so no model is
 //! built; the benchmark itself is tested in the runtime (`bench`, `cli`).
 
@@ -104,32 +105,36 @@ fn without_libtorch_it_says_to_go_through_dev() {
 }
 
 #[test]
-fn a_missing_or_stale_crate_says_to_build() {
+fn a_missing_or_stale_crate_is_regenerated_and_a_foreign_one_refused() {
     let ws = Workspace::new("stale");
     let out = ws.qatc(&["bench", "spec/toynet.qspec"], true);
-    assert_eq!(out.status.code(), Some(1));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(
-        err.contains("no generated crate for model `toynet`"),
-        "{err}"
-    );
-    assert!(err.contains("qatc build spec/toynet.qspec"), "{err}");
-
-    assert!(ws
-        .qatc(&["build", "spec/toynet.qspec"], true)
-        .status
-        .success());
+    assert!(err.contains("qatc: generated "), "{err}");
     let lib = ws.0.join("generated/toynet/src/lib.rs");
-    let edited = std::fs::read_to_string(&lib).unwrap() + "\n// edited\n";
-    std::fs::write(&lib, edited).unwrap();
-    let out = ws.qatc(&["bench", "spec/toynet.qspec"], true);
+    let fresh = std::fs::read_to_string(&lib).unwrap();
+
+    std::fs::write(&lib, fresh.clone() + "\n// edited\n").unwrap();
+    let out = ws.qatc(&["train", "spec/toynet.qspec", "--epochs", "1"], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("regenerated (it was stale)"));
+    assert_eq!(std::fs::read_to_string(&lib).unwrap(), fresh);
+    assert!(
+        text(&out.stdout).contains("-- train --epochs 1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Another spec with the same model name must not overwrite the crate.
+    let other = std::fs::read_to_string(ws.0.join("spec/toynet.qspec"))
+        .unwrap()
+        .replace("profile cfg-3", "profile cfg-3b");
+    std::fs::write(ws.0.join("spec/other.qspec"), other).unwrap();
+    let out = ws.qatc(&["eval", "spec/other.qspec"], true);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(
-        err.contains("is stale (not as qatc generates it from spec/toynet.qspec now: src/lib.rs)"),
-        "{err}"
-    );
-    assert!(err.contains("run `qatc build spec/toynet.qspec`"), "{err}");
+    assert!(err.contains("holds the crate of another spec"), "{err}");
+    assert_eq!(std::fs::read_to_string(&lib).unwrap(), fresh);
     assert!(out.stdout.is_empty(), "cargo must not run");
 }
 

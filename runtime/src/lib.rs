@@ -13,7 +13,10 @@
 //!   implements, and a one-step training smoke check;
 //! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`);
 //! - [`bench`](mod@bench): training and evaluation throughput, float against QAT;
-//! - [`cli`]: the command line of generated binaries (`smoke`, `bench`).
+//! - [`train`](mod@train): the training loop, checkpoints, metrics and
+//!   evaluation behind `qatc train` / `qatc eval`;
+//! - [`cli`]: the command line of generated binaries (`train`, `eval`,
+//!   `smoke`, `bench`).
 //!
 //! libtorch comes from the project's own install
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
@@ -27,3 +30,4 @@ pub mod model;
 pub mod ops;
 pub mod profile;
 pub mod quant;
+pub mod train;

@@ -21,6 +21,28 @@ pub const SMOKE_LR: f64 = 0.01;
 /// SGD momentum of [`smoke_step`].
 pub const SMOKE_MOMENTUM: f64 = 0.9;
 
+/// What drivers know of a generated model besides its tensors: every
+/// generated crate exports one as `META`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelMeta {
+    /// Model name from the spec.
+    pub name: &'static str,
+    /// The spec the crate was generated from, as named to `qatc build`.
+    pub spec: &'static str,
+    /// SHA-256 of the spec's canonical text: checkpoints record it, so a
+    /// checkpoint of another spec is recognised.
+    pub spec_hash: &'static str,
+    /// Profile names; the first is the default.
+    pub profiles: &'static [&'static str],
+}
+
+impl ModelMeta {
+    /// The default profile: the spec's first (or `float`).
+    pub fn default_profile(&self) -> &'static str {
+        self.profiles.first().copied().unwrap_or("float")
+    }
+}
+
 /// A generated QAT model.
 pub trait QatModel: nn::ModuleT {
     /// Model name from the spec.

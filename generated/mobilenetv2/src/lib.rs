@@ -43,6 +43,15 @@ pub const MODEL_NAME: &str = "mobilenetv2";
 /// Profile names; the first is the default.
 pub const PROFILE_NAMES: [&str; 4] = ["cfg-1*", "w8a8", "w4a4", "float"];
 
+/// What drivers need to know of the model: name, spec, spec hash
+/// (checkpoints record it), profiles.
+pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
+    name: MODEL_NAME,
+    spec: "spec/mobilenetv2.qspec",
+    spec_hash: "2a4cd8906b8eaf8b4757a1fde714676b05466eee11d97288395068406c94ab46",
+    profiles: &PROFILE_NAMES,
+};
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 67] = [
     "stem.actq_first",

@@ -43,6 +43,15 @@ pub const PROFILE_NAMES: [&str; 7] = [
     "float",
 ];
 
+/// What drivers need to know of the model: name, spec, spec hash
+/// (checkpoints record it), profiles.
+pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
+    name: MODEL_NAME,
+    spec: "spec/resnet20.qspec",
+    spec_hash: "a9f6ba8c2ae6efb414ae34b2b576341a7f54c19b60cfc275491d79e7f06fe281",
+    profiles: &PROFILE_NAMES,
+};
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 22] = [
     "stem.act1",

@@ -36,6 +36,15 @@ pub const MODEL_NAME: &str = "toynet";
 /// Profile names; the first is the default.
 pub const PROFILE_NAMES: [&str; 5] = ["cfg-1*", "cfg-1", "cfg-2", "cfg-3", "float"];
 
+/// What drivers need to know of the model: name, spec, spec hash
+/// (checkpoints record it), profiles.
+pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
+    name: MODEL_NAME,
+    spec: "spec/toynet.qspec",
+    spec_hash: "1a7297ac0c0e0a8c5f91ee9990f02f5f6b0e9c670b275528a0891a9183995b99",
+    profiles: &PROFILE_NAMES,
+};
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 36] = [
     "stem.act_quant_in",

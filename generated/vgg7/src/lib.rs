@@ -22,6 +22,15 @@ pub const MODEL_NAME: &str = "vgg7";
 /// Profile names; the first is the default.
 pub const PROFILE_NAMES: [&str; 4] = ["w4a4", "w8a8", "mixed", "float"];
 
+/// What drivers need to know of the model: name, spec, spec hash
+/// (checkpoints record it), profiles.
+pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
+    name: MODEL_NAME,
+    spec: "spec/vgg7.qspec",
+    spec_hash: "bb4a369ee85af8652daec095240c8410bf819bd6a5f47acad20dd025136f5ffd",
+    profiles: &PROFILE_NAMES,
+};
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 5] = [
     "stem.act1",

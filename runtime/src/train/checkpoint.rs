@@ -1,0 +1,386 @@
+//! Checkpoints: one safetensors file per checkpoint, written atomically,
+//! plus a JSON sidecar for people and tools.
+//!
+//! The safetensors file holds the model's variables under their `VarStore`
+//! names (what `qatc import` produces, what `qatc int` / `qatc export` read)
+//! and, in a training checkpoint, the optimizer state under
+//! [`OPTIMIZER_PREFIX`]. Its header metadata holds [`CheckpointMeta`] as
+//! JSON under the key [`META_KEY`]: that copy is authoritative, so weights
+//! and state can never disagree. The sidecar `<name>.json` is written after
+//! the weights (also atomically) with the same JSON; if a kill lands between
+//! the two renames, the sidecar is one checkpoint old and the next save
+//! fixes it.
+//!
+//! Atomic writes: temporary file in the same directory, `fsync`, rename.
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Metadata key of the checkpoint's JSON in the safetensors header.
+pub const META_KEY: &str = "qatc";
+
+/// Name prefix of optimizer state tensors in a training checkpoint.
+pub const OPTIMIZER_PREFIX: &str = "optimizer/";
+
+/// Format tag of [`CheckpointMeta::format`].
+pub const FORMAT: &str = "qatc-checkpoint-1";
+
+/// What a checkpoint records besides tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub model: String,
+    pub profile: String,
+    pub spec: String,
+    pub spec_hash: String,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Training steps done in the epoch after `epoch` (non-zero only for a
+    /// checkpoint saved on interrupt).
+    pub step: usize,
+    /// Optimizer steps taken in all.
+    pub optimizer_steps: u64,
+    /// Test top-1 (%) after the last completed epoch (`null` before any).
+    pub test_top1: Option<f64>,
+    /// Best test top-1 (%) so far and its epoch.
+    pub best_top1: Option<f64>,
+    pub best_epoch: Option<usize>,
+    /// The training settings (optimizer, schedule, seed ...), as run.
+    pub config: serde_json::Value,
+    /// Running sums of the interrupted epoch: loss sum, correct, seen.
+    pub partial: Option<PartialEpoch>,
+}
+
+/// Sums of a partly trained epoch, so a resumed epoch reports what an
+/// uninterrupted one would.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub seen: u64,
+    pub seconds: f64,
+    pub data_wait_seconds: f64,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    /// `None` for a plain state dict (e.g. one made by `qatc import`).
+    pub meta: Option<CheckpointMeta>,
+    /// Model variables by name.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Optimizer state by `<param>.<slot>`.
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype, String> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        other => return Err(format!("cannot store a tensor of kind {other:?}")),
+    })
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        _ => return None,
+    })
+}
+
+/// The bytes of a tensor, little-endian, contiguous, on the CPU.
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.detach().to_device(Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut bytes, numel);
+    bytes
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file next to it,
+/// flushed to disk, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Saves a checkpoint to `path` (`.safetensors`) and its sidecar
+/// (`path` with extension `.json`).
+pub fn save(
+    path: &Path,
+    meta: &CheckpointMeta,
+    tensors: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+) -> Result<(), String> {
+    let mut owned: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::new();
+    let named = tensors.iter().map(|(n, t)| (n.clone(), t)).chain(
+        optimizer
+            .iter()
+            .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)),
+    );
+    for (name, t) in named {
+        let dtype = dtype_of(t.kind()).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name, tensor_bytes(t), dtype, shape));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(name, bytes, dtype, shape)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| format!("tensor `{name}`: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let json = serde_json::to_string(meta).map_err(|e| e.to_string())?;
+    let metadata = HashMap::from([(META_KEY.to_string(), json)]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    write_atomic(path, &bytes).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    let sidecar = path.with_extension("json");
+    let pretty = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())? + "\n";
+    write_atomic(&sidecar, pretty.as_bytes())
+        .map_err(|e| format!("cannot write `{}`: {e}", sidecar.display()))
+}
+
+/// Loads a checkpoint (or a plain safetensors state dict) onto the CPU.
+pub fn load(path: &Path) -> Result<Checkpoint, String> {
+    let shown = path.display();
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read checkpoint `{shown}`: {e}"))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("`{shown}` is not a safetensors checkpoint: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("`{shown}` is not a safetensors checkpoint: {e}"))?;
+    let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
+        Some(json) => Some(
+            serde_json::from_str::<CheckpointMeta>(json)
+                .map_err(|e| format!("`{shown}`: unreadable qatc metadata: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut tensors = Vec::new();
+    let mut optimizer = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    for name in names {
+        let view = st
+            .tensor(&name)
+            .map_err(|e| format!("`{shown}`: tensor `{name}`: {e}"))?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            format!(
+                "`{shown}`: tensor `{name}` has unsupported dtype {:?}",
+                view.dtype()
+            )
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_data_size(view.data(), &shape, kind);
+        match name.strip_prefix(OPTIMIZER_PREFIX) {
+            Some(rest) => optimizer.push((rest.to_string(), t)),
+            None => tensors.push((name, t)),
+        }
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        meta,
+        tensors,
+        optimizer,
+    })
+}
+
+/// What [`copy_into`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// Model variables the checkpoint does not have.
+    pub missing: Vec<String>,
+    /// Checkpoint tensors the model does not have.
+    pub unexpected: Vec<String>,
+    /// Same name, other shape: `(name, checkpoint shape, model shape)`.
+    pub mismatched: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl LoadReport {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    /// One line per problem.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for n in &self.missing {
+            out += &format!("  not in the checkpoint: {n}\n");
+        }
+        for n in &self.unexpected {
+            out += &format!("  not in the model: {n}\n");
+        }
+        for (n, theirs, ours) in &self.mismatched {
+            out += &format!("  shape differs: {n}: checkpoint {theirs:?}, model {ours:?}\n");
+        }
+        out
+    }
+}
+
+/// Copies the checkpoint tensors into the model variables of the same
+/// name and shape; reports the rest.
+pub fn copy_into(vars: &HashMap<String, Tensor>, tensors: &[(String, Tensor)]) -> LoadReport {
+    let mut report = LoadReport::default();
+    let theirs: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    tch::no_grad(|| {
+        for name in names {
+            let var = &vars[name];
+            match theirs.get(name.as_str()) {
+                None => report.missing.push(name.clone()),
+                Some(t) if t.size() != var.size() => {
+                    report.mismatched.push((name.clone(), t.size(), var.size()))
+                }
+                Some(t) => {
+                    var.shallow_clone().copy_(&t.to_kind(var.kind()));
+                    report.loaded.push(name.clone());
+                }
+            }
+        }
+    });
+    let mut unexpected: Vec<String> = tensors
+        .iter()
+        .filter(|(n, _)| !vars.contains_key(n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    unexpected.sort();
+    report.unexpected = unexpected;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> CheckpointMeta {
+        CheckpointMeta {
+            format: FORMAT.into(),
+            model: "m".into(),
+            profile: "p".into(),
+            spec: "m.qspec".into(),
+            spec_hash: "abc".into(),
+            epoch: 3,
+            step: 0,
+            optimizer_steps: 30,
+            test_top1: Some(50.0),
+            best_top1: Some(55.0),
+            best_epoch: Some(2),
+            config: serde_json::json!({"lr": 0.1}),
+            partial: None,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_is_exact() {
+        let dir = std::env::temp_dir().join(format!("qatc-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latest.safetensors");
+        let w = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+        let n = Tensor::from_slice(&[7i64]);
+        let buf = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+        save(
+            &path,
+            &meta(),
+            &[("a.weight".into(), w.shallow_clone()), ("bn.n".into(), n)],
+            &[("a.weight.momentum_buffer".into(), buf.shallow_clone())],
+        )
+        .unwrap();
+        let ck = load(&path).unwrap();
+        assert_eq!(ck.meta.as_ref(), Some(&meta()));
+        assert_eq!(ck.tensors.len(), 2);
+        assert!(ck.tensors[0].1.equal(&w));
+        assert_eq!(ck.tensors[1].1.int64_value(&[0]), 7);
+        assert_eq!(ck.optimizer[0].0, "a.weight.momentum_buffer");
+        assert!(ck.optimizer[0].1.equal(&buf));
+        let sidecar: CheckpointMeta =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("latest.json")).unwrap())
+                .unwrap();
+        assert_eq!(sidecar, meta());
+        // No temporary files are left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("qatc-ckpt-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.safetensors");
+        std::fs::write(&path, b"\x10\0\0\0\0\0\0\0{not json}").unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(err.contains("bad.safetensors"), "{err}");
+        let err = load(&dir.join("missing.safetensors")).err().unwrap();
+        assert!(err.contains("missing.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn copy_into_reports_missing_unexpected_and_mismatched() {
+        let vars = HashMap::from([
+            (
+                "a".to_string(),
+                Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "b".to_string(),
+                Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "c".to_string(),
+                Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            ),
+        ]);
+        let theirs = vec![
+            ("a".to_string(), Tensor::from_slice(&[1.0f32, 2.0])),
+            ("b".to_string(), Tensor::from_slice(&[1.0f32])),
+            ("z".to_string(), Tensor::from_slice(&[1.0f32])),
+        ];
+        let r = copy_into(&vars, &theirs);
+        assert_eq!(r.loaded, ["a"]);
+        assert_eq!(r.missing, ["c"]);
+        assert_eq!(r.unexpected, ["z"]);
+        assert_eq!(r.mismatched, [("b".to_string(), vec![1], vec![2])]);
+        assert_eq!(vars["a"].double_value(&[1]), 2.0);
+        assert!(!r.is_complete());
+    }
+}

@@ -1,0 +1,100 @@
+//! Training and evaluation of a generated model: what `qatc train` and
+//! `qatc eval` run (through the model binary's `train` / `eval`).
+//!
+//! - [`options`]: the settings (flags, YAML config, the seed's defaults);
+//! - [`optim`]: SGD and Adam with saveable state;
+//! - [`schedule`]: per-epoch learning-rate schedules;
+//! - [`checkpoint`]: atomic safetensors checkpoints with metadata;
+//! - [`metrics`]: `metrics.jsonl` / `metrics.csv`;
+//! - [`tensorboard`]: TensorBoard event files;
+//! - [`run`]: the training loop (progress, evaluation each epoch, best and
+//!   latest checkpoints, exact resume, Ctrl-C, NaN stop);
+//! - [`eval`](mod@eval): top-1 / top-5, per-class accuracy and confusion
+//!   matrix of a checkpoint.
+//!
+//! Every random draw of a run is a function of the seed: the initial
+//! weights (`tch::manual_seed(seed)` before the model is built), the data
+//! order and the augmentation (`qatc_data`, from seed, epoch and step). A
+//! checkpoint therefore needs only the weights, the optimizer state, the
+//! epoch and the step to continue exactly.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod metrics;
+pub mod optim;
+pub mod options;
+pub mod run;
+pub mod schedule;
+pub mod tensorboard;
+
+use qatc_data::{Batch, Dataset};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// A batch as tensors on `device`: normalised images `[N, C, H, W]` and
+/// labels `[N]` (int64).
+pub fn batch_tensors(batch: &Batch, shape: [usize; 3], device: Device) -> (Tensor, Tensor) {
+    let [c, h, w] = shape.map(|d| d as i64);
+    let n = batch.len as i64;
+    let xs = Tensor::from_slice(&batch.images)
+        .view([n, c, h, w])
+        .to_device(device);
+    let ys = Tensor::from_slice(&batch.labels).to_device(device);
+    (xs, ys)
+}
+
+/// Checks that a data set fits a model: same per-sample shape, no more
+/// classes than the model has outputs.
+pub fn check_fits(
+    ds: &Dataset,
+    model_shape: [i64; 3],
+    classes: i64,
+    model: &str,
+) -> Result<(), String> {
+    let shape = ds.shape.map(|d| d as i64);
+    if shape != model_shape {
+        let [c, h, w] = model_shape;
+        let [dc, dh, dw] = shape;
+        return Err(format!(
+            "model `{model}` takes {c}x{h}x{w} inputs but data `{}` has {dc}x{dh}x{dw} images: pass --data with matching data (CIFAR-10: `qatc data download cifar10`)",
+            ds.name
+        ));
+    }
+    if ds.classes.len() as i64 > classes {
+        return Err(format!(
+            "data `{}` has {} classes but model `{model}` has {classes} outputs",
+            ds.name,
+            ds.classes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Top-k hits of `logits` against `labels` for k = 1 and k = min(5, classes).
+pub fn topk_hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+    let classes = logits.size()[1];
+    let k = classes.min(5);
+    let (_, top) = logits.topk(k, 1, true, true);
+    let hits = top.eq_tensor(&labels.unsqueeze(1));
+    let top1 = hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
+    let topk = hits.sum(Kind::Int64).int64_value(&[]);
+    (top1, topk)
+}
+
+/// The data set behind `--data`, limited, shared with loader threads.
+pub fn open_data(
+    data: &str,
+    limit_train: Option<usize>,
+    limit_test: Option<usize>,
+) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
+    let split = qatc_data::open(data).map_err(|e| e.to_string())?;
+    let train = match limit_train {
+        Some(n) => split.train.limit(n),
+        None => split.train,
+    };
+    let test = match limit_test {
+        Some(n) => split.test.limit(n),
+        None => split.test,
+    };
+    Ok((Arc::new(train), Arc::new(test)))
+}
