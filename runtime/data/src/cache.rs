@@ -166,28 +166,38 @@ fn encode(key: u64, c: &Cached) -> Vec<u8> {
 }
 
 /// Reads a cache file; `None` for anything but a complete file for `key`.
+/// The pixels are read straight into their own buffer (no second copy of
+/// 184 MB for CIFAR-10), after every length was checked against the file's
+/// size, so a damaged header cannot ask for a huge allocation.
 fn read(path: &Path, key: u64) -> Option<Cached> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut r = Reader(&bytes);
-    if r.take(8)? != MAGIC || r.u64()? != key {
+    let file = std::fs::File::open(path).ok()?;
+    let left = file.metadata().ok()?.len();
+    let mut r = Stream {
+        reader: std::io::BufReader::new(file),
+        left,
+    };
+    if r.bytes(8)? != MAGIC || r.u64()? != key {
         return None;
     }
-    let n = r.u64()? as usize;
-    let shape = [r.u64()? as usize, r.u64()? as usize, r.u64()? as usize];
+    let n = usize::try_from(r.u64()?).ok()?;
+    let mut shape = [0usize; 3];
+    for d in &mut shape {
+        *d = usize::try_from(r.u64()?).ok()?;
+    }
     let class_count = r.u32()? as usize;
     let mut classes = Vec::new();
     for _ in 0..class_count {
         let len = r.u32()? as usize;
-        classes.push(String::from_utf8(r.take(len)?.to_vec()).ok()?);
+        classes.push(String::from_utf8(r.bytes(len)?).ok()?);
     }
     let labels: Vec<u16> = r
-        .take(n.checked_mul(2)?)?
+        .bytes(n.checked_mul(2)?)?
         .chunks_exact(2)
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .collect();
     let image_len = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b))?;
-    let images = r.take(n.checked_mul(image_len)?)?.to_vec();
-    if !r.0.is_empty() || labels.iter().any(|&l| l as usize >= classes.len()) {
+    let images = r.bytes(n.checked_mul(image_len)?)?;
+    if r.left != 0 || labels.iter().any(|&l| l as usize >= classes.len()) {
         return None;
     }
     Some(Cached {
@@ -198,22 +208,27 @@ fn read(path: &Path, key: u64) -> Option<Cached> {
     })
 }
 
-struct Reader<'a>(&'a [u8]);
+/// A reader that knows how many bytes the file has left.
+struct Stream {
+    reader: std::io::BufReader<std::fs::File>,
+    left: u64,
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
+impl Stream {
+    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+        if n as u64 > self.left {
             return None;
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
+        let mut out = vec![0u8; n];
+        std::io::Read::read_exact(&mut self.reader, &mut out).ok()?;
+        self.left -= n as u64;
+        Some(out)
     }
     fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
     }
     fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
     }
 }
 
