@@ -7,6 +7,26 @@
 //! `u8` pixels, CHW, in memory) -> `Loader::new(Arc<Dataset>, BatchConfig)`
 //! -> `Batch`es of normalised, augmented `f32` NCHW pixels and `i64` labels.
 //!
+//! ```
+//! use qatc_data::{open, BatchConfig, Loader};
+//! use std::sync::Arc;
+//!
+//! let split = open("digits")?; // or a CIFAR-10 directory, an image folder, a .tar.gz
+//! let train = Arc::new(split.train);
+//! // Epoch 3 of a run seeded 42, resumed at its 5th batch.
+//! let cfg = BatchConfig {
+//!     start_step: 4,
+//!     ..BatchConfig::train(&train, 128, 42, 3)
+//! };
+//! let loader = Loader::new(train.clone(), cfg);
+//! assert_eq!(loader.steps(), 1437 / 128); // the whole epoch, last partial batch dropped
+//! for batch in loader {
+//!     assert_eq!(batch.shape, [128, 1, 8, 8]); // normalised f32 NCHW in batch.images
+//!     assert!(batch.index >= 4 && batch.labels.len() == 128);
+//! }
+//! # Ok::<(), qatc_data::DataError>(())
+//! ```
+//!
 //! `open` accepts:
 //! - `digits`: the built-in UCI digits ([`digits`]);
 //! - a directory with `data_batch_*.bin` and `test_batch.bin`: CIFAR-10
