@@ -267,6 +267,7 @@ pub const RUN_PLOT_SIZE: (u32, u32) = (1600, 1100);
 pub const COMPARE_PLOT_SIZE: (u32, u32) = (1600, 700);
 
 const FONT: &str = "sans-serif";
+const LEGEND_FONT_SIZE: u32 = 15;
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Registers the embedded font with plotters once per process.
@@ -526,15 +527,82 @@ fn draw_lines<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
         )?;
     }
     if panel.lines.iter().any(|l| l.label.is_some()) {
+        let position = legend_corner(chart, panel)?;
         chart
             .configure_series_labels()
-            .position(panel.legend.clone())
+            .position(position)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
-            .label_font((FONT, 15))
+            .label_font((FONT, LEGEND_FONT_SIZE))
             .draw()?;
     }
     Ok(())
+}
+
+/// Where the legend hides the least of the lines: the panel's preferred
+/// corner unless another corner's box (sized as plotters will draw it) is
+/// crossed by fewer of the lines' pixels.
+fn legend_corner<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
+    chart: &ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordu32, Y>>,
+    panel: &Panel,
+) -> Result<SeriesLabelPosition, PlotError> {
+    let font: TextStyle = (FONT, LEGEND_FONT_SIZE).into();
+    let mut text = MultiLineText::<_, &str>::new((0, 0), &font);
+    for label in panel.lines.iter().filter_map(|l| l.label.as_deref()) {
+        text.push_line(label);
+    }
+    let (w, h) = text
+        .estimate_dimension()
+        .map_err(|e| PlotError::Draw(e.to_string()))?;
+    // plotters adds 30 px for the line sample and a 10 px margin around,
+    // and keeps the box 5 px from the plotting area's edges.
+    let (w, h) = (w + 30 + 20, h + 20);
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let boxes = [
+        (
+            SeriesLabelPosition::UpperRight,
+            xs.end - w - 5,
+            ys.start + 5,
+        ),
+        (
+            SeriesLabelPosition::LowerRight,
+            xs.end - w - 5,
+            ys.end - h - 5,
+        ),
+        (SeriesLabelPosition::UpperLeft, xs.start + 5, ys.start + 5),
+        (SeriesLabelPosition::LowerLeft, xs.start + 5, ys.end - h - 5),
+    ];
+    let coord = chart.as_coord_spec();
+    let mut hidden = [0usize; 4];
+    for line in &panel.lines {
+        let pixels: Vec<(i32, i32)> = line.points.iter().map(|p| coord.translate(p)).collect();
+        // Samples along each segment as drawn (straight in pixel space).
+        let samples = pixels.windows(2).flat_map(|seg| {
+            (0..16).map(move |i| {
+                let t = f64::from(i) / 16.0;
+                let along = |a: i32, b: i32| a + (f64::from(b - a) * t) as i32;
+                (along(seg[0].0, seg[1].0), along(seg[0].1, seg[1].1))
+            })
+        });
+        for (x, y) in samples.chain(pixels.last().copied()) {
+            for (count, (_, bx, by)) in hidden.iter_mut().zip(&boxes) {
+                if (*bx..bx + w).contains(&x) && (*by..by + h).contains(&y) {
+                    *count += 1;
+                }
+            }
+        }
+    }
+    let preferred = boxes
+        .iter()
+        .position(|b| std::mem::discriminant(&b.0) == std::mem::discriminant(&panel.legend))
+        .unwrap_or(0);
+    let mut best = preferred;
+    for (i, &count) in hidden.iter().enumerate() {
+        if count < hidden[best] {
+            best = i;
+        }
+    }
+    Ok(boxes[best].0.clone())
 }
 
 /// A tick label with at most four significant digits and no trailing zeros.
