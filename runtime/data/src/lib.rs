@@ -52,7 +52,7 @@
 //! builds (medians of three runs; `examples/data_bench.rs`; details in
 //! `docs/performance.md`, "Data pipeline"):
 //! - CIFAR-10 as an image folder of 60,000 JPEGs: first open (list, decode
-//!   on 2 threads, write the cache) 3.9 s; cached 0.63 s. The same data as
+//!   on 2 threads, write the cache) 3.9 s; cached 0.40 s. The same data as
 //!   `.tar.gz` opened directly: 3.8 s first, 0.20 s cached.
 //! - `Loader`, batch 128, pad-4 crop + flip + normalisation on CIFAR-10:
 //!   2,100 batches/s (270,000 images/s) on one worker thread, 0.46 ms a

@@ -429,3 +429,17 @@ fn a_grayscale_split_beside_a_colour_one_becomes_rgb() {
         assert_eq!(split.train.augment, qatc_data::Augment::cifar10());
     }
 }
+
+#[test]
+fn linked_class_directories_and_images_are_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = folder(tmp.path());
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::rename(dir.join("train/dog"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("train/dog")).unwrap();
+    rgb(0, 5, 4, 3).save(tmp.path().join("extra.png")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("extra.png"), dir.join("train/cat/7.png")).unwrap();
+    let train = open_dir(&dir, tmp.path()).unwrap().train;
+    assert_eq!(train.labels, [0, 0, 0, 0, 1, 1]);
+    assert_eq!(train.image(3)[0], 200);
+}
