@@ -759,6 +759,11 @@ pub fn render_run(run: &Run) -> Result<Vec<u8>, PlotError> {
         Line::new(Some(label.to_string()), colour(i), points)
     };
     let clip = clip_lines(run);
+    let summary = RunSummary::new(run, String::new());
+    let test_top1 = match (summary.best_test_top1, summary.best_epoch) {
+        (Some(best), Some(epoch)) => format!("test top-1 (best {best:.2}, epoch {epoch})"),
+        _ => "test top-1".to_string(),
+    };
     let panels = [
         Panel::new(
             "loss",
@@ -774,7 +779,7 @@ pub fn render_run(run: &Run) -> Result<Vec<u8>, PlotError> {
             "accuracy (%)",
             vec![
                 series("train top-1", 0, |e| e.train_top1),
-                series("test top-1", 1, |e| e.test_top1),
+                series(&test_top1, 1, |e| e.test_top1),
                 series("test top-5", 2, |e| e.test_top5),
             ],
             "no accuracy recorded",
