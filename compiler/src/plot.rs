@@ -964,9 +964,9 @@ pub fn comparison_table(rows: &[RunSummary]) -> String {
 }
 
 /// `qatc compare`: test top-1 and train loss of every run over the epochs,
-/// one colour per run labelled as in `rows`, as PNG bytes
-/// ([`COMPARE_PLOT_SIZE`]). Runs without a finished epoch are left out;
-/// none with one is an error.
+/// one colour per run labelled with `labels` (one per run, in order: see
+/// [`run_labels`]), as PNG bytes ([`COMPARE_PLOT_SIZE`]). Runs without a
+/// finished epoch are left out; none with one is an error.
 pub fn render_comparison(runs: &[Run], labels: &[String]) -> Result<Vec<u8>, PlotError> {
     if runs.iter().all(|r| r.epochs.is_empty()) {
         let files = runs.iter().map(|r| r.metrics_path().display().to_string());
