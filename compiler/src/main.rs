@@ -116,10 +116,10 @@ enum Command {
     /// per-layer accumulator report (`qatc int SPEC --checkpoint F --data D
     /// [--rounding trunc|nearest] [--acc-bits N --overflow saturate|wrap]`),
     /// `qatc int sweep` over fixed-point formats, `qatc int bench`.
-    Int(qatc::int::cli::IntCommand),
+    Int(Box<qatc::int::cli::IntCommand>),
     /// Write a checkpoint's integer plan for hardware: integer weights,
     /// multipliers, shifts, clamp ranges (`--format c|npz|json -o DIR`).
-    Export(qatc::int::cli::ExportArgs),
+    Export(Box<qatc::int::cli::ExportArgs>),
     /// Convert a spec between .qspec and YAML (printed to stdout or -o FILE).
     Fmt {
         spec: PathBuf,

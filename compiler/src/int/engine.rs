@@ -17,7 +17,7 @@
 // Per-channel loops index several parallel arrays at once.
 #![allow(clippy::needless_range_loop)]
 
-use super::fixed::{div_round, shift_round, shift_round_wide, Rounding};
+use super::fixed::{div_round, shift_round, shift_round_wide, Div, Rounding};
 use super::plan::{
     ConvInput, ConvLayer, IntPlan, Layer, Pool, PoolKind, QuantizeInput, Requant, TensorId,
 };
@@ -436,6 +436,7 @@ fn run_conv(
         Some(b) if b < 64 => (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1),
         _ => (i64::MIN, i64::MAX),
     };
+    let fast = sim.acc_bits.is_none();
     let mut apply = |x: i64| -> i64 {
         st.max_abs = st.max_abs.max(x.saturating_abs());
         if x < min || x > max {
@@ -452,6 +453,12 @@ fn run_conv(
         }
     };
     match &mut out {
+        Buf::I32(v) if fast => {
+            // No width to simulate: only the largest value (vectorised).
+            st.values += v.len() as u64;
+            let m = v.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0);
+            st.max_abs = st.max_abs.max(m as i64);
+        }
         Buf::I32(v) => {
             st.values += v.len() as u64;
             for x in v.iter_mut() {
@@ -466,6 +473,147 @@ fn run_conv(
         }
     }
     ws.bufs[l.output] = out;
+}
+
+/// [`requant_row_body`] with two terms (a residual add).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn requant_row2(
+    src: &[i32],
+    m: i32,
+    src2: &[i32],
+    m2: i32,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i64,
+    hi: i64,
+    out: &mut [i32],
+) {
+    let (m, m2, lo, hi) = (
+        m as i64,
+        m2 as i64,
+        lo.max(i32::MIN as i64),
+        hi.min(i32::MAX as i64),
+    );
+    let mask = if shift == 0 { 0 } else { (1i64 << shift) - 1 };
+    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    let n = out.len().min(src.len()).min(src2.len());
+    let (out, src, src2) = (&mut out[..n], &src[..n], &src2[..n]);
+    match div {
+        Div::Trunc => {
+            for i in 0..n {
+                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
+                out[i] = ((s + ((s >> 63) & mask)) >> shift).clamp(lo, hi) as i32;
+            }
+        }
+        Div::Floor => {
+            for i in 0..n {
+                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
+                out[i] = (s >> shift).clamp(lo, hi) as i32;
+            }
+        }
+        Div::Nearest => {
+            for i in 0..n {
+                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
+                let neg = s >> 63;
+                let a = (s ^ neg) - neg;
+                let q = (a + half) >> shift;
+                out[i] = ((q ^ neg) - neg).clamp(lo, hi) as i32;
+            }
+        }
+    }
+}
+
+/// One channel of a one-term requantization, the multiplier in 32 bits
+/// (always so for formats of at most 32 bits): the product is a
+/// sign-extended 32x32 multiply, which vectorises; one loop per rounding so
+/// none branches inside.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn requant_row_body(
+    src: &[i32],
+    m: i32,
+    src2: &[i32],
+    m2: i32,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i64,
+    hi: i64,
+    out: &mut [i32],
+) {
+    if !src2.is_empty() {
+        return requant_row2(src, m, src2, m2, b, shift, div, lo, hi, out);
+    }
+    let (m, lo, hi) = (m as i64, lo.max(i32::MIN as i64), hi.min(i32::MAX as i64));
+    let mask = if shift == 0 { 0 } else { (1i64 << shift) - 1 };
+    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    match div {
+        Div::Trunc => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                let s = x as i64 * m + b;
+                *o = ((s + ((s >> 63) & mask)) >> shift).clamp(lo, hi) as i32;
+            }
+        }
+        Div::Floor => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                *o = ((x as i64 * m + b) >> shift).clamp(lo, hi) as i32;
+            }
+        }
+        Div::Nearest => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                let s = x as i64 * m + b;
+                // Halves away from zero: round |s|, restore the sign.
+                let neg = s >> 63;
+                let a = (s ^ neg) - neg;
+                let q = (a + half) >> shift;
+                *o = ((q ^ neg) - neg).clamp(lo, hi) as i32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn requant_row_avx2(
+    src: &[i32],
+    m: i32,
+    src2: &[i32],
+    m2: i32,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i64,
+    hi: i64,
+    out: &mut [i32],
+) {
+    requant_row_body(src, m, src2, m2, b, shift, div, lo, hi, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn requant_row(
+    src: &[i32],
+    m: i32,
+    src2: &[i32],
+    m2: i32,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i64,
+    hi: i64,
+    out: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { requant_row_avx2(src, m, src2, m2, b, shift, div, lo, hi, out) };
+            return;
+        }
+    }
+    requant_row_body(src, m, src2, m2, b, shift, div, lo, hi, out)
 }
 
 fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
@@ -490,11 +638,31 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
         }
     } else if let ([t0], [Buf::I32(src)]) = (r.terms.as_slice(), srcs.as_slice()) {
         for ch in 0..c {
-            let (m, b) = (t0.mult[ch], r.bias[ch]);
             let o = &mut out[ch * p..(ch + 1) * p];
             let s = &src[ch * p..(ch + 1) * p];
-            for (o, &x) in o.iter_mut().zip(s) {
-                *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
+            let (m, b) = (t0.mult[ch], r.bias[ch]);
+            match i32::try_from(m) {
+                Ok(m) => requant_row(s, m, &[], 0, b, shift, div, lo, hi, o),
+                Err(_) => {
+                    for (o, &x) in o.iter_mut().zip(s) {
+                        *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
+                    }
+                }
+            }
+        }
+    } else if let ([t0, t1], [Buf::I32(a), Buf::I32(b2)]) = (r.terms.as_slice(), srcs.as_slice()) {
+        for ch in 0..c {
+            let o = &mut out[ch * p..(ch + 1) * p];
+            let (sa, sb) = (&a[ch * p..(ch + 1) * p], &b2[ch * p..(ch + 1) * p]);
+            match (i32::try_from(t0.mult[ch]), i32::try_from(t1.mult[ch])) {
+                (Ok(m0), Ok(m1)) => requant_row(sa, m0, sb, m1, r.bias[ch], shift, div, lo, hi, o),
+                _ => {
+                    for i in 0..p {
+                        let s =
+                            sa[i] as i64 * t0.mult[ch] + sb[i] as i64 * t1.mult[ch] + r.bias[ch];
+                        o[i] = shift_round(s, shift, div).clamp(lo, hi) as i32;
+                    }
+                }
             }
         }
     } else {

@@ -1,1 +1,696 @@
-//! Export (stub).
+//! Export of an integer plan for hardware teams: JSON, NumPy `.npz`, or a C
+//! header with a reference C inference.
+//!
+//! Input: an [`IntPlan`] and, optionally, test images with the logits the
+//! Rust engine computed for them. Output: files in a directory (see
+//! `docs/export.md` for every key and array):
+//! - `json`: `<model>.int.json`, the whole plan (layers in execution order,
+//!   integer weights, multipliers, biases, shifts, rounding, clamp ranges,
+//!   tensor scales, clipping values, bit-widths, shapes).
+//! - `npz`: `<model>.int.npz` (one `.npy` per array, little-endian) plus
+//!   `<model>.int.json`, the same plan with every array replaced by the
+//!   name of its `.npy` entry.
+//! - `c`: `<model>_int.h` (the constants), `<model>_int.c` (a reference
+//!   inference, `qatc_forward`, C99 plus `__int128` where a requantization
+//!   needs it) and, with test images, `<model>_test.c` whose `main` runs
+//!   them and checks the logits bit for bit against the Rust engine's.
+//!
+//! Invariants: the C code performs the engine's operations in the engine's
+//! order (float stem summed in `double` in the same term order, every
+//! division rounded as the plan says), so its logits equal the engine's bit
+//! for bit; checked by `compiler/tests/int_export.rs`.
+//!
+//! The `.npz` writer is written here (a stored zip of `.npy` files, about a
+//! hundred lines with the CRC) rather than taken from a crate: the format
+//! subset is tiny and fixed, and `ndarray-npy`/`npyz` would pull an array
+//! crate and a zip implementation into the compiler for it.
+
+use super::fixed::{Div, Rounding};
+use super::plan::{ConvInput, IntPlan, Layer, PoolKind};
+use super::IntError;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    C,
+    Npz,
+    Json,
+}
+
+/// Test images to ship with a C export: `[C,H,W]` floats each and the logits
+/// the engine gave them.
+#[derive(Clone, Debug, Default)]
+pub struct TestImages {
+    pub images: Vec<Vec<f32>>,
+    pub logits: Vec<Vec<f32>>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> IntError {
+    IntError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn write(path: PathBuf, bytes: &[u8]) -> Result<PathBuf, IntError> {
+    std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+    Ok(path)
+}
+
+/// A C identifier from a layer name.
+fn ident(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Writes the plan in `format` into `dir` (created if needed); returns the
+/// files written.
+pub fn write_export(
+    plan: &IntPlan,
+    dir: &Path,
+    format: ExportFormat,
+    tests: &TestImages,
+) -> Result<Vec<PathBuf>, IntError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let stem = ident(&plan.model);
+    match format {
+        ExportFormat::Json => {
+            let text = serde_json::to_string(&plan_json(plan)).map_err(|e| IntError::Options {
+                reason: e.to_string(),
+            })?;
+            Ok(vec![write(
+                dir.join(format!("{stem}.int.json")),
+                text.as_bytes(),
+            )?])
+        }
+        ExportFormat::Npz => {
+            let mut arrays: Vec<(String, Npy)> = Vec::new();
+            let mut meta = plan_json(plan);
+            hoist_arrays(&mut meta, "", &mut arrays);
+            let text = serde_json::to_string_pretty(&meta).map_err(|e| IntError::Options {
+                reason: e.to_string(),
+            })?;
+            let npz = zip_stored(
+                &arrays
+                    .iter()
+                    .map(|(n, a)| (format!("{n}.npy"), a.bytes()))
+                    .collect::<Vec<_>>(),
+            );
+            Ok(vec![
+                write(dir.join(format!("{stem}.int.npz")), &npz)?,
+                write(dir.join(format!("{stem}.int.json")), text.as_bytes())?,
+            ])
+        }
+        ExportFormat::C => {
+            let (h, c) = c_source(plan, &stem);
+            let mut files = vec![
+                write(dir.join(format!("{stem}_int.h")), h.as_bytes())?,
+                write(dir.join(format!("{stem}_int.c")), c.as_bytes())?,
+            ];
+            if !tests.images.is_empty() {
+                let t = c_test(plan, &stem, tests);
+                files.push(write(dir.join(format!("{stem}_test.c")), t.as_bytes())?);
+            }
+            Ok(files)
+        }
+    }
+}
+
+/// The plan as JSON, with a format tag.
+pub fn plan_json(plan: &IntPlan) -> Value {
+    let mut v = serde_json::to_value(plan).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("format".into(), json!("qatc-int"));
+        m.insert("version".into(), json!(1));
+    }
+    v
+}
+
+/// A `.npy` array: int64 or float64, shape.
+enum Npy {
+    I64(Vec<i64>, Vec<usize>),
+    F64(Vec<f64>, Vec<usize>),
+}
+
+impl Npy {
+    fn bytes(&self) -> Vec<u8> {
+        let (descr, shape, data): (&str, &Vec<usize>, Vec<u8>) = match self {
+            Npy::I64(v, s) => ("<i8", s, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Npy::F64(v, s) => ("<f8", s, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let dims = match shape.len() {
+            1 => format!("({},)", shape[0]),
+            _ => format!(
+                "({})",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+        // Magic (6) + version (2) + length (2) + header + '\n', padded to 64.
+        let total = 10 + header.len() + 1;
+        header.push_str(&" ".repeat((64 - total % 64) % 64));
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+}
+
+/// Replaces every numeric array of more than 4 elements in `v` by the name
+/// of an `.npy` entry (its JSON path, dots between keys).
+fn hoist_arrays(v: &mut Value, path: &str, out: &mut Vec<(String, Npy)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                hoist_arrays(x, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            let numeric = a.len() > 4 && a.iter().all(Value::is_number);
+            if numeric {
+                let name = path.to_string();
+                let arr = if a.iter().all(|x| x.is_i64()) {
+                    Npy::I64(a.iter().filter_map(Value::as_i64).collect(), vec![a.len()])
+                } else {
+                    Npy::F64(a.iter().filter_map(Value::as_f64).collect(), vec![a.len()])
+                };
+                out.push((name.clone(), arr));
+                *v = json!({ "npy": format!("{name}.npy") });
+            } else {
+                for (i, x) in a.iter_mut().enumerate() {
+                    hoist_arrays(x, &format!("{path}.{i}"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut crc = !0u32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// A zip archive of stored (uncompressed) entries, as `numpy.load` reads.
+fn zip_stored(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let offset = out.len() as u32;
+        let crc = crc32(data);
+        let size = data.len() as u32;
+        let n = name.len() as u16;
+        // Local file header.
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        for x in [20u16, 0, 0, 0, 0x21] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        // Central directory entry.
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        for x in [20u16, 20, 0, 0, 0, 0x21] {
+            central.extend_from_slice(&x.to_le_bytes());
+        }
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&n.to_le_bytes());
+        for x in [0u16, 0, 0, 0] {
+            central.extend_from_slice(&x.to_le_bytes());
+        }
+        central.extend_from_slice(&0u32.to_le_bytes());
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    let cd_size = central.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    for x in [0u16, 0, entries.len() as u16, entries.len() as u16] {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+fn c_array<T: std::fmt::Display>(out: &mut String, ty: &str, name: &str, v: &[T]) {
+    let _ = write!(out, "static const {ty} {name}[{}] = {{", v.len().max(1));
+    if v.is_empty() {
+        out.push('0');
+    }
+    for (i, x) in v.iter().enumerate() {
+        if i % 16 == 0 {
+            out.push_str("\n    ");
+        }
+        let _ = write!(out, "{x}, ");
+    }
+    out.push_str("\n};\n");
+}
+
+/// `(f32 as bits)` so C reads back exactly the value.
+fn c_float(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x:e}f")
+    } else {
+        "0.0f".into()
+    }
+}
+
+fn c_double(x: f64) -> String {
+    format!("{x:e}")
+}
+
+fn div_code(d: Div) -> i32 {
+    match d {
+        Div::Trunc => 0,
+        Div::Floor => 1,
+        Div::Nearest => 2,
+    }
+}
+
+const C_HELPERS: &str = r#"
+/* Integer helpers: the engine's operations, in its order. */
+static int64_t shift_round(int64_t x, int shift, int div) {
+    if (shift == 0) return x;
+    if (div == 1) return x >> shift;                      /* floor */
+    if (div == 0) return (x + ((x >> 63) & ((INT64_C(1) << shift) - 1))) >> shift; /* trunc */
+    {
+        int64_t half = INT64_C(1) << (shift - 1);            /* nearest, halves away from 0 */
+        return x >= 0 ? (x + half) >> shift : -((-x + half) >> shift);
+    }
+}
+#ifdef __SIZEOF_INT128__
+static int64_t shift_round_wide(__int128 x, int shift, int div) {
+    __int128 r;
+    if (shift == 0) r = x;
+    else if (div == 1) r = x >> shift;
+    else if (div == 0) r = (x + ((x >> 127) & ((((__int128)1) << shift) - 1))) >> shift;
+    else {
+        __int128 half = ((__int128)1) << (shift - 1);
+        r = x >= 0 ? (x + half) >> shift : -((-x + half) >> shift);
+    }
+    if (r > INT64_MAX) r = INT64_MAX;
+    if (r < INT64_MIN) r = INT64_MIN;
+    return (int64_t)r;
+}
+#endif
+static int64_t div_round(int64_t x, int64_t n, int div) {
+    if (div == 0) return x / n;
+    if (div == 1) { int64_t q = x / n; return (x % n != 0 && x < 0) ? q - 1 : q; }
+    return x >= 0 ? (x + n / 2) / n : -((-x + n / 2) / n);
+}
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+/* conv over int64 tensors [C,H,W]; weights [cout, cin/groups, k, k] */
+static void conv_int(const int64_t *in, int cin, int ih, int iw, const int32_t *w, int cout,
+                     int k, int s, int pad, int groups, int oh, int ow, int64_t *out) {
+    int cin_g = cin / groups, cout_g = cout / groups;
+    for (int o = 0; o < cout; o++) {
+        int g = o / cout_g;
+        for (int oy = 0; oy < oh; oy++) for (int ox = 0; ox < ow; ox++) {
+            int64_t acc = 0;
+            for (int c = 0; c < cin_g; c++) for (int ky = 0; ky < k; ky++) for (int kx = 0; kx < k; kx++) {
+                int iy = oy * s + ky - pad, ix = ox * s + kx - pad;
+                if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+                acc += (int64_t)w[((o * cin_g + c) * k + ky) * k + kx] * in[((g * cin_g + c) * ih + iy) * iw + ix];
+            }
+            out[(o * oh + oy) * ow + ox] = acc;
+        }
+    }
+}
+
+/* conv of the float input, summed in double in the engine's term order */
+static void conv_float(const float *in, int cin, int ih, int iw, const int32_t *w, int cout,
+                       int k, int s, int pad, int groups, int oh, int ow, int nearest, int64_t *out) {
+    int cin_g = cin / groups, cout_g = cout / groups;
+    for (int o = 0; o < cout; o++) {
+        int g = o / cout_g;
+        for (int oy = 0; oy < oh; oy++) for (int ox = 0; ox < ow; ox++) {
+            double acc = 0.0;
+            for (int c = 0; c < cin_g; c++) for (int ky = 0; ky < k; ky++) for (int kx = 0; kx < k; kx++) {
+                int iy = oy * s + ky - pad, ix = ox * s + kx - pad;
+                if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+                acc = acc + (double)w[((o * cin_g + c) * k + ky) * k + kx] * (double)in[((g * cin_g + c) * ih + iy) * iw + ix];
+            }
+            out[(o * oh + oy) * ow + ox] = nearest ? (int64_t)round(acc) : (int64_t)acc;
+        }
+    }
+}
+
+/* kind: 0 avg(k, s), 1 max(k, s, pad), 2 adaptive */
+static void pool(const int64_t *in, int c, int ih, int iw, int oh, int ow, int kind, int k, int s, int pad,
+                 int div, int64_t *out) {
+    for (int ch = 0; ch < c; ch++) for (int oy = 0; oy < oh; oy++) for (int ox = 0; ox < ow; ox++) {
+        int y0, y1, x0, x1;
+        if (kind == 2) { y0 = oy * ih / oh; y1 = ((oy + 1) * ih + oh - 1) / oh; x0 = ox * iw / ow; x1 = ((ox + 1) * iw + ow - 1) / ow; pad = 0; }
+        else { y0 = oy * s; y1 = oy * s + k; x0 = ox * s; x1 = ox * s + k; }
+        int64_t sum = 0, best = INT64_MIN, n = 0;
+        for (int y = y0; y < y1; y++) for (int x = x0; x < x1; x++) {
+            int yy = y - (kind == 1 ? pad : 0), xx = x - (kind == 1 ? pad : 0);
+            if (yy < 0 || yy >= ih || xx < 0 || xx >= iw) continue;
+            int64_t v = in[(ch * ih + yy) * iw + xx];
+            sum += v; if (v > best) best = v; n++;
+        }
+        out[(ch * oh + oy) * ow + ox] = kind == 1 ? best : div_round(sum, n > 0 ? n : 1, div);
+    }
+}
+"#;
+
+/// The header (constants) and the reference inference.
+pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
+    let mut h = String::new();
+    let guard = format!("QATC_{}_INT_H", stem.to_uppercase());
+    let _ = writeln!(
+        h,
+        "/* Integer plan of model `{}`, profile `{}`, rounding `{}`: written by `qatc export`. */",
+        plan.model, plan.profile, plan.options.rounding
+    );
+    let _ = writeln!(h, "#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n");
+    let [ic, ih, iw] = plan.input_shape;
+    let _ = writeln!(
+        h,
+        "#define QATC_INPUT_C {ic}\n#define QATC_INPUT_H {ih}\n#define QATC_INPUT_W {iw}"
+    );
+    let _ = writeln!(h, "#define QATC_CLASSES {}\n", plan.output.classes);
+    for (name, a) in &plan.clips {
+        let _ = writeln!(h, "/* clipping value of {name}: {a} */");
+    }
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let _ = writeln!(
+            h,
+            "/* t{i} {} [{}x{}x{}]: {} */",
+            t.name,
+            t.shape[0],
+            t.shape[1],
+            t.shape[2],
+            match &t.kind {
+                super::plan::TensorKind::Act {
+                    scale,
+                    lo,
+                    hi,
+                    bits,
+                } => format!("activation, value = q / {scale}, q in [{lo}, {hi}], {bits} bit"),
+                super::plan::TensorKind::Acc { scale } =>
+                    format!("accumulator, value = acc / {scale}"),
+            }
+        );
+    }
+    for (li, layer) in plan.layers.iter().enumerate() {
+        let id = format!("L{li}_{}", ident(layer.name()));
+        match layer {
+            Layer::Conv(l) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: conv {}->{} k{} s{} p{} g{}, w{} bit (int = real * {}), a{} bit, fan-in {} */",
+                    l.name, l.cin, l.cout, l.kernel, l.stride, l.padding, l.groups, l.w_bits, l.w_scale, l.a_bits, l.fan_in
+                );
+                c_array(&mut h, "int32_t", &format!("{id}_w"), &l.weights);
+            }
+            Layer::Requant(r) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: requant, {} term(s), {} (shift {}), clamp [{}, {}] */",
+                    r.name,
+                    r.terms.len(),
+                    r.format,
+                    r.shift,
+                    r.lo,
+                    r.hi
+                );
+                for (ti, t) in r.terms.iter().enumerate() {
+                    c_array(&mut h, "int64_t", &format!("{id}_m{ti}"), &t.mult);
+                }
+                c_array(&mut h, "int64_t", &format!("{id}_b"), &r.bias);
+            }
+            Layer::QuantizeInput(q) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: q = round_even(clamp(x * {}, {}, {}) * {}) */",
+                    q.name, q.pre, q.clip_lo, q.clip_hi, q.gain
+                );
+            }
+            Layer::Pool(p) => {
+                let _ = writeln!(h, "\n/* {}: pool {:?} */", p.name, p.kind);
+            }
+        }
+    }
+    let o = &plan.output;
+    for (ti, k) in o.terms_f32.iter().enumerate() {
+        let ks: Vec<String> = k.iter().map(|&x| c_float(x)).collect();
+        c_array(&mut h, "float", &format!("OUT_k{ti}_f32"), &ks);
+        let kd: Vec<String> = o.terms[ti].1.iter().map(|&x| c_double(x)).collect();
+        c_array(&mut h, "double", &format!("OUT_k{ti}"), &kd);
+    }
+    let bs: Vec<String> = o.bias_f32.iter().map(|&x| c_float(x)).collect();
+    c_array(&mut h, "float", "OUT_b_f32", &bs);
+    let bd: Vec<String> = o.bias.iter().map(|&x| c_double(x)).collect();
+    c_array(&mut h, "double", "OUT_b", &bd);
+    let _ = writeln!(
+        h,
+        "\n/* Runs one image ([C,H,W] floats, normalised as in training); writes QATC_CLASSES logits. */\nvoid qatc_forward(const float *image, float *logits);\n\n#endif"
+    );
+
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "/* Reference integer inference of model `{}` (profile `{}`), written by `qatc export`.\n   Build: cc -O2 -ffp-contract=off {stem}_int.c ... -lm */",
+        plan.model, plan.profile
+    );
+    let _ = writeln!(
+        c,
+        "#include <math.h>\n#include <stdint.h>\n#include \"{stem}_int.h\""
+    );
+    c.push_str(C_HELPERS);
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let _ = writeln!(c, "static int64_t t{i}[{}];", t.len().max(1));
+    }
+    c.push_str("\nvoid qatc_forward(const float *image, float *logits) {\n");
+    for (li, layer) in plan.layers.iter().enumerate() {
+        let id = format!("L{li}_{}", ident(layer.name()));
+        match layer {
+            Layer::QuantizeInput(q) => {
+                let _ = writeln!(
+                    c,
+                    "    for (int i = 0; i < {n}; i++) {{ float y = image[i] * {pre}; y = y < {lo} ? {lo} : (y > {hi} ? {hi} : y); t{o}[i] = (int64_t)nearbyintf(y * {g}); }}",
+                    n = plan.input_len(),
+                    pre = c_float(q.pre),
+                    lo = c_float(q.clip_lo),
+                    hi = c_float(q.clip_hi),
+                    g = c_float(q.gain),
+                    o = q.output
+                );
+            }
+            Layer::Conv(l) => {
+                let args = format!(
+                    "{}, {}, {}, {id}_w, {}, {}, {}, {}, {}, {}, {}",
+                    l.cin,
+                    l.in_hw[0],
+                    l.in_hw[1],
+                    l.cout,
+                    l.kernel,
+                    l.stride,
+                    l.padding,
+                    l.groups,
+                    l.out_hw[0],
+                    l.out_hw[1]
+                );
+                match l.input {
+                    ConvInput::Float => {
+                        let _ = writeln!(
+                            c,
+                            "    conv_float(image, {args}, {}, t{});",
+                            i32::from(plan.options.rounding == Rounding::Nearest),
+                            l.output
+                        );
+                    }
+                    ConvInput::Tensor(t) => {
+                        let _ = writeln!(c, "    conv_int(t{t}, {args}, t{});", l.output);
+                    }
+                }
+            }
+            Layer::Requant(r) => {
+                let ch = r.bias.len();
+                let p = plan.tensors[r.output].len() / ch.max(1);
+                let (sum_ty, shift_fn) = if r.wide {
+                    ("__int128", "shift_round_wide")
+                } else {
+                    ("int64_t", "shift_round")
+                };
+                let _ = writeln!(
+                    c,
+                    "    for (int c = 0; c < {ch}; c++) for (int i = 0; i < {p}; i++) {{"
+                );
+                let _ = write!(c, "        {sum_ty} s = ({sum_ty}){id}_b[c]");
+                for (ti, t) in r.terms.iter().enumerate() {
+                    let _ = write!(c, " + ({sum_ty})t{}[c * {p} + i] * {id}_m{ti}[c]", t.src);
+                }
+                let _ = writeln!(
+                    c,
+                    ";\n        t{}[c * {p} + i] = clamp64({shift_fn}(s, {}, {}), INT64_C({}), INT64_C({}));\n    }}",
+                    r.output,
+                    r.shift,
+                    div_code(r.div),
+                    r.lo,
+                    r.hi
+                );
+            }
+            Layer::Pool(p) => {
+                let [ch, ih, iw] = plan.tensors[p.input].shape;
+                let [_, oh, ow] = plan.tensors[p.output].shape;
+                let (kind, k, s, pad) = match p.kind {
+                    PoolKind::Avg { kernel, stride } => (0, kernel, stride, 0),
+                    PoolKind::Max {
+                        kernel,
+                        stride,
+                        padding,
+                    } => (1, kernel, stride, padding),
+                    PoolKind::Adaptive { .. } => (2, 0, 0, 0),
+                };
+                let _ = writeln!(
+                    c,
+                    "    pool(t{}, {ch}, {ih}, {iw}, {oh}, {ow}, {kind}, {k}, {s}, {pad}, {}, t{});",
+                    p.input,
+                    div_code(p.div),
+                    p.output
+                );
+            }
+        }
+    }
+    let trunc = plan.options.rounding == Rounding::Trunc;
+    let _ = writeln!(
+        c,
+        "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        float l = 0.0f;"
+    );
+    for (ti, (src, _)) in o.terms.iter().enumerate() {
+        if trunc {
+            let _ = writeln!(c, "        l += (float)t{src}[c] * OUT_k{ti}_f32[c];");
+        } else {
+            let _ = writeln!(
+                c,
+                "        l = (float)((double)l + (double)t{src}[c] * OUT_k{ti}[c]);"
+            );
+        }
+    }
+    if trunc {
+        c.push_str("        l += OUT_b_f32[c];\n");
+    } else {
+        c.push_str("        l = (float)((double)l + OUT_b[c]);\n");
+    }
+    c.push_str("        logits[c] = l;\n    }\n}\n");
+    (h, c)
+}
+
+/// A `main` that runs the test images and compares the logits bit for bit.
+fn c_test(plan: &IntPlan, stem: &str, tests: &TestImages) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "/* Test images and the Rust engine's logits for them: exits 0 when every logit is bit-identical. */\n#include <stdio.h>\n#include <string.h>\n#include <stdint.h>\n#include \"{stem}_int.h\"\n"
+    );
+    let n = tests.images.len();
+    let _ = writeln!(t, "#define N_IMAGES {n}");
+    let bits = |v: &[f32]| -> Vec<String> {
+        v.iter()
+            .map(|x| format!("0x{:08x}u", x.to_bits()))
+            .collect()
+    };
+    let all_images: Vec<String> = tests.images.iter().flat_map(|im| bits(im)).collect();
+    c_array(&mut t, "uint32_t", "IMAGES", &all_images);
+    let all_logits: Vec<String> = tests.logits.iter().flat_map(|l| bits(l)).collect();
+    c_array(&mut t, "uint32_t", "LOGITS", &all_logits);
+    let per = plan.input_len();
+    let _ = writeln!(
+        t,
+        r#"
+int main(void) {{
+    static float image[{per}];
+    float logits[QATC_CLASSES];
+    int bad = 0;
+    for (int i = 0; i < N_IMAGES; i++) {{
+        memcpy(image, &IMAGES[i * {per}], sizeof image);
+        qatc_forward(image, logits);
+        for (int c = 0; c < QATC_CLASSES; c++) {{
+            uint32_t got;
+            memcpy(&got, &logits[c], sizeof got);
+            printf("%s%08x", c ? " " : "", (unsigned)got);
+            if (got != LOGITS[i * QATC_CLASSES + c]) bad++;
+        }}
+        printf("\n");
+    }}
+    fprintf(stderr, "%d of %d logits differ from the Rust engine\n", bad, N_IMAGES * QATC_CLASSES);
+    return bad != 0;
+}}"#
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_of_known_strings() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn npy_header_is_padded_to_64() {
+        let b = Npy::I64(vec![1, 2, 3], vec![3]).bytes();
+        assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+        let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        assert_eq!(b.len(), 10 + hlen + 24);
+        let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+        assert!(header.starts_with("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }"));
+        assert!(header.ends_with('\n'));
+    }
+
+    #[test]
+    fn zip_has_entries_and_end_record() {
+        let z = zip_stored(&[("a.npy".into(), vec![1, 2, 3]), ("b.npy".into(), vec![])]);
+        assert_eq!(&z[..4], &[0x50, 0x4b, 0x03, 0x04]);
+        let end = &z[z.len() - 22..];
+        assert_eq!(&end[..4], &[0x50, 0x4b, 0x05, 0x06]);
+        assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2);
+    }
+}
