@@ -779,6 +779,7 @@ pub fn run_image(
     let o = &plan.output;
     let classes = o.classes;
     let mut logits = vec![0f32; classes];
+    let mut exact = vec![0f64; classes];
     let mut acc = vec![0i64; classes];
     let trunc = plan.options.rounding == Rounding::Trunc;
     for (ti, (src, k)) in o.terms.iter().enumerate() {
@@ -788,19 +789,17 @@ pub fn run_image(
             if ti == 0 {
                 acc[c] = v;
             }
-            if trunc {
-                // The seed: `(q_x * 1.0) * re_scale`, then `+= bias`, in float32.
-                logits[c] += v as f32 * o.terms_f32[ti][c];
-            } else {
-                logits[c] = (logits[c] as f64 + v as f64 * k[c]) as f32;
-            }
+            // The seed: `(q_x * 1.0) * re_scale`, then `+= bias`, in float32;
+            // otherwise summed in f64 and rounded once.
+            logits[c] += v as f32 * o.terms_f32[ti][c];
+            exact[c] += v as f64 * k[c];
         }
     }
     for c in 0..classes {
         if trunc {
             logits[c] += o.bias_f32[c];
         } else {
-            logits[c] = (logits[c] as f64 + o.bias[c]) as f32;
+            logits[c] = (exact[c] + o.bias[c]) as f32;
         }
     }
     Ok(ImageOutput { logits, acc })

@@ -172,6 +172,25 @@ impl Npy {
 fn hoist_arrays(v: &mut Value, path: &str, out: &mut Vec<(String, Npy)>) {
     match v {
         Value::Object(m) => {
+            // Conv weights keep their shape [cout, cin/groups, k, k].
+            let dims =
+                ["cout", "cin", "groups", "kernel"].map(|k| m.get(k).and_then(Value::as_u64));
+            if let ([Some(co), Some(ci), Some(g), Some(k)], Some(Value::Array(a))) =
+                (dims, m.get("weights"))
+            {
+                let shape = vec![
+                    co as usize,
+                    (ci / g.max(1)) as usize,
+                    k as usize,
+                    k as usize,
+                ];
+                let name = format!("{path}.weights");
+                out.push((
+                    name.clone(),
+                    Npy::I64(a.iter().filter_map(Value::as_i64).collect(), shape),
+                ));
+                m.insert("weights".into(), json!({ "npy": format!("{name}.npy") }));
+            }
             for (k, x) in m.iter_mut() {
                 let p = if path.is_empty() {
                     k.clone()
@@ -598,22 +617,19 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
     let trunc = plan.options.rounding == Rounding::Trunc;
     let _ = writeln!(
         c,
-        "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        float l = 0.0f;"
+        "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        float l = 0.0f;\n        double d = 0.0;"
     );
     for (ti, (src, _)) in o.terms.iter().enumerate() {
         if trunc {
             let _ = writeln!(c, "        l += (float)t{src}[c] * OUT_k{ti}_f32[c];");
         } else {
-            let _ = writeln!(
-                c,
-                "        l = (float)((double)l + (double)t{src}[c] * OUT_k{ti}[c]);"
-            );
+            let _ = writeln!(c, "        d += (double)t{src}[c] * OUT_k{ti}[c];");
         }
     }
     if trunc {
-        c.push_str("        l += OUT_b_f32[c];\n");
+        c.push_str("        l += OUT_b_f32[c];\n        (void)d;\n");
     } else {
-        c.push_str("        l = (float)((double)l + OUT_b[c]);\n");
+        c.push_str("        l = (float)(d + OUT_b[c]);\n");
     }
     c.push_str("        logits[c] = l;\n    }\n}\n");
     (h, c)

@@ -1,0 +1,257 @@
+//! The integer plan on cases small enough to compute by hand (a quantized
+//! input, a 1x1 conv with BN, a residual add, a linear layer), and the
+//! errors a wrong checkpoint or an inexpressible profile give.
+
+use qatc::driver::{self, Source, Syntax};
+use qatc::int::{self, engine, Checkpoint, IntError, PlanOptions, Rounding};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::path::PathBuf;
+
+const TINY: &str = r#"
+model tiny {
+  input 1x1x2
+  classes 1
+  quant {
+    weights dorefa
+    acts mpact(2)
+  }
+  rules {
+    quantize_after_add(aout) as out
+  }
+  block res(cout) {
+    y = x -> conv1x1(cout) as conv -> bn as bn
+    y += x
+    return y
+  }
+  stem: act(ain) as q
+  stage s: res x1 (cout: 1)
+  fc: flatten -> linear(classes) as fc
+  profile p {
+    all { w 8  a 8 }
+  }
+  profile p4 {
+    all { w 4  a 4 }
+  }
+}
+"#;
+
+fn tiny_graph(profile: &str) -> qatc::ir::Graph {
+    let src = Source::from_text("tiny.qspec", TINY, Syntax::Qspec);
+    driver::compile(&src, Some(profile)).expect("tiny spec compiles")
+}
+
+fn tensors(skip: &str, reshape: Option<(&str, Vec<usize>)>) -> Vec<u8> {
+    let vars: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+        ("stem.q.alpha", vec![], vec![2.0]),
+        ("s.0.conv.weight", vec![1, 1, 1, 1], vec![0.5]),
+        ("s.0.bn.weight", vec![1], vec![1.5]),
+        ("s.0.bn.bias", vec![1], vec![0.25]),
+        ("s.0.bn.running_mean", vec![1], vec![0.1]),
+        ("s.0.bn.running_var", vec![1], vec![0.8]),
+        ("s.0.out.alpha", vec![], vec![3.0]),
+        ("fc.fc.weight", vec![1, 2], vec![0.3, -0.7]),
+        ("fc.fc.bias", vec![1], vec![0.05]),
+    ];
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
+        .into_iter()
+        .filter(|(n, _, _)| *n != skip)
+        .map(|(n, s, v)| {
+            let s = match &reshape {
+                Some((r, shape)) if *r == n => shape.clone(),
+                _ => s,
+            };
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n.to_string(), s, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize(views, None).unwrap()
+}
+
+/// `round(v)`, halves away from zero, as an integer.
+fn r(v: f64) -> i64 {
+    v.round() as i64
+}
+
+#[test]
+fn tiny_conv_bn_add_linear_by_hand() {
+    let g = tiny_graph("p");
+    let ck = Checkpoint::from_bytes(&tensors("", None), &g, "").unwrap();
+    let opts = PlanOptions {
+        rounding: Rounding::Nearest,
+        ..PlanOptions::default()
+    };
+    let plan = int::build(&g, &ck, opts).unwrap();
+    let x = [1.0f32, -0.5];
+    let weights = engine::Weights::new(&plan);
+    let mut ws = engine::Workspace::new(&plan);
+    let out = engine::run_image(&plan, &weights, &x, &mut ws, &Default::default()).unwrap();
+
+    // Input quantizer: mPACT 8 bit, alpha 2: q = round(x * 127/2).
+    let q_in = [64i64, -32]; // 63.5 rounds to even, -31.75 to -32
+    let t_in = plan.tensor_of("stem.q").unwrap();
+    assert_eq!(ws.tensor(t_in).unwrap().to_i64(), q_in);
+
+    // Conv: weight 0.5 is the largest, so its integer is 127 (scale 127).
+    let acc: Vec<i64> = q_in.iter().map(|q| q * 127).collect();
+    // BN folded into the multiplier of the accumulator, the add's identity
+    // rescaled from 127/2 to the output scale 127/3, fixed<32,10> (22 bits).
+    let (s_in, s_out, f) = (127.0 / 2.0, 127.0 / 3.0, (1u64 << 22) as f64);
+    let std = (0.8f64 + 1e-5f32 as f64).sqrt();
+    let (w_bn, b_bn) = (1.5 / std, 0.25 - 1.5 * 0.1 / std);
+    let m_acc = r(s_out / (s_in * 127.0) * w_bn * f);
+    let m_id = r(s_out / s_in * f);
+    let bias = r(s_out * b_bn * f);
+    let q_out: Vec<i64> = (0..2)
+        .map(|i| {
+            let s = (acc[i] * m_acc + q_in[i] * m_id + bias) as f64 / f;
+            r(s).clamp(-127, 127)
+        })
+        .collect();
+    let t_out = plan.tensor_of("s.0.out").unwrap();
+    assert_eq!(ws.tensor(t_out).unwrap().to_i64(), q_out);
+    // Those integers are close to the real computation.
+    for i in 0..2 {
+        let real = (x[i] as f64 * w_bn * 1.0 + b_bn) + x[i] as f64;
+        assert!((q_out[i] as f64 / s_out - real).abs() < 0.05, "{i}: {real}");
+    }
+
+    // Linear: weights tanh-normalised to 8 bits, logits = acc / scales + bias.
+    let w_fc = [r(0.3f64.tanh() / 0.7f64.tanh() * 127.0), -127];
+    assert_eq!(w_fc[0], 61);
+    let acc_fc = q_out[0] * w_fc[0] + q_out[1] * w_fc[1];
+    assert_eq!(out.acc, vec![acc_fc]);
+    let logit = (acc_fc as f64 / (s_out * 127.0) + 0.05f32 as f64) as f32;
+    assert_eq!(out.logits, vec![logit]);
+}
+
+#[test]
+fn tiny_trunc_truncates_toward_zero() {
+    let g = tiny_graph("p");
+    let ck = Checkpoint::from_bytes(&tensors("", None), &g, "").unwrap();
+    let plan = int::build(&g, &ck, PlanOptions::default()).unwrap();
+    let nearest = int::build(
+        &g,
+        &ck,
+        PlanOptions {
+            rounding: Rounding::Nearest,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    let x = [1.0f32, -0.5];
+    let run = |p: &int::IntPlan| {
+        let w = engine::Weights::new(p);
+        let mut ws = engine::Workspace::new(p);
+        engine::run_image(p, &w, &x, &mut ws, &Default::default()).unwrap();
+        ws.tensor(p.tensor_of("s.0.out").unwrap()).unwrap().to_i64()
+    };
+    let (t, n) = (run(&plan), run(&nearest));
+    // Truncation never moves away from zero, and never by a step or more.
+    for (a, b) in t.iter().zip(&n) {
+        assert!(
+            a.abs() <= b.abs() && (a - b).abs() <= 1,
+            "trunc {a} nearest {b}"
+        );
+    }
+    // The mPACT clamp of the seed's pipeline is [-128, 127].
+    let qat = match &plan.tensors[plan.tensor_of("s.0.out").unwrap()].kind {
+        int::plan::TensorKind::Act { lo, hi, .. } => (*lo, *hi),
+        _ => panic!("not an activation"),
+    };
+    assert_eq!(qat, (-128, 127));
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_listed() {
+    let g = tiny_graph("p");
+    let e = Checkpoint::from_bytes(
+        &tensors("s.0.bn.running_var", Some(("fc.fc.weight", vec![2, 1]))),
+        &g,
+        "",
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, IntError::Tensors { .. }), "{msg}");
+    assert!(msg.contains("`s.0.bn.running_var`"), "{msg}");
+    assert!(
+        msg.contains("`fc.fc.weight` is [2, 1], the model needs [1, 2]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_profile_is_refused_by_its_sidecar() {
+    let g = tiny_graph("p");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    std::fs::write(&path, tensors("", None)).unwrap();
+    std::fs::write(
+        dir.path().join("ck.safetensors.json"),
+        r#"{"model": "tiny", "profile": "p4", "epoch": 3}"#,
+    )
+    .unwrap();
+    let e = Checkpoint::read(&path, &g).unwrap_err();
+    assert!(matches!(e, IntError::WrongModel { .. }));
+    assert!(e.to_string().contains("profile `p4`"), "{e}");
+    std::fs::write(
+        dir.path().join("ck.safetensors.json"),
+        r#"{"model": "tiny", "profile": "p"}"#,
+    )
+    .unwrap();
+    assert!(Checkpoint::read(&path, &g).is_ok());
+}
+
+fn golden_bytes(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("QATC_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("golden {name}: {e} (set QATC_GOLDEN)"))
+}
+
+fn toynet(profile: &str) -> (qatc::ast::Model, qatc::ir::Graph) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/toynet.qspec");
+    let src = Source::read(&path).unwrap();
+    (
+        driver::parse(&src).unwrap(),
+        driver::compile(&src, Some(profile)).unwrap(),
+    )
+}
+
+#[test]
+fn golden_errors_name_the_layer() {
+    let bytes = golden_bytes("toynet_int.safetensors");
+    // The seed's head bias does not fit fixed<32,16>: an error unless clamped.
+    let (model, g) = toynet("cfg-1*");
+    let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+    let e = int::build(&g, &ck, PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, IntError::FormatOverflow { .. }), "{e}");
+    assert!(e.to_string().contains("head.act_quant_out"), "{e}");
+    // A wider integer part holds it.
+    let mut opts = PlanOptions::default();
+    opts.formats.head = int::FixedFormat::new(32, 17);
+    assert!(int::build(&g, &ck, opts).is_ok());
+    // cfg-1 keeps the stem's weights float: no integer form.
+    let (model, g) = toynet("cfg-1");
+    let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+    let e = int::build(&g, &ck, PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, IntError::Unsupported { .. }), "{e}");
+    assert!(
+        e.to_string().contains("`stem.conv`") && e.to_string().contains("float"),
+        "{e}"
+    );
+    // A ResNet20 checkpoint is not a ToyNet one.
+    let other = golden_bytes("resnet20.safetensors");
+    let (model, g) = toynet("cfg-1*");
+    let e = Checkpoint::import(&other, &model, &g, "seed", "state.").unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+}

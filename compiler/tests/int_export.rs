@@ -1,0 +1,143 @@
+//! Export round trips: the C reference inference, compiled with `cc`,
+//! reproduces the Rust engine's logits bit for bit (both rounding modes, on
+//! the golden ToyNet and its eight input images); the JSON and npz exports
+//! hold the plan.
+
+use qatc::driver::{self, Source};
+use qatc::int::export::{write_export, ExportFormat, TestImages};
+use qatc::int::{self, engine, Checkpoint, PlanOptions, Rounding};
+use safetensors::tensor::SafeTensors;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn golden_plan(rounding: Rounding) -> (int::IntPlan, Vec<f32>) {
+    let dir = std::env::var_os("QATC_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
+    let bytes = std::fs::read(dir.join("toynet_int.safetensors"))
+        .unwrap_or_else(|e| panic!("golden toynet_int: {e} (set QATC_GOLDEN)"));
+    let src = Source::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/toynet.qspec"))
+        .unwrap();
+    let model = driver::parse(&src).unwrap();
+    let g = driver::compile(&src, Some("cfg-1*")).unwrap();
+    let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+    let opts = PlanOptions {
+        rounding,
+        saturate_constants: true,
+        ..PlanOptions::default()
+    };
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let input: Vec<f32> = st
+        .tensor("input")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (int::build(&g, &ck, opts).unwrap(), input)
+}
+
+fn have_cc() -> bool {
+    Command::new("cc").arg("--version").output().is_ok()
+}
+
+#[test]
+fn c_reference_matches_the_engine_bit_for_bit() {
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for rounding in [Rounding::Trunc, Rounding::Nearest] {
+        let (plan, input) = golden_plan(rounding);
+        let weights = engine::Weights::new(&plan);
+        let mut ws = engine::Workspace::new(&plan);
+        let mut tests = TestImages::default();
+        for x in input.chunks_exact(plan.input_len()) {
+            let out = engine::run_image(&plan, &weights, x, &mut ws, &Default::default()).unwrap();
+            tests.images.push(x.to_vec());
+            tests.logits.push(out.logits);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_export(&plan, dir.path(), ExportFormat::C, &tests).unwrap();
+        assert_eq!(files.len(), 3);
+        let exe = dir.path().join("toynet_test");
+        let cc = Command::new("cc")
+            .args(["-O2", "-std=gnu99", "-ffp-contract=off", "-o"])
+            .arg(&exe)
+            .arg(dir.path().join("toynet_test.c"))
+            .arg(dir.path().join("toynet_int.c"))
+            .arg("-lm")
+            .output()
+            .unwrap();
+        assert!(
+            cc.status.success(),
+            "cc failed ({rounding}):\n{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let run = Command::new(&exe).output().unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "C logits differ ({rounding}): {}\n{stdout}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        // The printed logits are the engine's, bit for bit.
+        let printed: Vec<Vec<u32>> = stdout
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .map(|h| u32::from_str_radix(h, 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        let want: Vec<Vec<u32>> = tests
+            .logits
+            .iter()
+            .map(|l| l.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        assert_eq!(printed, want, "{rounding}");
+    }
+}
+
+#[test]
+fn json_and_npz_hold_the_plan() {
+    let (plan, _) = golden_plan(Rounding::Trunc);
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_export(
+        &plan,
+        dir.path(),
+        ExportFormat::Json,
+        &TestImages::default(),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(v["format"], "qatc-int");
+    assert_eq!(v["layers"].as_array().unwrap().len(), plan.layers.len());
+    let first_conv = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "conv")
+        .unwrap();
+    assert_eq!(first_conv["name"], "stem.conv");
+    assert_eq!(
+        first_conv["weights"].as_array().unwrap().len(),
+        16 * 3 * 3 * 3
+    );
+
+    let files = write_export(&plan, dir.path(), ExportFormat::Npz, &TestImages::default()).unwrap();
+    let npz = std::fs::read(&files[0]).unwrap();
+    assert_eq!(&npz[..4], b"PK\x03\x04");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[1]).unwrap()).unwrap();
+    let w = &meta["layers"][0]["weights"]["npy"];
+    let name = w.as_str().unwrap();
+    assert!(name.ends_with(".npy"));
+    // The entry is in the archive, with a .npy header.
+    let at = npz
+        .windows(name.len())
+        .position(|win| win == name.as_bytes())
+        .unwrap();
+    let data = &npz[at + name.len()..];
+    assert_eq!(&data[..6], b"\x93NUMPY");
+}
