@@ -58,6 +58,10 @@ pub struct TrainArgs {
     /// `--epochs`).
     #[arg(long)]
     pub resume: bool,
+    /// Act as if Ctrl-C came after this many training steps of this
+    /// session (tests of interrupt and resume).
+    #[arg(long, hide = true, value_name = "STEPS")]
+    pub stop_after: Option<usize>,
 }
 
 /// `run.json`.
@@ -427,6 +431,7 @@ where
         checkpoint::save(path, &cm, &tensors, &state)
     };
 
+    let mut session_steps = 0;
     let shape = train_set.shape;
     let batch_size = config.batch_size;
     for epoch in start_epoch..config.epochs {
@@ -487,6 +492,9 @@ where
             sums.correct += hits as u64;
             sums.seen += n;
             step += 1;
+            session_steps += 1;
+            let stop =
+                STOP.load(Ordering::SeqCst) || args.stop_after.is_some_and(|n| session_steps >= n);
             let global = (epoch * steps + step) as i64;
             tb.scalars(global, &[("train/loss", loss_value), ("train/lr", lr)])
                 .map_err(tb_err)?;
@@ -500,7 +508,7 @@ where
                     sums.seen as f64 / elapsed.max(1e-9)
                 ),
             );
-            if STOP.load(Ordering::SeqCst) && step < steps {
+            if stop && step < steps {
                 progress.finish();
                 let mut p = sums;
                 p.seconds = elapsed;
@@ -600,7 +608,9 @@ where
         )?;
         start_step = 0;
         partial = PartialEpoch::default();
-        if STOP.load(Ordering::SeqCst) && epoch + 1 < config.epochs {
+        let stop =
+            STOP.load(Ordering::SeqCst) || args.stop_after.is_some_and(|n| session_steps >= n);
+        if stop && epoch + 1 < config.epochs {
             eprintln!(
                 "interrupted after epoch {}: saved; continue with --resume --out {}",
                 epoch + 1,
