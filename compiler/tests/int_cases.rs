@@ -209,6 +209,15 @@ fn a_checkpoint_of_another_profile_is_refused_by_its_sidecar() {
     )
     .unwrap();
     assert!(Checkpoint::read(&path, &g).is_ok());
+    // Training's own naming: `ck.json` next to `ck.safetensors`.
+    std::fs::remove_file(dir.path().join("ck.safetensors.json")).unwrap();
+    std::fs::write(
+        dir.path().join("ck.json"),
+        r#"{"model": "lenet", "profile": "p"}"#,
+    )
+    .unwrap();
+    let e = Checkpoint::read(&path, &g).unwrap_err();
+    assert!(e.to_string().contains("model `lenet`"), "{e}");
 }
 
 fn golden_bytes(name: &str) -> Vec<u8> {

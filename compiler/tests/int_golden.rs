@@ -58,17 +58,22 @@ fn golden() -> Golden {
 }
 
 fn plan(g: &Golden, rounding: Rounding) -> int::IntPlan {
+    plan_with(g, rounding, int::FixedFormat::new(32, 16))
+}
+
+fn plan_with(g: &Golden, rounding: Rounding, head: int::FixedFormat) -> int::IntPlan {
     let src = Source::read(&spec("toynet.qspec")).unwrap();
     let model = driver::parse(&src).unwrap();
     let graph = driver::compile(&src, Some("cfg-1*")).unwrap();
     let ck = Checkpoint::import(&g.bytes, &model, &graph, "seed", "state.").unwrap();
     // The seed clamps constants to their format silently (its head bias
     // does not fit fixed<32,16>); saturating reproduces it.
-    let opts = PlanOptions {
+    let mut opts = PlanOptions {
         rounding,
         saturate_constants: true,
         ..PlanOptions::default()
     };
+    opts.formats.head = head;
     int::build(&graph, &ck, opts).unwrap()
 }
 
@@ -144,8 +149,15 @@ fn golden_toynet_nearest_against_fake_quant() {
     let seed_int = f32s(&st, "logits_int");
     let input = f32s(&st, "input");
     let mut report = Vec::new();
-    for rounding in [Rounding::Trunc, Rounding::Nearest] {
-        let plan = plan(&g, rounding);
+    // The third run gives the head one more integer bit, so that its bias
+    // is not clamped (fake quantization does not clamp it either).
+    let configs = [
+        (Rounding::Trunc, 16),
+        (Rounding::Nearest, 16),
+        (Rounding::Nearest, 17),
+    ];
+    for (rounding, head_int) in configs {
+        let plan = plan_with(&g, rounding, int::FixedFormat::new(32, head_int));
         let mut max_diff = 0f32;
         let mut agree = 0;
         run_each(&plan, &input, |img, out, _| {
@@ -155,7 +167,11 @@ fn golden_toynet_nearest_against_fake_quant() {
             }
             agree += usize::from(engine::argmax(&out.logits) == engine::argmax(want));
         });
-        report.push((rounding, max_diff, agree));
+        report.push((
+            format!("{rounding}, head fixed<32,{head_int}>"),
+            max_diff,
+            agree,
+        ));
     }
     let seed_diff = seed_int
         .iter()
@@ -167,7 +183,8 @@ fn golden_toynet_nearest_against_fake_quant() {
     }
     eprintln!("seed integer logits: max |diff| to fake quant = {seed_diff:.4}");
     let (_, trunc_diff, _) = report[0];
-    let (_, nearest_diff, nearest_agree) = report[1];
+    let (_, nearest_diff, _) = report[1];
+    let (_, unclamped_diff, nearest_agree) = report[2];
     assert!(
         (trunc_diff - seed_diff).abs() < 1e-6,
         "trunc must be the seed's pipeline"
@@ -175,6 +192,10 @@ fn golden_toynet_nearest_against_fake_quant() {
     assert!(
         nearest_diff < trunc_diff,
         "nearest ({nearest_diff}) should be closer to fake quant than trunc ({trunc_diff})"
+    );
+    assert!(
+        unclamped_diff < nearest_diff,
+        "the clamped head bias ({nearest_diff}) should cost more than rounding ({unclamped_diff})"
     );
     assert!(
         nearest_agree >= 7,

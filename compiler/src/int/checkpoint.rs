@@ -3,7 +3,8 @@
 //! Input: a safetensors file whose tensor names are the generated model's
 //! variable-store names (`s2.0.conv1.weight`, `stem.act_quant_out.alpha`:
 //! what `qatc import` writes and training saves), with an optional JSON
-//! sidecar `<file>.json` naming its `model` and `profile`; or a seed
+//! sidecar (`<file>.json`, or `best.json` next to `best.safetensors` as
+//! training writes it) naming its `model` and `profile`; or a seed
 //! checkpoint mapped through the spec's `import` section. Output: a
 //! [`Checkpoint`], float32 values by name.
 //!
@@ -68,13 +69,20 @@ impl Checkpoint {
     /// Reads a checkpoint in the model's own names, checking its sidecar
     /// (when there is one) against `g`'s model and profile.
     pub fn read(path: &Path, g: &Graph) -> Result<Checkpoint, IntError> {
-        let sidecar = path.with_file_name(format!(
-            "{}.json",
-            path.file_name()
-                .map(|f| f.to_string_lossy())
-                .unwrap_or_default()
-        ));
-        if let Ok(text) = std::fs::read_to_string(&sidecar) {
+        // `best.safetensors.json`, or `best.json` as training writes it.
+        let sidecars = [
+            path.with_file_name(format!(
+                "{}.json",
+                path.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
+            )),
+            path.with_extension("json"),
+        ];
+        let found = sidecars
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok().map(|t| (p, t)));
+        if let Some((sidecar, text)) = found {
             let meta: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| IntError::Sidecar {
                     path: sidecar.display().to_string(),

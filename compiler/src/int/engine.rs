@@ -395,11 +395,12 @@ fn run_conv(
             let mut o = std::mem::take(&mut ws.outf);
             o.resize(plan.tensors[l.output].len(), 0.0);
             conv_typed(l, &input, &weights.wf[li], &mut col, &mut o);
+            let scale = l.float_scale;
             let round = |x: f64| -> i64 {
                 match plan.options.rounding {
                     // The seed: `F.conv2d(...).long()`.
                     Rounding::Trunc => x.trunc() as i64,
-                    Rounding::Nearest => x.round() as i64,
+                    Rounding::Nearest => (x * scale).round() as i64,
                 }
             };
             match out {

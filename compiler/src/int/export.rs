@@ -379,7 +379,8 @@ static void conv_int(const int64_t *in, int cin, int ih, int iw, const int32_t *
 
 /* conv of the float input, summed in double in the engine's term order */
 static void conv_float(const float *in, int cin, int ih, int iw, const int32_t *w, int cout,
-                       int k, int s, int pad, int groups, int oh, int ow, int nearest, int64_t *out) {
+                       int k, int s, int pad, int groups, int oh, int ow, int nearest, double scale,
+                       int64_t *out) {
     int cin_g = cin / groups, cout_g = cout / groups;
     for (int o = 0; o < cout; o++) {
         int g = o / cout_g;
@@ -390,7 +391,7 @@ static void conv_float(const float *in, int cin, int ih, int iw, const int32_t *
                 if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
                 acc = acc + (double)w[((o * cin_g + c) * k + ky) * k + kx] * (double)in[((g * cin_g + c) * ih + iy) * iw + ix];
             }
-            out[(o * oh + oy) * ow + ox] = nearest ? (int64_t)round(acc) : (int64_t)acc;
+            out[(o * oh + oy) * ow + ox] = nearest ? (int64_t)round(acc * scale) : (int64_t)acc;
         }
     }
 }
@@ -556,8 +557,9 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                     ConvInput::Float => {
                         let _ = writeln!(
                             c,
-                            "    conv_float(image, {args}, {}, t{});",
+                            "    conv_float(image, {args}, {}, {}, t{});",
                             i32::from(plan.options.rounding == Rounding::Nearest),
+                            c_double(l.float_scale),
                             l.output
                         );
                     }

@@ -174,6 +174,10 @@ pub struct ConvLayer {
     pub w_scale: f64,
     /// Bits of the activations read (32: float input).
     pub a_bits: u32,
+    /// Float input only: the sum is scaled by this before rounding to an
+    /// integer (1 under `trunc`, as the seed; 2^8 under `nearest`, which
+    /// keeps 8 fraction bits of the float stem).
+    pub float_scale: f64,
     /// Terms summed per output (`cin/groups * k * k`).
     pub fan_in: usize,
     /// Worst-case accumulator width (sign included) from the bit-widths alone.
@@ -750,8 +754,12 @@ impl<'a> Builder<'a> {
         bias: bool,
     ) -> Result<Value, IntError> {
         let (cout, kernel, stride, padding, groups) = geometry;
+        let float_scale = match self.opts.rounding {
+            Rounding::Trunc => 1.0,
+            Rounding::Nearest => 256.0,
+        };
         let (input, a_bits, denom_a, bound) = match v {
-            Value::Float => (ConvInput::Float, 32, 1.0, None),
+            Value::Float => (ConvInput::Float, 32, float_scale, None),
             other => {
                 let q = self.integers(n, other)?;
                 let bits = match &self.tensors[q.t].kind {
@@ -817,6 +825,11 @@ impl<'a> Builder<'a> {
             w_bits,
             w_scale,
             a_bits,
+            float_scale: if matches!(input, ConvInput::Float) {
+                float_scale
+            } else {
+                1.0
+            },
             fan_in,
             worst_bits,
             worst_bits_weights,
