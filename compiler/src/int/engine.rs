@@ -93,6 +93,7 @@ pub struct Workspace {
     bufs: Vec<Buf>,
     col32: Vec<i32>,
     col64: Vec<i64>,
+    packed: Vec<i16>,
     colf: Vec<f64>,
     outf: Vec<f64>,
     /// Per layer (index into `plan.layers`), conv layers only.
@@ -116,6 +117,7 @@ impl Workspace {
             bufs,
             col32: Vec::new(),
             col64: Vec::new(),
+            packed: Vec::new(),
             colf: Vec::new(),
             outf: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
@@ -263,6 +265,100 @@ dispatch!(
     (input: &[T], ih: usize, iw: usize, w: &[T], k: usize, stride: usize, pad: usize, out: &mut [T], oh: usize, ow: usize)
 );
 
+/// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
+/// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
+/// pairs of rows (`k` even and odd interleaved), four output rows share
+/// each load. Returns false (nothing done) without AVX2.
+fn gemm_madd(
+    w: &[i32],
+    m: usize,
+    k: usize,
+    col: &[i32],
+    p: usize,
+    out: &mut [i32],
+    packed: &mut Vec<i16>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let kp = k.div_ceil(2);
+            packed.clear();
+            packed.resize(kp * 2 * p, 0);
+            for j in 0..kp {
+                let row = &mut packed[j * 2 * p..(j + 1) * 2 * p];
+                let a = &col[2 * j * p..(2 * j + 1) * p];
+                for (i, &x) in a.iter().enumerate() {
+                    row[2 * i] = x as i16;
+                }
+                if 2 * j + 1 < k {
+                    let b = &col[(2 * j + 1) * p..(2 * j + 2) * p];
+                    for (i, &x) in b.iter().enumerate() {
+                        row[2 * i + 1] = x as i16;
+                    }
+                }
+            }
+            // SAFETY: AVX2 is present (checked above); every index stays
+            // inside the slices (see the bounds in `madd_kernel`).
+            unsafe { madd_kernel(w, m, k, packed, p, out) };
+            return true;
+        }
+    }
+    let _ = (w, m, k, col, p, out, packed);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn madd_kernel(w: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    // Weight pairs as i32 lanes: low half w[2j], high half w[2j+1].
+    let pair = |o: usize, j: usize| -> i32 {
+        let lo = w[o * k + 2 * j] as i16 as u16 as u32;
+        let hi = if 2 * j + 1 < k {
+            w[o * k + 2 * j + 1] as i16 as u16 as u32
+        } else {
+            0
+        };
+        (lo | (hi << 16)) as i32
+    };
+    let p8 = p / 8 * 8;
+    let mut o = 0;
+    while o < m {
+        let rows = (m - o).min(4);
+        let wp: Vec<[i32; 4]> = (0..kp)
+            .map(|j| std::array::from_fn(|r| if r < rows { pair(o + r, j) } else { 0 }))
+            .collect();
+        let mut i = 0;
+        while i < p8 {
+            let mut acc = [_mm256_setzero_si256(); 4];
+            for (j, wj) in wp.iter().enumerate() {
+                // 8 positions x 2 rows of k: 16 i16 at packed[j*2p + 2i ..].
+                let x =
+                    _mm256_loadu_si256(packed.as_ptr().add(j * 2 * p + 2 * i) as *const __m256i);
+                for r in 0..4 {
+                    acc[r] =
+                        _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, _mm256_set1_epi32(wj[r])));
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                _mm256_storeu_si256(out.as_mut_ptr().add((o + r) * p + i) as *mut __m256i, *a);
+            }
+            i += 8;
+        }
+        for r in 0..rows {
+            for i in p8..p {
+                let mut s = 0i32;
+                for kk in 0..k {
+                    s += w[(o + r) * k + kk] * packed[(kk / 2) * 2 * p + 2 * i + kk % 2] as i32;
+                }
+                out[(o + r) * p + i] = s;
+            }
+        }
+        o += rows;
+    }
+}
+
 /// im2col of channels `c0..c0+cn` of a `[C, ih, iw]` image:
 /// rows `(c, ky, kx)`, columns output positions.
 #[allow(clippy::too_many_arguments)]
@@ -303,7 +399,18 @@ fn im2col<T: Num>(
 }
 
 /// One conv over typed buffers (the input already converted to `T`).
-fn conv_typed<T: Num>(l: &ConvLayer, input: &[T], w: &[T], col: &mut Vec<T>, out: &mut [T]) {
+/// `mm(w, m, k, col, p, out)` does the matrix products of grouped and 1x1
+/// convolutions ([`gemm`], or [`gemm_madd`] on 16-bit operands).
+type MatMul<'a, T> = &'a mut dyn FnMut(&[T], usize, usize, &[T], usize, &mut [T]);
+
+fn conv_typed<T: Num>(
+    l: &ConvLayer,
+    input: &[T],
+    w: &[T],
+    col: &mut Vec<T>,
+    out: &mut [T],
+    mm: MatMul<T>,
+) {
     let [ih, iw] = l.in_hw;
     let [oh, ow] = l.out_hw;
     let p = oh * ow;
@@ -332,7 +439,7 @@ fn conv_typed<T: Num>(l: &ConvLayer, input: &[T], w: &[T], col: &mut Vec<T>, out
         let wg = &w[g * cout_g * kk..(g + 1) * cout_g * kk];
         let og = &mut out[g * cout_g * p..(g + 1) * cout_g * p];
         if l.kernel == 1 && l.stride == 1 && l.padding == 0 {
-            gemm(
+            mm(
                 wg,
                 cout_g,
                 kk,
@@ -342,7 +449,7 @@ fn conv_typed<T: Num>(l: &ConvLayer, input: &[T], w: &[T], col: &mut Vec<T>, out
             );
         } else {
             im2col(input, ih, iw, g * cin_g, cin_g, l, col);
-            gemm(wg, cout_g, kk, col, p, og);
+            mm(wg, cout_g, kk, col, p, og);
         }
     }
 }
@@ -394,7 +501,14 @@ fn run_conv(
             let mut col = std::mem::take(&mut ws.colf);
             let mut o = std::mem::take(&mut ws.outf);
             o.resize(plan.tensors[l.output].len(), 0.0);
-            conv_typed(l, &input, &weights.wf[li], &mut col, &mut o);
+            conv_typed(
+                l,
+                &input,
+                &weights.wf[li],
+                &mut col,
+                &mut o,
+                &mut gemm::<f64>,
+            );
             let scale = l.float_scale;
             let round = |x: f64| -> i64 {
                 match plan.options.rounding {
@@ -415,19 +529,29 @@ fn run_conv(
         }
         (ConvInput::Tensor(t), Buf::I32(o)) => {
             let mut col = std::mem::take(&mut ws.col32);
+            let mut packed = std::mem::take(&mut ws.packed);
+            // 16-bit operands (and not both at -2^15, whose pair sum would
+            // pass 2^31) go through the AVX2 multiply-add of i16 pairs.
+            let fits16 = l.a_bits <= 16 && l.w_bits <= 16 && (l.a_bits < 16 || l.w_bits < 16);
+            let mut fast = |w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
+                if !(fits16 && gemm_madd(w, m, k, c, p, out, &mut packed)) {
+                    gemm(w, m, k, c, p, out)
+                }
+            };
             match &ws.bufs[t] {
-                Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o),
+                Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o, &mut fast),
                 Buf::I64(input) => {
                     let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
-                    conv_typed(l, &input, &weights.w32[li], &mut col, o)
+                    conv_typed(l, &input, &weights.w32[li], &mut col, o, &mut fast)
                 }
             }
             ws.col32 = col;
+            ws.packed = packed;
         }
         (ConvInput::Tensor(t), Buf::I64(o)) => {
             let mut col = std::mem::take(&mut ws.col64);
             let input: Vec<i64> = ws.bufs[t].to_i64();
-            conv_typed(l, &input, &weights.w64[li], &mut col, o);
+            conv_typed(l, &input, &weights.w64[li], &mut col, o, &mut gemm::<i64>);
             ws.col64 = col;
         }
     }
