@@ -267,10 +267,10 @@ dispatch!(
 
 /// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
 /// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
-/// pairs of rows (`k` even and odd interleaved), four output rows share
+/// pairs of rows (`k` even and odd interleaved), eight output rows share
 /// each load. Returns false (nothing done) without AVX2.
 fn gemm_madd(
-    w: &[i32],
+    wp: &[i32],
     m: usize,
     k: usize,
     col: &[i32],
@@ -284,61 +284,66 @@ fn gemm_madd(
             let kp = k.div_ceil(2);
             packed.clear();
             packed.resize(kp * 2 * p, 0);
-            for j in 0..kp {
-                let row = &mut packed[j * 2 * p..(j + 1) * 2 * p];
-                let a = &col[2 * j * p..(2 * j + 1) * p];
-                for (i, &x) in a.iter().enumerate() {
-                    row[2 * i] = x as i16;
-                }
-                if 2 * j + 1 < k {
-                    let b = &col[(2 * j + 1) * p..(2 * j + 2) * p];
-                    for (i, &x) in b.iter().enumerate() {
-                        row[2 * i + 1] = x as i16;
-                    }
-                }
-            }
+            // SAFETY: AVX2 is present (checked above).
+            unsafe { pack_pairs(col, k, p, packed) };
             // SAFETY: AVX2 is present (checked above); every index stays
             // inside the slices (see the bounds in `madd_kernel`).
-            unsafe { madd_kernel(w, m, k, packed, p, out) };
+            unsafe { madd_kernel(wp, m, k, packed, p, out) };
             return true;
         }
     }
-    let _ = (w, m, k, col, p, out, packed);
+    let _ = (wp, m, k, col, p, out, packed);
     false
+}
+
+/// `packed[j][2i + h] = col[2j + h][i]` as i16 (a missing last odd row is 0),
+/// one interleaving pass per pair of rows, vectorised.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
+    for (j, row) in packed.chunks_exact_mut(2 * p).enumerate() {
+        let a = &col[2 * j * p..(2 * j + 1) * p];
+        if 2 * j + 1 < k {
+            let b = &col[(2 * j + 1) * p..(2 * j + 2) * p];
+            for (d, (&x, &y)) in row.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+                d[0] = x as i16;
+                d[1] = y as i16;
+            }
+        } else {
+            for (d, &x) in row.chunks_exact_mut(2).zip(a) {
+                d[0] = x as i16;
+                d[1] = 0;
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn madd_kernel(w: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
+unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
     use std::arch::x86_64::*;
+    // Output rows per pass: eight accumulators, the input vector and a
+    // broadcast stay in the sixteen AVX2 registers.
+    const ROWS: usize = 8;
     let kp = k.div_ceil(2);
-    // Weight pairs as i32 lanes: low half w[2j], high half w[2j+1].
-    let pair = |o: usize, j: usize| -> i32 {
-        let lo = w[o * k + 2 * j] as i16 as u16 as u32;
-        let hi = if 2 * j + 1 < k {
-            w[o * k + 2 * j + 1] as i16 as u16 as u32
-        } else {
-            0
-        };
-        (lo | (hi << 16)) as i32
-    };
     let p8 = p / 8 * 8;
     let mut o = 0;
     while o < m {
-        let rows = (m - o).min(4);
-        let wp: Vec<[i32; 4]> = (0..kp)
-            .map(|j| std::array::from_fn(|r| if r < rows { pair(o + r, j) } else { 0 }))
-            .collect();
+        let rows = (m - o).min(ROWS);
+        // Rows past the end repeat the last one (computed, not stored).
+        let w: [&[i32]; ROWS] = std::array::from_fn(|r| {
+            &wp[(o + r.min(rows - 1)) * kp..(o + r.min(rows - 1) + 1) * kp]
+        });
         let mut i = 0;
         while i < p8 {
-            let mut acc = [_mm256_setzero_si256(); 4];
-            for (j, wj) in wp.iter().enumerate() {
+            let mut acc = [_mm256_setzero_si256(); ROWS];
+            for j in 0..kp {
                 // 8 positions x 2 rows of k: 16 i16 at packed[j*2p + 2i ..].
                 let x =
                     _mm256_loadu_si256(packed.as_ptr().add(j * 2 * p + 2 * i) as *const __m256i);
-                for r in 0..4 {
+                for r in 0..ROWS {
                     acc[r] =
-                        _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, _mm256_set1_epi32(wj[r])));
+                        _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, _mm256_set1_epi32(w[r][j])));
                 }
             }
             for (r, a) in acc.iter().enumerate().take(rows) {
@@ -349,8 +354,10 @@ unsafe fn madd_kernel(w: &[i32], m: usize, k: usize, packed: &[i16], p: usize, o
         for r in 0..rows {
             for i in p8..p {
                 let mut s = 0i32;
-                for kk in 0..k {
-                    s += w[(o + r) * k + kk] * packed[(kk / 2) * 2 * p + 2 * i + kk % 2] as i32;
+                for j in 0..kp {
+                    let (lo, hi) = (w[r][j] as i16 as i32, w[r][j] >> 16);
+                    s += lo * packed[j * 2 * p + 2 * i] as i32
+                        + hi * packed[j * 2 * p + 2 * i + 1] as i32;
                 }
                 out[(o + r) * p + i] = s;
             }
@@ -401,7 +408,8 @@ fn im2col<T: Num>(
 /// One conv over typed buffers (the input already converted to `T`).
 /// `mm(w, m, k, col, p, out)` does the matrix products of grouped and 1x1
 /// convolutions ([`gemm`], or [`gemm_madd`] on 16-bit operands).
-type MatMul<'a, T> = &'a mut dyn FnMut(&[T], usize, usize, &[T], usize, &mut [T]);
+/// The first argument is the group.
+type MatMul<'a, T> = &'a mut dyn FnMut(usize, &[T], usize, usize, &[T], usize, &mut [T]);
 
 fn conv_typed<T: Num>(
     l: &ConvLayer,
@@ -440,6 +448,7 @@ fn conv_typed<T: Num>(
         let og = &mut out[g * cout_g * p..(g + 1) * cout_g * p];
         if l.kernel == 1 && l.stride == 1 && l.padding == 0 {
             mm(
+                g,
                 wg,
                 cout_g,
                 kk,
@@ -449,13 +458,16 @@ fn conv_typed<T: Num>(
             );
         } else {
             im2col(input, ih, iw, g * cin_g, cin_g, l, col);
-            mm(wg, cout_g, kk, col, p, og);
+            mm(g, wg, cout_g, kk, col, p, og);
         }
     }
 }
 
 /// Weights converted once per plan to every width the engine computes in.
 pub struct Weights {
+    /// Per conv layer, per group, per output row: the weights as i16 pairs
+    /// in i32 lanes (low half `w[2j]`, high half `w[2j+1]`) for [`gemm_madd`].
+    pairs: Vec<Vec<i32>>,
     w32: Vec<Vec<i32>>,
     w64: Vec<Vec<i64>>,
     wf: Vec<Vec<f64>>,
@@ -464,6 +476,7 @@ pub struct Weights {
 impl Weights {
     pub fn new(plan: &IntPlan) -> Weights {
         let mut w = Weights {
+            pairs: Vec::new(),
             w32: Vec::new(),
             w64: Vec::new(),
             wf: Vec::new(),
@@ -477,6 +490,22 @@ impl Weights {
                 ),
                 _ => (Vec::new(), Vec::new(), Vec::new()),
             };
+            w.pairs.push(match layer {
+                Layer::Conv(l) if l.groups != l.cin || l.groups != l.cout || l.groups == 1 => {
+                    let kk = l.fan_in;
+                    let kp = kk.div_ceil(2);
+                    let mut v = Vec::with_capacity(l.cout * kp);
+                    for row in l.weights.chunks(kk.max(1)) {
+                        for j in 0..kp {
+                            let lo = row[2 * j] as i16 as u16 as u32;
+                            let hi = row.get(2 * j + 1).map_or(0, |&x| x as i16 as u16 as u32);
+                            v.push((lo | (hi << 16)) as i32);
+                        }
+                    }
+                    v
+                }
+                _ => Vec::new(),
+            });
             w.w32.push(a);
             w.w64.push(b);
             w.wf.push(c);
@@ -507,7 +536,7 @@ fn run_conv(
                 &weights.wf[li],
                 &mut col,
                 &mut o,
-                &mut gemm::<f64>,
+                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
             );
             let scale = l.float_scale;
             let round = |x: f64| -> i64 {
@@ -533,11 +562,18 @@ fn run_conv(
             // 16-bit operands (and not both at -2^15, whose pair sum would
             // pass 2^31) go through the AVX2 multiply-add of i16 pairs.
             let fits16 = l.a_bits <= 16 && l.w_bits <= 16 && (l.a_bits < 16 || l.w_bits < 16);
-            let mut fast = |w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
-                if !(fits16 && gemm_madd(w, m, k, c, p, out, &mut packed)) {
-                    gemm(w, m, k, c, p, out)
-                }
-            };
+            let pairs = &weights.pairs[li];
+            let mut fast =
+                |g: usize, w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
+                    let kp = k.div_ceil(2);
+                    let wp = pairs.get(g * m * kp..(g + 1) * m * kp).unwrap_or(&[]);
+                    if !(fits16
+                        && wp.len() == m * kp
+                        && gemm_madd(wp, m, k, c, p, out, &mut packed))
+                    {
+                        gemm(w, m, k, c, p, out)
+                    }
+                };
             match &ws.bufs[t] {
                 Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o, &mut fast),
                 Buf::I64(input) => {
@@ -551,7 +587,14 @@ fn run_conv(
         (ConvInput::Tensor(t), Buf::I64(o)) => {
             let mut col = std::mem::take(&mut ws.col64);
             let input: Vec<i64> = ws.bufs[t].to_i64();
-            conv_typed(l, &input, &weights.w64[li], &mut col, o, &mut gemm::<i64>);
+            conv_typed(
+                l,
+                &input,
+                &weights.w64[li],
+                &mut col,
+                o,
+                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
+            );
             ws.col64 = col;
         }
     }
