@@ -131,6 +131,11 @@ _qatc_torch_env() {
   *) export PYTHONPATH="$QATC_TORCH_HOME${PYTHONPATH:+:$PYTHONPATH}" ;;
   esac
   unset LIBTORCH LIBTORCH_INCLUDE LIBTORCH_LIB LIBTORCH_STATIC LIBTORCH_CXX11_ABI
+  # libtorch's OpenMP threads spin while they wait by default: on a shared
+  # machine one descheduled thread then stalls the others (a ResNet20
+  # training step ran 2.3x slower beside one other busy process). Waiting
+  # passively costs little when the machine is idle (docs/performance.md).
+  export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
   rpath="-C link-arg=-Wl,-rpath,$QATC_TORCH_HOME/torch/lib"
   case " ${RUSTFLAGS:-} " in

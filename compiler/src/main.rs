@@ -577,6 +577,11 @@ fn run_model(
         .current_dir(&root)
         .args(["run", "--release", "-q", "-p", &package, "--", subcommand])
         .args(args);
+    // OpenMP reads this when libtorch loads, so it is set here, before the
+    // model process starts: see scripts/libtorch-env.sh.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        command.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

@@ -113,7 +113,7 @@ pub struct EvalArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Evaluate the first N images only [default: the checkpoint's limit].
+    /// Evaluate N images only, spread evenly [default: the checkpoint's limit].
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// auto, cpu, cuda or cuda:N.

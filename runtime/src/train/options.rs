@@ -85,10 +85,10 @@ pub struct TrainOptions {
     /// auto, cpu, cuda or cuda:N [default: auto].
     #[arg(long)]
     pub device: Option<String>,
-    /// Train on the first N training images only.
+    /// Train on N training images only, spread evenly over the split.
     #[arg(long, value_name = "N")]
     pub limit_train: Option<usize>,
-    /// Evaluate on the first N test images only.
+    /// Evaluate on N test images only, spread evenly over the split.
     #[arg(long, value_name = "N")]
     pub limit_test: Option<usize>,
     /// Start from this checkpoint's weights (fine-tuning): tensors are
