@@ -624,7 +624,7 @@ fn run_conv(
         Buf::I32(v) if fast => {
             // No width to simulate: only the largest value (vectorised).
             st.values += v.len() as u64;
-            let m = v.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0);
+            let m = max_abs(v);
             st.max_abs = st.max_abs.max(m as i64);
         }
         Buf::I32(v) => {
@@ -691,6 +691,27 @@ fn requant_row2(
             }
         }
     }
+}
+
+/// Largest |x| (vectorised; AVX2 where the CPU has it).
+fn max_abs(v: &[i32]) -> u32 {
+    #[inline(always)]
+    fn body(v: &[i32]) -> u32 {
+        v.iter().fold(0u32, |m, x| m.max(x.unsigned_abs()))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(v: &[i32]) -> u32 {
+        body(v)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { avx2(v) };
+        }
+    }
+    body(v)
 }
 
 /// One channel of a one-term requantization, the multiplier in 32 bits

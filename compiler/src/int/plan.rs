@@ -741,7 +741,33 @@ impl<'a> Builder<'a> {
                 let name = format!("{}.int", n.name);
                 let mut node = n.clone();
                 node.name = name;
-                self.requant(&node, lin, &t, fmt)
+                let mut q = self.requant(&node, lin, &t, fmt)?;
+                let limit = r;
+                // The values reach at most (sum |mult| * |src| + |bias|) / 2^shift:
+                // narrowing the range to that changes no value, and lets the
+                // next conv use 16-bit operands and 32-bit accumulators.
+                if let Some(Layer::Requant(rq)) = self.layers.last_mut() {
+                    let r = rq;
+                    let mut reach = r.bias.iter().map(|b| b.unsigned_abs() as f64).fold(0.0, f64::max);
+                    for (term, lt) in r.terms.iter().zip(&lin.terms) {
+                        let m = term.mult.iter().map(|m| m.unsigned_abs() as f64).fold(0.0, f64::max);
+                        reach += m * lt.bound;
+                    }
+                    let reach = reach / 2f64.powi(r.shift as i32) + 1.0;
+                    if reach < limit as f64 {
+                        let reach = reach.ceil() as i64;
+                        r.lo = r.lo.max(-reach);
+                        r.hi = r.hi.min(reach);
+                        q.lo = r.lo;
+                        q.hi = r.hi;
+                        if let TensorKind::Act { lo, hi, bits: b, .. } = &mut self.tensors[q.t].kind {
+                            *lo = q.lo;
+                            *hi = q.hi;
+                            *b = bits_of(reach as f64);
+                        }
+                    }
+                }
+                Ok(q)
             }
         }
     }
