@@ -152,6 +152,29 @@ impl Dataset {
         self
     }
 
+    /// `n` images spread evenly over the set (image `i * len / n` for `i`
+    /// in `0..n`), in order; all of them when `n >= len`. What
+    /// `--limit-train` / `--limit-test` / `--limit` take everywhere: an
+    /// image folder is sorted by class, so its first `n` images would be
+    /// one class, while every `len/n`-th keeps them all.
+    pub fn spread(self, n: usize) -> Dataset {
+        let len = self.len();
+        if n >= len {
+            return self;
+        }
+        let picks: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+        let images = picks
+            .iter()
+            .flat_map(|&i| self.image(i).iter().copied())
+            .collect();
+        let labels = picks.iter().map(|&i| self.labels[i]).collect();
+        Dataset {
+            images,
+            labels,
+            ..self
+        }
+    }
+
     /// The pixels of image `i` (CHW). Panics when `i >= len()`.
     pub fn image(&self, i: usize) -> &[u8] {
         let len = self.image_len();
@@ -206,6 +229,27 @@ pub struct Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_keeps_every_class_of_a_sorted_set() {
+        let split = crate::open("digits").unwrap();
+        let mut sorted = split.train;
+        let mut order: Vec<usize> = (0..sorted.len()).collect();
+        order.sort_by_key(|&i| sorted.labels[i]);
+        sorted.images = order
+            .iter()
+            .flat_map(|&i| sorted.image(i).to_vec())
+            .collect();
+        sorted.labels = order.iter().map(|&i| sorted.labels[i]).collect();
+        let few = sorted.clone().spread(50);
+        assert_eq!(few.len(), 50);
+        assert_eq!(few.image(1), sorted.image(sorted.len() / 50));
+        // About 144 images per class: 4 to 6 of each in 50 (the first 50
+        // would hold 0s only).
+        let counts = few.class_counts();
+        assert!(counts.iter().all(|&c| (4..=6).contains(&c)), "{counts:?}");
+        assert_eq!(sorted.clone().spread(10_000).len(), sorted.len());
+    }
 
     #[test]
     fn fit_gives_each_channels_mean_and_std() {

@@ -81,31 +81,8 @@ pub fn topk_hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
     (top1, topk)
 }
 
-/// `n` images of `ds` spread evenly over it (image `i * len / n` for `i` in
-/// `0..n`), in order: an image folder is sorted by class, so its first `n`
-/// images would be one class; every `len/n`-th keeps them all.
-pub fn spread(ds: Dataset, n: usize) -> Dataset {
-    let len = ds.len();
-    if n >= len {
-        return ds;
-    }
-    let size = ds.image_len();
-    let picks: Vec<usize> = (0..n).map(|i| i * len / n).collect();
-    let images = picks
-        .iter()
-        .flat_map(|&i| ds.image(i).iter().copied())
-        .collect::<Vec<u8>>();
-    debug_assert_eq!(images.len(), n * size);
-    let labels = picks.iter().map(|&i| ds.labels[i]).collect();
-    Dataset {
-        images,
-        labels,
-        ..ds
-    }
-}
-
-/// The data set behind `--data`, limited ([`spread`]), shared with loader
-/// threads.
+/// The data set behind `--data`, limited ([`Dataset::spread`]), shared with
+/// loader threads.
 pub fn open_data(
     data: &str,
     limit_train: Option<usize>,
@@ -113,37 +90,11 @@ pub fn open_data(
 ) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
     let split = qatc_data::open(data).map_err(|e| e.to_string())?;
     let limited = |ds: Dataset, limit: Option<usize>| match limit {
-        Some(n) => spread(ds, n),
+        Some(n) => ds.spread(n),
         None => ds,
     };
     Ok((
         Arc::new(limited(split.train, limit_train)),
         Arc::new(limited(split.test, limit_test)),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spread_keeps_every_class_of_a_sorted_set() {
-        let split = qatc_data::open("digits").unwrap();
-        let mut sorted = split.train;
-        let mut order: Vec<usize> = (0..sorted.len()).collect();
-        order.sort_by_key(|&i| sorted.labels[i]);
-        sorted.images = order
-            .iter()
-            .flat_map(|&i| sorted.image(i).to_vec())
-            .collect();
-        sorted.labels = order.iter().map(|&i| sorted.labels[i]).collect();
-        let few = spread(sorted.clone(), 50);
-        assert_eq!(few.len(), 50);
-        assert_eq!(few.image(1), sorted.image(sorted.len() / 50));
-        // About 144 images per class: 4 to 6 of each in 50 (the first 50
-        // would hold 0s only).
-        let counts = few.class_counts();
-        assert!(counts.iter().all(|&c| (4..=6).contains(&c)), "{counts:?}");
-        assert_eq!(spread(sorted.clone(), 10_000).len(), sorted.len());
-    }
 }
