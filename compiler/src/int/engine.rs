@@ -381,22 +381,33 @@ fn im2col<T: Num>(
     let (k, s, pad) = (l.kernel, l.stride, l.padding);
     let [oh, ow] = l.out_hw;
     let p = oh * ow;
-    col.clear();
-    col.resize(cn * k * k * p, T::default());
+    let zero = T::default();
+    // Every element is written below: no need to clear first.
+    col.resize(cn * k * k * p, zero);
     for c in 0..cn {
         let plane = &input[(c0 + c) * ih * iw..(c0 + c + 1) * ih * iw];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut col[((c * k + ky) * k + kx) * p..((c * k + ky) * k + kx + 1) * p];
+                // Output columns whose input column is inside the image.
+                let lo = pad.saturating_sub(kx).div_ceil(s).min(ow);
+                let hi = (iw + pad).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
                 for oy in 0..oh {
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
                     let iy = (oy * s + ky) as isize - pad as isize;
                     if iy < 0 || iy >= ih as isize {
+                        dst.fill(zero);
                         continue;
                     }
-                    for ox in 0..ow {
-                        let ix = (ox * s + kx) as isize - pad as isize;
-                        if ix >= 0 && ix < iw as isize {
-                            row[oy * ow + ox] = plane[iy as usize * iw + ix as usize];
+                    let irow = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+                    dst[..lo].fill(zero);
+                    dst[hi..].fill(zero);
+                    if s == 1 {
+                        let start = lo + kx - pad;
+                        dst[lo..hi].copy_from_slice(&irow[start..start + (hi - lo)]);
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            *d = irow[ox * s + kx - pad];
                         }
                     }
                 }
@@ -1049,6 +1060,133 @@ mod tests {
                     assert_eq!(out[oy * ow + ox], want, "stride {stride} at {oy},{ox}");
                 }
             }
+        }
+    }
+
+    fn naive_conv(l: &ConvLayer, input: &[i32]) -> Vec<i32> {
+        let [ih, iw] = l.in_hw;
+        let [oh, ow] = l.out_hw;
+        let (cin_g, cout_g, k) = (l.cin / l.groups, l.cout / l.groups, l.kernel);
+        let mut out = vec![0; l.cout * oh * ow];
+        for o in 0..l.cout {
+            let g = o / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0;
+                    for c in 0..cin_g {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * l.stride + ky) as isize - l.padding as isize;
+                                let ix = (ox * l.stride + kx) as isize - l.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
+                                    acc += l.weights[((o * cin_g + c) * k + ky) * k + kx]
+                                        * input[((g * cin_g + c) * ih + iy as usize) * iw
+                                            + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_strided_padded_conv_matches_naive() {
+        for (cin, cout, k, stride, pad, groups) in [
+            (4, 6, 3, 2, 1, 2),
+            (3, 5, 3, 1, 1, 1),
+            (4, 4, 2, 2, 0, 1),
+            (6, 9, 1, 1, 0, 3),
+            (5, 16, 3, 2, 1, 1),
+        ] {
+            let (ih, iw) = (7, 9);
+            let oh = (ih + 2 * pad - k) / stride + 1;
+            let ow = (iw + 2 * pad - k) / stride + 1;
+            let fan_in = cin / groups * k * k;
+            let weights: Vec<i32> = (0..cout * fan_in)
+                .map(|i| (i as i32 * 37 % 255) - 127)
+                .collect();
+            let l = ConvLayer {
+                name: "t".into(),
+                input: ConvInput::Tensor(0),
+                output: 1,
+                cin,
+                cout,
+                kernel: k,
+                stride,
+                padding: pad,
+                groups,
+                in_hw: [ih, iw],
+                out_hw: [oh, ow],
+                weights: weights.clone(),
+                w_bits: 8,
+                w_scale: 127.0,
+                a_bits: 8,
+                float_scale: 1.0,
+                fan_in,
+                worst_bits: None,
+                worst_bits_weights: None,
+            };
+            let input: Vec<i32> = (0..cin * ih * iw)
+                .map(|i| (i as i32 * 53 % 255) - 128)
+                .collect();
+            let want = naive_conv(&l, &input);
+            let mut col = Vec::new();
+            let mut out = vec![0; want.len()];
+            conv_typed(
+                &l,
+                &input,
+                &weights,
+                &mut col,
+                &mut out,
+                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
+            );
+            assert_eq!(
+                out, want,
+                "plain {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+            );
+            // The 16-bit multiply-add path, with its weight pairs.
+            let kp = fan_in.div_ceil(2);
+            let pairs: Vec<i32> = weights
+                .chunks(fan_in)
+                .flat_map(|row| {
+                    (0..kp).map(move |j| {
+                        let lo = row[2 * j] as i16 as u16 as u32;
+                        let hi = row.get(2 * j + 1).map_or(0, |&x| x as i16 as u16 as u32);
+                        (lo | (hi << 16)) as i32
+                    })
+                })
+                .collect();
+            let mut packed = Vec::new();
+            let mut out2 = vec![0; want.len()];
+            conv_typed(
+                &l,
+                &input,
+                &weights,
+                &mut col,
+                &mut out2,
+                &mut |g, w, m, k, c, p, o| {
+                    let kp = k.div_ceil(2);
+                    if !gemm_madd(
+                        &pairs[g * m * kp..(g + 1) * m * kp],
+                        m,
+                        k,
+                        c,
+                        p,
+                        o,
+                        &mut packed,
+                    ) {
+                        gemm(w, m, k, c, p, o)
+                    }
+                },
+            );
+            assert_eq!(
+                out2, want,
+                "madd {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+            );
         }
     }
 
