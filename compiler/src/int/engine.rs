@@ -94,6 +94,8 @@ pub struct Workspace {
     col32: Vec<i32>,
     col64: Vec<i64>,
     packed: Vec<i16>,
+    packed2: Vec<i16>,
+    rows: Vec<i16>,
     colf: Vec<f64>,
     outf: Vec<f64>,
     /// Per layer (index into `plan.layers`), conv layers only.
@@ -118,6 +120,8 @@ impl Workspace {
             col32: Vec::new(),
             col64: Vec::new(),
             packed: Vec::new(),
+            packed2: Vec::new(),
+            rows: Vec::new(),
             colf: Vec::new(),
             outf: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
@@ -378,41 +382,159 @@ fn im2col<T: Num>(
     l: &ConvLayer,
     col: &mut Vec<T>,
 ) {
-    let (k, s, pad) = (l.kernel, l.stride, l.padding);
-    let [oh, ow] = l.out_hw;
-    let p = oh * ow;
-    let zero = T::default();
+    let k = l.kernel;
+    let p = l.out_hw[0] * l.out_hw[1];
     // Every element is written below: no need to clear first.
-    col.resize(cn * k * k * p, zero);
+    col.resize(cn * k * k * p, T::default());
     for c in 0..cn {
         let plane = &input[(c0 + c) * ih * iw..(c0 + c + 1) * ih * iw];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * p..((c * k + ky) * k + kx + 1) * p];
-                // Output columns whose input column is inside the image.
-                let lo = pad.saturating_sub(kx).div_ceil(s).min(ow);
-                let hi = (iw + pad).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
-                for oy in 0..oh {
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * s + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= ih as isize {
-                        dst.fill(zero);
-                        continue;
-                    }
-                    let irow = &plane[iy as usize * iw..(iy as usize + 1) * iw];
-                    dst[..lo].fill(zero);
-                    dst[hi..].fill(zero);
-                    if s == 1 {
-                        let start = lo + kx - pad;
-                        dst[lo..hi].copy_from_slice(&irow[start..start + (hi - lo)]);
-                    } else {
-                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                            *d = irow[ox * s + kx - pad];
-                        }
-                    }
-                }
+                let r = (c * k + ky) * k + kx;
+                im2col_row(
+                    plane,
+                    ih,
+                    iw,
+                    ky,
+                    kx,
+                    l,
+                    &mut col[r * p..(r + 1) * p],
+                    |x| x,
+                );
             }
         }
+    }
+}
+
+/// One im2col row, `(c, ky, kx)` of a `[C, ih, iw]` image, into `dst`
+/// (one value per output position), converted with `conv`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn im2col_row<S: Copy, D: Copy + Default>(
+    plane: &[S],
+    ih: usize,
+    iw: usize,
+    ky: usize,
+    kx: usize,
+    l: &ConvLayer,
+    dst: &mut [D],
+    conv: impl Fn(S) -> D,
+) {
+    let (s, pad) = (l.stride, l.padding);
+    let [oh, ow] = l.out_hw;
+    let zero = D::default();
+    let lo = pad.saturating_sub(kx).div_ceil(s).min(ow);
+    let hi = (iw + pad).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
+    for oy in 0..oh {
+        let d = &mut dst[oy * ow..(oy + 1) * ow];
+        let iy = (oy * s + ky) as isize - pad as isize;
+        if iy < 0 || iy >= ih as isize {
+            d.fill(zero);
+            continue;
+        }
+        let irow = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+        d[..lo].fill(zero);
+        d[hi..].fill(zero);
+        if s == 1 {
+            let start = lo + kx - pad;
+            for (o, &x) in d[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                *o = conv(x);
+            }
+        } else {
+            for (ox, o) in d.iter_mut().enumerate().take(hi).skip(lo) {
+                *o = conv(irow[ox * s + kx - pad]);
+            }
+        }
+    }
+}
+
+/// A grouped (not depthwise) conv with im2col straight into interleaved
+/// i16 row pairs and the AVX2 multiply-add kernel: no i32 column matrix.
+/// Returns false (nothing done) without AVX2.
+#[allow(clippy::too_many_arguments)]
+fn conv_im2col_madd(
+    l: &ConvLayer,
+    input: &[i32],
+    pairs: &[i32],
+    packed: &mut Vec<i16>,
+    rows: &mut Vec<i16>,
+    out: &mut [i32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return false;
+        }
+        let [ih, iw] = l.in_hw;
+        let [oh, ow] = l.out_hw;
+        let (p, k) = (oh * ow, l.kernel);
+        let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
+        let kk = cin_g * k * k;
+        let kp = kk.div_ceil(2);
+        if pairs.len() != l.cout * kp {
+            return false;
+        }
+        packed.resize(kp * 2 * p, 0);
+        rows.resize(2 * p, 0);
+        for g in 0..l.groups {
+            for j in 0..kp {
+                let (a, b) = rows.split_at_mut(p);
+                for (h, dst) in [a, b].into_iter().enumerate() {
+                    let r = 2 * j + h;
+                    if r >= kk {
+                        dst.fill(0);
+                        continue;
+                    }
+                    let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+                    let ch = g * cin_g + c;
+                    im2col_row(
+                        &input[ch * ih * iw..(ch + 1) * ih * iw],
+                        ih,
+                        iw,
+                        ky,
+                        kx,
+                        l,
+                        dst,
+                        |x| x as i16,
+                    );
+                }
+                // SAFETY: AVX2 is present (checked above).
+                unsafe {
+                    interleave(
+                        &rows[..p],
+                        &rows[p..],
+                        &mut packed[j * 2 * p..(j + 1) * 2 * p],
+                    )
+                };
+            }
+            // SAFETY: AVX2 is present; `packed` holds kp rows of 2p values.
+            unsafe {
+                madd_kernel(
+                    &pairs[g * cout_g * kp..(g + 1) * cout_g * kp],
+                    cout_g,
+                    kk,
+                    packed,
+                    p,
+                    &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                )
+            };
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (l, input, pairs, packed, rows, out);
+        false
+    }
+}
+
+/// `out[2i] = a[i]`, `out[2i + 1] = b[i]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn interleave(a: &[i16], b: &[i16], out: &mut [i16]) {
+    for (d, (&x, &y)) in out.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+        d[0] = x;
+        d[1] = y;
     }
 }
 
@@ -574,6 +696,7 @@ fn run_conv(
             // pass 2^31) go through the AVX2 multiply-add of i16 pairs.
             let fits16 = l.a_bits <= 16 && l.w_bits <= 16 && (l.a_bits < 16 || l.w_bits < 16);
             let pairs = &weights.pairs[li];
+            let mut packed2 = std::mem::take(&mut ws.packed2);
             let mut fast =
                 |g: usize, w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
                     let kp = k.div_ceil(2);
@@ -585,7 +708,18 @@ fn run_conv(
                         gemm(w, m, k, c, p, out)
                     }
                 };
+            let depthwise = l.groups == l.cin && l.groups == l.cout;
+            let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
+            let mut rows = std::mem::take(&mut ws.rows);
+            let done = match &ws.bufs[t] {
+                Buf::I32(input) if fits16 && !depthwise && !pointwise => {
+                    conv_im2col_madd(l, input, pairs, &mut packed2, &mut rows, o)
+                }
+                _ => false,
+            };
+            ws.rows = rows;
             match &ws.bufs[t] {
+                _ if done => {}
                 Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o, &mut fast),
                 Buf::I64(input) => {
                     let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
@@ -594,6 +728,7 @@ fn run_conv(
             }
             ws.col32 = col;
             ws.packed = packed;
+            ws.packed2 = packed2;
         }
         (ConvInput::Tensor(t), Buf::I64(o)) => {
             let mut col = std::mem::take(&mut ws.col64);
@@ -1187,6 +1322,15 @@ mod tests {
                 out2, want,
                 "madd {cin} {cout} k{k} s{stride} p{pad} g{groups}"
             );
+            // im2col straight into i16 pairs (what non-1x1 convs take).
+            let mut out3 = vec![0; want.len()];
+            let (mut p2, mut rows) = (Vec::new(), Vec::new());
+            if conv_im2col_madd(&l, &input, &pairs, &mut p2, &mut rows, &mut out3) {
+                assert_eq!(
+                    out3, want,
+                    "fused {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+                );
+            }
         }
     }
 
