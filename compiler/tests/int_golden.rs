@@ -173,6 +173,30 @@ fn golden_toynet_nearest_against_fake_quant() {
             agree,
         ));
     }
+    // The library's evaluate + agreement (what `qatc eval --int` reports)
+    // give the same numbers as the loop above.
+    struct Golden8<'a>(&'a [f32], usize);
+    impl int::Images for Golden8<'_> {
+        fn len(&self) -> usize {
+            8
+        }
+        fn image(&self, i: usize, out: &mut [f32]) {
+            out.copy_from_slice(&self.0[i * self.1..(i + 1) * self.1]);
+        }
+        fn label(&self, _: usize) -> usize {
+            0
+        }
+    }
+    let trunc_plan = plan(&g, Rounding::Trunc);
+    let opts = int::EvalOptions {
+        keep_logits: true,
+        ..Default::default()
+    };
+    let r = int::evaluate(&trunc_plan, &Golden8(&input, trunc_plan.input_len()), opts).unwrap();
+    let fq_rows: Vec<Vec<f32>> = fq.chunks(10).map(|c| c.to_vec()).collect();
+    let a = int::agreement(&r, &fq_rows);
+    assert_eq!((a.images, a.max_logit_diff), (8, report[0].1));
+    assert_eq!(a.same_top1, report[0].2 as f64 / 8.0);
     let seed_diff = seed_int
         .iter()
         .zip(&fq)

@@ -245,6 +245,36 @@ pub fn evaluate(
     })
 }
 
+/// How the integer engine's results compare with fake quantization's on the
+/// same images (`qatc eval --int`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Agreement {
+    pub images: usize,
+    /// Fraction (0..=1) of images whose top-1 class is the same.
+    pub same_top1: f64,
+    /// Largest |integer logit - fake-quant logit| over all images and classes.
+    pub max_logit_diff: f32,
+}
+
+/// Compares `report` (run with `keep_logits`) with fake-quant logits of the
+/// same images in the same order; images beyond either list are ignored.
+pub fn agreement(report: &IntReport, fake_quant_logits: &[Vec<f32>]) -> Agreement {
+    let n = report.logits.len().min(fake_quant_logits.len());
+    let mut same = 0;
+    let mut max_diff = 0f32;
+    for (a, b) in report.logits.iter().zip(fake_quant_logits) {
+        same += usize::from(engine::argmax(a) == engine::argmax(b));
+        for (x, y) in a.iter().zip(b) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+    }
+    Agreement {
+        images: n,
+        same_top1: if n == 0 { 0.0 } else { same as f64 / n as f64 },
+        max_logit_diff: max_diff,
+    }
+}
+
 /// The accumulator report of every conv/linear layer from run statistics.
 pub fn layer_reports(plan: &IntPlan, stats: &[AccStats]) -> Vec<LayerReport> {
     plan.layers
