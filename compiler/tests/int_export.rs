@@ -1,5 +1,5 @@
 //! Export round trips: the C reference inference, compiled with `cc`,
-//! reproduces the Rust engine's logits bit for bit (both rounding modes, on
+//! reproduces the Rust engine's logits bit for bit (every rounding mode, on
 //! the golden ToyNet and its eight input images); the JSON and npz exports
 //! hold the plan.
 
@@ -47,7 +47,7 @@ fn c_reference_matches_the_engine_bit_for_bit() {
         eprintln!("skipped: no `cc` on this machine to compile the C export");
         return;
     }
-    for rounding in [Rounding::Trunc, Rounding::Nearest] {
+    for rounding in [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled] {
         let (plan, input) = golden_plan(rounding);
         let weights = engine::Weights::new(&plan);
         let mut ws = engine::Workspace::new(&plan);

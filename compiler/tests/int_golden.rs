@@ -155,6 +155,7 @@ fn golden_toynet_nearest_against_fake_quant() {
         (Rounding::Trunc, 16),
         (Rounding::Nearest, 16),
         (Rounding::Nearest, 17),
+        (Rounding::Scaled, 16),
     ];
     for (rounding, head_int) in configs {
         let plan = plan_with(&g, rounding, int::FixedFormat::new(32, head_int));

@@ -116,6 +116,8 @@ pub struct IntRunArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
     #[command(flatten)]
+    pub shift: ShiftArgs,
+    #[command(flatten)]
     pub data: DataArgs,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
@@ -127,6 +129,8 @@ pub enum IntAction {
     Sweep {
         #[command(flatten)]
         plan: PlanArgs,
+        #[command(flatten)]
+        shift: ShiftArgs,
         #[command(flatten)]
         data: DataArgs,
         /// Formats to try (BITS,INT_BITS each).
@@ -142,6 +146,8 @@ pub enum IntAction {
     Bench {
         #[command(flatten)]
         plan: PlanArgs,
+        #[command(flatten)]
+        shift: ShiftArgs,
         /// Images to time (random, or the first test images of --data).
         #[arg(long, default_value_t = 256)]
         images: usize,
@@ -158,6 +164,8 @@ pub enum IntAction {
 pub struct ExportArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
+    #[command(flatten)]
+    pub shift: ShiftArgs,
     /// Output directory.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -213,6 +221,27 @@ fn set_class(f: &mut Formats, class: &str, fmt: FixedFormat) -> anyhow::Result<(
 
 /// The plan of `args`, diagnostics of a bad spec printed to stderr.
 pub fn load_plan(args: &PlanArgs, formats: Option<Formats>) -> anyhow::Result<IntPlan> {
+    load_plan_with(args, formats, false)
+}
+
+/// With --rounding nearest: place each requantization's binary point so
+/// that its largest constant uses the format's full width.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ShiftArgs {
+    /// With --rounding nearest: a binary point per requantization (its
+    /// largest constant uses the format's full width) instead of the
+    /// format's fixed one.
+    #[arg(long)]
+    pub per_layer_shift: bool,
+}
+
+/// [`load_plan`], `per_layer_shift` choosing [`Rounding::Scaled`] over
+/// `nearest`.
+pub fn load_plan_with(
+    args: &PlanArgs,
+    formats: Option<Formats>,
+    per_layer_shift: bool,
+) -> anyhow::Result<IntPlan> {
     let Some(spec) = &args.spec else {
         bail!("give the model spec: qatc int SPEC --checkpoint F ...")
     };
@@ -242,6 +271,7 @@ pub fn load_plan(args: &PlanArgs, formats: Option<Formats>) -> anyhow::Result<In
     let opts = PlanOptions {
         rounding: match args.rounding {
             RoundingArg::Trunc => Rounding::Trunc,
+            RoundingArg::Nearest if per_layer_shift => Rounding::Scaled,
             RoundingArg::Nearest => Rounding::Nearest,
         },
         formats: match formats {
@@ -402,24 +432,39 @@ pub fn run_int(cmd: Box<IntCommand>) -> anyhow::Result<ExitCode> {
         (
             Some(IntAction::Sweep {
                 plan,
+                shift,
                 data,
                 formats,
                 class,
                 format,
             }),
             _,
-        ) => sweep(&plan, &data, &formats, &class, format),
+        ) => sweep(
+            &plan,
+            shift.per_layer_shift,
+            &data,
+            &formats,
+            &class,
+            format,
+        ),
         (
             Some(IntAction::Bench {
                 plan,
+                shift,
                 images,
                 data,
                 rounds,
             }),
             _,
-        ) => bench(&plan, images, data.as_deref(), rounds),
+        ) => bench(
+            &plan,
+            shift.per_layer_shift,
+            images,
+            data.as_deref(),
+            rounds,
+        ),
         (None, run) => {
-            let plan = load_plan(&run.plan, None)?;
+            let plan = load_plan_with(&run.plan, None, run.shift.per_layer_shift)?;
             let split = open_data(run.data.data.as_deref(), &plan)?;
             let (report, rate) = measure(&plan, &split, &run.data)?;
             match run.format {
@@ -445,6 +490,7 @@ pub fn run_int(cmd: Box<IntCommand>) -> anyhow::Result<ExitCode> {
 
 fn sweep(
     plan_args: &PlanArgs,
+    per_layer_shift: bool,
     data: &DataArgs,
     formats: &[String],
     class: &str,
@@ -461,7 +507,7 @@ fn sweep(
         let fmt: FixedFormat = f.parse().map_err(anyhow::Error::msg)?;
         let mut fs = base;
         set_class(&mut fs, class, fmt)?;
-        let plan = load_plan(&args, Some(fs))?;
+        let plan = load_plan_with(&args, Some(fs), per_layer_shift)?;
         if split.is_none() {
             split = Some(open_data(data.data.as_deref(), &plan)?);
         }
@@ -550,11 +596,12 @@ impl Images for Listed<'_> {
 
 fn bench(
     plan_args: &PlanArgs,
+    per_layer_shift: bool,
     n: usize,
     data: Option<&str>,
     rounds: usize,
 ) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(plan_args, None)?;
+    let plan = load_plan_with(plan_args, None, per_layer_shift)?;
     let images = first_images(data, &plan, n.max(1))?;
     let cores = std::thread::available_parallelism()
         .map(|t| t.get())
@@ -630,7 +677,7 @@ fn process_cpu_seconds() -> Option<f64> {
 
 /// `qatc export ...`.
 pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(&args.plan, None)?;
+    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
     let format = match args.format {
         ExportFormatArg::C => ExportFormat::C,
         ExportFormatArg::Npz => ExportFormat::Npz,

@@ -676,7 +676,7 @@ fn run_conv(
                 match plan.options.rounding {
                     // The seed: `F.conv2d(...).long()`.
                     Rounding::Trunc => x.trunc() as i64,
-                    Rounding::Nearest => (x * scale).round() as i64,
+                    Rounding::Nearest | Rounding::Scaled => (x * scale).round() as i64,
                 }
             };
             match out {
@@ -1072,6 +1072,7 @@ fn run_pool(plan: &IntPlan, l: &Pool, ws: &mut Workspace) {
                 }
                 let v = match l.kind {
                     PoolKind::Max { .. } => best,
+                    _ if l.sum_only => sum,
                     _ => div_round(sum, n.max(1), l.div),
                 };
                 out[(ch * oh + oy) * ow + ox] = v as i32;

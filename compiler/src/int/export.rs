@@ -396,7 +396,7 @@ static void conv_float(const float *in, int cin, int ih, int iw, const int32_t *
     }
 }
 
-/* kind: 0 avg(k, s), 1 max(k, s, pad), 2 adaptive */
+/* kind: 0 avg(k, s), 1 max(k, s, pad), 2 adaptive; div < 0: the window sums */
 static void pool(const int64_t *in, int c, int ih, int iw, int oh, int ow, int kind, int k, int s, int pad,
                  int div, int64_t *out) {
     for (int ch = 0; ch < c; ch++) for (int oy = 0; oy < oh; oy++) for (int ox = 0; ox < ow; ox++) {
@@ -410,7 +410,7 @@ static void pool(const int64_t *in, int c, int ih, int iw, int oh, int ow, int k
             int64_t v = in[(ch * ih + yy) * iw + xx];
             sum += v; if (v > best) best = v; n++;
         }
-        out[(ch * oh + oy) * ow + ox] = kind == 1 ? best : div_round(sum, n > 0 ? n : 1, div);
+        out[(ch * oh + oy) * ow + ox] = kind == 1 ? best : (div < 0 ? sum : div_round(sum, n > 0 ? n : 1, div));
     }
 }
 "#;
@@ -558,7 +558,7 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                         let _ = writeln!(
                             c,
                             "    conv_float(image, {args}, {}, {}, t{});",
-                            i32::from(plan.options.rounding == Rounding::Nearest),
+                            i32::from(!plan.options.rounding.is_trunc()),
                             c_double(l.float_scale),
                             l.output
                         );
@@ -610,7 +610,7 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                     c,
                     "    pool(t{}, {ch}, {ih}, {iw}, {oh}, {ow}, {kind}, {k}, {s}, {pad}, {}, t{});",
                     p.input,
-                    div_code(p.div),
+                    if p.sum_only { -1 } else { div_code(p.div) },
                     p.output
                 );
             }

@@ -95,6 +95,18 @@ pub enum Rounding {
     /// Constants rounded once from their exact value, every shift and pool
     /// division rounded to nearest, clamps as the fake quantizers clamp.
     Nearest,
+    /// As `Nearest`, but each requantization places its own binary point:
+    /// its largest constant uses the format's full `bits` (the format's
+    /// integer bits are ignored), so small multipliers keep their precision
+    /// (a per-layer shift, as integer accelerators do).
+    Scaled,
+}
+
+impl Rounding {
+    /// Whether this is the seed's truncating pipeline.
+    pub fn is_trunc(self) -> bool {
+        self == Rounding::Trunc
+    }
 }
 
 impl fmt::Display for Rounding {
@@ -102,6 +114,7 @@ impl fmt::Display for Rounding {
         f.write_str(match self {
             Rounding::Trunc => "trunc",
             Rounding::Nearest => "nearest",
+            Rounding::Scaled => "scaled",
         })
     }
 }

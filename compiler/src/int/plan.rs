@@ -237,6 +237,9 @@ pub struct Pool {
     pub input: TensorId,
     pub output: TensorId,
     pub div: Div,
+    /// Averages are the window sums, the output scale multiplied by the
+    /// window size instead (`nearest`, equal windows): no precision lost.
+    pub sum_only: bool,
 }
 
 /// Float input to integers: `q = round_even(clamp(x * pre, clip_lo, clip_hi) * gain)`,
@@ -477,7 +480,7 @@ impl<'a> Builder<'a> {
     ) -> Result<i64, IntError> {
         let fits = match self.opts.rounding {
             Rounding::Trunc => fixed_seed(v32, fmt, false),
-            Rounding::Nearest => fixed_nearest(v64, fmt, false),
+            Rounding::Nearest | Rounding::Scaled => fixed_nearest(v64, fmt, false),
         };
         if fits.is_err() && self.opts.saturate_constants {
             self.saturated
@@ -486,7 +489,9 @@ impl<'a> Builder<'a> {
         }
         let r = match self.opts.rounding {
             Rounding::Trunc => fixed_seed(v32, fmt, self.opts.saturate_constants),
-            Rounding::Nearest => fixed_nearest(v64, fmt, self.opts.saturate_constants),
+            Rounding::Nearest | Rounding::Scaled => {
+                fixed_nearest(v64, fmt, self.opts.saturate_constants)
+            }
         };
         r.map_err(|o| IntError::FormatOverflow {
             layer: layer.to_string(),
@@ -622,6 +627,32 @@ impl<'a> Builder<'a> {
     ) -> Result<Q, IntError> {
         let trunc = self.opts.rounding == Rounding::Trunc;
         let c = lin.channels;
+        // `scaled`: the binary point that gives the largest constant the
+        // format's full width.
+        let fmt = if self.opts.rounding == Rounding::Scaled {
+            let mut maxv = 0f64;
+            for term in &lin.terms {
+                for ch in 0..c {
+                    maxv = maxv.max((t.gain / term.denom * term.k[ch]).abs());
+                }
+            }
+            for ch in 0..c {
+                maxv = maxv.max((t.gain * lin.bias[ch]).abs());
+            }
+            let room = ((1u64 << (fmt.bits - 1)) - 1) as f64;
+            let frac = if maxv > 0.0 {
+                (room / maxv).log2().floor().clamp(0.0, 56.0) as u32
+            } else {
+                fmt.frac()
+            };
+            // `frac` fraction bits; the integer part is what is left of the
+            // width, at least one bit (the constants fit the width by the
+            // choice of `frac`).
+            let int_bits = fmt.bits.saturating_sub(frac).max(1);
+            FixedFormat::new(frac + int_bits, int_bits)
+        } else {
+            fmt
+        };
         let mut terms = Vec::new();
         let mut worst = 0f64;
         for term in &lin.terms {
@@ -782,7 +813,7 @@ impl<'a> Builder<'a> {
         let (cout, kernel, stride, padding, groups) = geometry;
         let float_scale = match self.opts.rounding {
             Rounding::Trunc => 1.0,
-            Rounding::Nearest => 256.0,
+            Rounding::Nearest | Rounding::Scaled => 256.0,
         };
         let (input, a_bits, denom_a, bound) = match v {
             Value::Float => (ConvInput::Float, 32, float_scale, None),
@@ -936,23 +967,60 @@ impl<'a> Builder<'a> {
         let info = self.tensors[q.t].clone();
         let out_shape = shape3(&n.out_shape.0);
         let averaging = !matches!(kind, PoolKind::Max { .. });
-        let out = self.new_tensor(&n.name, out_shape, info.kind.clone(), false);
         let div = match self.opts.rounding {
             Rounding::Trunc => Div::Trunc,
-            Rounding::Nearest => Div::Nearest,
+            Rounding::Nearest | Rounding::Scaled => Div::Nearest,
         };
+        // Window size when every window has the same (and no padding).
+        let window = match kind {
+            PoolKind::Avg { kernel, .. } => Some(kernel * kernel),
+            PoolKind::Adaptive { size }
+                if size > 0 && info.shape[1] % size == 0 && info.shape[2] % size == 0 =>
+            {
+                Some((info.shape[1] / size) * (info.shape[2] / size))
+            }
+            _ => None,
+        };
+        // `nearest` keeps the sums (the next requantization divides, with
+        // its own rounding); `trunc` divides as the seed does.
+        let sum_only = !self.opts.rounding.is_trunc() && window.is_some();
+        let (mut kind_out, mut q_out) = (info.kind.clone(), q.clone());
+        if let (
+            true,
+            Some(a),
+            TensorKind::Act {
+                scale,
+                lo,
+                hi,
+                bits,
+            },
+        ) = (sum_only, window, &info.kind)
+        {
+            let a = a as i64;
+            kind_out = TensorKind::Act {
+                scale: scale * a as f64,
+                lo: lo * a,
+                hi: hi * a,
+                bits: bits + bits_of(a as f64) - 1,
+            };
+            q_out.scale = scale * a as f64;
+            q_out.lo = lo * a;
+            q_out.hi = hi * a;
+        }
+        let out = self.new_tensor(&n.name, out_shape, kind_out, false);
         self.layers.push(Layer::Pool(Pool {
             name: n.name.clone(),
             kind,
             input: q.t,
             output: out,
             div,
+            sum_only,
         }));
         self.node_tensors.insert(n.name.clone(), out);
         Ok(Value::Q(Q {
             t: out,
             pooled: q.pooled || averaging,
-            ..q
+            ..q_out
         }))
     }
 
