@@ -376,7 +376,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Eval { spec, args } => {
             let profile = flag_value(&args, "--profile");
-            run_model(&spec, "eval", profile.as_deref(), &args)
+            if args.iter().any(|a| a == "--int") {
+                eval_int(&spec, profile.as_deref(), &args)
+            } else {
+                run_model(&spec, "eval", profile.as_deref(), &args)
+            }
         }
         Command::Int(cmd) => qatc::int::cli::run_int(cmd),
         Command::Export(args) => qatc::int::cli::run_export(args),
@@ -482,10 +486,204 @@ fn run_model(
     profile: Option<&str>,
     args: &[String],
 ) -> anyhow::Result<ExitCode> {
+    let (mut command, cargo) = match model_command(spec, subcommand, profile, args)? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = command.exec();
+        Err(err).with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+        Ok(match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => ExitCode::from(1),
+        })
+    }
+}
+
+/// `qatc eval SPEC --int [--format table|json] ...`: the fake-quant
+/// evaluation of the model crate (its `eval`, all other flags passed on)
+/// next to the integer-only engine on the same images, in both rounding
+/// modes: accuracies, the agreement of their top-1 predictions with
+/// fake-quant, and the largest logit difference.
+fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Result<ExitCode> {
+    use qatc::int::cli::{load_plan, DataImages, PlanArgs, RoundingArg};
+    use qatc::int::{evaluate, EvalOptions};
+    let json = flag_value(args, "--format").as_deref() == Some("json");
+    let mut passed: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+        } else if a == "--format" {
+            skip = true;
+        } else if a != "--int" && !a.starts_with("--format=") {
+            passed.push(a.clone());
+        }
+    }
+    let Some(checkpoint) = flag_value(args, "--checkpoint") else {
+        anyhow::bail!("--checkpoint is required: qatc eval SPEC --checkpoint F --int");
+    };
+    let tmp = std::env::temp_dir().join(format!("qatc-eval-int-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    let logits_path = tmp.join("logits.csv");
+    passed.extend([
+        "--format".to_string(),
+        "json".to_string(),
+        "--logits".to_string(),
+        logits_path.to_string_lossy().into_owned(),
+    ]);
+    let (mut command, cargo) = match model_command(spec, "eval", profile, &passed)? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(ExitCode::from(1));
+    }
+    let fake: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .context("the model's eval printed no JSON report")?;
+    let logits_text = std::fs::read_to_string(&logits_path);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let fake_logits: Vec<Vec<f32>> = logits_text
+        .context("the model's eval wrote no logits")?
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().unwrap_or(f32::NAN))
+                .collect()
+        })
+        .collect();
+    let fake_top1 = fake["top1"].as_f64().unwrap_or(f64::NAN);
+    let data = fake["data"].as_str().unwrap_or("digits").to_string();
+    let profile = fake["profile"].as_str().unwrap_or_default().to_string();
+    let images = fake["images"].as_u64().unwrap_or(0) as usize;
+    let split = qatc_data::open(&data).with_context(|| format!("cannot open data `{data}`"))?;
+    let ds = match fake["split"].as_str() {
+        Some("train") => split.train,
+        _ => split.test,
+    }
+    .spread(images);
+    if ds.len() != fake_logits.len() {
+        anyhow::bail!(
+            "the model evaluated {} images but {} logit rows came back",
+            ds.len(),
+            fake_logits.len()
+        );
+    }
+    let fake_pred: Vec<usize> = fake_logits
+        .iter()
+        .map(|r| qatc::int::engine::argmax(r))
+        .collect();
+    let mut rows = Vec::new();
+    for rounding in [RoundingArg::Trunc, RoundingArg::Nearest] {
+        let plan_args = PlanArgs {
+            spec: Some(spec.to_path_buf()),
+            profile: Some(profile.clone()),
+            checkpoint: Some(PathBuf::from(&checkpoint)),
+            import_format: None,
+            strip_prefix: String::new(),
+            rounding,
+            fixed: Vec::new(),
+            saturate_constants: false,
+        };
+        let plan = load_plan(&plan_args, None)?;
+        let report = evaluate(
+            &plan,
+            &DataImages {
+                ds: &ds,
+                n: ds.len(),
+            },
+            EvalOptions {
+                sim: Default::default(),
+                threads: 0,
+                keep_logits: true,
+            },
+        )?;
+        let same = report
+            .predictions
+            .iter()
+            .zip(&fake_pred)
+            .filter(|(a, b)| a == b)
+            .count();
+        let max_diff = report
+            .logits
+            .iter()
+            .zip(&fake_logits)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())))
+            .fold(0.0f64, f64::max);
+        let name = match rounding {
+            RoundingArg::Trunc => "trunc",
+            RoundingArg::Nearest => "nearest",
+        };
+        rows.push(serde_json::json!({
+            "rounding": name,
+            "top1": report.top1,
+            "agreement": 100.0 * same as f64 / ds.len().max(1) as f64,
+            "max_logit_diff": max_diff,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": fake["model"], "profile": profile, "checkpoint": checkpoint,
+                "data": data, "split": fake["split"], "images": ds.len(),
+                "fake_quant_top1": fake_top1, "int": rows,
+            })
+        );
+    } else {
+        println!(
+            "{} (profile {profile}) on {data} {} ({} images), checkpoint {checkpoint}",
+            fake["model"].as_str().unwrap_or("?"),
+            fake["split"].as_str().unwrap_or("test"),
+            ds.len()
+        );
+        println!(
+            "{:<22} {:>8} {:>16} {:>15}",
+            "", "top-1 %", "same top-1 as FQ", "max |logit diff|"
+        );
+        println!(
+            "{:<22} {:>8.2} {:>16} {:>15}",
+            "fake-quant (libtorch)", fake_top1, "-", "-"
+        );
+        for r in &rows {
+            println!(
+                "{:<22} {:>8.2} {:>15.2}% {:>15.4}",
+                format!("integer, {}", r["rounding"].as_str().unwrap_or("?")),
+                r["top1"].as_f64().unwrap_or(f64::NAN),
+                r["agreement"].as_f64().unwrap_or(f64::NAN),
+                r["max_logit_diff"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cargo command that runs `subcommand` of the spec's model crate (see
+/// [`run_model`]), or the exit code of a spec that failed its checks.
+fn model_command(
+    spec: &Path,
+    subcommand: &str,
+    profile: Option<&str>,
+    args: &[String],
+) -> anyhow::Result<Result<(std::process::Command, std::ffi::OsString), ExitCode>> {
     let src = read(spec)?;
     let (model, checked, graphs) = match driver::check_all(&src) {
         Ok(r) => r,
-        Err(d) => return Ok(fail(&src, &d)),
+        Err(d) => return Ok(Err(fail(&src, &d))),
     };
     let name = &model.name.name;
     let known = checked.profile_names();
@@ -528,9 +726,9 @@ fn run_model(
         .map(|label| qatc::codegen::generate(&model, &checked, &graphs, label, &runtime))
         .collect();
     let up_to_date = crates.iter().find(|k| {
-        files(k)
-            .iter()
-            .all(|(file, text)| std::fs::read_to_string(dir.join(file)).ok().as_deref() == Some(text))
+        files(k).iter().all(|(file, text)| {
+            std::fs::read_to_string(dir.join(file)).ok().as_deref() == Some(text)
+        })
     });
     let package = match up_to_date {
         Some(k) => k.package.clone(),
@@ -554,7 +752,11 @@ fn run_model(
             }
             eprintln!(
                 "qatc: {} {} from {}",
-                if existing.is_empty() { "generated" } else { "regenerated (it was stale)" },
+                if existing.is_empty() {
+                    "generated"
+                } else {
+                    "regenerated (it was stale)"
+                },
                 dir.display(),
                 labels[0]
             );
@@ -582,23 +784,7 @@ fn run_model(
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         command.env("OMP_WAIT_POLICY", "PASSIVE");
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let err = command.exec();
-        Err(err).with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))
-    }
-    #[cfg(not(unix))]
-    {
-        let status = command
-            .status()
-            .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
-        Ok(match status.code() {
-            Some(0) => ExitCode::SUCCESS,
-            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            None => ExitCode::from(1),
-        })
-    }
+    Ok(Ok((command, cargo)))
 }
 
 /// The workspace root for `spec`: the nearest directory holding a

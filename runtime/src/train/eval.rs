@@ -26,6 +26,9 @@ pub struct EvalResult {
     /// Top-1 prediction per image, in data set order.
     #[serde(skip)]
     pub predictions: Vec<i64>,
+    /// The logits, `images x classes`, row-major, in data set order.
+    #[serde(skip)]
+    pub logits: Vec<f32>,
 }
 
 impl EvalResult {
@@ -52,6 +55,7 @@ pub fn evaluate<M: QatModel + ?Sized>(
     let classes = model.classes() as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut predictions = Vec::with_capacity(ds.len());
+    let mut all_logits = Vec::with_capacity(ds.len() * classes);
     let (mut loss_sum, mut top1, mut top5) = (0.0, 0i64, 0i64);
     let loader = Loader::new(Arc::clone(ds), BatchConfig::eval(batch_size));
     tch::no_grad(|| {
@@ -69,6 +73,10 @@ pub fn evaluate<M: QatModel + ?Sized>(
                 confusion[y as usize][p as usize] += 1;
             }
             predictions.extend(pred);
+            all_logits.extend(
+                Vec::<f32>::try_from(&logits.to_device(Device::Cpu).contiguous().view(-1))
+                    .unwrap_or_default(),
+            );
         }
     });
     let n = ds.len().max(1) as f64;
@@ -79,6 +87,7 @@ pub fn evaluate<M: QatModel + ?Sized>(
         top5: 100.0 * top5 as f64 / n,
         confusion,
         predictions,
+        logits: all_logits,
     }
 }
 
@@ -125,6 +134,10 @@ pub struct EvalArgs {
     /// Also write the top-1 prediction of every image, one per line.
     #[arg(long, value_name = "FILE")]
     pub predictions: Option<PathBuf>,
+    /// Also write every image's logits, one line of comma-separated
+    /// numbers per image (shortest exact decimal form).
+    #[arg(long, value_name = "FILE")]
+    pub logits: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -210,6 +223,19 @@ where
             .predictions
             .iter()
             .map(|p| format!("{p}\n"))
+            .collect();
+        checkpoint::write_atomic(path, text.as_bytes())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.logits {
+        let classes = model.classes() as usize;
+        let text: String = result
+            .logits
+            .chunks(classes.max(1))
+            .map(|row| {
+                let cells: Vec<String> = row.iter().map(f32::to_string).collect();
+                cells.join(",") + "\n"
+            })
             .collect();
         checkpoint::write_atomic(path, text.as_bytes())
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
