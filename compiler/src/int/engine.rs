@@ -465,7 +465,6 @@ fn conv_im2col_madd(
         if !std::arch::is_x86_feature_detected!("avx2") {
             return false;
         }
-        let [ih, iw] = l.in_hw;
         let [oh, ow] = l.out_hw;
         let (p, k) = (oh * ow, l.kernel);
         let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
@@ -477,36 +476,8 @@ fn conv_im2col_madd(
         packed.resize(kp * 2 * p, 0);
         rows.resize(2 * p, 0);
         for g in 0..l.groups {
-            for j in 0..kp {
-                let (a, b) = rows.split_at_mut(p);
-                for (h, dst) in [a, b].into_iter().enumerate() {
-                    let r = 2 * j + h;
-                    if r >= kk {
-                        dst.fill(0);
-                        continue;
-                    }
-                    let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-                    let ch = g * cin_g + c;
-                    im2col_row(
-                        &input[ch * ih * iw..(ch + 1) * ih * iw],
-                        ih,
-                        iw,
-                        ky,
-                        kx,
-                        l,
-                        dst,
-                        |x| x as i16,
-                    );
-                }
-                // SAFETY: AVX2 is present (checked above).
-                unsafe {
-                    interleave(
-                        &rows[..p],
-                        &rows[p..],
-                        &mut packed[j * 2 * p..(j + 1) * 2 * p],
-                    )
-                };
-            }
+            // SAFETY: AVX2 is present (checked above).
+            unsafe { pack_group(l, input, g, kk, kp, rows, packed) };
             // SAFETY: AVX2 is present; `packed` holds kp rows of 2p values.
             unsafe {
                 madd_kernel(
@@ -525,6 +496,180 @@ fn conv_im2col_madd(
     {
         let _ = (l, input, pairs, packed, rows, out);
         false
+    }
+}
+
+/// Convs the direct kernel takes: ungrouped, stride 1, kernel over 1, and
+/// output rows a multiple of 8 wide (its vectors run along a row; narrower
+/// maps go through im2col, whose vectors run across rows).
+fn direct_conv(l: &ConvLayer) -> bool {
+    l.groups == 1 && l.stride == 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
+}
+
+/// A stride-1 k x k conv without im2col: the input is laid out once as
+/// zero-padded planes of interleaved channel pairs, and each tap reads a
+/// shifted row of it (`vpmaddwd` on channel pairs, eight output rows per
+/// load). Returns false (nothing done) without AVX2.
+fn conv_direct_madd(
+    l: &ConvLayer,
+    input: &[i32],
+    dpairs: &[i32],
+    padded: &mut Vec<i16>,
+    out: &mut [i32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
+        if !std::arch::is_x86_feature_detected!("avx2") || dpairs.len() != l.cout * cp * k2 {
+            return false;
+        }
+        let [ih, iw] = l.in_hw;
+        let (ph, pw) = (ih + 2 * l.padding, iw + 2 * l.padding);
+        padded.clear();
+        padded.resize(cp * ph * pw * 2, 0);
+        for c in 0..l.cin {
+            let plane = &input[c * ih * iw..(c + 1) * ih * iw];
+            let base = (c / 2) * ph * pw;
+            for y in 0..ih {
+                let row = base + (y + l.padding) * pw + l.padding;
+                for (x, &v) in plane[y * iw..(y + 1) * iw].iter().enumerate() {
+                    padded[2 * (row + x) + c % 2] = v as i16;
+                }
+            }
+        }
+        // SAFETY: AVX2 is present (checked above); indices stay inside
+        // `padded` and `out` (see the bounds in the kernel).
+        unsafe { direct_kernel(l, dpairs, padded, ph, pw, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (l, input, dpairs, padded, out);
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn direct_kernel(
+    l: &ConvLayer,
+    dpairs: &[i32],
+    padded: &[i16],
+    ph: usize,
+    pw: usize,
+    out: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 8;
+    let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(2));
+    let [oh, ow] = l.out_hw;
+    let p = oh * ow;
+    let ow8 = ow / 8 * 8;
+    let per_o = cp * k2;
+    let mut o = 0;
+    while o < l.cout {
+        let rows = (l.cout - o).min(ROWS);
+        let w: [&[i32]; ROWS] = std::array::from_fn(|r| {
+            let oo = o + r.min(rows - 1);
+            &dpairs[oo * per_o..(oo + 1) * per_o]
+        });
+        for y in 0..oh {
+            let mut i = 0;
+            while i < ow8 {
+                let mut acc = [_mm256_setzero_si256(); ROWS];
+                for c in 0..cp {
+                    for ky in 0..k {
+                        // (y + ky) < ph and kx + i + 8 <= pw: stride 1 means ow = pw - k + 1.
+                        let row = c * ph * pw + (y + ky) * pw + i;
+                        for kx in 0..k {
+                            let x = _mm256_loadu_si256(
+                                padded.as_ptr().add(2 * (row + kx)) as *const __m256i
+                            );
+                            let t = c * k2 + ky * k + kx;
+                            for r in 0..ROWS {
+                                acc[r] = _mm256_add_epi32(
+                                    acc[r],
+                                    _mm256_madd_epi16(x, _mm256_set1_epi32(w[r][t])),
+                                );
+                            }
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    _mm256_storeu_si256(
+                        out.as_mut_ptr().add((o + r) * p + y * ow + i) as *mut __m256i,
+                        *a,
+                    );
+                }
+                i += 8;
+            }
+            for r in 0..rows {
+                for i in ow8..ow {
+                    let mut s = 0i32;
+                    for c in 0..cp {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let at = 2 * (c * ph * pw + (y + ky) * pw + i + kx);
+                                let wv = w[r][c * k2 + ky * k + kx];
+                                s += (wv as i16 as i32) * padded[at] as i32
+                                    + (wv >> 16) * padded[at + 1] as i32;
+                            }
+                        }
+                    }
+                    out[(o + r) * p + y * ow + i] = s;
+                }
+            }
+        }
+        o += rows;
+    }
+}
+
+/// The im2col rows of group `g` as interleaved i16 pairs into `packed`
+/// (compiled with AVX2 so the row copies and conversions vectorise).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_group(
+    l: &ConvLayer,
+    input: &[i32],
+    g: usize,
+    kk: usize,
+    kp: usize,
+    rows: &mut [i16],
+    packed: &mut [i16],
+) {
+    let [ih, iw] = l.in_hw;
+    let p = l.out_hw[0] * l.out_hw[1];
+    let k = l.kernel;
+    let cin_g = l.cin / l.groups;
+    for j in 0..kp {
+        let (a, b) = rows.split_at_mut(p);
+        for (h, dst) in [a, b].into_iter().enumerate() {
+            let r = 2 * j + h;
+            if r >= kk {
+                dst.fill(0);
+                continue;
+            }
+            let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+            let ch = g * cin_g + c;
+            im2col_row(
+                &input[ch * ih * iw..(ch + 1) * ih * iw],
+                ih,
+                iw,
+                ky,
+                kx,
+                l,
+                dst,
+                |x| x as i16,
+            );
+        }
+        // SAFETY: called with AVX2 enabled (this function's own feature).
+        unsafe {
+            interleave(
+                &rows[..p],
+                &rows[p..],
+                &mut packed[j * 2 * p..(j + 1) * 2 * p],
+            )
+        };
     }
 }
 
@@ -598,6 +743,9 @@ fn conv_typed<T: Num>(
 
 /// Weights converted once per plan to every width the engine computes in.
 pub struct Weights {
+    /// Per stride-1 ungrouped k x k conv: `[cout][cin/2][k*k]` pairs of
+    /// input channels `(2c, 2c+1)` at one tap, for [`conv_direct_madd`].
+    dpairs: Vec<Vec<i32>>,
     /// Per conv layer, per group, per output row: the weights as i16 pairs
     /// in i32 lanes (low half `w[2j]`, high half `w[2j+1]`) for [`gemm_madd`].
     pairs: Vec<Vec<i32>>,
@@ -609,6 +757,7 @@ pub struct Weights {
 impl Weights {
     pub fn new(plan: &IntPlan) -> Weights {
         let mut w = Weights {
+            dpairs: Vec::new(),
             pairs: Vec::new(),
             w32: Vec::new(),
             w64: Vec::new(),
@@ -623,6 +772,28 @@ impl Weights {
                 ),
                 _ => (Vec::new(), Vec::new(), Vec::new()),
             };
+            w.dpairs.push(match layer {
+                Layer::Conv(l) if direct_conv(l) => {
+                    let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
+                    let at = |o: usize, c: usize, t: usize| -> u32 {
+                        if c < l.cin {
+                            l.weights[(o * l.cin + c) * k2 + t] as i16 as u16 as u32
+                        } else {
+                            0
+                        }
+                    };
+                    let mut v = Vec::with_capacity(l.cout * cp * k2);
+                    for o in 0..l.cout {
+                        for c in 0..cp {
+                            for t in 0..k2 {
+                                v.push((at(o, 2 * c, t) | (at(o, 2 * c + 1, t) << 16)) as i32);
+                            }
+                        }
+                    }
+                    v
+                }
+                _ => Vec::new(),
+            });
             w.pairs.push(match layer {
                 Layer::Conv(l) if l.groups != l.cin || l.groups != l.cout || l.groups == 1 => {
                     let kk = l.fan_in;
@@ -712,6 +883,9 @@ fn run_conv(
             let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
             let mut rows = std::mem::take(&mut ws.rows);
             let done = match &ws.bufs[t] {
+                Buf::I32(input) if fits16 && direct_conv(l) => {
+                    conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o)
+                }
                 Buf::I32(input) if fits16 && !depthwise && !pointwise => {
                     conv_im2col_madd(l, input, pairs, &mut packed2, &mut rows, o)
                 }
@@ -1229,6 +1403,27 @@ mod tests {
         out
     }
 
+    fn test_plan() -> IntPlan {
+        IntPlan {
+            model: String::new(),
+            profile: String::new(),
+            options: Default::default(),
+            input_shape: [0; 3],
+            tensors: vec![],
+            layers: vec![],
+            output: crate::int::plan::OutputLayer {
+                terms: vec![],
+                bias: vec![],
+                terms_f32: vec![],
+                bias_f32: vec![],
+                classes: 0,
+            },
+            node_tensors: Default::default(),
+            clips: Default::default(),
+            saturated: vec![],
+        }
+    }
+
     #[test]
     fn grouped_strided_padded_conv_matches_naive() {
         for (cin, cout, k, stride, pad, groups) in [
@@ -1237,8 +1432,12 @@ mod tests {
             (4, 4, 2, 2, 0, 1),
             (6, 9, 1, 1, 0, 3),
             (5, 16, 3, 2, 1, 1),
+            (6, 10, 3, 1, 1, 1),
+            (2, 3, 5, 1, 2, 1),
+            (4, 8, 3, 1, 0, 1),
+            (16, 17, 3, 1, 1, 1),
         ] {
-            let (ih, iw) = (7, 9);
+            let (ih, iw) = (7, 16);
             let oh = (ih + 2 * pad - k) / stride + 1;
             let ow = (iw + 2 * pad - k) / stride + 1;
             let fan_in = cin / groups * k * k;
@@ -1326,6 +1525,23 @@ mod tests {
             // im2col straight into i16 pairs (what non-1x1 convs take).
             let mut out3 = vec![0; want.len()];
             let (mut p2, mut rows) = (Vec::new(), Vec::new());
+            if direct_conv(&l) {
+                let w = Weights::new(&IntPlan {
+                    layers: vec![Layer::Conv(l.clone())],
+                    ..test_plan()
+                });
+                let mut out4 = vec![0; want.len()];
+                let mut padded = Vec::new();
+                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut padded, &mut out4);
+                if ran {
+                    assert_eq!(out4, want, "direct {cin} {cout} k{k} p{pad}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                assert!(
+                    ran || !std::arch::is_x86_feature_detected!("avx2"),
+                    "direct kernel refused"
+                );
+            }
             if conv_im2col_madd(&l, &input, &pairs, &mut p2, &mut rows, &mut out3) {
                 assert_eq!(
                     out3, want,
