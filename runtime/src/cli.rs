@@ -461,12 +461,23 @@ mod tests {
             &["bench", "--steps", "0"],
             &["bench", "--frobnicate"],
             &["--profile"],
-            &["train"],
+            &["train", "--epochs", "x"],
+            &["train", "--schedule", "weekly"],
+            &["eval"],
             &["--profile", "w4a4", "bench"],
         ] {
             let argv = std::iter::once("x").chain(args.iter().copied());
             let err = parse("tiny", &PROFILES, argv).unwrap_err();
             assert!(err.use_stderr(), "{args:?}");
+            assert_eq!(run_args(args), ExitCode::from(1), "{args:?}");
+        }
+        // Parsed, then refused before any work.
+        for args in [
+            &["train", "--lr=-1"][..],
+            &["train", "--profile", "w9"],
+            &["train", "--data", "/nonexistent/data", "--out", "/nonexistent/run"],
+            &["eval", "--checkpoint", "/nonexistent.safetensors"],
+        ] {
             assert_eq!(run_args(args), ExitCode::from(1), "{args:?}");
         }
         assert_eq!(run_args(&["--help"]), ExitCode::SUCCESS);

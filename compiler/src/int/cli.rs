@@ -84,7 +84,8 @@ pub struct DataArgs {
     /// Which split to measure accuracy on.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub split: SplitArg,
-    /// Evaluate at most this many images.
+    /// Evaluate this many images, spread evenly over the split (as
+    /// `qatc train --limit-test` and `qatc eval --limit` take them).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Take the accumulator report from the first N training images.
@@ -343,7 +344,16 @@ fn measure(
         SplitArg::Test => &split.test,
         SplitArg::Train => &split.train,
     };
-    let n = d.limit.map_or(ds.len(), |l| l.min(ds.len()));
+    // The same images as `qatc eval --limit` / `train --limit-test` take.
+    let limited;
+    let ds = match d.limit {
+        Some(l) => {
+            limited = ds.clone().spread(l);
+            &limited
+        }
+        None => ds,
+    };
+    let n = ds.len();
     let opts = EvalOptions {
         sim: sim_of(d),
         threads: d.threads,
