@@ -475,7 +475,13 @@ mod tests {
         for args in [
             &["train", "--lr=-1"][..],
             &["train", "--profile", "w9"],
-            &["train", "--data", "/nonexistent/data", "--out", "/nonexistent/run"],
+            &[
+                "train",
+                "--data",
+                "/nonexistent/data",
+                "--out",
+                "/nonexistent/run",
+            ],
             &["eval", "--checkpoint", "/nonexistent.safetensors"],
         ] {
             assert_eq!(run_args(args), ExitCode::from(1), "{args:?}");
