@@ -272,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("src/main.rs", &krate.main_rs),
             ] {
                 let path = out.join(file);
-                write_atomic(&path, text)
+                qatc_data::write_atomic(&path, text.as_bytes())
                     .with_context(|| format!("cannot write `{}`", path.display()))?;
             }
             eprintln!(
@@ -309,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match qatc::import::convert(&plan, &bytes, &strip_prefix) {
                 Ok(converted) => {
                     if let Some(out) = output {
-                        write_atomic_bytes(&out, &converted)
+                        qatc_data::write_atomic(&out, &converted)
                             .with_context(|| format!("cannot write `{}`", out.display()))?;
                         eprintln!(
                             "imported: {} tensors from {} -> {}",
@@ -399,7 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 To::Yaml => qatc::syntax::yaml::print_yaml(&model),
             };
             match output {
-                Some(path) => write_atomic(&path, &text)
+                Some(path) => qatc_data::write_atomic(&path, text.as_bytes())
                     .with_context(|| format!("cannot write `{}`", path.display()))?,
                 None => print!("{text}"),
             }
@@ -446,19 +446,6 @@ fn runtime_path(out: &Path) -> anyhow::Result<String> {
         rel.push(c);
     }
     Ok(rel.to_string_lossy().replace('\\', "/"))
-}
-
-/// Writes via a temporary file and a rename, so an interrupted write never
-/// leaves a half-written file behind.
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    write_atomic_bytes(path, text.as_bytes())
-}
-
-fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("out");
-    let tmp = path.with_extension(format!("{ext}.tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The value of `--flag VALUE` or `--flag=VALUE` in pass-through arguments.
@@ -583,10 +570,6 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
             fake_logits.len()
         );
     }
-    let fake_pred: Vec<usize> = fake_logits
-        .iter()
-        .map(|r| qatc::int::engine::argmax(r))
-        .collect();
     let mut rows = Vec::new();
     for rounding in [RoundingArg::Trunc, RoundingArg::Nearest] {
         let plan_args = PlanArgs {
@@ -612,18 +595,7 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
                 keep_logits: true,
             },
         )?;
-        let same = report
-            .predictions
-            .iter()
-            .zip(&fake_pred)
-            .filter(|(a, b)| a == b)
-            .count();
-        let max_diff = report
-            .logits
-            .iter()
-            .zip(&fake_logits)
-            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())))
-            .fold(0.0f64, f64::max);
+        let agree = qatc::int::agreement(&report, &fake_logits);
         let name = match rounding {
             RoundingArg::Trunc => "trunc",
             RoundingArg::Nearest => "nearest",
@@ -631,8 +603,8 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
         rows.push(serde_json::json!({
             "rounding": name,
             "top1": report.top1,
-            "agreement": 100.0 * same as f64 / ds.len().max(1) as f64,
-            "max_logit_diff": max_diff,
+            "agreement": 100.0 * agree.same_top1,
+            "max_logit_diff": agree.max_logit_diff,
         }));
     }
     if json {
@@ -747,7 +719,7 @@ fn model_command(
             let k = &crates[0];
             for (file, text) in files(k) {
                 let path = dir.join(file);
-                write_atomic(&path, &text)
+                qatc_data::write_atomic(&path, text.as_bytes())
                     .with_context(|| format!("cannot write `{}`", path.display()))?;
             }
             eprintln!(
@@ -818,7 +790,8 @@ fn plot(run_dir: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let run = qatc::plot::read_run(run_dir)?;
     let png = qatc::plot::render_run(&run)?;
     let out = output.unwrap_or_else(|| run_dir.join("metrics.png"));
-    write_atomic_bytes(&out, &png).with_context(|| format!("cannot write `{}`", out.display()))?;
+    qatc_data::write_atomic(&out, &png)
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
     println!("{}", out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -847,7 +820,8 @@ fn compare(
     let labels: Vec<String> = rows.into_iter().map(|r| r.label).collect();
     let png = qatc::plot::render_comparison(&runs, &labels)?;
     let out = output.unwrap_or_else(|| PathBuf::from("compare.png"));
-    write_atomic_bytes(&out, &png).with_context(|| format!("cannot write `{}`", out.display()))?;
+    qatc_data::write_atomic(&out, &png)
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
     eprintln!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

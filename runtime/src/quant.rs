@@ -392,11 +392,23 @@ pub fn fixed_scale_pact(x: &Tensor, scale: f64, bits: u32) -> Tensor {
 /// The L2 penalty the seed adds to the loss for learnable clipping values:
 /// `0.0002 * sum(a^2)`. `None` when there are no clipping values.
 pub fn alpha_penalty<'a>(alphas: impl IntoIterator<Item = &'a Tensor>) -> Option<Tensor> {
+    alpha_penalty_with(alphas, ALPHA_L2_COEF)
+}
+
+/// [`alpha_penalty`] with another coefficient (`qatc train --alpha-decay`);
+/// `None` when there are no clipping values or the coefficient is 0.
+pub fn alpha_penalty_with<'a>(
+    alphas: impl IntoIterator<Item = &'a Tensor>,
+    coef: f64,
+) -> Option<Tensor> {
+    if coef == 0.0 {
+        return None;
+    }
     alphas
         .into_iter()
         .map(Tensor::square)
         .reduce(|sum, a2| sum + a2)
-        .map(|sum| sum * ALPHA_L2_COEF)
+        .map(|sum| sum * coef)
 }
 
 /// What one activation-quantizer site does under one profile.
@@ -740,6 +752,9 @@ mod tests {
         let penalty = alpha_penalty([&a, &b]).unwrap();
         assert!((f64::try_from(penalty).unwrap() - 0.0002 * 13.0).abs() < 1e-9);
         assert!(alpha_penalty(std::iter::empty()).is_none());
+        let penalty = alpha_penalty_with([&a, &b], 0.5).unwrap();
+        assert!((f64::try_from(penalty).unwrap() - 6.5).abs() < 1e-9);
+        assert!(alpha_penalty_with([&a, &b], 0.0).is_none());
     }
 
     #[test]

@@ -113,7 +113,12 @@ impl CachePlaces {
         let bytes = encode(key, cached);
         self.paths
             .iter()
-            .find(|p| meant_to_be_written(p) && write_atomic(p, &bytes).is_ok())
+            .find(|p| {
+                meant_to_be_written(p)
+                    && p.parent()
+                        .is_none_or(|d| std::fs::create_dir_all(d).is_ok())
+                    && write_atomic(p, &bytes).is_ok()
+            })
             .cloned()
     }
 }
@@ -232,14 +237,25 @@ impl Stream {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename, creating the directory first.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory (`.<name>.<pid>.tmp`), flushed to disk, then renamed over
+/// `path`, so a reader or a crash never sees a half-written file; the
+/// temporary file is removed on failure. The directory must exist. One
+/// implementation for the decode cache, the runtime's checkpoints and
+/// metrics, and every file the `qatc` binary writes.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

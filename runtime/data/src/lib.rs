@@ -68,6 +68,7 @@ pub mod error;
 pub mod folder;
 pub mod loader;
 
+pub use cache::write_atomic;
 pub use cifar::CIFAR10_CLASSES;
 pub use dataset::{Augment, Dataset, Normalize, Split};
 pub use error::DataError;

@@ -11,12 +11,12 @@
 //! the two renames, the sidecar is one checkpoint old and the next save
 //! fixes it.
 //!
-//! Atomic writes: temporary file in the same directory, `fsync`, rename.
+//! Atomic writes ([`write_atomic`]): temporary file in the same directory,
+//! `fsync`, rename.
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -112,29 +112,8 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
     bytes
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file next to it,
-/// flushed to disk, then renamed over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+/// Atomic writes: the one implementation, in `qatc_data`.
+pub use qatc_data::write_atomic;
 
 /// Saves a checkpoint to `path` (`.safetensors`) and its sidecar
 /// (`path` with extension `.json`).

@@ -2,7 +2,7 @@
 //! accuracy and the confusion matrix; and the `eval` command (a checkpoint
 //! on a data set, as a table or JSON).
 
-use super::{batch_tensors, check_fits, checkpoint, open_data, topk_hits};
+use super::{batch_tensors, check_fits, checkpoint, open_data};
 use crate::device::{device_name, parse_device};
 use crate::model::{ModelMeta, QatModel};
 use crate::profile::UnknownProfile;
@@ -56,7 +56,8 @@ pub fn evaluate<M: QatModel + ?Sized>(
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut predictions = Vec::with_capacity(ds.len());
     let mut all_logits = Vec::with_capacity(ds.len() * classes);
-    let (mut loss_sum, mut top1, mut top5) = (0.0, 0i64, 0i64);
+    let (mut loss_sum, mut top5) = (0.0, 0u64);
+    let k = classes.clamp(1, 5);
     let loader = Loader::new(Arc::clone(ds), BatchConfig::eval(batch_size));
     tch::no_grad(|| {
         for batch in loader {
@@ -64,15 +65,16 @@ pub fn evaluate<M: QatModel + ?Sized>(
             let logits = model.forward_t(&xs, false);
             let loss = logits.cross_entropy_for_logits(&ys).double_value(&[]);
             loss_sum += loss * batch.len as f64;
-            let (h1, h5) = topk_hits(&logits, &ys);
-            top1 += h1;
-            top5 += h5;
-            let pred = Vec::<i64>::try_from(&logits.argmax(1, false).to_device(Device::Cpu))
+            // One copy to the host per batch: the k best classes of every
+            // image give top-1 (the confusion matrix), top-k and predictions.
+            let (_, top) = logits.topk(k as i64, 1, true, true);
+            let top = Vec::<i64>::try_from(&top.to_device(Device::Cpu).contiguous().view(-1))
                 .unwrap_or_default();
-            for (&p, &y) in pred.iter().zip(&batch.labels) {
-                confusion[y as usize][p as usize] += 1;
+            for (row, &y) in top.chunks(k).zip(&batch.labels) {
+                top5 += u64::from(row.contains(&y));
+                confusion[y as usize][row[0] as usize] += 1;
+                predictions.push(row[0]);
             }
-            predictions.extend(pred);
             all_logits.extend(
                 Vec::<f32>::try_from(&logits.to_device(Device::Cpu).contiguous().view(-1))
                     .unwrap_or_default(),
@@ -80,6 +82,7 @@ pub fn evaluate<M: QatModel + ?Sized>(
         }
     });
     let n = ds.len().max(1) as f64;
+    let top1: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     EvalResult {
         images: ds.len(),
         loss: loss_sum / n,

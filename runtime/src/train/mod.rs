@@ -70,15 +70,14 @@ pub fn check_fits(
     Ok(())
 }
 
-/// Top-k hits of `logits` against `labels` for k = 1 and k = min(5, classes).
-pub fn topk_hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
-    let classes = logits.size()[1];
-    let k = classes.min(5);
-    let (_, top) = logits.topk(k, 1, true, true);
-    let hits = top.eq_tensor(&labels.unsqueeze(1));
-    let top1 = hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
-    let topk = hits.sum(Kind::Int64).int64_value(&[]);
-    (top1, topk)
+/// Images whose top-1 class is their label (the running accuracy of a
+/// training step: an argmax, no top-5).
+pub fn top1_hits(logits: &Tensor, labels: &Tensor) -> i64 {
+    logits
+        .argmax(1, false)
+        .eq_tensor(labels)
+        .sum(Kind::Int64)
+        .int64_value(&[])
 }
 
 /// The data set behind `--data`, limited ([`Dataset::spread`]), shared with

@@ -24,16 +24,16 @@ use super::metrics::{self, EpochRecord};
 use super::optim::Optimizer;
 use super::options::{TrainConfig, TrainOptions};
 use super::tensorboard::EventWriter;
-use super::{batch_tensors, check_fits, open_data, topk_hits};
+use super::{batch_tensors, check_fits, open_data, top1_hits};
 use crate::device::{device_name, parse_device};
 use crate::model::{ModelMeta, QatModel};
 use crate::profile::UnknownProfile;
-use crate::quant::ALPHA_VAR;
+use crate::quant::{alpha_penalty_with, ALPHA_VAR};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use qatc_data::{BatchConfig, Loader};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,12 +91,6 @@ fn install_ctrl_c() {
             std::process::exit(i32::from(INTERRUPTED));
         }
     });
-}
-
-/// Asks a running [`train`] to save and stop after the current step (what
-/// Ctrl-C does).
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
 }
 
 fn sanitize(name: &str) -> String {
@@ -183,7 +177,7 @@ impl Progress {
     }
 }
 
-fn clip_values(vars: &BTreeMap<String, Tensor>) -> BTreeMap<String, f64> {
+fn clip_values(vars: &HashMap<String, Tensor>) -> BTreeMap<String, f64> {
     let suffix = format!(".{ALPHA_VAR}");
     vars.iter()
         .filter_map(|(name, t)| {
@@ -253,8 +247,7 @@ where
     let vs = nn::VarStore::new(device);
     let model = build(&vs.root(), &config.profile).map_err(|e| e.to_string())?;
     check_fits(&train_set, model.input_shape(), model.classes(), meta.name)?;
-    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let var_map = vs.variables();
+    let vars = vs.variables();
     let params: Vec<(String, Tensor)> = vars
         .iter()
         .filter(|(_, t)| t.requires_grad())
@@ -283,7 +276,7 @@ where
                 config.profile
             ));
         }
-        let report = checkpoint::copy_into(&var_map, &ckpt.tensors);
+        let report = checkpoint::copy_into(&vars, &ckpt.tensors);
         if !report.is_complete() {
             return Err(format!(
                 "`{}` does not fit the model:\n{}",
@@ -323,11 +316,11 @@ where
                 );
             }
         }
-        let report = checkpoint::copy_into(&var_map, &ckpt.tensors);
+        let report = checkpoint::copy_into(&vars, &ckpt.tensors);
         eprintln!(
             "init: loaded {} of {} tensors from {}",
             report.loaded.len(),
-            var_map.len(),
+            vars.len(),
             init.display()
         );
         if !report.is_complete() {
@@ -431,6 +424,9 @@ where
         checkpoint::save(path, &cm, &tensors, &state)
     };
 
+    // Ctrl-C, or the test hook's step count reached.
+    let stop_requested =
+        |steps: usize| STOP.load(Ordering::SeqCst) || args.stop_after.is_some_and(|n| steps >= n);
     let mut session_steps = 0;
     let shape = train_set.shape;
     let batch_size = config.batch_size;
@@ -455,16 +451,9 @@ where
             let (xs, ys) = batch_tensors(&batch, shape, device);
             let logits = model.forward_t(&xs, true);
             let ce = logits.cross_entropy_for_logits(&ys);
-            let loss = match model.clip_values() {
-                alphas if alphas.is_empty() || config.alpha_decay == 0.0 => ce.shallow_clone(),
-                alphas => {
-                    let penalty = alphas
-                        .into_iter()
-                        .map(Tensor::square)
-                        .reduce(|a, b| a + b)
-                        .expect("non-empty");
-                    &ce + penalty * config.alpha_decay
-                }
+            let loss = match alpha_penalty_with(model.clip_values(), config.alpha_decay) {
+                Some(penalty) => &ce + penalty,
+                None => ce.shallow_clone(),
             };
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
@@ -486,15 +475,14 @@ where
             opt.zero_grad();
             loss.backward();
             opt.step(lr);
-            let (hits, _) = topk_hits(&logits.detach(), &ys);
+            let hits = top1_hits(&logits.detach(), &ys);
             let n = batch.len as u64;
             sums.loss_sum += ce.double_value(&[]) * n as f64;
             sums.correct += hits as u64;
             sums.seen += n;
             step += 1;
             session_steps += 1;
-            let stop =
-                STOP.load(Ordering::SeqCst) || args.stop_after.is_some_and(|n| session_steps >= n);
+            let stop = stop_requested(session_steps);
             let global = (epoch * steps + step) as i64;
             tb.scalars(global, &[("train/loss", loss_value), ("train/lr", lr)])
                 .map_err(tb_err)?;
@@ -608,8 +596,7 @@ where
         )?;
         start_step = 0;
         partial = PartialEpoch::default();
-        let stop =
-            STOP.load(Ordering::SeqCst) || args.stop_after.is_some_and(|n| session_steps >= n);
+        let stop = stop_requested(session_steps);
         if stop && epoch + 1 < config.epochs {
             eprintln!(
                 "interrupted after epoch {}: saved; continue with --resume --out {}",
