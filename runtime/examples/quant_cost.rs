@@ -1,6 +1,7 @@
 //! Where the time of a QAT step goes, op by op: each quantizer's forward
 //! and backward (and its forward under `no_grad`) on one activation-sized
-//! tensor, the fast path of `quant` next to `quant::reference`, and a ReLU
+//! tensor, the fast path of `quant` (fused C++ kernels) next to its stock-op
+//! path and `quant::reference`, and a ReLU
 //! and a 3x3 conv of the same size for scale. Medians of 21 runs.
 //!
 //! `./dev cargo run --release -p qatc-runtime --example quant_cost [-- N C H W]`
@@ -21,6 +22,14 @@ fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
         .collect();
     t.sort_by(f64::total_cmp);
     t[reps / 2]
+}
+
+/// `f` with the fused kernels switched off: the stock-op path.
+fn stock(f: impl FnOnce() -> Tensor) -> Tensor {
+    quant::set_fused_kernels(false);
+    let out = f();
+    quant::set_fused_kernels(true);
+    out
 }
 
 fn main() {
@@ -55,15 +64,27 @@ fn main() {
             Box::new(|x: &Tensor| quant::dorefa_activation(x, 8)),
         ),
         (
+            "  stock ops",
+            Box::new(|x: &Tensor| stock(|| quant::dorefa_activation(x, 8))),
+        ),
+        (
             "  reference",
             Box::new(|x: &Tensor| reference::dorefa_activation(x, 8)),
         ),
         ("pact 8", Box::new(|x: &Tensor| quant::pact(x, &alpha, 8))),
         (
+            "  stock ops",
+            Box::new(|x: &Tensor| stock(|| quant::pact(x, &alpha, 8))),
+        ),
+        (
             "  reference",
             Box::new(|x: &Tensor| reference::pact(x, &alpha, 8)),
         ),
         ("mpact 8", Box::new(|x: &Tensor| quant::mpact(x, &alpha, 8))),
+        (
+            "  stock ops",
+            Box::new(|x: &Tensor| stock(|| quant::mpact(x, &alpha, 8))),
+        ),
         (
             "  reference",
             Box::new(|x: &Tensor| reference::mpact(x, &alpha, 8)),

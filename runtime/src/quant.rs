@@ -100,6 +100,22 @@ fn levels(k: u32) -> f64 {
 
 pub mod reference;
 
+mod fused;
+
+thread_local! {
+    /// Whether the activation quantizers take the fused C++ kernels on CPU
+    /// float tensors (see "Fast paths"); on by default.
+    static FUSED_KERNELS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Switches the fused C++ kernels of the activation quantizers on or off
+/// for the calling thread. Off, CPU tensors take the stock-op path that other
+/// devices take; the values and input gradients are the same bit for bit.
+/// For tests and benchmarks that compare the two paths.
+pub fn set_fused_kernels(on: bool) {
+    FUSED_KERNELS.with(|f| f.set(on));
+}
+
 /// Elements per chunk of a fused pass (1 MiB of `f32`): small enough that
 /// a chunk of the input, the output and the masks stays in cache from the
 /// first op on it to the last, large enough that the ops on a chunk still
@@ -252,6 +268,9 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
+    if fused::applies(x, None) {
+        return fused::quantize(x, None, fused::Mode::Dorefa, bits, tracked(x));
+    }
     fused(
         x,
         tracked(x),
@@ -291,11 +310,15 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
+    let track = tracked(x) || tracked(alpha);
+    if fused::applies(x, Some(alpha)) {
+        return fused::quantize(x, Some(alpha), fused::Mode::Pact, bits, track);
+    }
     let a = alpha.detach();
     let s = a.reciprocal() * levels(bits);
     fused(
         x,
-        tracked(x) || tracked(alpha),
+        track,
         |xc, [inside, clipped]: &[Tensor; 2], below| {
             let mut inside = xc.ge_scalar_out(inside, 0.0);
             let _ = xc.le_tensor_out(below, &a);
@@ -331,13 +354,17 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
+    let track = tracked(x) || tracked(alpha);
+    if fused::applies(x, Some(alpha)) {
+        return fused::quantize(x, Some(alpha), fused::Mode::Mpact, bits, track);
+    }
     let a = alpha.detach();
     let bound = a.abs();
     let neg_bound = -&bound;
     let s = a.reciprocal() * levels(bits - 1);
     fused(
         x,
-        tracked(x) || tracked(alpha),
+        track,
         |xc, [inside, side]: &[Tensor; 2], scratch| {
             let _ = xc.clamp_tensor_out(scratch, Some(&neg_bound), Some(&bound));
             // Clamping leaves x unchanged exactly where -|a| <= x <= |a|.
