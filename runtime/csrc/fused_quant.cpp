@@ -12,7 +12,7 @@
 // divide), compiled without contraction into FMAs (build.rs passes
 // -ffp-contract=off) and without fast-math. Gradients with respect to x are
 // bit for bit too (g times a 0/1 mask); the clipping value's gradient is a
-// sum in another order (double accumulation per thread), equal to the
+// sum in another order (float lanes flushed into doubles), equal to the
 // reference's within float rounding.
 //
 // The code byte: bit 0 = "inside" (x passes its gradient), bit 1 = clipped
@@ -28,7 +28,11 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <immintrin.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -140,8 +144,8 @@ void quantize(const at::Tensor& x, at::Tensor& q, uint8_t* code, const Params& p
 
 #define QATC_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 
-// dx = g * mask * slope: the stock path's g * (mask * slope) for slope 0.1
-// or 1 (both products are exact for a 0/1 mask).
+// dx = g * mask * slope for DoReFa: the stock path's g * (mask * slope)
+// (both products are exact for a 0/1 mask).
 QATC_MULTIVERSION
 void input_grad_range(const float* g, const uint8_t* code, float* dx, int64_t len, float slope) {
   for (int64_t i = 0; i < len; ++i) {
@@ -149,22 +153,47 @@ void input_grad_range(const float* g, const uint8_t* code, float* dx, int64_t le
   }
 }
 
-QATC_MULTIVERSION
-void input_grad_range_unit(const float* g, const uint8_t* code, float* dx, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) {
-    dx[i] = g[i] * static_cast<float>(code[i] & 1);
-  }
-}
-
-// sum(g * ([code bit 1] - [code bit 2])) in double.
-QATC_MULTIVERSION
-double alpha_grad_range(const float* g, const uint8_t* code, int64_t len) {
+// dx = g * inside for PACT and mPACT, and the sum of
+// g * ([clipped at +|a|] - [clipped at -|a|]), in one pass; the sum in
+// double.
+double grads_scalar(const float* g, const uint8_t* code, float* dx, int64_t len) {
   double sum = 0.0;
   for (int64_t i = 0; i < len; ++i) {
-    int side = ((code[i] >> 1) & 1) - ((code[i] >> 2) & 1);
-    sum += static_cast<double>(g[i] * static_cast<float>(side));
+    uint8_t c = code[i];
+    dx[i] = g[i] * static_cast<float>(c & 1);
+    sum += static_cast<double>(g[i] * static_cast<float>(((c >> 1) & 1) - ((c >> 2) & 1)));
   }
   return sum;
+}
+
+// The same 8 elements at a time: the sum in 8 float lanes, flushed into a
+// double every 1024 elements.
+__attribute__((target("avx2"))) double grads_avx2(const float* g, const uint8_t* code, float* dx,
+                                                  int64_t len) {
+  const __m256i one = _mm256_set1_epi32(1);
+  double sum = 0.0;
+  int64_t i = 0;
+  while (len - i >= 8) {
+    int64_t stop = i + std::min<int64_t>(1024, (len - i) / 8 * 8);
+    __m256 acc = _mm256_setzero_ps();
+    for (; i < stop; i += 8) {
+      __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
+      __m256 gv = _mm256_loadu_ps(g + i);
+      __m256 inside = _mm256_cvtepi32_ps(_mm256_and_si256(c, one));
+      __m256i side = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 1), one),
+                                      _mm256_and_si256(_mm256_srli_epi32(c, 2), one));
+      _mm256_storeu_ps(dx + i, _mm256_mul_ps(gv, inside));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(gv, _mm256_cvtepi32_ps(side)));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    for (float v : lanes) sum += v;
+  }
+  return sum + grads_scalar(g + i, code + i, dx + i, len - i);
+}
+
+double grads_range(const float* g, const uint8_t* code, float* dx, int64_t len) {
+  return has_avx2 ? grads_avx2(g, code, dx, len) : grads_scalar(g, code, dx, len);
 }
 
 Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha) {
@@ -224,19 +253,17 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
     const uint8_t* cp = code.const_data_ptr<uint8_t>();
     float* dp = dx.mutable_data_ptr<float>();
     int64_t n = g.numel();
-    at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-      if (mode == DOREFA) {
-        input_grad_range(gp + begin, cp + begin, dp + begin, end - begin, 0.1f);
-      } else {
-        input_grad_range_unit(gp + begin, cp + begin, dp + begin, end - begin);
-      }
-    });
     at::Tensor da;
-    if (mode != DOREFA) {
+    if (mode == DOREFA) {
+      at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+        input_grad_range(gp + begin, cp + begin, dp + begin, end - begin, 0.1f);
+      });
+    } else {
+      // dx and dalpha's partial sums in the same pass over g and the code.
       double sum = at::parallel_reduce(
           0, n, GRAIN, 0.0,
           [&](int64_t begin, int64_t end, double acc) {
-            return acc + alpha_grad_range(gp + begin, cp + begin, end - begin);
+            return acc + grads_range(gp + begin, cp + begin, dp + begin, end - begin);
           },
           [](double a, double b) { return a + b; });
       da = at::scalar_tensor(static_cast<float>(sum), g.options());
@@ -250,6 +277,17 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
 extern "C" {
 
 const char* qatc_fq_last_error() { return last_error.c_str(); }
+
+// Keeps freed memory in the process for reuse (glibc only; returns 1 if
+// applied): no mmap for large blocks and no trimming of the heap. See
+// runtime/src/alloc.rs.
+int qatc_keep_freed_memory() {
+#ifdef __GLIBC__
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT32_MAX) == 1;
+#else
+  return 0;
+#endif
+}
 
 // The quantized x. `alpha` may be null (DoReFa). With `track` set, the
 // result carries the seed's gradient to x and alpha through FusedQuant;

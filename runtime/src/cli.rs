@@ -136,6 +136,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    crate::alloc::keep_freed_memory();
     let (model, profiles) = (meta.name, meta.profiles);
     let cli = match parse(model, profiles, args) {
         Ok(cli) => cli,
@@ -158,6 +159,10 @@ where
         Some(Command::Eval(args)) => args.profile.as_deref(),
         None => cli.smoke.profile.as_deref(),
     };
+    if let Err(e) = crate::layers::layout_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     // Say so before any work (the builder would too, later).
     if let Some(name) = asked.filter(|name| !profiles.contains(name)) {
         let unknown = UnknownProfile {

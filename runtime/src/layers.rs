@@ -15,17 +15,89 @@
 //!   weight changes: every in-place change (an optimizer step, loading a
 //!   checkpoint) bumps the tensor's version counter, which the cache checks.
 //! - Convolutions run on channels-last operands (input and quantized
-//!   weight) and return a contiguous `NCHW` output ([`channels_last`]): the
-//!   layout that reproduces the seed's golden tensors bit for bit.
+//!   weight) ([`channels_last`]). Their output stays channels-last under
+//!   [`Layout::ChannelsLast`] (the default: every activation of the model is
+//!   then channels-last, the fast layout for libtorch's CPU kernels), or is
+//!   made contiguous `NCHW` under [`Layout::Nchw`], the seed's layout, which
+//!   reproduces its golden tensors bit for bit (`QATC_LAYOUT=nchw`, or
+//!   [`set_layout`] per thread). The two compute the same functions; only the order of
+//!   float sums inside batch norm and the convs differs.
 //! - Biases and BN parameters stay float. BN is never folded into the conv
 //!   during QAT (the seed found folding hurt convergence).
 //! - Initialisation is explicit: the seed's models use different schemes
 //!   ([`ConvInit`], [`LinearInit`]); the default is PyTorch's.
 
 use crate::quant::{check_bits, dorefa_weight, tracked, FLOAT_BITS};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
 use tch::nn::{self, Init};
 use tch::Tensor;
+
+/// The memory layout of the activations between layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Channels-last (`NHWC` strides) throughout: convolution outputs stay
+    /// channels-last, and batch norm, the quantizers and the element-wise ops
+    /// follow them. The default: a ResNet20 training step runs about 1.3x
+    /// and a ToyNet step about 1.6x faster than under [`Layout::Nchw`] on
+    /// the development machine (`docs/performance.md`).
+    ChannelsLast,
+    /// Contiguous `NCHW` activations (each conv still runs on channels-last
+    /// operands and converts its output back): the seed's layout, whose float
+    /// rounding its golden tensors record (`tests/tests/golden_models.rs`).
+    Nchw,
+}
+
+thread_local! {
+    /// The calling thread's layout, where [`set_layout`] chose one.
+    static LAYOUT: Cell<Option<Layout>> = const { Cell::new(None) };
+}
+
+impl Layout {
+    /// Parses `channels-last` / `nhwc` or `nchw` (the values of
+    /// `QATC_LAYOUT`).
+    pub fn parse(s: &str) -> Option<Layout> {
+        match s {
+            "channels-last" | "channels_last" | "nhwc" => Some(Layout::ChannelsLast),
+            "nchw" => Some(Layout::Nchw),
+            _ => None,
+        }
+    }
+}
+
+/// The layout in force on this thread: the one [`set_layout`] chose, else
+/// the one the environment variable `QATC_LAYOUT` names (`nchw` or
+/// `channels-last`; read once per process), else [`Layout::ChannelsLast`].
+///
+/// # Panics
+/// If `QATC_LAYOUT` holds anything else (the generated binaries check it
+/// with [`layout_from_env`] first and report it as a usage error).
+pub fn layout() -> Layout {
+    static FROM_ENV: OnceLock<Result<Layout, String>> = OnceLock::new();
+    LAYOUT.with(Cell::get).unwrap_or_else(|| {
+        FROM_ENV
+            .get_or_init(layout_from_env)
+            .clone()
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// The layout `QATC_LAYOUT` asks for ([`Layout::ChannelsLast`] when unset),
+/// or an error naming the variable and its bad value.
+pub fn layout_from_env() -> Result<Layout, String> {
+    match std::env::var("QATC_LAYOUT") {
+        Err(_) => Ok(Layout::ChannelsLast),
+        Ok(v) => Layout::parse(v.trim())
+            .ok_or_else(|| format!("QATC_LAYOUT={v:?}: expected `nchw` or `channels-last`")),
+    }
+}
+
+/// Sets the layout of the models the calling thread runs (the thread that
+/// calls their forward passes; backward passes follow the forward's
+/// layout).
+pub fn set_layout(layout: Layout) {
+    LAYOUT.with(|l| l.set(Some(layout)));
+}
 
 /// The quantized weight of a layer, kept for untracked forward passes.
 #[derive(Debug, Default)]
@@ -249,8 +321,8 @@ impl QConv2d {
 
 impl nn::Module for QConv2d {
     /// The convolution is computed in channels-last layout (input and
-    /// weight), and the output is returned contiguous (`NCHW`): see
-    /// [`channels_last`].
+    /// weight); the output is channels-last, or contiguous (`NCHW`) under
+    /// [`Layout::Nchw`]: see [`layout`] and [`channels_last`].
     fn forward(&self, xs: &Tensor) -> Tensor {
         let QConv2dConfig {
             stride,
@@ -258,16 +330,18 @@ impl nn::Module for QConv2d {
             groups,
             ..
         } = self.config;
-        channels_last(xs)
-            .conv2d(
-                &self.quantized_weight(),
-                self.bias.as_ref(),
-                [stride, stride],
-                [padding, padding],
-                [1, 1],
-                groups,
-            )
-            .contiguous()
+        let y = channels_last(xs).conv2d(
+            &self.quantized_weight(),
+            self.bias.as_ref(),
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            groups,
+        );
+        match layout() {
+            Layout::ChannelsLast => y,
+            Layout::Nchw => y.contiguous(),
+        }
     }
 }
 
@@ -495,7 +569,7 @@ mod tests {
             8,
         );
         assert!(y.equal(&want));
-        assert!(y.is_contiguous(), "the output is NCHW-contiguous");
+        assert_eq!(y.is_contiguous(), layout() == Layout::Nchw, "output layout");
         // Four bits: every weight on the grid of multiples of 1/7.
         let scaled = conv.quantized_weight() * 7.0;
         assert!((&scaled - scaled.round()).abs().max().double_value(&[]) < 1e-5);

@@ -2,6 +2,7 @@
 //!
 //! Generated code is thin (see `docs/conventions.md`): it names the items of
 //! this crate by full path and leaves all numerics to them.
+//! - [`alloc`]: the allocator policy of training processes;
 //! - [`quant`]: the seed's fake quantizers (DoReFa, PACT, mPACT, fixed-scale
 //!   PACT) with its exact forward values and gradients, the clipping-value
 //!   penalty, and [`quant::ActSpec`], one activation site under one profile;
@@ -22,6 +23,7 @@
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
 //! gives every binary an rpath to it.
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod device;
