@@ -33,6 +33,9 @@ model tiny {
   profile p4 {
     all { w 4  a 4 }
   }
+  profile wfloat {
+    all { w 32  a 8 }
+  }
 }
 "#;
 
@@ -42,6 +45,15 @@ fn tiny_graph(profile: &str) -> qatc::ir::Graph {
 }
 
 fn tensors(skip: &str, reshape: Option<(&str, Vec<usize>)>) -> Vec<u8> {
+    tensors_with(skip, reshape, &[])
+}
+
+/// [`tensors`] with some values replaced.
+fn tensors_with(
+    skip: &str,
+    reshape: Option<(&str, Vec<usize>)>,
+    values: &[(&str, f32)],
+) -> Vec<u8> {
     let vars: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
         ("stem.q.alpha", vec![], vec![2.0]),
         ("s.0.conv.weight", vec![1, 1, 1, 1], vec![0.5]),
@@ -53,8 +65,13 @@ fn tensors(skip: &str, reshape: Option<(&str, Vec<usize>)>) -> Vec<u8> {
         ("fc.fc.weight", vec![1, 2], vec![0.3, -0.7]),
         ("fc.fc.bias", vec![1], vec![0.05]),
     ];
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
+    let vars = vars
         .into_iter()
+        .map(|(n, s, v)| match values.iter().find(|(m, _)| *m == n) {
+            Some((_, x)) => (n, s, vec![*x]),
+            None => (n, s, v),
+        });
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
         .filter(|(n, _, _)| *n != skip)
         .map(|(n, s, v)| {
             let s = match &reshape {
@@ -75,6 +92,20 @@ fn tensors(skip: &str, reshape: Option<(&str, Vec<usize>)>) -> Vec<u8> {
         })
         .collect();
     safetensors::tensor::serialize(views, None).unwrap()
+}
+
+/// Float weights are refused where the layer reads integers (only a layer
+/// reading the float input may keep them).
+#[test]
+fn float_weights_inside_the_model_are_refused() {
+    let g = tiny_graph("wfloat");
+    let ck = Checkpoint::from_bytes(&tensors("", None), &g, "").unwrap();
+    let e = int::build(&g, &ck, PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, IntError::Unsupported { .. }), "{e}");
+    assert!(
+        e.to_string().contains("`s.0.conv`") && e.to_string().contains("float"),
+        "{e}"
+    );
 }
 
 /// `round(v)`, halves away from zero, as an integer.
@@ -132,6 +163,49 @@ fn tiny_conv_bn_add_linear_by_hand() {
     assert_eq!(out.acc, vec![acc_fc]);
     let logit = (acc_fc as f64 / (s_out * 127.0) + 0.05f32 as f64) as f32;
     assert_eq!(out.logits, vec![logit]);
+}
+
+/// A channel that batch norm scales by a near-zero variance has a
+/// multiplier and bias far beyond fixed<32,10>; where its output is the
+/// same clamp bound for every input it can get, it becomes that constant
+/// instead of an error (and stays an error with `saturate_constants` off
+/// when it is not provably constant).
+#[test]
+fn a_provably_constant_channel_is_folded() {
+    let g = tiny_graph("p");
+    // gamma 50, running mean 10, variance ~0: k = 50/sqrt(1e-5), the bias
+    // -50*10/sqrt(1e-5) pushes every reachable value far below -alpha.
+    let dead = [
+        ("s.0.bn.weight", 50.0),
+        ("s.0.bn.running_mean", 10.0),
+        ("s.0.bn.running_var", 0.0),
+    ];
+    let ck = Checkpoint::from_bytes(&tensors_with("", None, &dead), &g, "").unwrap();
+    // The seed's (trunc) mPACT clamp is [-128, 127], nearest's symmetric.
+    for (rounding, lo) in [(Rounding::Trunc, -128), (Rounding::Nearest, -127)] {
+        let opts = PlanOptions {
+            rounding,
+            ..PlanOptions::default()
+        };
+        let plan = int::build(&g, &ck, opts).unwrap();
+        assert_eq!(plan.folded.len(), 1, "{:?}", plan.folded);
+        let want = format!("s.0.out: channel 0 -> {lo} ");
+        assert!(plan.folded[0].starts_with(&want), "{:?}", plan.folded);
+        let weights = engine::Weights::new(&plan);
+        let mut ws = engine::Workspace::new(&plan);
+        for x in [[1.0f32, -0.5], [2.0, 2.0], [-2.0, -2.0]] {
+            engine::run_image(&plan, &weights, &x, &mut ws, &Default::default()).unwrap();
+            let t_out = plan.tensor_of("s.0.out").unwrap();
+            assert_eq!(ws.tensor(t_out).unwrap().to_i64(), [lo, lo]);
+        }
+    }
+    // The same channel with a small mean is not constant: its constants
+    // still do not fit, and that is an error naming the layer.
+    let live = [("s.0.bn.weight", 50.0), ("s.0.bn.running_var", 0.0)];
+    let ck = Checkpoint::from_bytes(&tensors_with("", None, &live), &g, "").unwrap();
+    let e = int::build(&g, &ck, PlanOptions::default()).unwrap_err();
+    assert!(matches!(e, IntError::FormatOverflow { .. }), "{e}");
+    assert!(e.to_string().contains("s.0.out"), "{e}");
 }
 
 #[test]
@@ -249,15 +323,30 @@ fn golden_errors_name_the_layer() {
     let mut opts = PlanOptions::default();
     opts.formats.head = int::FixedFormat::new(32, 17);
     assert!(int::build(&g, &ck, opts).is_ok());
-    // cfg-1 keeps the stem's weights float: no integer form.
+    // cfg-1 keeps the stem's weights float: the stem reads the float input,
+    // so its weights become 16-bit fixed-point numbers (a power-of-two
+    // scale) and the rest of the model is integer as in cfg-1*.
     let (model, g) = toynet("cfg-1");
     let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
-    let e = int::build(&g, &ck, PlanOptions::default()).unwrap_err();
-    assert!(matches!(e, IntError::Unsupported { .. }), "{e}");
-    assert!(
-        e.to_string().contains("`stem.conv`") && e.to_string().contains("float"),
-        "{e}"
-    );
+    let mut opts = PlanOptions::default();
+    opts.formats.head = int::FixedFormat::new(32, 17);
+    let plan = int::build(&g, &ck, opts).unwrap();
+    let stem = plan
+        .layers
+        .iter()
+        .find_map(|l| match l {
+            int::plan::Layer::Conv(c) if c.name == "stem.conv" => Some(c),
+            _ => None,
+        })
+        .expect("the stem conv");
+    assert!(matches!(stem.input, int::plan::ConvInput::Float));
+    assert_eq!(stem.w_bits, int::plan::FLOAT_STEM_WEIGHT_BITS);
+    assert!(stem.w_scale.log2().fract() == 0.0, "a power-of-two scale");
+    let w = ck.get("stem.conv.weight").unwrap();
+    for (q, x) in stem.weights.iter().zip(w) {
+        assert!((*q as f64 / stem.w_scale - *x as f64).abs() <= 0.5 / stem.w_scale);
+        assert!(q.unsigned_abs() < 1 << 15);
+    }
     // A ResNet20 checkpoint is not a ToyNet one.
     let other = golden_bytes("resnet20.safetensors");
     let (model, g) = toynet("cfg-1*");

@@ -262,8 +262,9 @@ where
     };
     if !args.json {
         eprintln!(
-            "{model_name}: timing float and {profile} on {} with {threads}, batch {}, {} steps after {} warm-up...",
+            "{model_name}: timing float and {profile} on {} with {threads}, {} layout, batch {}, {} steps after {} warm-up...",
             device_name(device),
+            crate::layers::layout(),
             config.batch_size,
             config.steps,
             config.warmup

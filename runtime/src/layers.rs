@@ -33,8 +33,12 @@ use std::sync::OnceLock;
 use tch::nn::{self, Init};
 use tch::Tensor;
 
-/// The memory layout of the activations between layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The memory layout of the activations between layers (`--layout`,
+/// recorded in a run's settings as `channels-last` or `nchw`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// Channels-last (`NHWC` strides) throughout: convolution outputs stay
     /// channels-last, and batch norm, the quantizers and the element-wise ops
@@ -51,6 +55,15 @@ pub enum Layout {
 thread_local! {
     /// The calling thread's layout, where [`set_layout`] chose one.
     static LAYOUT: Cell<Option<Layout>> = const { Cell::new(None) };
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::ChannelsLast => "channels-last",
+            Layout::Nchw => "nchw",
+        })
+    }
 }
 
 impl Layout {
@@ -350,16 +363,18 @@ impl nn::Module for QConv2d {
 /// `x.contiguous(memory_format=torch.channels_last)`); the tensor itself
 /// where it already has that layout. Differentiable (a permuted copy).
 ///
-/// Convolutions run on channels-last operands because that is how the
-/// seed's golden tensors were rounded: on the development machine
-/// (libtorch 2.13 CPU, oneDNN, AVX2) the generated ResNet20 then matches
-/// the seed's eval and training-mode logits and loss bit for bit and every
-/// gradient within 3e-6 (`tests/tests/golden_models.rs`), and ToyNet and
-/// MobileNetV2 keep fewer rounding flips. With contiguous (`NCHW`)
-/// operands oneDNN runs other kernels whose last bits differ, and the fake
-/// quantizers turn a few of those differences into one-step flips. The
-/// price is a copy of each conv's input and output (and of their
-/// gradients): see `docs/performance.md`.
+/// Convolutions run on channels-last operands in both layouts ([`Layout`]).
+/// In the seed's layout ([`Layout::Nchw`]) this is how its golden tensors
+/// were rounded: on the development machine (libtorch 2.13 CPU, oneDNN,
+/// AVX2) the generated ResNet20 then matches the seed's eval and
+/// training-mode logits and loss bit for bit and every gradient within 3e-6
+/// (`tests/tests/golden_models.rs`), and ToyNet and MobileNetV2 keep fewer
+/// rounding flips. With contiguous (`NCHW`) operands oneDNN runs other
+/// kernels whose last bits differ, and the fake quantizers turn a few of
+/// those differences into one-step flips. In that layout each conv pays a
+/// copy of its input and output (and of their gradients); in the default
+/// channels-last layout the activations already have this layout and this
+/// is a no-op.
 pub fn channels_last(t: &Tensor) -> Tensor {
     let size = t.size();
     if size.len() != 4 {

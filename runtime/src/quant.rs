@@ -34,9 +34,21 @@
 //! size because libtorch does not vectorise them. The reference mPACT makes
 //! about 18 passes forward, several of them of that slow kind, plus
 //! `clamp`'s backward; `examples/quant_cost.rs` times each quantizer against
-//! a conv, and `docs/performance.md` has the numbers. The public quantizers
-//! compute the same values and gradients with fewer and cheaper passes
-//! (`fused`):
+//! a conv, and `docs/performance.md` has the numbers.
+//!
+//! On CPU float tensors, DoReFa activations, PACT and mPACT run as one
+//! libtorch autograd function each, written in C++ (`csrc/fused_quant.cpp`,
+//! compiled by `build.rs`; Rust side in `quant/fused.rs`): forward is one
+//! pass that writes `q` and a one-byte code per element (inside the clipping
+//! range, clipped above, clipped below), backward one pass that writes
+//! `dx = g * inside` and sums `dalpha`, both vectorised for AVX2 with a
+//! scalar fallback. Values and `dx` are the stock ops' bit for bit (same
+//! float operations in the same order, no FMA contraction); `dalpha` is the
+//! same sum in another order (float lanes flushed into doubles), equal within
+//! float rounding. On other devices and kinds (CUDA, f64), or where
+//! [`set_fused_kernels`] switched them off, the quantizers take the stock-op
+//! path below, which computes the same values and gradients with fewer and
+//! cheaper passes than the reference (`fused`):
 //! - The carrier is one product per term: `x * slope` for DoReFa,
 //!   `x * mask + alpha * mask'` for PACT and mPACT, with float masks (same
 //!   kind, so vectorised) made without autograd in chunks of `CHUNK`
@@ -58,8 +70,9 @@
 //!   and fixed-scale PACT keep the reference's differentiable ops and round
 //!   in place in their last op's output.
 //!
-//! `tests/fused_quantizers.rs` checks values and gradients against the
-//! reference on large tensors with ties, zeros of both signs and NaNs.
+//! `tests/fused_quantizers.rs` checks values and gradients of both paths
+//! against the reference on large tensors with ties, zeros of both signs
+//! and NaNs.
 //!
 //! Where this module departs from the seed's formulas, the golden tensors
 //! decide, and each function says so.

@@ -370,3 +370,49 @@ fn outputs_can_be_reused_downstream() {
     let (gxs, _, _) = run(&|x, _| reference::dorefa_activation(x, 4));
     assert_same_grad("dorefa dx", &gxf, &gxs);
 }
+
+/// Channels-last inputs (the runtime's default activation layout), with
+/// the incoming gradient channels-last or `NCHW`: the fused kernels work in
+/// the input's layout and give the reference's values and gradients.
+#[test]
+fn channels_last_inputs_and_gradients() {
+    let nchw = input(70, &specials(2.0, 127.0));
+    let x = qatc_runtime::layers::channels_last(&nchw);
+    assert!(!x.is_contiguous());
+    for g_layout in ["channels-last", "nchw"] {
+        let g = Tensor::randn(SHAPE, (Kind::Float, Device::Cpu));
+        let g = if g_layout == "channels-last" {
+            qatc_runtime::layers::channels_last(&g)
+        } else {
+            g
+        };
+        type Q = fn(&Tensor, &Tensor, u32) -> Tensor;
+        let dorefa: Q = |x, _, b| quant::dorefa_activation(x, b);
+        let dorefa_ref: Q = |x, _, b| reference::dorefa_activation(x, b);
+        for (name, fast, slow) in [
+            ("dorefa", dorefa, dorefa_ref),
+            ("pact", quant::pact as Q, reference::pact as Q),
+            ("mpact", quant::mpact as Q, reference::mpact as Q),
+        ] {
+            let run = |q: Q| {
+                let x = x.detach().copy().set_requires_grad(true);
+                let a = Tensor::from(2.0f32).set_requires_grad(true);
+                let out = q(&x, &a, 8);
+                (&out * &g).sum(Kind::Float).backward();
+                (out.detach(), x.grad(), a.grad())
+            };
+            let (qf, gxf, gaf) = run(fast);
+            let (qs, gxs, gas) = run(slow);
+            let name = format!("{name}, gradient {g_layout}");
+            assert_eq!(
+                differing_where(&qf, &qs, &x.isnan().logical_not()),
+                0,
+                "{name}"
+            );
+            assert_same_grad(&format!("{name} dx"), &gxf, &gxs);
+            if gas.defined() {
+                assert_close_sum(&format!("{name} dalpha"), &gaf, &gas, &g);
+            }
+        }
+    }
+}

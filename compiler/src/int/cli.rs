@@ -285,6 +285,9 @@ pub fn load_plan_with(
     for s in &plan.saturated {
         eprintln!("warning: clamped constant {s}");
     }
+    for f in &plan.folded {
+        eprintln!("note: constant channel {f}");
+    }
     Ok(plan)
 }
 

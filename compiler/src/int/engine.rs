@@ -1421,6 +1421,7 @@ mod tests {
             node_tensors: Default::default(),
             clips: Default::default(),
             saturated: vec![],
+            folded: vec![],
         }
     }
 

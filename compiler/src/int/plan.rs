@@ -303,6 +303,11 @@ pub struct IntPlan {
     /// Constants clamped to their format (only with `saturate_constants`):
     /// `layer: what value -> format`.
     pub saturated: Vec<String>,
+    /// Channels whose constants do not fit their format but whose output is
+    /// the same clamp bound for every input the layer can get (see
+    /// `Builder::requant`): they output that constant (multipliers 0, the
+    /// bias the bound). `layer: channel c -> value (why)`.
+    pub folded: Vec<String>,
 }
 
 impl IntPlan {
@@ -386,6 +391,7 @@ struct Builder<'a> {
     node_tensors: BTreeMap<String, TensorId>,
     clips: BTreeMap<String, f32>,
     saturated: std::cell::RefCell<Vec<String>>,
+    folded: Vec<String>,
 }
 
 fn unsupported(layer: &str, reason: impl Into<String>) -> IntError {
@@ -410,6 +416,30 @@ fn bits_of(x: f64) -> u32 {
     } else {
         (x.log2().floor() as u32) + 2
     }
+}
+
+/// Bits of the fixed-point numbers that hold a float stem's weights (a
+/// first conv with 32-bit weights that reads the float input).
+pub const FLOAT_STEM_WEIGHT_BITS: u32 = 16;
+
+/// Float weights as `bits`-bit fixed-point integers, one power-of-two scale
+/// per tensor: `w ~ q / 2^f` with the largest `f` that keeps every `|q|`
+/// within `2^(bits-1) - 1` (nearest rounding). Returns `(q, 2^f)`. The
+/// relative error of the largest weight is at most `2^-(bits-1)`.
+pub fn weight_fixed(w: &[f32], bits: u32) -> (Vec<i32>, f64) {
+    let limit = ((1i64 << (bits - 1)) - 1) as f64;
+    let max = w.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let f = if max > 0.0 && max.is_finite() {
+        (limit / max).log2().floor() as i32
+    } else {
+        0
+    };
+    let scale = 2f64.powi(f);
+    let q = w
+        .iter()
+        .map(|&x| ((x as f64) * scale).round().clamp(-limit, limit) as i32)
+        .collect();
+    (q, scale)
 }
 
 /// The seed's `weight_int`: `t = tanh(w) / max|tanh(w)|`,
@@ -653,6 +683,67 @@ impl<'a> Builder<'a> {
         } else {
             fmt
         };
+        let (mut lo, mut hi) = (t.lo, t.hi);
+        match lin.relu {
+            Rectify::None => {}
+            Rectify::Relu => lo = lo.max(0),
+            Rectify::Relu6 => {
+                lo = lo.max(0);
+                let six = 6.0 * t.gain;
+                hi = hi.min(if trunc { six.trunc() } else { six.round() } as i64);
+            }
+        }
+        // A channel whose output is the same clamp bound for every input the
+        // layer can get (its real pre-clamp value, bias plus the multipliers
+        // times the accumulators' worst-case bounds, stays more than one
+        // step beyond `lo` or `hi`) is a constant. Where its constants do
+        // not fit the format (a channel that batch norm scaled by a
+        // near-zero variance: huge multiplier and bias), it is folded into
+        // that constant instead of failing: exact, since the fake-quant
+        // model outputs the same bound there. Not with
+        // `saturate_constants`, which keeps the seed's clamped constants.
+        let constant = |ch: usize| -> Option<i64> {
+            let reach: f64 = lin
+                .terms
+                .iter()
+                .map(|term| (t.gain / term.denom * term.k[ch]).abs() * term.bound)
+                .sum();
+            let b = t.gain * lin.bias[ch];
+            if !reach.is_finite() || !b.is_finite() {
+                None
+            } else if b + reach < lo as f64 - 1.0 {
+                Some(lo)
+            } else if b - reach > hi as f64 + 1.0 {
+                Some(hi)
+            } else {
+                None
+            }
+        };
+        let fold: Vec<Option<i64>> = (0..c)
+            .map(|ch| {
+                if self.opts.saturate_constants {
+                    return None;
+                }
+                let value = constant(ch)?;
+                let fits = |v: f64| {
+                    fixed_nearest(v, fmt, false).is_ok() && fixed_seed(v as f32, fmt, false).is_ok()
+                };
+                let all_fit = fits(t.gain * lin.bias[ch])
+                    && lin
+                        .terms
+                        .iter()
+                        .all(|term| fits(t.gain / term.denom * term.k[ch]));
+                (!all_fit).then_some(value)
+            })
+            .collect();
+        for (ch, v) in fold.iter().enumerate() {
+            if let Some(v) = v {
+                self.folded.push(format!(
+                    "{}: channel {ch} -> {v} (constants beyond {fmt}; the output is {v} for every input)",
+                    n.name
+                ));
+            }
+        }
         let mut terms = Vec::new();
         let mut worst = 0f64;
         for term in &lin.terms {
@@ -665,12 +756,16 @@ impl<'a> Builder<'a> {
             };
             let mut mmax = 0f64;
             for ch in 0..c {
-                let m32 = match &term.k_f32 {
-                    Some(k) => r32 * k[ch],
-                    None => r32,
-                };
                 let m64 = t.gain / term.denom * term.k[ch];
-                let m = self.fixed(&n.name, "multiplier", m32, m64, fmt)?;
+                let m = if fold[ch].is_some() {
+                    0
+                } else {
+                    let m32 = match &term.k_f32 {
+                        Some(k) => r32 * k[ch],
+                        None => r32,
+                    };
+                    self.fixed(&n.name, "multiplier", m32, m64, fmt)?
+                };
                 mmax = mmax.max(m.unsigned_abs() as f64);
                 mult.push(m);
                 real.push(m64);
@@ -685,22 +780,18 @@ impl<'a> Builder<'a> {
         let mut bias = Vec::with_capacity(c);
         let mut bias_real = Vec::with_capacity(c);
         for ch in 0..c {
-            let b32 = t.gain as f32 * lin.bias_f32[ch];
             let b64 = t.gain * lin.bias[ch];
-            let b = self.fixed(&n.name, "bias", b32, b64, fmt)?;
+            let b = match fold[ch] {
+                // The bound itself, at the binary point.
+                Some(v) => v << fmt.frac(),
+                None => {
+                    let b32 = t.gain as f32 * lin.bias_f32[ch];
+                    self.fixed(&n.name, "bias", b32, b64, fmt)?
+                }
+            };
             worst += b.unsigned_abs() as f64;
             bias.push(b);
             bias_real.push(b64);
-        }
-        let (mut lo, mut hi) = (t.lo, t.hi);
-        match lin.relu {
-            Rectify::None => {}
-            Rectify::Relu => lo = lo.max(0),
-            Rectify::Relu6 => {
-                lo = lo.max(0);
-                let six = 6.0 * t.gain;
-                hi = hi.min(if trunc { six.trunc() } else { six.round() } as i64);
-            }
         }
         let mut div = if trunc { Div::Trunc } else { Div::Nearest };
         // The seed rescales the pooled features with a floor division and
@@ -762,9 +853,30 @@ impl<'a> Builder<'a> {
                     .formats
                     .bn
                     .unwrap_or_else(|| self.format(n));
+                // Materialised at the input's scale, or at that scale over
+                // 2^e where a constant would not fit the format otherwise (a
+                // trained BN can scale by tens: its bias, in the input's
+                // steps, passes fixed<32,10>'s 512). A BN that scales by k
+                // spreads neighbouring input values k steps apart, so for
+                // 2^e <= k the coarser scale loses nothing the input had.
+                let room = 2f64.powi(fmt.int_bits as i32 - 1);
+                let largest = (0..lin.channels)
+                    .flat_map(|ch| {
+                        lin.terms
+                            .iter()
+                            .map(move |term| (s / term.denom * term.k[ch]).abs())
+                            .chain(std::iter::once((s * lin.bias[ch]).abs()))
+                    })
+                    .fold(0f64, f64::max);
+                let e = if largest.is_finite() && largest >= room && !self.opts.saturate_constants {
+                    (largest / room).log2().floor() as i32 + 1
+                } else {
+                    0
+                };
+                let gain = s / 2f64.powi(e);
                 let t = Target {
-                    gain: s,
-                    scale: s,
+                    gain,
+                    scale: gain,
                     lo: -r - 1,
                     hi: r,
                     bits,
@@ -832,14 +944,24 @@ impl<'a> Builder<'a> {
             }
         };
         let w_bits = n.w_bit.unwrap_or(32);
-        if self.g.weight_quant == WeightQuant::None || w_bits >= 32 {
+        let float_weights = self.g.weight_quant == WeightQuant::None || w_bits >= 32;
+        // Float weights are allowed where the input is float too (a stem
+        // kept wide, as ResNet20's `w8a8`): the layer already computes in
+        // floating point, so its weights become fixed-point numbers.
+        if float_weights && !matches!(input, ConvInput::Float) {
             return Err(unsupported(
                 &n.name,
-                format!("its weights are float ({w_bits} bit); the integer pipeline needs quantized weights (at most 16 bits)"),
+                format!("its weights are float ({w_bits} bit); the integer pipeline needs quantized weights (at most 16 bits) except in a layer that reads the float input"),
             ));
         }
         let wname = format!("{}.weight", n.name);
-        let (weights, w_scale) = weight_int(self.ck.get(&wname)?, w_bits);
+        let (weights, w_scale, w_bits) = if float_weights {
+            let (q, scale) = weight_fixed(self.ck.get(&wname)?, FLOAT_STEM_WEIGHT_BITS);
+            (q, scale, FLOAT_STEM_WEIGHT_BITS)
+        } else {
+            let (q, scale) = weight_int(self.ck.get(&wname)?, w_bits);
+            (q, scale, w_bits)
+        };
         let in_shape = shape3(&n.in_shape.0);
         let out_shape = shape3(&n.out_shape.0);
         let cin = in_shape[0];
@@ -1158,6 +1280,7 @@ pub fn build(g: &Graph, ck: &Checkpoint, opts: PlanOptions) -> Result<IntPlan, I
         node_tensors: BTreeMap::new(),
         clips: BTreeMap::new(),
         saturated: Default::default(),
+        folded: Vec::new(),
     };
     let mut values: Vec<Option<Value>> = vec![None; g.nodes.len()];
     for n in &g.nodes {
@@ -1283,5 +1406,6 @@ pub fn build(g: &Graph, ck: &Checkpoint, opts: PlanOptions) -> Result<IntPlan, I
         node_tensors: b.node_tensors,
         clips: b.clips,
         saturated: b.saturated.into_inner(),
+        folded: b.folded,
     })
 }

@@ -125,6 +125,11 @@ pub struct EvalArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Memory layout of the activations [default: the checkpoint's run's,
+    /// else QATC_LAYOUT, else channels-last]: the run's own layout
+    /// reproduces its recorded accuracy exactly.
+    #[arg(long, value_enum)]
+    pub layout: Option<crate::layers::Layout>,
     /// Evaluate N images only, spread evenly [default: the checkpoint's limit].
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -201,6 +206,11 @@ where
     });
     let device = parse_device(&args.device)?;
     crate::bench::configure_threads()?;
+    let layout = match args.layout.or_else(|| config.as_ref().map(|c| c.layout)) {
+        Some(layout) => layout,
+        None => crate::layers::layout_from_env()?,
+    };
+    crate::layers::set_layout(layout);
     let (train, test) = match args.split {
         SplitName::Test => open_data(&data, None, limit)?,
         SplitName::Train => open_data(&data, limit, None)?,

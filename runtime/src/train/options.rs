@@ -8,6 +8,7 @@
 
 use super::optim::OptimizerConfig;
 use super::schedule::Schedule;
+use crate::layers::Layout;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,11 @@ pub struct TrainOptions {
     /// auto, cpu, cuda or cuda:N [default: auto].
     #[arg(long)]
     pub device: Option<String>,
+    /// Memory layout of the activations: channels-last (fast) or nchw (the
+    /// seed's, whose rounding its golden tensors record) [default:
+    /// QATC_LAYOUT, else channels-last].
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
     /// Train on N training images only, spread evenly over the split.
     #[arg(long, value_name = "N")]
     pub limit_train: Option<usize>,
@@ -128,6 +134,7 @@ impl TrainOptions {
             alpha_decay,
             seed,
             device,
+            layout,
             limit_train,
             limit_test,
             init,
@@ -159,9 +166,16 @@ pub struct TrainConfig {
     pub alpha_decay: f64,
     pub seed: u64,
     pub device: String,
+    /// Runs recorded before the layout was a setting ran in NCHW.
+    #[serde(default = "nchw")]
+    pub layout: Layout,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub init: Option<PathBuf>,
+}
+
+fn nchw() -> Layout {
+    Layout::Nchw
 }
 
 impl TrainConfig {
@@ -241,6 +255,10 @@ impl TrainConfig {
             alpha_decay: non_negative("alpha-decay", o.alpha_decay.unwrap_or(2e-4))?,
             seed: o.seed.unwrap_or(0),
             device: o.device.clone().unwrap_or_else(|| "auto".into()),
+            layout: match o.layout {
+                Some(layout) => layout,
+                None => crate::layers::layout_from_env()?,
+            },
             limit_train: o.limit_train,
             limit_test: o.limit_test,
             init: o.init.clone(),
@@ -293,6 +311,7 @@ impl TrainConfig {
             alpha_decay: Some(self.alpha_decay),
             seed: Some(self.seed),
             device: Some(self.device.clone()),
+            layout: Some(self.layout),
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             init: self.init.clone(),

@@ -241,6 +241,7 @@ where
     }
     let device = parse_device(&config.device)?;
     let threads = crate::bench::configure_threads()?;
+    crate::layers::set_layout(config.layout);
     let (train_set, test_set) = open_data(&config.data, config.limit_train, config.limit_test)?;
 
     tch::manual_seed(config.seed as i64);
@@ -369,7 +370,7 @@ where
     let tb_err = |e: std::io::Error| format!("cannot write the TensorBoard event file: {e}");
 
     eprintln!(
-        "training {} (profile {}) on {} ({} train / {} test images) on {}, {} torch thread(s): {} epochs, batch {}, lr {} {:?}, {:?}; run dir {}",
+        "training {} (profile {}) on {} ({} train / {} test images) on {}, {} torch thread(s), {} layout: {} epochs, batch {}, lr {} {:?}, {:?}; run dir {}",
         meta.name,
         config.profile,
         train_set.name,
@@ -377,6 +378,7 @@ where
         test_set.len(),
         device_name(device),
         threads.count,
+        crate::layers::layout(),
         config.epochs,
         config.batch_size,
         config.lr,
