@@ -227,3 +227,45 @@ fn golden_toynet_nearest_against_fake_quant() {
         "nearest agrees with fake quant on {nearest_agree}/8 images"
     );
 }
+
+/// ResNet20 `w8a8` keeps its stem float (weights and output), which feeds a
+/// conv and a residual add: its weights become 16-bit fixed-point numbers
+/// and its output is materialised as wide integers. In `nearest` mode with
+/// the default formats the integer-only model follows the seed's own
+/// fake-quant eval logits (`resnet20.safetensors`).
+#[test]
+fn golden_resnet20_w8a8_integer_against_fake_quant() {
+    let path = golden_dir().join("resnet20.safetensors");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("cannot read {} ({e}): set QATC_GOLDEN", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let src = Source::read(&spec("resnet20.qspec")).unwrap();
+    let model = driver::parse(&src).unwrap();
+    let graph = driver::compile(&src, Some("w8a8")).unwrap();
+    let ck = Checkpoint::import(&bytes, &model, &graph, "seed", "state.").unwrap();
+    let plan = int::build(
+        &graph,
+        &ck,
+        PlanOptions {
+            rounding: Rounding::Nearest,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    let fq = f32s(&st, "logits_eval");
+    let input = f32s(&st, "input");
+    let (mut max_diff, mut agree, mut range) = (0f32, 0, 0f32);
+    run_each(&plan, &input, |img, out, _| {
+        let want = &fq[img * 10..(img + 1) * 10];
+        for (a, b) in out.logits.iter().zip(want) {
+            max_diff = max_diff.max((a - b).abs());
+            range = range.max(b.abs());
+        }
+        agree += usize::from(engine::argmax(&out.logits) == engine::argmax(want));
+    });
+    eprintln!(
+        "resnet20 w8a8, nearest: max |logit - fake-quant logit| = {max_diff:.4} (largest logit {range:.3}), top-1 agreement {agree}/8"
+    );
+    assert!(agree >= 7, "top-1 agreement {agree}/8");
+    assert!(max_diff <= 0.05 * range, "max logit difference {max_diff} (largest logit {range})");
+}

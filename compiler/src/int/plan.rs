@@ -1153,6 +1153,15 @@ impl<'a> Builder<'a> {
                     self.clips.insert(n.name.clone(), a);
                 }
             }
+            // An unquantized (32-bit) activation after a ReLU, such as
+            // ResNet20 `w8a8`'s float stem output, which feeds both a conv and
+            // a residual add: materialised once as wide integers at the
+            // scale of its sum, so that every consumer reads integers.
+            if let Value::Lin(lin) = v {
+                if lin.relu != Rectify::None {
+                    return Ok(Value::Q(self.integers(n, v)?));
+                }
+            }
             return Ok(v.clone());
         }
         let t = self.target(n, quantizer)?;
