@@ -267,5 +267,8 @@ fn golden_resnet20_w8a8_integer_against_fake_quant() {
         "resnet20 w8a8, nearest: max |logit - fake-quant logit| = {max_diff:.4} (largest logit {range:.3}), top-1 agreement {agree}/8"
     );
     assert!(agree >= 7, "top-1 agreement {agree}/8");
-    assert!(max_diff <= 0.05 * range, "max logit difference {max_diff} (largest logit {range})");
+    assert!(
+        max_diff <= 0.05 * range,
+        "max logit difference {max_diff} (largest logit {range})"
+    );
 }
