@@ -418,6 +418,11 @@ fn bits_of(x: f64) -> u32 {
     }
 }
 
+/// The magnitude up to which the integer pipeline sizes the values of a
+/// float stem (normalised images: CIFAR-10's lie within 2.8); larger inputs
+/// are not an error, the stem's materialised output saturates.
+pub const FLOAT_INPUT_BOUND: f64 = 8.0;
+
 /// Bits of the fixed-point numbers that hold a float stem's weights (a
 /// first conv with 32-bit weights that reads the float input).
 pub const FLOAT_STEM_WEIGHT_BITS: u32 = 16;
@@ -835,6 +840,69 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// How far a term's accumulator reaches in channel `ch`: its
+    /// worst-case bound, or for the accumulator of a conv that reads the
+    /// float input (whose bound is unknown), the weights' row sum times
+    /// [`FLOAT_INPUT_BOUND`].
+    fn term_reach(&self, term: &Term, ch: usize) -> f64 {
+        if term.bound < 2f64.powi(40) {
+            return term.bound;
+        }
+        self.layers
+            .iter()
+            .find_map(|l| match l {
+                Layer::Conv(c) if c.output == term.src && matches!(c.input, ConvInput::Float) => {
+                    let per = c.weights.len() / c.cout.max(1);
+                    let row = &c.weights[ch * per..(ch + 1) * per];
+                    let sum: f64 = row.iter().map(|w| w.unsigned_abs() as f64).sum();
+                    Some(sum * FLOAT_INPUT_BOUND * c.float_scale)
+                }
+                _ => None,
+            })
+            .unwrap_or(term.bound)
+    }
+
+    /// An unquantized activation (a pending sum after a ReLU) as 16-bit
+    /// integers: at the power-of-two scale that puts the largest value it
+    /// can reach at most at 2^15 - 1 (and its constants within the format),
+    /// clamped there. For a float stem that assumes inputs within
+    /// [`FLOAT_INPUT_BOUND`]; larger ones saturate. 16-bit operands let the
+    /// next conv use the engine's 16-bit kernels.
+    fn materialize_wide(&mut self, n: &Node, lin: &Lin) -> Result<Q, IntError> {
+        let limit = 32767f64;
+        let fmt = self.format(n);
+        let room = 2f64.powi(fmt.int_bits as i32 - 1);
+        let (mut reach, mut largest) = (0f64, 0f64);
+        for ch in 0..lin.channels {
+            let mut r = lin.bias[ch].abs();
+            largest = largest.max(lin.bias[ch].abs());
+            for term in &lin.terms {
+                let k = (term.k[ch] / term.denom).abs();
+                r += k * self.term_reach(term, ch);
+                largest = largest.max(k);
+            }
+            reach = reach.max(r);
+        }
+        let mut gain = if reach > 0.0 && reach.is_finite() {
+            2f64.powi((limit / reach).log2().floor() as i32)
+        } else {
+            1.0
+        };
+        if largest > 0.0 && largest.is_finite() && gain * largest >= room {
+            gain = 2f64.powi((room / largest).log2().floor() as i32 - 1);
+        }
+        let t = Target {
+            gain,
+            scale: gain,
+            lo: -(limit as i64),
+            hi: limit as i64,
+            bits: 16,
+        };
+        let mut node = n.clone();
+        node.name = format!("{}.int", n.name);
+        self.requant(&node, lin, &t, fmt)
+    }
+
     /// Integers for a layer that needs them: a pending sum is materialised
     /// at the scale of its first term, clamped to the BN bits.
     fn integers(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {
@@ -1159,7 +1227,7 @@ impl<'a> Builder<'a> {
             // scale of its sum, so that every consumer reads integers.
             if let Value::Lin(lin) = v {
                 if lin.relu != Rectify::None {
-                    return Ok(Value::Q(self.integers(n, v)?));
+                    return Ok(Value::Q(self.materialize_wide(n, lin)?));
                 }
             }
             return Ok(v.clone());
