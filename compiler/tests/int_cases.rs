@@ -353,3 +353,95 @@ fn golden_errors_name_the_layer() {
     let e = Checkpoint::import(&other, &model, &g, "seed", "state.").unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
 }
+
+const NORM_FIRST: &str = r#"
+model normfirst {
+  input 1x1x2
+  classes 1
+  quant {
+    weights dorefa
+    acts mpact(2)
+  }
+  block blk(cout) {
+    y = x -> bn as norm -> conv1x1(cout) as conv -> act(aout) as out
+    return y
+  }
+  stem: act(ain) as q
+  stage s: blk x1 (cout: 1)
+  fc: flatten -> linear(classes) as fc
+  profile p {
+    all { w 8  a 8 }
+  }
+}
+"#;
+
+/// A BN in front of a conv is materialised as integers at its input's
+/// scale; a trained BN that scales by tens has a bias (in those steps)
+/// beyond fixed<32,10>, and is then materialised at that scale over 2^e
+/// instead of failing. The integer result stays within a step of the real
+/// computation.
+#[test]
+fn a_materialised_bn_with_large_constants_takes_a_coarser_scale() {
+    let src = Source::from_text("normfirst.qspec", NORM_FIRST, Syntax::Qspec);
+    let g = driver::compile(&src, Some("p")).expect("spec compiles");
+    // BN: gamma 20, mean 1, var 1 (plus eps), beta 0.5: in the input's
+    // steps (127/2 per unit) the bias is about -1240, past fixed<32,10>.
+    let vars: Vec<(&str, Vec<usize>, f32)> = vec![
+        ("stem.q.alpha", vec![], 2.0),
+        ("s.0.norm.weight", vec![1], 20.0),
+        ("s.0.norm.bias", vec![1], 0.5),
+        ("s.0.norm.running_mean", vec![1], 1.0),
+        ("s.0.norm.running_var", vec![1], 1.0),
+        ("s.0.conv.weight", vec![1, 1, 1, 1], 0.5),
+        ("s.0.out.alpha", vec![], 40.0),
+        ("fc.fc.weight", vec![1, 2], 0.3),
+        ("fc.fc.bias", vec![1], 0.0),
+    ];
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
+        .iter()
+        .map(|(n, s, v)| {
+            let count: usize = s.iter().product();
+            let bytes = std::iter::repeat_n(*v, count)
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            (n.to_string(), s.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let bytes = safetensors::tensor::serialize(views, None).unwrap();
+    let ck = Checkpoint::from_bytes(&bytes, &g, "").unwrap();
+    let opts = PlanOptions {
+        rounding: Rounding::Nearest,
+        ..PlanOptions::default()
+    };
+    let plan = int::build(&g, &ck, opts).unwrap();
+    let weights = engine::Weights::new(&plan);
+    let mut ws = engine::Workspace::new(&plan);
+    let std = (1.0f64 + 1e-5).sqrt();
+    let s_out = 127.0 / 40.0;
+    for x in [[1.5f32, -0.75], [0.2, 1.9], [-2.0, 0.0]] {
+        engine::run_image(&plan, &weights, &x, &mut ws, &Default::default()).unwrap();
+        let t_out = plan.tensor_of("s.0.out").unwrap();
+        let got = ws.tensor(t_out).unwrap().to_i64();
+        for (i, &xi) in x.iter().enumerate() {
+            // Input quantized at 127/2, BN, the conv's weight (the largest:
+            // exactly 1 after DoReFa), the output quantizer.
+            let q_in = (xi as f64 * 63.5).round() / 63.5;
+            let bn = 20.0 * (q_in - 1.0) / std + 0.5;
+            let want = (bn * s_out).round().clamp(-127.0, 127.0) as i64;
+            assert!(
+                (got[i] - want).abs() <= 1,
+                "x {xi}: {} against {want}",
+                got[i]
+            );
+        }
+    }
+}
