@@ -496,7 +496,8 @@ fn run_model(
     }
 }
 
-/// `qatc eval SPEC --int [--format table|json] ...`: the fake-quant
+/// `qatc eval SPEC --int [--format table|json] [--fixed CLASS=B,I]...
+/// [--saturate-constants] ...`: the fake-quant
 /// evaluation of the model crate (its `eval`, all other flags passed on)
 /// next to the integer-only engine on the same images, in both rounding
 /// modes: accuracies, the agreement of their top-1 predictions with
@@ -505,13 +506,24 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
     use qatc::int::cli::{load_plan, DataImages, PlanArgs, RoundingArg};
     use qatc::int::{evaluate, EvalOptions};
     let json = flag_value(args, "--format").as_deref() == Some("json");
+    // The integer plan's own flags (`--fixed CLASS=B,I`, repeatable, and
+    // `--saturate-constants`) stay here; the rest goes to the model's eval.
     let mut passed: Vec<String> = Vec::new();
-    let mut skip = false;
-    for a in args {
-        if skip {
-            skip = false;
-        } else if a == "--format" {
-            skip = true;
+    let mut fixed: Vec<String> = Vec::new();
+    let mut saturate_constants = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--format" {
+            it.next();
+        } else if a == "--fixed" {
+            match it.next() {
+                Some(v) => fixed.push(v.clone()),
+                None => anyhow::bail!("--fixed needs a value: CLASS=BITS,INT_BITS"),
+            }
+        } else if let Some(v) = a.strip_prefix("--fixed=") {
+            fixed.push(v.to_string());
+        } else if a == "--saturate-constants" {
+            saturate_constants = true;
         } else if a != "--int" && !a.starts_with("--format=") {
             passed.push(a.clone());
         }
@@ -579,8 +591,8 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
             import_format: None,
             strip_prefix: String::new(),
             rounding,
-            fixed: Vec::new(),
-            saturate_constants: false,
+            fixed: fixed.clone(),
+            saturate_constants,
         };
         let plan = load_plan(&plan_args, None)?;
         let report = evaluate(

@@ -252,6 +252,23 @@ fn golden_resnet20_w8a8_integer_against_fake_quant() {
         },
     )
     .unwrap();
+    // The float stem's weights: 16-bit fixed point, one power-of-two scale.
+    let stem = plan
+        .layers
+        .iter()
+        .find_map(|l| match l {
+            int::plan::Layer::Conv(c) if c.name == "stem.stem" => Some(c),
+            _ => None,
+        })
+        .expect("the stem conv");
+    assert!(matches!(stem.input, int::plan::ConvInput::Float));
+    assert_eq!(stem.w_bits, int::plan::FLOAT_STEM_WEIGHT_BITS);
+    assert_eq!(stem.w_scale.log2().fract(), 0.0, "a power-of-two scale");
+    let w = ck.get("stem.stem.weight").unwrap();
+    for (q, x) in stem.weights.iter().zip(w) {
+        assert!((*q as f64 / stem.w_scale - *x as f64).abs() <= 0.5 / stem.w_scale);
+        assert!(q.unsigned_abs() < 1 << 15);
+    }
     let fq = f32s(&st, "logits_eval");
     let input = f32s(&st, "input");
     let (mut max_diff, mut agree, mut range) = (0f32, 0, 0f32);

@@ -921,30 +921,9 @@ impl<'a> Builder<'a> {
                     .formats
                     .bn
                     .unwrap_or_else(|| self.format(n));
-                // Materialised at the input's scale, or at that scale over
-                // 2^e where a constant would not fit the format otherwise (a
-                // trained BN can scale by tens: its bias, in the input's
-                // steps, passes fixed<32,10>'s 512). A BN that scales by k
-                // spreads neighbouring input values k steps apart, so for
-                // 2^e <= k the coarser scale loses nothing the input had.
-                let room = 2f64.powi(fmt.int_bits as i32 - 1);
-                let largest = (0..lin.channels)
-                    .flat_map(|ch| {
-                        lin.terms
-                            .iter()
-                            .map(move |term| (s / term.denom * term.k[ch]).abs())
-                            .chain(std::iter::once((s * lin.bias[ch]).abs()))
-                    })
-                    .fold(0f64, f64::max);
-                let e = if largest.is_finite() && largest >= room && !self.opts.saturate_constants {
-                    (largest / room).log2().floor() as i32 + 1
-                } else {
-                    0
-                };
-                let gain = s / 2f64.powi(e);
                 let t = Target {
-                    gain,
-                    scale: gain,
+                    gain: s,
+                    scale: s,
                     lo: -r - 1,
                     hi: r,
                     bits,
