@@ -279,11 +279,13 @@ extern "C" {
 const char* qatc_fq_last_error() { return last_error.c_str(); }
 
 // Keeps freed memory in the process for reuse (glibc only; returns 1 if
-// applied): no mmap for large blocks and no trimming of the heap. See
+// applied): no mmap for large blocks, no trimming of the heap, one arena for
+// all threads (the OpenMP workers' arenas would map and trim their own). See
 // runtime/src/alloc.rs.
 int qatc_keep_freed_memory() {
 #ifdef __GLIBC__
-  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT32_MAX) == 1;
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 &&
+         mallopt(M_ARENA_MAX, 1) == 1;
 #else
   return 0;
 #endif

@@ -8,10 +8,13 @@
 //! quantizers, which allocate outputs of that size, pay most. With
 //! [`keep_freed_memory`] glibc takes all blocks from its heap and keeps
 //! freed memory there for the next step (mallopt `M_MMAP_MAX = 0`,
-//! `M_TRIM_THRESHOLD` = 2 GiB): the process keeps its peak footprint, and a
+//! `M_TRIM_THRESHOLD = -1`: never), and one arena serves every thread
+//! (`M_ARENA_MAX = 1`: the torch worker threads' own arenas are mapped and
+//! trimmed separately). The process keeps its peak footprint, and a
 //! MobileNetV2 `cfg-1*` QAT step ran 1.29x -> 1.19x its float step,
-//! ToyNet's 1.20x -> 1.14x (`docs/performance.md`). The generated
-//! binaries call it first thing (train, eval, bench, smoke).
+//! ToyNet's 1.20x -> 1.14x; one arena took MobileNetV2 from 1.23-1.27x to
+//! 1.19-1.21x in six alternating runs (`docs/performance.md`). The
+//! generated binaries call it first thing (train, eval, bench, smoke).
 
 extern "C" {
     fn qatc_keep_freed_memory() -> i32;
