@@ -71,15 +71,23 @@ fn tensors_with(
             Some((_, x)) => (n, s, vec![*x]),
             None => (n, s, v),
         });
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
+    let vars: Vec<(&str, Vec<usize>, Vec<f32>)> = vars
         .filter(|(n, _, _)| *n != skip)
+        .map(|(n, s, v)| match &reshape {
+            Some((r, shape)) if *r == n => (n, shape.clone(), v),
+            _ => (n, s, v),
+        })
+        .collect();
+    safetensors_f32(&vars)
+}
+
+/// A safetensors file of f32 tensors: (name, shape, values).
+fn safetensors_f32(vars: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
+        .iter()
         .map(|(n, s, v)| {
-            let s = match &reshape {
-                Some((r, shape)) if *r == n => shape.clone(),
-                _ => s,
-            };
             let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (n.to_string(), s, bytes)
+            (n.to_string(), s.clone(), bytes)
         })
         .collect();
     let views: Vec<(String, TensorView)> = data
@@ -372,37 +380,18 @@ fn a_materialised_bn_needs_a_format_that_holds_its_constants() {
     let g = driver::compile(&src, Some("p")).expect("spec compiles");
     // BN: gamma 20, mean 1, var 1 (plus eps), beta 0.5: in the input's
     // steps (127/2 per unit) the bias is about -1240, past fixed<32,10>.
-    let vars: Vec<(&str, Vec<usize>, f32)> = vec![
-        ("stem.q.alpha", vec![], 2.0),
-        ("s.0.norm.weight", vec![1], 20.0),
-        ("s.0.norm.bias", vec![1], 0.5),
-        ("s.0.norm.running_mean", vec![1], 1.0),
-        ("s.0.norm.running_var", vec![1], 1.0),
-        ("s.0.conv.weight", vec![1, 1, 1, 1], 0.5),
-        ("s.0.out.alpha", vec![], 40.0),
-        ("fc.fc.weight", vec![1, 2], 0.3),
-        ("fc.fc.bias", vec![1], 0.0),
+    let vars: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+        ("stem.q.alpha", vec![], vec![2.0]),
+        ("s.0.norm.weight", vec![1], vec![20.0]),
+        ("s.0.norm.bias", vec![1], vec![0.5]),
+        ("s.0.norm.running_mean", vec![1], vec![1.0]),
+        ("s.0.norm.running_var", vec![1], vec![1.0]),
+        ("s.0.conv.weight", vec![1, 1, 1, 1], vec![0.5]),
+        ("s.0.out.alpha", vec![], vec![40.0]),
+        ("fc.fc.weight", vec![1, 2], vec![0.3, 0.3]),
+        ("fc.fc.bias", vec![1], vec![0.0]),
     ];
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = vars
-        .iter()
-        .map(|(n, s, v)| {
-            let count: usize = s.iter().product();
-            let bytes = std::iter::repeat_n(*v, count)
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            (n.to_string(), s.clone(), bytes)
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    let bytes = safetensors::tensor::serialize(views, None).unwrap();
+    let bytes = safetensors_f32(&vars);
     let ck = Checkpoint::from_bytes(&bytes, &g, "").unwrap();
     let mut opts = PlanOptions {
         rounding: Rounding::Nearest,

@@ -46,15 +46,21 @@ struct Golden {
     bytes: Vec<u8>,
 }
 
-fn golden() -> Golden {
-    let path = golden_dir().join("toynet_int.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+/// The bytes of golden file `name`.
+fn golden_file(name: &str) -> Vec<u8> {
+    let path = golden_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "cannot read {} ({e}): set QATC_GOLDEN to the seed's golden directory",
             path.display()
         )
-    });
-    Golden { bytes }
+    })
+}
+
+fn golden() -> Golden {
+    Golden {
+        bytes: golden_file("toynet_int.safetensors"),
+    }
 }
 
 fn plan(g: &Golden, rounding: Rounding) -> int::IntPlan {
@@ -235,9 +241,7 @@ fn golden_toynet_nearest_against_fake_quant() {
 /// fake-quant eval logits (`resnet20.safetensors`).
 #[test]
 fn golden_resnet20_w8a8_integer_against_fake_quant() {
-    let path = golden_dir().join("resnet20.safetensors");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("cannot read {} ({e}): set QATC_GOLDEN", path.display()));
+    let bytes = golden_file("resnet20.safetensors");
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let src = Source::read(&spec("resnet20.qspec")).unwrap();
     let model = driver::parse(&src).unwrap();

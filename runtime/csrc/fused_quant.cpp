@@ -28,9 +28,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <immintrin.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -48,7 +45,6 @@ constexpr int64_t MPACT = 2;
 constexpr int64_t GRAIN = 1 << 15;
 
 struct Params {
-  int64_t mode;
   bool sign;     // DoReFa at 1 bit: q = sign(clamped)
   float pre;     // DoReFa: 0.1 (x is scaled before clamping); 1 otherwise
   float lo, hi;  // clamping range
@@ -197,7 +193,7 @@ double grads_range(const float* g, const uint8_t* code, float* dx, int64_t len) 
 }
 
 Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha) {
-  Params p{mode, false, 1.0f, 0.0f, 0.0f, 0.0f, false};
+  Params p{false, 1.0f, 0.0f, 0.0f, 0.0f, false};
   if (mode == DOREFA) {
     p.sign = bits == 1;
     p.pre = 0.1f;
@@ -277,19 +273,6 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
 extern "C" {
 
 const char* qatc_fq_last_error() { return last_error.c_str(); }
-
-// Keeps freed memory in the process for reuse (glibc only; returns 1 if
-// applied): no mmap for large blocks, no trimming of the heap, one arena for
-// all threads (the OpenMP workers' arenas would map and trim their own). See
-// runtime/src/alloc.rs.
-int qatc_keep_freed_memory() {
-#ifdef __GLIBC__
-  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 &&
-         mallopt(M_ARENA_MAX, 1) == 1;
-#else
-  return 0;
-#endif
-}
 
 // The quantized x. `alpha` may be null (DoReFa). With `track` set, the
 // result carries the seed's gradient to x and alpha through FusedQuant;

@@ -16,14 +16,46 @@
 //! 1.19-1.21x in six alternating runs (`docs/performance.md`). The
 //! generated binaries call it first thing (train, eval, bench, smoke).
 
-extern "C" {
-    fn qatc_keep_freed_memory() -> i32;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    use std::os::raw::c_int;
+
+    // <malloc.h>
+    pub const M_TRIM_THRESHOLD: c_int = -1;
+    pub const M_MMAP_MAX: c_int = -4;
+    pub const M_ARENA_MAX: c_int = -8;
+
+    extern "C" {
+        pub fn mallopt(param: c_int, value: c_int) -> c_int;
+    }
 }
 
 /// Tells the C allocator to keep freed memory for reuse (see the module
 /// docs); whether it could (glibc only). Call it before the first large
 /// allocation.
 pub fn keep_freed_memory() -> bool {
-    // SAFETY: plain mallopt calls, no pointers involved.
-    unsafe { qatc_keep_freed_memory() == 1 }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use glibc::*;
+        // SAFETY: plain mallopt calls with glibc's documented parameters.
+        unsafe {
+            mallopt(M_MMAP_MAX, 0) == 1
+                && mallopt(M_TRIM_THRESHOLD, -1) == 1
+                && mallopt(M_ARENA_MAX, 1) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// glibc accepts every setting (a wrong parameter number would return 0).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_takes_the_policy() {
+        assert!(super::keep_freed_memory());
+    }
 }

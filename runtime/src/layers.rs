@@ -45,6 +45,8 @@ pub enum Layout {
     /// follow them. The default: a ResNet20 training step runs about 1.3x
     /// and a ToyNet step about 1.6x faster than under [`Layout::Nchw`] on
     /// the development machine (`docs/performance.md`).
+    #[value(alias = "nhwc", alias = "channels_last")]
+    #[serde(alias = "nhwc")]
     ChannelsLast,
     /// Contiguous `NCHW` activations (each conv still runs on channels-last
     /// operands and converts its output back): the seed's layout, whose float
@@ -58,23 +60,11 @@ thread_local! {
 }
 
 impl std::fmt::Display for Layout {
+    /// The name `--layout` and `QATC_LAYOUT` take (`channels-last`, `nchw`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Layout::ChannelsLast => "channels-last",
-            Layout::Nchw => "nchw",
-        })
-    }
-}
-
-impl Layout {
-    /// Parses `channels-last` / `nhwc` or `nchw` (the values of
-    /// `QATC_LAYOUT`).
-    pub fn parse(s: &str) -> Option<Layout> {
-        match s {
-            "channels-last" | "channels_last" | "nhwc" => Some(Layout::ChannelsLast),
-            "nchw" => Some(Layout::Nchw),
-            _ => None,
-        }
+        use clap::ValueEnum;
+        let value = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(value.get_name())
     }
 }
 
@@ -100,8 +90,8 @@ pub fn layout() -> Layout {
 pub fn layout_from_env() -> Result<Layout, String> {
     match std::env::var("QATC_LAYOUT") {
         Err(_) => Ok(Layout::ChannelsLast),
-        Ok(v) => Layout::parse(v.trim())
-            .ok_or_else(|| format!("QATC_LAYOUT={v:?}: expected `nchw` or `channels-last`")),
+        Ok(v) => <Layout as clap::ValueEnum>::from_str(v.trim(), true)
+            .map_err(|_| format!("QATC_LAYOUT={v:?}: expected `nchw` or `channels-last`")),
     }
 }
 
@@ -555,6 +545,22 @@ mod tests {
     use super::*;
     use tch::nn::{Module, ModuleT};
     use tch::{Device, Kind};
+
+    #[test]
+    fn layout_names_are_the_flag_values() {
+        use clap::ValueEnum;
+        assert_eq!(Layout::ChannelsLast.to_string(), "channels-last");
+        assert_eq!(Layout::Nchw.to_string(), "nchw");
+        for (text, want) in [
+            ("channels-last", Layout::ChannelsLast),
+            ("NHWC", Layout::ChannelsLast),
+            ("channels_last", Layout::ChannelsLast),
+            ("nchw", Layout::Nchw),
+        ] {
+            assert_eq!(Layout::from_str(text, true), Ok(want), "{text}");
+        }
+        assert!(Layout::from_str("nwhc", true).is_err());
+    }
 
     fn vs() -> nn::VarStore {
         nn::VarStore::new(Device::Cpu)

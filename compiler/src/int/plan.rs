@@ -505,6 +505,14 @@ impl<'a> Builder<'a> {
         self.opts.formats.of(self.g.slots[n.slot].kind)
     }
 
+    /// Whether [`Self::fixed`] represents the constant without clamping.
+    fn fits(&self, v32: f32, v64: f64, fmt: FixedFormat) -> bool {
+        match self.opts.rounding {
+            Rounding::Trunc => fixed_seed(v32, fmt, false).is_ok(),
+            Rounding::Nearest | Rounding::Scaled => fixed_nearest(v64, fmt, false).is_ok(),
+        }
+    }
+
     fn fixed(
         &self,
         layer: &str,
@@ -513,11 +521,7 @@ impl<'a> Builder<'a> {
         v64: f64,
         fmt: FixedFormat,
     ) -> Result<i64, IntError> {
-        let fits = match self.opts.rounding {
-            Rounding::Trunc => fixed_seed(v32, fmt, false),
-            Rounding::Nearest | Rounding::Scaled => fixed_nearest(v64, fmt, false),
-        };
-        if fits.is_err() && self.opts.saturate_constants {
+        if !self.fits(v32, v64, fmt) && self.opts.saturate_constants {
             self.saturated
                 .borrow_mut()
                 .push(format!("{layer}: {what} {v64} -> {fmt}"));
@@ -698,6 +702,18 @@ impl<'a> Builder<'a> {
                 hi = hi.min(if trunc { six.trunc() } else { six.round() } as i64);
             }
         }
+        // A term's multiplier and the bias of channel `ch`, as (f32, f64):
+        // the seed's float32 computation and the exact value.
+        let mult_of = |term: &Term, ch: usize| -> (f32, f64) {
+            let r32 = if term.recip_f32 {
+                (1.0f32 / term.denom as f32) * t.gain as f32
+            } else {
+                (t.gain / term.denom) as f32
+            };
+            let m32 = term.k_f32.as_ref().map_or(r32, |k| r32 * k[ch]);
+            (m32, t.gain / term.denom * term.k[ch])
+        };
+        let bias_of = |ch: usize| (t.gain as f32 * lin.bias_f32[ch], t.gain * lin.bias[ch]);
         // A channel whose output is the same clamp bound for every input the
         // layer can get (its real pre-clamp value, bias plus the multipliers
         // times the accumulators' worst-case bounds, stays more than one
@@ -707,37 +723,28 @@ impl<'a> Builder<'a> {
         // that constant instead of failing: exact, since the fake-quant
         // model outputs the same bound there. Not with
         // `saturate_constants`, which keeps the seed's clamped constants.
-        let constant = |ch: usize| -> Option<i64> {
-            let reach: f64 = lin
-                .terms
-                .iter()
-                .map(|term| (t.gain / term.denom * term.k[ch]).abs() * term.bound)
-                .sum();
-            let b = t.gain * lin.bias[ch];
-            if !reach.is_finite() || !b.is_finite() {
-                None
-            } else if b + reach < lo as f64 - 1.0 {
-                Some(lo)
-            } else if b - reach > hi as f64 + 1.0 {
-                Some(hi)
-            } else {
-                None
-            }
-        };
         let fold: Vec<Option<i64>> = (0..c)
             .map(|ch| {
                 if self.opts.saturate_constants {
                     return None;
                 }
-                let value = constant(ch)?;
-                let fits = |v: f64| {
-                    fixed_nearest(v, fmt, false).is_ok() && fixed_seed(v as f32, fmt, false).is_ok()
-                };
-                let all_fit = fits(t.gain * lin.bias[ch])
-                    && lin
-                        .terms
-                        .iter()
-                        .all(|term| fits(t.gain / term.denom * term.k[ch]));
+                let reach = t.gain * self.channel_reach(lin, ch, false);
+                let (b32, b64) = bias_of(ch);
+                let b = b64;
+                let value = if !reach.is_finite() || !b.is_finite() {
+                    None
+                } else if b + reach < lo as f64 - 1.0 {
+                    Some(lo)
+                } else if b - reach > hi as f64 + 1.0 {
+                    Some(hi)
+                } else {
+                    None
+                }?;
+                let all_fit = self.fits(b32, b64, fmt)
+                    && lin.terms.iter().all(|term| {
+                        let (m32, m64) = mult_of(term, ch);
+                        self.fits(m32, m64, fmt)
+                    });
                 (!all_fit).then_some(value)
             })
             .collect();
@@ -754,22 +761,12 @@ impl<'a> Builder<'a> {
         for term in &lin.terms {
             let mut mult = Vec::with_capacity(c);
             let mut real = Vec::with_capacity(c);
-            let r32 = if term.recip_f32 {
-                (1.0f32 / term.denom as f32) * t.gain as f32
-            } else {
-                (t.gain / term.denom) as f32
-            };
             let mut mmax = 0f64;
             for ch in 0..c {
-                let m64 = t.gain / term.denom * term.k[ch];
-                let m = if fold[ch].is_some() {
-                    0
-                } else {
-                    let m32 = match &term.k_f32 {
-                        Some(k) => r32 * k[ch],
-                        None => r32,
-                    };
-                    self.fixed(&n.name, "multiplier", m32, m64, fmt)?
+                let (m32, m64) = mult_of(term, ch);
+                let m = match fold[ch] {
+                    Some(_) => 0,
+                    None => self.fixed(&n.name, "multiplier", m32, m64, fmt)?,
                 };
                 mmax = mmax.max(m.unsigned_abs() as f64);
                 mult.push(m);
@@ -785,14 +782,11 @@ impl<'a> Builder<'a> {
         let mut bias = Vec::with_capacity(c);
         let mut bias_real = Vec::with_capacity(c);
         for ch in 0..c {
-            let b64 = t.gain * lin.bias[ch];
+            let (b32, b64) = bias_of(ch);
             let b = match fold[ch] {
                 // The bound itself, at the binary point.
                 Some(v) => v << fmt.frac(),
-                None => {
-                    let b32 = t.gain as f32 * lin.bias_f32[ch];
-                    self.fixed(&n.name, "bias", b32, b64, fmt)?
-                }
+                None => self.fixed(&n.name, "bias", b32, b64, fmt)?,
             };
             worst += b.unsigned_abs() as f64;
             bias.push(b);
@@ -862,6 +856,25 @@ impl<'a> Builder<'a> {
             .unwrap_or(term.bound)
     }
 
+    /// How far the pending sum of channel `ch` can move from its bias, in
+    /// real units: the sum over its terms of |multiplier| times the
+    /// accumulator's worst-case bound, or with `sizing` times
+    /// [`Self::term_reach`] (which assumes float inputs within
+    /// [`FLOAT_INPUT_BOUND`]: for choosing a scale, never for a proof).
+    fn channel_reach(&self, lin: &Lin, ch: usize, sizing: bool) -> f64 {
+        lin.terms
+            .iter()
+            .map(|term| {
+                let bound = if sizing {
+                    self.term_reach(term, ch)
+                } else {
+                    term.bound
+                };
+                (term.k[ch] / term.denom).abs() * bound
+            })
+            .sum()
+    }
+
     /// An unquantized activation (a pending sum after a ReLU) as 16-bit
     /// integers: at the power-of-two scale that puts the largest value it
     /// can reach at most at 2^15 - 1 (and its constants within the format),
@@ -874,14 +887,12 @@ impl<'a> Builder<'a> {
         let room = 2f64.powi(fmt.int_bits as i32 - 1);
         let (mut reach, mut largest) = (0f64, 0f64);
         for ch in 0..lin.channels {
-            let mut r = lin.bias[ch].abs();
-            largest = largest.max(lin.bias[ch].abs());
-            for term in &lin.terms {
-                let k = (term.k[ch] / term.denom).abs();
-                r += k * self.term_reach(term, ch);
-                largest = largest.max(k);
-            }
-            reach = reach.max(r);
+            reach = reach.max(lin.bias[ch].abs() + self.channel_reach(lin, ch, true));
+            largest = lin
+                .terms
+                .iter()
+                .map(|term| (term.k[ch] / term.denom).abs())
+                .fold(largest.max(lin.bias[ch].abs()), f64::max);
         }
         let mut gain = if reach > 0.0 && reach.is_finite() {
             2f64.powi((limit / reach).log2().floor() as i32)

@@ -8,7 +8,7 @@
 //! 0.1 for DoReFa) and summing `dalpha`. The values and `dx` are those of the
 //! stock-op path in `quant.rs` bit for bit (the same float operations in the
 //! same order, no FMA contraction); `dalpha` is the same sum in another
-//! order (per thread in f64), so equal within float rounding.
+//! order (float lanes flushed into doubles), so equal within float rounding.
 //! `tests/fused_quantizers.rs` checks all three against the reference.
 //!
 //! Other devices and kinds (CUDA, f64) take the stock-op path.
