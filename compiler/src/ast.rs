@@ -66,6 +66,8 @@ pub struct Model {
     pub classes: Option<IntLit>,
     /// `quant { weights dorefa  acts mpact(10) }`: model-wide quantizer defaults.
     pub quant: Vec<Setting>,
+    /// `init { conv kaiming_uniform  linear normal(0.001) }`: how weights start.
+    pub init: Vec<Setting>,
     /// `rules { quantize_after_add(aout) ... }`: placement rules.
     pub rules: Vec<RuleUse>,
     /// `lists { cover stem blocks head fc  w = wbit[i] ... }`: how the seed's

@@ -11,7 +11,7 @@
 
 use crate::ast::*;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::ir::{Quantizer, SlotKind, WeightQuant};
+use crate::ir::{ConvInit, LinearInit, Quantizer, SlotKind, WeightInit, WeightQuant};
 use std::collections::{HashMap, HashSet};
 
 /// What kind of value an op parameter takes.
@@ -324,6 +324,8 @@ impl ResolvedProfile {
 pub struct Checked {
     pub slots: Vec<SlotInfo>,
     pub profiles: Vec<ResolvedProfile>,
+    /// The model's weight initialisation (`init { ... }`).
+    pub init: WeightInit,
     /// Stage names (explicit or `stage1`, `stage2`, ...), one per `model.stages`.
     pub stage_names: Vec<String>,
 }
@@ -370,6 +372,7 @@ pub fn check(m: &Model) -> Result<Checked, Diagnostics> {
     let stage_names = c.stages();
     let slots = c.slots(&stage_names);
     let model_acts = c.model_quant();
+    let init = c.init();
     let model_rules = c.rules(&m.rules, false);
     let layout = c.layout();
     let mut profiles = Vec::new();
@@ -419,6 +422,7 @@ pub fn check(m: &Model) -> Result<Checked, Diagnostics> {
     Ok(Checked {
         slots,
         profiles,
+        init,
         stage_names,
     })
 }
@@ -887,6 +891,91 @@ impl<'m> Checker<'m> {
                     .push(with_suggestion(d, other, vec!["acts", "weights"]));
             }
         }
+    }
+
+    /// `init { conv ...  linear ... }`: the model's weight initialisation.
+    fn init(&mut self) -> WeightInit {
+        let mut init = WeightInit::default();
+        self.duplicates(self.m.init.iter().map(|s| &s.key), "setting");
+        for s in &self.m.init {
+            let (name, args, span) = match &s.value {
+                Expr::Name(n) => (n.name.as_str(), &[][..], n.span),
+                Expr::Call(c) => (c.name.name.as_str(), &c.args[..], c.span),
+                other => ("", &[][..], other.span()),
+            };
+            let choices: &[&str] = match s.key.name.as_str() {
+                "conv" => &["default", "kaiming_uniform", "kaiming_normal_fan_out"],
+                "linear" => &["default", "kaiming_uniform", "normal"],
+                other => {
+                    let d = Diagnostic::error("E0119", format!("unknown setting `{other}`"))
+                        .primary(s.key.span, "not an init setting");
+                    self.diags
+                        .push(with_suggestion(d, other, vec!["conv", "linear"]));
+                    continue;
+                }
+            };
+            if !choices.contains(&name) {
+                let d = Diagnostic::error("E0119", "unknown weight initialisation").primary(
+                    span,
+                    format!(
+                        "expected {}",
+                        choices
+                            .iter()
+                            .map(|c| format!("`{c}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                self.diags.push(with_suggestion(d, name, choices.to_vec()));
+                continue;
+            }
+            let arity = usize::from(name == "normal");
+            if args.len() != arity {
+                self.diags.push(
+                    Diagnostic::error(
+                        "E0115",
+                        format!(
+                            "`{name}` takes {arity} argument{}, got {}",
+                            plural(arity),
+                            args.len()
+                        ),
+                    )
+                    .primary(
+                        span,
+                        if arity == 1 {
+                            "give the standard deviation, e.g. `normal(0.001)`"
+                        } else {
+                            "takes no arguments"
+                        },
+                    ),
+                );
+                continue;
+            }
+            match (s.key.name.as_str(), name) {
+                ("conv", "kaiming_uniform") => init.conv = ConvInit::KaimingUniform,
+                ("conv", "kaiming_normal_fan_out") => init.conv = ConvInit::KaimingNormalFanOut,
+                ("conv", _) => init.conv = ConvInit::Default,
+                ("linear", "kaiming_uniform") => init.linear = LinearInit::KaimingUniform,
+                ("linear", "normal") => {
+                    let std = match &args[0].value {
+                        Expr::Int(i) => Some(i.value as f64),
+                        Expr::Float { value, .. } => Some(*value),
+                        _ => None,
+                    };
+                    match std {
+                        Some(v) if v > 0.0 && v.is_finite() && args[0].name.is_none() => {
+                            init.linear = LinearInit::Normal(v)
+                        }
+                        _ => self.diags.push(
+                            Diagnostic::error("E0119", "bad standard deviation")
+                                .primary(args[0].span, "a positive number, e.g. `normal(0.001)`"),
+                        ),
+                    }
+                }
+                _ => init.linear = LinearInit::Default,
+            }
+        }
+        init
     }
 
     fn rules(&mut self, rules: &[RuleUse], in_profile: bool) -> Vec<Rule> {

@@ -17,7 +17,7 @@
 //! profile is therefore usable without touching the generated code.
 
 use crate::check::Checked;
-use crate::ir::{Graph, Node, Op, Quantizer, WeightQuant};
+use crate::ir::{ConvInit, Graph, LinearInit, Node, Op, Quantizer, WeightQuant};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::HashMap;
@@ -312,6 +312,22 @@ fn lib(
     let n_profiles = int(graphs.len() as i64);
     let profile_names: Vec<&str> = graphs.iter().map(|g| g.profile.as_str()).collect();
 
+    // The spec's `init { ... }`, spelled out in every layer's config.
+    let conv_init = match checked.init.conv {
+        ConvInit::Default => quote! { qatc_runtime::layers::ConvInit::PyTorchDefault },
+        ConvInit::KaimingUniform => quote! { qatc_runtime::layers::ConvInit::KaimingUniform },
+        ConvInit::KaimingNormalFanOut => {
+            quote! { qatc_runtime::layers::ConvInit::KaimingNormalFanOut }
+        }
+    };
+    let linear_init = match checked.init.linear {
+        LinearInit::Default => quote! { qatc_runtime::layers::LinearInit::PyTorchDefault },
+        LinearInit::KaimingUniform => quote! { qatc_runtime::layers::LinearInit::KaimingUniform },
+        LinearInit::Normal(std) => {
+            let std = proc_macro2::Literal::f64_unsuffixed(std);
+            quote! { qatc_runtime::layers::LinearInit::Normal { std: #std } }
+        }
+    };
     let mut fields = Vec::new();
     let mut inits = Vec::new();
     let mut forward = Vec::new();
@@ -366,7 +382,7 @@ fn lib(
                 inits.push(quote! {
                     #f: qatc_runtime::layers::QConv2d::new(
                         #path, #cin, #out_l, #kernel_l, p.w_bits[#slot],
-                        qatc_runtime::layers::QConv2dConfig { stride: #stride_l, padding: #padding_l, groups: #groups_l, bias: #bias, ..Default::default() },
+                        qatc_runtime::layers::QConv2dConfig { stride: #stride_l, padding: #padding_l, groups: #groups_l, bias: #bias, init: #conv_init },
                     )
                 });
                 forward.push((v.clone(), quote! { self.#f.forward(#(#inp)*) }));
@@ -383,7 +399,7 @@ fn lib(
                 inits.push(quote! {
                     #f: qatc_runtime::layers::QLinear::new(
                         #path, #cin, #out_l, p.w_bits[#slot],
-                        qatc_runtime::layers::QLinearConfig { bias: #bias, ..Default::default() },
+                        qatc_runtime::layers::QLinearConfig { bias: #bias, init: #linear_init },
                     )
                 });
                 forward.push((v.clone(), quote! { self.#f.forward(#(#inp)*) }));

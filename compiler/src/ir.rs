@@ -86,6 +86,39 @@ pub enum WeightQuant {
     None,
 }
 
+/// How conv weights start (`init { conv ... }`); biases as each names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvInit {
+    /// PyTorch's `nn.Conv2d` default: weight and bias uniform in `±1/sqrt(fan_in)`.
+    #[default]
+    Default,
+    /// Kaiming-uniform, fan-in, ReLU gain (`±sqrt(6/fan_in)`); bias 0.
+    KaimingUniform,
+    /// Kaiming-normal, fan-out, ReLU gain (`std sqrt(2/fan_out)`); bias 0.
+    KaimingNormalFanOut,
+}
+
+/// How linear (fc) weights start (`init { linear ... }`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearInit {
+    /// PyTorch's `nn.Linear` default: weight and bias uniform in `±1/sqrt(fan_in)`.
+    #[default]
+    Default,
+    /// Kaiming-uniform, fan-in, ReLU gain; bias 0.
+    KaimingUniform,
+    /// Weight normal with this standard deviation; bias 0.
+    Normal(f64),
+}
+
+/// The model's weight initialisation (`init { ... }`; PyTorch's defaults when absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct WeightInit {
+    pub conv: ConvInit,
+    pub linear: LinearInit,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -223,6 +256,7 @@ pub struct Graph {
     pub profile: String,
     pub classes: i64,
     pub weight_quant: WeightQuant,
+    pub init: WeightInit,
     pub slots: Vec<Slot>,
     pub nodes: Vec<Node>,
     pub output: NodeId,

@@ -111,6 +111,7 @@ pub fn lower(
                 profile: profile.name.clone(),
                 classes: m.classes.as_ref().map(|c| c.value).unwrap_or(0),
                 weight_quant: profile.weights,
+                init: checked.init,
                 slots,
                 nodes: l.nodes,
                 output,

@@ -696,3 +696,61 @@ fn golden_param_counts() {
         check_param_count(case);
     }
 }
+
+/// A fresh generated model starts from the seed's initialisation (the spec's
+/// `init { ... }`): every conv and fc weight has the standard deviation of the
+/// seed's freshly initialised tensor (the golden files hold the seed's
+/// initial weights and biases; only BN state and clipping values were
+/// perturbed), and a bias is zero exactly where the seed's is. The families
+/// differ by factors of 2.4 and more, far beyond sampling noise (25 %).
+#[test]
+fn golden_initialisation() {
+    for case in [&TOYNET, &RESNET20, &MOBILENETV2] {
+        let golden = read_golden(case.model);
+        let (_, _, plan) = spec_plan(case.spec, case.profile);
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = (case.build)(&vs.root(), case.profile);
+        let vars = vs.variables();
+        let mut checked = 0;
+        for e in &plan.entries {
+            let ours = &vars[&e.ours];
+            let theirs = get(&golden, &format!("state.{}", e.theirs));
+            let is_weight = ours.dim() >= 2;
+            // A conv or fc bias (a BN's bias sits beside a 1-d weight).
+            let is_bias = e.ours.strip_suffix(".bias").is_some_and(|layer| {
+                vars.get(&format!("{layer}.weight"))
+                    .is_some_and(|w| w.dim() >= 2)
+            });
+            if is_weight {
+                let (a, b) = (
+                    ours.std(true).double_value(&[]),
+                    theirs.std(true).double_value(&[]),
+                );
+                let ratio = a / b;
+                assert!(
+                    (0.75..1.33).contains(&ratio),
+                    "{}: `{}` starts with std {a:.4}, the seed's `{}` {b:.4}",
+                    case.model,
+                    e.ours,
+                    e.theirs
+                );
+                checked += 1;
+            } else if is_bias {
+                let zero = |t: &Tensor| t.abs().max().double_value(&[]) == 0.0;
+                assert_eq!(
+                    zero(ours),
+                    zero(theirs),
+                    "{}: `{}` zero bias",
+                    case.model,
+                    e.ours
+                );
+            }
+        }
+        eprintln!(
+            "{}: {checked} weight tensors start as the seed's",
+            case.model
+        );
+        assert!(checked > 10, "{}: too few weights compared", case.model);
+    }
+}

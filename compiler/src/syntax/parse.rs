@@ -212,6 +212,7 @@ fn not_keyword(p: &Pair<Rule>) -> bool {
             | Rule::kw_input
             | Rule::kw_classes
             | Rule::kw_quant
+            | Rule::kw_init
             | Rule::kw_rules
             | Rule::kw_lists
             | Rule::kw_block
@@ -280,6 +281,7 @@ fn describe(rule: &Rule) -> String {
         Rule::input_decl => "`input CxHxW`",
         Rule::classes_decl => "`classes N`",
         Rule::quant_decl => "`quant { ... }`",
+        Rule::init_decl => "`init { ... }`",
         Rule::rules_decl | Rule::profile_rules => "`rules { ... }`",
         Rule::lists_decl => "`lists { ... }`",
         Rule::block_def => "`block NAME(...) { ... }`",
@@ -317,6 +319,7 @@ fn describe(rule: &Rule) -> String {
         Rule::kw_input => "`input`",
         Rule::kw_classes => "`classes`",
         Rule::kw_quant => "`quant`",
+        Rule::kw_init => "`init`",
         Rule::kw_rules => "`rules`",
         Rule::kw_lists => "`lists`",
         Rule::kw_block => "`block`",
@@ -341,6 +344,7 @@ const ITEM_KEYWORDS: &[Rule] = &[
     Rule::kw_input,
     Rule::kw_classes,
     Rule::kw_quant,
+    Rule::kw_init,
     Rule::kw_rules,
     Rule::kw_lists,
     Rule::kw_block,
@@ -555,6 +559,7 @@ impl Converter {
             },
             classes: None,
             quant: Vec::new(),
+            init: Vec::new(),
             rules: Vec::new(),
             lists: None,
             blocks: Vec::new(),
@@ -568,6 +573,7 @@ impl Converter {
         };
         let mut input_seen: Option<Span> = None;
         let mut quant_seen: Option<Span> = None;
+        let mut init_seen: Option<Span> = None;
         let mut rules_seen: Option<Span> = None;
         for item in inner {
             let item_span = self.span(&item);
@@ -589,6 +595,12 @@ impl Converter {
                     let settings = item.kids().map(|s| self.setting(s)).collect();
                     if self.once(&mut quant_seen, item_span, "quant") {
                         model.quant = settings;
+                    }
+                }
+                Rule::init_decl => {
+                    let settings = item.kids().map(|s| self.setting(s)).collect();
+                    if self.once(&mut init_seen, item_span, "init") {
+                        model.init = settings;
                     }
                 }
                 Rule::rules_decl => {

@@ -204,15 +204,17 @@ impl Printer {
         if let Some(c) = &m.classes {
             self.line(&format!("classes {}", c.value));
         }
-        if !m.quant.is_empty() {
-            self.blank();
-            self.line("quant {");
-            self.indent += 1;
-            for s in &m.quant {
-                self.line(&format!("{} {}", s.key.name, expr_to_string(&s.value)));
+        for (section, settings) in [("quant", &m.quant), ("init", &m.init)] {
+            if !settings.is_empty() {
+                self.blank();
+                self.line(&format!("{section} {{"));
+                self.indent += 1;
+                for s in settings {
+                    self.line(&format!("{} {}", s.key.name, expr_to_string(&s.value)));
+                }
+                self.indent -= 1;
+                self.line("}");
             }
-            self.indent -= 1;
-            self.line("}");
         }
         if !m.rules.is_empty() {
             self.blank();

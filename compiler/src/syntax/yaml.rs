@@ -19,6 +19,9 @@
 //! quant:                    # ordered map: key -> expression (ints stay YAML ints)
 //!   weights: dorefa
 //!   acts: mpact(10)
+//! init:                     # ordered map, as quant
+//!   conv: kaiming_normal_fan_out
+//!   linear: normal(0.001)
 //! rules:                    # list of rules (`-name` switches one off)
 //!   - quantize_after_add(aout)
 //! lists:
@@ -641,8 +644,8 @@ impl Reader<'_> {
 
     fn model(&mut self, root: &YNode) -> Model {
         const KEYS: &[&str] = &[
-            "model", "input", "classes", "quant", "rules", "lists", "blocks", "stem", "stages",
-            "head", "fc", "profiles", "imports",
+            "model", "input", "classes", "quant", "init", "rules", "lists", "blocks", "stem",
+            "stages", "head", "fc", "profiles", "imports",
         ];
         let root_span = self.head(root);
         let f = self
@@ -680,6 +683,10 @@ impl Reader<'_> {
         let quant = f
             .get("quant")
             .map(|n| self.settings(n, "a map of quantizer settings"))
+            .unwrap_or_default();
+        let init = f
+            .get("init")
+            .map(|n| self.settings(n, "a map of initialisation settings"))
             .unwrap_or_default();
         let rules = f.get("rules").map(|n| self.rules(n)).unwrap_or_default();
         let lists = f.get("lists").and_then(|n| self.lists(n));
@@ -727,6 +734,7 @@ impl Reader<'_> {
             }),
             classes,
             quant,
+            init,
             rules,
             lists,
             blocks,
@@ -1210,6 +1218,9 @@ fn model_tree(m: &Model) -> Out {
     if !m.quant.is_empty() {
         put("quant", Out::Map(settings_out(&m.quant)));
     }
+    if !m.init.is_empty() {
+        put("init", Out::Map(settings_out(&m.init)));
+    }
     if !m.rules.is_empty() {
         put("rules", Out::Seq(rules_out(&m.rules)));
     }
@@ -1314,14 +1325,15 @@ fn model_tree(m: &Model) -> Out {
         put("imports", Out::Seq(spaced(imports)));
     }
     // Blank lines between the groups of the layout, as in `.qspec`: header,
-    // quant, rules, lists, blocks, macro-architecture, profiles.
+    // quant, init, rules, lists, blocks, macro-architecture, profiles.
     let group = |key: &str| match key {
         "model" | "input" | "classes" => 0,
         "stem" | "stages" | "head" | "fc" => 6,
         "quant" => 1,
-        "rules" => 2,
-        "lists" => 3,
-        "blocks" => 4,
+        "init" => 2,
+        "rules" => 3,
+        "lists" => 4,
+        "blocks" => 5,
         _ => 7,
     };
     let n = top.len();

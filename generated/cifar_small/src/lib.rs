@@ -114,7 +114,7 @@ impl CifarSmall {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
@@ -133,7 +133,7 @@ impl CifarSmall {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -155,7 +155,7 @@ impl CifarSmall {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -173,7 +173,7 @@ impl CifarSmall {
                 p.w_bits[4],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
         }

@@ -201,7 +201,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
@@ -220,7 +220,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -242,7 +242,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -264,7 +264,7 @@ impl Digits {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -282,7 +282,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -304,7 +304,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -326,7 +326,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -348,7 +348,7 @@ impl Digits {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -366,7 +366,7 @@ impl Digits {
                 p.w_bits[5],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
         }

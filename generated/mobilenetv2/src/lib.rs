@@ -1059,7 +1059,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 32),
@@ -1078,7 +1078,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1100,7 +1100,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1122,7 +1122,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1144,7 +1144,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s1_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1166,7 +1166,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1188,7 +1188,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1210,7 +1210,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 96,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1232,7 +1232,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1254,7 +1254,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1276,7 +1276,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1298,7 +1298,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 144,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1320,7 +1320,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s2_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1342,7 +1342,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1364,7 +1364,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 144,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1386,7 +1386,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1408,7 +1408,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1430,7 +1430,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1452,7 +1452,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 192,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1474,7 +1474,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1496,7 +1496,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1518,7 +1518,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1540,7 +1540,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 192,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1562,7 +1562,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s3_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1584,7 +1584,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1606,7 +1606,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 192,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1628,7 +1628,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1650,7 +1650,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1672,7 +1672,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1694,7 +1694,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 384,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1716,7 +1716,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1738,7 +1738,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1760,7 +1760,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1782,7 +1782,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 384,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1804,7 +1804,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1826,7 +1826,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1848,7 +1848,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_3_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1870,7 +1870,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 384,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_3_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1892,7 +1892,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s4_3_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -1914,7 +1914,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1936,7 +1936,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1958,7 +1958,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 384,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -1980,7 +1980,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2002,7 +2002,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2024,7 +2024,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2046,7 +2046,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 576,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2068,7 +2068,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2090,7 +2090,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2112,7 +2112,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2134,7 +2134,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 576,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2156,7 +2156,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s5_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2178,7 +2178,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2200,7 +2200,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 576,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2222,7 +2222,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2244,7 +2244,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2266,7 +2266,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2288,7 +2288,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 960,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2310,7 +2310,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2332,7 +2332,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2354,7 +2354,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2376,7 +2376,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 960,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2398,7 +2398,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s6_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2420,7 +2420,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2442,7 +2442,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s7_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -2464,7 +2464,7 @@ impl Mobilenetv2 {
                     padding: 1,
                     groups: 960,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s7_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2486,7 +2486,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             s7_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -2508,7 +2508,7 @@ impl Mobilenetv2 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             head_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -2526,7 +2526,7 @@ impl Mobilenetv2 {
                 p.w_bits[19],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
         }

@@ -48,7 +48,7 @@ pub const PROFILE_NAMES: [&str; 7] = [
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/resnet20.qspec",
-    spec_hash: "a9f6ba8c2ae6efb414ae34b2b576341a7f54c19b60cfc275491d79e7f06fe281",
+    spec_hash: "437372e3ab196acc647d9c98e10c085efe07765d3a0e2c73037fd8acea4d7ab8",
     profiles: &PROFILE_NAMES,
 };
 
@@ -504,7 +504,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
@@ -523,7 +523,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -545,7 +545,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -567,7 +567,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -589,7 +589,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -611,7 +611,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -633,7 +633,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage1_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -655,7 +655,7 @@ impl Resnet20 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -677,7 +677,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -699,7 +699,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -721,7 +721,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -743,7 +743,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -765,7 +765,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -787,7 +787,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage2_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -809,7 +809,7 @@ impl Resnet20 {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
@@ -831,7 +831,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -853,7 +853,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -875,7 +875,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -897,7 +897,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -919,7 +919,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -941,7 +941,7 @@ impl Resnet20 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
             ),
             stage3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
@@ -963,7 +963,7 @@ impl Resnet20 {
                 p.w_bits[11],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
         }

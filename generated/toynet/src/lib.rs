@@ -41,7 +41,7 @@ pub const PROFILE_NAMES: [&str; 5] = ["cfg-1*", "cfg-1", "cfg-2", "cfg-3", "floa
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/toynet.qspec",
-    spec_hash: "1a7297ac0c0e0a8c5f91ee9990f02f5f6b0e9c670b275528a0891a9183995b99",
+    spec_hash: "460d9166b1738cea312a8ef36ae8e80297c099bad09a46c978d68ba0355cdedc",
     profiles: &PROFILE_NAMES,
 };
 
@@ -589,7 +589,7 @@ impl Toynet {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             stem_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn"), 16),
@@ -608,7 +608,7 @@ impl Toynet {
                     padding: 1,
                     groups: 16,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -630,7 +630,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -648,7 +648,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s1_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -670,7 +670,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
@@ -688,7 +688,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -710,7 +710,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -728,7 +728,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -746,7 +746,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -768,7 +768,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -786,7 +786,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -804,7 +804,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -826,7 +826,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -844,7 +844,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s2_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -862,7 +862,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -884,7 +884,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -902,7 +902,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -920,7 +920,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -942,7 +942,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -960,7 +960,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -978,7 +978,7 @@ impl Toynet {
                     padding: 1,
                     groups: 32,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1000,7 +1000,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -1018,7 +1018,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s3_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -1040,7 +1040,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
@@ -1058,7 +1058,7 @@ impl Toynet {
                     padding: 1,
                     groups: 64,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1080,7 +1080,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -1098,7 +1098,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -1116,7 +1116,7 @@ impl Toynet {
                     padding: 1,
                     groups: 64,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1138,7 +1138,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -1156,7 +1156,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -1174,7 +1174,7 @@ impl Toynet {
                     padding: 1,
                     groups: 64,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -1196,7 +1196,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
@@ -1214,7 +1214,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             s4_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
@@ -1232,7 +1232,7 @@ impl Toynet {
                     padding: 0,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
             ),
             head_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "head" / "bn"), 512),
@@ -1251,7 +1251,9 @@ impl Toynet {
                 p.w_bits[12],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::Normal {
+                        std: 0.001,
+                    },
                 },
             ),
         }

@@ -182,7 +182,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 64),
@@ -201,7 +201,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c1_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -219,7 +219,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c1_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -241,7 +241,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c2_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -259,7 +259,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c2_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -281,7 +281,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c3_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -299,7 +299,7 @@ impl Vgg7 {
                     padding: 1,
                     groups: 1,
                     bias: false,
-                    ..Default::default()
+                    init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
             ),
             c3_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
@@ -317,7 +317,7 @@ impl Vgg7 {
                 p.w_bits[5],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
             fc_act1: qatc_runtime::quant::ActQuant::from_spec(
@@ -331,7 +331,7 @@ impl Vgg7 {
                 p.w_bits[5],
                 qatc_runtime::layers::QLinearConfig {
                     bias: true,
-                    ..Default::default()
+                    init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
             ),
         }
