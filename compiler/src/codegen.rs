@@ -15,12 +15,18 @@
 //! per profile, the weight bits of each layer slot and what each activation
 //! site does (`ActSpec::Off` where the profile has no quantizer there). Any
 //! profile is therefore usable without touching the generated code.
+//!
+//! One fusion happens here: a ReLU or ReLU6 whose only reader is an
+//! activation quantizer becomes part of that quantizer's call
+//! (`act.forward_relu6(&bn)` instead of `relu6` then `forward`), so the
+//! runtime can do both in one pass; values and gradients are unchanged, and
+//! the variable of the activation's output disappears from the code.
 
 use crate::check::Checked;
 use crate::ir::{ConvInit, Graph, LinearInit, Node, Op, Quantizer, WeightQuant};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The files of one generated crate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +111,45 @@ fn space_items(text: &str) -> String {
         prev = line;
     }
     out
+}
+
+/// ReLU / ReLU6 nodes read only by an activation quantizer (and nothing
+/// else, in any profile) are fused into it: the generated code calls
+/// `ActQuant::forward_relu` / `forward_relu6` on the activation's input,
+/// one pass over the tensor instead of two with the same values and
+/// gradients (see the runtime's `quant::fused`).
+struct Fused<'u> {
+    /// Activation nodes that get no statement of their own.
+    absorbed: HashSet<&'u str>,
+    /// Quantizer node -> (method, the activation node it absorbs).
+    into: HashMap<&'u str, (&'static str, &'u UNode)>,
+}
+
+fn fused_activations(union: &Union) -> Fused<'_> {
+    let mut readers: HashMap<&str, Vec<&UNode>> = HashMap::new();
+    for u in &union.nodes {
+        for i in &u.inputs {
+            readers.entry(i.as_str()).or_default().push(u);
+        }
+    }
+    let mut fused = Fused {
+        absorbed: HashSet::new(),
+        into: HashMap::new(),
+    };
+    for u in &union.nodes {
+        let method = match u.op {
+            Op::Relu => "forward_relu",
+            Op::Relu6 => "forward_relu6",
+            _ => continue,
+        };
+        if let Some([q]) = readers.get(u.name.as_str()).map(Vec::as_slice) {
+            if matches!(q.op, Op::ActQuant { .. }) && q.inputs.len() == 1 {
+                fused.absorbed.insert(u.name.as_str());
+                fused.into.insert(q.name.as_str(), (method, u));
+            }
+        }
+    }
+    fused
 }
 
 /// The merged graph of all profiles.
@@ -324,7 +369,7 @@ fn lib(
         LinearInit::Default => quote! { qatc_runtime::layers::LinearInit::PyTorchDefault },
         LinearInit::KaimingUniform => quote! { qatc_runtime::layers::LinearInit::KaimingUniform },
         LinearInit::Normal(std) => {
-            let std = proc_macro2::Literal::f64_unsuffixed(std);
+            let std = Literal::f64_unsuffixed(std);
             quote! { qatc_runtime::layers::LinearInit::Normal { std: #std } }
         }
     };
@@ -333,22 +378,23 @@ fn lib(
     let mut forward = Vec::new();
     let mut clip_fields = Vec::new();
     let slot_index: HashMap<&str, usize> = slots.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    let input_expr = |name: &String| {
+        if union.nodes.first().map(|x| &x.name) == Some(name) {
+            quote! { input }
+        } else {
+            let iv = var(name);
+            quote! { &#iv }
+        }
+    };
+    let fused = fused_activations(union);
     for u in &union.nodes {
         let n = &u.node;
         let f = field(&u.name);
         let v = var(&u.name);
-        let inp: Vec<TokenStream> = u
-            .inputs
-            .iter()
-            .map(|i| {
-                if union.nodes.first().map(|x| &x.name) == Some(i) {
-                    quote! { input }
-                } else {
-                    let iv = var(i);
-                    quote! { &#iv }
-                }
-            })
-            .collect();
+        let mut inp: Vec<TokenStream> = u.inputs.iter().map(input_expr).collect();
+        if fused.absorbed.contains(u.name.as_str()) {
+            continue;
+        }
         let slot_i = slot_index[g0.slots[n.slot].name.as_str()];
         let slot = int(slot_i as i64);
         let path = path_expr(&u.name);
@@ -425,7 +471,14 @@ fn lib(
                 inits.push(
                     quote! { #f: qatc_runtime::quant::ActQuant::from_spec(#path, p.acts[#site]) },
                 );
-                forward.push((v.clone(), quote! { self.#f.forward(#(#inp)*) }));
+                let method = match fused.into.get(u.name.as_str()) {
+                    Some(&(method, act)) => {
+                        inp = vec![input_expr(&act.inputs[0])];
+                        format_ident!("{method}")
+                    }
+                    None => format_ident!("forward"),
+                };
+                forward.push((v.clone(), quote! { self.#f.#method(#(#inp)*) }));
                 clip_fields.push(f);
             }
             Op::Relu => forward.push((v.clone(), quote! { qatc_runtime::ops::relu(#(#inp)*) })),

@@ -19,6 +19,15 @@
 // at +|a| (dalpha += g), bit 2 = clipped at -|a| (dalpha -= g). PACT and
 // mPACT count ties on both sides, as the seed's backward does.
 //
+// A ReLU or ReLU6 right before the quantizer can be fused in (`act`): the
+// quantizer then reads relu(x) = max(x, 0) or relu6(x) = min(max(x, 0), 6)
+// (PyTorch's clamp_min / hardtanh values, NaN kept), and bit 0 also
+// requires the activation's own gradient mask: x > 0 for ReLU (its backward
+// is threshold_backward on the result), 0 < x < 6 for ReLU6 (hardtanh's
+// backward is strict at both ends); NaN passes both, as in PyTorch. The
+// clipping value's bits are those of the quantizer's input, relu(x), since
+// the activation does not stand between the quantizer and dalpha.
+//
 // C interface: tensors are passed and returned as `at::Tensor*` (tch's
 // C_tensor); a returned tensor is owned by the caller (tch deletes it). On an
 // exception the functions return nullptr and qatc_fq_last_error() says why.
@@ -42,6 +51,10 @@ constexpr int64_t DOREFA = 0;
 constexpr int64_t PACT = 1;
 constexpr int64_t MPACT = 2;
 
+constexpr int64_t ACT_NONE = 0;
+constexpr int64_t ACT_RELU = 1;
+constexpr int64_t ACT_RELU6 = 2;
+
 constexpr int64_t GRAIN = 1 << 15;
 
 struct Params {
@@ -50,6 +63,7 @@ struct Params {
   float lo, hi;  // clamping range
   float s;       // q = round(c * s) / s
   bool down;     // mPACT: code bit 2 (clipped at -|a|)
+  int64_t act;   // ACT_NONE, ACT_RELU or ACT_RELU6 applied to x first
 };
 
 // The stock ops per element: torch.clamp keeps a NaN input NaN, torch.round
@@ -65,12 +79,25 @@ inline uint8_t code_scalar(float v, const Params& p) {
                               (p.down && v <= p.lo ? 4 : 0));
 }
 
+// The fused activation's value and whether it passes its gradient.
+inline float act_scalar(float x, int64_t act, bool* passes) {
+  if (act == ACT_NONE) {
+    *passes = true;
+    return x;
+  }
+  *passes = !(x <= 0.0f) && !(act == ACT_RELU6 && x >= 6.0f);
+  float y = x < 0.0f ? 0.0f : x;
+  return act == ACT_RELU6 && y > 6.0f ? 6.0f : y;
+}
+
 template <bool CODE>
 void quantize_scalar(const float* x, float* q, uint8_t* code, int64_t len, const Params& p) {
   for (int64_t i = 0; i < len; ++i) {
-    float v = p.pre == 1.0f ? x[i] : x[i] * p.pre;
+    bool passes;
+    float y = act_scalar(x[i], p.act, &passes);
+    float v = p.pre == 1.0f ? y : y * p.pre;
     float c = clamp_scalar(v, p.lo, p.hi);
-    if (CODE) code[i] = code_scalar(v, p);
+    if (CODE) code[i] = code_scalar(v, p) & (passes ? 0xff : 0xfe);
     q[i] = p.sign ? static_cast<float>((0.0f < c) - (c < 0.0f)) : std::nearbyint(c * p.s) / p.s;
   }
 }
@@ -83,7 +110,8 @@ template <bool CODE>
 __attribute__((target("avx2"))) void quantize_avx2(const float* x, float* q, uint8_t* code,
                                                    int64_t len, const Params& p) {
   const __m256 pre = _mm256_set1_ps(p.pre), lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi),
-               s = _mm256_set1_ps(p.s);
+               s = _mm256_set1_ps(p.s), zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  const __m256i all = _mm256_set1_epi32(-1);
   const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2),
                 four = _mm256_set1_epi32(p.down ? 4 : 0);
   // Low byte of each 32-bit lane to the first 4 bytes of each 128-bit half.
@@ -95,6 +123,17 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, float* q, uin
   int64_t i = 0;
   for (; i + 8 <= len; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);
+    // The fused activation: max and min return v when it is NaN.
+    __m256i passes = all;
+    if (p.act != ACT_NONE) {
+      passes = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_NLE_UQ));
+      if (p.act == ACT_RELU6) {
+        passes = _mm256_and_si256(passes, _mm256_castps_si256(_mm256_cmp_ps(v, six, _CMP_NGE_UQ)));
+        v = _mm256_min_ps(six, _mm256_max_ps(zero, v));
+      } else {
+        v = _mm256_max_ps(zero, v);
+      }
+    }
     if (scaled) v = _mm256_mul_ps(v, pre);
     __m256 c = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
     __m256 r = _mm256_round_ps(_mm256_mul_ps(c, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -105,7 +144,7 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, float* q, uin
       __m256i ge_hi = _mm256_castps_si256(_mm256_cmp_ps(v, hi, _CMP_GE_OQ));
       __m256i le_lo = _mm256_castps_si256(_mm256_cmp_ps(v, lo, _CMP_LE_OQ));
       __m256i bits = _mm256_or_si256(
-          _mm256_and_si256(_mm256_and_si256(ge_lo, le_hi), one),
+          _mm256_and_si256(_mm256_and_si256(_mm256_and_si256(ge_lo, le_hi), passes), one),
           _mm256_or_si256(_mm256_and_si256(ge_hi, two), _mm256_and_si256(le_lo, four)));
       __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(bits, gather), halves);
       _mm_storel_epi64(reinterpret_cast<__m128i*>(code + i), _mm256_castsi256_si128(packed));
@@ -192,8 +231,10 @@ double grads_range(const float* g, const uint8_t* code, float* dx, int64_t len) 
   return has_avx2 ? grads_avx2(g, code, dx, len) : grads_scalar(g, code, dx, len);
 }
 
-Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha) {
-  Params p{false, 1.0f, 0.0f, 0.0f, 0.0f, false};
+Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha, int64_t act) {
+  TORCH_CHECK(act == ACT_NONE || act == ACT_RELU || act == ACT_RELU6,
+              "fused quantizer: unknown activation ", act);
+  Params p{false, 1.0f, 0.0f, 0.0f, 0.0f, false, act};
   if (mode == DOREFA) {
     p.sign = bits == 1;
     p.pre = 0.1f;
@@ -221,8 +262,8 @@ using torch::autograd::variable_list;
 struct FusedQuant : public torch::autograd::Function<FusedQuant> {
   // alpha is a constant 0 for DoReFa (no gradient).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
-                            int64_t mode, int64_t bits) {
-    Params p = params_of(mode, bits, alpha);
+                            int64_t mode, int64_t bits, int64_t act) {
+    Params p = params_of(mode, bits, alpha, act);
     // x is dense (the caller makes it contiguous in its suggested memory
     // format); q and the code take its strides, so element i of the storage
     // is the same element in all three.
@@ -264,7 +305,7 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
           [](double a, double b) { return a + b; });
       da = at::scalar_tensor(static_cast<float>(sum), g.options());
     }
-    return {dx, da, at::Tensor(), at::Tensor()};
+    return {dx, da, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -274,11 +315,12 @@ extern "C" {
 
 const char* qatc_fq_last_error() { return last_error.c_str(); }
 
-// The quantized x. `alpha` may be null (DoReFa). With `track` set, the
-// result carries the seed's gradient to x and alpha through FusedQuant;
-// without, it is computed in one pass with no code and no graph.
+// The quantized x, or of relu(x) / relu6(x) with `act` 1 / 2. `alpha` may
+// be null (DoReFa). With `track` set, the result carries the seed's gradient
+// to x and alpha through FusedQuant; without, it is computed in one pass
+// with no code and no graph.
 at::Tensor* qatc_fq_quantize(const at::Tensor* x, const at::Tensor* alpha, int64_t mode,
-                             int64_t bits, int track) {
+                             int64_t bits, int64_t act, int track) {
   try {
     // DoReFa has no clipping value; autograd functions take no undefined
     // inputs, so it gets a constant that receives no gradient.
@@ -288,10 +330,10 @@ at::Tensor* qatc_fq_quantize(const at::Tensor* x, const at::Tensor* alpha, int64
     // Dense in its own layout (contiguous or channels-last): one storage pass.
     at::Tensor xd = x->contiguous(x->suggest_memory_format());
     if (track) {
-      return new at::Tensor(FusedQuant::apply(xd, a, mode, bits));
+      return new at::Tensor(FusedQuant::apply(xd, a, mode, bits, act));
     }
     at::NoGradGuard no_grad;
-    Params p = params_of(mode, bits, a);
+    Params p = params_of(mode, bits, a, act);
     at::Tensor q = at::empty_like(xd);
     quantize(xd, q, nullptr, p);
     return new at::Tensor(q);

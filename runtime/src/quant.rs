@@ -282,7 +282,14 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
         return x.shallow_clone();
     }
     if fused::applies(x, None) {
-        return fused::quantize(x, None, fused::Mode::Dorefa, bits, tracked(x));
+        return fused::quantize(
+            x,
+            None,
+            fused::Mode::Dorefa,
+            bits,
+            fused::Act::None,
+            tracked(x),
+        );
     }
     fused(
         x,
@@ -325,7 +332,14 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     }
     let track = tracked(x) || tracked(alpha);
     if fused::applies(x, Some(alpha)) {
-        return fused::quantize(x, Some(alpha), fused::Mode::Pact, bits, track);
+        return fused::quantize(
+            x,
+            Some(alpha),
+            fused::Mode::Pact,
+            bits,
+            fused::Act::None,
+            track,
+        );
     }
     let a = alpha.detach();
     let s = a.reciprocal() * levels(bits);
@@ -369,7 +383,14 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     }
     let track = tracked(x) || tracked(alpha);
     if fused::applies(x, Some(alpha)) {
-        return fused::quantize(x, Some(alpha), fused::Mode::Mpact, bits, track);
+        return fused::quantize(
+            x,
+            Some(alpha),
+            fused::Mode::Mpact,
+            bits,
+            fused::Act::None,
+            track,
+        );
     }
     let a = alpha.detach();
     let bound = a.abs();
@@ -661,6 +682,42 @@ impl ActQuant {
     /// The learnable clipping value, for PACT and mPACT.
     pub fn alpha(&self) -> Option<&Tensor> {
         self.alpha.as_ref()
+    }
+
+    /// `self.forward(&ops::relu(x))`: the same values and gradients, with
+    /// the ReLU done inside the quantizer's one pass where the fused kernels
+    /// serve this quantizer (no ReLU output, no ReLU backward pass).
+    pub fn forward_relu(&self, x: &Tensor) -> Tensor {
+        self.forward_after(x, fused::Act::Relu)
+    }
+
+    /// `self.forward(&ops::relu6(x))`, fused as [`ActQuant::forward_relu`].
+    pub fn forward_relu6(&self, x: &Tensor) -> Tensor {
+        self.forward_after(x, fused::Act::Relu6)
+    }
+
+    fn forward_after(&self, x: &Tensor, act: fused::Act) -> Tensor {
+        let unfused = || {
+            let y = match act {
+                fused::Act::Relu => crate::ops::relu(x),
+                fused::Act::Relu6 => crate::ops::relu6(x),
+                fused::Act::None => x.shallow_clone(),
+            };
+            nn::Module::forward(self, &y)
+        };
+        let alpha = self.alpha.as_ref();
+        let mode = match self.kind {
+            _ if self.bits == FLOAT_BITS => return unfused(),
+            ActQuantKind::DoReFa => fused::Mode::Dorefa,
+            ActQuantKind::Pact => fused::Mode::Pact,
+            ActQuantKind::MPact => fused::Mode::Mpact,
+            ActQuantKind::Off | ActQuantKind::FixedScalePact { .. } => return unfused(),
+        };
+        if !fused::applies(x, alpha) {
+            return unfused();
+        }
+        let track = tracked(x) || alpha.is_some_and(tracked);
+        fused::quantize(x, alpha, mode, self.bits, act, track)
     }
 }
 

@@ -416,3 +416,79 @@ fn channels_last_inputs_and_gradients() {
         }
     }
 }
+
+/// `ActQuant::forward_relu` / `forward_relu6` (the activation fused into the
+/// quantizer's pass) against the reference quantizer applied to
+/// `ops::relu` / `ops::relu6`: values and input gradients bit for bit,
+/// dalpha within rounding, on both paths, with inputs at the activation's
+/// kinks (0, -0, 6) and at the clipping values.
+#[test]
+fn activations_fused_into_quantizers() {
+    use qatc_runtime::ops;
+    use qatc_runtime::quant::{ActQuant, ActSpec};
+    type Act = fn(&Tensor) -> Tensor;
+    type Reference = fn(&Tensor, &Tensor, u32) -> Tensor;
+    let dorefa_ref: Reference = |x, _, b| reference::dorefa_activation(x, b);
+    for alpha in [2.0f32, 10.0] {
+        let mut extra = specials(alpha, 127.0);
+        extra.extend([6.0, 6.0 - 1e-6, 6.0 + 1e-6, -1e-40]);
+        let x = input(80 + alpha as i64, &extra);
+        let cases: [(ActSpec, Reference); 4] = [
+            (ActSpec::Dorefa { bits: 8 }, dorefa_ref),
+            (ActSpec::Dorefa { bits: 1 }, dorefa_ref),
+            (
+                ActSpec::Pact {
+                    bits: 8,
+                    alpha: alpha as f64,
+                },
+                reference::pact,
+            ),
+            (
+                ActSpec::Mpact {
+                    bits: 8,
+                    alpha: alpha as f64,
+                },
+                reference::mpact,
+            ),
+        ];
+        for (spec, slow) in cases {
+            for (act_name, act) in [("relu", ops::relu as Act), ("relu6", ops::relu6 as Act)] {
+                for fused in [true, false] {
+                    quant::set_fused_kernels(fused);
+                    let name = format!("{spec:?} after {act_name} (alpha {alpha}, fused {fused})");
+                    let g = Tensor::randn(SHAPE, (Kind::Float, Device::Cpu));
+                    let vs = tch::nn::VarStore::new(Device::Cpu);
+                    let aq = ActQuant::from_spec(&vs.root(), spec);
+                    let xf = x.detach().copy().set_requires_grad(true);
+                    let qf = if act_name == "relu" {
+                        aq.forward_relu(&xf)
+                    } else {
+                        aq.forward_relu6(&xf)
+                    };
+                    (&qf * &g).sum(Kind::Float).backward();
+                    let xs = x.detach().copy().set_requires_grad(true);
+                    let a = Tensor::from(alpha).set_requires_grad(true);
+                    let qs = slow(&act(&xs), &a, aq.bits());
+                    (&qs * &g).sum(Kind::Float).backward();
+                    assert_eq!(
+                        differing_where(&qf, &qs, &x.isnan().logical_not()),
+                        0,
+                        "{name}: values"
+                    );
+                    assert_same_grad(&format!("{name} dx"), &xf.grad(), &xs.grad());
+                    if let Some(af) = aq.alpha() {
+                        assert_close_sum(&format!("{name} dalpha"), &af.grad(), &a.grad(), &g);
+                    }
+                    let untracked = tch::no_grad(|| aq.forward_relu6(&x));
+                    let want = tch::no_grad(|| slow(&ops::relu6(&x), &a, aq.bits()));
+                    assert_eq!(
+                        differing_where(&untracked, &want, &x.isnan().logical_not()),
+                        0,
+                        "{name}: no_grad values"
+                    );
+                }
+            }
+        }
+    }
+    quant::set_fused_kernels(true);
+}

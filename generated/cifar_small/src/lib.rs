@@ -184,18 +184,15 @@ impl tch::nn::ModuleT for CifarSmall {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
         let stem_conv1 = self.stem_conv1.forward(input);
         let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
-        let stem_relu1 = qatc_runtime::ops::relu(&stem_bn1);
-        let stem_act1 = self.stem_act1.forward(&stem_relu1);
+        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
         let stem_pool1 = qatc_runtime::ops::max_pool2d(&stem_act1, 2, 2, 0);
         let s1_0_conv1 = self.s1_0_conv1.forward(&stem_pool1);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
-        let s1_0_relu1 = qatc_runtime::ops::relu(&s1_0_bn1);
-        let s1_0_act1 = self.s1_0_act1.forward(&s1_0_relu1);
+        let s1_0_act1 = self.s1_0_act1.forward_relu(&s1_0_bn1);
         let s1_0_pool1 = qatc_runtime::ops::max_pool2d(&s1_0_act1, 2, 2, 0);
         let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_pool1);
         let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
-        let s2_0_relu1 = qatc_runtime::ops::relu(&s2_0_bn1);
-        let s2_0_act1 = self.s2_0_act1.forward(&s2_0_relu1);
+        let s2_0_act1 = self.s2_0_act1.forward_relu(&s2_0_bn1);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&s2_0_act1, 8, 8);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_pool1);
         self.fc_linear1.forward(&head_flatten1)

@@ -1270,8 +1270,7 @@ impl tch::nn::ModuleT for Toynet {
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
         let s1_0_act_quant_in1 = self.s1_0_act_quant_in1.forward(&s1_0_bn1);
         let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant_in1);
-        let s1_0_relu1 = qatc_runtime::ops::relu(&s1_0_conv2);
-        let s1_0_act_quant_in2 = self.s1_0_act_quant_in2.forward(&s1_0_relu1);
+        let s1_0_act_quant_in2 = self.s1_0_act_quant_in2.forward_relu(&s1_0_conv2);
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant_in2);
         let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, &stem_act_quant_out);
         let s1_0_act_quant_out = self.s1_0_act_quant_out.forward(&s1_0_add1);
@@ -1282,8 +1281,7 @@ impl tch::nn::ModuleT for Toynet {
         let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
         let s2_0_act_quant_in1 = self.s2_0_act_quant_in1.forward(&s2_0_bn1);
         let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act_quant_in1);
-        let s2_0_relu1 = qatc_runtime::ops::relu(&s2_0_conv2);
-        let s2_0_act_quant_in2 = self.s2_0_act_quant_in2.forward(&s2_0_relu1);
+        let s2_0_act_quant_in2 = self.s2_0_act_quant_in2.forward_relu(&s2_0_conv2);
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant_in2);
         let s2_0_add1 = qatc_runtime::ops::add(&s2_0_conv3, &s2_0_actq_down);
         let s2_0_act_quant_out = self.s2_0_act_quant_out.forward(&s2_0_add1);
@@ -1291,8 +1289,7 @@ impl tch::nn::ModuleT for Toynet {
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
         let s2_1_act_quant_in1 = self.s2_1_act_quant_in1.forward(&s2_1_bn1);
         let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant_in1);
-        let s2_1_relu1 = qatc_runtime::ops::relu(&s2_1_conv2);
-        let s2_1_act_quant_in2 = self.s2_1_act_quant_in2.forward(&s2_1_relu1);
+        let s2_1_act_quant_in2 = self.s2_1_act_quant_in2.forward_relu(&s2_1_conv2);
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant_in2);
         let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, &s2_0_act_quant_out);
         let s2_1_act_quant_out = self.s2_1_act_quant_out.forward(&s2_1_add1);
@@ -1300,8 +1297,7 @@ impl tch::nn::ModuleT for Toynet {
         let s2_2_bn1 = self.s2_2_bn1.forward_t(&s2_2_conv1, train);
         let s2_2_act_quant_in1 = self.s2_2_act_quant_in1.forward(&s2_2_bn1);
         let s2_2_conv2 = self.s2_2_conv2.forward(&s2_2_act_quant_in1);
-        let s2_2_relu1 = qatc_runtime::ops::relu(&s2_2_conv2);
-        let s2_2_act_quant_in2 = self.s2_2_act_quant_in2.forward(&s2_2_relu1);
+        let s2_2_act_quant_in2 = self.s2_2_act_quant_in2.forward_relu(&s2_2_conv2);
         let s2_2_conv3 = self.s2_2_conv3.forward(&s2_2_act_quant_in2);
         let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, &s2_1_act_quant_out);
         let s2_2_act_quant_out = self.s2_2_act_quant_out.forward(&s2_2_add1);
@@ -1309,8 +1305,7 @@ impl tch::nn::ModuleT for Toynet {
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
         let s3_0_act_quant_in1 = self.s3_0_act_quant_in1.forward(&s3_0_bn1);
         let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant_in1);
-        let s3_0_relu1 = qatc_runtime::ops::relu(&s3_0_conv2);
-        let s3_0_act_quant_in2 = self.s3_0_act_quant_in2.forward(&s3_0_relu1);
+        let s3_0_act_quant_in2 = self.s3_0_act_quant_in2.forward_relu(&s3_0_conv2);
         let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant_in2);
         let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, &s2_2_act_quant_out);
         let s3_0_act_quant_out = self.s3_0_act_quant_out.forward(&s3_0_add1);
@@ -1318,8 +1313,7 @@ impl tch::nn::ModuleT for Toynet {
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
         let s3_1_act_quant_in1 = self.s3_1_act_quant_in1.forward(&s3_1_bn1);
         let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant_in1);
-        let s3_1_relu1 = qatc_runtime::ops::relu(&s3_1_conv2);
-        let s3_1_act_quant_in2 = self.s3_1_act_quant_in2.forward(&s3_1_relu1);
+        let s3_1_act_quant_in2 = self.s3_1_act_quant_in2.forward_relu(&s3_1_conv2);
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant_in2);
         let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, &s3_0_act_quant_out);
         let s3_1_act_quant_out = self.s3_1_act_quant_out.forward(&s3_1_add1);
@@ -1327,8 +1321,7 @@ impl tch::nn::ModuleT for Toynet {
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
         let s3_2_act_quant_in1 = self.s3_2_act_quant_in1.forward(&s3_2_bn1);
         let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant_in1);
-        let s3_2_relu1 = qatc_runtime::ops::relu(&s3_2_conv2);
-        let s3_2_act_quant_in2 = self.s3_2_act_quant_in2.forward(&s3_2_relu1);
+        let s3_2_act_quant_in2 = self.s3_2_act_quant_in2.forward_relu(&s3_2_conv2);
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant_in2);
         let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, &s3_1_act_quant_out);
         let s3_2_act_quant_out = self.s3_2_act_quant_out.forward(&s3_2_add1);
@@ -1339,8 +1332,7 @@ impl tch::nn::ModuleT for Toynet {
         let s4_0_bn1 = self.s4_0_bn1.forward_t(&s4_0_conv1, train);
         let s4_0_act_quant_in1 = self.s4_0_act_quant_in1.forward(&s4_0_bn1);
         let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act_quant_in1);
-        let s4_0_relu1 = qatc_runtime::ops::relu(&s4_0_conv2);
-        let s4_0_act_quant_in2 = self.s4_0_act_quant_in2.forward(&s4_0_relu1);
+        let s4_0_act_quant_in2 = self.s4_0_act_quant_in2.forward_relu(&s4_0_conv2);
         let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant_in2);
         let s4_0_add1 = qatc_runtime::ops::add(&s4_0_conv3, &s4_0_actq_down);
         let s4_0_act_quant_out = self.s4_0_act_quant_out.forward(&s4_0_add1);
@@ -1348,8 +1340,7 @@ impl tch::nn::ModuleT for Toynet {
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
         let s4_1_act_quant_in1 = self.s4_1_act_quant_in1.forward(&s4_1_bn1);
         let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant_in1);
-        let s4_1_relu1 = qatc_runtime::ops::relu(&s4_1_conv2);
-        let s4_1_act_quant_in2 = self.s4_1_act_quant_in2.forward(&s4_1_relu1);
+        let s4_1_act_quant_in2 = self.s4_1_act_quant_in2.forward_relu(&s4_1_conv2);
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant_in2);
         let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, &s4_0_act_quant_out);
         let s4_1_act_quant_out = self.s4_1_act_quant_out.forward(&s4_1_add1);
@@ -1357,8 +1348,7 @@ impl tch::nn::ModuleT for Toynet {
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
         let s4_2_act_quant_in1 = self.s4_2_act_quant_in1.forward(&s4_2_bn1);
         let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant_in1);
-        let s4_2_relu1 = qatc_runtime::ops::relu(&s4_2_conv2);
-        let s4_2_act_quant_in2 = self.s4_2_act_quant_in2.forward(&s4_2_relu1);
+        let s4_2_act_quant_in2 = self.s4_2_act_quant_in2.forward_relu(&s4_2_conv2);
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant_in2);
         let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, &s4_1_act_quant_out);
         let s4_2_act_quant_out = self.s4_2_act_quant_out.forward(&s4_2_add1);

@@ -342,8 +342,7 @@ impl tch::nn::ModuleT for Vgg7 {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
         let stem_conv1 = self.stem_conv1.forward(input);
         let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
-        let stem_relu1 = qatc_runtime::ops::relu(&stem_bn1);
-        let stem_act1 = self.stem_act1.forward(&stem_relu1);
+        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
         let c1_0_convbn1_conv1 = self.c1_0_convbn1_conv1.forward(&stem_act1);
         let c1_0_convbn1_bn1 = self
             .c1_0_convbn1_bn1
@@ -382,8 +381,7 @@ impl tch::nn::ModuleT for Vgg7 {
         let c3_0_out_act1 = self.c3_0_out_act1.forward(&c3_0_pool1);
         let head_flatten1 = qatc_runtime::ops::flatten(&c3_0_out_act1);
         let fc_linear1 = self.fc_linear1.forward(&head_flatten1);
-        let fc_relu1 = qatc_runtime::ops::relu(&fc_linear1);
-        let fc_act1 = self.fc_act1.forward(&fc_relu1);
+        let fc_act1 = self.fc_act1.forward_relu(&fc_linear1);
         self.fc_linear2.forward(&fc_act1)
     }
 }

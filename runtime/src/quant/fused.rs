@@ -24,12 +24,24 @@ pub(crate) enum Mode {
     Mpact = 2,
 }
 
+/// An activation applied to the input inside the same pass (the C++ `act`):
+/// the quantizer reads `relu(x)` / `relu6(x)`, and `x` gets the gradient of
+/// the composition, as `quantize(ops::relu(x))` would give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub(crate) enum Act {
+    None = 0,
+    Relu = 1,
+    Relu6 = 2,
+}
+
 extern "C" {
     fn qatc_fq_quantize(
         x: *const torch_sys::C_tensor,
         alpha: *const torch_sys::C_tensor,
         mode: i64,
         bits: i64,
+        act: i64,
         track: i32,
     ) -> *mut torch_sys::C_tensor;
     fn qatc_fq_last_error() -> *const std::os::raw::c_char;
@@ -45,8 +57,8 @@ pub(crate) fn applies(x: &Tensor, alpha: Option<&Tensor>) -> bool {
     cpu_float(x) && alpha.is_none_or(cpu_float)
 }
 
-/// The quantized `x`; with `track`, carrying the seed's gradients to `x`
-/// and `alpha` (see the module docs).
+/// The quantized `act(x)`; with `track`, carrying the seed's gradients to
+/// `x` and `alpha` (see the module docs).
 ///
 /// # Panics
 /// If libtorch raises an error (a tensor [`applies`] rejects).
@@ -55,6 +67,7 @@ pub(crate) fn quantize(
     alpha: Option<&Tensor>,
     mode: Mode,
     bits: u32,
+    act: Act,
     track: bool,
 ) -> Tensor {
     let alpha_ptr = alpha.map_or(std::ptr::null(), Tensor::as_ptr);
@@ -66,6 +79,7 @@ pub(crate) fn quantize(
             alpha_ptr,
             mode as i64,
             i64::from(bits),
+            act as i64,
             i32::from(track),
         );
         if out.is_null() {
