@@ -88,3 +88,38 @@ fn committed_generated_crates_are_up_to_date() {
         );
     }
 }
+
+/// A ReLU read only by an activation quantizer is fused into its call
+/// (`forward_relu6`); one that something else reads too stays a ReLU.
+#[test]
+fn activations_fuse_only_into_their_only_reader() {
+    let dir = std::env::temp_dir().join(format!("qatc-fuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("fuse.qspec");
+    std::fs::write(
+        &path,
+        "model fuse {
+  input 3x8x8
+  classes 10
+  block res(cout) {
+    y = x -> conv3x3(cout) -> bn -> relu6 -> act(ain)
+    r = y -> conv3x3(cout) -> relu
+    z = r -> act(aout)
+    r += z
+    return r
+  }
+  stage s: res x1 (cout: 4)
+  head: avgpool(8) -> flatten
+  fc: linear(classes)
+  profile w8a8 { all { w 8  a 8 } }
+}
+",
+    )
+    .expect("write spec");
+    let lib = generate("fuse.qspec", &path).lib_rs;
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(lib.contains(".forward_relu6(&s_0_bn1)"), "{lib}");
+    // The second ReLU feeds the add as well as the quantizer.
+    assert!(lib.contains("qatc_runtime::ops::relu(&s_0_conv2)"), "{lib}");
+    assert!(!lib.contains(".forward_relu("), "{lib}");
+}
