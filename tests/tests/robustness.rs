@@ -52,7 +52,8 @@ fn every_truncation_of_the_seed_specs_is_handled() {
         assert!(front_end(&text, Syntax::Qspec), "{name} must check");
         let mut cut = 0;
         while cut < text.len() {
-            if text.is_char_boundary(cut) {
+            // A cut that removes only trailing whitespace leaves the spec whole.
+            if text.is_char_boundary(cut) && text[..cut].trim_end() != text.trim_end() {
                 assert!(
                     !front_end(&text[..cut], Syntax::Qspec) || cut == 0,
                     "{name} truncated at {cut} accepted"

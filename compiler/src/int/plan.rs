@@ -175,8 +175,9 @@ pub struct ConvLayer {
     /// Bits of the activations read (32: float input).
     pub a_bits: u32,
     /// Float input only: the sum is scaled by this before rounding to an
-    /// integer (1 under `trunc`, as the seed; 2^8 under `nearest`, which
-    /// keeps 8 fraction bits of the float stem).
+    /// integer (1 under `trunc`, as the seed; under `nearest`, a power of two
+    /// that keeps the sum to about 2^-15 of its real value: 2^8 over 8-bit
+    /// weights, 1 over 16-bit fixed-point ones).
     pub float_scale: f64,
     /// Terms summed per output (`cin/groups * k * k`).
     pub fan_in: usize,
@@ -981,12 +982,8 @@ impl<'a> Builder<'a> {
         bias: bool,
     ) -> Result<Value, IntError> {
         let (cout, kernel, stride, padding, groups) = geometry;
-        let float_scale = match self.opts.rounding {
-            Rounding::Trunc => 1.0,
-            Rounding::Nearest | Rounding::Scaled => 256.0,
-        };
-        let (input, a_bits, denom_a, bound) = match v {
-            Value::Float => (ConvInput::Float, 32, float_scale, None),
+        let (input, a_bits, mut denom_a, bound) = match v {
+            Value::Float => (ConvInput::Float, 32, 1.0, None),
             other => {
                 let q = self.integers(n, other)?;
                 let bits = match &self.tensors[q.t].kind {
@@ -1020,6 +1017,20 @@ impl<'a> Builder<'a> {
             let (q, scale) = weight_int(self.ck.get(&wname)?, w_bits);
             (q, scale, w_bits)
         };
+        // The float input's sum: truncated to an integer by the seed
+        // (`trunc`); otherwise kept to a resolution of about 2^-15 of its
+        // real value, i.e. 8 fraction bits over 8-bit weights (scale 127)
+        // and none over 16-bit fixed-point ones (2^15): more would only
+        // shrink the requantization's multipliers to a few significant bits.
+        let float_scale = match self.opts.rounding {
+            Rounding::Trunc => 1.0,
+            Rounding::Nearest | Rounding::Scaled => {
+                2f64.powi((15.0 - w_scale.log2()).round().clamp(0.0, 8.0) as i32)
+            }
+        };
+        if matches!(input, ConvInput::Float) {
+            denom_a = float_scale;
+        }
         let in_shape = shape3(&n.in_shape.0);
         let out_shape = shape3(&n.out_shape.0);
         let cin = in_shape[0];
