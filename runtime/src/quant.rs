@@ -697,27 +697,20 @@ impl ActQuant {
     }
 
     fn forward_after(&self, x: &Tensor, act: fused::Act) -> Tensor {
-        let unfused = || {
-            let y = match act {
-                fused::Act::Relu => crate::ops::relu(x),
-                fused::Act::Relu6 => crate::ops::relu6(x),
-                fused::Act::None => x.shallow_clone(),
-            };
-            nn::Module::forward(self, &y)
-        };
         let alpha = self.alpha.as_ref();
         let mode = match self.kind {
-            _ if self.bits == FLOAT_BITS => return unfused(),
-            ActQuantKind::DoReFa => fused::Mode::Dorefa,
-            ActQuantKind::Pact => fused::Mode::Pact,
-            ActQuantKind::MPact => fused::Mode::Mpact,
-            ActQuantKind::Off | ActQuantKind::FixedScalePact { .. } => return unfused(),
+            ActQuantKind::DoReFa => Some(fused::Mode::Dorefa),
+            ActQuantKind::Pact => Some(fused::Mode::Pact),
+            ActQuantKind::MPact => Some(fused::Mode::Mpact),
+            ActQuantKind::Off | ActQuantKind::FixedScalePact { .. } => None,
         };
-        if !fused::applies(x, alpha) {
-            return unfused();
+        match mode {
+            Some(mode) if self.bits != FLOAT_BITS && fused::applies(x, alpha) => {
+                let track = tracked(x) || alpha.is_some_and(tracked);
+                fused::quantize(x, alpha, mode, self.bits, act, track)
+            }
+            _ => nn::Module::forward(self, &act.apply(x)),
         }
-        let track = tracked(x) || alpha.is_some_and(tracked);
-        fused::quantize(x, alpha, mode, self.bits, act, track)
     }
 }
 

@@ -35,6 +35,17 @@ pub(crate) enum Act {
     Relu6 = 2,
 }
 
+impl Act {
+    /// The activation alone, as the unfused path applies it.
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Act::None => x.shallow_clone(),
+            Act::Relu => crate::ops::relu(x),
+            Act::Relu6 => crate::ops::relu6(x),
+        }
+    }
+}
+
 extern "C" {
     fn qatc_fq_quantize(
         x: *const torch_sys::C_tensor,
