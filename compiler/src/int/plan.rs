@@ -730,8 +730,7 @@ impl<'a> Builder<'a> {
                     return None;
                 }
                 let reach = t.gain * self.channel_reach(lin, ch, false);
-                let (b32, b64) = bias_of(ch);
-                let b = b64;
+                let (b32, b) = bias_of(ch);
                 let value = if !reach.is_finite() || !b.is_finite() {
                     None
                 } else if b + reach < lo as f64 - 1.0 {
@@ -741,7 +740,7 @@ impl<'a> Builder<'a> {
                 } else {
                     None
                 }?;
-                let all_fit = self.fits(b32, b64, fmt)
+                let all_fit = self.fits(b32, b, fmt)
                     && lin.terms.iter().all(|term| {
                         let (m32, m64) = mult_of(term, ch);
                         self.fits(m32, m64, fmt)
