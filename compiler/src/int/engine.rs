@@ -307,18 +307,9 @@ fn gemm_madd(
 unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
     for (j, row) in packed.chunks_exact_mut(2 * p).enumerate() {
         let a = &col[2 * j * p..(2 * j + 1) * p];
-        if 2 * j + 1 < k {
-            let b = &col[(2 * j + 1) * p..(2 * j + 2) * p];
-            for (d, (&x, &y)) in row.chunks_exact_mut(2).zip(a.iter().zip(b)) {
-                d[0] = x as i16;
-                d[1] = y as i16;
-            }
-        } else {
-            for (d, &x) in row.chunks_exact_mut(2).zip(a) {
-                d[0] = x as i16;
-                d[1] = 0;
-            }
-        }
+        let b = (2 * j + 1 < k).then(|| &col[(2 * j + 1) * p..(2 * j + 2) * p]);
+        // SAFETY: called with AVX2 enabled (this function's own feature).
+        unsafe { pair_rows(a, b, row) };
     }
 }
 
@@ -326,47 +317,55 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
 #[target_feature(enable = "avx2")]
 unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
     use std::arch::x86_64::*;
-    // Output rows per pass: eight accumulators, the input vector and a
-    // broadcast stay in the sixteen AVX2 registers.
-    const ROWS: usize = 8;
     let kp = k.div_ceil(2);
     let p8 = p / 8 * 8;
-    let mut o = 0;
-    while o < m {
-        let rows = (m - o).min(ROWS);
-        // Rows past the end repeat the last one (computed, not stored).
-        let w: [&[i32]; ROWS] = std::array::from_fn(|r| {
-            &wp[(o + r.min(rows - 1)) * kp..(o + r.min(rows - 1) + 1) * kp]
-        });
-        let mut i = 0;
-        while i < p8 {
-            let mut acc = [_mm256_setzero_si256(); ROWS];
+    // Each block of eight output rows is copied once as `[kp][8]` (rows
+    // past `m` zero), so the inner loop reads its broadcasts at fixed
+    // offsets from one pointer.
+    let mut wb = vec![0i32; kp * MADD_ROWS];
+    for o in (0..m).step_by(MADD_ROWS) {
+        let rows = (m - o).min(MADD_ROWS);
+        for (r, row) in wp[o * kp..(o + rows) * kp].chunks_exact(kp).enumerate() {
+            for (j, &w) in row.iter().enumerate() {
+                wb[j * MADD_ROWS + r] = w;
+            }
+        }
+        for r in rows..MADD_ROWS {
             for j in 0..kp {
-                // 8 positions x 2 rows of k: 16 i16 at packed[j*2p + 2i ..].
-                let x =
-                    _mm256_loadu_si256(packed.as_ptr().add(j * 2 * p + 2 * i) as *const __m256i);
-                for r in 0..ROWS {
-                    acc[r] =
-                        _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, _mm256_set1_epi32(w[r][j])));
+                wb[j * MADD_ROWS + r] = 0;
+            }
+        }
+        for i in (0..p8).step_by(8) {
+            let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
+            // 8 positions x 2 rows of k: 16 i16 at packed[j*2p + 2i ..].
+            let mut x = packed.as_ptr().add(2 * i);
+            let mut w = wb.as_ptr();
+            for _ in 0..kp {
+                let xv = _mm256_loadu_si256(x as *const __m256i);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wr = _mm256_set1_epi32(*w.add(r));
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wr));
                 }
+                x = x.add(2 * p);
+                w = w.add(MADD_ROWS);
             }
+            let dst = out.as_mut_ptr().add(o * p + i);
             for (r, a) in acc.iter().enumerate().take(rows) {
-                _mm256_storeu_si256(out.as_mut_ptr().add((o + r) * p + i) as *mut __m256i, *a);
+                _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
             }
-            i += 8;
         }
         for r in 0..rows {
             for i in p8..p {
                 let mut s = 0i32;
                 for j in 0..kp {
-                    let (lo, hi) = (w[r][j] as i16 as i32, w[r][j] >> 16);
+                    let w = wb[j * MADD_ROWS + r];
+                    let (lo, hi) = (w as i16 as i32, w >> 16);
                     s += lo * packed[j * 2 * p + 2 * i] as i32
                         + hi * packed[j * 2 * p + 2 * i + 1] as i32;
                 }
                 out[(o + r) * p + i] = s;
             }
         }
-        o += rows;
     }
 }
 
@@ -506,10 +505,42 @@ fn direct_conv(l: &ConvLayer) -> bool {
     l.groups == 1 && l.stride == 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
 }
 
+/// Output channels per pass of [`direct_kernel`]: eight accumulators, the
+/// input vector and a broadcast stay in the sixteen AVX2 registers.
+const MADD_ROWS: usize = 8;
+
+/// The weights of a [`direct_conv`] laid out for [`direct_kernel`]:
+/// `[cout / 8][cin / 2][k * k][8]`, each entry the pair of input channels
+/// `(2c, 2c + 1)` at one tap as i16 halves of an i32 (low half the even
+/// channel); channels past `cin` and rows past `cout` are zero.
+fn direct_weights(l: &ConvLayer) -> Vec<i32> {
+    let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
+    let at = |o: usize, c: usize, t: usize| -> u32 {
+        if o < l.cout && c < l.cin {
+            l.weights[(o * l.cin + c) * k2 + t] as i16 as u16 as u32
+        } else {
+            0
+        }
+    };
+    let blocks = l.cout.div_ceil(MADD_ROWS);
+    let mut v = Vec::with_capacity(blocks * cp * k2 * MADD_ROWS);
+    for b in 0..blocks {
+        for c in 0..cp {
+            for t in 0..k2 {
+                for r in 0..MADD_ROWS {
+                    let o = b * MADD_ROWS + r;
+                    v.push((at(o, 2 * c, t) | (at(o, 2 * c + 1, t) << 16)) as i32);
+                }
+            }
+        }
+    }
+    v
+}
+
 /// A stride-1 k x k conv without im2col: the input is laid out once as
 /// zero-padded planes of interleaved channel pairs, and each tap reads a
-/// shifted row of it (`vpmaddwd` on channel pairs, eight output rows per
-/// load). Returns false (nothing done) without AVX2.
+/// shifted row of it (`vpmaddwd` on channel pairs, eight output channels
+/// per load). Returns false (nothing done) without AVX2.
 fn conv_direct_madd(
     l: &ConvLayer,
     input: &[i32],
@@ -519,27 +550,41 @@ fn conv_direct_madd(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
-        if !std::arch::is_x86_feature_detected!("avx2") || dpairs.len() != l.cout * cp * k2 {
+        let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(2));
+        let blocks = l.cout.div_ceil(MADD_ROWS);
+        if !std::arch::is_x86_feature_detected!("avx2")
+            || dpairs.len() != blocks * cp * k2 * MADD_ROWS
+        {
             return false;
         }
         let [ih, iw] = l.in_hw;
         let (ph, pw) = (ih + 2 * l.padding, iw + 2 * l.padding);
         padded.clear();
         padded.resize(cp * ph * pw * 2, 0);
-        for c in 0..l.cin {
-            let plane = &input[c * ih * iw..(c + 1) * ih * iw];
-            let base = (c / 2) * ph * pw;
+        let plane = |c: usize| &input[c * ih * iw..(c + 1) * ih * iw];
+        for c in 0..cp {
+            let (a, b) = (plane(2 * c), (2 * c + 1 < l.cin).then(|| plane(2 * c + 1)));
             for y in 0..ih {
-                let row = base + (y + l.padding) * pw + l.padding;
-                for (x, &v) in plane[y * iw..(y + 1) * iw].iter().enumerate() {
-                    padded[2 * (row + x) + c % 2] = v as i16;
+                let at = 2 * (c * ph * pw + (y + l.padding) * pw + l.padding);
+                let dst = &mut padded[at..at + 2 * iw];
+                let row = y * iw..(y + 1) * iw;
+                // SAFETY: AVX2 is present (checked above).
+                unsafe { pair_rows(&a[row.clone()], b.map(|b| &b[row]), dst) };
+            }
+        }
+        // Where tap (c, ky, kx) reads, relative to an output position's
+        // top-left corner, in i16 units.
+        let mut taps = Vec::with_capacity(cp * k2);
+        for c in 0..cp {
+            for ky in 0..k {
+                for kx in 0..k {
+                    taps.push(2 * (c * ph * pw + ky * pw + kx));
                 }
             }
         }
-        // SAFETY: AVX2 is present (checked above); indices stay inside
-        // `padded` and `out` (see the bounds in the kernel).
-        unsafe { direct_kernel(l, dpairs, padded, ph, pw, out) };
+        // SAFETY: AVX2 is present (checked above); every read stays inside
+        // `padded` and every write inside `out` (see the bounds in the kernel).
+        unsafe { direct_kernel(l, dpairs, padded, pw, &taps, out) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -549,78 +594,67 @@ fn conv_direct_madd(
     }
 }
 
+/// `out[2i] = a[i]`, `out[2i + 1] = b[i]` (0 without `b`) as i16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
+    match b {
+        Some(b) => {
+            for (d, (&x, &y)) in out.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+                d[0] = x as i16;
+                d[1] = y as i16;
+            }
+        }
+        None => {
+            for (d, &x) in out.chunks_exact_mut(2).zip(a) {
+                d[0] = x as i16;
+                d[1] = 0;
+            }
+        }
+    }
+}
+
+/// Eight output channels x eight positions of one output row per pass:
+/// one load of the shifted input row per (channel pair, tap), then one
+/// broadcast weight pair, `vpmaddwd` and `vpaddd` per output channel.
+/// Bounds: with stride 1, `ow = pw - k + 1`, so for `i + 8 <= ow` the
+/// furthest tap reads `2 * ((y + k - 1) * pw + i + k - 1 + 8) <= padded.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn direct_kernel(
     l: &ConvLayer,
     dpairs: &[i32],
     padded: &[i16],
-    ph: usize,
     pw: usize,
+    taps: &[usize],
     out: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    const ROWS: usize = 8;
-    let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(2));
     let [oh, ow] = l.out_hw;
     let p = oh * ow;
-    let ow8 = ow / 8 * 8;
-    let per_o = cp * k2;
-    let mut o = 0;
-    while o < l.cout {
-        let rows = (l.cout - o).min(ROWS);
-        let w: [&[i32]; ROWS] = std::array::from_fn(|r| {
-            let oo = o + r.min(rows - 1);
-            &dpairs[oo * per_o..(oo + 1) * per_o]
-        });
+    let n = taps.len();
+    for b in 0..l.cout.div_ceil(MADD_ROWS) {
+        let rows = (l.cout - b * MADD_ROWS).min(MADD_ROWS);
+        let wb = dpairs.as_ptr().add(b * n * MADD_ROWS);
         for y in 0..oh {
-            let mut i = 0;
-            while i < ow8 {
-                let mut acc = [_mm256_setzero_si256(); ROWS];
-                for c in 0..cp {
-                    for ky in 0..k {
-                        // (y + ky) < ph and kx + i + 8 <= pw: stride 1 means ow = pw - k + 1.
-                        let row = c * ph * pw + (y + ky) * pw + i;
-                        for kx in 0..k {
-                            let x = _mm256_loadu_si256(
-                                padded.as_ptr().add(2 * (row + kx)) as *const __m256i
-                            );
-                            let t = c * k2 + ky * k + kx;
-                            for r in 0..ROWS {
-                                acc[r] = _mm256_add_epi32(
-                                    acc[r],
-                                    _mm256_madd_epi16(x, _mm256_set1_epi32(w[r][t])),
-                                );
-                            }
-                        }
+            for i in (0..ow).step_by(8) {
+                let base = padded.as_ptr().add(2 * (y * pw + i));
+                let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
+                let mut w = wb;
+                for &off in taps {
+                    let x = _mm256_loadu_si256(base.add(off) as *const __m256i);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wr = _mm256_set1_epi32(*w.add(r));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(x, wr));
                     }
+                    w = w.add(MADD_ROWS);
                 }
+                let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
                 for (r, a) in acc.iter().enumerate().take(rows) {
-                    _mm256_storeu_si256(
-                        out.as_mut_ptr().add((o + r) * p + y * ow + i) as *mut __m256i,
-                        *a,
-                    );
-                }
-                i += 8;
-            }
-            for r in 0..rows {
-                for i in ow8..ow {
-                    let mut s = 0i32;
-                    for c in 0..cp {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let at = 2 * (c * ph * pw + (y + ky) * pw + i + kx);
-                                let wv = w[r][c * k2 + ky * k + kx];
-                                s += (wv as i16 as i32) * padded[at] as i32
-                                    + (wv >> 16) * padded[at + 1] as i32;
-                            }
-                        }
-                    }
-                    out[(o + r) * p + y * ow + i] = s;
+                    _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
                 }
             }
         }
-        o += rows;
     }
 }
 
@@ -743,8 +777,8 @@ fn conv_typed<T: Num>(
 
 /// Weights converted once per plan to every width the engine computes in.
 pub struct Weights {
-    /// Per stride-1 ungrouped k x k conv: `[cout][cin/2][k*k]` pairs of
-    /// input channels `(2c, 2c+1)` at one tap, for [`conv_direct_madd`].
+    /// Per stride-1 ungrouped k x k conv: [`direct_weights`], for
+    /// [`conv_direct_madd`].
     dpairs: Vec<Vec<i32>>,
     /// Per conv layer, per group, per output row: the weights as i16 pairs
     /// in i32 lanes (low half `w[2j]`, high half `w[2j+1]`) for [`gemm_madd`].
@@ -773,25 +807,7 @@ impl Weights {
                 _ => (Vec::new(), Vec::new(), Vec::new()),
             };
             w.dpairs.push(match layer {
-                Layer::Conv(l) if direct_conv(l) => {
-                    let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
-                    let at = |o: usize, c: usize, t: usize| -> u32 {
-                        if c < l.cin {
-                            l.weights[(o * l.cin + c) * k2 + t] as i16 as u16 as u32
-                        } else {
-                            0
-                        }
-                    };
-                    let mut v = Vec::with_capacity(l.cout * cp * k2);
-                    for o in 0..l.cout {
-                        for c in 0..cp {
-                            for t in 0..k2 {
-                                v.push((at(o, 2 * c, t) | (at(o, 2 * c + 1, t) << 16)) as i32);
-                            }
-                        }
-                    }
-                    v
-                }
+                Layer::Conv(l) if direct_conv(l) => direct_weights(l),
                 _ => Vec::new(),
             });
             w.pairs.push(match layer {
@@ -815,6 +831,17 @@ impl Weights {
             w.wf.push(c);
         }
         w
+    }
+}
+
+/// A float conv's sums, rounded by `round`, into an integer buffer.
+fn round_into(out: &mut Buf, sums: &[f64], round: impl Fn(f64) -> i64) {
+    match out {
+        Buf::I64(v) => v.iter_mut().zip(sums).for_each(|(a, &x)| *a = round(x)),
+        Buf::I32(v) => v
+            .iter_mut()
+            .zip(sums)
+            .for_each(|(a, &x)| *a = round(x) as i32),
     }
 }
 
@@ -843,19 +870,12 @@ fn run_conv(
                 &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
             );
             let scale = l.float_scale;
-            let round = |x: f64| -> i64 {
-                match plan.options.rounding {
-                    // The seed: `F.conv2d(...).long()`.
-                    Rounding::Trunc => x.trunc() as i64,
-                    Rounding::Nearest | Rounding::Scaled => (x * scale).round() as i64,
+            match plan.options.rounding {
+                // The seed: `F.conv2d(...).long()` (`as` truncates).
+                Rounding::Trunc => round_into(out, &o, |x| x as i64),
+                Rounding::Nearest | Rounding::Scaled => {
+                    round_into(out, &o, |x| (x * scale).round() as i64)
                 }
-            };
-            match out {
-                Buf::I64(v) => v.iter_mut().zip(&o).for_each(|(a, &x)| *a = round(x)),
-                Buf::I32(v) => v
-                    .iter_mut()
-                    .zip(&o)
-                    .for_each(|(a, &x)| *a = round(x) as i32),
             }
             ws.colf = col;
             ws.outf = o;
@@ -952,6 +972,11 @@ fn run_conv(
             for x in v.iter_mut() {
                 *x = apply(*x as i64) as i32;
             }
+        }
+        Buf::I64(v) if fast => {
+            st.values += v.len() as u64;
+            let m = v.iter().fold(0u64, |m, &x| m.max(x.unsigned_abs()));
+            st.max_abs = st.max_abs.max(m.min(i64::MAX as u64) as i64);
         }
         Buf::I64(v) => {
             st.values += v.len() as u64;
