@@ -190,7 +190,10 @@ fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut
     }
 }
 
-/// Depthwise conv of one channel: `out[oh x ow] += sum w[ky,kx] * in[...]`.
+/// Depthwise conv of one channel: `out[oh x ow] = sum w[ky,kx] * in[...]`.
+/// The channel is first copied into `padded` with its zero border, so every
+/// tap is one pass over a whole output row (rows stay in L1, stride-1 passes
+/// vectorise without edge cases).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn depthwise_body<T: Num>(
@@ -204,32 +207,28 @@ fn depthwise_body<T: Num>(
     out: &mut [T],
     oh: usize,
     ow: usize,
+    padded: &mut Vec<T>,
 ) {
-    out.fill(T::default());
-    for ky in 0..k {
-        for kx in 0..k {
-            let wv = w[ky * k + kx];
-            if wv == T::default() {
-                continue;
-            }
-            for oy in 0..oh {
-                let iy = (oy * stride + ky) as isize - pad as isize;
-                if iy < 0 || iy >= ih as isize {
-                    continue;
-                }
-                let irow = &input[iy as usize * iw..(iy as usize + 1) * iw];
-                let orow = &mut out[oy * ow..(oy + 1) * ow];
-                // Output columns whose input column is inside the image.
-                let lo = (pad.saturating_sub(kx)).div_ceil(stride);
-                let hi = ((iw + pad).saturating_sub(kx)).div_ceil(stride).min(ow);
+    let pw = iw + 2 * pad;
+    padded.clear();
+    padded.resize((ih + 2 * pad) * pw, T::default());
+    for (y, row) in input.chunks_exact(iw).take(ih).enumerate() {
+        padded[(y + pad) * pw + pad..(y + pad) * pw + pad + iw].copy_from_slice(row);
+    }
+    // oh = (ih + 2 pad - k) / stride + 1: the last row read is inside.
+    for (oy, orow) in out.chunks_exact_mut(ow).take(oh).enumerate() {
+        orow.fill(T::default());
+        for ky in 0..k {
+            let prow = &padded[(oy * stride + ky) * pw..(oy * stride + ky + 1) * pw];
+            for kx in 0..k {
+                let wv = w[ky * k + kx];
                 if stride == 1 {
-                    let start = lo + kx - pad;
-                    for (o, &x) in orow[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                    for (o, &x) in orow.iter_mut().zip(&prow[kx..kx + ow]) {
                         *o = *o + wv * x;
                     }
                 } else {
-                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
-                        *o = *o + wv * irow[ox * stride + kx - pad];
+                    for (ox, o) in orow.iter_mut().enumerate() {
+                        *o = *o + wv * prow[ox * stride + kx];
                     }
                 }
             }
@@ -266,7 +265,7 @@ dispatch!(
     depthwise,
     depthwise_avx2,
     depthwise_body,
-    (input: &[T], ih: usize, iw: usize, w: &[T], k: usize, stride: usize, pad: usize, out: &mut [T], oh: usize, ow: usize)
+    (input: &[T], ih: usize, iw: usize, w: &[T], k: usize, stride: usize, pad: usize, out: &mut [T], oh: usize, ow: usize, padded: &mut Vec<T>)
 );
 
 /// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
@@ -751,6 +750,7 @@ fn conv_typed<T: Num>(
                 &mut out[c * p..(c + 1) * p],
                 oh,
                 ow,
+                col,
             );
         }
         return;
@@ -988,66 +988,12 @@ fn run_conv(
     ws.bufs[l.output] = out;
 }
 
-/// [`requant_row_body`] with two terms (a residual add).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn requant_row2(
-    src: &[i32],
-    m: i32,
-    src2: &[i32],
-    m2: i32,
-    b: i64,
-    shift: u32,
-    div: Div,
-    lo: i64,
-    hi: i64,
-    out: &mut [i32],
-) {
-    let (m, m2, lo, hi) = (
-        m as i64,
-        m2 as i64,
-        lo.max(i32::MIN as i64),
-        hi.min(i32::MAX as i64),
-    );
-    let mask = if shift == 0 { 0 } else { (1i64 << shift) - 1 };
-    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
-    let n = out.len().min(src.len()).min(src2.len());
-    let (out, src, src2) = (&mut out[..n], &src[..n], &src2[..n]);
-    match div {
-        Div::Trunc => {
-            for i in 0..n {
-                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
-                out[i] = ((s + ((s >> 63) & mask)) >> shift).clamp(lo, hi) as i32;
-            }
-        }
-        Div::Floor => {
-            for i in 0..n {
-                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
-                out[i] = (s >> shift).clamp(lo, hi) as i32;
-            }
-        }
-        Div::Nearest => {
-            for i in 0..n {
-                let s = src[i] as i64 * m + src2[i] as i64 * m2 + b;
-                let neg = s >> 63;
-                let a = (s ^ neg) - neg;
-                let q = (a + half) >> shift;
-                out[i] = ((q ^ neg) - neg).clamp(lo, hi) as i32;
-            }
-        }
-    }
-}
-
 /// Largest |x| (vectorised; AVX2 where the CPU has it).
 fn max_abs(v: &[i32]) -> u32 {
-    #[inline(always)]
-    fn body(v: &[i32]) -> u32 {
-        v.iter().fold(0u32, |m, x| m.max(x.unsigned_abs()))
-    }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn avx2(v: &[i32]) -> u32 {
-        body(v)
+        abs_peak(v)
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -1056,53 +1002,167 @@ fn max_abs(v: &[i32]) -> u32 {
             return unsafe { avx2(v) };
         }
     }
-    body(v)
+    abs_peak(v)
 }
 
-/// One channel of a one-term requantization, the multiplier in 32 bits
-/// (always so for formats of at most 32 bits): the product is a
-/// sign-extended 32x32 multiply, which vectorises; one loop per rounding so
-/// none branches inside.
+/// Largest |x|, inlined into its caller (so vectorised with its features).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn requant_row_body(
-    src: &[i32],
+fn abs_peak(v: &[i32]) -> u32 {
+    v.iter().fold(0u32, |m, x| m.max(x.unsigned_abs()))
+}
+
+/// The integer a requantization computes its sums in: i64 always holds
+/// them (multipliers of at most 32 bits times 32-bit sources); i32 does
+/// where the row's values bound them (8 lanes per AVX2 vector instead of 4,
+/// and native min/max).
+trait Lane:
+    Copy
+    + Ord
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::BitAnd<Output = Self>
+    + std::ops::BitXor<Output = Self>
+    + std::ops::Shr<u32, Output = Self>
+{
+    const BITS: u32;
+    fn from_i32(x: i32) -> Self;
+    /// `x` where it fits (the caller checked).
+    fn from_i64(x: i64) -> Self;
+    fn to_i32(self) -> i32;
+}
+
+impl Lane for i32 {
+    const BITS: u32 = 32;
+    fn from_i32(x: i32) -> i32 {
+        x
+    }
+    fn from_i64(x: i64) -> i32 {
+        x as i32
+    }
+    fn to_i32(self) -> i32 {
+        self
+    }
+}
+
+impl Lane for i64 {
+    const BITS: u32 = 64;
+    fn from_i32(x: i32) -> i64 {
+        x as i64
+    }
+    fn from_i64(x: i64) -> i64 {
+        x
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+/// The constants of one channel of a requantization (see
+/// [`requant_row_body`]).
+#[derive(Clone, Copy)]
+struct RowScale {
     m: i32,
-    src2: &[i32],
     m2: i32,
     b: i64,
     shift: u32,
     div: Div,
     lo: i64,
     hi: i64,
-    out: &mut [i32],
-) {
+}
+
+/// One channel of a requantization with one term (`src2` empty) or two (a
+/// residual add): `out = clamp(div(src * m + src2 * m2 + b, 2^shift), lo, hi)`,
+/// the multipliers in 32 bits (always so for formats of at most 32 bits).
+/// Computed in i32 where `max|src| * |m| + max|src2| * |m2| + |b| + 2^shift`
+/// stays below 2^31 (then no sum, and no rounding offset added to one, can
+/// pass i32), else in i64 (sign-extended 32x32 products); one loop per
+/// rounding so none branches inside.
+#[inline(always)]
+fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    let RowScale {
+        m, m2, b, shift, ..
+    } = *q;
+    let peak = |v: &[i32]| abs_peak(v) as i64;
+    let mut bound = peak(src) * (m as i64).abs() + b.saturating_abs() + (1i64 << shift.min(40));
     if !src2.is_empty() {
-        return requant_row2(src, m, src2, m2, b, shift, div, lo, hi, out);
+        bound += peak(src2) * (m2 as i64).abs();
     }
-    let (m, lo, hi) = (m as i64, lo.max(i32::MIN as i64), hi.min(i32::MAX as i64));
-    let mask = if shift == 0 { 0 } else { (1i64 << shift) - 1 };
-    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    if bound < 1 << 31 && shift < 31 {
+        requant_lanes::<i32>(src, src2, q, out)
+    } else {
+        requant_lanes::<i64>(src, src2, q, out)
+    }
+}
+
+#[inline(always)]
+fn requant_lanes<T: Lane>(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    let RowScale { shift, div, .. } = *q;
+    let (m, m2, b) = (T::from_i32(q.m), T::from_i32(q.m2), T::from_i64(q.b));
+    let (lo, hi) = (q.lo.max(i32::MIN as i64), q.hi.min(i32::MAX as i64));
+    let (lo, hi) = (T::from_i64(lo), T::from_i64(hi));
+    let zero = T::from_i32(0);
+    let mask = if shift == 0 {
+        zero
+    } else {
+        T::from_i64((1i64 << shift) - 1)
+    };
+    let half = if shift == 0 {
+        zero
+    } else {
+        T::from_i64(1i64 << (shift - 1))
+    };
+    let sign = T::BITS - 1;
+    let n = out.len().min(src.len());
+    let (out, src) = (&mut out[..n], &src[..n]);
+    if src2.is_empty() {
+        match div {
+            Div::Trunc => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    let s = T::from_i32(x) * m + b;
+                    *o = ((s + ((s >> sign) & mask)) >> shift).clamp(lo, hi).to_i32();
+                }
+            }
+            Div::Floor => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    *o = ((T::from_i32(x) * m + b) >> shift).clamp(lo, hi).to_i32();
+                }
+            }
+            Div::Nearest => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    let s = T::from_i32(x) * m + b;
+                    // Halves away from zero: round |s|, restore the sign.
+                    let neg = s >> sign;
+                    let a = (s ^ neg) - neg;
+                    let q = (a + half) >> shift;
+                    *o = ((q ^ neg) - neg).clamp(lo, hi).to_i32();
+                }
+            }
+        }
+        return;
+    }
+    let n = n.min(src2.len());
+    let (out, src, src2) = (&mut out[..n], &src[..n], &src2[..n]);
     match div {
         Div::Trunc => {
-            for (o, &x) in out.iter_mut().zip(src) {
-                let s = x as i64 * m + b;
-                *o = ((s + ((s >> 63) & mask)) >> shift).clamp(lo, hi) as i32;
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                out[i] = ((s + ((s >> sign) & mask)) >> shift).clamp(lo, hi).to_i32();
             }
         }
         Div::Floor => {
-            for (o, &x) in out.iter_mut().zip(src) {
-                *o = ((x as i64 * m + b) >> shift).clamp(lo, hi) as i32;
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                out[i] = (s >> shift).clamp(lo, hi).to_i32();
             }
         }
         Div::Nearest => {
-            for (o, &x) in out.iter_mut().zip(src) {
-                let s = x as i64 * m + b;
-                // Halves away from zero: round |s|, restore the sign.
-                let neg = s >> 63;
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                let neg = s >> sign;
                 let a = (s ^ neg) - neg;
                 let q = (a + half) >> shift;
-                *o = ((q ^ neg) - neg).clamp(lo, hi) as i32;
+                out[i] = ((q ^ neg) - neg).clamp(lo, hi).to_i32();
             }
         }
     }
@@ -1110,44 +1170,20 @@ fn requant_row_body(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn requant_row_avx2(
-    src: &[i32],
-    m: i32,
-    src2: &[i32],
-    m2: i32,
-    b: i64,
-    shift: u32,
-    div: Div,
-    lo: i64,
-    hi: i64,
-    out: &mut [i32],
-) {
-    requant_row_body(src, m, src2, m2, b, shift, div, lo, hi, out)
+unsafe fn requant_row_avx2(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    requant_row_body(src, src2, q, out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn requant_row(
-    src: &[i32],
-    m: i32,
-    src2: &[i32],
-    m2: i32,
-    b: i64,
-    shift: u32,
-    div: Div,
-    lo: i64,
-    hi: i64,
-    out: &mut [i32],
-) {
+fn requant_row(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { requant_row_avx2(src, m, src2, m2, b, shift, div, lo, hi, out) };
+            unsafe { requant_row_avx2(src, src2, q, out) };
             return;
         }
     }
-    requant_row_body(src, m, src2, m2, b, shift, div, lo, hi, out)
+    requant_row_body(src, src2, q, out)
 }
 
 fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
@@ -1176,7 +1212,20 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
             let s = &src[ch * p..(ch + 1) * p];
             let (m, b) = (t0.mult[ch], r.bias[ch]);
             match i32::try_from(m) {
-                Ok(m) => requant_row(s, m, &[], 0, b, shift, div, lo, hi, o),
+                Ok(m) => requant_row(
+                    s,
+                    &[],
+                    &RowScale {
+                        m,
+                        m2: 0,
+                        b,
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                    },
+                    o,
+                ),
                 Err(_) => {
                     for (o, &x) in o.iter_mut().zip(s) {
                         *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
@@ -1189,7 +1238,23 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
             let o = &mut out[ch * p..(ch + 1) * p];
             let (sa, sb) = (&a[ch * p..(ch + 1) * p], &b2[ch * p..(ch + 1) * p]);
             match (i32::try_from(t0.mult[ch]), i32::try_from(t1.mult[ch])) {
-                (Ok(m0), Ok(m1)) => requant_row(sa, m0, sb, m1, r.bias[ch], shift, div, lo, hi, o),
+                (Ok(m0), Ok(m1)) => {
+                    let b = r.bias[ch];
+                    requant_row(
+                        sa,
+                        sb,
+                        &RowScale {
+                            m: m0,
+                            m2: m1,
+                            b,
+                            shift,
+                            div,
+                            lo,
+                            hi,
+                        },
+                        o,
+                    )
+                }
                 _ => {
                     for i in 0..p {
                         let s =
@@ -1372,14 +1437,34 @@ mod tests {
 
     #[test]
     fn depthwise_matches_naive_with_stride_and_padding() {
-        for stride in [1, 2] {
-            let (ih, iw, k, pad) = (5, 6, 3, 1);
+        let mut padded = Vec::new();
+        for (stride, k, pad) in [
+            (1, 3, 1),
+            (2, 3, 1),
+            (1, 3, 0),
+            (2, 5, 2),
+            (3, 2, 0),
+            (1, 1, 0),
+        ] {
+            let (ih, iw) = (5, 6);
             let oh = (ih + 2 * pad - k) / stride + 1;
             let ow = (iw + 2 * pad - k) / stride + 1;
             let input: Vec<i64> = (0..ih * iw).map(|i| (i as i64 * 3 % 7) - 3).collect();
             let w: Vec<i64> = (0..k * k).map(|i| i as i64 - 4).collect();
             let mut out = vec![0; oh * ow];
-            depthwise(&input, ih, iw, &w, k, stride, pad, &mut out, oh, ow);
+            depthwise(
+                &input,
+                ih,
+                iw,
+                &w,
+                k,
+                stride,
+                pad,
+                &mut out,
+                oh,
+                ow,
+                &mut padded,
+            );
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut want = 0;
