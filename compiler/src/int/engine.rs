@@ -137,10 +137,126 @@ impl Workspace {
 trait Num:
     Copy + Default + PartialEq + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
 {
+    /// A stride-1 depthwise conv over a zero-bordered channel `padded`
+    /// (rows `pw` wide): `out[oy][ox] = sum w[ky][kx] * padded[oy+ky][ox+kx]`.
+    /// i32 takes an AVX2 kernel where the CPU has one.
+    fn depthwise_s1(padded: &[Self], pw: usize, w: &[Self], k: usize, out: &mut [Self], ow: usize) {
+        depthwise_s1_from(padded, pw, w, k, out, ow, 0);
+    }
 }
-impl Num for i32 {}
+impl Num for i32 {
+    fn depthwise_s1(padded: &[i32], pw: usize, w: &[i32], k: usize, out: &mut [i32], ow: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let oh = out.len() / ow.max(1);
+            let fits = pw == ow + k - 1 && padded.len() >= (oh + k - 1) * pw && w.len() >= k * k;
+            if fits && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 and the shapes are the kernel's
+                // (both checked just above; see the bounds in the kernel).
+                let done = unsafe { depthwise_s1_avx2(padded, pw, w, k, out, ow) };
+                depthwise_s1_from(padded, pw, w, k, out, ow, done);
+                return;
+            }
+        }
+        depthwise_s1_from(padded, pw, w, k, out, ow, 0);
+    }
+}
 impl Num for i64 {}
 impl Num for f64 {}
+
+/// [`Num::depthwise_s1`] for the output columns `from..ow` of every row.
+fn depthwise_s1_from<T: Num>(
+    padded: &[T],
+    pw: usize,
+    w: &[T],
+    k: usize,
+    out: &mut [T],
+    ow: usize,
+    from: usize,
+) {
+    for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+        for (ox, o) in orow.iter_mut().enumerate().skip(from) {
+            let mut s = T::default();
+            for ky in 0..k {
+                let row = &padded[(oy + ky) * pw + ox..(oy + ky) * pw + ox + k];
+                for (&wv, &x) in w[ky * k..(ky + 1) * k].iter().zip(row) {
+                    s = s + wv * x;
+                }
+            }
+            *o = s;
+        }
+    }
+}
+
+/// Eight outputs of a row at a time (then four), summed over all taps in
+/// one register (`vpmulld`, `vpaddd`). Returns how many leading columns of
+/// each row it computed. Bounds: `out` holds `oh` rows of `ow`, `padded`
+/// `oh + k - 1` rows of `pw = ow + k - 1`, and `w` `k * k` weights, so the
+/// tap at `(oy + ky) * pw + ox + kx` with `ox + 8 <= ow` (or 4) reads inside.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_s1_avx2(
+    padded: &[i32],
+    pw: usize,
+    w: &[i32],
+    k: usize,
+    out: &mut [i32],
+    ow: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let oh = out.len() / ow.max(1);
+    let ow8 = ow / 8 * 8;
+    // A last group of four columns (maps 4 or 12 wide) in SSE lanes.
+    let ow4 = if ow - ow8 >= 4 { ow8 + 4 } else { ow8 };
+    // One vector of output columns `ox..`, summed over all taps.
+    macro_rules! taps {
+        ($v:ty, $zero:ident, $load:ident, $set1:ident, $mul:ident, $add:ident, $store:ident,
+         $src:expr, $dst:expr, $ox:expr) => {{
+            let mut acc = $zero();
+            for ky in 0..k {
+                for kx in 0..k {
+                    let x = $load($src.add(ky * pw + kx + $ox) as *const $v);
+                    let wv = $set1(*w.get_unchecked(ky * k + kx));
+                    acc = $add(acc, $mul(x, wv));
+                }
+            }
+            $store($dst.add($ox) as *mut $v, acc);
+        }};
+    }
+    for oy in 0..oh {
+        let src = padded.as_ptr().add(oy * pw);
+        let dst = out.as_mut_ptr().add(oy * ow);
+        for ox in (0..ow8).step_by(8) {
+            taps!(
+                __m256i,
+                _mm256_setzero_si256,
+                _mm256_loadu_si256,
+                _mm256_set1_epi32,
+                _mm256_mullo_epi32,
+                _mm256_add_epi32,
+                _mm256_storeu_si256,
+                src,
+                dst,
+                ox
+            );
+        }
+        if ow4 > ow8 {
+            taps!(
+                __m128i,
+                _mm_setzero_si128,
+                _mm_loadu_si128,
+                _mm_set1_epi32,
+                _mm_mullo_epi32,
+                _mm_add_epi32,
+                _mm_storeu_si128,
+                src,
+                dst,
+                ow8
+            );
+        }
+    }
+    ow4
+}
 
 /// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
 /// column row so each input value is loaded once for four products.
@@ -191,9 +307,9 @@ fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut
 }
 
 /// Depthwise conv of one channel: `out[oh x ow] = sum w[ky,kx] * in[...]`.
-/// The channel is first copied into `padded` with its zero border, so every
-/// tap is one pass over a whole output row (rows stay in L1, stride-1 passes
-/// vectorise without edge cases).
+/// The channel is first copied into `padded` with its zero border, so no
+/// tap needs edge cases: stride 1 goes to [`Num::depthwise_s1`]; other
+/// strides take one pass per tap over each output row.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn depthwise_body<T: Num>(
@@ -216,20 +332,18 @@ fn depthwise_body<T: Num>(
         padded[(y + pad) * pw + pad..(y + pad) * pw + pad + iw].copy_from_slice(row);
     }
     // oh = (ih + 2 pad - k) / stride + 1: the last row read is inside.
+    if stride == 1 {
+        T::depthwise_s1(padded, pw, w, k, &mut out[..oh * ow], ow);
+        return;
+    }
     for (oy, orow) in out.chunks_exact_mut(ow).take(oh).enumerate() {
         orow.fill(T::default());
         for ky in 0..k {
             let prow = &padded[(oy * stride + ky) * pw..(oy * stride + ky + 1) * pw];
             for kx in 0..k {
                 let wv = w[ky * k + kx];
-                if stride == 1 {
-                    for (o, &x) in orow.iter_mut().zip(&prow[kx..kx + ow]) {
-                        *o = *o + wv * x;
-                    }
-                } else {
-                    for (ox, o) in orow.iter_mut().enumerate() {
-                        *o = *o + wv * prow[ox * stride + kx];
-                    }
+                for (ox, o) in orow.iter_mut().enumerate() {
+                    *o = *o + wv * prow[ox * stride + kx];
                 }
             }
         }
@@ -1438,15 +1552,19 @@ mod tests {
     #[test]
     fn depthwise_matches_naive_with_stride_and_padding() {
         let mut padded = Vec::new();
-        for (stride, k, pad) in [
-            (1, 3, 1),
-            (2, 3, 1),
-            (1, 3, 0),
-            (2, 5, 2),
-            (3, 2, 0),
-            (1, 1, 0),
-        ] {
-            let (ih, iw) = (5, 6);
+        for (stride, k, pad, iw) in [19usize, 12, 4].into_iter().flat_map(|iw| {
+            [
+                (1, 3, 1),
+                (2, 3, 1),
+                (1, 3, 0),
+                (2, 5, 2),
+                (3, 2, 0),
+                (1, 1, 0),
+                (1, 5, 2),
+            ]
+            .map(|(s, k, p)| (s, k, p, iw))
+        }) {
+            let ih = 5;
             let oh = (ih + 2 * pad - k) / stride + 1;
             let ow = (iw + 2 * pad - k) / stride + 1;
             let input: Vec<i64> = (0..ih * iw).map(|i| (i as i64 * 3 % 7) - 3).collect();
@@ -1465,6 +1583,25 @@ mod tests {
                 ow,
                 &mut padded,
             );
+            // The i32 path (AVX2 kernel where the CPU has it) agrees.
+            let input32: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+            let w32: Vec<i32> = w.iter().map(|&x| x as i32).collect();
+            let (mut out32, mut padded32) = (vec![0; oh * ow], Vec::new());
+            depthwise(
+                &input32,
+                ih,
+                iw,
+                &w32,
+                k,
+                stride,
+                pad,
+                &mut out32,
+                oh,
+                ow,
+                &mut padded32,
+            );
+            let want32: Vec<i32> = out.iter().map(|&x| x as i32).collect();
+            assert_eq!(out32, want32, "i32 stride {stride} k {k} pad {pad}");
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut want = 0;
