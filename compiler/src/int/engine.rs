@@ -1379,14 +1379,23 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
             }
         }
     } else {
+        // Any number of terms, 64-bit sources or multipliers: each channel's
+        // sums built one term at a time in an i64 row.
+        let mut acc = vec![0i64; p];
         for ch in 0..c {
-            for i in 0..p {
-                let idx = ch * p + i;
-                let mut s = r.bias[ch];
-                for (t, src) in r.terms.iter().zip(&srcs) {
-                    s += src.get(idx) * t.mult[ch];
+            acc.fill(r.bias[ch]);
+            for (t, src) in r.terms.iter().zip(&srcs) {
+                let (m, row) = (t.mult[ch], ch * p..(ch + 1) * p);
+                match src {
+                    Buf::I32(v) => acc
+                        .iter_mut()
+                        .zip(&v[row])
+                        .for_each(|(a, &x)| *a += x as i64 * m),
+                    Buf::I64(v) => acc.iter_mut().zip(&v[row]).for_each(|(a, &x)| *a += x * m),
                 }
-                out[idx] = shift_round(s, shift, div).clamp(lo, hi) as i32;
+            }
+            for (o, &s) in out[ch * p..(ch + 1) * p].iter_mut().zip(&acc) {
+                *o = shift_round(s, shift, div).clamp(lo, hi) as i32;
             }
         }
     }
@@ -1431,21 +1440,17 @@ fn run_pool(plan: &IntPlan, l: &Pool, ws: &mut Workspace) {
                         0,
                     ),
                 };
-                let mut sum = 0i64;
-                let mut best = i64::MIN;
-                let mut n = 0i64;
-                for y in y0..y1 {
-                    let Some(y) = y.checked_sub(pad).filter(|&y| y < ih) else {
-                        continue;
-                    };
-                    for x in x0..x1 {
-                        let Some(x) = x.checked_sub(pad).filter(|&x| x < iw) else {
-                            continue;
-                        };
-                        let v = src.get((ch * ih + y) * iw + x);
-                        sum += v;
-                        best = best.max(v);
-                        n += 1;
+                // The window's rows and columns inside the image (padding
+                // counts for nothing, not even in the average's divisor).
+                let (ya, yb) = (y0.max(pad) - pad, y1.min(ih + pad).saturating_sub(pad));
+                let (xa, xb) = (x0.max(pad) - pad, x1.min(iw + pad).saturating_sub(pad));
+                let n = (yb.saturating_sub(ya) * xb.saturating_sub(xa)) as i64;
+                let (mut sum, mut best) = (0i64, i64::MIN);
+                for y in ya..yb {
+                    let row = (ch * ih + y) * iw;
+                    match src {
+                        Buf::I32(v) => pool_row(&v[row + xa..row + xb], &mut sum, &mut best),
+                        Buf::I64(v) => pool_row(&v[row + xa..row + xb], &mut sum, &mut best),
                     }
                 }
                 let v = match l.kind {
@@ -1458,6 +1463,16 @@ fn run_pool(plan: &IntPlan, l: &Pool, ws: &mut Workspace) {
         }
     }
     ws.bufs[l.output] = Buf::I32(out);
+}
+
+/// Adds a row of a pooling window to its sum and maximum.
+#[inline(always)]
+fn pool_row<T: Copy + Into<i64>>(row: &[T], sum: &mut i64, best: &mut i64) {
+    for &v in row {
+        let v: i64 = v.into();
+        *sum += v;
+        *best = (*best).max(v);
+    }
 }
 
 fn run_quantize_input(q: &QuantizeInput, image: &[f32], ws: &mut Workspace) {
