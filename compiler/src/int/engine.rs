@@ -384,7 +384,7 @@ dispatch!(
 
 /// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
 /// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
-/// pairs of rows (`k` even and odd interleaved), eight output rows share
+/// pairs of rows ([`packed_len`]), eight output rows share
 /// each load. Returns false (nothing done) without AVX2.
 fn gemm_madd(
     wp: &[i32],
@@ -400,7 +400,7 @@ fn gemm_madd(
         if std::arch::is_x86_feature_detected!("avx2") {
             let kp = k.div_ceil(2);
             packed.clear();
-            packed.resize(kp * 2 * p, 0);
+            packed.resize(packed_len(kp, p), 0);
             // SAFETY: AVX2 is present (checked above).
             unsafe { pack_pairs(col, k, p, packed) };
             // SAFETY: AVX2 is present (checked above); every index stays
@@ -413,16 +413,61 @@ fn gemm_madd(
     false
 }
 
-/// `packed[j][2i + h] = col[2j + h][i]` as i16 (a missing last odd row is 0),
-/// one interleaving pass per pair of rows, vectorised.
+/// The operand layout of [`madd_kernel`]: per block of eight positions, the
+/// `kp` pairs of rows of k one after the other, each 16 i16 (position `i`
+/// of the block at `2i`, row `2j` low, `2j + 1` high), so the kernel's loads
+/// run through memory (rows `2p` apart would all fall in one L1 set).
+fn packed_len(kp: usize, p: usize) -> usize {
+    p.div_ceil(8) * kp * 16
+}
+
+/// Positions `from..` (a multiple of 8) of rows `a` and `b` (`b` missing:
+/// 0) of pair `j`, as i16, interleaved into their place in the blocks of the
+/// [`packed_len`] layout; `packed` was zeroed, so the positions past `p` of
+/// the last block stay 0. (The scalar tail of [`pack_pairs`] and
+/// [`pack_group`], which do whole blocks in AVX2 registers.)
+fn pairs_into_blocks<T: Copy>(
+    a: &[T],
+    b: Option<&[T]>,
+    to16: impl Fn(T) -> i16,
+    from: usize,
+    j: usize,
+    kp: usize,
+    packed: &mut [i16],
+) {
+    for i in from..a.len() {
+        let at = ((i / 8) * kp + j) * 16 + 2 * (i % 8);
+        packed[at] = to16(a[i]);
+        packed[at + 1] = b.map_or(0, |b| to16(b[i]));
+    }
+}
+
+/// `col` (`k` rows of `p` i32) as i16 pairs of rows in the [`packed_len`]
+/// layout (a missing last odd row is 0): a block's pair is the low halves
+/// of row `2j` or'ed with row `2j + 1` shifted up 16 bits (the values fit
+/// in i16, so this is the `as i16` of both).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
-    for (j, row) in packed.chunks_exact_mut(2 * p).enumerate() {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    let (full, low) = (p / 8, _mm256_set1_epi32(0xffff));
+    assert!(col.len() >= k * p && packed.len() >= packed_len(kp, p));
+    for j in 0..kp {
         let a = &col[2 * j * p..(2 * j + 1) * p];
         let b = (2 * j + 1 < k).then(|| &col[(2 * j + 1) * p..(2 * j + 2) * p]);
-        // SAFETY: called with AVX2 enabled (this function's own feature).
-        unsafe { pair_rows(a, b, row) };
+        for blk in 0..full {
+            let lo = _mm256_and_si256(_mm256_loadu_si256(a.as_ptr().add(blk * 8) as _), low);
+            let v = match b {
+                Some(b) => {
+                    let hi = _mm256_loadu_si256(b.as_ptr().add(blk * 8) as _);
+                    _mm256_or_si256(lo, _mm256_slli_epi32(hi, 16))
+                }
+                None => lo,
+            };
+            _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kp + j) * 16) as _, v);
+        }
+        pairs_into_blocks(a, b, |x| x as i16, full * 8, j, kp, packed);
     }
 }
 
@@ -431,27 +476,22 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
 unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
-    let p8 = p / 8 * 8;
     // Each block of eight output rows is copied once as `[kp][8]` (rows
     // past `m` zero), so the inner loop reads its broadcasts at fixed
     // offsets from one pointer.
     let mut wb = vec![0i32; kp * MADD_ROWS];
     for o in (0..m).step_by(MADD_ROWS) {
         let rows = (m - o).min(MADD_ROWS);
+        wb.fill(0);
         for (r, row) in wp[o * kp..(o + rows) * kp].chunks_exact(kp).enumerate() {
             for (j, &w) in row.iter().enumerate() {
                 wb[j * MADD_ROWS + r] = w;
             }
         }
-        for r in rows..MADD_ROWS {
-            for j in 0..kp {
-                wb[j * MADD_ROWS + r] = 0;
-            }
-        }
-        for i in (0..p8).step_by(8) {
+        for b in 0..p.div_ceil(8) {
             let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
-            // 8 positions x 2 rows of k: 16 i16 at packed[j*2p + 2i ..].
-            let mut x = packed.as_ptr().add(2 * i);
+            // Block b: kp pairs of rows x 8 positions, 16 i16 each.
+            let mut x = packed.as_ptr().add(b * kp * 16);
             let mut w = wb.as_ptr();
             for _ in 0..kp {
                 let xv = _mm256_loadu_si256(x as *const __m256i);
@@ -459,24 +499,21 @@ unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, 
                     let wr = _mm256_set1_epi32(*w.add(r));
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wr));
                 }
-                x = x.add(2 * p);
+                x = x.add(16);
                 w = w.add(MADD_ROWS);
             }
-            let dst = out.as_mut_ptr().add(o * p + i);
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
-            }
-        }
-        for r in 0..rows {
-            for i in p8..p {
-                let mut s = 0i32;
-                for j in 0..kp {
-                    let w = wb[j * MADD_ROWS + r];
-                    let (lo, hi) = (w as i16 as i32, w >> 16);
-                    s += lo * packed[j * 2 * p + 2 * i] as i32
-                        + hi * packed[j * 2 * p + 2 * i + 1] as i32;
+            let i = b * 8;
+            if i + 8 <= p {
+                let dst = out.as_mut_ptr().add(o * p + i);
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
                 }
-                out[(o + r) * p + i] = s;
+            } else {
+                let mut last = [0i32; 8];
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
+                    out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
+                }
             }
         }
     }
@@ -585,7 +622,8 @@ fn conv_im2col_madd(
         if pairs.len() != l.cout * kp {
             return false;
         }
-        packed.resize(kp * 2 * p, 0);
+        packed.clear();
+        packed.resize(packed_len(kp, p), 0);
         rows.resize(2 * p, 0);
         for g in 0..l.groups {
             // SAFETY: AVX2 is present (checked above).
@@ -771,7 +809,7 @@ unsafe fn direct_kernel(
     }
 }
 
-/// The im2col rows of group `g` as interleaved i16 pairs into `packed`
+/// The im2col rows of group `g` as i16 pairs in the [`packed_len`] layout
 /// (compiled with AVX2 so the row copies and conversions vectorise).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -784,10 +822,12 @@ unsafe fn pack_group(
     rows: &mut [i16],
     packed: &mut [i16],
 ) {
+    use std::arch::x86_64::*;
     let [ih, iw] = l.in_hw;
     let p = l.out_hw[0] * l.out_hw[1];
     let k = l.kernel;
     let cin_g = l.cin / l.groups;
+    assert!(rows.len() >= 2 * p && packed.len() >= packed_len(kp, p));
     for j in 0..kp {
         let (a, b) = rows.split_at_mut(p);
         for (h, dst) in [a, b].into_iter().enumerate() {
@@ -809,24 +849,18 @@ unsafe fn pack_group(
                 |x| x as i16,
             );
         }
-        // SAFETY: called with AVX2 enabled (this function's own feature).
-        unsafe {
-            interleave(
-                &rows[..p],
-                &rows[p..],
-                &mut packed[j * 2 * p..(j + 1) * 2 * p],
-            )
-        };
-    }
-}
-
-/// `out[2i] = a[i]`, `out[2i + 1] = b[i]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn interleave(a: &[i16], b: &[i16], out: &mut [i16]) {
-    for (d, (&x, &y)) in out.chunks_exact_mut(2).zip(a.iter().zip(b)) {
-        d[0] = x;
-        d[1] = y;
+        let (a, b) = (&rows[..p], &rows[p..]);
+        for blk in 0..p / 8 {
+            // SAFETY: AVX2 is this function's own feature; blocks below p / 8
+            // read inside the rows and write inside `packed` (packed_len).
+            unsafe {
+                let lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(a.as_ptr().add(blk * 8) as _));
+                let hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(b.as_ptr().add(blk * 8) as _));
+                let v = _mm256_or_si256(lo, _mm256_slli_epi32(hi, 16));
+                _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kp + j) * 16) as _, v);
+            }
+        }
+        pairs_into_blocks(a, Some(b), |x| x, p / 8 * 8, j, kp, packed);
     }
 }
 
