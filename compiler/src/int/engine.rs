@@ -382,6 +382,70 @@ dispatch!(
     (input: &[T], ih: usize, iw: usize, w: &[T], k: usize, stride: usize, pad: usize, out: &mut [T], oh: usize, ow: usize, padded: &mut Vec<T>)
 );
 
+/// [`gemm`] of a float conv (f64), in an AVX2 kernel where the CPU has
+/// one: the same sums in the same order (`0 + w0 x0 + w1 x1 + ...`, each
+/// product rounded, then each addition: no fused multiply-add), so the
+/// results are bit for bit [`gemm`]'s and the C reference's.
+fn gemm_f64(w: &[f64], m: usize, k: usize, col: &[f64], p: usize, out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && w.len() >= m * k
+            && col.len() >= k * p
+            && out.len() >= m * p
+        {
+            // SAFETY: AVX2 is present and the slices hold the shapes
+            // (checked just above).
+            unsafe { gemm_f64_avx2(w, m, k, col, p, out) };
+            return;
+        }
+    }
+    gemm(w, m, k, col, p, out)
+}
+
+/// Four output rows x eight positions per pass (eight accumulators of four
+/// f64); the last positions (under eight) in scalar code, same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_f64_avx2(w: &[f64], m: usize, k: usize, col: &[f64], p: usize, out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    let p8 = p / 8 * 8;
+    for o in (0..m).step_by(R) {
+        let rows = (m - o).min(R);
+        // Rows past `m` repeat the last one (computed, not stored).
+        let wr: [*const f64; R] =
+            std::array::from_fn(|r| w.as_ptr().add((o + r.min(rows - 1)) * k));
+        for i in (0..p8).step_by(8) {
+            let mut acc = [[_mm256_setzero_pd(); 2]; R];
+            let mut x = col.as_ptr().add(i);
+            for kk in 0..k {
+                let (x0, x1) = (_mm256_loadu_pd(x), _mm256_loadu_pd(x.add(4)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_set1_pd(*wr[r].add(kk));
+                    a[0] = _mm256_add_pd(a[0], _mm256_mul_pd(x0, wv));
+                    a[1] = _mm256_add_pd(a[1], _mm256_mul_pd(x1, wv));
+                }
+                x = x.add(p);
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                let dst = out.as_mut_ptr().add((o + r) * p + i);
+                _mm256_storeu_pd(dst, a[0]);
+                _mm256_storeu_pd(dst.add(4), a[1]);
+            }
+        }
+        for r in 0..rows {
+            for i in p8..p {
+                let mut s = 0.0;
+                for kk in 0..k {
+                    s += *wr[r].add(kk) * col[kk * p + i];
+                }
+                out[(o + r) * p + i] = s;
+            }
+        }
+    }
+}
+
 /// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
 /// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
 /// pairs of rows ([`packed_len`]), eight output rows share
@@ -1015,7 +1079,7 @@ fn run_conv(
                 &weights.wf[li],
                 &mut col,
                 &mut o,
-                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
+                &mut |_, w, m, k, c, p, o| gemm_f64(w, m, k, c, p, o),
             );
             let scale = l.float_scale;
             match plan.options.rounding {
@@ -1596,6 +1660,18 @@ mod tests {
                 assert_eq!(out[o * p + i], want);
             }
         }
+    }
+
+    #[test]
+    fn float_gemm_kernel_is_bit_for_bit_the_plain_one() {
+        let (m, k, p) = (6, 27, 37);
+        let w: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+        let col: Vec<f64> = (0..k * p).map(|i| ((i * 53 % 97) as f64 - 48.0) / 3.1).collect();
+        let (mut a, mut b) = (vec![0.0; m * p], vec![1.0; m * p]);
+        gemm(&w, m, k, &col, p, &mut a);
+        gemm_f64(&w, m, k, &col, p, &mut b);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
     }
 
     #[test]
