@@ -137,50 +137,70 @@ impl Workspace {
 trait Num:
     Copy + Default + PartialEq + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
 {
-    /// A stride-1 depthwise conv over a zero-bordered channel `padded`
-    /// (rows `pw` wide): `out[oy][ox] = sum w[ky][kx] * padded[oy+ky][ox+kx]`.
-    /// i32 takes an AVX2 kernel where the CPU has one.
-    fn depthwise_s1(padded: &[Self], pw: usize, w: &[Self], k: usize, out: &mut [Self], ow: usize) {
-        depthwise_s1_from(padded, pw, w, k, out, ow, 0);
+    /// A depthwise conv over a channel laid out by [`depthwise_body`]:
+    /// `out[oy][ox] = sum w[ky][kx] * x[oy*s + ky][ox*s + kx]` (see
+    /// [`Phased`]). i32 takes an AVX2 kernel where the CPU has one.
+    fn depthwise_phased(d: &Phased<Self>, w: &[Self], k: usize, out: &mut [Self], ow: usize) {
+        depthwise_from(d, w, k, out, ow, 0);
     }
 }
 impl Num for i32 {
-    fn depthwise_s1(padded: &[i32], pw: usize, w: &[i32], k: usize, out: &mut [i32], ow: usize) {
+    fn depthwise_phased(d: &Phased<i32>, w: &[i32], k: usize, out: &mut [i32], ow: usize) {
         #[cfg(target_arch = "x86_64")]
         {
-            let oh = out.len() / ow.max(1);
-            let fits = pw == ow + k - 1 && padded.len() >= (oh + k - 1) * pw && w.len() >= k * k;
-            if fits && std::arch::is_x86_feature_detected!("avx2") {
+            if d.holds(k, out.len() / ow.max(1), ow)
+                && w.len() >= k * k
+                && std::arch::is_x86_feature_detected!("avx2")
+            {
                 // SAFETY: the CPU has AVX2 and the shapes are the kernel's
                 // (both checked just above; see the bounds in the kernel).
-                let done = unsafe { depthwise_s1_avx2(padded, pw, w, k, out, ow) };
-                depthwise_s1_from(padded, pw, w, k, out, ow, done);
+                let done = unsafe { depthwise_avx2_kernel(d, w, k, out, ow) };
+                depthwise_from(d, w, k, out, ow, done);
                 return;
             }
         }
-        depthwise_s1_from(padded, pw, w, k, out, ow, 0);
+        depthwise_from(d, w, k, out, ow, 0);
     }
 }
 impl Num for i64 {}
 impl Num for f64 {}
 
-/// [`Num::depthwise_s1`] for the output columns `from..ow` of every row.
-fn depthwise_s1_from<T: Num>(
-    padded: &[T],
-    pw: usize,
-    w: &[T],
-    k: usize,
-    out: &mut [T],
-    ow: usize,
-    from: usize,
-) {
+/// A zero-bordered channel split by column phase for stride `s`: the value
+/// at padded row `r`, column `x` is `v[((x % s) * rows + r) * cols + x / s]`,
+/// so an output row's taps at one `(ky, kx)` are consecutive values.
+struct Phased<'a, T> {
+    v: &'a [T],
+    s: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl<T> Phased<'_, T> {
+    /// Where tap `(ky, kx)` of output `(oy, ox)` reads.
+    #[inline(always)]
+    fn at(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> usize {
+        ((kx % self.s) * self.rows + oy * self.s + ky) * self.cols + kx / self.s + ox
+    }
+
+    /// Whether every tap of an `oh x ow` output with a `k x k` kernel reads
+    /// inside `v` and inside its phase row: `(k-1)/s + ow <= cols` and
+    /// `(oh-1)*s + k <= rows` (true for the layout of [`depthwise_body`]).
+    fn holds(&self, k: usize, oh: usize, ow: usize) -> bool {
+        self.s >= 1
+            && (k - 1) / self.s + ow <= self.cols
+            && (oh.max(1) - 1) * self.s + k <= self.rows
+            && self.v.len() >= self.s * self.rows * self.cols
+    }
+}
+
+/// [`Num::depthwise_phased`] for the output columns `from..ow` of every row.
+fn depthwise_from<T: Num>(d: &Phased<T>, w: &[T], k: usize, out: &mut [T], ow: usize, from: usize) {
     for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
         for (ox, o) in orow.iter_mut().enumerate().skip(from) {
             let mut s = T::default();
             for ky in 0..k {
-                let row = &padded[(oy + ky) * pw + ox..(oy + ky) * pw + ox + k];
-                for (&wv, &x) in w[ky * k..(ky + 1) * k].iter().zip(row) {
-                    s = s + wv * x;
+                for kx in 0..k {
+                    s = s + w[ky * k + kx] * d.v[d.at(oy, ox, ky, kx)];
                 }
             }
             *o = s;
@@ -190,14 +210,12 @@ fn depthwise_s1_from<T: Num>(
 
 /// Eight outputs of a row at a time (then four), summed over all taps in
 /// one register (`vpmulld`, `vpaddd`). Returns how many leading columns of
-/// each row it computed. Bounds: `out` holds `oh` rows of `ow`, `padded`
-/// `oh + k - 1` rows of `pw = ow + k - 1`, and `w` `k * k` weights, so the
-/// tap at `(oy + ky) * pw + ox + kx` with `ox + 8 <= ow` (or 4) reads inside.
+/// each row it computed. Bounds: [`Phased::holds`] was checked, so for
+/// `ox + 8 <= ow` (or 4) every tap's vector is inside its phase row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn depthwise_s1_avx2(
-    padded: &[i32],
-    pw: usize,
+unsafe fn depthwise_avx2_kernel(
+    d: &Phased<i32>,
     w: &[i32],
     k: usize,
     out: &mut [i32],
@@ -208,24 +226,30 @@ unsafe fn depthwise_s1_avx2(
     let ow8 = ow / 8 * 8;
     // A last group of four columns (maps 4 or 12 wide) in SSE lanes.
     let ow4 = if ow - ow8 >= 4 { ow8 + 4 } else { ow8 };
-    // One vector of output columns `ox..`, summed over all taps.
+    // Where each tap reads relative to output (oy, 0) (up to 8 x 8 taps).
+    const MAX_TAPS: usize = 64;
+    let taps = k * k;
+    if taps > MAX_TAPS {
+        return 0;
+    }
+    let mut offs = [0usize; MAX_TAPS];
+    for (t, o) in offs.iter_mut().enumerate().take(taps) {
+        *o = d.at(0, 0, t / k, t % k);
+    }
+    // One vector of output columns `ox..` of row `oy`, summed over all taps.
     macro_rules! taps {
         ($v:ty, $zero:ident, $load:ident, $set1:ident, $mul:ident, $add:ident, $store:ident,
-         $src:expr, $dst:expr, $ox:expr) => {{
+         $oy:expr, $ox:expr) => {{
+            let base = d.v.as_ptr().add($oy * d.s * d.cols + $ox);
             let mut acc = $zero();
-            for ky in 0..k {
-                for kx in 0..k {
-                    let x = $load($src.add(ky * pw + kx + $ox) as *const $v);
-                    let wv = $set1(*w.get_unchecked(ky * k + kx));
-                    acc = $add(acc, $mul(x, wv));
-                }
+            for (&off, &wt) in offs[..taps].iter().zip(&w[..taps]) {
+                let x = $load(base.add(off) as *const $v);
+                acc = $add(acc, $mul(x, $set1(wt)));
             }
-            $store($dst.add($ox) as *mut $v, acc);
+            $store(out.as_mut_ptr().add($oy * ow + $ox) as *mut $v, acc);
         }};
     }
     for oy in 0..oh {
-        let src = padded.as_ptr().add(oy * pw);
-        let dst = out.as_mut_ptr().add(oy * ow);
         for ox in (0..ow8).step_by(8) {
             taps!(
                 __m256i,
@@ -235,8 +259,7 @@ unsafe fn depthwise_s1_avx2(
                 _mm256_mullo_epi32,
                 _mm256_add_epi32,
                 _mm256_storeu_si256,
-                src,
-                dst,
+                oy,
                 ox
             );
         }
@@ -249,8 +272,7 @@ unsafe fn depthwise_s1_avx2(
                 _mm_mullo_epi32,
                 _mm_add_epi32,
                 _mm_storeu_si128,
-                src,
-                dst,
+                oy,
                 ow8
             );
         }
@@ -307,9 +329,9 @@ fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut
 }
 
 /// Depthwise conv of one channel: `out[oh x ow] = sum w[ky,kx] * in[...]`.
-/// The channel is first copied into `padded` with its zero border, so no
-/// tap needs edge cases: stride 1 goes to [`Num::depthwise_s1`]; other
-/// strides take one pass per tap over each output row.
+/// The channel is first copied into `padded` with its zero border, its
+/// columns split by phase for the stride ([`Phased`]), so no tap needs
+/// edge cases and every tap of an output row reads consecutive values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn depthwise_body<T: Num>(
@@ -325,29 +347,27 @@ fn depthwise_body<T: Num>(
     ow: usize,
     padded: &mut Vec<T>,
 ) {
-    let pw = iw + 2 * pad;
+    let (rows, s) = (ih + 2 * pad, stride.max(1));
+    let cols = (iw + 2 * pad).div_ceil(s);
     padded.clear();
-    padded.resize((ih + 2 * pad) * pw, T::default());
+    padded.resize(s * rows * cols, T::default());
     for (y, row) in input.chunks_exact(iw).take(ih).enumerate() {
-        padded[(y + pad) * pw + pad..(y + pad) * pw + pad + iw].copy_from_slice(row);
-    }
-    // oh = (ih + 2 pad - k) / stride + 1: the last row read is inside.
-    if stride == 1 {
-        T::depthwise_s1(padded, pw, w, k, &mut out[..oh * ow], ow);
-        return;
-    }
-    for (oy, orow) in out.chunks_exact_mut(ow).take(oh).enumerate() {
-        orow.fill(T::default());
-        for ky in 0..k {
-            let prow = &padded[(oy * stride + ky) * pw..(oy * stride + ky + 1) * pw];
-            for kx in 0..k {
-                let wv = w[ky * k + kx];
-                for (ox, o) in orow.iter_mut().enumerate() {
-                    *o = *o + wv * prow[ox * stride + kx];
-                }
+        if s == 1 {
+            padded[(y + pad) * cols + pad..(y + pad) * cols + pad + iw].copy_from_slice(row);
+        } else {
+            for (x, &v) in row.iter().enumerate() {
+                let px = x + pad;
+                padded[((px % s) * rows + y + pad) * cols + px / s] = v;
             }
         }
     }
+    let d = Phased {
+        v: padded,
+        s,
+        rows,
+        cols,
+    };
+    T::depthwise_phased(&d, w, k, &mut out[..oh * ow], ow);
 }
 
 macro_rules! dispatch {
@@ -1665,8 +1685,12 @@ mod tests {
     #[test]
     fn float_gemm_kernel_is_bit_for_bit_the_plain_one() {
         let (m, k, p) = (6, 27, 37);
-        let w: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
-        let col: Vec<f64> = (0..k * p).map(|i| ((i * 53 % 97) as f64 - 48.0) / 3.1).collect();
+        let w: Vec<f64> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0)
+            .collect();
+        let col: Vec<f64> = (0..k * p)
+            .map(|i| ((i * 53 % 97) as f64 - 48.0) / 3.1)
+            .collect();
         let (mut a, mut b) = (vec![0.0; m * p], vec![1.0; m * p]);
         gemm(&w, m, k, &col, p, &mut a);
         gemm_f64(&w, m, k, &col, p, &mut b);
