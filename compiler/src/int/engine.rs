@@ -355,9 +355,15 @@ fn depthwise_body<T: Num>(
         if s == 1 {
             padded[(y + pad) * cols + pad..(y + pad) * cols + pad + iw].copy_from_slice(row);
         } else {
-            for (x, &v) in row.iter().enumerate() {
-                let px = x + pad;
-                padded[((px % s) * rows + y + pad) * cols + px / s] = v;
+            for phase in 0..s {
+                let at = (phase * rows + y + pad) * cols;
+                let dst = &mut padded[at..at + cols];
+                // Padded column c * s + phase is input column c * s + phase - pad.
+                for (c, d) in dst.iter_mut().enumerate() {
+                    if let Some(&v) = (c * s + phase).checked_sub(pad).and_then(|x| row.get(x)) {
+                        *d = v;
+                    }
+                }
             }
         }
     }
@@ -481,7 +487,8 @@ fn gemm_madd(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        let shapes = wp.len() == madd_group_len(m, k) && col.len() >= k * p && out.len() >= m * p;
+        if shapes && std::arch::is_x86_feature_detected!("avx2") {
             let kp = k.div_ceil(2);
             packed.clear();
             packed.resize(packed_len(kp, p), 0);
@@ -526,6 +533,39 @@ fn pairs_into_blocks<T: Copy>(
     }
 }
 
+/// Size of one group's weights in the [`madd_weights`] layout.
+fn madd_group_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MADD_ROWS) * MADD_ROWS * k.div_ceil(2)
+}
+
+/// The weights of `groups` groups of `m` output rows of `k` as [`madd_kernel`]
+/// reads them: per group, per block of eight output rows, `[kp][8]` i16
+/// pairs in i32 lanes (low half `w[2j]`, high half `w[2j + 1]`; a missing
+/// last odd weight and rows past `m` are 0).
+fn madd_weights(w: &[i32], groups: usize, m: usize, k: usize) -> Vec<i32> {
+    let kp = k.div_ceil(2);
+    let mut v = Vec::with_capacity(groups * madd_group_len(m, k));
+    for g in 0..groups {
+        let wg = &w[g * m * k..(g + 1) * m * k];
+        let at = |o: usize, i: usize| -> u32 {
+            if o < m && i < k {
+                wg[o * k + i] as i16 as u16 as u32
+            } else {
+                0
+            }
+        };
+        for b in 0..m.div_ceil(MADD_ROWS) {
+            for j in 0..kp {
+                for r in 0..MADD_ROWS {
+                    let o = b * MADD_ROWS + r;
+                    v.push((at(o, 2 * j) | (at(o, 2 * j + 1) << 16)) as i32);
+                }
+            }
+        }
+    }
+    v
+}
+
 /// `col` (`k` rows of `p` i32) as i16 pairs of rows in the [`packed_len`]
 /// layout (a missing last odd row is 0): a block's pair is the low halves
 /// of row `2j` or'ed with row `2j + 1` shifted up 16 bits (the values fit
@@ -555,23 +595,18 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
     }
 }
 
+/// `out[m x p] = w[m x k] * col[k x p]` with `vpmaddwd`: `wp` is one
+/// group's weights in the [`madd_weights`] layout, `packed` the operand in
+/// the [`packed_len`] layout; eight output rows x eight positions per pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
-    // Each block of eight output rows is copied once as `[kp][8]` (rows
-    // past `m` zero), so the inner loop reads its broadcasts at fixed
-    // offsets from one pointer.
-    let mut wb = vec![0i32; kp * MADD_ROWS];
     for o in (0..m).step_by(MADD_ROWS) {
         let rows = (m - o).min(MADD_ROWS);
-        wb.fill(0);
-        for (r, row) in wp[o * kp..(o + rows) * kp].chunks_exact(kp).enumerate() {
-            for (j, &w) in row.iter().enumerate() {
-                wb[j * MADD_ROWS + r] = w;
-            }
-        }
+        // This block of eight rows: `[kp][8]`, broadcasts at fixed offsets.
+        let wb = &wp[o * kp..(o + MADD_ROWS) * kp];
         for b in 0..p.div_ceil(8) {
             let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
             // Block b: kp pairs of rows x 8 positions, 16 i16 each.
@@ -703,7 +738,8 @@ fn conv_im2col_madd(
         let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
         let kk = cin_g * k * k;
         let kp = kk.div_ceil(2);
-        if pairs.len() != l.cout * kp {
+        let per_group = madd_group_len(cout_g, kk);
+        if pairs.len() != l.groups * per_group {
             return false;
         }
         packed.clear();
@@ -715,7 +751,7 @@ fn conv_im2col_madd(
             // SAFETY: AVX2 is present; `packed` holds kp rows of 2p values.
             unsafe {
                 madd_kernel(
-                    &pairs[g * cout_g * kp..(g + 1) * cout_g * kp],
+                    &pairs[g * per_group..(g + 1) * per_group],
                     cout_g,
                     kk,
                     packed,
@@ -1044,17 +1080,7 @@ impl Weights {
             });
             w.pairs.push(match layer {
                 Layer::Conv(l) if l.groups != l.cin || l.groups != l.cout || l.groups == 1 => {
-                    let kk = l.fan_in;
-                    let kp = kk.div_ceil(2);
-                    let mut v = Vec::with_capacity(l.cout * kp);
-                    for row in l.weights.chunks(kk.max(1)) {
-                        for j in 0..kp {
-                            let lo = row[2 * j] as i16 as u16 as u32;
-                            let hi = row.get(2 * j + 1).map_or(0, |&x| x as i16 as u16 as u32);
-                            v.push((lo | (hi << 16)) as i32);
-                        }
-                    }
-                    v
+                    madd_weights(&l.weights, l.groups, l.cout / l.groups, l.fan_in)
                 }
                 _ => Vec::new(),
             });
@@ -1122,10 +1148,10 @@ fn run_conv(
             let mut packed2 = std::mem::take(&mut ws.packed2);
             let mut fast =
                 |g: usize, w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
-                    let kp = k.div_ceil(2);
-                    let wp = pairs.get(g * m * kp..(g + 1) * m * kp).unwrap_or(&[]);
+                    let per_group = madd_group_len(m, k);
+                    let wp = pairs.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
                     if !(fits16
-                        && wp.len() == m * kp
+                        && wp.len() == per_group
                         && gemm_madd(wp, m, k, c, p, out, &mut packed))
                     {
                         gemm(w, m, k, c, p, out)
@@ -1881,17 +1907,7 @@ mod tests {
                 "plain {cin} {cout} k{k} s{stride} p{pad} g{groups}"
             );
             // The 16-bit multiply-add path, with its weight pairs.
-            let kp = fan_in.div_ceil(2);
-            let pairs: Vec<i32> = weights
-                .chunks(fan_in)
-                .flat_map(|row| {
-                    (0..kp).map(move |j| {
-                        let lo = row[2 * j] as i16 as u16 as u32;
-                        let hi = row.get(2 * j + 1).map_or(0, |&x| x as i16 as u16 as u32);
-                        (lo | (hi << 16)) as i32
-                    })
-                })
-                .collect();
+            let pairs = madd_weights(&weights, groups, cout / groups, fan_in);
             let mut packed = Vec::new();
             let mut out2 = vec![0; want.len()];
             conv_typed(
@@ -1901,9 +1917,9 @@ mod tests {
                 &mut col,
                 &mut out2,
                 &mut |g, w, m, k, c, p, o| {
-                    let kp = k.div_ceil(2);
+                    let per_group = madd_group_len(m, k);
                     if !gemm_madd(
-                        &pairs[g * m * kp..(g + 1) * m * kp],
+                        &pairs[g * per_group..(g + 1) * per_group],
                         m,
                         k,
                         c,
