@@ -524,6 +524,11 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
             fixed.push(v.to_string());
         } else if a == "--saturate-constants" {
             saturate_constants = true;
+        } else if a == "--rounding" || a.starts_with("--rounding=") {
+            anyhow::bail!(
+                "`qatc eval --int` reports both rounding modes (trunc and nearest); \
+                 --rounding picks one in `qatc int`"
+            );
         } else if a != "--int" && !a.starts_with("--format=") {
             passed.push(a.clone());
         }

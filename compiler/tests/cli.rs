@@ -158,6 +158,23 @@ fn bad_input_exits_1_with_a_located_message() {
         );
         assert!(!text(&out.stderr).is_empty());
     }
+    // `eval --int` reports both roundings: `--rounding` is refused here, not
+    // passed on to the model's eval.
+    let out = qatc(&[
+        "eval",
+        "spec/toynet.qspec",
+        "--int",
+        "--checkpoint",
+        "none.safetensors",
+        "--rounding",
+        "trunc",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("both rounding modes"),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
