@@ -1092,8 +1092,26 @@ impl Weights {
     }
 }
 
-/// A float conv's sums, rounded by `round`, into an integer buffer.
+/// A float conv's sums, rounded by `round`, into an integer buffer (with
+/// AVX2 where the CPU has it, so `f64::round` is inlined, not a libm call).
 fn round_into(out: &mut Buf, sums: &[f64], round: impl Fn(f64) -> i64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(out: &mut Buf, sums: &[f64], round: impl Fn(f64) -> i64) {
+            round_into_body(out, sums, round)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2(out, sums, round) };
+            return;
+        }
+    }
+    round_into_body(out, sums, round)
+}
+
+#[inline(always)]
+fn round_into_body(out: &mut Buf, sums: &[f64], round: impl Fn(f64) -> i64) {
     match out {
         Buf::I64(v) => v.iter_mut().zip(sums).for_each(|(a, &x)| *a = round(x)),
         Buf::I32(v) => v
@@ -1487,6 +1505,41 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
                 Err(_) => {
                     for (o, &x) in o.iter_mut().zip(s) {
                         *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
+                    }
+                }
+            }
+        }
+    } else if let ([t0], [Buf::I64(src)]) = (r.terms.as_slice(), srcs.as_slice()) {
+        // A float conv's sums (wide, since its input has no integer bound):
+        // channels whose values and multiplier fit in 32 bits take the
+        // 32-bit path, exactly as if they had been stored as i32.
+        let mut row = vec![0i32; p];
+        for ch in 0..c {
+            let o = &mut out[ch * p..(ch + 1) * p];
+            let s = &src[ch * p..(ch + 1) * p];
+            let (m, b) = (t0.mult[ch], r.bias[ch]);
+            let small = s.iter().all(|&x| i32::try_from(x).is_ok());
+            match i32::try_from(m) {
+                Ok(m) if small => {
+                    row.iter_mut().zip(s).for_each(|(d, &x)| *d = x as i32);
+                    requant_row(
+                        &row,
+                        &[],
+                        &RowScale {
+                            m,
+                            m2: 0,
+                            b,
+                            shift,
+                            div,
+                            lo,
+                            hi,
+                        },
+                        o,
+                    );
+                }
+                _ => {
+                    for (o, &x) in o.iter_mut().zip(s) {
+                        *o = shift_round(x * m + b, shift, div).clamp(lo, hi) as i32;
                     }
                 }
             }
