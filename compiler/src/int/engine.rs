@@ -1482,16 +1482,28 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
                 out[idx] = shift_round_wide(s, shift, div).clamp(lo, hi) as i32;
             }
         }
-    } else if let ([t0], [Buf::I32(src)]) = (r.terms.as_slice(), srcs.as_slice()) {
+    } else if let ([t0], [src]) = (r.terms.as_slice(), srcs.as_slice()) {
+        // One term: a channel whose values and multiplier fit in 32 bits
+        // takes the 32-bit path (a float conv's sums are stored wide, since
+        // its input has no integer bound, but usually fit).
+        let mut row = Vec::new();
         for ch in 0..c {
             let o = &mut out[ch * p..(ch + 1) * p];
-            let s = &src[ch * p..(ch + 1) * p];
             let (m, b) = (t0.mult[ch], r.bias[ch]);
-            match i32::try_from(m) {
-                Ok(m) => requant_row(
-                    s,
-                    &[],
-                    &RowScale {
+            let s32: Option<&[i32]> = match src {
+                Buf::I32(v) => Some(&v[ch * p..(ch + 1) * p]),
+                Buf::I64(v) => {
+                    let s = &v[ch * p..(ch + 1) * p];
+                    s.iter().all(|&x| i32::try_from(x).is_ok()).then(|| {
+                        row.clear();
+                        row.extend(s.iter().map(|&x| x as i32));
+                        row.as_slice()
+                    })
+                }
+            };
+            match (i32::try_from(m), s32) {
+                (Ok(m), Some(s)) => {
+                    let q = RowScale {
                         m,
                         m2: 0,
                         b,
@@ -1499,46 +1511,12 @@ fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
                         div,
                         lo,
                         hi,
-                    },
-                    o,
-                ),
-                Err(_) => {
-                    for (o, &x) in o.iter_mut().zip(s) {
-                        *o = shift_round(x as i64 * m + b, shift, div).clamp(lo, hi) as i32;
-                    }
-                }
-            }
-        }
-    } else if let ([t0], [Buf::I64(src)]) = (r.terms.as_slice(), srcs.as_slice()) {
-        // A float conv's sums (wide, since its input has no integer bound):
-        // channels whose values and multiplier fit in 32 bits take the
-        // 32-bit path, exactly as if they had been stored as i32.
-        let mut row = vec![0i32; p];
-        for ch in 0..c {
-            let o = &mut out[ch * p..(ch + 1) * p];
-            let s = &src[ch * p..(ch + 1) * p];
-            let (m, b) = (t0.mult[ch], r.bias[ch]);
-            let small = s.iter().all(|&x| i32::try_from(x).is_ok());
-            match i32::try_from(m) {
-                Ok(m) if small => {
-                    row.iter_mut().zip(s).for_each(|(d, &x)| *d = x as i32);
-                    requant_row(
-                        &row,
-                        &[],
-                        &RowScale {
-                            m,
-                            m2: 0,
-                            b,
-                            shift,
-                            div,
-                            lo,
-                            hi,
-                        },
-                        o,
-                    );
+                    };
+                    requant_row(s, &[], &q, o)
                 }
                 _ => {
-                    for (o, &x) in o.iter_mut().zip(s) {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        let x = src.get(ch * p + i);
                         *o = shift_round(x * m + b, shift, div).clamp(lo, hi) as i32;
                     }
                 }
