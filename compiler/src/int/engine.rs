@@ -769,11 +769,12 @@ fn conv_im2col_madd(
     }
 }
 
-/// Convs the direct kernel takes: ungrouped, stride 1, kernel over 1, and
-/// output rows a multiple of 8 wide (its vectors run along a row; narrower
-/// maps go through im2col, whose vectors run across rows).
+/// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
+/// a multiple of 8 wide (its vectors run along a row; narrower maps go
+/// through im2col, whose vectors run across rows). Any stride: a strided
+/// conv's input is split into column phases.
 fn direct_conv(l: &ConvLayer) -> bool {
-    l.groups == 1 && l.stride == 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
+    l.groups == 1 && l.stride >= 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
 }
 
 /// Output channels per pass of [`direct_kernel`]: eight accumulators, the
@@ -808,10 +809,11 @@ fn direct_weights(l: &ConvLayer) -> Vec<i32> {
     v
 }
 
-/// A stride-1 k x k conv without im2col: the input is laid out once as
-/// zero-padded planes of interleaved channel pairs, and each tap reads a
-/// shifted row of it (`vpmaddwd` on channel pairs, eight output channels
-/// per load). Returns false (nothing done) without AVX2.
+/// A k x k conv without im2col: the input is laid out once as zero-padded
+/// planes of interleaved channel pairs (a strided conv's columns split by
+/// phase), and each tap reads a shifted row of it (`vpmaddwd` on channel
+/// pairs, eight output channels per load). Returns false (nothing done)
+/// without AVX2.
 fn conv_direct_madd(
     l: &ConvLayer,
     input: &[i32],
@@ -828,19 +830,40 @@ fn conv_direct_madd(
         {
             return false;
         }
+        // Layout: `[cin/2][s][ph][cols]` channel pairs, padded column
+        // `col * s + phase` of row `r` at `((c * s + phase) * ph + r) * cols + col`.
         let [ih, iw] = l.in_hw;
-        let (ph, pw) = (ih + 2 * l.padding, iw + 2 * l.padding);
+        let (s, pad) = (l.stride, l.padding);
+        let (ph, cols) = (ih + 2 * pad, (iw + 2 * pad).div_ceil(s));
         padded.clear();
-        padded.resize(cp * ph * pw * 2, 0);
+        padded.resize(cp * s * ph * cols * 2, 0);
         let plane = |c: usize| &input[c * ih * iw..(c + 1) * ih * iw];
         for c in 0..cp {
             let (a, b) = (plane(2 * c), (2 * c + 1 < l.cin).then(|| plane(2 * c + 1)));
             for y in 0..ih {
-                let at = 2 * (c * ph * pw + (y + l.padding) * pw + l.padding);
-                let dst = &mut padded[at..at + 2 * iw];
                 let row = y * iw..(y + 1) * iw;
-                // SAFETY: AVX2 is present (checked above).
-                unsafe { pair_rows(&a[row.clone()], b.map(|b| &b[row]), dst) };
+                if s == 1 {
+                    let at = 2 * ((c * ph + y + pad) * cols + pad);
+                    // SAFETY: AVX2 is present (checked above).
+                    unsafe {
+                        pair_rows(
+                            &a[row.clone()],
+                            b.map(|b| &b[row]),
+                            &mut padded[at..at + 2 * iw],
+                        )
+                    };
+                    continue;
+                }
+                for phase in 0..s {
+                    let at = 2 * ((c * s + phase) * ph + y + pad) * cols;
+                    let dst = &mut padded[at..at + 2 * cols];
+                    for (col, d) in dst.chunks_exact_mut(2).enumerate() {
+                        if let Some(x) = (col * s + phase).checked_sub(pad).filter(|&x| x < iw) {
+                            d[0] = a[row.start + x] as i16;
+                            d[1] = b.map_or(0, |b| b[row.start + x] as i16);
+                        }
+                    }
+                }
             }
         }
         // Where tap (c, ky, kx) reads, relative to an output position's
@@ -849,13 +872,13 @@ fn conv_direct_madd(
         for c in 0..cp {
             for ky in 0..k {
                 for kx in 0..k {
-                    taps.push(2 * (c * ph * pw + ky * pw + kx));
+                    taps.push(2 * (((c * s + kx % s) * ph + ky) * cols + kx / s));
                 }
             }
         }
         // SAFETY: AVX2 is present (checked above); every read stays inside
         // `padded` and every write inside `out` (see the bounds in the kernel).
-        unsafe { direct_kernel(l, dpairs, padded, pw, &taps, out) };
+        unsafe { direct_kernel(l, dpairs, padded, s * cols, &taps, out) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -888,15 +911,17 @@ unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
 /// Eight output channels x eight positions of one output row per pass:
 /// one load of the shifted input row per (channel pair, tap), then one
 /// broadcast weight pair, `vpmaddwd` and `vpaddd` per output channel.
-/// Bounds: with stride 1, `ow = pw - k + 1`, so for `i + 8 <= ow` the
-/// furthest tap reads `2 * ((y + k - 1) * pw + i + k - 1 + 8) <= padded.len()`.
+/// Output row `y` starts `y * row_step` pairs into its phase plane
+/// (`row_step = s * cols`). Bounds: `ow = (pw - k) / s + 1`, so for
+/// `i + 8 <= ow` the furthest tap reads row `(oh - 1) * s + k - 1 < ph` and
+/// column `(k - 1) / s + i + 7 < cols` of the last phase of the last pair.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn direct_kernel(
     l: &ConvLayer,
     dpairs: &[i32],
     padded: &[i16],
-    pw: usize,
+    row_step: usize,
     taps: &[usize],
     out: &mut [i32],
 ) {
@@ -909,7 +934,7 @@ unsafe fn direct_kernel(
         let wb = dpairs.as_ptr().add(b * n * MADD_ROWS);
         for y in 0..oh {
             for i in (0..ow).step_by(8) {
-                let base = padded.as_ptr().add(2 * (y * pw + i));
+                let base = padded.as_ptr().add(2 * (y * row_step + i));
                 let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
                 let mut w = wb;
                 for &off in taps {
@@ -1045,7 +1070,7 @@ fn conv_typed<T: Num>(
 
 /// Weights converted once per plan to every width the engine computes in.
 pub struct Weights {
-    /// Per stride-1 ungrouped k x k conv: [`direct_weights`], for
+    /// Per ungrouped k x k conv of the direct kernel: [`direct_weights`], for
     /// [`conv_direct_madd`].
     dpairs: Vec<Vec<i32>>,
     /// Per conv layer, per group, per output row: the weights as i16 pairs
