@@ -8,11 +8,29 @@
 //!
 //! Invariants: activations are i32, accumulators i32 where the plan proves
 //! 31 bits enough and i64 otherwise, requantization products i64 (i128
-//! where the plan says they may pass 2^63); no float arithmetic except
-//! where the plan reads the float input (the first conv's float sum,
-//! rounded as the plan's mode says, or a `QuantizeInput`) and the final
-//! dequantization. The inner loops are plain Rust, compiled a second time
-//! with AVX2 enabled and chosen at run time where the CPU has it.
+//! where the plan says they may pass 2^63; i32 where the row's own values
+//! bound every sum below 2^31); no float arithmetic except where the plan
+//! reads the float input (the first conv's float sum, rounded as the plan's
+//! mode says, or a `QuantizeInput`) and the final dequantization.
+//!
+//! Kernels (x86-64 with AVX2, chosen at run time; every other case runs the
+//! plain Rust loops, which are the reference the tests compare against):
+//! - ungrouped k x k convs whose output rows are multiples of 8 wide, any
+//!   stride: `direct_kernel` over a zero-padded, phase-split copy of the
+//!   input as i16 channel pairs (`vpmaddwd`, 8 output channels x 8
+//!   positions per pass, weights from `direct_weights`);
+//! - 1x1 and other grouped/im2col convs: `madd_kernel` over an operand
+//!   packed per block of 8 positions (`packed_len`), weights laid out once
+//!   by `madd_weights`;
+//! - depthwise convs: `depthwise_avx2_kernel` (`vpmulld`, all taps of 8
+//!   outputs in one register) over a `Phased` copy of the channel;
+//! - the float first conv: `gemm_f64` (no FMA, so bit for bit the plain
+//!   loop and the C reference);
+//! - requantization: one vectorised loop per rounding mode, in i32 or i64
+//!   lanes (`requant_row_body`).
+//!
+//! The 16-bit kernels run only where the plan's bit-widths put operands in
+//! i16 (and not both at -2^15).
 
 // Per-channel loops index several parallel arrays at once.
 #![allow(clippy::needless_range_loop)]
