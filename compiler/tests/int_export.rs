@@ -1,7 +1,7 @@
 //! Export round trips: the C reference inference, compiled with `cc`,
-//! reproduces the Rust engine's logits bit for bit (every rounding mode, on
-//! the golden ToyNet and its eight input images); the JSON and npz exports
-//! hold the plan.
+//! reproduces the Rust engine's logits bit for bit (every rounding mode on
+//! the golden ToyNet and its eight input images; ResNet20 and MobileNetV2
+//! golden states on two); the JSON and npz exports hold the plan.
 
 use qatc::driver::{self, Source};
 use qatc::int::export::{write_export, ExportFormat, TestImages};
@@ -11,15 +11,26 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn golden_plan(rounding: Rounding) -> (int::IntPlan, Vec<f32>) {
+    seed_plan("toynet_int", "toynet", "cfg-1*", rounding)
+}
+
+/// The plan of a seed golden file (`QATC_GOLDEN`) under a spec and profile,
+/// with its input images.
+fn seed_plan(
+    file: &str,
+    spec: &str,
+    profile: &str,
+    rounding: Rounding,
+) -> (int::IntPlan, Vec<f32>) {
     let dir = std::env::var_os("QATC_GOLDEN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
-    let bytes = std::fs::read(dir.join("toynet_int.safetensors"))
-        .unwrap_or_else(|e| panic!("golden toynet_int: {e} (set QATC_GOLDEN)"));
-    let src = Source::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/toynet.qspec"))
-        .unwrap();
+    let bytes = std::fs::read(dir.join(format!("{file}.safetensors")))
+        .unwrap_or_else(|e| panic!("golden {file}: {e} (set QATC_GOLDEN)"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../spec/{spec}.qspec"));
+    let src = Source::read(&path).unwrap();
     let model = driver::parse(&src).unwrap();
-    let g = driver::compile(&src, Some("cfg-1*")).unwrap();
+    let g = driver::compile(&src, Some(profile)).unwrap();
     let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
     let opts = PlanOptions {
         rounding,
@@ -49,54 +60,81 @@ fn c_reference_matches_the_engine_bit_for_bit() {
     }
     for rounding in [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled] {
         let (plan, input) = golden_plan(rounding);
-        let weights = engine::Weights::new(&plan);
-        let mut ws = engine::Workspace::new(&plan);
-        let mut tests = TestImages::default();
-        for x in input.chunks_exact(plan.input_len()) {
-            let out = engine::run_image(&plan, &weights, x, &mut ws, &Default::default()).unwrap();
-            tests.images.push(x.to_vec());
-            tests.logits.push(out.logits);
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let files = write_export(&plan, dir.path(), ExportFormat::C, &tests).unwrap();
-        assert_eq!(files.len(), 3);
-        let exe = dir.path().join("toynet_test");
-        let cc = Command::new("cc")
-            .args(["-O2", "-std=gnu99", "-ffp-contract=off", "-o"])
-            .arg(&exe)
-            .arg(dir.path().join("toynet_test.c"))
-            .arg(dir.path().join("toynet_int.c"))
-            .arg("-lm")
-            .output()
-            .unwrap();
-        assert!(
-            cc.status.success(),
-            "cc failed ({rounding}):\n{}",
-            String::from_utf8_lossy(&cc.stderr)
-        );
-        let run = Command::new(&exe).output().unwrap();
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(
-            run.status.success(),
-            "C logits differ ({rounding}): {}\n{stdout}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        // The printed logits are the engine's, bit for bit.
-        let printed: Vec<Vec<u32>> = stdout
-            .lines()
-            .map(|l| {
-                l.split(' ')
-                    .map(|h| u32::from_str_radix(h, 16).unwrap())
-                    .collect()
-            })
-            .collect();
-        let want: Vec<Vec<u32>> = tests
-            .logits
-            .iter()
-            .map(|l| l.iter().map(|x| x.to_bits()).collect())
-            .collect();
-        assert_eq!(printed, want, "{rounding}");
+        c_matches_engine(&plan, &input, &rounding.to_string());
     }
+}
+
+/// The other seed models: ResNet20 (float stem, strided 3x3 convs, residual
+/// adds of a materialised stem) and MobileNetV2 (expansion, strided
+/// depthwise, projection), as their kernels differ from ToyNet's.
+#[test]
+fn c_reference_matches_the_engine_on_resnet20_and_mobilenetv2() {
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for (file, rounding) in [
+        ("resnet20", Rounding::Nearest),
+        ("resnet20", Rounding::Trunc),
+        ("mobilenetv2", Rounding::Trunc),
+    ] {
+        let (plan, input) = seed_plan(file, file, "w8a8", rounding);
+        // Two images are enough to cover every layer; the C file stays small.
+        let n = 2 * plan.input_len();
+        c_matches_engine(&plan, &input[..n], &format!("{file} {rounding}"));
+    }
+}
+
+/// Runs `input` through the engine, exports the plan with those images as C,
+/// compiles it and checks that it prints the engine's logits bit for bit.
+fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
+    let weights = engine::Weights::new(plan);
+    let mut ws = engine::Workspace::new(plan);
+    let mut tests = TestImages::default();
+    for x in input.chunks_exact(plan.input_len()) {
+        let out = engine::run_image(plan, &weights, x, &mut ws, &Default::default()).unwrap();
+        tests.images.push(x.to_vec());
+        tests.logits.push(out.logits);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_export(plan, dir.path(), ExportFormat::C, &tests).unwrap();
+    assert_eq!(files.len(), 3);
+    let exe = dir.path().join("model_test");
+    let cc = Command::new("cc")
+        .args(["-O2", "-std=gnu99", "-ffp-contract=off", "-o"])
+        .arg(&exe)
+        .arg(dir.path().join(format!("{}_test.c", plan.model)))
+        .arg(dir.path().join(format!("{}_int.c", plan.model)))
+        .arg("-lm")
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "cc failed ({what}):\n{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "C logits differ ({what}): {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The printed logits are the engine's, bit for bit.
+    let printed: Vec<Vec<u32>> = stdout
+        .lines()
+        .map(|l| {
+            l.split(' ')
+                .map(|h| u32::from_str_radix(h, 16).unwrap())
+                .collect()
+        })
+        .collect();
+    let want: Vec<Vec<u32>> = tests
+        .logits
+        .iter()
+        .map(|l| l.iter().map(|x| x.to_bits()).collect())
+        .collect();
+    assert_eq!(printed, want, "{what}");
 }
 
 #[test]
