@@ -205,6 +205,7 @@ impl<T> Phased<'_, T> {
     /// `(oh-1)*s + k <= rows` (true for the layout of [`depthwise_body`]).
     fn holds(&self, k: usize, oh: usize, ow: usize) -> bool {
         self.s >= 1
+            && k >= 1
             && (k - 1) / self.s + ow <= self.cols
             && (oh.max(1) - 1) * self.s + k <= self.rows
             && self.v.len() >= self.s * self.rows * self.cols
@@ -525,7 +526,7 @@ fn gemm_madd(
 /// The operand layout of [`madd_kernel`]: per block of eight positions, the
 /// `kp` pairs of rows of k one after the other, each 16 i16 (position `i`
 /// of the block at `2i`, row `2j` low, `2j + 1` high), so the kernel's loads
-/// run through memory (rows `2p` apart would all fall in one L1 set).
+/// run through memory instead of striding `2p` (4 KiB on a 32 x 32 map).
 fn packed_len(kp: usize, p: usize) -> usize {
     p.div_ceil(8) * kp * 16
 }
@@ -802,29 +803,19 @@ const MADD_ROWS: usize = 8;
 /// The weights of a [`direct_conv`] laid out for [`direct_kernel`]:
 /// `[cout / 8][cin / 2][k * k][8]`, each entry the pair of input channels
 /// `(2c, 2c + 1)` at one tap as i16 halves of an i32 (low half the even
-/// channel); channels past `cin` and rows past `cout` are zero.
+/// channel); channels past `cin` and rows past `cout` are zero. That is
+/// [`madd_weights`] of each row reordered to `[cin / 2][k * k][2]`.
 fn direct_weights(l: &ConvLayer) -> Vec<i32> {
     let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
-    let at = |o: usize, c: usize, t: usize| -> u32 {
-        if o < l.cout && c < l.cin {
-            l.weights[(o * l.cin + c) * k2 + t] as i16 as u16 as u32
-        } else {
-            0
-        }
-    };
-    let blocks = l.cout.div_ceil(MADD_ROWS);
-    let mut v = Vec::with_capacity(blocks * cp * k2 * MADD_ROWS);
-    for b in 0..blocks {
-        for c in 0..cp {
+    let mut rows = vec![0i32; l.cout * cp * k2 * 2];
+    for (o, row) in rows.chunks_exact_mut(cp * k2 * 2).enumerate() {
+        for c in 0..l.cin {
             for t in 0..k2 {
-                for r in 0..MADD_ROWS {
-                    let o = b * MADD_ROWS + r;
-                    v.push((at(o, 2 * c, t) | (at(o, 2 * c + 1, t) << 16)) as i32);
-                }
+                row[((c / 2) * k2 + t) * 2 + c % 2] = l.weights[(o * l.cin + c) * k2 + t];
             }
         }
     }
-    v
+    madd_weights(&rows, 1, l.cout, cp * k2 * 2)
 }
 
 /// A k x k conv without im2col: the input is laid out once as zero-padded
