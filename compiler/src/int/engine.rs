@@ -1393,10 +1393,13 @@ fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
     let RowScale {
         m, m2, b, shift, ..
     } = *q;
-    let peak = |v: &[i32]| abs_peak(v) as i64;
-    let mut bound = peak(src) * (m as i64).abs() + b.saturating_abs() + (1i64 << shift.min(40));
+    // Saturating: two 2^31 x 2^31 products would pass i64 (then i64 lanes).
+    let term = |v: &[i32], m: i32| (abs_peak(v) as i64).saturating_mul((m as i64).abs());
+    let mut bound = term(src, m)
+        .saturating_add(b.saturating_abs())
+        .saturating_add(1i64 << shift.min(40));
     if !src2.is_empty() {
-        bound += peak(src2) * (m2 as i64).abs();
+        bound = bound.saturating_add(term(src2, m2));
     }
     if bound < 1 << 31 && shift < 31 {
         requant_lanes::<i32>(src, src2, q, out)
@@ -1769,6 +1772,49 @@ mod tests {
             for i in 0..p {
                 let want: i32 = (0..k).map(|kk| w[o * k + kk] * col[kk * p + i]).sum();
                 assert_eq!(out[o * p + i], want);
+            }
+        }
+    }
+
+    #[test]
+    fn requantization_rows_match_shift_round_in_both_lane_widths() {
+        // Small values (i32 lanes) and values whose sums pass 2^31 (i64).
+        for (scale, m, m2, b) in [
+            (100, 1_000, -700, 12_345),
+            (1 << 20, 3_000, 2_000, -(1 << 20)),
+            (1 << 30, i32::MAX, i32::MIN + 1, i64::from(i32::MAX)),
+        ] {
+            let src: Vec<i32> = (0..37)
+                .map(|i| ((i * 7919) % 201 - 100) * scale / 100)
+                .collect();
+            let src2: Vec<i32> = (0..37)
+                .map(|i| ((i * 104729) % 199 - 99) * scale / 99)
+                .collect();
+            for div in [Div::Trunc, Div::Floor, Div::Nearest] {
+                for shift in [0, 1, 7, 16, 30] {
+                    let (lo, hi) = (-(1i64 << 40), 1i64 << 40);
+                    let q = RowScale {
+                        m,
+                        m2,
+                        b,
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                    };
+                    for two in [false, true] {
+                        let s2: &[i32] = if two { &src2 } else { &[] };
+                        let mut out = vec![0; src.len()];
+                        requant_row(&src, s2, &q, &mut out);
+                        for (i, &o) in out.iter().enumerate() {
+                            let y = if two { src2[i] as i64 * m2 as i64 } else { 0 };
+                            let s = src[i] as i64 * m as i64 + y + b;
+                            let want =
+                                shift_round(s, shift, div).clamp(i32::MIN as i64, i32::MAX as i64);
+                            assert_eq!(o as i64, want, "{div:?} shift {shift} m {m} two {two}");
+                        }
+                    }
+                }
             }
         }
     }
