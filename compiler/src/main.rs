@@ -382,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_model(&spec, "eval", profile.as_deref(), &args)
             }
         }
-        Command::Int(cmd) => qatc::int::cli::run_int(cmd),
+        Command::Int(cmd) => qatc::int::cli::run_int(cmd, &libtorch_eval),
         Command::Export(args) => qatc::int::cli::run_export(args),
         Command::Fmt { spec, to, output } => {
             let src = read(&spec)?;
@@ -494,6 +494,34 @@ fn run_model(
             None => ExitCode::from(1),
         })
     }
+}
+
+/// `qatc int bench --libtorch`: libtorch's fake-quant evaluation of the
+/// spec's model under `profile` on one thread, in images per second: the
+/// model crate's `bench --json` (as `QATC_THREADS=1 qatc bench`), its
+/// `qat.eval_images_per_s`.
+fn libtorch_eval(spec: &Path, profile: &str) -> anyhow::Result<f64> {
+    let args: Vec<String> = ["--profile", profile, "--steps", "5", "--json"]
+        .map(String::from)
+        .to_vec();
+    eprintln!("timing libtorch's fake-quant evaluation on 1 thread (the model crate's bench)...");
+    let (mut command, cargo) = match model_command(spec, "bench", Some(profile), &args)? {
+        Ok(c) => c,
+        Err(_) => anyhow::bail!("the spec `{}` does not check", spec.display()),
+    };
+    let output = command
+        .env("QATC_THREADS", "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+    if !output.status.success() {
+        anyhow::bail!("the model crate's bench failed (libtorch set up? run through `./dev qatc`)");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .context("the model crate's bench printed no JSON report")?;
+    report["qat"]["eval_images_per_s"]
+        .as_f64()
+        .context("the model crate's bench report has no `qat.eval_images_per_s`")
 }
 
 /// `qatc eval SPEC --int [--format table|json] [--fixed CLASS=B,I]...

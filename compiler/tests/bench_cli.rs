@@ -167,3 +167,60 @@ fn bad_specs_profiles_and_flags_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("broken.qspec"));
 }
+
+#[cfg(unix)]
+#[test]
+fn int_bench_times_libtorch_through_the_model_crate_on_one_thread() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new("int");
+    assert!(ws
+        .qatc(&["build", "spec/toynet.qspec"], true)
+        .status
+        .success());
+    // A stand-in for cargo: the model crate's `bench --json` report, given
+    // one thread and the profile asked for (else it fails).
+    let fake = ws.0.join("fake-cargo");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n\
+         [ \"$QATC_THREADS\" = 1 ] || exit 3\n\
+         case \"$*\" in *'bench --profile cfg-1* --steps 5 --json'*) ;; *) exit 4 ;; esac\n\
+         echo '{\"qat\":{\"eval_images_per_s\":500.0}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let golden = std::env::var_os("QATC_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"))
+        .join("toynet.safetensors");
+    let run = |cargo: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_qatc"))
+            .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])
+            .arg("--checkpoint")
+            .arg(&golden)
+            .args(["--import", "seed", "--strip-prefix", "state."])
+            .args(["--saturate-constants", "--images", "4", "--rounds", "1"])
+            .arg("--libtorch")
+            .current_dir(&ws.0)
+            .env("CARGO", cargo)
+            .env("LIBTORCH_USE_PYTORCH", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&fake);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("libtorch fake-quant eval, 1 thread: 500.0 images/s (2.000 ms per image)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("engine / libtorch, 1 thread: "), "{stdout}");
+    // A model crate that fails (here: no JSON) is an error, not a number.
+    let out = run(Path::new("echo"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no JSON report"),
+        "{}",
+        text(&out.stderr)
+    );
+}

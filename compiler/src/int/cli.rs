@@ -15,7 +15,7 @@ use super::{evaluate, Checkpoint, EvalOptions, Images, IntReport};
 use crate::driver::{self, Source};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -157,8 +157,19 @@ pub enum IntAction {
         /// Timed rounds (the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Also time libtorch's fake-quant evaluation of the same model and
+        /// profile on one thread (the model crate's `bench`, as
+        /// `QATC_THREADS=1 qatc bench`; needs libtorch: run through `./dev`)
+        /// and print the engine's speed against it.
+        #[arg(long)]
+        libtorch: bool,
     },
 }
+
+/// Images per second of libtorch's fake-quant evaluation of a spec's model
+/// under a profile, on one thread (`qatc int bench --libtorch`; the binary
+/// provides it, since it runs the generated model crate).
+pub type LibtorchEval<'a> = &'a dyn Fn(&Path, &str) -> anyhow::Result<f64>;
 
 /// `qatc export`.
 #[derive(Args, Clone, Debug)]
@@ -440,7 +451,7 @@ fn print_report(plan: &IntPlan, r: &IntReport, rate: f64, calibrated: Option<usi
 }
 
 /// `qatc int ...`.
-pub fn run_int(cmd: Box<IntCommand>) -> anyhow::Result<ExitCode> {
+pub fn run_int(cmd: Box<IntCommand>, libtorch_eval: LibtorchEval) -> anyhow::Result<ExitCode> {
     match (cmd.action, cmd.run) {
         (
             Some(IntAction::Sweep {
@@ -467,6 +478,7 @@ pub fn run_int(cmd: Box<IntCommand>) -> anyhow::Result<ExitCode> {
                 images,
                 data,
                 rounds,
+                libtorch,
             }),
             _,
         ) => bench(
@@ -475,6 +487,7 @@ pub fn run_int(cmd: Box<IntCommand>) -> anyhow::Result<ExitCode> {
             images,
             data.as_deref(),
             rounds,
+            libtorch.then_some(libtorch_eval),
         ),
         (None, run) => {
             let plan = load_plan_with(&run.plan, None, run.shift.per_layer_shift)?;
@@ -613,6 +626,7 @@ fn bench(
     n: usize,
     data: Option<&str>,
     rounds: usize,
+    libtorch: Option<LibtorchEval>,
 ) -> anyhow::Result<ExitCode> {
     let plan = load_plan_with(plan_args, None, per_layer_shift)?;
     let images = first_images(data, &plan, n.max(1))?;
@@ -642,6 +656,7 @@ fn bench(
     if cores > 1 {
         thread_counts.push(cores);
     }
+    let mut one_thread = None;
     for threads in thread_counts {
         let opts = EvalOptions {
             threads,
@@ -662,6 +677,9 @@ fn bench(
         cpu.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let n = images.len() as f64;
+        if threads == 1 {
+            one_thread = Some(n / median);
+        }
         println!(
             "  {threads} thread{}: {:.1} images/s ({:.3} ms per image){}",
             if threads == 1 { "" } else { "s" },
@@ -670,6 +688,20 @@ fn bench(
             cpu.get(cpu.len() / 2)
                 .map(|c| format!(", {:.3} ms of CPU per image", 1000.0 * c / n))
                 .unwrap_or_default()
+        );
+    }
+    if let (Some(libtorch_eval), Some(engine)) = (libtorch, one_thread) {
+        let spec = plan_args.spec.as_deref().context("a spec is required")?;
+        let torch = libtorch_eval(spec, &plan.profile)?;
+        println!(
+            "libtorch fake-quant eval, 1 thread: {torch:.1} images/s ({:.3} ms per image)",
+            1000.0 / torch
+        );
+        let ratio = engine / torch;
+        println!(
+            "engine / libtorch, 1 thread: {:.2}x {}",
+            if ratio >= 1.0 { ratio } else { 1.0 / ratio },
+            if ratio >= 1.0 { "faster" } else { "slower" }
         );
     }
     Ok(ExitCode::SUCCESS)
