@@ -1780,15 +1780,15 @@ mod tests {
     fn requantization_rows_match_shift_round_in_both_lane_widths() {
         // Small values (i32 lanes) and values whose sums pass 2^31 (i64).
         for (scale, m, m2, b) in [
-            (100, 1_000, -700, 12_345),
+            (100i64, 1_000, -700, 12_345),
             (1 << 20, 3_000, 2_000, -(1 << 20)),
             (1 << 30, i32::MAX, i32::MIN + 1, i64::from(i32::MAX)),
         ] {
-            let src: Vec<i32> = (0..37)
-                .map(|i| ((i * 7919) % 201 - 100) * scale / 100)
+            let src: Vec<i32> = (0..37i64)
+                .map(|i| (((i * 7919) % 201 - 100) * scale / 100) as i32)
                 .collect();
-            let src2: Vec<i32> = (0..37)
-                .map(|i| ((i * 104729) % 199 - 99) * scale / 99)
+            let src2: Vec<i32> = (0..37i64)
+                .map(|i| (((i * 104729) % 199 - 99) * scale / 99) as i32)
                 .collect();
             for div in [Div::Trunc, Div::Floor, Div::Nearest] {
                 for shift in [0, 1, 7, 16, 30] {
