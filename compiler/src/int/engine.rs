@@ -214,13 +214,18 @@ impl<T> Phased<'_, T> {
 
 /// [`Num::depthwise_phased`] for the output columns `from..ow` of every row.
 fn depthwise_from<T: Num>(d: &Phased<T>, w: &[T], k: usize, out: &mut [T], ow: usize, from: usize) {
+    if from >= ow {
+        return;
+    }
+    // Tap offsets relative to output (oy, ox), computed once (no division
+    // per tap): `at(oy, ox, ky, kx) = at(0, 0, ky, kx) + oy * s * cols + ox`.
+    let offs: Vec<usize> = (0..k * k).map(|t| d.at(0, 0, t / k, t % k)).collect();
     for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
         for (ox, o) in orow.iter_mut().enumerate().skip(from) {
+            let base = oy * d.s * d.cols + ox;
             let mut s = T::default();
-            for ky in 0..k {
-                for kx in 0..k {
-                    s = s + w[ky * k + kx] * d.v[d.at(oy, ox, ky, kx)];
-                }
+            for (&off, &wt) in offs.iter().zip(w) {
+                s = s + wt * d.v[base + off];
             }
             *o = s;
         }
@@ -1100,12 +1105,21 @@ impl Weights {
             wf: Vec::new(),
         };
         for layer in &plan.layers {
+            // Each width only where `run_conv` computes in it: f64 for a conv
+            // of the float input, i64 for one whose sums are stored wide,
+            // i32 otherwise.
             let (a, b, c) = match layer {
-                Layer::Conv(l) => (
-                    l.weights.clone(),
-                    l.weights.iter().map(|&x| x as i64).collect(),
+                Layer::Conv(l) if l.input == ConvInput::Float => (
+                    Vec::new(),
+                    Vec::new(),
                     l.weights.iter().map(|&x| x as f64).collect(),
                 ),
+                Layer::Conv(l) if plan.tensors.get(l.output).is_some_and(|t| t.wide) => (
+                    Vec::new(),
+                    l.weights.iter().map(|&x| x as i64).collect(),
+                    Vec::new(),
+                ),
+                Layer::Conv(l) => (l.weights.clone(), Vec::new(), Vec::new()),
                 _ => (Vec::new(), Vec::new(), Vec::new()),
             };
             w.dpairs.push(match layer {
