@@ -496,6 +496,34 @@ fn run_model(
     }
 }
 
+/// Runs the model crate's `subcommand` (as [`run_model`], with `env` set and
+/// its stderr on the terminal) for the JSON report it prints on stdout.
+/// `Ok(Err(code))`: the spec did not check or the model failed (either said
+/// why already).
+fn model_json(
+    spec: &Path,
+    subcommand: &str,
+    profile: Option<&str>,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Result<serde_json::Value, ExitCode>> {
+    let (mut command, cargo) = match model_command(spec, subcommand, profile, args)? {
+        Ok(c) => c,
+        Err(code) => return Ok(Err(code)),
+    };
+    let output = command
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
+    if !output.status.success() {
+        return Ok(Err(ExitCode::from(1)));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map(Ok)
+        .with_context(|| format!("the model's {subcommand} printed no JSON report"))
+}
+
 /// `qatc int bench --libtorch`: libtorch's fake-quant evaluation of the
 /// spec's model under `profile` on one thread, in images per second: the
 /// model crate's `bench --json` (as `QATC_THREADS=1 qatc bench`), its
@@ -505,20 +533,18 @@ fn libtorch_eval(spec: &Path, profile: &str) -> anyhow::Result<f64> {
         .map(String::from)
         .to_vec();
     eprintln!("timing libtorch's fake-quant evaluation on 1 thread (the model crate's bench)...");
-    let (mut command, cargo) = match model_command(spec, "bench", Some(profile), &args)? {
-        Ok(c) => c,
-        Err(_) => anyhow::bail!("the spec `{}` does not check", spec.display()),
+    let report = match model_json(
+        spec,
+        "bench",
+        Some(profile),
+        &args,
+        &[("QATC_THREADS", "1")],
+    )? {
+        Ok(report) => report,
+        Err(_) => anyhow::bail!(
+            "the model crate's bench failed (said above; libtorch set up? run through `./dev qatc`)"
+        ),
     };
-    let output = command
-        .env("QATC_THREADS", "1")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
-    if !output.status.success() {
-        anyhow::bail!("the model crate's bench failed (libtorch set up? run through `./dev qatc`)");
-    }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .context("the model crate's bench printed no JSON report")?;
     report["qat"]["eval_images_per_s"]
         .as_f64()
         .context("the model crate's bench report has no `qat.eval_images_per_s`")
@@ -573,20 +599,13 @@ fn eval_int(spec: &Path, profile: Option<&str>, args: &[String]) -> anyhow::Resu
         "--logits".to_string(),
         logits_path.to_string_lossy().into_owned(),
     ]);
-    let (mut command, cargo) = match model_command(spec, "eval", profile, &passed)? {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
+    let fake = match model_json(spec, "eval", profile, &passed, &[]) {
+        Ok(Ok(report)) => report,
+        failed => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return failed.map(|f| f.err().unwrap_or(ExitCode::FAILURE));
+        }
     };
-    let output = command
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run `{}`", cargo.to_string_lossy()))?;
-    if !output.status.success() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Ok(ExitCode::from(1));
-    }
-    let fake: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .context("the model's eval printed no JSON report")?;
     let logits_text = std::fs::read_to_string(&logits_path);
     let _ = std::fs::remove_dir_all(&tmp);
     let fake_logits: Vec<Vec<f32>> = logits_text
