@@ -590,29 +590,35 @@ fn madd_weights(w: &[i32], groups: usize, m: usize, k: usize) -> Vec<i32> {
     v
 }
 
+/// Eight positions of rows `a` and `b` (`None`: 0) as interleaved i16
+/// pairs: the low halves of `a` or'ed with `b` shifted up 16 bits, which is
+/// the `as i16` of both. Reads `a[0..8]` and `b[0..8]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair8(a: *const i32, b: Option<*const i32>) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let lo = _mm256_and_si256(_mm256_loadu_si256(a as _), _mm256_set1_epi32(0xffff));
+    match b {
+        Some(b) => _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_loadu_si256(b as _), 16)),
+        None => lo,
+    }
+}
+
 /// `col` (`k` rows of `p` i32) as i16 pairs of rows in the [`packed_len`]
-/// layout (a missing last odd row is 0): a block's pair is the low halves
-/// of row `2j` or'ed with row `2j + 1` shifted up 16 bits (the values fit
-/// in i16, so this is the `as i16` of both).
+/// layout (a missing last odd row is 0), whole blocks by [`pair8`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
-    let (full, low) = (p / 8, _mm256_set1_epi32(0xffff));
+    let full = p / 8;
     assert!(col.len() >= k * p && packed.len() >= packed_len(kp, p));
     for j in 0..kp {
         let a = &col[2 * j * p..(2 * j + 1) * p];
         let b = (2 * j + 1 < k).then(|| &col[(2 * j + 1) * p..(2 * j + 2) * p]);
         for blk in 0..full {
-            let lo = _mm256_and_si256(_mm256_loadu_si256(a.as_ptr().add(blk * 8) as _), low);
-            let v = match b {
-                Some(b) => {
-                    let hi = _mm256_loadu_si256(b.as_ptr().add(blk * 8) as _);
-                    _mm256_or_si256(lo, _mm256_slli_epi32(hi, 16))
-                }
-                None => lo,
-            };
+            let v = pair8(a.as_ptr().add(blk * 8), b.map(|b| b.as_ptr().add(blk * 8)));
             _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kp + j) * 16) as _, v);
         }
         pairs_into_blocks(a, b, |x| x as i16, full * 8, j, kp, packed);
@@ -902,23 +908,24 @@ fn conv_direct_madd(
     }
 }
 
-/// `out[2i] = a[i]`, `out[2i + 1] = b[i]` (0 without `b`) as i16.
+/// `out[2i] = a[i]`, `out[2i + 1] = b[i]` (0 without `b`) as i16: eight
+/// positions at a time by [`pair8`], the rest one by one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
-    match b {
-        Some(b) => {
-            for (d, (&x, &y)) in out.chunks_exact_mut(2).zip(a.iter().zip(b)) {
-                d[0] = x as i16;
-                d[1] = y as i16;
-            }
-        }
-        None => {
-            for (d, &x) in out.chunks_exact_mut(2).zip(a) {
-                d[0] = x as i16;
-                d[1] = 0;
-            }
-        }
+    use std::arch::x86_64::*;
+    let n = a
+        .len()
+        .min(out.len() / 2)
+        .min(b.map_or(usize::MAX, <[i32]>::len));
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        let v = pair8(a.as_ptr().add(i), b.map(|b| b.as_ptr().add(i)));
+        _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as _, v);
+    }
+    for i in full..n {
+        out[2 * i] = a[i] as i16;
+        out[2 * i + 1] = b.map_or(0, |b| b[i] as i16);
     }
 }
 
@@ -1828,6 +1835,27 @@ mod tests {
                             assert_eq!(o as i64, want, "{div:?} shift {shift} m {m} two {two}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn row_pairs_are_the_as_i16_of_both_rows() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for n in 0..20 {
+            let a: Vec<i32> = (0..n as i32).map(|i| i * 40_503 - 300_000).collect();
+            let b: Vec<i32> = (0..n as i32).map(|i| 70_000 - i * 9_001).collect();
+            for with_b in [false, true] {
+                let mut out = vec![7i16; 2 * n];
+                // SAFETY: AVX2 is present (checked above).
+                unsafe { pair_rows(&a, with_b.then_some(&b[..]), &mut out) };
+                for i in 0..n {
+                    assert_eq!(out[2 * i], a[i] as i16, "n {n} i {i}");
+                    assert_eq!(out[2 * i + 1], if with_b { b[i] as i16 } else { 0 });
                 }
             }
         }
