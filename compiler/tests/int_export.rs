@@ -85,8 +85,69 @@ fn c_reference_matches_the_engine_on_resnet20_and_mobilenetv2() {
     }
 }
 
+/// How the exported C is built and run: portable C99 as a pedantic compiler
+/// sees it (`-std=c99 -pedantic -Werror`), natively under AddressSanitizer
+/// and UndefinedBehaviorSanitizer, and as a 32-bit program (`-m32`, no
+/// 128-bit integers there) where the machine has a 32-bit C library (Debian's
+/// `gcc-multilib`, which `./dev` installs; `QATC_REQUIRE_M32=1`, set by CI,
+/// turns its absence into a failure).
+const C_FLAGS: &[&str] = &[
+    "-std=c99",
+    "-pedantic",
+    "-Werror",
+    "-Wall",
+    "-Wno-unused-function",
+    "-ffp-contract=off",
+];
+
+/// The build variants: (name, extra flags, environment).
+fn c_variants() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut v = vec![
+        ("native", vec!["-O2"]),
+        (
+            "asan+ubsan",
+            vec![
+                "-O1",
+                "-g",
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer",
+            ],
+        ),
+    ];
+    if can_build_m32() {
+        v.push(("m32", vec!["-O2", "-m32"]));
+    } else if std::env::var_os("QATC_REQUIRE_M32").is_some() {
+        panic!(
+            "QATC_REQUIRE_M32 is set but `cc -m32` cannot link a program (install gcc-multilib)"
+        );
+    } else {
+        eprintln!("note: `cc -m32` cannot link here (no gcc-multilib): the 32-bit build of the C export is not checked");
+    }
+    v
+}
+
+fn can_build_m32() -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("t.c");
+    std::fs::write(
+        &src,
+        "int main(void) { return sizeof(void *) == 4 ? 0 : 1; }\n",
+    )
+    .unwrap();
+    let exe = dir.path().join("t");
+    Command::new("cc")
+        .args(["-m32", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new(&exe).status().is_ok_and(|s| s.success())
+}
+
 /// Runs `input` through the engine, exports the plan with those images as C,
-/// compiles it and checks that it prints the engine's logits bit for bit.
+/// compiles it in every [`c_variants`] and checks that each prints the
+/// engine's logits bit for bit, with no sanitizer report.
 fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
     let weights = engine::Weights::new(plan);
     let mut ws = engine::Workspace::new(plan);
@@ -99,42 +160,61 @@ fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let files = write_export(plan, dir.path(), ExportFormat::C, &tests).unwrap();
     assert_eq!(files.len(), 3);
-    let exe = dir.path().join("model_test");
-    let cc = Command::new("cc")
-        .args(["-O2", "-std=gnu99", "-ffp-contract=off", "-o"])
-        .arg(&exe)
-        .arg(dir.path().join(format!("{}_test.c", plan.model)))
-        .arg(dir.path().join(format!("{}_int.c", plan.model)))
-        .arg("-lm")
-        .output()
-        .unwrap();
+    let c_src = std::fs::read_to_string(dir.path().join(format!("{}_int.c", plan.model))).unwrap();
     assert!(
-        cc.status.success(),
-        "cc failed ({what}):\n{}",
-        String::from_utf8_lossy(&cc.stderr)
+        !c_src.contains("__int128"),
+        "the C export must be portable C99"
     );
-    let run = Command::new(&exe).output().unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "C logits differ ({what}): {}\n{stdout}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    // The printed logits are the engine's, bit for bit.
-    let printed: Vec<Vec<u32>> = stdout
-        .lines()
-        .map(|l| {
-            l.split(' ')
-                .map(|h| u32::from_str_radix(h, 16).unwrap())
-                .collect()
-        })
-        .collect();
     let want: Vec<Vec<u32>> = tests
         .logits
         .iter()
         .map(|l| l.iter().map(|x| x.to_bits()).collect())
         .collect();
-    assert_eq!(printed, want, "{what}");
+    for (variant, flags) in c_variants() {
+        let exe = dir
+            .path()
+            .join(format!("model_test_{}", variant.replace('+', "_")));
+        let cc = Command::new("cc")
+            .args(C_FLAGS)
+            .args(&flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(dir.path().join(format!("{}_test.c", plan.model)))
+            .arg(dir.path().join(format!("{}_int.c", plan.model)))
+            .arg("-lm")
+            .output()
+            .unwrap();
+        assert!(
+            cc.status.success(),
+            "cc failed ({what}, {variant}):\n{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let run = Command::new(&exe)
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success(),
+            "C logits differ ({what}, {variant}): {stderr}\n{stdout}"
+        );
+        assert!(
+            !stderr.contains("runtime error") && !stderr.contains("Sanitizer"),
+            "sanitizer report ({what}, {variant}):\n{stderr}"
+        );
+        // The printed logits are the engine's, bit for bit.
+        let printed: Vec<Vec<u32>> = stdout
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .map(|h| u32::from_str_radix(h, 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(printed, want, "{what} ({variant})");
+    }
 }
 
 #[test]

@@ -1215,8 +1215,10 @@ fn run_conv(
             let mut col = std::mem::take(&mut ws.col32);
             let mut packed = std::mem::take(&mut ws.packed);
             // 16-bit operands (and not both at -2^15, whose pair sum would
-            // pass 2^31) go through the AVX2 multiply-add of i16 pairs.
-            let fits16 = l.a_bits <= 16 && l.w_bits <= 16 && (l.a_bits < 16 || l.w_bits < 16);
+            // pass 2^31) go through the AVX2 multiply-add of i16 pairs. The
+            // input's width is that of its actual range (`in_bits`): a
+            // 16-bit unsigned or seed-pooled activation does not fit i16.
+            let fits16 = l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16);
             let pairs = &weights.pairs[li];
             let mut packed2 = std::mem::take(&mut ws.packed2);
             let mut fast =
@@ -1746,6 +1748,13 @@ pub fn run_image(
     let trunc = plan.options.rounding == Rounding::Trunc;
     for (ti, (src, k)) in o.terms.iter().enumerate() {
         let buf = &ws.bufs[*src];
+        // The seed's fc multiplies its integers in float32 (`F.linear`):
+        // under `trunc` its sums are recomputed in that arithmetic.
+        let linear = if trunc {
+            seed_linear_of(plan, *src)
+        } else {
+            None
+        };
         for c in 0..classes {
             let v = buf.get(c);
             if ti == 0 {
@@ -1753,7 +1762,15 @@ pub fn run_image(
             }
             // The seed: `(q_x * 1.0) * re_scale`, then `+= bias`, in float32;
             // otherwise summed in f64 and rounded once.
-            logits[c] += v as f32 * o.terms_f32[ti][c];
+            let v32 = match linear {
+                Some((l, input)) => {
+                    let x = &ws.bufs[input];
+                    let row = &l.weights[c * l.cin..(c + 1) * l.cin];
+                    seed_linear_f32(l.cin, |i| x.get(i), |i| row[i])
+                }
+                None => v as f32,
+            };
+            logits[c] += v32 * o.terms_f32[ti][c];
             exact[c] += v as f64 * k[c];
         }
     }
@@ -1765,6 +1782,46 @@ pub fn run_image(
         }
     }
     Ok(ImageOutput { logits, acc })
+}
+
+/// The linear layer (a 1x1 conv over `[F, 1, 1]` integers) that computes
+/// tensor `src`, with its input tensor.
+fn seed_linear_of(plan: &IntPlan, src: TensorId) -> Option<(&ConvLayer, TensorId)> {
+    plan.layers.iter().find_map(|l| match l {
+        Layer::Conv(c) => seed_linear_input(c, src).map(|t| (c, t)),
+        _ => None,
+    })
+}
+
+/// The input tensor of `c` when it is a linear layer (a 1x1 conv over
+/// `[F, 1, 1]` integers) that computes tensor `src`.
+pub fn seed_linear_input(c: &ConvLayer, src: TensorId) -> Option<TensorId> {
+    let linear = c.output == src
+        && c.kernel == 1
+        && c.groups == 1
+        && c.in_hw == [1, 1]
+        && c.out_hw == [1, 1];
+    match c.input {
+        ConvInput::Tensor(t) if linear => Some(t),
+        _ => None,
+    }
+}
+
+/// `sum_i x(i) * w(i)` as the seed's float32 fc computes it (PyTorch's CPU
+/// `F.linear` on float copies of the integers): four partial sums over
+/// `i mod 4`, each accumulated in order with fused multiply-adds, combined
+/// as `(s0 + s2) + (s1 + s3)`. Where every partial sum stays below 2^24
+/// this is the exact sum; beyond, it reproduces the seed's roundings (the
+/// order was determined on the golden sets: it is the only one among the
+/// sequential, blocked and 4- to 64-lane orders tried that gives every fc
+/// sum of every set, including the 11 of seed3 whose rounding depends on
+/// the order).
+pub fn seed_linear_f32(n: usize, x: impl Fn(usize) -> i64, w: impl Fn(usize) -> i32) -> f32 {
+    let mut s = [0f32; 4];
+    for i in 0..n {
+        s[i % 4] = (x(i) as f32).mul_add(w(i) as f32, s[i % 4]);
+    }
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// Index of the largest logit (the first on ties).
@@ -2036,6 +2093,7 @@ mod tests {
                 w_bits: 8,
                 w_scale: 127.0,
                 a_bits: 8,
+                in_bits: 8,
                 float_scale: 1.0,
                 fan_in,
                 worst_bits: None,

@@ -11,9 +11,11 @@
 //!   `<model>.int.json`, the same plan with every array replaced by the
 //!   name of its `.npy` entry.
 //! - `c`: `<model>_int.h` (the constants), `<model>_int.c` (a reference
-//!   inference, `qatc_forward`, C99 plus `__int128` where a requantization
-//!   needs it) and, with test images, `<model>_test.c` whose `main` runs
-//!   them and checks the logits bit for bit against the Rust engine's.
+//!   inference, `qatc_forward`, portable C99: 64-bit integers, and where a
+//!   requantization's sums may pass 2^63 an exact 128-bit sum in two 64-bit
+//!   halves, no `__int128`, so 32-bit and MSVC toolchains build it) and,
+//!   with test images, `<model>_test.c` whose `main` runs them and checks
+//!   the logits bit for bit against the Rust engine's.
 //!
 //! Invariants: the C code performs the engine's operations in the engine's
 //! order (float stem summed in `double` in the same term order, every
@@ -25,6 +27,7 @@
 //! subset is tiny and fixed, and `ndarray-npy`/`npyz` would pull an array
 //! crate and a zip implementation into the compiler for it.
 
+use super::engine;
 use super::fixed::{Div, Rounding};
 use super::plan::{ConvInput, IntPlan, Layer, PoolKind};
 use super::IntError;
@@ -337,21 +340,96 @@ static int64_t shift_round(int64_t x, int shift, int div) {
         return x >= 0 ? (x + half) >> shift : -((-x + half) >> shift);
     }
 }
-#ifdef __SIZEOF_INT128__
-static int64_t shift_round_wide(__int128 x, int shift, int div) {
-    __int128 r;
-    if (shift == 0) r = x;
-    else if (div == 1) r = x >> shift;
-    else if (div == 0) r = (x + ((x >> 127) & ((((__int128)1) << shift) - 1))) >> shift;
-    else {
-        __int128 half = ((__int128)1) << (shift - 1);
-        r = x >= 0 ? (x + half) >> shift : -((-x + half) >> shift);
-    }
-    if (r > INT64_MAX) r = INT64_MAX;
-    if (r < INT64_MIN) r = INT64_MIN;
-    return (int64_t)r;
+/* Exact 128-bit sums in portable C99 (no compiler extension: 32-bit and MSVC
+   toolchains lack it): two's complement in two 64-bit halves. A wide
+   requantization's products of a 64-bit source and a multiplier are summed
+   here exactly, then rounded and saturated to 64 bits as the engine's i128. */
+typedef struct { uint64_t lo, hi; } wide_t;
+static wide_t wide_from(int64_t x) {
+    wide_t r;
+    r.lo = (uint64_t)x;
+    r.hi = x < 0 ? UINT64_MAX : 0;
+    return r;
 }
-#endif
+static wide_t wide_add(wide_t a, wide_t b) {
+    wide_t r;
+    r.lo = a.lo + b.lo;
+    r.hi = a.hi + b.hi + (r.lo < a.lo);
+    return r;
+}
+static wide_t wide_neg(wide_t a) {
+    wide_t r;
+    r.lo = ~a.lo + 1;
+    r.hi = ~a.hi + (r.lo == 0);
+    return r;
+}
+static int wide_is_neg(wide_t a) { return (a.hi >> 63) != 0; }
+/* |x| of an int64 as uint64 (INT64_MIN included) */
+static uint64_t mag64(int64_t x) { return x < 0 ? ~(uint64_t)x + 1 : (uint64_t)x; }
+/* a * b, exact: 32-bit limbs of the magnitudes, the sign applied last */
+static wide_t wide_mul(int64_t a, int64_t b) {
+    uint64_t x = mag64(a), y = mag64(b);
+    uint64_t x0 = x & 0xffffffffu, x1 = x >> 32, y0 = y & 0xffffffffu, y1 = y >> 32;
+    uint64_t p00 = x0 * y0, p01 = x0 * y1, p10 = x1 * y0, p11 = x1 * y1;
+    uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
+    wide_t r;
+    r.lo = (p00 & 0xffffffffu) | (mid << 32);
+    r.hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+    return (a < 0) != (b < 0) ? wide_neg(r) : r;
+}
+/* arithmetic shift right by 0 < s < 128 */
+static wide_t wide_shr(wide_t a, int s) {
+    wide_t r;
+    uint64_t fill = wide_is_neg(a) ? UINT64_MAX : 0;
+    if (s >= 64) {
+        r.lo = s == 64 ? a.hi : (a.hi >> (s - 64)) | (fill << (128 - s));
+        r.hi = fill;
+    } else {
+        r.lo = (a.lo >> s) | (a.hi << (64 - s));
+        r.hi = (a.hi >> s) | (fill << (64 - s));
+    }
+    return r;
+}
+/* 2^s - 1 and 2^(s-1) for 0 < s < 128 */
+static wide_t wide_low_mask(int s) {
+    wide_t r;
+    r.lo = s >= 64 ? UINT64_MAX : (UINT64_C(1) << s) - 1;
+    r.hi = s > 64 ? (UINT64_C(1) << (s - 64)) - 1 : 0;
+    return r;
+}
+static wide_t wide_pow2(int s) {
+    wide_t r;
+    r.lo = s < 64 ? UINT64_C(1) << s : 0;
+    r.hi = s >= 64 ? UINT64_C(1) << (s - 64) : 0;
+    return r;
+}
+static int64_t shift_round_wide(wide_t x, int shift, int div) {
+    wide_t r = x;
+    if (shift > 0) {
+        if (div == 1) r = wide_shr(x, shift);                                   /* floor */
+        else if (div == 0) r = wide_shr(wide_is_neg(x) ? wide_add(x, wide_low_mask(shift)) : x, shift); /* trunc */
+        else if (wide_is_neg(x)) r = wide_neg(wide_shr(wide_add(wide_neg(x), wide_pow2(shift - 1)), shift));
+        else r = wide_shr(wide_add(x, wide_pow2(shift - 1)), shift);             /* nearest, halves away from 0 */
+    }
+    /* saturate to int64: the high half must be the low half's sign */
+    if (wide_is_neg(r)) {
+        if (r.hi != UINT64_MAX || (r.lo >> 63) == 0) return INT64_MIN;
+    } else if (r.hi != 0 || (r.lo >> 63) != 0) {
+        return INT64_MAX;
+    }
+    return r.lo <= (uint64_t)INT64_MAX ? (int64_t)r.lo : -(int64_t)(~r.lo) - 1;
+}
+/* The seed's float32 fc sum (PyTorch's F.linear on float copies of the
+   integers): four partial sums over i mod 4 with fused multiply-adds,
+   combined as (s0 + s2) + (s1 + s3); the engine's seed_linear_f32. */
+static float seed_linear(const int64_t *x, const int32_t *w, int n) {
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, a, b, r;
+    for (int i = 0; i < n; i++) s[i % 4] = fmaf((float)x[i], (float)w[i], s[i % 4]);
+    a = s[0] + s[2];
+    b = s[1] + s[3];
+    r = a + b;
+    return r;
+}
 static int64_t div_round(int64_t x, int64_t n, int div) {
     if (div == 0) return x / n;
     if (div == 1) { int64_t q = x / n; return (x % n != 0 && x < 0) ? q - 1 : q; }
@@ -571,22 +649,31 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
             Layer::Requant(r) => {
                 let ch = r.bias.len();
                 let p = plan.tensors[r.output].len() / ch.max(1);
-                let (sum_ty, shift_fn) = if r.wide {
-                    ("__int128", "shift_round_wide")
-                } else {
-                    ("int64_t", "shift_round")
-                };
                 let _ = writeln!(
                     c,
                     "    for (int c = 0; c < {ch}; c++) for (int i = 0; i < {p}; i++) {{"
                 );
-                let _ = write!(c, "        {sum_ty} s = ({sum_ty}){id}_b[c]");
-                for (ti, t) in r.terms.iter().enumerate() {
-                    let _ = write!(c, " + ({sum_ty})t{}[c * {p} + i] * {id}_m{ti}[c]", t.src);
-                }
+                let shift_fn = if r.wide {
+                    let _ = write!(c, "        wide_t s = wide_from({id}_b[c]);");
+                    for (ti, t) in r.terms.iter().enumerate() {
+                        let _ = write!(
+                            c,
+                            "\n        s = wide_add(s, wide_mul(t{}[c * {p} + i], {id}_m{ti}[c]));",
+                            t.src
+                        );
+                    }
+                    "shift_round_wide"
+                } else {
+                    let _ = write!(c, "        int64_t s = (int64_t){id}_b[c]");
+                    for (ti, t) in r.terms.iter().enumerate() {
+                        let _ = write!(c, " + (int64_t)t{}[c * {p} + i] * {id}_m{ti}[c]", t.src);
+                    }
+                    let _ = write!(c, ";");
+                    "shift_round"
+                };
                 let _ = writeln!(
                     c,
-                    ";\n        t{}[c * {p} + i] = clamp64({shift_fn}(s, {}, {}), INT64_C({}), INT64_C({}));\n    }}",
+                    "\n        t{}[c * {p} + i] = clamp64({shift_fn}(s, {}, {}), INT64_C({}), INT64_C({}));\n    }}",
                     r.output,
                     r.shift,
                     div_code(r.div),
@@ -619,17 +706,36 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
     let trunc = plan.options.rounding == Rounding::Trunc;
     let _ = writeln!(
         c,
-        "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        float l = 0.0f;\n        double d = 0.0;"
+        "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        /* one float operation per statement: each result is rounded to\n           float even where the compiler evaluates in wider registers (x87) */\n        float l = 0.0f, p = 0.0f;\n        double d = 0.0, q = 0.0;\n        (void)p;\n        (void)q;"
     );
     for (ti, (src, _)) in o.terms.iter().enumerate() {
-        if trunc {
-            let _ = writeln!(c, "        l += (float)t{src}[c] * OUT_k{ti}_f32[c];");
+        let linear = plan.layers.iter().enumerate().find_map(|(li, l)| match l {
+            Layer::Conv(cl) if engine::seed_linear_input(cl, *src).is_some() => {
+                Some((format!("L{li}_{}", ident(l.name())), cl))
+            }
+            _ => None,
+        });
+        if let (true, Some((id, cl))) = (trunc, linear) {
+            let input = engine::seed_linear_input(cl, *src).unwrap_or(0);
+            let _ = writeln!(
+                c,
+                "        p = seed_linear(t{input}, {id}_w + c * {n}, {n}) * OUT_k{ti}_f32[c];\n        l = l + p;",
+                n = cl.cin
+            );
+        } else if trunc {
+            let _ = writeln!(
+                c,
+                "        p = (float)t{src}[c] * OUT_k{ti}_f32[c];\n        l = l + p;"
+            );
         } else {
-            let _ = writeln!(c, "        d += (double)t{src}[c] * OUT_k{ti}[c];");
+            let _ = writeln!(
+                c,
+                "        q = (double)t{src}[c] * OUT_k{ti}[c];\n        d = d + q;"
+            );
         }
     }
     if trunc {
-        c.push_str("        l += OUT_b_f32[c];\n        (void)d;\n");
+        c.push_str("        l = l + OUT_b_f32[c];\n        (void)d;\n");
     } else {
         c.push_str("        l = (float)(d + OUT_b[c]);\n");
     }

@@ -174,6 +174,11 @@ pub struct ConvLayer {
     pub w_scale: f64,
     /// Bits of the activations read (32: float input).
     pub a_bits: u32,
+    /// Signed width of the integers actually read (their `[lo, hi]`; 32 for
+    /// the float input): the operand width the kernels may use. It exceeds
+    /// `a_bits` for unsigned (PACT, DoReFa) activations and for the seed's
+    /// pooled fc input, clamped to `[-2^(b-1), 2^(b-1)]`.
+    pub in_bits: u32,
     /// Float input only: the sum is scaled by this before rounding to an
     /// integer (1 under `trunc`, as the seed; under `nearest`, a power of two
     /// that keeps the sum to about 2^-15 of its real value: 2^8 over 8-bit
@@ -408,6 +413,13 @@ fn shape3(n: &[i64]) -> [usize; 3] {
         [f] => [*f as usize, 1, 1],
         _ => [0, 0, 0],
     }
+}
+
+/// The smallest signed width `n` with `-2^(n-1) <= lo` and `hi < 2^(n-1)`.
+pub fn signed_bits(lo: i64, hi: i64) -> u32 {
+    (1..64)
+        .find(|&n| lo >= -(1i64 << (n - 1)) && hi < (1i64 << (n - 1)))
+        .unwrap_or(64)
 }
 
 fn bits_of(x: f64) -> u32 {
@@ -981,8 +993,8 @@ impl<'a> Builder<'a> {
         bias: bool,
     ) -> Result<Value, IntError> {
         let (cout, kernel, stride, padding, groups) = geometry;
-        let (input, a_bits, mut denom_a, bound) = match v {
-            Value::Float => (ConvInput::Float, 32, 1.0, None),
+        let (input, a_bits, in_bits, mut denom_a, bound) = match v {
+            Value::Float => (ConvInput::Float, 32, 32, 1.0, None),
             other => {
                 let q = self.integers(n, other)?;
                 let bits = match &self.tensors[q.t].kind {
@@ -992,6 +1004,7 @@ impl<'a> Builder<'a> {
                 (
                     ConvInput::Tensor(q.t),
                     bits,
+                    signed_bits(q.lo, q.hi),
                     q.scale,
                     Some(q.lo.unsigned_abs().max(q.hi.unsigned_abs()) as f64),
                 )
@@ -1072,6 +1085,7 @@ impl<'a> Builder<'a> {
             w_bits,
             w_scale,
             a_bits,
+            in_bits,
             float_scale: if matches!(input, ConvInput::Float) {
                 float_scale
             } else {
@@ -1127,9 +1141,10 @@ impl<'a> Builder<'a> {
         let mut w32 = vec![0.0f32; c];
         let mut b64 = vec![0.0; c];
         let mut b32 = vec![0.0f32; c];
+        let framework_std = self.ck.bn_std.get(&n.name).filter(|s| s.len() == c);
         for ch in 0..c {
             // As the seed: gamma.div(sqrt(var + eps)), beta - gamma.mul(mean).div(sqrt(var + eps)).
-            let std32 = (var[ch] + BN_EPS).sqrt();
+            let std32 = framework_std.map_or_else(|| (var[ch] + BN_EPS).sqrt(), |s| s[ch]);
             w32[ch] = gamma[ch] / std32;
             b32[ch] = beta[ch] - (gamma[ch] * mean[ch]) / std32;
             let std64 = (var[ch] as f64 + BN_EPS as f64).sqrt();
