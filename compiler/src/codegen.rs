@@ -387,15 +387,20 @@ fn lib(
         }
     };
     let fused = fused_activations(union);
+    // Per statement of `forward`: its slot, its variable and the variables it
+    // reads (for the per-block forwards below).
+    let mut reads: Vec<(usize, String, Vec<String>)> = Vec::new();
     for u in &union.nodes {
         let n = &u.node;
         let f = field(&u.name);
         let v = var(&u.name);
         let mut inp: Vec<TokenStream> = u.inputs.iter().map(input_expr).collect();
+        let mut read: Vec<String> = u.inputs.clone();
         if fused.absorbed.contains(u.name.as_str()) {
             continue;
         }
         let slot_i = slot_index[g0.slots[n.slot].name.as_str()];
+        let pushed = forward.len();
         let slot = int(slot_i as i64);
         let path = path_expr(&u.name);
         let cin_v = n.in_shape.0.first().copied().unwrap_or(0);
@@ -474,6 +479,7 @@ fn lib(
                 let method = match fused.into.get(u.name.as_str()) {
                     Some(&(method, act)) => {
                         inp = vec![input_expr(&act.inputs[0])];
+                        read = vec![act.inputs[0].clone()];
                         format_ident!("{method}")
                     }
                     None => format_ident!("forward"),
@@ -516,13 +522,71 @@ fn lib(
                 forward.push((v.clone(), quote! { qatc_runtime::ops::flatten(#(#inp)*) }))
             }
         }
+        if forward.len() > pushed {
+            reads.push((slot_i, u.name.clone(), read));
+        }
     }
     // The last node is the output: returned as an expression, the rest bound.
     let (_, out) = forward.pop().expect("graph has nodes");
-    let forward: Vec<TokenStream> = forward
-        .into_iter()
-        .map(|(v, e)| quote! { let #v = #e; })
-        .collect();
+    // Blocks become methods that `forward_t` calls (and `forward_block` runs
+    // alone); the other statements stay in `forward_t`.
+    let blocks = block_methods(g0, &slots, &forward, &reads, union);
+    let mut body = Vec::new();
+    let mut i = 0;
+    while i < forward.len() {
+        match blocks.iter().find(|b| b.stmts.start == i) {
+            Some(b) => {
+                let (v, method, arg) = (&b.out, &b.method, &b.param);
+                body.push(if b.train {
+                    quote! { let #v = self.#method(&#arg, train); }
+                } else {
+                    quote! { let #v = self.#method(&#arg); }
+                });
+                i = b.stmts.end;
+            }
+            None => {
+                let (v, e) = &forward[i];
+                body.push(quote! { let #v = #e; });
+                i += 1;
+            }
+        }
+    }
+    let forward = body;
+    let block_names: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
+    let n_blocks = int(block_names.len() as i64);
+    let block_defs: Vec<&TokenStream> = blocks.iter().map(|b| &b.def).collect();
+    let block_fn = if blocks.is_empty() {
+        quote! {}
+    } else {
+        let any_train = blocks.iter().any(|b| b.train);
+        let train = if any_train {
+            quote! { train }
+        } else {
+            quote! { _train }
+        };
+        let arms = blocks.iter().map(|b| {
+            let (name, method) = (&b.name, &b.method);
+            if b.train {
+                quote! { #name => self.#method(input, train), }
+            } else {
+                quote! { #name => self.#method(input), }
+            }
+        });
+        quote! {
+            #(#block_defs)*
+
+            /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+            /// block before it returns: to compare one block with a reference
+            /// implementation fed the same input (teacher forcing). `None` for
+            /// a name that is not in `BLOCKS`.
+            pub fn forward_block(&self, block: &str, input: &tch::Tensor, #train: bool) -> Option<tch::Tensor> {
+                Some(match block {
+                    #(#arms)*
+                    _ => return None,
+                })
+            }
+        }
+    };
     let header_doc: Vec<String> = header.lines().map(|l| format!(" {l}")).collect();
     let model_doc = format!(" Model `{model_name}`: input {c}x{h}x{w}, {classes} classes.");
     let profiles_doc = format!(
@@ -555,6 +619,8 @@ fn lib(
             spec_hash: #spec_hash,
             profiles: &PROFILE_NAMES,
         };
+        /// The blocks that `forward_block` runs alone (those with one input), in order.
+        pub const BLOCKS: [&str; #n_blocks] = [#(#block_names),*];
         /// Activation quantizer sites in order: index into `Profile::acts`.
         pub const ACT_SITES: [&str; #n_acts] = [#(#act_names),*];
         /// The bit-widths of one profile.
@@ -579,6 +645,8 @@ fn lib(
             pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
                 Self { #(#inits,)* }
             }
+
+            #block_fn
         }
 
         impl tch::nn::ModuleT for #ty {
@@ -624,6 +692,150 @@ fn lib(
             }
         }
     }
+}
+
+/// A block of the model as a method of its own.
+struct BlockMethod {
+    /// The slot name (`stage1.0`).
+    name: String,
+    /// `block_stage1_0`.
+    method: Ident,
+    /// The variable the block reads from outside (the previous block's output).
+    param: Ident,
+    /// The block's last variable (what it returns).
+    out: Ident,
+    /// Its statements in `forward` (contiguous).
+    stmts: std::ops::Range<usize>,
+    /// Whether it reads `train` (batch norms).
+    train: bool,
+    /// The method's definition.
+    def: TokenStream,
+}
+
+/// `tokens` with every `& #name` turned into `#name` (the block's input is
+/// already a reference inside its method), recursing into groups.
+fn unborrow(tokens: TokenStream, name: &Ident) -> TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    let mut out: Vec<TokenTree> = Vec::new();
+    for t in tokens {
+        match t {
+            TokenTree::Ident(ref id) if id == name => {
+                if matches!(out.last(), Some(TokenTree::Punct(p)) if p.as_char() == '&') {
+                    out.pop();
+                }
+                out.push(t);
+            }
+            TokenTree::Group(g) => {
+                let mut ng = Group::new(g.delimiter(), unborrow(g.stream(), name));
+                ng.set_span(g.span());
+                out.push(TokenTree::Group(ng));
+            }
+            other => out.push(other),
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The blocks that become methods: every block slot whose statements are
+/// contiguous in `forward` and read exactly one variable defined outside
+/// them (the previous block's output, not the graph input).
+fn block_methods(
+    g0: &Graph,
+    slots: &[&str],
+    forward: &[(Ident, TokenStream)],
+    reads: &[(usize, String, Vec<String>)],
+    union: &Union,
+) -> Vec<BlockMethod> {
+    let graph_input = union.nodes.first().map(|n| n.name.as_str());
+    let mut blocks = Vec::new();
+    for (slot_i, slot) in slots.iter().enumerate() {
+        let Some(info) = g0
+            .slots
+            .iter()
+            .find(|s| s.name == *slot && s.kind == crate::ir::SlotKind::Block)
+        else {
+            continue;
+        };
+        // Statements of the slot; `forward` lacks the output statement.
+        let stmts: Vec<usize> = (0..forward.len())
+            .filter(|&i| reads[i].0 == slot_i)
+            .collect();
+        let (Some(&first), Some(&last)) = (stmts.first(), stmts.last()) else {
+            continue;
+        };
+        if last - first + 1 != stmts.len() {
+            continue;
+        }
+        let defined: Vec<&str> = stmts.iter().map(|&i| reads[i].1.as_str()).collect();
+        let mut external: Vec<&str> = Vec::new();
+        for &i in &stmts {
+            for r in &reads[i].2 {
+                if !defined.contains(&r.as_str()) && !external.contains(&r.as_str()) {
+                    external.push(r);
+                }
+            }
+        }
+        let [outside] = external.as_slice() else {
+            continue;
+        };
+        if Some(*outside) == graph_input {
+            continue;
+        }
+        let param = var(outside);
+        let mut lets: Vec<TokenStream> = stmts[..stmts.len() - 1]
+            .iter()
+            .map(|&i| {
+                let (v, e) = &forward[i];
+                let e = unborrow(e.clone(), &param);
+                quote! { let #v = #e; }
+            })
+            .collect();
+        let ret = unborrow(forward[last].1.clone(), &param);
+        let train = lets
+            .iter()
+            .chain([&ret])
+            .any(|t| t.to_string().contains("train"));
+        if train {
+            // Batch norms run through `ModuleT::forward_t`.
+            lets.insert(0, quote! { use tch::nn::ModuleT; });
+        }
+        let method = format_ident!("block_{}", var(slot).to_string());
+        let doc = format!(
+            " Block `{slot}`{}: reads `{outside}`, returns `{}`.",
+            match (&info.block, &info.stage) {
+                (Some(b), Some(st)) => format!(" (`{b}` in stage `{st}`)"),
+                _ => String::new(),
+            },
+            reads[last].1
+        );
+        let def = if train {
+            quote! {
+                #[doc = #doc]
+                pub fn #method(&self, #param: &tch::Tensor, train: bool) -> tch::Tensor {
+                    #(#lets)*
+                    #ret
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #doc]
+                pub fn #method(&self, #param: &tch::Tensor) -> tch::Tensor {
+                    #(#lets)*
+                    #ret
+                }
+            }
+        };
+        blocks.push(BlockMethod {
+            name: slot.to_string(),
+            method,
+            param,
+            out: forward[last].0.clone(),
+            stmts: first..last + 1,
+            train,
+            def,
+        });
+    }
+    blocks
 }
 
 fn main(model: &str, lib_name: &str, header: &str) -> TokenStream {

@@ -189,10 +189,7 @@ fn int_bench_times_libtorch_through_the_model_crate_on_one_thread() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let golden = std::env::var_os("QATC_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"))
-        .join("toynet.safetensors");
+    let golden = qatc_testdata::golden_set().require("toynet.safetensors");
     let run = |cargo: &Path| {
         Command::new(env!("CARGO_BIN_EXE_qatc"))
             .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])

@@ -207,7 +207,7 @@ fn build_writes_a_crate() {
 
 #[test]
 fn import_maps_the_seed_golden_checkpoints() {
-    let golden = std::env::var("QATC_GOLDEN").unwrap_or_else(|_| "../shared/golden".into());
+    let golden = qatc_testdata::golden_set();
     for (spec, file, tensors) in [
         ("spec/toynet.qspec", "toynet.safetensors", "127 tensors"),
         ("spec/resnet20.qspec", "resnet20.safetensors", "107 tensors"),
@@ -217,7 +217,10 @@ fn import_maps_the_seed_golden_checkpoints() {
             "403 tensors",
         ),
     ] {
-        let from = format!("{golden}/{file}");
+        let Some(from) = golden.file("import_maps_the_seed_golden_checkpoints", file) else {
+            continue;
+        };
+        let from = from.to_string_lossy();
         let out = qatc(&["import", spec, "--from", &from, "--strip-prefix", "state."]);
         assert!(out.status.success(), "{spec}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(tensors), "{}", text(&out.stderr));
@@ -227,7 +230,8 @@ fn import_maps_the_seed_golden_checkpoints() {
         );
     }
     // A checkpoint of another model: every problem listed, exit 1.
-    let from = format!("{golden}/toynet.safetensors");
+    let from = golden.require("toynet.safetensors");
+    let from = from.to_string_lossy();
     let out = qatc(&[
         "import",
         "spec/resnet20.qspec",
@@ -267,10 +271,10 @@ fn import_maps_the_seed_golden_checkpoints() {
 
 #[test]
 fn import_writes_a_checkpoint_with_the_models_names() {
-    let golden = std::env::var("QATC_GOLDEN").unwrap_or_else(|_| "../shared/golden".into());
     let out_file =
         std::env::temp_dir().join(format!("qatc-import-{}.safetensors", std::process::id()));
-    let from = format!("{golden}/resnet20.safetensors");
+    let from = qatc_testdata::golden_set().require("resnet20.safetensors");
+    let from = from.to_string_lossy();
     let out = qatc(&[
         "import",
         "spec/resnet20.qspec",

@@ -302,11 +302,10 @@ fn a_checkpoint_of_another_profile_is_refused_by_its_sidecar() {
     assert!(e.to_string().contains("model `lenet`"), "{e}");
 }
 
+/// A golden file that every golden set has (the compact one too).
 fn golden_bytes(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("QATC_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
-    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("golden {name}: {e} (set QATC_GOLDEN)"))
+    let path = qatc_testdata::golden_set().require(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn toynet(profile: &str) -> (qatc::ast::Model, qatc::ir::Graph) {

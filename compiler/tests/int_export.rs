@@ -11,22 +11,22 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn golden_plan(rounding: Rounding) -> (int::IntPlan, Vec<f32>) {
-    seed_plan("toynet_int", "toynet", "cfg-1*", rounding)
+    seed_plan("int_export", "toynet_int", "toynet", "cfg-1*", rounding)
+        .expect("every golden set has the integer ToyNet")
 }
 
-/// The plan of a seed golden file (`QATC_GOLDEN`) under a spec and profile,
-/// with its input images.
+/// The plan of a seed golden file (the set `qatc_testdata::golden_set`
+/// picks) under a spec and profile, with its input images; `None` (a skip of
+/// `test`) when the compact golden set leaves the file out.
 fn seed_plan(
+    test: &str,
     file: &str,
     spec: &str,
     profile: &str,
     rounding: Rounding,
-) -> (int::IntPlan, Vec<f32>) {
-    let dir = std::env::var_os("QATC_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"));
-    let bytes = std::fs::read(dir.join(format!("{file}.safetensors")))
-        .unwrap_or_else(|e| panic!("golden {file}: {e} (set QATC_GOLDEN)"));
+) -> Option<(int::IntPlan, Vec<f32>)> {
+    let path = qatc_testdata::golden_set().file(test, &format!("{file}.safetensors"))?;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../spec/{spec}.qspec"));
     let src = Source::read(&path).unwrap();
     let model = driver::parse(&src).unwrap();
@@ -45,7 +45,7 @@ fn seed_plan(
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    (int::build(&g, &ck, opts).unwrap(), input)
+    Some((int::build(&g, &ck, opts).unwrap(), input))
 }
 
 fn have_cc() -> bool {
@@ -78,7 +78,15 @@ fn c_reference_matches_the_engine_on_resnet20_and_mobilenetv2() {
         ("resnet20", Rounding::Trunc),
         ("mobilenetv2", Rounding::Trunc),
     ] {
-        let (plan, input) = seed_plan(file, file, "w8a8", rounding);
+        let Some((plan, input)) = seed_plan(
+            "c_reference_matches_the_engine_on_resnet20_and_mobilenetv2",
+            file,
+            file,
+            "w8a8",
+            rounding,
+        ) else {
+            continue;
+        };
         // Two images are enough to cover every layer; the C file stays small.
         let n = 2 * plan.input_len();
         c_matches_engine(&plan, &input[..n], &format!("{file} {rounding}"));

@@ -1,9 +1,10 @@
 //! The quantizers against the golden tensors of the seed's PyTorch code
 //! (`quantizers.safetensors`, described in the golden directory's README).
 //!
-//! The golden directory is `$QATC_GOLDEN` (a relative path is taken from the
-//! workspace root), by default `../shared/golden` from the workspace root. A
-//! missing directory or tensor fails the tests: they must not pass on nothing.
+//! The golden set is `$QATC_GOLDEN` (a relative path is taken from the
+//! workspace root), else `../shared/golden`, else the compact set shipped in
+//! `tests/golden` (which has this file whole; see `qatc_testdata`). A
+//! missing tensor fails the tests: they must not pass on nothing.
 //!
 //! Outputs must match bit for bit, except that an element may flip by one
 //! quantization step (a value on a rounding boundary); flips are counted and
@@ -12,7 +13,6 @@
 
 use qatc_runtime::quant::{dorefa_activation, dorefa_weight, reference, ActQuant};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -23,25 +23,11 @@ const PACT_BITS: [u32; 3] = [2, 4, 8];
 const MPACT_ALPHA: &str = "1.7";
 const MPACT_BITS: [u32; 5] = [2, 4, 6, 8, 16];
 
-fn golden_dir() -> PathBuf {
-    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    match std::env::var_os("QATC_GOLDEN") {
-        Some(dir) => workspace.join(dir),
-        None => workspace.join("../shared/golden"),
-    }
-}
-
 struct Golden(HashMap<String, Tensor>);
 
 impl Golden {
     fn load() -> Self {
-        let dir = golden_dir();
-        assert!(
-            dir.is_dir(),
-            "golden directory {} not found: set QATC_GOLDEN to the directory holding quantizers.safetensors",
-            dir.display()
-        );
-        let file = dir.join("quantizers.safetensors");
+        let file = qatc_testdata::golden_set().require("quantizers.safetensors");
         let tensors = Tensor::read_safetensors(&file)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
         Self(tensors.into_iter().collect())

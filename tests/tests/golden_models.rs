@@ -1,7 +1,9 @@
 //! Numerical fidelity of the generated models against the seed's own PyTorch
-//! code: the golden tensors in `<workspace>/../shared/golden` (see its
-//! README), or in the directory `QATC_GOLDEN` names. A missing golden file
-//! fails the tests. Run them with `cargo test golden`.
+//! code: the golden tensors of the set `qatc_testdata::golden_set` picks
+//! (`QATC_GOLDEN`, else `<workspace>/../shared/golden`, else the compact set
+//! in `tests/golden`, which leaves MobileNetV2 out: that model is then
+//! skipped with a line saying so). A file missing from a full set fails the
+//! tests. `./dev golden` runs them on every set.
 //!
 //! For each model (ToyNet `cfg-1*`, ResNet20 `w8a8`, MobileNetV2 `cfg-1*`):
 //! - the profile's slot bit-widths (IR graph) equal `meta.json`'s lists;
@@ -52,6 +54,25 @@
 //!     logits by about 25 %). The strict tolerances apply when the eval pass
 //!     is flip-free; otherwise the strict errors are printed, and only the
 //!     coarse `FLIP_*` bounds, which catch gross errors, are asserted.
+//!
+//! # Sets made with another convolution order
+//!
+//! The sets of `../shared/golden-seeds` were made with the seed's code in
+//! PyTorch's default layout (`NCHW` operands), so the rounding above is
+//! not theirs: on them ResNet20 flips a few eval rows and its training
+//! pass lies within the noise floor of two correct implementations
+//! (`NOISE_*`, asserted) instead of the strict tolerances. What holds on
+//! every set:
+//! - `resnet20_blocks_teacher_forced_in_training_mode`: each block alone on
+//!   the seed's input, its backward from the seed's output gradient
+//!   (`resnet20_taps.safetensors`), per-block bounds justified by the
+//!   measured noise of the other order (see the section before that test);
+//!   `perturbed_taps_fail_the_block_test_naming_the_block` shows that a tap
+//!   scaled by 1 % fails it;
+//! - `resnet20_in_pytorchs_order_matches_sets_made_here`: in
+//!   `Layout::Pytorch` (`QATC_LAYOUT=pytorch`) the generated ResNet20 is the
+//!   seed's training pass bit for bit (logits, loss, every gradient) on a
+//!   set whose `made_on` is a machine of this kind; elsewhere printed.
 
 use qatc::driver::{self, Source};
 use qatc::import::{self, Plan};
@@ -101,35 +122,22 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn golden_dir() -> PathBuf {
-    match std::env::var_os("QATC_GOLDEN") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace().join("../shared/golden"),
-    }
-}
-
-/// A golden file's path; fails the test clearly when it is missing.
-fn golden_file(name: &str) -> PathBuf {
-    let path = golden_dir().join(name);
-    assert!(
-        path.is_file(),
-        "golden file `{}` is missing: the golden tests need the seed's golden tensors \
-         (set QATC_GOLDEN to their directory; default <workspace>/../shared/golden)",
-        path.display()
-    );
-    path
-}
-
-fn read_golden(model: &str) -> HashMap<String, Tensor> {
-    let path = golden_file(&format!("{model}.safetensors"));
-    Tensor::read_safetensors(&path)
-        .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", path.display()))
-        .into_iter()
-        .collect()
+/// The golden tensors of `model`, or `None` when the golden set is the
+/// compact one and leaves the model out (MobileNetV2): then the test says so
+/// and checks nothing for it.
+fn read_golden(model: &str, what: &str) -> Option<HashMap<String, Tensor>> {
+    let path = qatc_testdata::golden_set()
+        .file(&format!("{model}: {what}"), &format!("{model}.safetensors"))?;
+    Some(
+        Tensor::read_safetensors(&path)
+            .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", path.display()))
+            .into_iter()
+            .collect(),
+    )
 }
 
 fn meta(model: &str) -> serde_json::Value {
-    let path = golden_file("meta.json");
+    let path = qatc_testdata::golden_set().require("meta.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", path.display()));
     let all: serde_json::Value = serde_json::from_str(&text)
@@ -418,8 +426,11 @@ fn run(case: &Case, layout: Layout) {
     let seed_layout = exact && layout == Layout::Nchw;
     layers::set_layout(layout);
     eprintln!("{model}: {layout:?} layout");
+    let Some(golden) = read_golden(model, &format!("the golden comparison ({layout:?} layout)"))
+    else {
+        return;
+    };
     let meta = meta(model);
-    let golden = read_golden(model);
     let (ast, graph, plan) = spec_plan(spec, profile);
     check_slot_bits(model, &ast, &graph, &meta);
     let input = get(&golden, "input");
@@ -627,8 +638,10 @@ fn check_param_count(case: &Case) {
         build,
         ..
     } = *case;
+    let Some(golden) = read_golden(model, "the parameter count") else {
+        return;
+    };
     let meta = meta(model);
-    let golden = read_golden(model);
     let (_, _, plan) = spec_plan(spec, profile);
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = build(&vs.root(), profile);
@@ -728,7 +741,9 @@ fn golden_param_counts() {
 #[test]
 fn golden_initialisation() {
     for case in [&TOYNET, &RESNET20, &MOBILENETV2] {
-        let golden = read_golden(case.model);
+        let Some(golden) = read_golden(case.model, "the initialisation") else {
+            continue;
+        };
         let (_, _, plan) = spec_plan(case.spec, case.profile);
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -774,5 +789,385 @@ fn golden_initialisation() {
             case.model
         );
         assert!(checked > 10, "{}: too few weights compared", case.model);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Teacher-forced ResNet20 blocks in training mode.
+//
+// End to end, training mode is chaotic in the convolution kernel's summation
+// order (see the module docs and `../shared/golden-seeds/README.md`), so a
+// set made with another order than the runtime's cannot be checked tightly
+// there. Sets that carry `resnet20_taps.safetensors` record every block's
+// training-mode output (`taps.stageS.unitU.out`, after its `+=` and output
+// quantizer) and the loss gradient with respect to it (`.grad_out`), from
+// the same forward/backward as `logits_train` and `grad.*`. Each generated
+// block (`Resnet20::forward_block`) is run alone on the seed's own input
+// (the previous tap), in training mode, and its backward is driven by the
+// tapped output gradient. Asserted, per block and over all blocks:
+// - outputs: equal to the seed's except elements that differ by exactly one
+//   quantization step (the step is the smallest gap between the seed's
+//   output values), at most `BlockBounds::flips_per_block` of a block's
+//   outputs and `flips_overall` of all (the seed's own code under the
+//   other convolution order: 22 and 39 of 688,128 outputs, 3.2e-5 and
+//   5.7e-5 over all blocks, up to 24 of 32,768 in one block);
+// - the gradient with respect to the block's input against the previous
+//   tap's `grad_out`, and every parameter gradient of the block against
+//   `grad.*`: relative L2 error per tensor at most `BlockBounds::grad`.
+//   The other order alone: input gradients within 1.2e-4, parameter
+//   gradients 3.9e-4 at worst; a weight quantizer whose max is detached
+//   from the graph, which no end-to-end check sees, moves the worst
+//   parameter gradient to 4.5e-3. So the bound is 1e-3.
+// The runtime's `Nchw` layout (`QATC_LAYOUT=nchw`, the seed's) reproduces
+// exactly those measurements on the golden-seeds sets (22 and 39 flips,
+// worst gradients 3.5e-4 and 3.9e-4) and is held to them. The default
+// channels-last layout sums in yet another order (85 flips on seed3, a block
+// gradient up to 2.3e-3): held to bounds that catch gross errors only, and
+// printed.
+
+/// Bounds of the teacher-forced block test in one layout.
+#[derive(Clone, Copy, Debug)]
+struct BlockBounds {
+    flips_per_block: f64,
+    flips_overall: f64,
+    grad: f64,
+}
+
+/// The seed's layout: the measured noise of the other convolution order.
+const BLOCK_BOUNDS_NCHW: BlockBounds = BlockBounds {
+    flips_per_block: 2e-3,
+    flips_overall: 1e-4,
+    grad: 1e-3,
+};
+/// Channels-last: another summation order again; gross errors only.
+const BLOCK_BOUNDS_CHANNELS_LAST: BlockBounds = BlockBounds {
+    flips_per_block: 2e-3,
+    flips_overall: 3e-4,
+    grad: 1e-2,
+};
+
+/// The seed's tap name of one of our ResNet20 blocks: `stage2.0` ->
+/// `stage2.unit1`.
+fn seed_unit(block: &str) -> String {
+    let (stage, i) = block.rsplit_once('.').expect("stageS.I");
+    let i: usize = i.parse().expect("block index");
+    format!("{stage}.unit{}", i + 1)
+}
+
+/// Relative L2 error of `ours` against `reference`.
+fn rel_err(ours: &Tensor, reference: &Tensor) -> f64 {
+    let sum2 = |t: &Tensor| {
+        t.to_kind(Kind::Double)
+            .square()
+            .sum(Kind::Double)
+            .double_value(&[])
+    };
+    let d = sum2(&(ours.to_kind(Kind::Double) - reference.to_kind(Kind::Double))).sqrt();
+    d / sum2(reference).sqrt().max(TINY)
+}
+
+/// Runs every ResNet20 block teacher-forced on `taps`; returns the report
+/// lines, or every problem found (each naming its block).
+fn teacher_forced_blocks(
+    golden: &HashMap<String, Tensor>,
+    taps: &HashMap<String, Tensor>,
+    layout: Layout,
+) -> Result<Vec<String>, String> {
+    let bounds = match layout {
+        Layout::Nchw | Layout::Pytorch => BLOCK_BOUNDS_NCHW,
+        Layout::ChannelsLast => BLOCK_BOUNDS_CHANNELS_LAST,
+    };
+    let (mut all_flips, mut all_outputs) = (0usize, 0usize);
+    let (_, _, plan) = spec_plan("resnet20.qspec", "w8a8");
+    layers::set_layout(layout);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = qatc_model_resnet20::Resnet20::new(&vs.root(), "w8a8").expect("profile");
+    load(&vs, &plan, golden, "resnet20");
+    let vars = vs.variables();
+    let tap = |name: &str| -> Result<&Tensor, String> {
+        taps.get(name)
+            .ok_or_else(|| format!("the taps have no `{name}`"))
+    };
+    let (mut report, mut problems) = (Vec::new(), Vec::new());
+    let mut prev = "stem".to_string();
+    for block in qatc_model_resnet20::BLOCKS {
+        let unit = seed_unit(block);
+        let x = tap(&format!("taps.{prev}.out"))?
+            .detach()
+            .copy()
+            .set_requires_grad(true);
+        let y = net
+            .forward_block(block, &x, true)
+            .ok_or_else(|| format!("{block}: not a block of the generated model"))?;
+        let want = tap(&format!("taps.{unit}.out"))?;
+        let grad_out = tap(&format!("taps.{unit}.grad_out"))?;
+        // One quantization step: the smallest gap between the seed's values.
+        let mut values: Vec<f32> = Vec::try_from(&want.flatten(0, -1)).expect("floats");
+        values.sort_by(f32::total_cmp);
+        values.dedup();
+        let step = values
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(f32::INFINITY, f32::min) as f64;
+        let ours: Vec<f32> = Vec::try_from(&y.detach().flatten(0, -1)).expect("floats");
+        let theirs: Vec<f32> = Vec::try_from(&want.flatten(0, -1)).expect("floats");
+        let (mut flips, mut off) = (0usize, 0usize);
+        for (a, b) in ours.iter().zip(&theirs) {
+            let d = (*a as f64 - *b as f64).abs();
+            if d == 0.0 {
+                continue;
+            }
+            if (d - step).abs() <= 1e-3 * step {
+                flips += 1;
+            } else {
+                off += 1;
+            }
+        }
+        let fraction = flips as f64 / theirs.len() as f64;
+        if off > 0 {
+            problems.push(format!(
+                "{block} ({unit}): {off} outputs differ from the seed's by other than one step ({step:e})"
+            ));
+        }
+        if fraction > bounds.flips_per_block {
+            problems.push(format!(
+                "{block} ({unit}): {flips} of {} outputs flipped by one step ({fraction:.2e} > {:e})",
+                theirs.len(),
+                bounds.flips_per_block
+            ));
+        }
+        all_flips += flips;
+        all_outputs += theirs.len();
+        // Backward from the seed's gradient of the loss at the output.
+        (&y * grad_out).sum(Kind::Float).backward();
+        let gin = rel_err(&x.grad(), tap(&format!("taps.{prev}.grad_out"))?);
+        if gin.is_nan() || gin > bounds.grad {
+            problems.push(format!(
+                "{block} ({unit}): input gradient off by {gin:.2e} (relative L2; bound {:e})",
+                bounds.grad
+            ));
+        }
+        let mut worst = (0f64, String::new());
+        let mut checked = 0;
+        for e in plan
+            .entries
+            .iter()
+            .filter(|e| e.ours.starts_with(&format!("{block}.")))
+        {
+            let var = &vars[&e.ours];
+            if !var.requires_grad() {
+                continue;
+            }
+            let Some(seed) = golden.get(&format!("grad.{}", e.theirs)) else {
+                problems.push(format!(
+                    "{block}: the seed has no gradient for `{}`",
+                    e.ours
+                ));
+                continue;
+            };
+            let g = var.grad();
+            let err = if g.defined() {
+                rel_err(&g, seed)
+            } else {
+                f64::INFINITY
+            };
+            checked += 1;
+            if err.is_nan() || err > worst.0 {
+                worst = (err, e.ours.clone());
+            }
+            if err.is_nan() || err > bounds.grad {
+                problems.push(format!(
+                    "{block} ({unit}): gradient of `{}` off by {err:.2e} (relative L2; bound {:e})",
+                    e.ours, bounds.grad
+                ));
+            }
+        }
+        report.push(format!(
+            "{block} ({unit}): {flips} of {} outputs flipped by one step, input gradient {gin:.2e}, \
+             {checked} parameter gradients, worst {:.2e} at `{}`",
+            theirs.len(),
+            worst.0,
+            worst.1
+        ));
+        prev = unit;
+    }
+    let overall = all_flips as f64 / all_outputs.max(1) as f64;
+    report.push(format!(
+        "all blocks: {all_flips} of {all_outputs} outputs flipped ({overall:.2e}; bound {:e})",
+        bounds.flips_overall
+    ));
+    if overall > bounds.flips_overall {
+        problems.push(format!(
+            "all blocks: {all_flips} of {all_outputs} outputs flipped by one step ({overall:.2e} > {:e})",
+            bounds.flips_overall
+        ));
+    }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!("{}\n{}", problems.join("\n"), report.join("\n")))
+    }
+}
+
+/// The golden ResNet20 and its taps, or `None` (said) when the set has no taps.
+fn resnet20_with_taps(test: &str) -> Option<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
+    let set = qatc_testdata::golden_set();
+    let path = set.dir.join("resnet20_taps.safetensors");
+    if !path.is_file() {
+        qatc_testdata::skip(
+            test,
+            &format!(
+                "the golden set {} has no resnet20_taps.safetensors (sets in \
+                 ../shared/golden-seeds have them; ../shared/golden does not)",
+                set.dir.display()
+            ),
+        );
+        return None;
+    }
+    let golden = read_golden("resnet20", test)?;
+    let taps = Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("cannot read `{}`: {e}", path.display()))
+        .into_iter()
+        .collect();
+    Some((golden, taps))
+}
+
+#[test]
+fn resnet20_blocks_teacher_forced_in_training_mode() {
+    let Some((golden, taps)) =
+        resnet20_with_taps("resnet20_blocks_teacher_forced_in_training_mode")
+    else {
+        return;
+    };
+    for layout in [Layout::Pytorch, Layout::Nchw, Layout::ChannelsLast] {
+        match teacher_forced_blocks(&golden, &taps, layout) {
+            Ok(report) => eprintln!(
+                "resnet20, teacher-forced blocks ({layout:?} layout):\n{}",
+                report.join("\n")
+            ),
+            Err(problems) => {
+                panic!("resnet20, teacher-forced blocks ({layout:?} layout):\n{problems}")
+            }
+        }
+    }
+}
+
+/// The block test fails, naming the block, when a tap is wrong: one block's
+/// output scaled by 1 %, or one tapped output gradient scaled by 1 %.
+#[test]
+fn perturbed_taps_fail_the_block_test_naming_the_block() {
+    let Some((golden, taps)) =
+        resnet20_with_taps("perturbed_taps_fail_the_block_test_naming_the_block")
+    else {
+        return;
+    };
+    for (key, block) in [
+        ("taps.stage2.unit2.out", "stage2.1"),
+        ("taps.stage3.unit1.grad_out", "stage3.0"),
+    ] {
+        let mut bad: HashMap<String, Tensor> = taps
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        bad.insert(key.to_string(), &taps[key] * 1.01);
+        match teacher_forced_blocks(&golden, &bad, Layout::Nchw) {
+            Ok(_) => panic!("{key} scaled by 1 % passed the block test"),
+            Err(problems) => {
+                let first = problems.lines().next().unwrap_or("");
+                assert!(
+                    first.starts_with(&format!("{block} ")),
+                    "{key} scaled by 1 %: the first problem should name {block}:\n{problems}"
+                );
+            }
+        }
+    }
+}
+
+/// Whether the golden set was made on a machine like this one: `made_on`
+/// in its `meta.json` (CPU name and instruction-set flags) against
+/// `/proc/cpuinfo`. `None` when the set does not say.
+fn made_here() -> Option<bool> {
+    let path = qatc_testdata::golden_set().require("meta.json");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let made_on = all.get("made_on")?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .unwrap_or("");
+    let flags: HashSet<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    let cpu_ok = made_on["cpu"].as_str().is_some_and(|c| model.contains(c));
+    let isa_ok = made_on["isa"].as_array().is_some_and(|isa| {
+        isa.iter()
+            .all(|f| f.as_str().is_some_and(|f| flags.contains(f)))
+    });
+    Some(cpu_ok && isa_ok)
+}
+
+/// PyTorch's order on request (`Layout::Pytorch`, `QATC_LAYOUT=pytorch`):
+/// the generated ResNet20 convolving `NCHW` operands as the seed's code did
+/// by default. On a set made on a machine like this one (`made_on`) the
+/// whole training pass is then the seed's: eval rows exact, training-mode
+/// logits and loss within 1e-4, every gradient within 1e-3. On a set made
+/// elsewhere, or one that does not say, the numbers are printed only.
+#[test]
+fn resnet20_in_pytorchs_order_matches_sets_made_here() {
+    let test = "resnet20_in_pytorchs_order_matches_sets_made_here";
+    let Some(golden) = read_golden("resnet20", test) else {
+        return;
+    };
+    layers::set_layout(Layout::Pytorch);
+    let (_, _, plan) = spec_plan(RESNET20.spec, RESNET20.profile);
+    let input = get(&golden, "input");
+    let rows = row_errors(
+        &eval_pass(&RESNET20, &plan, &golden, input),
+        get(&golden, "logits_eval"),
+    );
+    let ours = train_pass(&RESNET20, &plan, &golden, input);
+    let seed_grads: Vec<(String, Tensor)> = plan
+        .entries
+        .iter()
+        .filter(|e| ours.grads.contains_key(&e.ours))
+        .filter_map(|e| {
+            golden
+                .get(&format!("grad.{}", e.theirs))
+                .map(|g| (e.ours.clone(), g.shallow_clone()))
+        })
+        .collect();
+    let seed_loss = get(&golden, "loss_train").double_value(&[0]);
+    let diff = TrainDiff::new(&ours, get(&golden, "logits_train"), seed_loss, &seed_grads);
+    let exact_rows = rows.iter().filter(|e| **e <= LOGIT_TOL).count();
+    eprintln!(
+        "resnet20 (w8a8), PyTorch's convolution order: eval {exact_rows} of {} rows exact; train: {}",
+        rows.len(),
+        diff.summary()
+    );
+    match made_here() {
+        None => qatc_testdata::skip(
+            test,
+            "the golden set's meta.json has no made_on: the strict comparison is printed only",
+        ),
+        Some(false) => qatc_testdata::skip(
+            test,
+            "the golden set was made on another kind of machine (made_on): the strict \
+             comparison is printed only",
+        ),
+        Some(true) => {
+            assert_eq!(exact_rows, rows.len(), "eval rows {rows:?}");
+            assert!(diff.logits <= LOGIT_TOL, "{}", diff.summary());
+            assert!(diff.loss <= LOSS_TOL, "{}", diff.summary());
+            let (worst, at) = diff.worst();
+            assert!(
+                worst <= GRAD_TOL,
+                "gradient of `{at}` off by {worst:e}: {}",
+                diff.summary()
+            );
+        }
     }
 }

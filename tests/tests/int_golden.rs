@@ -1,6 +1,7 @@
 //! The integer engine against the seed's integer-only ToyNet
-//! (`toynet_int.safetensors` in `QATC_GOLDEN`, default `../shared/golden`
-//! next to the workspace).
+//! (`toynet_int.safetensors` of the golden set `qatc_testdata::golden_set`
+//! picks: `QATC_GOLDEN`, else `../shared/golden`, else the compact set in
+//! `tests/golden`, whose integer ToyNet has two of the eight images).
 //!
 //! What is asserted, and why it holds on any golden set:
 //! - `trunc` is the seed's `INTforward`: the stem output and every block
@@ -32,13 +33,6 @@ use qatc::int::{self, engine, Checkpoint, PlanOptions, Rounding};
 use safetensors::tensor::SafeTensors;
 use std::path::PathBuf;
 use tch::Tensor;
-
-fn golden_dir() -> PathBuf {
-    match std::env::var_os("QATC_GOLDEN") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
-}
 
 fn spec(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -74,23 +68,34 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
         .collect()
 }
 
+/// An integer tensor, int64 (the seed's) or int32 (the compact set's).
 fn i64s(st: &SafeTensors, name: &str) -> Vec<i64> {
     let t = st
         .tensor(name)
         .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-    t.data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    match t.dtype() {
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
+        other => panic!("golden tensor {name}: {other:?}, expected an integer tensor"),
+    }
 }
 
 struct Golden {
     bytes: Vec<u8>,
 }
 
-/// The bytes of golden file `name`.
+/// The bytes of golden file `name` (every golden set has it, the compact
+/// one in `tests/golden` too: see `qatc_testdata`).
 fn golden_file(name: &str) -> Vec<u8> {
-    let path = golden_dir().join(name);
+    let path = qatc_testdata::golden_set().require(name);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "cannot read {} ({e}): set QATC_GOLDEN to the seed's golden directory",
@@ -151,7 +156,8 @@ fn golden_toynet_trunc_is_bit_exact() {
     let logits_int = f32s(&st, "logits_int");
     let per = plan.input_len();
     let n = input.len() / per;
-    assert_eq!(n, 8);
+    // Eight images in a full set, two in the compact one.
+    assert!(n >= 1 && input.len() == n * per, "{n} images");
     let cells = [
         "s1.0", "s2.0", "s2.1", "s2.2", "s3.0", "s3.1", "s3.2", "s4.0", "s4.1", "s4.2",
     ];
@@ -278,10 +284,10 @@ fn golden_toynet_nearest_against_fake_quant() {
     }
     // The library's evaluate + agreement (what `qatc eval --int` reports)
     // give the same numbers as the loop above.
-    struct Golden8<'a>(&'a [f32], usize);
-    impl int::Images for Golden8<'_> {
+    struct GoldenImages<'a>(&'a [f32], usize);
+    impl int::Images for GoldenImages<'_> {
         fn len(&self) -> usize {
-            8
+            self.0.len() / self.1
         }
         fn image(&self, i: usize, out: &mut [f32]) {
             out.copy_from_slice(&self.0[i * self.1..(i + 1) * self.1]);
@@ -295,18 +301,26 @@ fn golden_toynet_nearest_against_fake_quant() {
         keep_logits: true,
         ..Default::default()
     };
-    let r = int::evaluate(&trunc_plan, &Golden8(&input, trunc_plan.input_len()), opts).unwrap();
+    let r = int::evaluate(
+        &trunc_plan,
+        &GoldenImages(&input, trunc_plan.input_len()),
+        opts,
+    )
+    .unwrap();
     let fq_rows: Vec<Vec<f32>> = fq.chunks(10).map(|c| c.to_vec()).collect();
     let a = int::agreement(&r, &fq_rows);
-    assert_eq!((a.images, a.max_logit_diff), (8, report[0].1));
-    assert_eq!(a.same_top1, report[0].2 as f64 / 8.0);
+    assert_eq!((a.images, a.max_logit_diff), (fq.len() / 10, report[0].1));
+    assert_eq!(a.same_top1, report[0].2 as f64 / a.images as f64);
     let seed_diff = seed_int
         .iter()
         .zip(&fq)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     for (r, d, a) in &report {
-        eprintln!("{r}: max |logit - fake-quant logit| = {d:.4}, top-1 agreement {a}/8");
+        eprintln!(
+            "{r}: max |logit - fake-quant logit| = {d:.4}, top-1 agreement {a}/{}",
+            fq.len() / 10
+        );
     }
     eprintln!("seed integer logits: max |diff| to fake quant = {seed_diff:.4}");
     // Trunc is the seed's pipeline: its distance to fake quantization is the
@@ -370,7 +384,7 @@ fn golden_resnet20_w8a8_integer_against_fake_quant() {
         agree += usize::from(engine::argmax(&out.logits) == engine::argmax(want));
     });
     eprintln!(
-        "resnet20 w8a8, nearest: max |logit - fake-quant logit| = {max_diff:.4} (largest logit {range:.3}), top-1 agreement {agree}/8"
+        "resnet20 w8a8, nearest: max |logit - fake-quant logit| = {max_diff:.4} (largest logit {range:.3}), top-1 agreement {agree}/{}", fq.len() / 10
     );
     assert!(max_diff.is_finite() && range.is_finite());
 }

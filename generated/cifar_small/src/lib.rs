@@ -31,6 +31,9 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 2] = ["s1.0", "s2.0"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 3] = ["stem.act1", "s1.0.act1", "s2.0.act1"];
 
@@ -178,6 +181,42 @@ impl CifarSmall {
             ),
         }
     }
+
+    /// Block `s1.0` (`convbn` in stage `s1`): reads `stem.pool1`, returns `s1.0.pool1`.
+    pub fn block_s1_0(&self, stem_pool1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s1_0_conv1 = self.s1_0_conv1.forward(stem_pool1);
+        let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
+        let s1_0_act1 = self.s1_0_act1.forward_relu(&s1_0_bn1);
+        qatc_runtime::ops::max_pool2d(&s1_0_act1, 2, 2, 0)
+    }
+
+    /// Block `s2.0` (`convbn` in stage `s2`): reads `s1.0.pool1`, returns `s2.0.act1`.
+    pub fn block_s2_0(&self, s1_0_pool1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_0_conv1 = self.s2_0_conv1.forward(s1_0_pool1);
+        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
+        self.s2_0_act1.forward_relu(&s2_0_bn1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "s1.0" => self.block_s1_0(input, train),
+                "s2.0" => self.block_s2_0(input, train),
+                _ => return None,
+            },
+        )
+    }
 }
 
 impl tch::nn::ModuleT for CifarSmall {
@@ -186,13 +225,8 @@ impl tch::nn::ModuleT for CifarSmall {
         let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
         let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
         let stem_pool1 = qatc_runtime::ops::max_pool2d(&stem_act1, 2, 2, 0);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_pool1);
-        let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
-        let s1_0_act1 = self.s1_0_act1.forward_relu(&s1_0_bn1);
-        let s1_0_pool1 = qatc_runtime::ops::max_pool2d(&s1_0_act1, 2, 2, 0);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_pool1);
-        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
-        let s2_0_act1 = self.s2_0_act1.forward_relu(&s2_0_bn1);
+        let s1_0_pool1 = self.block_s1_0(&stem_pool1, train);
+        let s2_0_act1 = self.block_s2_0(&s1_0_pool1, train);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&s2_0_act1, 8, 8);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_pool1);
         self.fc_linear1.forward(&head_flatten1)

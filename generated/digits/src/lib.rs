@@ -31,6 +31,9 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 3] = ["s1.0", "s2.0", "s2.1"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 7] = [
     "stem.act1",
@@ -371,6 +374,64 @@ impl Digits {
             ),
         }
     }
+
+    /// Block `s1.0` (`basic` in stage `s1`): reads `stem.act1`, returns `s1.0.out_act1`.
+    pub fn block_s1_0(&self, stem_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s1_0_conv1 = self.s1_0_conv1.forward(stem_act1);
+        let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
+        let s1_0_act1 = self.s1_0_act1.forward_relu(&s1_0_bn1);
+        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act1);
+        let s1_0_bn2 = self.s1_0_bn2.forward_t(&s1_0_conv2, train);
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn2, stem_act1);
+        self.s1_0_out_act1.forward_relu(&s1_0_add1)
+    }
+
+    /// Block `s2.0` (`basic` in stage `s2`): reads `s1.0.out_act1`, returns `s2.0.out_act1`.
+    pub fn block_s2_0(&self, s1_0_out_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_0_conv3 = self.s2_0_conv3.forward(s1_0_out_act1);
+        let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
+        let s2_0_conv1 = self.s2_0_conv1.forward(s1_0_out_act1);
+        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
+        let s2_0_act1 = self.s2_0_act1.forward_relu(&s2_0_bn1);
+        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act1);
+        let s2_0_bn2 = self.s2_0_bn2.forward_t(&s2_0_conv2, train);
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn2, &s2_0_bn3);
+        self.s2_0_out_act1.forward_relu(&s2_0_add1)
+    }
+
+    /// Block `s2.1` (`basic` in stage `s2`): reads `s2.0.out_act1`, returns `s2.1.out_act1`.
+    pub fn block_s2_1(&self, s2_0_out_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_1_conv1 = self.s2_1_conv1.forward(s2_0_out_act1);
+        let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
+        let s2_1_act1 = self.s2_1_act1.forward_relu(&s2_1_bn1);
+        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act1);
+        let s2_1_bn2 = self.s2_1_bn2.forward_t(&s2_1_conv2, train);
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn2, s2_0_out_act1);
+        self.s2_1_out_act1.forward_relu(&s2_1_add1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "s1.0" => self.block_s1_0(input, train),
+                "s2.0" => self.block_s2_0(input, train),
+                "s2.1" => self.block_s2_1(input, train),
+                _ => return None,
+            },
+        )
+    }
 }
 
 impl tch::nn::ModuleT for Digits {
@@ -378,29 +439,9 @@ impl tch::nn::ModuleT for Digits {
         let stem_conv1 = self.stem_conv1.forward(input);
         let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
         let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_act1);
-        let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
-        let s1_0_act1 = self.s1_0_act1.forward_relu(&s1_0_bn1);
-        let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act1);
-        let s1_0_bn2 = self.s1_0_bn2.forward_t(&s1_0_conv2, train);
-        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn2, &stem_act1);
-        let s1_0_out_act1 = self.s1_0_out_act1.forward_relu(&s1_0_add1);
-        let s2_0_conv3 = self.s2_0_conv3.forward(&s1_0_out_act1);
-        let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_out_act1);
-        let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
-        let s2_0_act1 = self.s2_0_act1.forward_relu(&s2_0_bn1);
-        let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act1);
-        let s2_0_bn2 = self.s2_0_bn2.forward_t(&s2_0_conv2, train);
-        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn2, &s2_0_bn3);
-        let s2_0_out_act1 = self.s2_0_out_act1.forward_relu(&s2_0_add1);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_out_act1);
-        let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
-        let s2_1_act1 = self.s2_1_act1.forward_relu(&s2_1_bn1);
-        let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act1);
-        let s2_1_bn2 = self.s2_1_bn2.forward_t(&s2_1_conv2, train);
-        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn2, &s2_0_out_act1);
-        let s2_1_out_act1 = self.s2_1_out_act1.forward_relu(&s2_1_add1);
+        let s1_0_out_act1 = self.block_s1_0(&stem_act1, train);
+        let s2_0_out_act1 = self.block_s2_0(&s1_0_out_act1, train);
+        let s2_1_out_act1 = self.block_s2_1(&s2_0_out_act1, train);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&s2_1_out_act1, 4, 4);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_pool1);
         self.fc_linear1.forward(&head_flatten1)

@@ -52,6 +52,27 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 17] = [
+    "s1.0",
+    "s2.0",
+    "s2.1",
+    "s3.0",
+    "s3.1",
+    "s3.2",
+    "s4.0",
+    "s4.1",
+    "s4.2",
+    "s4.3",
+    "s5.0",
+    "s5.1",
+    "s5.2",
+    "s6.0",
+    "s6.1",
+    "s6.2",
+    "s7.0",
+];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 67] = [
     "stem.actq_first",
@@ -2531,17 +2552,14 @@ impl Mobilenetv2 {
             ),
         }
     }
-}
 
-impl tch::nn::ModuleT for Mobilenetv2 {
-    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_stem = self.stem_stem.forward(input);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
-        let stem_actq_first = self.stem_actq_first.forward_relu(&stem_bn1);
-        let s1_0_shortcut_0 = self.s1_0_shortcut_0.forward(&stem_actq_first);
+    /// Block `s1.0` (`inverted` in stage `s1`): reads `stem.actq_first`, returns `s1.0.act_quant3`.
+    pub fn block_s1_0(&self, stem_actq_first: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s1_0_shortcut_0 = self.s1_0_shortcut_0.forward(stem_actq_first);
         let s1_0_shortcut_1 = self.s1_0_shortcut_1.forward_t(&s1_0_shortcut_0, train);
         let s1_0_act_quant4 = self.s1_0_act_quant4.forward(&s1_0_shortcut_1);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_actq_first);
+        let s1_0_conv1 = self.s1_0_conv1.forward(stem_actq_first);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
         let s1_0_act_quant1 = self.s1_0_act_quant1.forward_relu6(&s1_0_bn1);
         let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant1);
@@ -2550,11 +2568,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant2);
         let s1_0_bn3 = self.s1_0_bn3.forward_t(&s1_0_conv3, train);
         let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_act_quant4);
-        let s1_0_act_quant3 = self.s1_0_act_quant3.forward(&s1_0_add1);
-        let s2_0_shortcut_0 = self.s2_0_shortcut_0.forward(&s1_0_act_quant3);
+        self.s1_0_act_quant3.forward(&s1_0_add1)
+    }
+
+    /// Block `s2.0` (`inverted` in stage `s2`): reads `s1.0.act_quant3`, returns `s2.0.act_quant3`.
+    pub fn block_s2_0(&self, s1_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_0_shortcut_0 = self.s2_0_shortcut_0.forward(s1_0_act_quant3);
         let s2_0_shortcut_1 = self.s2_0_shortcut_1.forward_t(&s2_0_shortcut_0, train);
         let s2_0_act_quant4 = self.s2_0_act_quant4.forward(&s2_0_shortcut_1);
-        let s2_0_conv1 = self.s2_0_conv1.forward(&s1_0_act_quant3);
+        let s2_0_conv1 = self.s2_0_conv1.forward(s1_0_act_quant3);
         let s2_0_bn1 = self.s2_0_bn1.forward_t(&s2_0_conv1, train);
         let s2_0_act_quant1 = self.s2_0_act_quant1.forward_relu6(&s2_0_bn1);
         let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act_quant1);
@@ -2563,11 +2586,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant2);
         let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
         let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_act_quant4);
-        let s2_0_act_quant3 = self.s2_0_act_quant3.forward(&s2_0_add1);
-        let s2_1_shortcut_0 = self.s2_1_shortcut_0.forward(&s2_0_act_quant3);
+        self.s2_0_act_quant3.forward(&s2_0_add1)
+    }
+
+    /// Block `s2.1` (`inverted` in stage `s2`): reads `s2.0.act_quant3`, returns `s2.1.act_quant3`.
+    pub fn block_s2_1(&self, s2_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_1_shortcut_0 = self.s2_1_shortcut_0.forward(s2_0_act_quant3);
         let s2_1_shortcut_1 = self.s2_1_shortcut_1.forward_t(&s2_1_shortcut_0, train);
         let s2_1_act_quant4 = self.s2_1_act_quant4.forward(&s2_1_shortcut_1);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant3);
+        let s2_1_conv1 = self.s2_1_conv1.forward(s2_0_act_quant3);
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
         let s2_1_act_quant1 = self.s2_1_act_quant1.forward_relu6(&s2_1_bn1);
         let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant1);
@@ -2576,8 +2604,13 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant2);
         let s2_1_bn3 = self.s2_1_bn3.forward_t(&s2_1_conv3, train);
         let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_act_quant4);
-        let s2_1_act_quant3 = self.s2_1_act_quant3.forward(&s2_1_add1);
-        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_1_act_quant3);
+        self.s2_1_act_quant3.forward(&s2_1_add1)
+    }
+
+    /// Block `s3.0` (`inverted` in stage `s3`): reads `s2.1.act_quant3`, returns `s3.0.act_quant3`.
+    pub fn block_s3_0(&self, s2_1_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_0_conv1 = self.s3_0_conv1.forward(s2_1_act_quant3);
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
         let s3_0_act_quant1 = self.s3_0_act_quant1.forward_relu6(&s3_0_bn1);
         let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant1);
@@ -2585,11 +2618,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_0_act_quant2 = self.s3_0_act_quant2.forward_relu6(&s3_0_bn2);
         let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant2);
         let s3_0_bn3 = self.s3_0_bn3.forward_t(&s3_0_conv3, train);
-        let s3_0_act_quant3 = self.s3_0_act_quant3.forward(&s3_0_bn3);
-        let s3_1_shortcut_0 = self.s3_1_shortcut_0.forward(&s3_0_act_quant3);
+        self.s3_0_act_quant3.forward(&s3_0_bn3)
+    }
+
+    /// Block `s3.1` (`inverted` in stage `s3`): reads `s3.0.act_quant3`, returns `s3.1.act_quant3`.
+    pub fn block_s3_1(&self, s3_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_1_shortcut_0 = self.s3_1_shortcut_0.forward(s3_0_act_quant3);
         let s3_1_shortcut_1 = self.s3_1_shortcut_1.forward_t(&s3_1_shortcut_0, train);
         let s3_1_act_quant4 = self.s3_1_act_quant4.forward(&s3_1_shortcut_1);
-        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_act_quant3);
+        let s3_1_conv1 = self.s3_1_conv1.forward(s3_0_act_quant3);
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
         let s3_1_act_quant1 = self.s3_1_act_quant1.forward_relu6(&s3_1_bn1);
         let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant1);
@@ -2598,11 +2636,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant2);
         let s3_1_bn3 = self.s3_1_bn3.forward_t(&s3_1_conv3, train);
         let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_act_quant4);
-        let s3_1_act_quant3 = self.s3_1_act_quant3.forward(&s3_1_add1);
-        let s3_2_shortcut_0 = self.s3_2_shortcut_0.forward(&s3_1_act_quant3);
+        self.s3_1_act_quant3.forward(&s3_1_add1)
+    }
+
+    /// Block `s3.2` (`inverted` in stage `s3`): reads `s3.1.act_quant3`, returns `s3.2.act_quant3`.
+    pub fn block_s3_2(&self, s3_1_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_2_shortcut_0 = self.s3_2_shortcut_0.forward(s3_1_act_quant3);
         let s3_2_shortcut_1 = self.s3_2_shortcut_1.forward_t(&s3_2_shortcut_0, train);
         let s3_2_act_quant4 = self.s3_2_act_quant4.forward(&s3_2_shortcut_1);
-        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant3);
+        let s3_2_conv1 = self.s3_2_conv1.forward(s3_1_act_quant3);
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
         let s3_2_act_quant1 = self.s3_2_act_quant1.forward_relu6(&s3_2_bn1);
         let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant1);
@@ -2611,8 +2654,13 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant2);
         let s3_2_bn3 = self.s3_2_bn3.forward_t(&s3_2_conv3, train);
         let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_act_quant4);
-        let s3_2_act_quant3 = self.s3_2_act_quant3.forward(&s3_2_add1);
-        let s4_0_conv1 = self.s4_0_conv1.forward(&s3_2_act_quant3);
+        self.s3_2_act_quant3.forward(&s3_2_add1)
+    }
+
+    /// Block `s4.0` (`inverted` in stage `s4`): reads `s3.2.act_quant3`, returns `s4.0.act_quant3`.
+    pub fn block_s4_0(&self, s3_2_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_0_conv1 = self.s4_0_conv1.forward(s3_2_act_quant3);
         let s4_0_bn1 = self.s4_0_bn1.forward_t(&s4_0_conv1, train);
         let s4_0_act_quant1 = self.s4_0_act_quant1.forward_relu6(&s4_0_bn1);
         let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act_quant1);
@@ -2620,11 +2668,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_0_act_quant2 = self.s4_0_act_quant2.forward_relu6(&s4_0_bn2);
         let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant2);
         let s4_0_bn3 = self.s4_0_bn3.forward_t(&s4_0_conv3, train);
-        let s4_0_act_quant3 = self.s4_0_act_quant3.forward(&s4_0_bn3);
-        let s4_1_shortcut_0 = self.s4_1_shortcut_0.forward(&s4_0_act_quant3);
+        self.s4_0_act_quant3.forward(&s4_0_bn3)
+    }
+
+    /// Block `s4.1` (`inverted` in stage `s4`): reads `s4.0.act_quant3`, returns `s4.1.act_quant3`.
+    pub fn block_s4_1(&self, s4_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_1_shortcut_0 = self.s4_1_shortcut_0.forward(s4_0_act_quant3);
         let s4_1_shortcut_1 = self.s4_1_shortcut_1.forward_t(&s4_1_shortcut_0, train);
         let s4_1_act_quant4 = self.s4_1_act_quant4.forward(&s4_1_shortcut_1);
-        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_act_quant3);
+        let s4_1_conv1 = self.s4_1_conv1.forward(s4_0_act_quant3);
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
         let s4_1_act_quant1 = self.s4_1_act_quant1.forward_relu6(&s4_1_bn1);
         let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant1);
@@ -2633,11 +2686,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant2);
         let s4_1_bn3 = self.s4_1_bn3.forward_t(&s4_1_conv3, train);
         let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_act_quant4);
-        let s4_1_act_quant3 = self.s4_1_act_quant3.forward(&s4_1_add1);
-        let s4_2_shortcut_0 = self.s4_2_shortcut_0.forward(&s4_1_act_quant3);
+        self.s4_1_act_quant3.forward(&s4_1_add1)
+    }
+
+    /// Block `s4.2` (`inverted` in stage `s4`): reads `s4.1.act_quant3`, returns `s4.2.act_quant3`.
+    pub fn block_s4_2(&self, s4_1_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_2_shortcut_0 = self.s4_2_shortcut_0.forward(s4_1_act_quant3);
         let s4_2_shortcut_1 = self.s4_2_shortcut_1.forward_t(&s4_2_shortcut_0, train);
         let s4_2_act_quant4 = self.s4_2_act_quant4.forward(&s4_2_shortcut_1);
-        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant3);
+        let s4_2_conv1 = self.s4_2_conv1.forward(s4_1_act_quant3);
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
         let s4_2_act_quant1 = self.s4_2_act_quant1.forward_relu6(&s4_2_bn1);
         let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant1);
@@ -2646,11 +2704,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant2);
         let s4_2_bn3 = self.s4_2_bn3.forward_t(&s4_2_conv3, train);
         let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_act_quant4);
-        let s4_2_act_quant3 = self.s4_2_act_quant3.forward(&s4_2_add1);
-        let s4_3_shortcut_0 = self.s4_3_shortcut_0.forward(&s4_2_act_quant3);
+        self.s4_2_act_quant3.forward(&s4_2_add1)
+    }
+
+    /// Block `s4.3` (`inverted` in stage `s4`): reads `s4.2.act_quant3`, returns `s4.3.act_quant3`.
+    pub fn block_s4_3(&self, s4_2_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_3_shortcut_0 = self.s4_3_shortcut_0.forward(s4_2_act_quant3);
         let s4_3_shortcut_1 = self.s4_3_shortcut_1.forward_t(&s4_3_shortcut_0, train);
         let s4_3_act_quant4 = self.s4_3_act_quant4.forward(&s4_3_shortcut_1);
-        let s4_3_conv1 = self.s4_3_conv1.forward(&s4_2_act_quant3);
+        let s4_3_conv1 = self.s4_3_conv1.forward(s4_2_act_quant3);
         let s4_3_bn1 = self.s4_3_bn1.forward_t(&s4_3_conv1, train);
         let s4_3_act_quant1 = self.s4_3_act_quant1.forward_relu6(&s4_3_bn1);
         let s4_3_conv2 = self.s4_3_conv2.forward(&s4_3_act_quant1);
@@ -2659,11 +2722,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s4_3_conv3 = self.s4_3_conv3.forward(&s4_3_act_quant2);
         let s4_3_bn3 = self.s4_3_bn3.forward_t(&s4_3_conv3, train);
         let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_act_quant4);
-        let s4_3_act_quant3 = self.s4_3_act_quant3.forward(&s4_3_add1);
-        let s5_0_shortcut_0 = self.s5_0_shortcut_0.forward(&s4_3_act_quant3);
+        self.s4_3_act_quant3.forward(&s4_3_add1)
+    }
+
+    /// Block `s5.0` (`inverted` in stage `s5`): reads `s4.3.act_quant3`, returns `s5.0.act_quant3`.
+    pub fn block_s5_0(&self, s4_3_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s5_0_shortcut_0 = self.s5_0_shortcut_0.forward(s4_3_act_quant3);
         let s5_0_shortcut_1 = self.s5_0_shortcut_1.forward_t(&s5_0_shortcut_0, train);
         let s5_0_act_quant4 = self.s5_0_act_quant4.forward(&s5_0_shortcut_1);
-        let s5_0_conv1 = self.s5_0_conv1.forward(&s4_3_act_quant3);
+        let s5_0_conv1 = self.s5_0_conv1.forward(s4_3_act_quant3);
         let s5_0_bn1 = self.s5_0_bn1.forward_t(&s5_0_conv1, train);
         let s5_0_act_quant1 = self.s5_0_act_quant1.forward_relu6(&s5_0_bn1);
         let s5_0_conv2 = self.s5_0_conv2.forward(&s5_0_act_quant1);
@@ -2672,11 +2740,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_0_conv3 = self.s5_0_conv3.forward(&s5_0_act_quant2);
         let s5_0_bn3 = self.s5_0_bn3.forward_t(&s5_0_conv3, train);
         let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_act_quant4);
-        let s5_0_act_quant3 = self.s5_0_act_quant3.forward(&s5_0_add1);
-        let s5_1_shortcut_0 = self.s5_1_shortcut_0.forward(&s5_0_act_quant3);
+        self.s5_0_act_quant3.forward(&s5_0_add1)
+    }
+
+    /// Block `s5.1` (`inverted` in stage `s5`): reads `s5.0.act_quant3`, returns `s5.1.act_quant3`.
+    pub fn block_s5_1(&self, s5_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s5_1_shortcut_0 = self.s5_1_shortcut_0.forward(s5_0_act_quant3);
         let s5_1_shortcut_1 = self.s5_1_shortcut_1.forward_t(&s5_1_shortcut_0, train);
         let s5_1_act_quant4 = self.s5_1_act_quant4.forward(&s5_1_shortcut_1);
-        let s5_1_conv1 = self.s5_1_conv1.forward(&s5_0_act_quant3);
+        let s5_1_conv1 = self.s5_1_conv1.forward(s5_0_act_quant3);
         let s5_1_bn1 = self.s5_1_bn1.forward_t(&s5_1_conv1, train);
         let s5_1_act_quant1 = self.s5_1_act_quant1.forward_relu6(&s5_1_bn1);
         let s5_1_conv2 = self.s5_1_conv2.forward(&s5_1_act_quant1);
@@ -2685,11 +2758,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_1_conv3 = self.s5_1_conv3.forward(&s5_1_act_quant2);
         let s5_1_bn3 = self.s5_1_bn3.forward_t(&s5_1_conv3, train);
         let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_act_quant4);
-        let s5_1_act_quant3 = self.s5_1_act_quant3.forward(&s5_1_add1);
-        let s5_2_shortcut_0 = self.s5_2_shortcut_0.forward(&s5_1_act_quant3);
+        self.s5_1_act_quant3.forward(&s5_1_add1)
+    }
+
+    /// Block `s5.2` (`inverted` in stage `s5`): reads `s5.1.act_quant3`, returns `s5.2.act_quant3`.
+    pub fn block_s5_2(&self, s5_1_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s5_2_shortcut_0 = self.s5_2_shortcut_0.forward(s5_1_act_quant3);
         let s5_2_shortcut_1 = self.s5_2_shortcut_1.forward_t(&s5_2_shortcut_0, train);
         let s5_2_act_quant4 = self.s5_2_act_quant4.forward(&s5_2_shortcut_1);
-        let s5_2_conv1 = self.s5_2_conv1.forward(&s5_1_act_quant3);
+        let s5_2_conv1 = self.s5_2_conv1.forward(s5_1_act_quant3);
         let s5_2_bn1 = self.s5_2_bn1.forward_t(&s5_2_conv1, train);
         let s5_2_act_quant1 = self.s5_2_act_quant1.forward_relu6(&s5_2_bn1);
         let s5_2_conv2 = self.s5_2_conv2.forward(&s5_2_act_quant1);
@@ -2698,8 +2776,13 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s5_2_conv3 = self.s5_2_conv3.forward(&s5_2_act_quant2);
         let s5_2_bn3 = self.s5_2_bn3.forward_t(&s5_2_conv3, train);
         let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_act_quant4);
-        let s5_2_act_quant3 = self.s5_2_act_quant3.forward(&s5_2_add1);
-        let s6_0_conv1 = self.s6_0_conv1.forward(&s5_2_act_quant3);
+        self.s5_2_act_quant3.forward(&s5_2_add1)
+    }
+
+    /// Block `s6.0` (`inverted` in stage `s6`): reads `s5.2.act_quant3`, returns `s6.0.act_quant3`.
+    pub fn block_s6_0(&self, s5_2_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s6_0_conv1 = self.s6_0_conv1.forward(s5_2_act_quant3);
         let s6_0_bn1 = self.s6_0_bn1.forward_t(&s6_0_conv1, train);
         let s6_0_act_quant1 = self.s6_0_act_quant1.forward_relu6(&s6_0_bn1);
         let s6_0_conv2 = self.s6_0_conv2.forward(&s6_0_act_quant1);
@@ -2707,11 +2790,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_0_act_quant2 = self.s6_0_act_quant2.forward_relu6(&s6_0_bn2);
         let s6_0_conv3 = self.s6_0_conv3.forward(&s6_0_act_quant2);
         let s6_0_bn3 = self.s6_0_bn3.forward_t(&s6_0_conv3, train);
-        let s6_0_act_quant3 = self.s6_0_act_quant3.forward(&s6_0_bn3);
-        let s6_1_shortcut_0 = self.s6_1_shortcut_0.forward(&s6_0_act_quant3);
+        self.s6_0_act_quant3.forward(&s6_0_bn3)
+    }
+
+    /// Block `s6.1` (`inverted` in stage `s6`): reads `s6.0.act_quant3`, returns `s6.1.act_quant3`.
+    pub fn block_s6_1(&self, s6_0_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s6_1_shortcut_0 = self.s6_1_shortcut_0.forward(s6_0_act_quant3);
         let s6_1_shortcut_1 = self.s6_1_shortcut_1.forward_t(&s6_1_shortcut_0, train);
         let s6_1_act_quant4 = self.s6_1_act_quant4.forward(&s6_1_shortcut_1);
-        let s6_1_conv1 = self.s6_1_conv1.forward(&s6_0_act_quant3);
+        let s6_1_conv1 = self.s6_1_conv1.forward(s6_0_act_quant3);
         let s6_1_bn1 = self.s6_1_bn1.forward_t(&s6_1_conv1, train);
         let s6_1_act_quant1 = self.s6_1_act_quant1.forward_relu6(&s6_1_bn1);
         let s6_1_conv2 = self.s6_1_conv2.forward(&s6_1_act_quant1);
@@ -2720,11 +2808,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_1_conv3 = self.s6_1_conv3.forward(&s6_1_act_quant2);
         let s6_1_bn3 = self.s6_1_bn3.forward_t(&s6_1_conv3, train);
         let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_act_quant4);
-        let s6_1_act_quant3 = self.s6_1_act_quant3.forward(&s6_1_add1);
-        let s6_2_shortcut_0 = self.s6_2_shortcut_0.forward(&s6_1_act_quant3);
+        self.s6_1_act_quant3.forward(&s6_1_add1)
+    }
+
+    /// Block `s6.2` (`inverted` in stage `s6`): reads `s6.1.act_quant3`, returns `s6.2.act_quant3`.
+    pub fn block_s6_2(&self, s6_1_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s6_2_shortcut_0 = self.s6_2_shortcut_0.forward(s6_1_act_quant3);
         let s6_2_shortcut_1 = self.s6_2_shortcut_1.forward_t(&s6_2_shortcut_0, train);
         let s6_2_act_quant4 = self.s6_2_act_quant4.forward(&s6_2_shortcut_1);
-        let s6_2_conv1 = self.s6_2_conv1.forward(&s6_1_act_quant3);
+        let s6_2_conv1 = self.s6_2_conv1.forward(s6_1_act_quant3);
         let s6_2_bn1 = self.s6_2_bn1.forward_t(&s6_2_conv1, train);
         let s6_2_act_quant1 = self.s6_2_act_quant1.forward_relu6(&s6_2_bn1);
         let s6_2_conv2 = self.s6_2_conv2.forward(&s6_2_act_quant1);
@@ -2733,11 +2826,16 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s6_2_conv3 = self.s6_2_conv3.forward(&s6_2_act_quant2);
         let s6_2_bn3 = self.s6_2_bn3.forward_t(&s6_2_conv3, train);
         let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_act_quant4);
-        let s6_2_act_quant3 = self.s6_2_act_quant3.forward(&s6_2_add1);
-        let s7_0_shortcut_0 = self.s7_0_shortcut_0.forward(&s6_2_act_quant3);
+        self.s6_2_act_quant3.forward(&s6_2_add1)
+    }
+
+    /// Block `s7.0` (`inverted` in stage `s7`): reads `s6.2.act_quant3`, returns `s7.0.act_quant3`.
+    pub fn block_s7_0(&self, s6_2_act_quant3: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s7_0_shortcut_0 = self.s7_0_shortcut_0.forward(s6_2_act_quant3);
         let s7_0_shortcut_1 = self.s7_0_shortcut_1.forward_t(&s7_0_shortcut_0, train);
         let s7_0_act_quant4 = self.s7_0_act_quant4.forward(&s7_0_shortcut_1);
-        let s7_0_conv1 = self.s7_0_conv1.forward(&s6_2_act_quant3);
+        let s7_0_conv1 = self.s7_0_conv1.forward(s6_2_act_quant3);
         let s7_0_bn1 = self.s7_0_bn1.forward_t(&s7_0_conv1, train);
         let s7_0_act_quant1 = self.s7_0_act_quant1.forward_relu6(&s7_0_bn1);
         let s7_0_conv2 = self.s7_0_conv2.forward(&s7_0_act_quant1);
@@ -2746,7 +2844,66 @@ impl tch::nn::ModuleT for Mobilenetv2 {
         let s7_0_conv3 = self.s7_0_conv3.forward(&s7_0_act_quant2);
         let s7_0_bn3 = self.s7_0_bn3.forward_t(&s7_0_conv3, train);
         let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_act_quant4);
-        let s7_0_act_quant3 = self.s7_0_act_quant3.forward(&s7_0_add1);
+        self.s7_0_act_quant3.forward(&s7_0_add1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "s1.0" => self.block_s1_0(input, train),
+                "s2.0" => self.block_s2_0(input, train),
+                "s2.1" => self.block_s2_1(input, train),
+                "s3.0" => self.block_s3_0(input, train),
+                "s3.1" => self.block_s3_1(input, train),
+                "s3.2" => self.block_s3_2(input, train),
+                "s4.0" => self.block_s4_0(input, train),
+                "s4.1" => self.block_s4_1(input, train),
+                "s4.2" => self.block_s4_2(input, train),
+                "s4.3" => self.block_s4_3(input, train),
+                "s5.0" => self.block_s5_0(input, train),
+                "s5.1" => self.block_s5_1(input, train),
+                "s5.2" => self.block_s5_2(input, train),
+                "s6.0" => self.block_s6_0(input, train),
+                "s6.1" => self.block_s6_1(input, train),
+                "s6.2" => self.block_s6_2(input, train),
+                "s7.0" => self.block_s7_0(input, train),
+                _ => return None,
+            },
+        )
+    }
+}
+
+impl tch::nn::ModuleT for Mobilenetv2 {
+    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
+        let stem_stem = self.stem_stem.forward(input);
+        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
+        let stem_actq_first = self.stem_actq_first.forward_relu(&stem_bn1);
+        let s1_0_act_quant3 = self.block_s1_0(&stem_actq_first, train);
+        let s2_0_act_quant3 = self.block_s2_0(&s1_0_act_quant3, train);
+        let s2_1_act_quant3 = self.block_s2_1(&s2_0_act_quant3, train);
+        let s3_0_act_quant3 = self.block_s3_0(&s2_1_act_quant3, train);
+        let s3_1_act_quant3 = self.block_s3_1(&s3_0_act_quant3, train);
+        let s3_2_act_quant3 = self.block_s3_2(&s3_1_act_quant3, train);
+        let s4_0_act_quant3 = self.block_s4_0(&s3_2_act_quant3, train);
+        let s4_1_act_quant3 = self.block_s4_1(&s4_0_act_quant3, train);
+        let s4_2_act_quant3 = self.block_s4_2(&s4_1_act_quant3, train);
+        let s4_3_act_quant3 = self.block_s4_3(&s4_2_act_quant3, train);
+        let s5_0_act_quant3 = self.block_s5_0(&s4_3_act_quant3, train);
+        let s5_1_act_quant3 = self.block_s5_1(&s5_0_act_quant3, train);
+        let s5_2_act_quant3 = self.block_s5_2(&s5_1_act_quant3, train);
+        let s6_0_act_quant3 = self.block_s6_0(&s5_2_act_quant3, train);
+        let s6_1_act_quant3 = self.block_s6_1(&s6_0_act_quant3, train);
+        let s6_2_act_quant3 = self.block_s6_2(&s6_1_act_quant3, train);
+        let s7_0_act_quant3 = self.block_s7_0(&s6_2_act_quant3, train);
         let head_head = self.head_head.forward(&s7_0_act_quant3);
         let head_bn2 = self.head_bn2.forward_t(&head_head, train);
         let head_relu1 = qatc_runtime::ops::relu(&head_bn2);

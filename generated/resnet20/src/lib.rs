@@ -52,6 +52,19 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 9] = [
+    "stage1.0",
+    "stage1.1",
+    "stage1.2",
+    "stage2.0",
+    "stage2.1",
+    "stage2.2",
+    "stage3.0",
+    "stage3.1",
+    "stage3.2",
+];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 22] = [
     "stem.act1",
@@ -968,40 +981,64 @@ impl Resnet20 {
             ),
         }
     }
-}
 
-impl tch::nn::ModuleT for Resnet20 {
-    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_stem = self.stem_stem.forward(input);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
-        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
-        let stage1_0_conv1 = self.stage1_0_conv1.forward(&stem_act1);
+    /// Block `stage1.0` (`basic` in stage `stage1`): reads `stem.act1`, returns `stage1.0.add_act1`.
+    pub fn block_stage1_0(&self, stem_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage1_0_conv1 = self.stage1_0_conv1.forward(stem_act1);
         let stage1_0_bn1 = self.stage1_0_bn1.forward_t(&stage1_0_conv1, train);
         let stage1_0_act1 = self.stage1_0_act1.forward_relu(&stage1_0_bn1);
         let stage1_0_conv2 = self.stage1_0_conv2.forward(&stage1_0_act1);
         let stage1_0_bn2 = self.stage1_0_bn2.forward_t(&stage1_0_conv2, train);
-        let stage1_0_add1 = qatc_runtime::ops::add(&stage1_0_bn2, &stem_act1);
-        let stage1_0_add_act1 = self.stage1_0_add_act1.forward(&stage1_0_add1);
-        let stage1_1_conv1 = self.stage1_1_conv1.forward(&stage1_0_add_act1);
+        let stage1_0_add1 = qatc_runtime::ops::add(&stage1_0_bn2, stem_act1);
+        self.stage1_0_add_act1.forward(&stage1_0_add1)
+    }
+
+    /// Block `stage1.1` (`basic` in stage `stage1`): reads `stage1.0.add_act1`, returns `stage1.1.add_act1`.
+    pub fn block_stage1_1(
+        &self,
+        stage1_0_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage1_1_conv1 = self.stage1_1_conv1.forward(stage1_0_add_act1);
         let stage1_1_bn1 = self.stage1_1_bn1.forward_t(&stage1_1_conv1, train);
         let stage1_1_act1 = self.stage1_1_act1.forward_relu(&stage1_1_bn1);
         let stage1_1_conv2 = self.stage1_1_conv2.forward(&stage1_1_act1);
         let stage1_1_bn2 = self.stage1_1_bn2.forward_t(&stage1_1_conv2, train);
-        let stage1_1_add1 = qatc_runtime::ops::add(&stage1_1_bn2, &stage1_0_add_act1);
-        let stage1_1_add_act1 = self.stage1_1_add_act1.forward(&stage1_1_add1);
-        let stage1_2_conv1 = self.stage1_2_conv1.forward(&stage1_1_add_act1);
+        let stage1_1_add1 = qatc_runtime::ops::add(&stage1_1_bn2, stage1_0_add_act1);
+        self.stage1_1_add_act1.forward(&stage1_1_add1)
+    }
+
+    /// Block `stage1.2` (`basic` in stage `stage1`): reads `stage1.1.add_act1`, returns `stage1.2.add_act1`.
+    pub fn block_stage1_2(
+        &self,
+        stage1_1_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage1_2_conv1 = self.stage1_2_conv1.forward(stage1_1_add_act1);
         let stage1_2_bn1 = self.stage1_2_bn1.forward_t(&stage1_2_conv1, train);
         let stage1_2_act1 = self.stage1_2_act1.forward_relu(&stage1_2_bn1);
         let stage1_2_conv2 = self.stage1_2_conv2.forward(&stage1_2_act1);
         let stage1_2_bn2 = self.stage1_2_bn2.forward_t(&stage1_2_conv2, train);
-        let stage1_2_add1 = qatc_runtime::ops::add(&stage1_2_bn2, &stage1_1_add_act1);
-        let stage1_2_add_act1 = self.stage1_2_add_act1.forward(&stage1_2_add1);
+        let stage1_2_add1 = qatc_runtime::ops::add(&stage1_2_bn2, stage1_1_add_act1);
+        self.stage1_2_add_act1.forward(&stage1_2_add1)
+    }
+
+    /// Block `stage2.0` (`basic` in stage `stage2`): reads `stage1.2.add_act1`, returns `stage2.0.add_act1`.
+    pub fn block_stage2_0(
+        &self,
+        stage1_2_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
         let stage2_0_identity_conv = self
             .stage2_0_identity_conv
-            .forward(&stage1_2_add_act1);
+            .forward(stage1_2_add_act1);
         let stage2_0_bn3 = self.stage2_0_bn3.forward_t(&stage2_0_identity_conv, train);
         let stage2_0_shortcut_act1 = self.stage2_0_shortcut_act1.forward(&stage2_0_bn3);
-        let stage2_0_conv1 = self.stage2_0_conv1.forward(&stage1_2_add_act1);
+        let stage2_0_conv1 = self.stage2_0_conv1.forward(stage1_2_add_act1);
         let stage2_0_bn1 = self.stage2_0_bn1.forward_t(&stage2_0_conv1, train);
         let stage2_0_act1 = self.stage2_0_act1.forward_relu(&stage2_0_bn1);
         let stage2_0_conv2 = self.stage2_0_conv2.forward(&stage2_0_act1);
@@ -1010,27 +1047,54 @@ impl tch::nn::ModuleT for Resnet20 {
             &stage2_0_bn2,
             &stage2_0_shortcut_act1,
         );
-        let stage2_0_add_act1 = self.stage2_0_add_act1.forward(&stage2_0_add1);
-        let stage2_1_conv1 = self.stage2_1_conv1.forward(&stage2_0_add_act1);
+        self.stage2_0_add_act1.forward(&stage2_0_add1)
+    }
+
+    /// Block `stage2.1` (`basic` in stage `stage2`): reads `stage2.0.add_act1`, returns `stage2.1.add_act1`.
+    pub fn block_stage2_1(
+        &self,
+        stage2_0_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage2_1_conv1 = self.stage2_1_conv1.forward(stage2_0_add_act1);
         let stage2_1_bn1 = self.stage2_1_bn1.forward_t(&stage2_1_conv1, train);
         let stage2_1_act1 = self.stage2_1_act1.forward_relu(&stage2_1_bn1);
         let stage2_1_conv2 = self.stage2_1_conv2.forward(&stage2_1_act1);
         let stage2_1_bn2 = self.stage2_1_bn2.forward_t(&stage2_1_conv2, train);
-        let stage2_1_add1 = qatc_runtime::ops::add(&stage2_1_bn2, &stage2_0_add_act1);
-        let stage2_1_add_act1 = self.stage2_1_add_act1.forward(&stage2_1_add1);
-        let stage2_2_conv1 = self.stage2_2_conv1.forward(&stage2_1_add_act1);
+        let stage2_1_add1 = qatc_runtime::ops::add(&stage2_1_bn2, stage2_0_add_act1);
+        self.stage2_1_add_act1.forward(&stage2_1_add1)
+    }
+
+    /// Block `stage2.2` (`basic` in stage `stage2`): reads `stage2.1.add_act1`, returns `stage2.2.add_act1`.
+    pub fn block_stage2_2(
+        &self,
+        stage2_1_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage2_2_conv1 = self.stage2_2_conv1.forward(stage2_1_add_act1);
         let stage2_2_bn1 = self.stage2_2_bn1.forward_t(&stage2_2_conv1, train);
         let stage2_2_act1 = self.stage2_2_act1.forward_relu(&stage2_2_bn1);
         let stage2_2_conv2 = self.stage2_2_conv2.forward(&stage2_2_act1);
         let stage2_2_bn2 = self.stage2_2_bn2.forward_t(&stage2_2_conv2, train);
-        let stage2_2_add1 = qatc_runtime::ops::add(&stage2_2_bn2, &stage2_1_add_act1);
-        let stage2_2_add_act1 = self.stage2_2_add_act1.forward(&stage2_2_add1);
+        let stage2_2_add1 = qatc_runtime::ops::add(&stage2_2_bn2, stage2_1_add_act1);
+        self.stage2_2_add_act1.forward(&stage2_2_add1)
+    }
+
+    /// Block `stage3.0` (`basic` in stage `stage3`): reads `stage2.2.add_act1`, returns `stage3.0.add_act1`.
+    pub fn block_stage3_0(
+        &self,
+        stage2_2_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
         let stage3_0_identity_conv = self
             .stage3_0_identity_conv
-            .forward(&stage2_2_add_act1);
+            .forward(stage2_2_add_act1);
         let stage3_0_bn3 = self.stage3_0_bn3.forward_t(&stage3_0_identity_conv, train);
         let stage3_0_shortcut_act1 = self.stage3_0_shortcut_act1.forward(&stage3_0_bn3);
-        let stage3_0_conv1 = self.stage3_0_conv1.forward(&stage2_2_add_act1);
+        let stage3_0_conv1 = self.stage3_0_conv1.forward(stage2_2_add_act1);
         let stage3_0_bn1 = self.stage3_0_bn1.forward_t(&stage3_0_conv1, train);
         let stage3_0_act1 = self.stage3_0_act1.forward_relu(&stage3_0_bn1);
         let stage3_0_conv2 = self.stage3_0_conv2.forward(&stage3_0_act1);
@@ -1039,21 +1103,82 @@ impl tch::nn::ModuleT for Resnet20 {
             &stage3_0_bn2,
             &stage3_0_shortcut_act1,
         );
-        let stage3_0_add_act1 = self.stage3_0_add_act1.forward(&stage3_0_add1);
-        let stage3_1_conv1 = self.stage3_1_conv1.forward(&stage3_0_add_act1);
+        self.stage3_0_add_act1.forward(&stage3_0_add1)
+    }
+
+    /// Block `stage3.1` (`basic` in stage `stage3`): reads `stage3.0.add_act1`, returns `stage3.1.add_act1`.
+    pub fn block_stage3_1(
+        &self,
+        stage3_0_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage3_1_conv1 = self.stage3_1_conv1.forward(stage3_0_add_act1);
         let stage3_1_bn1 = self.stage3_1_bn1.forward_t(&stage3_1_conv1, train);
         let stage3_1_act1 = self.stage3_1_act1.forward_relu(&stage3_1_bn1);
         let stage3_1_conv2 = self.stage3_1_conv2.forward(&stage3_1_act1);
         let stage3_1_bn2 = self.stage3_1_bn2.forward_t(&stage3_1_conv2, train);
-        let stage3_1_add1 = qatc_runtime::ops::add(&stage3_1_bn2, &stage3_0_add_act1);
-        let stage3_1_add_act1 = self.stage3_1_add_act1.forward(&stage3_1_add1);
-        let stage3_2_conv1 = self.stage3_2_conv1.forward(&stage3_1_add_act1);
+        let stage3_1_add1 = qatc_runtime::ops::add(&stage3_1_bn2, stage3_0_add_act1);
+        self.stage3_1_add_act1.forward(&stage3_1_add1)
+    }
+
+    /// Block `stage3.2` (`basic` in stage `stage3`): reads `stage3.1.add_act1`, returns `stage3.2.add_act1`.
+    pub fn block_stage3_2(
+        &self,
+        stage3_1_add_act1: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let stage3_2_conv1 = self.stage3_2_conv1.forward(stage3_1_add_act1);
         let stage3_2_bn1 = self.stage3_2_bn1.forward_t(&stage3_2_conv1, train);
         let stage3_2_act1 = self.stage3_2_act1.forward_relu(&stage3_2_bn1);
         let stage3_2_conv2 = self.stage3_2_conv2.forward(&stage3_2_act1);
         let stage3_2_bn2 = self.stage3_2_bn2.forward_t(&stage3_2_conv2, train);
-        let stage3_2_add1 = qatc_runtime::ops::add(&stage3_2_bn2, &stage3_1_add_act1);
-        let stage3_2_add_act1 = self.stage3_2_add_act1.forward(&stage3_2_add1);
+        let stage3_2_add1 = qatc_runtime::ops::add(&stage3_2_bn2, stage3_1_add_act1);
+        self.stage3_2_add_act1.forward(&stage3_2_add1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "stage1.0" => self.block_stage1_0(input, train),
+                "stage1.1" => self.block_stage1_1(input, train),
+                "stage1.2" => self.block_stage1_2(input, train),
+                "stage2.0" => self.block_stage2_0(input, train),
+                "stage2.1" => self.block_stage2_1(input, train),
+                "stage2.2" => self.block_stage2_2(input, train),
+                "stage3.0" => self.block_stage3_0(input, train),
+                "stage3.1" => self.block_stage3_1(input, train),
+                "stage3.2" => self.block_stage3_2(input, train),
+                _ => return None,
+            },
+        )
+    }
+}
+
+impl tch::nn::ModuleT for Resnet20 {
+    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
+        let stem_stem = self.stem_stem.forward(input);
+        let stem_bn1 = self.stem_bn1.forward_t(&stem_stem, train);
+        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
+        let stage1_0_add_act1 = self.block_stage1_0(&stem_act1, train);
+        let stage1_1_add_act1 = self.block_stage1_1(&stage1_0_add_act1, train);
+        let stage1_2_add_act1 = self.block_stage1_2(&stage1_1_add_act1, train);
+        let stage2_0_add_act1 = self.block_stage2_0(&stage1_2_add_act1, train);
+        let stage2_1_add_act1 = self.block_stage2_1(&stage2_0_add_act1, train);
+        let stage2_2_add_act1 = self.block_stage2_2(&stage2_1_add_act1, train);
+        let stage3_0_add_act1 = self.block_stage3_0(&stage2_2_add_act1, train);
+        let stage3_1_add_act1 = self.block_stage3_1(&stage3_0_add_act1, train);
+        let stage3_2_add_act1 = self.block_stage3_2(&stage3_1_add_act1, train);
         let head_pool1 = qatc_runtime::ops::avg_pool2d(&stage3_2_add_act1, 8, 8);
         let head_act1 = self.head_act1.forward(&head_pool1);
         let head_flatten1 = qatc_runtime::ops::flatten(&head_act1);

@@ -45,6 +45,20 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 10] = [
+    "s1.0",
+    "s2.0",
+    "s2.1",
+    "s2.2",
+    "s3.0",
+    "s3.1",
+    "s3.2",
+    "s4.0",
+    "s4.1",
+    "s4.2",
+];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 36] = [
     "stem.act_quant_in",
@@ -1258,23 +1272,32 @@ impl Toynet {
             ),
         }
     }
-}
 
-impl tch::nn::ModuleT for Toynet {
-    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_act_quant_in = self.stem_act_quant_in.forward(input);
-        let stem_conv = self.stem_conv.forward(&stem_act_quant_in);
-        let stem_bn = self.stem_bn.forward_t(&stem_conv, train);
-        let stem_act_quant_out = self.stem_act_quant_out.forward(&stem_bn);
-        let s1_0_conv1 = self.s1_0_conv1.forward(&stem_act_quant_out);
+    /// Block `s1.0` (`cell` in stage `s1`): reads `stem.act_quant_out`, returns `s1.0.act_quant_out`.
+    pub fn block_s1_0(
+        &self,
+        stem_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s1_0_conv1 = self.s1_0_conv1.forward(stem_act_quant_out);
         let s1_0_bn1 = self.s1_0_bn1.forward_t(&s1_0_conv1, train);
         let s1_0_act_quant_in1 = self.s1_0_act_quant_in1.forward(&s1_0_bn1);
         let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant_in1);
         let s1_0_act_quant_in2 = self.s1_0_act_quant_in2.forward_relu(&s1_0_conv2);
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant_in2);
-        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, &stem_act_quant_out);
-        let s1_0_act_quant_out = self.s1_0_act_quant_out.forward(&s1_0_add1);
-        let s2_0_norm = self.s2_0_norm.forward_t(&s1_0_act_quant_out, train);
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, stem_act_quant_out);
+        self.s1_0_act_quant_out.forward(&s1_0_add1)
+    }
+
+    /// Block `s2.0` (`cell` in stage `s2`): reads `s1.0.act_quant_out`, returns `s2.0.act_quant_out`.
+    pub fn block_s2_0(
+        &self,
+        s1_0_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_0_norm = self.s2_0_norm.forward_t(s1_0_act_quant_out, train);
         let s2_0_downsample = self.s2_0_downsample.forward(&s2_0_norm);
         let s2_0_actq_down = self.s2_0_actq_down.forward(&s2_0_downsample);
         let s2_0_conv1 = self.s2_0_conv1.forward(&s2_0_actq_down);
@@ -1284,48 +1307,102 @@ impl tch::nn::ModuleT for Toynet {
         let s2_0_act_quant_in2 = self.s2_0_act_quant_in2.forward_relu(&s2_0_conv2);
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant_in2);
         let s2_0_add1 = qatc_runtime::ops::add(&s2_0_conv3, &s2_0_actq_down);
-        let s2_0_act_quant_out = self.s2_0_act_quant_out.forward(&s2_0_add1);
-        let s2_1_conv1 = self.s2_1_conv1.forward(&s2_0_act_quant_out);
+        self.s2_0_act_quant_out.forward(&s2_0_add1)
+    }
+
+    /// Block `s2.1` (`cell` in stage `s2`): reads `s2.0.act_quant_out`, returns `s2.1.act_quant_out`.
+    pub fn block_s2_1(
+        &self,
+        s2_0_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_1_conv1 = self.s2_1_conv1.forward(s2_0_act_quant_out);
         let s2_1_bn1 = self.s2_1_bn1.forward_t(&s2_1_conv1, train);
         let s2_1_act_quant_in1 = self.s2_1_act_quant_in1.forward(&s2_1_bn1);
         let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant_in1);
         let s2_1_act_quant_in2 = self.s2_1_act_quant_in2.forward_relu(&s2_1_conv2);
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant_in2);
-        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, &s2_0_act_quant_out);
-        let s2_1_act_quant_out = self.s2_1_act_quant_out.forward(&s2_1_add1);
-        let s2_2_conv1 = self.s2_2_conv1.forward(&s2_1_act_quant_out);
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, s2_0_act_quant_out);
+        self.s2_1_act_quant_out.forward(&s2_1_add1)
+    }
+
+    /// Block `s2.2` (`cell` in stage `s2`): reads `s2.1.act_quant_out`, returns `s2.2.act_quant_out`.
+    pub fn block_s2_2(
+        &self,
+        s2_1_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s2_2_conv1 = self.s2_2_conv1.forward(s2_1_act_quant_out);
         let s2_2_bn1 = self.s2_2_bn1.forward_t(&s2_2_conv1, train);
         let s2_2_act_quant_in1 = self.s2_2_act_quant_in1.forward(&s2_2_bn1);
         let s2_2_conv2 = self.s2_2_conv2.forward(&s2_2_act_quant_in1);
         let s2_2_act_quant_in2 = self.s2_2_act_quant_in2.forward_relu(&s2_2_conv2);
         let s2_2_conv3 = self.s2_2_conv3.forward(&s2_2_act_quant_in2);
-        let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, &s2_1_act_quant_out);
-        let s2_2_act_quant_out = self.s2_2_act_quant_out.forward(&s2_2_add1);
-        let s3_0_conv1 = self.s3_0_conv1.forward(&s2_2_act_quant_out);
+        let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, s2_1_act_quant_out);
+        self.s2_2_act_quant_out.forward(&s2_2_add1)
+    }
+
+    /// Block `s3.0` (`cell` in stage `s3`): reads `s2.2.act_quant_out`, returns `s3.0.act_quant_out`.
+    pub fn block_s3_0(
+        &self,
+        s2_2_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_0_conv1 = self.s3_0_conv1.forward(s2_2_act_quant_out);
         let s3_0_bn1 = self.s3_0_bn1.forward_t(&s3_0_conv1, train);
         let s3_0_act_quant_in1 = self.s3_0_act_quant_in1.forward(&s3_0_bn1);
         let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant_in1);
         let s3_0_act_quant_in2 = self.s3_0_act_quant_in2.forward_relu(&s3_0_conv2);
         let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant_in2);
-        let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, &s2_2_act_quant_out);
-        let s3_0_act_quant_out = self.s3_0_act_quant_out.forward(&s3_0_add1);
-        let s3_1_conv1 = self.s3_1_conv1.forward(&s3_0_act_quant_out);
+        let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, s2_2_act_quant_out);
+        self.s3_0_act_quant_out.forward(&s3_0_add1)
+    }
+
+    /// Block `s3.1` (`cell` in stage `s3`): reads `s3.0.act_quant_out`, returns `s3.1.act_quant_out`.
+    pub fn block_s3_1(
+        &self,
+        s3_0_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_1_conv1 = self.s3_1_conv1.forward(s3_0_act_quant_out);
         let s3_1_bn1 = self.s3_1_bn1.forward_t(&s3_1_conv1, train);
         let s3_1_act_quant_in1 = self.s3_1_act_quant_in1.forward(&s3_1_bn1);
         let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant_in1);
         let s3_1_act_quant_in2 = self.s3_1_act_quant_in2.forward_relu(&s3_1_conv2);
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant_in2);
-        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, &s3_0_act_quant_out);
-        let s3_1_act_quant_out = self.s3_1_act_quant_out.forward(&s3_1_add1);
-        let s3_2_conv1 = self.s3_2_conv1.forward(&s3_1_act_quant_out);
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, s3_0_act_quant_out);
+        self.s3_1_act_quant_out.forward(&s3_1_add1)
+    }
+
+    /// Block `s3.2` (`cell` in stage `s3`): reads `s3.1.act_quant_out`, returns `s3.2.act_quant_out`.
+    pub fn block_s3_2(
+        &self,
+        s3_1_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s3_2_conv1 = self.s3_2_conv1.forward(s3_1_act_quant_out);
         let s3_2_bn1 = self.s3_2_bn1.forward_t(&s3_2_conv1, train);
         let s3_2_act_quant_in1 = self.s3_2_act_quant_in1.forward(&s3_2_bn1);
         let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant_in1);
         let s3_2_act_quant_in2 = self.s3_2_act_quant_in2.forward_relu(&s3_2_conv2);
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant_in2);
-        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, &s3_1_act_quant_out);
-        let s3_2_act_quant_out = self.s3_2_act_quant_out.forward(&s3_2_add1);
-        let s4_0_norm = self.s4_0_norm.forward_t(&s3_2_act_quant_out, train);
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, s3_1_act_quant_out);
+        self.s3_2_act_quant_out.forward(&s3_2_add1)
+    }
+
+    /// Block `s4.0` (`cell` in stage `s4`): reads `s3.2.act_quant_out`, returns `s4.0.act_quant_out`.
+    pub fn block_s4_0(
+        &self,
+        s3_2_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_0_norm = self.s4_0_norm.forward_t(s3_2_act_quant_out, train);
         let s4_0_downsample = self.s4_0_downsample.forward(&s4_0_norm);
         let s4_0_actq_down = self.s4_0_actq_down.forward(&s4_0_downsample);
         let s4_0_conv1 = self.s4_0_conv1.forward(&s4_0_actq_down);
@@ -1335,23 +1412,87 @@ impl tch::nn::ModuleT for Toynet {
         let s4_0_act_quant_in2 = self.s4_0_act_quant_in2.forward_relu(&s4_0_conv2);
         let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant_in2);
         let s4_0_add1 = qatc_runtime::ops::add(&s4_0_conv3, &s4_0_actq_down);
-        let s4_0_act_quant_out = self.s4_0_act_quant_out.forward(&s4_0_add1);
-        let s4_1_conv1 = self.s4_1_conv1.forward(&s4_0_act_quant_out);
+        self.s4_0_act_quant_out.forward(&s4_0_add1)
+    }
+
+    /// Block `s4.1` (`cell` in stage `s4`): reads `s4.0.act_quant_out`, returns `s4.1.act_quant_out`.
+    pub fn block_s4_1(
+        &self,
+        s4_0_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_1_conv1 = self.s4_1_conv1.forward(s4_0_act_quant_out);
         let s4_1_bn1 = self.s4_1_bn1.forward_t(&s4_1_conv1, train);
         let s4_1_act_quant_in1 = self.s4_1_act_quant_in1.forward(&s4_1_bn1);
         let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant_in1);
         let s4_1_act_quant_in2 = self.s4_1_act_quant_in2.forward_relu(&s4_1_conv2);
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant_in2);
-        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, &s4_0_act_quant_out);
-        let s4_1_act_quant_out = self.s4_1_act_quant_out.forward(&s4_1_add1);
-        let s4_2_conv1 = self.s4_2_conv1.forward(&s4_1_act_quant_out);
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, s4_0_act_quant_out);
+        self.s4_1_act_quant_out.forward(&s4_1_add1)
+    }
+
+    /// Block `s4.2` (`cell` in stage `s4`): reads `s4.1.act_quant_out`, returns `s4.2.act_quant_out`.
+    pub fn block_s4_2(
+        &self,
+        s4_1_act_quant_out: &tch::Tensor,
+        train: bool,
+    ) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let s4_2_conv1 = self.s4_2_conv1.forward(s4_1_act_quant_out);
         let s4_2_bn1 = self.s4_2_bn1.forward_t(&s4_2_conv1, train);
         let s4_2_act_quant_in1 = self.s4_2_act_quant_in1.forward(&s4_2_bn1);
         let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant_in1);
         let s4_2_act_quant_in2 = self.s4_2_act_quant_in2.forward_relu(&s4_2_conv2);
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant_in2);
-        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, &s4_1_act_quant_out);
-        let s4_2_act_quant_out = self.s4_2_act_quant_out.forward(&s4_2_add1);
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, s4_1_act_quant_out);
+        self.s4_2_act_quant_out.forward(&s4_2_add1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "s1.0" => self.block_s1_0(input, train),
+                "s2.0" => self.block_s2_0(input, train),
+                "s2.1" => self.block_s2_1(input, train),
+                "s2.2" => self.block_s2_2(input, train),
+                "s3.0" => self.block_s3_0(input, train),
+                "s3.1" => self.block_s3_1(input, train),
+                "s3.2" => self.block_s3_2(input, train),
+                "s4.0" => self.block_s4_0(input, train),
+                "s4.1" => self.block_s4_1(input, train),
+                "s4.2" => self.block_s4_2(input, train),
+                _ => return None,
+            },
+        )
+    }
+}
+
+impl tch::nn::ModuleT for Toynet {
+    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
+        let stem_act_quant_in = self.stem_act_quant_in.forward(input);
+        let stem_conv = self.stem_conv.forward(&stem_act_quant_in);
+        let stem_bn = self.stem_bn.forward_t(&stem_conv, train);
+        let stem_act_quant_out = self.stem_act_quant_out.forward(&stem_bn);
+        let s1_0_act_quant_out = self.block_s1_0(&stem_act_quant_out, train);
+        let s2_0_act_quant_out = self.block_s2_0(&s1_0_act_quant_out, train);
+        let s2_1_act_quant_out = self.block_s2_1(&s2_0_act_quant_out, train);
+        let s2_2_act_quant_out = self.block_s2_2(&s2_1_act_quant_out, train);
+        let s3_0_act_quant_out = self.block_s3_0(&s2_2_act_quant_out, train);
+        let s3_1_act_quant_out = self.block_s3_1(&s3_0_act_quant_out, train);
+        let s3_2_act_quant_out = self.block_s3_2(&s3_1_act_quant_out, train);
+        let s4_0_act_quant_out = self.block_s4_0(&s3_2_act_quant_out, train);
+        let s4_1_act_quant_out = self.block_s4_1(&s4_0_act_quant_out, train);
+        let s4_2_act_quant_out = self.block_s4_2(&s4_1_act_quant_out, train);
         let head_conv = self.head_conv.forward(&s4_2_act_quant_out);
         let head_bn = self.head_bn.forward_t(&head_conv, train);
         let head_act_quant_out = self.head_act_quant_out.forward(&head_bn);

@@ -31,6 +31,9 @@ pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta 
     profiles: &PROFILE_NAMES,
 };
 
+/// The blocks that `forward_block` runs alone (those with one input), in order.
+pub const BLOCKS: [&str; 3] = ["c1.0", "c2.0", "c3.0"];
+
 /// Activation quantizer sites in order: index into `Profile::acts`.
 pub const ACT_SITES: [&str; 5] = [
     "stem.act1",
@@ -336,14 +339,11 @@ impl Vgg7 {
             ),
         }
     }
-}
 
-impl tch::nn::ModuleT for Vgg7 {
-    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
-        let stem_conv1 = self.stem_conv1.forward(input);
-        let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
-        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
-        let c1_0_convbn1_conv1 = self.c1_0_convbn1_conv1.forward(&stem_act1);
+    /// Block `c1.0` (`pair` in stage `c1`): reads `stem.act1`, returns `c1.0.out_act1`.
+    pub fn block_c1_0(&self, stem_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let c1_0_convbn1_conv1 = self.c1_0_convbn1_conv1.forward(stem_act1);
         let c1_0_convbn1_bn1 = self
             .c1_0_convbn1_bn1
             .forward_t(&c1_0_convbn1_conv1, train);
@@ -354,8 +354,13 @@ impl tch::nn::ModuleT for Vgg7 {
             .forward_t(&c1_0_convbn2_conv1, train);
         let c1_0_convbn2_relu1 = qatc_runtime::ops::relu(&c1_0_convbn2_bn1);
         let c1_0_pool1 = qatc_runtime::ops::max_pool2d(&c1_0_convbn2_relu1, 2, 2, 0);
-        let c1_0_out_act1 = self.c1_0_out_act1.forward(&c1_0_pool1);
-        let c2_0_convbn1_conv1 = self.c2_0_convbn1_conv1.forward(&c1_0_out_act1);
+        self.c1_0_out_act1.forward(&c1_0_pool1)
+    }
+
+    /// Block `c2.0` (`pair` in stage `c2`): reads `c1.0.out_act1`, returns `c2.0.out_act1`.
+    pub fn block_c2_0(&self, c1_0_out_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let c2_0_convbn1_conv1 = self.c2_0_convbn1_conv1.forward(c1_0_out_act1);
         let c2_0_convbn1_bn1 = self
             .c2_0_convbn1_bn1
             .forward_t(&c2_0_convbn1_conv1, train);
@@ -366,8 +371,13 @@ impl tch::nn::ModuleT for Vgg7 {
             .forward_t(&c2_0_convbn2_conv1, train);
         let c2_0_convbn2_relu1 = qatc_runtime::ops::relu(&c2_0_convbn2_bn1);
         let c2_0_pool1 = qatc_runtime::ops::max_pool2d(&c2_0_convbn2_relu1, 2, 2, 0);
-        let c2_0_out_act1 = self.c2_0_out_act1.forward(&c2_0_pool1);
-        let c3_0_convbn1_conv1 = self.c3_0_convbn1_conv1.forward(&c2_0_out_act1);
+        self.c2_0_out_act1.forward(&c2_0_pool1)
+    }
+
+    /// Block `c3.0` (`pair` in stage `c3`): reads `c2.0.out_act1`, returns `c3.0.out_act1`.
+    pub fn block_c3_0(&self, c2_0_out_act1: &tch::Tensor, train: bool) -> tch::Tensor {
+        use tch::nn::ModuleT;
+        let c3_0_convbn1_conv1 = self.c3_0_convbn1_conv1.forward(c2_0_out_act1);
         let c3_0_convbn1_bn1 = self
             .c3_0_convbn1_bn1
             .forward_t(&c3_0_convbn1_conv1, train);
@@ -378,7 +388,38 @@ impl tch::nn::ModuleT for Vgg7 {
             .forward_t(&c3_0_convbn2_conv1, train);
         let c3_0_convbn2_relu1 = qatc_runtime::ops::relu(&c3_0_convbn2_bn1);
         let c3_0_pool1 = qatc_runtime::ops::max_pool2d(&c3_0_convbn2_relu1, 2, 2, 0);
-        let c3_0_out_act1 = self.c3_0_out_act1.forward(&c3_0_pool1);
+        self.c3_0_out_act1.forward(&c3_0_pool1)
+    }
+
+    /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the
+    /// block before it returns: to compare one block with a reference
+    /// implementation fed the same input (teacher forcing). `None` for
+    /// a name that is not in `BLOCKS`.
+    pub fn forward_block(
+        &self,
+        block: &str,
+        input: &tch::Tensor,
+        train: bool,
+    ) -> Option<tch::Tensor> {
+        Some(
+            match block {
+                "c1.0" => self.block_c1_0(input, train),
+                "c2.0" => self.block_c2_0(input, train),
+                "c3.0" => self.block_c3_0(input, train),
+                _ => return None,
+            },
+        )
+    }
+}
+
+impl tch::nn::ModuleT for Vgg7 {
+    fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
+        let stem_conv1 = self.stem_conv1.forward(input);
+        let stem_bn1 = self.stem_bn1.forward_t(&stem_conv1, train);
+        let stem_act1 = self.stem_act1.forward_relu(&stem_bn1);
+        let c1_0_out_act1 = self.block_c1_0(&stem_act1, train);
+        let c2_0_out_act1 = self.block_c2_0(&c1_0_out_act1, train);
+        let c3_0_out_act1 = self.block_c3_0(&c2_0_out_act1, train);
         let head_flatten1 = qatc_runtime::ops::flatten(&c3_0_out_act1);
         let fc_linear1 = self.fc_linear1.forward(&head_flatten1);
         let fc_act1 = self.fc_act1.forward_relu(&fc_linear1);

@@ -1,7 +1,8 @@
-//! `qatc_data::open` on every kind of data set: the built-in digits, the
-//! real CIFAR-10 binary slice in `$QATC_DATA/cifar10-mini-bin` (default
-//! `../shared/data` beside the workspace), image folders and their
-//! archives made here, their cache, and every layout error.
+//! `qatc_data::open` on every kind of data set: the built-in digits,
+//! CIFAR-10 binary records, image folders and their archives made here,
+//! their cache, and every layout error; and the real CIFAR-10 binary slice
+//! in `$QATC_DATA/cifar10-mini-bin` (default `../shared/data` beside the
+//! workspace), skipped with a line when it is not there.
 
 use qatc_data::{open, open_with, DataError, FolderOptions, Split};
 use std::fs;
@@ -44,12 +45,6 @@ fn folder(root: &Path) -> PathBuf {
     dir
 }
 
-fn shared_data() -> PathBuf {
-    std::env::var_os("QATC_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-}
-
 fn expect_err(result: Result<Split, DataError>) -> String {
     match result {
         Ok(_) => panic!("expected an error"),
@@ -69,11 +64,10 @@ fn digits_is_built_in() {
 
 #[test]
 fn real_cifar10_binary_slice() {
-    let dir = shared_data().join("cifar10-mini-bin");
-    if !dir.is_dir() {
-        eprintln!("skipped: {} not found (set QATC_DATA)", dir.display());
+    let Some(dir) = qatc_testdata::shared_data("real_cifar10_binary_slice", "cifar10-mini-bin")
+    else {
         return;
-    }
+    };
     let split = open(&dir.to_string_lossy()).unwrap();
     assert_eq!((split.train.len(), split.test.len()), (1000, 500));
     assert_eq!(split.train.shape, [3, 32, 32]);
@@ -86,6 +80,48 @@ fn real_cifar10_binary_slice() {
     // Every class is there, none dominates.
     let counts = split.train.class_counts();
     assert!(counts.iter().all(|&c| (50..200).contains(&c)), "{counts:?}");
+    assert_eq!(split.train.norm, qatc_data::Normalize::cifar10());
+    assert_eq!(split.train.augment, qatc_data::Augment::cifar10());
+}
+
+/// The official binary layout, written here: five training files and the
+/// test file of 3,073-byte records (label, then 3 x 32 x 32 pixels, planes
+/// R, G, B), and `batches.meta.txt`. Every record comes back with its label
+/// and bytes, in file order, with CIFAR-10's normalisation and augmentation:
+/// what the real slice test checks, on a fresh clone too.
+#[test]
+fn cifar10_binary_records_written_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = |label: u8, seed: usize| {
+        let mut r = vec![label];
+        r.extend((0..3072).map(|j| ((j * 7 + seed * 13) % 256) as u8));
+        r
+    };
+    let mut want_train = Vec::new();
+    for file in 1..=5 {
+        let mut bytes = Vec::new();
+        for k in 0..2 {
+            let label = ((file * 2 + k) % 10) as u8;
+            let r = record(label, file * 10 + k);
+            bytes.extend(&r);
+            want_train.push(r);
+        }
+        fs::write(tmp.path().join(format!("data_batch_{file}.bin")), bytes).unwrap();
+    }
+    let want_test: Vec<Vec<u8>> = (0..3).map(|k| record(9 - k as u8, 100 + k)).collect();
+    fs::write(tmp.path().join("test_batch.bin"), want_test.concat()).unwrap();
+    let names: Vec<String> = (0..10).map(|c| format!("class{c}")).collect();
+    fs::write(tmp.path().join("batches.meta.txt"), names.join("\n") + "\n").unwrap();
+    let split = open(&tmp.path().to_string_lossy()).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (10, 3));
+    assert_eq!(split.train.shape, [3, 32, 32]);
+    assert_eq!(split.train.classes, names);
+    for (set, want) in [(&split.train, &want_train), (&split.test, &want_test)] {
+        for (i, r) in want.iter().enumerate() {
+            assert_eq!(set.labels[i], r[0] as u16, "record {i}");
+            assert_eq!(set.image(i), &r[1..], "record {i}");
+        }
+    }
     assert_eq!(split.train.norm, qatc_data::Normalize::cifar10());
     assert_eq!(split.train.augment, qatc_data::Augment::cifar10());
 }
