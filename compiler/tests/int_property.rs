@@ -605,7 +605,10 @@ fn conv(x: &Map, w: &[i128], cout: usize, k: usize, stride: usize) -> Map {
 }
 
 /// BN factors, in f64 (`nearest`) and as the seed computes them in float32
-/// (`trunc`): `k = gamma / sqrt(var + eps)`, `b = beta - gamma * mean / sqrt(var + eps)`.
+/// (`trunc`): `k = gamma / sqrt(var + eps)`, `b = beta - gamma * mean / sqrt(var + eps)`,
+/// with the seed's float32 square root (`qatc::int::seed_sqrt`: libtorch's,
+/// which is not correctly rounded, where it can be loaded), an input of the
+/// seed's formula as `tanh` is.
 struct BnFactors {
     k: Vec<f64>,
     b: Vec<f64>,
@@ -621,12 +624,13 @@ fn bn_factors(bn: &Bn) -> BnFactors {
         k32: vec![],
         b32: vec![],
     };
-    for c in 0..bn.gamma.len() {
+    let var_eps: Vec<f32> = bn.var.iter().map(|v| v + eps).collect();
+    let std32s = qatc::int::seed_sqrt::sqrt_f32(&var_eps);
+    for (c, &std32) in std32s.iter().enumerate() {
         let std = (bn.var[c] as f64 + eps as f64).sqrt();
         let (g, beta, mean) = (bn.gamma[c] as f64, bn.beta[c] as f64, bn.mean[c] as f64);
         out.k.push(g / std);
         out.b.push(beta - g * mean / std);
-        let std32 = (bn.var[c] + eps).sqrt();
         out.k32.push(bn.gamma[c] / std32);
         out.b32
             .push(bn.beta[c] - (bn.gamma[c] * bn.mean[c]) / std32);

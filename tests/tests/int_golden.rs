@@ -6,14 +6,16 @@
 //! What is asserted, and why it holds on any golden set:
 //! - `trunc` is the seed's `INTforward`: the stem output and every block
 //!   output equal the seed's `int.*` taps, integer for integer. The seed
-//!   computes its float32 constants with libtorch's `sqrt`, which is not
-//!   correctly rounded; the test hands the plan libtorch's own values
-//!   (through tch, [`Checkpoint::bn_std`]) so that constants on a rounding
-//!   boundary come out as the seed's.
+//!   computes its float32 constants with libtorch's `sqrt` (MKL's `vsSqrt`),
+//!   which is not correctly rounded; the plan takes the same square roots
+//!   from libtorch (`qatc::int::seed_sqrt`), so that constants on a rounding
+//!   boundary come out as the seed's (the test checks that libtorch was
+//!   loaded).
 //! - The logits are the seed's float32 arithmetic: `F.linear` on float
 //!   copies of the integers, then `* re_scale + bias`. Where the fc's
 //!   positive products, and its negative ones, each sum to less than 2^24
-//!   in magnitude, every summation order is exact, and the logits must be equal as bits. Beyond 2^24 the seed's sum
+//!   in magnitude, every summation order is exact, and the logits must be
+//!   equal as bits. Beyond 2^24 the seed's sum
 //!   depends on the order of PyTorch's CPU matrix multiply; the engine
 //!   reproduces the order found on the golden sets
 //!   (`engine::seed_linear_f32`), and the test requires those logits
@@ -32,30 +34,11 @@ use qatc::driver::{self, Source};
 use qatc::int::{self, engine, Checkpoint, PlanOptions, Rounding};
 use safetensors::tensor::SafeTensors;
 use std::path::PathBuf;
-use tch::Tensor;
 
 fn spec(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../spec")
         .join(name)
-}
-
-/// Fills `ck.bn_std` with libtorch's `sqrt(running_var + 1e-5)` for every BN
-/// (what the seed's float32 constants were computed from).
-fn libtorch_bn_std(ck: &mut Checkpoint) {
-    let bns: Vec<(String, Vec<f32>)> = ck
-        .tensors
-        .iter()
-        .filter_map(|(k, (_, v))| {
-            k.strip_suffix(".running_var")
-                .map(|bn| (bn.to_string(), v.clone()))
-        })
-        .collect();
-    for (bn, var) in bns {
-        let std = (Tensor::from_slice(&var) + 1e-5).sqrt();
-        let v: Vec<f32> = Vec::try_from(&std).unwrap();
-        ck.bn_std.insert(bn, v);
-    }
 }
 
 fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
@@ -118,8 +101,7 @@ fn plan_with(g: &Golden, rounding: Rounding, head: int::FixedFormat) -> int::Int
     let src = Source::read(&spec("toynet.qspec")).unwrap();
     let model = driver::parse(&src).unwrap();
     let graph = driver::compile(&src, Some("cfg-1*")).unwrap();
-    let mut ck = Checkpoint::import(&g.bytes, &model, &graph, "seed", "state.").unwrap();
-    libtorch_bn_std(&mut ck);
+    let ck = Checkpoint::import(&g.bytes, &model, &graph, "seed", "state.").unwrap();
     // The seed clamps constants to their format silently (its head bias
     // does not fit fixed<32,16>); saturating reproduces it.
     let mut opts = PlanOptions {
@@ -150,6 +132,11 @@ fn run_each(
 #[test]
 fn golden_toynet_trunc_is_bit_exact() {
     let g = golden();
+    let sqrt = qatc::int::seed_sqrt::source();
+    assert!(
+        matches!(sqrt, qatc::int::seed_sqrt::SqrtSource::Libtorch(_)),
+        "the seed's square roots need libtorch: {sqrt:?}"
+    );
     let st = SafeTensors::deserialize(&g.bytes).unwrap();
     let plan = plan(&g, Rounding::Trunc);
     let input = f32s(&st, "input");

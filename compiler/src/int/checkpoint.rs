@@ -23,13 +23,10 @@ use std::path::Path;
 pub struct Checkpoint {
     pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     /// Per BN layer (IR node name), `sqrt(running_var + eps)` in float32 as
-    /// the training framework computed it. `trunc` computes the seed's
-    /// float32 constants from it where present, and with IEEE `sqrt`
-    /// otherwise. They differ: libtorch 2.13's CPU `sqrt` is not correctly
-    /// rounded (one ulp off on about 15 % of float32 inputs, measured), so a
-    /// seed constant that sits near a fixed-point rounding boundary can land
-    /// one step away from the IEEE one. The golden tests fill it with
-    /// libtorch's own `sqrt` (through tch) to check the rest bit for bit.
+    /// the training framework computed it, where a caller knows it better
+    /// than the plan. Without it `trunc` takes libtorch's square root (see
+    /// [`super::seed_sqrt`]: libtorch 2.13's CPU `sqrt` is not correctly
+    /// rounded, and the seed's constants come from it).
     pub bn_std: HashMap<String, Vec<f32>>,
 }
 

@@ -299,6 +299,14 @@ pub fn load_plan_with(
     for f in &plan.folded {
         eprintln!("note: constant channel {f}");
     }
+    if opts.rounding == Rounding::Trunc {
+        if let super::seed_sqrt::SqrtSource::Ieee(why) = super::seed_sqrt::source() {
+            eprintln!(
+                "note: BN square roots are IEEE, not libtorch's as the seed's ({why}); a constant on a \
+                 rounding boundary may differ from the seed's by one step"
+            );
+        }
+    }
     Ok(plan)
 }
 

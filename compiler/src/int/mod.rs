@@ -25,6 +25,7 @@ pub mod engine;
 pub mod export;
 pub mod fixed;
 pub mod plan;
+pub mod seed_sqrt;
 
 pub use checkpoint::Checkpoint;
 pub use engine::{AccStats, OverflowMode, SimOptions};

@@ -1141,10 +1141,18 @@ impl<'a> Builder<'a> {
         let mut w32 = vec![0.0f32; c];
         let mut b64 = vec![0.0; c];
         let mut b32 = vec![0.0f32; c];
-        let framework_std = self.ck.bn_std.get(&n.name).filter(|s| s.len() == c);
+        // The float32 standard deviations the seed's constants come from:
+        // the checkpoint's where it carries them, else (under `trunc`)
+        // libtorch's square root as the seed's PyTorch computed it, else IEEE.
+        let var_eps: Vec<f32> = var.iter().take(c).map(|v| v + BN_EPS).collect();
+        let std32: Vec<f32> = match self.ck.bn_std.get(&n.name).filter(|s| s.len() == c) {
+            Some(s) => s.clone(),
+            None if self.opts.rounding == Rounding::Trunc => super::seed_sqrt::sqrt_f32(&var_eps),
+            None => var_eps.iter().map(|v| v.sqrt()).collect(),
+        };
         for ch in 0..c {
             // As the seed: gamma.div(sqrt(var + eps)), beta - gamma.mul(mean).div(sqrt(var + eps)).
-            let std32 = framework_std.map_or_else(|| (var[ch] + BN_EPS).sqrt(), |s| s[ch]);
+            let std32 = std32[ch];
             w32[ch] = gamma[ch] / std32;
             b32[ch] = beta[ch] - (gamma[ch] * mean[ch]) / std32;
             let std64 = (var[ch] as f64 + BN_EPS as f64).sqrt();
