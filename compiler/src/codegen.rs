@@ -38,6 +38,17 @@ pub struct Crate {
     pub main_rs: String,
 }
 
+impl Crate {
+    /// The crate's files, relative to its directory, in a fixed order.
+    pub fn files(&self) -> [(&'static str, &str); 3] {
+        [
+            ("Cargo.toml", self.cargo_toml.as_str()),
+            ("src/lib.rs", self.lib_rs.as_str()),
+            ("src/main.rs", self.main_rs.as_str()),
+        ]
+    }
+}
+
 /// Generates the crate of a model. `spec_path` is shown in headers;
 /// `runtime_path` is the path of the runtime crate as seen from the
 /// generated crate's directory.

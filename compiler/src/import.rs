@@ -350,6 +350,23 @@ pub fn convert(plan: &Plan, bytes: &[u8], strip_prefix: &str) -> Result<Vec<u8>,
             return Err(problems);
         }
     };
+    // A checkpoint qatc wrote is checked against its digests; another
+    // tool's has none (one-line notice).
+    match qatc_integrity::verify(bytes) {
+        Ok(qatc_integrity::Status::Verified { .. }) => {}
+        Ok(qatc_integrity::Status::Unsealed) => {
+            eprintln!(
+                "{}",
+                qatc_integrity::unsealed_notice("the checkpoint to import")
+            )
+        }
+        Err(c) => {
+            problems
+                .other
+                .push(format!("the checkpoint is corrupt: {c}"));
+            return Err(problems);
+        }
+    }
     let available: HashMap<String, String> = st
         .names()
         .into_iter()
@@ -399,8 +416,9 @@ pub fn convert(plan: &Plan, bytes: &[u8], strip_prefix: &str) -> Result<Vec<u8>,
     if !problems.is_empty() {
         return Err(problems);
     }
-    safetensors::tensor::serialize(out, None).map_err(|e| Problems {
-        other: vec![e.to_string()],
+    // What qatc writes records its digests (`qatc_integrity`).
+    qatc_integrity::serialize_sealed(out, HashMap::new()).map_err(|e| Problems {
+        other: vec![e],
         ..Problems::default()
     })
 }

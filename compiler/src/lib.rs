@@ -7,6 +7,7 @@
 //! ```
 
 pub mod ast;
+pub mod build;
 pub mod check;
 pub mod codegen;
 pub mod diag;

@@ -44,6 +44,14 @@ enum Command {
         /// Output directory of the crate.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Write nothing; exit 1, listing the files, when the crate on disk
+        /// differs from what the spec generates now (for CI).
+        #[arg(long)]
+        check: bool,
+        /// Write nothing; print a unified diff of what a build would change
+        /// (coloured on a terminal).
+        #[arg(long)]
+        diff: bool,
     },
     /// Map a checkpoint of another code base (e.g. the seed's PyTorch state
     /// dict, as safetensors) onto the model's own names, as the spec's
@@ -254,29 +262,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build { spec, output } => {
+        Command::Build {
+            spec,
+            output,
+            check,
+            diff,
+        } => {
             let src = read(&spec)?;
             let (model, checked, graphs) = match driver::check_all(&src) {
                 Ok(r) => r,
                 Err(d) => return Ok(fail(&src, &d)),
             };
             let out = output.unwrap_or_else(|| PathBuf::from("generated").join(&model.name.name));
-            std::fs::create_dir_all(out.join("src"))
-                .with_context(|| format!("cannot create `{}`", out.display()))?;
             let runtime = runtime_path(&out)?;
             let spec_shown = spec.to_string_lossy().replace('\\', "/");
             let krate = qatc::codegen::generate(&model, &checked, &graphs, &spec_shown, &runtime);
-            for (file, text) in [
-                ("Cargo.toml", &krate.cargo_toml),
-                ("src/lib.rs", &krate.lib_rs),
-                ("src/main.rs", &krate.main_rs),
-            ] {
-                let path = out.join(file);
-                qatc_data::write_atomic(&path, text.as_bytes())
+            let changes = qatc::build::compare(&out, &krate)
+                .with_context(|| format!("cannot read the crate in `{}`", out.display()))?;
+            let changed: Vec<&qatc::build::FileChange> =
+                changes.iter().filter(|c| c.changed()).collect();
+            let shown = out.to_string_lossy().replace('\\', "/");
+            if check || diff {
+                if diff {
+                    use std::io::IsTerminal;
+                    let color = std::io::stdout().is_terminal();
+                    for c in &changed {
+                        print!("{}", c.unified(&shown, color));
+                    }
+                }
+                if changed.is_empty() {
+                    eprintln!("up to date: {shown} is what {} generates", src.name);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let list: Vec<String> = changed.iter().map(|c| c.describe()).collect();
+                eprintln!(
+                    "{} {shown}: {} (run `qatc build {}` to update)",
+                    if check { "stale:" } else { "would change" },
+                    list.join(", "),
+                    src.name
+                );
+                return Ok(if check {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            std::fs::create_dir_all(out.join("src"))
+                .with_context(|| format!("cannot create `{}`", out.display()))?;
+            for c in &changed {
+                let path = out.join(c.file);
+                qatc_data::write_atomic(&path, c.new.as_bytes())
                     .with_context(|| format!("cannot write `{}`", path.display()))?;
             }
+            let what = if changed.is_empty() {
+                "no file changed".to_string()
+            } else {
+                let list: Vec<String> = changed.iter().map(|c| c.describe()).collect();
+                format!("changed: {}", list.join(", "))
+            };
             eprintln!(
-                "built: {} -> {} (crate {})",
+                "built: {} -> {} (crate {}); {what}",
                 src.name,
                 out.display(),
                 krate.package
@@ -306,6 +351,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let bytes = std::fs::read(&from)
                 .with_context(|| format!("cannot read `{}`", from.display()))?;
+            // A checkpoint qatc wrote must match its digests (`convert`
+            // checks again, for its other callers).
+            if let Err(c) = qatc_integrity::verify(&bytes) {
+                eprintln!(
+                    "error: {}",
+                    qatc_integrity::corrupt_message(&from.display().to_string(), &c)
+                );
+                return Ok(ExitCode::from(1));
+            }
             match qatc::import::convert(&plan, &bytes, &strip_prefix) {
                 Ok(converted) => {
                     if let Some(out) = output {
@@ -425,14 +479,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The runtime crate as a path relative to `out` (where the generated crate
 /// goes), so generated files are the same on every machine.
+/// `path` made absolute with its links resolved, also where it (or some of
+/// its last components) does not exist yet.
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    match path.canonicalize() {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(e);
+            };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            Ok(resolve(parent)?.join(name))
+        }
+    }
+}
+
 fn runtime_path(out: &Path) -> anyhow::Result<String> {
     let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime");
     let runtime = runtime
         .canonicalize()
         .with_context(|| format!("runtime crate not found at `{}`", runtime.display()))?;
-    let out = out
-        .canonicalize()
-        .with_context(|| format!("cannot resolve `{}`", out.display()))?;
+    let out = resolve(out).with_context(|| format!("cannot resolve `{}`", out.display()))?;
     let common = runtime
         .components()
         .zip(out.components())

@@ -301,3 +301,149 @@ fn import_writes_a_checkpoint_with_the_models_names() {
     assert!(header.get("features.stage1.unit1.conv1.weight").is_none());
     std::fs::remove_file(&out_file).ok();
 }
+
+/// `qatc` run in `dir`.
+fn qatc_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("qatc runs")
+}
+
+/// `qatc build --check` and `--diff` on a fresh, a missing and a stale crate:
+/// exit statuses, the file lists, the diff of a one-line spec change
+/// (pinned), and that neither writes anything; a plain build says which
+/// files it changed.
+#[test]
+fn build_check_and_diff_say_what_a_build_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let spec_text = std::fs::read_to_string(root.join("spec/digits.qspec")).unwrap();
+    std::fs::write(dir.path().join("digits.qspec"), &spec_text).unwrap();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "digits.qspec", "-o", "crate"];
+        args.extend_from_slice(extra);
+        qatc_in(dir.path(), &args)
+    };
+    let out = build(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .ends_with("changed: Cargo.toml (new), src/lib.rs (new), src/main.rs (new)\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = build(&[]);
+    assert!(
+        text(&out.stderr).ends_with("; no file changed\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = build(&["--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "up to date: crate is what digits.qspec generates\n"
+    );
+    // A crate that is not there: every file is new.
+    let out = qatc_in(
+        dir.path(),
+        &["build", "digits.qspec", "-o", "other", "--check"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .starts_with("stale: other: Cargo.toml (new), src/lib.rs (new), src/main.rs (new)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("other").exists(), "--check writes nothing");
+    // One bit-width changed in the spec.
+    let changed = spec_text.replace("all { w 8  a 8 }", "all { w 6  a 8 }");
+    assert_ne!(changed, spec_text);
+    std::fs::write(dir.path().join("digits.qspec"), &changed).unwrap();
+    let before = std::fs::read_to_string(dir.path().join("crate/src/lib.rs")).unwrap();
+    let out = build(&["--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "stale: crate: src/lib.rs (+2 -2) (run `qatc build digits.qspec` to update)\n"
+    );
+    let out = build(&["--diff"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!("build_diff_of_a_bit_width_change", text(&out.stdout));
+    let after = std::fs::read_to_string(dir.path().join("crate/src/lib.rs")).unwrap();
+    assert_eq!(before, after, "--diff writes nothing");
+    let out = build(&[]);
+    assert!(
+        text(&out.stderr).ends_with("; changed: src/lib.rs (+2 -2)\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(build(&["--check"]).status.code(), Some(0));
+}
+
+/// A checkpoint qatc wrote (here by `qatc import`, which seals its output
+/// with SHA-256 digests) with its last 100 bytes flipped is refused, exit
+/// status 1 and the file named, by every command of the compiler that reads
+/// one: `export` (and so `int`, through the same loader) and `import`.
+#[test]
+fn a_corrupt_checkpoint_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = qatc_testdata::golden_set().require("toynet.safetensors");
+    let ck = dir.path().join("toynet.safetensors");
+    let ck_s = ck.to_string_lossy().into_owned();
+    let golden_s = golden.to_string_lossy().into_owned();
+    let out = qatc(&[
+        "import",
+        "spec/toynet.qspec",
+        "--from",
+        &golden_s,
+        "--strip-prefix",
+        "state.",
+        "-o",
+        &ck_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let export_dir = dir.path().join("out").to_string_lossy().into_owned();
+    let export = || {
+        qatc(&[
+            "export",
+            "spec/toynet.qspec",
+            "--profile",
+            "cfg-1*",
+            "--checkpoint",
+            &ck_s,
+            "--saturate-constants",
+            "-o",
+            &export_dir,
+        ])
+    };
+    let out = export();
+    assert!(
+        out.status.success(),
+        "sealed and intact: {}",
+        text(&out.stderr)
+    );
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 100..] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&ck, &bytes).unwrap();
+    let out = export();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("checkpoint `{ck_s}` is corrupt")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = qatc(&["import", "spec/toynet.qspec", "--from", &ck_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("checkpoint `{ck_s}` is corrupt")),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -302,6 +302,74 @@ fn a_checkpoint_of_another_profile_is_refused_by_its_sidecar() {
     assert!(e.to_string().contains("model `lenet`"), "{e}");
 }
 
+/// A checkpoint qatc wrote (sealed with its digests) is checked by
+/// `qatc int` / `qatc export` before use: flipped data, a flipped header
+/// byte, a truncated file and another file's digests are errors naming the
+/// file; a file without digests reads as before.
+#[test]
+fn corrupt_checkpoints_are_refused_by_the_integer_pipeline() {
+    let g = tiny_graph("p");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    let shown = path.display().to_string();
+    let plain = tensors("", None);
+    let reseal = |bytes: &[u8]| {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        let views: Vec<(String, TensorView)> = st.tensors();
+        qatc_integrity::serialize_sealed(views, Default::default()).unwrap()
+    };
+    let sealed = reseal(&plain);
+    std::fs::write(&path, &sealed).unwrap();
+    assert!(Checkpoint::read(&path, &g).is_ok());
+    std::fs::write(&path, &plain).unwrap();
+    assert!(
+        Checkpoint::read(&path, &g).is_ok(),
+        "no digests: a notice only"
+    );
+    let header = 8 + u64::from_le_bytes(sealed[..8].try_into().unwrap()) as usize;
+    let n = sealed.len();
+    // Flipped data: the error names the file, the tensor and both digests.
+    let mut bad = sealed.clone();
+    bad[n - 1] ^= 0x55;
+    std::fs::write(&path, &bad).unwrap();
+    let e = Checkpoint::read(&path, &g).unwrap_err().to_string();
+    let prefix = format!("checkpoint `{shown}` is corrupt: the data of tensor `");
+    assert!(e.starts_with(&prefix), "{e}");
+    assert!(e.contains("SHA-256 expected "), "{e}");
+    assert!(e.contains(", found "), "{e}");
+    // Every flipped header byte.
+    for i in 0..header {
+        let mut bad = sealed.clone();
+        bad[i] ^= 0x55;
+        std::fs::write(&path, &bad).unwrap();
+        let e = Checkpoint::read(&path, &g)
+            .err()
+            .unwrap_or_else(|| panic!("header byte {i} passed"));
+        assert!(e.to_string().contains(&shown), "byte {i}: {e}");
+    }
+    // Truncated.
+    std::fs::write(&path, &sealed[..n - 3]).unwrap();
+    let e = Checkpoint::read(&path, &g).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("not a safetensors checkpoint: `{shown}`: ")),
+        "{e}"
+    );
+    // Another file's digests on these tensors.
+    let other = reseal(&tensors_with("", None, &[("s.0.conv.weight", 0.75)]));
+    assert_eq!(other.len(), n);
+    let mut spliced = other[..header].to_vec();
+    spliced.extend_from_slice(&sealed[header..]);
+    std::fs::write(&path, &spliced).unwrap();
+    let e = Checkpoint::read(&path, &g).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{prefix}s.0.conv.weight` does not match")),
+        "{e}"
+    );
+    assert!(!e.contains("more tensor"), "{e}");
+    // `qatc import` refuses a corrupt qatc checkpoint too (see
+    // `qatc::import::convert`), and seals what it writes.
+}
+
 /// A golden file that every golden set has (the compact one too).
 fn golden_bytes(name: &str) -> Vec<u8> {
     let path = qatc_testdata::golden_set().require(name);

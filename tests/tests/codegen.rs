@@ -4,6 +4,7 @@
 
 use qatc::driver::{self, Source};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn specs() -> Vec<(String, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -122,4 +123,97 @@ fn activations_fuse_only_into_their_only_reader() {
     // The second ReLU feeds the add as well as the quantizer.
     assert!(lib.contains("qatc_runtime::ops::relu(&s_0_conv2)"), "{lib}");
     assert!(!lib.contains(".forward_relu("), "{lib}");
+}
+
+/// The child half of `a_new_spec_gets_pending_snapshots_that_review_accepts`:
+/// a no-op unless `QATC_REVIEW_CHILD` names a snapshot directory; then it
+/// pins the generated `lib.rs` of the spec in `QATC_REVIEW_SPEC` there, as
+/// `generated_code_is_pinned` pins `spec/` (insta's update mode comes from
+/// the parent's `INSTA_UPDATE`).
+#[test]
+fn review_child_pins_one_spec() {
+    let (Some(dir), Some(spec)) = (
+        std::env::var_os("QATC_REVIEW_CHILD"),
+        std::env::var_os("QATC_REVIEW_SPEC"),
+    ) else {
+        return;
+    };
+    let krate = generate("spec/new.qspec", Path::new(&spec));
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(PathBuf::from(dir));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("spec__new.qspec__lib.rs", krate.lib_rs));
+}
+
+/// A new spec dropped into `spec/` leaves its snapshot pending for review on
+/// the next test run (insta's `.snap.new`, the run failing), and the review
+/// command (`./dev review accept` = `cargo insta accept`) accepts it, after
+/// which the same run passes. Runs the child test above in a scratch cargo
+/// project with its own snapshot directory, so the workspace's snapshots are
+/// untouched; needs `cargo-insta`, which `./dev test` installs (skipped with
+/// a line without it).
+#[test]
+fn a_new_spec_gets_pending_snapshots_that_review_accepts() {
+    let test = "a_new_spec_gets_pending_snapshots_that_review_accepts";
+    let insta_ok = Command::new("cargo")
+        .args(["insta", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !insta_ok {
+        qatc_testdata::skip(test, "cargo-insta is not on PATH (./dev test installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("user");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        "[package]\nname = \"user\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("src/lib.rs"), "").unwrap();
+    let snaps = project.join("snapshots");
+    std::fs::create_dir_all(&snaps).unwrap();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/digits.qspec");
+    let child = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "review_child_pins_one_spec",
+                "--test-threads",
+                "1",
+            ])
+            .env("QATC_REVIEW_CHILD", &snaps)
+            .env("QATC_REVIEW_SPEC", &spec)
+            .env("INSTA_UPDATE", "new")
+            .env_remove("CI")
+            .output()
+            .unwrap()
+    };
+    let first = child();
+    assert!(!first.status.success(), "a new snapshot must fail the run");
+    let pending = snaps.join("spec__new.qspec__lib.rs.snap.new");
+    assert!(
+        pending.is_file(),
+        "no pending snapshot in {}",
+        snaps.display()
+    );
+    let accept = Command::new("cargo")
+        .args(["insta", "accept", "--manifest-path"])
+        .arg(project.join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        accept.status.success(),
+        "cargo insta accept: {}",
+        String::from_utf8_lossy(&accept.stderr)
+    );
+    assert!(!pending.exists(), "accepted: no longer pending");
+    assert!(snaps.join("spec__new.qspec__lib.rs.snap").is_file());
+    let second = child();
+    assert!(
+        second.status.success(),
+        "after review the run passes: {}",
+        String::from_utf8_lossy(&second.stdout)
+    );
 }

@@ -155,8 +155,13 @@ fn cifar_records_beat_chance_and_eval_reproduces_the_checkpoint() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Runs compared bit for bit take turns: two trainings at once in one
+/// process share libtorch's thread pool, and their float sums then differ.
+static BIT_EXACT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn interrupted_and_resumed_runs_end_exactly_like_an_uninterrupted_one() {
+    let _turn = BIT_EXACT.lock().unwrap_or_else(|e| e.into_inner());
     let base = TrainOptions {
         data: Some("digits".into()),
         epochs: Some(3),
@@ -237,6 +242,96 @@ fn interrupted_and_resumed_runs_end_exactly_like_an_uninterrupted_one() {
     assert!(err.contains("already holds a run"), "{err}");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&split).unwrap();
+}
+
+/// The corruption: the last 100 bytes XOR 0x55, header intact.
+fn flip_tail(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 100..] {
+        *b ^= 0x55;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn resume_falls_back_from_a_corrupt_latest_and_never_trains_on_it() {
+    let _turn = BIT_EXACT.lock().unwrap_or_else(|e| e.into_inner());
+    let base = TrainOptions {
+        data: Some("digits".into()),
+        epochs: Some(3),
+        batch_size: Some(64),
+        lr: Some(0.05),
+        limit_train: Some(640),
+        limit_test: Some(200),
+        seed: Some(3),
+        ..Default::default()
+    };
+    let whole = scratch("fallback-whole");
+    let options = |out: &Path| TrainOptions {
+        out: Some(out.to_path_buf()),
+        ..base.clone()
+    };
+    assert_eq!(
+        run_digits(options(&whole), false, None).unwrap(),
+        Outcome::Finished
+    );
+    // Stopped after epoch 2 of 3 (10 steps an epoch): `latest` is epoch 2,
+    // `previous` epoch 1.
+    let run = scratch("fallback");
+    assert_eq!(
+        run_digits(options(&run), false, Some(20)).unwrap(),
+        Outcome::Interrupted
+    );
+    let previous = checkpoint::load(&run.join("previous.safetensors")).unwrap();
+    assert_eq!(previous.meta.unwrap().epoch, 1);
+    flip_tail(&run.join("latest.safetensors"));
+    let resume = TrainOptions {
+        out: Some(run.clone()),
+        ..Default::default()
+    };
+    // Falls back to epoch 1 and ends where the uninterrupted run does.
+    assert_eq!(
+        run_digits(resume.clone(), true, None).unwrap(),
+        Outcome::Finished
+    );
+    assert!(run.join("latest-corrupt.safetensors").is_file());
+    assert_same_weights(
+        &whole.join("latest.safetensors"),
+        &run.join("latest.safetensors"),
+    );
+    assert_eq!(
+        untimed(metrics::read_jsonl(&whole.join("metrics.jsonl")).unwrap()),
+        untimed(metrics::read_jsonl(&run.join("metrics.jsonl")).unwrap())
+    );
+
+    // Both corrupt: an error naming both, nothing trained.
+    flip_tail(&run.join("latest.safetensors"));
+    flip_tail(&run.join("previous.safetensors"));
+    let err = run_digits(resume.clone(), true, None).unwrap_err();
+    let latest = run.join("latest.safetensors").display().to_string();
+    let prev = run.join("previous.safetensors").display().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "checkpoint `{latest}` is corrupt: the data of tensor `"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "cannot resume: the previous checkpoint is no good either: checkpoint `{prev}` is corrupt: "
+        )),
+        "{err}"
+    );
+    // No previous one kept: the error, and nothing trained.
+    std::fs::remove_file(run.join("previous.safetensors")).unwrap();
+    let err = run_digits(resume, true, None).unwrap_err();
+    assert!(
+        err.contains("cannot resume: no previous checkpoint is kept in"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&whole).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]

@@ -71,6 +71,26 @@ pub fn variables(g: &Graph) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// Checks the digests of the checkpoint file `path` holding `bytes` (see
+/// `qatc_integrity`): a mismatch is an error naming the file, the tensor
+/// and both digests; a file without digests loads with a one-line notice.
+pub fn verify(path: &Path, bytes: &[u8]) -> Result<(), IntError> {
+    let shown = path.display().to_string();
+    match qatc_integrity::verify(bytes) {
+        Ok(qatc_integrity::Status::Verified { .. }) => Ok(()),
+        Err(qatc_integrity::Corrupt::Unreadable(e)) => {
+            Err(IntError::NotSafetensors(format!("`{shown}`: {e}")))
+        }
+        Ok(qatc_integrity::Status::Unsealed) => {
+            eprintln!("{}", qatc_integrity::unsealed_notice(&shown));
+            Ok(())
+        }
+        Err(c) => Err(IntError::Corrupt(qatc_integrity::corrupt_message(
+            &shown, &c,
+        ))),
+    }
+}
+
 impl Checkpoint {
     /// Reads a checkpoint in the model's own names, checking its sidecar
     /// (when there is one) against `g`'s model and profile.
@@ -112,6 +132,7 @@ impl Checkpoint {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        verify(path, &bytes)?;
         Checkpoint::from_bytes(&bytes, g, "")
     }
 

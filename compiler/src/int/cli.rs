@@ -276,7 +276,8 @@ pub fn load_plan_with(
         Some(fmt) => {
             let bytes = std::fs::read(checkpoint)
                 .with_context(|| format!("cannot read `{}`", checkpoint.display()))?;
-            Checkpoint::import(&bytes, &model, &graph, fmt, &args.strip_prefix)?
+            Checkpoint::import(&bytes, &model, &graph, fmt, &args.strip_prefix)
+                .with_context(|| format!("checkpoint `{}`", checkpoint.display()))?
         }
         None => Checkpoint::read(checkpoint, &graph)?,
     };

@@ -41,6 +41,9 @@ pub enum IntError {
     Io { path: String, reason: String },
     #[error("not a safetensors checkpoint: {0}")]
     NotSafetensors(String),
+    /// A checkpoint that fails its digests (`qatc_integrity`).
+    #[error("{0}")]
+    Corrupt(String),
     #[error("checkpoint sidecar `{path}` is not valid JSON: {reason}")]
     Sidecar { path: String, reason: String },
     #[error("`{file}` is a checkpoint of {found}, not of {expected}")]

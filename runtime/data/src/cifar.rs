@@ -144,6 +144,7 @@ fn read_split(files: &[PathBuf], classes: &[String]) -> Result<Dataset, DataErro
         labels,
         norm: Normalize::cifar10(),
         augment: Augment::cifar10(),
+        skipped: Default::default(),
     })
 }
 

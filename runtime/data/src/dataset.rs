@@ -108,6 +108,17 @@ impl Augment {
     }
 }
 
+/// What opening an image folder left out (see `folder`): both zero for
+/// the other data sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Files that are not images by name (hidden files, OS metadata, text).
+    pub not_images: usize,
+    /// Files with an image name that did not decode (only when
+    /// `FolderOptions::skip_broken`).
+    pub broken: usize,
+}
+
 /// A labelled set of same-sized images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -125,6 +136,8 @@ pub struct Dataset {
     pub norm: Normalize,
     /// The usual training augmentation for this kind of data.
     pub augment: Augment,
+    /// What opening the data left out (image folders).
+    pub skipped: Skipped,
 }
 
 impl Dataset {

@@ -39,6 +39,9 @@ pub(crate) struct ImageEntry {
 pub(crate) struct Decoded {
     pub shape: [usize; 3],
     pub images: Vec<u8>,
+    /// Indexes of the entries that did not decode and were skipped (only
+    /// with `skip_broken`), ascending; `images` holds the others only.
+    pub broken: Vec<usize>,
 }
 
 /// The image as RGB, and whether it was grayscale.
@@ -65,15 +68,38 @@ fn decode_one(entry: &ImageEntry) -> Result<(image::RgbImage, bool), DataError> 
     Ok((image.into_rgb8(), gray))
 }
 
-/// Decodes `entries` on `threads` threads (at least 1).
-pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decoded, DataError> {
-    let Some(first_entry) = entries.first() else {
+/// Decodes `entries` on `threads` threads (at least 1). An image that
+/// does not decode is an error naming it, or with `skip_broken` is left
+/// out and listed in [`Decoded::broken`].
+pub(crate) fn decode_all(
+    entries: &[ImageEntry],
+    threads: usize,
+    skip_broken: bool,
+) -> Result<Decoded, DataError> {
+    let empty = || Decoded {
+        shape: [3, 0, 0],
+        images: Vec::new(),
+        broken: Vec::new(),
+    };
+    // The first image that decodes sets the size.
+    let mut first_good = None;
+    for (i, entry) in entries.iter().enumerate() {
+        match decode_one(entry) {
+            Ok((image, _)) => {
+                first_good = Some((i, image));
+                break;
+            }
+            Err(DataError::Decode { .. }) if skip_broken => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((first_index, first)) = first_good else {
         return Ok(Decoded {
-            shape: [3, 0, 0],
-            images: Vec::new(),
+            broken: (0..entries.len()).collect(),
+            ..empty()
         });
     };
-    let (first, _) = decode_one(first_entry)?;
+    let first_entry = &entries[first_index];
     let (w, h) = first.dimensions();
     if w == 0 || h == 0 {
         return Err(DataError::Decode {
@@ -87,8 +113,19 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
     let per_thread = entries.len().div_ceil(threads);
     // Whether image i was grayscale, written by the thread that decodes it.
     let mut gray = vec![false; entries.len()];
-    let check = |entry: &ImageEntry, out: &mut [u8], is_gray: &mut bool| -> Result<(), DataError> {
-        let (rgb, g) = decode_one(entry)?;
+    // Whether image i did not decode (and is skipped).
+    let mut broken = vec![false; entries.len()];
+    let check = |entry: &ImageEntry,
+                 out: &mut [u8],
+                 (is_gray, is_broken): (&mut bool, &mut bool)|
+     -> Result<(), DataError> {
+        let (rgb, g) = match decode_one(entry) {
+            Err(DataError::Decode { .. }) if skip_broken => {
+                *is_broken = true;
+                return Ok(());
+            }
+            other => other?,
+        };
         *is_gray = g;
         if rgb.dimensions() != (w, h) {
             return Err(DataError::ImageSize {
@@ -115,11 +152,14 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
             .chunks(per_thread)
             .zip(images.chunks_mut(per_thread * image_len))
             .zip(gray.chunks_mut(per_thread))
-            .map(|((chunk, out), gray)| {
+            .zip(broken.chunks_mut(per_thread))
+            .map(|(((chunk, out), gray), broken)| {
                 scope.spawn(move || {
-                    let outs = out.chunks_exact_mut(image_len).zip(gray);
-                    for (entry, (out, is_gray)) in chunk.iter().zip(outs) {
-                        check(entry, out, is_gray)?;
+                    let outs = out
+                        .chunks_exact_mut(image_len)
+                        .zip(gray.iter_mut().zip(broken.iter_mut()));
+                    for (entry, (out, flags)) in chunk.iter().zip(outs) {
+                        check(entry, out, flags)?;
                     }
                     Ok(())
                 })
@@ -137,6 +177,19 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
     }
+    let broken: Vec<usize> = (0..entries.len()).filter(|&i| broken[i]).collect();
+    if !broken.is_empty() {
+        let mut kept = Vec::with_capacity((entries.len() - broken.len()) * image_len);
+        let mut kept_gray = Vec::with_capacity(entries.len() - broken.len());
+        for (i, rgb) in images.chunks_exact(image_len).enumerate() {
+            if broken.binary_search(&i).is_err() {
+                kept.extend_from_slice(rgb);
+                kept_gray.push(gray[i]);
+            }
+        }
+        images = kept;
+        gray = kept_gray;
+    }
     let (h, w) = (h as usize, w as usize);
     if gray.iter().all(|&g| g) {
         // Keep each image's first plane (R = G = B = luma).
@@ -149,11 +202,13 @@ pub(crate) fn decode_all(entries: &[ImageEntry], threads: usize) -> Result<Decod
         return Ok(Decoded {
             shape: [1, h, w],
             images: luma,
+            broken,
         });
     }
     Ok(Decoded {
         shape: [3, h, w],
         images,
+        broken,
     })
 }
 

@@ -56,6 +56,7 @@ fn make(images: Vec<u8>, labels: Vec<u16>) -> Dataset {
             pad: 1,
             hflip: false,
         },
+        skipped: Default::default(),
     }
 }
 

@@ -5,12 +5,16 @@
 //! Layout rules, the same for both: classes are the directories of
 //! `train/`, sorted by name (label = position); `test/` must have exactly
 //! the same classes; a class's images are its `.jpg`, `.jpeg` and `.png`
-//! files (any case), sorted by name; names starting with `.` are ignored
-//! (`.DS_Store`, the `.qatc-cache` directory). Anything else inside
-//! `train/` or `test/` (a file beside the class directories, a non-image
-//! file or a directory inside a class) is an error naming it, and so are an
-//! empty class, a missing `train/` or `test/`, an undecodable image and an
-//! image whose size differs from the first.
+//! files (any case), sorted by name. Like torchvision's `ImageFolder`,
+//! files that are not images by their name are skipped: hidden ones
+//! (`.DS_Store`, `._x.jpg`), OS metadata (`Thumbs.db`), text (`README`,
+//! `notes.txt`), and files beside the class directories; each split that
+//! skipped any says how many in one line on stderr (and
+//! [`Dataset::skipped`]). A directory inside a class is an error naming
+//! it, and so are an empty class (no images), a missing `train/` or
+//! `test/`, an image whose size differs from the first, and a file with an
+//! image name that does not decode, unless [`FolderOptions::skip_broken`]
+//! (environment `QATC_SKIP_BROKEN_IMAGES=1`) skips and counts those too.
 //!
 //! Colour: a folder whose images are all grayscale gives 1-channel images,
 //! normalised by its training split's mean and standard deviation and
@@ -23,7 +27,7 @@
 //! not even read again while its size and modification time are unchanged.
 
 use crate::cache::{file_stamp, user_cache_dir, CachePlaces, Cached, Fnv};
-use crate::dataset::{Augment, Dataset, Normalize, Split};
+use crate::dataset::{Augment, Dataset, Normalize, Skipped, Split};
 use crate::decode::{decode_all, default_threads, ImageEntry, ImageSource};
 use crate::error::DataError;
 use std::collections::BTreeMap;
@@ -43,6 +47,10 @@ pub struct FolderOptions {
     pub use_cache: bool,
     /// Decoding threads. Default: the available cores.
     pub threads: usize,
+    /// Skip (and count) files with an image name that do not decode,
+    /// instead of stopping with an error naming the first. Default: off,
+    /// unless the environment sets `QATC_SKIP_BROKEN_IMAGES=1`.
+    pub skip_broken: bool,
 }
 
 impl Default for FolderOptions {
@@ -51,6 +59,7 @@ impl Default for FolderOptions {
             fallback_cache: user_cache_dir(),
             use_cache: true,
             threads: default_threads(),
+            skip_broken: std::env::var("QATC_SKIP_BROKEN_IMAGES").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -86,8 +95,6 @@ fn kind(name: &str) -> Kind {
     }
 }
 
-const NOT_A_CLASS: &str = "not a class directory (a split holds one directory per class)";
-const NOT_AN_IMAGE: &str = "not a .jpg, .jpeg or .png image";
 const NESTED_DIR: &str = "a directory inside a class directory (images go directly in it)";
 
 /// Labels are `u16`.
@@ -106,6 +113,16 @@ struct Listed {
     classes: Vec<String>,
     entries: Vec<ImageEntry>,
     key: u64,
+    /// Files skipped for not being images by name, and the first of them.
+    not_images: usize,
+    first_skipped: Option<PathBuf>,
+}
+
+impl Listed {
+    fn skip(&mut self, path: PathBuf) {
+        self.not_images += 1;
+        self.first_skipped.get_or_insert(path);
+    }
 }
 
 fn sorted_dir(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, DataError> {
@@ -135,36 +152,42 @@ fn list_split(root: &Path, split: &'static str) -> Result<Listed, DataError> {
             what: "an image folder needs train/<class>/ and test/<class>/ directories",
         });
     }
-    let mut classes = Vec::new();
-    let mut entries = Vec::new();
+    let mut listed = Listed {
+        classes: Vec::new(),
+        entries: Vec::new(),
+        key: 0,
+        not_images: 0,
+        first_skipped: None,
+    };
     let mut key = Fnv::new().str(FORMAT).str(split);
     for (name, path, meta) in sorted_dir(&dir)? {
         match (kind(&name), meta.is_dir()) {
-            (Kind::Hidden, _) => continue,
+            // A hidden directory (`.ipynb_checkpoints`) is no class.
+            (Kind::Hidden, true) => continue,
             (_, false) => {
-                return Err(DataError::StrayFile {
-                    path,
-                    why: NOT_A_CLASS,
-                })
+                listed.skip(path);
+                continue;
             }
             _ => {}
         }
+        let Listed {
+            classes, entries, ..
+        } = &mut listed;
         let label = class_label(&dir, classes.len())?;
         let before = entries.len();
+        let mut skipped = Vec::new();
         for (file, path, meta) in sorted_dir(&path)? {
             match kind(&file) {
-                Kind::Hidden => continue,
+                Kind::Hidden if meta.is_dir() => continue,
                 _ if meta.is_dir() => {
                     return Err(DataError::StrayFile {
                         path,
                         why: NESTED_DIR,
                     })
                 }
-                Kind::Other => {
-                    return Err(DataError::StrayFile {
-                        path,
-                        why: NOT_AN_IMAGE,
-                    })
+                Kind::Hidden | Kind::Other => {
+                    skipped.push(path);
+                    continue;
                 }
                 Kind::Image => {}
             }
@@ -179,15 +202,15 @@ fn list_split(root: &Path, split: &'static str) -> Result<Listed, DataError> {
             return Err(DataError::EmptyClass { path });
         }
         classes.push(name);
+        for path in skipped {
+            listed.skip(path);
+        }
     }
-    if classes.is_empty() {
+    if listed.classes.is_empty() {
         return Err(DataError::NoClasses { path: dir });
     }
-    Ok(Listed {
-        classes,
-        entries,
-        key: key.finish(),
-    })
+    listed.key = key.finish();
+    Ok(listed)
 }
 
 fn check_classes(path: &Path, train: &[String], test: &[String]) -> Result<(), DataError> {
@@ -201,33 +224,112 @@ fn check_classes(path: &Path, train: &[String], test: &[String]) -> Result<(), D
     })
 }
 
-/// Decodes a listed split, or reads it from the cache.
+/// Decodes a listed split, or reads it from the cache; says (one line on
+/// stderr) what it skipped.
 fn load_split(
     listed: Listed,
+    split: &Path,
     places: &CachePlaces,
     opts: &FolderOptions,
-) -> Result<Cached, DataError> {
-    if opts.use_cache {
-        if let Some(cached) = places.load(listed.key) {
-            if cached.classes == listed.classes {
-                return Ok(cached);
-            }
-        }
-    }
-    let decoded = decode_all(&listed.entries, opts.threads)?;
-    let cached = Cached {
-        shape: decoded.shape,
-        classes: listed.classes,
-        labels: listed.entries.iter().map(|e| e.label).collect(),
-        images: decoded.images,
+) -> Result<(Cached, Skipped), DataError> {
+    let key = cache_key(listed.key, opts);
+    let mut skipped = Skipped {
+        not_images: listed.not_images,
+        broken: 0,
     };
-    if opts.use_cache {
-        places.store(listed.key, &cached);
-    }
-    Ok(cached)
+    let mut first_broken = None;
+    let cached = match places
+        .load(key)
+        .filter(|c| opts.use_cache && c.classes == listed.classes)
+    {
+        Some(cached) => {
+            skipped.broken = listed.entries.len().saturating_sub(cached.labels.len());
+            cached
+        }
+        None => {
+            let decoded = decode_all(&listed.entries, opts.threads, opts.skip_broken)?;
+            skipped.broken = decoded.broken.len();
+            first_broken = decoded
+                .broken
+                .first()
+                .map(|&i| listed.entries[i].path.clone());
+            let labels: Vec<u16> = listed
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| decoded.broken.binary_search(i).is_err())
+                .map(|(_, e)| e.label)
+                .collect();
+            // A class whose images all failed to decode is empty.
+            for (label, class) in listed.classes.iter().enumerate() {
+                if !labels.contains(&(label as u16)) {
+                    return Err(DataError::EmptyClass {
+                        path: split.join(class),
+                    });
+                }
+            }
+            let cached = Cached {
+                shape: decoded.shape,
+                classes: listed.classes,
+                labels,
+                images: decoded.images,
+            };
+            if opts.use_cache {
+                places.store(key, &cached);
+            }
+            cached
+        }
+    };
+    report_skipped(
+        split,
+        &skipped,
+        listed.first_skipped.as_deref(),
+        first_broken.as_deref(),
+    );
+    Ok((cached, skipped))
 }
 
-fn split_of(name: &str, train: Cached, test: Cached) -> Result<Split, DataError> {
+/// The cache key of a split listed as `key`: skipping broken images gives
+/// other contents, so another entry.
+fn cache_key(key: u64, opts: &FolderOptions) -> u64 {
+    if opts.skip_broken {
+        Fnv::new().u64(key).str("skip broken").finish()
+    } else {
+        key
+    }
+}
+
+/// The one line per split that skipped something.
+fn report_skipped(split: &Path, s: &Skipped, first: Option<&Path>, broken: Option<&Path>) {
+    let mut parts = Vec::new();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if s.not_images > 0 {
+        let e = first.map_or(String::new(), |p| format!(", e.g. {}", p.display()));
+        parts.push(format!(
+            "{} file{} that {} not .jpg, .jpeg or .png images (hidden files, OS metadata, text{e})",
+            s.not_images,
+            plural(s.not_images),
+            if s.not_images == 1 { "is" } else { "are" }
+        ));
+    }
+    if s.broken > 0 {
+        let e = broken.map_or(String::new(), |p| format!(", e.g. {}", p.display()));
+        parts.push(format!(
+            "{} broken image{} that did not decode (QATC_SKIP_BROKEN_IMAGES=1{e})",
+            s.broken,
+            plural(s.broken)
+        ));
+    }
+    if !parts.is_empty() {
+        eprintln!("{}: skipped {}", split.display(), parts.join("; "));
+    }
+}
+
+fn split_of(
+    name: &str,
+    (train, train_skipped): (Cached, Skipped),
+    (test, test_skipped): (Cached, Skipped),
+) -> Result<Split, DataError> {
     let (norm, augment) = if train.shape[0] == 1 {
         (
             Normalize::fit(&train.images, train.shape, 255.0),
@@ -236,7 +338,7 @@ fn split_of(name: &str, train: Cached, test: Cached) -> Result<Split, DataError>
     } else {
         (Normalize::cifar10(), Augment::cifar10())
     };
-    let dataset = |c: Cached| Dataset {
+    let dataset = |c: Cached, skipped: Skipped| Dataset {
         name: name.to_string(),
         shape: c.shape,
         classes: c.classes,
@@ -244,10 +346,11 @@ fn split_of(name: &str, train: Cached, test: Cached) -> Result<Split, DataError>
         labels: c.labels,
         norm: norm.clone(),
         augment,
+        skipped,
     };
     Ok(Split {
-        train: dataset(train),
-        test: dataset(test),
+        train: dataset(train, train_skipped),
+        test: dataset(test, test_skipped),
     })
 }
 
@@ -267,11 +370,15 @@ pub fn open_folder(dir: &Path, opts: &FolderOptions) -> Result<Split, DataError>
         let local = dir.join(".qatc-cache").join(format!("{split}.bin"));
         CachePlaces::new(dir, local, split, opts.fallback_cache.as_deref())
     };
-    let mut train = load_split(train, &places("train"), opts)?;
-    let mut test = load_split(test, &places("test"), opts)?;
+    let (mut train, train_skipped) = load_split(train, &dir.join("train"), &places("train"), opts)?;
+    let (mut test, test_skipped) = load_split(test, &dir.join("test"), &places("test"), opts)?;
     unify_channels(&mut train, &mut test);
     check_shapes(&dir.join("test"), &train, &test)?;
-    split_of(&data_name(dir), train, test)
+    split_of(
+        &data_name(dir),
+        (train, train_skipped),
+        (test, test_skipped),
+    )
 }
 
 /// When one split is grayscale and the other colour, the grayscale one
@@ -334,41 +441,49 @@ pub fn open_archive(path: &Path, opts: &FolderOptions) -> Result<Split, DataErro
     let (train_places, test_places) = (places("train"), places("test"));
     let (train_key, test_key) = (key("train").finish(), key("test").finish());
     if opts.use_cache {
-        if let (Some(train), Some(test)) =
-            (train_places.load(train_key), test_places.load(test_key))
-        {
+        // The archive is not read again: what it skipped was said then.
+        if let (Some(train), Some(test)) = (
+            train_places.load(cache_key(train_key, opts)),
+            test_places.load(cache_key(test_key, opts)),
+        ) {
             let (mut train, mut test) = (train, test);
             unify_channels(&mut train, &mut test);
             if train.classes == test.classes && train.shape == test.shape {
-                return split_of(&data_name(path), train, test);
+                return split_of(
+                    &data_name(path),
+                    (train, Skipped::default()),
+                    (test, Skipped::default()),
+                );
             }
         }
     }
     let [train, test] = list_archive(path)?;
     check_classes(&path.join("test"), &train.classes, &test.classes)?;
-    let mut train = load_split(
-        Listed {
-            key: train_key,
-            ..train
-        },
-        &train_places,
-        opts,
-    )?;
-    let mut test = load_split(
-        Listed {
-            key: test_key,
-            ..test
-        },
-        &test_places,
-        opts,
-    )?;
+    let decode = |listed: Listed, key: u64, places: &CachePlaces, split: &str| {
+        load_split(Listed { key, ..listed }, &path.join(split), places, opts)
+    };
+    let (mut train, train_skipped) = decode(train, train_key, &train_places, "train")?;
+    let (mut test, test_skipped) = decode(test, test_key, &test_places, "test")?;
     unify_channels(&mut train, &mut test);
     check_shapes(&path.join("test"), &train, &test)?;
-    split_of(&data_name(path), train, test)
+    split_of(
+        &data_name(path),
+        (train, train_skipped),
+        (test, test_skipped),
+    )
 }
 
 /// An archive split's members: class -> file name -> (path, bytes).
 type MemberClasses = BTreeMap<String, BTreeMap<String, (PathBuf, Vec<u8>)>>;
+
+/// An archive split as read: whether it was seen, its classes, and the
+/// members skipped for not being images (sorted later).
+#[derive(Default)]
+struct MemberSplit {
+    seen: bool,
+    classes: MemberClasses,
+    skipped: Vec<PathBuf>,
+}
 
 /// Reads every member of the archive into memory, as two listed splits.
 fn list_archive(path: &Path) -> Result<[Listed; 2], DataError> {
@@ -379,7 +494,7 @@ fn list_archive(path: &Path) -> Result<[Listed; 2], DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
     let mut archive = tar::Archive::new(gz);
-    let mut splits: [(bool, MemberClasses); 2] = Default::default();
+    let mut splits: [MemberSplit; 2] = Default::default();
     for member in archive.entries().map_err(bad)? {
         let mut member = member.map_err(bad)?;
         let kind_of_entry = member.header().entry_type();
@@ -396,27 +511,38 @@ fn list_archive(path: &Path) -> Result<[Listed; 2], DataError> {
             Some(k) if k <= 1 => &parts[k..],
             _ => continue,
         };
-        if rel.iter().any(|p| kind(p) == Kind::Hidden) {
-            continue;
-        }
-        let (seen, classes) = &mut splits[usize::from(rel[0] == "test")];
+        let MemberSplit {
+            seen,
+            classes,
+            skipped,
+        } = &mut splits[usize::from(rel[0] == "test")];
         *seen = true;
         let member_path = path.join(&inner);
+        let is_dir = kind_of_entry.is_dir();
+        if rel.iter().any(|p| kind(p) == Kind::Hidden) {
+            if !is_dir {
+                skipped.push(member_path);
+            }
+            continue;
+        }
         let stray = |why| {
             Err(DataError::StrayFile {
                 path: member_path.clone(),
                 why,
             })
         };
-        let is_dir = kind_of_entry.is_dir();
         match rel.len() {
             1 => {}
             2 if is_dir => {
                 classes.entry(rel[1].clone()).or_default();
             }
-            2 => return stray(NOT_A_CLASS),
+            2 => skipped.push(member_path),
             3 if is_dir => return stray(NESTED_DIR),
-            3 if kind(&rel[2]) != Kind::Image => return stray(NOT_AN_IMAGE),
+            3 if kind(&rel[2]) != Kind::Image => {
+                // The class exists even if it holds no image (then empty).
+                classes.entry(rel[1].clone()).or_default();
+                skipped.push(member_path)
+            }
             3 if kind_of_entry.is_file() => {
                 let mut bytes = Vec::with_capacity(member.size() as usize);
                 member.read_to_end(&mut bytes).map_err(bad)?;
@@ -440,7 +566,11 @@ fn list_archive(path: &Path) -> Result<[Listed; 2], DataError> {
 fn listed_split(
     path: &Path,
     split: &str,
-    (seen, classes): (bool, MemberClasses),
+    MemberSplit {
+        seen,
+        classes,
+        mut skipped,
+    }: MemberSplit,
 ) -> Result<Listed, DataError> {
     let split_path = path.join(split);
     if !seen {
@@ -472,10 +602,13 @@ fn listed_split(
         }
         names.push(class);
     }
+    skipped.sort();
     Ok(Listed {
         classes: names,
         entries,
         key: 0,
+        not_images: skipped.len(),
+        first_skipped: skipped.into_iter().next(),
     })
 }
 

@@ -70,7 +70,7 @@ pub mod loader;
 
 pub use cache::write_atomic;
 pub use cifar::CIFAR10_CLASSES;
-pub use dataset::{Augment, Dataset, Normalize, Split};
+pub use dataset::{Augment, Dataset, Normalize, Skipped, Split};
 pub use error::DataError;
 pub use folder::FolderOptions;
 pub use loader::{epoch_order, make_batch, Batch, BatchConfig, Loader};

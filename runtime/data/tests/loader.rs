@@ -24,6 +24,7 @@ fn synthetic(n: usize, size: usize) -> Dataset {
         labels: (0..n).map(|i| (i % 10) as u16).collect(),
         norm: Normalize::cifar10(),
         augment: Augment::cifar10(),
+        skipped: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@ fn opts(tmp: &Path) -> FolderOptions {
         fallback_cache: Some(tmp.join("user-cache")),
         use_cache: true,
         threads: 2,
+        skip_broken: false,
     }
 }
 
@@ -265,7 +266,7 @@ fn a_damaged_cache_is_decoded_again() {
 #[test]
 fn folder_layout_errors_name_the_file() {
     type Breakage = fn(&Path);
-    let cases: [(&str, Breakage, &str); 9] = [
+    let cases: [(&str, Breakage, &str); 8] = [
         (
             "missing test",
             |d| fs::remove_dir_all(d.join("test")).unwrap(),
@@ -277,14 +278,13 @@ fn folder_layout_errors_name_the_file() {
             "train/emu: empty class",
         ),
         (
-            "stray file in class",
-            |d| fs::write(d.join("train/cat/notes.txt"), "x").unwrap(),
-            "train/cat/notes.txt: stray file: not a .jpg",
-        ),
-        (
-            "stray file in split",
-            |d| fs::write(d.join("test/labels.csv"), "x").unwrap(),
-            "test/labels.csv: stray file: not a class directory",
+            "a class of non-images only",
+            |d| {
+                fs::create_dir(d.join("train/emu")).unwrap();
+                fs::write(d.join("train/emu/notes.txt"), "x").unwrap();
+                fs::write(d.join("train/emu/.DS_Store"), "x").unwrap();
+            },
+            "train/emu: empty class",
         ),
         (
             "nested dir",
@@ -323,6 +323,90 @@ fn folder_layout_errors_name_the_file() {
         assert!(msg.contains(expected), "{what}: {msg}");
         assert!(msg.contains(&dir.display().to_string()), "{what}: {msg}");
     }
+}
+
+/// What real folders hold besides images: skipped and counted per split,
+/// the images the same as without them.
+#[test]
+fn stray_hidden_and_metadata_files_are_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = folder(&tmp.path().join("clean"));
+    let clean = open_dir(&clean, tmp.path()).unwrap();
+    let dir = folder(tmp.path());
+    fs::write(dir.join("train/cat/notes.txt"), "x").unwrap();
+    fs::write(dir.join("train/cat/.DS_Store"), "x").unwrap();
+    fs::write(dir.join("train/dog/Thumbs.db"), "x").unwrap();
+    fs::write(dir.join("train/README"), "x").unwrap();
+    fs::create_dir(dir.join("train/.ipynb_checkpoints")).unwrap();
+    fs::write(dir.join("test/labels.csv"), "x").unwrap();
+    fs::write(dir.join("test/cat/._0.png"), "AppleDouble").unwrap();
+    let split = open_dir(&dir, tmp.path()).unwrap();
+    assert_eq!(
+        split.train.skipped,
+        qatc_data::Skipped {
+            not_images: 4,
+            broken: 0
+        }
+    );
+    assert_eq!(split.test.skipped.not_images, 2);
+    assert_eq!(split.train.images, clean.train.images);
+    assert_eq!(split.train.labels, clean.train.labels);
+    assert_eq!(split.test.images, clean.test.images);
+    // From the cache: the same counts.
+    let again = open_dir(&dir, tmp.path()).unwrap();
+    assert_eq!(again.train.skipped.not_images, 4);
+    assert_eq!(again.test.skipped.not_images, 2);
+}
+
+/// A file with an image name that does not decode: an error naming it, or
+/// with `skip_broken` skipped and counted.
+#[test]
+fn a_broken_jpeg_is_an_error_unless_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = folder(tmp.path());
+    // A JPEG start-of-image marker, then nothing a decoder can use.
+    fs::write(
+        dir.join("train/dog/2.jpg"),
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 cut",
+    )
+    .unwrap();
+    let msg = expect_err(open_dir(&dir, tmp.path()));
+    assert!(
+        msg.contains("train/dog/2.jpg: cannot decode image"),
+        "{msg}"
+    );
+    let skip = FolderOptions {
+        skip_broken: true,
+        ..opts(tmp.path())
+    };
+    for _ in 0..2 {
+        // Decoded, then from the cache.
+        let split = open_with(&dir.to_string_lossy(), &skip).unwrap();
+        assert_eq!(
+            split.train.skipped,
+            qatc_data::Skipped {
+                not_images: 0,
+                broken: 1
+            }
+        );
+        assert_eq!(split.train.len(), 5);
+        assert_eq!(split.train.labels, [0, 0, 0, 1, 1]);
+        assert_eq!(split.test.skipped, qatc_data::Skipped::default());
+    }
+    // Without the option the cache does not hide the broken image.
+    let msg = expect_err(open_dir(&dir, tmp.path()));
+    assert!(
+        msg.contains("train/dog/2.jpg: cannot decode image"),
+        "{msg}"
+    );
+    // A class whose only image is broken is empty, skipped or not.
+    fs::create_dir(dir.join("train/emu")).unwrap();
+    fs::create_dir(dir.join("test/emu")).unwrap();
+    fs::write(dir.join("train/emu/0.jpg"), b"\xff\xd8 cut").unwrap();
+    rgb(2, 0, 4, 3).save(dir.join("test/emu/0.png")).unwrap();
+    fs::remove_file(dir.join("train/dog/2.jpg")).unwrap();
+    let msg = expect_err(open_with(&dir.to_string_lossy(), &skip));
+    assert!(msg.contains("train/emu: empty class"), "{msg}");
 }
 
 #[test]
@@ -380,11 +464,20 @@ fn archive_layout_errors_name_the_member() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = folder(tmp.path());
     fs::write(dir.join("train/cat/notes.txt"), "x").unwrap();
+    fs::write(dir.join("train/cat/.DS_Store"), "x").unwrap();
+    fs::write(dir.join("test/README"), "x").unwrap();
     let path = tmp.path().join("bad.tar.gz");
+    archive(&dir, &path, "pets");
+    // Non-images are skipped and counted, as in a folder.
+    let split = open_dir(&path, tmp.path()).unwrap();
+    assert_eq!(split.train.skipped.not_images, 2);
+    assert_eq!(split.test.skipped.not_images, 1);
+    assert_eq!(split.train.len(), 5);
+    fs::create_dir(dir.join("train/dog/more")).unwrap();
     archive(&dir, &path, "pets");
     let msg = expect_err(open_dir(&path, tmp.path()));
     assert!(
-        msg.contains("bad.tar.gz/pets/train/cat/notes.txt: stray file"),
+        msg.contains("bad.tar.gz/pets/train/dog/more: stray file: a directory inside"),
         "{msg}"
     );
 

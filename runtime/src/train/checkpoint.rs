@@ -144,7 +144,7 @@ pub fn save(
         .collect::<Result<_, _>>()?;
     let json = serde_json::to_string(meta).map_err(|e| e.to_string())?;
     let metadata = HashMap::from([(META_KEY.to_string(), json)]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    let bytes = qatc_integrity::serialize_sealed(views, metadata)?;
     write_atomic(path, &bytes).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     let sidecar = path.with_extension("json");
     let pretty = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())? + "\n";
@@ -161,6 +161,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         .map_err(|e| format!("`{shown}` is not a safetensors checkpoint: {e}"))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("`{shown}` is not a safetensors checkpoint: {e}"))?;
+    verify(path, &bytes)?;
     let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
         Some(json) => Some(
             serde_json::from_str::<CheckpointMeta>(json)
@@ -194,6 +195,55 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         meta,
         tensors,
         optimizer,
+    })
+}
+
+/// Checks the digests of a checkpoint's bytes (see `qatc_integrity`):
+/// a mismatch is an error naming the file, the tensor and both digests; a
+/// file without digests gets a one-line notice.
+pub fn verify(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let shown = path.display().to_string();
+    match qatc_integrity::verify(bytes) {
+        Ok(qatc_integrity::Status::Verified { .. }) => Ok(()),
+        Ok(qatc_integrity::Status::Unsealed) => {
+            eprintln!("{}", qatc_integrity::unsealed_notice(&shown));
+            Ok(())
+        }
+        Err(c) => Err(qatc_integrity::corrupt_message(&shown, &c)),
+    }
+}
+
+/// Keeps the checkpoint `from` (and its sidecar), if there is one, as
+/// `to`: how training keeps the last `latest` as `previous` before writing
+/// the next one (the fallback of `--resume`). A hard link where the file
+/// system allows it (no copy: the next `latest` is written to a new file
+/// and renamed over the old name), else a copy; either way `to` is
+/// replaced atomically and `from` never goes missing.
+pub fn keep_as(from: &Path, to: &Path) -> Result<(), String> {
+    if !from.is_file() {
+        return Ok(());
+    }
+    let keep = |a: &Path, b: &Path| -> std::io::Result<()> {
+        let mut tmp = b.as_os_str().to_owned();
+        tmp.push(".keep.tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(a, &tmp).is_err() {
+            std::fs::copy(a, &tmp)?;
+        }
+        std::fs::rename(&tmp, b)
+    };
+    let (from_json, to_json) = (from.with_extension("json"), to.with_extension("json"));
+    if from_json.is_file() {
+        keep(&from_json, &to_json)
+            .map_err(|e| format!("cannot keep `{}`: {e}", from_json.display()))?;
+    }
+    keep(from, to).map_err(|e| {
+        format!(
+            "cannot keep `{}` as `{}`: {e}",
+            from.display(),
+            to.display()
+        )
     })
 }
 
@@ -330,6 +380,142 @@ mod tests {
         assert!(err.contains("bad.safetensors"), "{err}");
         let err = load(&dir.join("missing.safetensors")).err().unwrap();
         assert!(err.contains("missing.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A saved checkpoint's bytes, and where its header ends.
+    fn saved(dir: &Path, name: &str, scale: f32) -> (PathBuf, Vec<u8>, usize) {
+        let path = dir.join(name);
+        let w = Tensor::arange(64, (Kind::Float, Device::Cpu)) * scale as f64;
+        let b = Tensor::ones([4], (Kind::Float, Device::Cpu)) * scale as f64;
+        save(
+            &path,
+            &meta(),
+            &[("conv.weight".into(), w), ("conv.bias".into(), b)],
+            &[],
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (path, bytes, header)
+    }
+
+    #[test]
+    fn corrupt_checkpoints_are_refused_naming_file_tensor_and_digests() {
+        let dir = std::env::temp_dir().join(format!("qatc-ckpt-sha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, bytes, header) = saved(&dir, "a.safetensors", 1.0);
+        assert!(load(&path).is_ok());
+        let shown = path.display().to_string();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensor_digest = |name: &str| {
+            let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            m.metadata().as_ref().unwrap()[&format!("qatc.sha256.{name}")].clone()
+        };
+        // The last 100 bytes XOR 0x55 (the reproduction): the last
+        // tensor in the file is `conv.weight` (safetensors sorts by name).
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        for b in &mut bad[n - 100..] {
+            *b ^= 0x55;
+        }
+        std::fs::write(&path, &bad).unwrap();
+        let err = load(&path).err().unwrap();
+        let found = {
+            let st = safetensors::SafeTensors::deserialize(&bad).unwrap();
+            let data = st.tensor("conv.weight").unwrap().data().to_vec();
+            use sha2::Digest;
+            sha2::Sha256::digest(&data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_eq!(
+            err,
+            format!(
+                "checkpoint `{shown}` is corrupt: the data of tensor `conv.weight` does not match its digest: SHA-256 expected {}, found {found}",
+                tensor_digest("conv.weight")
+            )
+        );
+        drop(st);
+        // Every single flipped byte, data or header, is refused.
+        for i in (0..bytes.len())
+            .step_by(7)
+            .chain([header - 1, header, n - 1])
+        {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x55;
+            std::fs::write(&path, &bad).unwrap();
+            let err = load(&path)
+                .err()
+                .unwrap_or_else(|| panic!("byte {i} passed"));
+            assert!(err.contains(&shown), "byte {i}: {err}");
+        }
+        // A flip in the header that still parses: a digit of the metadata.
+        let needle = b"\\\"epoch\\\":3";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("epoch in the header")
+            + needle.len()
+            - 1;
+        let mut bad = bytes.clone();
+        bad[at] = b'4';
+        std::fs::write(&path, &bad).unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.starts_with(&format!(
+                "checkpoint `{shown}` is corrupt: the header (tensor names, dtypes, shapes, metadata) does not match its digest: SHA-256 expected "
+            )),
+            "{err}"
+        );
+        // Truncated and empty files.
+        std::fs::write(&path, &bytes[..n - 1]).unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.starts_with(&format!("`{shown}` is not a safetensors checkpoint")),
+            "{err}"
+        );
+        std::fs::write(&path, b"").unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.starts_with(&format!("`{shown}` is not a safetensors checkpoint")),
+            "{err}"
+        );
+        // The digests of another file (same names and shapes, other
+        // values): the header of `b` on the data of `a`.
+        let (_, other, other_header) = saved(&dir, "b.safetensors", 2.0);
+        assert_eq!(other_header, header);
+        let mut spliced = other[..header].to_vec();
+        spliced.extend_from_slice(&bytes[header..]);
+        std::fs::write(&path, &spliced).unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.starts_with(&format!(
+                "checkpoint `{shown}` is corrupt: the data of tensor `conv.bias` does not match its digest: SHA-256 expected {}, found {}",
+                {
+                    let (_, m) = safetensors::SafeTensors::read_metadata(&other).unwrap();
+                    m.metadata().as_ref().unwrap()["qatc.sha256.conv.bias"].clone()
+                },
+                tensor_digest("conv.bias")
+            )),
+            "{err}"
+        );
+        assert!(err.ends_with(" (and 1 more tensor differ)"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_without_digests_loads() {
+        let dir = std::env::temp_dir().join(format!("qatc-ckpt-plain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plain.safetensors");
+        let data = [0u8; 8];
+        let views = vec![("x", TensorView::new(Dtype::F32, vec![2], &data).unwrap())];
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let ck = load(&path).unwrap();
+        assert_eq!(ck.tensors.len(), 1);
+        assert!(ck.meta.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,7 +4,10 @@
 //! resolved settings), `metrics.jsonl` / `metrics.csv`, a TensorBoard event
 //! file per session, and the checkpoints `latest.safetensors` (with the
 //! optimizer state, after every epoch and on interrupt) and
-//! `best.safetensors` (best test top-1), each with a `.json` sidecar.
+//! `best.safetensors` (best test top-1), each with a `.json` sidecar, and
+//! `previous.safetensors`, the `latest` before the last one (a hard link
+//! where possible), which `--resume` falls back to, loudly, when `latest`
+//! fails its integrity check (see `checkpoint::verify`).
 //!
 //! Per epoch: train (random crop + flip as the data set prescribes, the
 //! cross entropy plus the clipping values' L2 penalty, one optimizer step
@@ -212,7 +215,7 @@ where
                 latest.display()
             ));
         }
-        let ckpt = checkpoint::load(&latest)?;
+        let ckpt = load_latest(&dir)?;
         options = options.over(info.config.as_options());
         resume = Some(ckpt);
         dir
@@ -423,6 +426,9 @@ where
         } else {
             Vec::new()
         };
+        if path.file_name() == Some(LATEST.as_ref()) {
+            checkpoint::keep_as(path, &path.with_file_name(PREVIOUS))?;
+        }
         checkpoint::save(path, &cm, &tensors, &state)
     };
 
@@ -618,6 +624,56 @@ where
         run_dir.join("best.safetensors").display()
     );
     Ok(Outcome::Finished)
+}
+
+/// The checkpoint `--resume` continues from.
+const LATEST: &str = "latest.safetensors";
+/// The `latest` before the last one, kept as the fallback of `--resume`.
+const PREVIOUS: &str = "previous.safetensors";
+/// Where a corrupt `latest` is moved when `--resume` falls back.
+const CORRUPT: &str = "latest-corrupt.safetensors";
+
+/// Loads `dir/latest.safetensors` for `--resume`; when it is corrupt (or
+/// unreadable), falls back, loudly, to `previous.safetensors` if that one
+/// is good: the corrupt file is moved aside to `latest-corrupt.safetensors`
+/// and the previous one becomes `latest` again. Never returns corrupt
+/// weights.
+fn load_latest(dir: &Path) -> Result<checkpoint::Checkpoint, String> {
+    let latest = dir.join(LATEST);
+    let error = match checkpoint::load(&latest) {
+        Ok(ckpt) => return Ok(ckpt),
+        Err(e) => e,
+    };
+    let previous = dir.join(PREVIOUS);
+    if !previous.is_file() {
+        return Err(format!(
+            "{error}\ncannot resume: no previous checkpoint is kept in `{}` to fall back to (start again without --resume, or --init from `best.safetensors`)",
+            dir.display()
+        ));
+    }
+    let good = checkpoint::load(&previous).map_err(|e| {
+        format!("{error}\ncannot resume: the previous checkpoint is no good either: {e}")
+    })?;
+    let aside = dir.join(CORRUPT);
+    std::fs::rename(&latest, &aside).map_err(|e| {
+        format!(
+            "{error}\ncannot move it aside to `{}`: {e}",
+            aside.display()
+        )
+    })?;
+    checkpoint::keep_as(&previous, &latest)?;
+    eprintln!("WARNING: {error}");
+    eprintln!(
+        "WARNING: falling back to the previous checkpoint `{}` (epoch {}, step {}); the corrupt one is kept as `{}`",
+        previous.display(),
+        good.meta.as_ref().map_or(0, |m| m.epoch),
+        good.meta.as_ref().map_or(0, |m| m.step),
+        aside.display()
+    );
+    Ok(checkpoint::Checkpoint {
+        path: latest,
+        ..good
+    })
 }
 
 /// A checkpoint must come from this model's spec.
