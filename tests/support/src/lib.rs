@@ -2,7 +2,9 @@
 //!
 //! Golden sets (the seed's own tensors, see `tests/golden/README.md`):
 //! - `QATC_GOLDEN=DIR` names one set (a relative path is taken from the
-//!   workspace root); every file a test needs must be there.
+//!   workspace root); every file a test needs must be there, unless the set
+//!   says it is a cut (a `compact` entry in its `meta.json`, as
+//!   `tests/golden`): then it is treated as the compact set below.
 //! - Otherwise `../shared/golden` beside the workspace (`QATC_SHARED`
 //!   names another shared directory) when it exists: the full set.
 //! - Otherwise the compact set that ships in `tests/golden` (a fresh clone):
@@ -81,9 +83,17 @@ pub fn golden_set() -> GoldenSet {
             "QATC_GOLDEN={} is not a directory",
             dir.display()
         );
+        // A set that says it is a cut (its meta.json has a `compact`
+        // entry, as tests/golden does) is treated as the compact set.
+        let compact =
+            std::fs::read_to_string(dir.join("meta.json")).is_ok_and(|m| m.contains("\"compact\""));
         return GoldenSet {
             dir,
-            kind: GoldenKind::Named,
+            kind: if compact {
+                GoldenKind::Compact
+            } else {
+                GoldenKind::Named
+            },
         };
     }
     let shared = shared_dir().join("golden");
