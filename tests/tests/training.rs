@@ -155,6 +155,20 @@ fn cifar_records_beat_chance_and_eval_reproduces_the_checkpoint() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// The short digits run the resume tests interrupt and compare.
+fn resume_run(seed: u64) -> TrainOptions {
+    TrainOptions {
+        data: Some("digits".into()),
+        epochs: Some(3),
+        batch_size: Some(64),
+        lr: Some(0.05),
+        limit_train: Some(640),
+        limit_test: Some(200),
+        seed: Some(seed),
+        ..Default::default()
+    }
+}
+
 /// Runs compared bit for bit take turns: two trainings at once in one
 /// process share libtorch's thread pool, and their float sums then differ.
 static BIT_EXACT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -162,16 +176,7 @@ static BIT_EXACT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn interrupted_and_resumed_runs_end_exactly_like_an_uninterrupted_one() {
     let _turn = BIT_EXACT.lock().unwrap_or_else(|e| e.into_inner());
-    let base = TrainOptions {
-        data: Some("digits".into()),
-        epochs: Some(3),
-        batch_size: Some(64),
-        lr: Some(0.05),
-        limit_train: Some(640),
-        limit_test: Some(200),
-        seed: Some(7),
-        ..Default::default()
-    };
+    let base = resume_run(7);
     let whole = scratch("whole");
     let outcome = run_digits(
         TrainOptions {
@@ -257,16 +262,7 @@ fn flip_tail(path: &Path) {
 #[test]
 fn resume_falls_back_from_a_corrupt_latest_and_never_trains_on_it() {
     let _turn = BIT_EXACT.lock().unwrap_or_else(|e| e.into_inner());
-    let base = TrainOptions {
-        data: Some("digits".into()),
-        epochs: Some(3),
-        batch_size: Some(64),
-        lr: Some(0.05),
-        limit_train: Some(640),
-        limit_test: Some(200),
-        seed: Some(3),
-        ..Default::default()
-    };
+    let base = resume_run(3);
     let whole = scratch("fallback-whole");
     let options = |out: &Path| TrainOptions {
         out: Some(out.to_path_buf()),

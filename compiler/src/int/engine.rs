@@ -1750,11 +1750,7 @@ pub fn run_image(
         let buf = &ws.bufs[*src];
         // The seed's fc multiplies its integers in float32 (`F.linear`):
         // under `trunc` its sums are recomputed in that arithmetic.
-        let linear = if trunc {
-            seed_linear_of(plan, *src)
-        } else {
-            None
-        };
+        let linear = plan.seed_linear(ti);
         for c in 0..classes {
             let v = buf.get(c);
             if ti == 0 {
@@ -1763,7 +1759,7 @@ pub fn run_image(
             // The seed: `(q_x * 1.0) * re_scale`, then `+= bias`, in float32;
             // otherwise summed in f64 and rounded once.
             let v32 = match linear {
-                Some((l, input)) => {
+                Some((_, l, input)) => {
                     let x = &ws.bufs[input];
                     let row = &l.weights[c * l.cin..(c + 1) * l.cin];
                     seed_linear_f32(l.cin, |i| x.get(i), |i| row[i])
@@ -1782,29 +1778,6 @@ pub fn run_image(
         }
     }
     Ok(ImageOutput { logits, acc })
-}
-
-/// The linear layer (a 1x1 conv over `[F, 1, 1]` integers) that computes
-/// tensor `src`, with its input tensor.
-fn seed_linear_of(plan: &IntPlan, src: TensorId) -> Option<(&ConvLayer, TensorId)> {
-    plan.layers.iter().find_map(|l| match l {
-        Layer::Conv(c) => seed_linear_input(c, src).map(|t| (c, t)),
-        _ => None,
-    })
-}
-
-/// The input tensor of `c` when it is a linear layer (a 1x1 conv over
-/// `[F, 1, 1]` integers) that computes tensor `src`.
-pub fn seed_linear_input(c: &ConvLayer, src: TensorId) -> Option<TensorId> {
-    let linear = c.output == src
-        && c.kernel == 1
-        && c.groups == 1
-        && c.in_hw == [1, 1]
-        && c.out_hw == [1, 1];
-    match c.input {
-        ConvInput::Tensor(t) if linear => Some(t),
-        _ => None,
-    }
 }
 
 /// `sum_i x(i) * w(i)` as the seed's float32 fc computes it (PyTorch's CPU
@@ -2049,6 +2022,7 @@ mod tests {
                 terms_f32: vec![],
                 bias_f32: vec![],
                 classes: 0,
+                seed_linear: vec![],
             },
             node_tensors: Default::default(),
             clips: Default::default(),

@@ -27,7 +27,6 @@
 //! subset is tiny and fixed, and `ndarray-npy`/`npyz` would pull an array
 //! crate and a zip implementation into the compiler for it.
 
-use super::engine;
 use super::fixed::{Div, Rounding};
 use super::plan::{ConvInput, IntPlan, Layer, PoolKind};
 use super::IntError;
@@ -709,14 +708,10 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
         "    for (int c = 0; c < QATC_CLASSES; c++) {{\n        /* one float operation per statement: each result is rounded to\n           float even where the compiler evaluates in wider registers (x87) */\n        float l = 0.0f, p = 0.0f;\n        double d = 0.0, q = 0.0;\n        (void)p;\n        (void)q;"
     );
     for (ti, (src, _)) in o.terms.iter().enumerate() {
-        let linear = plan.layers.iter().enumerate().find_map(|(li, l)| match l {
-            Layer::Conv(cl) if engine::seed_linear_input(cl, *src).is_some() => {
-                Some((format!("L{li}_{}", ident(l.name())), cl))
-            }
-            _ => None,
-        });
-        if let (true, Some((id, cl))) = (trunc, linear) {
-            let input = engine::seed_linear_input(cl, *src).unwrap_or(0);
+        let linear = plan
+            .seed_linear(ti)
+            .map(|(li, cl, t)| (format!("L{li}_{}", ident(&cl.name)), cl, t));
+        if let Some((id, cl, input)) = linear {
             let _ = writeln!(
                 c,
                 "        p = seed_linear(t{input}, {id}_w + c * {n}, {n}) * OUT_k{ti}_f32[c];\n        l = l + p;",

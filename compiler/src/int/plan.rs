@@ -289,6 +289,11 @@ pub struct OutputLayer {
     pub terms_f32: Vec<Vec<f32>>,
     pub bias_f32: Vec<f32>,
     pub classes: usize,
+    /// Per term, under `trunc`: the index in [`IntPlan::layers`] of the
+    /// linear layer (a 1x1 conv over `[F, 1, 1]` integers) that computes it,
+    /// whose sums are taken as the seed's float32 `F.linear` computes them
+    /// (`engine::seed_linear_f32`); `None` elsewhere.
+    pub seed_linear: Vec<Option<usize>>,
 }
 
 /// A whole model as integer layers.
@@ -319,6 +324,20 @@ pub struct IntPlan {
 impl IntPlan {
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
+    }
+
+    /// The linear layer whose float32 sums output term `ti` takes as the
+    /// seed computes them ([`OutputLayer::seed_linear`]): its index, the
+    /// layer and its input tensor.
+    pub fn seed_linear(&self, ti: usize) -> Option<(usize, &ConvLayer, TensorId)> {
+        let li = self.output.seed_linear.get(ti).copied().flatten()?;
+        match self.layers.get(li) {
+            Some(Layer::Conv(c)) => match c.input {
+                ConvInput::Tensor(t) => Some((li, c, t)),
+                ConvInput::Float => None,
+            },
+            _ => None,
+        }
     }
 
     /// The tensor of an IR node (`stem.act_quant_out`).
@@ -1347,14 +1366,35 @@ impl<'a> Builder<'a> {
             terms.push((t.src, k));
             terms_f32.push(k32);
         }
+        let seed_linear = terms
+            .iter()
+            .map(|(src, _)| {
+                let trunc = self.opts.rounding == Rounding::Trunc;
+                self.layers
+                    .iter()
+                    .position(|l| matches!(l, Layer::Conv(c) if trunc && is_linear_of(c, *src)))
+            })
+            .collect();
         Ok(OutputLayer {
             terms,
             bias: lin.bias.clone(),
             terms_f32,
             bias_f32: lin.bias_f32.clone(),
             classes,
+            seed_linear,
         })
     }
+}
+
+/// Whether `c` is a linear layer (a 1x1 conv over `[F, 1, 1]` integers)
+/// that computes tensor `src`.
+fn is_linear_of(c: &ConvLayer, src: TensorId) -> bool {
+    c.output == src
+        && c.kernel == 1
+        && c.groups == 1
+        && c.in_hw == [1, 1]
+        && c.out_hw == [1, 1]
+        && matches!(c.input, ConvInput::Tensor(_))
 }
 
 /// Builds the integer plan of `g` with the values of `ck`.
