@@ -1,7 +1,7 @@
 # The C toolchain the export tests need, installed by the project itself.
 # Sourced (bash) by ./dev before running tests; safe to source twice.
 #
-# compiler/tests/int_export.rs builds the exported C reference as a 32-bit
+# compiler/int/tests/int_export.rs builds the exported C reference as a 32-bit
 # program too (`cc -m32`: no 128-bit integers there, as on the
 # microcontroller toolchains a hardware reference model runs on). That needs
 # Debian's gcc-multilib (the 32-bit C library and start files). It is

@@ -41,20 +41,20 @@ fn main() {
     );
     for path in specs {
         let src = Source::read(&path).expect("readable");
-        let (_, checked, graphs) = match driver::check_all(&src) {
-            Ok(r) => r,
+        let c = match driver::compile(&src) {
+            Ok(c) => c,
             Err(_) => continue,
         };
         let (med, min) = measure(200, || {
-            black_box(driver::check_all(black_box(&src)).is_ok());
+            black_box(driver::compile(black_box(&src)).is_ok());
         });
         let (smed, _) = measure(200, || {
-            black_box(summary::summarize(black_box(&graphs[0])));
+            black_box(summary::summarize(black_box(&c.graphs[0])));
         });
         println!(
             "{:<22} {:>9} {:>9.3} ms {:>9.3} ms {:>11.3} ms",
             path.file_name().unwrap().to_string_lossy(),
-            checked.profiles.len(),
+            c.resolved.profiles.len(),
             med.as_secs_f64() * 1e3,
             min.as_secs_f64() * 1e3,
             smed.as_secs_f64() * 1e3

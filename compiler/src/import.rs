@@ -17,7 +17,7 @@
 
 use crate::ast::{ImportItem, Model};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::ir::{Graph, Op, Quantizer, SlotKind};
+use crate::ir::{Graph, SlotKind};
 use std::collections::HashMap;
 
 /// Template variables of a block part.
@@ -244,37 +244,10 @@ pub fn plan(m: &Model, g: &Graph, format: &str) -> Result<Plan, Diagnostics> {
     }
     let mut entries = Vec::new();
     for n in &g.nodes {
-        let cin = n.in_shape.0.first().copied().unwrap_or(0);
-        let params: Vec<(&str, Vec<i64>)> = match &n.op {
-            Op::Conv {
-                out,
-                kernel,
-                groups,
-                bias,
-                ..
-            } => {
-                let mut v = vec![("weight", vec![*out, cin / groups, *kernel, *kernel])];
-                if *bias {
-                    v.push(("bias", vec![*out]));
-                }
-                v
-            }
-            Op::Linear { out, bias } => {
-                let mut v = vec![("weight", vec![*out, cin])];
-                if *bias {
-                    v.push(("bias", vec![*out]));
-                }
-                v
-            }
-            Op::BatchNorm => ["weight", "bias", "running_mean", "running_var"]
-                .iter()
-                .map(|p| (*p, vec![cin]))
-                .collect(),
-            Op::ActQuant {
-                quantizer: Quantizer::Pact { .. } | Quantizer::Mpact { .. },
-            } => vec![("alpha", vec![])],
-            _ => continue,
-        };
+        let params = n.op.hooks().variables(&n.io());
+        if params.is_empty() {
+            continue;
+        }
         let slot = &g.slots[n.slot];
         let inner = n
             .name

@@ -13,177 +13,13 @@
 //!   or a placement rule inserted them (`origin` says which).
 
 use crate::ast::Span;
+use crate::ops::NodeIo;
+pub use crate::ops::Op;
+pub use crate::vocab::{ConvInit, LinearInit, Quantizer, Shape, SlotKind, WeightInit, WeightQuant};
 use serde::Serialize;
 use std::fmt;
 
 pub type NodeId = usize;
-
-/// Per-sample tensor shape: `[C, H, W]` for feature maps, `[F]` after flatten.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Shape(pub Vec<i64>);
-
-impl Shape {
-    pub fn numel(&self) -> i64 {
-        self.0.iter().product()
-    }
-    pub fn channels(&self) -> i64 {
-        self.0[0]
-    }
-    pub fn is_map(&self) -> bool {
-        self.0.len() == 3
-    }
-}
-
-impl fmt::Display for Shape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|d| d.to_string()).collect();
-        write!(f, "{}", parts.join("x"))
-    }
-}
-
-/// Activation quantizer kinds (seed reference section 1).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Quantizer {
-    /// DoReFa activation: `round(clamp(0.1 x, 0, 1) n) / n`.
-    Dorefa,
-    /// PACT with a learnable clipping value `alpha` (initial value).
-    Pact { alpha: f64 },
-    /// Symmetric "modified PACT" (the seed's ActQuant), learnable `alpha`.
-    Mpact { alpha: f64 },
-    /// PACT with a constant scale.
-    PactFixed { scale: f64 },
-    /// No quantization (identity), whatever the bit-width.
-    None,
-}
-
-impl Quantizer {
-    /// Whether the quantizer has a learnable clipping value.
-    pub fn learnable(&self) -> bool {
-        matches!(self, Quantizer::Pact { .. } | Quantizer::Mpact { .. })
-    }
-}
-
-impl fmt::Display for Quantizer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Quantizer::Dorefa => write!(f, "dorefa"),
-            Quantizer::Pact { alpha } => write!(f, "pact({alpha})"),
-            Quantizer::Mpact { alpha } => write!(f, "mpact({alpha})"),
-            Quantizer::PactFixed { scale } => write!(f, "pact_fixed({scale})"),
-            Quantizer::None => write!(f, "none"),
-        }
-    }
-}
-
-/// Weight quantizer kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WeightQuant {
-    /// The seed's modified symmetric DoReFa (tanh, max-normalised).
-    Dorefa,
-    /// Weights stay float.
-    None,
-}
-
-/// How conv weights start (`init { conv ... }`); biases as each names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConvInit {
-    /// PyTorch's `nn.Conv2d` default: weight and bias uniform in `±1/sqrt(fan_in)`.
-    #[default]
-    Default,
-    /// Kaiming-uniform, fan-in, ReLU gain (`±sqrt(6/fan_in)`); bias 0.
-    KaimingUniform,
-    /// Kaiming-normal, fan-out, ReLU gain (`std sqrt(2/fan_out)`); bias 0.
-    KaimingNormalFanOut,
-}
-
-/// How linear (fc) weights start (`init { linear ... }`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinearInit {
-    /// PyTorch's `nn.Linear` default: weight and bias uniform in `±1/sqrt(fan_in)`.
-    #[default]
-    Default,
-    /// Kaiming-uniform, fan-in, ReLU gain; bias 0.
-    KaimingUniform,
-    /// Weight normal with this standard deviation; bias 0.
-    Normal(f64),
-}
-
-/// The model's weight initialisation (`init { ... }`; PyTorch's defaults when absent).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct WeightInit {
-    pub conv: ConvInit,
-    pub linear: LinearInit,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    Input,
-    Conv {
-        out: i64,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-        groups: i64,
-        bias: bool,
-    },
-    BatchNorm,
-    Relu,
-    Relu6,
-    ActQuant {
-        quantizer: Quantizer,
-    },
-    /// Residual add of `inputs[0]` (main path) and `inputs[1]` (shortcut).
-    Add,
-    AvgPool {
-        kernel: i64,
-        stride: i64,
-        /// Called as a function in the seed (`F.avg_pool2d`), so its legacy
-        /// profiler did not count it; matters only for the seed-compatible total.
-        functional: bool,
-    },
-    MaxPool {
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-    },
-    AdaptiveAvgPool {
-        size: i64,
-    },
-    Flatten,
-    Linear {
-        out: i64,
-        bias: bool,
-    },
-}
-
-impl Op {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Input => "input",
-            Op::Conv { groups, out, .. } if *groups > 1 && *groups == *out => "dwconv",
-            Op::Conv { .. } => "conv",
-            Op::BatchNorm => "bn",
-            Op::Relu => "relu",
-            Op::Relu6 => "relu6",
-            Op::ActQuant { .. } => "act",
-            Op::Add => "add",
-            Op::AvgPool { .. } => "avgpool",
-            Op::MaxPool { .. } => "maxpool",
-            Op::AdaptiveAvgPool { .. } => "adaptive_avgpool",
-            Op::Flatten => "flatten",
-            Op::Linear { .. } => "linear",
-        }
-    }
-
-    pub fn has_weights(&self) -> bool {
-        matches!(self, Op::Conv { .. } | Op::Linear { .. })
-    }
-}
 
 /// Where a node came from.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -223,14 +59,17 @@ pub struct Node {
     pub origin: Origin,
 }
 
-/// What kind of layer slot (bit-list position) this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlotKind {
-    Stem,
-    Block,
-    Head,
-    Fc,
+impl Node {
+    /// The node's shapes and bits, as the op hooks see them.
+    pub fn io(&self) -> NodeIo<'_> {
+        NodeIo {
+            name: &self.name,
+            in_shape: &self.in_shape,
+            out_shape: &self.out_shape,
+            w_bit: self.w_bit,
+            out_bit: self.out_bit,
+        }
+    }
 }
 
 /// A layer slot: the unit bit-widths are assigned to (seed: "layer i" of
@@ -265,6 +104,15 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The weight bit-width of a slot under this graph's profile: the
+    /// slot's `w`, or 32 when weights are not quantized (`weights none`).
+    pub fn weight_bits(&self, slot: &Slot) -> u32 {
+        match self.weight_quant {
+            WeightQuant::Dorefa => slot.w,
+            WeightQuant::None => 32,
+        }
+    }
+
     /// Readable dump for `qatc check --dump-ir`.
     pub fn dump(&self) -> String {
         use fmt::Write;
@@ -290,43 +138,7 @@ impl Graph {
                 last_slot = n.slot;
             }
             let inputs: Vec<String> = n.inputs.iter().map(|i| format!("%{i}")).collect();
-            let detail = match &n.op {
-                Op::Input => String::new(),
-                Op::Conv {
-                    out,
-                    kernel,
-                    stride,
-                    padding,
-                    groups,
-                    bias,
-                } => {
-                    format!(
-                        "(out {out}, k {kernel}, s {stride}, p {padding}, g {groups}{})",
-                        if *bias { ", bias" } else { "" }
-                    )
-                }
-                Op::ActQuant { quantizer } => format!("({quantizer}, {} bit)", n.out_bit),
-                Op::AvgPool {
-                    kernel,
-                    stride,
-                    functional,
-                } => {
-                    format!(
-                        "(k {kernel}, s {stride}{})",
-                        if *functional { ", functional" } else { "" }
-                    )
-                }
-                Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => format!("(k {kernel}, s {stride}, p {padding})"),
-                Op::AdaptiveAvgPool { size } => format!("({size})"),
-                Op::Linear { out, bias } => {
-                    format!("(out {out}{})", if *bias { ", bias" } else { "" })
-                }
-                _ => String::new(),
-            };
+            let detail = n.op.hooks().detail(&n.io());
             let bits = match n.w_bit {
                 Some(w) => format!(" w{} a{}", w, n.a_bit),
                 None => String::new(),

@@ -1,6 +1,9 @@
-//! Lowering: a checked AST + one resolved profile -> [`ir::Graph`].
+//! Lowering: the resolved model + one resolved profile -> [`ir::Graph`].
 //!
-//! Input: the [`ast::Model`], its [`Checked`] facts and a [`ResolvedProfile`].
+//! Input: the [`Resolved`] model (calls bound, blocks by index) and one of
+//! its [`ResolvedProfile`]s. Nothing is looked up or bound here: lowering
+//! evaluates argument expressions, asks each op module for its output shape
+//! and applies the placement rules.
 //! Output: a graph in topological order whose nodes carry shapes and bits.
 //!
 //! Blocks are instantiated once per stage repeat with concrete argument
@@ -15,33 +18,20 @@
 //! reported every name-level problem of the file.
 
 use crate::ast::*;
-use crate::check::{self, BitRef, Checked, ResolvedProfile, Rule};
+use crate::check::{
+    Callee, ParamArg, Resolved, ResolvedBlock, ResolvedCall, ResolvedChain, ResolvedProfile,
+    ResolvedSection, ResolvedStmt, Rule, FLOAT_PROFILE,
+};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::*;
+use crate::ops::hooks::{
+    error as err, quantizer_bits_ok, Args, LResult, NodeOp, OpEnv, StoredBits, Value,
+};
+use crate::ops::{ActQuant, Add, Input, NodeIo};
+use crate::vocab::BitRef;
 use std::collections::HashMap;
-
-/// Largest channel count, kernel, spatial size and the like; keeps every
-/// count in the summary far from overflow.
-const MAX_DIM: i64 = 1 << 20;
 /// Deepest nesting of block calls.
 const MAX_CALL_DEPTH: usize = 32;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Value {
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Value {
-    fn type_name(&self) -> &'static str {
-        match self {
-            Value::Int(_) => "an integer",
-            Value::Float(_) => "a number with a fraction",
-            Value::Bool(_) => "a boolean",
-        }
-    }
-}
 
 type Env = HashMap<String, Value>;
 
@@ -63,17 +53,11 @@ struct Ctx {
     depth: usize,
 }
 
-type LResult<T> = Result<T, Box<Diagnostic>>;
-
 /// Lowers the model under one profile.
-pub fn lower(
-    m: &Model,
-    checked: &Checked,
-    profile: &ResolvedProfile,
-) -> Result<Graph, Diagnostics> {
+pub fn lower(m: &Resolved, profile: &ResolvedProfile) -> Result<Graph, Diagnostics> {
+    let checked = m;
     let mut l = Lowerer {
         m,
-        checked,
         p: profile,
         nodes: Vec::new(),
         counters: HashMap::new(),
@@ -90,7 +74,7 @@ pub fn lower(
                         Some((si, r)) => (
                             Some(checked.stage_names[si].clone()),
                             Some(r),
-                            Some(m.stages[si].block.name.clone()),
+                            Some(m.blocks[m.stages[si].block].name.name.clone()),
                         ),
                         None => (None, None, None),
                     };
@@ -122,7 +106,7 @@ pub fn lower(
         Err(d) => {
             let mut ds = Diagnostics::default();
             let mut d = *d;
-            if profile.name != check::FLOAT_PROFILE {
+            if profile.name != FLOAT_PROFILE {
                 d = d.note(format!("while lowering profile `{}`", profile.name));
             }
             ds.push(d);
@@ -132,20 +116,10 @@ pub fn lower(
 }
 
 struct Lowerer<'a> {
-    m: &'a Model,
-    checked: &'a Checked,
+    m: &'a Resolved,
     p: &'a ResolvedProfile,
     nodes: Vec<Node>,
     counters: HashMap<String, usize>,
-}
-
-fn err(
-    code: &'static str,
-    msg: impl Into<String>,
-    span: Span,
-    label: impl Into<String>,
-) -> Box<Diagnostic> {
-    Box::new(Diagnostic::error(code, msg).primary(span, label))
 }
 
 impl<'a> Lowerer<'a> {
@@ -169,15 +143,14 @@ impl<'a> Lowerer<'a> {
 
     fn model(&mut self) -> LResult<NodeId> {
         let m = self.m;
-        let dims: Vec<i64> = m.input.dims.iter().map(|d| d.value).collect();
         let input = self.push(
             0,
             "input".into(),
-            Op::Input,
+            Op::Input(Input),
             vec![],
-            Shape(dims),
+            Shape(m.input.clone()),
             None,
-            Origin::Spec { span: m.input.span },
+            Origin::Spec { span: m.input_span },
         );
         let classes = m.classes.as_ref().map(|c| c.value).unwrap_or(0);
         let mut cur = Val {
@@ -189,20 +162,14 @@ impl<'a> Lowerer<'a> {
             cur = self.section(stem, "stem", slot, cur, classes)?;
             slot += 1;
         }
-        for (si, stage) in m.stages.iter().enumerate() {
-            let block = m
-                .blocks
-                .iter()
-                .find(|b| b.name.name == stage.block.name)
-                .expect("checked");
-            for r in 0..stage.repeats.value as usize {
-                let name = &self.checked.slots[slot].name;
+        for stage in &m.stages {
+            let block = &m.blocks[stage.block];
+            for r in 0..stage.repeats {
+                let name = &m.slots[slot].name;
                 let mut env = Env::from([
                     ("cin".to_string(), Value::Int(self.channels(cur.node))),
                     ("classes".into(), Value::Int(classes)),
                 ]);
-                let mut scratch = Diagnostics::default();
-                let bound = check::bind_block(block, &stage.args, stage.span, &mut scratch);
                 let outer = Ctx {
                     slot,
                     prefix: String::new(),
@@ -210,19 +177,13 @@ impl<'a> Lowerer<'a> {
                     note: String::new(),
                     depth: 0,
                 };
-                let mut vals = Vec::new();
-                for e in &bound {
-                    vals.push(match e {
-                        Some(e) => Some(self.eval(e, &outer)?),
-                        None => None,
-                    });
-                }
+                let mut given = self.given_args(&stage.args, &outer)?;
                 if r > 0 {
-                    if let Some(i) = block.params.iter().position(|p| p.name.name == "stride") {
-                        vals[i] = Some(Value::Int(1));
+                    if let Some(i) = block.params.iter().position(|p| p.name == "stride") {
+                        given[i] = Some(Value::Int(1));
                     }
                 }
-                self.bind_params(block, vals, &mut env, &outer)?;
+                self.bind_params(block, &stage.args, given, &mut env, &outer)?;
                 let args_note = describe_args(block, &env);
                 let ctx = Ctx {
                     slot,
@@ -239,7 +200,6 @@ impl<'a> Lowerer<'a> {
                     .map_err(|d| Box::new(d.secondary(stage.span, "instantiated by this stage")))?;
                 slot += 1;
             }
-            let _ = si;
         }
         if let Some(head) = &m.head {
             cur = self.section(head, "head", slot, cur, classes)?;
@@ -273,21 +233,31 @@ impl<'a> Lowerer<'a> {
         Ok(cur.node)
     }
 
+    /// The arguments written at a block call, evaluated in the caller's
+    /// scope (`None` where the parameter takes its default).
+    fn given_args(&self, args: &[ParamArg], ctx: &Ctx) -> LResult<Vec<Option<Value>>> {
+        args.iter()
+            .map(|a| match a {
+                ParamArg::Given(e) => self.eval(e, ctx).map(Some),
+                ParamArg::Default(_) => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Binds a block's parameters into `env`: the values given, else each
+    /// default evaluated in the block's scope as bound so far.
     fn bind_params(
         &self,
-        b: &BlockDef,
-        vals: Vec<Option<Value>>,
+        b: &ResolvedBlock,
+        args: &[ParamArg],
+        given: Vec<Option<Value>>,
         env: &mut Env,
         ctx: &Ctx,
     ) -> LResult<()> {
-        for (p, v) in b.params.iter().zip(vals) {
-            let v = match v {
-                Some(v) => v,
-                None => {
-                    let d = p
-                        .default
-                        .as_ref()
-                        .expect("checked: required params are bound");
+        for ((p, a), v) in b.params.iter().zip(args).zip(given) {
+            let v = match (v, a) {
+                (Some(v), _) => v,
+                (None, ParamArg::Default(d) | ParamArg::Given(d)) => {
                     let c = Ctx {
                         slot: ctx.slot,
                         prefix: ctx.prefix.clone(),
@@ -298,14 +268,14 @@ impl<'a> Lowerer<'a> {
                     self.eval(d, &c)?
                 }
             };
-            env.insert(p.name.name.clone(), v);
+            env.insert(p.name.clone(), v);
         }
         Ok(())
     }
 
     fn section(
         &mut self,
-        s: &Section,
+        s: &ResolvedSection,
         name: &str,
         slot: usize,
         cur: Val,
@@ -333,7 +303,7 @@ impl<'a> Lowerer<'a> {
         self.nodes[n].out_shape.0.first().copied().unwrap_or(0)
     }
 
-    fn block(&mut self, b: &BlockDef, input: Val, ctx: Ctx) -> Result<Val, Diagnostic> {
+    fn block(&mut self, b: &ResolvedBlock, input: Val, ctx: Ctx) -> Result<Val, Diagnostic> {
         self.block_inner(b, input, &ctx, true).map_err(|d| {
             if ctx.note.is_empty() {
                 *d
@@ -346,7 +316,7 @@ impl<'a> Lowerer<'a> {
     /// Lowers a block body. `top` is true for a stage's block instance (a layer
     /// slot): the block input/output rules apply to those only, not to blocks
     /// called as ops inside another block.
-    fn block_inner(&mut self, b: &BlockDef, input: Val, ctx: &Ctx, top: bool) -> LResult<Val> {
+    fn block_inner(&mut self, b: &ResolvedBlock, input: Val, ctx: &Ctx, top: bool) -> LResult<Val> {
         let mut x = Val {
             node: input.node,
             has_conv: false,
@@ -388,17 +358,17 @@ impl<'a> Lowerer<'a> {
 
     fn stmts(
         &mut self,
-        stmts: &[Stmt],
+        stmts: &[ResolvedStmt],
         vars: &mut HashMap<String, Val>,
         ctx: &Ctx,
     ) -> LResult<Option<Val>> {
         for s in stmts {
             match s {
-                Stmt::Assign { target, value, .. } => {
+                ResolvedStmt::Assign { target, value } => {
                     let v = self.chain(value, vars, ctx)?;
                     vars.insert(target.name.clone(), v);
                 }
-                Stmt::AddAssign {
+                ResolvedStmt::AddAssign {
                     target,
                     value,
                     span,
@@ -432,7 +402,7 @@ impl<'a> Lowerer<'a> {
                     let add = self.push(
                         ctx.slot,
                         name,
-                        Op::Add,
+                        Op::Add(Add),
                         vec![lhs.node, rhs.node],
                         ls,
                         None,
@@ -448,11 +418,10 @@ impl<'a> Lowerer<'a> {
                     }
                     vars.insert(target.name.clone(), v);
                 }
-                Stmt::If {
+                ResolvedStmt::If {
                     cond,
                     then,
                     otherwise,
-                    ..
                 } => {
                     let taken = match self.eval(cond, ctx)? {
                         Value::Bool(b) => b,
@@ -472,13 +441,13 @@ impl<'a> Lowerer<'a> {
                         return Ok(Some(v));
                     }
                 }
-                Stmt::Return { value, .. } => return Ok(Some(self.chain(value, vars, ctx)?)),
+                ResolvedStmt::Return { value } => return Ok(Some(self.chain(value, vars, ctx)?)),
             }
         }
         Ok(None)
     }
 
-    fn chain(&mut self, c: &Chain, vars: &HashMap<String, Val>, ctx: &Ctx) -> LResult<Val> {
+    fn chain(&mut self, c: &ResolvedChain, vars: &HashMap<String, Val>, ctx: &Ctx) -> LResult<Val> {
         let mut v = *vars
             .get(&c.source.name)
             .ok_or_else(|| undefined(&c.source))?;
@@ -489,7 +458,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn is_act(&self, n: NodeId) -> bool {
-        matches!(self.nodes[n].op, Op::ActQuant { .. })
+        matches!(self.nodes[n].op, Op::ActQuant(_))
     }
 
     fn insert_act(
@@ -541,10 +510,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn bits(&self, b: BitRef, slot: usize) -> u32 {
-        match b {
-            BitRef::Lit(v) => v,
-            BitRef::Var(v) => self.p.bits[slot].get(v),
-        }
+        b.resolve(&self.p.bits[slot])
     }
 
     /// `prefix.kindN`, counting per prefix and kind from 1.
@@ -589,7 +555,7 @@ impl<'a> Lowerer<'a> {
         self.push_full(
             ctx.slot,
             name,
-            Op::ActQuant { quantizer },
+            Op::ActQuant(ActQuant { quantizer }),
             vec![input],
             shape,
             None,
@@ -609,10 +575,10 @@ impl<'a> Lowerer<'a> {
         w_bit: Option<u32>,
         origin: Origin,
     ) -> NodeId {
-        let out_bit = match op {
-            Op::BatchNorm => self.bn_bits(),
-            Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => self.pool_bits(),
-            _ => 32,
+        let out_bit = match op.hooks().stored_bits() {
+            StoredBits::BatchNorm => self.bn_bits(),
+            StoredBits::Pool => self.pool_bits(),
+            StoredBits::Float => 32,
         };
         self.push_full(slot, name, op, inputs, out, w_bit, out_bit, origin)
     }
@@ -654,9 +620,9 @@ impl<'a> Lowerer<'a> {
     /// shape-only ops; 32 when it is not quantized.
     fn carried_bits(&self, n: NodeId) -> u32 {
         let node = &self.nodes[n];
-        match node.op {
-            Op::ActQuant { ref quantizer } if *quantizer != Quantizer::None => node.out_bit,
-            Op::Flatten | Op::MaxPool { .. } => node
+        match &node.op {
+            Op::ActQuant(a) if a.quantizer != Quantizer::None => node.out_bit,
+            op if op.hooks().passes_input_bits() => node
                 .inputs
                 .first()
                 .map(|&i| self.carried_bits(i))
@@ -665,278 +631,79 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn op(&mut self, call: &Call, v: Val, ctx: &Ctx) -> LResult<Val> {
-        let name = call.name.name.as_str();
-        let Some(sig) = check::op_sig(name) else {
-            return self.call_block(call, v, ctx);
+    fn op(&mut self, call: &ResolvedCall, v: Val, ctx: &Ctx) -> LResult<Val> {
+        let (op_call, args) = match &call.callee {
+            Callee::Block { block, args } => return self.call_block(call, *block, args, v, ctx),
+            Callee::Op { call, args } => (call, args),
         };
-        let mut scratch = Diagnostics::default();
-        let bound = check::bind_builtin(sig, call, &mut scratch);
-        if let Some(d) = scratch.items.into_iter().next() {
-            return Err(Box::new(d));
-        }
         let shape = self.nodes[v.node].out_shape.clone();
         let span = call.span;
-        let origin = Origin::Spec { span };
         // With `weights none` the weights stay float whatever the slot's `w`.
         let w_bit = match self.p.weights {
             WeightQuant::Dorefa => self.p.bits[ctx.slot].w,
             WeightQuant::None => 32,
         };
-        let arg = |i: usize| bound[i];
-        let map = |what: &str| -> LResult<(i64, i64, i64)> {
-            if !shape.is_map() {
-                return Err(Box::new(
-                    Diagnostic::error(
-                        "E0303",
-                        format!("`{what}` needs a feature map, but its input is {shape}"),
-                    )
-                    .primary(span, "input is already flattened")
-                    .help("move `flatten` after this op"),
-                ));
-            }
-            Ok((shape.0[0], shape.0[1], shape.0[2]))
+        let eval = |e: &Expr| self.eval(e, ctx);
+        let args = Args {
+            bound: args,
+            eval: &eval,
+            span,
         };
-        let has_conv = v.has_conv;
-        let (op, out, w) = match name {
-            "conv" | "conv3x3" | "conv1x1" | "dwconv" | "dwconv3x3" => {
-                let (cin, h, wd) = map(name)?;
-                let (out, kernel, stride, padding, groups, bias, declared_in) = match name {
-                    "conv" => {
-                        let k = self.int_arg(arg(1), None, ctx, "kernel", 1)?;
-                        (
-                            self.int_arg(arg(0), None, ctx, "out", 1)?,
-                            k,
-                            self.int_arg(arg(2), Some(1), ctx, "stride", 1)?,
-                            self.int_arg(arg(3), Some((k - 1) / 2), ctx, "padding", 0)?,
-                            self.int_arg(arg(4), Some(1), ctx, "groups", 1)?,
-                            self.bool_arg(arg(5), false, ctx)?,
-                            arg(6),
-                        )
-                    }
-                    "conv3x3" | "conv1x1" => {
-                        let k = if name == "conv3x3" { 3 } else { 1 };
-                        (
-                            self.int_arg(arg(0), None, ctx, "out", 1)?,
-                            k,
-                            self.int_arg(arg(1), Some(1), ctx, "stride", 1)?,
-                            (k - 1) / 2,
-                            self.int_arg(arg(2), Some(1), ctx, "groups", 1)?,
-                            self.bool_arg(arg(3), false, ctx)?,
-                            arg(4),
-                        )
-                    }
-                    "dwconv" => {
-                        let k = self.int_arg(arg(0), None, ctx, "kernel", 1)?;
-                        (
-                            cin,
-                            k,
-                            self.int_arg(arg(1), Some(1), ctx, "stride", 1)?,
-                            self.int_arg(arg(2), Some((k - 1) / 2), ctx, "padding", 0)?,
-                            cin,
-                            self.bool_arg(arg(3), false, ctx)?,
-                            None,
-                        )
-                    }
-                    _ => (
-                        cin,
-                        3,
-                        self.int_arg(arg(0), Some(1), ctx, "stride", 1)?,
-                        1,
-                        cin,
-                        self.bool_arg(arg(1), false, ctx)?,
-                        None,
-                    ),
-                };
-                if let Some(e) = declared_in {
-                    let declared = self.int_arg(Some(e), None, ctx, "in", 1)?;
-                    if declared != cin {
-                        return Err(Box::new(
-                            Diagnostic::error("E0304", format!("channel mismatch: `{name}` expects {declared} input channels, gets {cin}"))
-                                .primary(e.span(), format!("declared {declared}"))
-                                .secondary(span, format!("the previous layer produces {cin} channels")),
-                        ));
-                    }
-                }
-                if cin % groups != 0 || out % groups != 0 {
-                    return Err(Box::new(
-                        Diagnostic::error("E0305", format!("groups = {groups} does not divide the channels ({cin} in, {out} out)"))
-                            .primary(span, "bad groups")
-                            .note("input and output channels must both be multiples of `groups`; a depthwise conv has groups = in = out channels"),
-                    ));
-                }
-                let (oh, ow) = self.spatial(h, wd, kernel, stride, padding, span, name)?;
-                let op = Op::Conv {
-                    out,
-                    kernel,
-                    stride,
-                    padding,
-                    groups,
-                    bias,
-                };
-                (op, Shape(vec![out, oh, ow]), Some(w_bit))
-            }
-            "bn" => {
-                map("bn")?;
-                (Op::BatchNorm, shape.clone(), None)
-            }
-            "relu" => (Op::Relu, shape.clone(), None),
-            "relu6" => (Op::Relu6, shape.clone(), None),
-            "act" => {
-                let mut ds = Diagnostics::default();
-                let bits = check::bit_ref(arg(0).expect("required"), &mut ds);
-                let q = match arg(1) {
-                    Some(e) => check::quantizer(e, &mut ds),
-                    None => Some(self.p.acts.clone()),
-                };
-                if let Some(d) = ds.items.into_iter().next() {
-                    return Err(Box::new(d));
-                }
-                let bits = self.bits(bits.expect("no error"), ctx.slot);
-                let quantizer = q.expect("no error");
-                quantizer_bits_ok(&quantizer, bits, span, "this places")?;
-                let name = self.node_name(ctx, call.label.as_ref(), "act")?;
-                let n = self.push_act(ctx, name, quantizer, bits, v.node, origin);
-                return Ok(Val { node: n, has_conv });
-            }
-            "avgpool" | "maxpool" => {
-                let (c, h, wd) = map(name)?;
-                let k = self.int_arg(arg(0), None, ctx, "kernel", 1)?;
-                let s = self.int_arg(arg(1), Some(k), ctx, "stride", 1)?;
-                let (pad, op) = if name == "avgpool" {
-                    let functional = self.bool_arg(arg(2), false, ctx)?;
-                    (
-                        0,
-                        Op::AvgPool {
-                            kernel: k,
-                            stride: s,
-                            functional,
-                        },
-                    )
-                } else {
-                    let p = self.int_arg(arg(2), Some(0), ctx, "padding", 0)?;
-                    (
-                        p,
-                        Op::MaxPool {
-                            kernel: k,
-                            stride: s,
-                            padding: p,
-                        },
-                    )
-                };
-                let (oh, ow) = self.spatial(h, wd, k, s, pad, span, name)?;
-                (op, Shape(vec![c, oh, ow]), None)
-            }
-            "adaptive_avgpool" => {
-                let (c, h, wd) = map(name)?;
-                let size = self.int_arg(arg(0), Some(1), ctx, "size", 1)?;
-                if size > h || size > wd {
-                    return Err(err(
-                        "E0306",
-                        format!("adaptive pooling to {size}x{size} from {h}x{wd}"),
-                        span,
-                        "output larger than input",
-                    ));
-                }
-                (
-                    Op::AdaptiveAvgPool { size },
-                    Shape(vec![c, size, size]),
+        let env = OpEnv {
+            call: op_call.name,
+            input: &shape,
+            span,
+            w_bit,
+            bits: self.p.bits[ctx.slot],
+            acts: &self.p.acts,
+        };
+        let lowered = (op_call.lower)(&args, &env)?;
+        let hooks = lowered.op.hooks();
+        let origin = Origin::Spec { span };
+        let has_conv = v.has_conv || matches!(lowered.op, Op::Conv(_));
+        let node = match lowered.out_bit {
+            // A quantizer sets its own output bits.
+            Some(bits) => {
+                let name = self.node_name(ctx, call.label.as_ref(), hooks.name_stem())?;
+                self.push_full(
+                    ctx.slot,
+                    name,
+                    lowered.op,
+                    vec![v.node],
+                    lowered.out,
                     None,
+                    bits,
+                    origin,
                 )
             }
-            "flatten" => (Op::Flatten, Shape(vec![shape.numel()]), None),
-            "linear" => {
-                if shape.0.len() != 1 {
-                    return Err(Box::new(
-                        Diagnostic::error(
-                            "E0308",
-                            format!("`linear` expects a flattened input, gets {shape}"),
-                        )
-                        .primary(span, "input is a feature map")
-                        .help("add `flatten` before `linear`"),
-                    ));
-                }
-                let fin = shape.0[0];
-                let out = self.int_arg(arg(0), None, ctx, "out", 1)?;
-                let bias = self.bool_arg(arg(1), true, ctx)?;
-                if let Some(e) = arg(2) {
-                    let declared = self.int_arg(Some(e), None, ctx, "in", 1)?;
-                    if declared != fin {
-                        return Err(Box::new(
-                            Diagnostic::error("E0304", format!("channel mismatch: `linear` expects {declared} input features, gets {fin}"))
-                                .primary(e.span(), format!("declared {declared}"))
-                                .secondary(span, format!("the previous layer produces {fin} features")),
-                        ));
-                    }
-                }
-                (Op::Linear { out, bias }, Shape(vec![out]), Some(w_bit))
-            }
-            other => unreachable!("op table entry {other} without lowering"),
-        };
-        let kind = match &op {
-            Op::Conv { .. } => "conv",
-            Op::AvgPool { .. } | Op::MaxPool { .. } | Op::AdaptiveAvgPool { .. } => "pool",
-            Op::Linear { .. } => "linear",
-            o => o.kind(),
-        };
-        check_size(&op, &shape, &out, span)?;
-        let is_conv = matches!(op, Op::Conv { .. });
-        let node_name = self.node_name(ctx, call.label.as_ref(), kind)?;
-        let n = self.push(ctx.slot, node_name, op, vec![v.node], out, w, origin);
-        Ok(Val {
-            node: n,
-            has_conv: has_conv || is_conv,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spatial(
-        &self,
-        h: i64,
-        w: i64,
-        k: i64,
-        s: i64,
-        p: i64,
-        span: Span,
-        name: &str,
-    ) -> LResult<(i64, i64)> {
-        if p >= k {
-            return Err(err(
-                "E0306",
-                format!("padding {p} is not smaller than the kernel {k}"),
-                span,
-                "bad padding",
-            ));
-        }
-        let (eh, ew) = (h + 2 * p - k, w + 2 * p - k);
-        if eh < 0 || ew < 0 {
-            return Err(err(
-                "E0306",
-                format!("`{name}` kernel {k} is larger than its {h}x{w} input"),
-                span,
-                "kernel too large",
-            ));
-        }
-        if h % s != 0 || w % s != 0 {
-            return Err(Box::new(
-                Diagnostic::error(
-                    "E0307",
-                    format!("stride {s} does not divide the spatial size {h}x{w}"),
+            None => {
+                check_size(hooks, &shape, &lowered.out, span)?;
+                let stem = hooks.name_stem();
+                let w = hooks.has_weights().then_some(w_bit);
+                let name = self.node_name(ctx, call.label.as_ref(), stem)?;
+                self.push(
+                    ctx.slot,
+                    name,
+                    lowered.op,
+                    vec![v.node],
+                    lowered.out,
+                    w,
+                    origin,
                 )
-                .primary(span, format!("input is {h}x{w} here"))
-                .help("use a stride that divides the input size, or change the input shape"),
-            ));
-        }
-        Ok((eh / s + 1, ew / s + 1))
+            }
+        };
+        Ok(Val { node, has_conv })
     }
 
-    fn call_block(&mut self, call: &Call, v: Val, ctx: &Ctx) -> LResult<Val> {
-        let b = self
-            .m
-            .blocks
-            .iter()
-            .find(|b| b.name.name == call.name.name)
-            .expect("checked: known op or block");
+    fn call_block(
+        &mut self,
+        call: &ResolvedCall,
+        block: usize,
+        args: &[ParamArg],
+        v: Val,
+        ctx: &Ctx,
+    ) -> LResult<Val> {
+        let b = &self.m.blocks[block];
         if ctx.depth >= MAX_CALL_DEPTH {
             return Err(err(
                 "E0111",
@@ -945,20 +712,13 @@ impl<'a> Lowerer<'a> {
                 format!("more than {MAX_CALL_DEPTH} levels of block calls"),
             ));
         }
-        let mut scratch = Diagnostics::default();
-        let bound = check::bind_block(b, &call.args, call.span, &mut scratch);
-        let mut vals = Vec::new();
-        for e in &bound {
-            vals.push(match e {
-                Some(e) => Some(self.eval(e, ctx)?),
-                None => None,
-            });
-        }
+        let given = self.given_args(args, ctx)?;
+        let classes = ctx.env.get("classes").copied().unwrap_or(Value::Int(0));
         let mut env = Env::from([
             ("cin".to_string(), Value::Int(self.channels(v.node))),
-            ("classes".into(), ctx.env["classes"]),
+            ("classes".into(), classes),
         ]);
-        self.bind_params(b, vals, &mut env, ctx)?;
+        self.bind_params(b, args, given, &mut env, ctx)?;
         let prefix = self.node_name(ctx, call.label.as_ref(), &b.name.name)?;
         let inner = Ctx {
             slot: ctx.slot,
@@ -972,54 +732,6 @@ impl<'a> Lowerer<'a> {
             node: out.node,
             has_conv: v.has_conv || out.has_conv || self.nodes[out.node].id != v.node,
         })
-    }
-
-    fn int_arg(
-        &self,
-        e: Option<&Expr>,
-        default: Option<i64>,
-        ctx: &Ctx,
-        what: &str,
-        min: i64,
-    ) -> LResult<i64> {
-        let (v, span) = match e {
-            Some(e) => match self.eval(e, ctx)? {
-                Value::Int(i) => (i, e.span()),
-                other => {
-                    return Err(err(
-                        "E0310",
-                        format!("`{what}` must be an integer, found {}", other.type_name()),
-                        e.span(),
-                        "expected an integer",
-                    ))
-                }
-            },
-            None => return Ok(default.expect("checked: required argument present")),
-        };
-        if v < min || v > MAX_DIM {
-            return Err(err(
-                "E0309",
-                format!("`{what}` = {v} is out of range"),
-                span,
-                format!("must be between {min} and {MAX_DIM}"),
-            ));
-        }
-        Ok(v)
-    }
-
-    fn bool_arg(&self, e: Option<&Expr>, default: bool, ctx: &Ctx) -> LResult<bool> {
-        match e {
-            None => Ok(default),
-            Some(e) => match self.eval(e, ctx)? {
-                Value::Bool(b) => Ok(b),
-                other => Err(err(
-                    "E0310",
-                    format!("expected a boolean, found {}", other.type_name()),
-                    e.span(),
-                    "expected `true` or `false`",
-                )),
-            },
-        }
     }
 
     fn eval(&self, e: &Expr, ctx: &Ctx) -> LResult<Value> {
@@ -1077,23 +789,17 @@ impl<'a> Lowerer<'a> {
 const MAX_ELEMENTS: i128 = 1 << 32;
 const MAX_LAYER_MACS: i128 = 1 << 44;
 
-fn check_size(op: &Op, input: &Shape, out: &Shape, span: Span) -> LResult<()> {
+fn check_size(op: &dyn NodeOp, input: &Shape, out: &Shape, span: Span) -> LResult<()> {
     let numel = out.0.iter().map(|&d| d as i128).product::<i128>();
-    let cin = input.0.first().copied().unwrap_or(0) as i128;
-    let weights = match op {
-        Op::Conv {
-            out: co,
-            kernel,
-            groups,
-            ..
-        } => (*co as i128) * (cin / *groups as i128) * (*kernel as i128).pow(2),
-        Op::Linear { out: co, .. } => (*co as i128) * cin,
-        _ => 0,
+    let io = NodeIo {
+        name: "",
+        in_shape: input,
+        out_shape: out,
+        w_bit: None,
+        out_bit: 32,
     };
-    let macs = match op {
-        Op::Conv { .. } => numel * weights / out.0[0].max(1) as i128,
-        _ => weights,
-    };
+    let size = op.size(&io);
+    let (weights, macs) = (size.weights, size.macs);
     if numel > MAX_ELEMENTS || weights > MAX_ELEMENTS || macs > MAX_LAYER_MACS {
         return Err(err(
             "E0309",
@@ -1102,20 +808,6 @@ fn check_size(op: &Op, input: &Shape, out: &Shape, span: Span) -> LResult<()> {
             format!(
                 "{numel} output elements, {weights} weights, {macs} MACs: beyond qatc's limits"
             ),
-        ));
-    }
-    Ok(())
-}
-
-/// mPACT keeps a sign bit: `k = b - 1` magnitude bits, so it needs b >= 2
-/// (the seed divides by zero at 1 bit).
-fn quantizer_bits_ok(q: &Quantizer, bits: u32, span: Span, what: &str) -> LResult<()> {
-    if matches!(q, Quantizer::Mpact { .. }) && bits < 2 {
-        return Err(Box::new(
-            Diagnostic::error("E0205", format!("{what} an mPACT quantizer at {bits} bit"))
-                .primary(span, "mPACT needs at least 2 bits")
-                .note("mPACT is symmetric: one bit holds the sign, b - 1 bits the magnitude")
-                .help("use 2 or more bits here, or `dorefa` / `pact` for 1-bit activations"),
         ));
     }
     Ok(())
@@ -1221,15 +913,15 @@ fn undefined(n: &Ident) -> Box<Diagnostic> {
     )
 }
 
-fn describe_args(b: &BlockDef, env: &Env) -> String {
+fn describe_args(b: &ResolvedBlock, env: &Env) -> String {
     let parts: Vec<String> = b
         .params
         .iter()
         .filter_map(|p| {
-            env.get(&p.name.name).map(|v| match v {
-                Value::Int(i) => format!("{} = {i}", p.name.name),
-                Value::Float(f) => format!("{} = {f}", p.name.name),
-                Value::Bool(x) => format!("{} = {x}", p.name.name),
+            env.get(&p.name).map(|v| match v {
+                Value::Int(i) => format!("{} = {i}", p.name),
+                Value::Float(f) => format!("{} = {f}", p.name),
+                Value::Bool(x) => format!("{} = {x}", p.name),
             })
         })
         .collect();

@@ -17,7 +17,8 @@
 //!   values at 32 bits; each tensor rounded up to whole bytes;
 //! - BOPs = MACs x w_bit x a_bit, with a_bit the bit-width of the layer's input.
 
-use crate::ir::{Graph, Op, Quantizer};
+use crate::ir::{Graph, Op};
+use crate::ops::hooks::{bytes, CostClass, Counts};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -67,69 +68,33 @@ pub struct Summary {
     pub totals: Totals,
 }
 
-fn bytes(bits: u64) -> u64 {
-    bits.div_ceil(8)
-}
-
 /// Computes the report for a graph.
 pub fn summarize(g: &Graph) -> Summary {
     let mut rows = Vec::new();
     let mut t = Totals::default();
     for n in &g.nodes {
-        if matches!(n.op, Op::Input) {
+        if matches!(n.op, Op::Input(_)) {
             continue;
         }
         let out = n.out_shape.numel() as u64;
-        let cin = n.in_shape.0.first().copied().unwrap_or(0) as u64;
         let w_bit = n.w_bit.unwrap_or(32) as u64;
-        let (mut params, mut macs, mut seed_ops, mut weight_bytes) = (0u64, 0u64, 0u64, 0u64);
-        match &n.op {
-            Op::Conv {
-                out: co,
-                kernel,
-                groups,
-                bias,
-                ..
-            } => {
-                let per = cin / *groups as u64 * (*kernel as u64).pow(2);
-                let w = *co as u64 * per;
-                params = w + if *bias { *co as u64 } else { 0 };
-                macs = out * per;
-                weight_bytes = bytes(w * w_bit) + if *bias { 4 * *co as u64 } else { 0 };
-                t.conv_macs = t.conv_macs.saturating_add(macs);
-            }
-            Op::Linear { out: co, bias } => {
-                let w = cin * *co as u64;
-                params = w + if *bias { *co as u64 } else { 0 };
-                macs = w;
-                weight_bytes = bytes(w * w_bit) + if *bias { 4 * *co as u64 } else { 0 };
-                t.fc_macs = t.fc_macs.saturating_add(macs);
-            }
-            Op::BatchNorm => {
-                params = 2 * cin;
-                seed_ops = 2 * out;
-                weight_bytes = bytes(2 * cin * g.bn_bits as u64);
-                t.bn_ops = t.bn_ops.saturating_add(seed_ops);
-            }
-            Op::AvgPool { functional, .. } => {
-                seed_ops = if *functional { 0 } else { out };
-                t.pool_ops = t.pool_ops.saturating_add(seed_ops);
-            }
-            Op::AdaptiveAvgPool { size } => {
-                let h = n.in_shape.0.get(1).copied().unwrap_or(1) as u64;
-                let w = n.in_shape.0.get(2).copied().unwrap_or(1) as u64;
-                let k = (h / *size as u64) * (w / *size as u64);
-                seed_ops = (k + 1) * out;
-                t.pool_ops = t.pool_ops.saturating_add(seed_ops);
-            }
-            Op::ActQuant { quantizer } => {
+        let Counts {
+            params,
+            macs,
+            seed_ops,
+            weight_bytes,
+            class,
+        } = n.op.hooks().counts(&n.io());
+        match class {
+            CostClass::Conv => t.conv_macs = t.conv_macs.saturating_add(macs),
+            CostClass::Fc => t.fc_macs = t.fc_macs.saturating_add(macs),
+            CostClass::BatchNorm => t.bn_ops = t.bn_ops.saturating_add(seed_ops),
+            CostClass::Pool => t.pool_ops = t.pool_ops.saturating_add(seed_ops),
+            CostClass::ActQuant { clip } => {
                 t.act_quantizers += 1;
-                if matches!(quantizer, Quantizer::Pact { .. } | Quantizer::Mpact { .. }) {
-                    t.clip_values += 1;
-                    weight_bytes = 4;
-                }
+                t.clip_values += u64::from(clip);
             }
-            _ => {}
+            CostClass::None => {}
         }
         let bops = macs.saturating_mul(w_bit * n.a_bit as u64);
         t.params = t.params.saturating_add(params);

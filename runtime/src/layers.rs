@@ -27,7 +27,7 @@
 //! - Initialisation is explicit: the seed's models use different schemes
 //!   ([`ConvInit`], [`LinearInit`]); the default is PyTorch's.
 
-use crate::quant::{check_bits, dorefa_weight, tracked, FLOAT_BITS};
+use crate::quant::{bits_supported, dorefa_weight, tracked, QuantError, FLOAT_BITS};
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 use tch::nn::{self, Init};
@@ -36,7 +36,15 @@ use tch::Tensor;
 /// The memory layout of the activations between layers (`--layout`,
 /// recorded in a run's settings as `channels-last` or `nchw`).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Layout {
@@ -47,6 +55,7 @@ pub enum Layout {
     /// the development machine (`docs/performance.md`).
     #[value(alias = "nhwc", alias = "channels_last")]
     #[serde(alias = "nhwc")]
+    #[default]
     ChannelsLast,
     /// Contiguous `NCHW` activations (each conv still runs on channels-last
     /// operands and converts its output back): the seed's layout, whose float
@@ -72,36 +81,44 @@ impl std::fmt::Display for Layout {
     /// `pytorch`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use clap::ValueEnum;
-        let value = self.to_possible_value().expect("no variant is skipped");
-        f.write_str(value.get_name())
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => write!(f, "{self:?}"),
+        }
     }
 }
 
+/// A `QATC_LAYOUT` value that names no [`Layout`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("QATC_LAYOUT={value:?}: expected `channels-last`, `nchw` or `pytorch`")]
+pub struct LayoutError {
+    /// The variable's value, as set.
+    pub value: String,
+}
+
 /// The layout in force on this thread: the one [`set_layout`] chose, else
-/// the one the environment variable `QATC_LAYOUT` names (`nchw` or
-/// `channels-last`; read once per process), else [`Layout::ChannelsLast`].
+/// the one the environment variable `QATC_LAYOUT` names (`nchw`,
+/// `channels-last` or `pytorch`; read once per process), else
+/// [`Layout::ChannelsLast`].
 ///
-/// # Panics
-/// If `QATC_LAYOUT` holds anything else (the generated binaries check it
-/// with [`layout_from_env`] first and report it as a usage error).
+/// A `QATC_LAYOUT` that names no layout is a usage error that the entry
+/// points report before any model runs ([`layout_from_env`]: the generated
+/// binaries' command line, `train`, `eval`); a program that embeds a model
+/// and skips that check gets the default here, not a panic.
 pub fn layout() -> Layout {
-    static FROM_ENV: OnceLock<Result<Layout, String>> = OnceLock::new();
-    LAYOUT.with(Cell::get).unwrap_or_else(|| {
-        FROM_ENV
-            .get_or_init(layout_from_env)
-            .clone()
-            .unwrap_or_else(|e| panic!("{e}"))
-    })
+    static FROM_ENV: OnceLock<Layout> = OnceLock::new();
+    LAYOUT
+        .with(Cell::get)
+        .unwrap_or_else(|| *FROM_ENV.get_or_init(|| layout_from_env().unwrap_or_default()))
 }
 
 /// The layout `QATC_LAYOUT` asks for ([`Layout::ChannelsLast`] when unset),
 /// or an error naming the variable and its bad value.
-pub fn layout_from_env() -> Result<Layout, String> {
+pub fn layout_from_env() -> Result<Layout, LayoutError> {
     match std::env::var("QATC_LAYOUT") {
         Err(_) => Ok(Layout::ChannelsLast),
-        Ok(v) => <Layout as clap::ValueEnum>::from_str(v.trim(), true).map_err(|_| {
-            format!("QATC_LAYOUT={v:?}: expected `channels-last`, `nchw` or `pytorch`")
-        }),
+        Ok(v) => <Layout as clap::ValueEnum>::from_str(v.trim(), true)
+            .map_err(|_| LayoutError { value: v }),
     }
 }
 
@@ -204,6 +221,33 @@ fn kaiming(dist: nn::init::NormalOrUniform, fan: nn::init::FanInOut) -> Init {
     }
 }
 
+/// Why a layer cannot be built as asked ([`QConv2d::try_new`],
+/// [`QLinear::try_new`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LayerError {
+    #[error("QConv2d: bad sizes (in {in_channels}, out {out_channels}, kernel {kernel}, stride {stride}, padding {padding})")]
+    ConvSizes {
+        in_channels: i64,
+        out_channels: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    },
+    #[error(
+        "QConv2d: {in_channels} -> {out_channels} channels cannot be split into {groups} groups"
+    )]
+    Groups {
+        in_channels: i64,
+        out_channels: i64,
+        groups: i64,
+    },
+    #[error("QLinear: bad sizes (in {in_features}, out {out_features})")]
+    LinearSizes { in_features: i64, out_features: i64 },
+    /// The weight's bit-width.
+    #[error(transparent)]
+    Bits(#[from] QuantError),
+}
+
 /// Options of a [`QConv2d`]; `Default` is stride 1, no padding, one group,
 /// no bias (the seed's convs have none) and PyTorch's initialisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,11 +289,13 @@ pub struct QConv2d {
 
 impl QConv2d {
     /// A conv layer `in_channels -> out_channels` with a `kernel x kernel`
-    /// kernel whose weight is quantized at `w_bit` bits.
+    /// kernel whose weight is quantized at `w_bit` bits. For the numbers of
+    /// a generated crate's own profile tables, which the compiler has
+    /// checked; numbers from elsewhere (a `Profile` made at run time) go
+    /// through [`QConv2d::try_new`].
     ///
     /// # Panics
-    /// If the channels are not divisible by `config.groups`, a size is not
-    /// positive, or `w_bit` is not a supported bit-width.
+    /// Where [`QConv2d::try_new`] returns an error (the same message).
     pub fn new(
         path: &nn::Path,
         in_channels: i64,
@@ -258,6 +304,24 @@ impl QConv2d {
         w_bit: u32,
         config: QConv2dConfig,
     ) -> Self {
+        match Self::try_new(path, in_channels, out_channels, kernel, w_bit, config) {
+            Ok(conv) => conv,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A conv layer as [`QConv2d::new`] makes it, or an error, before any
+    /// variable is created, where a size is not positive, the channels are
+    /// not divisible by `config.groups`, or `w_bit` is not a supported
+    /// bit-width (1..=16 or 32).
+    pub fn try_new(
+        path: &nn::Path,
+        in_channels: i64,
+        out_channels: i64,
+        kernel: i64,
+        w_bit: u32,
+        config: QConv2dConfig,
+    ) -> Result<Self, LayerError> {
         let QConv2dConfig {
             stride,
             padding,
@@ -265,15 +329,23 @@ impl QConv2d {
             bias,
             init,
         } = config;
-        assert!(
-            in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0 && padding >= 0,
-            "QConv2d: bad sizes (in {in_channels}, out {out_channels}, kernel {kernel}, stride {stride}, padding {padding})"
-        );
-        assert!(
-            groups > 0 && in_channels % groups == 0 && out_channels % groups == 0,
-            "QConv2d: {in_channels} -> {out_channels} channels cannot be split into {groups} groups"
-        );
-        check_bits("QConv2d weight", w_bit, 1);
+        if !(in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0 && padding >= 0) {
+            return Err(LayerError::ConvSizes {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            });
+        }
+        if !(groups > 0 && in_channels % groups == 0 && out_channels % groups == 0) {
+            return Err(LayerError::Groups {
+                in_channels,
+                out_channels,
+                groups,
+            });
+        }
+        bits_supported("QConv2d weight", w_bit, 1)?;
         let dims = [out_channels, in_channels / groups, kernel, kernel];
         let fan_in = in_channels / groups * kernel * kernel;
         use nn::init::{FanInOut, NormalOrUniform};
@@ -293,13 +365,13 @@ impl QConv2d {
         };
         let weight = path.var("weight", &dims, weight_init);
         let bias = bias.then(|| path.var("bias", &[out_channels], bias_init));
-        Self {
+        Ok(Self {
             weight,
             bias,
             w_bit,
             config,
             cache: WeightCache::default(),
-        }
+        })
     }
 
     /// The float weight (the variable that is trained).
@@ -424,10 +496,12 @@ pub struct QLinear {
 
 impl QLinear {
     /// A linear layer `in_features -> out_features` whose weight is
-    /// quantized at `w_bit` bits.
+    /// quantized at `w_bit` bits. For the numbers of a generated crate's own
+    /// profile tables; numbers from elsewhere go through
+    /// [`QLinear::try_new`].
     ///
     /// # Panics
-    /// If a size is not positive or `w_bit` is not a supported bit-width.
+    /// Where [`QLinear::try_new`] returns an error (the same message).
     pub fn new(
         path: &nn::Path,
         in_features: i64,
@@ -435,11 +509,29 @@ impl QLinear {
         w_bit: u32,
         config: QLinearConfig,
     ) -> Self {
-        assert!(
-            in_features > 0 && out_features > 0,
-            "QLinear: bad sizes (in {in_features}, out {out_features})"
-        );
-        check_bits("QLinear weight", w_bit, 1);
+        match Self::try_new(path, in_features, out_features, w_bit, config) {
+            Ok(fc) => fc,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A linear layer as [`QLinear::new`] makes it, or an error, before any
+    /// variable is created, where a size is not positive or `w_bit` is not
+    /// a supported bit-width (1..=16 or 32).
+    pub fn try_new(
+        path: &nn::Path,
+        in_features: i64,
+        out_features: i64,
+        w_bit: u32,
+        config: QLinearConfig,
+    ) -> Result<Self, LayerError> {
+        if !(in_features > 0 && out_features > 0) {
+            return Err(LayerError::LinearSizes {
+                in_features,
+                out_features,
+            });
+        }
+        bits_supported("QLinear weight", w_bit, 1)?;
         use nn::init::{FanInOut, NormalOrUniform};
         let (weight_init, bias_init) = match config.init {
             LinearInit::Normal { std } => (
@@ -462,12 +554,12 @@ impl QLinear {
         let bias = config
             .bias
             .then(|| path.var("bias", &[out_features], bias_init));
-        Self {
+        Ok(Self {
             weight,
             bias,
             w_bit,
             cache: WeightCache::default(),
-        }
+        })
     }
 
     /// The float weight (the variable that is trained).
@@ -616,6 +708,50 @@ mod tests {
         // Four bits: every weight on the grid of multiples of 1/7.
         let scaled = conv.quantized_weight() * 7.0;
         assert!((&scaled - scaled.round()).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn try_new_refuses_bad_profiles_before_making_variables() {
+        let vs = vs();
+        let conv = |w_bit, groups| {
+            let config = QConv2dConfig {
+                groups,
+                ..Default::default()
+            };
+            QConv2d::try_new(&vs.root(), 4, 6, 3, w_bit, config).map(|c| c.w_bit())
+        };
+        assert_eq!(
+            conv(17, 1).unwrap_err().to_string(),
+            "QConv2d weight: bit-width 17 not supported (expected 1..=16 or 32)"
+        );
+        assert_eq!(
+            conv(4, 4).unwrap_err(),
+            LayerError::Groups {
+                in_channels: 4,
+                out_channels: 6,
+                groups: 4
+            }
+        );
+        let err = QConv2d::try_new(&vs.root(), 0, 6, 3, 4, QConv2dConfig::default());
+        assert!(matches!(err, Err(LayerError::ConvSizes { .. })));
+        let err = QLinear::try_new(&vs.root(), 8, 10, 0, QLinearConfig::default());
+        assert!(matches!(err, Err(LayerError::Bits(_))));
+        let err = QLinear::try_new(&vs.root(), 8, -1, 4, QLinearConfig::default());
+        assert!(matches!(err, Err(LayerError::LinearSizes { .. })));
+        assert!(vs.variables().is_empty(), "nothing is made on an error");
+        assert_eq!(conv(4, 2).unwrap(), 4);
+    }
+
+    #[test]
+    fn layout_errors_name_the_variable() {
+        let e = LayoutError {
+            value: "nwhc".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "QATC_LAYOUT=\"nwhc\": expected `channels-last`, `nchw` or `pytorch`"
+        );
+        assert_eq!(Layout::default(), Layout::ChannelsLast);
     }
 
     #[test]

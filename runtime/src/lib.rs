@@ -22,6 +22,15 @@
 //! libtorch comes from the project's own install
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
 //! gives every binary an rpath to it.
+//!
+//! Unsafe code is confined to two FFI calls (`alloc`'s `mallopt`, the fused
+//! quantizer kernel in `quant`), each in a block with its `SAFETY` note;
+//! the crate defines no `unsafe fn`, and any that comes must keep its
+//! unsafe operations in blocks of their own
+//! (`#![deny(unsafe_op_in_unsafe_fn)]`) and say its contract under
+//! `# Safety`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
 pub mod bench;

@@ -45,10 +45,11 @@
 //! scalar fallback. Values and `dx` are the stock ops' bit for bit (same
 //! float operations in the same order, no FMA contraction); `dalpha` is the
 //! same sum in another order (float lanes flushed into doubles), equal within
-//! float rounding. On other devices and kinds (CUDA, f64), or where
-//! [`set_fused_kernels`] switched them off, the quantizers take the stock-op
-//! path below, which computes the same values and gradients with fewer and
-//! cheaper passes than the reference (`fused`):
+//! float rounding. On other devices and kinds (CUDA, f64), where
+//! [`set_fused_kernels`] switched them off, or where a kernel raised an
+//! error ([`QuantError::FusedKernel`], reported once), the quantizers take
+//! the stock-op path below, which computes the same values and gradients
+//! with fewer and cheaper passes than the reference (`fused`):
 //! - The carrier is one product per term: `x * slope` for DoReFa,
 //!   `x * mask + alpha * mask'` for PACT and mPACT, with float masks (same
 //!   kind, so vectorised) made without autograd in chunks of `CHUNK`
@@ -97,15 +98,6 @@ pub const ALPHA_L2_COEF: f64 = 0.0002;
 /// Name of the learnable clipping value under an [`ActQuant`]'s path.
 pub const ALPHA_VAR: &str = "alpha";
 
-/// Panics unless `bits` is [`FLOAT_BITS`] or in `min..=16`: the seed
-/// quantizes to at most 16 bits, and the checked spec never asks for more.
-pub(crate) fn check_bits(quantizer: &str, bits: u32, min: u32) {
-    assert!(
-        bits == FLOAT_BITS || (min..=16).contains(&bits),
-        "{quantizer}: bit-width {bits} not supported (expected {min}..=16 or {FLOAT_BITS})"
-    );
-}
-
 /// `2^k - 1` as a float: the number of quantization steps on each side.
 fn levels(k: u32) -> f64 {
     f64::from((1u32 << k) - 1)
@@ -113,7 +105,11 @@ fn levels(k: u32) -> f64 {
 
 pub mod reference;
 
+mod error;
 mod fused;
+
+pub use error::QuantError;
+pub(crate) use error::{bits_supported, check_bits, check_scale, scale_supported};
 
 thread_local! {
     /// Whether the activation quantizers take the fused C++ kernels on CPU
@@ -282,7 +278,7 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
         return x.shallow_clone();
     }
     if fused::applies(x, None) {
-        return fused::quantize(
+        let fast = fused::quantize(
             x,
             None,
             fused::Mode::Dorefa,
@@ -290,6 +286,9 @@ pub fn dorefa_activation(x: &Tensor, bits: u32) -> Tensor {
             fused::Act::None,
             tracked(x),
         );
+        if let Some(q) = fused::or_report(fast) {
+            return q;
+        }
     }
     fused(
         x,
@@ -332,7 +331,7 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     }
     let track = tracked(x) || tracked(alpha);
     if fused::applies(x, Some(alpha)) {
-        return fused::quantize(
+        let fast = fused::quantize(
             x,
             Some(alpha),
             fused::Mode::Pact,
@@ -340,6 +339,9 @@ pub fn pact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
             fused::Act::None,
             track,
         );
+        if let Some(q) = fused::or_report(fast) {
+            return q;
+        }
     }
     let a = alpha.detach();
     let s = a.reciprocal() * levels(bits);
@@ -383,7 +385,7 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
     }
     let track = tracked(x) || tracked(alpha);
     if fused::applies(x, Some(alpha)) {
-        return fused::quantize(
+        let fast = fused::quantize(
             x,
             Some(alpha),
             fused::Mode::Mpact,
@@ -391,6 +393,9 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
             fused::Act::None,
             track,
         );
+        if let Some(q) = fused::or_report(fast) {
+            return q;
+        }
     }
     let a = alpha.detach();
     let bound = a.abs();
@@ -433,10 +438,7 @@ pub fn mpact(x: &Tensor, alpha: &Tensor, bits: u32) -> Tensor {
 /// If `bits` is not 1..=16 or 32, or `scale` is not positive and finite.
 pub fn fixed_scale_pact(x: &Tensor, scale: f64, bits: u32) -> Tensor {
     check_bits("fixed-scale PACT", bits, 1);
-    assert!(
-        scale.is_finite() && scale > 0.0,
-        "fixed-scale PACT: scale must be positive and finite, got {scale}"
-    );
+    check_scale(scale);
     if bits == FLOAT_BITS {
         return x.shallow_clone();
     }
@@ -589,7 +591,8 @@ impl ActQuant {
     /// one, [`ActSpec::Off`] in the other).
     ///
     /// # Panics
-    /// As the constructor of the spec's kind does.
+    /// As the constructor of the spec's kind does ([`ActQuant::try_from_spec`]
+    /// returns those problems as errors).
     pub fn from_spec(path: &nn::Path, spec: ActSpec) -> ActQuant {
         match spec {
             ActSpec::Off => Self::off(),
@@ -598,6 +601,24 @@ impl ActQuant {
             ActSpec::Mpact { bits, alpha } => Self::mpact(path, bits, alpha),
             ActSpec::PactFixed { bits, scale } => Self::fixed_scale_pact(bits, scale),
         }
+    }
+
+    /// [`ActQuant::from_spec`] after checking the spec's numbers: a
+    /// bit-width the kind does not support or a fixed scale that is not
+    /// positive and finite is an error instead of a panic. For profiles
+    /// that come from outside the generated crate's own tables.
+    pub fn try_from_spec(path: &nn::Path, spec: ActSpec) -> Result<ActQuant, QuantError> {
+        match spec {
+            ActSpec::Off => {}
+            ActSpec::Dorefa { bits } => bits_supported("DoReFa activation quantizer", bits, 1)?,
+            ActSpec::Pact { bits, .. } => bits_supported("PACT", bits, 1)?,
+            ActSpec::Mpact { bits, .. } => bits_supported("mPACT", bits, 2)?,
+            ActSpec::PactFixed { bits, scale } => {
+                bits_supported("fixed-scale PACT", bits, 1)?;
+                scale_supported(scale)?;
+            }
+        }
+        Ok(Self::from_spec(path, spec))
     }
 
     /// The identity: a site switched off in this profile. Its bit-width is
@@ -658,10 +679,7 @@ impl ActQuant {
     /// If `bits` is not 1..=16 or 32, or `scale` is not positive and finite.
     pub fn fixed_scale_pact(bits: u32, scale: f64) -> Self {
         check_bits("fixed-scale PACT", bits, 1);
-        assert!(
-            scale.is_finite() && scale > 0.0,
-            "fixed-scale PACT: scale must be positive and finite, got {scale}"
-        );
+        check_scale(scale);
         Self {
             kind: ActQuantKind::FixedScalePact { scale },
             bits,
@@ -704,13 +722,14 @@ impl ActQuant {
             ActQuantKind::MPact => Some(fused::Mode::Mpact),
             ActQuantKind::Off | ActQuantKind::FixedScalePact { .. } => None,
         };
-        match mode {
-            Some(mode) if self.bits != FLOAT_BITS && fused::applies(x, alpha) => {
-                let track = tracked(x) || alpha.is_some_and(tracked);
-                fused::quantize(x, alpha, mode, self.bits, act, track)
+        if let Some(mode) = mode.filter(|_| self.bits != FLOAT_BITS && fused::applies(x, alpha)) {
+            let track = tracked(x) || alpha.is_some_and(tracked);
+            let fast = fused::quantize(x, alpha, mode, self.bits, act, track);
+            if let Some(q) = fused::or_report(fast) {
+                return q;
             }
-            _ => nn::Module::forward(self, &act.apply(x)),
         }
+        nn::Module::forward(self, &act.apply(x))
     }
 }
 
@@ -942,6 +961,21 @@ mod tests {
                 alpha: 1.0,
             },
         );
+    }
+
+    #[test]
+    fn try_from_spec_returns_the_error_from_spec_panics_with() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = ActQuant::try_from_spec(&vs.root(), ActSpec::mpact(1, 1.0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mPACT: bit-width 1 not supported (expected 2..=16 or 32)"
+        );
+        let err = ActQuant::try_from_spec(&vs.root(), ActSpec::pact_fixed(4, -1.0)).unwrap_err();
+        assert_eq!(err, QuantError::Scale { scale: -1.0 });
+        assert!(vs.variables().is_empty(), "nothing is made on an error");
+        let q = ActQuant::try_from_spec(&vs.root(), ActSpec::pact(4, 6.0)).unwrap();
+        assert_eq!((q.kind(), q.bits()), (ActQuantKind::Pact, 4));
     }
 
     #[test]

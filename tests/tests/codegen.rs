@@ -29,9 +29,9 @@ fn specs() -> Vec<(String, PathBuf)> {
 
 fn generate(label: &str, path: &Path) -> qatc::codegen::Crate {
     let src = Source::read(path).expect("readable");
-    let (model, checked, graphs) = driver::check_all(&src)
+    let c = driver::compile(&src)
         .unwrap_or_else(|d| panic!("{}", d.render_plain(&src.name, &src.text)));
-    qatc::codegen::generate(&model, &checked, &graphs, label, "../../runtime")
+    qatc::codegen::generate(&c, label, "../../runtime").expect("the compilation generates")
 }
 
 #[test]

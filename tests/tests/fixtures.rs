@@ -42,17 +42,17 @@ fn ok_fixtures_check_and_summarise() {
     );
     for path in files {
         let src = load(&path);
-        let (_, checked, graphs) = match driver::check_all(&src) {
-            Ok(r) => r,
+        let c = match driver::compile(&src) {
+            Ok(c) => c,
             Err(d) => panic!(
                 "{} should check:\n{}",
                 src.name,
                 d.render_plain(&src.name, &src.text)
             ),
         };
-        assert_eq!(graphs.len(), checked.profiles.len());
-        let g = driver::compile(&src, None).expect("default profile lowers");
-        let s = summary::summarize(&g);
+        assert_eq!(c.graphs.len(), c.resolved.profiles.len());
+        let g = c.graph(None).expect("default profile lowers");
+        let s = summary::summarize(g);
         insta::assert_snapshot!(format!("ok__{}", src.name), s.table());
     }
 }
@@ -67,7 +67,7 @@ fn err_fixtures_fail_with_pinned_diagnostics() {
     );
     for path in files {
         let src = load(&path);
-        let diags = match driver::check_all(&src) {
+        let diags = match driver::compile(&src) {
             Ok(_) => panic!("{} should fail its checks", src.name),
             Err(d) => d,
         };

@@ -8,7 +8,7 @@
 //!   output equal the seed's `int.*` taps, integer for integer. The seed
 //!   computes its float32 constants with libtorch's `sqrt` (MKL's `vsSqrt`),
 //!   which is not correctly rounded; the plan takes the same square roots
-//!   from libtorch (`qatc::int::seed_sqrt`), so that constants on a rounding
+//!   from libtorch (`qatc_int::seed_sqrt`), so that constants on a rounding
 //!   boundary come out as the seed's (the test checks that libtorch was
 //!   loaded).
 //! - The logits are the seed's float32 arithmetic: `F.linear` on float
@@ -31,7 +31,7 @@
 //!   half a step of the float ones).
 
 use qatc::driver::{self, Source};
-use qatc::int::{self, engine, Checkpoint, PlanOptions, Rounding};
+use qatc_int::{self as int, engine, Checkpoint, PlanOptions, Rounding};
 use safetensors::tensor::SafeTensors;
 use std::path::PathBuf;
 
@@ -100,7 +100,9 @@ fn plan(g: &Golden, rounding: Rounding) -> int::IntPlan {
 fn plan_with(g: &Golden, rounding: Rounding, head: int::FixedFormat) -> int::IntPlan {
     let src = Source::read(&spec("toynet.qspec")).unwrap();
     let model = driver::parse(&src).unwrap();
-    let graph = driver::compile(&src, Some("cfg-1*")).unwrap();
+    let graph = driver::compile(&src)
+        .and_then(|c| c.into_graph(Some("cfg-1*")))
+        .unwrap();
     let ck = Checkpoint::import(&g.bytes, &model, &graph, "seed", "state.").unwrap();
     // The seed clamps constants to their format silently (its head bias
     // does not fit fixed<32,16>); saturating reproduces it.
@@ -132,9 +134,9 @@ fn run_each(
 #[test]
 fn golden_toynet_trunc_is_bit_exact() {
     let g = golden();
-    let sqrt = qatc::int::seed_sqrt::source();
+    let sqrt = qatc_int::seed_sqrt::source();
     assert!(
-        matches!(sqrt, qatc::int::seed_sqrt::SqrtSource::Libtorch(_)),
+        matches!(sqrt, qatc_int::seed_sqrt::SqrtSource::Libtorch(_)),
         "the seed's square roots need libtorch: {sqrt:?}"
     );
     let st = SafeTensors::deserialize(&g.bytes).unwrap();
@@ -331,7 +333,9 @@ fn golden_resnet20_w8a8_integer_against_fake_quant() {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let src = Source::read(&spec("resnet20.qspec")).unwrap();
     let model = driver::parse(&src).unwrap();
-    let graph = driver::compile(&src, Some("w8a8")).unwrap();
+    let graph = driver::compile(&src)
+        .and_then(|c| c.into_graph(Some("w8a8")))
+        .unwrap();
     let ck = Checkpoint::import(&bytes, &model, &graph, "seed", "state.").unwrap();
     let plan = int::build(
         &graph,

@@ -20,9 +20,9 @@ fn spec_text(name: &str) -> String {
 /// whether the input was accepted.
 fn front_end(text: &str, syntax: Syntax) -> bool {
     let src = Source::from_text("fuzz", text, syntax);
-    match driver::check_all(&src) {
-        Ok((_, _, graphs)) => {
-            for g in &graphs {
+    match driver::compile(&src) {
+        Ok(c) => {
+            for g in &c.graphs {
                 let s = summary::summarize(g);
                 let _ = s.table();
                 let _ = g.dump();

@@ -10,7 +10,8 @@ fn totals(spec: &str, profile: Option<&str>) -> Totals {
         .join("../spec")
         .join(spec);
     let src = Source::read(&path).expect("spec readable");
-    let g = driver::compile(&src, profile)
+    let g = driver::compile(&src)
+        .and_then(|c| c.into_graph(profile))
         .unwrap_or_else(|d| panic!("{}", d.render_plain(&src.name, &src.text)));
     summarize(&g).totals
 }

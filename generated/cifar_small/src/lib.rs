@@ -104,9 +104,26 @@ impl CifarSmall {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "conv1"),
                 3,
                 16,
@@ -119,13 +136,13 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            ),
-            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 32,
@@ -138,16 +155,16 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 32,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act1"),
                 p.acts[1],
-            ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv1"),
                 32,
                 64,
@@ -160,16 +177,16 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 64,
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act1"),
                 p.acts[2],
-            ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_linear1: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "linear1"),
                 64,
                 10,
@@ -178,8 +195,8 @@ impl CifarSmall {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `s1.0` (`convbn` in stage `s1`): reads `stem.pool1`, returns `s1.0.pool1`.

@@ -191,9 +191,26 @@ impl Digits {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "conv1"),
                 1,
                 16,
@@ -206,13 +223,13 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            ),
-            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 16,
@@ -225,16 +242,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 16,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act1"),
                 p.acts[1],
-            ),
-            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv2"),
                 16,
                 16,
@@ -247,16 +264,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn2"),
                 16,
             ),
-            s1_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "out_act1"),
                 p.acts[2],
-            ),
-            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv3"),
                 16,
                 32,
@@ -269,12 +286,12 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn3"),
                 32,
             ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
+            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv1"),
                 16,
                 32,
@@ -287,16 +304,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 32,
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act1"),
                 p.acts[3],
-            ),
-            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv2"),
                 32,
                 32,
@@ -309,16 +326,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn2"),
                 32,
             ),
-            s2_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "out_act1"),
                 p.acts[4],
-            ),
-            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv1"),
                 32,
                 32,
@@ -331,16 +348,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 32,
             ),
-            s2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act1"),
                 p.acts[5],
-            ),
-            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv2"),
                 32,
                 32,
@@ -353,16 +370,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn2"),
                 32,
             ),
-            s2_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "out_act1"),
                 p.acts[6],
-            ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_linear1: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "linear1"),
                 32,
                 10,
@@ -371,8 +388,8 @@ impl Digits {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `s1.0` (`basic` in stage `s1`): reads `stem.act1`, returns `s1.0.out_act1`.

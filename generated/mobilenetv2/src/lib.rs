@@ -1067,9 +1067,26 @@ impl Mobilenetv2 {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_stem: qatc_runtime::layers::QConv2d::new(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_stem: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "stem"),
                 3,
                 32,
@@ -1082,13 +1099,13 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 32),
-            stem_actq_first: qatc_runtime::quant::ActQuant::from_spec(
+            stem_actq_first: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "actq_first"),
                 p.acts[0],
-            ),
-            s1_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "shortcut" / "0"),
                 32,
                 16,
@@ -1101,16 +1118,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "shortcut" / "1"),
                 16,
             ),
-            s1_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant4"),
                 p.acts[1],
-            ),
-            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv1"),
                 32,
                 32,
@@ -1123,16 +1140,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 32,
             ),
-            s1_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant1"),
                 p.acts[2],
-            ),
-            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv2"),
                 32,
                 32,
@@ -1145,16 +1162,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn2"),
                 32,
             ),
-            s1_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant2"),
                 p.acts[3],
-            ),
-            s1_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv3"),
                 32,
                 16,
@@ -1167,16 +1184,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s1_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn3"),
                 16,
             ),
-            s1_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant3"),
                 p.acts[4],
-            ),
-            s2_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "shortcut" / "0"),
                 16,
                 24,
@@ -1189,16 +1206,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "shortcut" / "1"),
                 24,
             ),
-            s2_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant4"),
                 p.acts[5],
-            ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv1"),
                 16,
                 96,
@@ -1211,16 +1228,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 96,
             ),
-            s2_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant1"),
                 p.acts[6],
-            ),
-            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv2"),
                 96,
                 96,
@@ -1233,16 +1250,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn2"),
                 96,
             ),
-            s2_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant2"),
                 p.acts[7],
-            ),
-            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv3"),
                 96,
                 24,
@@ -1255,16 +1272,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn3"),
                 24,
             ),
-            s2_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant3"),
                 p.acts[8],
-            ),
-            s2_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "shortcut" / "0"),
                 24,
                 24,
@@ -1277,16 +1294,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "shortcut" / "1"),
                 24,
             ),
-            s2_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant4"),
                 p.acts[9],
-            ),
-            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv1"),
                 24,
                 144,
@@ -1299,16 +1316,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 144,
             ),
-            s2_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant1"),
                 p.acts[10],
-            ),
-            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv2"),
                 144,
                 144,
@@ -1321,16 +1338,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn2"),
                 144,
             ),
-            s2_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant2"),
                 p.acts[11],
-            ),
-            s2_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv3"),
                 144,
                 24,
@@ -1343,16 +1360,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s2_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn3"),
                 24,
             ),
-            s2_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant3"),
                 p.acts[12],
-            ),
-            s3_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv1"),
                 24,
                 144,
@@ -1365,16 +1382,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn1"),
                 144,
             ),
-            s3_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant1"),
                 p.acts[13],
-            ),
-            s3_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv2"),
                 144,
                 144,
@@ -1387,16 +1404,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn2"),
                 144,
             ),
-            s3_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s3_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant2"),
                 p.acts[14],
-            ),
-            s3_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv3"),
                 144,
                 32,
@@ -1409,16 +1426,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn3"),
                 32,
             ),
-            s3_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s3_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant3"),
                 p.acts[15],
-            ),
-            s3_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "shortcut" / "0"),
                 32,
                 32,
@@ -1431,16 +1448,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "shortcut" / "1"),
                 32,
             ),
-            s3_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s3_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant4"),
                 p.acts[16],
-            ),
-            s3_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv1"),
                 32,
                 192,
@@ -1453,16 +1470,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn1"),
                 192,
             ),
-            s3_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant1"),
                 p.acts[17],
-            ),
-            s3_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv2"),
                 192,
                 192,
@@ -1475,16 +1492,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn2"),
                 192,
             ),
-            s3_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s3_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant2"),
                 p.acts[18],
-            ),
-            s3_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv3"),
                 192,
                 32,
@@ -1497,16 +1514,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn3"),
                 32,
             ),
-            s3_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s3_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant3"),
                 p.acts[19],
-            ),
-            s3_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "shortcut" / "0"),
                 32,
                 32,
@@ -1519,16 +1536,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "shortcut" / "1"),
                 32,
             ),
-            s3_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s3_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant4"),
                 p.acts[20],
-            ),
-            s3_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv1"),
                 32,
                 192,
@@ -1541,16 +1558,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn1"),
                 192,
             ),
-            s3_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant1"),
                 p.acts[21],
-            ),
-            s3_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv2"),
                 192,
                 192,
@@ -1563,16 +1580,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn2"),
                 192,
             ),
-            s3_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s3_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant2"),
                 p.acts[22],
-            ),
-            s3_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv3"),
                 192,
                 32,
@@ -1585,16 +1602,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s3_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn3"),
                 32,
             ),
-            s3_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s3_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant3"),
                 p.acts[23],
-            ),
-            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv1"),
                 32,
                 192,
@@ -1607,16 +1624,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn1"),
                 192,
             ),
-            s4_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant1"),
                 p.acts[24],
-            ),
-            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv2"),
                 192,
                 192,
@@ -1629,16 +1646,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn2"),
                 192,
             ),
-            s4_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s4_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant2"),
                 p.acts[25],
-            ),
-            s4_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv3"),
                 192,
                 64,
@@ -1651,16 +1668,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn3"),
                 64,
             ),
-            s4_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s4_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant3"),
                 p.acts[26],
-            ),
-            s4_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "shortcut" / "0"),
                 64,
                 64,
@@ -1673,16 +1690,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "shortcut" / "1"),
                 64,
             ),
-            s4_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s4_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant4"),
                 p.acts[27],
-            ),
-            s4_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv1"),
                 64,
                 384,
@@ -1695,16 +1712,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn1"),
                 384,
             ),
-            s4_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant1"),
                 p.acts[28],
-            ),
-            s4_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv2"),
                 384,
                 384,
@@ -1717,16 +1734,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn2"),
                 384,
             ),
-            s4_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s4_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant2"),
                 p.acts[29],
-            ),
-            s4_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv3"),
                 384,
                 64,
@@ -1739,16 +1756,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn3"),
                 64,
             ),
-            s4_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s4_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant3"),
                 p.acts[30],
-            ),
-            s4_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "shortcut" / "0"),
                 64,
                 64,
@@ -1761,16 +1778,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "shortcut" / "1"),
                 64,
             ),
-            s4_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s4_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant4"),
                 p.acts[31],
-            ),
-            s4_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv1"),
                 64,
                 384,
@@ -1783,16 +1800,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn1"),
                 384,
             ),
-            s4_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant1"),
                 p.acts[32],
-            ),
-            s4_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv2"),
                 384,
                 384,
@@ -1805,16 +1822,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn2"),
                 384,
             ),
-            s4_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s4_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant2"),
                 p.acts[33],
-            ),
-            s4_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv3"),
                 384,
                 64,
@@ -1827,16 +1844,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn3"),
                 64,
             ),
-            s4_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s4_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant3"),
                 p.acts[34],
-            ),
-            s4_3_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_3_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "3" / "shortcut" / "0"),
                 64,
                 64,
@@ -1849,16 +1866,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "shortcut" / "1"),
                 64,
             ),
-            s4_3_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s4_3_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "3" / "act_quant4"),
                 p.acts[35],
-            ),
-            s4_3_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_3_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "3" / "conv1"),
                 64,
                 384,
@@ -1871,16 +1888,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_3_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn1"),
                 384,
             ),
-            s4_3_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_3_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "3" / "act_quant1"),
                 p.acts[36],
-            ),
-            s4_3_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_3_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "3" / "conv2"),
                 384,
                 384,
@@ -1893,16 +1910,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_3_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn2"),
                 384,
             ),
-            s4_3_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s4_3_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "3" / "act_quant2"),
                 p.acts[37],
-            ),
-            s4_3_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_3_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "3" / "conv3"),
                 384,
                 64,
@@ -1915,16 +1932,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s4_3_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn3"),
                 64,
             ),
-            s4_3_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s4_3_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "3" / "act_quant3"),
                 p.acts[38],
-            ),
-            s5_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "0" / "shortcut" / "0"),
                 64,
                 96,
@@ -1937,16 +1954,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "shortcut" / "1"),
                 96,
             ),
-            s5_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s5_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "0" / "act_quant4"),
                 p.acts[39],
-            ),
-            s5_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "0" / "conv1"),
                 64,
                 384,
@@ -1959,16 +1976,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn1"),
                 384,
             ),
-            s5_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s5_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "0" / "act_quant1"),
                 p.acts[40],
-            ),
-            s5_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "0" / "conv2"),
                 384,
                 384,
@@ -1981,16 +1998,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn2"),
                 384,
             ),
-            s5_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s5_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "0" / "act_quant2"),
                 p.acts[41],
-            ),
-            s5_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "0" / "conv3"),
                 384,
                 96,
@@ -2003,16 +2020,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn3"),
                 96,
             ),
-            s5_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s5_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "0" / "act_quant3"),
                 p.acts[42],
-            ),
-            s5_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "1" / "shortcut" / "0"),
                 96,
                 96,
@@ -2025,16 +2042,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "shortcut" / "1"),
                 96,
             ),
-            s5_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s5_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "1" / "act_quant4"),
                 p.acts[43],
-            ),
-            s5_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "1" / "conv1"),
                 96,
                 576,
@@ -2047,16 +2064,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn1"),
                 576,
             ),
-            s5_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s5_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "1" / "act_quant1"),
                 p.acts[44],
-            ),
-            s5_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "1" / "conv2"),
                 576,
                 576,
@@ -2069,16 +2086,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn2"),
                 576,
             ),
-            s5_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s5_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "1" / "act_quant2"),
                 p.acts[45],
-            ),
-            s5_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "1" / "conv3"),
                 576,
                 96,
@@ -2091,16 +2108,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn3"),
                 96,
             ),
-            s5_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s5_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "1" / "act_quant3"),
                 p.acts[46],
-            ),
-            s5_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "2" / "shortcut" / "0"),
                 96,
                 96,
@@ -2113,16 +2130,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "shortcut" / "1"),
                 96,
             ),
-            s5_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s5_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "2" / "act_quant4"),
                 p.acts[47],
-            ),
-            s5_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "2" / "conv1"),
                 96,
                 576,
@@ -2135,16 +2152,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn1"),
                 576,
             ),
-            s5_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s5_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "2" / "act_quant1"),
                 p.acts[48],
-            ),
-            s5_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "2" / "conv2"),
                 576,
                 576,
@@ -2157,16 +2174,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn2"),
                 576,
             ),
-            s5_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s5_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "2" / "act_quant2"),
                 p.acts[49],
-            ),
-            s5_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s5_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s5" / "2" / "conv3"),
                 576,
                 96,
@@ -2179,16 +2196,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s5_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn3"),
                 96,
             ),
-            s5_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s5_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s5" / "2" / "act_quant3"),
                 p.acts[50],
-            ),
-            s6_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "0" / "conv1"),
                 96,
                 576,
@@ -2201,16 +2218,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn1"),
                 576,
             ),
-            s6_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s6_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "0" / "act_quant1"),
                 p.acts[51],
-            ),
-            s6_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "0" / "conv2"),
                 576,
                 576,
@@ -2223,16 +2240,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn2"),
                 576,
             ),
-            s6_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s6_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "0" / "act_quant2"),
                 p.acts[52],
-            ),
-            s6_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "0" / "conv3"),
                 576,
                 160,
@@ -2245,16 +2262,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn3"),
                 160,
             ),
-            s6_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s6_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "0" / "act_quant3"),
                 p.acts[53],
-            ),
-            s6_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "1" / "shortcut" / "0"),
                 160,
                 160,
@@ -2267,16 +2284,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "shortcut" / "1"),
                 160,
             ),
-            s6_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s6_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "1" / "act_quant4"),
                 p.acts[54],
-            ),
-            s6_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "1" / "conv1"),
                 160,
                 960,
@@ -2289,16 +2306,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn1"),
                 960,
             ),
-            s6_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s6_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "1" / "act_quant1"),
                 p.acts[55],
-            ),
-            s6_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "1" / "conv2"),
                 960,
                 960,
@@ -2311,16 +2328,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn2"),
                 960,
             ),
-            s6_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s6_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "1" / "act_quant2"),
                 p.acts[56],
-            ),
-            s6_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "1" / "conv3"),
                 960,
                 160,
@@ -2333,16 +2350,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn3"),
                 160,
             ),
-            s6_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s6_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "1" / "act_quant3"),
                 p.acts[57],
-            ),
-            s6_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "2" / "shortcut" / "0"),
                 160,
                 160,
@@ -2355,16 +2372,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "shortcut" / "1"),
                 160,
             ),
-            s6_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s6_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "2" / "act_quant4"),
                 p.acts[58],
-            ),
-            s6_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "2" / "conv1"),
                 160,
                 960,
@@ -2377,16 +2394,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn1"),
                 960,
             ),
-            s6_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s6_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "2" / "act_quant1"),
                 p.acts[59],
-            ),
-            s6_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "2" / "conv2"),
                 960,
                 960,
@@ -2399,16 +2416,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn2"),
                 960,
             ),
-            s6_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s6_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "2" / "act_quant2"),
                 p.acts[60],
-            ),
-            s6_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s6_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s6" / "2" / "conv3"),
                 960,
                 160,
@@ -2421,16 +2438,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s6_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn3"),
                 160,
             ),
-            s6_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s6_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s6" / "2" / "act_quant3"),
                 p.acts[61],
-            ),
-            s7_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s7_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s7" / "0" / "shortcut" / "0"),
                 160,
                 320,
@@ -2443,16 +2460,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "shortcut" / "1"),
                 320,
             ),
-            s7_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
+            s7_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s7" / "0" / "act_quant4"),
                 p.acts[62],
-            ),
-            s7_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s7_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s7" / "0" / "conv1"),
                 160,
                 960,
@@ -2465,16 +2482,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s7_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn1"),
                 960,
             ),
-            s7_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
+            s7_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s7" / "0" / "act_quant1"),
                 p.acts[63],
-            ),
-            s7_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s7_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s7" / "0" / "conv2"),
                 960,
                 960,
@@ -2487,16 +2504,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s7_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn2"),
                 960,
             ),
-            s7_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
+            s7_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s7" / "0" / "act_quant2"),
                 p.acts[64],
-            ),
-            s7_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s7_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s7" / "0" / "conv3"),
                 960,
                 320,
@@ -2509,16 +2526,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             s7_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn3"),
                 320,
             ),
-            s7_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
+            s7_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s7" / "0" / "act_quant3"),
                 p.acts[65],
-            ),
-            head_head: qatc_runtime::layers::QConv2d::new(
+            )?,
+            head_head: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "head" / "head"),
                 320,
                 1280,
@@ -2531,16 +2548,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             head_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "head" / "bn2"),
                 1280,
             ),
-            head_act1: qatc_runtime::quant::ActQuant::from_spec(
+            head_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "head" / "act1"),
                 p.acts[66],
-            ),
-            fc_linear: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_linear: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "linear"),
                 1280,
                 10,
@@ -2549,8 +2566,8 @@ impl Mobilenetv2 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `s1.0` (`inverted` in stage `s1`): reads `stem.actq_first`, returns `s1.0.act_quant3`.

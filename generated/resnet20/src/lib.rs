@@ -504,9 +504,26 @@ impl Resnet20 {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_stem: qatc_runtime::layers::QConv2d::new(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_stem: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "stem"),
                 3,
                 16,
@@ -519,13 +536,13 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            ),
-            stage1_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "0" / "conv1"),
                 16,
                 16,
@@ -538,16 +555,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "0" / "bn1"),
                 16,
             ),
-            stage1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "0" / "act1"),
                 p.acts[1],
-            ),
-            stage1_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "0" / "conv2"),
                 16,
                 16,
@@ -560,16 +577,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "0" / "bn2"),
                 16,
             ),
-            stage1_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "0" / "add_act1"),
                 p.acts[2],
-            ),
-            stage1_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "1" / "conv1"),
                 16,
                 16,
@@ -582,16 +599,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "1" / "bn1"),
                 16,
             ),
-            stage1_1_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "1" / "act1"),
                 p.acts[3],
-            ),
-            stage1_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "1" / "conv2"),
                 16,
                 16,
@@ -604,16 +621,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "1" / "bn2"),
                 16,
             ),
-            stage1_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "1" / "add_act1"),
                 p.acts[4],
-            ),
-            stage1_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "2" / "conv1"),
                 16,
                 16,
@@ -626,16 +643,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "2" / "bn1"),
                 16,
             ),
-            stage1_2_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "2" / "act1"),
                 p.acts[5],
-            ),
-            stage1_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage1_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage1" / "2" / "conv2"),
                 16,
                 16,
@@ -648,16 +665,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage1_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "2" / "bn2"),
                 16,
             ),
-            stage1_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage1_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage1" / "2" / "add_act1"),
                 p.acts[6],
-            ),
-            stage2_0_identity_conv: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_0_identity_conv: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "0" / "identity_conv"),
                 16,
                 32,
@@ -670,16 +687,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn3"),
                 32,
             ),
-            stage2_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_0_shortcut_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "0" / "shortcut_act1"),
                 p.acts[7],
-            ),
-            stage2_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "0" / "conv1"),
                 16,
                 32,
@@ -692,16 +709,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn1"),
                 32,
             ),
-            stage2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "0" / "act1"),
                 p.acts[8],
-            ),
-            stage2_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "0" / "conv2"),
                 32,
                 32,
@@ -714,16 +731,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn2"),
                 32,
             ),
-            stage2_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "0" / "add_act1"),
                 p.acts[9],
-            ),
-            stage2_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "1" / "conv1"),
                 32,
                 32,
@@ -736,16 +753,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "1" / "bn1"),
                 32,
             ),
-            stage2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "1" / "act1"),
                 p.acts[10],
-            ),
-            stage2_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "1" / "conv2"),
                 32,
                 32,
@@ -758,16 +775,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "1" / "bn2"),
                 32,
             ),
-            stage2_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "1" / "add_act1"),
                 p.acts[11],
-            ),
-            stage2_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "2" / "conv1"),
                 32,
                 32,
@@ -780,16 +797,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "2" / "bn1"),
                 32,
             ),
-            stage2_2_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "2" / "act1"),
                 p.acts[12],
-            ),
-            stage2_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage2_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage2" / "2" / "conv2"),
                 32,
                 32,
@@ -802,16 +819,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage2_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "2" / "bn2"),
                 32,
             ),
-            stage2_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage2_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage2" / "2" / "add_act1"),
                 p.acts[13],
-            ),
-            stage3_0_identity_conv: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_0_identity_conv: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "0" / "identity_conv"),
                 32,
                 64,
@@ -824,16 +841,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn3"),
                 64,
             ),
-            stage3_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_0_shortcut_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "0" / "shortcut_act1"),
                 p.acts[14],
-            ),
-            stage3_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "0" / "conv1"),
                 32,
                 64,
@@ -846,16 +863,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn1"),
                 64,
             ),
-            stage3_0_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "0" / "act1"),
                 p.acts[15],
-            ),
-            stage3_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "0" / "conv2"),
                 64,
                 64,
@@ -868,16 +885,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn2"),
                 64,
             ),
-            stage3_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "0" / "add_act1"),
                 p.acts[16],
-            ),
-            stage3_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "1" / "conv1"),
                 64,
                 64,
@@ -890,16 +907,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "1" / "bn1"),
                 64,
             ),
-            stage3_1_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "1" / "act1"),
                 p.acts[17],
-            ),
-            stage3_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "1" / "conv2"),
                 64,
                 64,
@@ -912,16 +929,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "1" / "bn2"),
                 64,
             ),
-            stage3_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "1" / "add_act1"),
                 p.acts[18],
-            ),
-            stage3_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "2" / "conv1"),
                 64,
                 64,
@@ -934,16 +951,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "2" / "bn1"),
                 64,
             ),
-            stage3_2_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "2" / "act1"),
                 p.acts[19],
-            ),
-            stage3_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stage3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stage3" / "2" / "conv2"),
                 64,
                 64,
@@ -956,20 +973,20 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            ),
+            )?,
             stage3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "2" / "bn2"),
                 64,
             ),
-            stage3_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stage3_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stage3" / "2" / "add_act1"),
                 p.acts[20],
-            ),
-            head_act1: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            head_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "head" / "act1"),
                 p.acts[21],
-            ),
-            fc_output: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_output: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "output"),
                 64,
                 10,
@@ -978,8 +995,8 @@ impl Resnet20 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `stage1.0` (`basic` in stage `stage1`): reads `stem.act1`, returns `stage1.0.add_act1`.

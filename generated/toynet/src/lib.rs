@@ -586,13 +586,30 @@ impl Toynet {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_act_quant_in: qatc_runtime::quant::ActQuant::from_spec(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_act_quant_in: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act_quant_in"),
                 p.acts[0],
-            ),
-            stem_conv: qatc_runtime::layers::QConv2d::new(
+            )?,
+            stem_conv: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "conv"),
                 3,
                 16,
@@ -605,13 +622,13 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             stem_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn"), 16),
-            stem_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            stem_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act_quant_out"),
                 p.acts[1],
-            ),
-            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 16,
@@ -624,16 +641,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 16,
             ),
-            s1_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s1_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant_in1"),
                 p.acts[2],
-            ),
-            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv2"),
                 16,
                 64,
@@ -646,12 +663,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant_in2"),
                 p.acts[3],
-            ),
-            s1_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s1_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s1" / "0" / "conv3"),
                 64,
                 16,
@@ -664,16 +681,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s1_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s1_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s1" / "0" / "act_quant_out"),
                 p.acts[4],
-            ),
+            )?,
             s2_0_norm: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "norm"),
                 16,
             ),
-            s2_0_downsample: qatc_runtime::layers::QConv2d::new(
+            s2_0_downsample: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "downsample"),
                 16,
                 32,
@@ -686,12 +703,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_0_actq_down: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "actq_down"),
                 p.acts[5],
-            ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv1"),
                 32,
                 32,
@@ -704,16 +721,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 32,
             ),
-            s2_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant_in1"),
                 p.acts[6],
-            ),
-            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv2"),
                 32,
                 128,
@@ -726,12 +743,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant_in2"),
                 p.acts[7],
-            ),
-            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "0" / "conv3"),
                 128,
                 32,
@@ -744,12 +761,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "0" / "act_quant_out"),
                 p.acts[8],
-            ),
-            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv1"),
                 32,
                 32,
@@ -762,16 +779,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 32,
             ),
-            s2_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant_in1"),
                 p.acts[9],
-            ),
-            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv2"),
                 32,
                 128,
@@ -784,12 +801,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant_in2"),
                 p.acts[10],
-            ),
-            s2_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "1" / "conv3"),
                 128,
                 32,
@@ -802,12 +819,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "1" / "act_quant_out"),
                 p.acts[11],
-            ),
-            s2_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "2" / "conv1"),
                 32,
                 32,
@@ -820,16 +837,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "2" / "bn1"),
                 32,
             ),
-            s2_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s2_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "2" / "act_quant_in1"),
                 p.acts[12],
-            ),
-            s2_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "2" / "conv2"),
                 32,
                 128,
@@ -842,12 +859,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "2" / "act_quant_in2"),
                 p.acts[13],
-            ),
-            s2_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s2_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s2" / "2" / "conv3"),
                 128,
                 32,
@@ -860,12 +877,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s2_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s2_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s2" / "2" / "act_quant_out"),
                 p.acts[14],
-            ),
-            s3_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv1"),
                 32,
                 32,
@@ -878,16 +895,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn1"),
                 32,
             ),
-            s3_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant_in1"),
                 p.acts[15],
-            ),
-            s3_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv2"),
                 32,
                 128,
@@ -900,12 +917,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant_in2"),
                 p.acts[16],
-            ),
-            s3_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "0" / "conv3"),
                 128,
                 32,
@@ -918,12 +935,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "0" / "act_quant_out"),
                 p.acts[17],
-            ),
-            s3_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv1"),
                 32,
                 32,
@@ -936,16 +953,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn1"),
                 32,
             ),
-            s3_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant_in1"),
                 p.acts[18],
-            ),
-            s3_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv2"),
                 32,
                 128,
@@ -958,12 +975,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant_in2"),
                 p.acts[19],
-            ),
-            s3_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "1" / "conv3"),
                 128,
                 32,
@@ -976,12 +993,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "1" / "act_quant_out"),
                 p.acts[20],
-            ),
-            s3_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv1"),
                 32,
                 32,
@@ -994,16 +1011,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn1"),
                 32,
             ),
-            s3_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s3_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant_in1"),
                 p.acts[21],
-            ),
-            s3_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv2"),
                 32,
                 128,
@@ -1016,12 +1033,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant_in2"),
                 p.acts[22],
-            ),
-            s3_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s3_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s3" / "2" / "conv3"),
                 128,
                 32,
@@ -1034,16 +1051,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s3_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s3_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s3" / "2" / "act_quant_out"),
                 p.acts[23],
-            ),
+            )?,
             s4_0_norm: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "norm"),
                 32,
             ),
-            s4_0_downsample: qatc_runtime::layers::QConv2d::new(
+            s4_0_downsample: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "downsample"),
                 32,
                 64,
@@ -1056,12 +1073,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_0_actq_down: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "actq_down"),
                 p.acts[24],
-            ),
-            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv1"),
                 64,
                 64,
@@ -1074,16 +1091,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn1"),
                 64,
             ),
-            s4_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant_in1"),
                 p.acts[25],
-            ),
-            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv2"),
                 64,
                 256,
@@ -1096,12 +1113,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant_in2"),
                 p.acts[26],
-            ),
-            s4_0_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_0_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "0" / "conv3"),
                 256,
                 64,
@@ -1114,12 +1131,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "0" / "act_quant_out"),
                 p.acts[27],
-            ),
-            s4_1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv1"),
                 64,
                 64,
@@ -1132,16 +1149,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn1"),
                 64,
             ),
-            s4_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant_in1"),
                 p.acts[28],
-            ),
-            s4_1_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv2"),
                 64,
                 256,
@@ -1154,12 +1171,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant_in2"),
                 p.acts[29],
-            ),
-            s4_1_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_1_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "1" / "conv3"),
                 256,
                 64,
@@ -1172,12 +1189,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "1" / "act_quant_out"),
                 p.acts[30],
-            ),
-            s4_2_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv1"),
                 64,
                 64,
@@ -1190,16 +1207,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn1"),
                 64,
             ),
-            s4_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
+            s4_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant_in1"),
                 p.acts[31],
-            ),
-            s4_2_conv2: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv2: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv2"),
                 64,
                 256,
@@ -1212,12 +1229,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant_in2"),
                 p.acts[32],
-            ),
-            s4_2_conv3: qatc_runtime::layers::QConv2d::new(
+            )?,
+            s4_2_conv3: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "s4" / "2" / "conv3"),
                 256,
                 64,
@@ -1230,12 +1247,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
-            s4_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            s4_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "s4" / "2" / "act_quant_out"),
                 p.acts[33],
-            ),
-            head_conv: qatc_runtime::layers::QConv2d::new(
+            )?,
+            head_conv: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "head" / "conv"),
                 64,
                 512,
@@ -1248,17 +1265,17 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            ),
+            )?,
             head_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "head" / "bn"), 512),
-            head_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
+            head_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "head" / "act_quant_out"),
                 p.acts[34],
-            ),
-            fc_act_qlast: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            fc_act_qlast: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "fc" / "act_qlast"),
                 p.acts[35],
-            ),
-            fc_fc: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_fc: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "fc"),
                 512,
                 10,
@@ -1269,8 +1286,8 @@ impl Toynet {
                         std: 0.001,
                     },
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `s1.0` (`cell` in stage `s1`): reads `stem.act_quant_out`, returns `s1.0.act_quant_out`.

@@ -172,9 +172,26 @@ impl Vgg7 {
     }
 
     /// Builds the model under a profile given as data.
+    ///
+    /// # Panics
+    /// If the profile asks for bit-widths the runtime does not support
+    /// (never for a profile of `PROFILES`); `try_with_profile` returns
+    /// that error instead.
     pub fn with_profile(vs: &tch::nn::Path, p: &Profile) -> Self {
-        Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::new(
+        match Self::try_with_profile(vs, p) {
+            Ok(model) => model,
+            Err(e) => panic!("profile `{}`: {e}", p.name),
+        }
+    }
+
+    /// Builds the model under a profile given as data, checking its
+    /// bit-widths against what the runtime supports.
+    pub fn try_with_profile(
+        vs: &tch::nn::Path,
+        p: &Profile,
+    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+        Ok(Self {
+            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "stem" / "conv1"),
                 3,
                 64,
@@ -187,13 +204,13 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 64),
-            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            ),
-            c1_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            c1_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c1" / "0" / "convbn1" / "conv1"),
                 64,
                 64,
@@ -206,12 +223,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c1_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c1" / "0" / "convbn1" / "bn1"),
                 64,
             ),
-            c1_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
+            c1_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c1" / "0" / "convbn2" / "conv1"),
                 64,
                 64,
@@ -224,16 +241,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c1_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c1" / "0" / "convbn2" / "bn1"),
                 64,
             ),
-            c1_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            c1_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "c1" / "0" / "out_act1"),
                 p.acts[1],
-            ),
-            c2_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            c2_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c2" / "0" / "convbn1" / "conv1"),
                 64,
                 128,
@@ -246,12 +263,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c2_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c2" / "0" / "convbn1" / "bn1"),
                 128,
             ),
-            c2_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
+            c2_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c2" / "0" / "convbn2" / "conv1"),
                 128,
                 128,
@@ -264,16 +281,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c2_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c2" / "0" / "convbn2" / "bn1"),
                 128,
             ),
-            c2_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            c2_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "c2" / "0" / "out_act1"),
                 p.acts[2],
-            ),
-            c3_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
+            )?,
+            c3_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c3" / "0" / "convbn1" / "conv1"),
                 128,
                 256,
@@ -286,12 +303,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c3_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c3" / "0" / "convbn1" / "bn1"),
                 256,
             ),
-            c3_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
+            c3_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
                 &(vs / "c3" / "0" / "convbn2" / "conv1"),
                 256,
                 256,
@@ -304,16 +321,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            ),
+            )?,
             c3_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c3" / "0" / "convbn2" / "bn1"),
                 256,
             ),
-            c3_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
+            c3_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "c3" / "0" / "out_act1"),
                 p.acts[3],
-            ),
-            fc_linear1: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_linear1: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "linear1"),
                 4096,
                 256,
@@ -322,12 +339,12 @@ impl Vgg7 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-            fc_act1: qatc_runtime::quant::ActQuant::from_spec(
+            )?,
+            fc_act1: qatc_runtime::quant::ActQuant::try_from_spec(
                 &(vs / "fc" / "act1"),
                 p.acts[4],
-            ),
-            fc_linear2: qatc_runtime::layers::QLinear::new(
+            )?,
+            fc_linear2: qatc_runtime::layers::QLinear::try_new(
                 &(vs / "fc" / "linear2"),
                 256,
                 10,
@@ -336,8 +353,8 @@ impl Vgg7 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            ),
-        }
+            )?,
+        })
     }
 
     /// Block `c1.0` (`pair` in stage `c1`): reads `stem.act1`, returns `c1.0.out_act1`.

@@ -5,11 +5,11 @@
 //! (default 3) on 1 and 2 worker threads, with a consumer that does nothing,
 //! and `make_batch` on the calling thread alone (no threads, no channel).
 
-use qatc_data::{epoch_order, make_batch, open, BatchConfig, Loader};
+use qatc_data::{epoch_order, make_batch, open, BatchConfig, Loader, LoaderError};
 use std::sync::Arc;
 use std::time::Instant;
 
-fn main() {
+fn main() -> Result<(), LoaderError> {
     let mut args = std::env::args().skip(1);
     let Some(data) = args.next() else {
         eprintln!("usage: data_bench DATA [EPOCHS]");
@@ -45,7 +45,7 @@ fn main() {
         let cfg = BatchConfig::train(&train, 128, 1, epoch);
         let order = epoch_order(train.len(), true, 1, epoch);
         for i in 0..cfg.steps(train.len()) {
-            made += std::hint::black_box(make_batch(&train, &cfg, &order, i)).len;
+            made += std::hint::black_box(make_batch(&train, &cfg, &order, i)?).len;
         }
     }
     let s = t0.elapsed().as_secs_f64();
@@ -59,7 +59,7 @@ fn main() {
         let (mut batches, mut waited) = (0usize, 0f64);
         for epoch in 0..epochs {
             let cfg = BatchConfig::train(&train, 128, 1, epoch);
-            let mut loader = Loader::with_workers(train.clone(), cfg, workers);
+            let mut loader = Loader::with_workers(train.clone(), cfg, workers)?;
             for batch in loader.by_ref() {
                 std::hint::black_box(batch.len);
                 batches += 1;
@@ -73,4 +73,5 @@ fn main() {
             batches as f64 * 128.0 / s
         );
     }
+    Ok(())
 }

@@ -6,6 +6,9 @@
 //! Pipeline: `open(data)` -> `Split { train, test }` of `Dataset`s (decoded
 //! `u8` pixels, CHW, in memory) -> `Loader::new(Arc<Dataset>, BatchConfig)`
 //! -> `Batch`es of normalised, augmented `f32` NCHW pixels and `i64` labels.
+//! Bad input is an error value (`DataError` opening, `LoaderError` when a
+//! loader cannot start its thread or `make_batch` is asked for a batch
+//! that does not exist), never a panic.
 //!
 //! ```
 //! use qatc_data::{open, BatchConfig, Loader};
@@ -18,13 +21,13 @@
 //!     start_step: 4,
 //!     ..BatchConfig::train(&train, 128, 42, 3)
 //! };
-//! let loader = Loader::new(train.clone(), cfg);
+//! let loader = Loader::new(train.clone(), cfg)?;
 //! assert_eq!(loader.steps(), 1437 / 128); // the whole epoch, last partial batch dropped
 //! for batch in loader {
 //!     assert_eq!(batch.shape, [128, 1, 8, 8]); // normalised f32 NCHW in batch.images
 //!     assert!(batch.index >= 4 && batch.labels.len() == 128);
 //! }
-//! # Ok::<(), qatc_data::DataError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! `open` accepts:
@@ -73,7 +76,7 @@ pub use cifar::CIFAR10_CLASSES;
 pub use dataset::{Augment, Dataset, Normalize, Skipped, Split};
 pub use error::DataError;
 pub use folder::FolderOptions;
-pub use loader::{epoch_order, make_batch, Batch, BatchConfig, Loader};
+pub use loader::{epoch_order, make_batch, Batch, BatchConfig, Loader, LoaderError};
 
 use std::path::Path;
 

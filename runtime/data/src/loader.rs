@@ -28,6 +28,33 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Why a loader could not start, or a batch could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The operating system would not start a worker thread (resource
+    /// exhaustion).
+    // `error`, not `source`: the message already says it.
+    #[error("cannot start a data-loader thread: {error}")]
+    Thread { error: std::io::Error },
+    /// [`make_batch`] asked for a batch that starts past the last image.
+    #[error(
+        "batch {index} is past the end of the epoch ({images} images in batches of {batch_size})"
+    )]
+    PastEnd {
+        index: usize,
+        images: usize,
+        batch_size: usize,
+    },
+    /// [`make_batch`] was given an order that names an image the data set
+    /// does not have.
+    #[error("batch {index}: image {image} is not in the data set ({len} images)")]
+    NotInDataSet {
+        index: usize,
+        image: usize,
+        len: usize,
+    },
+}
+
 /// How to cut an epoch into batches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchConfig {
@@ -157,12 +184,39 @@ pub fn epoch_order(n: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<usize>
 
 /// Batch `index` of the epoch whose image order is `order`
 /// (`epoch_order(ds.len(), cfg.shuffle, cfg.seed, cfg.epoch)`), made on the
-/// calling thread: what a `Loader` yields as its batch `index`. Panics when
-/// `index >= cfg.steps(ds.len())`.
-pub fn make_batch(ds: &Dataset, cfg: &BatchConfig, order: &[usize], index: usize) -> Batch {
-    make_batch_with(ds, cfg, &ds.norm.table(), order, index)
+/// calling thread: what a `Loader` yields as its batch `index`. An error
+/// when the batch would start past the end of `order`
+/// ([`LoaderError::PastEnd`]) or `order` names an image `ds` does not have
+/// ([`LoaderError::NotInDataSet`]).
+pub fn make_batch(
+    ds: &Dataset,
+    cfg: &BatchConfig,
+    order: &[usize],
+    index: usize,
+) -> Result<Batch, LoaderError> {
+    let size = cfg.size();
+    let past_end = || LoaderError::PastEnd {
+        index,
+        images: order.len(),
+        batch_size: size,
+    };
+    let start = index.checked_mul(size).ok_or_else(past_end)?;
+    if start >= order.len() {
+        return Err(past_end());
+    }
+    let end = (start + size).min(order.len());
+    if let Some(&image) = order[start..end].iter().find(|&&i| i >= ds.len()) {
+        return Err(LoaderError::NotInDataSet {
+            index,
+            image,
+            len: ds.len(),
+        });
+    }
+    Ok(make_batch_with(ds, cfg, &ds.norm.table(), order, index))
 }
 
+/// [`make_batch`] for a batch known to be inside the epoch and an order of
+/// `ds`'s images (what a `Loader`'s workers make).
 fn make_batch_with(
     ds: &Dataset,
     cfg: &BatchConfig,
@@ -173,7 +227,7 @@ fn make_batch_with(
     let size = cfg.size();
     let start = index * size;
     let end = (start + size).min(order.len());
-    assert!(start < end, "batch {index} is past the end of the epoch");
+    debug_assert!(start < end, "batch {index} is past the end of the epoch");
     let ids = &order[start..end];
     let image_len = ds.image_len();
     let mut images = vec![0f32; ids.len() * image_len];
@@ -282,22 +336,35 @@ pub struct Loader {
 
 impl Loader {
     /// Starts making the batches `cfg.start_step..` of the epoch on one
-    /// background thread.
-    pub fn new(ds: Arc<Dataset>, cfg: BatchConfig) -> Loader {
+    /// background thread; an error if the thread cannot be started.
+    pub fn new(ds: Arc<Dataset>, cfg: BatchConfig) -> Result<Loader, LoaderError> {
         Loader::with_workers(ds, cfg, 1)
     }
 
     /// Like `new`, with `workers` threads (at least 1); the batches are the
-    /// same whatever the number.
-    pub fn with_workers(ds: Arc<Dataset>, cfg: BatchConfig, workers: usize) -> Loader {
+    /// same whatever the number. An error if a thread cannot be started
+    /// (those already started are stopped and joined).
+    pub fn with_workers(
+        ds: Arc<Dataset>,
+        cfg: BatchConfig,
+        workers: usize,
+    ) -> Result<Loader, LoaderError> {
         let steps = cfg.steps(ds.len());
         let start = cfg.start_step.min(steps);
         let count = workers.clamp(1, (steps - start).max(1));
         let order = Arc::new(epoch_order(ds.len(), cfg.shuffle, cfg.seed, cfg.epoch));
         let table: Arc<[[f32; 256]]> = ds.norm.table().into();
         let capacity = cfg.prefetch.div_ceil(count);
-        let mut receivers = Vec::with_capacity(count);
-        let mut handles = Vec::with_capacity(count);
+        // Built as the workers start, so that on an error `Drop` stops the
+        // ones already running.
+        let mut loader = Loader {
+            receivers: Vec::with_capacity(count),
+            workers: Vec::with_capacity(count),
+            next: start,
+            start,
+            steps,
+            waited: Duration::ZERO,
+        };
         for w in 0..count {
             let (tx, rx) = sync_channel(capacity);
             let (ds, cfg, order, table) = (ds.clone(), cfg.clone(), order.clone(), table.clone());
@@ -311,19 +378,11 @@ impl Loader {
                         }
                     }
                 })
-                // Like `std::thread::spawn`: no thread is resource exhaustion.
-                .expect("cannot start a data-loader thread");
-            receivers.push(rx);
-            handles.push(handle);
+                .map_err(|error| LoaderError::Thread { error })?;
+            loader.receivers.push(rx);
+            loader.workers.push(handle);
         }
-        Loader {
-            receivers,
-            workers: handles,
-            next: start,
-            start,
-            steps,
-            waited: Duration::ZERO,
-        }
+        Ok(loader)
     }
 
     /// Batches in the whole epoch (the loader yields `steps() - start_step`

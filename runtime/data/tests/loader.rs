@@ -4,7 +4,8 @@
 //! dropped loader stops its threads.
 
 use qatc_data::{
-    epoch_order, make_batch, open, Augment, Batch, BatchConfig, Dataset, Loader, Normalize,
+    epoch_order, make_batch, open, Augment, Batch, BatchConfig, Dataset, Loader, LoaderError,
+    Normalize,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,7 @@ fn train_cfg(ds: &Dataset, batch: usize) -> BatchConfig {
 }
 
 fn all(ds: &Arc<Dataset>, cfg: &BatchConfig) -> Vec<Batch> {
-    Loader::new(ds.clone(), cfg.clone()).collect()
+    Loader::new(ds.clone(), cfg.clone()).unwrap().collect()
 }
 
 #[test]
@@ -44,7 +45,9 @@ fn same_seed_and_epoch_give_the_same_batches() {
     assert_eq!(a.len(), 14);
     assert_eq!(a, all(&ds, &cfg));
     for workers in [2, 3, 5] {
-        let b: Vec<Batch> = Loader::with_workers(ds.clone(), cfg.clone(), workers).collect();
+        let b: Vec<Batch> = Loader::with_workers(ds.clone(), cfg.clone(), workers)
+            .unwrap()
+            .collect();
         assert_eq!(a, b, "{workers} workers");
     }
     let indices: Vec<usize> = a.iter().map(|b| b.index).collect();
@@ -61,7 +64,7 @@ fn start_step_yields_the_suffix_of_the_epoch() {
             ..train_cfg(&ds, 64)
         };
         for workers in [1, 3] {
-            let loader = Loader::with_workers(ds.clone(), cfg.clone(), workers);
+            let loader = Loader::with_workers(ds.clone(), cfg.clone(), workers).unwrap();
             assert_eq!(loader.steps(), full.len());
             assert_eq!(loader.len(), full.len().saturating_sub(k));
             let resumed: Vec<Batch> = loader.collect();
@@ -78,7 +81,7 @@ fn start_step_yields_the_suffix_of_the_epoch() {
 fn epochs_and_seeds_change_order_and_augmentation() {
     let ds = digits();
     let cfg = train_cfg(&ds, 128);
-    let first = |cfg: BatchConfig| Loader::new(ds.clone(), cfg).next().unwrap();
+    let first = |cfg: BatchConfig| Loader::new(ds.clone(), cfg).unwrap().next().unwrap();
     let base = first(cfg.clone());
     let next_epoch = first(BatchConfig {
         epoch: 4,
@@ -114,8 +117,29 @@ fn make_batch_is_what_the_loader_yields() {
     let order = epoch_order(ds.len(), cfg.shuffle, cfg.seed, cfg.epoch);
     let batches = all(&ds, &cfg);
     for i in [0, 5, batches.len() - 1] {
-        assert_eq!(make_batch(&ds, &cfg, &order, i), batches[i]);
+        assert_eq!(make_batch(&ds, &cfg, &order, i).unwrap(), batches[i]);
     }
+}
+
+#[test]
+fn make_batch_refuses_batches_past_the_end_and_foreign_orders() {
+    let ds = Arc::new(synthetic(10, 4));
+    let cfg = BatchConfig::eval(4);
+    let order = epoch_order(ds.len(), false, 0, 0);
+    // Batch 2 is the last, partial one; 3 and beyond do not exist.
+    assert_eq!(make_batch(&ds, &cfg, &order, 2).unwrap().len, 2);
+    for index in [3, usize::MAX] {
+        let err = make_batch(&ds, &cfg, &order, index).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::PastEnd { index: i, images: 10, batch_size: 4 } if i == index),
+            "{err}"
+        );
+    }
+    let err = make_batch(&ds, &cfg, &[0, 1, 10], 0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "batch 0: image 10 is not in the data set (10 images)"
+    );
 }
 
 #[test]
@@ -123,7 +147,7 @@ fn epoch_length_last_batch_and_shapes() {
     let ds = Arc::new(synthetic(10, 4));
     let keep = BatchConfig::eval(4);
     let batches = all(&ds, &keep);
-    assert_eq!(Loader::new(ds.clone(), keep).steps(), 3);
+    assert_eq!(Loader::new(ds.clone(), keep).unwrap().steps(), 3);
     assert_eq!(batches.iter().map(|b| b.len).collect::<Vec<_>>(), [4, 4, 2]);
     assert_eq!(batches[2].shape, [2, 3, 4, 4]);
     assert_eq!(batches[2].images.len(), 2 * 48);
@@ -205,7 +229,7 @@ fn augmented_images_are_crops_and_flips_of_their_source() {
         let aug = ds.augment;
         let order = epoch_order(ds.len(), true, cfg.seed, cfg.epoch);
         let len = ds.image_len();
-        for batch in Loader::new(ds.clone(), cfg).take(2) {
+        for batch in Loader::new(ds.clone(), cfg).unwrap().take(2) {
             for j in 0..batch.len {
                 let i = order[batch.index * 16 + j];
                 let got = &batch.images[j * len..(j + 1) * len];
@@ -229,7 +253,7 @@ fn dropping_a_loader_mid_epoch_stops_its_threads() {
                 prefetch: 2,
                 ..train_cfg(&ds, 16)
             };
-            let mut loader = Loader::with_workers(ds.clone(), cfg, workers);
+            let mut loader = Loader::with_workers(ds.clone(), cfg, workers).unwrap();
             assert!(loader.next().is_some());
             std::thread::sleep(Duration::from_millis(50)); // workers now blocked on full channels
             drop(loader);
@@ -251,7 +275,7 @@ fn dropping_a_loader_mid_epoch_stops_its_threads() {
 #[test]
 fn waited_counts_blocking_time() {
     let ds = digits();
-    let mut loader = Loader::new(ds, BatchConfig::eval(64));
+    let mut loader = Loader::new(ds, BatchConfig::eval(64)).unwrap();
     assert_eq!(loader.waited(), Duration::ZERO);
     let t0 = std::time::Instant::now();
     let n = loader.by_ref().count();

@@ -11,8 +11,10 @@
 //! order (float lanes flushed into doubles), so equal within float rounding.
 //! `tests/fused_quantizers.rs` checks all three against the reference.
 //!
-//! Other devices and kinds (CUDA, f64) take the stock-op path.
+//! Other devices and kinds (CUDA, f64) take the stock-op path, and so does
+//! a call whose kernel raised an error ([`or_report`]).
 
+use super::QuantError;
 use tch::{Device, Kind, Tensor};
 
 /// Which quantizer (the C++ `mode`).
@@ -69,10 +71,9 @@ pub(crate) fn applies(x: &Tensor, alpha: Option<&Tensor>) -> bool {
 }
 
 /// The quantized `act(x)`; with `track`, carrying the seed's gradients to
-/// `x` and `alpha` (see the module docs).
-///
-/// # Panics
-/// If libtorch raises an error (a tensor [`applies`] rejects).
+/// `x` and `alpha` (see the module docs). An error carries libtorch's
+/// message where the kernel raised one (a tensor [`applies`] rejects, an
+/// allocation that failed).
 pub(crate) fn quantize(
     x: &Tensor,
     alpha: Option<&Tensor>,
@@ -80,23 +81,72 @@ pub(crate) fn quantize(
     bits: u32,
     act: Act,
     track: bool,
-) -> Tensor {
+) -> Result<Tensor, QuantError> {
     let alpha_ptr = alpha.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: the pointers are live tensors borrowed for the call; the
-    // result is a new tensor the caller owns (or null on an error).
-    unsafe {
-        let out = qatc_fq_quantize(
+    // result is a new tensor the caller owns, or null on an error.
+    let out = unsafe {
+        qatc_fq_quantize(
             x.as_ptr(),
             alpha_ptr,
             mode as i64,
             i64::from(bits),
             act as i64,
             i32::from(track),
-        );
-        if out.is_null() {
-            let msg = std::ffi::CStr::from_ptr(qatc_fq_last_error()).to_string_lossy();
-            panic!("fused quantizer: {msg}");
+        )
+    };
+    if out.is_null() {
+        // SAFETY: after a null result the kernel's thread-local error
+        // message is a NUL-terminated string that lives until the next
+        // call on this thread; it is copied at once.
+        let message = unsafe { std::ffi::CStr::from_ptr(qatc_fq_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        return Err(QuantError::FusedKernel { message });
+    }
+    // SAFETY: a non-null result is a tensor allocated by the kernel for
+    // this call, owned by no one else: the `Tensor` takes it over.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The fused kernel's result, or `None` after reporting its error (once
+/// per process, on stderr): the caller then takes the stock-op path, which
+/// computes the same values and gradients (see the module docs), so a
+/// tensor the kernel refuses costs speed, never a wrong number or a panic.
+/// The quantizers' signatures (`nn::Module::forward` among them) have no
+/// room for an error.
+pub(crate) fn or_report(result: Result<Tensor, QuantError>) -> Option<Tensor> {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    match result {
+        Ok(q) => Some(q),
+        Err(e) => {
+            REPORTED.call_once(|| {
+                eprintln!(
+                    "warning: {e}; using the stock-op quantizers, which give the same values"
+                );
+            });
+            None
         }
-        Tensor::from_ptr(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_error_is_an_error_value_and_the_stock_path_takes_over() {
+        let x = Tensor::from_slice(&[0.5f32, 2.0, 7.0]);
+        // Not a scalar: the kernel's `alpha.item()` raises.
+        let alpha = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let err = quantize(&x, Some(&alpha), Mode::Pact, 4, Act::None, false).unwrap_err();
+        assert!(
+            matches!(&err, QuantError::FusedKernel { message } if !message.is_empty()),
+            "{err}"
+        );
+        assert!(or_report(Err(err)).is_none());
+        let alpha = Tensor::from(6.0f32);
+        let q = quantize(&x, Some(&alpha), Mode::Pact, 4, Act::None, false).unwrap();
+        assert!(or_report(Ok(q.shallow_clone())).unwrap().equal(&q));
     }
 }

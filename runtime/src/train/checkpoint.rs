@@ -11,60 +11,26 @@
 //! the two renames, the sidecar is one checkpoint old and the next save
 //! fixes it.
 //!
+//! The metadata record and its two JSON forms are defined in
+//! `qatc_records::checkpoint` (re-exported here), with the sidecar's reader
+//! for tools that do not load tensors.
+//!
 //! Atomic writes ([`write_atomic`]): temporary file in the same directory,
 //! `fsync`, rename.
 
+use crate::model::ModelMeta;
+use qatc_records::run_dir;
 use safetensors::tensor::{Dtype, TensorView};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// Metadata key of the checkpoint's JSON in the safetensors header.
-pub const META_KEY: &str = "qatc";
-
 /// Name prefix of optimizer state tensors in a training checkpoint.
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
 
-/// Format tag of [`CheckpointMeta::format`].
-pub const FORMAT: &str = "qatc-checkpoint-1";
-
-/// What a checkpoint records besides tensors.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointMeta {
-    pub format: String,
-    pub model: String,
-    pub profile: String,
-    pub spec: String,
-    pub spec_hash: String,
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Training steps done in the epoch after `epoch` (non-zero only for a
-    /// checkpoint saved on interrupt).
-    pub step: usize,
-    /// Optimizer steps taken in all.
-    pub optimizer_steps: u64,
-    /// Test top-1 (%) after the last completed epoch (`null` before any).
-    pub test_top1: Option<f64>,
-    /// Best test top-1 (%) so far and its epoch.
-    pub best_top1: Option<f64>,
-    pub best_epoch: Option<usize>,
-    /// The training settings (optimizer, schedule, seed ...), as run.
-    pub config: serde_json::Value,
-    /// Running sums of the interrupted epoch: loss sum, correct, seen.
-    pub partial: Option<PartialEpoch>,
-}
-
-/// Sums of a partly trained epoch, so a resumed epoch reports what an
-/// uninterrupted one would.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PartialEpoch {
-    pub loss_sum: f64,
-    pub correct: u64,
-    pub seen: u64,
-    pub seconds: f64,
-    pub data_wait_seconds: f64,
-}
+/// The checkpoint's metadata record, its header key and format tag: defined
+/// in `qatc_records` (shared with the readers of run directories).
+pub use qatc_records::checkpoint::{CheckpointMeta, PartialEpoch, FORMAT, META_KEY};
 
 /// A loaded checkpoint.
 pub struct Checkpoint {
@@ -142,12 +108,12 @@ pub fn save(
                 .map_err(|e| format!("tensor `{name}`: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let json = serde_json::to_string(meta).map_err(|e| e.to_string())?;
+    let json = meta.header_json().map_err(|e| e.to_string())?;
     let metadata = HashMap::from([(META_KEY.to_string(), json)]);
     let bytes = qatc_integrity::serialize_sealed(views, metadata)?;
     write_atomic(path, &bytes).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    let sidecar = path.with_extension("json");
-    let pretty = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())? + "\n";
+    let sidecar = run_dir::sidecar(path);
+    let pretty = meta.sidecar_json().map_err(|e| e.to_string())?;
     write_atomic(&sidecar, pretty.as_bytes())
         .map_err(|e| format!("cannot write `{}`: {e}", sidecar.display()))
 }
@@ -163,10 +129,9 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         .map_err(|e| format!("`{shown}` is not a safetensors checkpoint: {e}"))?;
     verify(path, &bytes)?;
     let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
-        Some(json) => Some(
-            serde_json::from_str::<CheckpointMeta>(json)
-                .map_err(|e| format!("`{shown}`: unreadable qatc metadata: {e}"))?,
-        ),
+        Some(json) => {
+            Some(CheckpointMeta::from_header_json(json, path).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let mut tensors = Vec::new();
@@ -233,7 +198,7 @@ pub fn keep_as(from: &Path, to: &Path) -> Result<(), String> {
         }
         std::fs::rename(&tmp, b)
     };
-    let (from_json, to_json) = (from.with_extension("json"), to.with_extension("json"));
+    let (from_json, to_json) = (run_dir::sidecar(from), run_dir::sidecar(to));
     if from_json.is_file() {
         keep(&from_json, &to_json)
             .map_err(|e| format!("cannot keep `{}`: {e}", from_json.display()))?;
@@ -310,6 +275,24 @@ pub fn copy_into(vars: &HashMap<String, Tensor>, tensors: &[(String, Tensor)]) -
     unexpected.sort();
     report.unexpected = unexpected;
     report
+}
+
+/// A checkpoint must come from this model's spec (the same model name and
+/// spec hash): what `--resume` and `eval` check before loading one.
+pub fn check_same_model(m: &CheckpointMeta, meta: &ModelMeta, path: &Path) -> Result<(), String> {
+    if m.model != meta.name || m.spec_hash != meta.spec_hash {
+        return Err(format!(
+            "`{}` is a checkpoint of model `{}` from spec `{}` (hash {:.12}), not of `{}` from `{}` (hash {:.12})",
+            path.display(),
+            m.model,
+            m.spec,
+            m.spec_hash,
+            meta.name,
+            meta.spec,
+            meta.spec_hash
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,12 +2,14 @@
 //! accuracy and the confusion matrix; and the `eval` command (a checkpoint
 //! on a data set, as a table or JSON).
 
-use super::{batch_tensors, check_fits, checkpoint, open_data};
+use super::batch::{batch_tensors, check_fits, open_data};
+use super::checkpoint::{self, check_same_model};
 use crate::device::{device_name, parse_device};
 use crate::model::{ModelMeta, QatModel};
 use crate::profile::UnknownProfile;
 use clap::{Args, ValueEnum};
-use qatc_data::{BatchConfig, Dataset, Loader};
+use qatc_data::{BatchConfig, Dataset, Loader, LoaderError};
+use qatc_records::EvalReport;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -45,20 +47,39 @@ impl EvalResult {
     }
 }
 
-/// Evaluates `model` (eval mode, no gradients) on all of `ds`.
+/// Evaluates `model` (eval mode, no gradients) on all of `ds`:
+/// [`try_evaluate`] for callers with no use for its error.
+///
+/// # Panics
+/// Where [`try_evaluate`] returns an error: the operating system would not
+/// start the data-loader thread.
 pub fn evaluate<M: QatModel + ?Sized>(
     model: &M,
     ds: &Arc<Dataset>,
     batch_size: usize,
     device: Device,
 ) -> EvalResult {
+    match try_evaluate(model, ds, batch_size, device) {
+        Ok(result) => result,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Evaluates `model` (eval mode, no gradients) on all of `ds`; an error if
+/// the data loader cannot start.
+pub fn try_evaluate<M: QatModel + ?Sized>(
+    model: &M,
+    ds: &Arc<Dataset>,
+    batch_size: usize,
+    device: Device,
+) -> Result<EvalResult, LoaderError> {
     let classes = model.classes() as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut predictions = Vec::with_capacity(ds.len());
     let mut all_logits = Vec::with_capacity(ds.len() * classes);
     let (mut loss_sum, mut top5) = (0.0, 0u64);
     let k = classes.clamp(1, 5);
-    let loader = Loader::new(Arc::clone(ds), BatchConfig::eval(batch_size));
+    let loader = Loader::new(Arc::clone(ds), BatchConfig::eval(batch_size))?;
     tch::no_grad(|| {
         for batch in loader {
             let (xs, ys) = batch_tensors(&batch, ds.shape, device);
@@ -83,7 +104,7 @@ pub fn evaluate<M: QatModel + ?Sized>(
     });
     let n = ds.len().max(1) as f64;
     let top1: u64 = (0..classes).map(|c| confusion[c][c]).sum();
-    EvalResult {
+    Ok(EvalResult {
         images: ds.len(),
         loss: loss_sum / n,
         top1: 100.0 * top1 as f64 / n,
@@ -91,7 +112,7 @@ pub fn evaluate<M: QatModel + ?Sized>(
         confusion,
         predictions,
         logits: all_logits,
-    }
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,22 +169,6 @@ pub struct EvalArgs {
     pub logits: Option<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct EvalReport<'a> {
-    model: &'a str,
-    profile: &'a str,
-    checkpoint: String,
-    data: &'a str,
-    split: &'static str,
-    device: String,
-    #[serde(flatten)]
-    result: &'a EvalResult,
-    classes: &'a [String],
-    per_class: Vec<Option<f64>>,
-    /// The test top-1 the checkpoint recorded when it was saved.
-    recorded_top1: Option<f64>,
-}
-
 /// `eval`: a checkpoint on a data set.
 pub fn eval_command<M, F>(meta: &ModelMeta, build: &F, args: EvalArgs) -> Result<(), String>
 where
@@ -181,7 +186,7 @@ where
         (m, config)
     });
     if let Some((m, _)) = &recorded {
-        super::run::check_same_model(m, meta, &args.checkpoint)?;
+        check_same_model(m, meta, &args.checkpoint)?;
         if let Some(p) = args.profile.as_deref().filter(|p| *p != m.profile) {
             return Err(format!(
                 "checkpoint `{shown}` was trained under profile `{}`, not `{p}`",
@@ -208,7 +213,7 @@ where
     crate::bench::configure_threads()?;
     let layout = match args.layout.or_else(|| config.as_ref().map(|c| c.layout)) {
         Some(layout) => layout,
-        None => crate::layers::layout_from_env()?,
+        None => crate::layers::layout_from_env().map_err(|e| e.to_string())?,
     };
     crate::layers::set_layout(layout);
     let (train, test) = match args.split {
@@ -230,29 +235,8 @@ where
             report.describe().trim_end()
         ));
     }
-    let result = evaluate(&model, &ds, args.batch_size, device);
-    if let Some(path) = &args.predictions {
-        let text: String = result
-            .predictions
-            .iter()
-            .map(|p| format!("{p}\n"))
-            .collect();
-        checkpoint::write_atomic(path, text.as_bytes())
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.logits {
-        let classes = model.classes() as usize;
-        let text: String = result
-            .logits
-            .chunks(classes.max(1))
-            .map(|row| {
-                let cells: Vec<String> = row.iter().map(f32::to_string).collect();
-                cells.join(",") + "\n"
-            })
-            .collect();
-        checkpoint::write_atomic(path, text.as_bytes())
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    }
+    let result = try_evaluate(&model, &ds, args.batch_size, device).map_err(|e| e.to_string())?;
+    write_outputs(&args, &result, model.classes() as usize)?;
     let split = match args.split {
         SplitName::Test => "test",
         SplitName::Train => "train",
@@ -262,37 +246,67 @@ where
         SplitName::Train => None,
     };
     let report = EvalReport {
-        model: meta.name,
-        profile: &profile,
+        model: meta.name.to_string(),
+        profile: profile.clone(),
         checkpoint: shown,
-        data: &data,
-        split,
+        data: data.clone(),
+        split: split.to_string(),
         device: device_name(device),
-        result: &result,
-        classes: &ds.classes,
+        images: result.images,
+        loss: result.loss,
+        top1: result.top1,
+        top5: result.top5,
+        confusion: result.confusion.clone(),
+        classes: ds.classes.clone(),
         per_class: result.per_class(),
         recorded_top1,
     };
     match args.format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        ),
+        Format::Json => println!("{}", report.to_json().map_err(|e| e.to_string())?),
         Format::Table => print!("{}", table(&report)),
     }
     Ok(())
 }
 
-fn table(r: &EvalReport<'_>) -> String {
-    let res = r.result;
+/// `--predictions` and `--logits`: the top-1 prediction of every image,
+/// one a line, and every image's `classes` logits, comma-separated, one
+/// image a line (shortest exact decimal form).
+fn write_outputs(args: &EvalArgs, result: &EvalResult, classes: usize) -> Result<(), String> {
+    let write = |path: &PathBuf, text: String| {
+        checkpoint::write_atomic(path, text.as_bytes())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+    };
+    if let Some(path) = &args.predictions {
+        let text = result
+            .predictions
+            .iter()
+            .map(|p| format!("{p}\n"))
+            .collect();
+        write(path, text)?;
+    }
+    if let Some(path) = &args.logits {
+        let text = result
+            .logits
+            .chunks(classes.max(1))
+            .map(|row| {
+                let cells: Vec<String> = row.iter().map(f32::to_string).collect();
+                cells.join(",") + "\n"
+            })
+            .collect();
+        write(path, text)?;
+    }
+    Ok(())
+}
+
+fn table(r: &EvalReport) -> String {
     let mut out = format!(
         "{} (profile {}) on {} {} ({} images, {}), checkpoint {}\n",
-        r.model, r.profile, r.data, r.split, res.images, r.device, r.checkpoint
+        r.model, r.profile, r.data, r.split, r.images, r.device, r.checkpoint
     );
     let _ = writeln!(
         out,
         "top-1 {:.2} %   top-5 {:.2} %   loss {:.4}",
-        res.top1, res.top5, res.loss
+        r.top1, r.top5, r.loss
     );
     if let Some(rec) = r.recorded_top1 {
         let _ = writeln!(out, "recorded in the checkpoint: top-1 {rec:.2} %");
@@ -305,12 +319,12 @@ fn table(r: &EvalReport<'_>) -> String {
     );
     for (c, acc) in r.per_class.iter().enumerate() {
         let name = r.classes.get(c).map_or("?", String::as_str);
-        let n: u64 = res.confusion[c].iter().sum();
+        let n: u64 = r.confusion[c].iter().sum();
         let acc = acc.map_or("-".to_string(), |a| format!("{a:.2}"));
         let _ = writeln!(out, "{name:<width$}  {n:>6}  {acc:>8}");
     }
     let _ = writeln!(out, "\nconfusion (rows: true class, columns: predicted):");
-    let cell = res
+    let cell = r
         .confusion
         .iter()
         .flatten()
@@ -319,11 +333,11 @@ fn table(r: &EvalReport<'_>) -> String {
         .unwrap_or(1)
         .max(3);
     let _ = write!(out, "{:<width$}", "");
-    for c in 0..res.confusion.len() {
+    for c in 0..r.confusion.len() {
         let _ = write!(out, " {:>cell$}", c);
     }
     out.push('\n');
-    for (c, row) in res.confusion.iter().enumerate() {
+    for (c, row) in r.confusion.iter().enumerate() {
         let name = r.classes.get(c).map_or("?", String::as_str);
         let _ = write!(out, "{name:<width$}");
         for v in row {

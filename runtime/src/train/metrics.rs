@@ -4,101 +4,37 @@
 //! every epoch from the records in memory, so a resumed run (which reads
 //! `metrics.jsonl` back and drops epochs after its checkpoint) never leaves
 //! duplicate or half-written lines.
+//!
+//! The record ([`EpochRecord`]) and both files' formats are defined in
+//! `qatc_records::metrics`; this module writes them atomically.
 
 use super::checkpoint::write_atomic;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use qatc_records::run_dir::{METRICS_CSV, METRICS_JSONL};
 use std::path::Path;
 
-/// One finished epoch. Accuracies in percent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_top1: f64,
-    pub test_loss: f64,
-    pub test_top1: f64,
-    pub test_top5: f64,
-    pub epoch_seconds: f64,
-    pub train_images_per_s: f64,
-    /// Time the training loop waited for the data loader in this epoch.
-    pub data_wait_seconds: f64,
-    /// Clipping value per activation site, after the epoch.
-    pub clip: BTreeMap<String, f64>,
-}
+/// One finished epoch: defined in `qatc_records` (shared with `qatc plot`).
+pub use qatc_records::metrics::EpochRecord;
 
 /// Reads `metrics.jsonl`; a missing file is an empty run.
 pub fn read_jsonl(path: &Path) -> Result<Vec<EpochRecord>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
+    qatc_records::metrics::read(path).map_err(|e| e.to_string())
 }
 
 /// Writes `metrics.jsonl` and `metrics.csv` into `dir`.
 pub fn write(dir: &Path, records: &[EpochRecord]) -> Result<(), String> {
-    let mut jsonl = String::new();
-    for r in records {
-        jsonl += &serde_json::to_string(r).map_err(|e| e.to_string())?;
-        jsonl.push('\n');
-    }
-    let path = dir.join("metrics.jsonl");
+    let jsonl = qatc_records::metrics::jsonl(records).map_err(|e| e.to_string())?;
+    let path = dir.join(METRICS_JSONL);
     write_atomic(&path, jsonl.as_bytes())
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    let path = dir.join("metrics.csv");
-    write_atomic(&path, csv(records).as_bytes())
+    let path = dir.join(METRICS_CSV);
+    write_atomic(&path, qatc_records::metrics::csv(records).as_bytes())
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
-}
-
-fn csv(records: &[EpochRecord]) -> String {
-    let sites: Vec<&String> = records
-        .first()
-        .map(|r| r.clip.keys().collect())
-        .unwrap_or_default();
-    let mut out = String::from(
-        "epoch,lr,train_loss,train_top1,test_loss,test_top1,test_top5,epoch_seconds,train_images_per_s,data_wait_seconds",
-    );
-    for s in &sites {
-        out += &format!(",clip/{s}");
-    }
-    out.push('\n');
-    for r in records {
-        out += &format!(
-            "{},{},{},{},{},{},{},{:.3},{:.1},{:.3}",
-            r.epoch,
-            r.lr,
-            r.train_loss,
-            r.train_top1,
-            r.test_loss,
-            r.test_top1,
-            r.test_top5,
-            r.epoch_seconds,
-            r.train_images_per_s,
-            r.data_wait_seconds
-        );
-        for s in &sites {
-            match r.clip.get(*s) {
-                Some(v) => out += &format!(",{v}"),
-                None => out.push(','),
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn jsonl_and_csv_round_trip() {

@@ -4,11 +4,14 @@
 //! - [`options`]: the settings (flags, YAML config, the seed's defaults);
 //! - [`optim`]: SGD and Adam with saveable state;
 //! - [`schedule`]: per-epoch learning-rate schedules;
+//! - [`batch`]: the helpers training and evaluation share (a batch as
+//!   tensors, top-1 hits, opening `--data`, checking it fits the model);
 //! - [`checkpoint`]: atomic safetensors checkpoints with metadata;
 //! - [`metrics`]: `metrics.jsonl` / `metrics.csv`;
 //! - [`tensorboard`]: TensorBoard event files;
 //! - [`run`]: the training loop (progress, evaluation each epoch, best and
-//!   latest checkpoints, exact resume, Ctrl-C, NaN stop);
+//!   latest checkpoints, exact resume, Ctrl-C, NaN stop), in the steps of
+//!   the private `session` module;
 //! - [`eval`](mod@eval): top-1 / top-5, per-class accuracy and confusion
 //!   matrix of a checkpoint.
 //!
@@ -17,83 +20,22 @@
 //! order and the augmentation (`qatc_data`, from seed, epoch and step). A
 //! checkpoint therefore needs only the weights, the optimizer state, the
 //! epoch and the step to continue exactly.
+//!
+//! Module dependencies run one way: `run` -> `session` -> `eval` ->
+//! `batch` / `checkpoint`; what both loops need sits in `batch` and
+//! `checkpoint`, never in `run`. The records a run writes (`run.json`,
+//! the metrics, checkpoint metadata) are typed in `qatc_records`.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod options;
+mod progress;
 pub mod run;
 pub mod schedule;
+mod session;
 pub mod tensorboard;
 
-use qatc_data::{Batch, Dataset};
-use std::sync::Arc;
-use tch::{Device, Kind, Tensor};
-
-/// A batch as tensors on `device`: normalised images `[N, C, H, W]` and
-/// labels `[N]` (int64).
-pub fn batch_tensors(batch: &Batch, shape: [usize; 3], device: Device) -> (Tensor, Tensor) {
-    let [c, h, w] = shape.map(|d| d as i64);
-    let n = batch.len as i64;
-    let xs = Tensor::from_slice(&batch.images)
-        .view([n, c, h, w])
-        .to_device(device);
-    let ys = Tensor::from_slice(&batch.labels).to_device(device);
-    (xs, ys)
-}
-
-/// Checks that a data set fits a model: same per-sample shape, no more
-/// classes than the model has outputs.
-pub fn check_fits(
-    ds: &Dataset,
-    model_shape: [i64; 3],
-    classes: i64,
-    model: &str,
-) -> Result<(), String> {
-    let shape = ds.shape.map(|d| d as i64);
-    if shape != model_shape {
-        let [c, h, w] = model_shape;
-        let [dc, dh, dw] = shape;
-        return Err(format!(
-            "model `{model}` takes {c}x{h}x{w} inputs but data `{}` has {dc}x{dh}x{dw} images: pass --data with matching data (CIFAR-10: `qatc data download cifar10`)",
-            ds.name
-        ));
-    }
-    if ds.classes.len() as i64 > classes {
-        return Err(format!(
-            "data `{}` has {} classes but model `{model}` has {classes} outputs",
-            ds.name,
-            ds.classes.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Images whose top-1 class is their label (the running accuracy of a
-/// training step: an argmax, no top-5).
-pub fn top1_hits(logits: &Tensor, labels: &Tensor) -> i64 {
-    logits
-        .argmax(1, false)
-        .eq_tensor(labels)
-        .sum(Kind::Int64)
-        .int64_value(&[])
-}
-
-/// The data set behind `--data`, limited ([`Dataset::spread`]), shared with
-/// loader threads.
-pub fn open_data(
-    data: &str,
-    limit_train: Option<usize>,
-    limit_test: Option<usize>,
-) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
-    let split = qatc_data::open(data).map_err(|e| e.to_string())?;
-    let limited = |ds: Dataset, limit: Option<usize>| match limit {
-        Some(n) => ds.spread(n),
-        None => ds,
-    };
-    Ok((
-        Arc::new(limited(split.train, limit_train)),
-        Arc::new(limited(split.test, limit_test)),
-    ))
-}
+pub use batch::{batch_tensors, check_fits, open_data, top1_hits};

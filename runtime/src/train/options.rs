@@ -257,7 +257,7 @@ impl TrainConfig {
             device: o.device.clone().unwrap_or_else(|| "auto".into()),
             layout: match o.layout {
                 Some(layout) => layout,
-                None => crate::layers::layout_from_env()?,
+                None => crate::layers::layout_from_env().map_err(|e| e.to_string())?,
             },
             limit_train: o.limit_train,
             limit_test: o.limit_test,

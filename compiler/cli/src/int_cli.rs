@@ -1,0 +1,754 @@
+//! The command line of the integer pipeline: `qatc int`, `qatc int sweep`,
+//! `qatc int bench` and `qatc export` (the binary's `main.rs` only forwards
+//! to [`run_int`] and [`run_export`]).
+//!
+//! Input: parsed arguments (a spec, a profile, a checkpoint, a data set).
+//! Output: reports on stdout (a table or JSON), files for `export`, an exit
+//! status (0 ok, 1 bad input). This is the CLI layer: errors are `anyhow`
+//! here and typed ([`IntError`](qatc_int::IntError)) below.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use qatc::driver::{self, Source};
+use qatc_int::engine::{self, OverflowMode, SimOptions};
+use qatc_int::export::{self, ExportFormat, TestImages};
+use qatc_int::fixed::{FixedFormat, Rounding};
+use qatc_int::plan::{Formats, IntPlan, PlanOptions};
+use qatc_int::{evaluate, Checkpoint, EvalOptions, Images, IntReport};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// What a plan is built from.
+#[derive(Args, Clone, Debug)]
+pub struct PlanArgs {
+    /// The model spec (.qspec or .yaml) [required].
+    pub spec: Option<PathBuf>,
+    /// Bit profile [default: the spec's first].
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Trained checkpoint (safetensors in the model's variable names) [required].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Read the checkpoint through the spec's `import FORMAT` section
+    /// (e.g. `seed` for the seed's state dicts).
+    #[arg(long = "import", value_name = "FORMAT")]
+    pub import_format: Option<String>,
+    /// With --import: only tensors with this prefix, removed first (`state.`).
+    #[arg(long, default_value = "")]
+    pub strip_prefix: String,
+    /// trunc: the seed's pipeline bit for bit; nearest: rounded to nearest.
+    #[arg(long, value_enum, default_value_t = RoundingArg::Trunc)]
+    pub rounding: RoundingArg,
+    /// Fixed-point format of a layer class, CLASS=BITS,INT_BITS (classes:
+    /// stem, block, head, fc, bn, all); repeatable.
+    #[arg(long = "fixed", value_name = "CLASS=B,I")]
+    pub fixed: Vec<String>,
+    /// Clamp constants that do not fit their format (as the seed does)
+    /// instead of failing.
+    #[arg(long)]
+    pub saturate_constants: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoundingArg {
+    Trunc,
+    Nearest,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OverflowArg {
+    Saturate,
+    Wrap,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SplitArg {
+    Test,
+    Train,
+}
+
+/// Data and simulation options of a run.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data set: `digits`, a CIFAR-10 binary directory, an image folder or
+    /// archive [required].
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Which split to measure accuracy on.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    /// Evaluate this many images, spread evenly over the split (as
+    /// `qatc train --limit-test` and `qatc eval --limit` take them).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Take the accumulator report from the first N training images.
+    #[arg(long, value_name = "N")]
+    pub calibrate: Option<usize>,
+    /// Simulate N-bit accumulators (sign included).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=63))]
+    pub acc_bits: Option<u32>,
+    /// What an accumulator past --acc-bits does.
+    #[arg(long, value_enum, default_value_t = OverflowArg::Saturate)]
+    pub overflow: OverflowArg,
+    /// Worker threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// `qatc int`.
+#[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct IntCommand {
+    #[command(subcommand)]
+    pub action: Option<IntAction>,
+    #[command(flatten)]
+    pub run: IntRunArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct IntRunArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    #[command(flatten)]
+    pub shift: ShiftArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum IntAction {
+    /// Accuracy for each fixed-point format of one layer class.
+    Sweep {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        shift: ShiftArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Formats to try (BITS,INT_BITS each).
+        #[arg(long, num_args = 1.., default_values_t = ["16,6".to_string(), "16,8".to_string(), "24,10".to_string(), "32,10".to_string()])]
+        formats: Vec<String>,
+        /// The layer class whose format varies (stem, block, head, fc, all).
+        #[arg(long, default_value = "block")]
+        class: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+    /// Images per second of the integer engine on 1 and on all threads.
+    Bench {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        shift: ShiftArgs,
+        /// Images to time (random, or the first test images of --data).
+        #[arg(long, default_value_t = 256)]
+        images: usize,
+        #[arg(long)]
+        data: Option<String>,
+        /// Timed rounds (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Also time libtorch's fake-quant evaluation of the same model and
+        /// profile on one thread (the model crate's `bench`, as
+        /// `QATC_THREADS=1 qatc bench`; needs libtorch: run through `./dev`)
+        /// and print the engine's speed against it.
+        #[arg(long)]
+        libtorch: bool,
+    },
+}
+
+/// Images per second of libtorch's fake-quant evaluation of a spec's model
+/// under a profile, on one thread (`qatc int bench --libtorch`; the binary
+/// provides it, since it runs the generated model crate).
+pub type LibtorchEval<'a> = &'a dyn Fn(&Path, &str) -> anyhow::Result<f64>;
+
+/// `qatc export`.
+#[derive(Args, Clone, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    #[command(flatten)]
+    pub shift: ShiftArgs,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value_t = ExportFormatArg::Json)]
+    pub format: ExportFormatArg,
+    /// Test images to ship with a C export (first test images of --data,
+    /// else deterministic random ones).
+    #[arg(long, default_value_t = 4)]
+    pub images: usize,
+    #[arg(long)]
+    pub data: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormatArg {
+    C,
+    Npz,
+    Json,
+}
+
+fn formats_from(args: &[String]) -> anyhow::Result<Formats> {
+    let mut f = Formats::default();
+    for a in args {
+        let (class, fmt) = a
+            .split_once('=')
+            .with_context(|| format!("--fixed `{a}`: write CLASS=BITS,INT_BITS"))?;
+        let fmt: FixedFormat = fmt.parse().map_err(anyhow::Error::msg)?;
+        set_class(&mut f, class, fmt)?;
+    }
+    Ok(f)
+}
+
+fn set_class(f: &mut Formats, class: &str, fmt: FixedFormat) -> anyhow::Result<()> {
+    match class {
+        "stem" => f.stem = fmt,
+        "block" => f.block = fmt,
+        "head" => f.head = fmt,
+        "fc" => f.fc = fmt,
+        "bn" => f.bn = Some(fmt),
+        "all" => {
+            *f = Formats {
+                stem: fmt,
+                block: fmt,
+                head: fmt,
+                fc: fmt,
+                bn: None,
+            }
+        }
+        other => bail!("unknown layer class `{other}` (stem, block, head, fc, bn, all)"),
+    }
+    Ok(())
+}
+
+/// The plan of `args`, diagnostics of a bad spec printed to stderr.
+pub fn load_plan(args: &PlanArgs, formats: Option<Formats>) -> anyhow::Result<IntPlan> {
+    load_plan_with(args, formats, false)
+}
+
+/// With --rounding nearest: place each requantization's binary point so
+/// that its largest constant uses the format's full width.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ShiftArgs {
+    /// With --rounding nearest: a binary point per requantization (its
+    /// largest constant uses the format's full width) instead of the
+    /// format's fixed one.
+    #[arg(long)]
+    pub per_layer_shift: bool,
+}
+
+/// [`load_plan`], `per_layer_shift` choosing [`Rounding::Scaled`] over
+/// `nearest`.
+pub fn load_plan_with(
+    args: &PlanArgs,
+    formats: Option<Formats>,
+    per_layer_shift: bool,
+) -> anyhow::Result<IntPlan> {
+    let Some(spec) = &args.spec else {
+        bail!("give the model spec: qatc int SPEC --checkpoint F ...")
+    };
+    let Some(checkpoint) = &args.checkpoint else {
+        bail!(
+            "--checkpoint is required (a trained checkpoint of {})",
+            spec.display()
+        )
+    };
+    let src = Source::read(spec).map_err(anyhow::Error::msg)?;
+    let failed = |d: qatc::diag::Diagnostics| {
+        d.emit_stderr(&src.name, &src.text);
+        anyhow::anyhow!("{} failed its checks", src.name)
+    };
+    let compiled = driver::compile(&src).map_err(failed)?;
+    let graph = compiled.graph(args.profile.as_deref()).map_err(failed)?;
+    let model = &compiled.ast;
+    let ck = match &args.import_format {
+        Some(fmt) => {
+            let bytes = std::fs::read(checkpoint)
+                .with_context(|| format!("cannot read `{}`", checkpoint.display()))?;
+            Checkpoint::import(&bytes, model, graph, fmt, &args.strip_prefix)
+                .with_context(|| format!("checkpoint `{}`", checkpoint.display()))?
+        }
+        None => Checkpoint::read(checkpoint, graph, &compiled.spec_hash)?,
+    };
+    let opts = PlanOptions {
+        rounding: match args.rounding {
+            RoundingArg::Trunc => Rounding::Trunc,
+            RoundingArg::Nearest if per_layer_shift => Rounding::Scaled,
+            RoundingArg::Nearest => Rounding::Nearest,
+        },
+        formats: match formats {
+            Some(f) => f,
+            None => formats_from(&args.fixed)?,
+        },
+        saturate_constants: args.saturate_constants,
+    };
+    let plan = qatc_int::build(graph, &ck, opts)?;
+    for s in &plan.saturated {
+        eprintln!("warning: clamped constant {s}");
+    }
+    for f in &plan.folded {
+        eprintln!("note: constant channel {f}");
+    }
+    if opts.rounding == Rounding::Trunc {
+        if let qatc_int::seed_sqrt::SqrtSource::Ieee(why) = qatc_int::seed_sqrt::source() {
+            eprintln!(
+                "note: BN square roots are IEEE, not libtorch's as the seed's ({why}); a constant on a \
+                 rounding boundary may differ from the seed's by one step"
+            );
+        }
+    }
+    Ok(plan)
+}
+
+/// A `qatc_data` split as [`Images`].
+pub struct DataImages<'a> {
+    pub ds: &'a qatc_data::Dataset,
+    pub n: usize,
+}
+
+impl Images for DataImages<'_> {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn image(&self, i: usize, out: &mut [f32]) {
+        self.ds.normalized(i, out);
+    }
+    fn label(&self, i: usize) -> usize {
+        self.ds.labels[i] as usize
+    }
+}
+
+fn open_data(data: Option<&str>, plan: &IntPlan) -> anyhow::Result<qatc_data::Split> {
+    let Some(data) = data else {
+        bail!(
+            "--data is required (digits, a CIFAR-10 binary directory, an image folder or archive)"
+        )
+    };
+    let split = qatc_data::open(data).with_context(|| format!("cannot open data `{data}`"))?;
+    if split.test.shape != plan.input_shape {
+        bail!(
+            "data `{data}` has images of {:?}, model `{}` takes {:?}",
+            split.test.shape,
+            plan.model,
+            plan.input_shape
+        );
+    }
+    Ok(split)
+}
+
+fn sim_of(d: &DataArgs) -> SimOptions {
+    SimOptions {
+        acc_bits: d.acc_bits,
+        overflow: match d.overflow {
+            OverflowArg::Saturate => OverflowMode::Saturate,
+            OverflowArg::Wrap => OverflowMode::Wrap,
+        },
+    }
+}
+
+/// Accuracy (and the accumulator report, from calibration images when asked).
+fn measure(
+    plan: &IntPlan,
+    split: &qatc_data::Split,
+    d: &DataArgs,
+) -> anyhow::Result<(IntReport, f64)> {
+    let ds = match d.split {
+        SplitArg::Test => &split.test,
+        SplitArg::Train => &split.train,
+    };
+    // The same images as `qatc eval --limit` / `train --limit-test` take.
+    let limited;
+    let ds = match d.limit {
+        Some(l) => {
+            limited = ds.clone().spread(l);
+            &limited
+        }
+        None => ds,
+    };
+    let n = ds.len();
+    let opts = EvalOptions {
+        sim: sim_of(d),
+        threads: d.threads,
+        keep_logits: false,
+    };
+    let t = Instant::now();
+    let mut report = evaluate(plan, &DataImages { ds, n }, opts)?;
+    let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    if let Some(c) = d.calibrate {
+        let m = c.min(split.train.len());
+        let cal = evaluate(
+            plan,
+            &DataImages {
+                ds: &split.train,
+                n: m,
+            },
+            opts,
+        )?;
+        report.layers = cal.layers;
+    }
+    Ok((report, rate))
+}
+
+fn print_report(plan: &IntPlan, r: &IntReport, rate: f64, calibrated: Option<usize>) {
+    let f = &plan.options.formats;
+    println!(
+        "model {}, profile {}, rounding {}, formats: stem {} block {} head {} fc {}{}",
+        r.model,
+        r.profile,
+        r.rounding,
+        f.stem,
+        f.block,
+        f.head,
+        f.fc,
+        f.bn.map(|b| format!(" bn {b}")).unwrap_or_default()
+    );
+    println!(
+        "top-1 {:.2}% ({} / {} images), {:.0} images/s",
+        r.top1, r.correct, r.images, rate
+    );
+    if let Some(b) = r.sim.acc_bits {
+        let total: u64 = r.layers.iter().map(|l| l.overflows).sum();
+        println!(
+            "accumulators simulated at {b} bits ({:?}): {total} overflows",
+            r.sim.overflow
+        );
+    }
+    println!(
+        "accumulators{}:",
+        calibrated
+            .map(|n| format!(" (first {n} training images)"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  {:<28} {:>3} {:>3} {:>6} {:>10} {:>12} {:>12} {:>8} {:>10}",
+        "layer",
+        "a",
+        "w",
+        "fan-in",
+        "worst:bits",
+        "worst:weights",
+        "max reached",
+        "max bits",
+        "overflows"
+    );
+    let opt = |x: Option<u32>| x.map_or("-".to_string(), |b| b.to_string());
+    for l in &r.layers {
+        println!(
+            "  {:<28} {:>3} {:>3} {:>6} {:>10} {:>12} {:>12} {:>8} {:>10}",
+            l.layer,
+            l.a_bits,
+            l.w_bits,
+            l.fan_in,
+            opt(l.worst_bits),
+            opt(l.worst_bits_weights),
+            l.max_abs,
+            l.max_bits,
+            l.overflows
+        );
+    }
+}
+
+/// `qatc int ...`.
+pub fn run_int(cmd: Box<IntCommand>, libtorch_eval: LibtorchEval) -> anyhow::Result<ExitCode> {
+    match (cmd.action, cmd.run) {
+        (
+            Some(IntAction::Sweep {
+                plan,
+                shift,
+                data,
+                formats,
+                class,
+                format,
+            }),
+            _,
+        ) => sweep(
+            &plan,
+            shift.per_layer_shift,
+            &data,
+            &formats,
+            &class,
+            format,
+        ),
+        (
+            Some(IntAction::Bench {
+                plan,
+                shift,
+                images,
+                data,
+                rounds,
+                libtorch,
+            }),
+            _,
+        ) => bench(
+            &plan,
+            shift.per_layer_shift,
+            images,
+            data.as_deref(),
+            rounds,
+            libtorch.then_some(libtorch_eval),
+        ),
+        (None, run) => {
+            let plan = load_plan_with(&run.plan, None, run.shift.per_layer_shift)?;
+            let split = open_data(run.data.data.as_deref(), &plan)?;
+            let (report, rate) = measure(&plan, &split, &run.data)?;
+            match run.format {
+                ReportFormat::Table => print_report(&plan, &report, rate, run.data.calibrate),
+                ReportFormat::Json => {
+                    let mut v = serde_json::to_value(&report)?;
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.remove("predictions");
+                        m.remove("logits");
+                        m.insert("images_per_s".into(), rate.into());
+                        m.insert(
+                            "formats".into(),
+                            serde_json::to_value(plan.options.formats)?,
+                        );
+                    }
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn sweep(
+    plan_args: &PlanArgs,
+    per_layer_shift: bool,
+    data: &DataArgs,
+    formats: &[String],
+    class: &str,
+    format: ReportFormat,
+) -> anyhow::Result<ExitCode> {
+    let base = formats_from(&plan_args.fixed)?;
+    let mut args = plan_args.clone();
+    // A sweep wants every format's accuracy, fitting or not: constants are
+    // clamped as the seed clamps them, and the count is reported.
+    args.saturate_constants = true;
+    let mut split = None;
+    let mut rows = Vec::new();
+    for f in formats {
+        let fmt: FixedFormat = f.parse().map_err(anyhow::Error::msg)?;
+        let mut fs = base;
+        set_class(&mut fs, class, fmt)?;
+        let plan = load_plan_with(&args, Some(fs), per_layer_shift)?;
+        if split.is_none() {
+            split = Some(open_data(data.data.as_deref(), &plan)?);
+        }
+        let Some(split) = split.as_ref() else {
+            unreachable!()
+        };
+        let (r, _) = measure(&plan, split, data)?;
+        rows.push((fmt, r.top1, r.correct, r.images, plan.saturated.len()));
+    }
+    if format == ReportFormat::Json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(f, top1, c, n, sat)| {
+                serde_json::json!({"format": f.to_string(), "bits": f.bits, "int_bits": f.int_bits,
+                    "top1": top1, "correct": c, "images": n, "clamped_constants": sat})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("fixed-point format of class `{class}` (others as given):");
+        println!(
+            "  {:<14} {:>8} {:>14} {:>18}",
+            "format", "top-1", "correct", "clamped constants"
+        );
+        for (f, top1, c, n, sat) in rows {
+            println!(
+                "  {:<14} {:>7.2}% {:>14} {:>18}",
+                f.to_string(),
+                top1,
+                format!("{c}/{n}"),
+                sat
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deterministic pseudo-random normal-ish images (no data set needed).
+fn random_images(n: usize, len: usize) -> Vec<Vec<f32>> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| {
+            (0..len)
+                .map(|_| (next() + next() + next() - 1.5) * 2.0)
+                .collect()
+        })
+        .collect()
+}
+
+fn first_images(data: Option<&str>, plan: &IntPlan, n: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    match data {
+        Some(d) => {
+            let split = open_data(Some(d), plan)?;
+            let m = n.min(split.test.len());
+            Ok((0..m)
+                .map(|i| {
+                    let mut v = vec![0f32; plan.input_len()];
+                    split.test.normalized(i, &mut v);
+                    v
+                })
+                .collect())
+        }
+        None => Ok(random_images(n, plan.input_len())),
+    }
+}
+
+struct Listed<'a>(&'a [Vec<f32>]);
+
+impl Images for Listed<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn image(&self, i: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.0[i]);
+    }
+    fn label(&self, _: usize) -> usize {
+        0
+    }
+}
+
+fn bench(
+    plan_args: &PlanArgs,
+    per_layer_shift: bool,
+    n: usize,
+    data: Option<&str>,
+    rounds: usize,
+    libtorch: Option<LibtorchEval>,
+) -> anyhow::Result<ExitCode> {
+    let plan = load_plan_with(plan_args, None, per_layer_shift)?;
+    let images = first_images(data, &plan, n.max(1))?;
+    let cores = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1);
+    println!(
+        "integer engine, model {} profile {} ({} rounding), {} images, median of {} rounds",
+        plan.model,
+        plan.profile,
+        plan.options.rounding,
+        images.len(),
+        rounds.max(1)
+    );
+    let avx2 = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    println!("kernels: {}", if avx2 { "AVX2" } else { "portable" });
+    let mut thread_counts = vec![1];
+    if cores > 1 {
+        thread_counts.push(cores);
+    }
+    let mut one_thread = None;
+    for threads in thread_counts {
+        let opts = EvalOptions {
+            threads,
+            ..EvalOptions::default()
+        };
+        evaluate(&plan, &Listed(&images[..images.len().min(8)]), opts)?;
+        let mut times = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let (t, c) = (Instant::now(), process_cpu_seconds());
+            evaluate(&plan, &Listed(&images), opts)?;
+            times.push(t.elapsed().as_secs_f64());
+            if let (Some(a), Some(b)) = (c, process_cpu_seconds()) {
+                cpu.push(b - a);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let n = images.len() as f64;
+        if threads == 1 {
+            one_thread = Some(n / median);
+        }
+        println!(
+            "  {threads} thread{}: {:.1} images/s ({:.3} ms per image){}",
+            if threads == 1 { "" } else { "s" },
+            n / median,
+            1000.0 * median / n,
+            cpu.get(cpu.len() / 2)
+                .map(|c| format!(", {:.3} ms of CPU per image", 1000.0 * c / n))
+                .unwrap_or_default()
+        );
+    }
+    if let (Some(libtorch_eval), Some(engine)) = (libtorch, one_thread) {
+        let spec = plan_args.spec.as_deref().context("a spec is required")?;
+        let torch = libtorch_eval(spec, &plan.profile)?;
+        println!(
+            "libtorch fake-quant eval, 1 thread: {torch:.1} images/s ({:.3} ms per image)",
+            1000.0 / torch
+        );
+        let ratio = engine / torch;
+        println!(
+            "engine / libtorch, 1 thread: {:.2}x {}",
+            if ratio >= 1.0 { ratio } else { 1.0 / ratio },
+            if ratio >= 1.0 { "faster" } else { "slower" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// User plus system CPU time of this process so far (Linux `/proc`, in
+/// clock ticks of 1/100 s): on a shared machine the CPU time per image
+/// says what an image costs when wall-clock time includes waiting for a core.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// `qatc export ...`.
+pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
+    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
+    let format = match args.format {
+        ExportFormatArg::C => ExportFormat::C,
+        ExportFormatArg::Npz => ExportFormat::Npz,
+        ExportFormatArg::Json => ExportFormat::Json,
+    };
+    let mut tests = TestImages::default();
+    if format == ExportFormat::C && args.images > 0 {
+        tests.images = first_images(args.data.as_deref(), &plan, args.images)?;
+        let weights = engine::Weights::new(&plan);
+        let mut ws = engine::Workspace::new(&plan);
+        for im in &tests.images {
+            let out = engine::run_image(&plan, &weights, im, &mut ws, &SimOptions::default())?;
+            tests.logits.push(out.logits);
+        }
+    }
+    let files = export::write_export(&plan, &args.output, format, &tests)?;
+    for f in &files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

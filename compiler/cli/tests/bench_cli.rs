@@ -1,0 +1,223 @@
+//! `qatc bench` up to the point where it hands over to cargo: the checks
+//! (spec, profile, generated crate brought up to date, libtorch set up),
+//! for `bench`, `train` and `eval` alike,
+//! and the command it runs. `CARGO` points at `echo` here, so no model is
+//! built; the benchmark itself is tested in the runtime (`bench`, `cli`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch Cargo workspace holding `spec/toynet.qspec`, removed on drop.
+struct Workspace(PathBuf);
+
+impl Workspace {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("qatc-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("spec")).unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"generated/*\"]\n",
+        )
+        .unwrap();
+        let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/toynet.qspec");
+        std::fs::copy(spec, dir.join("spec/toynet.qspec")).unwrap();
+        Self(dir)
+    }
+
+    fn qatc(&self, args: &[&str], libtorch: bool) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qatc"));
+        cmd.args(args).current_dir(&self.0).env("CARGO", "echo");
+        if libtorch {
+            cmd.env("LIBTORCH_USE_PYTORCH", "1");
+        } else {
+            cmd.env_remove("LIBTORCH_USE_PYTORCH");
+        }
+        cmd.output().expect("qatc runs")
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn runs_the_generated_crates_bench_with_the_options_given() {
+    let ws = Workspace::new("ok");
+    let built = ws.qatc(&["build", "spec/toynet.qspec"], true);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let out = ws.qatc(
+        &[
+            "bench",
+            "spec/toynet.qspec",
+            "--profile",
+            "cfg-2",
+            "--batch-size",
+            "64",
+            "--steps",
+            "3",
+            "--json",
+        ],
+        true,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "run --release -q -p qatc-model-toynet -- bench --profile cfg-2 --batch-size 64 --steps 3 --json\n"
+    );
+    // Defaults are the binary's: nothing passed.
+    let out = ws.qatc(&["bench", "spec/toynet.qspec"], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "run --release -q -p qatc-model-toynet -- bench\n"
+    );
+    // The spec named from elsewhere, relative to the workspace root.
+    let sub = ws.0.join("spec");
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["bench", "toynet.qspec"])
+        .current_dir(&sub)
+        .env("CARGO", "echo")
+        .env("LIBTORCH_USE_PYTORCH", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn without_libtorch_it_says_to_go_through_dev() {
+    let ws = Workspace::new("env");
+    assert!(ws
+        .qatc(&["build", "spec/toynet.qspec"], true)
+        .status
+        .success());
+    let out = ws.qatc(&["bench", "spec/toynet.qspec"], false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("./dev qatc bench"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_missing_or_stale_crate_is_regenerated_and_a_foreign_one_refused() {
+    let ws = Workspace::new("stale");
+    let out = ws.qatc(&["bench", "spec/toynet.qspec"], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("qatc: generated "), "{err}");
+    let lib = ws.0.join("generated/toynet/src/lib.rs");
+    let fresh = std::fs::read_to_string(&lib).unwrap();
+
+    std::fs::write(&lib, fresh.clone() + "\n// edited\n").unwrap();
+    let out = ws.qatc(&["train", "spec/toynet.qspec", "--epochs", "1"], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("regenerated (it was stale)"));
+    assert_eq!(std::fs::read_to_string(&lib).unwrap(), fresh);
+    assert!(
+        text(&out.stdout).contains("-- train --epochs 1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Another spec with the same model name must not overwrite the crate.
+    let other = std::fs::read_to_string(ws.0.join("spec/toynet.qspec"))
+        .unwrap()
+        .replace("profile cfg-3", "profile cfg-3b");
+    std::fs::write(ws.0.join("spec/other.qspec"), other).unwrap();
+    let out = ws.qatc(&["eval", "spec/other.qspec"], true);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("holds the crate of another spec"), "{err}");
+    assert_eq!(std::fs::read_to_string(&lib).unwrap(), fresh);
+    assert!(out.stdout.is_empty(), "cargo must not run");
+}
+
+#[test]
+fn bad_specs_profiles_and_flags_exit_1() {
+    let ws = Workspace::new("bad");
+    assert!(ws
+        .qatc(&["build", "spec/toynet.qspec"], true)
+        .status
+        .success());
+    let out = ws.qatc(&["bench", "spec/toynet.qspec", "--profile", "w2a2"], true);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no profile `w2a2`; known: cfg-1*, cfg-1"),
+        "{err}"
+    );
+    for args in [
+        &["bench", "spec/toynet.qspec", "--batch-size", "0"][..],
+        &["bench", "spec/toynet.qspec", "--steps", "x"],
+        &["bench"],
+        &["bench", "spec/missing.qspec"],
+    ] {
+        let out = ws.qatc(args, true);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    std::fs::write(ws.0.join("spec/broken.qspec"), "model broken {").unwrap();
+    let out = ws.qatc(&["bench", "spec/broken.qspec"], true);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("broken.qspec"));
+}
+
+#[cfg(unix)]
+#[test]
+fn int_bench_times_libtorch_through_the_model_crate_on_one_thread() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new("int");
+    assert!(ws
+        .qatc(&["build", "spec/toynet.qspec"], true)
+        .status
+        .success());
+    // A stand-in for cargo: the model crate's `bench --json` report, given
+    // one thread and the profile asked for (else it fails).
+    let fake = ws.0.join("fake-cargo");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n\
+         [ \"$QATC_THREADS\" = 1 ] || exit 3\n\
+         case \"$*\" in *'bench --profile cfg-1* --steps 5 --json'*) ;; *) exit 4 ;; esac\n\
+         echo '{\"qat\":{\"eval_images_per_s\":500.0}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let golden = qatc_testdata::golden_set().require("toynet.safetensors");
+    let run = |cargo: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_qatc"))
+            .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])
+            .arg("--checkpoint")
+            .arg(&golden)
+            .args(["--import", "seed", "--strip-prefix", "state."])
+            .args(["--saturate-constants", "--images", "4", "--rounds", "1"])
+            .arg("--libtorch")
+            .current_dir(&ws.0)
+            .env("CARGO", cargo)
+            .env("LIBTORCH_USE_PYTORCH", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&fake);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("libtorch fake-quant eval, 1 thread: 500.0 images/s (2.000 ms per image)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("engine / libtorch, 1 thread: "), "{stdout}");
+    // A model crate that fails (here: no JSON) is an error, not a number.
+    let out = run(Path::new("echo"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no JSON report"),
+        "{}",
+        text(&out.stderr)
+    );
+}

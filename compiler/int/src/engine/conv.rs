@@ -1,0 +1,471 @@
+//! A conv layer: the element types the conv kernels compute in ([`Num`]),
+//! the choice among the kernel families for each layer ([`run_conv`]), and
+//! the accumulator statistics and simulated accumulator width.
+//!
+//! Which kernel runs (x86-64 with AVX2 detected at run time, else the plain
+//! loops of the same files):
+//! - the float input: the f64 GEMM of [`super::float_stem`];
+//! - i32 sums with 16-bit operands: the direct kernel of [`super::direct`]
+//!   for ungrouped k x k convs with rows a multiple of 8 wide, else the
+//!   `vpmaddwd` im2col/GEMM of [`super::gemm`];
+//! - depthwise convs: [`super::depthwise`] (AVX2 `vpmulld` on i32);
+//! - everything else (i64 sums, wider operands): [`super::gemm::gemm`].
+//!
+//! The only unsafe code here calls the depthwise AVX2 kernel (for `i32`)
+//! and the AVX2 copy of [`abs_peak`], after checking for AVX2.
+
+#[cfg(target_arch = "x86_64")]
+use super::depthwise::depthwise_avx2_kernel;
+use super::depthwise::{depthwise, depthwise_from, Phased};
+use super::direct::{conv_direct_madd, direct_conv};
+use super::float_stem::{gemm_f64, round_into};
+use super::gemm::{conv_im2col_madd, gemm, gemm_madd, im2col, madd_group_len};
+use super::{Buf, OverflowMode, SimOptions, Weights, Workspace};
+use crate::fixed::Rounding;
+use crate::plan::{ConvInput, ConvLayer, IntPlan};
+
+/// A number type the convs compute in (i32, i64 or f64).
+pub(super) trait Num:
+    Copy + Default + PartialEq + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    /// A depthwise conv over a channel laid out by `depthwise_body` (in
+    /// `depthwise.rs`): `out[oy][ox] = sum w[ky][kx] * x[oy*s + ky][ox*s +
+    /// kx]` (see [`Phased`]). i32 takes an AVX2 kernel where the CPU has one.
+    fn depthwise_phased(d: &Phased<Self>, w: &[Self], k: usize, out: &mut [Self], ow: usize) {
+        depthwise_from(d, w, k, out, ow, 0);
+    }
+}
+impl Num for i32 {
+    fn depthwise_phased(d: &Phased<i32>, w: &[i32], k: usize, out: &mut [i32], ow: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if d.holds(k, out.len() / ow.max(1), ow)
+                && w.len() >= k * k
+                && std::arch::is_x86_feature_detected!("avx2")
+            {
+                // SAFETY: the CPU has AVX2, `d` holds every tap of an
+                // `out.len() / ow` x `ow` output and `w` has the k * k taps
+                // (all checked just above): the kernel's `# Safety`.
+                let done = unsafe { depthwise_avx2_kernel(d, w, k, out, ow) };
+                depthwise_from(d, w, k, out, ow, done);
+                return;
+            }
+        }
+        depthwise_from(d, w, k, out, ow, 0);
+    }
+}
+impl Num for i64 {}
+impl Num for f64 {}
+
+/// One conv over typed buffers (the input already converted to `T`).
+/// `mm(w, m, k, col, p, out)` does the matrix products of grouped and 1x1
+/// convolutions ([`gemm`], or [`gemm_madd`] on 16-bit operands).
+/// The first argument is the group.
+type MatMul<'a, T> = &'a mut dyn FnMut(usize, &[T], usize, usize, &[T], usize, &mut [T]);
+
+fn conv_typed<T: Num>(
+    l: &ConvLayer,
+    input: &[T],
+    w: &[T],
+    col: &mut Vec<T>,
+    out: &mut [T],
+    mm: MatMul<T>,
+) {
+    let [ih, iw] = l.in_hw;
+    let [oh, ow] = l.out_hw;
+    let p = oh * ow;
+    let cin_g = l.cin / l.groups;
+    let cout_g = l.cout / l.groups;
+    let kk = cin_g * l.kernel * l.kernel;
+    if l.groups == l.cin && l.groups == l.cout {
+        let k2 = l.kernel * l.kernel;
+        for c in 0..l.cout {
+            depthwise(
+                &input[c * ih * iw..(c + 1) * ih * iw],
+                ih,
+                iw,
+                &w[c * k2..(c + 1) * k2],
+                l.kernel,
+                l.stride,
+                l.padding,
+                &mut out[c * p..(c + 1) * p],
+                oh,
+                ow,
+                col,
+            );
+        }
+        return;
+    }
+    for g in 0..l.groups {
+        let wg = &w[g * cout_g * kk..(g + 1) * cout_g * kk];
+        let og = &mut out[g * cout_g * p..(g + 1) * cout_g * p];
+        if l.kernel == 1 && l.stride == 1 && l.padding == 0 {
+            mm(
+                g,
+                wg,
+                cout_g,
+                kk,
+                &input[g * cin_g * p..(g + 1) * cin_g * p],
+                p,
+                og,
+            );
+        } else {
+            im2col(input, ih, iw, g * cin_g, cin_g, l, col);
+            mm(g, wg, cout_g, kk, col, p, og);
+        }
+    }
+}
+
+/// Runs conv layer `li` of `plan` (`l`) on the workspace's buffers (or on
+/// `image`, for a conv of the float input), then records its accumulator
+/// statistics and applies the simulated accumulator width of `sim`.
+pub(super) fn run_conv(
+    plan: &IntPlan,
+    li: usize,
+    l: &ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) {
+    let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
+    match (l.input, &mut out) {
+        (ConvInput::Float, out) => {
+            let input: Vec<f64> = image.iter().map(|&x| x as f64).collect();
+            let mut col = std::mem::take(&mut ws.colf);
+            let mut o = std::mem::take(&mut ws.outf);
+            o.resize(plan.tensors[l.output].len(), 0.0);
+            conv_typed(
+                l,
+                &input,
+                &weights.wf[li],
+                &mut col,
+                &mut o,
+                &mut |_, w, m, k, c, p, o| gemm_f64(w, m, k, c, p, o),
+            );
+            let scale = l.float_scale;
+            match plan.options.rounding {
+                // The seed: `F.conv2d(...).long()` (`as` truncates).
+                Rounding::Trunc => round_into(out, &o, |x| x as i64),
+                Rounding::Nearest | Rounding::Scaled => {
+                    round_into(out, &o, |x| (x * scale).round() as i64)
+                }
+            }
+            ws.colf = col;
+            ws.outf = o;
+        }
+        (ConvInput::Tensor(t), Buf::I32(o)) => {
+            let mut col = std::mem::take(&mut ws.col32);
+            let mut packed = std::mem::take(&mut ws.packed);
+            // 16-bit operands (and not both at -2^15, whose pair sum would
+            // pass 2^31) go through the AVX2 multiply-add of i16 pairs. The
+            // input's width is that of its actual range (`in_bits`): a
+            // 16-bit unsigned or seed-pooled activation does not fit i16.
+            let fits16 = l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16);
+            let pairs = &weights.pairs[li];
+            let mut packed2 = std::mem::take(&mut ws.packed2);
+            let mut fast =
+                |g: usize, w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
+                    let per_group = madd_group_len(m, k);
+                    let wp = pairs.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
+                    if !(fits16
+                        && wp.len() == per_group
+                        && gemm_madd(wp, m, k, c, p, out, &mut packed))
+                    {
+                        gemm(w, m, k, c, p, out)
+                    }
+                };
+            let depthwise = l.groups == l.cin && l.groups == l.cout;
+            let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
+            let mut rows = std::mem::take(&mut ws.rows);
+            let done = match &ws.bufs[t] {
+                Buf::I32(input) if fits16 && direct_conv(l) => {
+                    conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o)
+                }
+                Buf::I32(input) if fits16 && !depthwise && !pointwise => {
+                    conv_im2col_madd(l, input, pairs, &mut packed2, &mut rows, o)
+                }
+                _ => false,
+            };
+            ws.rows = rows;
+            match &ws.bufs[t] {
+                _ if done => {}
+                Buf::I32(input) => conv_typed(l, input, &weights.w32[li], &mut col, o, &mut fast),
+                Buf::I64(input) => {
+                    let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+                    conv_typed(l, &input, &weights.w32[li], &mut col, o, &mut fast)
+                }
+            }
+            ws.col32 = col;
+            ws.packed = packed;
+            ws.packed2 = packed2;
+        }
+        (ConvInput::Tensor(t), Buf::I64(o)) => {
+            let mut col = std::mem::take(&mut ws.col64);
+            let input: Vec<i64> = ws.bufs[t].to_i64();
+            conv_typed(
+                l,
+                &input,
+                &weights.w64[li],
+                &mut col,
+                o,
+                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
+            );
+            ws.col64 = col;
+        }
+    }
+    // Statistics and the simulated accumulator width.
+    let st = &mut ws.stats[li];
+    let (min, max) = match sim.acc_bits {
+        Some(b) if b < 64 => (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1),
+        _ => (i64::MIN, i64::MAX),
+    };
+    let fast = sim.acc_bits.is_none();
+    let mut apply = |x: i64| -> i64 {
+        st.max_abs = st.max_abs.max(x.saturating_abs());
+        if x < min || x > max {
+            st.overflows += 1;
+            match sim.overflow {
+                OverflowMode::Saturate => x.clamp(min, max),
+                OverflowMode::Wrap => {
+                    let b = 64 - sim.acc_bits.unwrap_or(64);
+                    (x << b) >> b
+                }
+            }
+        } else {
+            x
+        }
+    };
+    match &mut out {
+        Buf::I32(v) if fast => {
+            // No width to simulate: only the largest value (vectorised).
+            st.values += v.len() as u64;
+            let m = max_abs(v);
+            st.max_abs = st.max_abs.max(m as i64);
+        }
+        Buf::I32(v) => {
+            st.values += v.len() as u64;
+            for x in v.iter_mut() {
+                *x = apply(*x as i64) as i32;
+            }
+        }
+        Buf::I64(v) if fast => {
+            st.values += v.len() as u64;
+            let m = v.iter().fold(0u64, |m, &x| m.max(x.unsigned_abs()));
+            st.max_abs = st.max_abs.max(m.min(i64::MAX as u64) as i64);
+        }
+        Buf::I64(v) => {
+            st.values += v.len() as u64;
+            for x in v.iter_mut() {
+                *x = apply(*x);
+            }
+        }
+    }
+    ws.bufs[l.output] = out;
+}
+
+/// Largest |x| (vectorised; AVX2 where the CPU has it).
+fn max_abs(v: &[i32]) -> u32 {
+    /// [`abs_peak`] compiled with AVX2.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 (the body is safe Rust).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(v: &[i32]) -> u32 {
+        abs_peak(v)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { avx2(v) };
+        }
+    }
+    abs_peak(v)
+}
+
+/// Largest |x|, inlined into its caller (so vectorised with its features).
+#[inline(always)]
+pub(super) fn abs_peak(v: &[i32]) -> u32 {
+    v.iter().fold(0u32, |m, x| m.max(x.unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gemm::madd_weights;
+    use crate::plan::Layer;
+
+    fn naive_conv(l: &ConvLayer, input: &[i32]) -> Vec<i32> {
+        let [ih, iw] = l.in_hw;
+        let [oh, ow] = l.out_hw;
+        let (cin_g, cout_g, k) = (l.cin / l.groups, l.cout / l.groups, l.kernel);
+        let mut out = vec![0; l.cout * oh * ow];
+        for o in 0..l.cout {
+            let g = o / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0;
+                    for c in 0..cin_g {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * l.stride + ky) as isize - l.padding as isize;
+                                let ix = (ox * l.stride + kx) as isize - l.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
+                                    acc += l.weights[((o * cin_g + c) * k + ky) * k + kx]
+                                        * input[((g * cin_g + c) * ih + iy as usize) * iw
+                                            + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    fn test_plan() -> IntPlan {
+        IntPlan {
+            model: String::new(),
+            profile: String::new(),
+            options: Default::default(),
+            input_shape: [0; 3],
+            tensors: vec![],
+            layers: vec![],
+            output: crate::plan::OutputLayer {
+                terms: vec![],
+                bias: vec![],
+                terms_f32: vec![],
+                bias_f32: vec![],
+                classes: 0,
+                seed_linear: vec![],
+            },
+            node_tensors: Default::default(),
+            clips: Default::default(),
+            saturated: vec![],
+            folded: vec![],
+        }
+    }
+
+    #[test]
+    fn grouped_strided_padded_conv_matches_naive() {
+        for (cin, cout, k, stride, pad, groups) in [
+            (4, 6, 3, 2, 1, 2),
+            (3, 5, 3, 1, 1, 1),
+            (4, 4, 2, 2, 0, 1),
+            (6, 9, 1, 1, 0, 3),
+            (5, 16, 3, 2, 1, 1),
+            (6, 10, 3, 1, 1, 1),
+            (2, 3, 5, 1, 2, 1),
+            (4, 8, 3, 1, 0, 1),
+            (16, 17, 3, 1, 1, 1),
+        ] {
+            let (ih, iw) = (7, 16);
+            let oh = (ih + 2 * pad - k) / stride + 1;
+            let ow = (iw + 2 * pad - k) / stride + 1;
+            let fan_in = cin / groups * k * k;
+            let weights: Vec<i32> = (0..cout * fan_in)
+                .map(|i| (i as i32 * 37 % 255) - 127)
+                .collect();
+            let l = ConvLayer {
+                name: "t".into(),
+                input: ConvInput::Tensor(0),
+                output: 1,
+                cin,
+                cout,
+                kernel: k,
+                stride,
+                padding: pad,
+                groups,
+                in_hw: [ih, iw],
+                out_hw: [oh, ow],
+                weights: weights.clone(),
+                w_bits: 8,
+                w_scale: 127.0,
+                a_bits: 8,
+                in_bits: 8,
+                float_scale: 1.0,
+                fan_in,
+                worst_bits: None,
+                worst_bits_weights: None,
+            };
+            let input: Vec<i32> = (0..cin * ih * iw)
+                .map(|i| (i as i32 * 53 % 255) - 128)
+                .collect();
+            let want = naive_conv(&l, &input);
+            let mut col = Vec::new();
+            let mut out = vec![0; want.len()];
+            conv_typed(
+                &l,
+                &input,
+                &weights,
+                &mut col,
+                &mut out,
+                &mut |_, w, m, k, c, p, o| gemm(w, m, k, c, p, o),
+            );
+            assert_eq!(
+                out, want,
+                "plain {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+            );
+            // The 16-bit multiply-add path, with its weight pairs.
+            let pairs = madd_weights(&weights, groups, cout / groups, fan_in);
+            let mut packed = Vec::new();
+            let mut out2 = vec![0; want.len()];
+            conv_typed(
+                &l,
+                &input,
+                &weights,
+                &mut col,
+                &mut out2,
+                &mut |g, w, m, k, c, p, o| {
+                    let per_group = madd_group_len(m, k);
+                    if !gemm_madd(
+                        &pairs[g * per_group..(g + 1) * per_group],
+                        m,
+                        k,
+                        c,
+                        p,
+                        o,
+                        &mut packed,
+                    ) {
+                        gemm(w, m, k, c, p, o)
+                    }
+                },
+            );
+            assert_eq!(
+                out2, want,
+                "madd {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+            );
+            // im2col straight into i16 pairs (what non-1x1 convs take).
+            let mut out3 = vec![0; want.len()];
+            let (mut p2, mut rows) = (Vec::new(), Vec::new());
+            if direct_conv(&l) {
+                let w = Weights::new(&IntPlan {
+                    layers: vec![Layer::Conv(l.clone())],
+                    ..test_plan()
+                });
+                let mut out4 = vec![0; want.len()];
+                let mut padded = Vec::new();
+                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut padded, &mut out4);
+                if ran {
+                    assert_eq!(out4, want, "direct {cin} {cout} k{k} p{pad}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                assert!(
+                    ran || !std::arch::is_x86_feature_detected!("avx2"),
+                    "direct kernel refused"
+                );
+            }
+            if conv_im2col_madd(&l, &input, &pairs, &mut p2, &mut rows, &mut out3) {
+                assert_eq!(
+                    out3, want,
+                    "fused {cin} {cout} k{k} s{stride} p{pad} g{groups}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The direct 16-bit kernel: ungrouped k x k convs (k > 1) whose output
+//! rows are a multiple of 8 wide, any stride, without im2col.
+//!
+//! The input is laid out once per layer as zero-padded planes of
+//! interleaved channel pairs as i16 (a strided conv's columns split by
+//! phase), the weights once per plan ([`direct_weights`]); then each tap
+//! reads a shifted row of the planes. On x86-64 with AVX2 (detected at run
+//! time) [`direct_kernel`] computes eight output channels x eight positions
+//! per pass with `vpmaddwd` (i16 pairs multiplied and summed into i32) and
+//! `vpaddd`. Without AVX2 [`conv_direct_madd`] declines and the layer takes
+//! the im2col path of [`super::gemm`] (the same sums: integer sums do not
+//! depend on their order).
+//!
+//! Used only where the plan's bit-widths put both operands in i16 and not
+//! both at -2^15 (so no pair sum passes 2^31).
+
+#[cfg(target_arch = "x86_64")]
+use super::gemm::pair8;
+use super::gemm::{madd_weights, MADD_ROWS};
+use crate::plan::ConvLayer;
+
+/// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
+/// a multiple of 8 wide (its vectors run along a row; narrower maps go
+/// through im2col, whose vectors run across rows). Any stride: a strided
+/// conv's input is split into column phases.
+pub(super) fn direct_conv(l: &ConvLayer) -> bool {
+    l.groups == 1 && l.stride >= 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
+}
+
+/// The weights of a [`direct_conv`] laid out for [`direct_kernel`]:
+/// `[cout / 8][cin / 2][k * k][8]`, each entry the pair of input channels
+/// `(2c, 2c + 1)` at one tap as i16 halves of an i32 (low half the even
+/// channel); channels past `cin` and rows past `cout` are zero. That is
+/// [`madd_weights`] of each row reordered to `[cin / 2][k * k][2]`.
+pub(super) fn direct_weights(l: &ConvLayer) -> Vec<i32> {
+    let (k2, cp) = (l.kernel * l.kernel, l.cin.div_ceil(2));
+    let mut rows = vec![0i32; l.cout * cp * k2 * 2];
+    for (o, row) in rows.chunks_exact_mut(cp * k2 * 2).enumerate() {
+        for c in 0..l.cin {
+            for t in 0..k2 {
+                row[((c / 2) * k2 + t) * 2 + c % 2] = l.weights[(o * l.cin + c) * k2 + t];
+            }
+        }
+    }
+    madd_weights(&rows, 1, l.cout, cp * k2 * 2)
+}
+
+/// A k x k conv without im2col: the input is laid out once as zero-padded
+/// planes of interleaved channel pairs (a strided conv's columns split by
+/// phase), and each tap reads a shifted row of it (`vpmaddwd` on channel
+/// pairs, eight output channels per load). Returns false (nothing done)
+/// without AVX2, or where the shapes are not the kernel's (never so for a
+/// [`direct_conv`] of a plan: see the check before the kernel).
+pub(super) fn conv_direct_madd(
+    l: &ConvLayer,
+    input: &[i32],
+    dpairs: &[i32],
+    padded: &mut Vec<i16>,
+    out: &mut [i32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(2));
+        let blocks = l.cout.div_ceil(MADD_ROWS);
+        if !std::arch::is_x86_feature_detected!("avx2")
+            || dpairs.len() != blocks * cp * k2 * MADD_ROWS
+        {
+            return false;
+        }
+        // Layout: `[cin/2][s][ph][cols]` channel pairs, padded column
+        // `col * s + phase` of row `r` at `((c * s + phase) * ph + r) * cols + col`.
+        let [ih, iw] = l.in_hw;
+        let (s, pad) = (l.stride, l.padding);
+        let (ph, cols) = (ih + 2 * pad, (iw + 2 * pad).div_ceil(s));
+        // The kernel's bounds (its `# Safety`): whole vectors of eight along
+        // each output row, every tap inside the padded planes, every store
+        // inside `out`. Always so for a plan's direct convs (`out_hw` is
+        // `(in + 2 pad - k) / s + 1`); anything else is left to im2col.
+        let [oh, ow] = l.out_hw;
+        if k == 0
+            || ow % 8 != 0
+            || (oh.max(1) - 1) * s + k > ph
+            || (k - 1) / s + ow > cols
+            || out.len() < l.cout * oh * ow
+        {
+            return false;
+        }
+        padded.clear();
+        padded.resize(cp * s * ph * cols * 2, 0);
+        let plane = |c: usize| &input[c * ih * iw..(c + 1) * ih * iw];
+        for c in 0..cp {
+            let (a, b) = (plane(2 * c), (2 * c + 1 < l.cin).then(|| plane(2 * c + 1)));
+            for y in 0..ih {
+                let row = y * iw..(y + 1) * iw;
+                if s == 1 {
+                    let at = 2 * ((c * ph + y + pad) * cols + pad);
+                    // SAFETY: AVX2 is present (checked above); `pair_rows`
+                    // bounds itself by the slices' lengths.
+                    unsafe {
+                        pair_rows(
+                            &a[row.clone()],
+                            b.map(|b| &b[row]),
+                            &mut padded[at..at + 2 * iw],
+                        )
+                    };
+                    continue;
+                }
+                for phase in 0..s {
+                    let at = 2 * ((c * s + phase) * ph + y + pad) * cols;
+                    let dst = &mut padded[at..at + 2 * cols];
+                    for (col, d) in dst.chunks_exact_mut(2).enumerate() {
+                        if let Some(x) = (col * s + phase).checked_sub(pad).filter(|&x| x < iw) {
+                            d[0] = a[row.start + x] as i16;
+                            d[1] = b.map_or(0, |b| b[row.start + x] as i16);
+                        }
+                    }
+                }
+            }
+        }
+        // Where tap (c, ky, kx) reads, relative to an output position's
+        // top-left corner, in i16 units.
+        let mut taps = Vec::with_capacity(cp * k2);
+        for c in 0..cp {
+            for ky in 0..k {
+                for kx in 0..k {
+                    taps.push(2 * (((c * s + kx % s) * ph + ky) * cols + kx / s));
+                }
+            }
+        }
+        // SAFETY: AVX2 is present, `dpairs` has `blocks * taps.len() * 8`
+        // values, rows are whole vectors of 8, `out` holds `cout * oh * ow`
+        // and `(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols` (all
+        // checked above), so every tap of `taps` reads inside `padded`
+        // (`cp * s * ph * cols` pairs): the kernel's `# Safety`.
+        unsafe { direct_kernel(l, dpairs, padded, s * cols, &taps, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (l, input, dpairs, padded, out);
+        false
+    }
+}
+
+/// `out[2i] = a[i]`, `out[2i + 1] = b[i]` (0 without `b`) as i16: eight
+/// positions at a time by [`pair8`], the rest one by one, for the first
+/// `min(a.len(), b.len(), out.len() / 2)` positions.
+///
+/// # Safety
+///
+/// The CPU must support AVX2. Any lengths are safe (the function bounds
+/// itself by them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = a
+        .len()
+        .min(out.len() / 2)
+        .min(b.map_or(usize::MAX, <[i32]>::len));
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: AVX2 is this function's own feature; `i + 8 <= n` puts
+        // the reads inside `a` and `b` and the 16 i16 written inside `out`.
+        unsafe {
+            let v = pair8(a.as_ptr().add(i), b.map(|b| b.as_ptr().add(i)));
+            _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as _, v);
+        }
+    }
+    for i in full..n {
+        out[2 * i] = a[i] as i16;
+        out[2 * i + 1] = b.map_or(0, |b| b[i] as i16);
+    }
+}
+
+/// Eight output channels x eight positions of one output row per pass:
+/// one load of the shifted input row per (channel pair, tap), then one
+/// broadcast weight pair, `vpmaddwd` and `vpaddd` per output channel.
+/// Output row `y` starts `y * row_step` pairs into its phase plane
+/// (`row_step = s * cols`). Bounds: `ow = (pw - k) / s + 1`, so for
+/// `i + 8 <= ow` the furthest tap reads row `(oh - 1) * s + k - 1 < ph` and
+/// column `(k - 1) / s + i + 7 < cols` of the last phase of the last pair.
+///
+/// # Safety
+///
+/// - The CPU must support AVX2.
+/// - `l.out_hw[1]` (`ow`) is a multiple of 8 and
+///   `out.len() >= l.cout * oh * ow`.
+/// - `dpairs.len() >= l.cout.div_ceil(8) * taps.len() * 8`.
+/// - For every output row `y < oh`, every `i < ow` that is a multiple of 8
+///   and every `off` in `taps`, `2 * (y * row_step + i) + off + 16 <=
+///   padded.len()` (so for the layout [`conv_direct_madd`] builds:
+///   `(oh - 1) * s + k <= ph` and `(k - 1) / s + ow <= cols`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn direct_kernel(
+    l: &ConvLayer,
+    dpairs: &[i32],
+    padded: &[i16],
+    row_step: usize,
+    taps: &[usize],
+    out: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let [oh, ow] = l.out_hw;
+    let p = oh * ow;
+    let n = taps.len();
+    for b in 0..l.cout.div_ceil(MADD_ROWS) {
+        let rows = (l.cout - b * MADD_ROWS).min(MADD_ROWS);
+        // SAFETY: block `b` of `dpairs` (`taps.len() * 8` values) lies
+        // inside it (the caller's length).
+        let wb = unsafe { dpairs.as_ptr().add(b * n * MADD_ROWS) };
+        for y in 0..oh {
+            for i in (0..ow).step_by(8) {
+                // SAFETY: AVX2 is this function's own feature; each load
+                // reads 16 i16 at `2 * (y * row_step + i) + off`, inside
+                // `padded`, and each weight `wb[t * 8 + r]` inside block
+                // `b` (the caller's bounds); the stores write 8 i32 at
+                // `(b * 8 + r) * p + y * ow + i` with `r < rows`, `i + 8 <=
+                // ow`, inside `out` (`cout * p` values).
+                unsafe {
+                    let base = padded.as_ptr().add(2 * (y * row_step + i));
+                    let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
+                    let mut w = wb;
+                    for &off in taps {
+                        let x = _mm256_loadu_si256(base.add(off) as *const __m256i);
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            let wr = _mm256_set1_epi32(*w.add(r));
+                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(x, wr));
+                        }
+                        w = w.add(MADD_ROWS);
+                    }
+                    let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn row_pairs_are_the_as_i16_of_both_rows() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for n in 0..20 {
+            let a: Vec<i32> = (0..n as i32).map(|i| i * 40_503 - 300_000).collect();
+            let b: Vec<i32> = (0..n as i32).map(|i| 70_000 - i * 9_001).collect();
+            for with_b in [false, true] {
+                let mut out = vec![7i16; 2 * n];
+                // SAFETY: AVX2 is present (checked above).
+                unsafe { pair_rows(&a, with_b.then_some(&b[..]), &mut out) };
+                for i in 0..n {
+                    assert_eq!(out[2 * i], a[i] as i16, "n {n} i {i}");
+                    assert_eq!(out[2 * i + 1], if with_b { b[i] as i16 } else { 0 });
+                }
+            }
+        }
+    }
+}

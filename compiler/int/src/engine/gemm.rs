@@ -1,0 +1,502 @@
+//! im2col and the matrix products of grouped (not depthwise) and 1x1
+//! convs: `out[m x p] = w[m x k] * col[k x p]` per group.
+//!
+//! - [`gemm`]: the plain product in any element type (i32, i64, f64), four
+//!   output rows per pass; on x86-64 with AVX2 (detected at run time) the
+//!   same Rust code compiled with AVX2 so the compiler vectorises it wider.
+//! - [`gemm_madd`] and [`conv_im2col_madd`]: operands that fit in i16, on
+//!   x86-64 with AVX2 only: `madd_kernel` multiplies i16 pairs and sums them
+//!   into i32 (`vpmaddwd`, `vpaddd`), eight output rows x eight positions
+//!   per pass, over an operand packed per block of eight positions
+//!   (`packed_len`, packed by `pack_pairs` or, straight from the image, by
+//!   `pack_group`) and weights laid out once per plan by [`madd_weights`].
+//!   Without AVX2 they decline and the caller runs [`gemm`].
+//!
+//! Integer sums do not depend on their order, so every path gives the same
+//! results (the tests compare them with a naive conv).
+
+use super::conv::Num;
+use crate::plan::ConvLayer;
+
+/// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
+/// column row so each input value is loaded once for four products.
+#[inline(always)]
+fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut [T]) {
+    let zero = T::default();
+    let mut o = 0;
+    while o + 4 <= m {
+        let (a0, rest) = out[o * p..(o + 4) * p].split_at_mut(p);
+        let (a1, rest) = rest.split_at_mut(p);
+        let (a2, a3) = rest.split_at_mut(p);
+        a0.fill(zero);
+        a1.fill(zero);
+        a2.fill(zero);
+        a3.fill(zero);
+        for kk in 0..k {
+            let (w0, w1, w2, w3) = (
+                w[o * k + kk],
+                w[(o + 1) * k + kk],
+                w[(o + 2) * k + kk],
+                w[(o + 3) * k + kk],
+            );
+            let row = &col[kk * p..(kk + 1) * p];
+            for i in 0..p {
+                let x = row[i];
+                a0[i] = a0[i] + w0 * x;
+                a1[i] = a1[i] + w1 * x;
+                a2[i] = a2[i] + w2 * x;
+                a3[i] = a3[i] + w3 * x;
+            }
+        }
+        o += 4;
+    }
+    while o < m {
+        let acc = &mut out[o * p..(o + 1) * p];
+        acc.fill(zero);
+        for kk in 0..k {
+            let wv = w[o * k + kk];
+            if wv == zero {
+                continue;
+            }
+            for (a, &x) in acc.iter_mut().zip(&col[kk * p..(kk + 1) * p]) {
+                *a = *a + wv * x;
+            }
+        }
+        o += 1;
+    }
+}
+
+dispatch!(gemm, gemm_avx2, gemm_body, (w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut [T]));
+
+/// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
+/// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
+/// pairs of rows ([`packed_len`]), eight output rows share
+/// each load. Returns false (nothing done) without AVX2 or where the
+/// shapes do not match.
+pub(super) fn gemm_madd(
+    wp: &[i32],
+    m: usize,
+    k: usize,
+    col: &[i32],
+    p: usize,
+    out: &mut [i32],
+    packed: &mut Vec<i16>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let shapes = wp.len() == madd_group_len(m, k) && col.len() >= k * p && out.len() >= m * p;
+        if shapes && std::arch::is_x86_feature_detected!("avx2") {
+            let kp = k.div_ceil(2);
+            packed.clear();
+            packed.resize(packed_len(kp, p), 0);
+            // SAFETY: AVX2 is present (checked above); `pack_pairs`
+            // asserts its lengths.
+            unsafe { pack_pairs(col, k, p, packed) };
+            // SAFETY: AVX2 is present, `packed` was just sized to
+            // `packed_len(kp, p)` and `out` holds `m * p` (checked above):
+            // the kernel's `# Safety`.
+            unsafe { madd_kernel(wp, m, k, packed, p, out) };
+            return true;
+        }
+    }
+    let _ = (wp, m, k, col, p, out, packed);
+    false
+}
+
+/// The operand layout of [`madd_kernel`]: per block of eight positions, the
+/// `kp` pairs of rows of k one after the other, each 16 i16 (position `i`
+/// of the block at `2i`, row `2j` low, `2j + 1` high), so the kernel's loads
+/// run through memory instead of striding `2p` (4 KiB on a 32 x 32 map).
+fn packed_len(kp: usize, p: usize) -> usize {
+    p.div_ceil(8) * kp * 16
+}
+
+/// Positions `from..` (a multiple of 8) of rows `a` and `b` (`b` missing:
+/// 0) of pair `j`, as i16, interleaved into their place in the blocks of the
+/// [`packed_len`] layout; `packed` was zeroed, so the positions past `p` of
+/// the last block stay 0. (The scalar tail of [`pack_pairs`] and
+/// [`pack_group`], which do whole blocks in AVX2 registers.)
+fn pairs_into_blocks<T: Copy>(
+    a: &[T],
+    b: Option<&[T]>,
+    to16: impl Fn(T) -> i16,
+    from: usize,
+    j: usize,
+    kp: usize,
+    packed: &mut [i16],
+) {
+    for i in from..a.len() {
+        let at = ((i / 8) * kp + j) * 16 + 2 * (i % 8);
+        packed[at] = to16(a[i]);
+        packed[at + 1] = b.map_or(0, |b| to16(b[i]));
+    }
+}
+
+/// Size of one group's weights in the [`madd_weights`] layout.
+pub(super) fn madd_group_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MADD_ROWS) * MADD_ROWS * k.div_ceil(2)
+}
+
+/// Output rows (channels) per pass of [`madd_kernel`] and `direct_kernel`
+/// (in `direct.rs`): eight accumulators, the input vector and a broadcast
+/// stay in the sixteen AVX2 registers.
+pub(super) const MADD_ROWS: usize = 8;
+
+/// The weights of `groups` groups of `m` output rows of `k` as [`madd_kernel`]
+/// reads them: per group, per block of eight output rows, `[kp][8]` i16
+/// pairs in i32 lanes (low half `w[2j]`, high half `w[2j + 1]`; a missing
+/// last odd weight and rows past `m` are 0).
+pub(super) fn madd_weights(w: &[i32], groups: usize, m: usize, k: usize) -> Vec<i32> {
+    let kp = k.div_ceil(2);
+    let mut v = Vec::with_capacity(groups * madd_group_len(m, k));
+    for g in 0..groups {
+        let wg = &w[g * m * k..(g + 1) * m * k];
+        let at = |o: usize, i: usize| -> u32 {
+            if o < m && i < k {
+                wg[o * k + i] as i16 as u16 as u32
+            } else {
+                0
+            }
+        };
+        for b in 0..m.div_ceil(MADD_ROWS) {
+            for j in 0..kp {
+                for r in 0..MADD_ROWS {
+                    let o = b * MADD_ROWS + r;
+                    v.push((at(o, 2 * j) | (at(o, 2 * j + 1) << 16)) as i32);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Eight positions of rows `a` and `b` (`None`: 0) as interleaved i16
+/// pairs: the low halves of `a` or'ed with `b` shifted up 16 bits, which is
+/// the `as i16` of both. Reads `a[0..8]` and `b[0..8]`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2, and `a` (and `b` where given) must be valid
+/// for reading eight `i32` (no alignment needed).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn pair8(a: *const i32, b: Option<*const i32>) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is this function's own feature; the caller makes `a` and
+    // `b` valid for eight unaligned i32 reads.
+    unsafe {
+        let lo = _mm256_and_si256(_mm256_loadu_si256(a as _), _mm256_set1_epi32(0xffff));
+        match b {
+            Some(b) => _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_loadu_si256(b as _), 16)),
+            None => lo,
+        }
+    }
+}
+
+/// `col` (`k` rows of `p` i32) as i16 pairs of rows in the [`packed_len`]
+/// layout (a missing last odd row is 0), whole blocks by [`pair8`].
+///
+/// # Safety
+///
+/// The CPU must support AVX2. The lengths are asserted (`col.len() >= k *
+/// p`, `packed.len() >= packed_len(k.div_ceil(2), p)`): a short slice
+/// panics.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    let full = p / 8;
+    assert!(col.len() >= k * p && packed.len() >= packed_len(kp, p));
+    for j in 0..kp {
+        let a = &col[2 * j * p..(2 * j + 1) * p];
+        let b = (2 * j + 1 < k).then(|| &col[(2 * j + 1) * p..(2 * j + 2) * p]);
+        for blk in 0..full {
+            // SAFETY: AVX2 is this function's own feature; `blk * 8 + 8 <=
+            // p` keeps the reads inside rows `a` and `b`, and the 16 i16
+            // stored at `(blk * kp + j) * 16` lie inside `packed` (asserted
+            // above).
+            unsafe {
+                let v = pair8(a.as_ptr().add(blk * 8), b.map(|b| b.as_ptr().add(blk * 8)));
+                _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kp + j) * 16) as _, v);
+            }
+        }
+        pairs_into_blocks(a, b, |x| x as i16, full * 8, j, kp, packed);
+    }
+}
+
+/// `out[m x p] = w[m x k] * col[k x p]` with `vpmaddwd`: `wp` is one
+/// group's weights in the [`madd_weights`] layout, `packed` the operand in
+/// the [`packed_len`] layout; eight output rows x eight positions per pass.
+///
+/// # Safety
+///
+/// - The CPU must support AVX2.
+/// - `packed.len() >= packed_len(k.div_ceil(2), p)` and `out.len() >= m *
+///   p`. (`wp` is sliced with bounds checks: shorter than
+///   [`madd_group_len`]`(m, k)` panics.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    for o in (0..m).step_by(MADD_ROWS) {
+        let rows = (m - o).min(MADD_ROWS);
+        // This block of eight rows: `[kp][8]`, broadcasts at fixed offsets.
+        let wb = &wp[o * kp..(o + MADD_ROWS) * kp];
+        for b in 0..p.div_ceil(8) {
+            // SAFETY: AVX2 is this function's own feature. Block `b` of
+            // `packed` is `kp` x 16 i16 at `b * kp * 16`, inside
+            // `packed_len(kp, p)` (the caller's length); the weights read are
+            // `wb[j * 8 + r]`, `j < kp`, inside `wb` (`8 * kp`, a checked
+            // slice); the whole-vector stores write `(o + r) * p + i..+8`
+            // with `o + r < m` and `i + 8 <= p`, inside `out` (`m * p`); the
+            // last partial block goes through `last` and checked slices.
+            unsafe {
+                let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
+                // Block b: kp pairs of rows x 8 positions, 16 i16 each.
+                let mut x = packed.as_ptr().add(b * kp * 16);
+                let mut w = wb.as_ptr();
+                for _ in 0..kp {
+                    let xv = _mm256_loadu_si256(x as *const __m256i);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wr = _mm256_set1_epi32(*w.add(r));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wr));
+                    }
+                    x = x.add(16);
+                    w = w.add(MADD_ROWS);
+                }
+                let i = b * 8;
+                if i + 8 <= p {
+                    let dst = out.as_mut_ptr().add(o * p + i);
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
+                    }
+                } else {
+                    let mut last = [0i32; 8];
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
+                        out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// im2col of channels `c0..c0+cn` of a `[C, ih, iw]` image:
+/// rows `(c, ky, kx)`, columns output positions.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn im2col<T: Num>(
+    input: &[T],
+    ih: usize,
+    iw: usize,
+    c0: usize,
+    cn: usize,
+    l: &ConvLayer,
+    col: &mut Vec<T>,
+) {
+    let k = l.kernel;
+    let p = l.out_hw[0] * l.out_hw[1];
+    // Every element is written below: no need to clear first.
+    col.resize(cn * k * k * p, T::default());
+    for c in 0..cn {
+        let plane = &input[(c0 + c) * ih * iw..(c0 + c + 1) * ih * iw];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                im2col_row(
+                    plane,
+                    ih,
+                    iw,
+                    ky,
+                    kx,
+                    l,
+                    &mut col[r * p..(r + 1) * p],
+                    |x| x,
+                );
+            }
+        }
+    }
+}
+
+/// One im2col row, `(c, ky, kx)` of a `[C, ih, iw]` image, into `dst`
+/// (one value per output position), converted with `conv`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn im2col_row<S: Copy, D: Copy + Default>(
+    plane: &[S],
+    ih: usize,
+    iw: usize,
+    ky: usize,
+    kx: usize,
+    l: &ConvLayer,
+    dst: &mut [D],
+    conv: impl Fn(S) -> D,
+) {
+    let (s, pad) = (l.stride, l.padding);
+    let [oh, ow] = l.out_hw;
+    let zero = D::default();
+    let lo = pad.saturating_sub(kx).div_ceil(s).min(ow);
+    let hi = (iw + pad).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
+    for oy in 0..oh {
+        let d = &mut dst[oy * ow..(oy + 1) * ow];
+        let iy = (oy * s + ky) as isize - pad as isize;
+        if iy < 0 || iy >= ih as isize {
+            d.fill(zero);
+            continue;
+        }
+        let irow = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+        d[..lo].fill(zero);
+        d[hi..].fill(zero);
+        if s == 1 {
+            let start = lo + kx - pad;
+            for (o, &x) in d[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                *o = conv(x);
+            }
+        } else {
+            for (ox, o) in d.iter_mut().enumerate().take(hi).skip(lo) {
+                *o = conv(irow[ox * s + kx - pad]);
+            }
+        }
+    }
+}
+
+/// A grouped (not depthwise) conv with im2col straight into interleaved
+/// i16 row pairs and the AVX2 multiply-add kernel: no i32 column matrix.
+/// Returns false (nothing done) without AVX2 or where `pairs` is not the
+/// layer's [`madd_weights`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_im2col_madd(
+    l: &ConvLayer,
+    input: &[i32],
+    pairs: &[i32],
+    packed: &mut Vec<i16>,
+    rows: &mut Vec<i16>,
+    out: &mut [i32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return false;
+        }
+        let [oh, ow] = l.out_hw;
+        let (p, k) = (oh * ow, l.kernel);
+        let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
+        let kk = cin_g * k * k;
+        let kp = kk.div_ceil(2);
+        let per_group = madd_group_len(cout_g, kk);
+        if pairs.len() != l.groups * per_group {
+            return false;
+        }
+        packed.clear();
+        packed.resize(packed_len(kp, p), 0);
+        rows.resize(2 * p, 0);
+        for g in 0..l.groups {
+            // SAFETY: AVX2 is present (checked above); `pack_group` asserts
+            // its lengths.
+            unsafe { pack_group(l, input, g, kk, kp, rows, packed) };
+            // SAFETY: AVX2 is present; `packed` was sized to
+            // `packed_len(kp, p)` and group `g`'s output is a slice of
+            // `cout_g * p`: the kernel's `# Safety`.
+            unsafe {
+                madd_kernel(
+                    &pairs[g * per_group..(g + 1) * per_group],
+                    cout_g,
+                    kk,
+                    packed,
+                    p,
+                    &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                )
+            };
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (l, input, pairs, packed, rows, out);
+        false
+    }
+}
+
+/// The im2col rows of group `g` as i16 pairs in the [`packed_len`] layout
+/// (compiled with AVX2 so the row copies and conversions vectorise).
+///
+/// # Safety
+///
+/// The CPU must support AVX2. The lengths are asserted (`rows.len() >= 2 *
+/// p`, `packed.len() >= packed_len(kp, p)`, `p` the layer's output
+/// positions) or bounds-checked (`input`): a short slice panics.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_group(
+    l: &ConvLayer,
+    input: &[i32],
+    g: usize,
+    kk: usize,
+    kp: usize,
+    rows: &mut [i16],
+    packed: &mut [i16],
+) {
+    use std::arch::x86_64::*;
+    let [ih, iw] = l.in_hw;
+    let p = l.out_hw[0] * l.out_hw[1];
+    let k = l.kernel;
+    let cin_g = l.cin / l.groups;
+    assert!(rows.len() >= 2 * p && packed.len() >= packed_len(kp, p));
+    for j in 0..kp {
+        let (a, b) = rows.split_at_mut(p);
+        for (h, dst) in [a, b].into_iter().enumerate() {
+            let r = 2 * j + h;
+            if r >= kk {
+                dst.fill(0);
+                continue;
+            }
+            let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+            let ch = g * cin_g + c;
+            im2col_row(
+                &input[ch * ih * iw..(ch + 1) * ih * iw],
+                ih,
+                iw,
+                ky,
+                kx,
+                l,
+                dst,
+                |x| x as i16,
+            );
+        }
+        let (a, b) = (&rows[..p], &rows[p..]);
+        for blk in 0..p / 8 {
+            // SAFETY: AVX2 is this function's own feature; blocks below p / 8
+            // read inside the rows and write inside `packed` (packed_len).
+            unsafe {
+                let lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(a.as_ptr().add(blk * 8) as _));
+                let hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(b.as_ptr().add(blk * 8) as _));
+                let v = _mm256_or_si256(lo, _mm256_slli_epi32(hi, 16));
+                _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kp + j) * 16) as _, v);
+            }
+        }
+        pairs_into_blocks(a, Some(b), |x| x, p / 8 * 8, j, kp, packed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_naive() {
+        let (m, k, p) = (6, 5, 7);
+        let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
+        let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
+        let mut out = vec![0; m * p];
+        gemm(&w, m, k, &col, p, &mut out);
+        for o in 0..m {
+            for i in 0..p {
+                let want: i32 = (0..k).map(|kk| w[o * k + kk] * col[kk * p + i]).sum();
+                assert_eq!(out[o * p + i], want);
+            }
+        }
+    }
+}

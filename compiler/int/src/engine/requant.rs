@@ -1,0 +1,368 @@
+//! Requantization: `out = clamp(div(sum_t src_t * m_t + b, 2^shift), lo,
+//! hi)` per channel, for one term (a conv's accumulator) or several (a
+//! residual add).
+//!
+//! - one or two i32 terms with 32-bit multipliers: [`requant_row`], one
+//!   loop per rounding mode (`Div`) in i32 lanes where the row's own
+//!   values bound every sum below 2^31, else i64 lanes; on x86-64 with AVX2
+//!   (detected at run time) the same Rust code compiled with AVX2, so the
+//!   compiler vectorises it (8 or 4 lanes per vector);
+//! - sums that may pass 2^63 (`Requant::wide`): plain i128 loops;
+//! - anything else (more terms, 64-bit sources or multipliers): plain i64
+//!   rows, one term at a time.
+//!
+//! Every path computes the exact sum and the same rounding
+//! (`fixed::shift_round`), so the results do not depend on the path.
+
+use super::conv::abs_peak;
+use super::{Buf, Workspace};
+use crate::fixed::{shift_round, shift_round_wide, Div};
+use crate::plan::{IntPlan, Requant};
+
+/// The integer a requantization computes its sums in: i64 always holds
+/// them (multipliers of at most 32 bits times 32-bit sources); i32 does
+/// where the row's values bound them (8 lanes per AVX2 vector instead of 4,
+/// and native min/max).
+trait Lane:
+    Copy
+    + Ord
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::BitAnd<Output = Self>
+    + std::ops::BitXor<Output = Self>
+    + std::ops::Shr<u32, Output = Self>
+{
+    const BITS: u32;
+    fn from_i32(x: i32) -> Self;
+    /// `x` where it fits (the caller checked).
+    fn from_i64(x: i64) -> Self;
+    fn to_i32(self) -> i32;
+}
+
+impl Lane for i32 {
+    const BITS: u32 = 32;
+    fn from_i32(x: i32) -> i32 {
+        x
+    }
+    fn from_i64(x: i64) -> i32 {
+        x as i32
+    }
+    fn to_i32(self) -> i32 {
+        self
+    }
+}
+
+impl Lane for i64 {
+    const BITS: u32 = 64;
+    fn from_i32(x: i32) -> i64 {
+        x as i64
+    }
+    fn from_i64(x: i64) -> i64 {
+        x
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+/// The constants of one channel of a requantization (see
+/// [`requant_row_body`]).
+#[derive(Clone, Copy)]
+struct RowScale {
+    m: i32,
+    m2: i32,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i64,
+    hi: i64,
+}
+
+/// One channel of a requantization with one term (`src2` empty) or two (a
+/// residual add): `out = clamp(div(src * m + src2 * m2 + b, 2^shift), lo, hi)`,
+/// the multipliers in 32 bits (always so for formats of at most 32 bits).
+/// Computed in i32 where `max|src| * |m| + max|src2| * |m2| + |b| + 2^shift`
+/// stays below 2^31 (then no sum, and no rounding offset added to one, can
+/// pass i32), else in i64 (sign-extended 32x32 products); one loop per
+/// rounding so none branches inside.
+#[inline(always)]
+fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    let RowScale {
+        m, m2, b, shift, ..
+    } = *q;
+    // Saturating: two 2^31 x 2^31 products would pass i64 (then i64 lanes).
+    let term = |v: &[i32], m: i32| (abs_peak(v) as i64).saturating_mul((m as i64).abs());
+    let mut bound = term(src, m)
+        .saturating_add(b.saturating_abs())
+        .saturating_add(1i64 << shift.min(40));
+    if !src2.is_empty() {
+        bound = bound.saturating_add(term(src2, m2));
+    }
+    if bound < 1 << 31 && shift < 31 {
+        requant_lanes::<i32>(src, src2, q, out)
+    } else {
+        requant_lanes::<i64>(src, src2, q, out)
+    }
+}
+
+#[inline(always)]
+fn requant_lanes<T: Lane>(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    let RowScale { shift, div, .. } = *q;
+    let (m, m2, b) = (T::from_i32(q.m), T::from_i32(q.m2), T::from_i64(q.b));
+    let (lo, hi) = (q.lo.max(i32::MIN as i64), q.hi.min(i32::MAX as i64));
+    let (lo, hi) = (T::from_i64(lo), T::from_i64(hi));
+    let zero = T::from_i32(0);
+    let mask = if shift == 0 {
+        zero
+    } else {
+        T::from_i64((1i64 << shift) - 1)
+    };
+    let half = if shift == 0 {
+        zero
+    } else {
+        T::from_i64(1i64 << (shift - 1))
+    };
+    let sign = T::BITS - 1;
+    let n = out.len().min(src.len());
+    let (out, src) = (&mut out[..n], &src[..n]);
+    if src2.is_empty() {
+        match div {
+            Div::Trunc => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    let s = T::from_i32(x) * m + b;
+                    *o = ((s + ((s >> sign) & mask)) >> shift).clamp(lo, hi).to_i32();
+                }
+            }
+            Div::Floor => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    *o = ((T::from_i32(x) * m + b) >> shift).clamp(lo, hi).to_i32();
+                }
+            }
+            Div::Nearest => {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    let s = T::from_i32(x) * m + b;
+                    // Halves away from zero: round |s|, restore the sign.
+                    let neg = s >> sign;
+                    let a = (s ^ neg) - neg;
+                    let q = (a + half) >> shift;
+                    *o = ((q ^ neg) - neg).clamp(lo, hi).to_i32();
+                }
+            }
+        }
+        return;
+    }
+    let n = n.min(src2.len());
+    let (out, src, src2) = (&mut out[..n], &src[..n], &src2[..n]);
+    match div {
+        Div::Trunc => {
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                out[i] = ((s + ((s >> sign) & mask)) >> shift).clamp(lo, hi).to_i32();
+            }
+        }
+        Div::Floor => {
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                out[i] = (s >> shift).clamp(lo, hi).to_i32();
+            }
+        }
+        Div::Nearest => {
+            for i in 0..n {
+                let s = T::from_i32(src[i]) * m + T::from_i32(src2[i]) * m2 + b;
+                let neg = s >> sign;
+                let a = (s ^ neg) - neg;
+                let q = (a + half) >> shift;
+                out[i] = ((q ^ neg) - neg).clamp(lo, hi).to_i32();
+            }
+        }
+    }
+}
+
+/// [`requant_row_body`] compiled with AVX2.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 (the body is safe Rust).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requant_row_avx2(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    requant_row_body(src, src2, q, out)
+}
+
+/// [`requant_row_body`], compiled with AVX2 where the CPU has it.
+fn requant_row(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { requant_row_avx2(src, src2, q, out) };
+            return;
+        }
+    }
+    requant_row_body(src, src2, q, out)
+}
+
+/// Runs a requantization layer on the workspace's buffers.
+pub(super) fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
+    let mut out = match std::mem::replace(&mut ws.bufs[r.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    let c = r.bias.len();
+    let p = plan.tensors[r.output].len() / c.max(1);
+    let srcs: Vec<&Buf> = r.terms.iter().map(|t| &ws.bufs[t.src]).collect();
+    let (shift, div, lo, hi) = (r.shift, r.div, r.lo, r.hi);
+    if r.wide {
+        for ch in 0..c {
+            for i in 0..p {
+                let idx = ch * p + i;
+                let mut s = r.bias[ch] as i128;
+                for (t, src) in r.terms.iter().zip(&srcs) {
+                    s += src.get(idx) as i128 * t.mult[ch] as i128;
+                }
+                out[idx] = shift_round_wide(s, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    } else if let ([t0], [src]) = (r.terms.as_slice(), srcs.as_slice()) {
+        // One term: a channel whose values and multiplier fit in 32 bits
+        // takes the 32-bit path (a float conv's sums are stored wide, since
+        // its input has no integer bound, but usually fit).
+        let mut row = Vec::new();
+        for ch in 0..c {
+            let o = &mut out[ch * p..(ch + 1) * p];
+            let (m, b) = (t0.mult[ch], r.bias[ch]);
+            let s32: Option<&[i32]> = match src {
+                Buf::I32(v) => Some(&v[ch * p..(ch + 1) * p]),
+                Buf::I64(v) => {
+                    let s = &v[ch * p..(ch + 1) * p];
+                    s.iter().all(|&x| i32::try_from(x).is_ok()).then(|| {
+                        row.clear();
+                        row.extend(s.iter().map(|&x| x as i32));
+                        row.as_slice()
+                    })
+                }
+            };
+            match (i32::try_from(m), s32) {
+                (Ok(m), Some(s)) => {
+                    let q = RowScale {
+                        m,
+                        m2: 0,
+                        b,
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                    };
+                    requant_row(s, &[], &q, o)
+                }
+                _ => {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        let x = src.get(ch * p + i);
+                        *o = shift_round(x * m + b, shift, div).clamp(lo, hi) as i32;
+                    }
+                }
+            }
+        }
+    } else if let ([t0, t1], [Buf::I32(a), Buf::I32(b2)]) = (r.terms.as_slice(), srcs.as_slice()) {
+        for ch in 0..c {
+            let o = &mut out[ch * p..(ch + 1) * p];
+            let (sa, sb) = (&a[ch * p..(ch + 1) * p], &b2[ch * p..(ch + 1) * p]);
+            match (i32::try_from(t0.mult[ch]), i32::try_from(t1.mult[ch])) {
+                (Ok(m0), Ok(m1)) => {
+                    let b = r.bias[ch];
+                    requant_row(
+                        sa,
+                        sb,
+                        &RowScale {
+                            m: m0,
+                            m2: m1,
+                            b,
+                            shift,
+                            div,
+                            lo,
+                            hi,
+                        },
+                        o,
+                    )
+                }
+                _ => {
+                    for i in 0..p {
+                        let s =
+                            sa[i] as i64 * t0.mult[ch] + sb[i] as i64 * t1.mult[ch] + r.bias[ch];
+                        o[i] = shift_round(s, shift, div).clamp(lo, hi) as i32;
+                    }
+                }
+            }
+        }
+    } else {
+        // Any number of terms, 64-bit sources or multipliers: each channel's
+        // sums built one term at a time in an i64 row.
+        let mut acc = vec![0i64; p];
+        for ch in 0..c {
+            acc.fill(r.bias[ch]);
+            for (t, src) in r.terms.iter().zip(&srcs) {
+                let (m, row) = (t.mult[ch], ch * p..(ch + 1) * p);
+                match src {
+                    Buf::I32(v) => acc
+                        .iter_mut()
+                        .zip(&v[row])
+                        .for_each(|(a, &x)| *a += x as i64 * m),
+                    Buf::I64(v) => acc.iter_mut().zip(&v[row]).for_each(|(a, &x)| *a += x * m),
+                }
+            }
+            for (o, &s) in out[ch * p..(ch + 1) * p].iter_mut().zip(&acc) {
+                *o = shift_round(s, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    }
+    ws.bufs[r.output] = Buf::I32(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requantization_rows_match_shift_round_in_both_lane_widths() {
+        // Small values (i32 lanes) and values whose sums pass 2^31 (i64).
+        for (scale, m, m2, b) in [
+            (100i64, 1_000, -700, 12_345),
+            (1 << 20, 3_000, 2_000, -(1 << 20)),
+            (1 << 30, i32::MAX, i32::MIN + 1, i64::from(i32::MAX)),
+        ] {
+            let src: Vec<i32> = (0..37i64)
+                .map(|i| (((i * 7919) % 201 - 100) * scale / 100) as i32)
+                .collect();
+            let src2: Vec<i32> = (0..37i64)
+                .map(|i| (((i * 104729) % 199 - 99) * scale / 99) as i32)
+                .collect();
+            for div in [Div::Trunc, Div::Floor, Div::Nearest] {
+                for shift in [0, 1, 7, 16, 30] {
+                    let (lo, hi) = (-(1i64 << 40), 1i64 << 40);
+                    let q = RowScale {
+                        m,
+                        m2,
+                        b,
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                    };
+                    for two in [false, true] {
+                        let s2: &[i32] = if two { &src2 } else { &[] };
+                        let mut out = vec![0; src.len()];
+                        requant_row(&src, s2, &q, &mut out);
+                        for (i, &o) in out.iter().enumerate() {
+                            let y = if two { src2[i] as i64 * m2 as i64 } else { 0 };
+                            let s = src[i] as i64 * m as i64 + y + b;
+                            let want =
+                                shift_round(s, shift, div).clamp(i32::MIN as i64, i32::MAX as i64);
+                            assert_eq!(o as i64, want, "{div:?} shift {shift} m {m} two {two}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

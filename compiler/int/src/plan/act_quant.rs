@@ -1,0 +1,101 @@
+//! Plans [`ops::ActQuant`](qatc::ops::ActQuant), the activation
+//! quantizers: where a pending sum becomes integers again.
+//!
+//! Integer arithmetic emitted, by what the quantizer reads:
+//! - a pending sum (conv/linear accumulators, BN, bias, residual add,
+//!   ReLU): one [`Requant`](super::Requant) into the quantizer's domain
+//!   (`Builder::requant`: fixed-point multipliers and bias, a shift, a
+//!   clamp);
+//! - the float graph input: one [`QuantizeInput`],
+//!   `q = round_even(clamp(x * pre, clip_lo, clip_hi) * gain)` in float32
+//!   as the fake quantizer computes it;
+//! - an identity (`Quantizer::None` or 32 bits): nothing, except that a
+//!   rectified pending sum is materialised once as 16-bit integers
+//!   (`Builder::materialize_wide`) so that every consumer reads integers.
+//!
+//! Invariants: a bad clipping value or a quantizer with no integer form is
+//! an [`IntError`]; the clipping values read are recorded in
+//! [`IntPlan::clips`](super::IntPlan::clips).
+
+use super::builder::{Builder, Rectify, Value, Q};
+use super::{Layer, QuantizeInput, TensorKind};
+use crate::IntError;
+use qatc::ir::{Node, Quantizer};
+use qatc::ops::ActQuant;
+
+impl Builder<'_> {
+    /// An activation quantizer node.
+    pub(super) fn act_quant(
+        &mut self,
+        n: &Node,
+        values: &[Option<Value>],
+        op: &ActQuant,
+    ) -> Result<Value, IntError> {
+        let v = self.value(values, n, 0)?;
+        let quantizer = &op.quantizer;
+        if *quantizer == Quantizer::None || n.out_bit >= 32 {
+            if matches!(quantizer, Quantizer::Pact { .. } | Quantizer::Mpact { .. }) {
+                if let Ok(a) = self.ck.scalar(&format!("{}.alpha", n.name)) {
+                    self.clips.insert(n.name.clone(), a);
+                }
+            }
+            // An unquantized (32-bit) activation after a ReLU, such as
+            // ResNet20 `w8a8`'s float stem output, which feeds both a conv and
+            // a residual add: materialised once as wide integers at the
+            // scale of its sum, so that every consumer reads integers.
+            if let Value::Lin(lin) = v {
+                if lin.relu != Rectify::None {
+                    return Ok(Value::Q(self.materialize_wide(n, lin)?));
+                }
+            }
+            return Ok(v.clone());
+        }
+        let t = self.target(n, quantizer)?;
+        if let Value::Float = v {
+            let (pre, clip_lo, clip_hi, gain) = match quantizer {
+                Quantizer::Dorefa => (0.1f32, 0.0, 1.0, t.scale as f32),
+                Quantizer::Mpact { .. } => {
+                    let a = self.clips[&n.name];
+                    let k = ((1i64 << (t.bits - 1)) - 1) as f32;
+                    (1.0, -a.abs(), a.abs(), (1.0 / a) * k)
+                }
+                Quantizer::Pact { .. } => {
+                    let a = self.clips[&n.name];
+                    (1.0, 0.0, a, (1.0 / a) * t.hi as f32)
+                }
+                Quantizer::PactFixed { scale } => (1.0, 0.0, *scale as f32, t.gain as f32),
+                Quantizer::None => unreachable!(),
+            };
+            let out = self.new_tensor(
+                &n.name,
+                self.g_input_shape(),
+                TensorKind::Act {
+                    scale: t.scale,
+                    lo: t.lo,
+                    hi: t.hi,
+                    bits: t.bits,
+                },
+                false,
+            );
+            self.layers.push(Layer::QuantizeInput(QuantizeInput {
+                name: n.name.clone(),
+                pre,
+                clip_lo,
+                clip_hi,
+                gain,
+                output: out,
+            }));
+            self.node_tensors.insert(n.name.clone(), out);
+            return Ok(Value::Q(Q {
+                t: out,
+                scale: t.scale,
+                lo: t.lo,
+                hi: t.hi,
+                pooled: false,
+            }));
+        }
+        let lin = self.lin_of(n, v)?;
+        let fmt = self.format(n);
+        Ok(Value::Q(self.requant(n, &lin, &t, fmt)?))
+    }
+}

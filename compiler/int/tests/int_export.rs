@@ -1,0 +1,271 @@
+//! Export round trips: the C reference inference, compiled with `cc`,
+//! reproduces the Rust engine's logits bit for bit (every rounding mode on
+//! the golden ToyNet and its eight input images; ResNet20 and MobileNetV2
+//! golden states on two); the JSON and npz exports hold the plan.
+
+use qatc::driver::{self, Source};
+use qatc_int::export::{write_export, ExportFormat, TestImages};
+use qatc_int::{self as int, engine, Checkpoint, PlanOptions, Rounding};
+use safetensors::tensor::SafeTensors;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn golden_plan(rounding: Rounding) -> (int::IntPlan, Vec<f32>) {
+    seed_plan("int_export", "toynet_int", "toynet", "cfg-1*", rounding)
+        .expect("every golden set has the integer ToyNet")
+}
+
+/// The plan of a seed golden file (the set `qatc_testdata::golden_set`
+/// picks) under a spec and profile, with its input images; `None` (a skip of
+/// `test`) when the compact golden set leaves the file out.
+fn seed_plan(
+    test: &str,
+    file: &str,
+    spec: &str,
+    profile: &str,
+    rounding: Rounding,
+) -> Option<(int::IntPlan, Vec<f32>)> {
+    let path = qatc_testdata::golden_set().file(test, &format!("{file}.safetensors"))?;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../spec/{spec}.qspec"));
+    let src = Source::read(&path).unwrap();
+    let model = driver::parse(&src).unwrap();
+    let g = driver::compile(&src)
+        .and_then(|c| c.into_graph(Some(profile)))
+        .unwrap();
+    let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+    let opts = PlanOptions {
+        rounding,
+        saturate_constants: true,
+        ..PlanOptions::default()
+    };
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let input: Vec<f32> = st
+        .tensor("input")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((int::build(&g, &ck, opts).unwrap(), input))
+}
+
+fn have_cc() -> bool {
+    Command::new("cc").arg("--version").output().is_ok()
+}
+
+#[test]
+fn c_reference_matches_the_engine_bit_for_bit() {
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for rounding in [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled] {
+        let (plan, input) = golden_plan(rounding);
+        c_matches_engine(&plan, &input, &rounding.to_string());
+    }
+}
+
+/// The other seed models: ResNet20 (float stem, strided 3x3 convs, residual
+/// adds of a materialised stem) and MobileNetV2 (expansion, strided
+/// depthwise, projection), as their kernels differ from ToyNet's.
+#[test]
+fn c_reference_matches_the_engine_on_resnet20_and_mobilenetv2() {
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for (file, rounding) in [
+        ("resnet20", Rounding::Nearest),
+        ("resnet20", Rounding::Trunc),
+        ("mobilenetv2", Rounding::Trunc),
+    ] {
+        let Some((plan, input)) = seed_plan(
+            "c_reference_matches_the_engine_on_resnet20_and_mobilenetv2",
+            file,
+            file,
+            "w8a8",
+            rounding,
+        ) else {
+            continue;
+        };
+        // Two images are enough to cover every layer; the C file stays small.
+        let n = 2 * plan.input_len();
+        c_matches_engine(&plan, &input[..n], &format!("{file} {rounding}"));
+    }
+}
+
+/// How the exported C is built and run: portable C99 as a pedantic compiler
+/// sees it (`-std=c99 -pedantic -Werror`), natively under AddressSanitizer
+/// and UndefinedBehaviorSanitizer, and as a 32-bit program (`-m32`, no
+/// 128-bit integers there) where the machine has a 32-bit C library (Debian's
+/// `gcc-multilib`, which `./dev` installs; `QATC_REQUIRE_M32=1`, set by CI,
+/// turns its absence into a failure).
+const C_FLAGS: &[&str] = &[
+    "-std=c99",
+    "-pedantic",
+    "-Werror",
+    "-Wall",
+    "-Wno-unused-function",
+    "-ffp-contract=off",
+];
+
+/// The build variants: (name, extra flags, environment).
+fn c_variants() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut v = vec![
+        ("native", vec!["-O2"]),
+        (
+            "asan+ubsan",
+            vec![
+                "-O1",
+                "-g",
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer",
+            ],
+        ),
+    ];
+    if can_build_m32() {
+        v.push(("m32", vec!["-O2", "-m32"]));
+    } else if std::env::var_os("QATC_REQUIRE_M32").is_some() {
+        panic!(
+            "QATC_REQUIRE_M32 is set but `cc -m32` cannot link a program (install gcc-multilib)"
+        );
+    } else {
+        eprintln!("note: `cc -m32` cannot link here (no gcc-multilib): the 32-bit build of the C export is not checked");
+    }
+    v
+}
+
+fn can_build_m32() -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("t.c");
+    std::fs::write(
+        &src,
+        "int main(void) { return sizeof(void *) == 4 ? 0 : 1; }\n",
+    )
+    .unwrap();
+    let exe = dir.path().join("t");
+    Command::new("cc")
+        .args(["-m32", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new(&exe).status().is_ok_and(|s| s.success())
+}
+
+/// Runs `input` through the engine, exports the plan with those images as C,
+/// compiles it in every [`c_variants`] and checks that each prints the
+/// engine's logits bit for bit, with no sanitizer report.
+fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
+    let weights = engine::Weights::new(plan);
+    let mut ws = engine::Workspace::new(plan);
+    let mut tests = TestImages::default();
+    for x in input.chunks_exact(plan.input_len()) {
+        let out = engine::run_image(plan, &weights, x, &mut ws, &Default::default()).unwrap();
+        tests.images.push(x.to_vec());
+        tests.logits.push(out.logits);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_export(plan, dir.path(), ExportFormat::C, &tests).unwrap();
+    assert_eq!(files.len(), 3);
+    let c_src = std::fs::read_to_string(dir.path().join(format!("{}_int.c", plan.model))).unwrap();
+    assert!(
+        !c_src.contains("__int128"),
+        "the C export must be portable C99"
+    );
+    let want: Vec<Vec<u32>> = tests
+        .logits
+        .iter()
+        .map(|l| l.iter().map(|x| x.to_bits()).collect())
+        .collect();
+    for (variant, flags) in c_variants() {
+        let exe = dir
+            .path()
+            .join(format!("model_test_{}", variant.replace('+', "_")));
+        let cc = Command::new("cc")
+            .args(C_FLAGS)
+            .args(&flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(dir.path().join(format!("{}_test.c", plan.model)))
+            .arg(dir.path().join(format!("{}_int.c", plan.model)))
+            .arg("-lm")
+            .output()
+            .unwrap();
+        assert!(
+            cc.status.success(),
+            "cc failed ({what}, {variant}):\n{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let run = Command::new(&exe)
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success(),
+            "C logits differ ({what}, {variant}): {stderr}\n{stdout}"
+        );
+        assert!(
+            !stderr.contains("runtime error") && !stderr.contains("Sanitizer"),
+            "sanitizer report ({what}, {variant}):\n{stderr}"
+        );
+        // The printed logits are the engine's, bit for bit.
+        let printed: Vec<Vec<u32>> = stdout
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .map(|h| u32::from_str_radix(h, 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(printed, want, "{what} ({variant})");
+    }
+}
+
+#[test]
+fn json_and_npz_hold_the_plan() {
+    let (plan, _) = golden_plan(Rounding::Trunc);
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_export(
+        &plan,
+        dir.path(),
+        ExportFormat::Json,
+        &TestImages::default(),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(v["format"], "qatc-int");
+    assert_eq!(v["layers"].as_array().unwrap().len(), plan.layers.len());
+    let first_conv = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "conv")
+        .unwrap();
+    assert_eq!(first_conv["name"], "stem.conv");
+    assert_eq!(
+        first_conv["weights"].as_array().unwrap().len(),
+        16 * 3 * 3 * 3
+    );
+
+    let files = write_export(&plan, dir.path(), ExportFormat::Npz, &TestImages::default()).unwrap();
+    let npz = std::fs::read(&files[0]).unwrap();
+    assert_eq!(&npz[..4], b"PK\x03\x04");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[1]).unwrap()).unwrap();
+    let w = &meta["layers"][0]["weights"]["npy"];
+    let name = w.as_str().unwrap();
+    assert!(name.ends_with(".npy"));
+    // The entry is in the archive, with a .npy header.
+    let at = npz
+        .windows(name.len())
+        .position(|win| win == name.as_bytes())
+        .unwrap();
+    let data = &npz[at + name.len()..];
+    assert_eq!(&data[..6], b"\x93NUMPY");
+}

@@ -1,0 +1,101 @@
+//! Blocks -> AST: block definitions with their parameters, statements
+//! (`=`, `+=`, `return`, `if`/`else`) and chains of ops.
+
+use super::{Converter, Kids, Rule};
+use crate::ast::*;
+use pest::iterators::Pair;
+
+impl Converter {
+    pub(super) fn block(&mut self, p: Pair<Rule>) -> BlockDef {
+        let span = self.span(&p);
+        let mut inner = p.kids();
+        let name = self.ident(inner.next().expect("block name"));
+        let params = inner
+            .next()
+            .expect("params")
+            .kids()
+            .map(|q| self.param(q))
+            .collect();
+        let body = self.body(inner.next().expect("body"));
+        BlockDef {
+            name,
+            params,
+            body,
+            span,
+        }
+    }
+
+    pub(super) fn param(&mut self, p: Pair<Rule>) -> Param {
+        let span = self.span(&p);
+        let mut inner = p.kids();
+        let name = self.ident(inner.next().expect("param name"));
+        let default = inner.next().map(|e| self.expr(e));
+        Param {
+            name,
+            default,
+            span,
+        }
+    }
+
+    fn body(&mut self, p: Pair<Rule>) -> Vec<Stmt> {
+        p.kids().map(|s| self.stmt(s)).collect()
+    }
+
+    pub(super) fn stmt(&mut self, p: Pair<Rule>) -> Stmt {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::assign | Rule::add_assign => {
+                let add = p.as_rule() == Rule::add_assign;
+                let mut inner = p.kids();
+                let target = self.ident(inner.next().expect("target"));
+                let value = self.chain(inner.next().expect("chain"));
+                if add {
+                    Stmt::AddAssign {
+                        target,
+                        value,
+                        span,
+                    }
+                } else {
+                    Stmt::Assign {
+                        target,
+                        value,
+                        span,
+                    }
+                }
+            }
+            Rule::return_stmt => {
+                let value = self.chain(p.kids().next().expect("chain"));
+                Stmt::Return { value, span }
+            }
+            Rule::if_stmt => {
+                let mut inner = p.kids();
+                let cond = self.expr(inner.next().expect("cond"));
+                let then = self.body(inner.next().expect("then"));
+                let otherwise = match inner.next() {
+                    None => Vec::new(),
+                    Some(q) if q.as_rule() == Rule::body => self.body(q),
+                    Some(q) => vec![self.stmt(q)],
+                };
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                    span,
+                }
+            }
+            r => unreachable!("stmt {r:?}"),
+        }
+    }
+
+    fn chain(&mut self, p: Pair<Rule>) -> Chain {
+        let span = self.span(&p);
+        let mut inner = p.kids();
+        let source = self.ident(inner.next().expect("source"));
+        let ops = inner.map(|c| self.call(c)).collect();
+        Chain { source, ops, span }
+    }
+
+    pub(super) fn ops(&mut self, p: Pair<Rule>) -> Vec<Call> {
+        p.kids().map(|c| self.call(c)).collect()
+    }
+}
