@@ -204,6 +204,18 @@ pub enum Stmt {
         value: Chain,
         span: Span,
     },
+    /// `y *= g`: multiply by a gate (squeeze-excitation).
+    MulAssign {
+        target: Ident,
+        value: Chain,
+        span: Span,
+    },
+    /// `a, b = x -> split(2)`: one name per part of a split.
+    Unpack {
+        targets: Vec<Ident>,
+        value: Chain,
+        span: Span,
+    },
     /// `if cond { ... } else { ... }`
     If {
         cond: Expr,
@@ -220,6 +232,8 @@ impl Stmt {
         match self {
             Stmt::Assign { span, .. }
             | Stmt::AddAssign { span, .. }
+            | Stmt::MulAssign { span, .. }
+            | Stmt::Unpack { span, .. }
             | Stmt::If { span, .. }
             | Stmt::Return { span, .. } => *span,
         }
@@ -229,8 +243,25 @@ impl Stmt {
 /// `source -> op -> op ...`
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chain {
-    pub source: Ident,
+    pub source: Source,
     pub ops: Vec<Call>,
+    pub span: Span,
+}
+
+/// Where a chain starts: a named value, or values joined into one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// `x`
+    Name(Ident),
+    /// `concat(a, b)`, `mul(x, g)`, `add(a, b)`
+    Join(Join),
+}
+
+/// `concat(a, b, c)`: a join of named values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join {
+    pub op: Ident,
+    pub inputs: Vec<Ident>,
     pub span: Span,
 }
 

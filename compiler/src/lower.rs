@@ -19,15 +19,16 @@
 
 use crate::ast::*;
 use crate::check::{
-    Callee, ParamArg, Resolved, ResolvedBlock, ResolvedCall, ResolvedChain, ResolvedProfile,
-    ResolvedSection, ResolvedStmt, Rule, FLOAT_PROFILE,
+    Callee, JoinKind, ParamArg, Resolved, ResolvedBlock, ResolvedCall, ResolvedChain,
+    ResolvedProfile, ResolvedSection, ResolvedSource, ResolvedStmt, Rule, SplitParts,
+    FLOAT_PROFILE,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::*;
 use crate::ops::hooks::{
     error as err, quantizer_bits_ok, Args, LResult, NodeOp, OpEnv, StoredBits, Value,
 };
-use crate::ops::{ActQuant, Add, Input, NodeIo};
+use crate::ops::{ActQuant, Add, Concat, Input, Mul, NodeIo, Slice};
 use crate::vocab::BitRef;
 use std::collections::HashMap;
 /// Deepest nesting of block calls.
@@ -374,49 +375,31 @@ impl<'a> Lowerer<'a> {
                     span,
                 } => {
                     let lhs = *vars.get(&target.name).ok_or_else(|| undefined(target))?;
-                    let mut rhs = self.chain(value, vars, ctx)?;
-                    if let Some((bits, q, label)) = self.p.act_rule("quantize_shortcut") {
-                        if rhs.has_conv && !self.is_act(rhs.node) {
-                            rhs = self.insert_act(
-                                rhs,
-                                (bits, q, label),
-                                ctx,
-                                "quantize_shortcut",
-                                value.span,
-                            )?;
-                        }
-                    }
-                    let (ls, rs) = (
-                        self.nodes[lhs.node].out_shape.clone(),
-                        self.nodes[rhs.node].out_shape.clone(),
-                    );
-                    if ls != rs {
-                        return Err(Box::new(
-                            Diagnostic::error("E0302", format!("residual add of different shapes: {ls} += {rs}"))
-                                .primary(value.span, format!("this is {rs}"))
-                                .secondary(target.span, format!("`{}` is {ls}", target.name))
-                                .help("give the shortcut a conv that matches channels and stride (e.g. `conv1x1(cout, stride)`)"),
-                        ));
-                    }
-                    let name = self.name(ctx, "add");
-                    let add = self.push(
-                        ctx.slot,
-                        name,
-                        Op::Add(Add),
-                        vec![lhs.node, rhs.node],
-                        ls,
-                        None,
-                        Origin::Spec { span: *span },
-                    );
-                    let mut v = Val {
-                        node: add,
-                        has_conv: lhs.has_conv || rhs.has_conv,
-                    };
-                    if let Some((bits, q, label)) = self.p.act_rule("quantize_after_add") {
-                        v =
-                            self.insert_act(v, (bits, q, label), ctx, "quantize_after_add", *span)?;
-                    }
+                    let rhs = self.chain(value, vars, ctx)?;
+                    let v = self.add(lhs, target, rhs, value.span, *span, ctx)?;
                     vars.insert(target.name.clone(), v);
+                }
+                ResolvedStmt::MulAssign {
+                    target,
+                    value,
+                    span,
+                } => {
+                    let lhs = *vars.get(&target.name).ok_or_else(|| undefined(target))?;
+                    let rhs = self.chain(value, vars, ctx)?;
+                    let v = self.mul(lhs, target, rhs, value.span, *span, ctx)?;
+                    vars.insert(target.name.clone(), v);
+                }
+                ResolvedStmt::Unpack {
+                    targets,
+                    value,
+                    split,
+                    span,
+                } => {
+                    let v = self.chain(value, vars, ctx)?;
+                    let parts = self.split(v, targets.len(), split, *span, ctx)?;
+                    for (t, p) in targets.iter().zip(parts) {
+                        vars.insert(t.name.clone(), p);
+                    }
                 }
                 ResolvedStmt::If {
                     cond,
@@ -448,13 +431,283 @@ impl<'a> Lowerer<'a> {
     }
 
     fn chain(&mut self, c: &ResolvedChain, vars: &HashMap<String, Val>, ctx: &Ctx) -> LResult<Val> {
-        let mut v = *vars
-            .get(&c.source.name)
-            .ok_or_else(|| undefined(&c.source))?;
+        let mut v =
+            match &c.source {
+                ResolvedSource::Name(n) => *vars.get(&n.name).ok_or_else(|| undefined(n))?,
+                ResolvedSource::Join { kind, inputs, span } => {
+                    let vals = inputs
+                        .iter()
+                        .map(|i| vars.get(&i.name).copied().ok_or_else(|| undefined(i)))
+                        .collect::<LResult<Vec<Val>>>()?;
+                    match (kind, &vals[..], &inputs[..]) {
+                        (JoinKind::Concat, _, _) => self.concat(&vals, inputs, *span, ctx)?,
+                        (JoinKind::Add, [a, b], [an, bn]) => {
+                            self.add(*a, an, *b, bn.span, *span, ctx)?
+                        }
+                        (JoinKind::Mul, [a, b], [an, bn]) => {
+                            self.mul(*a, an, *b, bn.span, *span, ctx)?
+                        }
+                        _ => return Err(err(
+                            "E0900",
+                            "internal error: a join with the wrong number of values",
+                            *span,
+                            "the checks should have reported this; please report it as a qatc bug",
+                        )),
+                    }
+                }
+            };
         for op in &c.ops {
             v = self.op(op, v, ctx)?;
         }
         Ok(v)
+    }
+
+    /// `lhs += rhs` (or `add(lhs, rhs)`): the residual add, with the
+    /// `quantize_shortcut` and `quantize_after_add` rules.
+    fn add(
+        &mut self,
+        lhs: Val,
+        lhs_name: &Ident,
+        rhs: Val,
+        rhs_span: Span,
+        span: Span,
+        ctx: &Ctx,
+    ) -> LResult<Val> {
+        let mut rhs = rhs;
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_shortcut") {
+            if rhs.has_conv && !self.is_act(rhs.node) {
+                rhs = self.insert_act(rhs, (bits, q, label), ctx, "quantize_shortcut", rhs_span)?;
+            }
+        }
+        let (ls, rs) = (
+            self.nodes[lhs.node].out_shape.clone(),
+            self.nodes[rhs.node].out_shape.clone(),
+        );
+        if ls != rs {
+            return Err(Box::new(
+                Diagnostic::error("E0302", format!("residual add of different shapes: {ls} += {rs}"))
+                    .primary(rhs_span, format!("this is {rs}"))
+                    .secondary(lhs_name.span, format!("`{}` is {ls}", lhs_name.name))
+                    .help("give the shortcut a conv that matches channels and stride (e.g. `conv1x1(cout, stride)`)"),
+            ));
+        }
+        let name = self.name(ctx, "add");
+        let add = self.push(
+            ctx.slot,
+            name,
+            Op::Add(Add),
+            vec![lhs.node, rhs.node],
+            ls,
+            None,
+            Origin::Spec { span },
+        );
+        let mut v = Val {
+            node: add,
+            has_conv: lhs.has_conv || rhs.has_conv,
+        };
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_after_add") {
+            v = self.insert_act(v, (bits, q, label), ctx, "quantize_after_add", span)?;
+        }
+        Ok(v)
+    }
+
+    /// `x *= g` (or `mul(x, g)`): `g` has `x`'s shape, or is a `C x 1 x 1`
+    /// gate of `x`'s channels; the `quantize_gate` rule quantizes the product.
+    fn mul(
+        &mut self,
+        x: Val,
+        x_name: &Ident,
+        g: Val,
+        g_span: Span,
+        span: Span,
+        ctx: &Ctx,
+    ) -> LResult<Val> {
+        let (xs, gs) = (
+            self.nodes[x.node].out_shape.clone(),
+            self.nodes[g.node].out_shape.clone(),
+        );
+        let gate = xs.is_map() && gs.0 == [xs.0[0], 1, 1];
+        if xs != gs && !gate {
+            let help = if xs.is_map() {
+                format!(
+                    "a gate is {} x 1 x 1 (e.g. `adaptive_avgpool(1) -> conv1x1({}) -> sigmoid`), or {xs}",
+                    xs.0[0], xs.0[0]
+                )
+            } else {
+                format!("both values must be {xs}")
+            };
+            return Err(Box::new(
+                Diagnostic::error("E0313", format!("cannot multiply {xs} by {gs}"))
+                    .primary(g_span, format!("this is {gs}"))
+                    .secondary(x_name.span, format!("`{}` is {xs}", x_name.name))
+                    .help(help),
+            ));
+        }
+        let name = self.name(ctx, "mul");
+        let node = self.push(
+            ctx.slot,
+            name,
+            Op::Mul(Mul),
+            vec![x.node, g.node],
+            xs,
+            None,
+            Origin::Spec { span },
+        );
+        let mut v = Val {
+            node,
+            has_conv: x.has_conv || g.has_conv,
+        };
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_gate") {
+            v = self.insert_act(v, (bits, q, label), ctx, "quantize_gate", span)?;
+        }
+        Ok(v)
+    }
+
+    /// `concat(a, b, ...)`: maps of one spatial size, channels summed; the
+    /// `quantize_concat` rule places the one quantizer the inputs share.
+    fn concat(&mut self, vals: &[Val], names: &[Ident], span: Span, ctx: &Ctx) -> LResult<Val> {
+        let shapes: Vec<Shape> = vals
+            .iter()
+            .map(|v| self.nodes[v.node].out_shape.clone())
+            .collect();
+        for (s, n) in shapes.iter().zip(names) {
+            if !s.is_map() {
+                return Err(Box::new(
+                    Diagnostic::error(
+                        "E0312",
+                        format!("`concat` joins feature maps, `{}` is {s}", n.name),
+                    )
+                    .primary(n.span, format!("this is {s}"))
+                    .help("concatenate before `flatten`"),
+                ));
+            }
+        }
+        let (h, w) = (shapes[0].0[1], shapes[0].0[2]);
+        for (s, n) in shapes.iter().zip(names).skip(1) {
+            if (s.0[1], s.0[2]) != (h, w) {
+                return Err(Box::new(
+                    Diagnostic::error(
+                        "E0312",
+                        format!(
+                            "`concat` of maps of different sizes: {}x{} and {}x{}",
+                            h, w, s.0[1], s.0[2]
+                        ),
+                    )
+                    .primary(n.span, format!("`{}` is {s}", n.name))
+                    .secondary(
+                        names[0].span,
+                        format!("`{}` is {}", names[0].name, shapes[0]),
+                    )
+                    .help("give the branches the same strides (or pool the larger one)"),
+                ));
+            }
+        }
+        let channels: i64 = shapes.iter().map(|s| s.0[0]).sum();
+        let out = Shape(vec![channels, h, w]);
+        let name = self.name(ctx, "concat");
+        check_size(&Concat, &shapes[0], &out, span)?;
+        let node = self.push(
+            ctx.slot,
+            name,
+            Op::Concat(Concat),
+            vals.iter().map(|v| v.node).collect(),
+            out,
+            None,
+            Origin::Spec { span },
+        );
+        let mut v = Val {
+            node,
+            has_conv: vals.iter().any(|v| v.has_conv),
+        };
+        if let Some((bits, q, label)) = self.p.act_rule("quantize_concat") {
+            v = self.insert_act(v, (bits, q, label), ctx, "quantize_concat", span)?;
+        }
+        Ok(v)
+    }
+
+    /// `a, b = x -> split(...)`: `n` parts of `x`'s channels, equal or of
+    /// the sizes written, one slice node each.
+    fn split(
+        &mut self,
+        x: Val,
+        n: usize,
+        parts: &SplitParts,
+        span: Span,
+        ctx: &Ctx,
+    ) -> LResult<Vec<Val>> {
+        let shape = self.nodes[x.node].out_shape.clone();
+        if !shape.is_map() {
+            return Err(err(
+                "E0303",
+                format!("`split` needs a feature map, but its input is {shape}"),
+                parts.span,
+                "input is already flattened",
+            ));
+        }
+        let c = shape.0[0];
+        let sizes: Vec<i64> = if parts.sizes.is_empty() {
+            if c % n as i64 != 0 {
+                return Err(Box::new(
+                    Diagnostic::error(
+                        "E0314",
+                        format!("{c} channels do not split into {n} equal parts"),
+                    )
+                    .primary(parts.span, format!("{n} parts of {c} channels"))
+                    .help("give each part's channels: `split(c1, c2, ...)`"),
+                ));
+            }
+            vec![c / n as i64; n]
+        } else {
+            let mut sizes = Vec::new();
+            for e in &parts.sizes {
+                let v = match self.eval(e, ctx)? {
+                    Value::Int(i) if i >= 1 => i,
+                    other => {
+                        return Err(err(
+                            "E0314",
+                            format!("a part of a split is {other:?} channels"),
+                            e.span(),
+                            "expected a positive integer",
+                        ))
+                    }
+                };
+                sizes.push(v);
+            }
+            let total: i64 = sizes.iter().sum();
+            if total != c {
+                return Err(Box::new(
+                    Diagnostic::error(
+                        "E0314",
+                        format!(
+                            "the parts of the split sum to {total} channels, the input has {c}"
+                        ),
+                    )
+                    .primary(parts.span, format!("{total} channels in all"))
+                    .help("the sizes must add up to the input's channels"),
+                ));
+            }
+            sizes
+        };
+        let mut start = 0;
+        let mut out = Vec::new();
+        for len in sizes {
+            let name = self.name(ctx, "part");
+            let node = self.push(
+                ctx.slot,
+                name,
+                Op::Slice(Slice { start, len }),
+                vec![x.node],
+                Shape(vec![len, shape.0[1], shape.0[2]]),
+                None,
+                Origin::Spec { span },
+            );
+            out.push(Val {
+                node,
+                has_conv: x.has_conv,
+            });
+            start += len;
+        }
+        Ok(out)
     }
 
     fn is_act(&self, n: NodeId) -> bool {
@@ -478,6 +731,8 @@ impl<'a> Lowerer<'a> {
             "quantize_block_input" => "in_act",
             "quantize_block_output" => "out_act",
             "quantize_shortcut" => "shortcut_act",
+            "quantize_concat" => "concat_act",
+            "quantize_gate" => "gate_act",
             _ => "add_act",
         };
         let name = match label {
@@ -622,6 +877,14 @@ impl<'a> Lowerer<'a> {
         let node = &self.nodes[n];
         match &node.op {
             Op::ActQuant(a) if a.quantizer != Quantizer::None => node.out_bit,
+            // Uniformly quantized only when every input is, at one width.
+            Op::Concat(_) => {
+                let bits: Vec<u32> = node.inputs.iter().map(|&i| self.carried_bits(i)).collect();
+                match bits.split_first() {
+                    Some((&b, rest)) if rest.iter().all(|&r| r == b) => b,
+                    _ => 32,
+                }
+            }
             op if op.hooks().passes_input_bits() => node
                 .inputs
                 .first()

@@ -38,6 +38,10 @@ pub struct LayerRow {
     pub seed_ops: u64,
     pub weight_bytes: u64,
     pub bops: u64,
+    /// The op has no exact integer form (sigmoid, swish, gelu): integer
+    /// inference needs a lookup table. Absent from the JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inexact_in_integers: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -116,6 +120,7 @@ pub fn summarize(g: &Graph) -> Summary {
             seed_ops,
             weight_bytes,
             bops,
+            inexact_in_integers: !n.op.hooks().exact_in_integers(),
         });
     }
     t.seed_macs = t
@@ -243,6 +248,19 @@ impl Summary {
         ];
         for (k, v) in lines {
             let _ = writeln!(s, "{k:<34} {v}");
+        }
+        let inexact: Vec<&str> = self
+            .layers
+            .iter()
+            .filter(|r| r.inexact_in_integers)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !inexact.is_empty() {
+            let _ = writeln!(
+                s,
+                "no exact integer form (integer inference needs a lookup table): {}",
+                inexact.join(", ")
+            );
         }
         s
     }

@@ -7,7 +7,7 @@
 //!   PACT) with its exact forward values and gradients, the clipping-value
 //!   penalty, and [`quant::ActSpec`], one activation site under one profile;
 //! - [`layers`]: quantized conv2d and linear layers and the seed's batch norm;
-//! - [`ops`]: the stateless ops (ReLU, ReLU6, add, pooling, flatten) with
+//! - [`ops`]: the stateless ops (ReLU, ReLU6, add, pooling, flatten; concat, split, shuffle, gating multiply, smooth and hard activations, dropout, identity) with
 //!   PyTorch's defaults and gradients;
 //! - [`profile`]: a model's named bit-width profiles and lookup by name;
 //! - [`model`]: the [`model::QatModel`] trait every generated model

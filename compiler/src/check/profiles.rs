@@ -50,6 +50,8 @@ impl ResolvedProfile {
             | Rule::Shortcut { bits, quant, label }
             | Rule::BlockOutput { bits, quant, label }
             | Rule::BlockInput { bits, quant, label }
+            | Rule::Concat { bits, quant, label }
+            | Rule::Gate { bits, quant, label }
                 if r.name() == name =>
             {
                 Some((*bits, quant.clone(), label.clone()))

@@ -104,6 +104,20 @@ pub enum ResolvedStmt {
         value: ResolvedChain,
         span: Span,
     },
+    /// `y *= chain`: multiply by a gate.
+    MulAssign {
+        target: Ident,
+        value: ResolvedChain,
+        span: Span,
+    },
+    /// `a, b = chain -> split(...)`: the chain without its `split`, and the
+    /// parts: one per target.
+    Unpack {
+        targets: Vec<Ident>,
+        value: ResolvedChain,
+        split: SplitParts,
+        span: Span,
+    },
     /// `if cond { ... } else { ... }`
     If {
         cond: Expr,
@@ -117,8 +131,52 @@ pub enum ResolvedStmt {
 /// `x -> op -> op`.
 #[derive(Clone, Debug)]
 pub struct ResolvedChain {
-    pub source: Ident,
+    pub source: ResolvedSource,
     pub ops: Vec<ResolvedCall>,
+    pub span: Span,
+}
+
+/// Where a chain starts.
+#[derive(Clone, Debug)]
+pub enum ResolvedSource {
+    Name(Ident),
+    /// `concat(a, b)`, `add(a, b)`, `mul(x, g)`.
+    Join {
+        kind: JoinKind,
+        inputs: Vec<Ident>,
+        span: Span,
+    },
+}
+
+/// How a join combines its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Channel concatenation of two or more values of one spatial size.
+    Concat,
+    /// Element-wise sum of two values of one shape (as `+=`).
+    Add,
+    /// Element-wise product; a `C x 1 x 1` second input broadcasts (as `*=`).
+    Mul,
+}
+
+impl JoinKind {
+    pub const NAMES: [&'static str; 3] = ["concat", "add", "mul"];
+
+    pub fn parse(name: &str) -> Option<JoinKind> {
+        match name {
+            "concat" => Some(JoinKind::Concat),
+            "add" => Some(JoinKind::Add),
+            "mul" => Some(JoinKind::Mul),
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a `split`: equal (one per target), or the sizes written.
+#[derive(Clone, Debug)]
+pub struct SplitParts {
+    /// Channel counts (expressions), or empty for equal parts.
+    pub sizes: Vec<Expr>,
     pub span: Span,
 }
 

@@ -14,6 +14,8 @@ pub const RULES: &[&str] = &[
     "quantize_shortcut",
     "quantize_block_output",
     "quantize_block_input",
+    "quantize_concat",
+    "quantize_gate",
     "wide_first",
     "wide_last",
     "bn_bits",
@@ -47,6 +49,20 @@ pub enum Rule {
         /// `as NAME`: the name of the inserted quantizer nodes.
         label: Option<String>,
     },
+    /// One quantizer after each `concat`: its inputs share one clipping value.
+    Concat {
+        bits: BitRef,
+        quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
+    },
+    /// A quantizer after each gating product (`y *= g`, `mul(x, g)`).
+    Gate {
+        bits: BitRef,
+        quant: Option<Quantizer>,
+        /// `as NAME`: the name of the inserted quantizer nodes.
+        label: Option<String>,
+    },
     WideFirst(SlotOverride),
     WideLast(SlotOverride),
     BnBits(u32),
@@ -60,6 +76,8 @@ impl Rule {
             Rule::Shortcut { .. } => "quantize_shortcut",
             Rule::BlockOutput { .. } => "quantize_block_output",
             Rule::BlockInput { .. } => "quantize_block_input",
+            Rule::Concat { .. } => "quantize_concat",
+            Rule::Gate { .. } => "quantize_gate",
             Rule::WideFirst(_) => "wide_first",
             Rule::WideLast(_) => "wide_last",
             Rule::BnBits(_) => "bn_bits",
@@ -129,7 +147,9 @@ pub(super) fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> 
         "quantize_after_add"
         | "quantize_shortcut"
         | "quantize_block_output"
-        | "quantize_block_input" => {
+        | "quantize_block_input"
+        | "quantize_concat"
+        | "quantize_gate" => {
             let sig = [req("bits", Bits), opt("quantizer", Quant)];
             let bound = bind_builtin(&sig, c, diags);
             let bits = bit_ref(bound[0]?, diags)?;
@@ -141,6 +161,8 @@ pub(super) fn rule_from_call(c: &Call, diags: &mut Diagnostics) -> Option<Rule> 
                 "quantize_after_add" => Rule::AfterAdd { bits, quant, label },
                 "quantize_shortcut" => Rule::Shortcut { bits, quant, label },
                 "quantize_block_output" => Rule::BlockOutput { bits, quant, label },
+                "quantize_concat" => Rule::Concat { bits, quant, label },
+                "quantize_gate" => Rule::Gate { bits, quant, label },
                 _ => Rule::BlockInput { bits, quant, label },
             })
         }

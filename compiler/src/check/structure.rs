@@ -153,6 +153,34 @@ impl<'m> Checker<'m> {
                     });
                     false
                 }
+                Stmt::MulAssign {
+                    target,
+                    value,
+                    span,
+                } => {
+                    if !vars.contains(&target.name) {
+                        self.undefined(target, vars);
+                    }
+                    let value = self.chain(value, &scope, vars);
+                    out.push(ResolvedStmt::MulAssign {
+                        target: target.clone(),
+                        value,
+                        span: *span,
+                    });
+                    false
+                }
+                Stmt::Unpack {
+                    targets,
+                    value,
+                    span,
+                } => {
+                    self.duplicates(targets.iter(), "name");
+                    if let Some(s) = self.unpack(targets, value, &scope, vars, *span) {
+                        out.push(s);
+                    }
+                    vars.extend(targets.iter().map(|t| t.name.clone()));
+                    false
+                }
                 Stmt::If {
                     cond,
                     then,
@@ -210,22 +238,185 @@ impl<'m> Checker<'m> {
         scope: &Scope,
         vars: &mut HashSet<String>,
     ) -> ResolvedChain {
-        if !vars.contains(&c.source.name) {
-            self.undefined(&c.source, vars);
-        }
+        let source = self.source(&c.source, vars);
         ResolvedChain {
-            source: c.source.clone(),
+            source,
             ops: self.ops(&c.ops, scope),
             span: c.span,
         }
     }
 
+    /// A chain's source: a name in scope, or a join of names.
+    fn source(&mut self, s: &Source, vars: &HashSet<String>) -> ResolvedSource {
+        match s {
+            Source::Name(n) => {
+                if !vars.contains(&n.name) {
+                    self.undefined(n, vars);
+                }
+                ResolvedSource::Name(n.clone())
+            }
+            Source::Join(j) => {
+                for i in &j.inputs {
+                    if !vars.contains(&i.name) {
+                        self.undefined(i, vars);
+                    }
+                }
+                let kind = match JoinKind::parse(&j.op.name) {
+                    Some(k) => k,
+                    None => {
+                        let d = Diagnostic::error("E0124", format!("unknown join `{}`", j.op.name))
+                            .primary(j.op.span, "not a way to join values");
+                        let alias = JOIN_ALIASES
+                            .iter()
+                            .find(|(a, _)| j.op.name.eq_ignore_ascii_case(a))
+                            .map(|(_, k)| *k);
+                        self.diags.push(match alias {
+                            Some(k) => d
+                                .help(format!("did you mean `{k}`?"))
+                                .note(format!("joins: {}", JoinKind::NAMES.join(", "))),
+                            None => with_suggestion(d, &j.op.name, JoinKind::NAMES.to_vec()),
+                        });
+                        JoinKind::Concat
+                    }
+                };
+                let n = j.inputs.len();
+                let ok = match kind {
+                    JoinKind::Concat => n >= 2,
+                    JoinKind::Add | JoinKind::Mul => n == 2,
+                };
+                if !ok {
+                    let want = if kind == JoinKind::Concat {
+                        "two or more values"
+                    } else {
+                        "two values"
+                    };
+                    self.diags.push(
+                        Diagnostic::error(
+                            "E0125",
+                            format!("`{}` joins {want}, got {n}", j.op.name),
+                        )
+                        .primary(
+                            j.span,
+                            format!("{n} value{} here", if n == 1 { "" } else { "s" }),
+                        ),
+                    );
+                }
+                ResolvedSource::Join {
+                    kind,
+                    inputs: j.inputs.clone(),
+                    span: j.span,
+                }
+            }
+        }
+    }
+
+    /// `a, b = chain -> split(...)`: the chain must end in `split`, whose
+    /// parts match the names.
+    fn unpack(
+        &mut self,
+        targets: &[Ident],
+        value: &Chain,
+        scope: &Scope,
+        vars: &mut HashSet<String>,
+        span: Span,
+    ) -> Option<ResolvedStmt> {
+        let Some((last, rest)) = value
+            .ops
+            .split_last()
+            .filter(|(l, _)| l.name.name == "split")
+        else {
+            self.diags.push(
+                Diagnostic::error("E0126", format!("{} names for one value", targets.len()))
+                    .primary(value.span, "this gives one value")
+                    .help("end the chain in `split` to name its parts: `a, b = x -> split(2)`"),
+            );
+            return None;
+        };
+        if last.label.is_some() || last.args.iter().any(|a| a.name.is_some()) {
+            self.diags.push(
+                Diagnostic::error("E0126", "`split` takes channel counts only").primary(
+                    last.span,
+                    "write `split`, `split(n)` or `split(c1, c2, ...)`",
+                ),
+            );
+            return None;
+        }
+        let n = targets.len();
+        let sizes: Vec<Expr> = match last.args.len() {
+            0 => Vec::new(),
+            1 => {
+                // `split(n)`: n equal parts, one per name.
+                let Expr::Int(i) = &last.args[0].value else {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "E0126",
+                            "`split(n)` takes the number of parts as a literal",
+                        )
+                        .primary(last.args[0].span, "write the number of names here")
+                        .help("or give each part's channels: `split(c1, c2)`"),
+                    );
+                    return None;
+                };
+                if i.value != n as i64 {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "E0126",
+                            format!("`split({})` gives {} parts, named {n}", i.value, i.value),
+                        )
+                        .primary(last.span, format!("{} parts", i.value))
+                        .secondary(targets[0].span, format!("{n} names")),
+                    );
+                    return None;
+                }
+                Vec::new()
+            }
+            k if k == n => last.args.iter().map(|a| a.value.clone()).collect(),
+            k => {
+                self.diags.push(
+                    Diagnostic::error("E0126", format!("`split` into {k} parts, named {n}"))
+                        .primary(last.span, format!("{k} parts"))
+                        .secondary(targets[0].span, format!("{n} names")),
+                );
+                return None;
+            }
+        };
+        for e in &sizes {
+            self.expr_names(e, scope);
+        }
+        let chain = Chain {
+            source: value.source.clone(),
+            ops: rest.to_vec(),
+            span: value.span,
+        };
+        let value = self.chain(&chain, scope, vars);
+        Some(ResolvedStmt::Unpack {
+            targets: targets.to_vec(),
+            value,
+            split: SplitParts {
+                sizes,
+                span: last.span,
+            },
+            span,
+        })
+    }
+
     /// Checks and binds the calls of a chain or section. A call that does
     /// not resolve is reported and left out (the model is not lowered then).
     pub(super) fn ops(&mut self, ops: &[Call], scope: &Scope) -> Vec<ResolvedCall> {
-        ops.iter()
-            .filter_map(|op| self.op_call(op, scope))
-            .collect()
+        let mut out = Vec::new();
+        for op in ops {
+            if op.name.name == "split" {
+                // Only the last op of `a, b = ...` (taken off the chain there).
+                self.diags.push(
+                    Diagnostic::error("E0126", "`split` gives several values")
+                        .primary(op.span, "its parts need names")
+                        .help("split last in a chain and name each part: `a, b = x -> split(2)`"),
+                );
+                continue;
+            }
+            out.extend(self.op_call(op, scope));
+        }
+        out
     }
 
     pub(super) fn op_call(&mut self, op: &Call, scope: &Scope) -> Option<ResolvedCall> {
@@ -238,7 +429,7 @@ impl<'m> Checker<'m> {
                 args.push(match e {
                     None => None,
                     Some(e) => match p.kind {
-                        ParamKind::Int | ParamKind::Bool => {
+                        ParamKind::Int | ParamKind::Bool | ParamKind::Float => {
                             self.expr_names(e, scope);
                             Some(BoundArg::Expr(e.clone()))
                         }
@@ -266,10 +457,12 @@ impl<'m> Checker<'m> {
                 op.name.span,
                 "neither a builtin op nor a block of this model",
             );
+            // Another framework's name, or ours in another case (`SiLU`).
             let alias = ops::ALIASES
                 .iter()
                 .find(|(a, _)| name.eq_ignore_ascii_case(a))
-                .map(|(_, op)| *op);
+                .map(|(_, op)| *op)
+                .or_else(|| known.iter().copied().find(|k| name.eq_ignore_ascii_case(k)));
             self.diags.push(match alias {
                 Some(op) => d
                     .help(format!("did you mean `{op}`?"))
@@ -446,12 +639,25 @@ fn param_args(b: &BlockDef, bound: &[Option<&Expr>]) -> Option<Vec<ParamArg>> {
         .collect()
 }
 
+/// Names of joins in other frameworks, for did-you-mean hints.
+const JOIN_ALIASES: &[(&str, &str)] = &[
+    ("cat", "concat"),
+    ("concatenate", "concat"),
+    ("stack", "concat"),
+    ("multiply", "mul"),
+    ("prod", "mul"),
+    ("sum", "add"),
+    ("plus", "add"),
+];
+
 /// Calls `f` on every op call in a body.
 pub fn visit_calls(stmts: &[Stmt], f: &mut impl FnMut(&Call)) {
     for s in stmts {
         match s {
             Stmt::Assign { value, .. }
             | Stmt::AddAssign { value, .. }
+            | Stmt::MulAssign { value, .. }
+            | Stmt::Unpack { value, .. }
             | Stmt::Return { value, .. } => value.ops.iter().for_each(&mut *f),
             Stmt::If {
                 then, otherwise, ..

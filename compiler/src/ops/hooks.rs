@@ -30,6 +30,8 @@ pub const MAX_DIM: i64 = 1 << 20;
 pub enum ParamKind {
     Int,
     Bool,
+    /// A number (integers allowed).
+    Float,
     /// A bit-width: `ain`, `aout`, `w` or an integer.
     Bits,
     /// An activation quantizer: `dorefa`, `pact(a)`, `mpact(a)`, `pact_fixed(s)`, `none`.
@@ -182,6 +184,34 @@ impl Args<'_> {
                 "expected `true` or `false`",
             )),
         }
+    }
+
+    /// A number in `lo..=hi`, or `default` when absent.
+    pub fn float(&self, i: usize, default: f64, what: &str, (lo, hi): (f64, f64)) -> LResult<f64> {
+        let Some(e) = self.expr(i) else {
+            return Ok(default);
+        };
+        let v = match (self.eval)(e)? {
+            Value::Int(i) => i as f64,
+            Value::Float(f) => f,
+            other => {
+                return Err(error(
+                    "E0310",
+                    format!("`{what}` must be a number, found {}", other.type_name()),
+                    e.span(),
+                    "expected a number",
+                ))
+            }
+        };
+        if !(lo..=hi).contains(&v) {
+            return Err(error(
+                "E0309",
+                format!("`{what}` = {v} is out of range"),
+                e.span(),
+                format!("must be between {lo} and {hi}"),
+            ));
+        }
+        Ok(v)
     }
 
     /// A bit-width argument (required).
@@ -433,6 +463,11 @@ pub trait NodeOp {
     /// Shape-only ops pass the bit-width of their input's quantizer through.
     fn passes_input_bits(&self) -> bool {
         false
+    }
+    /// Whether an integer engine computes the op exactly from integers
+    /// (false: a smooth function, needing a lookup table; the summary marks it).
+    fn exact_in_integers(&self) -> bool {
+        true
     }
     /// Which rule sets the width the output is stored at.
     fn stored_bits(&self) -> StoredBits {

@@ -14,30 +14,44 @@
 pub mod hooks;
 
 pub mod act_quant;
+pub mod activation;
 pub mod adaptive_avg_pool;
 pub mod add;
 pub mod avg_pool;
 pub mod batch_norm;
+pub mod concat;
 pub mod conv;
+pub mod dropout;
 pub mod dwconv;
 pub mod flatten;
+pub mod identity;
 pub mod input;
 pub mod linear;
 pub mod max_pool;
+pub mod mul;
 pub mod relu;
+pub mod shuffle;
+pub mod slice;
 
 pub use act_quant::ActQuant;
+pub use activation::{Activation, ActivationKind};
 pub use adaptive_avg_pool::AdaptiveAvgPool;
 pub use add::Add;
 pub use avg_pool::AvgPool;
 pub use batch_norm::BatchNorm;
+pub use concat::Concat;
 pub use conv::Conv;
+pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use hooks::{NodeIo, NodeOp, OpParam, ParamKind};
+pub use identity::Identity;
 pub use input::Input;
 pub use linear::Linear;
 pub use max_pool::MaxPool;
+pub use mul::Mul;
 pub use relu::{Relu, Relu6};
+pub use shuffle::Shuffle;
+pub use slice::Slice;
 
 use hooks::{Args, Builtin, LResult, Lowered, OpEnv};
 use serde::Serialize;
@@ -59,6 +73,16 @@ pub enum Op {
     AdaptiveAvgPool(AdaptiveAvgPool),
     Flatten(Flatten),
     Linear(Linear),
+    /// Channel concatenation of all inputs.
+    Concat(Concat),
+    /// Channels `start..start + len` of the input (a part of a split).
+    Slice(Slice),
+    Shuffle(Shuffle),
+    /// Product of `inputs[0]` and `inputs[1]` (broadcast gate).
+    Mul(Mul),
+    Activation(Activation),
+    Dropout(Dropout),
+    Identity(Identity),
 }
 
 impl Op {
@@ -77,6 +101,13 @@ impl Op {
             Op::AdaptiveAvgPool(o) => o,
             Op::Flatten(o) => o,
             Op::Linear(o) => o,
+            Op::Concat(o) => o,
+            Op::Slice(o) => o,
+            Op::Shuffle(o) => o,
+            Op::Mul(o) => o,
+            Op::Activation(o) => o,
+            Op::Dropout(o) => o,
+            Op::Identity(o) => o,
         }
     }
 
@@ -130,6 +161,15 @@ pub const CALLS: &[OpCall] = &[
     call!(adaptive_avg_pool::ADAPTIVE_AVGPOOL => AdaptiveAvgPool),
     call!(flatten::FLATTEN => Flatten),
     call!(linear::LINEAR => Linear),
+    call!(shuffle::SHUFFLE => Shuffle),
+    call!(activation::SIGMOID => Activation),
+    call!(activation::HARDSIGMOID => Activation),
+    call!(activation::HARDSWISH => Activation),
+    call!(activation::SWISH => Activation),
+    call!(activation::SILU => Activation),
+    call!(activation::GELU => Activation),
+    call!(dropout::DROPOUT => Dropout),
+    call!(identity::IDENTITY => Identity),
 ];
 
 /// The call form of this name.
@@ -156,6 +196,18 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("quant", "act"),
     ("quantize", "act"),
     ("view", "flatten"),
+    ("channel_shuffle", "shuffle"),
+    ("channelshuffle", "shuffle"),
+    ("hard_swish", "hardswish"),
+    ("h_swish", "hardswish"),
+    ("hswish", "hardswish"),
+    ("hard_sigmoid", "hardsigmoid"),
+    ("h_sigmoid", "hardsigmoid"),
+    ("hsigmoid", "hardsigmoid"),
+    ("logistic", "sigmoid"),
+    ("drop", "dropout"),
+    ("noop", "identity"),
+    ("id", "identity"),
 ];
 
 impl std::fmt::Debug for OpCall {

@@ -36,7 +36,13 @@ pub fn ops_to_string(ops: &[Call]) -> String {
 }
 
 pub fn chain_to_string(c: &Chain) -> String {
-    let mut s = c.source.name.clone();
+    let mut s = match &c.source {
+        Source::Name(n) => n.name.clone(),
+        Source::Join(j) => {
+            let names: Vec<&str> = j.inputs.iter().map(|i| i.name.as_str()).collect();
+            format!("{}({})", j.op.name, names.join(", "))
+        }
+    };
     for op in &c.ops {
         s.push_str(" -> ");
         write_call(&mut s, op);
@@ -119,6 +125,13 @@ pub fn stmt_head_to_string(s: &Stmt) -> Option<String> {
         }
         Stmt::AddAssign { target, value, .. } => {
             Some(format!("{} += {}", target.name, chain_to_string(value)))
+        }
+        Stmt::MulAssign { target, value, .. } => {
+            Some(format!("{} *= {}", target.name, chain_to_string(value)))
+        }
+        Stmt::Unpack { targets, value, .. } => {
+            let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+            Some(format!("{} = {}", names.join(", "), chain_to_string(value)))
         }
         Stmt::Return { value, .. } => Some(format!("return {}", chain_to_string(value))),
         Stmt::If { .. } => None,

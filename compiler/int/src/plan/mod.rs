@@ -396,6 +396,21 @@ pub fn build(g: &Graph, ck: &Checkpoint, opts: PlanOptions) -> Result<IntPlan, I
             Op::AdaptiveAvgPool(p) => b.adaptive_avg_pool(n, &values, p)?,
             // A view: the same values.
             Op::Flatten(_) => b.value(&values, n, 0)?.clone(),
+            // The identity in inference.
+            Op::Dropout(_) | Op::Identity(_) => b.value(&values, n, 0)?.clone(),
+            Op::Concat(_)
+            | Op::Slice(_)
+            | Op::Shuffle(_)
+            | Op::Mul(_)
+            | Op::Activation(_) => {
+                return Err(unsupported(
+                    &n.name,
+                    format!(
+                        "`{}` is not in the integer engine yet (issue 16); fake-quant training and evaluation support it",
+                        n.op.kind()
+                    ),
+                ))
+            }
         };
         values[n.id] = Some(v);
     }

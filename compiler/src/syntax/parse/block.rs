@@ -63,6 +63,31 @@ impl Converter {
                     }
                 }
             }
+            Rule::mul_assign => {
+                let mut inner = p.kids();
+                let target = self.ident(inner.next().expect("target"));
+                let value = self.chain(inner.next().expect("chain"));
+                Stmt::MulAssign {
+                    target,
+                    value,
+                    span,
+                }
+            }
+            Rule::unpack => {
+                let mut targets = Vec::new();
+                let mut value = None;
+                for q in p.kids() {
+                    match q.as_rule() {
+                        Rule::ident => targets.push(self.ident(q)),
+                        _ => value = Some(self.chain(q)),
+                    }
+                }
+                Stmt::Unpack {
+                    targets,
+                    value: value.expect("chain"),
+                    span,
+                }
+            }
             Rule::return_stmt => {
                 let value = self.chain(p.kids().next().expect("chain"));
                 Stmt::Return { value, span }
@@ -90,7 +115,20 @@ impl Converter {
     fn chain(&mut self, p: Pair<Rule>) -> Chain {
         let span = self.span(&p);
         let mut inner = p.kids();
-        let source = self.ident(inner.next().expect("source"));
+        let first = inner.next().expect("source");
+        let source = match first.as_rule() {
+            Rule::join => {
+                let join_span = self.span(&first);
+                let mut names = first.kids().map(|q| self.ident(q));
+                let op = names.next().expect("join op");
+                Source::Join(Join {
+                    op,
+                    inputs: names.collect(),
+                    span: join_span,
+                })
+            }
+            _ => Source::Name(self.ident(first)),
+        };
         let ops = inner.map(|c| self.call(c)).collect();
         Chain { source, ops, span }
     }
