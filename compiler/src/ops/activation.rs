@@ -62,11 +62,7 @@ const fn form(name: &'static str, kind: ActivationKind) -> Builtin<Activation> {
 }
 
 fn lowered(env: &OpEnv, function: ActivationKind) -> LResult<Lowered<Activation>> {
-    Ok(Lowered {
-        op: Activation { function },
-        out: env.input.clone(),
-        out_bit: None,
-    })
+    Lowered::same_shape(Activation { function }, env)
 }
 
 pub const SIGMOID: Builtin<Activation> = form("sigmoid", ActivationKind::Sigmoid);
@@ -95,10 +91,7 @@ impl NodeOp for Activation {
                 k => k.name(),
             }
         );
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::#f(#(#inp)*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::#f(#(#inp)*) })
     }
 }
 

@@ -65,10 +65,7 @@ impl NodeOp for AdaptiveAvgPool {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let (inp, size) = (cx.inputs, int(self.size));
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::adaptive_avg_pool2d(#(#inp)*, #size) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::adaptive_avg_pool2d(#(#inp)*, #size) })
     }
 }
 

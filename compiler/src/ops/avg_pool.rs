@@ -76,10 +76,7 @@ impl NodeOp for AvgPool {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let (inp, kernel, stride) = (cx.inputs, int(self.kernel), int(self.stride));
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::avg_pool2d(#(#inp)*, #kernel, #stride) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::avg_pool2d(#(#inp)*, #kernel, #stride) })
     }
 }
 

@@ -17,10 +17,7 @@ impl NodeOp for Concat {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::concat(&[#(#inp),*]) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::concat(&[#(#inp),*]) })
     }
 }
 

@@ -41,9 +41,6 @@ impl NodeOp for Dropout {
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
         let p = proc_macro2::Literal::f64_unsuffixed(self.p);
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::dropout(#(#inp)*, #p, train) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::dropout(#(#inp)*, #p, train) })
     }
 }

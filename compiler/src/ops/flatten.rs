@@ -32,10 +32,7 @@ impl NodeOp for Flatten {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::flatten(#(#inp)*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::flatten(#(#inp)*) })
     }
 }
 

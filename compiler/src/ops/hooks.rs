@@ -326,6 +326,17 @@ pub struct Lowered<Op> {
     pub out_bit: Option<u32>,
 }
 
+impl<T> Lowered<T> {
+    /// An op whose output has its input's shape.
+    pub fn same_shape(op: T, env: &OpEnv) -> LResult<Lowered<T>> {
+        Ok(Lowered {
+            op,
+            out: env.input.clone(),
+            out_bit: None,
+        })
+    }
+}
+
 /// A builtin op as written in a spec: its call name, signature and lowering.
 pub struct Builtin<Op: 'static> {
     pub name: &'static str,
@@ -437,6 +448,16 @@ pub struct Emitted {
     pub forward: Option<TokenStream>,
     /// The field holds a learnable clipping value (`clip_values()`).
     pub clip: bool,
+}
+
+impl Emitted {
+    /// A stateless op: no field, `forward` computes the node.
+    pub fn forward(forward: TokenStream) -> Emitted {
+        Emitted {
+            forward: Some(forward),
+            ..Emitted::default()
+        }
+    }
 }
 
 /// An integer literal without suffix.

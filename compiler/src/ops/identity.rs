@@ -11,13 +11,7 @@ pub struct Identity;
 pub const IDENTITY: Builtin<Identity> = Builtin {
     name: "identity",
     params: &[],
-    lower: |_, env| {
-        Ok(Lowered {
-            op: Identity,
-            out: env.input.clone(),
-            out_bit: None,
-        })
-    },
+    lower: |_, env| Lowered::same_shape(Identity, env),
 };
 
 impl NodeOp for Identity {
@@ -31,10 +25,7 @@ impl NodeOp for Identity {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::identity(#(#inp)*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::identity(#(#inp)*) })
     }
 }
 

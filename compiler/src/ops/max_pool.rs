@@ -63,12 +63,9 @@ impl NodeOp for MaxPool {
             int(self.stride),
             int(self.padding),
         );
-        Emitted {
-            forward: Some(
-                quote! { qatc_runtime::ops::max_pool2d(#(#inp)*, #kernel, #stride, #padding) },
-            ),
-            ..Emitted::default()
-        }
+        Emitted::forward(
+            quote! { qatc_runtime::ops::max_pool2d(#(#inp)*, #kernel, #stride, #padding) },
+        )
     }
 }
 

@@ -18,10 +18,7 @@ impl NodeOp for Mul {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::mul(#(#inp),*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::mul(#(#inp),*) })
     }
 }
 

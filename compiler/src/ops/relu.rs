@@ -14,25 +14,13 @@ pub struct Relu6;
 pub const RELU: Builtin<Relu> = Builtin {
     name: "relu",
     params: &[],
-    lower: |_, env| {
-        Ok(Lowered {
-            op: Relu,
-            out: env.input.clone(),
-            out_bit: None,
-        })
-    },
+    lower: |_, env| Lowered::same_shape(Relu, env),
 };
 
 pub const RELU6: Builtin<Relu6> = Builtin {
     name: "relu6",
     params: &[],
-    lower: |_, env| {
-        Ok(Lowered {
-            op: Relu6,
-            out: env.input.clone(),
-            out_bit: None,
-        })
-    },
+    lower: |_, env| Lowered::same_shape(Relu6, env),
 };
 
 impl NodeOp for Relu {
@@ -42,10 +30,7 @@ impl NodeOp for Relu {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::relu(#(#inp)*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::relu(#(#inp)*) })
     }
 }
 
@@ -56,10 +41,7 @@ impl NodeOp for Relu6 {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let inp = cx.inputs;
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::relu6(#(#inp)*) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::relu6(#(#inp)*) })
     }
 }
 

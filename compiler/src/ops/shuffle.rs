@@ -50,10 +50,7 @@ impl NodeOp for Shuffle {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let (inp, groups) = (cx.inputs, int(self.groups));
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::channel_shuffle(#(#inp)*, #groups) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::channel_shuffle(#(#inp)*, #groups) })
     }
 }
 

@@ -32,10 +32,7 @@ impl NodeOp for Slice {
 
     fn emit(&self, _io: &NodeIo, cx: &EmitCx) -> Emitted {
         let (inp, start, len) = (cx.inputs, int(self.start), int(self.len));
-        Emitted {
-            forward: Some(quote! { qatc_runtime::ops::channels(#(#inp)*, #start, #len) }),
-            ..Emitted::default()
-        }
+        Emitted::forward(quote! { qatc_runtime::ops::channels(#(#inp)*, #start, #len) })
     }
 }
 
