@@ -586,8 +586,9 @@ fn lib(
             }
 
             /// Builds the model under a profile given as data, checking its
-            /// bit-widths against what the runtime supports.
-            pub fn try_with_profile(vs: &tch::nn::Path, p: &Profile) -> Result<Self, qatc_runtime::layers::LayerError> {
+            /// bit-widths against what the runtime supports first.
+            pub fn try_with_profile(vs: &tch::nn::Path, p: &Profile) -> Result<Self, qatc_runtime::quant::QuantError> {
+                p.validate()?;
                 Ok(Self { #(#inits,)* })
             }
 

@@ -29,6 +29,19 @@ pub struct Profile<const SLOTS: usize, const ACTS: usize> {
     pub acts: [ActSpec; ACTS],
 }
 
+impl<const S: usize, const A: usize> Profile<S, A> {
+    /// Whether the runtime supports every bit-width of the profile: each
+    /// slot's weight bits (1..=16 or 32) and each activation site
+    /// ([`ActSpec::validate`]). The generated `try_with_profile` checks this
+    /// before building any layer, so the layers' own checks cannot fail.
+    pub fn validate(&self) -> Result<(), crate::quant::QuantError> {
+        for &bits in &self.w_bits {
+            crate::quant::error::bits_supported("weight quantizer", bits, 1)?;
+        }
+        self.acts.iter().try_for_each(|a| a.validate())
+    }
+}
+
 /// The profile of `profiles` named `name`; an [`UnknownProfile`] error
 /// listing the known names otherwise.
 pub fn find<'a, const S: usize, const A: usize>(

@@ -105,7 +105,7 @@ fn levels(k: u32) -> f64 {
 
 pub mod reference;
 
-mod error;
+pub(crate) mod error;
 mod fused;
 
 pub use error::QuantError;
@@ -513,6 +513,22 @@ pub enum ActSpec {
 }
 
 impl ActSpec {
+    /// Whether the runtime supports this site: a bit-width it quantizes at
+    /// (1..=16 or 32; mPACT 2..=16), a positive finite fixed scale. What
+    /// [`ActQuant::try_from_spec`] checks before building the quantizer.
+    pub fn validate(self) -> Result<(), QuantError> {
+        match self {
+            ActSpec::Off => Ok(()),
+            ActSpec::Dorefa { bits } => bits_supported("DoReFa activation quantizer", bits, 1),
+            ActSpec::Pact { bits, .. } => bits_supported("PACT", bits, 1),
+            ActSpec::Mpact { bits, .. } => bits_supported("mPACT", bits, 2),
+            ActSpec::PactFixed { bits, scale } => {
+                bits_supported("fixed-scale PACT", bits, 1)?;
+                scale_supported(scale)
+            }
+        }
+    }
+
     /// DoReFa activation at `bits` (one line each in generated profile tables).
     pub const fn dorefa(bits: u32) -> Self {
         ActSpec::Dorefa { bits }
@@ -608,16 +624,7 @@ impl ActQuant {
     /// positive and finite is an error instead of a panic. For profiles
     /// that come from outside the generated crate's own tables.
     pub fn try_from_spec(path: &nn::Path, spec: ActSpec) -> Result<ActQuant, QuantError> {
-        match spec {
-            ActSpec::Off => {}
-            ActSpec::Dorefa { bits } => bits_supported("DoReFa activation quantizer", bits, 1)?,
-            ActSpec::Pact { bits, .. } => bits_supported("PACT", bits, 1)?,
-            ActSpec::Mpact { bits, .. } => bits_supported("mPACT", bits, 2)?,
-            ActSpec::PactFixed { bits, scale } => {
-                bits_supported("fixed-scale PACT", bits, 1)?;
-                scale_supported(scale)?;
-            }
-        }
+        spec.validate()?;
         Ok(Self::from_spec(path, spec))
     }
 

@@ -189,6 +189,10 @@ pub struct ExportArgs {
     pub images: usize,
     #[arg(long)]
     pub data: Option<String>,
+    /// ONNX opset of `--format onnx` (13 to 21) [default: 13, or 21 where
+    /// an activation has more than 8 bits].
+    #[arg(long)]
+    pub opset: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -196,6 +200,9 @@ pub enum ExportFormatArg {
     C,
     Npz,
     Json,
+    /// QDQ ONNX (QuantizeLinear / DequantizeLinear) of the fake-quant eval
+    /// forward, for ONNX Runtime and TensorRT (docs/export.md).
+    Onnx,
 }
 
 fn formats_from(args: &[String]) -> anyhow::Result<Formats> {
@@ -254,32 +261,8 @@ pub fn load_plan_with(
     formats: Option<Formats>,
     per_layer_shift: bool,
 ) -> anyhow::Result<IntPlan> {
-    let Some(spec) = &args.spec else {
-        bail!("give the model spec: qatc int SPEC --checkpoint F ...")
-    };
-    let Some(checkpoint) = &args.checkpoint else {
-        bail!(
-            "--checkpoint is required (a trained checkpoint of {})",
-            spec.display()
-        )
-    };
-    let src = Source::read(spec).map_err(anyhow::Error::msg)?;
-    let failed = |d: qatc::diag::Diagnostics| {
-        d.emit_stderr(&src.name, &src.text);
-        anyhow::anyhow!("{} failed its checks", src.name)
-    };
-    let compiled = driver::compile(&src).map_err(failed)?;
-    let graph = compiled.graph(args.profile.as_deref()).map_err(failed)?;
-    let model = &compiled.ast;
-    let ck = match &args.import_format {
-        Some(fmt) => {
-            let bytes = std::fs::read(checkpoint)
-                .with_context(|| format!("cannot read `{}`", checkpoint.display()))?;
-            Checkpoint::import(&bytes, model, graph, fmt, &args.strip_prefix)
-                .with_context(|| format!("checkpoint `{}`", checkpoint.display()))?
-        }
-        None => Checkpoint::read(checkpoint, graph, &compiled.spec_hash)?,
-    };
+    let (graph, ck) = load_checkpoint(args)?;
+    let graph = &graph;
     let opts = PlanOptions {
         rounding: match args.rounding {
             RoundingArg::Trunc => Rounding::Trunc,
@@ -308,6 +291,39 @@ pub fn load_plan_with(
         }
     }
     Ok(plan)
+}
+
+/// The graph of `args`' spec and profile and the checkpoint it names (in
+/// the model's names, or through the spec's `import` section), diagnostics
+/// of a bad spec printed to stderr.
+pub fn load_checkpoint(args: &PlanArgs) -> anyhow::Result<(qatc::ir::Graph, Checkpoint)> {
+    let Some(spec) = &args.spec else {
+        bail!("give the model spec: qatc int SPEC --checkpoint F ...")
+    };
+    let Some(checkpoint) = &args.checkpoint else {
+        bail!(
+            "--checkpoint is required (a trained checkpoint of {})",
+            spec.display()
+        )
+    };
+    let src = Source::read(spec).map_err(anyhow::Error::msg)?;
+    let failed = |d: qatc::diag::Diagnostics| {
+        d.emit_stderr(&src.name, &src.text);
+        anyhow::anyhow!("{} failed its checks", src.name)
+    };
+    let compiled = driver::compile(&src).map_err(failed)?;
+    let graph = compiled.graph(args.profile.as_deref()).map_err(failed)?;
+    let model = &compiled.ast;
+    let ck = match &args.import_format {
+        Some(fmt) => {
+            let bytes = std::fs::read(checkpoint)
+                .with_context(|| format!("cannot read `{}`", checkpoint.display()))?;
+            Checkpoint::import(&bytes, model, graph, fmt, &args.strip_prefix)
+                .with_context(|| format!("checkpoint `{}`", checkpoint.display()))?
+        }
+        None => Checkpoint::read(checkpoint, graph, &compiled.spec_hash)?,
+    };
+    Ok((graph.clone(), ck))
 }
 
 /// A `qatc_data` split as [`Images`].
@@ -730,12 +746,13 @@ fn process_cpu_seconds() -> Option<f64> {
 
 /// `qatc export ...`.
 pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
-    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
     let format = match args.format {
         ExportFormatArg::C => ExportFormat::C,
         ExportFormatArg::Npz => ExportFormat::Npz,
         ExportFormatArg::Json => ExportFormat::Json,
+        ExportFormatArg::Onnx => return export_onnx(&args),
     };
+    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
     let mut tests = TestImages::default();
     if format == ExportFormat::C && args.images > 0 {
         tests.images = first_images(args.data.as_deref(), &plan, args.images)?;
@@ -750,5 +767,24 @@ pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
     for f in &files {
         eprintln!("wrote {}", f.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qatc export --format onnx`: `<output>/<model>.onnx`, the QDQ graph of
+/// the fake-quant eval forward (`qatc_onnx`).
+fn export_onnx(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let (graph, ck) = load_checkpoint(&args.plan)?;
+    let opts = qatc_onnx::QdqOptions { opset: args.opset };
+    let bytes = qatc_onnx::write_qdq_with(&graph, &ck, &opts)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create `{}`", args.output.display()))?;
+    let path = args.output.join(format!("{}.onnx", graph.model));
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write `{}`", path.display()))?;
+    eprintln!(
+        "wrote {} (QDQ, opset {}, {} KiB)",
+        path.display(),
+        args.opset.unwrap_or_else(|| qatc_onnx::min_opset(&graph)),
+        bytes.len().div_ceil(1024)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -389,6 +389,19 @@ static wide_t wide_shr(wide_t a, int s) {
     }
     return r;
 }
+/* a * 2^s for 0 <= s < 128 (the caller knows it fits) */
+static wide_t wide_shl(wide_t a, int s) {
+    wide_t r;
+    if (s == 0) return a;
+    if (s >= 64) {
+        r.hi = a.lo << (s - 64);
+        r.lo = 0;
+    } else {
+        r.hi = (a.hi << s) | (a.lo >> (64 - s));
+        r.lo = a.lo << s;
+    }
+    return r;
+}
 /* 2^s - 1 and 2^(s-1) for 0 < s < 128 */
 static wide_t wide_low_mask(int s) {
     wide_t r;
@@ -568,6 +581,43 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
             Layer::Pool(p) => {
                 let _ = writeln!(h, "\n/* {}: pool {:?} */", p.name, p.kind);
             }
+            Layer::Channels(l) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: channels, output channel j = input channel {id}_from[j] */",
+                    l.name
+                );
+                c_array(&mut h, "int32_t", &format!("{id}_from"), &l.from);
+            }
+            Layer::Concat(l) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: concat of {} tensors */",
+                    l.name,
+                    l.inputs.len()
+                );
+            }
+            Layer::Mul(l) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: product of two integer tensors{} */",
+                    l.name,
+                    if l.broadcast {
+                        ", the gate broadcast over positions"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Layer::HardSwish(l) => {
+                let [a2, a1, a0] = l.c;
+                let [l2, l1, l0] = l.shl;
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: hardswish, q <= {}: 0; q >= {}: ({a0} * q) << {l0}; else (({a2} * q * q) << {l2}) + (({a1} * q) << {l1}); shift {}, clamp [{}, {}] */",
+                    l.name, l.neg, l.pos, l.shift, l.lo, l.hi
+                );
+            }
         }
     }
     let o = &plan.output;
@@ -698,6 +748,72 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                     p.input,
                     if p.sum_only { -1 } else { div_code(p.div) },
                     p.output
+                );
+            }
+            Layer::Channels(l) => {
+                let [_, oh, ow] = plan.tensors[l.output].shape;
+                let p = oh * ow;
+                let _ = writeln!(
+                    c,
+                    "    for (int j = 0; j < {}; j++) for (int i = 0; i < {p}; i++) t{}[j * {p} + i] = t{}[{id}_from[j] * {p} + i];",
+                    l.from.len(),
+                    l.output,
+                    l.input
+                );
+            }
+            Layer::Concat(l) => {
+                let mut at = 0;
+                for &t in &l.inputs {
+                    let n = plan.tensors[t].len();
+                    let _ = writeln!(
+                        c,
+                        "    for (int i = 0; i < {n}; i++) t{}[{at} + i] = t{t}[i];",
+                        l.output
+                    );
+                    at += n;
+                }
+            }
+            Layer::Mul(l) => {
+                let [ch, oh, ow] = plan.tensors[l.output].shape;
+                let p = oh * ow;
+                let gi = if l.broadcast {
+                    "c".to_string()
+                } else {
+                    format!("c * {p} + i")
+                };
+                let _ = writeln!(
+                    c,
+                    "    for (int c = 0; c < {ch}; c++) for (int i = 0; i < {p}; i++) t{o}[c * {p} + i] = t{x}[c * {p} + i] * t{g}[{gi}];",
+                    o = l.output,
+                    x = l.input,
+                    g = l.gate
+                );
+            }
+            Layer::HardSwish(l) => {
+                let n = plan.tensors[l.output].len();
+                let (sh, dv) = (l.shift, div_code(l.div));
+                let ([a2, a1, a0], [l2, l1, l0]) = (l.c, l.shl);
+                let (above, middle) = if l.wide {
+                    (
+                        format!("shift_round_wide(wide_shl(wide_mul(q, INT64_C({a0})), {l0}), {sh}, {dv})"),
+                        format!(
+                            "shift_round_wide(wide_add(wide_shl(wide_mul(q * q, INT64_C({a2})), {l2}), wide_shl(wide_mul(q, INT64_C({a1})), {l1})), {sh}, {dv})"
+                        ),
+                    )
+                } else {
+                    // Powers of two as multiplications: shifting a negative
+                    // value left is undefined in C.
+                    (
+                        format!("shift_round(INT64_C({a0}) * q * (INT64_C(1) << {l0}), {sh}, {dv})"),
+                        format!(
+                            "shift_round(INT64_C({a2}) * q * q * (INT64_C(1) << {l2}) + INT64_C({a1}) * q * (INT64_C(1) << {l1}), {sh}, {dv})"
+                        ),
+                    )
+                };
+                let _ = writeln!(
+                    c,
+                    "    for (int i = 0; i < {n}; i++) {{\n        int64_t q = t{}[i];\n        int64_t r = q <= INT64_C({}) ? 0 : (q >= INT64_C({}) ? {above} : {middle});\n        t{}[i] = clamp64(r, INT64_C({}), INT64_C({}));\n    }}",
+                    l.input, l.neg, l.pos, l.output, l.lo, l.hi
                 );
             }
         }

@@ -5,6 +5,7 @@
 
 use qatc::driver::{self, Source};
 use qatc_int::export::{write_export, ExportFormat, TestImages};
+use qatc_int::plan::Layer;
 use qatc_int::{self as int, engine, Checkpoint, PlanOptions, Rounding};
 use safetensors::tensor::SafeTensors;
 use std::path::PathBuf;
@@ -268,4 +269,126 @@ fn json_and_npz_hold_the_plan() {
         .unwrap();
     let data = &npz[at + name.len()..];
     assert_eq!(&data[..6], b"\x93NUMPY");
+}
+
+/// A model with every op of issue 16 the integer engine plans: channel
+/// splits, concats requantized by `quantize_concat`, shuffles, a
+/// hardswish after integers and after a BN or conv (materialised first,
+/// its sums in 128 bits), a
+/// squeeze-excitation gate through hardsigmoid and `pact_fixed(1)`, the
+/// gating product requantized by `quantize_gate`, dropout and identity.
+const MIX: &str = r#"
+model mix {
+  input 4x4x4
+  classes 3
+  quant {
+    weights dorefa
+    acts mpact(2)
+  }
+  rules {
+    quantize_concat(aout)
+    quantize_gate(aout)
+  }
+  block unit() {
+    l, r = x -> split(2)
+    r = r -> conv1x1(2) -> bn -> relu
+    return concat(l, r) -> shuffle(2)
+  }
+  block se() {
+    y = x -> conv3x3(4) -> bn -> hardswish -> act(aout)
+    g = y -> adaptive_avgpool(1) -> act(ain) -> conv1x1(4, bias: true) -> hardsigmoid -> act(ain, pact_fixed(1))
+    y *= g
+    return y -> dropout(0.1) -> identity
+  }
+  stem: act(ain) -> hardswish -> act(ain)
+  stage s1: unit x2
+  stage s2: se x1
+  head: conv1x1(8) -> hardswish -> act(aout) -> avgpool(4) -> flatten
+  fc: linear(classes)
+  profile p {
+    all { w 8  a 8 }
+  }
+  profile p4 {
+    all { w 4  a 4 }
+  }
+}
+"#;
+
+/// The plan of [`MIX`] under `profile` with deterministic pseudo-random
+/// values (clipping values 1 to 3, BN variances 0.5 to 1.5).
+fn mix_plan(profile: &str, rounding: Rounding) -> int::IntPlan {
+    let src = Source::from_text("mix.qspec", MIX, qatc::driver::Syntax::Qspec);
+    let g = driver::compile(&src)
+        .and_then(|c| c.into_graph(Some(profile)))
+        .unwrap();
+    let mut ck = Checkpoint::default();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 20001) as f32 / 10000.0 - 1.0
+    };
+    for (name, shape) in int::checkpoint::variables(&g) {
+        let len = shape.iter().product();
+        let v: Vec<f32> = (0..len)
+            .map(|_| {
+                let x = next();
+                if name.ends_with(".alpha") {
+                    2.0 + x
+                } else if name.ends_with("running_var") {
+                    1.0 + 0.5 * x
+                } else {
+                    x
+                }
+            })
+            .collect();
+        ck.tensors.insert(name, (shape, v));
+    }
+    int::build(
+        &g,
+        &ck,
+        PlanOptions {
+            rounding,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn c_reference_matches_the_engine_on_concat_split_shuffle_and_gates() {
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for profile in ["p", "p4"] {
+        for rounding in [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled] {
+            let plan = mix_plan(profile, rounding);
+            for kind in ["channels", "concat", "mul", "hard_swish", "requant"] {
+                let json = serde_json::to_value(&plan.layers).unwrap();
+                assert!(
+                    json.as_array().unwrap().iter().any(|l| l["layer"] == kind),
+                    "{profile} {rounding}: no `{kind}` layer"
+                );
+            }
+            let wide: Vec<bool> = plan
+                .layers
+                .iter()
+                .filter_map(|l| match l {
+                    Layer::HardSwish(h) => Some(h.wide),
+                    _ => None,
+                })
+                .collect();
+            assert!(wide.contains(&true) && wide.contains(&false), "{wide:?}");
+            let mut state = 7u32;
+            let input: Vec<f32> = (0..3 * plan.input_len())
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 * 6.0 - 3.0
+                })
+                .collect();
+            c_matches_engine(&plan, &input, &format!("mix {profile} {rounding}"));
+        }
+    }
 }

@@ -67,7 +67,7 @@ impl NodeOp for ActQuant {
         Emitted {
             field: Some(quote! { #[doc = #doc] pub #f: qatc_runtime::quant::ActQuant }),
             init: Some(
-                quote! { #f: qatc_runtime::quant::ActQuant::try_from_spec(#path, p.acts[#site])? },
+                quote! { #f: qatc_runtime::quant::ActQuant::from_spec(#path, p.acts[#site]) },
             ),
             forward: Some(quote! { self.#f.#method(#(#inp)*) }),
             clip: true,
@@ -94,7 +94,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act1: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {
@@ -108,7 +108,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act2: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act2: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {
@@ -122,7 +122,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act3: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act3: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {
@@ -136,7 +136,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act4: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act4: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {
@@ -150,7 +150,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act5: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act5: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {

@@ -37,7 +37,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         s_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+          |         s_0_conv1: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             4,
           |             2,
@@ -50,7 +50,7 @@ mod tests {
           |                 bias: false,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {
@@ -69,10 +69,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         s_0_concat_act1: qatc_runtime::quant::ActQuant::try_from_spec(
-          |             vs / "node",
-          |             p.acts[0],
-          |         )?,
+          |         s_0_concat_act1: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {

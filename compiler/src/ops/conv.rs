@@ -230,10 +230,10 @@ impl NodeOp for Conv {
         Emitted {
             field: Some(quote! { #[doc = #doc] pub #f: qatc_runtime::layers::QConv2d }),
             init: Some(quote! {
-                #f: qatc_runtime::layers::QConv2d::try_new(
+                #f: qatc_runtime::layers::QConv2d::new(
                     #path, #cin, #out, #kernel, p.w_bits[#slot],
                     qatc_runtime::layers::QConv2dConfig { stride: #stride, padding: #padding, groups: #groups, bias: #bias, init: #init },
-                )?
+                )
             }),
             forward: Some(quote! { self.#f.forward(#(#inp)*) }),
             clip: false,
@@ -260,7 +260,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_conv1: qatc_runtime::layers::QConv2d::try_new(
+          |         stem_conv1: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             3,
           |             4,
@@ -273,7 +273,7 @@ mod tests {
           |                 bias: true,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {
@@ -287,7 +287,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_conv2: qatc_runtime::layers::QConv2d::try_new(
+          |         stem_conv2: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             4,
           |             8,
@@ -300,7 +300,7 @@ mod tests {
           |                 bias: false,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {
@@ -314,7 +314,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_conv3: qatc_runtime::layers::QConv2d::try_new(
+          |         stem_conv3: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             8,
           |             6,
@@ -327,7 +327,7 @@ mod tests {
           |                 bias: false,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {

@@ -65,7 +65,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_conv1: qatc_runtime::layers::QConv2d::try_new(
+          |         stem_conv1: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             4,
           |             4,
@@ -78,7 +78,7 @@ mod tests {
           |                 bias: false,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {
@@ -92,7 +92,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_conv2: qatc_runtime::layers::QConv2d::try_new(
+          |         stem_conv2: qatc_runtime::layers::QConv2d::new(
           |             vs / "node",
           |             4,
           |             4,
@@ -105,7 +105,7 @@ mod tests {
           |                 bias: true,
           |                 init: CONV_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {

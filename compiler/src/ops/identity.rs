@@ -44,7 +44,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(vs / "node", p.acts[0])?,
+          |         stem_act1: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {

@@ -120,10 +120,10 @@ impl NodeOp for Linear {
         Emitted {
             field: Some(quote! { #[doc = #doc] pub #f: qatc_runtime::layers::QLinear }),
             init: Some(quote! {
-                #f: qatc_runtime::layers::QLinear::try_new(
+                #f: qatc_runtime::layers::QLinear::new(
                     #path, #cin, #out, p.w_bits[#slot],
                     qatc_runtime::layers::QLinearConfig { bias: #bias, init: #init },
-                )?
+                )
             }),
             forward: Some(quote! { self.#f.forward(#(#inp)*) }),
             clip: false,
@@ -151,7 +151,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         stem_linear1: qatc_runtime::layers::QLinear::try_new(
+          |         stem_linear1: qatc_runtime::layers::QLinear::new(
           |             vs / "node",
           |             8,
           |             6,
@@ -160,7 +160,7 @@ mod tests {
           |                 bias: false,
           |                 init: LINEAR_INIT,
           |             },
-          |         )?,
+          |         ),
           |     }
           | }
           | fn forward() {

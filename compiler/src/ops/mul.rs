@@ -53,10 +53,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         s_0_gate_act1: qatc_runtime::quant::ActQuant::try_from_spec(
-          |             vs / "node",
-          |             p.acts[0],
-          |         )?,
+          |         s_0_gate_act1: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {
@@ -75,10 +72,7 @@ mod tests {
           | }
           | fn new() -> Model {
           |     Model {
-          |         s_0_gate_act2: qatc_runtime::quant::ActQuant::try_from_spec(
-          |             vs / "node",
-          |             p.acts[0],
-          |         )?,
+          |         s_0_gate_act2: qatc_runtime::quant::ActQuant::from_spec(vs / "node", p.acts[0]),
           |     }
           | }
           | fn forward() {

@@ -117,13 +117,14 @@ impl CifarSmall {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
+            stem_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "conv1"),
                 3,
                 16,
@@ -136,13 +137,13 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            )?,
-            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 32,
@@ -155,16 +156,16 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 32,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act1"),
                 p.acts[1],
-            )?,
-            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv1"),
                 32,
                 64,
@@ -177,16 +178,16 @@ impl CifarSmall {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 64,
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act1"),
                 p.acts[2],
-            )?,
-            fc_linear1: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_linear1: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "linear1"),
                 64,
                 10,
@@ -195,7 +196,7 @@ impl CifarSmall {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
+            ),
         })
     }
 

@@ -204,13 +204,14 @@ impl Digits {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
+            stem_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "conv1"),
                 1,
                 16,
@@ -223,13 +224,13 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            )?,
-            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 16,
@@ -242,16 +243,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 16,
             ),
-            s1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act1"),
                 p.acts[1],
-            )?,
-            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv2"),
                 16,
                 16,
@@ -264,16 +265,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn2"),
                 16,
             ),
-            s1_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "out_act1"),
                 p.acts[2],
-            )?,
-            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv3"),
                 16,
                 32,
@@ -286,12 +287,12 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn3"),
                 32,
             ),
-            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv1"),
                 16,
                 32,
@@ -304,16 +305,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 32,
             ),
-            s2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act1"),
                 p.acts[3],
-            )?,
-            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv2"),
                 32,
                 32,
@@ -326,16 +327,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn2"),
                 32,
             ),
-            s2_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "out_act1"),
                 p.acts[4],
-            )?,
-            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv1"),
                 32,
                 32,
@@ -348,16 +349,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 32,
             ),
-            s2_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act1"),
                 p.acts[5],
-            )?,
-            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv2"),
                 32,
                 32,
@@ -370,16 +371,16 @@ impl Digits {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn2"),
                 32,
             ),
-            s2_1_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "out_act1"),
                 p.acts[6],
-            )?,
-            fc_linear1: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_linear1: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "linear1"),
                 32,
                 10,
@@ -388,7 +389,7 @@ impl Digits {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
+            ),
         })
     }
 

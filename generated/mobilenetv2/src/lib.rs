@@ -1080,13 +1080,14 @@ impl Mobilenetv2 {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_stem: qatc_runtime::layers::QConv2d::try_new(
+            stem_stem: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "stem"),
                 3,
                 32,
@@ -1099,13 +1100,13 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 32),
-            stem_actq_first: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_actq_first: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "actq_first"),
                 p.acts[0],
-            )?,
-            s1_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "shortcut" / "0"),
                 32,
                 16,
@@ -1118,16 +1119,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "shortcut" / "1"),
                 16,
             ),
-            s1_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant4"),
                 p.acts[1],
-            )?,
-            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv1"),
                 32,
                 32,
@@ -1140,16 +1141,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 32,
             ),
-            s1_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant1"),
                 p.acts[2],
-            )?,
-            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv2"),
                 32,
                 32,
@@ -1162,16 +1163,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn2"),
                 32,
             ),
-            s1_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant2"),
                 p.acts[3],
-            )?,
-            s1_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv3"),
                 32,
                 16,
@@ -1184,16 +1185,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s1_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn3"),
                 16,
             ),
-            s1_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant3"),
                 p.acts[4],
-            )?,
-            s2_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "shortcut" / "0"),
                 16,
                 24,
@@ -1206,16 +1207,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "shortcut" / "1"),
                 24,
             ),
-            s2_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant4"),
                 p.acts[5],
-            )?,
-            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv1"),
                 16,
                 96,
@@ -1228,16 +1229,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 96,
             ),
-            s2_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant1"),
                 p.acts[6],
-            )?,
-            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv2"),
                 96,
                 96,
@@ -1250,16 +1251,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn2"),
                 96,
             ),
-            s2_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant2"),
                 p.acts[7],
-            )?,
-            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv3"),
                 96,
                 24,
@@ -1272,16 +1273,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn3"),
                 24,
             ),
-            s2_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant3"),
                 p.acts[8],
-            )?,
-            s2_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "shortcut" / "0"),
                 24,
                 24,
@@ -1294,16 +1295,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "shortcut" / "1"),
                 24,
             ),
-            s2_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant4"),
                 p.acts[9],
-            )?,
-            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv1"),
                 24,
                 144,
@@ -1316,16 +1317,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 144,
             ),
-            s2_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant1"),
                 p.acts[10],
-            )?,
-            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv2"),
                 144,
                 144,
@@ -1338,16 +1339,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn2"),
                 144,
             ),
-            s2_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant2"),
                 p.acts[11],
-            )?,
-            s2_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv3"),
                 144,
                 24,
@@ -1360,16 +1361,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s2_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn3"),
                 24,
             ),
-            s2_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant3"),
                 p.acts[12],
-            )?,
-            s3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv1"),
                 24,
                 144,
@@ -1382,16 +1383,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn1"),
                 144,
             ),
-            s3_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant1"),
                 p.acts[13],
-            )?,
-            s3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv2"),
                 144,
                 144,
@@ -1404,16 +1405,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn2"),
                 144,
             ),
-            s3_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant2"),
                 p.acts[14],
-            )?,
-            s3_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv3"),
                 144,
                 32,
@@ -1426,16 +1427,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn3"),
                 32,
             ),
-            s3_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant3"),
                 p.acts[15],
-            )?,
-            s3_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "shortcut" / "0"),
                 32,
                 32,
@@ -1448,16 +1449,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "shortcut" / "1"),
                 32,
             ),
-            s3_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant4"),
                 p.acts[16],
-            )?,
-            s3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv1"),
                 32,
                 192,
@@ -1470,16 +1471,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn1"),
                 192,
             ),
-            s3_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant1"),
                 p.acts[17],
-            )?,
-            s3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv2"),
                 192,
                 192,
@@ -1492,16 +1493,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn2"),
                 192,
             ),
-            s3_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant2"),
                 p.acts[18],
-            )?,
-            s3_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv3"),
                 192,
                 32,
@@ -1514,16 +1515,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn3"),
                 32,
             ),
-            s3_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant3"),
                 p.acts[19],
-            )?,
-            s3_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "shortcut" / "0"),
                 32,
                 32,
@@ -1536,16 +1537,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "shortcut" / "1"),
                 32,
             ),
-            s3_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant4"),
                 p.acts[20],
-            )?,
-            s3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv1"),
                 32,
                 192,
@@ -1558,16 +1559,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn1"),
                 192,
             ),
-            s3_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant1"),
                 p.acts[21],
-            )?,
-            s3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv2"),
                 192,
                 192,
@@ -1580,16 +1581,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn2"),
                 192,
             ),
-            s3_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant2"),
                 p.acts[22],
-            )?,
-            s3_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv3"),
                 192,
                 32,
@@ -1602,16 +1603,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s3_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn3"),
                 32,
             ),
-            s3_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant3"),
                 p.acts[23],
-            )?,
-            s4_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv1"),
                 32,
                 192,
@@ -1624,16 +1625,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn1"),
                 192,
             ),
-            s4_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant1"),
                 p.acts[24],
-            )?,
-            s4_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv2"),
                 192,
                 192,
@@ -1646,16 +1647,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn2"),
                 192,
             ),
-            s4_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant2"),
                 p.acts[25],
-            )?,
-            s4_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv3"),
                 192,
                 64,
@@ -1668,16 +1669,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn3"),
                 64,
             ),
-            s4_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant3"),
                 p.acts[26],
-            )?,
-            s4_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "shortcut" / "0"),
                 64,
                 64,
@@ -1690,16 +1691,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "shortcut" / "1"),
                 64,
             ),
-            s4_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant4"),
                 p.acts[27],
-            )?,
-            s4_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv1"),
                 64,
                 384,
@@ -1712,16 +1713,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn1"),
                 384,
             ),
-            s4_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant1"),
                 p.acts[28],
-            )?,
-            s4_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv2"),
                 384,
                 384,
@@ -1734,16 +1735,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn2"),
                 384,
             ),
-            s4_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant2"),
                 p.acts[29],
-            )?,
-            s4_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv3"),
                 384,
                 64,
@@ -1756,16 +1757,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn3"),
                 64,
             ),
-            s4_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant3"),
                 p.acts[30],
-            )?,
-            s4_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "shortcut" / "0"),
                 64,
                 64,
@@ -1778,16 +1779,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "shortcut" / "1"),
                 64,
             ),
-            s4_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant4"),
                 p.acts[31],
-            )?,
-            s4_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv1"),
                 64,
                 384,
@@ -1800,16 +1801,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn1"),
                 384,
             ),
-            s4_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant1"),
                 p.acts[32],
-            )?,
-            s4_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv2"),
                 384,
                 384,
@@ -1822,16 +1823,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn2"),
                 384,
             ),
-            s4_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant2"),
                 p.acts[33],
-            )?,
-            s4_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv3"),
                 384,
                 64,
@@ -1844,16 +1845,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn3"),
                 64,
             ),
-            s4_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant3"),
                 p.acts[34],
-            )?,
-            s4_3_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_3_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "3" / "shortcut" / "0"),
                 64,
                 64,
@@ -1866,16 +1867,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_3_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "shortcut" / "1"),
                 64,
             ),
-            s4_3_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_3_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "3" / "act_quant4"),
                 p.acts[35],
-            )?,
-            s4_3_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_3_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "3" / "conv1"),
                 64,
                 384,
@@ -1888,16 +1889,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_3_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn1"),
                 384,
             ),
-            s4_3_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_3_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "3" / "act_quant1"),
                 p.acts[36],
-            )?,
-            s4_3_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_3_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "3" / "conv2"),
                 384,
                 384,
@@ -1910,16 +1911,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_3_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn2"),
                 384,
             ),
-            s4_3_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_3_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "3" / "act_quant2"),
                 p.acts[37],
-            )?,
-            s4_3_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_3_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "3" / "conv3"),
                 384,
                 64,
@@ -1932,16 +1933,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s4_3_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "3" / "bn3"),
                 64,
             ),
-            s4_3_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_3_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "3" / "act_quant3"),
                 p.acts[38],
-            )?,
-            s5_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "0" / "shortcut" / "0"),
                 64,
                 96,
@@ -1954,16 +1955,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "shortcut" / "1"),
                 96,
             ),
-            s5_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "0" / "act_quant4"),
                 p.acts[39],
-            )?,
-            s5_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "0" / "conv1"),
                 64,
                 384,
@@ -1976,16 +1977,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn1"),
                 384,
             ),
-            s5_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "0" / "act_quant1"),
                 p.acts[40],
-            )?,
-            s5_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "0" / "conv2"),
                 384,
                 384,
@@ -1998,16 +1999,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn2"),
                 384,
             ),
-            s5_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "0" / "act_quant2"),
                 p.acts[41],
-            )?,
-            s5_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "0" / "conv3"),
                 384,
                 96,
@@ -2020,16 +2021,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "0" / "bn3"),
                 96,
             ),
-            s5_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "0" / "act_quant3"),
                 p.acts[42],
-            )?,
-            s5_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "1" / "shortcut" / "0"),
                 96,
                 96,
@@ -2042,16 +2043,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "shortcut" / "1"),
                 96,
             ),
-            s5_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "1" / "act_quant4"),
                 p.acts[43],
-            )?,
-            s5_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "1" / "conv1"),
                 96,
                 576,
@@ -2064,16 +2065,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn1"),
                 576,
             ),
-            s5_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "1" / "act_quant1"),
                 p.acts[44],
-            )?,
-            s5_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "1" / "conv2"),
                 576,
                 576,
@@ -2086,16 +2087,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn2"),
                 576,
             ),
-            s5_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "1" / "act_quant2"),
                 p.acts[45],
-            )?,
-            s5_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "1" / "conv3"),
                 576,
                 96,
@@ -2108,16 +2109,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "1" / "bn3"),
                 96,
             ),
-            s5_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "1" / "act_quant3"),
                 p.acts[46],
-            )?,
-            s5_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "2" / "shortcut" / "0"),
                 96,
                 96,
@@ -2130,16 +2131,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "shortcut" / "1"),
                 96,
             ),
-            s5_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "2" / "act_quant4"),
                 p.acts[47],
-            )?,
-            s5_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "2" / "conv1"),
                 96,
                 576,
@@ -2152,16 +2153,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn1"),
                 576,
             ),
-            s5_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "2" / "act_quant1"),
                 p.acts[48],
-            )?,
-            s5_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "2" / "conv2"),
                 576,
                 576,
@@ -2174,16 +2175,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn2"),
                 576,
             ),
-            s5_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "2" / "act_quant2"),
                 p.acts[49],
-            )?,
-            s5_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s5_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s5" / "2" / "conv3"),
                 576,
                 96,
@@ -2196,16 +2197,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s5_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s5" / "2" / "bn3"),
                 96,
             ),
-            s5_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s5_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s5" / "2" / "act_quant3"),
                 p.acts[50],
-            )?,
-            s6_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "0" / "conv1"),
                 96,
                 576,
@@ -2218,16 +2219,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn1"),
                 576,
             ),
-            s6_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "0" / "act_quant1"),
                 p.acts[51],
-            )?,
-            s6_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "0" / "conv2"),
                 576,
                 576,
@@ -2240,16 +2241,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn2"),
                 576,
             ),
-            s6_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "0" / "act_quant2"),
                 p.acts[52],
-            )?,
-            s6_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "0" / "conv3"),
                 576,
                 160,
@@ -2262,16 +2263,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "0" / "bn3"),
                 160,
             ),
-            s6_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "0" / "act_quant3"),
                 p.acts[53],
-            )?,
-            s6_1_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_1_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "1" / "shortcut" / "0"),
                 160,
                 160,
@@ -2284,16 +2285,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_1_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "shortcut" / "1"),
                 160,
             ),
-            s6_1_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_1_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "1" / "act_quant4"),
                 p.acts[54],
-            )?,
-            s6_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "1" / "conv1"),
                 160,
                 960,
@@ -2306,16 +2307,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn1"),
                 960,
             ),
-            s6_1_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_1_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "1" / "act_quant1"),
                 p.acts[55],
-            )?,
-            s6_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "1" / "conv2"),
                 960,
                 960,
@@ -2328,16 +2329,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn2"),
                 960,
             ),
-            s6_1_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_1_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "1" / "act_quant2"),
                 p.acts[56],
-            )?,
-            s6_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "1" / "conv3"),
                 960,
                 160,
@@ -2350,16 +2351,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_1_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "1" / "bn3"),
                 160,
             ),
-            s6_1_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_1_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "1" / "act_quant3"),
                 p.acts[57],
-            )?,
-            s6_2_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_2_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "2" / "shortcut" / "0"),
                 160,
                 160,
@@ -2372,16 +2373,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_2_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "shortcut" / "1"),
                 160,
             ),
-            s6_2_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_2_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "2" / "act_quant4"),
                 p.acts[58],
-            )?,
-            s6_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "2" / "conv1"),
                 160,
                 960,
@@ -2394,16 +2395,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn1"),
                 960,
             ),
-            s6_2_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_2_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "2" / "act_quant1"),
                 p.acts[59],
-            )?,
-            s6_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "2" / "conv2"),
                 960,
                 960,
@@ -2416,16 +2417,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn2"),
                 960,
             ),
-            s6_2_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_2_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "2" / "act_quant2"),
                 p.acts[60],
-            )?,
-            s6_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s6_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s6" / "2" / "conv3"),
                 960,
                 160,
@@ -2438,16 +2439,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s6_2_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s6" / "2" / "bn3"),
                 160,
             ),
-            s6_2_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s6_2_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s6" / "2" / "act_quant3"),
                 p.acts[61],
-            )?,
-            s7_0_shortcut_0: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s7_0_shortcut_0: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s7" / "0" / "shortcut" / "0"),
                 160,
                 320,
@@ -2460,16 +2461,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s7_0_shortcut_1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "shortcut" / "1"),
                 320,
             ),
-            s7_0_act_quant4: qatc_runtime::quant::ActQuant::try_from_spec(
+            s7_0_act_quant4: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s7" / "0" / "act_quant4"),
                 p.acts[62],
-            )?,
-            s7_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s7_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s7" / "0" / "conv1"),
                 160,
                 960,
@@ -2482,16 +2483,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s7_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn1"),
                 960,
             ),
-            s7_0_act_quant1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s7_0_act_quant1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s7" / "0" / "act_quant1"),
                 p.acts[63],
-            )?,
-            s7_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s7_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s7" / "0" / "conv2"),
                 960,
                 960,
@@ -2504,16 +2505,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s7_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn2"),
                 960,
             ),
-            s7_0_act_quant2: qatc_runtime::quant::ActQuant::try_from_spec(
+            s7_0_act_quant2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s7" / "0" / "act_quant2"),
                 p.acts[64],
-            )?,
-            s7_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s7_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s7" / "0" / "conv3"),
                 960,
                 320,
@@ -2526,16 +2527,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             s7_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s7" / "0" / "bn3"),
                 320,
             ),
-            s7_0_act_quant3: qatc_runtime::quant::ActQuant::try_from_spec(
+            s7_0_act_quant3: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s7" / "0" / "act_quant3"),
                 p.acts[65],
-            )?,
-            head_head: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            head_head: qatc_runtime::layers::QConv2d::new(
                 &(vs / "head" / "head"),
                 320,
                 1280,
@@ -2548,16 +2549,16 @@ impl Mobilenetv2 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             head_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "head" / "bn2"),
                 1280,
             ),
-            head_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            head_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "head" / "act1"),
                 p.acts[66],
-            )?,
-            fc_linear: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_linear: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "linear"),
                 1280,
                 10,
@@ -2566,7 +2567,7 @@ impl Mobilenetv2 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
+            ),
         })
     }
 

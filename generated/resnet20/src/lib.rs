@@ -517,13 +517,14 @@ impl Resnet20 {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_stem: qatc_runtime::layers::QConv2d::try_new(
+            stem_stem: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "stem"),
                 3,
                 16,
@@ -536,13 +537,13 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 16),
-            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            )?,
-            stage1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "0" / "conv1"),
                 16,
                 16,
@@ -555,16 +556,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "0" / "bn1"),
                 16,
             ),
-            stage1_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "0" / "act1"),
                 p.acts[1],
-            )?,
-            stage1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "0" / "conv2"),
                 16,
                 16,
@@ -577,16 +578,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "0" / "bn2"),
                 16,
             ),
-            stage1_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "0" / "add_act1"),
                 p.acts[2],
-            )?,
-            stage1_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "1" / "conv1"),
                 16,
                 16,
@@ -599,16 +600,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "1" / "bn1"),
                 16,
             ),
-            stage1_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_1_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "1" / "act1"),
                 p.acts[3],
-            )?,
-            stage1_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "1" / "conv2"),
                 16,
                 16,
@@ -621,16 +622,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "1" / "bn2"),
                 16,
             ),
-            stage1_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "1" / "add_act1"),
                 p.acts[4],
-            )?,
-            stage1_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "2" / "conv1"),
                 16,
                 16,
@@ -643,16 +644,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "2" / "bn1"),
                 16,
             ),
-            stage1_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_2_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "2" / "act1"),
                 p.acts[5],
-            )?,
-            stage1_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage1_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage1" / "2" / "conv2"),
                 16,
                 16,
@@ -665,16 +666,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage1_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage1" / "2" / "bn2"),
                 16,
             ),
-            stage1_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage1_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage1" / "2" / "add_act1"),
                 p.acts[6],
-            )?,
-            stage2_0_identity_conv: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_0_identity_conv: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "0" / "identity_conv"),
                 16,
                 32,
@@ -687,16 +688,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn3"),
                 32,
             ),
-            stage2_0_shortcut_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "0" / "shortcut_act1"),
                 p.acts[7],
-            )?,
-            stage2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "0" / "conv1"),
                 16,
                 32,
@@ -709,16 +710,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn1"),
                 32,
             ),
-            stage2_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "0" / "act1"),
                 p.acts[8],
-            )?,
-            stage2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "0" / "conv2"),
                 32,
                 32,
@@ -731,16 +732,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "0" / "bn2"),
                 32,
             ),
-            stage2_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "0" / "add_act1"),
                 p.acts[9],
-            )?,
-            stage2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "1" / "conv1"),
                 32,
                 32,
@@ -753,16 +754,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "1" / "bn1"),
                 32,
             ),
-            stage2_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_1_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "1" / "act1"),
                 p.acts[10],
-            )?,
-            stage2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "1" / "conv2"),
                 32,
                 32,
@@ -775,16 +776,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "1" / "bn2"),
                 32,
             ),
-            stage2_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "1" / "add_act1"),
                 p.acts[11],
-            )?,
-            stage2_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "2" / "conv1"),
                 32,
                 32,
@@ -797,16 +798,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "2" / "bn1"),
                 32,
             ),
-            stage2_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_2_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "2" / "act1"),
                 p.acts[12],
-            )?,
-            stage2_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage2_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage2" / "2" / "conv2"),
                 32,
                 32,
@@ -819,16 +820,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage2_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage2" / "2" / "bn2"),
                 32,
             ),
-            stage2_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage2_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage2" / "2" / "add_act1"),
                 p.acts[13],
-            )?,
-            stage3_0_identity_conv: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_0_identity_conv: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "0" / "identity_conv"),
                 32,
                 64,
@@ -841,16 +842,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_0_bn3: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn3"),
                 64,
             ),
-            stage3_0_shortcut_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_0_shortcut_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "0" / "shortcut_act1"),
                 p.acts[14],
-            )?,
-            stage3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "0" / "conv1"),
                 32,
                 64,
@@ -863,16 +864,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn1"),
                 64,
             ),
-            stage3_0_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_0_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "0" / "act1"),
                 p.acts[15],
-            )?,
-            stage3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "0" / "conv2"),
                 64,
                 64,
@@ -885,16 +886,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_0_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "0" / "bn2"),
                 64,
             ),
-            stage3_0_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_0_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "0" / "add_act1"),
                 p.acts[16],
-            )?,
-            stage3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "1" / "conv1"),
                 64,
                 64,
@@ -907,16 +908,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "1" / "bn1"),
                 64,
             ),
-            stage3_1_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_1_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "1" / "act1"),
                 p.acts[17],
-            )?,
-            stage3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "1" / "conv2"),
                 64,
                 64,
@@ -929,16 +930,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_1_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "1" / "bn2"),
                 64,
             ),
-            stage3_1_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_1_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "1" / "add_act1"),
                 p.acts[18],
-            )?,
-            stage3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "2" / "conv1"),
                 64,
                 64,
@@ -951,16 +952,16 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "2" / "bn1"),
                 64,
             ),
-            stage3_2_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_2_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "2" / "act1"),
                 p.acts[19],
-            )?,
-            stage3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stage3_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stage3" / "2" / "conv2"),
                 64,
                 64,
@@ -973,20 +974,20 @@ impl Resnet20 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingUniform,
                 },
-            )?,
+            ),
             stage3_2_bn2: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "stage3" / "2" / "bn2"),
                 64,
             ),
-            stage3_2_add_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stage3_2_add_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stage3" / "2" / "add_act1"),
                 p.acts[20],
-            )?,
-            head_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            head_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "head" / "act1"),
                 p.acts[21],
-            )?,
-            fc_output: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_output: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "output"),
                 64,
                 10,
@@ -995,7 +996,7 @@ impl Resnet20 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
+            ),
         })
     }
 

@@ -599,17 +599,18 @@ impl Toynet {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_act_quant_in: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act_quant_in: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act_quant_in"),
                 p.acts[0],
-            )?,
-            stem_conv: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            stem_conv: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "conv"),
                 3,
                 16,
@@ -622,13 +623,13 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             stem_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn"), 16),
-            stem_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act_quant_out"),
                 p.acts[1],
-            )?,
-            s1_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv1"),
                 16,
                 16,
@@ -641,16 +642,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s1_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s1" / "0" / "bn1"),
                 16,
             ),
-            s1_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s1_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant_in1"),
                 p.acts[2],
-            )?,
-            s1_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv2"),
                 16,
                 64,
@@ -663,12 +664,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s1_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant_in2"),
                 p.acts[3],
-            )?,
-            s1_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s1_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s1" / "0" / "conv3"),
                 64,
                 16,
@@ -681,16 +682,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s1_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s1_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s1" / "0" / "act_quant_out"),
                 p.acts[4],
-            )?,
+            ),
             s2_0_norm: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "norm"),
                 16,
             ),
-            s2_0_downsample: qatc_runtime::layers::QConv2d::try_new(
+            s2_0_downsample: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "downsample"),
                 16,
                 32,
@@ -703,12 +704,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_0_actq_down: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "actq_down"),
                 p.acts[5],
-            )?,
-            s2_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv1"),
                 32,
                 32,
@@ -721,16 +722,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s2_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "0" / "bn1"),
                 32,
             ),
-            s2_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant_in1"),
                 p.acts[6],
-            )?,
-            s2_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv2"),
                 32,
                 128,
@@ -743,12 +744,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant_in2"),
                 p.acts[7],
-            )?,
-            s2_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "0" / "conv3"),
                 128,
                 32,
@@ -761,12 +762,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "0" / "act_quant_out"),
                 p.acts[8],
-            )?,
-            s2_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv1"),
                 32,
                 32,
@@ -779,16 +780,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s2_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "1" / "bn1"),
                 32,
             ),
-            s2_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant_in1"),
                 p.acts[9],
-            )?,
-            s2_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv2"),
                 32,
                 128,
@@ -801,12 +802,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant_in2"),
                 p.acts[10],
-            )?,
-            s2_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "1" / "conv3"),
                 128,
                 32,
@@ -819,12 +820,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "1" / "act_quant_out"),
                 p.acts[11],
-            )?,
-            s2_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "2" / "conv1"),
                 32,
                 32,
@@ -837,16 +838,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s2_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s2" / "2" / "bn1"),
                 32,
             ),
-            s2_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s2_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "2" / "act_quant_in1"),
                 p.acts[12],
-            )?,
-            s2_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "2" / "conv2"),
                 32,
                 128,
@@ -859,12 +860,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "2" / "act_quant_in2"),
                 p.acts[13],
-            )?,
-            s2_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s2_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s2" / "2" / "conv3"),
                 128,
                 32,
@@ -877,12 +878,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s2_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s2_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s2" / "2" / "act_quant_out"),
                 p.acts[14],
-            )?,
-            s3_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv1"),
                 32,
                 32,
@@ -895,16 +896,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s3_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "0" / "bn1"),
                 32,
             ),
-            s3_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant_in1"),
                 p.acts[15],
-            )?,
-            s3_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv2"),
                 32,
                 128,
@@ -917,12 +918,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant_in2"),
                 p.acts[16],
-            )?,
-            s3_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "0" / "conv3"),
                 128,
                 32,
@@ -935,12 +936,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "0" / "act_quant_out"),
                 p.acts[17],
-            )?,
-            s3_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv1"),
                 32,
                 32,
@@ -953,16 +954,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s3_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "1" / "bn1"),
                 32,
             ),
-            s3_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant_in1"),
                 p.acts[18],
-            )?,
-            s3_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv2"),
                 32,
                 128,
@@ -975,12 +976,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant_in2"),
                 p.acts[19],
-            )?,
-            s3_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "1" / "conv3"),
                 128,
                 32,
@@ -993,12 +994,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "1" / "act_quant_out"),
                 p.acts[20],
-            )?,
-            s3_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv1"),
                 32,
                 32,
@@ -1011,16 +1012,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s3_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s3" / "2" / "bn1"),
                 32,
             ),
-            s3_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s3_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant_in1"),
                 p.acts[21],
-            )?,
-            s3_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv2"),
                 32,
                 128,
@@ -1033,12 +1034,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant_in2"),
                 p.acts[22],
-            )?,
-            s3_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s3_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s3" / "2" / "conv3"),
                 128,
                 32,
@@ -1051,16 +1052,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s3_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s3_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s3" / "2" / "act_quant_out"),
                 p.acts[23],
-            )?,
+            ),
             s4_0_norm: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "norm"),
                 32,
             ),
-            s4_0_downsample: qatc_runtime::layers::QConv2d::try_new(
+            s4_0_downsample: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "downsample"),
                 32,
                 64,
@@ -1073,12 +1074,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_0_actq_down: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_0_actq_down: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "actq_down"),
                 p.acts[24],
-            )?,
-            s4_0_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv1"),
                 64,
                 64,
@@ -1091,16 +1092,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s4_0_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "0" / "bn1"),
                 64,
             ),
-            s4_0_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_0_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant_in1"),
                 p.acts[25],
-            )?,
-            s4_0_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv2"),
                 64,
                 256,
@@ -1113,12 +1114,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_0_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant_in2"),
                 p.acts[26],
-            )?,
-            s4_0_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_0_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "0" / "conv3"),
                 256,
                 64,
@@ -1131,12 +1132,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_0_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_0_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "0" / "act_quant_out"),
                 p.acts[27],
-            )?,
-            s4_1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv1"),
                 64,
                 64,
@@ -1149,16 +1150,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s4_1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "1" / "bn1"),
                 64,
             ),
-            s4_1_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_1_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant_in1"),
                 p.acts[28],
-            )?,
-            s4_1_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv2"),
                 64,
                 256,
@@ -1171,12 +1172,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_1_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant_in2"),
                 p.acts[29],
-            )?,
-            s4_1_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_1_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "1" / "conv3"),
                 256,
                 64,
@@ -1189,12 +1190,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_1_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_1_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "1" / "act_quant_out"),
                 p.acts[30],
-            )?,
-            s4_2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv1"),
                 64,
                 64,
@@ -1207,16 +1208,16 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             s4_2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "s4" / "2" / "bn1"),
                 64,
             ),
-            s4_2_act_quant_in1: qatc_runtime::quant::ActQuant::try_from_spec(
+            s4_2_act_quant_in1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant_in1"),
                 p.acts[31],
-            )?,
-            s4_2_conv2: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv2: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv2"),
                 64,
                 256,
@@ -1229,12 +1230,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_2_act_quant_in2: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant_in2"),
                 p.acts[32],
-            )?,
-            s4_2_conv3: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            s4_2_conv3: qatc_runtime::layers::QConv2d::new(
                 &(vs / "s4" / "2" / "conv3"),
                 256,
                 64,
@@ -1247,12 +1248,12 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
-            s4_2_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            s4_2_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "s4" / "2" / "act_quant_out"),
                 p.acts[33],
-            )?,
-            head_conv: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            head_conv: qatc_runtime::layers::QConv2d::new(
                 &(vs / "head" / "conv"),
                 64,
                 512,
@@ -1265,17 +1266,17 @@ impl Toynet {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::KaimingNormalFanOut,
                 },
-            )?,
+            ),
             head_bn: qatc_runtime::layers::BatchNorm2d::new(&(vs / "head" / "bn"), 512),
-            head_act_quant_out: qatc_runtime::quant::ActQuant::try_from_spec(
+            head_act_quant_out: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "head" / "act_quant_out"),
                 p.acts[34],
-            )?,
-            fc_act_qlast: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            fc_act_qlast: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "fc" / "act_qlast"),
                 p.acts[35],
-            )?,
-            fc_fc: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_fc: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "fc"),
                 512,
                 10,
@@ -1286,7 +1287,7 @@ impl Toynet {
                         std: 0.001,
                     },
                 },
-            )?,
+            ),
         })
     }
 

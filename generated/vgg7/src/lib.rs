@@ -185,13 +185,14 @@ impl Vgg7 {
     }
 
     /// Builds the model under a profile given as data, checking its
-    /// bit-widths against what the runtime supports.
+    /// bit-widths against what the runtime supports first.
     pub fn try_with_profile(
         vs: &tch::nn::Path,
         p: &Profile,
-    ) -> Result<Self, qatc_runtime::layers::LayerError> {
+    ) -> Result<Self, qatc_runtime::quant::QuantError> {
+        p.validate()?;
         Ok(Self {
-            stem_conv1: qatc_runtime::layers::QConv2d::try_new(
+            stem_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "stem" / "conv1"),
                 3,
                 64,
@@ -204,13 +205,13 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             stem_bn1: qatc_runtime::layers::BatchNorm2d::new(&(vs / "stem" / "bn1"), 64),
-            stem_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            stem_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "stem" / "act1"),
                 p.acts[0],
-            )?,
-            c1_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            c1_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c1" / "0" / "convbn1" / "conv1"),
                 64,
                 64,
@@ -223,12 +224,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c1_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c1" / "0" / "convbn1" / "bn1"),
                 64,
             ),
-            c1_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            c1_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c1" / "0" / "convbn2" / "conv1"),
                 64,
                 64,
@@ -241,16 +242,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c1_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c1" / "0" / "convbn2" / "bn1"),
                 64,
             ),
-            c1_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            c1_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "c1" / "0" / "out_act1"),
                 p.acts[1],
-            )?,
-            c2_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            c2_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c2" / "0" / "convbn1" / "conv1"),
                 64,
                 128,
@@ -263,12 +264,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c2_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c2" / "0" / "convbn1" / "bn1"),
                 128,
             ),
-            c2_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            c2_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c2" / "0" / "convbn2" / "conv1"),
                 128,
                 128,
@@ -281,16 +282,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c2_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c2" / "0" / "convbn2" / "bn1"),
                 128,
             ),
-            c2_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            c2_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "c2" / "0" / "out_act1"),
                 p.acts[2],
-            )?,
-            c3_0_convbn1_conv1: qatc_runtime::layers::QConv2d::try_new(
+            ),
+            c3_0_convbn1_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c3" / "0" / "convbn1" / "conv1"),
                 128,
                 256,
@@ -303,12 +304,12 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c3_0_convbn1_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c3" / "0" / "convbn1" / "bn1"),
                 256,
             ),
-            c3_0_convbn2_conv1: qatc_runtime::layers::QConv2d::try_new(
+            c3_0_convbn2_conv1: qatc_runtime::layers::QConv2d::new(
                 &(vs / "c3" / "0" / "convbn2" / "conv1"),
                 256,
                 256,
@@ -321,16 +322,16 @@ impl Vgg7 {
                     bias: false,
                     init: qatc_runtime::layers::ConvInit::PyTorchDefault,
                 },
-            )?,
+            ),
             c3_0_convbn2_bn1: qatc_runtime::layers::BatchNorm2d::new(
                 &(vs / "c3" / "0" / "convbn2" / "bn1"),
                 256,
             ),
-            c3_0_out_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            c3_0_out_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "c3" / "0" / "out_act1"),
                 p.acts[3],
-            )?,
-            fc_linear1: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_linear1: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "linear1"),
                 4096,
                 256,
@@ -339,12 +340,12 @@ impl Vgg7 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
-            fc_act1: qatc_runtime::quant::ActQuant::try_from_spec(
+            ),
+            fc_act1: qatc_runtime::quant::ActQuant::from_spec(
                 &(vs / "fc" / "act1"),
                 p.acts[4],
-            )?,
-            fc_linear2: qatc_runtime::layers::QLinear::try_new(
+            ),
+            fc_linear2: qatc_runtime::layers::QLinear::new(
                 &(vs / "fc" / "linear2"),
                 256,
                 10,
@@ -353,7 +354,7 @@ impl Vgg7 {
                     bias: true,
                     init: qatc_runtime::layers::LinearInit::PyTorchDefault,
                 },
-            )?,
+            ),
         })
     }
 

@@ -44,6 +44,8 @@
 //! - `float_stem.rs`: the float first conv in f64 (AVX2, no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
 //! - `pool.rs`: average, max and adaptive pooling;
+//! - `channels.rs`: channel gathers (split, shuffle) and concatenation;
+//! - `pointwise.rs`: the gating product and hardswish;
 //! - `linear.rs`: the output layer's dequantization and the seed's float32
 //!   linear sum ([`seed_linear_f32`]).
 //!
@@ -89,16 +91,19 @@ macro_rules! dispatch {
     };
 }
 
+mod channels;
 mod conv;
 mod depthwise;
 mod direct;
 mod float_stem;
 mod gemm;
 mod linear;
+mod pointwise;
 mod pool;
 mod requant;
 
 pub use linear::seed_linear_f32;
+pub use pointwise::hardswish_int;
 
 use super::plan::{ConvInput, IntPlan, Layer, QuantizeInput, TensorId};
 use super::IntError;
@@ -302,6 +307,10 @@ pub fn run_image(
             Layer::Conv(l) => conv::run_conv(plan, li, l, image, weights, ws, sim),
             Layer::Requant(r) => requant::run_requant(plan, r, ws),
             Layer::Pool(p) => pool::run_pool(plan, p, ws),
+            Layer::Channels(c) => channels::run_channels(plan, c, ws),
+            Layer::Concat(c) => channels::run_concat(plan, c, ws),
+            Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
+            Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
         }
     }
     Ok(linear::run_output(plan, ws))

@@ -6,19 +6,27 @@
 //!   ReLU): one [`Requant`](super::Requant) into the quantizer's domain
 //!   (`Builder::requant`: fixed-point multipliers and bias, a shift, a
 //!   clamp);
+//! - a pending concat (inputs of different scales): each input
+//!   requantized into the quantizer's domain, then joined
+//!   (`Builder::quantize_concat`);
+//! - a pending hardswish: one [`HardSwishLayer`](super::HardSwishLayer)
+//!   into the quantizer's domain (`Builder::quantize_hardswish`);
 //! - the float graph input: one [`QuantizeInput`],
 //!   `q = round_even(clamp(x * pre, clip_lo, clip_hi) * gain)` in float32
 //!   as the fake quantizer computes it;
 //! - an identity (`Quantizer::None` or 32 bits): nothing, except that a
 //!   rectified pending sum is materialised once as 16-bit integers
-//!   (`Builder::materialize_wide`) so that every consumer reads integers.
+//!   (`Builder::materialize_wide`) so that every consumer reads integers
+//!   (a pending concat or hardswish stays pending).
 //!
 //! Invariants: a bad clipping value or a quantizer with no integer form is
 //! an [`IntError`]; the clipping values read are recorded in
 //! [`IntPlan::clips`](super::IntPlan::clips).
 
 use super::builder::{Builder, Rectify, Value, Q};
+use super::requant::Target;
 use super::{Layer, QuantizeInput, TensorKind};
+use crate::fixed::FixedFormat;
 use crate::IntError;
 use qatc::ir::{Node, Quantizer};
 use qatc::ops::ActQuant;
@@ -94,8 +102,28 @@ impl Builder<'_> {
                 pooled: false,
             }));
         }
-        let lin = self.lin_of(n, v)?;
         let fmt = self.format(n);
-        Ok(Value::Q(self.requant(n, &lin, &t, fmt)?))
+        Ok(Value::Q(self.quantize_value(n, v, &t, fmt)?))
+    }
+
+    /// Any value but the float input into the domain of the quantizer node
+    /// `n` (target `t`): a pending sum (or integers, a sum of one term) by
+    /// one requantization, a pending concat part by part, a hardswish by
+    /// its own layer.
+    pub(super) fn quantize_value(
+        &mut self,
+        n: &Node,
+        v: &Value,
+        t: &Target,
+        fmt: FixedFormat,
+    ) -> Result<Q, IntError> {
+        match v {
+            Value::Concat { parts, .. } => self.quantize_concat(n, parts, t, fmt),
+            Value::HardSwish { x, .. } => self.quantize_hardswish(n, x, t, fmt),
+            _ => {
+                let lin = self.lin_of(n, v)?;
+                self.requant(n, &lin, t, fmt)
+            }
+        }
     }
 }

@@ -3,34 +3,56 @@
 //! [`Builder`] holds the plan under construction (tensors, layers, the
 //! node -> tensor map, clipping values, saturated and folded constants).
 //! Between quantizers an IR node's output is a [`Value`]: the float input,
-//! integers in a known domain ([`Q`]), or a pending per-channel sum of
+//! integers in a known domain ([`Q`]), a pending per-channel sum of
 //! integer tensors ([`Lin`]) that the next quantizer requantizes
-//! (`super::requant`). Here: the constants in their fixed-point format
+//! (`super::requant`), or a value only a following quantizer can compute
+//! (a concat of several scales, a hardswish: [`Value::Concat`],
+//! [`Value::HardSwish`]). Here: the constants in their fixed-point format
 //! ([`Builder::fixed`], saturation recorded), the views of a value every
 //! op needs ([`Builder::lin_of`], [`Builder::integers`],
-//! [`Builder::materialize_wide`]) and the dequantized output layer.
+//! [`Builder::materialize_wide`], [`Builder::materialize_fine`]), channel
+//! gathers of any value ([`Builder::gather`]: split, shuffle), whether a
+//! node reaches a quantizer ([`Builder::followed_by_quantizer`]) and the
+//! dequantized output layer.
 //!
 //! Invariants: a [`Lin`] has at least one term, each with one multiplier
-//! per channel; a [`Q`]'s tensor is in [`Builder::tensors`].
+//! per channel; a [`Q`]'s tensor is in [`Builder::tensors`]; a pending
+//! concat or hardswish that reaches anything but a quantizer is an
+//! [`IntError::Unsupported`] naming it.
 
 use super::requant::Target;
 use super::weights::bits_of;
 use super::{
-    ConvInput, ConvLayer, Layer, OutputLayer, PlanOptions, TensorId, TensorInfo, TensorKind,
+    Channels, ConvInput, ConvLayer, Layer, OutputLayer, PlanOptions, TensorId, TensorInfo,
+    TensorKind,
 };
 use crate::checkpoint::Checkpoint;
 use crate::fixed::{fixed_nearest, fixed_seed, FixedFormat, Rounding};
 use crate::IntError;
-use qatc::ir::{Graph, Node, Op};
+use qatc::ir::{Graph, Node, Op, Quantizer};
 use std::collections::BTreeMap;
 
 /// A ReLU or ReLU6 not yet applied: the clamp the next requantization
-/// takes.
+/// takes. `Clamp` is any other interval of the pending sum's real value
+/// (a hardsigmoid's `[0, 1]`, a ReLU seen through an affine map).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Rectify {
     None,
     Relu,
     Relu6,
+    Clamp { lo: f64, hi: f64 },
+}
+
+impl Rectify {
+    /// The interval the value is clamped to (infinite ends: none).
+    pub(super) fn interval(self) -> (f64, f64) {
+        match self {
+            Rectify::None => (f64::NEG_INFINITY, f64::INFINITY),
+            Rectify::Relu => (0.0, f64::INFINITY),
+            Rectify::Relu6 => (0.0, 6.0),
+            Rectify::Clamp { lo, hi } => (lo, hi),
+        }
+    }
 }
 
 /// An integer tensor with its domain.
@@ -79,6 +101,37 @@ pub(super) enum Value {
     Float,
     Q(Q),
     Lin(Lin),
+    /// A concat whose inputs are not integers of one scale: each part is
+    /// requantized into the grid of the quantizer that follows
+    /// (`quantize_concat`), then the parts are put side by side. `name`:
+    /// the concat node. Parts are `Q` or `Lin`, or `HardSwish`.
+    Concat {
+        name: String,
+        parts: Vec<Value>,
+    },
+    /// `hardswish(x)` of integers `x`, computed in the grid of the
+    /// quantizer that follows (`super::activation`). `name`: the node.
+    HardSwish {
+        name: String,
+        x: Q,
+    },
+}
+
+/// The error for a concat of several scales that reaches a layer other
+/// than a quantizer.
+pub(super) fn concat_needs_quantizer(name: &str) -> IntError {
+    unsupported(
+        name,
+        "its inputs are not integers of one scale (different quantizers, or pending sums) and no activation quantizer follows it: add `quantize_concat(bits)` to the rules (one quantizer after each concat, into whose grid every input is requantized)",
+    )
+}
+
+/// The error for a hardswish that reaches a layer other than a quantizer.
+pub(super) fn hardswish_needs_quantizer(name: &str) -> IntError {
+    unsupported(
+        name,
+        "hardswish is computed in the integer grid of the activation quantizer after it, and no quantizer follows it here: add `act(...)` right after it",
+    )
 }
 
 /// The plan under construction: its tensors and layers so far, and what
@@ -146,31 +199,37 @@ impl<'a> Builder<'a> {
     }
 
     /// Whether [`Self::fixed`] represents the constant without clamping.
-    pub(super) fn fits(&self, v32: f32, v64: f64, fmt: FixedFormat) -> bool {
-        match self.opts.rounding {
-            Rounding::Trunc => fixed_seed(v32, fmt, false).is_ok(),
-            Rounding::Nearest | Rounding::Scaled => fixed_nearest(v64, fmt, false).is_ok(),
+    pub(super) fn fits(&self, nearest: bool, v32: f32, v64: f64, fmt: FixedFormat) -> bool {
+        if nearest {
+            fixed_nearest(v64, fmt, false).is_ok()
+        } else {
+            fixed_seed(v32, fmt, false).is_ok()
         }
     }
 
+    /// A constant in format `fmt`: rounded once from its exact value
+    /// `v64` (`nearest`: `nearest` and `scaled` plans, per-layer binary
+    /// points), or as the seed computes it from its float32 value `v32`
+    /// (`trunc`); clamped and recorded with `saturate_constants`, else an
+    /// error naming the layer when its integer part does not fit.
     pub(super) fn fixed(
         &self,
+        nearest: bool,
         layer: &str,
         what: &str,
         v32: f32,
         v64: f64,
         fmt: FixedFormat,
     ) -> Result<i64, IntError> {
-        if !self.fits(v32, v64, fmt) && self.opts.saturate_constants {
+        if !self.fits(nearest, v32, v64, fmt) && self.opts.saturate_constants {
             self.saturated
                 .borrow_mut()
                 .push(format!("{layer}: {what} {v64} -> {fmt}"));
         }
-        let r = match self.opts.rounding {
-            Rounding::Trunc => fixed_seed(v32, fmt, self.opts.saturate_constants),
-            Rounding::Nearest | Rounding::Scaled => {
-                fixed_nearest(v64, fmt, self.opts.saturate_constants)
-            }
+        let r = if nearest {
+            fixed_nearest(v64, fmt, self.opts.saturate_constants)
+        } else {
+            fixed_seed(v32, fmt, self.opts.saturate_constants)
         };
         r.map_err(|o| IntError::FormatOverflow {
             layer: layer.to_string(),
@@ -195,6 +254,8 @@ impl<'a> Builder<'a> {
 
     pub(super) fn lin_of(&self, n: &Node, v: &Value) -> Result<Lin, IntError> {
         match v {
+            Value::Concat { name, .. } => Err(concat_needs_quantizer(name)),
+            Value::HardSwish { name, .. } => Err(hardswish_needs_quantizer(name)),
             Value::Float => Err(unsupported(
                 &n.name,
                 "reads the float input directly; only a conv or linear layer can (or quantize the input with an act)",
@@ -260,10 +321,44 @@ impl<'a> Builder<'a> {
         self.requant(&node, lin, &t, fmt)
     }
 
+    /// A pending sum as integers fine enough to take a nonlinear function
+    /// of (a hardswish): at the power-of-two scale that puts the largest
+    /// value it can reach at most at 2^23 - 1 (24-bit integers; for a
+    /// float stem that assumes inputs within
+    /// [`FLOAT_INPUT_BOUND`](super::FLOAT_INPUT_BOUND), larger ones
+    /// saturate), its constants exact values rounded once with a binary
+    /// point placed for this requantization (so that a BN's bias, large in
+    /// these fine steps, fits the format's width).
+    pub(super) fn materialize_fine(&mut self, n: &Node, lin: &Lin) -> Result<Q, IntError> {
+        let limit = ((1i64 << 23) - 1) as f64;
+        let mut reach = 0f64;
+        for ch in 0..lin.channels {
+            reach = reach.max(lin.bias[ch].abs() + self.channel_reach(lin, ch, true));
+        }
+        let gain = if reach > 0.0 && reach.is_finite() {
+            2f64.powi((limit / reach).log2().floor().clamp(-60.0, 60.0) as i32)
+        } else {
+            1.0
+        };
+        let t = Target {
+            gain,
+            scale: gain,
+            lo: -(limit as i64),
+            hi: limit as i64,
+            bits: 24,
+        };
+        let mut node = n.clone();
+        node.name = format!("{}.int", n.name);
+        let fmt = self.format(n);
+        self.requant_at(&node, lin, &t, fmt, true)
+    }
+
     /// Integers for a layer that needs them: a pending sum is materialised
     /// at the scale of its first term, clamped to the BN bits.
     pub(super) fn integers(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {
         match v {
+            Value::Concat { name, .. } => Err(concat_needs_quantizer(name)),
+            Value::HardSwish { name, .. } => Err(hardswish_needs_quantizer(name)),
             Value::Q(q) => Ok(q.clone()),
             Value::Float => Err(unsupported(
                 &n.name,
@@ -326,6 +421,119 @@ impl<'a> Builder<'a> {
                 Ok(q)
             }
         }
+    }
+
+    /// Channels of a value (0 for the float input).
+    pub(super) fn channels_of(&self, v: &Value) -> usize {
+        match v {
+            Value::Float => 0,
+            Value::Q(q) => self.tensors[q.t].shape[0],
+            Value::HardSwish { x, .. } => self.tensors[x.t].shape[0],
+            Value::Lin(l) => l.channels,
+            Value::Concat { parts, .. } => parts.iter().map(|p| self.channels_of(p)).sum(),
+        }
+    }
+
+    /// A [`Channels`] layer: tensor `src`'s channels `from` (in that order),
+    /// in a new tensor of the same kind.
+    fn gather_tensor(&mut self, n: &Node, src: TensorId, from: &[usize]) -> TensorId {
+        let info = self.tensors[src].clone();
+        let shape = [from.len(), info.shape[1], info.shape[2]];
+        let out = self.new_tensor(&n.name, shape, info.kind, info.wide);
+        self.layers.push(Layer::Channels(Channels {
+            name: n.name.clone(),
+            input: src,
+            output: out,
+            from: from.to_vec(),
+        }));
+        out
+    }
+
+    /// Channels `from` of a value, in that order (a split's part, a channel
+    /// shuffle): integers are copied by a [`Channels`] layer; a pending sum
+    /// stays pending, each term reading the same channels of its source
+    /// (exact: the next quantizer requantizes as it would have); a
+    /// hardswish stays pending over the chosen channels of its input.
+    pub(super) fn gather(
+        &mut self,
+        n: &Node,
+        v: &Value,
+        from: &[usize],
+    ) -> Result<Value, IntError> {
+        let c = self.channels_of(v);
+        if from.iter().any(|&j| j >= c) {
+            return Err(unsupported(
+                &n.name,
+                format!("picks channels beyond its input's {c}"),
+            ));
+        }
+        let pick_q = |me: &mut Self, q: &Q| {
+            let t = me.gather_tensor(n, q.t, from);
+            me.node_tensors.insert(n.name.clone(), t);
+            Q { t, ..q.clone() }
+        };
+        Ok(match v {
+            Value::Float => {
+                return Err(unsupported(
+                    &n.name,
+                    "reads the float input directly; only a conv or linear layer can (or quantize the input with an act)",
+                ))
+            }
+            Value::Concat { name, .. } => return Err(concat_needs_quantizer(name)),
+            Value::Q(q) => Value::Q(pick_q(self, q)),
+            Value::HardSwish { name, x } => Value::HardSwish {
+                name: name.clone(),
+                x: pick_q(self, x),
+            },
+            Value::Lin(lin) => {
+                let mut out = Lin {
+                    terms: Vec::with_capacity(lin.terms.len()),
+                    bias: from.iter().map(|&j| lin.bias[j]).collect(),
+                    bias_f32: from.iter().map(|&j| lin.bias_f32[j]).collect(),
+                    relu: lin.relu,
+                    channels: from.len(),
+                };
+                for term in &lin.terms {
+                    let src = self.gather_tensor(n, term.src, from);
+                    out.terms.push(Term {
+                        src,
+                        k: from.iter().map(|&j| term.k[j]).collect(),
+                        k_f32: term
+                            .k_f32
+                            .as_ref()
+                            .map(|k| from.iter().map(|&j| k[j]).collect()),
+                        ..term.clone()
+                    });
+                }
+                Value::Lin(out)
+            }
+        })
+    }
+
+    /// Whether every use of node `n`'s output reaches an activation
+    /// quantizer (one that quantizes: not the identity or 32 bits) through
+    /// ops that only move, join or clamp values. A hardsigmoid or hardswish
+    /// is computed in that quantizer's grid.
+    pub(super) fn followed_by_quantizer(&self, n: &Node) -> bool {
+        if self.g.output == n.id {
+            return false;
+        }
+        self.g
+            .nodes
+            .iter()
+            .filter(|m| m.inputs.contains(&n.id))
+            .all(|m| match &m.op {
+                Op::ActQuant(a) => a.quantizer != Quantizer::None && m.out_bit < 32,
+                Op::Dropout(_)
+                | Op::Identity(_)
+                | Op::Flatten(_)
+                | Op::Relu(_)
+                | Op::Relu6(_)
+                | Op::Concat(_)
+                | Op::Slice(_)
+                | Op::Shuffle(_) => self.followed_by_quantizer(m),
+                _ => false,
+            })
     }
 
     /// `[C, H, W]` of the graph input.

@@ -38,21 +38,28 @@
 //! Layout: one module per op, as in [`qatc::ops`], each an `impl Builder`
 //! with the op's planning method, dispatched in [`build`]'s node loop:
 //! `conv` (conv, dwconv, linear), `batch_norm`, `relu` (ReLU, ReLU6),
-//! `act_quant`, `add`, `pool` (avg, max, adaptive avg); flatten and the
-//! input need no planning. The machinery they share: `builder` (the
+//! `act_quant`, `add`, `pool` (avg, max, adaptive avg), `slice` (a split's
+//! parts), `shuffle`, `concat`, `mul` (gating), `activation` (hardsigmoid,
+//! hardswish; sigmoid, swish and gelu refused); flatten, dropout, identity
+//! and the input need no planning. The machinery they share: `builder` (the
 //! planner's state, the values it tracks, materialisation, the output
 //! layer), `requant` (a pending sum into a quantizer's domain) and
 //! `weights` (weights as integers, integer widths). The types here are
 //! the plan itself, what the engine and the exporters read.
 
 mod act_quant;
+mod activation;
 mod add;
 mod batch_norm;
 mod builder;
+mod concat;
 mod conv;
+mod mul;
 mod pool;
 mod relu;
 mod requant;
+mod shuffle;
+mod slice;
 mod weights;
 
 pub use weights::{
@@ -279,6 +286,66 @@ pub struct QuantizeInput {
     pub output: TensorId,
 }
 
+/// Channels of a tensor in a new order (a split's part, a channel
+/// shuffle): output channel `j` is input channel `from[j]`, every position.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Channels {
+    pub name: String,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub from: Vec<usize>,
+}
+
+/// Tensors of one spatial size side by side along the channels, in order
+/// (a concat of integers of one scale).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConcatLayer {
+    pub name: String,
+    pub inputs: Vec<TensorId>,
+    pub output: TensorId,
+}
+
+/// The exact product `input * gate` of two integer tensors (a gating
+/// multiply): the gate is `[C, H, W]` as the input, or `[C, 1, 1]`
+/// broadcast over the positions (`broadcast`). Output scale: the product
+/// of the two scales; the quantizer after it requantizes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MulLayer {
+    pub name: String,
+    pub input: TensorId,
+    pub gate: TensorId,
+    pub output: TensorId,
+    pub broadcast: bool,
+}
+
+/// `hardswish` of integers `q` into a quantizer's grid, piecewise, with
+/// `c = [a2, a1, a0]` and their left shifts `shl` (each coefficient has
+/// its own binary point, `shift - shl[i]` fraction bits):
+/// `q <= neg`: 0; `q >= pos`: `div((a0 * q) << shl[2], 2^shift)`; between:
+/// `div(((a2 * q * q) << shl[0]) + ((a1 * q) << shl[1]), 2^shift)`; then
+/// clamped to `[lo, hi]`. With input scale `s` and the quantizer's gain
+/// `G`: `neg = floor(-3s)`, `pos = ceil(3s)`, `a2 = G / (6 s^2)`,
+/// `a1 = G / (2 s)`, `a0 = G / s` (`real`: these exact values).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HardSwishLayer {
+    pub name: String,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub neg: i64,
+    pub pos: i64,
+    /// `[a2, a1, a0]` as integers.
+    pub c: [i64; 3],
+    pub shl: [u32; 3],
+    /// The exact `[a2, a1, a0]`.
+    pub real: [f64; 3],
+    pub shift: u32,
+    pub div: Div,
+    pub lo: i64,
+    pub hi: i64,
+    /// The sums may pass 2^62 (or the shift 62): computed in i128.
+    pub wide: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Layer {
@@ -286,6 +353,10 @@ pub enum Layer {
     Conv(ConvLayer),
     Requant(Requant),
     Pool(Pool),
+    Channels(Channels),
+    Concat(ConcatLayer),
+    Mul(MulLayer),
+    HardSwish(HardSwishLayer),
 }
 
 impl Layer {
@@ -295,6 +366,10 @@ impl Layer {
             Layer::Conv(l) => &l.name,
             Layer::Requant(l) => &l.name,
             Layer::Pool(l) => &l.name,
+            Layer::Channels(l) => &l.name,
+            Layer::Concat(l) => &l.name,
+            Layer::Mul(l) => &l.name,
+            Layer::HardSwish(l) => &l.name,
         }
     }
 }
@@ -398,19 +473,11 @@ pub fn build(g: &Graph, ck: &Checkpoint, opts: PlanOptions) -> Result<IntPlan, I
             Op::Flatten(_) => b.value(&values, n, 0)?.clone(),
             // The identity in inference.
             Op::Dropout(_) | Op::Identity(_) => b.value(&values, n, 0)?.clone(),
-            Op::Concat(_)
-            | Op::Slice(_)
-            | Op::Shuffle(_)
-            | Op::Mul(_)
-            | Op::Activation(_) => {
-                return Err(unsupported(
-                    &n.name,
-                    format!(
-                        "`{}` is not in the integer engine yet (issue 16); fake-quant training and evaluation support it",
-                        n.op.kind()
-                    ),
-                ))
-            }
+            Op::Concat(_) => b.concat(n, &values)?,
+            Op::Slice(s) => b.slice(n, &values, s)?,
+            Op::Shuffle(s) => b.shuffle(n, &values, s)?,
+            Op::Mul(_) => b.mul(n, &values)?,
+            Op::Activation(a) => b.activation(n, &values, a)?,
         };
         values[n.id] = Some(v);
     }

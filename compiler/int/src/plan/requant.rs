@@ -125,11 +125,27 @@ impl Builder<'_> {
         t: &Target,
         fmt: FixedFormat,
     ) -> Result<Q, IntError> {
+        let per_layer = self.opts.rounding == Rounding::Scaled;
+        self.requant_at(n, lin, t, fmt, per_layer)
+    }
+
+    /// [`Self::requant`]; with `per_layer`, the binary point placed for
+    /// this requantization and the constants rounded from their exact
+    /// values whatever the mode (as `scaled` does).
+    pub(super) fn requant_at(
+        &mut self,
+        n: &Node,
+        lin: &Lin,
+        t: &Target,
+        fmt: FixedFormat,
+        per_layer: bool,
+    ) -> Result<Q, IntError> {
         let trunc = self.opts.rounding == Rounding::Trunc;
+        let nearest = per_layer || !trunc;
         let c = lin.channels;
         // `scaled`: the binary point that gives the largest constant the
         // format's full width.
-        let fmt = if self.opts.rounding == Rounding::Scaled {
+        let fmt = if per_layer {
             let mut maxv = 0f64;
             for term in &lin.terms {
                 for ch in 0..c {
@@ -161,6 +177,23 @@ impl Builder<'_> {
                 lo = lo.max(0);
                 let six = 6.0 * t.gain;
                 hi = hi.min(if trunc { six.trunc() } else { six.round() } as i64);
+            }
+            Rectify::Clamp { lo: l, hi: h } => {
+                // The interval's ends in the output grid, rounded as the
+                // values are (rounding is monotone, so rounding the clamped
+                // value is clamping the rounded one to the rounded ends),
+                // within the quantizer's range (so that `lo <= hi`).
+                let end = |v: f64| {
+                    let x = v * t.gain;
+                    (if trunc { x.trunc() } else { x.round() }).clamp(t.lo as f64, t.hi as f64)
+                        as i64
+                };
+                if l.is_finite() {
+                    lo = lo.max(end(l));
+                }
+                if h.is_finite() {
+                    hi = hi.min(end(h));
+                }
             }
         }
         // A term's multiplier and the bias of channel `ch`, as (f32, f64):
@@ -200,10 +233,10 @@ impl Builder<'_> {
                 } else {
                     None
                 }?;
-                let all_fit = self.fits(b32, b, fmt)
+                let all_fit = self.fits(nearest, b32, b, fmt)
                     && lin.terms.iter().all(|term| {
                         let (m32, m64) = mult_of(term, ch);
-                        self.fits(m32, m64, fmt)
+                        self.fits(nearest, m32, m64, fmt)
                     });
                 (!all_fit).then_some(value)
             })
@@ -226,7 +259,7 @@ impl Builder<'_> {
                 let (m32, m64) = mult_of(term, ch);
                 let m = match fold[ch] {
                     Some(_) => 0,
-                    None => self.fixed(&n.name, "multiplier", m32, m64, fmt)?,
+                    None => self.fixed(nearest, &n.name, "multiplier", m32, m64, fmt)?,
                 };
                 mmax = mmax.max(m.unsigned_abs() as f64);
                 mult.push(m);
@@ -246,7 +279,7 @@ impl Builder<'_> {
             let b = match fold[ch] {
                 // The bound itself, at the binary point.
                 Some(v) => v << fmt.frac(),
-                None => self.fixed(&n.name, "bias", b32, b64, fmt)?,
+                None => self.fixed(nearest, &n.name, "bias", b32, b64, fmt)?,
             };
             worst += b.unsigned_abs() as f64;
             bias.push(b);
@@ -302,10 +335,18 @@ impl Builder<'_> {
         if term.bound < 2f64.powi(40) {
             return term.bound;
         }
+        // Through the channel gathers (split, shuffle) to the conv's own channel.
+        let (mut src, mut ch) = (term.src, ch);
+        while let Some((s, c)) = self.layers.iter().find_map(|l| match l {
+            Layer::Channels(g) if g.output == src => Some((g.input, g.from[ch])),
+            _ => None,
+        }) {
+            (src, ch) = (s, c);
+        }
         self.layers
             .iter()
             .find_map(|l| match l {
-                Layer::Conv(c) if c.output == term.src && matches!(c.input, ConvInput::Float) => {
+                Layer::Conv(c) if c.output == src && matches!(c.input, ConvInput::Float) => {
                     let per = c.weights.len() / c.cout.max(1);
                     let row = &c.weights[ch * per..(ch + 1) * per];
                     let sum: f64 = row.iter().map(|w| w.unsigned_abs() as f64).sum();
