@@ -81,7 +81,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/densenet.qspec",
-    spec_hash: "453b978503460dff3f85a1e842b67b7640addbae28b2654c4be5136d744d329f",
+    spec_hash: "e076c7fcdcaef7e5ddbb690c91fdbc9127ba3a5c2ac838c04e2da43e6a28ab67",
     profiles: &PROFILE_NAMES,
 };
 
@@ -455,7 +455,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(8, 10.0),
             ActSpec::pact(8, 10.0),
             ActSpec::mpact(8, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -615,7 +615,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::dorefa(4),
+            ActSpec::pact(4, 10.0),
         ],
     },
     Profile {
@@ -775,7 +775,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -935,7 +935,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(32, 10.0),
             ActSpec::pact(32, 10.0),
             ActSpec::mpact(32, 10.0),
-            ActSpec::dorefa(32),
+            ActSpec::pact(32, 10.0),
         ],
     },
 ];

@@ -42,7 +42,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/mobilenetv3_small.qspec",
-    spec_hash: "2740f5b1e31b6f5b627b3f4412e3b3a8f85d11df1e424fc73e737d1eb27baa33",
+    spec_hash: "3b485c04883c17c95287866c9dbe63c6feea9b73f12f52b66006c662da0dc1c9",
     profiles: &PROFILE_NAMES,
 };
 
@@ -214,8 +214,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(8, 1.0),
             ActSpec::mpact(8, 10.0),
             ActSpec::mpact(8, 10.0),
-            ActSpec::dorefa(8),
-            ActSpec::dorefa(8),
+            ActSpec::mpact(8, 10.0),
+            ActSpec::mpact(8, 10.0),
         ],
     },
     Profile {
@@ -291,8 +291,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::dorefa(4),
-            ActSpec::dorefa(4),
+            ActSpec::mpact(4, 10.0),
+            ActSpec::mpact(4, 10.0),
         ],
     },
     Profile {
@@ -368,8 +368,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::dorefa(8),
-            ActSpec::dorefa(8),
+            ActSpec::mpact(8, 10.0),
+            ActSpec::mpact(8, 10.0),
         ],
     },
     Profile {
@@ -445,8 +445,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(32, 1.0),
             ActSpec::mpact(32, 10.0),
             ActSpec::mpact(32, 10.0),
-            ActSpec::dorefa(32),
-            ActSpec::dorefa(32),
+            ActSpec::mpact(32, 10.0),
+            ActSpec::mpact(32, 10.0),
         ],
     },
 ];

@@ -40,7 +40,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/se_resnet20.qspec",
-    spec_hash: "76a457b9641618815e166403dad7875531a081d2ffa7559959400a0c32091c3d",
+    spec_hash: "5c6fdffcb7f818985101f17a3d339dc2b5272f83e7937f656fb86d344ce7e2fc",
     profiles: &PROFILE_NAMES,
 };
 
@@ -185,7 +185,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(8, 1.0),
             ActSpec::mpact(8, 10.0),
             ActSpec::pact(8, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -249,7 +249,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::dorefa(4),
+            ActSpec::pact(4, 10.0),
         ],
     },
     Profile {
@@ -313,7 +313,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -377,7 +377,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(32, 1.0),
             ActSpec::mpact(32, 10.0),
             ActSpec::pact(32, 10.0),
-            ActSpec::dorefa(32),
+            ActSpec::pact(32, 10.0),
         ],
     },
 ];

@@ -47,7 +47,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/shufflenetv2.qspec",
-    spec_hash: "7eca820c2bef0afdc9138967797950cca55438bde72399bf78097a8d8306213f",
+    spec_hash: "0da27808e936689c9786bebeba950028379d52007ffd460a61c3daeb71790649",
     profiles: &PROFILE_NAMES,
 };
 
@@ -189,7 +189,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(8, 10.0),
             ActSpec::mpact(8, 10.0),
             ActSpec::pact(8, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -248,7 +248,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::dorefa(4),
+            ActSpec::pact(4, 10.0),
         ],
     },
     Profile {
@@ -307,7 +307,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::dorefa(8),
+            ActSpec::pact(8, 10.0),
         ],
     },
     Profile {
@@ -368,7 +368,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(32, 10.0),
             ActSpec::mpact(32, 10.0),
             ActSpec::pact(32, 10.0),
-            ActSpec::dorefa(32),
+            ActSpec::pact(32, 10.0),
         ],
     },
 ];
