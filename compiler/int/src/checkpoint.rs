@@ -218,3 +218,72 @@ impl Checkpoint {
         Ok(self.get(name)?.first().copied().unwrap_or(0.0))
     }
 }
+
+impl Checkpoint {
+    /// A checkpoint for `g` with plausible trained values and no training:
+    /// Kaiming-scaled weights (normal, `sqrt(2 / fan_in)`), BN near the
+    /// identity (weight `1 + 0.1 n`, running variance `1 + 0.3 |n|`),
+    /// biases, shifts and running means `0.1 n`, clipping values at their
+    /// initial values (`n` standard normal from a seeded generator, so the
+    /// same `seed` gives the same checkpoint on every machine). For tests
+    /// and benchmarks that need a model's integer plan or export without a
+    /// training run.
+    pub fn synthetic(g: &Graph, seed: u64) -> Checkpoint {
+        use qatc::ir::{Op, Quantizer};
+        let mut rng = Normal::new(seed);
+        let mut ck = Checkpoint::default();
+        for (name, shape) in variables(g) {
+            let (node, param) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+            let op = g.nodes.iter().find(|n| n.name == node).map(|n| &n.op);
+            let len: usize = shape.iter().product();
+            let values: Vec<f32> = match (op, param) {
+                (Some(Op::ActQuant(a)), "alpha") => match a.quantizer {
+                    Quantizer::Pact { alpha } | Quantizer::Mpact { alpha } => vec![alpha as f32],
+                    _ => vec![6.0],
+                },
+                (Some(Op::BatchNorm(_)), "weight") => {
+                    (0..len).map(|_| 1.0 + 0.1 * rng.sample()).collect()
+                }
+                (Some(Op::BatchNorm(_)), "running_var") => {
+                    (0..len).map(|_| 1.0 + 0.3 * rng.sample().abs()).collect()
+                }
+                (_, "weight") => {
+                    let fan_in: usize = shape[1..].iter().product();
+                    let std = (2.0 / fan_in.max(1) as f32).sqrt();
+                    (0..len).map(|_| std * rng.sample()).collect()
+                }
+                _ => (0..len).map(|_| 0.1 * rng.sample()).collect(),
+            };
+            ck.tensors.insert(name, (shape, values));
+        }
+        ck
+    }
+}
+
+/// A deterministic stream of standard normal numbers (an LCG and
+/// Box-Muller), the same on every machine.
+#[derive(Clone, Debug)]
+pub struct Normal(u64);
+
+impl Normal {
+    pub fn new(seed: u64) -> Normal {
+        Normal(
+            seed.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// The next standard normal number.
+    pub fn sample(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+}

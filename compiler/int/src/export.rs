@@ -609,6 +609,15 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                     }
                 );
             }
+            Layer::Lut(l) => {
+                let _ = writeln!(
+                    h,
+                    "\n/* {}: {} by table, q -> clamp(round({} * {}(q / {}))): {id}_values[number of {id}_breaks <= q] */",
+                    l.name, l.function, l.gain, l.function, l.scale
+                );
+                c_array(&mut h, "int64_t", &format!("{id}_breaks"), &l.breaks);
+                c_array(&mut h, "int64_t", &format!("{id}_values"), &l.values);
+            }
             Layer::HardSwish(l) => {
                 let [a2, a1, a0] = l.c;
                 let [l2, l1, l0] = l.shl;
@@ -787,6 +796,16 @@ pub fn c_source(plan: &IntPlan, stem: &str) -> (String, String) {
                     o = l.output,
                     x = l.input,
                     g = l.gate
+                );
+            }
+            Layer::Lut(l) => {
+                let n = plan.tensors[l.output].len();
+                let _ = writeln!(
+                    c,
+                    "    for (int i = 0; i < {n}; i++) {{\n        int64_t q = t{}[i];\n        int a = 0, b = {};\n        while (a < b) {{\n            int m = a + (b - a) / 2;\n            if ({id}_breaks[m] <= q) a = m + 1; else b = m;\n        }}\n        t{}[i] = {id}_values[a];\n    }}",
+                    l.input,
+                    l.breaks.len(),
+                    l.output
                 );
             }
             Layer::HardSwish(l) => {

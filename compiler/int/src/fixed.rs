@@ -107,6 +107,15 @@ impl Rounding {
     pub fn is_trunc(self) -> bool {
         self == Rounding::Trunc
     }
+
+    /// How a layer of this mode rounds a quotient: toward zero under
+    /// `trunc`, to nearest (halves away from zero) otherwise.
+    pub fn div(self) -> Div {
+        match self {
+            Rounding::Trunc => Div::Trunc,
+            Rounding::Nearest | Rounding::Scaled => Div::Nearest,
+        }
+    }
 }
 
 impl fmt::Display for Rounding {

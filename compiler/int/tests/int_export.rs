@@ -160,6 +160,16 @@ fn can_build_m32() -> bool {
 /// compiles it in every [`c_variants`] and checks that each prints the
 /// engine's logits bit for bit, with no sanitizer report.
 fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
+    c_matches_engine_in(plan, input, what, c_variants());
+}
+
+/// [`c_matches_engine`] in the given build variants only.
+fn c_matches_engine_in(
+    plan: &int::IntPlan,
+    input: &[f32],
+    what: &str,
+    variants: Vec<(&'static str, Vec<&'static str>)>,
+) {
     let weights = engine::Weights::new(plan);
     let mut ws = engine::Workspace::new(plan);
     let mut tests = TestImages::default();
@@ -181,7 +191,7 @@ fn c_matches_engine(plan: &int::IntPlan, input: &[f32], what: &str) {
         .iter()
         .map(|l| l.iter().map(|x| x.to_bits()).collect())
         .collect();
-    for (variant, flags) in c_variants() {
+    for (variant, flags) in variants {
         let exe = dir
             .path()
             .join(format!("model_test_{}", variant.replace('+', "_")));
@@ -300,9 +310,16 @@ model mix {
     y *= g
     return y -> dropout(0.1) -> identity
   }
+  block smooth() {
+    y = x -> conv1x1(4) -> bn -> swish -> act(aout)
+    g = y -> hardswish -> adaptive_avgpool(1) -> act(ain) -> conv1x1(4, bias: true) -> sigmoid -> act(ain, pact_fixed(1))
+    y *= g
+    return y -> gelu -> act(aout)
+  }
   stem: act(ain) -> hardswish -> act(ain)
   stage s1: unit x2
   stage s2: se x1
+  stage s3: smooth x1
   head: conv1x1(8) -> hardswish -> act(aout) -> avgpool(4) -> flatten
   fc: linear(classes)
   profile p {
@@ -365,7 +382,7 @@ fn c_reference_matches_the_engine_on_concat_split_shuffle_and_gates() {
     for profile in ["p", "p4"] {
         for rounding in [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled] {
             let plan = mix_plan(profile, rounding);
-            for kind in ["channels", "concat", "mul", "hard_swish", "requant"] {
+            for kind in ["channels", "concat", "mul", "hard_swish", "lut", "requant"] {
                 let json = serde_json::to_value(&plan.layers).unwrap();
                 assert!(
                     json.as_array().unwrap().iter().any(|l| l["layer"] == kind),
@@ -390,5 +407,80 @@ fn c_reference_matches_the_engine_on_concat_split_shuffle_and_gates() {
                 .collect();
             c_matches_engine(&plan, &input, &format!("mix {profile} {rounding}"));
         }
+    }
+}
+
+/// The integer plan of `spec/<spec>.qspec` under `profile` with a
+/// synthetic checkpoint ([`Checkpoint::synthetic`]).
+fn family_plan(spec: &str, profile: &str, rounding: Rounding) -> Result<int::IntPlan, String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../spec/{spec}.qspec"));
+    let src = Source::read(&path).unwrap();
+    let g = driver::compile(&src)
+        .and_then(|c| c.into_graph(Some(profile)))
+        .unwrap();
+    let ck = Checkpoint::synthetic(&g, 7);
+    let opts = PlanOptions {
+        rounding,
+        ..PlanOptions::default()
+    };
+    int::build(&g, &ck, opts).map_err(|e| e.to_string())
+}
+
+/// The four CNN families of `spec/` (issue 16) run integer-only: every
+/// profile plans in both rounding modes (sigmoid gates by table, SE's
+/// squeeze and gate of a BN output materialised at 24 bits, MobileNetV3's
+/// hardswish before the pool in a fine grid), and the C reference of each
+/// family's w8a8 plan (trunc for two, nearest for the other two), built
+/// natively, prints the engine's logits bit for bit on two images.
+#[test]
+fn the_four_families_run_integer_only_and_in_c() {
+    let families = [
+        ("se_resnet20", Rounding::Trunc),
+        ("mobilenetv3_small", Rounding::Nearest),
+        ("shufflenetv2", Rounding::Trunc),
+        ("densenet", Rounding::Nearest),
+    ];
+    let mut errors = Vec::new();
+    for (spec, _) in families {
+        for profile in ["w8a8", "w4a4", "w4a4-wide"] {
+            for rounding in [Rounding::Trunc, Rounding::Nearest] {
+                if let Err(e) = family_plan(spec, profile, rounding) {
+                    errors.push(format!("{spec} {profile} {rounding}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    if !have_cc() {
+        eprintln!("skipped: no `cc` on this machine to compile the C export");
+        return;
+    }
+    for (spec, rounding) in families {
+        let plan = family_plan(spec, "w8a8", rounding).unwrap();
+        let kinds: Vec<String> = serde_json::to_value(&plan.layers)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["layer"].as_str().unwrap_or("").to_string())
+            .collect();
+        let want = match spec {
+            "se_resnet20" => "lut",
+            "mobilenetv3_small" => "hard_swish",
+            "shufflenetv2" => "channels",
+            _ => "concat",
+        };
+        assert!(kinds.iter().any(|k| k == want), "{spec}: no `{want}` layer");
+        let mut state = 11u32;
+        let input: Vec<f32> = (0..2 * plan.input_len())
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect();
+        // The native build: the sanitizer and 32-bit builds of every
+        // layer kind run on MIX above (the families' files are large).
+        let native = c_variants().into_iter().take(1).collect();
+        c_matches_engine_in(&plan, &input, &format!("{spec} {rounding}"), native);
     }
 }

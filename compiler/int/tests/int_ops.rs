@@ -9,7 +9,8 @@
 //! `quantize_concat`) name the layer.
 
 use qatc::driver::{self, Source, Syntax};
-use qatc_int::plan::{weight_int, Layer};
+use qatc::ops::ActivationKind;
+use qatc_int::plan::{smooth, weight_int, Layer};
 use qatc_int::{self as int, engine, Checkpoint, IntError, PlanOptions, Rounding};
 
 fn graph(spec: &str) -> qatc::ir::Graph {
@@ -542,9 +543,9 @@ fn hardswish_of_a_pending_sum() {
     }
 }
 
-/// The smooth activations are refused, naming the layer and the hard
-/// variant; a hard activation or a concat of several scales with no
-/// quantizer after it is refused, naming the layer.
+/// A smooth activation with no quantizer after it is refused, naming the
+/// layer and the hard variant; so is a hard activation or a concat of
+/// several scales with no quantizer after it.
 #[test]
 fn what_the_integer_engine_refuses_is_named() {
     let spec = |stem: &str, rules: &str| {
@@ -553,22 +554,14 @@ fn what_the_integer_engine_refuses_is_named() {
         )
     };
     let cases = [
+        ("act(ain) -> sigmoid", "stem.sigmoid1", "`hardsigmoid`"),
         (
-            "act(ain) -> sigmoid -> act(aout)",
-            "stem.sigmoid1",
-            "`hardsigmoid`",
-        ),
-        (
-            "act(ain) -> swish -> act(aout)",
+            "act(ain) -> swish -> conv1x1(2)",
             "stem.swish1",
             "`hardswish`",
         ),
-        (
-            "act(ain) -> silu -> act(aout)",
-            "stem.swish1",
-            "`hardswish`",
-        ),
-        ("act(ain) -> gelu -> act(aout)", "stem.gelu1", "`hardswish`"),
+        ("act(ain) -> silu", "stem.swish1", "act(...)"),
+        ("act(ain) -> gelu -> avgpool(2)", "stem.gelu1", "act(...)"),
         ("act(ain) -> hardsigmoid", "stem.hardsigmoid1", "act(...)"),
         ("act(ain) -> hardswish", "stem.hardswish1", "act(...)"),
         (
@@ -587,5 +580,194 @@ fn what_the_integer_engine_refuses_is_named() {
             msg.contains(&format!("`{layer}`")) && msg.contains(hint),
             "{stem}: {msg}"
         );
+    }
+}
+
+/// `stem: act(ain) as q -> FUNCTION -> act(aout) as out`, 8-bit mPACT both.
+fn smooth_spec(function: &str) -> String {
+    HSWISH.replace("hardswish", function)
+}
+
+/// Whether `y` lies within `1e-9` of a rounding boundary of `mode`
+/// (an integer for `trunc`, a half for `nearest`): there an f64 `exp`
+/// of another libm may round the other way.
+fn near_boundary(y: f64, trunc: bool) -> bool {
+    let b = if trunc { y.round() } else { y.floor() + 0.5 };
+    (y - b).abs() < 1e-9
+}
+
+/// Sigmoid, swish and gelu of every 8-bit input integer by the lookup
+/// table: the engine's integer is `clamp(round(G f(q / s)))` with `f`
+/// computed here from the standard library's `exp` (and the table's
+/// documented `libm` erf for gelu), rounded as the mode says, for every
+/// input integer (one step apart allowed only within 1e-9 of a rounding
+/// boundary, where two libms may differ); the table's steps are the
+/// places where that value changes.
+#[test]
+fn smooth_functions_of_every_input_integer_by_table() {
+    let (a_in, a_out) = (4.0f32, 1.5f32);
+    for (name, kind) in [
+        ("sigmoid", ActivationKind::Sigmoid),
+        ("swish", ActivationKind::Swish),
+        ("gelu", ActivationKind::Gelu),
+    ] {
+        let g = graph(&smooth_spec(name));
+        let ck = checkpoint(&g, &[("stem.q.alpha", a_in), ("stem.out.alpha", a_out)]);
+        let f = |v: f64| match kind {
+            ActivationKind::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            ActivationKind::Swish => v / (1.0 + (-v).exp()),
+            _ => smooth(kind, v),
+        };
+        for rounding in [Rounding::Nearest, Rounding::Trunc] {
+            let trunc = rounding == Rounding::Trunc;
+            let plan = int::build(&g, &ck, options(rounding)).unwrap();
+            let lut = plan
+                .layers
+                .iter()
+                .find_map(|l| match l {
+                    Layer::Lut(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .expect("a lookup-table layer");
+            assert_eq!(lut.function, name);
+            assert_eq!(lut.values.len(), lut.breaks.len() + 1);
+            assert!(
+                lut.breaks.windows(2).all(|w| w[0] < w[1]),
+                "{name} breaks ascend"
+            );
+            let (s, gain) = (127.0 / a_in as f64, 127.0 / a_out as f64);
+            let (lo, hi) = if trunc { (-128, 127) } else { (-127, 127) };
+            let qs: Vec<i128> = (-128..=127).collect();
+            for chunk in qs.chunks(8) {
+                let x: Vec<f32> = chunk.iter().map(|&q| (q as f64 / s) as f32).collect();
+                let (ws, _) = run(&plan, &x);
+                let q_in: Vec<i128> = x.iter().map(|&v| quantize_input(v, a_in)).collect();
+                let got = tensor(&plan, &ws, "stem.out");
+                for (i, &q) in q_in.iter().enumerate() {
+                    let y = gain * f(q as f64 / s);
+                    let want =
+                        if trunc { y.trunc() } else { y.round() }.clamp(lo as f64, hi as f64);
+                    let have = got[i] as f64;
+                    if near_boundary(y, trunc) {
+                        assert!((want - have).abs() <= 1.0, "{name} {rounding} q {q}: {y}");
+                    } else {
+                        assert_eq!(have, want, "{name} {rounding} q {q}: {y}");
+                    }
+                }
+            }
+            // The table is that function's step function: a step exactly
+            // where the reference changes, over the whole input range.
+            for q in lo as i64..=127 {
+                let v = |q: i64| {
+                    let y = gain * smooth(kind, q as f64 / s);
+                    (if trunc { y.trunc() } else { y.round() } as i64).clamp(lo as i64, hi as i64)
+                };
+                assert_eq!(
+                    lut.breaks.contains(&q),
+                    q > lo as i64 && v(q) != v(q - 1),
+                    "{name} {rounding} step at {q}"
+                );
+            }
+        }
+    }
+}
+
+const BN_SIGMOID: &str = r#"
+model bnsigmoid {
+  input 2x2x2
+  classes 2
+  quant {
+    weights dorefa
+    acts mpact(2)
+  }
+  stem: act(ain) as q -> conv1x1(2) as conv -> bn as bn -> FUNCTION -> act(aout) as out
+  fc: flatten -> linear(classes) as fc
+  profile p {
+    all { w 8  a 8 }
+  }
+}
+"#;
+
+/// Sigmoid, swish and gelu of a BN's output: the pending sum is
+/// materialised as 24-bit integers, then tabulated into the output grid;
+/// the result is the exact function of the real BN output rounded, within
+/// a step (equal but at near-ties), in every rounding mode; every table
+/// step is where the reference on the 24-bit input changes (checked on
+/// every input integer around each step and on a stride through the range).
+#[test]
+fn smooth_functions_of_a_pending_sum_by_table() {
+    let (a_in, a_out) = (2.0f32, 3.0f32);
+    for (name, kind) in [
+        ("sigmoid", ActivationKind::Sigmoid),
+        ("swish", ActivationKind::Swish),
+        ("gelu", ActivationKind::Gelu),
+    ] {
+        let g = graph(&BN_SIGMOID.replace("FUNCTION", name));
+        let ck = checkpoint(&g, &[("stem.q.alpha", a_in), ("stem.out.alpha", a_out)]);
+        let (wq, w_scale) = weight_int(ck.get("stem.conv.weight").unwrap(), 8);
+        let get = |n: &str| ck.get(n).unwrap().to_vec();
+        let (gamma, beta, mean, var) = (
+            get("stem.bn.weight"),
+            get("stem.bn.bias"),
+            get("stem.bn.running_mean"),
+            get("stem.bn.running_var"),
+        );
+        let (s_in, gain) = (127.0 / a_in as f64, 127.0 / a_out as f64);
+        for rounding in [Rounding::Trunc, Rounding::Nearest] {
+            let trunc = rounding == Rounding::Trunc;
+            let plan = int::build(&g, &ck, options(rounding)).unwrap();
+            let lut = plan
+                .layers
+                .iter()
+                .find_map(|l| match l {
+                    Layer::Lut(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .expect("a lookup-table layer");
+            let (lo, hi) = if trunc { (-128i64, 127) } else { (-127, 127) };
+            let v = |q: i64| {
+                let y = gain * smooth(kind, q as f64 / lut.scale);
+                (if trunc { y.trunc() } else { y.round() } as i64).clamp(lo, hi)
+            };
+            let table = |q: i64| lut.values[lut.breaks.partition_point(|&b| b <= q)];
+            let limit = (1i64 << 23) - 1;
+            for &b in &lut.breaks {
+                for q in (b - 3).max(-limit)..=(b + 3).min(limit) {
+                    assert_eq!(table(q), v(q), "{name} {rounding} q {q}");
+                }
+            }
+            for q in (-limit..=limit).step_by(4099) {
+                assert_eq!(table(q), v(q), "{name} {rounding} q {q}");
+            }
+            let (mut n, mut equal) = (0, 0);
+            for seed in 0..64 {
+                let x: Vec<f32> = (0..8).map(|i| 2.0 * noise("bns", seed * 8 + i)).collect();
+                let (ws, _) = run(&plan, &x);
+                let q: Vec<i128> = x.iter().map(|&v| quantize_input(v, a_in)).collect();
+                let got = tensor(&plan, &ws, "stem.out");
+                for o in 0..2 {
+                    let k = gamma[o] as f64 / (var[o] as f64 + 1e-5f32 as f64).sqrt();
+                    let b = beta[o] as f64 - k * mean[o] as f64;
+                    for i in 0..4 {
+                        let acc: i128 = (0..2).map(|c| wq[o * 2 + c] as i128 * q[c * 4 + i]).sum();
+                        let r = acc as f64 / (s_in * w_scale) * k + b;
+                        let y = gain * smooth(kind, r);
+                        let want =
+                            (if trunc { y.trunc() } else { y.round() }).clamp(lo as f64, hi as f64);
+                        let have = got[o * 4 + i] as f64;
+                        assert!(
+                            (want - have).abs() <= 1.0,
+                            "{name} {rounding}: {r} -> {y}, got {have}"
+                        );
+                        n += 1;
+                        equal += usize::from(want == have);
+                    }
+                }
+            }
+            assert!(
+                equal * 100 >= n * 98,
+                "{name} {rounding}: {equal} of {n} equal"
+            );
+        }
     }
 }

@@ -311,6 +311,7 @@ pub fn run_image(
             Layer::Concat(c) => channels::run_concat(plan, c, ws),
             Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
             Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
+            Layer::Lut(l) => pointwise::run_lut(l, ws),
         }
     }
     Ok(linear::run_output(plan, ws))

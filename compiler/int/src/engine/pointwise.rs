@@ -1,13 +1,15 @@
-//! Element-wise layers: the gating product ([`MulLayer`], exact) and
+//! Element-wise layers: the gating product ([`MulLayer`], exact),
 //! hardswish into a quantizer's grid ([`HardSwishLayer`]: the piecewise
 //! polynomial with integer coefficients, one rounded shift, a clamp; i128
-//! where the plan says the sums may pass 2^62).
+//! where the plan says the sums may pass 2^62) and the lookup tables of
+//! sigmoid, swish and gelu ([`LutLayer`]: a binary search of the input
+//! among the table's steps).
 //!
 //! Plain Rust, no unsafe code.
 
 use super::{Buf, Workspace};
 use crate::fixed::{shift_round, shift_round_wide};
-use crate::plan::{HardSwishLayer, IntPlan, MulLayer};
+use crate::plan::{HardSwishLayer, IntPlan, LutLayer, MulLayer};
 
 /// Writes `f(i)` for every `i` into `out`, whatever its width (the plan
 /// sized i32 tensors to hold every value).
@@ -66,5 +68,20 @@ pub(super) fn run_hardswish(l: &HardSwishLayer, ws: &mut Workspace) {
     let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
     let x = &ws.bufs[l.input];
     fill(&mut out, |i| hardswish_int(l, x.get(i)));
+    ws.bufs[l.output] = out;
+}
+
+/// One value of a lookup-table layer (see [`LutLayer`]): the value of the
+/// step `q` falls in.
+#[inline(always)]
+pub fn lut_int(l: &LutLayer, q: i64) -> i64 {
+    l.values[l.breaks.partition_point(|&b| b <= q)]
+}
+
+/// Runs a lookup-table layer.
+pub(super) fn run_lut(l: &LutLayer, ws: &mut Workspace) {
+    let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
+    let x = &ws.bufs[l.input];
+    fill(&mut out, |i| lut_int(l, x.get(i)));
     ws.bufs[l.output] = out;
 }

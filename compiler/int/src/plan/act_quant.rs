@@ -10,7 +10,9 @@
 //!   requantized into the quantizer's domain, then joined
 //!   (`Builder::quantize_concat`);
 //! - a pending hardswish: one [`HardSwishLayer`](super::HardSwishLayer)
-//!   into the quantizer's domain (`Builder::quantize_hardswish`);
+//!   into the quantizer's domain (`Builder::quantize_hardswish`); a
+//!   pending sigmoid, swish or gelu: one [`LutLayer`](super::LutLayer)
+//!   (`Builder::quantize_lut`);
 //! - the float graph input: one [`QuantizeInput`],
 //!   `q = round_even(clamp(x * pre, clip_lo, clip_hi) * gain)` in float32
 //!   as the fake quantizer computes it;
@@ -29,7 +31,7 @@ use super::{Layer, QuantizeInput, TensorKind};
 use crate::fixed::FixedFormat;
 use crate::IntError;
 use qatc::ir::{Node, Quantizer};
-use qatc::ops::ActQuant;
+use qatc::ops::{ActQuant, ActivationKind};
 
 impl Builder<'_> {
     /// An activation quantizer node.
@@ -119,7 +121,12 @@ impl Builder<'_> {
     ) -> Result<Q, IntError> {
         match v {
             Value::Concat { parts, .. } => self.quantize_concat(n, parts, t, fmt),
-            Value::HardSwish { x, .. } => self.quantize_hardswish(n, x, t, fmt),
+            Value::Pointwise {
+                function: ActivationKind::HardSwish,
+                x,
+                ..
+            } => self.quantize_hardswish(n, x, t, fmt),
+            Value::Pointwise { function, x, .. } => self.quantize_lut(n, x, *function, t),
             _ => {
                 let lin = self.lin_of(n, v)?;
                 self.requant(n, &lin, t, fmt)

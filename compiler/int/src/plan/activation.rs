@@ -1,5 +1,6 @@
 //! Plans [`ops::Activation`](qatc::ops::Activation): `hardsigmoid` and
-//! `hardswish` exactly in integers, `sigmoid`, `swish` and `gelu` refused.
+//! `hardswish` exactly in integers, `sigmoid`, `swish` and `gelu` by a
+//! lookup table over the integer input.
 //!
 //! Integer arithmetic emitted:
 //! - `hardsigmoid(x) = clamp(x + 3, 0, 6) / 6` is affine then a clamp, so
@@ -20,26 +21,73 @@
 //!   and the quantizer's clamp. Each coefficient has its own binary point,
 //!   the one that gives it the class format's full width (`G / (6 s^2)` is
 //!   far smaller than the others: one binary point would keep few of its
-//!   bits), and the products are aligned by exact left shifts. A pending
-//!   sum (a BN's output) is materialised first as 24-bit integers
+//!   bits), and the products are aligned by exact left shifts. A hardswish
+//!   that reaches its quantizer through average pooling (MobileNetV3's
+//!   head: `hardswish -> adaptive_avgpool(1) -> flatten -> act`) is
+//!   computed into a fine 24-bit grid instead (a power-of-two gain from its
+//!   reach), which the pool averages and the quantizer requantizes.
+//! - `sigmoid`, `swish` and `gelu` have no exact integer form: one
+//!   [`LutLayer`](super::LutLayer) maps each integer of the input straight
+//!   into the grid of the quantizer after it, `clamp(round(G f(q / s)))`
+//!   with `f` in f64 (the `libm` crate: the same on every machine), stored
+//!   as the integers where that value changes (a step function: at most
+//!   one step per output level on each side of the function's minimum),
+//!   found by bisection over the input range. Exact with respect to that
+//!   f64 reference.
+//! - Either reads integers: a pending sum (a BN's or a biased conv's
+//!   output) is materialised first as 24-bit integers
 //!   (`Builder::materialize_fine`: a power-of-two scale from its reach, a
 //!   binary point of its own, so a BN's bias fits the format).
-//! - `sigmoid`, `swish` and `gelu` have no exact integer form; a lookup
-//!   table over the quantized input is future work. They are refused,
-//!   naming the layer and the hard variant to use instead.
 //!
-//! Invariants: a hardsigmoid or hardswish whose output does not reach an
-//! activation quantizer (through shape-only ops, joins or ReLUs) is an
-//! [`IntError::Unsupported`] naming the layer, as is every smooth
-//! activation.
+//! Invariants: a hardsigmoid, or a sigmoid, swish or gelu, whose output
+//! does not reach an activation quantizer (through shape-only ops, joins
+//! or ReLUs), and a hardswish that reaches none through those and average
+//! pooling, are an [`IntError::Unsupported`] naming the layer.
 
-use super::builder::{hardswish_needs_quantizer, unsupported, Builder, Rectify, Value, Q};
+use super::builder::{pointwise_needs_quantizer, unsupported, Builder, Rectify, Value, Q};
 use super::requant::Target;
-use super::{HardSwishLayer, Layer, TensorKind};
-use crate::fixed::{Div, FixedFormat, Rounding};
+use super::{HardSwishLayer, Layer, LutLayer, TensorId, TensorKind};
+use crate::fixed::{Div, FixedFormat};
 use crate::IntError;
-use qatc::ir::Node;
+use qatc::ir::{Node, Op, Quantizer};
 use qatc::ops::{Activation, ActivationKind};
+
+/// Where swish and gelu have their minimum (the one turn of each; sigmoid
+/// increases everywhere): the root of the derivative, to f64 precision.
+const SWISH_ARGMIN: f64 = -1.278_464_542_761_074;
+const GELU_ARGMIN: f64 = -0.751_791_524_693_564_5;
+
+/// `f(v)` in f64 for the functions with no exact integer form, with the
+/// `libm` crate's `exp` and `erf` (pure Rust, the same result on every
+/// machine). The float reference of [`LutLayer`](super::LutLayer).
+pub fn smooth(function: ActivationKind, v: f64) -> f64 {
+    match function {
+        ActivationKind::Sigmoid => 1.0 / (1.0 + libm::exp(-v)),
+        ActivationKind::Swish => v / (1.0 + libm::exp(-v)),
+        ActivationKind::Gelu => 0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2)),
+        // Exact in integers, never tabulated; their float forms for
+        // completeness.
+        ActivationKind::HardSigmoid => ((v + 3.0).clamp(0.0, 6.0)) / 6.0,
+        ActivationKind::HardSwish => v * ((v + 3.0).clamp(0.0, 6.0)) / 6.0,
+    }
+}
+
+/// A step function's changes on `[a, b]` where it is monotone and takes
+/// `va` at `a`, `vb` at `b`: every `q` in `(a, b]` with `out(q) !=
+/// out(q - 1)`, ascending, by bisection (equal ends: constant between).
+fn steps(out: &impl Fn(i64) -> i64, a: i64, b: i64, va: i64, vb: i64, acc: &mut Vec<i64>) {
+    if va == vb || b <= a {
+        return;
+    }
+    if b == a + 1 {
+        acc.push(b);
+        return;
+    }
+    let m = a + (b - a) / 2;
+    let vm = out(m);
+    steps(out, a, m, va, vm, acc);
+    steps(out, m, b, vm, vb, acc);
+}
 
 impl Builder<'_> {
     /// An activation node.
@@ -49,19 +97,48 @@ impl Builder<'_> {
         values: &[Option<Value>],
         op: &Activation,
     ) -> Result<Value, IntError> {
-        let hard = match op.function {
-            ActivationKind::HardSigmoid => return self.hardsigmoid(n, values),
-            ActivationKind::HardSwish => return self.hardswish(n, values),
-            ActivationKind::Sigmoid => "hardsigmoid",
-            ActivationKind::Swish | ActivationKind::Gelu => "hardswish",
-        };
-        Err(unsupported(
-            &n.name,
-            format!(
-                "`{}` has no exact integer form and the integer engine has no lookup table for it yet: use `{hard}` (piecewise linear, exact in integers) and retrain, or evaluate with fake quantization",
-                op.function.name()
-            ),
-        ))
+        match op.function {
+            ActivationKind::HardSigmoid => self.hardsigmoid(n, values),
+            ActivationKind::HardSwish => self.hardswish(n, values),
+            f @ (ActivationKind::Sigmoid | ActivationKind::Swish | ActivationKind::Gelu) => {
+                if !self.followed_by_quantizer(n) {
+                    let hard = if f == ActivationKind::Sigmoid {
+                        "hardsigmoid"
+                    } else {
+                        "hardswish"
+                    };
+                    return Err(unsupported(
+                        &n.name,
+                        format!(
+                            "`{}` has no exact integer form: the integer engine tabulates it into the grid of the activation quantizer after it, and no quantizer follows it here: add `act(...)` right after it, or use `{hard}` (piecewise linear, exact in integers)",
+                            f.name()
+                        ),
+                    ));
+                }
+                let x = self.fine_integers(n, values)?;
+                Ok(Value::Pointwise {
+                    name: n.name.clone(),
+                    function: f,
+                    x,
+                })
+            }
+        }
+    }
+
+    /// The input of node `n` as integers fine enough to take a nonlinear
+    /// function of: integers as they are, a pending sum materialised at 24
+    /// bits.
+    fn fine_integers(&mut self, n: &Node, values: &[Option<Value>]) -> Result<Q, IntError> {
+        match self.value(values, n, 0)? {
+            Value::Lin(lin) => {
+                let lin = lin.clone();
+                self.materialize_fine(n, &lin)
+            }
+            v => {
+                let v = v.clone();
+                self.integers(n, &v)
+            }
+        }
     }
 
     /// `clamp(x + 3, 0, 6) / 6` folded into the pending sum of `x`.
@@ -94,25 +171,155 @@ impl Builder<'_> {
     }
 
     /// A hardswish: pending until the quantizer after it
-    /// ([`Self::quantize_hardswish`]).
+    /// ([`Self::quantize_hardswish`]), or, where it reaches the quantizer
+    /// through average pooling, computed now into a fine 24-bit grid.
     fn hardswish(&mut self, n: &Node, values: &[Option<Value>]) -> Result<Value, IntError> {
-        if !self.followed_by_quantizer(n) {
-            return Err(hardswish_needs_quantizer(&n.name));
+        let direct = self.followed_by_quantizer(n);
+        if !direct && !self.pooled_into_quantizer(n) {
+            return Err(pointwise_needs_quantizer(
+                &n.name,
+                ActivationKind::HardSwish,
+            ));
         }
-        let x = match self.value(values, n, 0)? {
-            Value::Lin(lin) => {
-                let lin = lin.clone();
-                self.materialize_fine(n, &lin)?
-            }
-            v => {
-                let v = v.clone();
-                self.integers(n, &v)?
-            }
+        let x = self.fine_integers(n, values)?;
+        if direct {
+            return Ok(Value::Pointwise {
+                name: n.name.clone(),
+                function: ActivationKind::HardSwish,
+                x,
+            });
+        }
+        // hardswish(v) lies in [-3/8, max(v, 0)]: the largest power-of-two
+        // gain that keeps it within 24 bits.
+        let limit = ((1i64 << 23) - 1) as f64;
+        let reach = (x.lo.unsigned_abs().max(x.hi.unsigned_abs()) as f64 / x.scale).max(0.375);
+        let gain = 2f64.powi((limit / reach).log2().floor().clamp(-60.0, 60.0) as i32);
+        let t = Target {
+            gain,
+            scale: gain,
+            lo: -(limit as i64),
+            hi: limit as i64,
+            bits: 24,
         };
-        Ok(Value::HardSwish {
-            name: n.name.clone(),
-            x,
-        })
+        let fmt = self.format(n);
+        Ok(Value::Q(self.quantize_hardswish(n, &x, &t, fmt)?))
+    }
+
+    /// Whether every use of node `n`'s output reaches an activation
+    /// quantizer through average pooling (and flatten, dropout, identity)
+    /// and at least one pool: a linear map of a fine grid that the
+    /// quantizer requantizes.
+    fn pooled_into_quantizer(&self, n: &Node) -> bool {
+        fn walk(b: &Builder<'_>, n: &Node, pooled: bool) -> bool {
+            if b.g.output == n.id {
+                return false;
+            }
+            b.g.nodes
+                .iter()
+                .filter(|m| m.inputs.contains(&n.id))
+                .all(|m| match &m.op {
+                    Op::ActQuant(a) => pooled && a.quantizer != Quantizer::None && m.out_bit < 32,
+                    Op::AvgPool(_) | Op::AdaptiveAvgPool(_) => walk(b, m, true),
+                    Op::Dropout(_) | Op::Identity(_) | Op::Flatten(_) => walk(b, m, pooled),
+                    _ => false,
+                })
+        }
+        walk(self, n, false)
+    }
+
+    /// `function(x)` of integers `x` (sigmoid, swish, gelu) into the domain
+    /// of the quantizer node `n` (target `t`): one [`LutLayer`].
+    pub(super) fn quantize_lut(
+        &mut self,
+        n: &Node,
+        x: &Q,
+        function: ActivationKind,
+        t: &Target,
+    ) -> Result<Q, IntError> {
+        let (s, g) = (x.scale, t.gain);
+        if !(s.is_finite() && s > 0.0 && g.is_finite() && g > 0.0) {
+            return Err(unsupported(
+                &n.name,
+                format!("{} from scale {s} into gain {g}: no table", function.name()),
+            ));
+        }
+        let div = self.opts.rounding.div();
+        let (lo, hi) = (t.lo, t.hi);
+        let out = |q: i64| -> i64 {
+            let y = g * smooth(function, q as f64 / s);
+            let r = match div {
+                Div::Trunc => y.trunc(),
+                Div::Floor => y.floor(),
+                Div::Nearest => y.round(),
+            };
+            (r as i64).clamp(lo, hi)
+        };
+        // Monotone pieces: sigmoid increases everywhere; swish and gelu
+        // fall, then rise.
+        let turn = match function {
+            ActivationKind::Swish => Some(SWISH_ARGMIN),
+            ActivationKind::Gelu => Some(GELU_ARGMIN),
+            _ => None,
+        };
+        let mut pieces = vec![(x.lo, x.hi)];
+        if let Some(m) = turn {
+            let split = (m * s).floor();
+            if split >= x.lo as f64 && split < x.hi as f64 {
+                let split = split as i64;
+                pieces = vec![(x.lo, split), (split + 1, x.hi)];
+            }
+        }
+        let mut breaks = Vec::new();
+        for (i, &(a, b)) in pieces.iter().enumerate() {
+            if i > 0 && out(a) != out(a - 1) {
+                breaks.push(a);
+            }
+            steps(&out, a, b, out(a), out(b), &mut breaks);
+        }
+        let mut values = vec![out(x.lo)];
+        values.extend(breaks.iter().map(|&q| out(q)));
+        Ok(self.pointwise_output(n, x, t, |output| {
+            Layer::Lut(LutLayer {
+                name: n.name.clone(),
+                function: function.name().to_string(),
+                input: x.t,
+                output,
+                scale: s,
+                gain: g,
+                div,
+                breaks,
+                values,
+            })
+        }))
+    }
+
+    /// The integers a pointwise layer writes into target `t`'s grid, one
+    /// per integer of `x`, as node `n`'s value: the output tensor, and the
+    /// layer `layer(output)` that computes it.
+    fn pointwise_output(
+        &mut self,
+        n: &Node,
+        x: &Q,
+        t: &Target,
+        layer: impl FnOnce(TensorId) -> Layer,
+    ) -> Q {
+        let shape = self.tensors[x.t].shape;
+        let kind = TensorKind::Act {
+            scale: t.scale,
+            lo: t.lo,
+            hi: t.hi,
+            bits: t.bits,
+        };
+        let out = self.new_tensor(&n.name, shape, kind, false);
+        self.layers.push(layer(out));
+        self.node_tensors.insert(n.name.clone(), out);
+        Q {
+            t: out,
+            scale: t.scale,
+            lo: t.lo,
+            hi: t.hi,
+            pooled: false,
+        }
     }
 
     /// `hardswish(x)` into the domain of the quantizer node `n` (target
@@ -160,44 +367,23 @@ impl Builder<'_> {
                 "hardswish sums pass 120 bits (an input range or scale far beyond those of a quantized activation)",
             ));
         }
-        let div = match self.opts.rounding {
-            Rounding::Trunc => Div::Trunc,
-            Rounding::Nearest | Rounding::Scaled => Div::Nearest,
-        };
-        let shape = self.tensors[x.t].shape;
-        let out = self.new_tensor(
-            &n.name,
-            shape,
-            TensorKind::Act {
-                scale: t.scale,
+        let div = self.opts.rounding.div();
+        Ok(self.pointwise_output(n, x, t, |output| {
+            Layer::HardSwish(HardSwishLayer {
+                name: n.name.clone(),
+                input: x.t,
+                output,
+                neg,
+                pos,
+                c,
+                shl,
+                real,
+                shift,
+                div,
                 lo: t.lo,
                 hi: t.hi,
-                bits: t.bits,
-            },
-            false,
-        );
-        self.layers.push(Layer::HardSwish(HardSwishLayer {
-            name: n.name.clone(),
-            input: x.t,
-            output: out,
-            neg,
-            pos,
-            c,
-            shl,
-            real,
-            shift,
-            div,
-            lo: t.lo,
-            hi: t.hi,
-            wide: worst >= 4.0e18 || shift > 62,
-        }));
-        self.node_tensors.insert(n.name.clone(), out);
-        Ok(Q {
-            t: out,
-            scale: t.scale,
-            lo: t.lo,
-            hi: t.hi,
-            pooled: false,
-        })
+                wide: worst >= 4.0e18 || shift > 62,
+            })
+        }))
     }
 }

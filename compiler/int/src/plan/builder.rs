@@ -6,8 +6,8 @@
 //! integers in a known domain ([`Q`]), a pending per-channel sum of
 //! integer tensors ([`Lin`]) that the next quantizer requantizes
 //! (`super::requant`), or a value only a following quantizer can compute
-//! (a concat of several scales, a hardswish: [`Value::Concat`],
-//! [`Value::HardSwish`]). Here: the constants in their fixed-point format
+//! (a concat of several scales, a hardswish or sigmoid:
+//! [`Value::Concat`], [`Value::Pointwise`]). Here: the constants in their fixed-point format
 //! ([`Builder::fixed`], saturation recorded), the views of a value every
 //! op needs ([`Builder::lin_of`], [`Builder::integers`],
 //! [`Builder::materialize_wide`], [`Builder::materialize_fine`]), channel
@@ -17,7 +17,7 @@
 //!
 //! Invariants: a [`Lin`] has at least one term, each with one multiplier
 //! per channel; a [`Q`]'s tensor is in [`Builder::tensors`]; a pending
-//! concat or hardswish that reaches anything but a quantizer is an
+//! concat or pointwise function that reaches anything but a quantizer is an
 //! [`IntError::Unsupported`] naming it.
 
 use super::requant::Target;
@@ -30,6 +30,7 @@ use crate::checkpoint::Checkpoint;
 use crate::fixed::{fixed_nearest, fixed_seed, FixedFormat, Rounding};
 use crate::IntError;
 use qatc::ir::{Graph, Node, Op, Quantizer};
+use qatc::ops::ActivationKind;
 use std::collections::BTreeMap;
 
 /// A ReLU or ReLU6 not yet applied: the clamp the next requantization
@@ -104,15 +105,17 @@ pub(super) enum Value {
     /// A concat whose inputs are not integers of one scale: each part is
     /// requantized into the grid of the quantizer that follows
     /// (`quantize_concat`), then the parts are put side by side. `name`:
-    /// the concat node. Parts are `Q` or `Lin`, or `HardSwish`.
+    /// the concat node. Parts are `Q` or `Lin`, or `Pointwise`.
     Concat {
         name: String,
         parts: Vec<Value>,
     },
-    /// `hardswish(x)` of integers `x`, computed in the grid of the
-    /// quantizer that follows (`super::activation`). `name`: the node.
-    HardSwish {
+    /// `function(x)` of integers `x` (a hardswish, or a function with no
+    /// exact integer form), computed in the grid of the quantizer that
+    /// follows (`super::activation`). `name`: the node.
+    Pointwise {
         name: String,
+        function: ActivationKind,
         x: Q,
     },
 }
@@ -126,11 +129,16 @@ pub(super) fn concat_needs_quantizer(name: &str) -> IntError {
     )
 }
 
-/// The error for a hardswish that reaches a layer other than a quantizer.
-pub(super) fn hardswish_needs_quantizer(name: &str) -> IntError {
+/// The error for an activation function computed in the grid of the
+/// quantizer after it (`function`) that reaches a layer other than a
+/// quantizer.
+pub(super) fn pointwise_needs_quantizer(name: &str, function: ActivationKind) -> IntError {
     unsupported(
         name,
-        "hardswish is computed in the integer grid of the activation quantizer after it, and no quantizer follows it here: add `act(...)` right after it",
+        format!(
+            "{} is computed in the integer grid of the activation quantizer after it, and no quantizer follows it here: add `act(...)` right after it",
+            function.name()
+        ),
     )
 }
 
@@ -255,7 +263,9 @@ impl<'a> Builder<'a> {
     pub(super) fn lin_of(&self, n: &Node, v: &Value) -> Result<Lin, IntError> {
         match v {
             Value::Concat { name, .. } => Err(concat_needs_quantizer(name)),
-            Value::HardSwish { name, .. } => Err(hardswish_needs_quantizer(name)),
+            Value::Pointwise { name, function, .. } => {
+                Err(pointwise_needs_quantizer(name, *function))
+            }
             Value::Float => Err(unsupported(
                 &n.name,
                 "reads the float input directly; only a conv or linear layer can (or quantize the input with an act)",
@@ -322,7 +332,7 @@ impl<'a> Builder<'a> {
     }
 
     /// A pending sum as integers fine enough to take a nonlinear function
-    /// of (a hardswish): at the power-of-two scale that puts the largest
+    /// of (a hardswish, a sigmoid): at the power-of-two scale that puts the largest
     /// value it can reach at most at 2^23 - 1 (24-bit integers; for a
     /// float stem that assumes inputs within
     /// [`FLOAT_INPUT_BOUND`](super::FLOAT_INPUT_BOUND), larger ones
@@ -358,7 +368,9 @@ impl<'a> Builder<'a> {
     pub(super) fn integers(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {
         match v {
             Value::Concat { name, .. } => Err(concat_needs_quantizer(name)),
-            Value::HardSwish { name, .. } => Err(hardswish_needs_quantizer(name)),
+            Value::Pointwise { name, function, .. } => {
+                Err(pointwise_needs_quantizer(name, *function))
+            }
             Value::Q(q) => Ok(q.clone()),
             Value::Float => Err(unsupported(
                 &n.name,
@@ -428,7 +440,7 @@ impl<'a> Builder<'a> {
         match v {
             Value::Float => 0,
             Value::Q(q) => self.tensors[q.t].shape[0],
-            Value::HardSwish { x, .. } => self.tensors[x.t].shape[0],
+            Value::Pointwise { x, .. } => self.tensors[x.t].shape[0],
             Value::Lin(l) => l.channels,
             Value::Concat { parts, .. } => parts.iter().map(|p| self.channels_of(p)).sum(),
         }
@@ -453,7 +465,7 @@ impl<'a> Builder<'a> {
     /// shuffle): integers are copied by a [`Channels`] layer; a pending sum
     /// stays pending, each term reading the same channels of its source
     /// (exact: the next quantizer requantizes as it would have); a
-    /// hardswish stays pending over the chosen channels of its input.
+    /// pointwise function stays pending over the chosen channels of its input.
     pub(super) fn gather(
         &mut self,
         n: &Node,
@@ -481,8 +493,9 @@ impl<'a> Builder<'a> {
             }
             Value::Concat { name, .. } => return Err(concat_needs_quantizer(name)),
             Value::Q(q) => Value::Q(pick_q(self, q)),
-            Value::HardSwish { name, x } => Value::HardSwish {
+            Value::Pointwise { name, function, x } => Value::Pointwise {
                 name: name.clone(),
+                function: *function,
                 x: pick_q(self, x),
             },
             Value::Lin(lin) => {
@@ -512,8 +525,8 @@ impl<'a> Builder<'a> {
 
     /// Whether every use of node `n`'s output reaches an activation
     /// quantizer (one that quantizes: not the identity or 32 bits) through
-    /// ops that only move, join or clamp values. A hardsigmoid or hardswish
-    /// is computed in that quantizer's grid.
+    /// ops that only move, join or clamp values. A hardsigmoid, hardswish or
+    /// lookup-table function is computed in that quantizer's grid.
     pub(super) fn followed_by_quantizer(&self, n: &Node) -> bool {
         if self.g.output == n.id {
             return false;

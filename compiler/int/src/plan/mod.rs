@@ -40,7 +40,7 @@
 //! `conv` (conv, dwconv, linear), `batch_norm`, `relu` (ReLU, ReLU6),
 //! `act_quant`, `add`, `pool` (avg, max, adaptive avg), `slice` (a split's
 //! parts), `shuffle`, `concat`, `mul` (gating), `activation` (hardsigmoid,
-//! hardswish; sigmoid, swish and gelu refused); flatten, dropout, identity
+//! hardswish; sigmoid, swish and gelu by lookup table); flatten, dropout, identity
 //! and the input need no planning. The machinery they share: `builder` (the
 //! planner's state, the values it tracks, materialisation, the output
 //! layer), `requant` (a pending sum into a quantizer's domain) and
@@ -62,6 +62,7 @@ mod shuffle;
 mod slice;
 mod weights;
 
+pub use activation::smooth;
 pub use weights::{
     signed_bits, weight_fixed, weight_int, FLOAT_INPUT_BOUND, FLOAT_STEM_WEIGHT_BITS,
 };
@@ -346,6 +347,30 @@ pub struct HardSwishLayer {
     pub wide: bool,
 }
 
+/// A function with no exact integer form (`sigmoid`, `swish`, `gelu`) of
+/// integers `q` at scale `scale` into a quantizer's grid (gain `gain`), as
+/// a step function of `q`: the output is `values[i]`, `i` the number of
+/// `breaks` at or below `q` (`breaks` ascending, one more value than
+/// breaks). The table holds, for every integer `q` the input can hold,
+/// `clamp(round(gain * f(q / scale)), lo, hi)`: `f` evaluated in f64 with
+/// the `libm` crate's `exp` / `erf` (pure Rust: the same table on every
+/// machine), rounded as `div` rounds a quotient (`trunc`: toward zero;
+/// `nearest`: halves away from zero), clamped to the quantizer's range.
+/// That is the float reference the integer model is exact with respect to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LutLayer {
+    pub name: String,
+    /// `sigmoid`, `swish` or `gelu`.
+    pub function: String,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub scale: f64,
+    pub gain: f64,
+    pub div: Div,
+    pub breaks: Vec<i64>,
+    pub values: Vec<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Layer {
@@ -357,6 +382,7 @@ pub enum Layer {
     Concat(ConcatLayer),
     Mul(MulLayer),
     HardSwish(HardSwishLayer),
+    Lut(LutLayer),
 }
 
 impl Layer {
@@ -370,6 +396,7 @@ impl Layer {
             Layer::Concat(l) => &l.name,
             Layer::Mul(l) => &l.name,
             Layer::HardSwish(l) => &l.name,
+            Layer::Lut(l) => &l.name,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! [`ops::AdaptiveAvgPool`](qatc::ops::AdaptiveAvgPool).
 //!
 //! Integer arithmetic emitted: one [`Pool`] layer over integers (a pending
-//! sum is materialised first, `Builder::integers`). Max pooling picks the
+//! sum is materialised first at 24 bits, `Builder::materialize_fine`). Max pooling picks the
 //! largest integer of each window; average pooling sums each window and
 //! divides it by the window size (`trunc`: truncating, as the seed;
 //! otherwise to nearest). Under `nearest` with equal windows the division
@@ -15,7 +15,6 @@
 use super::builder::{shape3, Builder, Value, Q};
 use super::weights::bits_of;
 use super::{Layer, Pool, PoolKind, TensorKind};
-use crate::fixed::{Div, Rounding};
 use crate::IntError;
 use qatc::ir::Node;
 use qatc::ops::{AdaptiveAvgPool, AvgPool, MaxPool};
@@ -69,14 +68,19 @@ impl Builder<'_> {
     /// The pool layer of a node reading `v`: `kind`'s windows over its
     /// integers.
     fn pool(&mut self, n: &Node, v: &Value, kind: PoolKind) -> Result<Value, IntError> {
-        let q = self.integers(n, v)?;
+        // A pending sum (a BN's output, as SE's squeeze reads it) at 24
+        // bits: at its first term's scale, the BN's bias need not fit.
+        let q = match v {
+            Value::Lin(lin) => {
+                let lin = lin.clone();
+                self.materialize_fine(n, &lin)?
+            }
+            v => self.integers(n, v)?,
+        };
         let info = self.tensors[q.t].clone();
         let out_shape = shape3(&n.out_shape.0);
         let averaging = !matches!(kind, PoolKind::Max { .. });
-        let div = match self.opts.rounding {
-            Rounding::Trunc => Div::Trunc,
-            Rounding::Nearest | Rounding::Scaled => Div::Nearest,
-        };
+        let div = self.opts.rounding.div();
         // Window size when every window has the same (and no padding).
         let window = match kind {
             PoolKind::Avg { kernel, .. } => Some(kernel * kernel),
