@@ -163,6 +163,28 @@ pub enum IntAction {
         /// and print the engine's speed against it.
         #[arg(long)]
         libtorch: bool,
+        /// Take the N images spread evenly over the test split of --data
+        /// (image `i * len / N`, as `--limit` does everywhere) instead of
+        /// the first N (an image folder is sorted by class, so its first
+        /// images are all of one class).
+        #[arg(long)]
+        spread: bool,
+        /// Also time ONNX Runtime (CPU provider) executing the ONNX exports
+        /// of the same checkpoint (QDQ; the integer-only `onnx-int` where
+        /// this qatc has it) on the same images with the same thread counts
+        /// (intra-op threads, inter-op 1, sequential), batches of 1 and 64,
+        /// graph optimisations off and all on, and print the ops ONNX
+        /// Runtime runs after optimising. Needs the ONNX Python packages:
+        /// `source scripts/onnx-env.sh` (QATC_ONNX_PYTHON, QATC_ONNX_PYTHONPATH).
+        #[arg(long)]
+        onnxruntime: bool,
+        /// Write the images (`inputs.f32`, float32 `[N, C, H, W]`,
+        /// little-endian), the engine's logits for them (`logits.f32`,
+        /// `[N, classes]`) and `meta.json` (shape, labels, image indices,
+        /// model, profile, rounding) into DIR (`scripts/onnx-agreement.sh`);
+        /// with --onnxruntime also the exports and ONNX Runtime's report.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<PathBuf>,
     },
 }
 
@@ -189,8 +211,8 @@ pub struct ExportArgs {
     pub images: usize,
     #[arg(long)]
     pub data: Option<String>,
-    /// ONNX opset of `--format onnx` (13 to 21) [default: 13, or 21 where
-    /// an activation has more than 8 bits].
+    /// ONNX opset of `--format onnx` / `qonnx` (13 to 21) [default: 13, or
+    /// 21 where a QDQ activation has more than 8 bits].
     #[arg(long)]
     pub opset: Option<i64>,
 }
@@ -203,6 +225,13 @@ pub enum ExportFormatArg {
     /// QDQ ONNX (QuantizeLinear / DequantizeLinear) of the fake-quant eval
     /// forward, for ONNX Runtime and TensorRT (docs/export.md).
     Onnx,
+    /// QONNX (QONNX `Quant` nodes) of the fake-quant eval forward, for
+    /// FINN and hls4ml: `<model>.qonnx.onnx` (docs/export.md).
+    Qonnx,
+    /// The integer-only pipeline of `qatc int` as integer ONNX ops:
+    /// `<model>.int.onnx`, whose logits in ONNX Runtime are the engine's bit
+    /// for bit (docs/export.md).
+    OnnxInt,
 }
 
 fn formats_from(args: &[String]) -> anyhow::Result<Formats> {
@@ -503,15 +532,23 @@ pub fn run_int(cmd: Box<IntCommand>, libtorch_eval: LibtorchEval) -> anyhow::Res
                 data,
                 rounds,
                 libtorch,
+                spread,
+                onnxruntime,
+                dump,
             }),
             _,
         ) => bench(
             &plan,
             shift.per_layer_shift,
-            images,
-            data.as_deref(),
+            BenchImages {
+                n: images,
+                data: data.as_deref(),
+                spread,
+            },
             rounds,
             libtorch.then_some(libtorch_eval),
+            onnxruntime,
+            dump.as_deref(),
         ),
         (None, run) => {
             let plan = load_plan_with(&run.plan, None, run.shift.per_layer_shift)?;
@@ -644,16 +681,378 @@ impl Images for Listed<'_> {
     }
 }
 
+/// Which images `qatc int bench` times.
+struct BenchImages<'a> {
+    n: usize,
+    data: Option<&'a str>,
+    spread: bool,
+}
+
+/// The bench's images with their labels and indices in the test split
+/// (random images: label 0, index = position).
+struct BenchSet {
+    images: Vec<Vec<f32>>,
+    labels: Vec<usize>,
+    indices: Vec<usize>,
+}
+
+fn bench_images(which: &BenchImages, plan: &IntPlan) -> anyhow::Result<BenchSet> {
+    let n = which.n.max(1);
+    let Some(d) = which.data else {
+        if which.spread {
+            bail!("--spread takes the images of --data's test split: give --data");
+        }
+        let images = random_images(n, plan.input_len());
+        return Ok(BenchSet {
+            labels: vec![0; images.len()],
+            indices: (0..images.len()).collect(),
+            images,
+        });
+    };
+    let split = open_data(Some(d), plan)?;
+    let len = split.test.len();
+    let m = n.min(len);
+    let indices: Vec<usize> = if which.spread {
+        (0..m).map(|i| i * len / m).collect()
+    } else {
+        (0..m).collect()
+    };
+    let images = indices
+        .iter()
+        .map(|&i| {
+            let mut v = vec![0f32; plan.input_len()];
+            split.test.normalized(i, &mut v);
+            v
+        })
+        .collect();
+    let labels = indices
+        .iter()
+        .map(|&i| split.test.labels[i] as usize)
+        .collect();
+    Ok(BenchSet {
+        images,
+        labels,
+        indices,
+    })
+}
+
+fn f32_bytes<'a>(v: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
+    v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `(python, PYTHONPATH)` of the ONNX tooling (`scripts/onnx-env.sh`), or
+/// the error `--onnxruntime` gives without it.
+fn onnx_python() -> anyhow::Result<(String, String)> {
+    match std::env::var("QATC_ONNX_PYTHONPATH") {
+        Ok(p) if !p.is_empty() => Ok((
+            std::env::var("QATC_ONNX_PYTHON").unwrap_or_else(|_| "python3".into()),
+            p,
+        )),
+        _ => bail!(
+            "--onnxruntime runs ONNX Runtime through Python, and no ONNX tooling is set up \
+             (QATC_ONNX_PYTHONPATH is unset): run `source scripts/onnx-env.sh` in the qatc \
+             workspace (it installs the pinned onnx, onnxruntime and qonnx once per machine \
+             and sets QATC_ONNX_PYTHON and QATC_ONNX_PYTHONPATH), then run this again"
+        ),
+    }
+}
+
+/// The flags of `qatc export` that rebuild the same model as `args`.
+fn export_flags(args: &PlanArgs, per_layer_shift: bool) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(s) = &args.spec {
+        v.push(s.into());
+    }
+    if let Some(p) = &args.profile {
+        v.extend(["--profile".into(), p.into()]);
+    }
+    if let Some(c) = &args.checkpoint {
+        v.extend(["--checkpoint".into(), c.into()]);
+    }
+    if let Some(f) = &args.import_format {
+        v.extend(["--import".into(), f.into()]);
+    }
+    if !args.strip_prefix.is_empty() {
+        v.extend(["--strip-prefix".into(), (&args.strip_prefix).into()]);
+    }
+    let rounding = match args.rounding {
+        RoundingArg::Trunc => "trunc",
+        RoundingArg::Nearest => "nearest",
+    };
+    v.extend(["--rounding".into(), rounding.into()]);
+    for f in &args.fixed {
+        v.extend(["--fixed".into(), f.into()]);
+    }
+    if args.saturate_constants {
+        v.push("--saturate-constants".into());
+    }
+    if per_layer_shift {
+        v.push("--per-layer-shift".into());
+    }
+    v
+}
+
+/// The ONNX exports ONNX Runtime can run, as this binary writes them
+/// (`qatc export --format F`, run as a child so that whichever formats this
+/// qatc has are used): `(label, path)` for each that was written, a note
+/// on stderr for each that was not.
+fn ort_exports(
+    args: &PlanArgs,
+    per_layer_shift: bool,
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let exe = std::env::current_exe().context("cannot find the qatc binary")?;
+    let mut out = Vec::new();
+    for (label, format) in [("qdq", "onnx"), ("onnx-int", "onnx-int")] {
+        let d = dir.join(label);
+        let run = std::process::Command::new(&exe)
+            .arg("export")
+            .args(export_flags(args, per_layer_shift))
+            .args(["--format", format, "-o"])
+            .arg(&d)
+            .output()
+            .with_context(|| format!("cannot run `{} export`", exe.display()))?;
+        let err = String::from_utf8_lossy(&run.stderr);
+        if !run.status.success() {
+            if err.contains("invalid value") {
+                eprintln!("note: this qatc has no `--format {format}`: not timed");
+            } else {
+                eprintln!(
+                    "note: `qatc export --format {format}` failed, not timed: {}",
+                    err.trim().lines().last().unwrap_or("")
+                );
+            }
+            continue;
+        }
+        let onnx = std::fs::read_dir(&d)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "onnx"));
+        match onnx {
+            Some(p) => out.push((label.to_string(), p)),
+            None => eprintln!("note: `qatc export --format {format}` wrote no .onnx file"),
+        }
+    }
+    if out.is_empty() {
+        bail!("no ONNX export of this checkpoint could be written (see the notes above)");
+    }
+    Ok(out)
+}
+
+/// One line of `scripts/ort-bench.py`'s output.
+#[derive(serde::Deserialize)]
+struct OrtLine {
+    kind: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    level: String,
+    #[serde(default)]
+    threads: usize,
+    #[serde(default)]
+    batch: usize,
+    #[serde(default)]
+    images_per_s: f64,
+    #[serde(default)]
+    cpu_ms_per_image: f64,
+    #[serde(default)]
+    ops: std::collections::BTreeMap<String, usize>,
+    #[serde(default)]
+    onnxruntime: String,
+}
+
+/// ONNX Runtime's side of `--onnxruntime`: `scripts/ort-bench.py` (embedded
+/// here, written next to the images) on the exports, same images and thread
+/// counts. Prints its table and the engine against it; returns nothing.
+#[allow(clippy::too_many_arguments)]
+fn bench_onnxruntime(
+    plan_args: &PlanArgs,
+    per_layer_shift: bool,
+    python: &(String, String),
+    set: &BenchSet,
+    shape: &[usize],
+    thread_counts: &[usize],
+    rounds: usize,
+    engine: &[(usize, f64, Option<f64>)],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    const SCRIPT: &str = include_str!("../../../scripts/ort-bench.py");
+    const BATCHES: [usize; 2] = [1, 64];
+    let models = ort_exports(plan_args, per_layer_shift, dir)?;
+    let inputs = dir.join("inputs.f32");
+    if !inputs.exists() {
+        std::fs::write(&inputs, f32_bytes(set.images.iter().flatten()))?;
+    }
+    let script = dir.join("ort-bench.py");
+    std::fs::write(&script, SCRIPT)?;
+    let job = serde_json::json!({
+        "models": models.iter().map(|(l, p)| serde_json::json!({"label": l, "path": p})).collect::<Vec<_>>(),
+        "inputs": inputs,
+        "shape": shape,
+        "threads": thread_counts,
+        "batches": BATCHES,
+        "levels": ["disable_all", "enable_all"],
+        "rounds": rounds.max(1),
+        "optimized_dir": dir.join("optimized"),
+    });
+    let job_file = dir.join("ort-job.json");
+    std::fs::write(&job_file, serde_json::to_string_pretty(&job)?)?;
+    let run = std::process::Command::new(&python.0)
+        .arg(&script)
+        .arg(&job_file)
+        .env("PYTHONPATH", &python.1)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run `{}` (QATC_ONNX_PYTHON)", python.0))?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    std::fs::write(dir.join("ort-bench.jsonl"), stdout.as_bytes())?;
+    if !run.status.success() {
+        bail!(
+            "ONNX Runtime's benchmark failed ({}; `source scripts/onnx-env.sh` installs the \
+             pinned onnxruntime)",
+            run.status
+        );
+    }
+    let lines: Vec<OrtLine> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("unexpected output of ort-bench.py")?;
+    let version = lines
+        .iter()
+        .find(|l| l.kind == "versions")
+        .map(|l| l.onnxruntime.clone())
+        .unwrap_or_default();
+    println!(
+        "onnxruntime {version}, CPUExecutionProvider, intra_op_num_threads = threads, \
+         inter_op_num_threads 1, ORT_SEQUENTIAL; same {} images, median of {} rounds",
+        set.images.len(),
+        rounds.max(1)
+    );
+    println!(
+        "  {:<9} {:<12} {:>7}  {:>36}  {:>36}",
+        "model",
+        "optimisation",
+        "threads",
+        "batch 1: images/s (per core, CPU ms)",
+        "batch 64: images/s (per core, CPU ms)"
+    );
+    let cell = |l: &OrtLine| {
+        format!(
+            "{:.1} ({:.1}, {:.3})",
+            l.images_per_s,
+            l.images_per_s / l.threads.max(1) as f64,
+            l.cpu_ms_per_image
+        )
+    };
+    for (label, _) in &models {
+        for level in ["disable_all", "enable_all"] {
+            for &t in thread_counts {
+                let get = |b: usize| {
+                    lines
+                        .iter()
+                        .find(|l| {
+                            l.kind == "time"
+                                && &l.model == label
+                                && l.level == level
+                                && l.threads == t
+                                && l.batch == b
+                        })
+                        .map(cell)
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "  {:<9} {:<12} {:>7}  {:>36}  {:>36}",
+                    label,
+                    level,
+                    t,
+                    get(BATCHES[0]),
+                    get(BATCHES[1])
+                );
+            }
+        }
+    }
+    for l in lines.iter().filter(|l| l.kind == "ops") {
+        let ops: Vec<String> = l.ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let int8 = l
+            .ops
+            .keys()
+            .filter(|k| {
+                k.contains("QLinear") || k.contains("ConvInteger") || k.contains("MatMulInteger")
+            })
+            .count();
+        println!(
+            "  {} {} runs: {}{}",
+            l.model,
+            l.level,
+            ops.join(", "),
+            if int8 == 0 && l.model == "qdq" {
+                " (no int8 kernels: QDQ not fused)"
+            } else {
+                ""
+            }
+        );
+    }
+    for &(t, engine_rate, engine_cpu) in engine {
+        for (label, _) in &models {
+            let runs = || {
+                lines
+                    .iter()
+                    .filter(|l| l.kind == "time" && &l.model == label && l.threads == t)
+            };
+            let versus = |ratio: f64| {
+                format!(
+                    "{:.2}x {}",
+                    if ratio >= 1.0 { ratio } else { 1.0 / ratio },
+                    if ratio >= 1.0 { "faster" } else { "slower" }
+                )
+            };
+            let fastest = runs().max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
+            let cheapest = runs().min_by(|a, b| a.cpu_ms_per_image.total_cmp(&b.cpu_ms_per_image));
+            if let (Some(f), Some(c)) = (fastest, cheapest) {
+                println!(
+                    "engine / ONNX Runtime {label}, {t} thread{}: {} in images/s (against its fastest, {} batch {}){}",
+                    if t == 1 { "" } else { "s" },
+                    versus(engine_rate / f.images_per_s),
+                    f.level,
+                    f.batch,
+                    engine_cpu
+                        .map(|e| format!(
+                            ", {} in CPU time per image (against its cheapest, {} batch {})",
+                            versus(c.cpu_ms_per_image / e),
+                            c.level,
+                            c.batch
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn bench(
     plan_args: &PlanArgs,
     per_layer_shift: bool,
-    n: usize,
-    data: Option<&str>,
+    which: BenchImages,
     rounds: usize,
     libtorch: Option<LibtorchEval>,
+    onnxruntime: bool,
+    dump: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    // Checked first: a missing tool is an error before any timing.
+    let python = if onnxruntime {
+        Some(onnx_python()?)
+    } else {
+        None
+    };
     let plan = load_plan_with(plan_args, None, per_layer_shift)?;
-    let images = first_images(data, &plan, n.max(1))?;
+    let set = bench_images(&which, &plan)?;
+    let images = &set.images;
     let cores = std::thread::available_parallelism()
         .map(|t| t.get())
         .unwrap_or(1);
@@ -681,7 +1080,8 @@ fn bench(
         thread_counts.push(cores);
     }
     let mut one_thread = None;
-    for threads in thread_counts {
+    let mut engine_rates = Vec::new();
+    for &threads in &thread_counts {
         let opts = EvalOptions {
             threads,
             ..EvalOptions::default()
@@ -691,7 +1091,7 @@ fn bench(
         let mut cpu = Vec::new();
         for _ in 0..rounds.max(1) {
             let (t, c) = (Instant::now(), process_cpu_seconds());
-            evaluate(&plan, &Listed(&images), opts)?;
+            evaluate(&plan, &Listed(images), opts)?;
             times.push(t.elapsed().as_secs_f64());
             if let (Some(a), Some(b)) = (c, process_cpu_seconds()) {
                 cpu.push(b - a);
@@ -704,14 +1104,52 @@ fn bench(
         if threads == 1 {
             one_thread = Some(n / median);
         }
+        let cpu_ms = cpu.get(cpu.len() / 2).map(|c| 1000.0 * c / n);
+        engine_rates.push((threads, n / median, cpu_ms));
         println!(
-            "  {threads} thread{}: {:.1} images/s ({:.3} ms per image){}",
+            "  {threads} thread{}: {:.1} images/s ({:.3} ms per image{}){}",
             if threads == 1 { "" } else { "s" },
             n / median,
             1000.0 * median / n,
-            cpu.get(cpu.len() / 2)
-                .map(|c| format!(", {:.3} ms of CPU per image", 1000.0 * c / n))
+            if threads > 1 {
+                format!(", {:.1} images/s per core", n / median / threads as f64)
+            } else {
+                String::new()
+            },
+            cpu_ms
+                .map(|c| format!(", {c:.3} ms of CPU per image"))
                 .unwrap_or_default()
+        );
+    }
+    if let Some(dir) = dump {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        let opts = EvalOptions {
+            keep_logits: true,
+            ..EvalOptions::default()
+        };
+        let report = evaluate(&plan, &Listed(images), opts)?;
+        std::fs::write(dir.join("inputs.f32"), f32_bytes(images.iter().flatten()))?;
+        std::fs::write(
+            dir.join("logits.f32"),
+            f32_bytes(report.logits.iter().flatten()),
+        )?;
+        let mut shape = vec![images.len()];
+        shape.extend(plan.input_shape.iter().copied());
+        let meta = serde_json::json!({
+            "model": plan.model,
+            "profile": plan.profile,
+            "rounding": plan.options.rounding.to_string(),
+            "shape": shape,
+            "classes": report.logits.first().map_or(0, |l| l.len()),
+            "labels": set.labels,
+            "indices": set.indices,
+            "data": which.data,
+        });
+        std::fs::write(dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+        eprintln!(
+            "wrote {}/{{inputs.f32,logits.f32,meta.json}}",
+            dir.display()
         );
     }
     if let (Some(libtorch_eval), Some(engine)) = (libtorch, one_thread) {
@@ -727,6 +1165,34 @@ fn bench(
             if ratio >= 1.0 { ratio } else { 1.0 / ratio },
             if ratio >= 1.0 { "faster" } else { "slower" }
         );
+    }
+    if let Some(python) = python {
+        let (dir, temporary) = match dump {
+            Some(d) => (d.to_path_buf(), false),
+            None => (
+                std::env::temp_dir().join(format!("qatc-int-bench-ort-{}", std::process::id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        let mut shape = vec![images.len()];
+        shape.extend(plan.input_shape.iter().copied());
+        let r = bench_onnxruntime(
+            plan_args,
+            per_layer_shift,
+            &python,
+            &set,
+            &shape,
+            &thread_counts,
+            rounds,
+            &engine_rates,
+            &dir,
+        );
+        if temporary {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        r?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -750,7 +1216,9 @@ pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
         ExportFormatArg::C => ExportFormat::C,
         ExportFormatArg::Npz => ExportFormat::Npz,
         ExportFormatArg::Json => ExportFormat::Json,
-        ExportFormatArg::Onnx => return export_onnx(&args),
+        ExportFormatArg::Onnx => return export_onnx(&args, false),
+        ExportFormatArg::Qonnx => return export_onnx(&args, true),
+        ExportFormatArg::OnnxInt => return export_onnx_int(&args),
     };
     let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
     let mut tests = TestImages::default();
@@ -770,20 +1238,49 @@ pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `qatc export --format onnx`: `<output>/<model>.onnx`, the QDQ graph of
-/// the fake-quant eval forward (`qatc_onnx`).
-fn export_onnx(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let (graph, ck) = load_checkpoint(&args.plan)?;
-    let opts = qatc_onnx::QdqOptions { opset: args.opset };
-    let bytes = qatc_onnx::write_qdq_with(&graph, &ck, &opts)?;
+/// `qatc export --format onnx-int`: `<output>/<model>.int.onnx`, the
+/// integer plan (rounding and formats as for `qatc int`) as integer ONNX
+/// ops (`qatc_onnx::write_int_onnx`).
+fn export_onnx_int(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
+    let bytes = qatc_onnx::write_int_onnx(&plan)?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create `{}`", args.output.display()))?;
-    let path = args.output.join(format!("{}.onnx", graph.model));
+    let path = args.output.join(format!("{}.int.onnx", plan.model));
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write `{}`", path.display()))?;
     eprintln!(
-        "wrote {} (QDQ, opset {}, {} KiB)",
+        "wrote {} (integer ONNX, rounding `{}`, opset {}, {} KiB)",
         path.display(),
-        args.opset.unwrap_or_else(|| qatc_onnx::min_opset(&graph)),
+        plan.options.rounding,
+        qatc_onnx::int::INT_OPSET,
+        bytes.len().div_ceil(1024)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qatc export --format onnx`: `<output>/<model>.onnx`, the QDQ graph of
+/// the fake-quant eval forward; `--format qonnx` (`qonnx`):
+/// `<output>/<model>.qonnx.onnx`, the same forward with QONNX `Quant`
+/// nodes (`qatc_onnx`).
+fn export_onnx(args: &ExportArgs, qonnx: bool) -> anyhow::Result<ExitCode> {
+    let (graph, ck) = load_checkpoint(&args.plan)?;
+    let opts = qatc_onnx::QdqOptions { opset: args.opset };
+    let (bytes, file, format, opset) = if qonnx {
+        let bytes = qatc_onnx::write_qonnx_with(&graph, &ck, &opts)?;
+        let opset = args.opset.unwrap_or(qatc_onnx::MIN_OPSET);
+        (bytes, format!("{}.qonnx.onnx", graph.model), "QONNX", opset)
+    } else {
+        let bytes = qatc_onnx::write_qdq_with(&graph, &ck, &opts)?;
+        let opset = args.opset.unwrap_or_else(|| qatc_onnx::min_opset(&graph));
+        (bytes, format!("{}.onnx", graph.model), "QDQ", opset)
+    };
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create `{}`", args.output.display()))?;
+    let path = args.output.join(file);
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write `{}`", path.display()))?;
+    eprintln!(
+        "wrote {} ({format}, opset {opset}, {} KiB)",
+        path.display(),
         bytes.len().div_ceil(1024)
     );
     Ok(ExitCode::SUCCESS)

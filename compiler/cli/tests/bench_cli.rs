@@ -221,3 +221,85 @@ fn int_bench_times_libtorch_through_the_model_crate_on_one_thread() {
         text(&out.stderr)
     );
 }
+
+/// `qatc int bench --onnxruntime` without the ONNX Python: exit 1 before any
+/// timing, saying how to set it up.
+#[test]
+fn int_bench_onnxruntime_without_the_onnx_python_says_how_to_install_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])
+        .args(["--checkpoint", "no-such-checkpoint.safetensors"])
+        .arg("--onnxruntime")
+        .current_dir(&root)
+        .env_remove("QATC_ONNX_PYTHONPATH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("source scripts/onnx-env.sh"), "{err}");
+    assert!(err.contains("QATC_ONNX_PYTHONPATH"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is timed: {}",
+        text(&out.stdout)
+    );
+}
+
+/// A tiny `qatc int bench --onnxruntime --dump` on the golden ToyNet: the
+/// engine and ONNX Runtime (the QDQ export, and onnx-int where this qatc
+/// has it) on the same 3 images, batches of 1 and 64, both optimisation
+/// levels, the ops ONNX Runtime runs; the dump holds the images, labels and
+/// the engine's logits. Timings are printed, never asserted.
+#[test]
+fn int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images() {
+    let Ok(pythonpath) = std::env::var("QATC_ONNX_PYTHONPATH") else {
+        assert!(
+            !qatc_testdata::require_shared(),
+            "QATC_ONNX_PYTHONPATH is not set and QATC_REQUIRE_SHARED is: source scripts/onnx-env.sh"
+        );
+        qatc_testdata::skip(
+            "int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images",
+            "no ONNX tooling (QATC_ONNX_PYTHONPATH unset: source scripts/onnx-env.sh, as ./dev test does)",
+        );
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let golden = qatc_testdata::golden_set().require("toynet.safetensors");
+    let dump = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])
+        .arg("--checkpoint")
+        .arg(&golden)
+        .args(["--import", "seed", "--strip-prefix", "state."])
+        .args(["--saturate-constants", "--images", "3", "--rounds", "1"])
+        .arg("--onnxruntime")
+        .arg("--dump")
+        .arg(dump.path())
+        .current_dir(&root)
+        .env("QATC_ONNX_PYTHONPATH", pythonpath)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    assert!(stdout.contains("onnxruntime "), "{stdout}");
+    for want in [
+        "intra_op_num_threads",
+        "qdq       disable_all",
+        "qdq       enable_all",
+        "qdq enable_all runs: ",
+        "engine / ONNX Runtime qdq",
+    ] {
+        assert!(stdout.contains(want), "`{want}` missing:\n{stdout}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump.path().join("meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["shape"], serde_json::json!([3, 3, 32, 32]));
+    assert_eq!(meta["labels"].as_array().unwrap().len(), 3);
+    let inputs = std::fs::metadata(dump.path().join("inputs.f32")).unwrap();
+    assert_eq!(inputs.len(), 3 * 3 * 32 * 32 * 4);
+    let logits = std::fs::metadata(dump.path().join("logits.f32")).unwrap();
+    assert_eq!(logits.len(), 3 * 10 * 4);
+    assert!(dump.path().join("ort-bench.jsonl").exists());
+}

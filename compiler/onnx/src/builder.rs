@@ -83,6 +83,22 @@ impl Builder {
         attribute: Vec<AttributeProto>,
         doc: Option<String>,
     ) {
+        self.node_in("", op_type, name, inputs, outputs, attribute, doc);
+    }
+
+    /// [`Builder::node`] for an op of `domain` ("" the default domain, else
+    /// a custom one such as QONNX's `qonnx.custom_op.general`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn node_in(
+        &mut self,
+        domain: &str,
+        op_type: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        doc: Option<String>,
+    ) {
         for o in outputs {
             self.claim(o);
         }
@@ -93,7 +109,7 @@ impl Builder {
             output: outputs.iter().map(|s| s.to_string()).collect(),
             name: Some(name.to_string()),
             op_type: Some(op_type.to_string()),
-            domain: None,
+            domain: (!domain.is_empty()).then(|| domain.to_string()),
             attribute,
             doc_string: doc,
         });
@@ -127,6 +143,12 @@ impl Builder {
             container.push(&mut raw, v.clamp(lo, hi));
         }
         self.raw(name, dims, container.data_type(), raw)
+    }
+
+    /// An int64 initializer (shapes, axes, slice bounds); returns its name.
+    pub fn i64s(&mut self, name: &str, values: &[i64]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.raw(name, &[values.len() as i64], DataType::Int64, raw)
     }
 
     /// An integer scalar initializer.
@@ -163,6 +185,16 @@ pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),
         ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A string attribute.
+pub fn attr_string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(v.as_bytes().to_vec()),
         ..Default::default()
     }
 }

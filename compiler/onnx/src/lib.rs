@@ -1,8 +1,13 @@
 //! qatc-onnx: a trained qatc model as ONNX, for the runtimes deployers use.
 //!
 //! ```text
-//! ir::Graph + Checkpoint --write_qdq--> ONNX bytes (QDQ: QuantizeLinear / DequantizeLinear)
+//! ir::Graph + Checkpoint --write_qdq---> ONNX bytes (QDQ: QuantizeLinear / DequantizeLinear)
+//!                        --write_qonnx-> ONNX bytes (QONNX: Quant nodes, for FINN / hls4ml)
 //! ```
+//!
+//! One lowering pass (`lower`) writes both: every op but the quantizers is
+//! shared, and each format supplies how a weight and an activation
+//! quantizer are written (`qdq`, [`qonnx`]).
 //!
 //! Input: a lowered graph (one spec and profile) and a trained checkpoint
 //! in the model's own variable names (`qatc_int::Checkpoint`, as `qatc int`
@@ -38,7 +43,17 @@
 //!   16-bit integer `Clip`). A quantizer at 32 bits is the identity.
 //! - **BN** stays a `BatchNormalization` (inference form, eps 1e-5), as the
 //!   fake-quant model keeps it unfolded; ReLU6 is `Clip(0, 6)`; pooling,
-//!   flatten and residual adds are their ONNX ops.
+//!   flatten and residual adds are their ONNX ops; concat is `Concat` on
+//!   the channels, a split part `Slice`, a channel shuffle
+//!   `Reshape -> Transpose -> Reshape`, a gating multiply `Mul` (the
+//!   `C x 1 x 1` gate broadcast), the smooth and hard activations their ONNX
+//!   ops or their definitions where the opset lacks one (`lower`).
+//!
+//! The **QONNX** model ([`write_qonnx`]) is the same graph with every
+//! quantizer one QONNX `Quant` node ([`qonnx::quant_params`]): weights
+//! `code * scale` as float through a `Quant` that leaves them unchanged,
+//! activations on the same grids as above (DoReFa's `0.1` a `Mul` in
+//! front), any bit-width up to 16 at opset 13.
 //!
 //! Names follow the spec: the value each IR node computes, and the ONNX
 //! node computing it, carry the IR node's name (`s2.0.conv1`,
@@ -47,15 +62,21 @@
 //! (`[N, C, H, W]`, float32, the normalised image), the output the fc's
 //! logits `[N, classes]`.
 //!
-//! Invariants: nothing panics on user input; what QDQ cannot express is an
+//! Invariants: nothing panics on user input; what a format cannot express is an
 //! [`OnnxError`] naming the layer (1-bit DoReFa activations, 16-bit
-//! activations at opset 13, the ops this export does not handle yet).
+//! activations in QDQ at opset 13, adaptive pooling with unequal windows),
+//! the reason naming the format.
 
 pub mod builder;
+pub mod int;
+mod lower;
 pub mod proto;
 mod qdq;
+pub mod qonnx;
 
+pub use int::{write_int_onnx, IntOnnxError};
 pub use qdq::{act_quant_form, min_opset, weight_codes, ActQuantForm};
+pub use qonnx::{quant_params, QuantParams};
 
 use prost::Message;
 use qatc::ir::Graph;
@@ -67,20 +88,21 @@ pub const MIN_OPSET: i64 = 13;
 /// The highest opset written (16-bit QuantizeLinear / DequantizeLinear).
 pub const MAX_OPSET: i64 = 21;
 
-/// Options of [`write_qdq_with`].
+/// Options of [`write_qdq_with`] and [`write_qonnx_with`].
 #[derive(Clone, Debug, Default)]
 pub struct QdqOptions {
     /// The ONNX opset (13 to 21); `None`: the lowest that holds the model
-    /// ([`min_opset`]: 13, or 21 where an activation has 9 to 16 bits).
+    /// (QDQ: [`min_opset`], 13, or 21 where an activation has 9 to 16 bits;
+    /// QONNX: 13).
     pub opset: Option<i64>,
 }
 
 /// What the ONNX export can reject.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    /// A construct QDQ ONNX has no form for (or this export does not
-    /// handle), naming the layer.
-    #[error("layer `{layer}` ({op}): no QDQ ONNX form: {reason}")]
+    /// A construct the format has no form for, naming the layer; the
+    /// reason names the format (`no QDQ form: ...`).
+    #[error("layer `{layer}` ({op}): {reason}")]
     Unsupported {
         layer: String,
         op: &'static str,
@@ -90,7 +112,8 @@ pub enum OnnxError {
     /// QuantizeLinear.
     #[error(
         "layer `{layer}`: {bits}-bit activations need 16-bit QuantizeLinear, which ONNX has from \
-         opset 21 on; this export is opset {opset} (use opset 21: `--opset 21`, or no `--opset`)"
+         opset 21 on; this export is opset {opset} (use opset 21: `--opset 21`, or no `--opset`; \
+         or `--format qonnx`, whose Quant has any bit-width at opset 13)"
     )]
     NeedsOpset21 {
         layer: String,
@@ -126,5 +149,31 @@ pub fn qdq_model(
     ck: &Checkpoint,
     opts: &QdqOptions,
 ) -> Result<proto::ModelProto, OnnxError> {
-    qdq::model(graph, ck, opts)
+    let opset = opts.opset.unwrap_or_else(|| min_opset(graph));
+    lower::model(graph, ck, opset, &qdq::Qdq)
+}
+
+/// The QONNX model of `graph` with the trained values of `ck` (opset 13),
+/// serialized (an `.onnx` file's bytes): the same fake-quant eval forward
+/// as [`write_qdq`], every quantizer a QONNX `Quant` node.
+pub fn write_qonnx(graph: &Graph, ck: &Checkpoint) -> Result<Vec<u8>, OnnxError> {
+    write_qonnx_with(graph, ck, &QdqOptions::default())
+}
+
+/// [`write_qonnx`] with options.
+pub fn write_qonnx_with(
+    graph: &Graph,
+    ck: &Checkpoint,
+    opts: &QdqOptions,
+) -> Result<Vec<u8>, OnnxError> {
+    Ok(qonnx_model(graph, ck, opts)?.encode_to_vec())
+}
+
+/// The QONNX model as a message.
+pub fn qonnx_model(
+    graph: &Graph,
+    ck: &Checkpoint,
+    opts: &QdqOptions,
+) -> Result<proto::ModelProto, OnnxError> {
+    lower::model(graph, ck, opts.opset.unwrap_or(MIN_OPSET), &qonnx::Qonnx)
 }

@@ -22,7 +22,7 @@ fn sixteen_bit_activations_at_opset_13_name_the_layer() {
         err.to_string(),
         "layer `head.act_quant_out`: 16-bit activations need 16-bit QuantizeLinear, which ONNX \
          has from opset 21 on; this export is opset 13 (use opset 21: `--opset 21`, or no \
-         `--opset`)"
+         `--opset`; or `--format qonnx`, whose Quant has any bit-width at opset 13)"
     );
     assert!(write_qdq_with(&g, &ck, &QdqOptions { opset: Some(21) }).is_ok());
     for opset in [12, 22] {

@@ -46,6 +46,60 @@ for job in jobs:
 print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}: {len(jobs)} model(s) checked and run")
 "#;
 
+/// Runs each job of the JSON file `argv[1]` in qonnx's executor
+/// (`qonnx.core.onnx_exec.execute_onnx`, node by node: standard ops in ONNX
+/// Runtime, `Quant` in qonnx's numpy): checks the model with
+/// `onnx.checker.check_model(full_check=True)` (the standard nodes against
+/// their schemas; nodes of a custom domain such as QONNX's are skipped by
+/// the checker) and that every quantizer is a `Quant` of
+/// `qonnx.custom_op.general` that qonnx resolves, fixes the batch size,
+/// then prepares it as qonnx requires: with `cleanup`, qonnx's
+/// `cleanup_model` (shape inference, constant folding that keeps the
+/// `Quant` nodes, readable names), else `InferShapes` only, which keeps the
+/// names so that the values in `taps` can be read from the full execution
+/// context. Writes `out/logits.f32` and `out/tap<i>.f32`.
+///
+/// qonnx 1.0.0 builds its one-node models with onnx's newest IR version
+/// (14 with onnx 1.23; ONNX Runtime 1.31 reads up to 13): the IR
+/// version of those is lowered to 10.
+const RUN_QONNX: &str = r#"
+import json, os, sys
+import numpy as np, onnx
+import qonnx.core.onnx_exec as oe
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.cleanup import cleanup_model
+_make = oe.qonnx_make_model
+def _make_ir10(graph, **kw):
+    m = _make(graph, **kw)
+    m.ir_version = min(m.ir_version, 10)
+    return m
+oe.qonnx_make_model = _make_ir10
+jobs = json.load(open(sys.argv[1]))
+for job in jobs:
+    model = onnx.load(job["model"])
+    onnx.checker.check_model(model, full_check=True)
+    quants = [n for n in model.graph.node if n.op_type == "Quant"]
+    assert len(quants) == job["quants"], (len(quants), job["quants"])
+    for n in quants:
+        assert n.domain == "qonnx.custom_op.general", n.domain
+        getCustomOp(n)
+    x = np.fromfile(job["input"], dtype="<f4").reshape(job["shape"])
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = x.shape[0]
+    m = ModelWrapper(model)
+    m = cleanup_model(m) if job["cleanup"] else m.transform(InferShapes())
+    assert m.check_all_tensor_shapes_specified()
+    got = oe.execute_onnx(m, {m.graph.input[0].name: x}, return_full_exec_context=bool(job["taps"]))
+    out = job["out"]
+    got[m.graph.output[0].name].astype("<f4").tofile(os.path.join(out, "logits.f32"))
+    for i, n in enumerate(job["taps"]):
+        got[n].astype("<f4").tofile(os.path.join(out, f"tap{i}.f32"))
+import importlib.metadata as md
+print(f"onnx {onnx.__version__}, qonnx {md.version('qonnx')}: {len(jobs)} model(s) checked and run in qonnx's executor")
+"#;
+
 /// `(python, PYTHONPATH)` of the ONNX tooling, or a skip of `test` (a
 /// failure with `QATC_REQUIRE_SHARED`).
 pub fn onnx_python(test: &str) -> Option<(String, String)> {
@@ -100,34 +154,66 @@ fn write_f32(path: &Path, v: &[f32]) {
 }
 
 /// Runs `jobs` in one Python process (see [`RUN`]).
-pub fn run_jobs((python, pythonpath): &(String, String), dir: &Path, jobs: &[Job]) -> Vec<Ran> {
+pub fn run_jobs(py: &(String, String), dir: &Path, jobs: &[Job]) -> Vec<Ran> {
+    run_script(py, RUN, dir, jobs, |_, _| {})
+}
+
+/// One model for qonnx's executor ([`run_qonnx_jobs`]).
+pub struct QonnxJob {
+    pub job: Job,
+    /// The number of `Quant` nodes the model must have.
+    pub quants: usize,
+    /// Prepare with qonnx's `cleanup_model` (else `InferShapes` only).
+    pub cleanup: bool,
+}
+
+/// Runs `jobs` in qonnx's executor, in one Python process (see
+/// [`RUN_QONNX`]).
+pub fn run_qonnx_jobs(py: &(String, String), dir: &Path, jobs: &[QonnxJob]) -> Vec<Ran> {
+    let plain: Vec<&Job> = jobs.iter().map(|j| &j.job).collect();
+    run_script(py, RUN_QONNX, dir, &plain, |i, v| {
+        v["quants"] = jobs[i].quants.into();
+        v["cleanup"] = jobs[i].cleanup.into();
+    })
+}
+
+fn run_script<J: std::borrow::Borrow<Job>>(
+    (python, pythonpath): &(String, String),
+    script: &str,
+    dir: &Path,
+    jobs: &[J],
+    extra: impl Fn(usize, &mut serde_json::Value),
+) -> Vec<Ran> {
+    let jobs: Vec<&Job> = jobs.iter().map(|j| j.borrow()).collect();
     let mut list = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         let d = dir.join(format!("job{i}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("model.onnx"), &job.onnx).unwrap();
         write_f32(&d.join("input.f32"), &job.input);
-        list.push(serde_json::json!({
+        let mut v = serde_json::json!({
             "model": d.join("model.onnx"),
             "input": d.join("input.f32"),
             "shape": job.shape,
             "out": d,
             "taps": job.taps,
             "optimized": job.optimized,
-        }));
+        });
+        extra(i, &mut v);
+        list.push(v);
     }
     let jobs_file = dir.join("jobs.json");
     std::fs::write(&jobs_file, serde_json::to_string(&list).unwrap()).unwrap();
     let out = Command::new(python)
         .env("PYTHONPATH", pythonpath)
         .arg("-c")
-        .arg(RUN)
+        .arg(script)
         .arg(&jobs_file)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
     assert!(
         out.status.success(),
-        "onnx / ONNX Runtime failed:\n{}{}",
+        "onnx / ONNX Runtime / qonnx failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -162,61 +248,13 @@ pub fn load(spec: &str, profile: &str) -> (qatc::ast::Model, Graph) {
     (model, g)
 }
 
-/// A deterministic stream of standard normal numbers (an LCG and
-/// Box-Muller).
-pub struct Normal(u64);
+pub use qatc_int::checkpoint::Normal;
 
-impl Normal {
-    pub fn new(seed: u64) -> Normal {
-        Normal(
-            seed.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        )
-    }
-
-    fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    pub fn next(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
-
-/// A checkpoint for `g` with plausible values: Kaiming-scaled weights,
-/// BN near the identity, small biases, clipping values at their initial
-/// values.
+/// A checkpoint for `g` with plausible values ([`Checkpoint::synthetic`]:
+/// Kaiming-scaled weights, BN near the identity, small biases, clipping
+/// values at their initial values).
 pub fn synthetic_checkpoint(g: &Graph, seed: u64) -> Checkpoint {
-    let mut rng = Normal::new(seed);
-    let mut ck = Checkpoint::default();
-    for (name, shape) in qatc_int::checkpoint::variables(g) {
-        let (node, param) = name.rsplit_once('.').unwrap();
-        let n = g.nodes.iter().find(|n| n.name == node).unwrap();
-        let len: usize = shape.iter().product();
-        let values: Vec<f32> = match (&n.op, param) {
-            (Op::ActQuant(a), "alpha") => match a.quantizer {
-                Quantizer::Pact { alpha } | Quantizer::Mpact { alpha } => vec![alpha as f32],
-                _ => vec![6.0],
-            },
-            (Op::BatchNorm(_), "weight") => (0..len).map(|_| 1.0 + 0.1 * rng.next()).collect(),
-            (Op::BatchNorm(_), "running_var") => {
-                (0..len).map(|_| 1.0 + 0.3 * rng.next().abs()).collect()
-            }
-            (_, "weight") => {
-                let fan_in: usize = shape[1..].iter().product();
-                let std = (2.0 / fan_in.max(1) as f32).sqrt();
-                (0..len).map(|_| std * rng.next()).collect()
-            }
-            _ => (0..len).map(|_| 0.1 * rng.next()).collect(),
-        };
-        ck.tensors.insert(name, (shape, values));
-    }
-    ck
+    Checkpoint::synthetic(g, seed)
 }
 
 /// The seed's eval-mode activation quantizer on one value, in float32 as
@@ -259,9 +297,10 @@ pub struct Site<'g> {
     pub input: String,
 }
 
-/// Every activation quantizer of `g` in the exported `onnx`: its input is
-/// what its first ONNX node (a float Clip, else the QuantizeLinear) reads,
-/// its output the value named after it.
+/// Every activation quantizer of `g` in the exported `onnx` (QDQ or
+/// QONNX): its input is what its first ONNX node reads (QDQ: a float Clip,
+/// else the QuantizeLinear; QONNX: DoReFa's `Mul` by 0.1, else the `Quant`
+/// named after it), its output the value named after it.
 pub fn sites<'g>(g: &'g Graph, ck: &Checkpoint, onnx: &[u8]) -> Vec<Site<'g>> {
     use prost::Message;
     let m = qatc_onnx::proto::ModelProto::decode(onnx).unwrap();
@@ -272,11 +311,11 @@ pub fn sites<'g>(g: &'g Graph, ck: &Checkpoint, onnx: &[u8]) -> Vec<Site<'g>> {
         if a.quantizer == Quantizer::None || n.out_bit >= 32 {
             continue;
         }
-        let (clip, quant) = (format!("{}.clip_x", n.name), format!("{}.quantize", n.name));
-        let first = nodes
+        let first = ["clip_x", "prescale", "quantize"]
             .iter()
-            .find(|o| o.name.as_deref() == Some(&clip))
-            .or_else(|| nodes.iter().find(|o| o.name.as_deref() == Some(&quant)))
+            .map(|s| format!("{}.{s}", n.name))
+            .chain([n.name.clone()])
+            .find_map(|want| nodes.iter().find(|o| o.name.as_deref() == Some(&want)))
             .unwrap_or_else(|| panic!("no quantize node for `{}`", n.name));
         let alpha = if a.quantizer.learnable() {
             ck.scalar(&format!("{}.alpha", n.name)).unwrap()
@@ -335,4 +374,221 @@ pub fn check_sites(what: &str, sites: &[Site], taps: &[Vec<f32>]) -> (usize, usi
         elements += x.len();
     }
     (elements, flips)
+}
+
+/// The float32 tensor `name` of a safetensors file: (shape, values).
+pub fn f32s(st: &safetensors::SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("`{name}`: {e}"));
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Per row: max |a - b| relative to the row's max |b|; and the absolute max.
+pub fn row_errors(a: &[f32], b: &[f32], classes: usize) -> (Vec<f64>, f64) {
+    let mut rows = Vec::new();
+    let mut max_abs = 0f64;
+    for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
+        let scale = rb
+            .iter()
+            .fold(0f64, |m, v| m.max((*v as f64).abs()))
+            .max(1e-12);
+        let d = ra
+            .iter()
+            .zip(rb)
+            .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+        max_abs = max_abs.max(d);
+        rows.push(d / scale);
+    }
+    (rows, max_abs)
+}
+
+/// Relative row errors, one decimal.
+pub fn show(rows: &[f64]) -> String {
+    let v: Vec<String> = rows.iter().map(|e| format!("{e:.1e}")).collect();
+    v.join(" ")
+}
+
+/// Rows of `a` and `b` with the same largest class.
+pub fn same_top1(a: &[f32], b: &[f32], classes: usize) -> usize {
+    a.chunks(classes)
+        .zip(b.chunks(classes))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count()
+}
+
+/// Whether IR node `n` writes nothing in eval mode (its consumers read its
+/// input): the graph input, dropout, identity, a quantizer at 32 bits.
+pub fn passthrough(n: &Node) -> bool {
+    match &n.op {
+        Op::Input(_) | Op::Dropout(_) | Op::Identity(_) => true,
+        Op::ActQuant(a) => a.quantizer == Quantizer::None || n.out_bit >= 32,
+        _ => false,
+    }
+}
+
+/// The number of quantizers of `g` as the exports write them: activation
+/// quantizers below 32 bits and conv / linear weights below 32 bits.
+pub fn quantizer_count(g: &Graph) -> usize {
+    g.nodes
+        .iter()
+        .filter(|n| match &n.op {
+            Op::ActQuant(_) => !passthrough(n),
+            Op::Conv(_) | Op::Linear(_) => n.w_bit.unwrap_or(32) < 32,
+            _ => false,
+        })
+        .count()
+}
+
+/// Every (spec, profile) of `spec/`.
+pub fn all_profiles() -> Vec<(String, String)> {
+    let dir = spec_path("x").parent().unwrap().to_path_buf();
+    let mut specs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension()? == "qspec").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    specs.sort();
+    let mut out = Vec::new();
+    for spec in specs {
+        let src = qatc::driver::Source::read(&spec_path(&spec)).unwrap();
+        let c = qatc::driver::compile(&src).unwrap();
+        for g in &c.graphs {
+            out.push((spec.clone(), g.profile.clone()));
+        }
+    }
+    out
+}
+
+/// `images` standard normal images for `g`'s input: (`[N, C, H, W]`,
+/// values).
+pub fn random_input(g: &Graph, images: usize, seed: u64) -> (Vec<usize>, Vec<f32>) {
+    let mut shape = vec![images];
+    shape.extend(g.nodes[0].out_shape.0.iter().map(|&d| d as usize));
+    let mut rng = Normal::new(seed);
+    let input = (0..shape.iter().product::<usize>())
+        .map(|_| rng.sample())
+        .collect();
+    (shape, input)
+}
+
+/// The ops issue 16 added that the `spec/` models use, as
+/// [`issue16_op`] names them.
+pub const ISSUE16_OPS: [&str; 7] = [
+    "concat",
+    "split",
+    "shuffle",
+    "mul",
+    "sigmoid",
+    "hardsigmoid",
+    "hardswish",
+];
+
+/// `n`'s op if issue 16 added it (an activation by its function).
+pub fn issue16_op(n: &Node) -> Option<&'static str> {
+    match &n.op {
+        Op::Concat(_) | Op::Slice(_) | Op::Shuffle(_) | Op::Mul(_) => Some(n.op.kind()),
+        Op::Activation(a) => Some(a.function.name()),
+        _ => None,
+    }
+}
+
+/// A row of logits is exact within this, relative to the row's largest
+/// seed logit.
+pub const LOGIT_TOL: f64 = 1e-4;
+/// Bound on a flipped row's error, relative to its largest seed logit
+/// (observed up to 0.051 on the three golden sets).
+pub const FLIP_ROW_TOL: f64 = 0.25;
+/// Rows that must be exact per golden model (observed 1 to 6 of 8).
+pub const MIN_EXACT_ROWS: usize = 1;
+/// Images the quantizers are teacher-forced on.
+pub const TAP_IMAGES: usize = 2;
+
+/// A golden model: the spec's graph under `profile`, the seed's state dict
+/// imported through the spec's `import seed` section, the golden set's
+/// input images and its `logits_eval` (the seed's fake-quant eval forward).
+pub struct Golden {
+    pub file: String,
+    pub g: Graph,
+    pub ck: Checkpoint,
+    pub shape: Vec<usize>,
+    pub input: Vec<f32>,
+    pub seed: Vec<f32>,
+}
+
+impl Golden {
+    /// `<file>.safetensors` of the golden set (`QATC_GOLDEN`, else
+    /// `../shared/golden`, else the compact set) under `profile`.
+    pub fn load(file: &str, profile: &str) -> Golden {
+        let golden = qatc_testdata::golden_set();
+        let bytes = std::fs::read(golden.require(&format!("{file}.safetensors"))).unwrap();
+        let (model, g) = load(file, profile);
+        let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (shape, input) = f32s(&st, "input");
+        let (_, seed) = f32s(&st, "logits_eval");
+        Golden {
+            file: file.into(),
+            g,
+            ck,
+            shape,
+            input,
+            seed,
+        }
+    }
+
+    /// The first [`TAP_IMAGES`] images: (shape, values).
+    pub fn tap_input(&self) -> (Vec<usize>, Vec<f32>) {
+        let per_image = self.input.len() / self.shape[0];
+        let mut shape = self.shape.clone();
+        shape[0] = TAP_IMAGES;
+        (shape, self.input[..TAP_IMAGES * per_image].to_vec())
+    }
+
+    /// `got`, the logits of all images, against the seed's: at least
+    /// [`MIN_EXACT_ROWS`] rows within [`LOGIT_TOL`] (a wrong structure,
+    /// scale or rounding spoils every row), every row within
+    /// [`FLIP_ROW_TOL`] (what rounding-boundary flips give). Returns a
+    /// line saying how close it is.
+    pub fn check_logits(&self, got: &[f32]) -> String {
+        let (file, seed) = (&self.file, &self.seed);
+        let classes = self.g.classes as usize;
+        assert_eq!(got.len(), seed.len(), "{file}: logits");
+        let (rows, max_abs) = row_errors(got, seed, classes);
+        let exact = rows.iter().filter(|e| **e <= LOGIT_TOL).count();
+        let n = rows.len();
+        assert!(
+            exact >= MIN_EXACT_ROWS,
+            "{file}: only {exact} of {n} rows within {LOGIT_TOL:e} of fake-quant: {}",
+            show(&rows)
+        );
+        for (i, e) in rows.iter().enumerate() {
+            assert!(
+                *e <= FLIP_ROW_TOL,
+                "{file}: row {i} is {e:.3} off (relative), more than rounding-boundary flips give"
+            );
+        }
+        format!(
+            "{exact} of {n} rows exact, max |logit diff| {max_abs:.3e}, same top-1 {}/{n} (per \
+             row, relative: {}); largest seed logit {:.3}",
+            same_top1(got, seed, classes),
+            show(&rows),
+            seed.iter().fold(0f32, |m, v| m.max(v.abs())),
+        )
+    }
 }
