@@ -25,7 +25,7 @@
 use crate::driver::Compilation;
 use crate::ir::{ConvInit, Graph, LinearInit, Node, Op, Quantizer};
 use crate::ops::hooks::{int, EmitCx};
-use crate::ops::ActQuant;
+use crate::ops::{ActQuant, ActivationKind};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::{HashMap, HashSet};
@@ -142,11 +142,26 @@ fn space_items(text: &str) -> String {
 /// `ActQuant::forward_relu` / `forward_relu6` on the activation's input,
 /// one pass over the tensor instead of two with the same values and
 /// gradients (see the runtime's `quant::fused`).
+///
+/// Likewise a hardswish (`forward_hardswish`), a concat read only by its
+/// quantizer (`forward_concat`: the parts quantized into the joined map,
+/// each ReLU / ReLU6 part read only by the concat fused in too) and a
+/// gating product (`forward_mul`).
 struct Fused<'u> {
-    /// Activation nodes that get no statement of their own.
+    /// Nodes that get no statement of their own.
     absorbed: HashSet<&'u str>,
-    /// Quantizer node -> (method, the activation node it absorbs).
-    into: HashMap<&'u str, (&'static str, &'u UNode)>,
+    /// Quantizer node -> how it reads the nodes it absorbs.
+    into: HashMap<&'u str, Absorbs<'u>>,
+}
+
+enum Absorbs<'u> {
+    /// `method(input of the activation)`.
+    Act(&'static str, &'u UNode),
+    /// `forward_concat(&[(part, Pre::...), ...])`: per part, the node read
+    /// and its fused activation (`None`, `Relu`, `Relu6`).
+    Concat(Vec<(String, &'static str)>),
+    /// `forward_mul(x, gate)`.
+    Mul(&'u UNode),
 }
 
 fn fused_activations(union: &Union) -> Fused<'_> {
@@ -160,18 +175,55 @@ fn fused_activations(union: &Union) -> Fused<'_> {
         absorbed: HashSet::new(),
         into: HashMap::new(),
     };
+    let only_reader = |u: &UNode| match readers.get(u.name.as_str()).map(Vec::as_slice) {
+        Some([r]) => Some(*r),
+        _ => None,
+    };
+    let by_name: HashMap<&str, &UNode> = union.nodes.iter().map(|u| (u.name.as_str(), u)).collect();
     for u in &union.nodes {
-        let method = match u.op {
-            Op::Relu(_) => "forward_relu",
-            Op::Relu6(_) => "forward_relu6",
+        let Some(q) =
+            only_reader(u).filter(|q| matches!(q.op, Op::ActQuant(_)) && q.inputs.len() == 1)
+        else {
+            continue;
+        };
+        let absorbs = match &u.op {
+            Op::Relu(_) => Absorbs::Act("forward_relu", u),
+            Op::Relu6(_) => Absorbs::Act("forward_relu6", u),
+            Op::Activation(a) if a.function == ActivationKind::HardSwish => {
+                Absorbs::Act("forward_hardswish", u)
+            }
+            Op::Mul(_) if u.inputs.len() == 2 => Absorbs::Mul(u),
+            Op::Concat(_) if u.inputs.len() > 1 => {
+                let parts = u
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        let part = by_name.get(i.as_str()).copied();
+                        let pre = match part.map(|p| &p.op) {
+                            Some(Op::Relu(_)) => "Relu",
+                            Some(Op::Relu6(_)) => "Relu6",
+                            _ => "None",
+                        };
+                        match part {
+                            // A ReLU read by this concat alone (once) is fused in.
+                            Some(p)
+                                if pre != "None"
+                                    && only_reader(p).is_some_and(|r| r.name == u.name)
+                                    && u.inputs.iter().filter(|j| *j == i).count() == 1 =>
+                            {
+                                fused.absorbed.insert(p.name.as_str());
+                                (p.inputs[0].clone(), pre)
+                            }
+                            _ => (i.clone(), "None"),
+                        }
+                    })
+                    .collect();
+                Absorbs::Concat(parts)
+            }
             _ => continue,
         };
-        if let Some([q]) = readers.get(u.name.as_str()).map(Vec::as_slice) {
-            if matches!(q.op, Op::ActQuant(_)) && q.inputs.len() == 1 {
-                fused.absorbed.insert(u.name.as_str());
-                fused.into.insert(q.name.as_str(), (method, u));
-            }
-        }
+        fused.absorbed.insert(u.name.as_str());
+        fused.into.insert(q.name.as_str(), absorbs);
     }
     fused
 }
@@ -424,10 +476,28 @@ fn lib(
         let mut act_method = format_ident!("forward");
         if let Op::ActQuant(_) = &u.op {
             act_site = act_index[u.name.as_str()];
-            if let Some(&(method, act)) = fused.into.get(u.name.as_str()) {
-                inp = vec![input_expr(&act.inputs[0])];
-                read = vec![act.inputs[0].clone()];
-                act_method = format_ident!("{method}");
+            match fused.into.get(u.name.as_str()) {
+                Some(Absorbs::Act(method, act)) => {
+                    inp = vec![input_expr(&act.inputs[0])];
+                    read = vec![act.inputs[0].clone()];
+                    act_method = format_ident!("{method}");
+                }
+                Some(Absorbs::Mul(mul)) => {
+                    inp = mul.inputs.iter().map(input_expr).collect();
+                    read = mul.inputs.clone();
+                    act_method = format_ident!("forward_mul");
+                }
+                Some(Absorbs::Concat(parts)) => {
+                    let items = parts.iter().map(|(name, pre)| {
+                        let e = input_expr(name);
+                        let pre = format_ident!("{pre}");
+                        quote! { (#e, qatc_runtime::quant::Pre::#pre) }
+                    });
+                    inp = vec![quote! { &[#(#items),*] }];
+                    read = parts.iter().map(|(name, _)| name.clone()).collect();
+                    act_method = format_ident!("forward_concat");
+                }
+                None => {}
             }
         }
         let cx = EmitCx {

@@ -54,6 +54,7 @@ constexpr int64_t MPACT = 2;
 constexpr int64_t ACT_NONE = 0;
 constexpr int64_t ACT_RELU = 1;
 constexpr int64_t ACT_RELU6 = 2;
+constexpr int64_t ACT_HARDSWISH = 3;
 
 constexpr int64_t GRAIN = 1 << 15;
 
@@ -63,7 +64,7 @@ struct Params {
   float lo, hi;  // clamping range
   float s;       // q = round(c * s) / s
   bool down;     // mPACT: code bit 2 (clipped at -|a|)
-  int64_t act;   // ACT_NONE, ACT_RELU or ACT_RELU6 applied to x first
+  int64_t act;   // ACT_NONE, ACT_RELU, ACT_RELU6 or ACT_HARDSWISH applied to x first
 };
 
 // The stock ops per element: torch.clamp keeps a NaN input NaN, torch.round
@@ -84,6 +85,12 @@ inline float act_scalar(float x, int64_t act, bool* passes) {
   if (act == ACT_NONE) {
     *passes = true;
     return x;
+  }
+  if (act == ACT_HARDSWISH) {
+    // PyTorch's scalar hardswish: x * min(max(x + 3, 0), 6) / 6. Its
+    // gradient is not a 0/1 mask: the backward reads x (see FusedQuant).
+    *passes = true;
+    return x * std::min(std::max(x + 3.0f, 0.0f), 6.0f) / 6.0f;
   }
   *passes = !(x <= 0.0f) && !(act == ACT_RELU6 && x >= 6.0f);
   float y = x < 0.0f ? 0.0f : x;
@@ -110,7 +117,8 @@ template <bool CODE>
 __attribute__((target("avx2"))) void quantize_avx2(const float* x, float* q, uint8_t* code,
                                                    int64_t len, const Params& p) {
   const __m256 pre = _mm256_set1_ps(p.pre), lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi),
-               s = _mm256_set1_ps(p.s), zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+               s = _mm256_set1_ps(p.s), zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f),
+               three = _mm256_set1_ps(3.0f);
   const __m256i all = _mm256_set1_epi32(-1);
   const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2),
                 four = _mm256_set1_epi32(p.down ? 4 : 0);
@@ -125,7 +133,12 @@ __attribute__((target("avx2"))) void quantize_avx2(const float* x, float* q, uin
     __m256 v = _mm256_loadu_ps(x + i);
     // The fused activation: max and min return v when it is NaN.
     __m256i passes = all;
-    if (p.act != ACT_NONE) {
+    if (p.act == ACT_HARDSWISH) {
+      // PyTorch's vectorised hardswish: x * min(max(x + 3, 0), 6) / 6 (a
+      // NaN stays NaN: max and min return their second operand then).
+      __m256 m = _mm256_min_ps(six, _mm256_max_ps(zero, _mm256_add_ps(v, three)));
+      v = _mm256_div_ps(_mm256_mul_ps(v, m), six);
+    } else if (p.act != ACT_NONE) {
       passes = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_NLE_UQ));
       if (p.act == ACT_RELU6) {
         passes = _mm256_and_si256(passes, _mm256_castps_si256(_mm256_cmp_ps(v, six, _CMP_NGE_UQ)));
@@ -232,7 +245,7 @@ double grads_range(const float* g, const uint8_t* code, float* dx, int64_t len) 
 }
 
 Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha, int64_t act) {
-  TORCH_CHECK(act == ACT_NONE || act == ACT_RELU || act == ACT_RELU6,
+  TORCH_CHECK(act == ACT_NONE || act == ACT_RELU || act == ACT_RELU6 || act == ACT_HARDSWISH,
               "fused quantizer: unknown activation ", act);
   Params p{false, 1.0f, 0.0f, 0.0f, 0.0f, false, act};
   if (mode == DOREFA) {
@@ -259,6 +272,41 @@ Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha, int64_t ac
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// g in the code's layout (a copy only if g comes in another one).
+at::Tensor laid_like(const at::Tensor& g, const at::Tensor& code) {
+  if (g.strides() == code.strides()) return g;
+  at::Tensor laid = at::empty_like(code, g.options());
+  laid.copy_(g);
+  return laid;
+}
+
+// The quantizer's own backward: dx = g * inside (times 0.1 for DoReFa) in
+// the code's layout, and dalpha (undefined for DoReFa) into *da.
+at::Tensor quantizer_grads(const at::Tensor& grad, const at::Tensor& code, int64_t mode,
+                           at::Tensor* da) {
+  at::Tensor g = laid_like(grad, code);
+  at::Tensor dx = at::empty_like(g);
+  const float* gp = g.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  float* dp = dx.mutable_data_ptr<float>();
+  int64_t n = g.numel();
+  if (mode == DOREFA) {
+    at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+      input_grad_range(gp + begin, cp + begin, dp + begin, end - begin, 0.1f);
+    });
+  } else {
+    // dx and dalpha's partial sums in the same pass over g and the code.
+    double sum = at::parallel_reduce(
+        0, n, GRAIN, 0.0,
+        [&](int64_t begin, int64_t end, double acc) {
+          return acc + grads_range(gp + begin, cp + begin, dp + begin, end - begin);
+        },
+        [](double a, double b) { return a + b; });
+    *da = at::scalar_tensor(static_cast<float>(sum), g.options());
+  }
+  return dx;
+}
+
 struct FusedQuant : public torch::autograd::Function<FusedQuant> {
   // alpha is a constant 0 for DoReFa (no gradient).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
@@ -270,42 +318,277 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
     at::Tensor q = at::empty_like(x);
     at::Tensor code = at::empty_like(x, x.options().dtype(at::kByte));
     quantize(x, q, code.mutable_data_ptr<uint8_t>(), p);
+    // A fused hardswish's gradient depends on x itself (not a 0/1 mask):
+    // its backward reads x, as PyTorch's hardswish backward does.
+    if (act == ACT_HARDSWISH) {
+      ctx->save_for_backward({code, x});
+    } else {
+      ctx->save_for_backward({code});
+    }
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["act"] = act;
+    return q;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list saved = ctx->get_saved_variables();
+    at::Tensor code = saved[0];
+    int64_t mode = ctx->saved_data["mode"].toInt();
+    int64_t act = ctx->saved_data["act"].toInt();
+    at::Tensor da;
+    at::Tensor dx = quantizer_grads(grads[0], code, mode, &da);
+    if (act == ACT_HARDSWISH) {
+      // The hardswish's own backward on the quantizer's input gradient:
+      // PyTorch's kernel, so the same values as the unfused ops.
+      dx = at::hardswish_backward(dx, saved[1]);
+    }
+    return {dx, da, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+
+// Rows of a 4-D tensor as the concat and the gating product see them: in
+// channels-last storage one row per pixel (N*H*W rows of C channels), in
+// contiguous (NCHW) storage one row per image (N rows of C*H*W values).
+// `stride` is the distance between row starts in elements (larger than
+// `len` for a channel slice of a wider map, e.g. a split part).
+struct Rows {
+  const float* data;
+  int64_t len;
+  int64_t stride;
+};
+
+// `x`'s rows in memory format `fmt` without a copy, or false when its
+// strides do not have that form.
+bool rows_of(const at::Tensor& x, at::MemoryFormat fmt, Rows* r) {
+  if (x.dim() != 4) return false;
+  int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    int64_t sw = x.stride(3);
+    bool ok = (c == 1 || x.stride(1) == 1) && (h == 1 || x.stride(2) == w * sw) &&
+              (n == 1 || x.stride(0) == h * w * sw) && sw >= c;
+    if (!ok) return false;
+    r->data = x.const_data_ptr<float>();
+    r->len = c;
+    r->stride = sw;
+    return true;
+  }
+  bool inner = (w == 1 || x.stride(3) == 1) && (h == 1 || x.stride(2) == w) &&
+               (c == 1 || x.stride(1) == h * w);
+  if (!inner || x.stride(0) < c * h * w) return false;
+  r->data = x.const_data_ptr<float>();
+  r->len = c * h * w;
+  r->stride = n == 1 ? c * h * w : x.stride(0);
+  return true;
+}
+
+int64_t row_count(const at::Tensor& x, at::MemoryFormat fmt) {
+  return fmt == at::MemoryFormat::ChannelsLast ? x.size(0) * x.size(2) * x.size(3) : x.size(0);
+}
+
+// Quantizes concat(act_0(x_0), act_1(x_1), ...) along the channels into q
+// (and the code), row by row: the same values as the concatenation
+// quantized, without writing the concatenation.
+void quantize_concat(const std::vector<Rows>& in, const std::vector<Params>& ps, int64_t rows,
+                     float* q, uint8_t* code) {
+  int64_t width = 0;
+  for (const Rows& r : in) width += r.len;
+  int64_t grain = std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, width));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t off = row * width;
+      for (size_t i = 0; i < in.size(); ++i) {
+        const float* src = in[i].data + row * in[i].stride;
+        if (code) {
+          quantize_range<true>(src, q + off, code + off, in[i].len, ps[i]);
+        } else {
+          quantize_range<false>(src, q + off, nullptr, in[i].len, ps[i]);
+        }
+        off += in[i].len;
+      }
+    }
+  });
+}
+
+at::MemoryFormat format_of(const at::Tensor& x) {
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// The inputs as rows (copied into `keep` in the format where their strides
+// have no row form), the output's sizes and the activation of each.
+struct ConcatIn {
+  at::MemoryFormat fmt;
+  std::vector<at::Tensor> keep;
+  std::vector<Rows> rows;
+  std::vector<int64_t> sizes;
+  int64_t nrows;
+};
+
+ConcatIn concat_in(at::TensorList xs) {
+  TORCH_CHECK(!xs.empty(), "fused concat quantizer: no inputs");
+  ConcatIn c;
+  c.fmt = format_of(xs[0]);
+  int64_t channels = 0;
+  for (const at::Tensor& x : xs) {
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4,
+                "fused concat quantizer: 4-D float CPU tensors expected, got ", x.toString());
+    TORCH_CHECK(x.size(0) == xs[0].size(0) && x.size(2) == xs[0].size(2) &&
+                    x.size(3) == xs[0].size(3),
+                "fused concat quantizer: the inputs' batch and spatial sizes differ");
+    at::Tensor t = x;
+    Rows r;
+    if (!rows_of(t, c.fmt, &r)) {
+      t = x.contiguous(c.fmt);
+      TORCH_CHECK(rows_of(t, c.fmt, &r), "fused concat quantizer: no row form");
+    }
+    c.keep.push_back(t);
+    c.rows.push_back(r);
+    channels += x.size(1);
+  }
+  c.sizes = {xs[0].size(0), channels, xs[0].size(2), xs[0].size(3)};
+  c.nrows = row_count(xs[0], c.fmt);
+  return c;
+}
+
+// Activation of input i from the packed argument (two bits per input).
+int64_t act_of(int64_t acts, size_t i) { return (acts >> (2 * i)) & 3; }
+
+struct FusedConcatQuant : public torch::autograd::Function<FusedConcatQuant> {
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList xs, const at::Tensor& alpha,
+                            int64_t mode, int64_t bits, int64_t acts) {
+    ConcatIn c = concat_in(xs);
+    std::vector<Params> ps;
+    for (size_t i = 0; i < xs.size(); ++i) ps.push_back(params_of(mode, bits, alpha, act_of(acts, i)));
+    at::Tensor q = at::empty(c.sizes, xs[0].options().memory_format(c.fmt));
+    at::Tensor code = at::empty(c.sizes, xs[0].options().dtype(at::kByte).memory_format(c.fmt));
+    quantize_concat(c.rows, ps, c.nrows, q.mutable_data_ptr<float>(),
+                    code.mutable_data_ptr<uint8_t>());
     ctx->save_for_backward({code});
     ctx->saved_data["mode"] = mode;
+    std::vector<int64_t> widths;
+    for (const at::Tensor& x : xs) widths.push_back(x.size(1));
+    ctx->saved_data["widths"] = widths;
     return q;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor code = ctx->get_saved_variables()[0];
     int64_t mode = ctx->saved_data["mode"].toInt();
-    // g and dx in the code's layout (a copy only if g comes in another one).
-    at::Tensor g = grads[0];
-    if (g.strides() != code.strides()) {
-      at::Tensor laid = at::empty_like(code, g.options());
-      laid.copy_(g);
-      g = laid;
-    }
-    at::Tensor dx = at::empty_like(g);
+    std::vector<int64_t> widths = ctx->saved_data["widths"].toIntVector();
+    at::MemoryFormat fmt = format_of(code);
+    at::Tensor g = laid_like(grads[0], code);
     const float* gp = g.const_data_ptr<float>();
     const uint8_t* cp = code.const_data_ptr<uint8_t>();
-    float* dp = dx.mutable_data_ptr<float>();
-    int64_t n = g.numel();
-    at::Tensor da;
-    if (mode == DOREFA) {
-      at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-        input_grad_range(gp + begin, cp + begin, dp + begin, end - begin, 0.1f);
-      });
-    } else {
-      // dx and dalpha's partial sums in the same pass over g and the code.
-      double sum = at::parallel_reduce(
-          0, n, GRAIN, 0.0,
-          [&](int64_t begin, int64_t end, double acc) {
-            return acc + grads_range(gp + begin, cp + begin, dp + begin, end - begin);
-          },
-          [](double a, double b) { return a + b; });
-      da = at::scalar_tensor(static_cast<float>(sum), g.options());
+    int64_t n = code.size(0), h = code.size(2), w = code.size(3);
+    int64_t rows = row_count(code, fmt);
+    int64_t per = fmt == at::MemoryFormat::ChannelsLast ? 1 : h * w;
+    int64_t width = code.size(1) * per;
+    // One dense gradient per input, in the output's memory format.
+    std::vector<at::Tensor> dxs;
+    std::vector<float*> dps;
+    std::vector<int64_t> lens, offs;
+    int64_t off = 0;
+    for (int64_t c : widths) {
+      dxs.push_back(at::empty({n, c, h, w}, g.options().memory_format(fmt)));
+      dps.push_back(dxs.back().mutable_data_ptr<float>());
+      lens.push_back(c * per);
+      offs.push_back(off);
+      off += c * per;
     }
-    return {dx, da, at::Tensor(), at::Tensor(), at::Tensor()};
+    int64_t grain = std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, width));
+    double sum = at::parallel_reduce(
+        0, rows, grain, 0.0,
+        [&](int64_t begin, int64_t end, double acc) {
+          for (int64_t row = begin; row < end; ++row) {
+            for (size_t i = 0; i < dps.size(); ++i) {
+              int64_t at_ = row * width + offs[i];
+              float* dst = dps[i] + row * lens[i];
+              if (mode == DOREFA) {
+                input_grad_range(gp + at_, cp + at_, dst, lens[i], 0.1f);
+              } else {
+                acc += grads_range(gp + at_, cp + at_, dst, lens[i]);
+              }
+            }
+          }
+          return acc;
+        },
+        [](double a, double b) { return a + b; });
+    variable_list out(dxs.begin(), dxs.end());
+    out.push_back(mode == DOREFA ? at::Tensor()
+                                 : at::scalar_tensor(static_cast<float>(sum), g.options()));
+    out.push_back(at::Tensor());
+    out.push_back(at::Tensor());
+    out.push_back(at::Tensor());
+    return out;
+  }
+};
+
+// The gating product x * gate (gate [N, C, 1, 1], x [N, C, H, W], both
+// dense) quantized in one pass: each product is formed in a small buffer
+// (the same float multiply as `x * gate`) and quantized from there.
+void quantize_gated(const at::Tensor& x, const at::Tensor& gate, float* q, uint8_t* code,
+                    const Params& p) {
+  const float* xp = x.const_data_ptr<float>();
+  const float* gp = gate.const_data_ptr<float>();
+  int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  bool last = format_of(x) == at::MemoryFormat::ChannelsLast;
+  // Channels-last: one row per pixel, the gate's row of C varying along it;
+  // NCHW: one row per (image, channel), one gate value for its H*W values.
+  int64_t rows = last ? n * hw : n * c, len = last ? c : hw;
+  // Rows are quantized in blocks of about 4096 values (the output is dense,
+  // so a block of rows is one run): short rows (a few channels) would
+  // otherwise pay a call per row.
+  int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, len));
+  int64_t grain = std::max<int64_t>(block, GRAIN / std::max<int64_t>(1, len));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(block * len);
+    for (int64_t first = begin; first < end; first += block) {
+      int64_t stop = std::min(end, first + block);
+      for (int64_t row = first; row < stop; ++row) {
+        const float* src = xp + row * len;
+        float* dst = buf.data() + (row - first) * len;
+        if (last) {
+          const float* gr = gp + (row / hw) * c;
+          for (int64_t i = 0; i < len; ++i) dst[i] = src[i] * gr[i];
+        } else {
+          float gv = gp[row];
+          for (int64_t i = 0; i < len; ++i) dst[i] = src[i] * gv;
+        }
+      }
+      int64_t count = (stop - first) * len;
+      if (code) {
+        quantize_range<true>(buf.data(), q + first * len, code + first * len, count, p);
+      } else {
+        quantize_range<false>(buf.data(), q + first * len, nullptr, count, p);
+      }
+    }
+  });
+}
+
+struct FusedMulQuant : public torch::autograd::Function<FusedMulQuant> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gate,
+                            const at::Tensor& alpha, int64_t mode, int64_t bits) {
+    Params p = params_of(mode, bits, alpha, ACT_NONE);
+    at::Tensor q = at::empty_like(x);
+    at::Tensor code = at::empty_like(x, x.options().dtype(at::kByte));
+    quantize_gated(x, gate, q.mutable_data_ptr<float>(), code.mutable_data_ptr<uint8_t>(), p);
+    ctx->save_for_backward({code, x, gate});
+    ctx->saved_data["mode"] = mode;
+    return q;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list saved = ctx->get_saved_variables();
+    int64_t mode = ctx->saved_data["mode"].toInt();
+    at::Tensor da;
+    at::Tensor dq = quantizer_grads(grads[0], saved[0], mode, &da);
+    // The product's backward as autograd computes it for `x * gate`:
+    // dx = dq * gate, dgate = (dq * x) summed to the gate's shape.
+    at::Tensor dx = dq * saved[2];
+    at::Tensor dgate = at::sum_to(dq * saved[1], saved[2].sizes());
+    return {dx, dgate, da, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -336,6 +619,59 @@ at::Tensor* qatc_fq_quantize(const at::Tensor* x, const at::Tensor* alpha, int64
     Params p = params_of(mode, bits, a, act);
     at::Tensor q = at::empty_like(xd);
     quantize(xd, q, nullptr, p);
+    return new at::Tensor(q);
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+
+// concat(act_0(xs[0]), ...) along dim 1, quantized: `acts` holds two bits
+// per input (0 none, 1 ReLU, 2 ReLU6).
+at::Tensor* qatc_fq_quantize_concat(const at::Tensor* const* xs, int64_t count,
+                                    const at::Tensor* alpha, int64_t mode, int64_t bits,
+                                    int64_t acts, int track) {
+  try {
+    std::vector<at::Tensor> list;
+    for (int64_t i = 0; i < count; ++i) list.push_back(*xs[i]);
+    at::Tensor a = alpha ? *alpha : at::zeros({}, list.at(0).options());
+    if (track) {
+      return new at::Tensor(FusedConcatQuant::apply(at::TensorList(list), a, mode, bits, acts));
+    }
+    at::NoGradGuard no_grad;
+    ConcatIn c = concat_in(list);
+    std::vector<Params> ps;
+    for (size_t i = 0; i < list.size(); ++i) ps.push_back(params_of(mode, bits, a, act_of(acts, i)));
+    at::Tensor q = at::empty(c.sizes, list[0].options().memory_format(c.fmt));
+    quantize_concat(c.rows, ps, c.nrows, q.mutable_data_ptr<float>(), nullptr);
+    return new at::Tensor(q);
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+
+// x * gate quantized (gate [N, C, 1, 1] broadcast over x's H x W).
+at::Tensor* qatc_fq_quantize_mul(const at::Tensor* x, const at::Tensor* gate,
+                                 const at::Tensor* alpha, int64_t mode, int64_t bits, int track) {
+  try {
+    TORCH_CHECK(x->device().is_cpu() && x->scalar_type() == at::kFloat && x->dim() == 4 &&
+                    gate->device().is_cpu() && gate->scalar_type() == at::kFloat &&
+                    gate->dim() == 4 && gate->size(0) == x->size(0) &&
+                    gate->size(1) == x->size(1) && gate->size(2) == 1 && gate->size(3) == 1,
+                "fused gate quantizer: x [N, C, H, W] and gate [N, C, 1, 1] float CPU tensors "
+                "expected, got ",
+                x->toString(), " ", gate->sizes(), " ", gate->toString());
+    at::Tensor a = alpha ? *alpha : at::zeros({}, x->options());
+    at::Tensor xd = x->contiguous(format_of(*x));
+    at::Tensor gd = gate->contiguous();
+    if (track) {
+      return new at::Tensor(FusedMulQuant::apply(xd, gd, a, mode, bits));
+    }
+    at::NoGradGuard no_grad;
+    Params p = params_of(mode, bits, a, ACT_NONE);
+    at::Tensor q = at::empty_like(xd);
+    quantize_gated(xd, gd, q.mutable_data_ptr<float>(), nullptr, p);
     return new at::Tensor(q);
   } catch (const std::exception& e) {
     last_error = e.what();

@@ -721,15 +721,76 @@ impl ActQuant {
         self.forward_after(x, fused::Act::Relu6)
     }
 
-    fn forward_after(&self, x: &Tensor, act: fused::Act) -> Tensor {
+    /// `self.forward(&ops::hardswish(x))`, fused as [`ActQuant::forward_relu`]
+    /// (the hardswish's value computed in the quantizer's pass, its
+    /// backward, PyTorch's, run on the quantizer's input gradient).
+    pub fn forward_hardswish(&self, x: &Tensor) -> Tensor {
+        self.forward_after(x, fused::Act::Hardswish)
+    }
+
+    /// `self.forward(&ops::concat(parts))` where each part is read through
+    /// its activation (`Pre::Relu`: `ops::relu(part)`, ...): one pass that
+    /// quantizes the parts into the joined map without writing the
+    /// concatenation (nor the activations' outputs); backward writes each
+    /// part's gradient directly. The same values and gradients.
+    pub fn forward_concat(&self, parts: &[(&Tensor, Pre)]) -> Tensor {
         let alpha = self.alpha.as_ref();
+        if let Some(mode) = self.fused_mode().filter(|_| {
+            parts.len() > 1
+                && parts
+                    .iter()
+                    .all(|(x, _)| x.dim() == 4 && fused::applies(x, alpha))
+        }) {
+            let track = parts.iter().any(|(x, _)| tracked(x)) || alpha.is_some_and(tracked);
+            let xs: Vec<(&Tensor, fused::Act)> = parts.iter().map(|&(x, p)| (x, p.act())).collect();
+            let fast = fused::quantize_concat(&xs, alpha, mode, self.bits, track);
+            if let Some(q) = fused::or_report(fast) {
+                return q;
+            }
+        }
+        let applied: Vec<Tensor> = parts.iter().map(|&(x, p)| p.act().apply(x)).collect();
+        let refs: Vec<&Tensor> = applied.iter().collect();
+        nn::Module::forward(self, &crate::ops::concat(&refs))
+    }
+
+    /// `self.forward(&ops::mul(x, gate))` for a gate of shape `[N, C, 1, 1]`
+    /// (a squeeze-excitation gate) on `x` `[N, C, H, W]`: one pass that never
+    /// writes the product, the same values and gradients. Other shapes take
+    /// the unfused ops.
+    pub fn forward_mul(&self, x: &Tensor, gate: &Tensor) -> Tensor {
+        let alpha = self.alpha.as_ref();
+        let gated = x.dim() == 4 && gate.dim() == 4 && {
+            let (xs, gs) = (x.size(), gate.size());
+            gs == [xs[0], xs[1], 1, 1]
+        };
+        if let Some(mode) = self
+            .fused_mode()
+            .filter(|_| gated && fused::applies(x, alpha) && fused::applies(gate, None))
+        {
+            let track = tracked(x) || tracked(gate) || alpha.is_some_and(tracked);
+            let fast = fused::quantize_mul(x, gate, alpha, mode, self.bits, track);
+            if let Some(q) = fused::or_report(fast) {
+                return q;
+            }
+        }
+        nn::Module::forward(self, &crate::ops::mul(x, gate))
+    }
+
+    /// The fused kernels' mode of this quantizer, `None` where it has none
+    /// (off, fixed-scale PACT, 32 bits).
+    fn fused_mode(&self) -> Option<fused::Mode> {
         let mode = match self.kind {
             ActQuantKind::DoReFa => Some(fused::Mode::Dorefa),
             ActQuantKind::Pact => Some(fused::Mode::Pact),
             ActQuantKind::MPact => Some(fused::Mode::Mpact),
             ActQuantKind::Off | ActQuantKind::FixedScalePact { .. } => None,
         };
-        if let Some(mode) = mode.filter(|_| self.bits != FLOAT_BITS && fused::applies(x, alpha)) {
+        mode.filter(|_| self.bits != FLOAT_BITS)
+    }
+
+    fn forward_after(&self, x: &Tensor, act: fused::Act) -> Tensor {
+        let alpha = self.alpha.as_ref();
+        if let Some(mode) = self.fused_mode().filter(|_| fused::applies(x, alpha)) {
             let track = tracked(x) || alpha.is_some_and(tracked);
             let fast = fused::quantize(x, alpha, mode, self.bits, act, track);
             if let Some(q) = fused::or_report(fast) {
@@ -737,6 +798,27 @@ impl ActQuant {
             }
         }
         nn::Module::forward(self, &act.apply(x))
+    }
+}
+
+/// The activation a part of [`ActQuant::forward_concat`] is read through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pre {
+    /// The part as it is.
+    None,
+    /// `ops::relu(part)`.
+    Relu,
+    /// `ops::relu6(part)`.
+    Relu6,
+}
+
+impl Pre {
+    fn act(self) -> fused::Act {
+        match self {
+            Pre::None => fused::Act::None,
+            Pre::Relu => fused::Act::Relu,
+            Pre::Relu6 => fused::Act::Relu6,
+        }
     }
 }
 

@@ -492,3 +492,169 @@ fn activations_fused_into_quantizers() {
     }
     quant::set_fused_kernels(true);
 }
+
+/// A fused quantizer site against the unfused ops it replaces (the same
+/// quantizer, its kernel or stock path, on the ops' output): values and
+/// every input gradient bit for bit, dalpha within rounding.
+fn assert_fused_site(
+    name: &str,
+    fused: &dyn Fn(&qatc_runtime::quant::ActQuant, &[Tensor]) -> Tensor,
+    unfused: &dyn Fn(&qatc_runtime::quant::ActQuant, &[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+) {
+    use qatc_runtime::quant::{ActQuant, ActSpec};
+    for (spec, alpha) in [
+        (ActSpec::Dorefa { bits: 8 }, 0.0),
+        (
+            ActSpec::Pact {
+                bits: 8,
+                alpha: 2.0,
+            },
+            2.0,
+        ),
+        (
+            ActSpec::Mpact {
+                bits: 8,
+                alpha: 2.0,
+            },
+            2.0,
+        ),
+        (
+            ActSpec::Mpact {
+                bits: 4,
+                alpha: 10.0,
+            },
+            10.0,
+        ),
+    ] {
+        for g_layout in ["channels-last", "nchw"] {
+            let name = format!("{name}, {spec:?} (alpha {alpha}), gradient {g_layout}");
+            let run = |f: &dyn Fn(&ActQuant, &[Tensor]) -> Tensor| {
+                let vs = tch::nn::VarStore::new(Device::Cpu);
+                let aq = ActQuant::from_spec(&vs.root(), spec);
+                let xs: Vec<Tensor> = inputs
+                    .iter()
+                    .map(|x| x.detach().copy().set_requires_grad(true))
+                    .collect();
+                let out = f(&aq, &xs);
+                // Made without torch's global generator, which the tests
+                // running in parallel threads share: the same g both runs.
+                let g = (Tensor::arange(out.numel() as i64, (Kind::Float, Device::Cpu)) * 0.7)
+                    .sin()
+                    .view(out.size().as_slice());
+                let g = if g_layout == "channels-last" {
+                    qatc_runtime::layers::channels_last(&g)
+                } else {
+                    g
+                };
+                (&out * &g).sum(Kind::Float).backward();
+                let grads: Vec<Tensor> = xs.iter().map(Tensor::grad).collect();
+                let da = aq.alpha().map(Tensor::grad);
+                (out.detach(), grads, da, g)
+            };
+            let (qf, gf, af, g) = run(fused);
+            let (qs, gs, as_, _) = run(unfused);
+            assert_eq!(differing(&qf, &qs), 0, "{name}: values");
+            for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+                assert_same_grad(&format!("{name}: gradient of input {i}"), a, b);
+            }
+            if let (Some(a), Some(b)) = (af, as_) {
+                assert_close_sum(&format!("{name}: dalpha"), &a, &b, &g);
+            }
+            let untracked = tch::no_grad(|| {
+                let vs = tch::nn::VarStore::new(Device::Cpu);
+                let aq = ActQuant::from_spec(&vs.root(), spec);
+                (fused(&aq, inputs), unfused(&aq, inputs))
+            });
+            assert_eq!(
+                differing(&untracked.0, &untracked.1),
+                0,
+                "{name}: no_grad values"
+            );
+        }
+    }
+}
+
+/// `ActQuant::forward_hardswish`: PyTorch's hardswish computed in the
+/// quantizer's pass, its backward on the quantizer's input gradient; inputs
+/// at the kinks (-3, 3, 0) and around the clipping values.
+#[test]
+fn hardswish_fused_into_quantizers() {
+    use qatc_runtime::ops;
+    let mut extra = specials(2.0, 127.0);
+    extra.extend([-3.0, 3.0, -3.0 - 1e-6, 3.0 + 1e-6, 0.0, -0.0]);
+    let nchw = input(90, &extra).nan_to_num(0.0, 0.0, 0.0);
+    for (layout, x) in [
+        ("channels-last", qatc_runtime::layers::channels_last(&nchw)),
+        ("nchw", nchw.shallow_clone()),
+    ] {
+        assert_fused_site(
+            &format!("hardswish, {layout}"),
+            &|aq, xs| aq.forward_hardswish(&xs[0]),
+            &|aq, xs| tch::nn::Module::forward(aq, &ops::hardswish(&xs[0])),
+            &[x],
+        );
+    }
+}
+
+/// `ActQuant::forward_concat`: the parts (one a channel slice of a wider
+/// map, as a split part is; one read through a ReLU) quantized into the
+/// joined map, against `ops::concat` then the quantizer.
+#[test]
+fn concat_fused_into_quantizers() {
+    use qatc_runtime::ops;
+    use qatc_runtime::quant::Pre;
+    let wide = input(91, &specials(2.0, 127.0)).nan_to_num(0.0, 0.0, 0.0);
+    tch::manual_seed(92);
+    let other = Tensor::randn([5, 12, 97, 199], (Kind::Float, Device::Cpu)) * 3.0;
+    for (layout, wide, other) in [
+        (
+            "channels-last",
+            qatc_runtime::layers::channels_last(&wide),
+            qatc_runtime::layers::channels_last(&other),
+        ),
+        ("nchw", wide.shallow_clone(), other.shallow_clone()),
+    ] {
+        for pres in [[Pre::None, Pre::Relu], [Pre::Relu6, Pre::None]] {
+            let apply = |x: &Tensor, p: Pre| match p {
+                Pre::None => x.shallow_clone(),
+                Pre::Relu => ops::relu(x),
+                Pre::Relu6 => ops::relu6(x),
+            };
+            assert_fused_site(
+                &format!("concat {pres:?}, {layout}"),
+                &|aq, xs| {
+                    aq.forward_concat(&[(&ops::channels(&xs[0], 2, 4), pres[0]), (&xs[1], pres[1])])
+                },
+                &|aq, xs| {
+                    let a = apply(&ops::channels(&xs[0], 2, 4), pres[0]);
+                    let b = apply(&xs[1], pres[1]);
+                    tch::nn::Module::forward(aq, &ops::concat(&[&a, &b]))
+                },
+                &[wide.shallow_clone(), other.shallow_clone()],
+            );
+        }
+    }
+}
+
+/// `ActQuant::forward_mul`: the squeeze-excitation gating product
+/// quantized without writing the product; the gate's gradient is the
+/// product's own (`(dq * x)` summed to the gate's shape).
+#[test]
+fn gating_product_fused_into_quantizers() {
+    use qatc_runtime::ops;
+    let x = input(93, &specials(2.0, 127.0)).nan_to_num(0.0, 0.0, 0.0);
+    tch::manual_seed(94);
+    let gate = Tensor::rand([5, 7, 1, 1], (Kind::Float, Device::Cpu)) * 1.5;
+    for (layout, x) in [
+        ("channels-last", qatc_runtime::layers::channels_last(&x)),
+        ("nchw", x.shallow_clone()),
+    ] {
+        assert_fused_site(
+            &format!("gate, {layout}"),
+            &|aq, xs| aq.forward_mul(&xs[0], &xs[1]),
+            &|aq, xs| tch::nn::Module::forward(aq, &ops::mul(&xs[0], &xs[1])),
+            &[x, gate.shallow_clone()],
+        );
+    }
+}

@@ -69,7 +69,7 @@ impl NodeOp for ActQuant {
             init: Some(
                 quote! { #f: qatc_runtime::quant::ActQuant::from_spec(#path, p.acts[#site]) },
             ),
-            forward: Some(quote! { self.#f.#method(#(#inp)*) }),
+            forward: Some(quote! { self.#f.#method(#(#inp),*) }),
             clip: true,
         }
     }

@@ -4426,8 +4426,13 @@ impl Densenet {
         let block1_0_norm2 = self.block1_0_norm2.forward_t(&block1_0_conv1, train);
         let block1_0_act2 = self.block1_0_act2.forward_relu(&block1_0_norm2);
         let block1_0_conv2 = self.block1_0_conv2.forward(&block1_0_act2);
-        let block1_0_concat1 = qatc_runtime::ops::concat(&[stem_act1, &block1_0_conv2]);
-        self.block1_0_concat_act1.forward(&block1_0_concat1)
+        self.block1_0_concat_act1
+            .forward_concat(
+                &[
+                    (stem_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_0_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.1` (`dense_layer` in stage `block1`): reads `block1.0.concat_act1`, returns `block1.1.concat_act1`.
@@ -4443,10 +4448,13 @@ impl Densenet {
         let block1_1_norm2 = self.block1_1_norm2.forward_t(&block1_1_conv1, train);
         let block1_1_act2 = self.block1_1_act2.forward_relu(&block1_1_norm2);
         let block1_1_conv2 = self.block1_1_conv2.forward(&block1_1_act2);
-        let block1_1_concat1 = qatc_runtime::ops::concat(
-            &[block1_0_concat_act1, &block1_1_conv2],
-        );
-        self.block1_1_concat_act1.forward(&block1_1_concat1)
+        self.block1_1_concat_act1
+            .forward_concat(
+                &[
+                    (block1_0_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_1_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.2` (`dense_layer` in stage `block1`): reads `block1.1.concat_act1`, returns `block1.2.concat_act1`.
@@ -4462,10 +4470,13 @@ impl Densenet {
         let block1_2_norm2 = self.block1_2_norm2.forward_t(&block1_2_conv1, train);
         let block1_2_act2 = self.block1_2_act2.forward_relu(&block1_2_norm2);
         let block1_2_conv2 = self.block1_2_conv2.forward(&block1_2_act2);
-        let block1_2_concat1 = qatc_runtime::ops::concat(
-            &[block1_1_concat_act1, &block1_2_conv2],
-        );
-        self.block1_2_concat_act1.forward(&block1_2_concat1)
+        self.block1_2_concat_act1
+            .forward_concat(
+                &[
+                    (block1_1_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_2_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.3` (`dense_layer` in stage `block1`): reads `block1.2.concat_act1`, returns `block1.3.concat_act1`.
@@ -4481,10 +4492,13 @@ impl Densenet {
         let block1_3_norm2 = self.block1_3_norm2.forward_t(&block1_3_conv1, train);
         let block1_3_act2 = self.block1_3_act2.forward_relu(&block1_3_norm2);
         let block1_3_conv2 = self.block1_3_conv2.forward(&block1_3_act2);
-        let block1_3_concat1 = qatc_runtime::ops::concat(
-            &[block1_2_concat_act1, &block1_3_conv2],
-        );
-        self.block1_3_concat_act1.forward(&block1_3_concat1)
+        self.block1_3_concat_act1
+            .forward_concat(
+                &[
+                    (block1_2_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_3_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.4` (`dense_layer` in stage `block1`): reads `block1.3.concat_act1`, returns `block1.4.concat_act1`.
@@ -4500,10 +4514,13 @@ impl Densenet {
         let block1_4_norm2 = self.block1_4_norm2.forward_t(&block1_4_conv1, train);
         let block1_4_act2 = self.block1_4_act2.forward_relu(&block1_4_norm2);
         let block1_4_conv2 = self.block1_4_conv2.forward(&block1_4_act2);
-        let block1_4_concat1 = qatc_runtime::ops::concat(
-            &[block1_3_concat_act1, &block1_4_conv2],
-        );
-        self.block1_4_concat_act1.forward(&block1_4_concat1)
+        self.block1_4_concat_act1
+            .forward_concat(
+                &[
+                    (block1_3_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_4_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.5` (`dense_layer` in stage `block1`): reads `block1.4.concat_act1`, returns `block1.5.concat_act1`.
@@ -4519,10 +4536,13 @@ impl Densenet {
         let block1_5_norm2 = self.block1_5_norm2.forward_t(&block1_5_conv1, train);
         let block1_5_act2 = self.block1_5_act2.forward_relu(&block1_5_norm2);
         let block1_5_conv2 = self.block1_5_conv2.forward(&block1_5_act2);
-        let block1_5_concat1 = qatc_runtime::ops::concat(
-            &[block1_4_concat_act1, &block1_5_conv2],
-        );
-        self.block1_5_concat_act1.forward(&block1_5_concat1)
+        self.block1_5_concat_act1
+            .forward_concat(
+                &[
+                    (block1_4_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_5_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.6` (`dense_layer` in stage `block1`): reads `block1.5.concat_act1`, returns `block1.6.concat_act1`.
@@ -4538,10 +4558,13 @@ impl Densenet {
         let block1_6_norm2 = self.block1_6_norm2.forward_t(&block1_6_conv1, train);
         let block1_6_act2 = self.block1_6_act2.forward_relu(&block1_6_norm2);
         let block1_6_conv2 = self.block1_6_conv2.forward(&block1_6_act2);
-        let block1_6_concat1 = qatc_runtime::ops::concat(
-            &[block1_5_concat_act1, &block1_6_conv2],
-        );
-        self.block1_6_concat_act1.forward(&block1_6_concat1)
+        self.block1_6_concat_act1
+            .forward_concat(
+                &[
+                    (block1_5_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_6_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.7` (`dense_layer` in stage `block1`): reads `block1.6.concat_act1`, returns `block1.7.concat_act1`.
@@ -4557,10 +4580,13 @@ impl Densenet {
         let block1_7_norm2 = self.block1_7_norm2.forward_t(&block1_7_conv1, train);
         let block1_7_act2 = self.block1_7_act2.forward_relu(&block1_7_norm2);
         let block1_7_conv2 = self.block1_7_conv2.forward(&block1_7_act2);
-        let block1_7_concat1 = qatc_runtime::ops::concat(
-            &[block1_6_concat_act1, &block1_7_conv2],
-        );
-        self.block1_7_concat_act1.forward(&block1_7_concat1)
+        self.block1_7_concat_act1
+            .forward_concat(
+                &[
+                    (block1_6_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_7_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.8` (`dense_layer` in stage `block1`): reads `block1.7.concat_act1`, returns `block1.8.concat_act1`.
@@ -4576,10 +4602,13 @@ impl Densenet {
         let block1_8_norm2 = self.block1_8_norm2.forward_t(&block1_8_conv1, train);
         let block1_8_act2 = self.block1_8_act2.forward_relu(&block1_8_norm2);
         let block1_8_conv2 = self.block1_8_conv2.forward(&block1_8_act2);
-        let block1_8_concat1 = qatc_runtime::ops::concat(
-            &[block1_7_concat_act1, &block1_8_conv2],
-        );
-        self.block1_8_concat_act1.forward(&block1_8_concat1)
+        self.block1_8_concat_act1
+            .forward_concat(
+                &[
+                    (block1_7_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_8_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.9` (`dense_layer` in stage `block1`): reads `block1.8.concat_act1`, returns `block1.9.concat_act1`.
@@ -4595,10 +4624,13 @@ impl Densenet {
         let block1_9_norm2 = self.block1_9_norm2.forward_t(&block1_9_conv1, train);
         let block1_9_act2 = self.block1_9_act2.forward_relu(&block1_9_norm2);
         let block1_9_conv2 = self.block1_9_conv2.forward(&block1_9_act2);
-        let block1_9_concat1 = qatc_runtime::ops::concat(
-            &[block1_8_concat_act1, &block1_9_conv2],
-        );
-        self.block1_9_concat_act1.forward(&block1_9_concat1)
+        self.block1_9_concat_act1
+            .forward_concat(
+                &[
+                    (block1_8_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_9_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.10` (`dense_layer` in stage `block1`): reads `block1.9.concat_act1`, returns `block1.10.concat_act1`.
@@ -4616,10 +4648,13 @@ impl Densenet {
         let block1_10_norm2 = self.block1_10_norm2.forward_t(&block1_10_conv1, train);
         let block1_10_act2 = self.block1_10_act2.forward_relu(&block1_10_norm2);
         let block1_10_conv2 = self.block1_10_conv2.forward(&block1_10_act2);
-        let block1_10_concat1 = qatc_runtime::ops::concat(
-            &[block1_9_concat_act1, &block1_10_conv2],
-        );
-        self.block1_10_concat_act1.forward(&block1_10_concat1)
+        self.block1_10_concat_act1
+            .forward_concat(
+                &[
+                    (block1_9_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_10_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.11` (`dense_layer` in stage `block1`): reads `block1.10.concat_act1`, returns `block1.11.concat_act1`.
@@ -4637,10 +4672,13 @@ impl Densenet {
         let block1_11_norm2 = self.block1_11_norm2.forward_t(&block1_11_conv1, train);
         let block1_11_act2 = self.block1_11_act2.forward_relu(&block1_11_norm2);
         let block1_11_conv2 = self.block1_11_conv2.forward(&block1_11_act2);
-        let block1_11_concat1 = qatc_runtime::ops::concat(
-            &[block1_10_concat_act1, &block1_11_conv2],
-        );
-        self.block1_11_concat_act1.forward(&block1_11_concat1)
+        self.block1_11_concat_act1
+            .forward_concat(
+                &[
+                    (block1_10_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_11_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.12` (`dense_layer` in stage `block1`): reads `block1.11.concat_act1`, returns `block1.12.concat_act1`.
@@ -4658,10 +4696,13 @@ impl Densenet {
         let block1_12_norm2 = self.block1_12_norm2.forward_t(&block1_12_conv1, train);
         let block1_12_act2 = self.block1_12_act2.forward_relu(&block1_12_norm2);
         let block1_12_conv2 = self.block1_12_conv2.forward(&block1_12_act2);
-        let block1_12_concat1 = qatc_runtime::ops::concat(
-            &[block1_11_concat_act1, &block1_12_conv2],
-        );
-        self.block1_12_concat_act1.forward(&block1_12_concat1)
+        self.block1_12_concat_act1
+            .forward_concat(
+                &[
+                    (block1_11_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_12_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.13` (`dense_layer` in stage `block1`): reads `block1.12.concat_act1`, returns `block1.13.concat_act1`.
@@ -4679,10 +4720,13 @@ impl Densenet {
         let block1_13_norm2 = self.block1_13_norm2.forward_t(&block1_13_conv1, train);
         let block1_13_act2 = self.block1_13_act2.forward_relu(&block1_13_norm2);
         let block1_13_conv2 = self.block1_13_conv2.forward(&block1_13_act2);
-        let block1_13_concat1 = qatc_runtime::ops::concat(
-            &[block1_12_concat_act1, &block1_13_conv2],
-        );
-        self.block1_13_concat_act1.forward(&block1_13_concat1)
+        self.block1_13_concat_act1
+            .forward_concat(
+                &[
+                    (block1_12_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_13_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.14` (`dense_layer` in stage `block1`): reads `block1.13.concat_act1`, returns `block1.14.concat_act1`.
@@ -4700,10 +4744,13 @@ impl Densenet {
         let block1_14_norm2 = self.block1_14_norm2.forward_t(&block1_14_conv1, train);
         let block1_14_act2 = self.block1_14_act2.forward_relu(&block1_14_norm2);
         let block1_14_conv2 = self.block1_14_conv2.forward(&block1_14_act2);
-        let block1_14_concat1 = qatc_runtime::ops::concat(
-            &[block1_13_concat_act1, &block1_14_conv2],
-        );
-        self.block1_14_concat_act1.forward(&block1_14_concat1)
+        self.block1_14_concat_act1
+            .forward_concat(
+                &[
+                    (block1_13_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_14_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block1.15` (`dense_layer` in stage `block1`): reads `block1.14.concat_act1`, returns `block1.15.concat_act1`.
@@ -4721,10 +4768,13 @@ impl Densenet {
         let block1_15_norm2 = self.block1_15_norm2.forward_t(&block1_15_conv1, train);
         let block1_15_act2 = self.block1_15_act2.forward_relu(&block1_15_norm2);
         let block1_15_conv2 = self.block1_15_conv2.forward(&block1_15_act2);
-        let block1_15_concat1 = qatc_runtime::ops::concat(
-            &[block1_14_concat_act1, &block1_15_conv2],
-        );
-        self.block1_15_concat_act1.forward(&block1_15_concat1)
+        self.block1_15_concat_act1
+            .forward_concat(
+                &[
+                    (block1_14_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block1_15_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `transition1.0` (`transition` in stage `transition1`): reads `block1.15.concat_act1`, returns `transition1.0.act2`.
@@ -4762,10 +4812,13 @@ impl Densenet {
         let block2_0_norm2 = self.block2_0_norm2.forward_t(&block2_0_conv1, train);
         let block2_0_act2 = self.block2_0_act2.forward_relu(&block2_0_norm2);
         let block2_0_conv2 = self.block2_0_conv2.forward(&block2_0_act2);
-        let block2_0_concat1 = qatc_runtime::ops::concat(
-            &[transition1_0_act2, &block2_0_conv2],
-        );
-        self.block2_0_concat_act1.forward(&block2_0_concat1)
+        self.block2_0_concat_act1
+            .forward_concat(
+                &[
+                    (transition1_0_act2, qatc_runtime::quant::Pre::None),
+                    (&block2_0_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.1` (`dense_layer` in stage `block2`): reads `block2.0.concat_act1`, returns `block2.1.concat_act1`.
@@ -4781,10 +4834,13 @@ impl Densenet {
         let block2_1_norm2 = self.block2_1_norm2.forward_t(&block2_1_conv1, train);
         let block2_1_act2 = self.block2_1_act2.forward_relu(&block2_1_norm2);
         let block2_1_conv2 = self.block2_1_conv2.forward(&block2_1_act2);
-        let block2_1_concat1 = qatc_runtime::ops::concat(
-            &[block2_0_concat_act1, &block2_1_conv2],
-        );
-        self.block2_1_concat_act1.forward(&block2_1_concat1)
+        self.block2_1_concat_act1
+            .forward_concat(
+                &[
+                    (block2_0_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_1_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.2` (`dense_layer` in stage `block2`): reads `block2.1.concat_act1`, returns `block2.2.concat_act1`.
@@ -4800,10 +4856,13 @@ impl Densenet {
         let block2_2_norm2 = self.block2_2_norm2.forward_t(&block2_2_conv1, train);
         let block2_2_act2 = self.block2_2_act2.forward_relu(&block2_2_norm2);
         let block2_2_conv2 = self.block2_2_conv2.forward(&block2_2_act2);
-        let block2_2_concat1 = qatc_runtime::ops::concat(
-            &[block2_1_concat_act1, &block2_2_conv2],
-        );
-        self.block2_2_concat_act1.forward(&block2_2_concat1)
+        self.block2_2_concat_act1
+            .forward_concat(
+                &[
+                    (block2_1_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_2_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.3` (`dense_layer` in stage `block2`): reads `block2.2.concat_act1`, returns `block2.3.concat_act1`.
@@ -4819,10 +4878,13 @@ impl Densenet {
         let block2_3_norm2 = self.block2_3_norm2.forward_t(&block2_3_conv1, train);
         let block2_3_act2 = self.block2_3_act2.forward_relu(&block2_3_norm2);
         let block2_3_conv2 = self.block2_3_conv2.forward(&block2_3_act2);
-        let block2_3_concat1 = qatc_runtime::ops::concat(
-            &[block2_2_concat_act1, &block2_3_conv2],
-        );
-        self.block2_3_concat_act1.forward(&block2_3_concat1)
+        self.block2_3_concat_act1
+            .forward_concat(
+                &[
+                    (block2_2_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_3_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.4` (`dense_layer` in stage `block2`): reads `block2.3.concat_act1`, returns `block2.4.concat_act1`.
@@ -4838,10 +4900,13 @@ impl Densenet {
         let block2_4_norm2 = self.block2_4_norm2.forward_t(&block2_4_conv1, train);
         let block2_4_act2 = self.block2_4_act2.forward_relu(&block2_4_norm2);
         let block2_4_conv2 = self.block2_4_conv2.forward(&block2_4_act2);
-        let block2_4_concat1 = qatc_runtime::ops::concat(
-            &[block2_3_concat_act1, &block2_4_conv2],
-        );
-        self.block2_4_concat_act1.forward(&block2_4_concat1)
+        self.block2_4_concat_act1
+            .forward_concat(
+                &[
+                    (block2_3_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_4_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.5` (`dense_layer` in stage `block2`): reads `block2.4.concat_act1`, returns `block2.5.concat_act1`.
@@ -4857,10 +4922,13 @@ impl Densenet {
         let block2_5_norm2 = self.block2_5_norm2.forward_t(&block2_5_conv1, train);
         let block2_5_act2 = self.block2_5_act2.forward_relu(&block2_5_norm2);
         let block2_5_conv2 = self.block2_5_conv2.forward(&block2_5_act2);
-        let block2_5_concat1 = qatc_runtime::ops::concat(
-            &[block2_4_concat_act1, &block2_5_conv2],
-        );
-        self.block2_5_concat_act1.forward(&block2_5_concat1)
+        self.block2_5_concat_act1
+            .forward_concat(
+                &[
+                    (block2_4_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_5_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.6` (`dense_layer` in stage `block2`): reads `block2.5.concat_act1`, returns `block2.6.concat_act1`.
@@ -4876,10 +4944,13 @@ impl Densenet {
         let block2_6_norm2 = self.block2_6_norm2.forward_t(&block2_6_conv1, train);
         let block2_6_act2 = self.block2_6_act2.forward_relu(&block2_6_norm2);
         let block2_6_conv2 = self.block2_6_conv2.forward(&block2_6_act2);
-        let block2_6_concat1 = qatc_runtime::ops::concat(
-            &[block2_5_concat_act1, &block2_6_conv2],
-        );
-        self.block2_6_concat_act1.forward(&block2_6_concat1)
+        self.block2_6_concat_act1
+            .forward_concat(
+                &[
+                    (block2_5_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_6_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.7` (`dense_layer` in stage `block2`): reads `block2.6.concat_act1`, returns `block2.7.concat_act1`.
@@ -4895,10 +4966,13 @@ impl Densenet {
         let block2_7_norm2 = self.block2_7_norm2.forward_t(&block2_7_conv1, train);
         let block2_7_act2 = self.block2_7_act2.forward_relu(&block2_7_norm2);
         let block2_7_conv2 = self.block2_7_conv2.forward(&block2_7_act2);
-        let block2_7_concat1 = qatc_runtime::ops::concat(
-            &[block2_6_concat_act1, &block2_7_conv2],
-        );
-        self.block2_7_concat_act1.forward(&block2_7_concat1)
+        self.block2_7_concat_act1
+            .forward_concat(
+                &[
+                    (block2_6_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_7_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.8` (`dense_layer` in stage `block2`): reads `block2.7.concat_act1`, returns `block2.8.concat_act1`.
@@ -4914,10 +4988,13 @@ impl Densenet {
         let block2_8_norm2 = self.block2_8_norm2.forward_t(&block2_8_conv1, train);
         let block2_8_act2 = self.block2_8_act2.forward_relu(&block2_8_norm2);
         let block2_8_conv2 = self.block2_8_conv2.forward(&block2_8_act2);
-        let block2_8_concat1 = qatc_runtime::ops::concat(
-            &[block2_7_concat_act1, &block2_8_conv2],
-        );
-        self.block2_8_concat_act1.forward(&block2_8_concat1)
+        self.block2_8_concat_act1
+            .forward_concat(
+                &[
+                    (block2_7_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_8_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.9` (`dense_layer` in stage `block2`): reads `block2.8.concat_act1`, returns `block2.9.concat_act1`.
@@ -4933,10 +5010,13 @@ impl Densenet {
         let block2_9_norm2 = self.block2_9_norm2.forward_t(&block2_9_conv1, train);
         let block2_9_act2 = self.block2_9_act2.forward_relu(&block2_9_norm2);
         let block2_9_conv2 = self.block2_9_conv2.forward(&block2_9_act2);
-        let block2_9_concat1 = qatc_runtime::ops::concat(
-            &[block2_8_concat_act1, &block2_9_conv2],
-        );
-        self.block2_9_concat_act1.forward(&block2_9_concat1)
+        self.block2_9_concat_act1
+            .forward_concat(
+                &[
+                    (block2_8_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_9_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.10` (`dense_layer` in stage `block2`): reads `block2.9.concat_act1`, returns `block2.10.concat_act1`.
@@ -4954,10 +5034,13 @@ impl Densenet {
         let block2_10_norm2 = self.block2_10_norm2.forward_t(&block2_10_conv1, train);
         let block2_10_act2 = self.block2_10_act2.forward_relu(&block2_10_norm2);
         let block2_10_conv2 = self.block2_10_conv2.forward(&block2_10_act2);
-        let block2_10_concat1 = qatc_runtime::ops::concat(
-            &[block2_9_concat_act1, &block2_10_conv2],
-        );
-        self.block2_10_concat_act1.forward(&block2_10_concat1)
+        self.block2_10_concat_act1
+            .forward_concat(
+                &[
+                    (block2_9_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_10_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.11` (`dense_layer` in stage `block2`): reads `block2.10.concat_act1`, returns `block2.11.concat_act1`.
@@ -4975,10 +5058,13 @@ impl Densenet {
         let block2_11_norm2 = self.block2_11_norm2.forward_t(&block2_11_conv1, train);
         let block2_11_act2 = self.block2_11_act2.forward_relu(&block2_11_norm2);
         let block2_11_conv2 = self.block2_11_conv2.forward(&block2_11_act2);
-        let block2_11_concat1 = qatc_runtime::ops::concat(
-            &[block2_10_concat_act1, &block2_11_conv2],
-        );
-        self.block2_11_concat_act1.forward(&block2_11_concat1)
+        self.block2_11_concat_act1
+            .forward_concat(
+                &[
+                    (block2_10_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_11_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.12` (`dense_layer` in stage `block2`): reads `block2.11.concat_act1`, returns `block2.12.concat_act1`.
@@ -4996,10 +5082,13 @@ impl Densenet {
         let block2_12_norm2 = self.block2_12_norm2.forward_t(&block2_12_conv1, train);
         let block2_12_act2 = self.block2_12_act2.forward_relu(&block2_12_norm2);
         let block2_12_conv2 = self.block2_12_conv2.forward(&block2_12_act2);
-        let block2_12_concat1 = qatc_runtime::ops::concat(
-            &[block2_11_concat_act1, &block2_12_conv2],
-        );
-        self.block2_12_concat_act1.forward(&block2_12_concat1)
+        self.block2_12_concat_act1
+            .forward_concat(
+                &[
+                    (block2_11_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_12_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.13` (`dense_layer` in stage `block2`): reads `block2.12.concat_act1`, returns `block2.13.concat_act1`.
@@ -5017,10 +5106,13 @@ impl Densenet {
         let block2_13_norm2 = self.block2_13_norm2.forward_t(&block2_13_conv1, train);
         let block2_13_act2 = self.block2_13_act2.forward_relu(&block2_13_norm2);
         let block2_13_conv2 = self.block2_13_conv2.forward(&block2_13_act2);
-        let block2_13_concat1 = qatc_runtime::ops::concat(
-            &[block2_12_concat_act1, &block2_13_conv2],
-        );
-        self.block2_13_concat_act1.forward(&block2_13_concat1)
+        self.block2_13_concat_act1
+            .forward_concat(
+                &[
+                    (block2_12_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_13_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.14` (`dense_layer` in stage `block2`): reads `block2.13.concat_act1`, returns `block2.14.concat_act1`.
@@ -5038,10 +5130,13 @@ impl Densenet {
         let block2_14_norm2 = self.block2_14_norm2.forward_t(&block2_14_conv1, train);
         let block2_14_act2 = self.block2_14_act2.forward_relu(&block2_14_norm2);
         let block2_14_conv2 = self.block2_14_conv2.forward(&block2_14_act2);
-        let block2_14_concat1 = qatc_runtime::ops::concat(
-            &[block2_13_concat_act1, &block2_14_conv2],
-        );
-        self.block2_14_concat_act1.forward(&block2_14_concat1)
+        self.block2_14_concat_act1
+            .forward_concat(
+                &[
+                    (block2_13_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_14_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block2.15` (`dense_layer` in stage `block2`): reads `block2.14.concat_act1`, returns `block2.15.concat_act1`.
@@ -5059,10 +5154,13 @@ impl Densenet {
         let block2_15_norm2 = self.block2_15_norm2.forward_t(&block2_15_conv1, train);
         let block2_15_act2 = self.block2_15_act2.forward_relu(&block2_15_norm2);
         let block2_15_conv2 = self.block2_15_conv2.forward(&block2_15_act2);
-        let block2_15_concat1 = qatc_runtime::ops::concat(
-            &[block2_14_concat_act1, &block2_15_conv2],
-        );
-        self.block2_15_concat_act1.forward(&block2_15_concat1)
+        self.block2_15_concat_act1
+            .forward_concat(
+                &[
+                    (block2_14_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block2_15_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `transition2.0` (`transition` in stage `transition2`): reads `block2.15.concat_act1`, returns `transition2.0.act2`.
@@ -5100,10 +5198,13 @@ impl Densenet {
         let block3_0_norm2 = self.block3_0_norm2.forward_t(&block3_0_conv1, train);
         let block3_0_act2 = self.block3_0_act2.forward_relu(&block3_0_norm2);
         let block3_0_conv2 = self.block3_0_conv2.forward(&block3_0_act2);
-        let block3_0_concat1 = qatc_runtime::ops::concat(
-            &[transition2_0_act2, &block3_0_conv2],
-        );
-        self.block3_0_concat_act1.forward(&block3_0_concat1)
+        self.block3_0_concat_act1
+            .forward_concat(
+                &[
+                    (transition2_0_act2, qatc_runtime::quant::Pre::None),
+                    (&block3_0_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.1` (`dense_layer` in stage `block3`): reads `block3.0.concat_act1`, returns `block3.1.concat_act1`.
@@ -5119,10 +5220,13 @@ impl Densenet {
         let block3_1_norm2 = self.block3_1_norm2.forward_t(&block3_1_conv1, train);
         let block3_1_act2 = self.block3_1_act2.forward_relu(&block3_1_norm2);
         let block3_1_conv2 = self.block3_1_conv2.forward(&block3_1_act2);
-        let block3_1_concat1 = qatc_runtime::ops::concat(
-            &[block3_0_concat_act1, &block3_1_conv2],
-        );
-        self.block3_1_concat_act1.forward(&block3_1_concat1)
+        self.block3_1_concat_act1
+            .forward_concat(
+                &[
+                    (block3_0_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_1_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.2` (`dense_layer` in stage `block3`): reads `block3.1.concat_act1`, returns `block3.2.concat_act1`.
@@ -5138,10 +5242,13 @@ impl Densenet {
         let block3_2_norm2 = self.block3_2_norm2.forward_t(&block3_2_conv1, train);
         let block3_2_act2 = self.block3_2_act2.forward_relu(&block3_2_norm2);
         let block3_2_conv2 = self.block3_2_conv2.forward(&block3_2_act2);
-        let block3_2_concat1 = qatc_runtime::ops::concat(
-            &[block3_1_concat_act1, &block3_2_conv2],
-        );
-        self.block3_2_concat_act1.forward(&block3_2_concat1)
+        self.block3_2_concat_act1
+            .forward_concat(
+                &[
+                    (block3_1_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_2_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.3` (`dense_layer` in stage `block3`): reads `block3.2.concat_act1`, returns `block3.3.concat_act1`.
@@ -5157,10 +5264,13 @@ impl Densenet {
         let block3_3_norm2 = self.block3_3_norm2.forward_t(&block3_3_conv1, train);
         let block3_3_act2 = self.block3_3_act2.forward_relu(&block3_3_norm2);
         let block3_3_conv2 = self.block3_3_conv2.forward(&block3_3_act2);
-        let block3_3_concat1 = qatc_runtime::ops::concat(
-            &[block3_2_concat_act1, &block3_3_conv2],
-        );
-        self.block3_3_concat_act1.forward(&block3_3_concat1)
+        self.block3_3_concat_act1
+            .forward_concat(
+                &[
+                    (block3_2_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_3_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.4` (`dense_layer` in stage `block3`): reads `block3.3.concat_act1`, returns `block3.4.concat_act1`.
@@ -5176,10 +5286,13 @@ impl Densenet {
         let block3_4_norm2 = self.block3_4_norm2.forward_t(&block3_4_conv1, train);
         let block3_4_act2 = self.block3_4_act2.forward_relu(&block3_4_norm2);
         let block3_4_conv2 = self.block3_4_conv2.forward(&block3_4_act2);
-        let block3_4_concat1 = qatc_runtime::ops::concat(
-            &[block3_3_concat_act1, &block3_4_conv2],
-        );
-        self.block3_4_concat_act1.forward(&block3_4_concat1)
+        self.block3_4_concat_act1
+            .forward_concat(
+                &[
+                    (block3_3_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_4_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.5` (`dense_layer` in stage `block3`): reads `block3.4.concat_act1`, returns `block3.5.concat_act1`.
@@ -5195,10 +5308,13 @@ impl Densenet {
         let block3_5_norm2 = self.block3_5_norm2.forward_t(&block3_5_conv1, train);
         let block3_5_act2 = self.block3_5_act2.forward_relu(&block3_5_norm2);
         let block3_5_conv2 = self.block3_5_conv2.forward(&block3_5_act2);
-        let block3_5_concat1 = qatc_runtime::ops::concat(
-            &[block3_4_concat_act1, &block3_5_conv2],
-        );
-        self.block3_5_concat_act1.forward(&block3_5_concat1)
+        self.block3_5_concat_act1
+            .forward_concat(
+                &[
+                    (block3_4_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_5_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.6` (`dense_layer` in stage `block3`): reads `block3.5.concat_act1`, returns `block3.6.concat_act1`.
@@ -5214,10 +5330,13 @@ impl Densenet {
         let block3_6_norm2 = self.block3_6_norm2.forward_t(&block3_6_conv1, train);
         let block3_6_act2 = self.block3_6_act2.forward_relu(&block3_6_norm2);
         let block3_6_conv2 = self.block3_6_conv2.forward(&block3_6_act2);
-        let block3_6_concat1 = qatc_runtime::ops::concat(
-            &[block3_5_concat_act1, &block3_6_conv2],
-        );
-        self.block3_6_concat_act1.forward(&block3_6_concat1)
+        self.block3_6_concat_act1
+            .forward_concat(
+                &[
+                    (block3_5_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_6_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.7` (`dense_layer` in stage `block3`): reads `block3.6.concat_act1`, returns `block3.7.concat_act1`.
@@ -5233,10 +5352,13 @@ impl Densenet {
         let block3_7_norm2 = self.block3_7_norm2.forward_t(&block3_7_conv1, train);
         let block3_7_act2 = self.block3_7_act2.forward_relu(&block3_7_norm2);
         let block3_7_conv2 = self.block3_7_conv2.forward(&block3_7_act2);
-        let block3_7_concat1 = qatc_runtime::ops::concat(
-            &[block3_6_concat_act1, &block3_7_conv2],
-        );
-        self.block3_7_concat_act1.forward(&block3_7_concat1)
+        self.block3_7_concat_act1
+            .forward_concat(
+                &[
+                    (block3_6_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_7_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.8` (`dense_layer` in stage `block3`): reads `block3.7.concat_act1`, returns `block3.8.concat_act1`.
@@ -5252,10 +5374,13 @@ impl Densenet {
         let block3_8_norm2 = self.block3_8_norm2.forward_t(&block3_8_conv1, train);
         let block3_8_act2 = self.block3_8_act2.forward_relu(&block3_8_norm2);
         let block3_8_conv2 = self.block3_8_conv2.forward(&block3_8_act2);
-        let block3_8_concat1 = qatc_runtime::ops::concat(
-            &[block3_7_concat_act1, &block3_8_conv2],
-        );
-        self.block3_8_concat_act1.forward(&block3_8_concat1)
+        self.block3_8_concat_act1
+            .forward_concat(
+                &[
+                    (block3_7_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_8_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.9` (`dense_layer` in stage `block3`): reads `block3.8.concat_act1`, returns `block3.9.concat_act1`.
@@ -5271,10 +5396,13 @@ impl Densenet {
         let block3_9_norm2 = self.block3_9_norm2.forward_t(&block3_9_conv1, train);
         let block3_9_act2 = self.block3_9_act2.forward_relu(&block3_9_norm2);
         let block3_9_conv2 = self.block3_9_conv2.forward(&block3_9_act2);
-        let block3_9_concat1 = qatc_runtime::ops::concat(
-            &[block3_8_concat_act1, &block3_9_conv2],
-        );
-        self.block3_9_concat_act1.forward(&block3_9_concat1)
+        self.block3_9_concat_act1
+            .forward_concat(
+                &[
+                    (block3_8_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_9_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.10` (`dense_layer` in stage `block3`): reads `block3.9.concat_act1`, returns `block3.10.concat_act1`.
@@ -5292,10 +5420,13 @@ impl Densenet {
         let block3_10_norm2 = self.block3_10_norm2.forward_t(&block3_10_conv1, train);
         let block3_10_act2 = self.block3_10_act2.forward_relu(&block3_10_norm2);
         let block3_10_conv2 = self.block3_10_conv2.forward(&block3_10_act2);
-        let block3_10_concat1 = qatc_runtime::ops::concat(
-            &[block3_9_concat_act1, &block3_10_conv2],
-        );
-        self.block3_10_concat_act1.forward(&block3_10_concat1)
+        self.block3_10_concat_act1
+            .forward_concat(
+                &[
+                    (block3_9_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_10_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.11` (`dense_layer` in stage `block3`): reads `block3.10.concat_act1`, returns `block3.11.concat_act1`.
@@ -5313,10 +5444,13 @@ impl Densenet {
         let block3_11_norm2 = self.block3_11_norm2.forward_t(&block3_11_conv1, train);
         let block3_11_act2 = self.block3_11_act2.forward_relu(&block3_11_norm2);
         let block3_11_conv2 = self.block3_11_conv2.forward(&block3_11_act2);
-        let block3_11_concat1 = qatc_runtime::ops::concat(
-            &[block3_10_concat_act1, &block3_11_conv2],
-        );
-        self.block3_11_concat_act1.forward(&block3_11_concat1)
+        self.block3_11_concat_act1
+            .forward_concat(
+                &[
+                    (block3_10_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_11_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.12` (`dense_layer` in stage `block3`): reads `block3.11.concat_act1`, returns `block3.12.concat_act1`.
@@ -5334,10 +5468,13 @@ impl Densenet {
         let block3_12_norm2 = self.block3_12_norm2.forward_t(&block3_12_conv1, train);
         let block3_12_act2 = self.block3_12_act2.forward_relu(&block3_12_norm2);
         let block3_12_conv2 = self.block3_12_conv2.forward(&block3_12_act2);
-        let block3_12_concat1 = qatc_runtime::ops::concat(
-            &[block3_11_concat_act1, &block3_12_conv2],
-        );
-        self.block3_12_concat_act1.forward(&block3_12_concat1)
+        self.block3_12_concat_act1
+            .forward_concat(
+                &[
+                    (block3_11_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_12_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.13` (`dense_layer` in stage `block3`): reads `block3.12.concat_act1`, returns `block3.13.concat_act1`.
@@ -5355,10 +5492,13 @@ impl Densenet {
         let block3_13_norm2 = self.block3_13_norm2.forward_t(&block3_13_conv1, train);
         let block3_13_act2 = self.block3_13_act2.forward_relu(&block3_13_norm2);
         let block3_13_conv2 = self.block3_13_conv2.forward(&block3_13_act2);
-        let block3_13_concat1 = qatc_runtime::ops::concat(
-            &[block3_12_concat_act1, &block3_13_conv2],
-        );
-        self.block3_13_concat_act1.forward(&block3_13_concat1)
+        self.block3_13_concat_act1
+            .forward_concat(
+                &[
+                    (block3_12_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_13_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.14` (`dense_layer` in stage `block3`): reads `block3.13.concat_act1`, returns `block3.14.concat_act1`.
@@ -5376,10 +5516,13 @@ impl Densenet {
         let block3_14_norm2 = self.block3_14_norm2.forward_t(&block3_14_conv1, train);
         let block3_14_act2 = self.block3_14_act2.forward_relu(&block3_14_norm2);
         let block3_14_conv2 = self.block3_14_conv2.forward(&block3_14_act2);
-        let block3_14_concat1 = qatc_runtime::ops::concat(
-            &[block3_13_concat_act1, &block3_14_conv2],
-        );
-        self.block3_14_concat_act1.forward(&block3_14_concat1)
+        self.block3_14_concat_act1
+            .forward_concat(
+                &[
+                    (block3_13_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_14_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Block `block3.15` (`dense_layer` in stage `block3`): reads `block3.14.concat_act1`, returns `block3.15.concat_act1`.
@@ -5397,10 +5540,13 @@ impl Densenet {
         let block3_15_norm2 = self.block3_15_norm2.forward_t(&block3_15_conv1, train);
         let block3_15_act2 = self.block3_15_act2.forward_relu(&block3_15_norm2);
         let block3_15_conv2 = self.block3_15_conv2.forward(&block3_15_act2);
-        let block3_15_concat1 = qatc_runtime::ops::concat(
-            &[block3_14_concat_act1, &block3_15_conv2],
-        );
-        self.block3_15_concat_act1.forward(&block3_15_concat1)
+        self.block3_15_concat_act1
+            .forward_concat(
+                &[
+                    (block3_14_concat_act1, qatc_runtime::quant::Pre::None),
+                    (&block3_15_conv2, qatc_runtime::quant::Pre::None),
+                ],
+            )
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

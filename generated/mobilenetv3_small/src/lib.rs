@@ -42,7 +42,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/mobilenetv3_small.qspec",
-    spec_hash: "3b485c04883c17c95287866c9dbe63c6feea9b73f12f52b66006c662da0dc1c9",
+    spec_hash: "2740f5b1e31b6f5b627b3f4412e3b3a8f85d11df1e424fc73e737d1eb27baa33",
     profiles: &PROFILE_NAMES,
 };
 
@@ -214,8 +214,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(8, 1.0),
             ActSpec::mpact(8, 10.0),
             ActSpec::mpact(8, 10.0),
-            ActSpec::mpact(8, 10.0),
-            ActSpec::mpact(8, 10.0),
+            ActSpec::dorefa(8),
+            ActSpec::dorefa(8),
         ],
     },
     Profile {
@@ -291,8 +291,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::mpact(4, 10.0),
-            ActSpec::mpact(4, 10.0),
+            ActSpec::dorefa(4),
+            ActSpec::dorefa(4),
         ],
     },
     Profile {
@@ -368,8 +368,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(4, 1.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::mpact(4, 10.0),
-            ActSpec::mpact(8, 10.0),
-            ActSpec::mpact(8, 10.0),
+            ActSpec::dorefa(8),
+            ActSpec::dorefa(8),
         ],
     },
     Profile {
@@ -445,8 +445,8 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact_fixed(32, 1.0),
             ActSpec::mpact(32, 10.0),
             ActSpec::mpact(32, 10.0),
-            ActSpec::mpact(32, 10.0),
-            ActSpec::mpact(32, 10.0),
+            ActSpec::dorefa(32),
+            ActSpec::dorefa(32),
         ],
     },
 ];
@@ -2147,8 +2147,7 @@ impl Mobilenetv3Small {
         let b1_0_se_fc2 = self.b1_0_se_fc2.forward(&b1_0_act3);
         let b1_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b1_0_se_fc2);
         let b1_0_act4 = self.b1_0_act4.forward(&b1_0_hardsigmoid1);
-        let b1_0_mul1 = qatc_runtime::ops::mul(&b1_0_act1, &b1_0_act4);
-        let b1_0_gate_act1 = self.b1_0_gate_act1.forward(&b1_0_mul1);
+        let b1_0_gate_act1 = self.b1_0_gate_act1.forward_mul(&b1_0_act1, &b1_0_act4);
         let b1_0_project = self.b1_0_project.forward(&b1_0_gate_act1);
         let b1_0_project_bn = self.b1_0_project_bn.forward_t(&b1_0_project, train);
         let b1_0_add1 = qatc_runtime::ops::add(&b1_0_project_bn, stem_act1);
@@ -2189,12 +2188,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b4_0_expand = self.b4_0_expand.forward(b3_0_act3);
         let b4_0_expand_bn = self.b4_0_expand_bn.forward_t(&b4_0_expand, train);
-        let b4_0_hardswish1 = qatc_runtime::ops::hardswish(&b4_0_expand_bn);
-        let b4_0_act1 = self.b4_0_act1.forward(&b4_0_hardswish1);
+        let b4_0_act1 = self.b4_0_act1.forward_hardswish(&b4_0_expand_bn);
         let b4_0_dw = self.b4_0_dw.forward(&b4_0_act1);
         let b4_0_dw_bn = self.b4_0_dw_bn.forward_t(&b4_0_dw, train);
-        let b4_0_hardswish2 = qatc_runtime::ops::hardswish(&b4_0_dw_bn);
-        let b4_0_act2 = self.b4_0_act2.forward(&b4_0_hardswish2);
+        let b4_0_act2 = self.b4_0_act2.forward_hardswish(&b4_0_dw_bn);
         let b4_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b4_0_act2, 1);
         let b4_0_act3 = self.b4_0_act3.forward(&b4_0_se_pool);
         let b4_0_se_fc1 = self.b4_0_se_fc1.forward(&b4_0_act3);
@@ -2202,8 +2199,7 @@ impl Mobilenetv3Small {
         let b4_0_se_fc2 = self.b4_0_se_fc2.forward(&b4_0_act4);
         let b4_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b4_0_se_fc2);
         let b4_0_act5 = self.b4_0_act5.forward(&b4_0_hardsigmoid1);
-        let b4_0_mul1 = qatc_runtime::ops::mul(&b4_0_act2, &b4_0_act5);
-        let b4_0_gate_act1 = self.b4_0_gate_act1.forward(&b4_0_mul1);
+        let b4_0_gate_act1 = self.b4_0_gate_act1.forward_mul(&b4_0_act2, &b4_0_act5);
         let b4_0_project = self.b4_0_project.forward(&b4_0_gate_act1);
         let b4_0_project_bn = self.b4_0_project_bn.forward_t(&b4_0_project, train);
         self.b4_0_act6.forward(&b4_0_project_bn)
@@ -2214,12 +2210,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b5_0_expand = self.b5_0_expand.forward(b4_0_act6);
         let b5_0_expand_bn = self.b5_0_expand_bn.forward_t(&b5_0_expand, train);
-        let b5_0_hardswish1 = qatc_runtime::ops::hardswish(&b5_0_expand_bn);
-        let b5_0_act1 = self.b5_0_act1.forward(&b5_0_hardswish1);
+        let b5_0_act1 = self.b5_0_act1.forward_hardswish(&b5_0_expand_bn);
         let b5_0_dw = self.b5_0_dw.forward(&b5_0_act1);
         let b5_0_dw_bn = self.b5_0_dw_bn.forward_t(&b5_0_dw, train);
-        let b5_0_hardswish2 = qatc_runtime::ops::hardswish(&b5_0_dw_bn);
-        let b5_0_act2 = self.b5_0_act2.forward(&b5_0_hardswish2);
+        let b5_0_act2 = self.b5_0_act2.forward_hardswish(&b5_0_dw_bn);
         let b5_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b5_0_act2, 1);
         let b5_0_act3 = self.b5_0_act3.forward(&b5_0_se_pool);
         let b5_0_se_fc1 = self.b5_0_se_fc1.forward(&b5_0_act3);
@@ -2227,8 +2221,7 @@ impl Mobilenetv3Small {
         let b5_0_se_fc2 = self.b5_0_se_fc2.forward(&b5_0_act4);
         let b5_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b5_0_se_fc2);
         let b5_0_act5 = self.b5_0_act5.forward(&b5_0_hardsigmoid1);
-        let b5_0_mul1 = qatc_runtime::ops::mul(&b5_0_act2, &b5_0_act5);
-        let b5_0_gate_act1 = self.b5_0_gate_act1.forward(&b5_0_mul1);
+        let b5_0_gate_act1 = self.b5_0_gate_act1.forward_mul(&b5_0_act2, &b5_0_act5);
         let b5_0_project = self.b5_0_project.forward(&b5_0_gate_act1);
         let b5_0_project_bn = self.b5_0_project_bn.forward_t(&b5_0_project, train);
         let b5_0_add1 = qatc_runtime::ops::add(&b5_0_project_bn, b4_0_act6);
@@ -2240,12 +2233,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b5_1_expand = self.b5_1_expand.forward(b5_0_act6);
         let b5_1_expand_bn = self.b5_1_expand_bn.forward_t(&b5_1_expand, train);
-        let b5_1_hardswish1 = qatc_runtime::ops::hardswish(&b5_1_expand_bn);
-        let b5_1_act1 = self.b5_1_act1.forward(&b5_1_hardswish1);
+        let b5_1_act1 = self.b5_1_act1.forward_hardswish(&b5_1_expand_bn);
         let b5_1_dw = self.b5_1_dw.forward(&b5_1_act1);
         let b5_1_dw_bn = self.b5_1_dw_bn.forward_t(&b5_1_dw, train);
-        let b5_1_hardswish2 = qatc_runtime::ops::hardswish(&b5_1_dw_bn);
-        let b5_1_act2 = self.b5_1_act2.forward(&b5_1_hardswish2);
+        let b5_1_act2 = self.b5_1_act2.forward_hardswish(&b5_1_dw_bn);
         let b5_1_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b5_1_act2, 1);
         let b5_1_act3 = self.b5_1_act3.forward(&b5_1_se_pool);
         let b5_1_se_fc1 = self.b5_1_se_fc1.forward(&b5_1_act3);
@@ -2253,8 +2244,7 @@ impl Mobilenetv3Small {
         let b5_1_se_fc2 = self.b5_1_se_fc2.forward(&b5_1_act4);
         let b5_1_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b5_1_se_fc2);
         let b5_1_act5 = self.b5_1_act5.forward(&b5_1_hardsigmoid1);
-        let b5_1_mul1 = qatc_runtime::ops::mul(&b5_1_act2, &b5_1_act5);
-        let b5_1_gate_act1 = self.b5_1_gate_act1.forward(&b5_1_mul1);
+        let b5_1_gate_act1 = self.b5_1_gate_act1.forward_mul(&b5_1_act2, &b5_1_act5);
         let b5_1_project = self.b5_1_project.forward(&b5_1_gate_act1);
         let b5_1_project_bn = self.b5_1_project_bn.forward_t(&b5_1_project, train);
         let b5_1_add1 = qatc_runtime::ops::add(&b5_1_project_bn, b5_0_act6);
@@ -2266,12 +2256,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b6_0_expand = self.b6_0_expand.forward(b5_1_act6);
         let b6_0_expand_bn = self.b6_0_expand_bn.forward_t(&b6_0_expand, train);
-        let b6_0_hardswish1 = qatc_runtime::ops::hardswish(&b6_0_expand_bn);
-        let b6_0_act1 = self.b6_0_act1.forward(&b6_0_hardswish1);
+        let b6_0_act1 = self.b6_0_act1.forward_hardswish(&b6_0_expand_bn);
         let b6_0_dw = self.b6_0_dw.forward(&b6_0_act1);
         let b6_0_dw_bn = self.b6_0_dw_bn.forward_t(&b6_0_dw, train);
-        let b6_0_hardswish2 = qatc_runtime::ops::hardswish(&b6_0_dw_bn);
-        let b6_0_act2 = self.b6_0_act2.forward(&b6_0_hardswish2);
+        let b6_0_act2 = self.b6_0_act2.forward_hardswish(&b6_0_dw_bn);
         let b6_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b6_0_act2, 1);
         let b6_0_act3 = self.b6_0_act3.forward(&b6_0_se_pool);
         let b6_0_se_fc1 = self.b6_0_se_fc1.forward(&b6_0_act3);
@@ -2279,8 +2267,7 @@ impl Mobilenetv3Small {
         let b6_0_se_fc2 = self.b6_0_se_fc2.forward(&b6_0_act4);
         let b6_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b6_0_se_fc2);
         let b6_0_act5 = self.b6_0_act5.forward(&b6_0_hardsigmoid1);
-        let b6_0_mul1 = qatc_runtime::ops::mul(&b6_0_act2, &b6_0_act5);
-        let b6_0_gate_act1 = self.b6_0_gate_act1.forward(&b6_0_mul1);
+        let b6_0_gate_act1 = self.b6_0_gate_act1.forward_mul(&b6_0_act2, &b6_0_act5);
         let b6_0_project = self.b6_0_project.forward(&b6_0_gate_act1);
         let b6_0_project_bn = self.b6_0_project_bn.forward_t(&b6_0_project, train);
         self.b6_0_act6.forward(&b6_0_project_bn)
@@ -2291,12 +2278,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b7_0_expand = self.b7_0_expand.forward(b6_0_act6);
         let b7_0_expand_bn = self.b7_0_expand_bn.forward_t(&b7_0_expand, train);
-        let b7_0_hardswish1 = qatc_runtime::ops::hardswish(&b7_0_expand_bn);
-        let b7_0_act1 = self.b7_0_act1.forward(&b7_0_hardswish1);
+        let b7_0_act1 = self.b7_0_act1.forward_hardswish(&b7_0_expand_bn);
         let b7_0_dw = self.b7_0_dw.forward(&b7_0_act1);
         let b7_0_dw_bn = self.b7_0_dw_bn.forward_t(&b7_0_dw, train);
-        let b7_0_hardswish2 = qatc_runtime::ops::hardswish(&b7_0_dw_bn);
-        let b7_0_act2 = self.b7_0_act2.forward(&b7_0_hardswish2);
+        let b7_0_act2 = self.b7_0_act2.forward_hardswish(&b7_0_dw_bn);
         let b7_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b7_0_act2, 1);
         let b7_0_act3 = self.b7_0_act3.forward(&b7_0_se_pool);
         let b7_0_se_fc1 = self.b7_0_se_fc1.forward(&b7_0_act3);
@@ -2304,8 +2289,7 @@ impl Mobilenetv3Small {
         let b7_0_se_fc2 = self.b7_0_se_fc2.forward(&b7_0_act4);
         let b7_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b7_0_se_fc2);
         let b7_0_act5 = self.b7_0_act5.forward(&b7_0_hardsigmoid1);
-        let b7_0_mul1 = qatc_runtime::ops::mul(&b7_0_act2, &b7_0_act5);
-        let b7_0_gate_act1 = self.b7_0_gate_act1.forward(&b7_0_mul1);
+        let b7_0_gate_act1 = self.b7_0_gate_act1.forward_mul(&b7_0_act2, &b7_0_act5);
         let b7_0_project = self.b7_0_project.forward(&b7_0_gate_act1);
         let b7_0_project_bn = self.b7_0_project_bn.forward_t(&b7_0_project, train);
         let b7_0_add1 = qatc_runtime::ops::add(&b7_0_project_bn, b6_0_act6);
@@ -2317,12 +2301,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b8_0_expand = self.b8_0_expand.forward(b7_0_act6);
         let b8_0_expand_bn = self.b8_0_expand_bn.forward_t(&b8_0_expand, train);
-        let b8_0_hardswish1 = qatc_runtime::ops::hardswish(&b8_0_expand_bn);
-        let b8_0_act1 = self.b8_0_act1.forward(&b8_0_hardswish1);
+        let b8_0_act1 = self.b8_0_act1.forward_hardswish(&b8_0_expand_bn);
         let b8_0_dw = self.b8_0_dw.forward(&b8_0_act1);
         let b8_0_dw_bn = self.b8_0_dw_bn.forward_t(&b8_0_dw, train);
-        let b8_0_hardswish2 = qatc_runtime::ops::hardswish(&b8_0_dw_bn);
-        let b8_0_act2 = self.b8_0_act2.forward(&b8_0_hardswish2);
+        let b8_0_act2 = self.b8_0_act2.forward_hardswish(&b8_0_dw_bn);
         let b8_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b8_0_act2, 1);
         let b8_0_act3 = self.b8_0_act3.forward(&b8_0_se_pool);
         let b8_0_se_fc1 = self.b8_0_se_fc1.forward(&b8_0_act3);
@@ -2330,8 +2312,7 @@ impl Mobilenetv3Small {
         let b8_0_se_fc2 = self.b8_0_se_fc2.forward(&b8_0_act4);
         let b8_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b8_0_se_fc2);
         let b8_0_act5 = self.b8_0_act5.forward(&b8_0_hardsigmoid1);
-        let b8_0_mul1 = qatc_runtime::ops::mul(&b8_0_act2, &b8_0_act5);
-        let b8_0_gate_act1 = self.b8_0_gate_act1.forward(&b8_0_mul1);
+        let b8_0_gate_act1 = self.b8_0_gate_act1.forward_mul(&b8_0_act2, &b8_0_act5);
         let b8_0_project = self.b8_0_project.forward(&b8_0_gate_act1);
         let b8_0_project_bn = self.b8_0_project_bn.forward_t(&b8_0_project, train);
         self.b8_0_act6.forward(&b8_0_project_bn)
@@ -2342,12 +2323,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b9_0_expand = self.b9_0_expand.forward(b8_0_act6);
         let b9_0_expand_bn = self.b9_0_expand_bn.forward_t(&b9_0_expand, train);
-        let b9_0_hardswish1 = qatc_runtime::ops::hardswish(&b9_0_expand_bn);
-        let b9_0_act1 = self.b9_0_act1.forward(&b9_0_hardswish1);
+        let b9_0_act1 = self.b9_0_act1.forward_hardswish(&b9_0_expand_bn);
         let b9_0_dw = self.b9_0_dw.forward(&b9_0_act1);
         let b9_0_dw_bn = self.b9_0_dw_bn.forward_t(&b9_0_dw, train);
-        let b9_0_hardswish2 = qatc_runtime::ops::hardswish(&b9_0_dw_bn);
-        let b9_0_act2 = self.b9_0_act2.forward(&b9_0_hardswish2);
+        let b9_0_act2 = self.b9_0_act2.forward_hardswish(&b9_0_dw_bn);
         let b9_0_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b9_0_act2, 1);
         let b9_0_act3 = self.b9_0_act3.forward(&b9_0_se_pool);
         let b9_0_se_fc1 = self.b9_0_se_fc1.forward(&b9_0_act3);
@@ -2355,8 +2334,7 @@ impl Mobilenetv3Small {
         let b9_0_se_fc2 = self.b9_0_se_fc2.forward(&b9_0_act4);
         let b9_0_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b9_0_se_fc2);
         let b9_0_act5 = self.b9_0_act5.forward(&b9_0_hardsigmoid1);
-        let b9_0_mul1 = qatc_runtime::ops::mul(&b9_0_act2, &b9_0_act5);
-        let b9_0_gate_act1 = self.b9_0_gate_act1.forward(&b9_0_mul1);
+        let b9_0_gate_act1 = self.b9_0_gate_act1.forward_mul(&b9_0_act2, &b9_0_act5);
         let b9_0_project = self.b9_0_project.forward(&b9_0_gate_act1);
         let b9_0_project_bn = self.b9_0_project_bn.forward_t(&b9_0_project, train);
         let b9_0_add1 = qatc_runtime::ops::add(&b9_0_project_bn, b8_0_act6);
@@ -2368,12 +2346,10 @@ impl Mobilenetv3Small {
         use tch::nn::ModuleT;
         let b9_1_expand = self.b9_1_expand.forward(b9_0_act6);
         let b9_1_expand_bn = self.b9_1_expand_bn.forward_t(&b9_1_expand, train);
-        let b9_1_hardswish1 = qatc_runtime::ops::hardswish(&b9_1_expand_bn);
-        let b9_1_act1 = self.b9_1_act1.forward(&b9_1_hardswish1);
+        let b9_1_act1 = self.b9_1_act1.forward_hardswish(&b9_1_expand_bn);
         let b9_1_dw = self.b9_1_dw.forward(&b9_1_act1);
         let b9_1_dw_bn = self.b9_1_dw_bn.forward_t(&b9_1_dw, train);
-        let b9_1_hardswish2 = qatc_runtime::ops::hardswish(&b9_1_dw_bn);
-        let b9_1_act2 = self.b9_1_act2.forward(&b9_1_hardswish2);
+        let b9_1_act2 = self.b9_1_act2.forward_hardswish(&b9_1_dw_bn);
         let b9_1_se_pool = qatc_runtime::ops::adaptive_avg_pool2d(&b9_1_act2, 1);
         let b9_1_act3 = self.b9_1_act3.forward(&b9_1_se_pool);
         let b9_1_se_fc1 = self.b9_1_se_fc1.forward(&b9_1_act3);
@@ -2381,8 +2357,7 @@ impl Mobilenetv3Small {
         let b9_1_se_fc2 = self.b9_1_se_fc2.forward(&b9_1_act4);
         let b9_1_hardsigmoid1 = qatc_runtime::ops::hardsigmoid(&b9_1_se_fc2);
         let b9_1_act5 = self.b9_1_act5.forward(&b9_1_hardsigmoid1);
-        let b9_1_mul1 = qatc_runtime::ops::mul(&b9_1_act2, &b9_1_act5);
-        let b9_1_gate_act1 = self.b9_1_gate_act1.forward(&b9_1_mul1);
+        let b9_1_gate_act1 = self.b9_1_gate_act1.forward_mul(&b9_1_act2, &b9_1_act5);
         let b9_1_project = self.b9_1_project.forward(&b9_1_gate_act1);
         let b9_1_project_bn = self.b9_1_project_bn.forward_t(&b9_1_project, train);
         let b9_1_add1 = qatc_runtime::ops::add(&b9_1_project_bn, b9_0_act6);
@@ -2422,8 +2397,7 @@ impl tch::nn::ModuleT for Mobilenetv3Small {
     fn forward_t(&self, input: &tch::Tensor, train: bool) -> tch::Tensor {
         let stem_stem = self.stem_stem.forward(input);
         let stem_stem_bn = self.stem_stem_bn.forward_t(&stem_stem, train);
-        let stem_hardswish1 = qatc_runtime::ops::hardswish(&stem_stem_bn);
-        let stem_act1 = self.stem_act1.forward(&stem_hardswish1);
+        let stem_act1 = self.stem_act1.forward_hardswish(&stem_stem_bn);
         let b1_0_act5 = self.block_b1_0(&stem_act1, train);
         let b2_0_act3 = self.block_b2_0(&b1_0_act5, train);
         let b3_0_act3 = self.block_b3_0(&b2_0_act3, train);
@@ -2442,8 +2416,7 @@ impl tch::nn::ModuleT for Mobilenetv3Small {
         let head_flatten1 = qatc_runtime::ops::flatten(&head_pool1);
         let fc_act1 = self.fc_act1.forward(&head_flatten1);
         let fc_classifier_0 = self.fc_classifier_0.forward(&fc_act1);
-        let fc_hardswish1 = qatc_runtime::ops::hardswish(&fc_classifier_0);
-        let fc_act2 = self.fc_act2.forward(&fc_hardswish1);
+        let fc_act2 = self.fc_act2.forward_hardswish(&fc_classifier_0);
         let fc_dropout1 = qatc_runtime::ops::dropout(&fc_act2, 0.2, train);
         self.fc_classifier_3.forward(&fc_dropout1)
     }

@@ -1661,8 +1661,9 @@ impl SeResnet20 {
         let stage1_0_se_fc2 = self.stage1_0_se_fc2.forward(&stage1_0_act3);
         let stage1_0_sigmoid1 = qatc_runtime::ops::sigmoid(&stage1_0_se_fc2);
         let stage1_0_act4 = self.stage1_0_act4.forward(&stage1_0_sigmoid1);
-        let stage1_0_mul1 = qatc_runtime::ops::mul(&stage1_0_bn2, &stage1_0_act4);
-        let stage1_0_gate_act1 = self.stage1_0_gate_act1.forward(&stage1_0_mul1);
+        let stage1_0_gate_act1 = self
+            .stage1_0_gate_act1
+            .forward_mul(&stage1_0_bn2, &stage1_0_act4);
         let stage1_0_add1 = qatc_runtime::ops::add(&stage1_0_gate_act1, stem_act1);
         self.stage1_0_add_act1.forward(&stage1_0_add1)
     }
@@ -1686,8 +1687,9 @@ impl SeResnet20 {
         let stage1_1_se_fc2 = self.stage1_1_se_fc2.forward(&stage1_1_act3);
         let stage1_1_sigmoid1 = qatc_runtime::ops::sigmoid(&stage1_1_se_fc2);
         let stage1_1_act4 = self.stage1_1_act4.forward(&stage1_1_sigmoid1);
-        let stage1_1_mul1 = qatc_runtime::ops::mul(&stage1_1_bn2, &stage1_1_act4);
-        let stage1_1_gate_act1 = self.stage1_1_gate_act1.forward(&stage1_1_mul1);
+        let stage1_1_gate_act1 = self
+            .stage1_1_gate_act1
+            .forward_mul(&stage1_1_bn2, &stage1_1_act4);
         let stage1_1_add1 = qatc_runtime::ops::add(
             &stage1_1_gate_act1,
             stage1_0_add_act1,
@@ -1714,8 +1716,9 @@ impl SeResnet20 {
         let stage1_2_se_fc2 = self.stage1_2_se_fc2.forward(&stage1_2_act3);
         let stage1_2_sigmoid1 = qatc_runtime::ops::sigmoid(&stage1_2_se_fc2);
         let stage1_2_act4 = self.stage1_2_act4.forward(&stage1_2_sigmoid1);
-        let stage1_2_mul1 = qatc_runtime::ops::mul(&stage1_2_bn2, &stage1_2_act4);
-        let stage1_2_gate_act1 = self.stage1_2_gate_act1.forward(&stage1_2_mul1);
+        let stage1_2_gate_act1 = self
+            .stage1_2_gate_act1
+            .forward_mul(&stage1_2_bn2, &stage1_2_act4);
         let stage1_2_add1 = qatc_runtime::ops::add(
             &stage1_2_gate_act1,
             stage1_1_add_act1,
@@ -1747,8 +1750,9 @@ impl SeResnet20 {
         let stage2_0_se_fc2 = self.stage2_0_se_fc2.forward(&stage2_0_act3);
         let stage2_0_sigmoid1 = qatc_runtime::ops::sigmoid(&stage2_0_se_fc2);
         let stage2_0_act4 = self.stage2_0_act4.forward(&stage2_0_sigmoid1);
-        let stage2_0_mul1 = qatc_runtime::ops::mul(&stage2_0_bn2, &stage2_0_act4);
-        let stage2_0_gate_act1 = self.stage2_0_gate_act1.forward(&stage2_0_mul1);
+        let stage2_0_gate_act1 = self
+            .stage2_0_gate_act1
+            .forward_mul(&stage2_0_bn2, &stage2_0_act4);
         let stage2_0_add1 = qatc_runtime::ops::add(
             &stage2_0_gate_act1,
             &stage2_0_shortcut_act1,
@@ -1775,8 +1779,9 @@ impl SeResnet20 {
         let stage2_1_se_fc2 = self.stage2_1_se_fc2.forward(&stage2_1_act3);
         let stage2_1_sigmoid1 = qatc_runtime::ops::sigmoid(&stage2_1_se_fc2);
         let stage2_1_act4 = self.stage2_1_act4.forward(&stage2_1_sigmoid1);
-        let stage2_1_mul1 = qatc_runtime::ops::mul(&stage2_1_bn2, &stage2_1_act4);
-        let stage2_1_gate_act1 = self.stage2_1_gate_act1.forward(&stage2_1_mul1);
+        let stage2_1_gate_act1 = self
+            .stage2_1_gate_act1
+            .forward_mul(&stage2_1_bn2, &stage2_1_act4);
         let stage2_1_add1 = qatc_runtime::ops::add(
             &stage2_1_gate_act1,
             stage2_0_add_act1,
@@ -1803,8 +1808,9 @@ impl SeResnet20 {
         let stage2_2_se_fc2 = self.stage2_2_se_fc2.forward(&stage2_2_act3);
         let stage2_2_sigmoid1 = qatc_runtime::ops::sigmoid(&stage2_2_se_fc2);
         let stage2_2_act4 = self.stage2_2_act4.forward(&stage2_2_sigmoid1);
-        let stage2_2_mul1 = qatc_runtime::ops::mul(&stage2_2_bn2, &stage2_2_act4);
-        let stage2_2_gate_act1 = self.stage2_2_gate_act1.forward(&stage2_2_mul1);
+        let stage2_2_gate_act1 = self
+            .stage2_2_gate_act1
+            .forward_mul(&stage2_2_bn2, &stage2_2_act4);
         let stage2_2_add1 = qatc_runtime::ops::add(
             &stage2_2_gate_act1,
             stage2_1_add_act1,
@@ -1836,8 +1842,9 @@ impl SeResnet20 {
         let stage3_0_se_fc2 = self.stage3_0_se_fc2.forward(&stage3_0_act3);
         let stage3_0_sigmoid1 = qatc_runtime::ops::sigmoid(&stage3_0_se_fc2);
         let stage3_0_act4 = self.stage3_0_act4.forward(&stage3_0_sigmoid1);
-        let stage3_0_mul1 = qatc_runtime::ops::mul(&stage3_0_bn2, &stage3_0_act4);
-        let stage3_0_gate_act1 = self.stage3_0_gate_act1.forward(&stage3_0_mul1);
+        let stage3_0_gate_act1 = self
+            .stage3_0_gate_act1
+            .forward_mul(&stage3_0_bn2, &stage3_0_act4);
         let stage3_0_add1 = qatc_runtime::ops::add(
             &stage3_0_gate_act1,
             &stage3_0_shortcut_act1,
@@ -1864,8 +1871,9 @@ impl SeResnet20 {
         let stage3_1_se_fc2 = self.stage3_1_se_fc2.forward(&stage3_1_act3);
         let stage3_1_sigmoid1 = qatc_runtime::ops::sigmoid(&stage3_1_se_fc2);
         let stage3_1_act4 = self.stage3_1_act4.forward(&stage3_1_sigmoid1);
-        let stage3_1_mul1 = qatc_runtime::ops::mul(&stage3_1_bn2, &stage3_1_act4);
-        let stage3_1_gate_act1 = self.stage3_1_gate_act1.forward(&stage3_1_mul1);
+        let stage3_1_gate_act1 = self
+            .stage3_1_gate_act1
+            .forward_mul(&stage3_1_bn2, &stage3_1_act4);
         let stage3_1_add1 = qatc_runtime::ops::add(
             &stage3_1_gate_act1,
             stage3_0_add_act1,
@@ -1892,8 +1900,9 @@ impl SeResnet20 {
         let stage3_2_se_fc2 = self.stage3_2_se_fc2.forward(&stage3_2_act3);
         let stage3_2_sigmoid1 = qatc_runtime::ops::sigmoid(&stage3_2_se_fc2);
         let stage3_2_act4 = self.stage3_2_act4.forward(&stage3_2_sigmoid1);
-        let stage3_2_mul1 = qatc_runtime::ops::mul(&stage3_2_bn2, &stage3_2_act4);
-        let stage3_2_gate_act1 = self.stage3_2_gate_act1.forward(&stage3_2_mul1);
+        let stage3_2_gate_act1 = self
+            .stage3_2_gate_act1
+            .forward_mul(&stage3_2_bn2, &stage3_2_act4);
         let stage3_2_add1 = qatc_runtime::ops::add(
             &stage3_2_gate_act1,
             stage3_1_add_act1,

@@ -47,7 +47,7 @@ pub const PROFILE_NAMES: [&str; 4] = ["w8a8", "w4a4", "w4a4-wide", "float"];
 pub const META: qatc_runtime::model::ModelMeta = qatc_runtime::model::ModelMeta {
     name: MODEL_NAME,
     spec: "spec/shufflenetv2.qspec",
-    spec_hash: "0da27808e936689c9786bebeba950028379d52007ffd460a61c3daeb71790649",
+    spec_hash: "7eca820c2bef0afdc9138967797950cca55438bde72399bf78097a8d8306213f",
     profiles: &PROFILE_NAMES,
 };
 
@@ -189,7 +189,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(8, 10.0),
             ActSpec::mpact(8, 10.0),
             ActSpec::pact(8, 10.0),
-            ActSpec::pact(8, 10.0),
+            ActSpec::dorefa(8),
         ],
     },
     Profile {
@@ -248,7 +248,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::pact(4, 10.0),
+            ActSpec::dorefa(4),
         ],
     },
     Profile {
@@ -307,7 +307,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(4, 10.0),
             ActSpec::mpact(4, 10.0),
             ActSpec::pact(4, 10.0),
-            ActSpec::pact(8, 10.0),
+            ActSpec::dorefa(8),
         ],
     },
     Profile {
@@ -368,7 +368,7 @@ pub const PROFILES: [Profile; 4] = [
             ActSpec::pact(32, 10.0),
             ActSpec::mpact(32, 10.0),
             ActSpec::pact(32, 10.0),
-            ActSpec::pact(32, 10.0),
+            ActSpec::dorefa(32),
         ],
     },
 ];
@@ -2156,7 +2156,6 @@ impl Shufflenetv2 {
         let stage2_0_branch2_6 = self
             .stage2_0_branch2_6
             .forward_t(&stage2_0_branch2_5, train);
-        let stage2_0_relu3 = qatc_runtime::ops::relu(&stage2_0_branch2_6);
         let stage2_0_branch1_0 = self.stage2_0_branch1_0.forward(stem_act1);
         let stage2_0_branch1_1 = self
             .stage2_0_branch1_1
@@ -2166,11 +2165,14 @@ impl Shufflenetv2 {
         let stage2_0_branch1_3 = self
             .stage2_0_branch1_3
             .forward_t(&stage2_0_branch1_2, train);
-        let stage2_0_relu1 = qatc_runtime::ops::relu(&stage2_0_branch1_3);
-        let stage2_0_concat1 = qatc_runtime::ops::concat(
-            &[&stage2_0_relu1, &stage2_0_relu3],
-        );
-        let stage2_0_concat_act1 = self.stage2_0_concat_act1.forward(&stage2_0_concat1);
+        let stage2_0_concat_act1 = self
+            .stage2_0_concat_act1
+            .forward_concat(
+                &[
+                    (&stage2_0_branch1_3, qatc_runtime::quant::Pre::Relu),
+                    (&stage2_0_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage2_0_concat_act1, 2)
     }
 
@@ -2196,12 +2198,15 @@ impl Shufflenetv2 {
         let stage2_1_branch2_6 = self
             .stage2_1_branch2_6
             .forward_t(&stage2_1_branch2_5, train);
-        let stage2_1_relu2 = qatc_runtime::ops::relu(&stage2_1_branch2_6);
         let stage2_1_part1 = qatc_runtime::ops::channels(stage2_0_shuffle1, 0, 58);
-        let stage2_1_concat1 = qatc_runtime::ops::concat(
-            &[&stage2_1_part1, &stage2_1_relu2],
-        );
-        let stage2_1_concat_act1 = self.stage2_1_concat_act1.forward(&stage2_1_concat1);
+        let stage2_1_concat_act1 = self
+            .stage2_1_concat_act1
+            .forward_concat(
+                &[
+                    (&stage2_1_part1, qatc_runtime::quant::Pre::None),
+                    (&stage2_1_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage2_1_concat_act1, 2)
     }
 
@@ -2227,12 +2232,15 @@ impl Shufflenetv2 {
         let stage2_2_branch2_6 = self
             .stage2_2_branch2_6
             .forward_t(&stage2_2_branch2_5, train);
-        let stage2_2_relu2 = qatc_runtime::ops::relu(&stage2_2_branch2_6);
         let stage2_2_part1 = qatc_runtime::ops::channels(stage2_1_shuffle1, 0, 58);
-        let stage2_2_concat1 = qatc_runtime::ops::concat(
-            &[&stage2_2_part1, &stage2_2_relu2],
-        );
-        let stage2_2_concat_act1 = self.stage2_2_concat_act1.forward(&stage2_2_concat1);
+        let stage2_2_concat_act1 = self
+            .stage2_2_concat_act1
+            .forward_concat(
+                &[
+                    (&stage2_2_part1, qatc_runtime::quant::Pre::None),
+                    (&stage2_2_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage2_2_concat_act1, 2)
     }
 
@@ -2258,12 +2266,15 @@ impl Shufflenetv2 {
         let stage2_3_branch2_6 = self
             .stage2_3_branch2_6
             .forward_t(&stage2_3_branch2_5, train);
-        let stage2_3_relu2 = qatc_runtime::ops::relu(&stage2_3_branch2_6);
         let stage2_3_part1 = qatc_runtime::ops::channels(stage2_2_shuffle1, 0, 58);
-        let stage2_3_concat1 = qatc_runtime::ops::concat(
-            &[&stage2_3_part1, &stage2_3_relu2],
-        );
-        let stage2_3_concat_act1 = self.stage2_3_concat_act1.forward(&stage2_3_concat1);
+        let stage2_3_concat_act1 = self
+            .stage2_3_concat_act1
+            .forward_concat(
+                &[
+                    (&stage2_3_part1, qatc_runtime::quant::Pre::None),
+                    (&stage2_3_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage2_3_concat_act1, 2)
     }
 
@@ -2288,7 +2299,6 @@ impl Shufflenetv2 {
         let stage3_0_branch2_6 = self
             .stage3_0_branch2_6
             .forward_t(&stage3_0_branch2_5, train);
-        let stage3_0_relu3 = qatc_runtime::ops::relu(&stage3_0_branch2_6);
         let stage3_0_branch1_0 = self.stage3_0_branch1_0.forward(stage2_3_shuffle1);
         let stage3_0_branch1_1 = self
             .stage3_0_branch1_1
@@ -2298,11 +2308,14 @@ impl Shufflenetv2 {
         let stage3_0_branch1_3 = self
             .stage3_0_branch1_3
             .forward_t(&stage3_0_branch1_2, train);
-        let stage3_0_relu1 = qatc_runtime::ops::relu(&stage3_0_branch1_3);
-        let stage3_0_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_0_relu1, &stage3_0_relu3],
-        );
-        let stage3_0_concat_act1 = self.stage3_0_concat_act1.forward(&stage3_0_concat1);
+        let stage3_0_concat_act1 = self
+            .stage3_0_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_0_branch1_3, qatc_runtime::quant::Pre::Relu),
+                    (&stage3_0_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_0_concat_act1, 2)
     }
 
@@ -2328,12 +2341,15 @@ impl Shufflenetv2 {
         let stage3_1_branch2_6 = self
             .stage3_1_branch2_6
             .forward_t(&stage3_1_branch2_5, train);
-        let stage3_1_relu2 = qatc_runtime::ops::relu(&stage3_1_branch2_6);
         let stage3_1_part1 = qatc_runtime::ops::channels(stage3_0_shuffle1, 0, 116);
-        let stage3_1_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_1_part1, &stage3_1_relu2],
-        );
-        let stage3_1_concat_act1 = self.stage3_1_concat_act1.forward(&stage3_1_concat1);
+        let stage3_1_concat_act1 = self
+            .stage3_1_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_1_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_1_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_1_concat_act1, 2)
     }
 
@@ -2359,12 +2375,15 @@ impl Shufflenetv2 {
         let stage3_2_branch2_6 = self
             .stage3_2_branch2_6
             .forward_t(&stage3_2_branch2_5, train);
-        let stage3_2_relu2 = qatc_runtime::ops::relu(&stage3_2_branch2_6);
         let stage3_2_part1 = qatc_runtime::ops::channels(stage3_1_shuffle1, 0, 116);
-        let stage3_2_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_2_part1, &stage3_2_relu2],
-        );
-        let stage3_2_concat_act1 = self.stage3_2_concat_act1.forward(&stage3_2_concat1);
+        let stage3_2_concat_act1 = self
+            .stage3_2_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_2_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_2_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_2_concat_act1, 2)
     }
 
@@ -2390,12 +2409,15 @@ impl Shufflenetv2 {
         let stage3_3_branch2_6 = self
             .stage3_3_branch2_6
             .forward_t(&stage3_3_branch2_5, train);
-        let stage3_3_relu2 = qatc_runtime::ops::relu(&stage3_3_branch2_6);
         let stage3_3_part1 = qatc_runtime::ops::channels(stage3_2_shuffle1, 0, 116);
-        let stage3_3_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_3_part1, &stage3_3_relu2],
-        );
-        let stage3_3_concat_act1 = self.stage3_3_concat_act1.forward(&stage3_3_concat1);
+        let stage3_3_concat_act1 = self
+            .stage3_3_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_3_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_3_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_3_concat_act1, 2)
     }
 
@@ -2421,12 +2443,15 @@ impl Shufflenetv2 {
         let stage3_4_branch2_6 = self
             .stage3_4_branch2_6
             .forward_t(&stage3_4_branch2_5, train);
-        let stage3_4_relu2 = qatc_runtime::ops::relu(&stage3_4_branch2_6);
         let stage3_4_part1 = qatc_runtime::ops::channels(stage3_3_shuffle1, 0, 116);
-        let stage3_4_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_4_part1, &stage3_4_relu2],
-        );
-        let stage3_4_concat_act1 = self.stage3_4_concat_act1.forward(&stage3_4_concat1);
+        let stage3_4_concat_act1 = self
+            .stage3_4_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_4_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_4_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_4_concat_act1, 2)
     }
 
@@ -2452,12 +2477,15 @@ impl Shufflenetv2 {
         let stage3_5_branch2_6 = self
             .stage3_5_branch2_6
             .forward_t(&stage3_5_branch2_5, train);
-        let stage3_5_relu2 = qatc_runtime::ops::relu(&stage3_5_branch2_6);
         let stage3_5_part1 = qatc_runtime::ops::channels(stage3_4_shuffle1, 0, 116);
-        let stage3_5_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_5_part1, &stage3_5_relu2],
-        );
-        let stage3_5_concat_act1 = self.stage3_5_concat_act1.forward(&stage3_5_concat1);
+        let stage3_5_concat_act1 = self
+            .stage3_5_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_5_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_5_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_5_concat_act1, 2)
     }
 
@@ -2483,12 +2511,15 @@ impl Shufflenetv2 {
         let stage3_6_branch2_6 = self
             .stage3_6_branch2_6
             .forward_t(&stage3_6_branch2_5, train);
-        let stage3_6_relu2 = qatc_runtime::ops::relu(&stage3_6_branch2_6);
         let stage3_6_part1 = qatc_runtime::ops::channels(stage3_5_shuffle1, 0, 116);
-        let stage3_6_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_6_part1, &stage3_6_relu2],
-        );
-        let stage3_6_concat_act1 = self.stage3_6_concat_act1.forward(&stage3_6_concat1);
+        let stage3_6_concat_act1 = self
+            .stage3_6_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_6_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_6_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_6_concat_act1, 2)
     }
 
@@ -2514,12 +2545,15 @@ impl Shufflenetv2 {
         let stage3_7_branch2_6 = self
             .stage3_7_branch2_6
             .forward_t(&stage3_7_branch2_5, train);
-        let stage3_7_relu2 = qatc_runtime::ops::relu(&stage3_7_branch2_6);
         let stage3_7_part1 = qatc_runtime::ops::channels(stage3_6_shuffle1, 0, 116);
-        let stage3_7_concat1 = qatc_runtime::ops::concat(
-            &[&stage3_7_part1, &stage3_7_relu2],
-        );
-        let stage3_7_concat_act1 = self.stage3_7_concat_act1.forward(&stage3_7_concat1);
+        let stage3_7_concat_act1 = self
+            .stage3_7_concat_act1
+            .forward_concat(
+                &[
+                    (&stage3_7_part1, qatc_runtime::quant::Pre::None),
+                    (&stage3_7_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage3_7_concat_act1, 2)
     }
 
@@ -2544,7 +2578,6 @@ impl Shufflenetv2 {
         let stage4_0_branch2_6 = self
             .stage4_0_branch2_6
             .forward_t(&stage4_0_branch2_5, train);
-        let stage4_0_relu3 = qatc_runtime::ops::relu(&stage4_0_branch2_6);
         let stage4_0_branch1_0 = self.stage4_0_branch1_0.forward(stage3_7_shuffle1);
         let stage4_0_branch1_1 = self
             .stage4_0_branch1_1
@@ -2554,11 +2587,14 @@ impl Shufflenetv2 {
         let stage4_0_branch1_3 = self
             .stage4_0_branch1_3
             .forward_t(&stage4_0_branch1_2, train);
-        let stage4_0_relu1 = qatc_runtime::ops::relu(&stage4_0_branch1_3);
-        let stage4_0_concat1 = qatc_runtime::ops::concat(
-            &[&stage4_0_relu1, &stage4_0_relu3],
-        );
-        let stage4_0_concat_act1 = self.stage4_0_concat_act1.forward(&stage4_0_concat1);
+        let stage4_0_concat_act1 = self
+            .stage4_0_concat_act1
+            .forward_concat(
+                &[
+                    (&stage4_0_branch1_3, qatc_runtime::quant::Pre::Relu),
+                    (&stage4_0_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage4_0_concat_act1, 2)
     }
 
@@ -2584,12 +2620,15 @@ impl Shufflenetv2 {
         let stage4_1_branch2_6 = self
             .stage4_1_branch2_6
             .forward_t(&stage4_1_branch2_5, train);
-        let stage4_1_relu2 = qatc_runtime::ops::relu(&stage4_1_branch2_6);
         let stage4_1_part1 = qatc_runtime::ops::channels(stage4_0_shuffle1, 0, 232);
-        let stage4_1_concat1 = qatc_runtime::ops::concat(
-            &[&stage4_1_part1, &stage4_1_relu2],
-        );
-        let stage4_1_concat_act1 = self.stage4_1_concat_act1.forward(&stage4_1_concat1);
+        let stage4_1_concat_act1 = self
+            .stage4_1_concat_act1
+            .forward_concat(
+                &[
+                    (&stage4_1_part1, qatc_runtime::quant::Pre::None),
+                    (&stage4_1_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage4_1_concat_act1, 2)
     }
 
@@ -2615,12 +2654,15 @@ impl Shufflenetv2 {
         let stage4_2_branch2_6 = self
             .stage4_2_branch2_6
             .forward_t(&stage4_2_branch2_5, train);
-        let stage4_2_relu2 = qatc_runtime::ops::relu(&stage4_2_branch2_6);
         let stage4_2_part1 = qatc_runtime::ops::channels(stage4_1_shuffle1, 0, 232);
-        let stage4_2_concat1 = qatc_runtime::ops::concat(
-            &[&stage4_2_part1, &stage4_2_relu2],
-        );
-        let stage4_2_concat_act1 = self.stage4_2_concat_act1.forward(&stage4_2_concat1);
+        let stage4_2_concat_act1 = self
+            .stage4_2_concat_act1
+            .forward_concat(
+                &[
+                    (&stage4_2_part1, qatc_runtime::quant::Pre::None),
+                    (&stage4_2_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage4_2_concat_act1, 2)
     }
 
@@ -2646,12 +2688,15 @@ impl Shufflenetv2 {
         let stage4_3_branch2_6 = self
             .stage4_3_branch2_6
             .forward_t(&stage4_3_branch2_5, train);
-        let stage4_3_relu2 = qatc_runtime::ops::relu(&stage4_3_branch2_6);
         let stage4_3_part1 = qatc_runtime::ops::channels(stage4_2_shuffle1, 0, 232);
-        let stage4_3_concat1 = qatc_runtime::ops::concat(
-            &[&stage4_3_part1, &stage4_3_relu2],
-        );
-        let stage4_3_concat_act1 = self.stage4_3_concat_act1.forward(&stage4_3_concat1);
+        let stage4_3_concat_act1 = self
+            .stage4_3_concat_act1
+            .forward_concat(
+                &[
+                    (&stage4_3_part1, qatc_runtime::quant::Pre::None),
+                    (&stage4_3_branch2_6, qatc_runtime::quant::Pre::Relu),
+                ],
+            );
         qatc_runtime::ops::channel_shuffle(&stage4_3_concat_act1, 2)
     }
 

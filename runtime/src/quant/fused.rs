@@ -35,6 +35,10 @@ pub(crate) enum Act {
     None = 0,
     Relu = 1,
     Relu6 = 2,
+    /// PyTorch's hardswish; its gradient is not a 0/1 mask, so the kernel
+    /// keeps `x` and runs PyTorch's own hardswish backward on the
+    /// quantizer's input gradient.
+    Hardswish = 3,
 }
 
 impl Act {
@@ -44,6 +48,7 @@ impl Act {
             Act::None => x.shallow_clone(),
             Act::Relu => crate::ops::relu(x),
             Act::Relu6 => crate::ops::relu6(x),
+            Act::Hardswish => crate::ops::hardswish(x),
         }
     }
 }
@@ -55,6 +60,23 @@ extern "C" {
         mode: i64,
         bits: i64,
         act: i64,
+        track: i32,
+    ) -> *mut torch_sys::C_tensor;
+    fn qatc_fq_quantize_concat(
+        xs: *const *const torch_sys::C_tensor,
+        count: i64,
+        alpha: *const torch_sys::C_tensor,
+        mode: i64,
+        bits: i64,
+        acts: i64,
+        track: i32,
+    ) -> *mut torch_sys::C_tensor;
+    fn qatc_fq_quantize_mul(
+        x: *const torch_sys::C_tensor,
+        gate: *const torch_sys::C_tensor,
+        alpha: *const torch_sys::C_tensor,
+        mode: i64,
+        bits: i64,
         track: i32,
     ) -> *mut torch_sys::C_tensor;
     fn qatc_fq_last_error() -> *const std::os::raw::c_char;
@@ -95,6 +117,11 @@ pub(crate) fn quantize(
             i32::from(track),
         )
     };
+    take(out)
+}
+
+/// The kernel's result as a tensor, or its error message.
+fn take(out: *mut torch_sys::C_tensor) -> Result<Tensor, QuantError> {
     if out.is_null() {
         // SAFETY: after a null result the kernel's thread-local error
         // message is a NUL-terminated string that lives until the next
@@ -107,6 +134,72 @@ pub(crate) fn quantize(
     // SAFETY: a non-null result is a tensor allocated by the kernel for
     // this call, owned by no one else: the `Tensor` takes it over.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The quantized `concat(act_0(x_0), act_1(x_1), ...)` along the channels
+/// (4-D inputs; ReLU / ReLU6 / none per input), in one pass that writes the
+/// quantized map and its code but never the concatenation; backward writes
+/// each input's gradient directly. Values and input gradients are those of
+/// [`quantize`] on `ops::concat` of the activations, bit for bit.
+pub(crate) fn quantize_concat(
+    xs: &[(&Tensor, Act)],
+    alpha: Option<&Tensor>,
+    mode: Mode,
+    bits: u32,
+    track: bool,
+) -> Result<Tensor, QuantError> {
+    let ptrs: Vec<*const torch_sys::C_tensor> = xs.iter().map(|(x, _)| x.as_ptr()).collect();
+    let acts = xs.iter().enumerate().try_fold(0i64, |packed, (i, (_, act))| {
+        if *act == Act::Hardswish || i >= 31 {
+            Err(QuantError::FusedKernel {
+                message: "fused concat quantizer: ReLU, ReLU6 or no activation per input, at most 31 inputs".into(),
+            })
+        } else {
+            Ok(packed | ((*act as i64) << (2 * i)))
+        }
+    })?;
+    let alpha_ptr = alpha.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: as in `quantize`; `ptrs` lives through the call.
+    let out = unsafe {
+        qatc_fq_quantize_concat(
+            ptrs.as_ptr(),
+            ptrs.len() as i64,
+            alpha_ptr,
+            mode as i64,
+            i64::from(bits),
+            acts,
+            i32::from(track),
+        )
+    };
+    take(out)
+}
+
+/// The quantized gating product `x * gate` (`x` `[N, C, H, W]`, `gate`
+/// `[N, C, 1, 1]`) in one pass that never writes the product; backward is
+/// the quantizer's followed by the product's (`dx = dq * gate`, `dgate =
+/// (dq * x)` summed to the gate's shape, as autograd computes them), so
+/// values and gradients are those of the unfused ops bit for bit.
+pub(crate) fn quantize_mul(
+    x: &Tensor,
+    gate: &Tensor,
+    alpha: Option<&Tensor>,
+    mode: Mode,
+    bits: u32,
+    track: bool,
+) -> Result<Tensor, QuantError> {
+    let alpha_ptr = alpha.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: as in `quantize`.
+    let out = unsafe {
+        qatc_fq_quantize_mul(
+            x.as_ptr(),
+            gate.as_ptr(),
+            alpha_ptr,
+            mode as i64,
+            i64::from(bits),
+            i32::from(track),
+        )
+    };
+    take(out)
 }
 
 /// The fused kernel's result, or `None` after reporting its error (once
