@@ -1,5 +1,7 @@
 //! Compiles `csrc/fused_quant.cpp`, the fused activation quantizers
-//! (`src/quant/fused.rs`), against the libtorch that torch-sys links.
+//! (`src/quant/fused.rs`), and `csrc/c10d.cpp`, libtorch's c10d collectives
+//! for data-parallel training (`src/dist.rs`), against the libtorch that
+//! torch-sys links.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as
 //! `DEP_TCH_LIBTORCH_LIB` (this crate depends on it directly for that
@@ -18,6 +20,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/fused_quant.cpp");
+    println!("cargo:rerun-if-changed=csrc/c10d.cpp");
+    println!("cargo:rerun-if-changed=csrc/gloo-decl");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = PathBuf::from(
         env::var("DEP_TCH_LIBTORCH_LIB")
@@ -44,6 +48,10 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag("-O3")
         .flag("-ffp-contract=off")
+        // gloo's types as c10d's headers name them (the wheel ships c10d's
+        // headers, not gloo's: see csrc/gloo-decl/gloo/rendezvous/store.h).
+        .include("csrc/gloo-decl")
         .file("csrc/fused_quant.cpp")
+        .file("csrc/c10d.cpp")
         .compile("qatc_fused_quant");
 }

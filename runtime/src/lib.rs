@@ -13,6 +13,8 @@
 //! - [`model`]: the [`model::QatModel`] trait every generated model
 //!   implements, and a one-step training smoke check;
 //! - [`device`]: the `--device` option (`auto`, `cpu`, `cuda`, `cuda:N`);
+//! - [`dist`]: collectives for data-parallel training over libtorch's c10d
+//!   (TCPStore, ProcessGroupGloo);
 //! - [`bench`](mod@bench): training and evaluation throughput, float against QAT;
 //! - [`train`](mod@train): the training loop, checkpoints, metrics and
 //!   evaluation behind `qatc train` / `qatc eval`;
@@ -23,8 +25,9 @@
 //! (`scripts/libtorch-env.sh`, sourced by `./dev` and `.ci/run`), which also
 //! gives every binary an rpath to it.
 //!
-//! Unsafe code is confined to two FFI calls (`alloc`'s `mallopt`, the fused
-//! quantizer kernel in `quant`), each in a block with its `SAFETY` note;
+//! Unsafe code is confined to FFI calls (`alloc`'s `mallopt`, the fused
+//! quantizer kernels in `quant`, the c10d shim in `dist`), each in a block
+//! with its `SAFETY` note;
 //! the crate defines no `unsafe fn`, and any that comes must keep its
 //! unsafe operations in blocks of their own
 //! (`#![deny(unsafe_op_in_unsafe_fn)]`) and say its contract under
@@ -36,6 +39,7 @@ pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod device;
+pub mod dist;
 pub mod layers;
 pub mod model;
 pub mod ops;
