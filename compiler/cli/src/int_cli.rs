@@ -1212,6 +1212,19 @@ fn process_cpu_seconds() -> Option<f64> {
 
 /// `qatc export ...`.
 pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
+    if let (
+        Some(opset),
+        ExportFormatArg::C
+        | ExportFormatArg::Npz
+        | ExportFormatArg::Json
+        | ExportFormatArg::OnnxInt,
+    ) = (args.opset, args.format)
+    {
+        bail!(
+            "--opset {opset}: --opset applies to --format onnx and qonnx only (onnx-int is always opset {})",
+            qatc_onnx::int::INT_OPSET
+        );
+    }
     let format = match args.format {
         ExportFormatArg::C => ExportFormat::C,
         ExportFormatArg::Npz => ExportFormat::Npz,

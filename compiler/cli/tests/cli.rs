@@ -447,3 +447,37 @@ fn a_corrupt_checkpoint_is_refused_naming_the_file() {
         text(&out.stderr)
     );
 }
+
+/// `--opset` belongs to the ONNX formats that have a choice: with another
+/// format it is an error naming the flag (exit status 1), before anything
+/// is read.
+#[test]
+fn opset_with_a_format_that_has_none_is_refused() {
+    for format in ["onnx-int", "c", "json"] {
+        let out = qatc(&[
+            "export",
+            "spec/toynet.qspec",
+            "--profile",
+            "cfg-1*",
+            "--checkpoint",
+            "no-such-checkpoint.safetensors",
+            "--format",
+            format,
+            "--opset",
+            "21",
+            "-o",
+            "unused",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("--opset applies to --format onnx and qonnx only"),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+    }
+}
