@@ -125,20 +125,10 @@ impl Builder<'_> {
         }
     }
 
-    /// The input of node `n` as integers fine enough to take a nonlinear
-    /// function of: integers as they are, a pending sum materialised at 24
-    /// bits.
+    /// The input of node `n` as fine integers ([`Builder::fine`]).
     fn fine_integers(&mut self, n: &Node, values: &[Option<Value>]) -> Result<Q, IntError> {
-        match self.value(values, n, 0)? {
-            Value::Lin(lin) => {
-                let lin = lin.clone();
-                self.materialize_fine(n, &lin)
-            }
-            v => {
-                let v = v.clone();
-                self.integers(n, &v)
-            }
-        }
+        let v = self.value(values, n, 0)?.clone();
+        self.fine(n, &v)
     }
 
     /// `clamp(x + 3, 0, 6) / 6` folded into the pending sum of `x`.

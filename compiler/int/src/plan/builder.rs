@@ -363,6 +363,20 @@ impl<'a> Builder<'a> {
         self.requant_at(&node, lin, &t, fmt, true)
     }
 
+    /// Integers fine enough to take a nonlinear function of, to pool or to
+    /// multiply: integers as they are, a pending sum materialised at 24
+    /// bits ([`Self::materialize_fine`]: at its first term's scale a BN's
+    /// bias need not fit the format).
+    pub(super) fn fine(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {
+        match v {
+            Value::Lin(lin) => {
+                let lin = lin.clone();
+                self.materialize_fine(n, &lin)
+            }
+            v => self.integers(n, v),
+        }
+    }
+
     /// Integers for a layer that needs them: a pending sum is materialised
     /// at the scale of its first term, clamped to the BN bits.
     pub(super) fn integers(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {

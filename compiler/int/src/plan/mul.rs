@@ -33,11 +33,11 @@ impl Builder<'_> {
                 "its gate is the float input, not integers: quantize the gate (`act(...)`)",
             ));
         }
-        let x = self.operand(n, &xv)?;
+        let x = self.fine(n, &xv)?;
         // The gate, if a pending sum, is materialised under its own name.
         let mut gate_node = n.clone();
         gate_node.name = format!("{}.gate", n.name);
-        let g = self.operand(&gate_node, &gv)?;
+        let g = self.fine(&gate_node, &gv)?;
         let (xs, gs) = (self.tensors[x.t].shape, self.tensors[g.t].shape);
         let broadcast = gs != xs;
         if gs[0] != xs[0] || (broadcast && (gs[1], gs[2]) != (1, 1)) {
@@ -97,19 +97,5 @@ impl Builder<'_> {
             hi,
             pooled: false,
         }))
-    }
-
-    /// An operand of the product as integers: a pending sum (a BN's
-    /// output, SE's gated branch) materialised at 24 bits, at a
-    /// power-of-two scale of its own (at its first term's scale a BN's
-    /// bias need not fit the format).
-    fn operand(&mut self, n: &Node, v: &Value) -> Result<Q, IntError> {
-        match v {
-            Value::Lin(lin) => {
-                let lin = lin.clone();
-                self.materialize_fine(n, &lin)
-            }
-            v => self.integers(n, v),
-        }
     }
 }

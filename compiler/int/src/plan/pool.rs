@@ -68,15 +68,8 @@ impl Builder<'_> {
     /// The pool layer of a node reading `v`: `kind`'s windows over its
     /// integers.
     fn pool(&mut self, n: &Node, v: &Value, kind: PoolKind) -> Result<Value, IntError> {
-        // A pending sum (a BN's output, as SE's squeeze reads it) at 24
-        // bits: at its first term's scale, the BN's bias need not fit.
-        let q = match v {
-            Value::Lin(lin) => {
-                let lin = lin.clone();
-                self.materialize_fine(n, &lin)?
-            }
-            v => self.integers(n, v)?,
-        };
+        // A pending sum (a BN's output, as SE's squeeze reads it) at 24 bits.
+        let q = self.fine(n, v)?;
         let info = self.tensors[q.t].clone();
         let out_shape = shape3(&n.out_shape.0);
         let averaging = !matches!(kind, PoolKind::Max { .. });
