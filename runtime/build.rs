@@ -1,7 +1,8 @@
 //! Compiles `csrc/fused_quant.cpp`, the fused activation quantizers
-//! (`src/quant/fused.rs`), and `csrc/c10d.cpp`, libtorch's c10d collectives
-//! for data-parallel training (`src/dist.rs`), against the libtorch that
-//! torch-sys links.
+//! (`src/quant/fused.rs`), `csrc/c10d.cpp`, libtorch's c10d collectives
+//! for data-parallel training (`src/dist.rs`), and `csrc/cuda_math.cpp`,
+//! the float32 settings of CUDA devices (`src/device.rs`), against the
+//! libtorch that torch-sys links.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as
 //! `DEP_TCH_LIBTORCH_LIB` (this crate depends on it directly for that
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=csrc/fused_quant.cpp");
     println!("cargo:rerun-if-changed=csrc/c10d.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda_math.cpp");
     println!("cargo:rerun-if-changed=csrc/gloo-decl");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = PathBuf::from(
@@ -53,5 +55,6 @@ fn main() {
         .include("csrc/gloo-decl")
         .file("csrc/fused_quant.cpp")
         .file("csrc/c10d.cpp")
+        .file("csrc/cuda_math.cpp")
         .compile("qatc_fused_quant");
 }

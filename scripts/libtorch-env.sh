@@ -44,7 +44,10 @@
 # flag set and then reused, not rebuilt on every switch. Note that RUSTFLAGS
 # overrides `build.rustflags` in cargo config files (the project has none).
 
-_qatc_torch_version=2.13.0
+# QATC_TORCH_VERSION selects another libtorch for a build made for another
+# site (scripts/device-check.sh builds against the GPU machine's 2.11.0 with
+# the tch release made for it); the project's own builds and CI use 2.13.0.
+_qatc_torch_version="${QATC_TORCH_VERSION:-2.13.0}"
 : "${QATC_TORCH_HOME:=${XDG_CACHE_HOME:-${HOME:?set HOME or QATC_TORCH_HOME}/.cache}/qatc/torch-$_qatc_torch_version}"
 export QATC_TORCH_HOME
 _qatc_torch_marker="$QATC_TORCH_HOME/.qatc-installed"

@@ -7,22 +7,97 @@
 //! message that names what was asked and what there is; left to libtorch it
 //! would surface later as an opaque C++ exception from the first tensor moved
 //! to the device. Only `auto` falls back to the CPU silently.
+//!
+//! Choosing a CUDA device also sets how libtorch computes float32 there
+//! ([`CudaMath`]): by default full float32 (no TF32) and deterministic cuDNN
+//! algorithms, so that a CUDA run differs from a CPU run only by the order
+//! of float sums, as two CPU kernels do (`docs/training.md`, "On a GPU").
 
 use tch::Device;
 
+extern "C" {
+    fn qatc_cuda_math(allow_tf32: i32, deterministic: i32);
+    fn qatc_cuda_math_tf32() -> i32;
+}
+
+/// How float32 is computed on CUDA devices (process-wide libtorch flags).
+///
+/// - `tf32`: cuDNN convolutions and cuBLAS matrix products may use TF32
+///   tensor cores (10-bit mantissa products: faster on Ampere and later,
+///   but about 1e-3 relative error per product, which moves values across
+///   the fake quantizers' rounding boundaries far more often than a changed
+///   summation order does). PyTorch allows it in convolutions by default;
+///   qatc does not unless `QATC_CUDA_TF32=1`.
+/// - `deterministic`: cuDNN picks deterministic algorithms (the same bits
+///   from run to run on one machine; some backward kernels otherwise sum
+///   with atomics in varying order). On unless `QATC_CUDA_DETERMINISTIC=0`.
+///
+/// cuDNN's autotuner (`benchmark`) stays off: it picks kernels by timing
+/// them, so results would depend on the machine's load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaMath {
+    pub tf32: bool,
+    pub deterministic: bool,
+}
+
+impl CudaMath {
+    /// qatc's default: full float32, deterministic.
+    pub const EXACT: CudaMath = CudaMath {
+        tf32: false,
+        deterministic: true,
+    };
+
+    /// The default with `QATC_CUDA_TF32` and `QATC_CUDA_DETERMINISTIC`
+    /// (`0` or `1`) applied.
+    ///
+    /// # Errors
+    /// On a value other than `0` or `1`, naming the variable.
+    pub fn from_env() -> Result<CudaMath, String> {
+        let flag = |name: &str, default: bool| match std::env::var(name) {
+            Err(std::env::VarError::NotPresent) => Ok(default),
+            Ok(v) if v == "1" => Ok(true),
+            Ok(v) if v == "0" => Ok(false),
+            Ok(v) => Err(format!("{name}={v:?}: expected 0 or 1")),
+            Err(std::env::VarError::NotUnicode(v)) => Err(format!("{name}={v:?}: expected 0 or 1")),
+        };
+        Ok(CudaMath {
+            tf32: flag("QATC_CUDA_TF32", Self::EXACT.tf32)?,
+            deterministic: flag("QATC_CUDA_DETERMINISTIC", Self::EXACT.deterministic)?,
+        })
+    }
+
+    /// Sets libtorch's flags (they apply to every CUDA device of the process).
+    pub fn apply(self) {
+        // SAFETY: sets plain flags of libtorch's global context; no pointers.
+        unsafe { qatc_cuda_math(i32::from(self.tf32), i32::from(self.deterministic)) }
+    }
+
+    /// Whether libtorch's cuDNN convolutions may use TF32 now.
+    pub fn tf32_now() -> bool {
+        // SAFETY: reads a flag of libtorch's global context.
+        unsafe { qatc_cuda_math_tf32() != 0 }
+    }
+}
+
 /// The device `s` names: `auto` (CUDA device 0 if CUDA is available, the CPU
-/// otherwise), `cpu`, `cuda` (device 0) or `cuda:N`.
+/// otherwise), `cpu`, `cuda` (device 0) or `cuda:N`. A CUDA device gets
+/// [`CudaMath::from_env`]'s settings.
 ///
 /// # Errors
-/// On any other text, on `cuda` / `cuda:N` when CUDA is not available, and
-/// on `cuda:N` when there is no device `N`.
+/// On any other text, on `cuda` / `cuda:N` when CUDA is not available, on
+/// `cuda:N` when there is no device `N`, and on a CUDA device when a
+/// `QATC_CUDA_*` variable is malformed.
 pub fn parse_device(s: &str) -> Result<Device, String> {
     let cuda_devices = if tch::Cuda::is_available() {
         usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
     } else {
         0
     };
-    resolve(s, cuda_devices)
+    let device = resolve(s, cuda_devices)?;
+    if device.is_cuda() {
+        CudaMath::from_env()?.apply();
+    }
+    Ok(device)
 }
 
 /// The name [`parse_device`] reads for `device`: `cpu`, `cuda:N` (`mps`,
@@ -117,6 +192,21 @@ mod tests {
         assert!(resolve("cuda:x", 2)
             .unwrap_err()
             .contains("not a CUDA device index"));
+    }
+
+    #[test]
+    fn cuda_math_flags_are_set_and_read_back() {
+        // libtorch's flags exist without a GPU.
+        for m in [
+            CudaMath {
+                tf32: true,
+                deterministic: false,
+            },
+            CudaMath::EXACT,
+        ] {
+            m.apply();
+            assert_eq!(CudaMath::tf32_now(), m.tf32);
+        }
     }
 
     #[test]

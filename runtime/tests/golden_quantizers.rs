@@ -10,6 +10,12 @@
 //! quantization step (a value on a rounding boundary); flips are counted and
 //! allowed on at most 0.1% of the elements. Gradients must match within 1e-5
 //! relative. Run with `--nocapture` to see the counts.
+//!
+//! The quantizers run on `QATC_TEST_DEVICE` (default `cpu`; the GPU device
+//! check sets `cuda`, where the stock-op path replaces the fused CPU
+//! kernels), under the same bounds: their arithmetic is element-wise, so a
+//! GPU may differ only in the last bit of `tanh` and the divisions, which
+//! the one-step flip allowance and the 1e-5 gradient bound cover.
 
 use qatc_runtime::quant::{dorefa_activation, dorefa_weight, reference, ActQuant};
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +30,13 @@ const MPACT_ALPHA: &str = "1.7";
 const MPACT_BITS: [u32; 5] = [2, 4, 6, 8, 16];
 
 struct Golden(HashMap<String, Tensor>);
+
+/// `QATC_TEST_DEVICE` (`qatc_testdata::test_device`).
+fn device() -> Device {
+    let name = qatc_testdata::test_device();
+    qatc_runtime::device::parse_device(&name)
+        .unwrap_or_else(|e| panic!("QATC_TEST_DEVICE={name}: {e}"))
+}
 
 impl Golden {
     fn load() -> Self {
@@ -40,7 +53,11 @@ impl Golden {
     }
 
     fn leaf(&self, name: &str) -> Tensor {
-        self.get(name).detach().copy().set_requires_grad(true)
+        self.get(name)
+            .detach()
+            .to_device(device())
+            .copy()
+            .set_requires_grad(true)
     }
 }
 
@@ -90,8 +107,13 @@ fn run(
 ) -> (Tensor, Tensor) {
     let x = golden.leaf(input);
     let q = quant(&x);
-    (&q * golden.get(grad_out)).sum(Kind::Float).backward();
-    (q.detach(), x.grad())
+    (&q * golden.get(grad_out).to_device(x.device()))
+        .sum(Kind::Float)
+        .backward();
+    (
+        q.detach().to_device(Device::Cpu),
+        x.grad().to_device(Device::Cpu),
+    )
 }
 
 #[test]
@@ -139,7 +161,7 @@ fn golden_act_dorefa() {
 fn check_clipping_quantizer(golden: &Golden, name: &str, alpha: &str, bits: u32) {
     let key = format!("{name}.alpha{alpha}.b{bits}");
     let alpha_init: f64 = alpha.parse().unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device());
     let quant = match name {
         "pact" => ActQuant::pact(&(vs.root() / name), bits, alpha_init),
         _ => ActQuant::mpact(&(vs.root() / name), bits, alpha_init),
@@ -158,7 +180,7 @@ fn check_clipping_quantizer(golden: &Golden, name: &str, alpha: &str, bits: u32)
     let rel_x = check_grad(&key, &grad, golden.get(&format!("{key}.grad_x")));
     let rel_a = check_grad(
         &format!("{key} alpha"),
-        &alpha_var.grad(),
+        &alpha_var.grad().to_device(Device::Cpu),
         golden.get(&format!("{key}.grad_alpha")),
     );
     println!(

@@ -74,6 +74,15 @@ pub struct GoldenSet {
     pub kind: GoldenKind,
 }
 
+/// The device the golden tests run their models and quantizers on, as
+/// `qatc_runtime::device::parse_device` reads it: `QATC_TEST_DEVICE`
+/// (`cpu`, `cuda`, `cuda:N`), default `cpu`. The device check of a GPU
+/// machine (`scripts/device-check.sh`) sets it to `cuda`; each golden test
+/// says which tolerances it holds a CUDA run to.
+pub fn test_device() -> String {
+    std::env::var("QATC_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
 /// The golden set the tests use (see the module docs).
 pub fn golden_set() -> GoldenSet {
     if let Some(d) = std::env::var_os("QATC_GOLDEN") {

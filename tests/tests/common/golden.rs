@@ -8,10 +8,17 @@ use qatc::import::{self, Plan};
 use qatc::ir::Graph;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use tch::{nn, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// The "tiny" of the relative errors' denominators.
 pub const TINY: f64 = 1e-30;
+
+/// The device the models run on: `QATC_TEST_DEVICE` (`qatc_testdata::test_device`).
+pub fn device() -> Device {
+    let name = qatc_testdata::test_device();
+    qatc_runtime::device::parse_device(&name)
+        .unwrap_or_else(|e| panic!("QATC_TEST_DEVICE={name}: {e}"))
+}
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
