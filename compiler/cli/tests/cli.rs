@@ -453,7 +453,7 @@ fn a_corrupt_checkpoint_is_refused_naming_the_file() {
 /// is read.
 #[test]
 fn opset_with_a_format_that_has_none_is_refused() {
-    for format in ["onnx-int", "c", "json"] {
+    for format in ["onnx-int", "onnx-int8", "c", "json"] {
         let out = qatc(&[
             "export",
             "spec/toynet.qspec",
@@ -476,6 +476,38 @@ fn opset_with_a_format_that_has_none_is_refused() {
         );
         assert!(
             text(&out.stderr).contains("--opset applies to --format onnx and qonnx only"),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// `--u8-weights` belongs to `--format onnx-int8`: with another format it
+/// is an error naming the flag (exit status 1), before anything is read.
+#[test]
+fn u8_weights_with_another_format_is_refused() {
+    for format in ["onnx", "onnx-int", "c"] {
+        let out = qatc(&[
+            "export",
+            "spec/toynet.qspec",
+            "--profile",
+            "cfg-1*",
+            "--checkpoint",
+            "no-such-checkpoint.safetensors",
+            "--format",
+            format,
+            "--u8-weights",
+            "-o",
+            "unused",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("--u8-weights applies to --format onnx-int8 only"),
             "{format}: {}",
             text(&out.stderr)
         );
