@@ -10,8 +10,11 @@
 //!   pool and `MatMulIntegerToFloat` for the fc, and no float `Conv`
 //!   beyond the float stem: a change that lets ORT fall back to float
 //!   kernels fails here.
-//! - **Layers, teacher forced**: every layer whose inputs and output are
-//!   on the plan's own grid (8-bit activations) runs alone
+//! - **Layers, teacher forced** (the export with uint8 weights, U8U8;
+//!   with int8 weights ONNX Runtime's AVX2 GEMM saturates some int16
+//!   pair sums, which no bound from the plan covers: `Int8Weights::S8`):
+//!   every layer whose inputs and output are on the plan's own grid
+//!   (8-bit activations) runs alone
 //!   ([`qatc_onnx::int8::int8_layer_model`]) on the engine's integer inputs,
 //!   and its output must be within `ceil(X) - 1` steps of the engine's,
 //!   `X` computed per layer from the plan (below, [`allowed`]): the engine
