@@ -11,7 +11,13 @@ JOB.json:
      "inputs": "inputs.f32", "shape": [N, C, H, W],   # float32, little-endian
      "threads": [1, 2], "batches": [1, 64],
      "levels": ["disable_all", "enable_all"], "rounds": 3,
-     "optimized_dir": "dir"}                          # optimised models saved here
+     "optimized_dir": "dir",                          # optimised models saved here
+     "profile": {"level": "enable_all", "threads": 1, "batches": [1, 64]}}  # optional
+
+With "profile": after the timings, one more pass over the N images per
+model and batch with SessionOptions.enable_profiling (ORT's JSON trace,
+kept in optimized_dir), summarised per op type: the kernel time of every
+node ("Node" events `*_kernel_time`) summed by the node's op_name.
 
 Every session: CPUExecutionProvider, intra_op_num_threads = T,
 inter_op_num_threads = 1, execution_mode ORT_SEQUENTIAL, the optimisation
@@ -28,6 +34,9 @@ Prints one JSON object per line:
       the default domain, e.g. "com.microsoft.QLinearConv")
     {"kind": "time", "model", "level", "threads", "batch", "images",
      "images_per_s", "ms_per_image", "cpu_ms_per_image"}
+    {"kind": "profile", "model", "level", "threads", "batch", "images",
+     "us_per_image": [[op_type, microseconds of kernel time per image], ...]
+       (largest first), "wall_ms_per_image", "path"}
 """
 
 import collections
@@ -49,8 +58,11 @@ LEVELS = {
 }
 
 
-def session(path, level, threads, optimized=None):
+def session(path, level, threads, optimized=None, profile=None):
     so = ort.SessionOptions()
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
     so.graph_optimization_level = LEVELS[level]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -109,6 +121,34 @@ def main():
                                       "threads": threads, "batch": batch, "images": n,
                                       "images_per_s": n / wall, "ms_per_image": 1000 * wall / n,
                                       "cpu_ms_per_image": 1000 * cpu / n}), flush=True)
+
+    prof = job.get("profile")
+    if prof:
+        for model in job["models"]:
+            for batch in prof["batches"]:
+                prefix = os.path.join(job["optimized_dir"], f"profile.{model['label']}.b{batch}")
+                s = session(model["path"], prof["level"], prof["threads"], profile=prefix)
+                name = feed(s, x)
+                s.run(None, {name: x[:batch]})
+                # Only what follows the warm-up counts: the trace's start.
+                t0 = time.perf_counter()
+                for i in range(0, n, batch):
+                    s.run(None, {name: x[i:i + batch]})
+                path = s.end_profiling()
+                per_op = collections.Counter()
+                events = json.load(open(path))
+                # The warm-up batch's events: the first run's, before the timed ones.
+                runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+                first_end = runs[0]["ts"] + runs[0]["dur"] if runs else -1
+                for e in events:
+                    if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") \
+                            and e.get("ts", 0) > first_end:
+                        per_op[e["args"].get("op_name", "?")] += e["dur"]
+                print(json.dumps({"kind": "profile", "model": model["label"], "level": prof["level"],
+                                  "threads": prof["threads"], "batch": batch, "images": n,
+                                  "wall_ms_per_image": 1000 * (time.perf_counter() - t0) / n,
+                                  "us_per_image": [[k, v / n] for k, v in per_op.most_common()],
+                                  "path": path}), flush=True)
 
 
 if __name__ == "__main__":

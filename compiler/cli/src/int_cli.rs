@@ -170,11 +170,12 @@ pub enum IntAction {
         #[arg(long)]
         spread: bool,
         /// Also time ONNX Runtime (CPU provider) executing the ONNX exports
-        /// of the same checkpoint (QDQ; the integer-only `onnx-int` where
-        /// this qatc has it) on the same images with the same thread counts
-        /// (intra-op threads, inter-op 1, sequential), batches of 1 and 64,
-        /// graph optimisations off and all on, and print the ops ONNX
-        /// Runtime runs after optimising. Needs the ONNX Python packages:
+        /// of the same plan (the int8 graph `onnx-int8`, QDQ and the
+        /// integer-only `onnx-int`, written in-process) on the same images
+        /// with the same thread counts (intra-op threads, inter-op 1,
+        /// sequential), batches of 1 and 64, graph optimisations off and
+        /// all on, print the ops ONNX Runtime runs after optimising and its
+        /// profile per op type (all on, 1 thread). Needs the ONNX Python packages:
         /// `source scripts/onnx-env.sh` (QATC_ONNX_PYTHON, QATC_ONNX_PYTHONPATH).
         #[arg(long)]
         onnxruntime: bool,
@@ -215,6 +216,12 @@ pub struct ExportArgs {
     /// 21 where a QDQ activation has more than 8 bits].
     #[arg(long)]
     pub opset: Option<i64>,
+    /// With --format onnx-int8: store the weights as uint8 with zero point
+    /// 128 (ONNX Runtime's U8U8 kernels, exact on every x86) instead of
+    /// int8 (U8S8, its fastest, whose AVX2 kernels saturate some int16
+    /// pair sums; docs/export.md).
+    #[arg(long)]
+    pub u8_weights: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -232,6 +239,12 @@ pub enum ExportFormatArg {
     /// `<model>.int.onnx`, whose logits in ONNX Runtime are the engine's bit
     /// for bit (docs/export.md).
     OnnxInt,
+    /// The integer plan as a deployer's int8 ONNX graph that ONNX Runtime
+    /// runs with its int8 kernels (QLinearConv, QLinearAdd, ...; BN folded):
+    /// `<model>.int8.onnx`, close to the engine but not bit exact
+    /// (docs/export.md).
+    #[value(name = "onnx-int8")]
+    OnnxInt8,
 }
 
 fn formats_from(args: &[String]) -> anyhow::Result<Formats> {
@@ -757,82 +770,44 @@ fn onnx_python() -> anyhow::Result<(String, String)> {
     }
 }
 
-/// The flags of `qatc export` that rebuild the same model as `args`.
-fn export_flags(args: &PlanArgs, per_layer_shift: bool) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(s) = &args.spec {
-        v.push(s.into());
-    }
-    if let Some(p) = &args.profile {
-        v.extend(["--profile".into(), p.into()]);
-    }
-    if let Some(c) = &args.checkpoint {
-        v.extend(["--checkpoint".into(), c.into()]);
-    }
-    if let Some(f) = &args.import_format {
-        v.extend(["--import".into(), f.into()]);
-    }
-    if !args.strip_prefix.is_empty() {
-        v.extend(["--strip-prefix".into(), (&args.strip_prefix).into()]);
-    }
-    let rounding = match args.rounding {
-        RoundingArg::Trunc => "trunc",
-        RoundingArg::Nearest => "nearest",
-    };
-    v.extend(["--rounding".into(), rounding.into()]);
-    for f in &args.fixed {
-        v.extend(["--fixed".into(), f.into()]);
-    }
-    if args.saturate_constants {
-        v.push("--saturate-constants".into());
-    }
-    if per_layer_shift {
-        v.push("--per-layer-shift".into());
-    }
-    v
-}
-
-/// The ONNX exports ONNX Runtime can run, as this binary writes them
-/// (`qatc export --format F`, run as a child so that whichever formats this
-/// qatc has are used): `(label, path)` for each that was written, a note
-/// on stderr for each that was not.
+/// The ONNX exports ONNX Runtime runs, written from the plan `qatc int
+/// bench` holds (and, for QDQ, the same graph and checkpoint) by calling
+/// `qatc_onnx`: `(label, path)` for each that could be written (`int8`,
+/// `int8-u8w` (its weights as uint8, `--u8-weights`), `qdq`, `onnx-int`), a
+/// note on stderr for each that could not.
 fn ort_exports(
     args: &PlanArgs,
-    per_layer_shift: bool,
+    plan: &IntPlan,
     dir: &Path,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let exe = std::env::current_exe().context("cannot find the qatc binary")?;
     let mut out = Vec::new();
-    for (label, format) in [("qdq", "onnx"), ("onnx-int", "onnx-int")] {
-        let d = dir.join(label);
-        let run = std::process::Command::new(&exe)
-            .arg("export")
-            .args(export_flags(args, per_layer_shift))
-            .args(["--format", format, "-o"])
-            .arg(&d)
-            .output()
-            .with_context(|| format!("cannot run `{} export`", exe.display()))?;
-        let err = String::from_utf8_lossy(&run.stderr);
-        if !run.status.success() {
-            if err.contains("invalid value") {
-                eprintln!("note: this qatc has no `--format {format}`: not timed");
-            } else {
-                eprintln!(
-                    "note: `qatc export --format {format}` failed, not timed: {}",
-                    err.trim().lines().last().unwrap_or("")
-                );
+    let qdq = || -> anyhow::Result<Vec<u8>> {
+        let (graph, ck) = load_checkpoint(args)?;
+        Ok(qatc_onnx::write_qdq(&graph, &ck)?)
+    };
+    let int8 = |w| qatc_onnx::write_int8_onnx(plan, w).map_err(Into::into);
+    let written: [(&str, &str, anyhow::Result<Vec<u8>>); 4] = [
+        ("int8", "int8.onnx", int8(qatc_onnx::Int8Weights::S8)),
+        (
+            "int8-u8w",
+            "int8-u8w.onnx",
+            int8(qatc_onnx::Int8Weights::U8),
+        ),
+        ("qdq", "onnx", qdq()),
+        (
+            "onnx-int",
+            "int.onnx",
+            qatc_onnx::write_int_onnx(plan).map_err(Into::into),
+        ),
+    ];
+    for (label, ext, bytes) in written {
+        match bytes {
+            Ok(b) => {
+                let p = dir.join(format!("{}.{ext}", plan.model));
+                std::fs::write(&p, b).with_context(|| format!("cannot write `{}`", p.display()))?;
+                out.push((label.to_string(), p));
             }
-            continue;
-        }
-        let onnx = std::fs::read_dir(&d)
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "onnx"));
-        match onnx {
-            Some(p) => out.push((label.to_string(), p)),
-            None => eprintln!("note: `qatc export --format {format}` wrote no .onnx file"),
+            Err(e) => eprintln!("note: no {label} ONNX export of this model, not timed: {e:#}"),
         }
     }
     if out.is_empty() {
@@ -861,6 +836,9 @@ struct OrtLine {
     ops: std::collections::BTreeMap<String, usize>,
     #[serde(default)]
     onnxruntime: String,
+    /// `profile` lines: kernel time per image by op type, microseconds.
+    #[serde(default)]
+    us_per_image: Vec<(String, f64)>,
 }
 
 /// ONNX Runtime's side of `--onnxruntime`: `scripts/ort-bench.py` (embedded
@@ -869,7 +847,7 @@ struct OrtLine {
 #[allow(clippy::too_many_arguments)]
 fn bench_onnxruntime(
     plan_args: &PlanArgs,
-    per_layer_shift: bool,
+    plan: &IntPlan,
     python: &(String, String),
     set: &BenchSet,
     shape: &[usize],
@@ -880,7 +858,7 @@ fn bench_onnxruntime(
 ) -> anyhow::Result<()> {
     const SCRIPT: &str = include_str!("../../../scripts/ort-bench.py");
     const BATCHES: [usize; 2] = [1, 64];
-    let models = ort_exports(plan_args, per_layer_shift, dir)?;
+    let models = ort_exports(plan_args, plan, dir)?;
     let inputs = dir.join("inputs.f32");
     if !inputs.exists() {
         std::fs::write(&inputs, f32_bytes(set.images.iter().flatten()))?;
@@ -896,6 +874,7 @@ fn bench_onnxruntime(
         "levels": ["disable_all", "enable_all"],
         "rounds": rounds.max(1),
         "optimized_dir": dir.join("optimized"),
+        "profile": {"level": "enable_all", "threads": 1, "batches": BATCHES},
     });
     let job_file = dir.join("ort-job.json");
     std::fs::write(&job_file, serde_json::to_string_pretty(&job)?)?;
@@ -989,11 +968,30 @@ fn bench_onnxruntime(
             l.model,
             l.level,
             ops.join(", "),
-            if int8 == 0 && l.model == "qdq" {
-                " (no int8 kernels: QDQ not fused)"
-            } else {
-                ""
+            match (int8, l.model.as_str()) {
+                (0, "qdq") => " (no int8 kernels: QDQ not fused)",
+                (0, "int8" | "int8-u8w") => " (NO int8 kernels)",
+                _ => "",
             }
+        );
+    }
+    for l in lines.iter().filter(|l| l.kind == "profile") {
+        let total: f64 = l.us_per_image.iter().map(|(_, v)| v).sum();
+        let top: Vec<String> = l
+            .us_per_image
+            .iter()
+            .take(8)
+            .map(|(op, us)| format!("{op} {:.0} us ({:.0} %)", us, 100.0 * us / total.max(1e-9)))
+            .collect();
+        println!(
+            "  ORT profile {} {} {} thread{} batch {}: {:.0} us of kernels per image: {}",
+            l.model,
+            l.level,
+            l.threads,
+            if l.threads == 1 { "" } else { "s" },
+            l.batch,
+            total,
+            top.join(", ")
         );
     }
     for &(t, engine_rate, engine_cpu) in engine {
@@ -1180,7 +1178,7 @@ fn bench(
         shape.extend(plan.input_shape.iter().copied());
         let r = bench_onnxruntime(
             plan_args,
-            per_layer_shift,
+            &plan,
             &python,
             &set,
             &shape,
@@ -1217,13 +1215,17 @@ pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
         ExportFormatArg::C
         | ExportFormatArg::Npz
         | ExportFormatArg::Json
-        | ExportFormatArg::OnnxInt,
+        | ExportFormatArg::OnnxInt
+        | ExportFormatArg::OnnxInt8,
     ) = (args.opset, args.format)
     {
         bail!(
-            "--opset {opset}: --opset applies to --format onnx and qonnx only (onnx-int is always opset {})",
+            "--opset {opset}: --opset applies to --format onnx and qonnx only (onnx-int and onnx-int8 are always opset {})",
             qatc_onnx::int::INT_OPSET
         );
+    }
+    if args.u8_weights && !matches!(args.format, ExportFormatArg::OnnxInt8) {
+        bail!("--u8-weights applies to --format onnx-int8 only");
     }
     let format = match args.format {
         ExportFormatArg::C => ExportFormat::C,
@@ -1232,6 +1234,7 @@ pub fn run_export(args: Box<ExportArgs>) -> anyhow::Result<ExitCode> {
         ExportFormatArg::Onnx => return export_onnx(&args, false),
         ExportFormatArg::Qonnx => return export_onnx(&args, true),
         ExportFormatArg::OnnxInt => return export_onnx_int(&args),
+        ExportFormatArg::OnnxInt8 => return export_onnx_int8(&args),
     };
     let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
     let mut tests = TestImages::default();
@@ -1266,6 +1269,33 @@ fn export_onnx_int(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         path.display(),
         plan.options.rounding,
         qatc_onnx::int::INT_OPSET,
+        bytes.len().div_ceil(1024)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qatc export --format onnx-int8`: `<output>/<model>.int8.onnx`, the
+/// integer plan as ONNX Runtime's int8 operators
+/// (`qatc_onnx::write_int8_onnx`).
+fn export_onnx_int8(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let plan = load_plan_with(&args.plan, None, args.shift.per_layer_shift)?;
+    let weights = if args.u8_weights {
+        qatc_onnx::Int8Weights::U8
+    } else {
+        qatc_onnx::Int8Weights::S8
+    };
+    let bytes = qatc_onnx::write_int8_onnx(&plan, weights)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create `{}`", args.output.display()))?;
+    let path = args.output.join(format!("{}.int8.onnx", plan.model));
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write `{}`", path.display()))?;
+    eprintln!(
+        "wrote {} (int8 ONNX for ONNX Runtime's int8 kernels, {} weights, opset {} + {} 1, not \
+         bit exact with the engine, {} KiB)",
+        path.display(),
+        if args.u8_weights { "uint8" } else { "int8" },
+        qatc_onnx::int8::INT8_OPSET,
+        qatc_onnx::int8::MS_DOMAIN,
         bytes.len().div_ceil(1024)
     );
     Ok(ExitCode::SUCCESS)

@@ -247,10 +247,11 @@ fn int_bench_onnxruntime_without_the_onnx_python_says_how_to_install_it() {
 }
 
 /// A tiny `qatc int bench --onnxruntime --dump` on the golden ToyNet: the
-/// engine and ONNX Runtime (the QDQ export, and onnx-int where this qatc
-/// has it) on the same 3 images, batches of 1 and 64, both optimisation
-/// levels, the ops ONNX Runtime runs; the dump holds the images, labels and
-/// the engine's logits. Timings are printed, never asserted.
+/// engine and ONNX Runtime (the int8 export with int8 and with uint8
+/// weights, QDQ, onnx-int) on the same 3 images, batches of 1 and 64, both
+/// optimisation levels, the ops ONNX Runtime runs and its profile per op
+/// type; the dump holds the images, labels and the engine's logits.
+/// Timings are printed, never asserted.
 #[test]
 fn int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images() {
     let Ok(pythonpath) = std::env::var("QATC_ONNX_PYTHONPATH") else {
@@ -289,6 +290,12 @@ fn int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images() {
         "qdq       enable_all",
         "qdq enable_all runs: ",
         "engine / ONNX Runtime qdq",
+        "int8      enable_all",
+        "int8-u8w  enable_all",
+        "int8 enable_all runs: ",
+        "com.microsoft.QLinearConv",
+        "ORT profile int8 enable_all 1 thread batch 64",
+        "engine / ONNX Runtime int8",
     ] {
         assert!(stdout.contains(want), "`{want}` missing:\n{stdout}");
     }
@@ -302,4 +309,5 @@ fn int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images() {
     let logits = std::fs::metadata(dump.path().join("logits.f32")).unwrap();
     assert_eq!(logits.len(), 3 * 10 * 4);
     assert!(dump.path().join("ort-bench.jsonl").exists());
+    assert!(!stdout.contains("NO int8 kernels"), "{stdout}");
 }

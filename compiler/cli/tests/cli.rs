@@ -453,8 +453,29 @@ fn a_corrupt_checkpoint_is_refused_naming_the_file() {
 /// is read.
 #[test]
 fn opset_with_a_format_that_has_none_is_refused() {
-    for format in ["onnx-int", "c", "json"] {
-        let out = qatc(&[
+    export_flag_refused(
+        &["onnx-int", "onnx-int8", "c", "json"],
+        &["--opset", "21"],
+        "--opset applies to --format onnx and qonnx only",
+    );
+}
+
+/// `--u8-weights` belongs to `--format onnx-int8`: with another format it
+/// is an error naming the flag (exit status 1), before anything is read.
+#[test]
+fn u8_weights_with_another_format_is_refused() {
+    export_flag_refused(
+        &["onnx", "onnx-int", "c"],
+        &["--u8-weights"],
+        "--u8-weights applies to --format onnx-int8 only",
+    );
+}
+
+/// `qatc export --format F FLAGS` for each of `formats` exits 1 with `says`,
+/// before reading the (missing) checkpoint.
+fn export_flag_refused(formats: &[&str], flags: &[&str], says: &str) {
+    for format in formats {
+        let mut args = vec![
             "export",
             "spec/toynet.qspec",
             "--profile",
@@ -463,11 +484,11 @@ fn opset_with_a_format_that_has_none_is_refused() {
             "no-such-checkpoint.safetensors",
             "--format",
             format,
-            "--opset",
-            "21",
             "-o",
             "unused",
-        ]);
+        ];
+        args.extend(flags);
+        let out = qatc(&args);
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -475,7 +496,7 @@ fn opset_with_a_format_that_has_none_is_refused() {
             text(&out.stderr)
         );
         assert!(
-            text(&out.stderr).contains("--opset applies to --format onnx and qonnx only"),
+            text(&out.stderr).contains(says),
             "{format}: {}",
             text(&out.stderr)
         );

@@ -69,12 +69,14 @@
 
 pub mod builder;
 pub mod int;
+pub mod int8;
 mod lower;
 pub mod proto;
 mod qdq;
 pub mod qonnx;
 
 pub use int::{write_int_onnx, IntOnnxError};
+pub use int8::{write_int8_onnx, Int8OnnxError, Int8Weights};
 pub use qdq::{act_quant_form, min_opset, weight_codes, ActQuantForm};
 pub use qonnx::{quant_params, QuantParams};
 

@@ -69,7 +69,8 @@ impl Emitter {
         self.b.node(op, out, inputs, &[out], attrs, None);
     }
 
-    fn init(&mut self, base: &str, dims: &[i64], ty: i64, raw: Vec<u8>) -> String {
+    /// An initializer of ONNX type `ty` from its little-endian bytes.
+    pub fn init(&mut self, base: &str, dims: &[i64], ty: i64, raw: Vec<u8>) -> String {
         let name = self.fresh(base);
         self.b.input(&name);
         self.b.initializers.push(TensorProto {

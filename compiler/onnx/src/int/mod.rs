@@ -63,7 +63,7 @@
 //! a wide requantization with a shift below 16), a grouped float stem, a
 //! seed linear sum that could pass 2^53. ONNX has no 128-bit integers.
 
-mod graph;
+pub(crate) mod graph;
 
 use crate::builder::{attr_int, attr_ints, value_info};
 use crate::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
@@ -129,16 +129,31 @@ pub fn int_onnx_model(plan: &IntPlan) -> Result<ModelProto, IntOnnxError> {
         )],
         value_info: vec![],
     };
+    Ok(plan_model(plan, graph, &[("", INT_OPSET)], "int"))
+}
+
+/// The model message of a graph written from `plan`: IR version 7, the
+/// `(domain, version)` opsets, metadata `qatc.model`, `qatc.profile`,
+/// `qatc.format` (`format`), `qatc.rounding`.
+pub(crate) fn plan_model(
+    plan: &IntPlan,
+    graph: crate::proto::GraphProto,
+    opsets: &[(&str, i64)],
+    format: &str,
+) -> ModelProto {
     let meta = |k: &str, v: String| StringStringEntryProto {
         key: Some(k.into()),
         value: Some(v),
     };
-    Ok(ModelProto {
+    ModelProto {
         ir_version: Some(7),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(INT_OPSET),
-        }],
+        opset_import: opsets
+            .iter()
+            .map(|&(d, v)| OperatorSetIdProto {
+                domain: Some(d.into()),
+                version: Some(v),
+            })
+            .collect(),
         producer_name: Some("qatc".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         domain: None,
@@ -148,10 +163,10 @@ pub fn int_onnx_model(plan: &IntPlan) -> Result<ModelProto, IntOnnxError> {
         metadata_props: vec![
             meta("qatc.model", plan.model.clone()),
             meta("qatc.profile", plan.profile.clone()),
-            meta("qatc.format", "int".into()),
+            meta("qatc.format", format.into()),
             meta("qatc.rounding", plan.options.rounding.to_string()),
         ],
-    })
+    }
 }
 
 const INPUT: &str = "input";
