@@ -2,8 +2,11 @@
 # The GPU device check (issue 19): qatc on a CUDA machine, in one short run.
 #
 #   scripts/device-check.sh prepare        on this (CPU) machine: build, bundle into .device/
-#   scripts/device-check.sh run [--device D] [--train-seconds S]
-#                                          on the GPU machine (or here, to rehearse with --device cpu)
+#   scripts/device-check.sh run [--device D] [--train-seconds S] [--bench-steps N] [--bench-batches 'B...']
+#                                          on the GPU machine (or here, to rehearse:
+#                                          QATC_DEVICE_TORCH=~/.cache/qatc/torch-2.11.0 scripts/device-check.sh run
+#                                          --device cpu --train-seconds 60 --bench-steps 2 --bench-batches 16
+#                                          --train-limit 2000)
 #
 # The GPU machine (../shared/docs/gpu-machine.md) has no network, no Rust and
 # libtorch 2.11 (the PyTorch 2.11 wheel under /opt/torch/.venv, CUDA 13),
@@ -184,7 +187,7 @@ machine_env() {
       ldd "$b" | grep -E 'torch|c10|not found' || true
     done
   } >"$out/env.txt" 2>&1
-  if grep -q 'not found' "$out/env.txt"; then
+  if grep -q '=> not found' "$out/env.txt"; then
     echo "a library the binaries need is not found (env.txt)" >&2
     return 1
   fi
@@ -201,25 +204,37 @@ golden() {
   return "$rc"
 }
 
+# bench_one MODEL PROFILE BATCH MATH [ENV...]: one `bench --json` into bench.jsonl.
+bench_one() {
+  local m=$1 p=$2 b=$3 math=$4
+  shift 4
+  if ! env "$@" "$work/bin/qatc-model-$m" bench --device "$device" --profile "$p" --batch-size "$b" \
+    --steps "$bench_steps" --warmup 3 --json >"$scratch/bench.json" 2>"$scratch/bench.err"; then
+    echo "bench $m $p $b ($math) failed: $(tail -3 "$scratch/bench.err")" >&2
+    return 1
+  fi
+  python3 - "$m" "$b" "$math" "$scratch/bench.json" >>"$out/bench.jsonl" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[4]))
+print(json.dumps({"model": sys.argv[1], "batch": int(sys.argv[2]), "math": sys.argv[3], "report": r}))
+EOF
+}
+
 bench() {
   local rc=0 m p b
   for spec in "resnet20 w8a8" "toynet cfg-1*" "mobilenetv2 cfg-1*"; do
     m=${spec%% *}
     p=${spec#* }
-    for b in 128 512; do
-      if ! "$work/bin/qatc-model-$m" bench --device "$device" --profile "$p" --batch-size "$b" \
-        --steps "$bench_steps" --warmup 3 --json >"$scratch/bench.json" 2>"$scratch/bench.err"; then
-        echo "bench $m $p $b failed: $(tail -3 "$scratch/bench.err")" >&2
-        rc=1
-        continue
-      fi
-      python3 - "$m" "$b" "$scratch/bench.json" >>"$out/bench.jsonl" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[3]))
-print(json.dumps({"model": sys.argv[1], "batch": int(sys.argv[2]), "report": r}))
-EOF
+    for b in $bench_batches; do
+      bench_one "$m" "$p" "$b" qatc || rc=1
     done
   done
+  # What qatc's exact CUDA math costs: PyTorch's defaults (TF32 convolutions,
+  # cuDNN free to pick non-deterministic algorithms) on the largest batch.
+  if [ "$device" != cpu ]; then
+    b=${bench_batches##* }
+    bench_one resnet20 w8a8 "$b" pytorch-default QATC_CUDA_TF32=1 QATC_CUDA_DETERMINISTIC=0 || rc=1
+  fi
   return "$rc"
 }
 
@@ -234,8 +249,9 @@ train() {
   # As many epochs as fit: SIGINT at the deadline; the trainer stops at the
   # end of its step and writes its checkpoint (docs/training.md).
   timeout -s INT -k 60 "$train_seconds" "$work/bin/qatc-model-resnet20" train \
-    --data "$bundle/cifar10.tar.gz" --profile w8a8 --device "$device" --epochs 200 \
-    --out "$run" >"$scratch/train.log" 2>&1 || rc=$?
+    --data "$bundle/cifar10.tar.gz" --profile w8a8 --device "$device" --epochs 200 --lr 0.1 \
+    --out "$run" ${train_limit:+--limit-train "$train_limit" --limit-test "$train_limit"} \
+    >"$scratch/train.log" 2>&1 || rc=$?
   [ -z "$smi" ] || kill "$smi" 2>/dev/null || true
   tail -15 "$scratch/train.log" >&2
   cp "$run/metrics.csv" "$out/train.csv" 2>/dev/null || {
@@ -272,7 +288,8 @@ for line in read("bench.jsonl").splitlines():
     def t(p, phase):
         x = rep[p]
         return f'{x[phase + "_ms_per_step"]:.2f} ({x[phase + "_images_per_s"]:.0f})'
-    print(f'| {r["model"]} ({rep["qat"]["profile"]}) | {r["batch"]} | {t("float", "train")} | {t("qat", "train")} '
+    math = "" if r.get("math", "qatc") == "qatc" else f', {r["math"]} math'
+    print(f'| {r["model"]} ({rep["qat"]["profile"]}{math}) | {r["batch"]} | {t("float", "train")} | {t("qat", "train")} '
           f'| {rep["train_ratio"]:.3f} | {t("float", "eval")} | {t("qat", "eval")} | {rep["eval_ratio"]:.3f} |')
 print("\n## Training ResNet20 w8a8 on CIFAR-10\n")
 rows = list(csv.DictReader(read("train.csv").splitlines()))
@@ -297,12 +314,16 @@ run_check() {
   device=cuda
   train_seconds=240
   bench_steps=20
+  bench_batches="128 512"
+  train_limit=""
   while [ "$#" -gt 0 ]; do
     case "$1" in
       --device) device=$2; shift 2 ;;
       --train-seconds) train_seconds=$2; shift 2 ;;
       --bench-steps) bench_steps=$2; shift 2 ;;
-      *) die "unknown option $1 (run [--device D] [--train-seconds S] [--bench-steps N])" ;;
+      --bench-batches) bench_batches=$2; shift 2 ;;
+      --train-limit) train_limit=$2; shift 2 ;;
+      *) die "unknown option $1 (run [--device D] [--train-seconds S] [--bench-steps N] [--bench-batches 'B...'] [--train-limit N])" ;;
     esac
   done
   out="${OUT:-$scratch/out}"
@@ -342,5 +363,5 @@ run_check() {
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
   run) shift; run_check "$@" ;;
-  *) die "usage: scripts/device-check.sh prepare | run [--device D] [--train-seconds S]" ;;
+  *) die "usage: scripts/device-check.sh prepare | run [options] (see the top of this file)" ;;
 esac
