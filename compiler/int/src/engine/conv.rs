@@ -351,6 +351,138 @@ mod tests {
         }
     }
 
+    /// A test layer: `cin -> cout`, k x k, on an `ih x iw` map.
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        [ih, iw]: [usize; 2],
+        weights: Vec<i32>,
+    ) -> ConvLayer {
+        let oh = (ih + 2 * pad - k) / stride + 1;
+        let ow = (iw + 2 * pad - k) / stride + 1;
+        ConvLayer {
+            name: "t".into(),
+            input: ConvInput::Tensor(0),
+            output: 1,
+            cin,
+            cout,
+            kernel: k,
+            stride,
+            padding: pad,
+            groups,
+            in_hw: [ih, iw],
+            out_hw: [oh, ow],
+            weights,
+            w_bits: 8,
+            w_scale: 127.0,
+            a_bits: 8,
+            in_bits: 8,
+            float_scale: 1.0,
+            fan_in: cin / groups * k * k,
+            worst_bits: None,
+            worst_bits_weights: None,
+        }
+    }
+
+    /// The 16-bit kernels (direct, im2col and 1x1 multiply-add) against the
+    /// naive conv on edge values: activations at 255 and -256 (nine bits),
+    /// weights at -128 and 127 (a `vpmaddwd` pair of both at the extremes),
+    /// channel counts that leave partial blocks of eight, strides 1 to 3,
+    /// maps of one to five vectors per row and position counts not a
+    /// multiple of 8 (the kernels' tails). Without AVX2 every kernel must
+    /// decline (the caller then runs the plain loops).
+    #[test]
+    fn madd_kernels_match_naive_on_edge_values() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for (cin, cout, k, stride, pad, hw) in [
+            (3, 5, 3, 1, 1, [5, 8]),
+            (16, 16, 3, 1, 1, [9, 24]),
+            (7, 12, 3, 2, 1, [11, 16]),
+            (16, 17, 3, 1, 1, [3, 40]),
+            (2, 9, 2, 2, 0, [6, 32]),
+            (5, 4, 5, 1, 2, [4, 8]),
+            (8, 13, 1, 1, 0, [5, 13]),
+            (9, 20, 1, 1, 0, [3, 7]),
+            (6, 3, 3, 3, 1, [7, 46]),
+        ] {
+            let fan_in = cin * k * k;
+            let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {
+                0 => a,
+                1 => b,
+                _ => (r as i32 >> 3).rem_euclid(mid) - mid / 2,
+            };
+            let weights: Vec<i32> = (0..cout * fan_in)
+                .map(|_| pick(next(), -128, 127, 255))
+                .collect();
+            let l = ConvLayer {
+                in_bits: 9,
+                ..layer(cin, cout, k, stride, pad, 1, hw, weights.clone())
+            };
+            let input: Vec<i32> = (0..cin * hw[0] * hw[1])
+                .map(|_| pick(next(), 255, -256, 511))
+                .collect();
+            let want = naive_conv(&l, &input);
+            let w = Weights::new(&IntPlan {
+                layers: vec![Layer::Conv(l.clone())],
+                ..test_plan()
+            });
+            let avx2 = {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    std::arch::is_x86_feature_detected!("avx2")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            };
+            let tag = format!("{cin}->{cout} k{k} s{stride} p{pad} {hw:?}");
+            if direct_conv(&l) {
+                let mut out = vec![i32::MIN; want.len()];
+                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut Vec::new(), &mut out);
+                assert_eq!(ran, avx2, "direct {tag}");
+                if ran {
+                    assert_eq!(out, want, "direct {tag}");
+                }
+            }
+            let pairs = madd_weights(&weights, 1, cout, fan_in);
+            let mut out = vec![i32::MIN; want.len()];
+            if k == 1 && stride == 1 && pad == 0 {
+                let ran = gemm_madd(
+                    &pairs,
+                    cout,
+                    fan_in,
+                    &input,
+                    hw[0] * hw[1],
+                    &mut out,
+                    &mut Vec::new(),
+                );
+                assert_eq!(ran, avx2, "1x1 {tag}");
+                if ran {
+                    assert_eq!(out, want, "1x1 {tag}");
+                }
+            } else {
+                let (mut p, mut rows) = (Vec::new(), Vec::new());
+                let ran = conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out);
+                assert_eq!(ran, avx2, "im2col {tag}");
+                if ran {
+                    assert_eq!(out, want, "im2col {tag}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn grouped_strided_padded_conv_matches_naive() {
         for (cin, cout, k, stride, pad, groups) in [
@@ -365,34 +497,11 @@ mod tests {
             (16, 17, 3, 1, 1, 1),
         ] {
             let (ih, iw) = (7, 16);
-            let oh = (ih + 2 * pad - k) / stride + 1;
-            let ow = (iw + 2 * pad - k) / stride + 1;
             let fan_in = cin / groups * k * k;
             let weights: Vec<i32> = (0..cout * fan_in)
                 .map(|i| (i as i32 * 37 % 255) - 127)
                 .collect();
-            let l = ConvLayer {
-                name: "t".into(),
-                input: ConvInput::Tensor(0),
-                output: 1,
-                cin,
-                cout,
-                kernel: k,
-                stride,
-                padding: pad,
-                groups,
-                in_hw: [ih, iw],
-                out_hw: [oh, ow],
-                weights: weights.clone(),
-                w_bits: 8,
-                w_scale: 127.0,
-                a_bits: 8,
-                in_bits: 8,
-                float_scale: 1.0,
-                fan_in,
-                worst_bits: None,
-                worst_bits_weights: None,
-            };
+            let l = layer(cin, cout, k, stride, pad, groups, [ih, iw], weights.clone());
             let input: Vec<i32> = (0..cin * ih * iw)
                 .map(|i| (i as i32 * 53 % 255) - 128)
                 .collect();
