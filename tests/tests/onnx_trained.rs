@@ -105,7 +105,7 @@ fn a_trained_toynet_exports_and_runs_in_onnx_runtime_and_qonnx() {
         ck,
         shape,
         input,
-        seed: fake_quant,
+        reference: fake_quant,
     };
     let (g, ck) = (&gold.g, &gold.ck);
     let (tap_shape, tap_input) = gold.tap_input();

@@ -74,14 +74,14 @@ fn qdq_export_matches_fake_quant_eval_in_onnxruntime() {
         );
         let classes = g.classes as usize;
         let (off, on) = (&ran[0].logits, ran[0].logits_opt.as_ref().unwrap());
-        let (_, max_on) = row_errors(on, &gold.seed, classes);
+        let (_, max_on) = row_errors(on, &gold.reference, classes);
         let (_, on_off) = row_errors(on, off, classes);
         eprintln!(
             "{file}: optimisations off: {}; optimisations on: max |logit diff| {max_on:.3e} \
              (against off: {on_off:.3e}), same top-1 {}/{}",
             gold.check_logits(off),
-            same_top1(on, &gold.seed, classes),
-            gold.seed.len() / classes,
+            same_top1(on, &gold.reference, classes),
+            gold.reference.len() / classes,
         );
     }
 }

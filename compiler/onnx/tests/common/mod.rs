@@ -511,7 +511,7 @@ pub fn issue16_op(n: &Node) -> Option<&'static str> {
 /// A row of logits is exact within this, relative to the row's largest
 /// seed logit.
 pub const LOGIT_TOL: f64 = 1e-4;
-/// Bound on a flipped row's error, relative to its largest seed logit
+/// Bound on a flipped row's error, relative to its largest reference logit
 /// (observed up to 0.051 on the three golden sets).
 pub const FLIP_ROW_TOL: f64 = 0.25;
 /// Rows that must be exact per golden model (observed 1 to 6 of 8).
@@ -519,16 +519,21 @@ pub const MIN_EXACT_ROWS: usize = 1;
 /// Images the quantizers are teacher-forced on.
 pub const TAP_IMAGES: usize = 2;
 
-/// A golden model: the spec's graph under `profile`, the seed's state dict
-/// imported through the spec's `import seed` section, the golden set's
-/// input images and its `logits_eval` (the seed's fake-quant eval forward).
+/// A model to compare ONNX runs with: the spec's graph under `profile`, a
+/// checkpoint, input images and the reference logits of its fake-quant
+/// eval forward. [`Golden::load`]: the seed's state dict imported through
+/// the spec's `import seed` section, the golden set's images and its
+/// `logits_eval` (the seed's own forward); a trained run
+/// (`tests/tests/onnx_trained.rs`): its checkpoint and the model crate's
+/// logits.
 pub struct Golden {
     pub file: String,
     pub g: Graph,
     pub ck: Checkpoint,
     pub shape: Vec<usize>,
     pub input: Vec<f32>,
-    pub seed: Vec<f32>,
+    /// The reference logits, image by image.
+    pub reference: Vec<f32>,
 }
 
 impl Golden {
@@ -541,14 +546,14 @@ impl Golden {
         let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let (shape, input) = f32s(&st, "input");
-        let (_, seed) = f32s(&st, "logits_eval");
+        let (_, reference) = f32s(&st, "logits_eval");
         Golden {
             file: file.into(),
             g,
             ck,
             shape,
             input,
-            seed,
+            reference,
         }
     }
 
@@ -560,13 +565,13 @@ impl Golden {
         (shape, self.input[..TAP_IMAGES * per_image].to_vec())
     }
 
-    /// `got`, the logits of all images, against the seed's: at least
+    /// `got`, the logits of all images, against the reference: at least
     /// [`MIN_EXACT_ROWS`] rows within [`LOGIT_TOL`] (a wrong structure,
     /// scale or rounding spoils every row), every row within
     /// [`FLIP_ROW_TOL`] (what rounding-boundary flips give). Returns a
     /// line saying how close it is.
     pub fn check_logits(&self, got: &[f32]) -> String {
-        let (file, seed) = (&self.file, &self.seed);
+        let (file, seed) = (&self.file, &self.reference);
         let classes = self.g.classes as usize;
         assert_eq!(got.len(), seed.len(), "{file}: logits");
         let (rows, max_abs) = row_errors(got, seed, classes);
@@ -585,7 +590,7 @@ impl Golden {
         }
         format!(
             "{exact} of {n} rows exact, max |logit diff| {max_abs:.3e}, same top-1 {}/{n} (per \
-             row, relative: {}); largest seed logit {:.3}",
+             row, relative: {}); largest reference logit {:.3}",
             same_top1(got, seed, classes),
             show(&rows),
             seed.iter().fold(0f32, |m, v| m.max(v.abs())),
