@@ -169,6 +169,7 @@ pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
     world: usize,
+    timeout: Duration,
 }
 
 // SAFETY: the shim's group is libtorch's ProcessGroupGloo, which
@@ -226,6 +227,7 @@ impl ProcessGroup {
             raw,
             rank: r.rank,
             world: r.world_size,
+            timeout: r.timeout,
         })
     }
 
@@ -253,7 +255,11 @@ impl ProcessGroup {
                 rank: self.rank,
                 world: self.world,
                 what,
-                message: last_error(),
+                message: format!(
+                    "{} (a collective waits at most {:?} for the others)",
+                    last_error(),
+                    self.timeout
+                ),
             })
         }
     }

@@ -102,6 +102,12 @@ impl QatModel for Net {
     }
 }
 
+/// Float tolerance of two ranks against one process: f32 sums in another
+/// order (half batches, then the all-reduce; the sync-BN statistics in two
+/// passes) differ in the last bits, ~1e-7 relative per operation, which
+/// an epoch of 7 steps does not grow past 1e-5.
+const FLOAT_TOL: f64 = 2e-5;
+
 /// One in-process run or model at a time: the initial weights come from
 /// torch's global seed.
 static ONE: Mutex<()> = Mutex::new(());
@@ -118,12 +124,17 @@ struct Run {
     sync_bn: bool,
     epochs: usize,
     batch: usize,
+    limit: usize,
     resume: bool,
     stop_after: Option<usize>,
     dump: Option<PathBuf>,
     init: Option<PathBuf>,
     /// Rank 1 kills itself (SIGKILL) once this file exists.
     kill_when: Option<PathBuf>,
+    /// Instead of dying, rank 1 stops (SIGSTOP): a hung rank.
+    hang: bool,
+    /// `--dist-timeout`.
+    timeout: Option<u64>,
     /// Rank 1 trains this profile instead.
     rank1_profile: Option<&'static str>,
 }
@@ -136,11 +147,14 @@ impl Run {
             sync_bn,
             epochs: 1,
             batch: 32,
+            limit: 200,
             resume: false,
             stop_after: None,
             dump: None,
             init: None,
             kill_when: None,
+            hang: false,
+            timeout: None,
             rank1_profile: None,
         }
     }
@@ -148,9 +162,10 @@ impl Run {
     fn to_json(&self) -> Value {
         json!({
             "out": self.out, "profile": self.profile, "sync_bn": self.sync_bn,
-            "epochs": self.epochs, "batch": self.batch, "resume": self.resume,
+            "epochs": self.epochs, "batch": self.batch, "limit": self.limit, "resume": self.resume,
             "stop_after": self.stop_after, "dump": self.dump, "init": self.init,
             "kill_when": self.kill_when, "rank1_profile": self.rank1_profile,
+            "hang": self.hang, "timeout": self.timeout,
         })
     }
 
@@ -167,7 +182,7 @@ impl Run {
             epochs: v["epochs"].as_u64().map(|n| n as usize),
             batch_size: v["batch"].as_u64().map(|n| n as usize),
             lr: Some(0.05),
-            limit_train: Some(200),
+            limit_train: v["limit"].as_u64().map(|n| n as usize),
             limit_test: Some(100),
             seed: Some(5),
             device: Some("cpu".into()),
@@ -176,13 +191,15 @@ impl Run {
             sync_bn: Some(v["sync_bn"].as_bool().unwrap()),
             ..Default::default()
         };
-        TrainArgs {
+        let mut args = TrainArgs {
             options,
             resume: v["resume"].as_bool().unwrap(),
             stop_after: v["stop_after"].as_u64().map(|n| n as usize),
             dump_steps: path("dump"),
             ..Default::default()
-        }
+        };
+        args.parallel.dist_timeout = v["timeout"].as_u64();
+        args
     }
 
     /// One process, in this one.
@@ -214,11 +231,16 @@ fn worker_entry() {
     let rank: usize = std::env::var("RANK").unwrap().parse().unwrap();
     if let (1, Some(file)) = (rank, v["kill_when"].as_str()) {
         let file = PathBuf::from(file);
+        let signal = if v["hang"].as_bool().unwrap() {
+            "-STOP"
+        } else {
+            "-KILL"
+        };
         std::thread::spawn(move || loop {
             if file.exists() {
                 let pid = std::process::id().to_string();
                 let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid])
+                    .args([signal, &pid])
                     .status();
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -335,10 +357,7 @@ fn three_runs(profile: &'static str) -> (Vec<Vars>, Vec<Vars>, Vec<Vars>, Vars) 
 #[test]
 fn float_sync_bn_two_ranks_equal_one_process_after_every_step() {
     let (one, sync, local, start) = three_runs("float");
-    // Float tolerance: f32 sums in another order (half batches, then the
-    // all-reduce) differ in the last bits, ~1e-7 relative per operation,
-    // which a few steps do not grow past 1e-5.
-    let tol = 2e-5;
+    let tol = FLOAT_TOL;
     let mut prev = &start;
     for (k, (a, b)) in one.iter().zip(&sync).enumerate() {
         let diff = rel_diff(a, b);
@@ -360,17 +379,44 @@ fn float_sync_bn_two_ranks_equal_one_process_after_every_step() {
     assert!(local_diff > 100.0 * tol, "{local_diff:e}");
 }
 
+/// 193 images in batches of 32: the last batch has one image, which rank
+/// 1 takes; rank 0 runs its empty part (and the sync-BN collectives) and
+/// the result is still one process's.
+#[test]
+fn a_last_batch_smaller_than_the_world_is_one_process_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut one = Run::new(&t.join("one"), "float", true);
+    one.limit = 193;
+    one.dump = Some(t.join("one-steps"));
+    assert_eq!(one.alone(), Outcome::Finished);
+    let mut two = one.clone();
+    two.out = t.join("two");
+    two.dump = Some(t.join("two-steps"));
+    assert_eq!(two.two(), Ok(Launched::Finished));
+    let (a, b) = (steps(&t.join("one-steps")), steps(&t.join("two-steps")));
+    assert_eq!((a.len(), b.len()), (7, 7));
+    let diff = rel_diff(&a[6], &b[6]);
+    let moved = rel_diff(&a[6], &a[5]);
+    eprintln!("after the batch of one: {diff:.2e} apart, the step moved {moved:.2e}");
+    assert!(
+        diff <= FLOAT_TOL && moved > 100.0 * FLOAT_TOL,
+        "{diff:e}, {moved:e}"
+    );
+}
+
 #[test]
 fn w4a4_sync_bn_two_ranks_within_the_noise_floor_of_one_process() {
     let (one, sync, local, start) = three_runs("w4a4");
     let (cos, ratio) = update_agreement(&one, &sync, &start);
     let (lcos, lratio) = update_agreement(&one, &local, &start);
     eprintln!(
-        "w4a4 epoch update, 2 ranks vs 1 process: sync BN cosine {cos:.5} norm ratio {ratio:.5}; per-rank BN cosine {lcos:.5} norm ratio {lratio:.5}; largest step difference (sync) {:.2e}",
+        "w4a4 epoch update, 2 ranks vs 1 process: sync BN cosine {cos:.5} norm ratio {ratio:.5}; per-rank BN cosine {lcos:.5} norm ratio {lratio:.5}; largest step difference (sync) {:.2e}; per-rank BN after the epoch {:.2e}",
         one.iter()
             .zip(&sync)
             .map(|(a, b)| rel_diff(a, b))
-            .fold(0.0, f64::max)
+            .fold(0.0, f64::max),
+        rel_diff(one.last().unwrap(), local.last().unwrap())
     );
     // The noise floor of two correct implementations of a training-mode
     // quantized model (golden-seeds README): cosine >= 0.76, norm ratio
@@ -460,6 +506,32 @@ fn a_killed_rank_ends_the_run_with_an_error_naming_it() {
     // Rank 0 saw its peer go (or was stopped); what it saved is whole.
     let ckpt = checkpoint::load(&run.out.join(LATEST)).unwrap();
     assert!(ckpt.meta.unwrap().epoch >= 1);
+}
+
+/// Rank 1 stops (SIGSTOP) after the first epoch: rank 0's next
+/// collective times out (`--dist-timeout 5`), it fails, and the launcher
+/// kills the hung rank after its grace and names both.
+#[test]
+fn a_hung_rank_ends_the_run_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = Run::new(&tmp.path().join("run"), "w4a4", false);
+    run.epochs = 1000;
+    run.kill_when = Some(run.out.join(LATEST));
+    run.hang = true;
+    run.timeout = Some(5);
+    let start = Instant::now();
+    let err = run.two().unwrap_err();
+    let took = start.elapsed();
+    eprintln!("after {took:?}: {err}");
+    assert!(err.starts_with("rank 0 of 2 exited with status 1"), "{err}");
+    assert!(
+        err.contains("rank(s) 1 did not end within 10 s (hung?) and were killed"),
+        "{err}"
+    );
+    let e = std::fs::read_to_string(tmp.path().join("run.error-0")).unwrap();
+    assert!(e.starts_with("rank 0 of 2: all_reduce"), "{e}");
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    assert!(checkpoint::load(&run.out.join(LATEST)).is_ok());
 }
 
 #[test]

@@ -201,6 +201,7 @@ pub fn launch(
 fn wait_all(mut children: Vec<Child>) -> Result<Launched, String> {
     let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; children.len()];
     let mut failed: Option<(usize, String, Instant)> = None;
+    let mut killed: Vec<String> = Vec::new();
     loop {
         // Of the ranks that ended since the last look, one killed by a
         // signal is the cause rather than one that failed after it.
@@ -230,7 +231,8 @@ fn wait_all(mut children: Vec<Child>) -> Result<Launched, String> {
                 for (rank, c) in children.iter_mut().enumerate() {
                     if status[rank].is_none() {
                         let _ = c.kill();
-                        status[rank] = c.wait().ok();
+                        let _ = c.wait();
+                        killed.push(rank.to_string());
                     }
                 }
                 break;
@@ -239,10 +241,18 @@ fn wait_all(mut children: Vec<Child>) -> Result<Launched, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Some((rank, how, _)) = failed {
+        let rest = if killed.is_empty() {
+            "the other ranks ended".to_string()
+        } else {
+            format!(
+                "rank(s) {} did not end within {} s (hung?) and were killed",
+                killed.join(", "),
+                GRACE.as_secs()
+            )
+        };
         return Err(format!(
-            "rank {rank} of {} {how}; the run stopped (the other ranks ended or were stopped within {} s)",
-            children.len(),
-            GRACE.as_secs()
+            "rank {rank} of {} {how}; the run stopped ({rest})",
+            children.len()
         ));
     }
     if status.iter().flatten().any(|s| s.code() == Some(130)) {

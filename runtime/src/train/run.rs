@@ -166,6 +166,16 @@ where
             config.batch_size
         ));
     }
+    let trained_on = resume
+        .as_ref()
+        .and_then(|c| c.meta.as_ref())
+        .and_then(|m| m.config.get("world_size"))
+        .map_or(Some(1), serde_json::Value::as_u64);
+    if let Some(w) = trained_on.filter(|&w| rank == 0 && resume.is_some() && w != world as u64) {
+        eprintln!(
+            "note: the run was trained on {w} process(es) and goes on on {world}: the same global batch, but not bit-equal to going on with {w} (the sums run in another order; per-rank BN sees other parts)"
+        );
+    }
     let mut trainee = Trainee::build(meta, build, &config)?;
     let position = match (&resume, &config.init) {
         (Some(ckpt), _) => trainee.resume(meta, &config, &run_dir, ckpt)?,
