@@ -31,13 +31,22 @@ struct Group {
   std::chrono::milliseconds timeout;
 };
 
+// An exception's message, without the C++ backtrace libtorch's errors
+// carry in what().
+std::string message_of(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) {
+    return c->what_without_backtrace();
+  }
+  return e.what();
+}
+
 template <typename F>
 int guarded(F f) {
   try {
     f();
     return 0;
   } catch (const std::exception& e) {
-    last_error = e.what();
+    last_error = message_of(e);
   } catch (...) {
     last_error = "unknown C++ exception";
   }
@@ -57,7 +66,7 @@ void allreduce_in_place(Group* g, at::Tensor& t) {
     g->pg->allreduce(ts)->wait(g->timeout);
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(autograd_error_lock);
-    if (autograd_error.empty()) autograd_error = e.what();
+    if (autograd_error.empty()) autograd_error = message_of(e);
   }
 }
 
@@ -157,7 +166,7 @@ at::Tensor* qatc_pg_allreduce_autograd(void* group, at::Tensor* t) {
     return new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(group)));
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(autograd_error_lock);
-    if (autograd_error.empty()) autograd_error = e.what();
+    if (autograd_error.empty()) autograd_error = message_of(e);
   }
   return new at::Tensor(*t);
 }
