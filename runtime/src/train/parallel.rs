@@ -134,8 +134,9 @@ fn free_port() -> Result<u16, String> {
 
 /// `--nproc N`: runs `program args` as `nproc` workers on this machine
 /// with `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`,
-/// `MASTER_ADDR` (127.0.0.1) and `MASTER_PORT` (`port`, else the
-/// environment's `MASTER_PORT`, else a free one) set, and waits for them.
+/// `MASTER_ADDR` (127.0.0.1), `MASTER_PORT` (`port`, else the
+/// environment's `MASTER_PORT`, else a free one) and, unless set,
+/// `QATC_THREADS` (the cores over `nproc`), and waits for them.
 /// When a worker fails (a non-zero status other than Ctrl-C's, or a
 /// signal), the others get [`GRACE`] to end, then are killed, and the
 /// error names the first that failed. `env`: more variables for the
@@ -166,7 +167,21 @@ pub fn launch(
     // Ctrl-C reaches the workers (same process group): they save and
     // stop; the launcher waits for them.
     let _ = ctrlc::set_handler(|| {});
-    eprintln!("launching {nproc} workers on this machine (rendezvous 127.0.0.1:{port}, Gloo)");
+    // Each worker's share of the cores unless the user chose (torchrun
+    // likewise sets OMP_NUM_THREADS).
+    let threads = match std::env::var_os(crate::bench::THREADS_ENV) {
+        Some(_) => None,
+        None => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Some((cores / nproc).max(1).to_string())
+        }
+    };
+    let each = threads.as_ref().map_or(String::new(), |t| {
+        format!(", {}={t} each", crate::bench::THREADS_ENV)
+    });
+    eprintln!(
+        "launching {nproc} workers on this machine (rendezvous 127.0.0.1:{port}, Gloo{each})"
+    );
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..nproc {
         let child = Command::new(program)
@@ -177,6 +192,7 @@ pub fn launch(
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .envs(threads.iter().map(|t| (crate::bench::THREADS_ENV, t)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn();
