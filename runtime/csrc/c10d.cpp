@@ -11,8 +11,12 @@
 #define USE_C10D_GLOO 1
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <mutex>
 #include <exception>
 #include <string>
 #include <vector>
@@ -27,18 +31,64 @@ struct Group {
   std::chrono::milliseconds timeout;
 };
 
+// An exception's message, without the C++ backtrace libtorch's errors
+// carry in what().
+std::string message_of(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) {
+    return c->what_without_backtrace();
+  }
+  return e.what();
+}
+
 template <typename F>
 int guarded(F f) {
   try {
     f();
     return 0;
   } catch (const std::exception& e) {
-    last_error = e.what();
+    last_error = message_of(e);
   } catch (...) {
     last_error = "unknown C++ exception";
   }
   return 1;
 }
+
+// The error a collective inside an autograd function met (thrown out of
+// autograd it would end the process through tch's panicking backward):
+// kept here, the tensor left unreduced, and read by
+// qatc_pg_take_autograd_error after the forward or backward pass.
+std::mutex autograd_error_lock;
+std::string autograd_error;
+
+void allreduce_in_place(Group* g, at::Tensor& t) {
+  try {
+    std::vector<at::Tensor> ts = {t};
+    g->pg->allreduce(ts)->wait(g->timeout);
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(autograd_error_lock);
+    if (autograd_error.empty()) autograd_error = message_of(e);
+  }
+}
+
+// y = sum over ranks of x, differentiable: every rank's y depends on every
+// rank's x, so the gradient of x is the sum over ranks of y's gradients
+// (torch.distributed.nn.functional.all_reduce).
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            int64_t group) {
+    ctx->saved_data["group"] = group;
+    at::Tensor y = x.detach().to(at::kCPU).contiguous().clone();
+    allreduce_in_place(reinterpret_cast<Group*>(group), y);
+    return y.to(x.device());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+    at::Tensor d = grads[0].to(at::kCPU).contiguous().clone();
+    allreduce_in_place(g, d);
+    return {d.to(grads[0].device()), at::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -106,6 +156,34 @@ int qatc_pg_barrier(void* group) {
     auto* g = static_cast<Group*>(group);
     g->pg->barrier()->wait(g->timeout);
   });
+}
+
+// y = the sum of `t` over all ranks, with the sum's gradient (see
+// AllReduceSum). Never null: on an error `t` itself comes back and the
+// error is kept for qatc_pg_take_autograd_error.
+at::Tensor* qatc_pg_allreduce_autograd(void* group, at::Tensor* t) {
+  try {
+    return new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(group)));
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(autograd_error_lock);
+    if (autograd_error.empty()) autograd_error = message_of(e);
+  }
+  return new at::Tensor(*t);
+}
+
+// The first error of a collective inside autograd since the last call
+// (empty: none), copied into `buf` (NUL-terminated, cut to `len`); returns
+// its length, 0 for none.
+int qatc_pg_take_autograd_error(char* buf, int len) {
+  std::lock_guard<std::mutex> lock(autograd_error_lock);
+  int n = static_cast<int>(autograd_error.size());
+  if (n > 0 && len > 0) {
+    int k = std::min(n, len - 1);
+    std::memcpy(buf, autograd_error.data(), static_cast<std::size_t>(k));
+    buf[k] = '\0';
+  }
+  autograd_error.clear();
+  return n;
 }
 
 void qatc_pg_free(void* group) {

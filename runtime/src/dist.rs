@@ -1,7 +1,7 @@
 //! Collectives for data-parallel training over libtorch's own c10d engine:
 //! a `TCPStore` rendezvous (rank 0 serves it) and a `ProcessGroupGloo` over
 //! CPU tensors, through the C shim `csrc/c10d.cpp` (issue 22's transport;
-//! the training loop does not use it yet).
+//! used by the training loop, `train::run`, and by synchronised BN).
 //!
 //! A worker joins with the variables torch's launchers set ([`Rendezvous::
 //! from_env`]: `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), or an
@@ -34,6 +34,11 @@ extern "C" {
     fn qatc_pg_allreduce_sum(group: *mut c_void, t: *mut torch_sys::C_tensor) -> i32;
     fn qatc_pg_broadcast(group: *mut c_void, t: *mut torch_sys::C_tensor, root: i32) -> i32;
     fn qatc_pg_barrier(group: *mut c_void) -> i32;
+    fn qatc_pg_allreduce_autograd(
+        group: *mut c_void,
+        t: *mut torch_sys::C_tensor,
+    ) -> *mut torch_sys::C_tensor;
+    fn qatc_pg_take_autograd_error(buf: *mut c_char, len: i32) -> i32;
     fn qatc_pg_free(group: *mut c_void);
 }
 
@@ -164,6 +169,7 @@ pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
     world: usize,
+    timeout: Duration,
 }
 
 // SAFETY: the shim's group is libtorch's ProcessGroupGloo, which
@@ -221,6 +227,7 @@ impl ProcessGroup {
             raw,
             rank: r.rank,
             world: r.world_size,
+            timeout: r.timeout,
         })
     }
 
@@ -248,7 +255,11 @@ impl ProcessGroup {
                 rank: self.rank,
                 world: self.world,
                 what,
-                message: last_error(),
+                message: format!(
+                    "{} (a collective waits at most {:?} for the others)",
+                    last_error(),
+                    self.timeout
+                ),
             })
         }
     }
@@ -302,6 +313,110 @@ impl ProcessGroup {
             at += n;
         }
         Ok(())
+    }
+
+    /// The sum of `t` over all ranks as a new tensor that autograd
+    /// differentiates: the gradient of `t` on each rank is the sum over
+    /// ranks of the result's gradients (what synchronised BN needs: every
+    /// rank's statistics depend on every rank's activations). Works on any
+    /// device (the collective runs on a CPU copy). An error, forward or
+    /// backward, does not stop autograd (a model's forward cannot return
+    /// one): the tensor is left unreduced and [`Self::take_autograd_error`]
+    /// returns the error, which the caller checks after the pass.
+    pub fn all_reduce_autograd(&self, t: &Tensor) -> Tensor {
+        // SAFETY: `raw` is a live group that outlives the graph (the
+        // training loop keeps it until the run ends); `t` is a live tensor
+        // the call does not keep; the result, never null, is a new tensor
+        // we own.
+        unsafe {
+            Tensor::from_ptr(qatc_pg_allreduce_autograd(
+                self.raw.as_ptr(),
+                t.as_ptr().cast_mut(),
+            ))
+        }
+    }
+
+    /// The first error a collective of [`Self::all_reduce_autograd`] met
+    /// (forward or backward) since the last call, if any.
+    pub fn take_autograd_error(&self) -> Result<(), DistError> {
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: `buf` is writable for its length; the shim writes a
+        // NUL-terminated string within it.
+        let n = unsafe { qatc_pg_take_autograd_error(buf.as_mut_ptr().cast(), buf.len() as i32) };
+        if n == 0 {
+            return Ok(());
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Err(DistError::C10d {
+            rank: self.rank,
+            world: self.world,
+            what: "all_reduce in autograd",
+            message: String::from_utf8_lossy(&buf[..end]).into_owned(),
+        })
+    }
+
+    /// Overwrites every tensor of `ts` (any kind, layout or device) with
+    /// rank `root`'s values, one collective each.
+    pub fn broadcast_all(&self, ts: &[Tensor], root: usize) -> Result<(), DistError> {
+        for t in ts {
+            let mut c = t.to_device(tch::Device::Cpu).contiguous().copy();
+            self.broadcast(&mut c, root)?;
+            let c = c.to_device(t.device());
+            tch::no_grad(|| t.shallow_clone().copy_(&c));
+        }
+        Ok(())
+    }
+
+    /// Checks that every rank says the same `text` about `what` (the spec,
+    /// profile and settings of a run): rank 0's text is broadcast, each
+    /// rank compares it line by line, and all learn which ranks differ. An
+    /// error on every rank if one does, naming the ranks and, on the
+    /// differing ones, the first differing line of both.
+    pub fn check_same(&self, what: &str, text: &str) -> Result<(), DistError> {
+        let cpu = (Kind::Int64, tch::Device::Cpu);
+        let mut len = Tensor::from_slice(&[text.len() as i64]);
+        self.broadcast(&mut len, 0)?;
+        let n = len.int64_value(&[0]);
+        let mut bytes = if self.rank == 0 {
+            Tensor::from_slice(text.as_bytes())
+        } else {
+            Tensor::zeros([n], (Kind::Uint8, tch::Device::Cpu))
+        };
+        self.broadcast(&mut bytes, 0)?;
+        let root: Vec<u8> = Vec::<u8>::try_from(&bytes).unwrap_or_default();
+        let root = String::from_utf8_lossy(&root).into_owned();
+        let mine = root != text;
+        let mut flags = Tensor::zeros([self.world as i64], cpu);
+        if mine {
+            let _ = flags.get(self.rank as i64).fill_(1);
+        }
+        self.all_reduce_sum(&mut flags)?;
+        let flags = Vec::<i64>::try_from(&flags).unwrap_or_default();
+        let ranks: Vec<String> = flags
+            .iter()
+            .enumerate()
+            .filter(|(_, &f)| f != 0)
+            .map(|(r, _)| r.to_string())
+            .collect();
+        if ranks.is_empty() {
+            return Ok(());
+        }
+        let detail = if mine {
+            let (a, b) = text
+                .lines()
+                .zip(root.lines().chain(std::iter::repeat("")))
+                .find(|(a, b)| a != b)
+                .unwrap_or((text, &root));
+            format!(": this rank has `{a}`, rank 0 `{b}`")
+        } else {
+            String::new()
+        };
+        Err(DistError::Config(format!(
+            "rank {} of {}: rank(s) {} differ from rank 0 in {what}{detail}",
+            self.rank,
+            self.world,
+            ranks.join(", ")
+        )))
     }
 
     /// Overwrites `t` on every rank with rank `root`'s values.

@@ -27,8 +27,10 @@
 //! - Initialisation is explicit: the seed's models use different schemes
 //!   ([`ConvInit`], [`LinearInit`]); the default is PyTorch's.
 
+use crate::dist::ProcessGroup;
 use crate::quant::{bits_supported, dorefa_weight, tracked, QuantError, FLOAT_BITS};
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::OnceLock;
 use tch::nn::{self, Init};
 use tch::Tensor;
@@ -127,6 +129,17 @@ pub fn layout_from_env() -> Result<Layout, LayoutError> {
 /// layout).
 pub fn set_layout(layout: Layout) {
     LAYOUT.with(|l| l.set(Some(layout)));
+}
+
+thread_local! {
+    static SYNC_BN: RefCell<Option<Rc<ProcessGroup>>> = const { RefCell::new(None) };
+}
+
+/// Makes every [`BatchNorm2d`] the calling thread runs in training mode
+/// use the batch statistics of the whole group (`--sync-bn`), or (`None`)
+/// its own batch's, the default. See [`BatchNorm2d`].
+pub fn set_sync_bn(group: Option<Rc<ProcessGroup>>) {
+    SYNC_BN.with(|s| *s.borrow_mut() = group);
 }
 
 /// The quantized weight of a layer, kept for untracked forward passes.
@@ -600,6 +613,15 @@ pub const BN_MOMENTUM: f64 = 0.1;
 /// affine, eps 1e-5, momentum 0.1, weight 1 and bias 0 at start, running
 /// mean 0 and variance 1. Training mode uses batch statistics and updates
 /// the running ones; eval mode uses the running ones.
+///
+/// Synchronised BN ([`set_sync_bn`], `--sync-bn`): in training mode the
+/// batch statistics are those of the whole group's batch: the per-channel
+/// sums and the image count are summed over the ranks, then the sums of
+/// squared deviations from that mean (two differentiable all-reduces,
+/// [`ProcessGroup::all_reduce_autograd`], whose backward sums the
+/// statistics' gradients over the ranks as PyTorch's `SyncBatchNorm`
+/// does); the running statistics are updated from them (unbiased variance)
+/// as `nn.BatchNorm2d` would on the whole batch.
 #[derive(Debug)]
 pub struct BatchNorm2d {
     inner: nn::BatchNorm,
@@ -642,8 +664,45 @@ impl BatchNorm2d {
     }
 }
 
+impl BatchNorm2d {
+    /// Training mode over the group's batch (see the type's docs).
+    fn forward_sync(&self, xs: &Tensor, group: &ProcessGroup) -> Tensor {
+        let c = xs.size()[1];
+        let dims = [0i64, 2, 3];
+        let kind = xs.kind();
+        let count = (xs.numel() as i64 / c.max(1)) as f64;
+        let sum = xs.sum_dim_intlist(&dims[..], false, kind);
+        let count = Tensor::from_slice(&[count])
+            .to_kind(kind)
+            .to_device(xs.device());
+        let first = group.all_reduce_autograd(&Tensor::cat(&[sum, count], 0));
+        let n = first.double_value(&[c]).max(1.0);
+        let mean = first.narrow(0, 0, c) / n;
+        let centered = xs - mean.view([1, c, 1, 1]);
+        let sq = (&centered * &centered).sum_dim_intlist(&dims[..], false, kind);
+        let var = group.all_reduce_autograd(&sq) / n;
+        let inv = (&var + BN_EPS).rsqrt().view([1, c, 1, 1]);
+        tch::no_grad(|| {
+            let m = BN_MOMENTUM;
+            let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+            let rm = self.inner.running_mean.shallow_clone();
+            let rv = self.inner.running_var.shallow_clone();
+            rm.shallow_clone()
+                .copy_(&(&rm * (1.0 - m) + mean.detach() * m));
+            rv.shallow_clone()
+                .copy_(&(&rv * (1.0 - m) + var.detach() * (m * unbiased)));
+        });
+        centered * inv * self.weight().view([1, c, 1, 1]) + self.bias().view([1, c, 1, 1])
+    }
+}
+
 impl nn::ModuleT for BatchNorm2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            if let Some(group) = SYNC_BN.with(|s| s.borrow().clone()) {
+                return self.forward_sync(xs, &group);
+            }
+        }
         self.inner.forward_t(xs, train)
     }
 }

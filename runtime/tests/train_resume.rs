@@ -85,6 +85,7 @@ fn run(out: &Path, epochs: Option<usize>, resume: bool, stop_after: Option<usize
         config: None,
         resume,
         stop_after,
+        ..Default::default()
     };
     train(&META, &Tiny::new, args).unwrap()
 }

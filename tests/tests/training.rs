@@ -48,6 +48,7 @@ fn run_digits(
             config: None,
             resume,
             stop_after,
+            ..Default::default()
         },
     )
 }

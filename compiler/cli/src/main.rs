@@ -101,7 +101,8 @@ enum Command {
     /// generated crate (regenerated if stale, built with cargo), which takes
     /// the flags after the spec: `qatc train SPEC --help` lists them
     /// (--data, --profile, --epochs, --batch-size, --lr, --schedule,
-    /// --optimizer, --out, --resume, --init, --config ...).
+    /// --optimizer, --out, --resume, --init, --config, --nproc, --sync-bn
+    /// ...).
     #[command(disable_help_flag = true)]
     Train {
         spec: PathBuf,

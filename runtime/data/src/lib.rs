@@ -76,7 +76,7 @@ pub use cifar::CIFAR10_CLASSES;
 pub use dataset::{Augment, Dataset, Normalize, Skipped, Split};
 pub use error::DataError;
 pub use folder::FolderOptions;
-pub use loader::{epoch_order, make_batch, Batch, BatchConfig, Loader, LoaderError};
+pub use loader::{epoch_order, make_batch, Batch, BatchConfig, Loader, LoaderError, Shard};
 
 use std::path::Path;
 

@@ -75,6 +75,40 @@ pub struct BatchConfig {
     /// Batches made ahead of the consumer (0: each one is made while the
     /// previous one is used).
     pub prefetch: usize,
+    /// This process's part of every batch (data-parallel training).
+    pub shard: Shard,
+}
+
+/// A process's part of every batch in data-parallel training: batch `b` of
+/// the epoch (`batch_size` images of the shared order, as one process
+/// would take them) is cut into `world` contiguous parts, `rank` takes part
+/// `rank`: images `len * rank / world .. len * (rank + 1) / world` of it.
+/// A whole batch gives every rank `batch_size / world` images when that
+/// divides; the last, smaller batch is cut as evenly (a rank may get none
+/// when it has fewer images than ranks). The parts of a batch put together
+/// in rank order are the batch, augmentation included (each rank draws the
+/// random numbers of the images before its part), so every image is seen
+/// once an epoch, by one rank, exactly as one process would see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    /// The whole batch (one process).
+    fn default() -> Self {
+        Shard { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// The part `lo..hi` of a batch of `len` images.
+    pub fn range(&self, len: usize) -> std::ops::Range<usize> {
+        let world = self.world.max(1);
+        let rank = self.rank.min(world - 1);
+        (len * rank / world)..(len * (rank + 1) / world)
+    }
 }
 
 impl Default for BatchConfig {
@@ -90,6 +124,7 @@ impl Default for BatchConfig {
             start_step: 0,
             drop_last: false,
             prefetch: 4,
+            shard: Shard::default(),
         }
     }
 }
@@ -131,13 +166,15 @@ impl BatchConfig {
     }
 }
 
-/// One batch.
+/// One batch (this process's part of it, see [`Shard`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// The batch's index in the epoch (`start_step` for the first one).
     pub index: usize,
-    /// Images in this batch.
+    /// Images in this batch (this process's part).
     pub len: usize,
+    /// Images in the whole batch, every rank's part.
+    pub whole_len: usize,
     /// `[len, C, H, W]`.
     pub shape: [usize; 4],
     /// Normalised (and augmented) pixels, NCHW.
@@ -228,11 +265,19 @@ fn make_batch_with(
     let start = index * size;
     let end = (start + size).min(order.len());
     debug_assert!(start < end, "batch {index} is past the end of the epoch");
-    let ids = &order[start..end];
+    let whole = &order[start..end];
+    let part = cfg.shard.range(whole.len());
+    let ids = &whole[part.clone()];
     let image_len = ds.image_len();
     let mut images = vec![0f32; ids.len() * image_len];
     let augment = cfg.augment.filter(|a| !a.is_identity());
     let mut rng = rng_for(&[STREAM_AUGMENT, cfg.seed, cfg.epoch, index as u64]);
+    if let Some(a) = augment {
+        // The draws of the images before this part, as one process makes them.
+        for _ in 0..part.start {
+            draw(&mut rng, a);
+        }
+    }
     for (&i, out) in ids.iter().zip(images.chunks_exact_mut(image_len)) {
         match augment {
             None => ds.normalize_with(table, i, out),
@@ -245,6 +290,7 @@ fn make_batch_with(
     Batch {
         index,
         len: ids.len(),
+        whole_len: whole.len(),
         shape: [ids.len(), ds.shape[0], ds.shape[1], ds.shape[2]],
         images,
         labels: ids.iter().map(|&i| ds.labels[i] as i64).collect(),

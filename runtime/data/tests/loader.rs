@@ -5,7 +5,7 @@
 
 use qatc_data::{
     epoch_order, make_batch, open, Augment, Batch, BatchConfig, Dataset, Loader, LoaderError,
-    Normalize,
+    Normalize, Shard,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,4 +308,53 @@ fn each_batch_draws_its_own_augmentation() {
     // Within a batch, images draw different crops too.
     let len = ds.image_len();
     assert_ne!(batches[0].images[..len], batches[0].images[len..2 * len]);
+}
+
+/// Data-parallel shards: for 2 and 3 ranks, batch sizes that divide and
+/// one that does not, the ranks' parts of each batch put together in rank
+/// order are the one-process batch (images after augmentation, labels), so
+/// the ranks together see every image of the epoch once; the parts of a
+/// last batch smaller than the world are cut as evenly (some empty).
+#[test]
+fn shards_put_together_are_the_one_process_batches() {
+    let ds = Arc::new(synthetic(103, 8));
+    for (batch, world) in [(20, 2), (21, 3), (8, 3), (103, 2)] {
+        let cfg = BatchConfig {
+            drop_last: false,
+            ..train_cfg(&ds, batch)
+        };
+        let whole = all(&ds, &cfg);
+        let parts: Vec<Vec<Batch>> = (0..world)
+            .map(|rank| {
+                all(
+                    &ds,
+                    &BatchConfig {
+                        shard: Shard { rank, world },
+                        ..cfg.clone()
+                    },
+                )
+            })
+            .collect();
+        let mut seen = 0;
+        for (b, w) in whole.iter().enumerate() {
+            let mut images = Vec::new();
+            let mut labels = Vec::new();
+            for p in &parts {
+                let part = &p[b];
+                assert_eq!((part.index, part.whole_len), (b, w.len));
+                assert!(part.len >= w.len / world && part.len <= w.len.div_ceil(world));
+                images.extend_from_slice(&part.images);
+                labels.extend_from_slice(&part.labels);
+            }
+            assert_eq!((images, labels), (w.images.clone(), w.labels.clone()));
+            seen += w.len;
+        }
+        assert_eq!(seen, ds.len(), "batch {batch}, {world} ranks");
+        assert!(parts.iter().all(|p| p.len() == whole.len()));
+    }
+    // A last batch of 1 image over 3 ranks: only the last rank has it.
+    let ranges: Vec<_> = (0..3)
+        .map(|rank| Shard { rank, world: 3 }.range(1))
+        .collect();
+    assert_eq!(ranges, [0..0, 0..0, 0..1]);
 }

@@ -12,6 +12,8 @@
 //! - [`run`]: the training loop (progress, evaluation each epoch, best and
 //!   latest checkpoints, exact resume, Ctrl-C, NaN stop), in the steps of
 //!   the private `session` module;
+//! - [`parallel`]: data-parallel training over c10d (`--nproc`, the
+//!   launcher variables, `--sync-bn`);
 //! - [`eval`](mod@eval): top-1 / top-5, per-class accuracy and confusion
 //!   matrix of a checkpoint.
 //!
@@ -32,6 +34,7 @@ pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod options;
+pub mod parallel;
 mod progress;
 pub mod run;
 pub mod schedule;

@@ -133,6 +133,17 @@ impl Optimizer {
         });
     }
 
+    /// The parameters' gradients that are defined, in name order (tensors
+    /// that share the gradients' storage: data-parallel training averages
+    /// them in place before [`Optimizer::step`]).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
+            .collect()
+    }
+
     /// The state as named tensors (for a checkpoint).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.state

@@ -104,6 +104,11 @@ pub struct TrainOptions {
     /// Run directory [default: runs/<model>-<profile>, numbered if taken].
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
+    /// Several processes: BatchNorm in training mode normalises with the
+    /// statistics of the whole batch, all ranks' parts (PyTorch's
+    /// SyncBatchNorm), instead of each rank's own part [default: false].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub sync_bn: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -138,7 +143,8 @@ impl TrainOptions {
             limit_train,
             limit_test,
             init,
-            out
+            out,
+            sync_bn
         )
     }
 
@@ -172,6 +178,17 @@ pub struct TrainConfig {
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub init: Option<PathBuf>,
+    /// BatchNorm over the whole group's batch (`--sync-bn`).
+    #[serde(default)]
+    pub sync_bn: bool,
+    /// Processes that trained the run (1: one process); set by the
+    /// training loop, not an option. `--batch-size` is their global batch.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn nchw() -> Layout {
@@ -262,6 +279,8 @@ impl TrainConfig {
             limit_train: o.limit_train,
             limit_test: o.limit_test,
             init: o.init.clone(),
+            sync_bn: o.sync_bn.unwrap_or(false),
+            world_size: 1,
         })
     }
 
@@ -316,6 +335,7 @@ impl TrainConfig {
             limit_test: self.limit_test,
             init: self.init.clone(),
             out: None,
+            sync_bn: Some(self.sync_bn),
         }
     }
 }

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 
 /// One epoch's progress display.
 pub(super) struct Progress {
+    /// Shown at all (rank 0 of a data-parallel run, or the only process).
+    shown: bool,
     bar: Option<ProgressBar>,
     steps: usize,
     label: String,
@@ -13,10 +15,17 @@ pub(super) struct Progress {
 
 impl Progress {
     /// The display of epoch `epoch` (from 1) of `epochs`, `steps` steps
-    /// long, starting at step `start` (a resumed epoch).
-    pub(super) fn new(epoch: usize, epochs: usize, steps: usize, start: usize) -> Self {
+    /// long, starting at step `start` (a resumed epoch); nothing unless
+    /// `shown`.
+    pub(super) fn new(
+        epoch: usize,
+        epochs: usize,
+        steps: usize,
+        start: usize,
+        shown: bool,
+    ) -> Self {
         let label = format!("epoch {epoch}/{epochs}");
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = (shown && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps as u64);
             let style = ProgressStyle::with_template(
                 "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
@@ -27,7 +36,12 @@ impl Progress {
             bar.set_position(start as u64);
             bar
         });
-        Self { bar, steps, label }
+        Self {
+            shown,
+            bar,
+            steps,
+            label,
+        }
     }
 
     /// Shows that `step` steps are done, with `msg` (loss, accuracy, speed).
@@ -37,6 +51,7 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(msg.to_string());
             }
+            None if !self.shown => {}
             None => {
                 let every = (self.steps / 10).max(1);
                 if step % every == 0 || step == self.steps {

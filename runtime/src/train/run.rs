@@ -28,12 +28,15 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::options::{TrainConfig, TrainOptions};
+use super::parallel::{self, Launched, ParallelArgs, Role};
 use super::session::{EpochEnd, Position, RunFiles, Session, Trainee};
+use crate::dist::ProcessGroup;
 use crate::model::{ModelMeta, QatModel};
 use crate::profile::UnknownProfile;
 use clap::Args;
 use qatc_records::run_dir::{CORRUPT_LATEST, LATEST, PREVIOUS, RUN_JSON};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::nn;
 
@@ -62,6 +65,13 @@ pub struct TrainArgs {
     /// session (tests of interrupt and resume).
     #[arg(long, hide = true, value_name = "STEPS")]
     pub stop_after: Option<usize>,
+    /// Write every variable after each optimizer step to
+    /// `DIR/step-EPOCH-STEP.safetensors` (rank 0; tests of data
+    /// parallelism).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub dump_steps: Option<PathBuf>,
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
 }
 
 /// `run.json`: the run's record (`qatc_records::RunInfo`) with the
@@ -86,13 +96,86 @@ fn install_ctrl_c() {
     });
 }
 
-/// `train`: see the module doc. Returns how the run ended.
+/// `train`: see the module doc. Returns how the run ended. With `--nproc
+/// N` (and no launcher variables) this process launches N workers, this
+/// program with the same arguments ([`parallel::launch`]); a worker joins
+/// its group first ([`ParallelArgs::role`]).
 pub fn train<M, F>(meta: &ModelMeta, build: &F, args: TrainArgs) -> Result<Outcome, String>
 where
     M: QatModel,
     F: Fn(&nn::Path, &str) -> Result<M, UnknownProfile>,
 {
-    let (config, run_dir, resume) = resolve(meta, &args)?;
+    match args.parallel.role()? {
+        Role::Launcher(n) => {
+            let program = std::env::current_exe()
+                .map_err(|e| format!("cannot find this program to launch its workers: {e}"))?;
+            let argv: Vec<_> = std::env::args_os().skip(1).collect();
+            Ok(
+                match parallel::launch(&program, &argv, n, args.parallel.master_port, &[])? {
+                    Launched::Finished => Outcome::Finished,
+                    Launched::Interrupted => Outcome::Interrupted,
+                },
+            )
+        }
+        Role::Single => train_in(meta, build, args, None),
+        Role::Worker(group) => {
+            let group = Rc::new(group);
+            let result = train_in(meta, build, args, Some(Rc::clone(&group)));
+            crate::layers::set_sync_bn(None);
+            let who = format!("rank {} of {}", group.rank(), group.world_size());
+            result.map_err(|e| {
+                if e.starts_with(&who) {
+                    e
+                } else {
+                    format!("{who}: {e}")
+                }
+            })
+        }
+    }
+}
+
+/// The run of one process, alone or as a rank of `group`.
+fn train_in<M, F>(
+    meta: &ModelMeta,
+    build: &F,
+    args: TrainArgs,
+    group: Option<Rc<ProcessGroup>>,
+) -> Result<Outcome, String>
+where
+    M: QatModel,
+    F: Fn(&nn::Path, &str) -> Result<M, UnknownProfile>,
+{
+    let (rank, world) = group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world_size()));
+    // Rank 0 resolves the run directory first (a corrupt `latest` is set
+    // aside there), then the others read it; an error there reaches every
+    // rank, each of which resolves (and fails) on its own.
+    let barrier = |now: bool| match &group {
+        Some(g) if now => g.barrier().map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    barrier(rank != 0)?;
+    let resolved = resolve(meta, &args, rank);
+    barrier(rank == 0)?;
+    let (mut config, run_dir, resume) = resolved?;
+    config.world_size = world;
+    if config.batch_size % world != 0 {
+        return Err(format!(
+            "--batch-size {} (the global batch) does not divide among {world} processes: choose a multiple of {world}",
+            config.batch_size
+        ));
+    }
+    let trained_on = resume
+        .as_ref()
+        .and_then(|c| c.meta.as_ref())
+        .and_then(|m| m.config.get("world_size"))
+        .map_or(Some(1), serde_json::Value::as_u64);
+    if let Some(w) = trained_on.filter(|&w| rank == 0 && resume.is_some() && w != world as u64) {
+        eprintln!(
+            "note: the run was trained on {w} process(es) and goes on on {world}: the same global batch, but not bit-equal to going on with {w} (the sums run in another order; per-rank BN sees other parts)"
+        );
+    }
     let mut trainee = Trainee::build(meta, build, &config)?;
     let position = match (&resume, &config.init) {
         (Some(ckpt), _) => trainee.resume(meta, &config, &run_dir, ckpt)?,
@@ -102,16 +185,24 @@ where
         }
         (None, None) => Position::default(),
     };
+    if let Some(g) = &group {
+        trainee
+            .start_together(g, meta, &config, &position)
+            .map_err(|e| e.to_string())?;
+        crate::layers::set_sync_bn(config.sync_bn.then(|| Rc::clone(g)));
+    }
     if position.epoch >= config.epochs {
-        eprintln!(
-            "{}: already trained for {} epochs (of {}); raise --epochs to go on",
-            run_dir.display(),
-            position.epoch,
-            config.epochs
-        );
+        if rank == 0 {
+            eprintln!(
+                "{}: already trained for {} epochs (of {}); raise --epochs to go on",
+                run_dir.display(),
+                position.epoch,
+                config.epochs
+            );
+        }
         return Ok(Outcome::Finished);
     }
-    let files = RunFiles::open(meta, &config, run_dir)?;
+    let files = RunFiles::open(meta, &config, run_dir, rank == 0)?;
     let config_json = serde_json::to_value(&config).map_err(|e| e.to_string())?;
     let mut session = Session {
         meta,
@@ -122,7 +213,9 @@ where
         position,
         stop: &STOP,
         stop_after: args.stop_after,
+        dump_steps: args.dump_steps.clone(),
         session_steps: 0,
+        group,
     };
     session.announce();
     STOP.store(false, Ordering::SeqCst);
@@ -146,6 +239,7 @@ where
 fn resolve(
     meta: &ModelMeta,
     args: &TrainArgs,
+    rank: usize,
 ) -> Result<(TrainConfig, PathBuf, Option<Checkpoint>), String> {
     let file = match &args.config {
         Some(path) => TrainOptions::from_yaml_file(path)?,
@@ -166,12 +260,16 @@ fn resolve(
                 latest.display()
             ));
         }
-        resume = Some(load_latest(&dir)?);
+        resume = Some(if rank == 0 {
+            load_latest(&dir)?
+        } else {
+            checkpoint::load(&latest)?
+        });
         options = options.over(info.config.as_options());
         dir
     } else {
         match &options.out {
-            Some(dir) if dir.join(LATEST).exists() => {
+            Some(dir) if rank == 0 && dir.join(LATEST).exists() => {
                 return Err(format!(
                     "`{}` already holds a run: continue it with --resume, or choose another --out",
                     dir.display()

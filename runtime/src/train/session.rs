@@ -24,18 +24,20 @@ use super::progress::Progress;
 use super::tensorboard::EventWriter;
 use crate::bench::Threads;
 use crate::device::{device_name, parse_device};
+use crate::dist::{DistError, ProcessGroup};
 use crate::model::{ModelMeta, QatModel};
 use crate::profile::UnknownProfile;
 use crate::quant::{alpha_penalty_with, ALPHA_VAR};
-use qatc_data::{BatchConfig, Dataset, Loader};
+use qatc_data::{BatchConfig, Dataset, Loader, Shard};
 use qatc_records::run_dir::{BEST, LATEST, METRICS_JSONL, PREVIOUS, RUN_JSON};
 use qatc_records::RunInfo;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Reduction, Tensor};
 
 /// The model being trained, its optimizer and its data.
 pub(super) struct Trainee<M> {
@@ -163,6 +165,48 @@ impl<M: QatModel> Trainee<M> {
         })
     }
 
+    /// Set-up of a rank of `group`: checks that every rank trains the same
+    /// model, profile, settings (not the device or the data path, which
+    /// may differ by machine; the data's size must not) from the same
+    /// position, then overwrites every variable and the optimizer state
+    /// with rank 0's.
+    pub(super) fn start_together(
+        &mut self,
+        group: &ProcessGroup,
+        meta: &ModelMeta,
+        config: &TrainConfig,
+        position: &Position,
+    ) -> Result<(), DistError> {
+        let mut settings = serde_json::to_value(config).unwrap_or_default();
+        if let Some(o) = settings.as_object_mut() {
+            o.remove("device");
+            o.remove("data");
+        }
+        let state: Vec<String> = self.opt.state().into_iter().map(|(n, _)| n).collect();
+        let text = format!(
+            "model {}\nspec hash {}\nprofile {}\ntrain images {}, test images {}\nsettings {settings}\nposition: epoch {} step {}, optimizer steps {}\noptimizer state {}\n",
+            meta.name,
+            meta.spec_hash,
+            config.profile,
+            self.train_set.len(),
+            self.test_set.len(),
+            position.epoch,
+            position.step,
+            self.opt.steps,
+            state.join(",")
+        );
+        group.check_same("model, profile, settings or position", &text)?;
+        let mut names: Vec<&String> = self.vars.keys().collect();
+        names.sort();
+        let vars: Vec<Tensor> = names
+            .iter()
+            .map(|n| self.vars[*n].shallow_clone())
+            .collect();
+        group.broadcast_all(&vars, 0)?;
+        let state: Vec<Tensor> = self.opt.state().into_iter().map(|(_, t)| t).collect();
+        group.broadcast_all(&state, 0)
+    }
+
     /// Set-up of `--init`: the tensors of the checkpoint `init` whose names
     /// and shapes match, reported; none matching is an error.
     pub(super) fn init_from(
@@ -206,10 +250,11 @@ impl<M: QatModel> Trainee<M> {
     }
 }
 
-/// The run directory and this session's TensorBoard event file.
+/// The run directory and this session's TensorBoard event file (`None`:
+/// a rank other than 0, which writes nothing).
 pub(super) struct RunFiles {
     dir: PathBuf,
-    tb: EventWriter,
+    tb: Option<EventWriter>,
 }
 
 fn tb_err(e: std::io::Error) -> String {
@@ -218,12 +263,17 @@ fn tb_err(e: std::io::Error) -> String {
 
 impl RunFiles {
     /// Set-up of the run directory: made if new, `run.json` (re)written
-    /// with the run's settings, a new TensorBoard event file.
+    /// with the run's settings, a new TensorBoard event file; nothing
+    /// unless `write` (ranks other than 0).
     pub(super) fn open(
         meta: &ModelMeta,
         config: &TrainConfig,
         dir: PathBuf,
+        write: bool,
     ) -> Result<Self, String> {
+        if !write {
+            return Ok(RunFiles { dir, tb: None });
+        }
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create run directory `{}`: {e}", dir.display()))?;
         let info = RunInfo {
@@ -244,7 +294,7 @@ impl RunFiles {
                 dir.display()
             )
         })?;
-        Ok(RunFiles { dir, tb })
+        Ok(RunFiles { dir, tb: Some(tb) })
     }
 }
 
@@ -265,6 +315,8 @@ pub(super) struct TrainedEpoch {
     started: Instant,
     train_seconds: f64,
     data_wait: f64,
+    /// Seconds in the gradient all-reduce and the steps they were over.
+    comm: (f64, usize),
 }
 
 /// A training run under way: the steps after set-up.
@@ -280,14 +332,65 @@ pub(super) struct Session<'a, M> {
     pub(super) stop: &'a AtomicBool,
     /// The test hook `--stop-after`: steps of this session.
     pub(super) stop_after: Option<usize>,
+    /// The test hook `--dump-steps`: where every step's variables go.
+    pub(super) dump_steps: Option<PathBuf>,
     /// Training steps taken in this session.
     pub(super) session_steps: usize,
+    /// The group of a data-parallel run (`None`: one process).
+    pub(super) group: Option<Rc<ProcessGroup>>,
+}
+
+/// A step's results over the whole batch (all ranks).
+struct StepResult {
+    /// The mean cross-entropy of the batch.
+    ce: f64,
+    /// Top-1 hits and images of the batch.
+    hits: u64,
+    seen: u64,
+    /// The loss (mean cross-entropy plus the clipping penalty).
+    loss: f64,
+    /// A stop asked on any rank.
+    stop: bool,
+    /// Seconds in the step's all-reduce (0 alone).
+    comm: f64,
 }
 
 impl<M: QatModel> Session<'_, M> {
+    /// Rank 0 (or the only process): the one that evaluates, writes the
+    /// run directory and shows progress.
+    fn is_root(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// Whether any rank asked to stop (`stop` on this one).
+    fn any_stop(&self, stop: bool) -> Result<bool, String> {
+        let Some(g) = &self.group else {
+            return Ok(stop);
+        };
+        let mut t = Tensor::from_slice(&[i64::from(stop)]);
+        g.all_reduce_sum(&mut t).map_err(|e| e.to_string())?;
+        Ok(t.int64_value(&[0]) > 0)
+    }
+
     /// The line that opens a session: model, data, device, settings.
     pub(super) fn announce(&self) {
+        if !self.is_root() {
+            return;
+        }
         let (c, t) = (&self.config, &self.trainee);
+        if c.world_size > 1 {
+            eprintln!(
+                "{} processes (Gloo): global batch {}, {} per process, {} BatchNorm statistics",
+                c.world_size,
+                c.batch_size,
+                c.batch_size / c.world_size,
+                if c.sync_bn {
+                    "synchronised (whole-batch)"
+                } else {
+                    "per-process"
+                }
+            );
+        }
         eprintln!(
             "training {} (profile {}) on {} ({} train / {} test images) on {}, {} torch thread(s), {} layout: {} epochs, batch {}, lr {} {:?}, {:?}; run dir {}",
             self.meta.name,
@@ -323,6 +426,9 @@ impl<M: QatModel> Session<'_, M> {
         test_top1: Option<f64>,
         partial: Option<PartialEpoch>,
     ) -> Result<(), String> {
+        if !self.is_root() {
+            return Ok(());
+        }
         let (meta, t, best) = (self.meta, &self.trainee, self.position.best);
         let cm = CheckpointMeta {
             format: FORMAT.into(),
@@ -366,34 +472,50 @@ impl<M: QatModel> Session<'_, M> {
             start_step: self.position.step,
             // The seed's loader keeps the last, smaller batch.
             drop_last: false,
+            shard: self.group.as_ref().map_or_else(Shard::default, |g| Shard {
+                rank: g.rank(),
+                world: g.world_size(),
+            }),
             ..BatchConfig::train(&train_set, c.batch_size, c.seed, epoch as u64)
         };
         let mut loader = Loader::new(Arc::clone(&train_set), batches).map_err(|e| e.to_string())?;
         let steps = loader.steps();
-        let progress = Progress::new(epoch + 1, c.epochs, steps, self.position.step);
+        let progress = Progress::new(
+            epoch + 1,
+            c.epochs,
+            steps,
+            self.position.step,
+            self.is_root(),
+        );
         let started = Instant::now();
         let mut sums = self.position.partial;
         let mut step = self.position.step;
+        let mut comm_seconds = 0.0;
         while let Some(batch) = loader.next() {
             let (xs, ys) = batch_tensors(&batch, train_set.shape, self.trainee.device);
-            let (ce, logits, loss_value) = self.step_loss(&xs, &ys, lr);
-            if !loss_value.is_finite() {
-                progress.finish();
-                return Err(self.diverged(loss_value, epoch, step));
-            }
-            let hits = top1_hits(&logits.detach(), &ys);
-            let n = batch.len as u64;
-            sums.loss_sum += ce.double_value(&[]) * n as f64;
-            sums.correct += hits as u64;
-            sums.seen += n;
-            step += 1;
             self.session_steps += 1;
-            let stop = self.stop_requested();
+            let r = match self.group.clone() {
+                None => self.step_alone(&xs, &ys, lr),
+                Some(g) => self
+                    .step_together(&g, &xs, &ys, batch.whole_len, lr)
+                    .map_err(|e| e.to_string())?,
+            };
+            comm_seconds += r.comm;
+            if !r.loss.is_finite() {
+                progress.finish();
+                return Err(self.diverged(r.loss, epoch, step));
+            }
+            sums.loss_sum += r.ce * r.seen as f64;
+            sums.correct += r.hits;
+            sums.seen += r.seen;
+            step += 1;
+            self.dump(epoch, step)?;
+            let stop = r.stop;
             let global = (epoch * steps + step) as i64;
-            self.files
-                .tb
-                .scalars(global, &[("train/loss", loss_value), ("train/lr", lr)])
-                .map_err(tb_err)?;
+            if let Some(tb) = &mut self.files.tb {
+                tb.scalars(global, &[("train/loss", r.loss), ("train/lr", lr)])
+                    .map_err(tb_err)?;
+            }
             let elapsed = sums.seconds + started.elapsed().as_secs_f64();
             progress.update(
                 step,
@@ -424,13 +546,13 @@ impl<M: QatModel> Session<'_, M> {
             started,
             train_seconds,
             data_wait,
+            comm: (comm_seconds, step - self.position.step),
         }))
     }
 
-    /// One optimizer step at rate `lr` on a batch; the cross entropy, the
-    /// logits and the loss's value. Where that value is not finite, no step
-    /// is taken.
-    fn step_loss(&mut self, xs: &Tensor, ys: &Tensor, lr: f64) -> (Tensor, Tensor, f64) {
+    /// One optimizer step at rate `lr` on a batch (one process). Where the
+    /// loss is not finite, no step is taken.
+    fn step_alone(&mut self, xs: &Tensor, ys: &Tensor, lr: f64) -> StepResult {
         let model = &self.trainee.model;
         let logits = model.forward_t(xs, true);
         let ce = logits.cross_entropy_for_logits(ys);
@@ -445,7 +567,95 @@ impl<M: QatModel> Session<'_, M> {
             loss.backward();
             opt.step(lr);
         }
-        (ce, logits, loss_value)
+        StepResult {
+            ce: ce.double_value(&[]),
+            hits: top1_hits(&logits.detach(), ys) as u64,
+            seen: xs.size()[0] as u64,
+            loss: loss_value,
+            stop: self.stop_requested(),
+            comm: 0.0,
+        }
+    }
+
+    /// One optimizer step at rate `lr` of a rank of `group` on its part
+    /// `xs`, `ys` of a batch of `whole` images: its loss is its part's
+    /// cross-entropy sum times the world size over `whole` (plus the
+    /// clipping penalty), so the mean of the ranks' gradients, averaged in
+    /// one bucket with the step's statistics and stop flags, is the whole
+    /// batch's. Where the whole batch's loss is not finite, no step is
+    /// taken (on any rank). The all-reduce's seconds go to `last_comm`.
+    fn step_together(
+        &mut self,
+        group: &ProcessGroup,
+        xs: &Tensor,
+        ys: &Tensor,
+        whole: usize,
+        lr: f64,
+    ) -> Result<StepResult, DistError> {
+        let world = group.world_size() as f64;
+        let model = &self.trainee.model;
+        let logits = model.forward_t(xs, true);
+        let ce_sum = logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Sum, -100, 0.0);
+        let local = &ce_sum * (world / whole.max(1) as f64);
+        let penalty = alpha_penalty_with(model.clip_values(), self.config.alpha_decay);
+        let loss = match &penalty {
+            Some(p) => &local + p,
+            None => local,
+        };
+        let opt = &mut self.trainee.opt;
+        opt.zero_grad();
+        let backward = loss.f_backward();
+        group.take_autograd_error()?;
+        backward.map_err(|e| DistError::Config(format!("backward pass: {e}")))?;
+        let stop = self.stop_requested();
+        let hits = if xs.size()[0] > 0 {
+            top1_hits(&logits.detach(), ys)
+        } else {
+            0
+        };
+        let stats = Tensor::from_slice(&[
+            ce_sum.double_value(&[]),
+            hits as f64,
+            xs.size()[0] as f64,
+            f64::from(u8::from(stop)),
+        ]);
+        let mut bucket = self.trainee.opt.grads();
+        bucket.push(stats.shallow_clone());
+        let started = Instant::now();
+        group.all_reduce_mean(&mut bucket)?;
+        let comm = started.elapsed().as_secs_f64();
+        let stats = Vec::<f64>::try_from(&(stats * world)).unwrap_or_default();
+        let ce = stats[0] / whole.max(1) as f64;
+        let loss = ce + penalty.map_or(0.0, |p| p.double_value(&[]));
+        if loss.is_finite() {
+            self.trainee.opt.step(lr);
+        }
+        Ok(StepResult {
+            ce,
+            hits: stats[1].round() as u64,
+            seen: stats[2].round() as u64,
+            loss,
+            stop: stats[3] > 0.5,
+            comm,
+        })
+    }
+
+    /// The test hook `--dump-steps`: every variable after `step` steps of
+    /// `epoch` (from 0), on rank 0.
+    fn dump(&self, epoch: usize, step: usize) -> Result<(), String> {
+        let Some(dir) = self.dump_steps.as_ref().filter(|_| self.is_root()) else {
+            return Ok(());
+        };
+        let path = dir.join(format!("step-{epoch}-{step}.safetensors"));
+        let vars: Vec<(&str, Tensor)> = self
+            .trainee
+            .vars
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.contiguous()))
+            .collect();
+        std::fs::create_dir_all(dir)
+            .and_then(|()| Tensor::write_safetensors(&vars, &path).map_err(std::io::Error::other))
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
     }
 
     /// The error of a non-finite loss at `epoch`, `step` (from 0).
@@ -473,6 +683,9 @@ impl<M: QatModel> Session<'_, M> {
     ) -> Result<(), String> {
         let test_top1 = self.position.records.last().map(|r| r.test_top1);
         self.save(LATEST, (epoch, step), true, test_top1, Some(partial))?;
+        if !self.is_root() {
+            return Ok(());
+        }
         eprintln!(
             "interrupted at epoch {} step {step}/{steps}: saved {}; continue with --resume --out {}",
             epoch + 1,
@@ -498,7 +711,23 @@ impl<M: QatModel> Session<'_, M> {
             started,
             train_seconds,
             data_wait,
+            comm,
         } = trained;
+        if !self.is_root() {
+            // Rank 0 evaluates and writes; the others only move on.
+            self.position.epoch = epoch + 1;
+            self.position.step = 0;
+            self.position.partial = PartialEpoch::default();
+            let stop = self.any_stop(self.stop_requested())?;
+            return Ok(stop && epoch + 1 < self.config.epochs);
+        }
+        if self.config.world_size > 1 && comm.1 > 0 {
+            eprintln!(
+                "all-reduce of the gradients: {:.2} ms per step ({:.1} % of the epoch's training time)",
+                1e3 * comm.0 / comm.1 as f64,
+                100.0 * comm.0 / (train_seconds - sums.seconds).max(1e-9)
+            );
+        }
         let t = &self.trainee;
         let batch = self.config.batch_size.max(256);
         let result =
@@ -529,7 +758,7 @@ impl<M: QatModel> Session<'_, M> {
         self.position.epoch = epoch + 1;
         self.position.step = 0;
         self.position.partial = PartialEpoch::default();
-        let stop = self.stop_requested();
+        let stop = self.any_stop(self.stop_requested())?;
         if stop && epoch + 1 < self.config.epochs {
             eprintln!(
                 "interrupted after epoch {}: saved; continue with --resume --out {}",
@@ -568,13 +797,18 @@ impl<M: QatModel> Session<'_, M> {
         ];
         scalars.extend(record.clip.iter().map(|(s, v)| (format!("clip/{s}"), *v)));
         let scalars: Vec<(&str, f64)> = scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
-        let tb = &mut self.files.tb;
+        let Some(tb) = &mut self.files.tb else {
+            return Ok(());
+        };
         tb.scalars(record.epoch as i64, &scalars).map_err(tb_err)?;
         tb.flush().map_err(tb_err)
     }
 
     /// The closing summary of a run that trained all its epochs.
     pub(super) fn finish(&self) {
+        if !self.is_root() {
+            return;
+        }
         let records = &self.position.records;
         let (best_top1, best_epoch) = self.position.best.unwrap_or((0.0, 0));
         let mean_seconds =
