@@ -145,8 +145,8 @@ fn space_items(text: &str) -> String {
 ///
 /// Likewise a hardswish (`forward_hardswish`), a concat read only by its
 /// quantizer (`forward_concat`: the parts quantized into the joined map,
-/// each ReLU / ReLU6 part read only by the concat fused in too), a
-/// gating product (`forward_mul`) and a residual sum (`forward_add`).
+/// each ReLU / ReLU6 part read only by the concat fused in too) and a
+/// gating product (`forward_mul`).
 struct Fused<'u> {
     /// Nodes that get no statement of their own.
     absorbed: HashSet<&'u str>,
@@ -160,9 +160,8 @@ enum Absorbs<'u> {
     /// `forward_concat(&[(part, Pre::...), ...])`: per part, the node read
     /// and its fused activation (`None`, `Relu`, `Relu6`).
     Concat(Vec<(String, &'static str)>),
-    /// `method(a, b)` on the two inputs of a join: `forward_mul(x, gate)`,
-    /// `forward_add(main, shortcut)`.
-    Join(&'static str, &'u UNode),
+    /// `forward_mul(x, gate)`.
+    Mul(&'u UNode),
 }
 
 fn fused_activations(union: &Union) -> Fused<'_> {
@@ -193,8 +192,7 @@ fn fused_activations(union: &Union) -> Fused<'_> {
             Op::Activation(a) if a.function == ActivationKind::HardSwish => {
                 Absorbs::Act("forward_hardswish", u)
             }
-            Op::Mul(_) if u.inputs.len() == 2 => Absorbs::Join("forward_mul", u),
-            Op::Add(_) if u.inputs.len() == 2 => Absorbs::Join("forward_add", u),
+            Op::Mul(_) if u.inputs.len() == 2 => Absorbs::Mul(u),
             Op::Concat(_) if u.inputs.len() > 1 => {
                 let parts = u
                     .inputs
@@ -484,10 +482,10 @@ fn lib(
                     read = vec![act.inputs[0].clone()];
                     act_method = format_ident!("{method}");
                 }
-                Some(Absorbs::Join(method, join)) => {
-                    inp = join.inputs.iter().map(input_expr).collect();
-                    read = join.inputs.clone();
-                    act_method = format_ident!("{method}");
+                Some(Absorbs::Mul(mul)) => {
+                    inp = mul.inputs.iter().map(input_expr).collect();
+                    read = mul.inputs.clone();
+                    act_method = format_ident!("forward_mul");
                 }
                 Some(Absorbs::Concat(parts)) => {
                     let items = parts.iter().map(|(name, pre)| {

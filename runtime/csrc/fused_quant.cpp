@@ -28,11 +28,6 @@
 // clipping value's bits are those of the quantizer's input, relu(x), since
 // the activation does not stand between the quantizer and dalpha.
 //
-// Joins fused in the same way (FusedConcatQuant, FusedMulQuant,
-// FusedAddQuant) quantize the concatenation, the gating product or the
-// residual sum without writing it; a fused hardswish and the gating
-// product also fold their own backward into the quantizer's backward pass.
-//
 // C interface: tensors are passed and returned as `at::Tensor*` (tch's
 // C_tensor); a returned tensor is owned by the caller (tch deletes it). On an
 // exception the functions return nullptr and qatc_fq_last_error() says why.
@@ -249,68 +244,6 @@ double grads_range(const float* g, const uint8_t* code, float* dx, int64_t len) 
   return has_avx2 ? grads_avx2(g, code, dx, len) : grads_scalar(g, code, dx, len);
 }
 
-// A fused hardswish's backward folded into the quantizer's: dq as
-// input_grad_range / grads_range compute it (dq = g * inside, times the
-// DoReFa slope), then PyTorch's hardswish backward on dq: 0 where
-// x <= -3, dq where x >= 3, dq * (x / 3 + 1/2) between (the same
-// operations; a NaN x gives NaN, as PyTorch's vectorised body does).
-// Returns the sum of g * side (PACT, mPACT) in double.
-inline float hardswish_grad_scalar(float dq, float x) {
-  return x <= -3.0f ? 0.0f : (x >= 3.0f ? dq : dq * ((x / 3.0f) + 0.5f));
-}
-
-double hardswish_grads_scalar(const float* g, const uint8_t* code, const float* x, float* dx,
-                              int64_t len, bool dorefa) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < len; ++i) {
-    uint8_t c = code[i];
-    float dq = g[i] * static_cast<float>(c & 1);
-    if (dorefa) {
-      dq = dq * 0.1f;
-    } else {
-      sum += static_cast<double>(g[i] * static_cast<float>(((c >> 1) & 1) - ((c >> 2) & 1)));
-    }
-    dx[i] = hardswish_grad_scalar(dq, x[i]);
-  }
-  return sum;
-}
-
-__attribute__((target("avx2"))) double hardswish_grads_avx2(const float* g, const uint8_t* code,
-                                                            const float* x, float* dx, int64_t len,
-                                                            bool dorefa) {
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256 three = _mm256_set1_ps(3.0f), neg_three = _mm256_set1_ps(-3.0f),
-               half = _mm256_set1_ps(0.5f), slope = _mm256_set1_ps(0.1f),
-               zero = _mm256_setzero_ps();
-  double sum = 0.0;
-  int64_t i = 0;
-  while (len - i >= 8) {
-    int64_t stop = i + std::min<int64_t>(1024, (len - i) / 8 * 8);
-    __m256 acc = _mm256_setzero_ps();
-    for (; i < stop; i += 8) {
-      __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
-      __m256 gv = _mm256_loadu_ps(g + i);
-      __m256 xv = _mm256_loadu_ps(x + i);
-      __m256 dq = _mm256_mul_ps(gv, _mm256_cvtepi32_ps(_mm256_and_si256(c, one)));
-      if (dorefa) {
-        dq = _mm256_mul_ps(dq, slope);
-      } else {
-        __m256i side = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 1), one),
-                                        _mm256_and_si256(_mm256_srli_epi32(c, 2), one));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(gv, _mm256_cvtepi32_ps(side)));
-      }
-      __m256 mid = _mm256_mul_ps(dq, _mm256_add_ps(_mm256_div_ps(xv, three), half));
-      __m256 r = _mm256_blendv_ps(mid, dq, _mm256_cmp_ps(xv, three, _CMP_GE_OQ));
-      r = _mm256_blendv_ps(r, zero, _mm256_cmp_ps(xv, neg_three, _CMP_LE_OQ));
-      _mm256_storeu_ps(dx + i, r);
-    }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    for (float v : lanes) sum += v;
-  }
-  return sum + hardswish_grads_scalar(g + i, code + i, x + i, dx + i, len - i, dorefa);
-}
-
 Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha, int64_t act) {
   TORCH_CHECK(act == ACT_NONE || act == ACT_RELU || act == ACT_RELU6 || act == ACT_HARDSWISH,
               "fused quantizer: unknown activation ", act);
@@ -374,32 +307,6 @@ at::Tensor quantizer_grads(const at::Tensor& grad, const at::Tensor& code, int64
   return dx;
 }
 
-// quantizer_grads followed by the hardswish's backward, in one pass over
-// g, the code and x (x dense in the code's layout, as FusedQuant saved it).
-at::Tensor hardswish_quantizer_grads(const at::Tensor& grad, const at::Tensor& code,
-                                     const at::Tensor& x, int64_t mode, at::Tensor* da) {
-  at::Tensor g = laid_like(grad, code);
-  TORCH_CHECK(x.strides() == code.strides(), "fused hardswish quantizer: x and code layouts differ");
-  at::Tensor dx = at::empty_like(g);
-  const float* gp = g.const_data_ptr<float>();
-  const uint8_t* cp = code.const_data_ptr<uint8_t>();
-  const float* xp = x.const_data_ptr<float>();
-  float* dp = dx.mutable_data_ptr<float>();
-  bool dorefa = mode == DOREFA;
-  double sum = at::parallel_reduce(
-      0, g.numel(), GRAIN, 0.0,
-      [&](int64_t begin, int64_t end, double acc) {
-        int64_t len = end - begin;
-        return acc + (has_avx2 ? hardswish_grads_avx2(gp + begin, cp + begin, xp + begin,
-                                                      dp + begin, len, dorefa)
-                               : hardswish_grads_scalar(gp + begin, cp + begin, xp + begin,
-                                                        dp + begin, len, dorefa));
-      },
-      [](double a, double b) { return a + b; });
-  if (!dorefa) *da = at::scalar_tensor(static_cast<float>(sum), g.options());
-  return dx;
-}
-
 struct FusedQuant : public torch::autograd::Function<FusedQuant> {
   // alpha is a constant 0 for DoReFa (no gradient).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
@@ -429,8 +336,12 @@ struct FusedQuant : public torch::autograd::Function<FusedQuant> {
     int64_t mode = ctx->saved_data["mode"].toInt();
     int64_t act = ctx->saved_data["act"].toInt();
     at::Tensor da;
-    at::Tensor dx = act == ACT_HARDSWISH ? hardswish_quantizer_grads(grads[0], code, saved[1], mode, &da)
-                                         : quantizer_grads(grads[0], code, mode, &da);
+    at::Tensor dx = quantizer_grads(grads[0], code, mode, &da);
+    if (act == ACT_HARDSWISH) {
+      // The hardswish's own backward on the quantizer's input gradient:
+      // PyTorch's kernel, so the same values as the unfused ops.
+      dx = at::hardswish_backward(dx, saved[1]);
+    }
     return {dx, da, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -656,66 +567,6 @@ void quantize_gated(const at::Tensor& x, const at::Tensor& gate, float* q, uint8
   });
 }
 
-// The gated product's backward after the quantizer's, in one pass over
-// the incoming gradient, the code and x: writes dx = dq * gate and
-// dq * x (to be summed to the gate's shape), and dalpha into *da, where dq
-// is the quantizer's input gradient (quantizer_grads' values, formed in a
-// small per-thread buffer).
-void gated_grads(const at::Tensor& grad, const at::Tensor& code, const at::Tensor& x,
-                 const at::Tensor& gate, int64_t mode, at::Tensor* dx, at::Tensor* summand,
-                 at::Tensor* da) {
-  at::Tensor g = laid_like(grad, code);
-  TORCH_CHECK(x.strides() == code.strides(), "fused gate quantizer: x and code layouts differ");
-  *dx = at::empty_like(g);
-  *summand = at::empty_like(g);
-  const float* gp = g.const_data_ptr<float>();
-  const uint8_t* cp = code.const_data_ptr<uint8_t>();
-  const float* xp = x.const_data_ptr<float>();
-  const float* gatep = gate.const_data_ptr<float>();
-  float* dxp = dx->mutable_data_ptr<float>();
-  float* sp = summand->mutable_data_ptr<float>();
-  int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  bool last = format_of(x) == at::MemoryFormat::ChannelsLast;
-  // Rows as in quantize_gated.
-  int64_t rows = last ? n * hw : n * c, len = last ? c : hw;
-  int64_t block = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, len));
-  int64_t grain = std::max<int64_t>(block, GRAIN / std::max<int64_t>(1, len));
-  double sum = at::parallel_reduce(
-      0, rows, grain, 0.0,
-      [&](int64_t begin, int64_t end, double acc) {
-        std::vector<float> dq(block * len);
-        for (int64_t first = begin; first < end; first += block) {
-          int64_t stop = std::min(end, first + block);
-          int64_t off = first * len, count = (stop - first) * len;
-          if (mode == DOREFA) {
-            input_grad_range(gp + off, cp + off, dq.data(), count, 0.1f);
-          } else {
-            acc += grads_range(gp + off, cp + off, dq.data(), count);
-          }
-          for (int64_t row = first; row < stop; ++row) {
-            const float* d = dq.data() + (row - first) * len;
-            int64_t at_ = row * len;
-            if (last) {
-              const float* gr = gatep + (row / hw) * c;
-              for (int64_t i = 0; i < len; ++i) {
-                dxp[at_ + i] = d[i] * gr[i];
-                sp[at_ + i] = d[i] * xp[at_ + i];
-              }
-            } else {
-              float gv = gatep[row];
-              for (int64_t i = 0; i < len; ++i) {
-                dxp[at_ + i] = d[i] * gv;
-                sp[at_ + i] = d[i] * xp[at_ + i];
-              }
-            }
-          }
-        }
-        return acc;
-      },
-      [](double a, double b) { return a + b; });
-  if (mode != DOREFA) *da = at::scalar_tensor(static_cast<float>(sum), g.options());
-}
-
 struct FusedMulQuant : public torch::autograd::Function<FusedMulQuant> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gate,
                             const at::Tensor& alpha, int64_t mode, int64_t bits) {
@@ -732,82 +583,14 @@ struct FusedMulQuant : public torch::autograd::Function<FusedMulQuant> {
     variable_list saved = ctx->get_saved_variables();
     int64_t mode = ctx->saved_data["mode"].toInt();
     at::Tensor da;
+    at::Tensor dq = quantizer_grads(grads[0], saved[0], mode, &da);
     // The product's backward as autograd computes it for `x * gate`:
-    // dx = dq * gate, dgate = (dq * x) summed to the gate's shape; dq, the
-    // quantizer's input gradient, is formed block by block and never
-    // written (the products are the same float multiplies, and the
-    // summand has the layout `dq * x` would have, so the sum is the same).
-    at::Tensor dx, summand;
-    gated_grads(grads[0], saved[0], saved[1], saved[2], mode, &dx, &summand, &da);
-    at::Tensor dgate = at::sum_to(summand, saved[2].sizes());
+    // dx = dq * gate, dgate = (dq * x) summed to the gate's shape.
+    at::Tensor dx = dq * saved[2];
+    at::Tensor dgate = at::sum_to(dq * saved[1], saved[2].sizes());
     return {dx, dgate, da, at::Tensor(), at::Tensor()};
   }
 };
-
-// The residual sum x + y (same sizes, both dense in the same memory format)
-// quantized in one pass: each sum is formed in a small buffer (the same
-// float addition as `x + y`: libtorch's `a + 1 * b` is exact in the
-// product, so its fused multiply-add rounds once, as this addition does)
-// and quantized from there, so the sum is never written.
-void quantize_sum(const at::Tensor& x, const at::Tensor& y, float* q, uint8_t* code,
-                  const Params& p) {
-  const float* xp = x.const_data_ptr<float>();
-  const float* yp = y.const_data_ptr<float>();
-  constexpr int64_t block = 4096;
-  at::parallel_for(0, x.numel(), GRAIN, [&](int64_t begin, int64_t end) {
-    float buf[block];
-    for (int64_t first = begin; first < end; first += block) {
-      int64_t count = std::min(end - first, block);
-      for (int64_t i = 0; i < count; ++i) buf[i] = xp[first + i] + yp[first + i];
-      if (code) {
-        quantize_range<true>(buf, q + first, code + first, count, p);
-      } else {
-        quantize_range<false>(buf, q + first, nullptr, count, p);
-      }
-    }
-  });
-}
-
-struct FusedAddQuant : public torch::autograd::Function<FusedAddQuant> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y,
-                            const at::Tensor& alpha, int64_t mode, int64_t bits) {
-    Params p = params_of(mode, bits, alpha, ACT_NONE);
-    at::Tensor q = at::empty_like(x);
-    at::Tensor code = at::empty_like(x, x.options().dtype(at::kByte));
-    quantize_sum(x, y, q.mutable_data_ptr<float>(), code.mutable_data_ptr<uint8_t>(), p);
-    ctx->save_for_backward({code});
-    ctx->saved_data["mode"] = mode;
-    return q;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    int64_t mode = ctx->saved_data["mode"].toInt();
-    at::Tensor da;
-    at::Tensor dq = quantizer_grads(grads[0], ctx->get_saved_variables()[0], mode, &da);
-    // The sum passes its gradient to both terms unchanged, as autograd's
-    // AddBackward does (the same tensor to both).
-    return {dq, dq, da, at::Tensor(), at::Tensor()};
-  }
-};
-
-// The entry of a fused join of two tensors (dense as its kernel reads
-// them): through the autograd function with `track`, else one untracked
-// pass of its forward kernel.
-template <typename Fused>
-at::Tensor* quantize_join(const at::Tensor& x, const at::Tensor& y, const at::Tensor* alpha,
-                          int64_t mode, int64_t bits, int track,
-                          void (*forward)(const at::Tensor&, const at::Tensor&, float*, uint8_t*,
-                                          const Params&)) {
-  at::Tensor a = alpha ? *alpha : at::zeros({}, x.options());
-  if (track) {
-    return new at::Tensor(Fused::apply(x, y, a, mode, bits));
-  }
-  at::NoGradGuard no_grad;
-  Params p = params_of(mode, bits, a, ACT_NONE);
-  at::Tensor q = at::empty_like(x);
-  forward(x, y, q.mutable_data_ptr<float>(), nullptr, p);
-  return new at::Tensor(q);
-}
 
 }  // namespace
 
@@ -879,27 +662,17 @@ at::Tensor* qatc_fq_quantize_mul(const at::Tensor* x, const at::Tensor* gate,
                 "fused gate quantizer: x [N, C, H, W] and gate [N, C, 1, 1] float CPU tensors "
                 "expected, got ",
                 x->toString(), " ", gate->sizes(), " ", gate->toString());
-    return quantize_join<FusedMulQuant>(x->contiguous(format_of(*x)), gate->contiguous(), alpha,
-                                        mode, bits, track, quantize_gated);
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
-}
-
-// x + y quantized (the same sizes; y is read in x's memory format).
-at::Tensor* qatc_fq_quantize_add(const at::Tensor* x, const at::Tensor* y,
-                                 const at::Tensor* alpha, int64_t mode, int64_t bits, int track) {
-  try {
-    TORCH_CHECK(x->device().is_cpu() && x->scalar_type() == at::kFloat && y->device().is_cpu() &&
-                    y->scalar_type() == at::kFloat && x->sizes() == y->sizes(),
-                "fused sum quantizer: two float CPU tensors of the same sizes expected, got ",
-                x->toString(), " ", x->sizes(), " and ", y->toString(), " ", y->sizes());
-    // Both dense in one format: element i of either storage is the same
-    // element, and of q's (empty_like keeps a dense tensor's strides).
-    at::MemoryFormat fmt = format_of(*x);
-    return quantize_join<FusedAddQuant>(x->contiguous(fmt), y->contiguous(fmt), alpha, mode, bits,
-                                        track, quantize_sum);
+    at::Tensor a = alpha ? *alpha : at::zeros({}, x->options());
+    at::Tensor xd = x->contiguous(format_of(*x));
+    at::Tensor gd = gate->contiguous();
+    if (track) {
+      return new at::Tensor(FusedMulQuant::apply(xd, gd, a, mode, bits));
+    }
+    at::NoGradGuard no_grad;
+    Params p = params_of(mode, bits, a, ACT_NONE);
+    at::Tensor q = at::empty_like(xd);
+    quantize_gated(xd, gd, q.mutable_data_ptr<float>(), nullptr, p);
+    return new at::Tensor(q);
   } catch (const std::exception& e) {
     last_error = e.what();
     return nullptr;

@@ -723,7 +723,7 @@ impl ActQuant {
 
     /// `self.forward(&ops::hardswish(x))`, fused as [`ActQuant::forward_relu`]
     /// (the hardswish's value computed in the quantizer's pass, its
-    /// backward, PyTorch's formula, in the quantizer's backward pass).
+    /// backward, PyTorch's, run on the quantizer's input gradient).
     pub fn forward_hardswish(&self, x: &Tensor) -> Tensor {
         self.forward_after(x, fused::Act::Hardswish)
     }
@@ -774,24 +774,6 @@ impl ActQuant {
             }
         }
         nn::Module::forward(self, &crate::ops::mul(x, gate))
-    }
-
-    /// `self.forward(&ops::add(x, y))` for two terms of the same shape (a
-    /// residual sum): one pass that never writes the sum, the same values
-    /// and gradients. Other shapes (broadcasting) take the unfused ops.
-    pub fn forward_add(&self, x: &Tensor, y: &Tensor) -> Tensor {
-        let alpha = self.alpha.as_ref();
-        if let Some(mode) = self
-            .fused_mode()
-            .filter(|_| x.size() == y.size() && fused::applies(x, alpha) && fused::applies(y, None))
-        {
-            let track = tracked(x) || tracked(y) || alpha.is_some_and(tracked);
-            let fast = fused::quantize_add(x, y, alpha, mode, self.bits, track);
-            if let Some(q) = fused::or_report(fast) {
-                return q;
-            }
-        }
-        nn::Module::forward(self, &crate::ops::add(x, y))
     }
 
     /// The fused kernels' mode of this quantizer, `None` where it has none

@@ -2585,7 +2585,8 @@ impl Mobilenetv2 {
         let s1_0_act_quant2 = self.s1_0_act_quant2.forward_relu6(&s1_0_bn2);
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant2);
         let s1_0_bn3 = self.s1_0_bn3.forward_t(&s1_0_conv3, train);
-        self.s1_0_act_quant3.forward_add(&s1_0_bn3, &s1_0_act_quant4)
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_bn3, &s1_0_act_quant4);
+        self.s1_0_act_quant3.forward(&s1_0_add1)
     }
 
     /// Block `s2.0` (`inverted` in stage `s2`): reads `s1.0.act_quant3`, returns `s2.0.act_quant3`.
@@ -2602,7 +2603,8 @@ impl Mobilenetv2 {
         let s2_0_act_quant2 = self.s2_0_act_quant2.forward_relu6(&s2_0_bn2);
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant2);
         let s2_0_bn3 = self.s2_0_bn3.forward_t(&s2_0_conv3, train);
-        self.s2_0_act_quant3.forward_add(&s2_0_bn3, &s2_0_act_quant4)
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_bn3, &s2_0_act_quant4);
+        self.s2_0_act_quant3.forward(&s2_0_add1)
     }
 
     /// Block `s2.1` (`inverted` in stage `s2`): reads `s2.0.act_quant3`, returns `s2.1.act_quant3`.
@@ -2619,7 +2621,8 @@ impl Mobilenetv2 {
         let s2_1_act_quant2 = self.s2_1_act_quant2.forward_relu6(&s2_1_bn2);
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant2);
         let s2_1_bn3 = self.s2_1_bn3.forward_t(&s2_1_conv3, train);
-        self.s2_1_act_quant3.forward_add(&s2_1_bn3, &s2_1_act_quant4)
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_bn3, &s2_1_act_quant4);
+        self.s2_1_act_quant3.forward(&s2_1_add1)
     }
 
     /// Block `s3.0` (`inverted` in stage `s3`): reads `s2.1.act_quant3`, returns `s3.0.act_quant3`.
@@ -2650,7 +2653,8 @@ impl Mobilenetv2 {
         let s3_1_act_quant2 = self.s3_1_act_quant2.forward_relu6(&s3_1_bn2);
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant2);
         let s3_1_bn3 = self.s3_1_bn3.forward_t(&s3_1_conv3, train);
-        self.s3_1_act_quant3.forward_add(&s3_1_bn3, &s3_1_act_quant4)
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_bn3, &s3_1_act_quant4);
+        self.s3_1_act_quant3.forward(&s3_1_add1)
     }
 
     /// Block `s3.2` (`inverted` in stage `s3`): reads `s3.1.act_quant3`, returns `s3.2.act_quant3`.
@@ -2667,7 +2671,8 @@ impl Mobilenetv2 {
         let s3_2_act_quant2 = self.s3_2_act_quant2.forward_relu6(&s3_2_bn2);
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant2);
         let s3_2_bn3 = self.s3_2_bn3.forward_t(&s3_2_conv3, train);
-        self.s3_2_act_quant3.forward_add(&s3_2_bn3, &s3_2_act_quant4)
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_bn3, &s3_2_act_quant4);
+        self.s3_2_act_quant3.forward(&s3_2_add1)
     }
 
     /// Block `s4.0` (`inverted` in stage `s4`): reads `s3.2.act_quant3`, returns `s4.0.act_quant3`.
@@ -2698,7 +2703,8 @@ impl Mobilenetv2 {
         let s4_1_act_quant2 = self.s4_1_act_quant2.forward_relu6(&s4_1_bn2);
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant2);
         let s4_1_bn3 = self.s4_1_bn3.forward_t(&s4_1_conv3, train);
-        self.s4_1_act_quant3.forward_add(&s4_1_bn3, &s4_1_act_quant4)
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_bn3, &s4_1_act_quant4);
+        self.s4_1_act_quant3.forward(&s4_1_add1)
     }
 
     /// Block `s4.2` (`inverted` in stage `s4`): reads `s4.1.act_quant3`, returns `s4.2.act_quant3`.
@@ -2715,7 +2721,8 @@ impl Mobilenetv2 {
         let s4_2_act_quant2 = self.s4_2_act_quant2.forward_relu6(&s4_2_bn2);
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant2);
         let s4_2_bn3 = self.s4_2_bn3.forward_t(&s4_2_conv3, train);
-        self.s4_2_act_quant3.forward_add(&s4_2_bn3, &s4_2_act_quant4)
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_bn3, &s4_2_act_quant4);
+        self.s4_2_act_quant3.forward(&s4_2_add1)
     }
 
     /// Block `s4.3` (`inverted` in stage `s4`): reads `s4.2.act_quant3`, returns `s4.3.act_quant3`.
@@ -2732,7 +2739,8 @@ impl Mobilenetv2 {
         let s4_3_act_quant2 = self.s4_3_act_quant2.forward_relu6(&s4_3_bn2);
         let s4_3_conv3 = self.s4_3_conv3.forward(&s4_3_act_quant2);
         let s4_3_bn3 = self.s4_3_bn3.forward_t(&s4_3_conv3, train);
-        self.s4_3_act_quant3.forward_add(&s4_3_bn3, &s4_3_act_quant4)
+        let s4_3_add1 = qatc_runtime::ops::add(&s4_3_bn3, &s4_3_act_quant4);
+        self.s4_3_act_quant3.forward(&s4_3_add1)
     }
 
     /// Block `s5.0` (`inverted` in stage `s5`): reads `s4.3.act_quant3`, returns `s5.0.act_quant3`.
@@ -2749,7 +2757,8 @@ impl Mobilenetv2 {
         let s5_0_act_quant2 = self.s5_0_act_quant2.forward_relu6(&s5_0_bn2);
         let s5_0_conv3 = self.s5_0_conv3.forward(&s5_0_act_quant2);
         let s5_0_bn3 = self.s5_0_bn3.forward_t(&s5_0_conv3, train);
-        self.s5_0_act_quant3.forward_add(&s5_0_bn3, &s5_0_act_quant4)
+        let s5_0_add1 = qatc_runtime::ops::add(&s5_0_bn3, &s5_0_act_quant4);
+        self.s5_0_act_quant3.forward(&s5_0_add1)
     }
 
     /// Block `s5.1` (`inverted` in stage `s5`): reads `s5.0.act_quant3`, returns `s5.1.act_quant3`.
@@ -2766,7 +2775,8 @@ impl Mobilenetv2 {
         let s5_1_act_quant2 = self.s5_1_act_quant2.forward_relu6(&s5_1_bn2);
         let s5_1_conv3 = self.s5_1_conv3.forward(&s5_1_act_quant2);
         let s5_1_bn3 = self.s5_1_bn3.forward_t(&s5_1_conv3, train);
-        self.s5_1_act_quant3.forward_add(&s5_1_bn3, &s5_1_act_quant4)
+        let s5_1_add1 = qatc_runtime::ops::add(&s5_1_bn3, &s5_1_act_quant4);
+        self.s5_1_act_quant3.forward(&s5_1_add1)
     }
 
     /// Block `s5.2` (`inverted` in stage `s5`): reads `s5.1.act_quant3`, returns `s5.2.act_quant3`.
@@ -2783,7 +2793,8 @@ impl Mobilenetv2 {
         let s5_2_act_quant2 = self.s5_2_act_quant2.forward_relu6(&s5_2_bn2);
         let s5_2_conv3 = self.s5_2_conv3.forward(&s5_2_act_quant2);
         let s5_2_bn3 = self.s5_2_bn3.forward_t(&s5_2_conv3, train);
-        self.s5_2_act_quant3.forward_add(&s5_2_bn3, &s5_2_act_quant4)
+        let s5_2_add1 = qatc_runtime::ops::add(&s5_2_bn3, &s5_2_act_quant4);
+        self.s5_2_act_quant3.forward(&s5_2_add1)
     }
 
     /// Block `s6.0` (`inverted` in stage `s6`): reads `s5.2.act_quant3`, returns `s6.0.act_quant3`.
@@ -2814,7 +2825,8 @@ impl Mobilenetv2 {
         let s6_1_act_quant2 = self.s6_1_act_quant2.forward_relu6(&s6_1_bn2);
         let s6_1_conv3 = self.s6_1_conv3.forward(&s6_1_act_quant2);
         let s6_1_bn3 = self.s6_1_bn3.forward_t(&s6_1_conv3, train);
-        self.s6_1_act_quant3.forward_add(&s6_1_bn3, &s6_1_act_quant4)
+        let s6_1_add1 = qatc_runtime::ops::add(&s6_1_bn3, &s6_1_act_quant4);
+        self.s6_1_act_quant3.forward(&s6_1_add1)
     }
 
     /// Block `s6.2` (`inverted` in stage `s6`): reads `s6.1.act_quant3`, returns `s6.2.act_quant3`.
@@ -2831,7 +2843,8 @@ impl Mobilenetv2 {
         let s6_2_act_quant2 = self.s6_2_act_quant2.forward_relu6(&s6_2_bn2);
         let s6_2_conv3 = self.s6_2_conv3.forward(&s6_2_act_quant2);
         let s6_2_bn3 = self.s6_2_bn3.forward_t(&s6_2_conv3, train);
-        self.s6_2_act_quant3.forward_add(&s6_2_bn3, &s6_2_act_quant4)
+        let s6_2_add1 = qatc_runtime::ops::add(&s6_2_bn3, &s6_2_act_quant4);
+        self.s6_2_act_quant3.forward(&s6_2_add1)
     }
 
     /// Block `s7.0` (`inverted` in stage `s7`): reads `s6.2.act_quant3`, returns `s7.0.act_quant3`.
@@ -2848,7 +2861,8 @@ impl Mobilenetv2 {
         let s7_0_act_quant2 = self.s7_0_act_quant2.forward_relu6(&s7_0_bn2);
         let s7_0_conv3 = self.s7_0_conv3.forward(&s7_0_act_quant2);
         let s7_0_bn3 = self.s7_0_bn3.forward_t(&s7_0_conv3, train);
-        self.s7_0_act_quant3.forward_add(&s7_0_bn3, &s7_0_act_quant4)
+        let s7_0_add1 = qatc_runtime::ops::add(&s7_0_bn3, &s7_0_act_quant4);
+        self.s7_0_act_quant3.forward(&s7_0_add1)
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

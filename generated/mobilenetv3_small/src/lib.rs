@@ -2150,7 +2150,8 @@ impl Mobilenetv3Small {
         let b1_0_gate_act1 = self.b1_0_gate_act1.forward_mul(&b1_0_act1, &b1_0_act4);
         let b1_0_project = self.b1_0_project.forward(&b1_0_gate_act1);
         let b1_0_project_bn = self.b1_0_project_bn.forward_t(&b1_0_project, train);
-        self.b1_0_act5.forward_add(&b1_0_project_bn, stem_act1)
+        let b1_0_add1 = qatc_runtime::ops::add(&b1_0_project_bn, stem_act1);
+        self.b1_0_act5.forward(&b1_0_add1)
     }
 
     /// Block `b2.0` (`bneck` in stage `b2`): reads `b1.0.act5`, returns `b2.0.act3`.
@@ -2178,7 +2179,8 @@ impl Mobilenetv3Small {
         let b3_0_act2 = self.b3_0_act2.forward_relu(&b3_0_dw_bn);
         let b3_0_project = self.b3_0_project.forward(&b3_0_act2);
         let b3_0_project_bn = self.b3_0_project_bn.forward_t(&b3_0_project, train);
-        self.b3_0_act3.forward_add(&b3_0_project_bn, b2_0_act3)
+        let b3_0_add1 = qatc_runtime::ops::add(&b3_0_project_bn, b2_0_act3);
+        self.b3_0_act3.forward(&b3_0_add1)
     }
 
     /// Block `b4.0` (`bneck` in stage `b4`): reads `b3.0.act3`, returns `b4.0.act6`.
@@ -2222,7 +2224,8 @@ impl Mobilenetv3Small {
         let b5_0_gate_act1 = self.b5_0_gate_act1.forward_mul(&b5_0_act2, &b5_0_act5);
         let b5_0_project = self.b5_0_project.forward(&b5_0_gate_act1);
         let b5_0_project_bn = self.b5_0_project_bn.forward_t(&b5_0_project, train);
-        self.b5_0_act6.forward_add(&b5_0_project_bn, b4_0_act6)
+        let b5_0_add1 = qatc_runtime::ops::add(&b5_0_project_bn, b4_0_act6);
+        self.b5_0_act6.forward(&b5_0_add1)
     }
 
     /// Block `b5.1` (`bneck` in stage `b5`): reads `b5.0.act6`, returns `b5.1.act6`.
@@ -2244,7 +2247,8 @@ impl Mobilenetv3Small {
         let b5_1_gate_act1 = self.b5_1_gate_act1.forward_mul(&b5_1_act2, &b5_1_act5);
         let b5_1_project = self.b5_1_project.forward(&b5_1_gate_act1);
         let b5_1_project_bn = self.b5_1_project_bn.forward_t(&b5_1_project, train);
-        self.b5_1_act6.forward_add(&b5_1_project_bn, b5_0_act6)
+        let b5_1_add1 = qatc_runtime::ops::add(&b5_1_project_bn, b5_0_act6);
+        self.b5_1_act6.forward(&b5_1_add1)
     }
 
     /// Block `b6.0` (`bneck` in stage `b6`): reads `b5.1.act6`, returns `b6.0.act6`.
@@ -2288,7 +2292,8 @@ impl Mobilenetv3Small {
         let b7_0_gate_act1 = self.b7_0_gate_act1.forward_mul(&b7_0_act2, &b7_0_act5);
         let b7_0_project = self.b7_0_project.forward(&b7_0_gate_act1);
         let b7_0_project_bn = self.b7_0_project_bn.forward_t(&b7_0_project, train);
-        self.b7_0_act6.forward_add(&b7_0_project_bn, b6_0_act6)
+        let b7_0_add1 = qatc_runtime::ops::add(&b7_0_project_bn, b6_0_act6);
+        self.b7_0_act6.forward(&b7_0_add1)
     }
 
     /// Block `b8.0` (`bneck` in stage `b8`): reads `b7.0.act6`, returns `b8.0.act6`.
@@ -2332,7 +2337,8 @@ impl Mobilenetv3Small {
         let b9_0_gate_act1 = self.b9_0_gate_act1.forward_mul(&b9_0_act2, &b9_0_act5);
         let b9_0_project = self.b9_0_project.forward(&b9_0_gate_act1);
         let b9_0_project_bn = self.b9_0_project_bn.forward_t(&b9_0_project, train);
-        self.b9_0_act6.forward_add(&b9_0_project_bn, b8_0_act6)
+        let b9_0_add1 = qatc_runtime::ops::add(&b9_0_project_bn, b8_0_act6);
+        self.b9_0_act6.forward(&b9_0_add1)
     }
 
     /// Block `b9.1` (`bneck` in stage `b9`): reads `b9.0.act6`, returns `b9.1.act6`.
@@ -2354,7 +2360,8 @@ impl Mobilenetv3Small {
         let b9_1_gate_act1 = self.b9_1_gate_act1.forward_mul(&b9_1_act2, &b9_1_act5);
         let b9_1_project = self.b9_1_project.forward(&b9_1_gate_act1);
         let b9_1_project_bn = self.b9_1_project_bn.forward_t(&b9_1_project, train);
-        self.b9_1_act6.forward_add(&b9_1_project_bn, b9_0_act6)
+        let b9_1_add1 = qatc_runtime::ops::add(&b9_1_project_bn, b9_0_act6);
+        self.b9_1_act6.forward(&b9_1_add1)
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

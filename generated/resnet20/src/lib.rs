@@ -1008,7 +1008,8 @@ impl Resnet20 {
         let stage1_0_act1 = self.stage1_0_act1.forward_relu(&stage1_0_bn1);
         let stage1_0_conv2 = self.stage1_0_conv2.forward(&stage1_0_act1);
         let stage1_0_bn2 = self.stage1_0_bn2.forward_t(&stage1_0_conv2, train);
-        self.stage1_0_add_act1.forward_add(&stage1_0_bn2, stem_act1)
+        let stage1_0_add1 = qatc_runtime::ops::add(&stage1_0_bn2, stem_act1);
+        self.stage1_0_add_act1.forward(&stage1_0_add1)
     }
 
     /// Block `stage1.1` (`basic` in stage `stage1`): reads `stage1.0.add_act1`, returns `stage1.1.add_act1`.
@@ -1023,7 +1024,8 @@ impl Resnet20 {
         let stage1_1_act1 = self.stage1_1_act1.forward_relu(&stage1_1_bn1);
         let stage1_1_conv2 = self.stage1_1_conv2.forward(&stage1_1_act1);
         let stage1_1_bn2 = self.stage1_1_bn2.forward_t(&stage1_1_conv2, train);
-        self.stage1_1_add_act1.forward_add(&stage1_1_bn2, stage1_0_add_act1)
+        let stage1_1_add1 = qatc_runtime::ops::add(&stage1_1_bn2, stage1_0_add_act1);
+        self.stage1_1_add_act1.forward(&stage1_1_add1)
     }
 
     /// Block `stage1.2` (`basic` in stage `stage1`): reads `stage1.1.add_act1`, returns `stage1.2.add_act1`.
@@ -1038,7 +1040,8 @@ impl Resnet20 {
         let stage1_2_act1 = self.stage1_2_act1.forward_relu(&stage1_2_bn1);
         let stage1_2_conv2 = self.stage1_2_conv2.forward(&stage1_2_act1);
         let stage1_2_bn2 = self.stage1_2_bn2.forward_t(&stage1_2_conv2, train);
-        self.stage1_2_add_act1.forward_add(&stage1_2_bn2, stage1_1_add_act1)
+        let stage1_2_add1 = qatc_runtime::ops::add(&stage1_2_bn2, stage1_1_add_act1);
+        self.stage1_2_add_act1.forward(&stage1_2_add1)
     }
 
     /// Block `stage2.0` (`basic` in stage `stage2`): reads `stage1.2.add_act1`, returns `stage2.0.add_act1`.
@@ -1058,7 +1061,11 @@ impl Resnet20 {
         let stage2_0_act1 = self.stage2_0_act1.forward_relu(&stage2_0_bn1);
         let stage2_0_conv2 = self.stage2_0_conv2.forward(&stage2_0_act1);
         let stage2_0_bn2 = self.stage2_0_bn2.forward_t(&stage2_0_conv2, train);
-        self.stage2_0_add_act1.forward_add(&stage2_0_bn2, &stage2_0_shortcut_act1)
+        let stage2_0_add1 = qatc_runtime::ops::add(
+            &stage2_0_bn2,
+            &stage2_0_shortcut_act1,
+        );
+        self.stage2_0_add_act1.forward(&stage2_0_add1)
     }
 
     /// Block `stage2.1` (`basic` in stage `stage2`): reads `stage2.0.add_act1`, returns `stage2.1.add_act1`.
@@ -1073,7 +1080,8 @@ impl Resnet20 {
         let stage2_1_act1 = self.stage2_1_act1.forward_relu(&stage2_1_bn1);
         let stage2_1_conv2 = self.stage2_1_conv2.forward(&stage2_1_act1);
         let stage2_1_bn2 = self.stage2_1_bn2.forward_t(&stage2_1_conv2, train);
-        self.stage2_1_add_act1.forward_add(&stage2_1_bn2, stage2_0_add_act1)
+        let stage2_1_add1 = qatc_runtime::ops::add(&stage2_1_bn2, stage2_0_add_act1);
+        self.stage2_1_add_act1.forward(&stage2_1_add1)
     }
 
     /// Block `stage2.2` (`basic` in stage `stage2`): reads `stage2.1.add_act1`, returns `stage2.2.add_act1`.
@@ -1088,7 +1096,8 @@ impl Resnet20 {
         let stage2_2_act1 = self.stage2_2_act1.forward_relu(&stage2_2_bn1);
         let stage2_2_conv2 = self.stage2_2_conv2.forward(&stage2_2_act1);
         let stage2_2_bn2 = self.stage2_2_bn2.forward_t(&stage2_2_conv2, train);
-        self.stage2_2_add_act1.forward_add(&stage2_2_bn2, stage2_1_add_act1)
+        let stage2_2_add1 = qatc_runtime::ops::add(&stage2_2_bn2, stage2_1_add_act1);
+        self.stage2_2_add_act1.forward(&stage2_2_add1)
     }
 
     /// Block `stage3.0` (`basic` in stage `stage3`): reads `stage2.2.add_act1`, returns `stage3.0.add_act1`.
@@ -1108,7 +1117,11 @@ impl Resnet20 {
         let stage3_0_act1 = self.stage3_0_act1.forward_relu(&stage3_0_bn1);
         let stage3_0_conv2 = self.stage3_0_conv2.forward(&stage3_0_act1);
         let stage3_0_bn2 = self.stage3_0_bn2.forward_t(&stage3_0_conv2, train);
-        self.stage3_0_add_act1.forward_add(&stage3_0_bn2, &stage3_0_shortcut_act1)
+        let stage3_0_add1 = qatc_runtime::ops::add(
+            &stage3_0_bn2,
+            &stage3_0_shortcut_act1,
+        );
+        self.stage3_0_add_act1.forward(&stage3_0_add1)
     }
 
     /// Block `stage3.1` (`basic` in stage `stage3`): reads `stage3.0.add_act1`, returns `stage3.1.add_act1`.
@@ -1123,7 +1136,8 @@ impl Resnet20 {
         let stage3_1_act1 = self.stage3_1_act1.forward_relu(&stage3_1_bn1);
         let stage3_1_conv2 = self.stage3_1_conv2.forward(&stage3_1_act1);
         let stage3_1_bn2 = self.stage3_1_bn2.forward_t(&stage3_1_conv2, train);
-        self.stage3_1_add_act1.forward_add(&stage3_1_bn2, stage3_0_add_act1)
+        let stage3_1_add1 = qatc_runtime::ops::add(&stage3_1_bn2, stage3_0_add_act1);
+        self.stage3_1_add_act1.forward(&stage3_1_add1)
     }
 
     /// Block `stage3.2` (`basic` in stage `stage3`): reads `stage3.1.add_act1`, returns `stage3.2.add_act1`.
@@ -1138,7 +1152,8 @@ impl Resnet20 {
         let stage3_2_act1 = self.stage3_2_act1.forward_relu(&stage3_2_bn1);
         let stage3_2_conv2 = self.stage3_2_conv2.forward(&stage3_2_act1);
         let stage3_2_bn2 = self.stage3_2_bn2.forward_t(&stage3_2_conv2, train);
-        self.stage3_2_add_act1.forward_add(&stage3_2_bn2, stage3_1_add_act1)
+        let stage3_2_add1 = qatc_runtime::ops::add(&stage3_2_bn2, stage3_1_add_act1);
+        self.stage3_2_add_act1.forward(&stage3_2_add1)
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

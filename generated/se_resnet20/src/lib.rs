@@ -1664,7 +1664,8 @@ impl SeResnet20 {
         let stage1_0_gate_act1 = self
             .stage1_0_gate_act1
             .forward_mul(&stage1_0_bn2, &stage1_0_act4);
-        self.stage1_0_add_act1.forward_add(&stage1_0_gate_act1, stem_act1)
+        let stage1_0_add1 = qatc_runtime::ops::add(&stage1_0_gate_act1, stem_act1);
+        self.stage1_0_add_act1.forward(&stage1_0_add1)
     }
 
     /// Block `stage1.1` (`se_basic` in stage `stage1`): reads `stage1.0.add_act1`, returns `stage1.1.add_act1`.
@@ -1689,7 +1690,11 @@ impl SeResnet20 {
         let stage1_1_gate_act1 = self
             .stage1_1_gate_act1
             .forward_mul(&stage1_1_bn2, &stage1_1_act4);
-        self.stage1_1_add_act1.forward_add(&stage1_1_gate_act1, stage1_0_add_act1)
+        let stage1_1_add1 = qatc_runtime::ops::add(
+            &stage1_1_gate_act1,
+            stage1_0_add_act1,
+        );
+        self.stage1_1_add_act1.forward(&stage1_1_add1)
     }
 
     /// Block `stage1.2` (`se_basic` in stage `stage1`): reads `stage1.1.add_act1`, returns `stage1.2.add_act1`.
@@ -1714,7 +1719,11 @@ impl SeResnet20 {
         let stage1_2_gate_act1 = self
             .stage1_2_gate_act1
             .forward_mul(&stage1_2_bn2, &stage1_2_act4);
-        self.stage1_2_add_act1.forward_add(&stage1_2_gate_act1, stage1_1_add_act1)
+        let stage1_2_add1 = qatc_runtime::ops::add(
+            &stage1_2_gate_act1,
+            stage1_1_add_act1,
+        );
+        self.stage1_2_add_act1.forward(&stage1_2_add1)
     }
 
     /// Block `stage2.0` (`se_basic` in stage `stage2`): reads `stage1.2.add_act1`, returns `stage2.0.add_act1`.
@@ -1744,7 +1753,11 @@ impl SeResnet20 {
         let stage2_0_gate_act1 = self
             .stage2_0_gate_act1
             .forward_mul(&stage2_0_bn2, &stage2_0_act4);
-        self.stage2_0_add_act1.forward_add(&stage2_0_gate_act1, &stage2_0_shortcut_act1)
+        let stage2_0_add1 = qatc_runtime::ops::add(
+            &stage2_0_gate_act1,
+            &stage2_0_shortcut_act1,
+        );
+        self.stage2_0_add_act1.forward(&stage2_0_add1)
     }
 
     /// Block `stage2.1` (`se_basic` in stage `stage2`): reads `stage2.0.add_act1`, returns `stage2.1.add_act1`.
@@ -1769,7 +1782,11 @@ impl SeResnet20 {
         let stage2_1_gate_act1 = self
             .stage2_1_gate_act1
             .forward_mul(&stage2_1_bn2, &stage2_1_act4);
-        self.stage2_1_add_act1.forward_add(&stage2_1_gate_act1, stage2_0_add_act1)
+        let stage2_1_add1 = qatc_runtime::ops::add(
+            &stage2_1_gate_act1,
+            stage2_0_add_act1,
+        );
+        self.stage2_1_add_act1.forward(&stage2_1_add1)
     }
 
     /// Block `stage2.2` (`se_basic` in stage `stage2`): reads `stage2.1.add_act1`, returns `stage2.2.add_act1`.
@@ -1794,7 +1811,11 @@ impl SeResnet20 {
         let stage2_2_gate_act1 = self
             .stage2_2_gate_act1
             .forward_mul(&stage2_2_bn2, &stage2_2_act4);
-        self.stage2_2_add_act1.forward_add(&stage2_2_gate_act1, stage2_1_add_act1)
+        let stage2_2_add1 = qatc_runtime::ops::add(
+            &stage2_2_gate_act1,
+            stage2_1_add_act1,
+        );
+        self.stage2_2_add_act1.forward(&stage2_2_add1)
     }
 
     /// Block `stage3.0` (`se_basic` in stage `stage3`): reads `stage2.2.add_act1`, returns `stage3.0.add_act1`.
@@ -1824,7 +1845,11 @@ impl SeResnet20 {
         let stage3_0_gate_act1 = self
             .stage3_0_gate_act1
             .forward_mul(&stage3_0_bn2, &stage3_0_act4);
-        self.stage3_0_add_act1.forward_add(&stage3_0_gate_act1, &stage3_0_shortcut_act1)
+        let stage3_0_add1 = qatc_runtime::ops::add(
+            &stage3_0_gate_act1,
+            &stage3_0_shortcut_act1,
+        );
+        self.stage3_0_add_act1.forward(&stage3_0_add1)
     }
 
     /// Block `stage3.1` (`se_basic` in stage `stage3`): reads `stage3.0.add_act1`, returns `stage3.1.add_act1`.
@@ -1849,7 +1874,11 @@ impl SeResnet20 {
         let stage3_1_gate_act1 = self
             .stage3_1_gate_act1
             .forward_mul(&stage3_1_bn2, &stage3_1_act4);
-        self.stage3_1_add_act1.forward_add(&stage3_1_gate_act1, stage3_0_add_act1)
+        let stage3_1_add1 = qatc_runtime::ops::add(
+            &stage3_1_gate_act1,
+            stage3_0_add_act1,
+        );
+        self.stage3_1_add_act1.forward(&stage3_1_add1)
     }
 
     /// Block `stage3.2` (`se_basic` in stage `stage3`): reads `stage3.1.add_act1`, returns `stage3.2.add_act1`.
@@ -1874,7 +1903,11 @@ impl SeResnet20 {
         let stage3_2_gate_act1 = self
             .stage3_2_gate_act1
             .forward_mul(&stage3_2_bn2, &stage3_2_act4);
-        self.stage3_2_add_act1.forward_add(&stage3_2_gate_act1, stage3_1_add_act1)
+        let stage3_2_add1 = qatc_runtime::ops::add(
+            &stage3_2_gate_act1,
+            stage3_1_add_act1,
+        );
+        self.stage3_2_add_act1.forward(&stage3_2_add1)
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

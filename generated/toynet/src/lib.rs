@@ -1304,7 +1304,8 @@ impl Toynet {
         let s1_0_conv2 = self.s1_0_conv2.forward(&s1_0_act_quant_in1);
         let s1_0_act_quant_in2 = self.s1_0_act_quant_in2.forward_relu(&s1_0_conv2);
         let s1_0_conv3 = self.s1_0_conv3.forward(&s1_0_act_quant_in2);
-        self.s1_0_act_quant_out.forward_add(&s1_0_conv3, stem_act_quant_out)
+        let s1_0_add1 = qatc_runtime::ops::add(&s1_0_conv3, stem_act_quant_out);
+        self.s1_0_act_quant_out.forward(&s1_0_add1)
     }
 
     /// Block `s2.0` (`cell` in stage `s2`): reads `s1.0.act_quant_out`, returns `s2.0.act_quant_out`.
@@ -1323,7 +1324,8 @@ impl Toynet {
         let s2_0_conv2 = self.s2_0_conv2.forward(&s2_0_act_quant_in1);
         let s2_0_act_quant_in2 = self.s2_0_act_quant_in2.forward_relu(&s2_0_conv2);
         let s2_0_conv3 = self.s2_0_conv3.forward(&s2_0_act_quant_in2);
-        self.s2_0_act_quant_out.forward_add(&s2_0_conv3, &s2_0_actq_down)
+        let s2_0_add1 = qatc_runtime::ops::add(&s2_0_conv3, &s2_0_actq_down);
+        self.s2_0_act_quant_out.forward(&s2_0_add1)
     }
 
     /// Block `s2.1` (`cell` in stage `s2`): reads `s2.0.act_quant_out`, returns `s2.1.act_quant_out`.
@@ -1339,7 +1341,8 @@ impl Toynet {
         let s2_1_conv2 = self.s2_1_conv2.forward(&s2_1_act_quant_in1);
         let s2_1_act_quant_in2 = self.s2_1_act_quant_in2.forward_relu(&s2_1_conv2);
         let s2_1_conv3 = self.s2_1_conv3.forward(&s2_1_act_quant_in2);
-        self.s2_1_act_quant_out.forward_add(&s2_1_conv3, s2_0_act_quant_out)
+        let s2_1_add1 = qatc_runtime::ops::add(&s2_1_conv3, s2_0_act_quant_out);
+        self.s2_1_act_quant_out.forward(&s2_1_add1)
     }
 
     /// Block `s2.2` (`cell` in stage `s2`): reads `s2.1.act_quant_out`, returns `s2.2.act_quant_out`.
@@ -1355,7 +1358,8 @@ impl Toynet {
         let s2_2_conv2 = self.s2_2_conv2.forward(&s2_2_act_quant_in1);
         let s2_2_act_quant_in2 = self.s2_2_act_quant_in2.forward_relu(&s2_2_conv2);
         let s2_2_conv3 = self.s2_2_conv3.forward(&s2_2_act_quant_in2);
-        self.s2_2_act_quant_out.forward_add(&s2_2_conv3, s2_1_act_quant_out)
+        let s2_2_add1 = qatc_runtime::ops::add(&s2_2_conv3, s2_1_act_quant_out);
+        self.s2_2_act_quant_out.forward(&s2_2_add1)
     }
 
     /// Block `s3.0` (`cell` in stage `s3`): reads `s2.2.act_quant_out`, returns `s3.0.act_quant_out`.
@@ -1371,7 +1375,8 @@ impl Toynet {
         let s3_0_conv2 = self.s3_0_conv2.forward(&s3_0_act_quant_in1);
         let s3_0_act_quant_in2 = self.s3_0_act_quant_in2.forward_relu(&s3_0_conv2);
         let s3_0_conv3 = self.s3_0_conv3.forward(&s3_0_act_quant_in2);
-        self.s3_0_act_quant_out.forward_add(&s3_0_conv3, s2_2_act_quant_out)
+        let s3_0_add1 = qatc_runtime::ops::add(&s3_0_conv3, s2_2_act_quant_out);
+        self.s3_0_act_quant_out.forward(&s3_0_add1)
     }
 
     /// Block `s3.1` (`cell` in stage `s3`): reads `s3.0.act_quant_out`, returns `s3.1.act_quant_out`.
@@ -1387,7 +1392,8 @@ impl Toynet {
         let s3_1_conv2 = self.s3_1_conv2.forward(&s3_1_act_quant_in1);
         let s3_1_act_quant_in2 = self.s3_1_act_quant_in2.forward_relu(&s3_1_conv2);
         let s3_1_conv3 = self.s3_1_conv3.forward(&s3_1_act_quant_in2);
-        self.s3_1_act_quant_out.forward_add(&s3_1_conv3, s3_0_act_quant_out)
+        let s3_1_add1 = qatc_runtime::ops::add(&s3_1_conv3, s3_0_act_quant_out);
+        self.s3_1_act_quant_out.forward(&s3_1_add1)
     }
 
     /// Block `s3.2` (`cell` in stage `s3`): reads `s3.1.act_quant_out`, returns `s3.2.act_quant_out`.
@@ -1403,7 +1409,8 @@ impl Toynet {
         let s3_2_conv2 = self.s3_2_conv2.forward(&s3_2_act_quant_in1);
         let s3_2_act_quant_in2 = self.s3_2_act_quant_in2.forward_relu(&s3_2_conv2);
         let s3_2_conv3 = self.s3_2_conv3.forward(&s3_2_act_quant_in2);
-        self.s3_2_act_quant_out.forward_add(&s3_2_conv3, s3_1_act_quant_out)
+        let s3_2_add1 = qatc_runtime::ops::add(&s3_2_conv3, s3_1_act_quant_out);
+        self.s3_2_act_quant_out.forward(&s3_2_add1)
     }
 
     /// Block `s4.0` (`cell` in stage `s4`): reads `s3.2.act_quant_out`, returns `s4.0.act_quant_out`.
@@ -1422,7 +1429,8 @@ impl Toynet {
         let s4_0_conv2 = self.s4_0_conv2.forward(&s4_0_act_quant_in1);
         let s4_0_act_quant_in2 = self.s4_0_act_quant_in2.forward_relu(&s4_0_conv2);
         let s4_0_conv3 = self.s4_0_conv3.forward(&s4_0_act_quant_in2);
-        self.s4_0_act_quant_out.forward_add(&s4_0_conv3, &s4_0_actq_down)
+        let s4_0_add1 = qatc_runtime::ops::add(&s4_0_conv3, &s4_0_actq_down);
+        self.s4_0_act_quant_out.forward(&s4_0_add1)
     }
 
     /// Block `s4.1` (`cell` in stage `s4`): reads `s4.0.act_quant_out`, returns `s4.1.act_quant_out`.
@@ -1438,7 +1446,8 @@ impl Toynet {
         let s4_1_conv2 = self.s4_1_conv2.forward(&s4_1_act_quant_in1);
         let s4_1_act_quant_in2 = self.s4_1_act_quant_in2.forward_relu(&s4_1_conv2);
         let s4_1_conv3 = self.s4_1_conv3.forward(&s4_1_act_quant_in2);
-        self.s4_1_act_quant_out.forward_add(&s4_1_conv3, s4_0_act_quant_out)
+        let s4_1_add1 = qatc_runtime::ops::add(&s4_1_conv3, s4_0_act_quant_out);
+        self.s4_1_act_quant_out.forward(&s4_1_add1)
     }
 
     /// Block `s4.2` (`cell` in stage `s4`): reads `s4.1.act_quant_out`, returns `s4.2.act_quant_out`.
@@ -1454,7 +1463,8 @@ impl Toynet {
         let s4_2_conv2 = self.s4_2_conv2.forward(&s4_2_act_quant_in1);
         let s4_2_act_quant_in2 = self.s4_2_act_quant_in2.forward_relu(&s4_2_conv2);
         let s4_2_conv3 = self.s4_2_conv3.forward(&s4_2_act_quant_in2);
-        self.s4_2_act_quant_out.forward_add(&s4_2_conv3, s4_1_act_quant_out)
+        let s4_2_add1 = qatc_runtime::ops::add(&s4_2_conv3, s4_1_act_quant_out);
+        self.s4_2_act_quant_out.forward(&s4_2_add1)
     }
 
     /// Runs block `block` (a name of `BLOCKS`) alone on `input`, what the

@@ -36,8 +36,8 @@ pub(crate) enum Act {
     Relu = 1,
     Relu6 = 2,
     /// PyTorch's hardswish; its gradient is not a 0/1 mask, so the kernel
-    /// keeps `x` and applies PyTorch's hardswish backward to
-    /// the quantizer's input gradient in the same backward pass.
+    /// keeps `x` and runs PyTorch's own hardswish backward on the
+    /// quantizer's input gradient.
     Hardswish = 3,
 }
 
@@ -74,14 +74,6 @@ extern "C" {
     fn qatc_fq_quantize_mul(
         x: *const torch_sys::C_tensor,
         gate: *const torch_sys::C_tensor,
-        alpha: *const torch_sys::C_tensor,
-        mode: i64,
-        bits: i64,
-        track: i32,
-    ) -> *mut torch_sys::C_tensor;
-    fn qatc_fq_quantize_add(
-        x: *const torch_sys::C_tensor,
-        y: *const torch_sys::C_tensor,
         alpha: *const torch_sys::C_tensor,
         mode: i64,
         bits: i64,
@@ -195,46 +187,12 @@ pub(crate) fn quantize_mul(
     bits: u32,
     track: bool,
 ) -> Result<Tensor, QuantError> {
-    quantize_join(qatc_fq_quantize_mul, [x, gate], alpha, mode, bits, track)
-}
-
-/// The quantized sum `x + y` (the same sizes), never written; with
-/// `track`, both terms get the quantizer's input gradient.
-pub(crate) fn quantize_add(
-    x: &Tensor,
-    y: &Tensor,
-    alpha: Option<&Tensor>,
-    mode: Mode,
-    bits: u32,
-    track: bool,
-) -> Result<Tensor, QuantError> {
-    quantize_join(qatc_fq_quantize_add, [x, y], alpha, mode, bits, track)
-}
-
-/// A C entry point of a fused join of two tensors.
-type JoinKernel = unsafe extern "C" fn(
-    *const torch_sys::C_tensor,
-    *const torch_sys::C_tensor,
-    *const torch_sys::C_tensor,
-    i64,
-    i64,
-    i32,
-) -> *mut torch_sys::C_tensor;
-
-fn quantize_join(
-    kernel: JoinKernel,
-    [x, y]: [&Tensor; 2],
-    alpha: Option<&Tensor>,
-    mode: Mode,
-    bits: u32,
-    track: bool,
-) -> Result<Tensor, QuantError> {
     let alpha_ptr = alpha.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: as in `quantize`.
     let out = unsafe {
-        kernel(
+        qatc_fq_quantize_mul(
             x.as_ptr(),
-            y.as_ptr(),
+            gate.as_ptr(),
             alpha_ptr,
             mode as i64,
             i64::from(bits),
