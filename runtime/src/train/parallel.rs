@@ -71,9 +71,9 @@ impl ParallelArgs {
         match self.backend {
             Backend::Auto | Backend::Gloo => Ok(()),
             Backend::Nccl => Err(
-                "--backend nccl: this runtime's c10d shim is built with Gloo only (the torch \
-                 wheel's ProcessGroupNCCL.hpp needs NCCL's and CUDA's headers, which it does \
-                 not ship); use --backend gloo, which also takes CUDA tensors through a CPU copy"
+                "--backend nccl: this runtime's c10d shim is built with Gloo only (NCCL is \
+                 not built yet: docs/training.md, \"GPUs and NCCL\"); use --backend gloo, \
+                 which also takes CUDA tensors through a CPU copy"
                     .into(),
             ),
         }
