@@ -24,11 +24,10 @@
 
 mod common;
 
-use common::{load, onnx_python, run_jobs, synthetic_checkpoint, Job, Normal};
+use common::{golden_import, load, onnx_python, run_jobs, synthetic_checkpoint, Job, Normal};
 use prost::Message;
 use qatc_int::engine::{run_image, Weights, Workspace};
-use qatc_int::{Checkpoint, IntPlan, PlanOptions, Rounding};
-use safetensors::tensor::SafeTensors;
+use qatc_int::{IntPlan, PlanOptions, Rounding};
 use std::collections::BTreeMap;
 
 const MODES: [Rounding; 3] = [Rounding::Trunc, Rounding::Nearest, Rounding::Scaled];
@@ -55,16 +54,6 @@ fn differing(want: &[f32], got: &[f32]) -> Vec<(usize, f32, f32)> {
         .map(|(i, (a, b))| (i, *a, *b))
         .take(8)
         .collect()
-}
-
-fn input_images(st: &SafeTensors) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor("input").expect("golden `input`");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
 }
 
 /// One exported plan and what the engine gave for its images.
@@ -160,11 +149,7 @@ fn golden_models_match_the_engine_bit_for_bit() {
         let Some(path) = golden.file(test, file) else {
             continue;
         };
-        let bytes = std::fs::read(&path).unwrap();
-        let (model, g) = load(spec, profile);
-        let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let (shape, images) = input_images(&st);
+        let (g, ck, shape, images) = golden_import(&path, spec, profile);
         for rounding in MODES {
             // The seed clamps constants that pass their format (its golden
             // ToyNet's head bias); saturating reproduces it.

@@ -38,13 +38,12 @@
 
 mod common;
 
-use common::{load, onnx_python, random_input, synthetic_checkpoint};
+use common::{golden_import, load, onnx_python, random_input, synthetic_checkpoint};
 use prost::Message;
 use qatc_int::engine::{run_image, Weights, Workspace};
 use qatc_int::plan::{ConvInput, Layer, TensorKind};
-use qatc_int::{Checkpoint, IntPlan, PlanOptions};
+use qatc_int::{IntPlan, PlanOptions};
 use qatc_onnx::int8::{grids, int8_layer_model, Int8Weights};
-use safetensors::tensor::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -559,20 +558,10 @@ fn golden_models_run_on_int8_kernels_and_agree_layer_by_layer() {
         let Some(path) = golden.file(test, file) else {
             continue;
         };
-        let bytes = std::fs::read(&path).unwrap();
-        let (model, g) = load(spec, profile);
-        let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let t = st.tensor("input").expect("golden `input`");
-        let images: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let (g, ck, mut shape, images) = golden_import(&path, spec, profile);
         let plan = qatc_int::build(&g, &ck, opts()).unwrap();
         // Four of the golden set's images.
         let images = images[..4 * plan.input_len()].to_vec();
-        let mut shape = t.shape().to_vec();
         shape[0] = 4;
         for c in cases_of(&format!("{spec} {profile} (golden)"), plan, &images) {
             all.push((c, shape.clone(), images.clone()));

@@ -376,6 +376,23 @@ pub fn check_sites(what: &str, sites: &[Site], taps: &[Vec<f32>]) -> (usize, usi
     (elements, flips)
 }
 
+/// A golden set's model file (`path`) for the integer exports: the spec's
+/// graph under `profile`, the seed's state dict imported through its
+/// `import seed` section, and the set's `input` images (shape, values).
+pub fn golden_import(
+    path: &Path,
+    spec: &str,
+    profile: &str,
+) -> (Graph, Checkpoint, Vec<usize>, Vec<f32>) {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read `{}`: {e}", path.display()));
+    let (model, g) = load(spec, profile);
+    let ck = Checkpoint::import(&bytes, &model, &g, "seed", "state.").unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, images) = f32s(&st, "input");
+    (g, ck, shape, images)
+}
+
 /// The float32 tensor `name` of a safetensors file: (shape, values).
 pub fn f32s(st: &safetensors::SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("`{name}`: {e}"));
