@@ -179,6 +179,14 @@ pub enum IntAction {
         /// `source scripts/onnx-env.sh` (QATC_ONNX_PYTHON, QATC_ONNX_PYTHONPATH).
         #[arg(long)]
         onnxruntime: bool,
+        /// Also time every layer of the plan on one thread over the same
+        /// images and print where the time goes: per kind of layer (1x1
+        /// convs, depthwise, requantization...) and per layer, in ms per
+        /// image, share and multiply-accumulates per ns (the clock read
+        /// around each layer costs a little: the images/s above are timed
+        /// without it). With --dump also `layers.json`.
+        #[arg(long)]
+        layers: bool,
         /// Write the images (`inputs.f32`, float32 `[N, C, H, W]`,
         /// little-endian), the engine's logits for them (`logits.f32`,
         /// `[N, classes]`) and `meta.json` (shape, labels, image indices,
@@ -547,6 +555,7 @@ pub fn run_int(cmd: Box<IntCommand>, libtorch_eval: LibtorchEval) -> anyhow::Res
                 libtorch,
                 spread,
                 onnxruntime,
+                layers,
                 dump,
             }),
             _,
@@ -561,7 +570,10 @@ pub fn run_int(cmd: Box<IntCommand>, libtorch_eval: LibtorchEval) -> anyhow::Res
             rounds,
             libtorch.then_some(libtorch_eval),
             onnxruntime,
-            dump.as_deref(),
+            BenchOutputs {
+                layers,
+                dump: dump.as_deref(),
+            },
         ),
         (None, run) => {
             let plan = load_plan_with(&run.plan, None, run.shift.per_layer_shift)?;
@@ -1033,6 +1045,60 @@ fn bench_onnxruntime(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What `qatc int bench` reports beyond the engine's images per second.
+struct BenchOutputs<'a> {
+    /// `--layers`: the per-layer profile.
+    layers: bool,
+    /// `--dump DIR`.
+    dump: Option<&'a Path>,
+}
+
+/// `--layers`: every layer timed on one thread over `images`, printed per
+/// kind of layer, then per layer in plan order.
+fn print_layer_profile(
+    plan: &IntPlan,
+    images: &[Vec<f32>],
+) -> anyhow::Result<qatc_int::profile::LayerProfile> {
+    let p = qatc_int::profile::profile_layers(plan, &Listed(images), &SimOptions::default())?;
+    let total = p.total_ns().max(1.0);
+    let mac_rate = |macs: u64, ns: f64| {
+        if macs == 0 || ns <= 0.0 {
+            String::new()
+        } else {
+            format!("{:6.1} MAC/ns", macs as f64 / ns)
+        }
+    };
+    println!(
+        "where the time goes: every layer timed, 1 thread, {} images, {:.3} ms per image in all (timing each layer adds a little)",
+        p.images,
+        total / 1e6
+    );
+    println!("  by kind:");
+    for (group, ns, macs, n) in p.by_kind() {
+        println!(
+            "    {group:<30} {:8.3} ms {:5.1} % {:>9.2} M MAC {}  ({n} layer{})",
+            ns / 1e6,
+            100.0 * ns / total,
+            macs as f64 / 1e6,
+            mac_rate(macs, ns),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    println!("  per layer (plan order):");
+    for l in &p.layers {
+        println!(
+            "    {:>4} {:<28} {:<44} {:8.4} ms {:5.1} % {}",
+            l.index,
+            l.name,
+            l.kind,
+            l.ns / 1e6,
+            100.0 * l.ns / total,
+            mac_rate(l.macs, l.ns)
+        );
+    }
+    Ok(p)
+}
+
 fn bench(
     plan_args: &PlanArgs,
     per_layer_shift: bool,
@@ -1040,8 +1106,9 @@ fn bench(
     rounds: usize,
     libtorch: Option<LibtorchEval>,
     onnxruntime: bool,
-    dump: Option<&Path>,
+    outputs: BenchOutputs,
 ) -> anyhow::Result<ExitCode> {
+    let dump = outputs.dump;
     // Checked first: a missing tool is an error before any timing.
     let python = if onnxruntime {
         Some(onnx_python()?)
@@ -1119,6 +1186,11 @@ fn bench(
                 .unwrap_or_default()
         );
     }
+    let profile = if outputs.layers {
+        Some(print_layer_profile(&plan, images)?)
+    } else {
+        None
+    };
     if let Some(dir) = dump {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create `{}`", dir.display()))?;
@@ -1149,6 +1221,10 @@ fn bench(
             "wrote {}/{{inputs.f32,logits.f32,meta.json}}",
             dir.display()
         );
+        if let Some(p) = &profile {
+            std::fs::write(dir.join("layers.json"), serde_json::to_string_pretty(p)?)?;
+            eprintln!("wrote {}/layers.json", dir.display());
+        }
     }
     if let (Some(libtorch_eval), Some(engine)) = (libtorch, one_thread) {
         let spec = plan_args.spec.as_deref().context("a spec is required")?;

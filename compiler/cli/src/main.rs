@@ -165,6 +165,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`qatc summary ... | head`) ends the process
+    // as it does every Unix tool, instead of a panic in `println!` (Rust
+    // ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any
+    // thread starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Bad flags are bad input: exit status 1 like every other input error
     // (clap's own default is 2); `--help` and `--version` still exit 0.
     let cli = match Cli::try_parse() {

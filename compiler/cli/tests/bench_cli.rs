@@ -311,3 +311,74 @@ fn int_bench_onnxruntime_times_the_onnx_exports_on_the_same_images() {
     assert!(dump.path().join("ort-bench.jsonl").exists());
     assert!(!stdout.contains("NO int8 kernels"), "{stdout}");
 }
+
+/// `qatc int bench --layers --dump` on the golden ToyNet: every layer of the
+/// plan and the output layer timed, and each conv's multiply-accumulates
+/// the same as `qatc summary` counts for the layer of that name (two
+/// independent computations: the plan's shapes, the IR's summary).
+#[test]
+fn int_bench_layers_profiles_every_layer_with_the_summarys_macs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let golden = qatc_testdata::golden_set().require("toynet.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump");
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["int", "bench", "spec/toynet.qspec", "--profile", "cfg-1*"])
+        .arg("--checkpoint")
+        .arg(&golden)
+        .args(["--import", "seed", "--strip-prefix", "state."])
+        .args(["--saturate-constants", "--images", "2", "--rounds", "1"])
+        .arg("--layers")
+        .arg("--dump")
+        .arg(&dump)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("where the time goes"), "{stdout}");
+    assert!(stdout.contains("  by kind:"), "{stdout}");
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump.join("layers.json")).unwrap()).unwrap();
+    let layers = profile["layers"].as_array().expect("layers");
+    assert_eq!(profile["images"], 2);
+    // In plan order, the output layer last; each printed on its own line.
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert!(l["ns"].as_f64().unwrap() >= 0.0);
+        let name = l["name"].as_str().unwrap();
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(&format!(" {name} "))),
+            "{name} not printed: {stdout}"
+        );
+    }
+    assert_eq!(layers.last().unwrap()["name"], "output");
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["summary", "spec/toynet.qspec", "--profile", "cfg-1*"])
+        .args(["--format", "json"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counted = summary["layers"].as_array().unwrap();
+    let mut convs = 0;
+    for l in layers.iter().filter(|l| l["macs"].as_u64().unwrap() > 0) {
+        let name = l["name"].as_str().unwrap();
+        let s = counted
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not a layer of the summary"));
+        assert_eq!(l["macs"], s["macs"], "{name}");
+        convs += 1;
+    }
+    let summed: u64 = layers.iter().map(|l| l["macs"].as_u64().unwrap()).sum();
+    let t = &summary["totals"];
+    assert_eq!(
+        summed,
+        t["conv_macs"].as_u64().unwrap() + t["fc_macs"].as_u64().unwrap()
+    );
+    assert!(convs >= 2, "{convs} convs");
+}

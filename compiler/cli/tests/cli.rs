@@ -502,3 +502,26 @@ fn export_flag_refused(formats: &[&str], flags: &[&str], says: &str) {
         );
     }
 }
+
+/// Output into a closed pipe (`qatc summary ... | head -1`) ends `qatc` as
+/// SIGPIPE ends any Unix tool: no panic message.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["summary", "spec/mobilenetv2.qspec", "--format", "json"])
+        .current_dir(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closed before qatc writes: its first write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // SIGPIPE is 13 on Linux and the BSDs.
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}

@@ -27,6 +27,7 @@ pub mod engine;
 pub mod export;
 pub mod fixed;
 pub mod plan;
+pub mod profile;
 pub mod seed_sqrt;
 
 pub use checkpoint::Checkpoint;

@@ -185,6 +185,10 @@ pub struct Workspace {
     outf: Vec<f64>,
     /// Per layer (index into `plan.layers`), conv layers only.
     pub stats: Vec<AccStats>,
+    /// With [`Workspace::time_layers`]: nanoseconds spent in each layer of
+    /// `plan.layers`, then one more entry for the output layer, summed over
+    /// every [`run_image`] since; empty otherwise (nothing timed).
+    layer_ns: Vec<u64>,
 }
 
 impl Workspace {
@@ -210,7 +214,21 @@ impl Workspace {
             colf: Vec::new(),
             outf: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
+            layer_ns: Vec::new(),
         }
+    }
+
+    /// Times every layer from now on (a clock read before and after each
+    /// layer: for profiles, not for the throughput figures).
+    pub fn time_layers(&mut self, plan: &IntPlan) {
+        self.layer_ns = vec![0; plan.layers.len() + 1];
+    }
+
+    /// Nanoseconds per layer of `plan.layers` and, last, the output layer,
+    /// summed over the images run since [`Workspace::time_layers`] (empty
+    /// without it).
+    pub fn layer_ns(&self) -> &[u64] {
+        &self.layer_ns
     }
 
     /// A tensor's values after the last [`run_image`].
@@ -301,20 +319,44 @@ pub fn run_image(
             got: image.len(),
         });
     }
-    for (li, layer) in plan.layers.iter().enumerate() {
-        match layer {
-            Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
-            Layer::Conv(l) => conv::run_conv(plan, li, l, image, weights, ws, sim),
-            Layer::Requant(r) => requant::run_requant(plan, r, ws),
-            Layer::Pool(p) => pool::run_pool(plan, p, ws),
-            Layer::Channels(c) => channels::run_channels(plan, c, ws),
-            Layer::Concat(c) => channels::run_concat(plan, c, ws),
-            Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
-            Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
-            Layer::Lut(l) => pointwise::run_lut(l, ws),
+    if ws.layer_ns.is_empty() {
+        for (li, layer) in plan.layers.iter().enumerate() {
+            run_layer(plan, li, layer, image, weights, ws, sim);
         }
+        return Ok(linear::run_output(plan, ws));
     }
-    Ok(linear::run_output(plan, ws))
+    for (li, layer) in plan.layers.iter().enumerate() {
+        let t = std::time::Instant::now();
+        run_layer(plan, li, layer, image, weights, ws, sim);
+        ws.layer_ns[li] += t.elapsed().as_nanos() as u64;
+    }
+    let t = std::time::Instant::now();
+    let out = linear::run_output(plan, ws);
+    ws.layer_ns[plan.layers.len()] += t.elapsed().as_nanos() as u64;
+    Ok(out)
+}
+
+/// Runs layer `li` (`layer`) of `plan` on the workspace's buffers.
+fn run_layer(
+    plan: &IntPlan,
+    li: usize,
+    layer: &Layer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) {
+    match layer {
+        Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
+        Layer::Conv(l) => conv::run_conv(plan, li, l, image, weights, ws, sim),
+        Layer::Requant(r) => requant::run_requant(plan, r, ws),
+        Layer::Pool(p) => pool::run_pool(plan, p, ws),
+        Layer::Channels(c) => channels::run_channels(plan, c, ws),
+        Layer::Concat(c) => channels::run_concat(plan, c, ws),
+        Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
+        Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
+        Layer::Lut(l) => pointwise::run_lut(l, ws),
+    }
 }
 
 /// Index of the largest logit (the first on ties).
