@@ -4,7 +4,8 @@
 //!
 //! Which kernel runs (x86-64 with AVX2 detected at run time, else the plain
 //! loops of the same files):
-//! - the float input: the f64 GEMM of [`super::float_stem`];
+//! - the float input: the direct f64 kernel of [`super::float_stem`] for
+//!   ungrouped stride-1 convs, else im2col and its f64 GEMM;
 //! - i32 sums with 16-bit operands: the direct kernel of [`super::direct`]
 //!   for ungrouped k x k convs with rows a multiple of 8 wide, else the
 //!   `vpmaddwd` im2col/GEMM of [`super::gemm`];
@@ -18,7 +19,7 @@
 use super::depthwise::depthwise_avx2_kernel;
 use super::depthwise::{depthwise, depthwise_from, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
-use super::float_stem::{gemm_f64, round_into};
+use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::gemm::{conv_im2col_madd, gemm, gemm_madd, im2col, madd_group_len};
 use super::{Buf, OverflowMode, SimOptions, Weights, Workspace};
 use crate::fixed::Rounding;
@@ -131,26 +132,26 @@ pub(super) fn run_conv(
     let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
     match (l.input, &mut out) {
         (ConvInput::Float, out) => {
-            let input: Vec<f64> = image.iter().map(|&x| x as f64).collect();
             let mut col = std::mem::take(&mut ws.colf);
             let mut o = std::mem::take(&mut ws.outf);
             o.resize(plan.tensors[l.output].len(), 0.0);
-            conv_typed(
-                l,
-                &input,
-                &weights.wf[li],
-                &mut col,
-                &mut o,
-                &mut |_, w, m, k, c, p, o| gemm_f64(w, m, k, c, p, o),
-            );
-            let scale = l.float_scale;
-            match plan.options.rounding {
-                // The seed: `F.conv2d(...).long()` (`as` truncates).
-                Rounding::Trunc => round_into(out, &o, |x| x as i64),
-                Rounding::Nearest | Rounding::Scaled => {
-                    round_into(out, &o, |x| (x * scale).round() as i64)
-                }
+            if !conv_float_direct(l, image, &weights.wf[li], &mut col, &mut o) {
+                let input: Vec<f64> = image.iter().map(|&x| x as f64).collect();
+                conv_typed(
+                    l,
+                    &input,
+                    &weights.wf[li],
+                    &mut col,
+                    &mut o,
+                    &mut |_, w, m, k, c, p, o| gemm_f64(w, m, k, c, p, o),
+                );
             }
+            let mode = match plan.options.rounding {
+                // The seed: `F.conv2d(...).long()` (`as` truncates).
+                Rounding::Trunc => StemRound::Trunc,
+                Rounding::Nearest | Rounding::Scaled => StemRound::Nearest(l.float_scale),
+            };
+            round_into(out, &o, mode, &mut ws.spare32, &mut ws.spare64);
             ws.colf = col;
             ws.outf = o;
         }

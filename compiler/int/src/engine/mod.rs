@@ -7,7 +7,9 @@
 //! many values overflowed it.
 //!
 //! Invariants: activations are i32, accumulators i32 where the plan proves
-//! 31 bits enough and i64 otherwise, requantization products i64 (i128
+//! 31 bits enough and i64 otherwise (the float conv's rounded sums, which
+//! no plan bounds: i32 for an image whose sums all fit, i64 otherwise),
+//! requantization products i64 (i128
 //! where the plan says they may pass 2^63; i32 where the row's own values
 //! bound every sum below 2^31); no float arithmetic except where the plan
 //! reads the float input (the first conv's float sum, rounded as the plan's
@@ -24,8 +26,10 @@
 //!   by `madd_weights`;
 //! - depthwise convs: `depthwise_avx2_kernel` (`vpmulld`, all taps of 8
 //!   outputs in one register) over a `Phased` copy of the channel;
-//! - the float first conv: `gemm_f64` (no FMA, so bit for bit the plain
-//!   loop and the C reference);
+//! - the float first conv: `direct_f64_avx2` straight from a zero-bordered
+//!   f64 copy of the image where it is ungrouped with stride 1, else
+//!   im2col and `gemm_f64` (both with no FMA and the taps in im2col's
+//!   order, so bit for bit the plain loop and the C reference);
 //! - requantization: one vectorised loop per rounding mode, in i32 or i64
 //!   lanes (`requant_row_body`).
 //!
@@ -41,7 +45,8 @@
 //!   (plain `gemm`, the AVX2 `vpmaddwd` kernel on i16 pairs);
 //! - `direct.rs`: the direct 16-bit k x k kernel (AVX2, no im2col);
 //! - `depthwise.rs`: depthwise convs (AVX2 `vpmulld` kernel on i32);
-//! - `float_stem.rs`: the float first conv in f64 (AVX2, no FMA);
+//! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
+//!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
 //! - `pool.rs`: average, max and adaptive pooling;
 //! - `channels.rs`: channel gathers (split, shuffle) and concatenation;
@@ -183,6 +188,10 @@ pub struct Workspace {
     rows: Vec<i16>,
     colf: Vec<f64>,
     outf: Vec<f64>,
+    /// The float conv's output in the width it is not stored in now
+    /// (`float_stem::round_into`).
+    spare32: Vec<i32>,
+    spare64: Vec<i64>,
     /// Per layer (index into `plan.layers`), conv layers only.
     pub stats: Vec<AccStats>,
     /// With [`Workspace::time_layers`]: nanoseconds spent in each layer of
@@ -213,6 +222,8 @@ impl Workspace {
             rows: Vec::new(),
             colf: Vec::new(),
             outf: Vec::new(),
+            spare32: Vec::new(),
+            spare64: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
             layer_ns: Vec::new(),
         }
