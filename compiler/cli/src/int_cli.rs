@@ -1069,7 +1069,7 @@ fn print_layer_profile(
         }
     };
     println!(
-        "where the time goes: every layer timed, 1 thread, {} images, {:.3} ms per image in all (timing each layer adds a little)",
+        "where the time goes: every layer timed, 1 thread, {} images, each layer's median image; {:.3} ms per image in all (timing each layer adds a little)",
         p.images,
         total / 1e6
     );

@@ -3,7 +3,7 @@
 //!
 //! Input: a plan and images. Output: per layer of the plan (and the output
 //! layer) its kind in words, its multiply-accumulates per image and its
-//! time per image; [`LayerProfile::by_kind`] sums them per kind of work.
+//! time on the median image (robust to a thread preempted mid-layer); [`LayerProfile::by_kind`] sums them per kind of work.
 //! The clock is read around each layer, so the profile costs a little time
 //! of its own: the throughput figures of `qatc int bench` are measured
 //! without it.
@@ -25,7 +25,7 @@ pub struct LayerTime {
     pub group: &'static str,
     /// Multiply-accumulates per image (convs and linears; 0 otherwise).
     pub macs: u64,
-    /// Mean time per image, nanoseconds.
+    /// Time per image, nanoseconds: the median over the images.
     pub ns: f64,
 }
 
@@ -178,12 +178,33 @@ pub fn profile_layers(
         engine::run_image(plan, &weights, &img, &mut ws, sim)?;
     }
     ws.time_layers(plan);
+    // Per layer, its time on each image (the clock's running sums taken
+    // apart image by image).
+    let slots = plan.layers.len() + 1;
+    let mut per_image = vec![Vec::with_capacity(images.len()); slots];
+    let mut before = vec![0u64; slots];
     for i in 0..images.len() {
         images.image(i, &mut img);
         engine::run_image(plan, &weights, &img, &mut ws, sim)?;
+        for ((times, b), &now) in per_image.iter_mut().zip(&mut before).zip(ws.layer_ns()) {
+            times.push(now - *b);
+            *b = now;
+        }
     }
-    let n = images.len().max(1) as f64;
-    let ns = ws.layer_ns();
+    // The median image: a thread preempted inside a layer (a shared
+    // machine) adds milliseconds to one image's layer, which a mean over
+    // a few hundred images would spread over every image.
+    let ns: Vec<f64> = per_image
+        .iter_mut()
+        .map(|t| {
+            t.sort_unstable();
+            match t.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => t[n / 2] as f64,
+                n => (t[n / 2 - 1] + t[n / 2]) as f64 / 2.0,
+            }
+        })
+        .collect();
     let mut layers: Vec<LayerTime> = plan
         .layers
         .iter()
@@ -196,7 +217,7 @@ pub fn profile_layers(
                 kind,
                 group,
                 macs,
-                ns: ns[i] as f64 / n,
+                ns: ns[i],
             }
         })
         .collect();
@@ -212,7 +233,7 @@ pub fn profile_layers(
         ),
         group: "output (dequantization)",
         macs: 0,
-        ns: ns[plan.layers.len()] as f64 / n,
+        ns: ns[plan.layers.len()],
     });
     Ok(LayerProfile {
         images: images.len(),
