@@ -27,13 +27,21 @@
 //! - the float first conv: `gemm_f64` (no FMA, so bit for bit the plain
 //!   loop and the C reference);
 //! - requantization: one vectorised loop per rounding mode, in i32 or i64
-//!   lanes (`requant_row_body`).
+//!   lanes (`requant_row_body`);
+//! - a requantization fused into the conv before it (`fused.rs`, only where
+//!   the workspace asks for it: [`Workspace::fuse_requant`], and no
+//!   accumulator width is simulated): in the epilogue of `madd_kernel` and
+//!   `direct_kernel` (clamp, multiplier, bias, shift and clamp per output
+//!   channel on eight accumulators in a register, exact in i32 lanes), or
+//!   for other convs (depthwise, wide operands) one pass per channel over
+//!   the freshly computed row (`requant_clamped`).
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
 //!
 //! Files, one per kernel family (this one: the public types, the weights
-//! converted once per plan, and the layer loop [`run_image`]):
+//! converted once per plan, and the layer loop [`run_image`], which skips
+//! a requantization its conv did):
 //! - `conv.rs`: a conv layer: the element types (`Num`), the choice among
 //!   the kernel families below, the accumulator statistics and simulated
 //!   width;
@@ -43,6 +51,9 @@
 //! - `depthwise.rs`: depthwise convs (AVX2 `vpmulld` kernel on i32);
 //! - `float_stem.rs`: the float first conv in f64 (AVX2, no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
+//! - `fused.rs`: which conv takes the requantization after it into its
+//!   epilogue (`plan_fusion`, per plan), the exact i32 form it computes
+//!   there, and the post-pass of the convs whose kernel has no epilogue;
 //! - `pool.rs`: average, max and adaptive pooling;
 //! - `channels.rs`: channel gathers (split, shuffle) and concatenation;
 //! - `pointwise.rs`: the gating product and hardswish;
@@ -96,6 +107,7 @@ mod conv;
 mod depthwise;
 mod direct;
 mod float_stem;
+mod fused;
 mod gemm;
 mod linear;
 mod pointwise;
@@ -185,6 +197,12 @@ pub struct Workspace {
     outf: Vec<f64>,
     /// Per layer (index into `plan.layers`), conv layers only.
     pub stats: Vec<AccStats>,
+    /// Per tensor: not written by the last [`run_image`] (the accumulator
+    /// of a conv whose requantization was fused into it).
+    stale: Vec<bool>,
+    /// Whether [`run_image`] fuses requantizations into convs (see
+    /// [`Workspace::fuse_requant`]).
+    fuse: bool,
 }
 
 impl Workspace {
@@ -210,11 +228,29 @@ impl Workspace {
             colf: Vec::new(),
             outf: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
+            stale: vec![false; plan.tensors.len()],
+            fuse: false,
         }
     }
 
-    /// A tensor's values after the last [`run_image`].
+    /// Fuse each conv's requantization into the conv where the plan allows
+    /// it (`fused.rs`: a conv of integers followed by a one-term
+    /// requantization of its accumulator, which nothing else reads) and no
+    /// accumulator width is simulated. Same activations, logits and
+    /// statistics, faster; but those convs' accumulator tensors are not
+    /// written ([`Workspace::tensor`] has none for them). Off by default
+    /// (every tensor kept, as tests that read accumulators need); `evaluate`
+    /// and `qatc int bench` turn it on.
+    pub fn fuse_requant(&mut self, on: bool) {
+        self.fuse = on;
+    }
+
+    /// A tensor's values after the last [`run_image`]; `None` for an
+    /// accumulator that a fused requantization did not write.
     pub fn tensor(&self, t: TensorId) -> Option<&Buf> {
+        if self.stale.get(t) == Some(&true) {
+            return None;
+        }
         self.bufs.get(t)
     }
 }
@@ -232,6 +268,9 @@ pub struct Weights {
     w32: Vec<Vec<i32>>,
     w64: Vec<Vec<i64>>,
     wf: Vec<Vec<f64>>,
+    /// Per layer: the requantization a conv can do in its epilogue
+    /// ([`fused::plan_fusion`]).
+    fused: Vec<Option<fused::FusedRequant>>,
 }
 
 impl Weights {
@@ -242,6 +281,9 @@ impl Weights {
             w32: Vec::new(),
             w64: Vec::new(),
             wf: Vec::new(),
+            fused: (0..plan.layers.len())
+                .map(|li| fused::plan_fusion(plan, li))
+                .collect(),
         };
         for layer in &plan.layers {
             // Each width only where `run_conv` computes in it: f64 for a conv
@@ -301,10 +343,15 @@ pub fn run_image(
             got: image.len(),
         });
     }
+    // The layer a conv did with its own (a fused requantization).
+    let mut done = None;
     for (li, layer) in plan.layers.iter().enumerate() {
+        if done == Some(li) {
+            continue;
+        }
         match layer {
             Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
-            Layer::Conv(l) => conv::run_conv(plan, li, l, image, weights, ws, sim),
+            Layer::Conv(l) => done = run_conv_layer(plan, li, l, image, weights, ws, sim),
             Layer::Requant(r) => requant::run_requant(plan, r, ws),
             Layer::Pool(p) => pool::run_pool(plan, p, ws),
             Layer::Channels(c) => channels::run_channels(plan, c, ws),
@@ -315,6 +362,30 @@ pub fn run_image(
         }
     }
     Ok(linear::run_output(plan, ws))
+}
+
+/// Runs conv layer `li`, fused with the requantization after it where the
+/// workspace asks for fusion, the plan allows it and no accumulator width
+/// is simulated; returns the index of that requantization when it did it.
+fn run_conv_layer(
+    plan: &IntPlan,
+    li: usize,
+    l: &super::plan::ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) -> Option<usize> {
+    match weights.fused.get(li) {
+        Some(Some(f)) if ws.fuse && sim.acc_bits.is_none() => {
+            conv::run_conv_fused(plan, li, l, image, weights, ws, f);
+            Some(f.requant)
+        }
+        _ => {
+            conv::run_conv(plan, li, l, image, weights, ws, sim);
+            None
+        }
+    }
 }
 
 /// Index of the largest logit (the first on ties).

@@ -13,6 +13,11 @@
 //!
 //! Every path computes the exact sum and the same rounding
 //! (`fixed::shift_round`), so the results do not depend on the path.
+//!
+//! With `Workspace::fuse_requant` on, a one-term requantization of the
+//! conv just before it is done by that conv instead (`fused.rs`: clamped
+//! i32 sums in the kernels' epilogue) and this pass does not run for it;
+//! this file stays the reference the fused form is tested against.
 
 use super::conv::abs_peak;
 use super::{Buf, Workspace};
