@@ -18,9 +18,9 @@
 //! the kernel takes the largest |sum| of each block and stores each
 //! channel's sums requantized instead of the sums.
 
-use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
 use super::fused::{hmax_u32, peak8, Regs};
+use super::fused::{Epilogue, RowConsts};
 #[cfg(target_arch = "x86_64")]
 use super::gemm::pair8;
 use super::gemm::{madd_weights, MADD_ROWS};
@@ -251,11 +251,20 @@ unsafe fn direct_kernel(
                         w = w.add(MADD_ROWS);
                     }
                     if let Some(rg) = &regs {
-                        // The fused requantization: the largest |sum|,
-                        // then each channel's sums requantized.
-                        for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                            peak = peak8(peak, *a);
-                            *a = rg.apply(*a, &erows[b * MADD_ROWS + r]);
+                        // The fused requantization: the largest |sum| (any lanes
+                        // past the positions hold 0), then each row's sums
+                        // requantized; a whole block of rows at once.
+                        let full = erows
+                            .get(b * MADD_ROWS..b * MADD_ROWS + MADD_ROWS)
+                            .and_then(|r| <&[RowConsts; MADD_ROWS]>::try_from(r).ok());
+                        match full {
+                            Some(rc) if rows == MADD_ROWS => rg.apply8(&mut acc, rc, &mut peak),
+                            _ => {
+                                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                                    peak = peak8(peak, *a);
+                                    *a = rg.apply(*a, &erows[b * MADD_ROWS + r]);
+                                }
+                            }
                         }
                     }
                     let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);

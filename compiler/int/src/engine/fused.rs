@@ -34,13 +34,29 @@
 //! Only where the workspace asks for it (`Workspace::fuse_requant`) and no
 //! accumulator width is simulated: a fused conv's accumulator tensor is not
 //! written, so `Workspace::tensor` has none for it.
+//!
+//! Two-term requantizations (residual adds: an accumulator and an
+//! activation) are not fused into a kernel, but with the same switch run
+//! by [`run_requant2`] in i32 lanes by the same argument in the sum's
+//! domain: the output saturates below and above fixed sums, so given the
+//! row's largest |activation| the accumulator is clamped to where it still
+//! matters, and the clamped sums fit i32 for the usual 8-bit outputs
+//! (`requant.rs` takes i64 lanes as soon as the row's values could pass
+//! 2^31).
+//!
+//! Measured on this Zen 3 (docs/performance.md, issue 18): the epilogue
+//! costs about what the separate pass it replaces cost (that pass streams
+//! from L1/L2, so the saved memory traffic is small); the gain is the i32
+//! form where the separate pass took i64 lanes (MobileNetV2's depthwise
+//! requantizations, ToyNet's residual adds).
 
 use super::conv::abs_peak;
+use super::{Buf, Workspace};
 use crate::fixed::{shift_round, Div};
 use crate::plan::{ConvInput, IntPlan, Layer, TensorId};
 
 /// One output channel's constants: clamp the accumulator to `[xlo, xhi]`,
-/// then `x * m + b`, all exact in i32 (see the module doc).
+/// then `x * m + b`, all exact in i32 (see the module doc); `xlo <= xhi`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct RowConsts {
     pub xlo: i32,
@@ -61,6 +77,10 @@ pub(super) struct FusedRequant {
     pub div: Div,
     pub lo: i32,
     pub hi: i32,
+    /// Whether some channel's rounded, clamped-input sums can leave `[lo,
+    /// hi]` (see [`needs_clamp`]); if none can, the epilogue skips the
+    /// final clamp.
+    pub clamp: bool,
 }
 
 impl FusedRequant {
@@ -72,6 +92,7 @@ impl FusedRequant {
             div: self.div,
             lo: self.lo,
             hi: self.hi,
+            clamp: self.clamp,
             peak: 0,
         }
     }
@@ -87,6 +108,9 @@ pub(super) struct Epilogue<'a> {
     pub div: Div,
     pub lo: i32,
     pub hi: i32,
+    /// Clamp the rounded values to `[lo, hi]` (false only where
+    /// [`needs_clamp`] is false for every row).
+    pub clamp: bool,
     pub peak: u32,
 }
 
@@ -184,6 +208,17 @@ pub(super) fn row_consts(
     (bound < 1 << 31).then_some(RowConsts { xlo, xhi, m, b })
 }
 
+/// Whether the rounded sums of the clamped accumulators, `div(x * m + b,
+/// 2^shift)` for `x` in `[xlo, xhi]`, can leave `[lo, hi]`: they are
+/// monotone in `x`, so they stay inside exactly when both ends do (with a
+/// real multiplier `m / 2^shift` of at most 1 the ends are `lo` and `hi`
+/// themselves, the usual case).
+pub(super) fn needs_clamp(rc: RowConsts, shift: u32, div: Div, lo: i32, hi: i32) -> bool {
+    let q = |x: i32| shift_round(x as i64 * rc.m as i64 + rc.b as i64, shift, div);
+    let inside = |v: i64| (lo as i64..=hi as i64).contains(&v);
+    !(inside(q(rc.xlo)) && inside(q(rc.xhi)))
+}
+
 /// The tensors a layer reads.
 fn reads(layer: &Layer) -> Vec<TensorId> {
     match layer {
@@ -253,6 +288,9 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
     let rows = (0..l.cout)
         .map(|c| row_consts(term.mult[c], r.bias[c], r.shift, r.div, lo, hi))
         .collect::<Option<Vec<_>>>()?;
+    let clamp = rows
+        .iter()
+        .any(|&rc| needs_clamp(rc, r.shift, r.div, lo, hi));
     Some(FusedRequant {
         requant: li + 1,
         output: r.output,
@@ -261,6 +299,7 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         div: r.div,
         lo,
         hi,
+        clamp,
     })
 }
 
@@ -338,16 +377,283 @@ pub(super) fn requant_clamped(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut
     requant_clamped_body(acc, p, e, out)
 }
 
+/// `h(s) = clamp(div(s, 2^shift), lo, hi)` is constant below and above
+/// some sums: the largest `s` with `h(s) <= lo` and the smallest with `h(s)
+/// >= hi`, searched inside i32 (`None` where either lies outside).
+fn saturation(shift: u32, div: Div, lo: i32, hi: i32) -> Option<(i64, i64)> {
+    let h = |s: i64| shift_round(s, shift, div).clamp(lo as i64, hi as i64);
+    let (min, max) = (i32::MIN as i64, i32::MAX as i64);
+    if h(min) > lo as i64 || h(max) < hi as i64 {
+        return None;
+    }
+    let (mut a, mut z) = (min, max);
+    while a < z {
+        let mid = a + (z - a + 1) / 2;
+        if h(mid) <= lo as i64 {
+            a = mid;
+        } else {
+            z = mid - 1;
+        }
+    }
+    let s_lo = a;
+    let (mut a, mut z) = (min, max);
+    while a < z {
+        let mid = a + (z - a) / 2;
+        if h(mid) >= hi as i64 {
+            z = mid;
+        } else {
+            a = mid + 1;
+        }
+    }
+    Some((s_lo, a))
+}
+
+/// One channel of a two-term requantization in i32: `out = clamp(div(x *
+/// m + (y * m2 + b), 2^shift), lo, hi)` with `x` first clamped to `[xlo,
+/// xhi]` (see [`run_requant2`]).
+#[derive(Clone, Copy)]
+struct Row2 {
+    xlo: i32,
+    xhi: i32,
+    m: i32,
+    m2: i32,
+    b: i32,
+}
+
+#[inline(always)]
+fn row2_body(x: &[i32], y: &[i32], rc: Row2, e: &Epilogue, out: &mut [i32]) {
+    let Row2 { xlo, xhi, m, m2, b } = rc;
+    let (shift, lo, hi) = (e.shift, e.lo, e.hi);
+    let mask = ((1i64 << shift) - 1) as i32;
+    let half = if shift == 0 { 0 } else { 1i32 << (shift - 1) };
+    let n = out.len().min(x.len()).min(y.len());
+    let (out, x, y) = (&mut out[..n], &x[..n], &y[..n]);
+    let sum = |i: usize| {
+        x[i].clamp(xlo, xhi)
+            .wrapping_mul(m)
+            .wrapping_add(y[i].wrapping_mul(m2).wrapping_add(b))
+    };
+    match e.div {
+        Div::Floor => {
+            for i in 0..n {
+                out[i] = (sum(i) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Trunc => {
+            for i in 0..n {
+                let s = sum(i);
+                out[i] = ((s + ((s >> 31) & mask)) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Nearest => {
+            for i in 0..n {
+                let s = sum(i);
+                let neg = s >> 31;
+                let q = (((s ^ neg) - neg) + half) >> shift;
+                out[i] = ((q ^ neg) - neg).clamp(lo, hi);
+            }
+        }
+    }
+}
+
+/// `floor(n / d)`, `d != 0`.
+fn floor_div(n: i64, d: i64) -> i64 {
+    if d > 0 {
+        n.div_euclid(d)
+    } else {
+        (-n).div_euclid(-d)
+    }
+}
+
+/// The clamp range of `x` for a channel of a two-term requantization whose
+/// other part `y * m2 + b` lies in `[-c, c]`, and whether its sums fit i32:
+/// beyond `[xlo, xhi]` every sum is past the saturation points `(s_lo,
+/// s_hi)` whatever the other part, so clamping `x` changes no result.
+fn row2(m: i32, m2: i32, b: i32, c: i64, (s_lo, s_hi): (i64, i64), shift: u32) -> Option<Row2> {
+    let (xlo, xhi) = match m.signum() {
+        0 => (0, 0),
+        1 => (
+            floor_div(s_lo - c, m as i64),
+            -floor_div(-(s_hi + c), m as i64),
+        ),
+        _ => (
+            floor_div(s_hi + c, m as i64),
+            -floor_div(-(s_lo - c), m as i64),
+        ),
+    };
+    let (min, max) = (i32::MIN as i64, i32::MAX as i64);
+    let (xlo, xhi) = (xlo.clamp(min, max), xhi.clamp(min, max));
+    let bound = (xlo * m as i64).abs().max((xhi * m as i64).abs()) + c + (1i64 << shift);
+    (bound < 1 << 31 && xlo <= xhi).then_some(Row2 {
+        xlo: xlo as i32,
+        xhi: xhi as i32,
+        m,
+        m2,
+        b,
+    })
+}
+
+/// [`run_requant2`]'s rows: per channel the range of its second term
+/// (from the row's own largest |y|), then the row in i32 where it fits,
+/// else exactly in i64 as `requant.rs` computes it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn requant2_body(
+    x: &[i32],
+    y: &[i32],
+    ms: (&[i64], &[i64]),
+    bias: &[i64],
+    p: usize,
+    e: &Epilogue,
+    sat: (i64, i64),
+    out: &mut [i32],
+) {
+    for ch in 0..bias.len() {
+        let rows = (ch * p..(ch + 1) * p, ch * p..(ch + 1) * p);
+        let (Some(xr), Some(yr), Some(o)) =
+            (x.get(rows.0), y.get(rows.1.clone()), out.get_mut(rows.1))
+        else {
+            break;
+        };
+        let (m, m2, b) = (ms.0[ch], ms.1[ch], bias[ch]);
+        let fast = match (i32::try_from(m), i32::try_from(m2), i32::try_from(b)) {
+            (Ok(m), Ok(m2), Ok(b32)) => {
+                let c = (abs_peak(yr) as i64 * (m2 as i64).abs()).saturating_add(b.abs());
+                row2(m, m2, b32, c, sat, e.shift)
+            }
+            _ => None,
+        };
+        match fast {
+            Some(rc) => row2_body(xr, yr, rc, e, o),
+            None => {
+                for i in 0..p {
+                    let s = xr[i] as i64 * m + yr[i] as i64 * m2 + b;
+                    o[i] = shift_round(s, e.shift, e.div).clamp(e.lo as i64, e.hi as i64) as i32;
+                }
+            }
+        }
+    }
+}
+
+/// A two-term requantization (a residual add: a conv's accumulator `x`
+/// and an activation `y`, both i32, multipliers and bias in 32 bits) in
+/// i32 lanes, where `requant.rs` takes i64 lanes as soon as the row's
+/// largest values could pass 2^31: the sum `x * m + y * m2 + b` saturates
+/// the output below and above fixed sums ([`saturation`]), so `x` is
+/// clamped first to where it still matters given the row's largest |y|
+/// ([`row2`]); the clamped sums then fit i32 for the usual 8-bit outputs.
+/// Returns false (nothing done) for any other requantization, which the
+/// caller then runs as `requant.rs` does. Only with
+/// `Workspace::fuse_requant`.
+pub(super) fn run_requant2(plan: &IntPlan, r: &crate::plan::Requant, ws: &mut Workspace) -> bool {
+    let [t0, t1] = r.terms.as_slice() else {
+        return false;
+    };
+    let (Ok(lo), Ok(hi)) = (i32::try_from(r.lo), i32::try_from(r.hi)) else {
+        return false;
+    };
+    if r.wide || lo >= hi || r.shift >= 31 || t0.src == r.output || t1.src == r.output {
+        return false;
+    }
+    let c = r.bias.len();
+    let len = plan.tensors.get(r.output).map_or(0, |t| t.len());
+    if c == 0 || len % c != 0 || t0.mult.len() != c || t1.mult.len() != c {
+        return false;
+    }
+    let Some(sat) = saturation(r.shift, r.div, lo, hi) else {
+        return false;
+    };
+    let (Buf::I32(x), Buf::I32(y)) = (&ws.bufs[t0.src], &ws.bufs[t1.src]) else {
+        return false;
+    };
+    if x.len() < len || y.len() < len {
+        return false;
+    }
+    let mut out = match std::mem::replace(&mut ws.bufs[r.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    out.resize(len, 0);
+    let e = Epilogue {
+        rows: &[],
+        shift: r.shift,
+        div: r.div,
+        lo,
+        hi,
+        clamp: true,
+        peak: 0,
+    };
+    let (x, y) = match (&ws.bufs[t0.src], &ws.bufs[t1.src]) {
+        (Buf::I32(x), Buf::I32(y)) => (x, y),
+        _ => unreachable!("checked above"),
+    };
+    requant2(
+        x,
+        y,
+        (&t0.mult, &t1.mult),
+        &r.bias,
+        len / c,
+        &e,
+        sat,
+        &mut out,
+    );
+    ws.bufs[r.output] = Buf::I32(out);
+    true
+}
+
+/// [`requant2_body`], AVX2-compiled where the CPU has it.
+#[allow(clippy::too_many_arguments)]
+fn requant2(
+    x: &[i32],
+    y: &[i32],
+    ms: (&[i64], &[i64]),
+    bias: &[i64],
+    p: usize,
+    e: &Epilogue,
+    sat: (i64, i64),
+    out: &mut [i32],
+) {
+    /// [`requant2_body`] compiled with AVX2.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 (the body is safe Rust).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2(
+        x: &[i32],
+        y: &[i32],
+        ms: (&[i64], &[i64]),
+        bias: &[i64],
+        p: usize,
+        e: &Epilogue,
+        sat: (i64, i64),
+        out: &mut [i32],
+    ) {
+        requant2_body(x, y, ms, bias, p, e, sat, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2(x, y, ms, bias, p, e, sat, out) };
+            return;
+        }
+    }
+    requant2_body(x, y, ms, bias, p, e, sat, out)
+}
+
 /// An [`Epilogue`]'s shared constants in AVX2 registers, for the kernels.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Regs {
     count: std::arch::x86_64::__m128i,
-    mask: std::arch::x86_64::__m256i,
     half: std::arch::x86_64::__m256i,
     lo: std::arch::x86_64::__m256i,
     hi: std::arch::x86_64::__m256i,
     div: Div,
+    clamp: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -359,7 +665,6 @@ impl Regs {
     #[inline]
     pub(super) unsafe fn new(e: &Epilogue) -> Regs {
         use std::arch::x86_64::*;
-        let mask = ((1i64 << e.shift.min(31)) - 1) as i32;
         let half = if e.shift == 0 {
             0
         } else {
@@ -367,11 +672,11 @@ impl Regs {
         };
         Regs {
             count: _mm_cvtsi32_si128(e.shift as i32),
-            mask: _mm256_set1_epi32(mask),
             half: _mm256_set1_epi32(half),
             lo: _mm256_set1_epi32(e.lo),
             hi: _mm256_set1_epi32(e.hi),
             div: e.div,
+            clamp: e.clamp,
         }
     }
 
@@ -388,25 +693,84 @@ impl Regs {
         acc: std::arch::x86_64::__m256i,
         rc: &RowConsts,
     ) -> std::arch::x86_64::__m256i {
+        match (self.div, self.clamp) {
+            (Div::Floor, true) => self.one::<FLOOR, true>(acc, rc),
+            (Div::Floor, false) => self.one::<FLOOR, false>(acc, rc),
+            (Div::Trunc, true) => self.one::<TRUNC, true>(acc, rc),
+            (Div::Trunc, false) => self.one::<TRUNC, false>(acc, rc),
+            (Div::Nearest, true) => self.one::<NEAREST, true>(acc, rc),
+            (Div::Nearest, false) => self.one::<NEAREST, false>(acc, rc),
+        }
+    }
+
+    /// A whole block of eight rows (`acc[r]` of the channel of `rc[r]`):
+    /// the largest |acc| into `peak`, then each requantized in place, the
+    /// rounding chosen once for the block (so the rows unroll without
+    /// branches and `acc` stays in registers).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn apply8(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rc: &[RowConsts; 8],
+        peak: &mut std::arch::x86_64::__m256i,
+    ) {
+        for a in acc.iter() {
+            // SAFETY: AVX2 is this function's own feature.
+            *peak = unsafe { peak8(*peak, *a) };
+        }
+        match (self.div, self.clamp) {
+            (Div::Floor, true) => self.rows8::<FLOOR, true>(acc, rc),
+            (Div::Floor, false) => self.rows8::<FLOOR, false>(acc, rc),
+            (Div::Trunc, true) => self.rows8::<TRUNC, true>(acc, rc),
+            (Div::Trunc, false) => self.rows8::<TRUNC, false>(acc, rc),
+            (Div::Nearest, true) => self.rows8::<NEAREST, true>(acc, rc),
+            (Div::Nearest, false) => self.rows8::<NEAREST, false>(acc, rc),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn rows8<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rc: &[RowConsts; 8],
+    ) {
+        for (a, rc) in acc.iter_mut().zip(rc) {
+            *a = self.one::<DIV, CLAMP>(*a, rc);
+        }
+    }
+
+    /// [`Regs::apply`] for one rounding (`DIV`: [`FLOOR`], [`TRUNC`],
+    /// [`NEAREST`]) and clamp choice.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn one<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: std::arch::x86_64::__m256i,
+        rc: &RowConsts,
+    ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
         let x = _mm256_min_epi32(
-            _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo.min(rc.xhi))),
+            _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo)),
             _mm256_set1_epi32(rc.xhi),
         );
         let s = _mm256_add_epi32(
             _mm256_mullo_epi32(x, _mm256_set1_epi32(rc.m)),
             _mm256_set1_epi32(rc.b),
         );
-        let q = match self.div {
-            Div::Floor => _mm256_sra_epi32(s, self.count),
-            Div::Trunc => {
-                let neg = _mm256_srai_epi32(s, 31);
-                _mm256_sra_epi32(
-                    _mm256_add_epi32(s, _mm256_and_si256(neg, self.mask)),
-                    self.count,
-                )
+        let q = match DIV {
+            FLOOR => _mm256_sra_epi32(s, self.count),
+            TRUNC => {
+                // |s| shifted, the sign restored: toward zero (|s| < 2^31).
+                let a = _mm256_srl_epi32(_mm256_abs_epi32(s), self.count);
+                _mm256_sign_epi32(a, s)
             }
-            Div::Nearest => {
+            _ => {
                 // |s| + half, shifted, the sign restored (`vpsignd` keeps
                 // a zero quotient zero).
                 let a = _mm256_abs_epi32(s);
@@ -414,9 +778,22 @@ impl Regs {
                 _mm256_sign_epi32(q, s)
             }
         };
-        _mm256_min_epi32(_mm256_max_epi32(q, self.lo), self.hi)
+        if CLAMP {
+            _mm256_min_epi32(_mm256_max_epi32(q, self.lo), self.hi)
+        } else {
+            q
+        }
     }
 }
+
+/// [`Regs::one`]'s rounding parameter: `Div::Floor`, `Div::Trunc`,
+/// `Div::Nearest`.
+#[cfg(target_arch = "x86_64")]
+const FLOOR: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const TRUNC: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const NEAREST: u8 = 2;
 
 /// The largest unsigned lane of `v`.
 ///
@@ -485,6 +862,7 @@ mod tests {
             div,
             lo,
             hi,
+            clamp: needs_clamp(rc, shift, div, lo, hi),
             peak: 0,
         };
         let want: Vec<i32> = xs
@@ -848,5 +1226,97 @@ mod tests {
             r.terms[0].mult[0] = 1 << 40;
         }
         assert!(plan_fusion(&big, 0).is_none());
+    }
+
+    /// The two-term requantization in i32 (`run_requant2`) against
+    /// `requant.rs` on random rows with accumulators up to the i32 extremes,
+    /// every rounding, shifts 0 to 30, negative and large multipliers, and
+    /// second terms whose range leaves some rows to the exact i64 loop.
+    #[test]
+    fn two_term_requantization_matches_requant_rs() {
+        let mut rng = Rng(0x1234_5679);
+        let (c, hw) = (6, [3, 7]);
+        let len = c * hw[0] * hw[1];
+        let (mut handled, mut total) = (0, 0);
+        for shift in 0..=30u32 {
+            for div in DIVS {
+                for (lo, hi) in [(-128, 127), (0, 255), (-32768, 32767), (3, 9)] {
+                    let mult = |rng: &mut Rng, big: bool| -> Vec<i64> {
+                        (0..c)
+                            .map(|_| match rng.next() % 4 {
+                                0 => rng.range(-300, 300),
+                                1 if big => rng.range(i32::MIN as i64, i32::MAX as i64),
+                                _ => rng.range(-(1 << 23), 1 << 23),
+                            })
+                            .collect()
+                    };
+                    let (m0, m1) = (mult(&mut rng, true), mult(&mut rng, shift % 3 == 0));
+                    let bias: Vec<i64> = (0..c).map(|_| rng.range(-(1 << 28), 1 << 28)).collect();
+                    let mut plan = conv_plan(
+                        (1, c, 1, 1, 0, 1),
+                        hw,
+                        8,
+                        vec![1; c],
+                        vec![1; c],
+                        vec![0; c],
+                        (shift, div, lo, hi),
+                    );
+                    plan.tensors[0] = act("y", [c, hw[0], hw[1]]);
+                    plan.layers = vec![Layer::Requant(Requant {
+                        name: "add".into(),
+                        terms: vec![
+                            RequantTerm {
+                                src: 1,
+                                mult: m0,
+                                real: vec![0.0; c],
+                            },
+                            RequantTerm {
+                                src: 0,
+                                mult: m1,
+                                real: vec![0.0; c],
+                            },
+                        ],
+                        bias,
+                        bias_real: vec![0.0; c],
+                        format: FixedFormat::new(32, 16),
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                        output: 2,
+                        wide: false,
+                    })];
+                    let x: Vec<i32> = (0..len)
+                        .map(|_| match rng.next() % 6 {
+                            0 => i32::MIN,
+                            1 => i32::MAX,
+                            2 => rng.next() as i32,
+                            _ => rng.range(-(1 << 20), 1 << 20) as i32,
+                        })
+                        .collect();
+                    let top = if rng.next() % 2 == 0 { 255 } else { 1 << 16 };
+                    let y: Vec<i32> = (0..len).map(|_| rng.range(-top, top) as i32).collect();
+                    let w = Weights::new(&plan);
+                    let (mut plain, mut fast) = (Workspace::new(&plan), Workspace::new(&plan));
+                    fast.fuse_requant(true);
+                    for ws in [&mut plain, &mut fast] {
+                        ws.bufs[0] = Buf::I32(y.clone());
+                        ws.bufs[1] = Buf::I32(x.clone());
+                        run_image(&plan, &w, &[], ws, &SimOptions::default()).unwrap();
+                    }
+                    total += 1;
+                    let Layer::Requant(r) = &plan.layers[0] else {
+                        unreachable!()
+                    };
+                    handled += usize::from(run_requant2(&plan, r, &mut fast));
+                    assert_eq!(
+                        plain.tensor(2).unwrap().to_i64(),
+                        fast.tensor(2).unwrap().to_i64(),
+                        "shift {shift} {div:?} [{lo}, {hi}]"
+                    );
+                }
+            }
+        }
+        assert!(handled > total / 2, "{handled} of {total} in i32");
     }
 }

@@ -34,7 +34,10 @@
 //!   `direct_kernel` (clamp, multiplier, bias, shift and clamp per output
 //!   channel on eight accumulators in a register, exact in i32 lanes), or
 //!   for other convs (depthwise, wide operands) one pass per channel over
-//!   the freshly computed row (`requant_clamped`).
+//!   the freshly computed row (`requant_clamped`); with the same switch a
+//!   two-term requantization (a residual add) runs in i32 lanes with its
+//!   accumulator clamped to where it still changes the result
+//!   (`run_requant2`), where `requant.rs` would take i64 lanes.
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
@@ -352,7 +355,7 @@ pub fn run_image(
         match layer {
             Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
             Layer::Conv(l) => done = run_conv_layer(plan, li, l, image, weights, ws, sim),
-            Layer::Requant(r) => requant::run_requant(plan, r, ws),
+            Layer::Requant(r) => run_requant_layer(plan, r, ws),
             Layer::Pool(p) => pool::run_pool(plan, p, ws),
             Layer::Channels(c) => channels::run_channels(plan, c, ws),
             Layer::Concat(c) => channels::run_concat(plan, c, ws),
@@ -385,6 +388,15 @@ fn run_conv_layer(
             conv::run_conv(plan, li, l, image, weights, ws, sim);
             None
         }
+    }
+}
+
+/// Runs a requantization layer: a two-term one in i32 lanes
+/// (`fused::run_requant2`) where the workspace fuses requantizations and
+/// it applies, else as `requant.rs` computes it.
+fn run_requant_layer(plan: &IntPlan, r: &super::plan::Requant, ws: &mut Workspace) {
+    if !(ws.fuse && fused::run_requant2(plan, r, ws)) {
+        requant::run_requant(plan, r, ws)
     }
 }
 

@@ -17,7 +17,9 @@
 //! With `Workspace::fuse_requant` on, a one-term requantization of the
 //! conv just before it is done by that conv instead (`fused.rs`: clamped
 //! i32 sums in the kernels' epilogue) and this pass does not run for it;
-//! this file stays the reference the fused form is tested against.
+//! likewise a two-term one runs as `fused.rs`'s `run_requant2` (i32 lanes
+//! on a clamped accumulator) where that applies. This file stays the
+//! reference both are tested against, and runs everything else.
 
 use super::conv::abs_peak;
 use super::{Buf, Workspace};
