@@ -115,8 +115,12 @@ fn plan_with(g: &Golden, rounding: Rounding, head: int::FixedFormat) -> int::Int
     int::build(&graph, &ck, opts).unwrap()
 }
 
-/// Runs every image of `input` through `plan`, handing each result and the
-/// engine's tensors to `f`.
+/// Runs every image of `input` through `plan` twice, with the
+/// requantizations fused into their convs (as `evaluate` and the bench run
+/// them) and without (every accumulator written): both must give the same
+/// logits, statistics and tensors (a fused conv's accumulator excepted, which
+/// is not written). Hands each result and the fused run's tensors (the
+/// activations the golden sets hold are all there) to `f`.
 fn run_each(
     plan: &int::IntPlan,
     input: &[f32],
@@ -125,10 +129,29 @@ fn run_each(
     let per = plan.input_len();
     let weights = engine::Weights::new(plan);
     let mut ws = engine::Workspace::new(plan);
+    let mut fused = engine::Workspace::new(plan);
+    fused.fuse_requant(true);
+    let mut unwritten = 0;
     for (img, x) in input.chunks_exact(per).enumerate() {
-        let out = engine::run_image(plan, &weights, x, &mut ws, &Default::default()).unwrap();
-        f(img, &out, &ws);
+        let sim = Default::default();
+        let out = engine::run_image(plan, &weights, x, &mut ws, &sim).unwrap();
+        let out_fused = engine::run_image(plan, &weights, x, &mut fused, &sim).unwrap();
+        assert_eq!(out, out_fused, "image {img}: fused requantization differs");
+        assert_eq!(ws.stats, fused.stats, "image {img}: statistics differ");
+        for (t, info) in plan.tensors.iter().enumerate() {
+            match fused.tensor(t) {
+                Some(b) => assert_eq!(
+                    b.to_i64(),
+                    ws.tensor(t).unwrap().to_i64(),
+                    "image {img}: tensor {} differs when fused",
+                    info.name
+                ),
+                None => unwritten += 1,
+            }
+        }
+        f(img, &out_fused, &fused);
     }
+    eprintln!("fused run: {unwritten} accumulator tensors unwritten over all images");
 }
 
 #[test]

@@ -178,6 +178,9 @@ pub fn evaluate(
     type Part = (Vec<(usize, usize, Vec<f32>)>, Vec<AccStats>);
     let run = || -> Result<Part, IntError> {
         let mut ws = engine::Workspace::new(plan);
+        // Only logits and statistics are read: requantizations fused into
+        // their convs (where `opts.sim` simulates no accumulator width).
+        ws.fuse_requant(true);
         let mut img = vec![0f32; plan.input_len()];
         let mut out = Vec::new();
         loop {

@@ -4,6 +4,8 @@
 //! Input: a plan and images. Output: per layer of the plan (and the output
 //! layer) its kind in words, its multiply-accumulates per image and its
 //! time on the median image (robust to a thread preempted mid-layer); [`LayerProfile::by_kind`] sums them per kind of work.
+//! The plan runs as `evaluate` runs it: a requantization fused into the
+//! conv before it is timed with that conv (its own line says so, at 0).
 //! The clock is read around each layer, so the profile costs a little time
 //! of its own: the throughput figures of `qatc int bench` are measured
 //! without it.
@@ -171,6 +173,14 @@ pub fn profile_layers(
 ) -> Result<LayerProfile, IntError> {
     let weights = engine::Weights::new(plan);
     let mut ws = engine::Workspace::new(plan);
+    // As `evaluate` runs (so as `qatc int bench` times): requantizations
+    // fused into the convs before them where the plan allows.
+    ws.fuse_requant(true);
+    // Conv index -> the requantization it does, and back.
+    let fused: Vec<Option<usize>> = (0..plan.layers.len())
+        .map(|li| weights.fused_requant(li).filter(|_| sim.acc_bits.is_none()))
+        .collect();
+    let fused_into = |li: usize| fused.iter().position(|&r| r == Some(li));
     let mut img = vec![0f32; plan.input_len()];
     // One untimed image first (buffers sized, caches and pages warm).
     if !images.is_empty() {
@@ -210,7 +220,14 @@ pub fn profile_layers(
         .iter()
         .enumerate()
         .map(|(i, layer)| {
-            let (kind, group, macs) = describe(plan, layer);
+            let (mut kind, mut group, macs) = describe(plan, layer);
+            if let Some(r) = fused[i] {
+                kind = format!("{kind} + requant of {}", plan.layers[r].name());
+            }
+            if let Some(c) = fused_into(i) {
+                kind = format!("(fused into {})", plan.layers[c].name());
+                group = "requantization fused into a conv";
+            }
             LayerTime {
                 index: i,
                 name: layer.name().to_string(),

@@ -12,6 +12,12 @@
 //! - depthwise convs: [`super::depthwise`] (AVX2 `vpmulld` on i32);
 //! - everything else (i64 sums, wider operands): [`super::gemm::gemm`].
 //!
+//! [`run_conv_fused`] runs a conv together with the requantization after
+//! it (`fused.rs`): the direct and multiply-add kernels requantize in their
+//! epilogue, any other conv computes its sums as [`run_conv`] does and
+//! then requantizes them in one pass per channel that also takes the
+//! statistics.
+//!
 //! The only unsafe code here calls the depthwise AVX2 kernel (for `i32`)
 //! and the AVX2 copy of [`abs_peak`], after checking for AVX2.
 
@@ -20,8 +26,9 @@ use super::depthwise::depthwise_avx2_kernel;
 use super::depthwise::{depthwise, depthwise_from, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
+use super::fused::{requant_clamped, FusedRequant};
 use super::gemm::{conv_im2col_madd, gemm, gemm_madd, im2col, madd_group_len};
-use super::{Buf, OverflowMode, SimOptions, Weights, Workspace};
+use super::{AccStats, Buf, OverflowMode, SimOptions, Weights, Workspace};
 use crate::fixed::Rounding;
 use crate::plan::{ConvInput, ConvLayer, IntPlan};
 
@@ -130,7 +137,24 @@ pub(super) fn run_conv(
     sim: &SimOptions,
 ) {
     let mut out = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
-    match (l.input, &mut out) {
+    conv_sums(plan, li, l, image, weights, ws, &mut out);
+    ws.stale[l.output] = false;
+    record(&mut ws.stats[li], sim, &mut out);
+    ws.bufs[l.output] = out;
+}
+
+/// Conv layer `li`'s sums into `out` (its accumulator tensor, taken out of
+/// the workspace).
+fn conv_sums(
+    plan: &IntPlan,
+    li: usize,
+    l: &ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    out: &mut Buf,
+) {
+    match (l.input, out) {
         (ConvInput::Float, out) => {
             let mut col = std::mem::take(&mut ws.colf);
             let mut o = std::mem::take(&mut ws.outf);
@@ -171,7 +195,7 @@ pub(super) fn run_conv(
                     let wp = pairs.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
                     if !(fits16
                         && wp.len() == per_group
-                        && gemm_madd(wp, m, k, c, p, out, &mut packed))
+                        && gemm_madd(wp, m, k, c, p, out, &mut packed, None))
                     {
                         gemm(w, m, k, c, p, out)
                     }
@@ -181,10 +205,10 @@ pub(super) fn run_conv(
             let mut rows = std::mem::take(&mut ws.rows);
             let done = match &ws.bufs[t] {
                 Buf::I32(input) if fits16 && direct_conv(l) => {
-                    conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o)
+                    conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o, None)
                 }
                 Buf::I32(input) if fits16 && !depthwise && !pointwise => {
-                    conv_im2col_madd(l, input, pairs, &mut packed2, &mut rows, o)
+                    conv_im2col_madd(l, input, pairs, &mut packed2, &mut rows, o, None)
                 }
                 _ => false,
             };
@@ -215,8 +239,11 @@ pub(super) fn run_conv(
             ws.col64 = col;
         }
     }
-    // Statistics and the simulated accumulator width.
-    let st = &mut ws.stats[li];
+}
+
+/// Records a conv's accumulator statistics in `st` and applies the
+/// simulated accumulator width of `sim` to its sums `out`.
+fn record(st: &mut AccStats, sim: &SimOptions, out: &mut Buf) {
     let (min, max) = match sim.acc_bits {
         Some(b) if b < 64 => (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1),
         _ => (i64::MIN, i64::MAX),
@@ -237,7 +264,7 @@ pub(super) fn run_conv(
             x
         }
     };
-    match &mut out {
+    match out {
         Buf::I32(v) if fast => {
             // No width to simulate: only the largest value (vectorised).
             st.values += v.len() as u64;
@@ -262,7 +289,99 @@ pub(super) fn run_conv(
             }
         }
     }
-    ws.bufs[l.output] = out;
+}
+
+/// Conv layer `li` (`l`, a conv of integers) and the requantization after
+/// it (`f`, see `fused.rs`) in one: the direct and multiply-add kernels
+/// requantize in their epilogue and leave the accumulator tensor
+/// unwritten (marked stale); any other kernel (depthwise, wider operands,
+/// no AVX2) computes the sums as [`run_conv`] does, then
+/// [`requant_clamped`] takes their statistics and requantizes them row by
+/// row. The statistics are those of [`run_conv`] without a simulated
+/// width (the caller fuses only then).
+pub(super) fn run_conv_fused(
+    plan: &IntPlan,
+    li: usize,
+    l: &ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    f: &FusedRequant,
+) {
+    let mut out = match std::mem::replace(&mut ws.bufs[f.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    let p = l.out_hw[0] * l.out_hw[1];
+    let mut epi = f.epilogue();
+    let fits16 = l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16);
+    let depthwise = l.groups == l.cin && l.groups == l.cout;
+    let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
+    let pairs = &weights.pairs[li];
+    let done = match (l.input, fits16 && !depthwise) {
+        (ConvInput::Tensor(t), true) => match &ws.bufs[t] {
+            Buf::I32(input) if direct_conv(l) => conv_direct_madd(
+                l,
+                input,
+                &weights.dpairs[li],
+                &mut ws.packed2,
+                &mut out,
+                Some(&mut epi),
+            ),
+            Buf::I32(input) if !pointwise => conv_im2col_madd(
+                l,
+                input,
+                pairs,
+                &mut ws.packed2,
+                &mut ws.rows,
+                &mut out,
+                Some(&mut epi),
+            ),
+            Buf::I32(input) => {
+                let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
+                let per_group = madd_group_len(cout_g, cin_g);
+                // All groups or none: each declines only without AVX2 or
+                // on shapes that are the same for every group.
+                (0..l.groups).all(|g| {
+                    let mut ge = epi.rows_from(g * cout_g);
+                    let ran = pairs.len() == l.groups * per_group
+                        && input.len() >= l.cin * p
+                        && gemm_madd(
+                            &pairs[g * per_group..(g + 1) * per_group],
+                            cout_g,
+                            cin_g,
+                            &input[g * cin_g * p..(g + 1) * cin_g * p],
+                            p,
+                            &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                            &mut ws.packed,
+                            Some(&mut ge),
+                        );
+                    epi.peak = epi.peak.max(ge.peak);
+                    ran
+                })
+            }
+            Buf::I64(_) => false,
+        },
+        _ => false,
+    };
+    if done {
+        ws.stale[l.output] = true;
+    } else {
+        let mut acc = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
+        conv_sums(plan, li, l, image, weights, ws, &mut acc);
+        match &acc {
+            Buf::I32(v) => requant_clamped(v, p, &mut epi, &mut out),
+            // Never so: `plan_fusion` takes only 32-bit accumulators.
+            Buf::I64(_) => unreachable!("fused conv with a wide accumulator"),
+        }
+        ws.bufs[l.output] = acc;
+        ws.stale[l.output] = false;
+    }
+    let st = &mut ws.stats[li];
+    st.values += (l.cout * p) as u64;
+    st.max_abs = st.max_abs.max(epi.peak as i64);
+    ws.bufs[f.output] = Buf::I32(out);
+    ws.stale[f.output] = false;
 }
 
 /// Largest |x| (vectorised; AVX2 where the CPU has it).
@@ -451,7 +570,8 @@ mod tests {
             let tag = format!("{cin}->{cout} k{k} s{stride} p{pad} {hw:?}");
             if direct_conv(&l) {
                 let mut out = vec![i32::MIN; want.len()];
-                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut Vec::new(), &mut out);
+                let ran =
+                    conv_direct_madd(&l, &input, &w.dpairs[0], &mut Vec::new(), &mut out, None);
                 assert_eq!(ran, avx2, "direct {tag}");
                 if ran {
                     assert_eq!(out, want, "direct {tag}");
@@ -468,6 +588,7 @@ mod tests {
                     hw[0] * hw[1],
                     &mut out,
                     &mut Vec::new(),
+                    None,
                 );
                 assert_eq!(ran, avx2, "1x1 {tag}");
                 if ran {
@@ -475,7 +596,7 @@ mod tests {
                 }
             } else {
                 let (mut p, mut rows) = (Vec::new(), Vec::new());
-                let ran = conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out);
+                let ran = conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out, None);
                 assert_eq!(ran, avx2, "im2col {tag}");
                 if ran {
                     assert_eq!(out, want, "im2col {tag}");
@@ -541,6 +662,7 @@ mod tests {
                         p,
                         o,
                         &mut packed,
+                        None,
                     ) {
                         gemm(w, m, k, c, p, o)
                     }
@@ -560,7 +682,7 @@ mod tests {
                 });
                 let mut out4 = vec![0; want.len()];
                 let mut padded = Vec::new();
-                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut padded, &mut out4);
+                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut padded, &mut out4, None);
                 if ran {
                     assert_eq!(out4, want, "direct {cin} {cout} k{k} p{pad}");
                 }
@@ -570,7 +692,7 @@ mod tests {
                     "direct kernel refused"
                 );
             }
-            if conv_im2col_madd(&l, &input, &pairs, &mut p2, &mut rows, &mut out3) {
+            if conv_im2col_madd(&l, &input, &pairs, &mut p2, &mut rows, &mut out3, None) {
                 assert_eq!(
                     out3, want,
                     "fused {cin} {cout} k{k} s{stride} p{pad} g{groups}"

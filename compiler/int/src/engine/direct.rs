@@ -13,7 +13,14 @@
 //!
 //! Used only where the plan's bit-widths put both operands in i16 and not
 //! both at -2^15 (so no pair sum passes 2^31).
+//!
+//! Given an `Epilogue` (a requantization fused into the conv, `fused.rs`),
+//! the kernel takes the largest |sum| of each block and stores each
+//! channel's sums requantized instead of the sums.
 
+#[cfg(target_arch = "x86_64")]
+use super::fused::{hmax_u32, peak8, Regs};
+use super::fused::{Epilogue, RowConsts};
 #[cfg(target_arch = "x86_64")]
 use super::gemm::pair8;
 use super::gemm::{madd_weights, MADD_ROWS};
@@ -48,7 +55,8 @@ pub(super) fn direct_weights(l: &ConvLayer) -> Vec<i32> {
 /// A k x k conv without im2col: the input is laid out once as zero-padded
 /// planes of interleaved channel pairs (a strided conv's columns split by
 /// phase), and each tap reads a shifted row of it (`vpmaddwd` on channel
-/// pairs, eight output channels per load). Returns false (nothing done)
+/// pairs, eight output channels per load). With `epi`, `out` gets the
+/// requantized values (see [`direct_kernel`]). Returns false (nothing done)
 /// without AVX2, or where the shapes are not the kernel's (never so for a
 /// [`direct_conv`] of a plan: see the check before the kernel).
 pub(super) fn conv_direct_madd(
@@ -57,6 +65,7 @@ pub(super) fn conv_direct_madd(
     dpairs: &[i32],
     padded: &mut Vec<i16>,
     out: &mut [i32],
+    epi: Option<&mut Epilogue>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -82,6 +91,7 @@ pub(super) fn conv_direct_madd(
             || (oh.max(1) - 1) * s + k > ph
             || (k - 1) / s + ow > cols
             || out.len() < l.cout * oh * ow
+            || epi.as_ref().is_some_and(|e| e.rows.len() < l.cout)
         {
             return false;
         }
@@ -131,13 +141,14 @@ pub(super) fn conv_direct_madd(
         // values, rows are whole vectors of 8, `out` holds `cout * oh * ow`
         // and `(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols` (all
         // checked above), so every tap of `taps` reads inside `padded`
-        // (`cp * s * ph * cols` pairs): the kernel's `# Safety`.
-        unsafe { direct_kernel(l, dpairs, padded, s * cols, &taps, out) };
+        // (`cp * s * ph * cols` pairs), and `epi` has `cout` rows: the
+        // kernel's `# Safety`.
+        unsafe { direct_kernel(l, dpairs, padded, s * cols, &taps, out, epi) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (l, input, dpairs, padded, out);
+        let _ = (l, input, dpairs, padded, out, epi);
         false
     }
 }
@@ -180,13 +191,17 @@ unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
 /// (`row_step = s * cols`). Bounds: `ow = (pw - k) / s + 1`, so for
 /// `i + 8 <= ow` the furthest tap reads row `(oh - 1) * s + k - 1 < ph` and
 /// column `(k - 1) / s + i + 7 < cols` of the last phase of the last pair.
+/// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the
+/// largest |sum| into `epi.peak` and stores each channel's sums
+/// requantized with `epi.rows[channel]` instead of the sums.
 ///
 /// # Safety
 ///
 /// - The CPU must support AVX2.
 /// - `l.out_hw[1]` (`ow`) is a multiple of 8 and
 ///   `out.len() >= l.cout * oh * ow`.
-/// - `dpairs.len() >= l.cout.div_ceil(8) * taps.len() * 8`.
+/// - `dpairs.len() >= l.cout.div_ceil(8) * taps.len() * 8`. (`epi.rows`
+///   is read with bounds checks: fewer than `l.cout` rows panic.)
 /// - For every output row `y < oh`, every `i < ow` that is a multiple of 8
 ///   and every `off` in `taps`, `2 * (y * row_step + i) + off + 16 <=
 ///   padded.len()` (so for the layout [`conv_direct_madd`] builds:
@@ -200,11 +215,16 @@ unsafe fn direct_kernel(
     row_step: usize,
     taps: &[usize],
     out: &mut [i32],
+    epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
     let [oh, ow] = l.out_hw;
     let p = oh * ow;
     let n = taps.len();
+    // SAFETY: AVX2 is this function's own feature.
+    let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
+    let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
+    let mut peak = _mm256_setzero_si256();
     for b in 0..l.cout.div_ceil(MADD_ROWS) {
         let rows = (l.cout - b * MADD_ROWS).min(MADD_ROWS);
         // SAFETY: block `b` of `dpairs` (`taps.len() * 8` values) lies
@@ -230,6 +250,23 @@ unsafe fn direct_kernel(
                         }
                         w = w.add(MADD_ROWS);
                     }
+                    if let Some(rg) = &regs {
+                        // The fused requantization: the largest |sum| (any lanes
+                        // past the positions hold 0), then each row's sums
+                        // requantized; a whole block of rows at once.
+                        let full = erows
+                            .get(b * MADD_ROWS..b * MADD_ROWS + MADD_ROWS)
+                            .and_then(|r| <&[RowConsts; MADD_ROWS]>::try_from(r).ok());
+                        match full {
+                            Some(rc) if rows == MADD_ROWS => rg.apply8(&mut acc, rc, &mut peak),
+                            _ => {
+                                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                                    peak = peak8(peak, *a);
+                                    *a = rg.apply(*a, &erows[b * MADD_ROWS + r]);
+                                }
+                            }
+                        }
+                    }
                     let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
                     for (r, a) in acc.iter().enumerate().take(rows) {
                         _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
@@ -237,6 +274,10 @@ unsafe fn direct_kernel(
                 }
             }
         }
+    }
+    if let Some(e) = epi {
+        // SAFETY: AVX2 is this function's own feature.
+        e.peak = e.peak.max(unsafe { hmax_u32(peak) });
     }
 }
 

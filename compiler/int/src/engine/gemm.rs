@@ -10,12 +10,18 @@
 //!   per pass, over an operand packed per block of eight positions
 //!   (`packed_len`, packed by `pack_pairs` or, straight from the image, by
 //!   `pack_group`) and weights laid out once per plan by [`madd_weights`].
-//!   Without AVX2 they decline and the caller runs [`gemm`].
+//!   Without AVX2 they decline and the caller runs [`gemm`]. Given an
+//!   `Epilogue` (a requantization fused into the conv, `fused.rs`), the
+//!   kernel takes the largest |sum| and stores each row's sums requantized
+//!   instead of the sums (no accumulator tensor, no separate pass).
 //!
 //! Integer sums do not depend on their order, so every path gives the same
 //! results (the tests compare them with a naive conv).
 
 use super::conv::Num;
+#[cfg(target_arch = "x86_64")]
+use super::fused::{hmax_u32, peak8, Regs};
+use super::fused::{Epilogue, RowConsts};
 use crate::plan::ConvLayer;
 
 /// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
@@ -71,8 +77,10 @@ dispatch!(gemm, gemm_avx2, gemm_body, (w: &[T], m: usize, k: usize, col: &[T], p
 /// [`gemm`] on operands that fit in i16, with AVX2's multiply-add of i16
 /// pairs (`vpmaddwd`, 16 products per instruction): `col` is packed as
 /// pairs of rows ([`packed_len`]), eight output rows share
-/// each load. Returns false (nothing done) without AVX2 or where the
-/// shapes do not match.
+/// each load. With `epi`, `out` gets the requantized values instead of
+/// the sums (see [`madd_kernel`]). Returns false (nothing done) without
+/// AVX2 or where the shapes do not match.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_madd(
     wp: &[i32],
     m: usize,
@@ -81,10 +89,14 @@ pub(super) fn gemm_madd(
     p: usize,
     out: &mut [i32],
     packed: &mut Vec<i16>,
+    epi: Option<&mut Epilogue>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let shapes = wp.len() == madd_group_len(m, k) && col.len() >= k * p && out.len() >= m * p;
+        let shapes = wp.len() == madd_group_len(m, k)
+            && col.len() >= k * p
+            && out.len() >= m * p
+            && epi.as_ref().is_none_or(|e| e.rows.len() >= m);
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
             let kp = k.div_ceil(2);
             packed.clear();
@@ -93,13 +105,13 @@ pub(super) fn gemm_madd(
             // asserts its lengths.
             unsafe { pack_pairs(col, k, p, packed) };
             // SAFETY: AVX2 is present, `packed` was just sized to
-            // `packed_len(kp, p)` and `out` holds `m * p` (checked above):
-            // the kernel's `# Safety`.
-            unsafe { madd_kernel(wp, m, k, packed, p, out) };
+            // `packed_len(kp, p)`, `out` holds `m * p` and `epi` has `m`
+            // rows (checked above): the kernel's `# Safety`.
+            unsafe { madd_kernel(wp, m, k, packed, p, out, epi) };
             return true;
         }
     }
-    let _ = (wp, m, k, col, p, out, packed);
+    let _ = (wp, m, k, col, p, out, packed, epi);
     false
 }
 
@@ -229,18 +241,33 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
 /// `out[m x p] = w[m x k] * col[k x p]` with `vpmaddwd`: `wp` is one
 /// group's weights in the [`madd_weights`] layout, `packed` the operand in
 /// the [`packed_len`] layout; eight output rows x eight positions per pass.
+/// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the
+/// largest |sum| into `epi.peak` and stores each row's sums requantized
+/// with `epi.rows[row]` instead of the sums.
 ///
 /// # Safety
 ///
 /// - The CPU must support AVX2.
 /// - `packed.len() >= packed_len(k.div_ceil(2), p)` and `out.len() >= m *
-///   p`. (`wp` is sliced with bounds checks: shorter than
-///   [`madd_group_len`]`(m, k)` panics.)
+///   p`. (`wp` and `epi.rows` are read with bounds checks: `wp` shorter
+///   than [`madd_group_len`]`(m, k)` or fewer than `m` rows panic.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, out: &mut [i32]) {
+unsafe fn madd_kernel(
+    wp: &[i32],
+    m: usize,
+    k: usize,
+    packed: &[i16],
+    p: usize,
+    out: &mut [i32],
+    epi: Option<&mut Epilogue>,
+) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
+    // SAFETY: AVX2 is this function's own feature.
+    let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
+    let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
+    let mut peak = _mm256_setzero_si256();
     for o in (0..m).step_by(MADD_ROWS) {
         let rows = (m - o).min(MADD_ROWS);
         // This block of eight rows: `[kp][8]`, broadcasts at fixed offsets.
@@ -267,6 +294,23 @@ unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, 
                     x = x.add(16);
                     w = w.add(MADD_ROWS);
                 }
+                if let Some(rg) = &regs {
+                    // The fused requantization: the largest |sum| (any lanes
+                    // past the positions hold 0), then each row's sums
+                    // requantized; a whole block of rows at once.
+                    let full = erows
+                        .get(o..o + MADD_ROWS)
+                        .and_then(|r| <&[RowConsts; MADD_ROWS]>::try_from(r).ok());
+                    match full {
+                        Some(rc) if rows == MADD_ROWS => rg.apply8(&mut acc, rc, &mut peak),
+                        _ => {
+                            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                                peak = peak8(peak, *a);
+                                *a = rg.apply(*a, &erows[o + r]);
+                            }
+                        }
+                    }
+                }
                 let i = b * 8;
                 if i + 8 <= p {
                     let dst = out.as_mut_ptr().add(o * p + i);
@@ -282,6 +326,10 @@ unsafe fn madd_kernel(wp: &[i32], m: usize, k: usize, packed: &[i16], p: usize, 
                 }
             }
         }
+    }
+    if let Some(e) = epi {
+        // SAFETY: AVX2 is this function's own feature.
+        e.peak = e.peak.max(unsafe { hmax_u32(peak) });
     }
 }
 
@@ -365,6 +413,7 @@ fn im2col_row<S: Copy, D: Copy + Default>(
 
 /// A grouped (not depthwise) conv with im2col straight into interleaved
 /// i16 row pairs and the AVX2 multiply-add kernel: no i32 column matrix.
+/// With `epi`, `out` gets the requantized values (see [`madd_kernel`]).
 /// Returns false (nothing done) without AVX2 or where `pairs` is not the
 /// layer's [`madd_weights`].
 #[allow(clippy::too_many_arguments)]
@@ -375,6 +424,7 @@ pub(super) fn conv_im2col_madd(
     packed: &mut Vec<i16>,
     rows: &mut Vec<i16>,
     out: &mut [i32],
+    mut epi: Option<&mut Epilogue>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -387,7 +437,9 @@ pub(super) fn conv_im2col_madd(
         let kk = cin_g * k * k;
         let kp = kk.div_ceil(2);
         let per_group = madd_group_len(cout_g, kk);
-        if pairs.len() != l.groups * per_group {
+        if pairs.len() != l.groups * per_group
+            || epi.as_ref().is_some_and(|e| e.rows.len() < l.cout)
+        {
             return false;
         }
         packed.clear();
@@ -397,9 +449,12 @@ pub(super) fn conv_im2col_madd(
             // SAFETY: AVX2 is present (checked above); `pack_group` asserts
             // its lengths.
             unsafe { pack_group(l, input, g, kk, kp, rows, packed) };
+            // Group `g`'s rows of the fused requantization.
+            let mut ge = epi.as_deref().map(|e| e.rows_from(g * cout_g));
             // SAFETY: AVX2 is present; `packed` was sized to
-            // `packed_len(kp, p)` and group `g`'s output is a slice of
-            // `cout_g * p`: the kernel's `# Safety`.
+            // `packed_len(kp, p)`, group `g`'s output is a slice of
+            // `cout_g * p` and `ge` has its `cout_g` rows (checked above):
+            // the kernel's `# Safety`.
             unsafe {
                 madd_kernel(
                     &pairs[g * per_group..(g + 1) * per_group],
@@ -408,14 +463,18 @@ pub(super) fn conv_im2col_madd(
                     packed,
                     p,
                     &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                    ge.as_mut(),
                 )
             };
+            if let (Some(e), Some(ge)) = (epi.as_deref_mut(), ge) {
+                e.peak = e.peak.max(ge.peak);
+            }
         }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (l, input, pairs, packed, rows, out);
+        let _ = (l, input, pairs, packed, rows, out, epi);
         false
     }
 }

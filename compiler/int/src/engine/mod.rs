@@ -31,13 +31,24 @@
 //!   im2col and `gemm_f64` (both with no FMA and the taps in im2col's
 //!   order, so bit for bit the plain loop and the C reference);
 //! - requantization: one vectorised loop per rounding mode, in i32 or i64
-//!   lanes (`requant_row_body`).
+//!   lanes (`requant_row_body`);
+//! - a requantization fused into the conv before it (`fused.rs`, only where
+//!   the workspace asks for it: [`Workspace::fuse_requant`], and no
+//!   accumulator width is simulated): in the epilogue of `madd_kernel` and
+//!   `direct_kernel` (clamp, multiplier, bias, shift and clamp per output
+//!   channel on eight accumulators in a register, exact in i32 lanes), or
+//!   for other convs (depthwise, wide operands) one pass per channel over
+//!   the freshly computed row (`requant_clamped`); with the same switch a
+//!   two-term requantization (a residual add) runs in i32 lanes with its
+//!   accumulator clamped to where it still changes the result
+//!   (`run_requant2`), where `requant.rs` would take i64 lanes.
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
 //!
 //! Files, one per kernel family (this one: the public types, the weights
-//! converted once per plan, and the layer loop [`run_image`]):
+//! converted once per plan, and the layer loop [`run_image`], which skips
+//! a requantization its conv did):
 //! - `conv.rs`: a conv layer: the element types (`Num`), the choice among
 //!   the kernel families below, the accumulator statistics and simulated
 //!   width;
@@ -48,6 +59,9 @@
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
+//! - `fused.rs`: which conv takes the requantization after it into its
+//!   epilogue (`plan_fusion`, per plan), the exact i32 form it computes
+//!   there, and the post-pass of the convs whose kernel has no epilogue;
 //! - `pool.rs`: average, max and adaptive pooling;
 //! - `channels.rs`: channel gathers (split, shuffle) and concatenation;
 //! - `pointwise.rs`: the gating product and hardswish;
@@ -101,6 +115,7 @@ mod conv;
 mod depthwise;
 mod direct;
 mod float_stem;
+mod fused;
 mod gemm;
 mod linear;
 mod pointwise;
@@ -198,6 +213,12 @@ pub struct Workspace {
     /// `plan.layers`, then one more entry for the output layer, summed over
     /// every [`run_image`] since; empty otherwise (nothing timed).
     layer_ns: Vec<u64>,
+    /// Per tensor: not written by the last [`run_image`] (the accumulator
+    /// of a conv whose requantization was fused into it).
+    stale: Vec<bool>,
+    /// Whether [`run_image`] fuses requantizations into convs (see
+    /// [`Workspace::fuse_requant`]).
+    fuse: bool,
 }
 
 impl Workspace {
@@ -226,6 +247,8 @@ impl Workspace {
             spare64: Vec::new(),
             stats: vec![AccStats::default(); plan.layers.len()],
             layer_ns: Vec::new(),
+            stale: vec![false; plan.tensors.len()],
+            fuse: false,
         }
     }
 
@@ -242,8 +265,24 @@ impl Workspace {
         &self.layer_ns
     }
 
-    /// A tensor's values after the last [`run_image`].
+    /// Fuse each conv's requantization into the conv where the plan allows
+    /// it (`fused.rs`: a conv of integers followed by a one-term
+    /// requantization of its accumulator, which nothing else reads) and no
+    /// accumulator width is simulated. Same activations, logits and
+    /// statistics, faster; but those convs' accumulator tensors are not
+    /// written ([`Workspace::tensor`] has none for them). Off by default
+    /// (every tensor kept, as tests that read accumulators need); `evaluate`
+    /// and `qatc int bench` turn it on.
+    pub fn fuse_requant(&mut self, on: bool) {
+        self.fuse = on;
+    }
+
+    /// A tensor's values after the last [`run_image`]; `None` for an
+    /// accumulator that a fused requantization did not write.
     pub fn tensor(&self, t: TensorId) -> Option<&Buf> {
+        if self.stale.get(t) == Some(&true) {
+            return None;
+        }
         self.bufs.get(t)
     }
 }
@@ -261,9 +300,19 @@ pub struct Weights {
     w32: Vec<Vec<i32>>,
     w64: Vec<Vec<i64>>,
     wf: Vec<Vec<f64>>,
+    /// Per layer: the requantization a conv can do in its epilogue
+    /// ([`fused::plan_fusion`]).
+    fused: Vec<Option<fused::FusedRequant>>,
 }
 
 impl Weights {
+    /// The requantization layer that conv layer `li` does in its own
+    /// epilogue when a workspace fuses them ([`Workspace::fuse_requant`])
+    /// and no accumulator width is simulated; `None` if it does none.
+    pub fn fused_requant(&self, li: usize) -> Option<usize> {
+        self.fused.get(li)?.as_ref().map(|f| f.requant)
+    }
+
     pub fn new(plan: &IntPlan) -> Weights {
         let mut w = Weights {
             dpairs: Vec::new(),
@@ -271,6 +320,9 @@ impl Weights {
             w32: Vec::new(),
             w64: Vec::new(),
             wf: Vec::new(),
+            fused: (0..plan.layers.len())
+                .map(|li| fused::plan_fusion(plan, li))
+                .collect(),
         };
         for layer in &plan.layers {
             // Each width only where `run_conv` computes in it: f64 for a conv
@@ -330,16 +382,22 @@ pub fn run_image(
             got: image.len(),
         });
     }
+    // The layer a conv did with its own (a fused requantization).
+    let mut done = None;
     if ws.layer_ns.is_empty() {
         for (li, layer) in plan.layers.iter().enumerate() {
-            run_layer(plan, li, layer, image, weights, ws, sim);
+            if done != Some(li) {
+                done = run_layer(plan, li, layer, image, weights, ws, sim);
+            }
         }
         return Ok(linear::run_output(plan, ws));
     }
     for (li, layer) in plan.layers.iter().enumerate() {
-        let t = std::time::Instant::now();
-        run_layer(plan, li, layer, image, weights, ws, sim);
-        ws.layer_ns[li] += t.elapsed().as_nanos() as u64;
+        if done != Some(li) {
+            let t = std::time::Instant::now();
+            done = run_layer(plan, li, layer, image, weights, ws, sim);
+            ws.layer_ns[li] += t.elapsed().as_nanos() as u64;
+        }
     }
     let t = std::time::Instant::now();
     let out = linear::run_output(plan, ws);
@@ -347,7 +405,9 @@ pub fn run_image(
     Ok(out)
 }
 
-/// Runs layer `li` (`layer`) of `plan` on the workspace's buffers.
+/// Runs layer `li` (`layer`) of `plan` on the workspace's buffers; returns
+/// the index of a later layer it did too (the requantization fused into a
+/// conv).
 fn run_layer(
     plan: &IntPlan,
     li: usize,
@@ -356,17 +416,51 @@ fn run_layer(
     weights: &Weights,
     ws: &mut Workspace,
     sim: &SimOptions,
-) {
+) -> Option<usize> {
     match layer {
         Layer::QuantizeInput(q) => run_quantize_input(q, image, ws),
-        Layer::Conv(l) => conv::run_conv(plan, li, l, image, weights, ws, sim),
-        Layer::Requant(r) => requant::run_requant(plan, r, ws),
+        Layer::Conv(l) => return run_conv_layer(plan, li, l, image, weights, ws, sim),
+        Layer::Requant(r) => run_requant_layer(plan, r, ws),
         Layer::Pool(p) => pool::run_pool(plan, p, ws),
         Layer::Channels(c) => channels::run_channels(plan, c, ws),
         Layer::Concat(c) => channels::run_concat(plan, c, ws),
         Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
         Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
         Layer::Lut(l) => pointwise::run_lut(l, ws),
+    }
+    None
+}
+
+/// Runs conv layer `li`, fused with the requantization after it where the
+/// workspace asks for fusion, the plan allows it and no accumulator width
+/// is simulated; returns the index of that requantization when it did it.
+fn run_conv_layer(
+    plan: &IntPlan,
+    li: usize,
+    l: &super::plan::ConvLayer,
+    image: &[f32],
+    weights: &Weights,
+    ws: &mut Workspace,
+    sim: &SimOptions,
+) -> Option<usize> {
+    match weights.fused.get(li) {
+        Some(Some(f)) if ws.fuse && sim.acc_bits.is_none() => {
+            conv::run_conv_fused(plan, li, l, image, weights, ws, f);
+            Some(f.requant)
+        }
+        _ => {
+            conv::run_conv(plan, li, l, image, weights, ws, sim);
+            None
+        }
+    }
+}
+
+/// Runs a requantization layer: a two-term one in i32 lanes
+/// (`fused::run_requant2`) where the workspace fuses requantizations and
+/// it applies, else as `requant.rs` computes it.
+fn run_requant_layer(plan: &IntPlan, r: &super::plan::Requant, ws: &mut Workspace) {
+    if !(ws.fuse && fused::run_requant2(plan, r, ws)) {
+        requant::run_requant(plan, r, ws)
     }
 }
 

@@ -13,6 +13,13 @@
 //!
 //! Every path computes the exact sum and the same rounding
 //! (`fixed::shift_round`), so the results do not depend on the path.
+//!
+//! With `Workspace::fuse_requant` on, a one-term requantization of the
+//! conv just before it is done by that conv instead (`fused.rs`: clamped
+//! i32 sums in the kernels' epilogue) and this pass does not run for it;
+//! likewise a two-term one runs as `fused.rs`'s `run_requant2` (i32 lanes
+//! on a clamped accumulator) where that applies. This file stays the
+//! reference both are tested against, and runs everything else.
 
 use super::conv::abs_peak;
 use super::{Buf, Workspace};

@@ -1,0 +1,1322 @@
+//! Requantization fused into the conv before it: a `Layer::Conv` of
+//! integers followed at once by a one-term `Layer::Requant` of its
+//! accumulator computes the requantized activations itself, in the AVX2
+//! kernels' epilogue (eight accumulators of one output channel in a
+//! register, before they are stored), instead of storing the accumulator
+//! tensor for a separate pass of [`super::requant`] to read back.
+//!
+//! Exactness in i32 lanes. Per output channel the requantization `g(x) =
+//! clamp(div(x * m + b, 2^shift), lo, hi)` is monotone in the accumulator
+//! `x` (non-decreasing for `m > 0`, non-increasing for `m < 0`), so below
+//! some `xlo` and above some `xhi` it is constant: clamping `x` to `[xlo,
+//! xhi]` first changes no result ([`clamp_range`] finds the tightest such
+//! range once per plan, by bisection on the exact `g`). On the clamped `x`
+//! the sum `x * m + b` lies between its values at `xlo` and `xhi`, so where
+//! those (plus the rounding offset, `2^shift`) stay below 2^31 every sum is
+//! computed exactly in wrapping i32 arithmetic (`vpmulld`, `vpaddd`, then
+//! the rounding of `fixed::shift_round` on i32 and the clamp). For 8-bit
+//! outputs with shifts up to 22 that always holds, whatever the
+//! accumulator's range; where it does not for some channel (e.g. 16-bit
+//! outputs at shift 16), the layer is not fused ([`plan_fusion`] returns
+//! `None`) and runs as before.
+//!
+//! The accumulator statistics (`Workspace::stats`: values, largest |x|) are
+//! kept exactly: the kernels take the largest |x| of the accumulators in
+//! registers before requantizing them.
+//!
+//! Which convs: those whose kernel is `madd_kernel` (1x1 and im2col convs,
+//! `gemm.rs`) or `direct_kernel` (k x k, `direct.rs`) requantize in the
+//! epilogue; any other (depthwise, operands wider than i16, no AVX2)
+//! computes its accumulators as before and then runs [`requant_clamped`], one
+//! pass per channel that takes the statistics and requantizes while the row
+//! is in L1 (the same clamped i32 arithmetic, compiled with AVX2).
+//!
+//! Only where the workspace asks for it (`Workspace::fuse_requant`) and no
+//! accumulator width is simulated: a fused conv's accumulator tensor is not
+//! written, so `Workspace::tensor` has none for it.
+//!
+//! Two-term requantizations (residual adds: an accumulator and an
+//! activation) are not fused into a kernel, but with the same switch run
+//! by [`run_requant2`] in i32 lanes by the same argument in the sum's
+//! domain: the output saturates below and above fixed sums, so given the
+//! row's largest |activation| the accumulator is clamped to where it still
+//! matters, and the clamped sums fit i32 for the usual 8-bit outputs
+//! (`requant.rs` takes i64 lanes as soon as the row's values could pass
+//! 2^31).
+//!
+//! Measured on this Zen 3 (docs/performance.md, issue 18): the epilogue
+//! costs about what the separate pass it replaces cost (that pass streams
+//! from L1/L2, so the saved memory traffic is small); the gain is the i32
+//! form where the separate pass took i64 lanes (MobileNetV2's depthwise
+//! requantizations, ToyNet's residual adds).
+
+use super::conv::abs_peak;
+use super::{Buf, Workspace};
+use crate::fixed::{shift_round, Div};
+use crate::plan::{ConvInput, IntPlan, Layer, TensorId};
+
+/// One output channel's constants: clamp the accumulator to `[xlo, xhi]`,
+/// then `x * m + b`, all exact in i32 (see the module doc); `xlo <= xhi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RowConsts {
+    pub xlo: i32,
+    pub xhi: i32,
+    pub m: i32,
+    pub b: i32,
+}
+
+/// A conv's requantization planned for its epilogue: the `Layer::Requant`
+/// at index `requant` (writing `output`) as per-channel [`RowConsts`] and
+/// the shared shift, rounding and clamp.
+#[derive(Clone, Debug)]
+pub(super) struct FusedRequant {
+    pub requant: usize,
+    pub output: TensorId,
+    pub rows: Vec<RowConsts>,
+    pub shift: u32,
+    pub div: Div,
+    pub lo: i32,
+    pub hi: i32,
+    /// Whether some channel's rounded, clamped-input sums can leave `[lo,
+    /// hi]` (see [`needs_clamp`]); if none can, the epilogue skips the
+    /// final clamp.
+    pub clamp: bool,
+}
+
+impl FusedRequant {
+    /// The requantization of all channels, for a kernel's epilogue.
+    pub(super) fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            rows: &self.rows,
+            shift: self.shift,
+            div: self.div,
+            lo: self.lo,
+            hi: self.hi,
+            clamp: self.clamp,
+            peak: 0,
+        }
+    }
+}
+
+/// What a kernel's epilogue needs: the constants of its output rows (row
+/// `r` of the kernel's output is `rows[r]`), and where it leaves the
+/// largest |accumulator| it saw (`peak`, kept as the larger of the old and
+/// the new).
+pub(super) struct Epilogue<'a> {
+    pub rows: &'a [RowConsts],
+    pub shift: u32,
+    pub div: Div,
+    pub lo: i32,
+    pub hi: i32,
+    /// Clamp the rounded values to `[lo, hi]` (false only where
+    /// [`needs_clamp`] is false for every row).
+    pub clamp: bool,
+    pub peak: u32,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The same requantization for rows `from..` (a group's rows), its
+    /// peak starting at 0.
+    pub(super) fn rows_from(&self, from: usize) -> Epilogue<'a> {
+        Epilogue {
+            rows: self.rows.get(from..).unwrap_or(&[]),
+            peak: 0,
+            ..*self
+        }
+    }
+}
+
+/// The exact requantization of one accumulator, as `requant.rs` computes
+/// it (i64 sum, `shift_round`, clamp).
+fn exact(x: i64, m: i64, b: i64, shift: u32, div: Div, lo: i64, hi: i64) -> i64 {
+    shift_round(x * m + b, shift, div).clamp(lo, hi)
+}
+
+/// The tightest `[xlo, xhi]` (inside i32) outside which `g(x) = exact(x,
+/// m, b, ...)` is constant (so equal to its value at `xlo` or `xhi`).
+/// Needs `lo <= hi` and `m`, `b` in i32 (then `x * m + b` fits i64).
+pub(super) fn clamp_range(m: i32, b: i32, shift: u32, div: Div, lo: i32, hi: i32) -> (i32, i32) {
+    let (m64, b64, lo64, hi64) = (m as i64, b as i64, lo as i64, hi as i64);
+    let g = |x: i64| exact(x, m64, b64, shift, div, lo64, hi64);
+    if m == 0 || lo == hi {
+        return (0, 0);
+    }
+    let (min, max) = (i32::MIN as i64, i32::MAX as i64);
+    // Smallest x in [min, max] with `pred` (false then true), if any.
+    let first = |pred: &dyn Fn(i64) -> bool| -> Option<i64> {
+        if !pred(max) {
+            return None;
+        }
+        let (mut a, mut z) = (min, max);
+        while a < z {
+            let mid = a + (z - a) / 2;
+            if pred(mid) {
+                z = mid;
+            } else {
+                a = mid + 1;
+            }
+        }
+        Some(a)
+    };
+    // Largest x in [min, max] with `pred` (true then false), if any.
+    let last = |pred: &dyn Fn(i64) -> bool| -> Option<i64> {
+        if !pred(min) {
+            return None;
+        }
+        let (mut a, mut z) = (min, max);
+        while a < z {
+            let mid = a + (z - a + 1) / 2;
+            if pred(mid) {
+                a = mid;
+            } else {
+                z = mid - 1;
+            }
+        }
+        Some(a)
+    };
+    let (xlo, xhi) = if m > 0 {
+        (
+            last(&|x| g(x) <= lo64).unwrap_or(min),
+            first(&|x| g(x) >= hi64).unwrap_or(max),
+        )
+    } else {
+        (
+            last(&|x| g(x) >= hi64).unwrap_or(min),
+            first(&|x| g(x) <= lo64).unwrap_or(max),
+        )
+    };
+    (xlo as i32, xhi as i32)
+}
+
+/// One channel's [`RowConsts`] where the clamped sums fit i32 (see the
+/// module doc), else `None`.
+pub(super) fn row_consts(
+    m: i64,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i32,
+    hi: i32,
+) -> Option<RowConsts> {
+    let (m, b) = (i32::try_from(m).ok()?, i32::try_from(b).ok()?);
+    if lo > hi || shift >= 31 {
+        return None;
+    }
+    let (xlo, xhi) = clamp_range(m, b, shift, div, lo, hi);
+    let sum = |x: i32| (x as i64 * m as i64 + b as i64).abs();
+    let bound = sum(xlo).max(sum(xhi)) + (1i64 << shift);
+    (bound < 1 << 31).then_some(RowConsts { xlo, xhi, m, b })
+}
+
+/// Whether the rounded sums of the clamped accumulators, `div(x * m + b,
+/// 2^shift)` for `x` in `[xlo, xhi]`, can leave `[lo, hi]`: they are
+/// monotone in `x`, so they stay inside exactly when both ends do (with a
+/// real multiplier `m / 2^shift` of at most 1 the ends are `lo` and `hi`
+/// themselves, the usual case).
+pub(super) fn needs_clamp(rc: RowConsts, shift: u32, div: Div, lo: i32, hi: i32) -> bool {
+    let q = |x: i32| shift_round(x as i64 * rc.m as i64 + rc.b as i64, shift, div);
+    let inside = |v: i64| (lo as i64..=hi as i64).contains(&v);
+    !(inside(q(rc.xlo)) && inside(q(rc.xhi)))
+}
+
+/// The tensors a layer reads.
+fn reads(layer: &Layer) -> Vec<TensorId> {
+    match layer {
+        Layer::QuantizeInput(_) => vec![],
+        Layer::Conv(l) => match l.input {
+            ConvInput::Tensor(t) => vec![t],
+            ConvInput::Float => vec![],
+        },
+        Layer::Requant(r) => r.terms.iter().map(|t| t.src).collect(),
+        Layer::Pool(p) => vec![p.input],
+        Layer::Channels(c) => vec![c.input],
+        Layer::Concat(c) => c.inputs.clone(),
+        Layer::Mul(m) => vec![m.input, m.gate],
+        Layer::HardSwish(h) => vec![h.input],
+        Layer::Lut(l) => vec![l.input],
+    }
+}
+
+/// The requantization conv layer `li` of `plan` can do in its epilogue:
+/// the layer is a conv of integers into a 32-bit accumulator tensor, the
+/// next layer a one-term, not wide `Layer::Requant` of that tensor, which
+/// nothing else reads (no other layer, not the output layer), and every
+/// channel's sums fit i32 once clamped ([`row_consts`]). Else `None`.
+pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
+    let Some(Layer::Conv(l)) = plan.layers.get(li) else {
+        return None;
+    };
+    let Some(Layer::Requant(r)) = plan.layers.get(li + 1) else {
+        return None;
+    };
+    let ConvInput::Tensor(input) = l.input else {
+        return None;
+    };
+    let acc = l.output;
+    let len = l.cout * l.out_hw[0] * l.out_hw[1];
+    let fits = |t: TensorId| {
+        plan.tensors
+            .get(t)
+            .is_some_and(|t| !t.wide && t.len() == len)
+    };
+    let [term] = r.terms.as_slice() else {
+        return None;
+    };
+    if r.wide
+        || term.src != acc
+        || !fits(acc)
+        || !fits(r.output)
+        || r.output == input
+        || r.output == acc
+        || input == acc
+        || r.bias.len() != l.cout
+        || term.mult.len() != l.cout
+    {
+        return None;
+    }
+    let read_elsewhere = plan
+        .layers
+        .iter()
+        .enumerate()
+        .any(|(i, layer)| i != li + 1 && reads(layer).contains(&acc))
+        || plan.output.terms.iter().any(|(t, _)| *t == acc);
+    if read_elsewhere {
+        return None;
+    }
+    let lo = i32::try_from(r.lo).ok()?;
+    let hi = i32::try_from(r.hi).ok()?;
+    let rows = (0..l.cout)
+        .map(|c| row_consts(term.mult[c], r.bias[c], r.shift, r.div, lo, hi))
+        .collect::<Option<Vec<_>>>()?;
+    let clamp = rows
+        .iter()
+        .any(|&rc| needs_clamp(rc, r.shift, r.div, lo, hi));
+    Some(FusedRequant {
+        requant: li + 1,
+        output: r.output,
+        rows,
+        shift: r.shift,
+        div: r.div,
+        lo,
+        hi,
+        clamp,
+    })
+}
+
+/// Requantizes `src` (one channel's accumulators) into `out` with the
+/// channel's constants: clamp, then the exact sum in i32 (see the module
+/// doc), rounded as `div` says, clamped to `[lo, hi]`. One loop per
+/// rounding, so none branches inside.
+#[inline(always)]
+fn row_body(src: &[i32], rc: RowConsts, e: &Epilogue, out: &mut [i32]) {
+    let RowConsts { xlo, xhi, m, b } = rc;
+    let (shift, lo, hi) = (e.shift, e.lo, e.hi);
+    let mask = ((1i64 << shift) - 1) as i32;
+    let half = if shift == 0 { 0 } else { 1i32 << (shift - 1) };
+    let sum = |x: i32| x.clamp(xlo.min(xhi), xhi).wrapping_mul(m).wrapping_add(b);
+    match e.div {
+        Div::Floor => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                *o = (sum(x) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Trunc => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                let s = sum(x);
+                *o = ((s + ((s >> 31) & mask)) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Nearest => {
+            for (o, &x) in out.iter_mut().zip(src) {
+                let s = sum(x);
+                let neg = s >> 31;
+                let q = (((s ^ neg) - neg) + half) >> shift;
+                *o = ((q ^ neg) - neg).clamp(lo, hi);
+            }
+        }
+    }
+}
+
+/// [`requant_clamped`]'s body: per channel the largest |x| of its row,
+/// then the row requantized.
+#[inline(always)]
+fn requant_clamped_body(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]) {
+    for (c, &rc) in e.rows.iter().enumerate() {
+        let (Some(src), Some(dst)) = (acc.get(c * p..(c + 1) * p), out.get_mut(c * p..(c + 1) * p))
+        else {
+            break;
+        };
+        e.peak = e.peak.max(abs_peak(src));
+        row_body(src, rc, e, dst);
+    }
+}
+
+/// The post-pass of a fused conv whose kernel has no epilogue: `acc` holds
+/// its accumulators (`[channels][p]`), `out` gets the requantized values,
+/// `e.peak` the largest |x| (at least its old value). AVX2-compiled where
+/// the CPU has it.
+pub(super) fn requant_clamped(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]) {
+    /// [`requant_clamped_body`] compiled with AVX2.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 (the body is safe Rust).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]) {
+        requant_clamped_body(acc, p, e, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2(acc, p, e, out) };
+            return;
+        }
+    }
+    requant_clamped_body(acc, p, e, out)
+}
+
+/// `h(s) = clamp(div(s, 2^shift), lo, hi)` is constant below and above
+/// some sums: the largest `s` with `h(s) <= lo` and the smallest with `h(s)
+/// >= hi`, searched inside i32 (`None` where either lies outside).
+fn saturation(shift: u32, div: Div, lo: i32, hi: i32) -> Option<(i64, i64)> {
+    let h = |s: i64| shift_round(s, shift, div).clamp(lo as i64, hi as i64);
+    let (min, max) = (i32::MIN as i64, i32::MAX as i64);
+    if h(min) > lo as i64 || h(max) < hi as i64 {
+        return None;
+    }
+    let (mut a, mut z) = (min, max);
+    while a < z {
+        let mid = a + (z - a + 1) / 2;
+        if h(mid) <= lo as i64 {
+            a = mid;
+        } else {
+            z = mid - 1;
+        }
+    }
+    let s_lo = a;
+    let (mut a, mut z) = (min, max);
+    while a < z {
+        let mid = a + (z - a) / 2;
+        if h(mid) >= hi as i64 {
+            z = mid;
+        } else {
+            a = mid + 1;
+        }
+    }
+    Some((s_lo, a))
+}
+
+/// One channel of a two-term requantization in i32: `out = clamp(div(x *
+/// m + (y * m2 + b), 2^shift), lo, hi)` with `x` first clamped to `[xlo,
+/// xhi]` (see [`run_requant2`]).
+#[derive(Clone, Copy)]
+struct Row2 {
+    xlo: i32,
+    xhi: i32,
+    m: i32,
+    m2: i32,
+    b: i32,
+}
+
+#[inline(always)]
+fn row2_body(x: &[i32], y: &[i32], rc: Row2, e: &Epilogue, out: &mut [i32]) {
+    let Row2 { xlo, xhi, m, m2, b } = rc;
+    let (shift, lo, hi) = (e.shift, e.lo, e.hi);
+    let mask = ((1i64 << shift) - 1) as i32;
+    let half = if shift == 0 { 0 } else { 1i32 << (shift - 1) };
+    let n = out.len().min(x.len()).min(y.len());
+    let (out, x, y) = (&mut out[..n], &x[..n], &y[..n]);
+    let sum = |i: usize| {
+        x[i].clamp(xlo, xhi)
+            .wrapping_mul(m)
+            .wrapping_add(y[i].wrapping_mul(m2).wrapping_add(b))
+    };
+    match e.div {
+        Div::Floor => {
+            for i in 0..n {
+                out[i] = (sum(i) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Trunc => {
+            for i in 0..n {
+                let s = sum(i);
+                out[i] = ((s + ((s >> 31) & mask)) >> shift).clamp(lo, hi);
+            }
+        }
+        Div::Nearest => {
+            for i in 0..n {
+                let s = sum(i);
+                let neg = s >> 31;
+                let q = (((s ^ neg) - neg) + half) >> shift;
+                out[i] = ((q ^ neg) - neg).clamp(lo, hi);
+            }
+        }
+    }
+}
+
+/// `floor(n / d)`, `d != 0`.
+fn floor_div(n: i64, d: i64) -> i64 {
+    if d > 0 {
+        n.div_euclid(d)
+    } else {
+        (-n).div_euclid(-d)
+    }
+}
+
+/// The clamp range of `x` for a channel of a two-term requantization whose
+/// other part `y * m2 + b` lies in `[-c, c]`, and whether its sums fit i32:
+/// beyond `[xlo, xhi]` every sum is past the saturation points `(s_lo,
+/// s_hi)` whatever the other part, so clamping `x` changes no result.
+fn row2(m: i32, m2: i32, b: i32, c: i64, (s_lo, s_hi): (i64, i64), shift: u32) -> Option<Row2> {
+    let (xlo, xhi) = match m.signum() {
+        0 => (0, 0),
+        1 => (
+            floor_div(s_lo - c, m as i64),
+            -floor_div(-(s_hi + c), m as i64),
+        ),
+        _ => (
+            floor_div(s_hi + c, m as i64),
+            -floor_div(-(s_lo - c), m as i64),
+        ),
+    };
+    let (min, max) = (i32::MIN as i64, i32::MAX as i64);
+    let (xlo, xhi) = (xlo.clamp(min, max), xhi.clamp(min, max));
+    let bound = (xlo * m as i64).abs().max((xhi * m as i64).abs()) + c + (1i64 << shift);
+    (bound < 1 << 31 && xlo <= xhi).then_some(Row2 {
+        xlo: xlo as i32,
+        xhi: xhi as i32,
+        m,
+        m2,
+        b,
+    })
+}
+
+/// [`run_requant2`]'s rows: per channel the range of its second term
+/// (from the row's own largest |y|), then the row in i32 where it fits,
+/// else exactly in i64 as `requant.rs` computes it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn requant2_body(
+    x: &[i32],
+    y: &[i32],
+    ms: (&[i64], &[i64]),
+    bias: &[i64],
+    p: usize,
+    e: &Epilogue,
+    sat: (i64, i64),
+    out: &mut [i32],
+) {
+    for ch in 0..bias.len() {
+        let rows = (ch * p..(ch + 1) * p, ch * p..(ch + 1) * p);
+        let (Some(xr), Some(yr), Some(o)) =
+            (x.get(rows.0), y.get(rows.1.clone()), out.get_mut(rows.1))
+        else {
+            break;
+        };
+        let (m, m2, b) = (ms.0[ch], ms.1[ch], bias[ch]);
+        let fast = match (i32::try_from(m), i32::try_from(m2), i32::try_from(b)) {
+            (Ok(m), Ok(m2), Ok(b32)) => {
+                let c = (abs_peak(yr) as i64 * (m2 as i64).abs()).saturating_add(b.abs());
+                row2(m, m2, b32, c, sat, e.shift)
+            }
+            _ => None,
+        };
+        match fast {
+            Some(rc) => row2_body(xr, yr, rc, e, o),
+            None => {
+                for i in 0..p {
+                    let s = xr[i] as i64 * m + yr[i] as i64 * m2 + b;
+                    o[i] = shift_round(s, e.shift, e.div).clamp(e.lo as i64, e.hi as i64) as i32;
+                }
+            }
+        }
+    }
+}
+
+/// A two-term requantization (a residual add: a conv's accumulator `x`
+/// and an activation `y`, both i32, multipliers and bias in 32 bits) in
+/// i32 lanes, where `requant.rs` takes i64 lanes as soon as the row's
+/// largest values could pass 2^31: the sum `x * m + y * m2 + b` saturates
+/// the output below and above fixed sums ([`saturation`]), so `x` is
+/// clamped first to where it still matters given the row's largest |y|
+/// ([`row2`]); the clamped sums then fit i32 for the usual 8-bit outputs.
+/// Returns false (nothing done) for any other requantization, which the
+/// caller then runs as `requant.rs` does. Only with
+/// `Workspace::fuse_requant`.
+pub(super) fn run_requant2(plan: &IntPlan, r: &crate::plan::Requant, ws: &mut Workspace) -> bool {
+    let [t0, t1] = r.terms.as_slice() else {
+        return false;
+    };
+    let (Ok(lo), Ok(hi)) = (i32::try_from(r.lo), i32::try_from(r.hi)) else {
+        return false;
+    };
+    if r.wide || lo >= hi || r.shift >= 31 || t0.src == r.output || t1.src == r.output {
+        return false;
+    }
+    let c = r.bias.len();
+    let len = plan.tensors.get(r.output).map_or(0, |t| t.len());
+    if c == 0 || len % c != 0 || t0.mult.len() != c || t1.mult.len() != c {
+        return false;
+    }
+    let Some(sat) = saturation(r.shift, r.div, lo, hi) else {
+        return false;
+    };
+    let (Buf::I32(x), Buf::I32(y)) = (&ws.bufs[t0.src], &ws.bufs[t1.src]) else {
+        return false;
+    };
+    if x.len() < len || y.len() < len {
+        return false;
+    }
+    let mut out = match std::mem::replace(&mut ws.bufs[r.output], Buf::I32(Vec::new())) {
+        Buf::I32(v) => v,
+        Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
+    };
+    out.resize(len, 0);
+    let e = Epilogue {
+        rows: &[],
+        shift: r.shift,
+        div: r.div,
+        lo,
+        hi,
+        clamp: true,
+        peak: 0,
+    };
+    let (x, y) = match (&ws.bufs[t0.src], &ws.bufs[t1.src]) {
+        (Buf::I32(x), Buf::I32(y)) => (x, y),
+        _ => unreachable!("checked above"),
+    };
+    requant2(
+        x,
+        y,
+        (&t0.mult, &t1.mult),
+        &r.bias,
+        len / c,
+        &e,
+        sat,
+        &mut out,
+    );
+    ws.bufs[r.output] = Buf::I32(out);
+    true
+}
+
+/// [`requant2_body`], AVX2-compiled where the CPU has it.
+#[allow(clippy::too_many_arguments)]
+fn requant2(
+    x: &[i32],
+    y: &[i32],
+    ms: (&[i64], &[i64]),
+    bias: &[i64],
+    p: usize,
+    e: &Epilogue,
+    sat: (i64, i64),
+    out: &mut [i32],
+) {
+    /// [`requant2_body`] compiled with AVX2.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 (the body is safe Rust).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2(
+        x: &[i32],
+        y: &[i32],
+        ms: (&[i64], &[i64]),
+        bias: &[i64],
+        p: usize,
+        e: &Epilogue,
+        sat: (i64, i64),
+        out: &mut [i32],
+    ) {
+        requant2_body(x, y, ms, bias, p, e, sat, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2(x, y, ms, bias, p, e, sat, out) };
+            return;
+        }
+    }
+    requant2_body(x, y, ms, bias, p, e, sat, out)
+}
+
+/// An [`Epilogue`]'s shared constants in AVX2 registers, for the kernels.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Regs {
+    count: std::arch::x86_64::__m128i,
+    half: std::arch::x86_64::__m256i,
+    lo: std::arch::x86_64::__m256i,
+    hi: std::arch::x86_64::__m256i,
+    div: Div,
+    clamp: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Regs {
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn new(e: &Epilogue) -> Regs {
+        use std::arch::x86_64::*;
+        let half = if e.shift == 0 {
+            0
+        } else {
+            1i32 << (e.shift.min(31) - 1)
+        };
+        Regs {
+            count: _mm_cvtsi32_si128(e.shift as i32),
+            half: _mm256_set1_epi32(half),
+            lo: _mm256_set1_epi32(e.lo),
+            hi: _mm256_set1_epi32(e.hi),
+            div: e.div,
+            clamp: e.clamp,
+        }
+    }
+
+    /// Eight accumulators of the channel of `rc` requantized: the
+    /// register form of [`row_body`].
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn apply(
+        &self,
+        acc: std::arch::x86_64::__m256i,
+        rc: &RowConsts,
+    ) -> std::arch::x86_64::__m256i {
+        match (self.div, self.clamp) {
+            (Div::Floor, true) => self.one::<FLOOR, true>(acc, rc),
+            (Div::Floor, false) => self.one::<FLOOR, false>(acc, rc),
+            (Div::Trunc, true) => self.one::<TRUNC, true>(acc, rc),
+            (Div::Trunc, false) => self.one::<TRUNC, false>(acc, rc),
+            (Div::Nearest, true) => self.one::<NEAREST, true>(acc, rc),
+            (Div::Nearest, false) => self.one::<NEAREST, false>(acc, rc),
+        }
+    }
+
+    /// A whole block of eight rows (`acc[r]` of the channel of `rc[r]`):
+    /// the largest |acc| into `peak`, then each requantized in place, the
+    /// rounding chosen once for the block (so the rows unroll without
+    /// branches and `acc` stays in registers).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn apply8(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rc: &[RowConsts; 8],
+        peak: &mut std::arch::x86_64::__m256i,
+    ) {
+        for a in acc.iter() {
+            // SAFETY: AVX2 is this function's own feature.
+            *peak = unsafe { peak8(*peak, *a) };
+        }
+        match (self.div, self.clamp) {
+            (Div::Floor, true) => self.rows8::<FLOOR, true>(acc, rc),
+            (Div::Floor, false) => self.rows8::<FLOOR, false>(acc, rc),
+            (Div::Trunc, true) => self.rows8::<TRUNC, true>(acc, rc),
+            (Div::Trunc, false) => self.rows8::<TRUNC, false>(acc, rc),
+            (Div::Nearest, true) => self.rows8::<NEAREST, true>(acc, rc),
+            (Div::Nearest, false) => self.rows8::<NEAREST, false>(acc, rc),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn rows8<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rc: &[RowConsts; 8],
+    ) {
+        for (a, rc) in acc.iter_mut().zip(rc) {
+            *a = self.one::<DIV, CLAMP>(*a, rc);
+        }
+    }
+
+    /// [`Regs::apply`] for one rounding (`DIV`: [`FLOOR`], [`TRUNC`],
+    /// [`NEAREST`]) and clamp choice.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn one<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: std::arch::x86_64::__m256i,
+        rc: &RowConsts,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let x = _mm256_min_epi32(
+            _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo)),
+            _mm256_set1_epi32(rc.xhi),
+        );
+        let s = _mm256_add_epi32(
+            _mm256_mullo_epi32(x, _mm256_set1_epi32(rc.m)),
+            _mm256_set1_epi32(rc.b),
+        );
+        let q = match DIV {
+            FLOOR => _mm256_sra_epi32(s, self.count),
+            TRUNC => {
+                // |s| shifted, the sign restored: toward zero (|s| < 2^31).
+                let a = _mm256_srl_epi32(_mm256_abs_epi32(s), self.count);
+                _mm256_sign_epi32(a, s)
+            }
+            _ => {
+                // |s| + half, shifted, the sign restored (`vpsignd` keeps
+                // a zero quotient zero).
+                let a = _mm256_abs_epi32(s);
+                let q = _mm256_sra_epi32(_mm256_add_epi32(a, self.half), self.count);
+                _mm256_sign_epi32(q, s)
+            }
+        };
+        if CLAMP {
+            _mm256_min_epi32(_mm256_max_epi32(q, self.lo), self.hi)
+        } else {
+            q
+        }
+    }
+}
+
+/// [`Regs::one`]'s rounding parameter: `Div::Floor`, `Div::Trunc`,
+/// `Div::Nearest`.
+#[cfg(target_arch = "x86_64")]
+const FLOOR: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const TRUNC: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const NEAREST: u8 = 2;
+
+/// The largest unsigned lane of `v`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn hmax_u32(v: std::arch::x86_64::__m256i) -> u32 {
+    use std::arch::x86_64::*;
+    let v = _mm256_max_epu32(v, _mm256_permute2x128_si256::<1>(v, v));
+    let v = _mm256_max_epu32(v, _mm256_shuffle_epi32::<0b0100_1110>(v));
+    let v = _mm256_max_epu32(v, _mm256_shuffle_epi32::<0b1011_0001>(v));
+    _mm256_cvtsi256_si32(v) as u32
+}
+
+/// `max(peak, |acc|)` per lane (unsigned, so |i32::MIN| is 2^31).
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn peak8(
+    peak: std::arch::x86_64::__m256i,
+    acc: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_max_epu32(peak, _mm256_abs_epi32(acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{run_image, Buf, SimOptions, Weights, Workspace};
+    use crate::plan::{ConvLayer, OutputLayer, Requant, RequantTerm, TensorInfo, TensorKind};
+    use crate::FixedFormat;
+
+    /// xorshift32: reproducible pseudo-random numbers.
+    struct Rng(u32);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
+        }
+        /// Uniform in `[lo, hi]`.
+        fn range(&mut self, lo: i64, hi: i64) -> i64 {
+            let r = ((self.next() as u64) << 32 | self.next() as u64) % ((hi - lo + 1) as u64);
+            lo + r as i64
+        }
+    }
+
+    const DIVS: [Div; 3] = [Div::Trunc, Div::Floor, Div::Nearest];
+
+    /// Both row forms (the post-pass and, with AVX2, the kernels'
+    /// register epilogue) on `xs` against the exact requantization.
+    fn check_row(xs: &[i32], rc: RowConsts, shift: u32, div: Div, lo: i32, hi: i32, tag: &str) {
+        let rows = [rc];
+        let mut e = Epilogue {
+            rows: &rows,
+            shift,
+            div,
+            lo,
+            hi,
+            clamp: needs_clamp(rc, shift, div, lo, hi),
+            peak: 0,
+        };
+        let want: Vec<i32> = xs
+            .iter()
+            .map(|&x| {
+                exact(
+                    x as i64,
+                    rc.m as i64,
+                    rc.b as i64,
+                    shift,
+                    div,
+                    lo as i64,
+                    hi as i64,
+                ) as i32
+            })
+            .collect();
+        let mut out = vec![0; xs.len()];
+        requant_clamped(xs, xs.len(), &mut e, &mut out);
+        assert_eq!(out, want, "post-pass {tag} {rc:?}");
+        assert_eq!(e.peak, abs_peak(xs), "peak {tag}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            use std::arch::x86_64::*;
+            for (c, w) in xs.chunks(8).zip(want.chunks(8)) {
+                let mut v = [0i32; 8];
+                v[..c.len()].copy_from_slice(c);
+                let mut got = [0i32; 8];
+                // SAFETY: AVX2 is present (checked above); the load and
+                // store read and write eight i32 of `v` and `got`.
+                unsafe {
+                    let regs = Regs::new(&e);
+                    let r = regs.apply(_mm256_loadu_si256(v.as_ptr() as _), &rc);
+                    _mm256_storeu_si256(got.as_mut_ptr() as _, r);
+                }
+                assert_eq!(&got[..c.len()], w, "register epilogue {tag} {rc:?}");
+            }
+        }
+    }
+
+    /// Accumulators around every place the result can change: the i32
+    /// extremes, zero, both clamp bounds and random values.
+    fn probes(rc: RowConsts, rng: &mut Rng) -> Vec<i32> {
+        let mut xs = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        for c in [rc.xlo, rc.xhi] {
+            for d in -3..=3i64 {
+                xs.push((c as i64 + d).clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+            }
+        }
+        for _ in 0..40 {
+            xs.push(rng.next() as i32);
+            xs.push(rng.range(-(1 << 20), 1 << 20) as i32);
+            xs.push(rng.range(rc.xlo as i64, rc.xhi as i64) as i32);
+        }
+        xs
+    }
+
+    #[test]
+    fn clamped_i32_requantization_is_exact() {
+        let mut rng = Rng(0x2545_f491);
+        let (mut fused, mut refused) = (0, 0);
+        for shift in 0..=31u32 {
+            for div in DIVS {
+                for (lo, hi) in [
+                    (-128, 127),
+                    (0, 255),
+                    (0, 127),
+                    (-5, 5),
+                    (7, 7),
+                    (-32768, 32767),
+                ] {
+                    for _ in 0..6 {
+                        let m = match rng.next() % 4 {
+                            0 => rng.range(-100, 100),
+                            1 => rng.range(-(1 << 20), 1 << 20),
+                            2 => rng.range(i32::MIN as i64, i32::MAX as i64),
+                            _ => -rng.range(1, 70_000),
+                        };
+                        let b = match rng.next() % 3 {
+                            0 => 0,
+                            1 => rng.range(-(1 << 28), 1 << 28),
+                            _ => rng.range(i32::MIN as i64, i32::MAX as i64),
+                        };
+                        let tag = format!("m {m} b {b} shift {shift} {div:?} [{lo}, {hi}]");
+                        match row_consts(m, b, shift, div, lo, hi) {
+                            Some(rc) => {
+                                fused += 1;
+                                assert!(rc.xlo <= rc.xhi, "{tag}");
+                                check_row(&probes(rc, &mut rng), rc, shift, div, lo, hi, &tag);
+                            }
+                            None => {
+                                refused += 1;
+                                // Refused only where a clamped sum (or its
+                                // rounding) would not fit i32.
+                                let (xlo, xhi) =
+                                    clamp_range(m as i32, b as i32, shift, div, lo, hi);
+                                let s = |x: i32| (x as i64 * m + b).abs();
+                                assert!(
+                                    shift >= 31 || s(xlo).max(s(xhi)) + (1i64 << shift) >= 1 << 31,
+                                    "{tag} refused"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            fused > 500 && refused > 100,
+            "{fused} fused, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn the_i32_bound_is_taken_on_both_sides() {
+        let mut rng = Rng(7);
+        // x / 2^16 clamped to [-32766, hi]. Floor and trunc: hi = 32766
+        // puts the largest clamped sum at 2^31 - 2^17 (fits with the
+        // rounding offset 2^16), 32767 at 2^31 - 2^16 (with the offset
+        // 2^31: does not). Nearest reaches hi half a step earlier, so its
+        // edge is one further (32767 fits, 32768 does not).
+        for div in DIVS {
+            let edge = if div == Div::Nearest { 32767 } else { 32766 };
+            let rc = row_consts(1, 0, 16, div, -32766, edge)
+                .unwrap_or_else(|| panic!("{div:?}: {edge} fits"));
+            check_row(&probes(rc, &mut rng), rc, 16, div, -32766, edge, "edge");
+            assert_eq!(row_consts(1, 0, 16, div, -32766, edge + 1), None, "{div:?}");
+            // A negative multiplier: the same sums mirrored.
+            let rc = row_consts(-1, 0, 16, div, -32766, 32766).unwrap();
+            check_row(&probes(rc, &mut rng), rc, 16, div, -32766, 32766, "neg");
+        }
+        // A bias moves the bound: one more unit of bias past 2^31.
+        let rc = row_consts(1, (1 << 16) - 1, 16, Div::Floor, 0, 32766).unwrap();
+        check_row(&probes(rc, &mut rng), rc, 16, Div::Floor, 0, 32766, "bias");
+        // Multipliers and biases past i32, shifts of 31: not fused.
+        assert_eq!(row_consts(1 << 31, 0, 22, Div::Trunc, -128, 127), None);
+        assert_eq!(row_consts(1, 1 << 31, 22, Div::Trunc, -128, 127), None);
+        assert_eq!(row_consts(1, 0, 31, Div::Trunc, 0, 0), None);
+    }
+
+    fn act(name: &str, shape: [usize; 3]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            shape,
+            kind: TensorKind::Act {
+                scale: 1.0,
+                lo: -128,
+                hi: 127,
+                bits: 8,
+            },
+            wide: false,
+        }
+    }
+
+    /// A plan of one conv (`cin -> cout`, k x k, on tensor 0 of `[cin, ih,
+    /// iw]`) into tensor 1 and its requantization into tensor 2.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_plan(
+        (cin, cout, k, stride, pad, groups): (usize, usize, usize, usize, usize, usize),
+        [ih, iw]: [usize; 2],
+        in_bits: u32,
+        weights: Vec<i32>,
+        mult: Vec<i64>,
+        bias: Vec<i64>,
+        (shift, div, lo, hi): (u32, Div, i64, i64),
+    ) -> IntPlan {
+        let oh = (ih + 2 * pad - k) / stride + 1;
+        let ow = (iw + 2 * pad - k) / stride + 1;
+        let conv = ConvLayer {
+            name: "c".into(),
+            input: ConvInput::Tensor(0),
+            output: 1,
+            cin,
+            cout,
+            kernel: k,
+            stride,
+            padding: pad,
+            groups,
+            in_hw: [ih, iw],
+            out_hw: [oh, ow],
+            weights,
+            w_bits: 8,
+            w_scale: 127.0,
+            a_bits: 8,
+            in_bits,
+            float_scale: 1.0,
+            fan_in: cin / groups * k * k,
+            worst_bits: None,
+            worst_bits_weights: None,
+        };
+        let req = Requant {
+            name: "q".into(),
+            terms: vec![RequantTerm {
+                src: 1,
+                real: vec![0.0; cout],
+                mult,
+            }],
+            bias_real: vec![0.0; cout],
+            bias,
+            format: FixedFormat::new(32, 16),
+            shift,
+            div,
+            lo,
+            hi,
+            output: 2,
+            wide: false,
+        };
+        IntPlan {
+            model: String::new(),
+            profile: String::new(),
+            options: Default::default(),
+            input_shape: [0; 3],
+            tensors: vec![
+                act("x", [cin, ih, iw]),
+                TensorInfo {
+                    name: "acc".into(),
+                    shape: [cout, oh, ow],
+                    kind: TensorKind::Acc { scale: 1.0 },
+                    wide: false,
+                },
+                act("y", [cout, oh, ow]),
+            ],
+            layers: vec![Layer::Conv(conv), Layer::Requant(req)],
+            output: OutputLayer {
+                terms: vec![],
+                bias: vec![],
+                terms_f32: vec![],
+                bias_f32: vec![],
+                classes: 0,
+                seed_linear: vec![],
+            },
+            node_tensors: Default::default(),
+            clips: Default::default(),
+            saturated: vec![],
+            folded: vec![],
+        }
+    }
+
+    /// Fused against unfused on random convs of every kernel family
+    /// (direct, im2col, 1x1, grouped, depthwise, operands wider than i16),
+    /// every rounding, shifts 0 to 24, negative multipliers, clamps: the
+    /// requantized tensor and the accumulator statistics are identical, over
+    /// two images (the statistics accumulate).
+    #[test]
+    fn fused_convs_match_the_separate_requantization() {
+        let mut rng = Rng(0x9e37_79b9);
+        let (mut fused_layers, mut in_kernel) = (0, 0);
+        let shapes = [
+            ((16, 16, 3, 1, 1, 1), [8, 16], 8),
+            ((5, 12, 3, 2, 1, 1), [9, 16], 9),
+            ((16, 32, 2, 2, 0, 1), [16, 16], 10),
+            ((3, 5, 3, 1, 1, 1), [5, 6], 8),
+            ((6, 8, 3, 1, 1, 2), [7, 10], 8),
+            ((8, 13, 1, 1, 0, 1), [5, 13], 8),
+            ((6, 9, 1, 1, 0, 3), [4, 5], 8),
+            ((8, 16, 1, 2, 0, 1), [8, 8], 8),
+            ((8, 8, 3, 1, 1, 8), [6, 10], 8),
+            ((4, 6, 3, 1, 1, 1), [5, 8], 17),
+            ((20, 3, 1, 1, 0, 1), [1, 1], 9),
+        ];
+        for (case, &(dims, hw, in_bits)) in shapes.iter().enumerate() {
+            let (cin, cout, k, _, _, groups) = dims;
+            for div in DIVS {
+                for (shift, lo, hi) in [
+                    (0, -128, 127),
+                    (8, 0, 255),
+                    (16, 0, 127),
+                    (22, -128, 127),
+                    (24, -5, 5),
+                ] {
+                    let fan_in = cin / groups * k * k;
+                    let weights: Vec<i32> = (0..cout * fan_in)
+                        .map(|_| rng.range(-128, 127) as i32)
+                        .collect();
+                    let top = (1i64 << (in_bits - 1)) - 1;
+                    let mult: Vec<i64> = (0..cout)
+                        .map(|c| match c % 4 {
+                            0 => rng.range(1, 1 << 16),
+                            1 => -rng.range(1, 1 << 16),
+                            2 => rng.range(-(1 << 22), 1 << 22),
+                            _ => rng.range(-3, 3),
+                        })
+                        .collect();
+                    let bias: Vec<i64> =
+                        (0..cout).map(|_| rng.range(-(1 << 26), 1 << 26)).collect();
+                    let plan =
+                        conv_plan(dims, hw, in_bits, weights, mult, bias, (shift, div, lo, hi));
+                    let w = Weights::new(&plan);
+                    let fusable = w.fused[0].is_some();
+                    fused_layers += usize::from(fusable);
+                    let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
+                    fused.fuse_requant(true);
+                    let tag = format!("case {case} {dims:?} {div:?} shift {shift}");
+                    for _ in 0..2 {
+                        let input: Vec<i32> = (0..plan.tensors[0].len())
+                            .map(|_| match rng.next() % 5 {
+                                0 => top as i32,
+                                1 => -(top as i32) - 1,
+                                _ => rng.range(-top - 1, top) as i32,
+                            })
+                            .collect();
+                        plain.bufs[0] = Buf::I32(input.clone());
+                        fused.bufs[0] = Buf::I32(input);
+                        let sim = SimOptions::default();
+                        run_image(&plan, &w, &[], &mut plain, &sim).unwrap();
+                        run_image(&plan, &w, &[], &mut fused, &sim).unwrap();
+                        let (a, b) = (plain.tensor(2).unwrap(), fused.tensor(2).unwrap());
+                        assert_eq!(a.to_i64(), b.to_i64(), "{tag}");
+                        assert_eq!(plain.stats, fused.stats, "{tag}");
+                        // The accumulators: written unless the kernel fused.
+                        match fused.tensor(1) {
+                            Some(acc) => {
+                                assert_eq!(acc.to_i64(), plain.tensor(1).unwrap().to_i64(), "{tag}")
+                            }
+                            None => in_kernel += 1,
+                        }
+                    }
+                    // A simulated accumulator width: never fused.
+                    let sim = SimOptions {
+                        acc_bits: Some(40),
+                        ..SimOptions::default()
+                    };
+                    run_image(&plan, &w, &[], &mut fused, &sim).unwrap();
+                    assert!(fused.tensor(1).is_some(), "{tag}: simulated width fused");
+                }
+            }
+        }
+        assert!(fused_layers > 100, "only {fused_layers} layers fused");
+        // In the kernels' epilogue (the depthwise and 17-bit cases take the
+        // post-pass) wherever the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(in_kernel > 100, "only {in_kernel} in the epilogue");
+        }
+    }
+
+    /// A conv whose accumulator something else reads too, or whose
+    /// requantization has two terms, is not fused.
+    #[test]
+    fn fusion_needs_the_only_reader() {
+        let plan = conv_plan(
+            (4, 4, 1, 1, 0, 1),
+            [2, 8],
+            8,
+            vec![1; 16],
+            vec![3; 4],
+            vec![0; 4],
+            (4, Div::Trunc, -128, 127),
+        );
+        assert!(plan_fusion(&plan, 0).is_some());
+        assert!(plan_fusion(&plan, 1).is_none());
+        let mut two = plan.clone();
+        if let Layer::Requant(r) = &mut two.layers[1] {
+            r.terms.push(r.terms[0].clone());
+        }
+        assert!(plan_fusion(&two, 0).is_none());
+        let mut read = plan.clone();
+        read.output.terms.push((1, vec![]));
+        assert!(plan_fusion(&read, 0).is_none());
+        let mut big = plan;
+        if let Layer::Requant(r) = &mut big.layers[1] {
+            r.terms[0].mult[0] = 1 << 40;
+        }
+        assert!(plan_fusion(&big, 0).is_none());
+    }
+
+    /// The two-term requantization in i32 (`run_requant2`) against
+    /// `requant.rs` on random rows with accumulators up to the i32 extremes,
+    /// every rounding, shifts 0 to 30, negative and large multipliers, and
+    /// second terms whose range leaves some rows to the exact i64 loop.
+    #[test]
+    fn two_term_requantization_matches_requant_rs() {
+        let mut rng = Rng(0x1234_5679);
+        let (c, hw) = (6, [3, 7]);
+        let len = c * hw[0] * hw[1];
+        let (mut handled, mut total) = (0, 0);
+        for shift in 0..=30u32 {
+            for div in DIVS {
+                for (lo, hi) in [(-128, 127), (0, 255), (-32768, 32767), (3, 9)] {
+                    let mult = |rng: &mut Rng, big: bool| -> Vec<i64> {
+                        (0..c)
+                            .map(|_| match rng.next() % 4 {
+                                0 => rng.range(-300, 300),
+                                1 if big => rng.range(i32::MIN as i64, i32::MAX as i64),
+                                _ => rng.range(-(1 << 23), 1 << 23),
+                            })
+                            .collect()
+                    };
+                    let (m0, m1) = (mult(&mut rng, true), mult(&mut rng, shift % 3 == 0));
+                    let bias: Vec<i64> = (0..c).map(|_| rng.range(-(1 << 28), 1 << 28)).collect();
+                    let mut plan = conv_plan(
+                        (1, c, 1, 1, 0, 1),
+                        hw,
+                        8,
+                        vec![1; c],
+                        vec![1; c],
+                        vec![0; c],
+                        (shift, div, lo, hi),
+                    );
+                    plan.tensors[0] = act("y", [c, hw[0], hw[1]]);
+                    plan.layers = vec![Layer::Requant(Requant {
+                        name: "add".into(),
+                        terms: vec![
+                            RequantTerm {
+                                src: 1,
+                                mult: m0,
+                                real: vec![0.0; c],
+                            },
+                            RequantTerm {
+                                src: 0,
+                                mult: m1,
+                                real: vec![0.0; c],
+                            },
+                        ],
+                        bias,
+                        bias_real: vec![0.0; c],
+                        format: FixedFormat::new(32, 16),
+                        shift,
+                        div,
+                        lo,
+                        hi,
+                        output: 2,
+                        wide: false,
+                    })];
+                    let x: Vec<i32> = (0..len)
+                        .map(|_| match rng.next() % 6 {
+                            0 => i32::MIN,
+                            1 => i32::MAX,
+                            2 => rng.next() as i32,
+                            _ => rng.range(-(1 << 20), 1 << 20) as i32,
+                        })
+                        .collect();
+                    let top = if rng.next() % 2 == 0 { 255 } else { 1 << 16 };
+                    let y: Vec<i32> = (0..len).map(|_| rng.range(-top, top) as i32).collect();
+                    let w = Weights::new(&plan);
+                    let (mut plain, mut fast) = (Workspace::new(&plan), Workspace::new(&plan));
+                    fast.fuse_requant(true);
+                    for ws in [&mut plain, &mut fast] {
+                        ws.bufs[0] = Buf::I32(y.clone());
+                        ws.bufs[1] = Buf::I32(x.clone());
+                        run_image(&plan, &w, &[], ws, &SimOptions::default()).unwrap();
+                    }
+                    total += 1;
+                    let Layer::Requant(r) = &plan.layers[0] else {
+                        unreachable!()
+                    };
+                    handled += usize::from(run_requant2(&plan, r, &mut fast));
+                    assert_eq!(
+                        plain.tensor(2).unwrap().to_i64(),
+                        fast.tensor(2).unwrap().to_i64(),
+                        "shift {shift} {div:?} [{lo}, {hi}]"
+                    );
+                }
+            }
+        }
+        assert!(handled > total / 2, "{handled} of {total} in i32");
+    }
+}
