@@ -16,7 +16,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
-use super::depthwise::{depthwise, depthwise_from, Phased};
+use super::depthwise::{depthwise, depthwise_from, depthwise_madd, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{gemm_f64, round_into};
 use super::gemm::{conv_im2col_madd, gemm, gemm_madd, im2col, madd_group_len};
@@ -178,7 +178,23 @@ pub(super) fn run_conv(
             let depthwise = l.groups == l.cin && l.groups == l.cout;
             let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
             let mut rows = std::mem::take(&mut ws.rows);
+            let [ih, iw] = l.in_hw;
+            let [oh, ow] = l.out_hw;
             let done = match &ws.bufs[t] {
+                Buf::I32(input) if fits16 && depthwise => depthwise_madd(
+                    input,
+                    l.cout,
+                    ih,
+                    iw,
+                    &weights.w32[li],
+                    l.kernel,
+                    l.stride,
+                    l.padding,
+                    o,
+                    oh,
+                    ow,
+                    &mut col,
+                ),
                 Buf::I32(input) if fits16 && direct_conv(l) => {
                     conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o)
                 }
