@@ -8,7 +8,9 @@
 //! - i32 sums with 16-bit operands: the direct kernel of [`super::direct`]
 //!   for ungrouped k x k convs with rows a multiple of 8 wide, else the
 //!   `vpmaddwd` im2col/GEMM of [`super::gemm`];
-//! - depthwise convs: [`super::depthwise`] (AVX2 `vpmulld` on i32);
+//! - depthwise convs: [`super::depthwise`] (with 16-bit operands the
+//!   whole layer in AVX2 `vpmaddwd` on i16 row pairs, `depthwise_madd`;
+//!   else per channel, AVX2 `vpmulld` on i32);
 //! - everything else (i64 sums, wider operands): [`super::gemm::gemm`].
 //!
 //! The only unsafe code here calls the depthwise AVX2 kernel (for `i32`)

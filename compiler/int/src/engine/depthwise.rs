@@ -1,14 +1,42 @@
-//! Depthwise convs (one input channel per output channel): each channel is
-//! copied once into a zero-bordered, phase-split layout ([`Phased`]) so that
-//! every tap of an output row reads consecutive values, then
-//! - on x86-64 with AVX2 (detected at run time), for i32:
-//!   [`depthwise_avx2_kernel`], eight outputs of a row per vector (`vpmulld`,
-//!   `vpaddd`; a last four in SSE lanes), all taps summed in one register;
+//! Depthwise convs (one input channel per output channel).
+//!
+//! Where the operands fit i16 (`fits16` in `conv.rs`), a whole layer goes
+//! through [`depthwise_madd`] (x86-64 with AVX2, detected at run time):
+//! each channel is written into a layout of *row pairs*, one i32 word per
+//! column holding the padded values of rows `r` (low i16) and `r + 1`
+//! (high i16), so that one `vpmaddwd` of such words with a broadcast pair
+//! of weights (taps `(ky, kx)` and `(ky + 1, kx)`) sums two taps of eight
+//! outputs (a 3 x 3 kernel: six `vpmaddwd` per eight outputs, the last
+//! row's pair weight zero in its high half). The layout's buffer is zeroed
+//! once per layer and only the words holding input values are rewritten
+//! per channel (the borders stay zero), so no channel pays a clear. Three
+//! layouts:
+//! - [`FlatGeom`] (stride 1, "same" padding, rows 4 or a multiple of 8
+//!   wide): no border columns, pair rows back to back, so 8 consecutive
+//!   outputs (a block of a row, or two rows of a 4 wide map) are one
+//!   vector; a tap that would read a border column reads a word of the
+//!   neighbouring row with weight zero in that lane (per-lane masked weight
+//!   vectors for the first, middle and last vector of a row);
+//! - [`Flat2Geom`] (stride 2, "same" padding, even maps, output rows 4 or a
+//!   multiple of 8 wide): the same with each pair row split into its even
+//!   and odd columns;
+//! - [`PairGeom`] (any other stride, padding or width): zero-bordered pair
+//!   rows split by column phase, 8 outputs of a row per vector with a
+//!   masked store for the last columns (4 columns of two rows for outputs
+//!   at most 4 wide).
+//!
+//! Otherwise (wider operands, no AVX2) each channel is copied into a
+//! zero-bordered, phase-split layout ([`Phased`]) so that every tap of an
+//! output row reads consecutive values, then
+//! - on x86-64 with AVX2, for i32: [`depthwise_avx2_kernel`], eight outputs
+//!   of a row per vector (`vpmulld`, `vpaddd`; a last four in SSE lanes),
+//!   all taps summed in one register;
 //! - otherwise, and for the columns the kernel leaves, i64 and f64:
 //!   [`depthwise_from`], the plain loop (the reference of the tests).
 //!
-//! An integer sum does not depend on the order of its terms, so both give
-//! the same results (the tests compare them).
+//! An integer sum does not depend on the order of its terms, and a pair sum
+//! of `vpmaddwd` is exact for i16 operands not both -2^15, so every path
+//! gives the same results (the tests compare them with the definition).
 
 use super::conv::Num;
 
