@@ -574,36 +574,130 @@ impl FlatGeom {
     }
 }
 
+/// `dst[j] = a[j]` (low i16) `| b[j] << 16` (high i16) for every `j <
+/// dst.len()`, 8 words per AVX2 vector (`vpslld`, `vpblendw`), the last 4
+/// in SSE lanes, the rest (fewer than 4) one by one.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 (the lengths are checked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair_words(dst: &mut [i32], a: &[i32], b: &[i32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    assert!(a.len() >= n && b.len() >= n);
+    let (pa, pb, pd) = (a.as_ptr(), b.as_ptr(), dst.as_mut_ptr());
+    let mut j = 0;
+    // SAFETY: every vector covers words `j..j + 8` (or 4) `<= n`, inside
+    // `a`, `b` and `dst` (asserted just above).
+    unsafe {
+        while j + 8 <= n {
+            let lo = _mm256_loadu_si256(pa.add(j) as *const __m256i);
+            let hi = _mm256_slli_epi32::<16>(_mm256_loadu_si256(pb.add(j) as *const __m256i));
+            let w = _mm256_blend_epi16::<0b1010_1010>(lo, hi);
+            _mm256_storeu_si256(pd.add(j) as *mut __m256i, w);
+            j += 8;
+        }
+        if j + 4 <= n {
+            let lo = _mm_loadu_si128(pa.add(j) as *const __m128i);
+            let hi = _mm_slli_epi32::<16>(_mm_loadu_si128(pb.add(j) as *const __m128i));
+            _mm_storeu_si128(
+                pd.add(j) as *mut __m128i,
+                _mm_blend_epi16::<0b1010_1010>(lo, hi),
+            );
+            j += 4;
+        }
+    }
+    for j in j..n {
+        dst[j] = ((a[j] as u16 as u32) | ((b[j] as u32) << 16)) as i32;
+    }
+}
+
+/// [`pair_words`] of `a`, `b` with their even columns written to `even`,
+/// their odd ones to `odd` (`even[j]`: columns `2 j`, `odd[j]`: `2 j + 1`),
+/// 16 columns per pair of AVX2 vectors (`vpermd` then `vperm2i128`), then
+/// 8; rows whose width is not a multiple of 8 one by one.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 (the lengths are checked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair_words_split(even: &mut [i32], odd: &mut [i32], a: &[i32], b: &[i32]) {
+    use std::arch::x86_64::*;
+    let n = 2 * even.len();
+    assert!(odd.len() == even.len() && a.len() >= n && b.len() >= n);
+    let word = |j: usize| ((a[j] as u16 as u32) | ((b[j] as u32) << 16)) as i32;
+    if n % 8 != 0 {
+        for j in 0..n / 2 {
+            even[j] = word(2 * j);
+            odd[j] = word(2 * j + 1);
+        }
+        return;
+    }
+    let (pa, pb, pe, po) = (a.as_ptr(), b.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+    // SAFETY: column vectors `j..j + 8` (or 16) `<= n` are inside `a` and
+    // `b`, their halves `j / 2..` inside `even` and `odd` (asserted above).
+    unsafe {
+        // Eight words of columns `j..j + 8`, evens in the low 128 bits.
+        let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        let words = |j: usize| {
+            let lo = _mm256_loadu_si256(pa.add(j) as *const __m256i);
+            let hi = _mm256_slli_epi32::<16>(_mm256_loadu_si256(pb.add(j) as *const __m256i));
+            _mm256_permutevar8x32_epi32(_mm256_blend_epi16::<0b1010_1010>(lo, hi), split)
+        };
+        let mut j = 0;
+        while j + 16 <= n {
+            let (p0, p1) = (words(j), words(j + 8));
+            let e = _mm256_permute2x128_si256::<0x20>(p0, p1);
+            let o = _mm256_permute2x128_si256::<0x31>(p0, p1);
+            _mm256_storeu_si256(pe.add(j / 2) as *mut __m256i, e);
+            _mm256_storeu_si256(po.add(j / 2) as *mut __m256i, o);
+            j += 16;
+        }
+        if j + 8 <= n {
+            let p0 = words(j);
+            _mm_storeu_si128(pe.add(j / 2) as *mut __m128i, _mm256_castsi256_si128(p0));
+            _mm_storeu_si128(
+                po.add(j / 2) as *mut __m128i,
+                _mm256_extracti128_si256::<1>(p0),
+            );
+        }
+    }
+}
+
 /// Writes channel `x` (`ih x iw`, values in i16) into its flat row-pair
 /// layout `buf` ([`FlatGeom::len`] words, zeroed once per layer): pair rows
 /// `pad - 1` (only its high halves), `pad ..= pad + ih - 2` (both) and
-/// `pad + ih - 1` (only its low halves). The other words stay zero.
-#[inline(always)]
-fn flat_layout(x: &[i32], f: &FlatGeom, buf: &mut [i32]) {
-    #[inline(always)]
-    fn word(lo: i32, hi: i32) -> i32 {
-        ((lo as u16 as u32) | ((hi as u32) << 16)) as i32
-    }
+/// `pad + ih - 1` (only its low halves), each a flat [`pair_words`]
+/// (`zeros`: `iw` zeros). The other words stay zero.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn flat_layout(x: &[i32], f: &FlatGeom, zeros: &[i32], buf: &mut [i32]) {
     let (ih, iw, pad) = (f.ih, f.iw, f.pad);
     let x = &x[..ih * iw];
     let at = |r: usize| pad + r * iw;
     let both = (ih - 1) * iw;
-    for (d, (&lo, &hi)) in buf[at(pad)..at(pad) + both]
-        .iter_mut()
-        .zip(x.iter().zip(&x[iw..]))
-    {
-        *d = word(lo, hi);
-    }
-    if pad >= 1 {
-        for (d, &hi) in buf[at(pad - 1)..at(pad - 1) + iw].iter_mut().zip(x) {
-            *d = word(0, hi);
+    // SAFETY (the three calls): the CPU has AVX2 (this function's own
+    // feature, and its caller's `# Safety`).
+    unsafe {
+        pair_words(&mut buf[at(pad)..at(pad) + both], x, &x[iw..]);
+        if pad >= 1 {
+            pair_words(&mut buf[at(pad - 1)..at(pad - 1) + iw], zeros, x);
         }
-    }
-    for (d, &lo) in buf[at(pad + ih - 1)..at(pad + ih - 1) + iw]
-        .iter_mut()
-        .zip(&x[both..])
-    {
-        *d = word(lo, 0);
+        pair_words(
+            &mut buf[at(pad + ih - 1)..at(pad + ih - 1) + iw],
+            &x[both..],
+            zeros,
+        );
     }
 }
 
@@ -692,12 +786,14 @@ unsafe fn depthwise_flat_layer(
     use std::arch::x86_64::*;
     scratch.clear();
     scratch.resize(f.len(), 0);
+    let zeros = vec![0; f.iw];
     let masks = f.lane_masks();
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, k2) = (f.ih * f.iw, f.k * f.k);
     for ch in 0..c {
-        flat_layout(&input[ch * p..(ch + 1) * p], f, scratch);
+        // SAFETY: the CPU has AVX2 (this function's own feature).
+        unsafe { flat_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
         pair_weights(&w[ch * k2..(ch + 1) * k2], f.k, &mut words);
         for cls in 0..3 {
             for g in 0..f.groups {
@@ -805,13 +901,15 @@ impl Flat2Geom {
 
 /// Writes channel `x` into its [`Flat2Geom`] layout `buf` (zeroed once per
 /// layer): the words of pair rows `pad - 1 ..= pad + ih - 1` that hold
-/// input values; the others stay zero.
-#[inline(always)]
-fn flat2_layout(x: &[i32], f: &Flat2Geom, zeros: &[i32], buf: &mut [i32]) {
-    #[inline(always)]
-    fn word(lo: i32, hi: i32) -> i32 {
-        ((lo as u16 as u32) | ((hi as u32) << 16)) as i32
-    }
+/// input values ([`pair_words_split`]); the others stay zero.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn flat2_layout(x: &[i32], f: &Flat2Geom, zeros: &[i32], buf: &mut [i32]) {
     let (ih, iw, pad) = (f.ih, f.iw, f.pad);
     let half = iw / 2;
     let row = |y: usize| match y.checked_sub(pad) {
@@ -821,16 +919,9 @@ fn flat2_layout(x: &[i32], f: &Flat2Geom, zeros: &[i32], buf: &mut [i32]) {
     for r in pad.saturating_sub(1)..pad + ih {
         let (a, b) = (row(r), row(r + 1));
         let at = pad + r * iw;
-        let (even, odd) = buf[at..at + iw].split_at_mut(half);
-        for (((e, o), ca), cb) in even
-            .iter_mut()
-            .zip(odd.iter_mut())
-            .zip(a.chunks_exact(2))
-            .zip(b.chunks_exact(2))
-        {
-            *e = word(ca[0], cb[0]);
-            *o = word(ca[1], cb[1]);
-        }
+        let (even, odd) = buf[at..at + 2 * half].split_at_mut(half);
+        // SAFETY: the CPU has AVX2 (this function's own feature).
+        unsafe { pair_words_split(even, odd, a, b) };
     }
 }
 
@@ -945,7 +1036,8 @@ unsafe fn depthwise_flat2_layer(
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, q, k2) = (f.ih * f.iw, f.ih * f.iw / 4, f.k * f.k);
     for ch in 0..c {
-        flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch);
+        // SAFETY: the CPU has AVX2 (this function's own feature).
+        unsafe { flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
         pair_weights(&w[ch * k2..(ch + 1) * k2], f.k, &mut words);
         for cls in 0..3 {
             for g in 0..f.groups {
