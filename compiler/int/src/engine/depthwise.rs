@@ -787,7 +787,17 @@ unsafe fn depthwise_flat_layer(
     scratch.clear();
     scratch.resize(f.len(), 0);
     let zeros = vec![0; f.iw];
-    let masks = f.lane_masks();
+    // The lane masks as vectors, and the vector classes a row uses (first
+    // only, first and last, or all three).
+    let masks = f.lane_masks().map(|m| {
+        // SAFETY: each `m[g]` is 8 i32 (an unaligned load).
+        m.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) })
+    });
+    let used: &[usize] = match f.per_row() {
+        1 => &[0],
+        2 => &[0, 2],
+        _ => &[0, 1, 2],
+    };
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, k2) = (f.ih * f.iw, f.k * f.k);
@@ -795,11 +805,9 @@ unsafe fn depthwise_flat_layer(
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
         pair_weights(&w[ch * k2..(ch + 1) * k2], f.k, &mut words);
-        for cls in 0..3 {
+        for &cls in used {
             for g in 0..f.groups {
-                // SAFETY: `masks[cls][g]` is 8 i32 (an unaligned load).
-                let m = unsafe { _mm256_loadu_si256(masks[cls][g].as_ptr() as *const __m256i) };
-                wv[cls][g] = _mm256_and_si256(_mm256_set1_epi32(words[g]), m);
+                wv[cls][g] = _mm256_and_si256(_mm256_set1_epi32(words[g]), masks[cls][g]);
             }
         }
         // SAFETY: AVX2 (this function's own feature); `scratch` holds
@@ -1030,7 +1038,17 @@ unsafe fn depthwise_flat2_layer(
     for (g, o) in offs.iter_mut().enumerate().take(f.groups) {
         *o = f.offset(g);
     }
-    let masks = f.lane_masks();
+    // The lane masks as vectors, and the vector classes a row uses (first
+    // only, first and last, or all three).
+    let masks = f.lane_masks().map(|m| {
+        // SAFETY: each `m[g]` is 8 i32 (an unaligned load).
+        m.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) })
+    });
+    let used: &[usize] = match (f.iw / 2 / 8).max(1) {
+        1 => &[0],
+        2 => &[0, 2],
+        _ => &[0, 1, 2],
+    };
     let zeros = vec![0; f.iw];
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
@@ -1039,11 +1057,9 @@ unsafe fn depthwise_flat2_layer(
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
         pair_weights(&w[ch * k2..(ch + 1) * k2], f.k, &mut words);
-        for cls in 0..3 {
+        for &cls in used {
             for g in 0..f.groups {
-                // SAFETY: `masks[cls][g]` is 8 i32 (an unaligned load).
-                let m = unsafe { _mm256_loadu_si256(masks[cls][g].as_ptr() as *const __m256i) };
-                wv[cls][g] = _mm256_and_si256(_mm256_set1_epi32(words[g]), m);
+                wv[cls][g] = _mm256_and_si256(_mm256_set1_epi32(words[g]), masks[cls][g]);
             }
         }
         // SAFETY: AVX2 (this function's own feature); `scratch` holds
