@@ -9,7 +9,9 @@
 //! - i32 sums with 16-bit operands: the direct kernel of [`super::direct`]
 //!   for ungrouped k x k convs with rows a multiple of 8 wide, else the
 //!   `vpmaddwd` im2col/GEMM of [`super::gemm`];
-//! - depthwise convs: [`super::depthwise`] (AVX2 `vpmulld` on i32);
+//! - depthwise convs: [`super::depthwise`] (with 16-bit operands the
+//!   whole layer in AVX2 `vpmaddwd` on i16 row pairs, `depthwise_madd`;
+//!   else per channel, AVX2 `vpmulld` on i32);
 //! - everything else (i64 sums, wider operands): [`super::gemm::gemm`].
 //!
 //! [`run_conv_fused`] runs a conv together with the requantization after
@@ -23,7 +25,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
-use super::depthwise::{depthwise, depthwise_from, Phased};
+use super::depthwise::{depthwise, depthwise_from, depthwise_madd, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
@@ -203,7 +205,23 @@ fn conv_sums(
             let depthwise = l.groups == l.cin && l.groups == l.cout;
             let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
             let mut rows = std::mem::take(&mut ws.rows);
+            let [ih, iw] = l.in_hw;
+            let [oh, ow] = l.out_hw;
             let done = match &ws.bufs[t] {
+                Buf::I32(input) if fits16 && depthwise => depthwise_madd(
+                    input,
+                    l.cout,
+                    ih,
+                    iw,
+                    &weights.w32[li],
+                    l.kernel,
+                    l.stride,
+                    l.padding,
+                    o,
+                    oh,
+                    ow,
+                    &mut col,
+                ),
                 Buf::I32(input) if fits16 && direct_conv(l) => {
                     conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o, None)
                 }

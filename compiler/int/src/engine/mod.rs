@@ -24,8 +24,11 @@
 //! - 1x1 and other grouped/im2col convs: `madd_kernel` over an operand
 //!   packed per block of 8 positions (`packed_len`), weights laid out once
 //!   by `madd_weights`;
-//! - depthwise convs: `depthwise_avx2_kernel` (`vpmulld`, all taps of 8
-//!   outputs in one register) over a `Phased` copy of the channel;
+//! - depthwise convs: with 16-bit operands `depthwise_madd` (`vpmaddwd` on
+//!   row pairs: two taps of 8 outputs per instruction, a layout whose
+//!   zero borders are written once per layer), else
+//!   `depthwise_avx2_kernel` (`vpmulld`, all taps of 8 outputs in one
+//!   register) over a `Phased` copy of the channel;
 //! - the float first conv: `direct_f64_avx2` straight from a zero-bordered
 //!   f64 copy of the image where it is ungrouped with stride 1, else
 //!   im2col and `gemm_f64` (both with no FMA and the taps in im2col's
@@ -55,7 +58,8 @@
 //! - `gemm.rs`: im2col and the matrix products of grouped and 1x1 convs
 //!   (plain `gemm`, the AVX2 `vpmaddwd` kernel on i16 pairs);
 //! - `direct.rs`: the direct 16-bit k x k kernel (AVX2, no im2col);
-//! - `depthwise.rs`: depthwise convs (AVX2 `vpmulld` kernel on i32);
+//! - `depthwise.rs`: depthwise convs (AVX2 `vpmaddwd` kernel on i16 row
+//!   pairs, `vpmulld` kernel on i32);
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
