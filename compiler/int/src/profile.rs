@@ -180,7 +180,12 @@ pub fn profile_layers(
     let fused: Vec<Option<usize>> = (0..plan.layers.len())
         .map(|li| weights.fused_requant(li).filter(|_| sim.acc_bits.is_none()))
         .collect();
-    let fused_into = |li: usize| fused.iter().position(|&r| r == Some(li));
+    let mut fused_into = vec![None; plan.layers.len()];
+    for (c, &r) in fused.iter().enumerate() {
+        if let Some(r) = r {
+            fused_into[r] = Some(c);
+        }
+    }
     let mut img = vec![0f32; plan.input_len()];
     // One untimed image first (buffers sized, caches and pages warm).
     if !images.is_empty() {
@@ -224,7 +229,7 @@ pub fn profile_layers(
             if let Some(r) = fused[i] {
                 kind = format!("{kind} + requant of {}", plan.layers[r].name());
             }
-            if let Some(c) = fused_into(i) {
+            if let Some(c) = fused_into[i] {
                 kind = format!("(fused into {})", plan.layers[c].name());
                 group = "requantization fused into a conv";
             }

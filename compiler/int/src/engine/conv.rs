@@ -126,6 +126,15 @@ fn conv_typed<T: Num>(
     }
 }
 
+/// Whether the conv's operands go through the 16-bit kernels (the AVX2
+/// multiply-add of i16 pairs): both fit i16 and are not both at -2^15,
+/// whose pair sum would pass 2^31. The input's width is that of its actual
+/// range (`in_bits`): a 16-bit unsigned or seed-pooled activation does not
+/// fit i16.
+fn fits16(l: &ConvLayer) -> bool {
+    l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16)
+}
+
 /// Runs conv layer `li` of `plan` (`l`) on the workspace's buffers (or on
 /// `image`, for a conv of the float input), then records its accumulator
 /// statistics and applies the simulated accumulator width of `sim`.
@@ -184,11 +193,7 @@ fn conv_sums(
         (ConvInput::Tensor(t), Buf::I32(o)) => {
             let mut col = std::mem::take(&mut ws.col32);
             let mut packed = std::mem::take(&mut ws.packed);
-            // 16-bit operands (and not both at -2^15, whose pair sum would
-            // pass 2^31) go through the AVX2 multiply-add of i16 pairs. The
-            // input's width is that of its actual range (`in_bits`): a
-            // 16-bit unsigned or seed-pooled activation does not fit i16.
-            let fits16 = l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16);
+            let fits16 = fits16(l);
             let pairs = &weights.pairs[li];
             let mut packed2 = std::mem::take(&mut ws.packed2);
             let mut fast =
@@ -332,7 +337,7 @@ pub(super) fn run_conv_fused(
     };
     let p = l.out_hw[0] * l.out_hw[1];
     let mut epi = f.epilogue();
-    let fits16 = l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16);
+    let fits16 = fits16(l);
     let depthwise = l.groups == l.cin && l.groups == l.cout;
     let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
     let pairs = &weights.pairs[li];
@@ -430,43 +435,13 @@ pub(super) fn abs_peak(v: &[i32]) -> u32 {
     v.iter().fold(0u32, |m, x| m.max(x.unsigned_abs()))
 }
 
+/// Plans and conv layers for the engine's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::gemm::madd_weights;
-    use crate::plan::Layer;
+pub(super) mod testing {
+    use crate::plan::{ConvInput, ConvLayer, IntPlan};
 
-    fn naive_conv(l: &ConvLayer, input: &[i32]) -> Vec<i32> {
-        let [ih, iw] = l.in_hw;
-        let [oh, ow] = l.out_hw;
-        let (cin_g, cout_g, k) = (l.cin / l.groups, l.cout / l.groups, l.kernel);
-        let mut out = vec![0; l.cout * oh * ow];
-        for o in 0..l.cout {
-            let g = o / cout_g;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = 0;
-                    for c in 0..cin_g {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let iy = (oy * l.stride + ky) as isize - l.padding as isize;
-                                let ix = (ox * l.stride + kx) as isize - l.padding as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
-                                    acc += l.weights[((o * cin_g + c) * k + ky) * k + kx]
-                                        * input[((g * cin_g + c) * ih + iy as usize) * iw
-                                            + ix as usize];
-                                }
-                            }
-                        }
-                    }
-                    out[(o * oh + oy) * ow + ox] = acc;
-                }
-            }
-        }
-        out
-    }
-
-    fn test_plan() -> IntPlan {
+    /// A plan with nothing in it, for tests to fill (`..test_plan()`).
+    pub(crate) fn test_plan() -> IntPlan {
         IntPlan {
             model: String::new(),
             profile: String::new(),
@@ -489,9 +464,10 @@ mod tests {
         }
     }
 
-    /// A test layer: `cin -> cout`, k x k, on an `ih x iw` map.
+    /// A test layer: `cin -> cout`, k x k, on an `ih x iw` map, 8-bit operands,
+    /// reading tensor 0 into tensor 1.
     #[allow(clippy::too_many_arguments)]
-    fn layer(
+    pub(crate) fn layer(
         cin: usize,
         cout: usize,
         k: usize,
@@ -525,6 +501,44 @@ mod tests {
             worst_bits: None,
             worst_bits_weights: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{layer, test_plan};
+    use super::*;
+    use crate::engine::gemm::madd_weights;
+    use crate::plan::Layer;
+
+    fn naive_conv(l: &ConvLayer, input: &[i32]) -> Vec<i32> {
+        let [ih, iw] = l.in_hw;
+        let [oh, ow] = l.out_hw;
+        let (cin_g, cout_g, k) = (l.cin / l.groups, l.cout / l.groups, l.kernel);
+        let mut out = vec![0; l.cout * oh * ow];
+        for o in 0..l.cout {
+            let g = o / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0;
+                    for c in 0..cin_g {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * l.stride + ky) as isize - l.padding as isize;
+                                let ix = (ox * l.stride + kx) as isize - l.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
+                                    acc += l.weights[((o * cin_g + c) * k + ky) * k + kx]
+                                        * input[((g * cin_g + c) * ih + iy as usize) * iw
+                                            + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        out
     }
 
     /// The 16-bit kernels (direct, im2col and 1x1 multiply-add) against the

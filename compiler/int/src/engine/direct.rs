@@ -18,9 +18,9 @@
 //! the kernel takes the largest |sum| of each block and stores each
 //! channel's sums requantized instead of the sums.
 
+use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
-use super::fused::{hmax_u32, peak8, Regs};
-use super::fused::{Epilogue, RowConsts};
+use super::fused::{hmax_u32, Regs};
 #[cfg(target_arch = "x86_64")]
 use super::gemm::pair8;
 use super::gemm::{madd_weights, MADD_ROWS};
@@ -254,18 +254,7 @@ unsafe fn direct_kernel(
                         // The fused requantization: the largest |sum| (any lanes
                         // past the positions hold 0), then each row's sums
                         // requantized; a whole block of rows at once.
-                        let full = erows
-                            .get(b * MADD_ROWS..b * MADD_ROWS + MADD_ROWS)
-                            .and_then(|r| <&[RowConsts; MADD_ROWS]>::try_from(r).ok());
-                        match full {
-                            Some(rc) if rows == MADD_ROWS => rg.apply8(&mut acc, rc, &mut peak),
-                            _ => {
-                                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                                    peak = peak8(peak, *a);
-                                    *a = rg.apply(*a, &erows[b * MADD_ROWS + r]);
-                                }
-                            }
-                        }
+                        rg.block(&mut acc, rows, &erows[b * MADD_ROWS..], &mut peak);
                     }
                     let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
                     for (r, a) in acc.iter().enumerate().take(rows) {

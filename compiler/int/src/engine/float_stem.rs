@@ -403,8 +403,9 @@ unsafe fn round_i32_avx2(out: &mut [i32], sums: &[f64], mode: StemRound) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::conv::testing::layer;
     use crate::engine::gemm::im2col;
-    use crate::plan::{ConvInput, ConvLayer};
+    use crate::plan::ConvInput;
 
     /// The rounding of the float sums is `StemRound::apply` on every value
     /// (halves, the ends of i32, NaN, infinities, sums past i32), stored as
@@ -475,29 +476,10 @@ mod tests {
             (1, 3, 1, 0, 4, 11),
             (3, 4, 3, 0, 10, 10),
         ] {
-            let (oh, ow) = (ih + 2 * pad + 1 - k, iw + 2 * pad + 1 - k);
-            let l = ConvLayer {
-                name: "stem".into(),
-                input: ConvInput::Float,
-                output: 0,
-                cin,
-                cout,
-                kernel: k,
-                stride: 1,
-                padding: pad,
-                groups: 1,
-                in_hw: [ih, iw],
-                out_hw: [oh, ow],
-                weights: Vec::new(),
-                w_bits: 8,
-                w_scale: 1.0,
-                a_bits: 32,
-                in_bits: 32,
-                float_scale: 1.0,
-                fan_in: cin * k * k,
-                worst_bits: None,
-                worst_bits_weights: None,
-            };
+            let mut l = layer(cin, cout, k, 1, pad, 1, [ih, iw], Vec::new());
+            l.input = ConvInput::Float;
+            (l.a_bits, l.in_bits) = (32, 32);
+            let [oh, ow] = l.out_hw;
             // Values whose products and sums round (thirds, sevenths).
             let image: Vec<f32> = (0..cin * ih * iw)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.1)

@@ -733,6 +733,40 @@ impl Regs {
         }
     }
 
+    /// The epilogue of a kernel's block of `rows` (at most eight) output
+    /// rows, `acc[r]` of the channel of `rc[r]`: [`Regs::apply8`] for a
+    /// full block, else row by row (the largest |acc| into `peak`, then
+    /// requantized in place).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn block(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rows: usize,
+        rc: &[RowConsts],
+        peak: &mut std::arch::x86_64::__m256i,
+    ) {
+        let full = rc
+            .get(..8)
+            .and_then(|r| <&[RowConsts; 8]>::try_from(r).ok());
+        // SAFETY (both arms): AVX2 is this function's own feature.
+        match full {
+            Some(rc) if rows == 8 => unsafe { self.apply8(acc, rc, peak) },
+            _ => {
+                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                    unsafe {
+                        *peak = peak8(*peak, *a);
+                        *a = self.apply(*a, &rc[r]);
+                    }
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     #[inline]
     fn rows8<const DIV: u8, const CLAMP: bool>(
@@ -830,8 +864,9 @@ pub(super) unsafe fn peak8(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::conv::testing::{layer, test_plan};
     use crate::engine::{run_image, Buf, SimOptions, Weights, Workspace};
-    use crate::plan::{ConvLayer, OutputLayer, Requant, RequantTerm, TensorInfo, TensorKind};
+    use crate::plan::{Requant, RequantTerm, TensorInfo, TensorKind};
     use crate::FixedFormat;
 
     /// xorshift32: reproducible pseudo-random numbers.
@@ -1028,30 +1063,10 @@ mod tests {
         bias: Vec<i64>,
         (shift, div, lo, hi): (u32, Div, i64, i64),
     ) -> IntPlan {
-        let oh = (ih + 2 * pad - k) / stride + 1;
-        let ow = (iw + 2 * pad - k) / stride + 1;
-        let conv = ConvLayer {
-            name: "c".into(),
-            input: ConvInput::Tensor(0),
-            output: 1,
-            cin,
-            cout,
-            kernel: k,
-            stride,
-            padding: pad,
-            groups,
-            in_hw: [ih, iw],
-            out_hw: [oh, ow],
-            weights,
-            w_bits: 8,
-            w_scale: 127.0,
-            a_bits: 8,
-            in_bits,
-            float_scale: 1.0,
-            fan_in: cin / groups * k * k,
-            worst_bits: None,
-            worst_bits_weights: None,
-        };
+        let mut conv = layer(cin, cout, k, stride, pad, groups, [ih, iw], weights);
+        conv.name = "c".into();
+        conv.in_bits = in_bits;
+        let [oh, ow] = conv.out_hw;
         let req = Requant {
             name: "q".into(),
             terms: vec![RequantTerm {
@@ -1070,10 +1085,6 @@ mod tests {
             wide: false,
         };
         IntPlan {
-            model: String::new(),
-            profile: String::new(),
-            options: Default::default(),
-            input_shape: [0; 3],
             tensors: vec![
                 act("x", [cin, ih, iw]),
                 TensorInfo {
@@ -1085,18 +1096,7 @@ mod tests {
                 act("y", [cout, oh, ow]),
             ],
             layers: vec![Layer::Conv(conv), Layer::Requant(req)],
-            output: OutputLayer {
-                terms: vec![],
-                bias: vec![],
-                terms_f32: vec![],
-                bias_f32: vec![],
-                classes: 0,
-                seed_linear: vec![],
-            },
-            node_tensors: Default::default(),
-            clips: Default::default(),
-            saturated: vec![],
-            folded: vec![],
+            ..test_plan()
         }
     }
 

@@ -19,9 +19,9 @@
 //! results (the tests compare them with a naive conv).
 
 use super::conv::Num;
+use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
-use super::fused::{hmax_u32, peak8, Regs};
-use super::fused::{Epilogue, RowConsts};
+use super::fused::{hmax_u32, Regs};
 use crate::plan::ConvLayer;
 
 /// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
@@ -298,18 +298,7 @@ unsafe fn madd_kernel(
                     // The fused requantization: the largest |sum| (any lanes
                     // past the positions hold 0), then each row's sums
                     // requantized; a whole block of rows at once.
-                    let full = erows
-                        .get(o..o + MADD_ROWS)
-                        .and_then(|r| <&[RowConsts; MADD_ROWS]>::try_from(r).ok());
-                    match full {
-                        Some(rc) if rows == MADD_ROWS => rg.apply8(&mut acc, rc, &mut peak),
-                        _ => {
-                            for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                                peak = peak8(peak, *a);
-                                *a = rg.apply(*a, &erows[o + r]);
-                            }
-                        }
-                    }
+                    rg.block(&mut acc, rows, &erows[o..], &mut peak);
                 }
                 let i = b * 8;
                 if i + 8 <= p {
