@@ -336,11 +336,18 @@ pub(super) fn run_conv_fused(
         Buf::I64(v) => v.into_iter().map(|x| x as i32).collect(),
     };
     let p = l.out_hw[0] * l.out_hw[1];
-    let mut epi = f.epilogue();
+    // The second term's tensor (`FusedRequant::ready` checked it is i32).
+    fn second<'a>(f: &FusedRequant, bufs: &'a [Buf]) -> Option<&'a [i32]> {
+        match f.second.as_ref().map(|s| &bufs[s.src]) {
+            Some(Buf::I32(y)) => Some(y.as_slice()),
+            _ => None,
+        }
+    }
     let fits16 = fits16(l);
     let depthwise = l.groups == l.cin && l.groups == l.cout;
     let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
     let pairs = &weights.pairs[li];
+    let mut epi = f.epilogue(second(f, &ws.bufs), p);
     let done = match (l.input, fits16 && !depthwise) {
         (ConvInput::Tensor(t), true) => match &ws.bufs[t] {
             Buf::I32(input) if direct_conv(l) => conv_direct_madd(
@@ -387,22 +394,25 @@ pub(super) fn run_conv_fused(
         },
         _ => false,
     };
+    let mut peak = epi.peak;
     if done {
         ws.stale[l.output] = true;
     } else {
         let mut acc = std::mem::replace(&mut ws.bufs[l.output], Buf::I32(Vec::new()));
         conv_sums(plan, li, l, image, weights, ws, &mut acc);
+        let mut epi = f.epilogue(second(f, &ws.bufs), p);
         match &acc {
             Buf::I32(v) => requant_clamped(v, p, &mut epi, &mut out),
             // Never so: `plan_fusion` takes only 32-bit accumulators.
             Buf::I64(_) => unreachable!("fused conv with a wide accumulator"),
         }
+        peak = epi.peak;
         ws.bufs[l.output] = acc;
         ws.stale[l.output] = false;
     }
     let st = &mut ws.stats[li];
     st.values += (l.cout * p) as u64;
-    st.max_abs = st.max_abs.max(epi.peak as i64);
+    st.max_abs = st.max_abs.max(peak as i64);
     ws.bufs[f.output] = Buf::I32(out);
     ws.stale[f.output] = false;
 }
@@ -437,7 +447,7 @@ pub(super) fn abs_peak(v: &[i32]) -> u32 {
 
 /// Plans and conv layers for the engine's unit tests.
 #[cfg(test)]
-pub(super) mod testing {
+pub(crate) mod testing {
     use crate::plan::{ConvInput, ConvLayer, IntPlan};
 
     /// A plan with nothing in it, for tests to fill (`..test_plan()`).
@@ -567,6 +577,8 @@ mod tests {
             (8, 13, 1, 1, 0, [5, 13]),
             (9, 20, 1, 1, 0, [3, 7]),
             (6, 3, 3, 3, 1, [7, 46]),
+            (4, 8, 3, 2, 0, [5, 17]),
+            (3, 8, 5, 3, 2, [4, 23]),
         ] {
             let fan_in = cin * k * k;
             let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {

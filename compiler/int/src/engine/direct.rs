@@ -91,38 +91,47 @@ pub(super) fn conv_direct_madd(
             || (oh.max(1) - 1) * s + k > ph
             || (k - 1) / s + ow > cols
             || out.len() < l.cout * oh * ow
-            || epi.as_ref().is_some_and(|e| e.rows.len() < l.cout)
+            || epi.as_ref().is_some_and(|e| !e.holds(l.cout, oh * ow))
         {
             return false;
         }
         padded.clear();
         padded.resize(cp * s * ph * cols * 2, 0);
         let plane = |c: usize| &input[c * ih * iw..(c + 1) * ih * iw];
+        // Per phase, the columns that hold an input value: padded column
+        // `col * s + phase` is input column `col * s + phase - pad`, inside
+        // `0..iw` for `col` in `lo..hi`.
+        let spans: Vec<(usize, usize)> = (0..s)
+            .map(|phase| {
+                let lo = pad.saturating_sub(phase).div_ceil(s);
+                let hi = (iw + pad).saturating_sub(phase).div_ceil(s).clamp(lo, cols);
+                (lo, hi)
+            })
+            .collect();
+        // One input row as pairs, split by phase from there (stride > 1).
+        let mut pairs = vec![0i16; if s == 1 { 0 } else { 2 * iw }];
         for c in 0..cp {
             let (a, b) = (plane(2 * c), (2 * c + 1 < l.cin).then(|| plane(2 * c + 1)));
             for y in 0..ih {
                 let row = y * iw..(y + 1) * iw;
+                let at = 2 * ((c * ph + y + pad) * cols + pad);
+                let dst = if s == 1 {
+                    &mut padded[at..at + 2 * iw]
+                } else {
+                    &mut pairs[..]
+                };
+                // SAFETY: AVX2 is present (checked above); `pair_rows`
+                // bounds itself by the slices' lengths.
+                unsafe { pair_rows(&a[row.clone()], b.map(|b| &b[row]), dst) };
                 if s == 1 {
-                    let at = 2 * ((c * ph + y + pad) * cols + pad);
-                    // SAFETY: AVX2 is present (checked above); `pair_rows`
-                    // bounds itself by the slices' lengths.
-                    unsafe {
-                        pair_rows(
-                            &a[row.clone()],
-                            b.map(|b| &b[row]),
-                            &mut padded[at..at + 2 * iw],
-                        )
-                    };
                     continue;
                 }
-                for phase in 0..s {
-                    let at = 2 * ((c * s + phase) * ph + y + pad) * cols;
-                    let dst = &mut padded[at..at + 2 * cols];
-                    for (col, d) in dst.chunks_exact_mut(2).enumerate() {
-                        if let Some(x) = (col * s + phase).checked_sub(pad).filter(|&x| x < iw) {
-                            d[0] = a[row.start + x] as i16;
-                            d[1] = b.map_or(0, |b| b[row.start + x] as i16);
-                        }
+                for (phase, &(lo, hi)) in spans.iter().enumerate().filter(|(_, s)| s.0 < s.1) {
+                    let at = 2 * (((c * s + phase) * ph + y + pad) * cols + lo);
+                    let x0 = lo * s + phase - pad;
+                    let dst = padded[at..at + 2 * (hi - lo)].chunks_exact_mut(2);
+                    for (d, src) in dst.zip(pairs[2 * x0..].chunks(2 * s)) {
+                        d.copy_from_slice(&src[..2]);
                     }
                 }
             }
@@ -193,15 +202,16 @@ unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
 /// column `(k - 1) / s + i + 7 < cols` of the last phase of the last pair.
 /// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the
 /// largest |sum| into `epi.peak` and stores each channel's sums
-/// requantized with `epi.rows[channel]` instead of the sums.
+/// requantized with `epi.rows[channel]` (and its second term) instead of
+/// the sums.
 ///
 /// # Safety
 ///
 /// - The CPU must support AVX2.
 /// - `l.out_hw[1]` (`ow`) is a multiple of 8 and
 ///   `out.len() >= l.cout * oh * ow`.
-/// - `dpairs.len() >= l.cout.div_ceil(8) * taps.len() * 8`. (`epi.rows`
-///   is read with bounds checks: fewer than `l.cout` rows panic.)
+/// - `dpairs.len() >= l.cout.div_ceil(8) * taps.len() * 8`; `epi`, where
+///   given, holds `l.cout` rows of `oh * ow` (`Epilogue::holds`).
 /// - For every output row `y < oh`, every `i < ow` that is a multiple of 8
 ///   and every `off` in `taps`, `2 * (y * row_step + i) + off + 16 <=
 ///   padded.len()` (so for the layout [`conv_direct_madd`] builds:
@@ -224,6 +234,7 @@ unsafe fn direct_kernel(
     // SAFETY: AVX2 is this function's own feature.
     let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
     let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
+    let second = epi.as_deref().and_then(|e| e.second);
     let mut peak = _mm256_setzero_si256();
     for b in 0..l.cout.div_ceil(MADD_ROWS) {
         let rows = (l.cout - b * MADD_ROWS).min(MADD_ROWS);
@@ -250,11 +261,18 @@ unsafe fn direct_kernel(
                         }
                         w = w.add(MADD_ROWS);
                     }
-                    if let Some(rg) = &regs {
-                        // The fused requantization: the largest |sum| (any lanes
-                        // past the positions hold 0), then each row's sums
-                        // requantized; a whole block of rows at once.
-                        rg.block(&mut acc, rows, &erows[b * MADD_ROWS..], &mut peak);
+                    let (o, at) = (b * MADD_ROWS, y * ow + i);
+                    match (&regs, &second) {
+                        // The fused requantization: the largest |sum| (any
+                        // lanes past the positions hold 0), then each row's
+                        // sums requantized; a whole block of rows at once.
+                        (Some(rg), None) => rg.block(&mut acc, rows, &erows[o..], &mut peak),
+                        // With a second term (rows `o..o + rows`, positions
+                        // `at..at + 8`, inside it: `Epilogue::holds`).
+                        (Some(rg), Some(s)) => {
+                            rg.block2(&mut acc, rows, &erows[o..], s, o, at, &mut peak)
+                        }
+                        (None, _) => {}
                     }
                     let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
                     for (r, a) in acc.iter().enumerate().take(rows) {

@@ -36,13 +36,19 @@
 //! written, so `Workspace::tensor` has none for it.
 //!
 //! Two-term requantizations (residual adds: an accumulator and an
-//! activation) are not fused into a kernel, but with the same switch run
-//! by [`run_requant2`] in i32 lanes by the same argument in the sum's
-//! domain: the output saturates below and above fixed sums, so given the
-//! row's largest |activation| the accumulator is clamped to where it still
-//! matters, and the clamped sums fit i32 for the usual 8-bit outputs
-//! (`requant.rs` takes i64 lanes as soon as the row's values could pass
-//! 2^31).
+//! activation `y`) go by the same argument in the sum's domain: the output
+//! saturates below and above fixed sums, so given a bound on |y| the
+//! accumulator is clamped to where it still matters ([`row2`]), and the
+//! clamped sums fit i32 for the usual 8-bit outputs.
+//! - Fused into the conv of the accumulator (its epilogue loads `y` beside
+//!   the sums, [`Regs::block2`]) where `y` is written before the conv by a
+//!   requantization, whose clamp `[lo, hi]` bounds |y| once per plan
+//!   ([`plan_fusion`], [`SecondTerm`]): a residual block's identity
+//!   shortcut (ResNet20, ToyNet).
+//! - Otherwise (the shortcut computed after the conv: MobileNetV2's
+//!   shortcut convs) run by [`run_requant2`] in i32 lanes, each row's
+//!   bound its own largest |y| (`requant.rs` takes i64 lanes as soon as the
+//!   row's values could pass 2^31).
 //!
 //! Measured on this Zen 3 (docs/performance.md, issue 18): the epilogue
 //! costs about what the separate pass it replaces cost (that pass streams
@@ -81,11 +87,23 @@ pub(super) struct FusedRequant {
     /// hi]` (see [`needs_clamp`]); if none can, the epilogue skips the
     /// final clamp.
     pub clamp: bool,
+    /// A two-term requantization's other term (the `rows` are then
+    /// [`row2`]'s for its bound).
+    pub second: Option<SecondTerm>,
+}
+
+/// The second term of a fused two-term requantization: `y * m2[c]` added
+/// to channel `c`'s sum, `y` an activation tensor written before the conv.
+#[derive(Clone, Debug)]
+pub(super) struct SecondTerm {
+    pub src: TensorId,
+    pub m2: Vec<i32>,
 }
 
 impl FusedRequant {
-    /// The requantization of all channels, for a kernel's epilogue.
-    pub(super) fn epilogue(&self) -> Epilogue<'_> {
+    /// The requantization of all channels, for a kernel's epilogue; `y`:
+    /// the second term's tensor (`p` values per channel), where there is one.
+    pub(super) fn epilogue<'a>(&'a self, y: Option<&'a [i32]>, p: usize) -> Epilogue<'a> {
         Epilogue {
             rows: &self.rows,
             shift: self.shift,
@@ -93,8 +111,41 @@ impl FusedRequant {
             lo: self.lo,
             hi: self.hi,
             clamp: self.clamp,
+            second: self
+                .second
+                .as_ref()
+                .zip(y)
+                .map(|(s, y)| Second { y, m2: &s.m2, p }),
             peak: 0,
         }
+    }
+}
+
+impl FusedRequant {
+    /// Whether the workspace holds what the fused form reads besides the
+    /// conv's input: the second term's tensor, as i32 and whole (a
+    /// requantization's output always is).
+    pub(super) fn ready(&self, plan: &IntPlan, bufs: &[Buf]) -> bool {
+        self.second.as_ref().is_none_or(|s| {
+            let len = plan.tensors.get(s.src).map_or(usize::MAX, |t| t.len());
+            matches!(bufs.get(s.src), Some(Buf::I32(y)) if y.len() >= len)
+        })
+    }
+}
+
+/// A second term as an epilogue reads it: row `r`, position `i` adds
+/// `y[r * p + i] * m2[r]`.
+#[derive(Clone, Copy)]
+pub(super) struct Second<'a> {
+    pub y: &'a [i32],
+    pub m2: &'a [i32],
+    pub p: usize,
+}
+
+impl Second<'_> {
+    /// Whether it holds `rows` rows of `p` positions.
+    pub(super) fn holds(&self, rows: usize, p: usize) -> bool {
+        self.p == p && self.y.len() >= rows * p && self.m2.len() >= rows
     }
 }
 
@@ -111,6 +162,8 @@ pub(super) struct Epilogue<'a> {
     /// Clamp the rounded values to `[lo, hi]` (false only where
     /// [`needs_clamp`] is false for every row).
     pub clamp: bool,
+    /// A two-term requantization's second term.
+    pub second: Option<Second<'a>>,
     pub peak: u32,
 }
 
@@ -120,9 +173,20 @@ impl<'a> Epilogue<'a> {
     pub(super) fn rows_from(&self, from: usize) -> Epilogue<'a> {
         Epilogue {
             rows: self.rows.get(from..).unwrap_or(&[]),
+            second: self.second.map(|s| Second {
+                y: s.y.get(from * s.p..).unwrap_or(&[]),
+                m2: s.m2.get(from..).unwrap_or(&[]),
+                p: s.p,
+            }),
             peak: 0,
             ..*self
         }
+    }
+
+    /// Whether it has the constants (and second term) of `rows` rows of
+    /// `p` positions.
+    pub(super) fn holds(&self, rows: usize, p: usize) -> bool {
+        self.rows.len() >= rows && self.second.is_none_or(|s| s.holds(rows, p))
     }
 }
 
@@ -219,29 +283,14 @@ pub(super) fn needs_clamp(rc: RowConsts, shift: u32, div: Div, lo: i32, hi: i32)
     !(inside(q(rc.xlo)) && inside(q(rc.xhi)))
 }
 
-/// The tensors a layer reads.
-fn reads(layer: &Layer) -> Vec<TensorId> {
-    match layer {
-        Layer::QuantizeInput(_) => vec![],
-        Layer::Conv(l) => match l.input {
-            ConvInput::Tensor(t) => vec![t],
-            ConvInput::Float => vec![],
-        },
-        Layer::Requant(r) => r.terms.iter().map(|t| t.src).collect(),
-        Layer::Pool(p) => vec![p.input],
-        Layer::Channels(c) => vec![c.input],
-        Layer::Concat(c) => c.inputs.clone(),
-        Layer::Mul(m) => vec![m.input, m.gate],
-        Layer::HardSwish(h) => vec![h.input],
-        Layer::Lut(l) => vec![l.input],
-    }
-}
-
 /// The requantization conv layer `li` of `plan` can do in its epilogue:
 /// the layer is a conv of integers into a 32-bit accumulator tensor, the
-/// next layer a one-term, not wide `Layer::Requant` of that tensor, which
-/// nothing else reads (no other layer, not the output layer), and every
-/// channel's sums fit i32 once clamped ([`row_consts`]). Else `None`.
+/// next layer a not wide `Layer::Requant` of that tensor, which nothing
+/// else reads (no other layer, not the output layer), and every channel's
+/// sums fit i32 once clamped ([`row_consts`]). The requantization has one
+/// term, or two where the other is an activation that a requantization
+/// before the conv writes (and nothing else does), whose clamp bounds it
+/// ([`second_term`]). Else `None`.
 pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
     let Some(Layer::Conv(l)) = plan.layers.get(li) else {
         return None;
@@ -259,8 +308,11 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
             .get(t)
             .is_some_and(|t| !t.wide && t.len() == len)
     };
-    let [term] = r.terms.as_slice() else {
-        return None;
+    let (term, other) = match r.terms.as_slice() {
+        [t] => (t, None),
+        [a, b] if a.src == acc && b.src != acc => (a, Some(b)),
+        [a, b] if b.src == acc && a.src != acc => (b, Some(a)),
+        _ => return None,
     };
     if r.wide
         || term.src != acc
@@ -278,13 +330,30 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         .layers
         .iter()
         .enumerate()
-        .any(|(i, layer)| i != li + 1 && reads(layer).contains(&acc))
+        .any(|(i, layer)| i != li + 1 && layer.inputs().contains(&acc))
         || plan.output.terms.iter().any(|(t, _)| *t == acc);
     if read_elsewhere {
         return None;
     }
     let lo = i32::try_from(r.lo).ok()?;
     let hi = i32::try_from(r.hi).ok()?;
+    if let Some(y) = other {
+        if !fits(y.src) || y.src == r.output || y.mult.len() != l.cout {
+            return None;
+        }
+        let (rows, second) = second_term(plan, li, r, term, y)?;
+        return Some(FusedRequant {
+            requant: li + 1,
+            output: r.output,
+            rows,
+            shift: r.shift,
+            div: r.div,
+            lo,
+            hi,
+            clamp: true,
+            second: Some(second),
+        });
+    }
     let rows = (0..l.cout)
         .map(|c| row_consts(term.mult[c], r.bias[c], r.shift, r.div, lo, hi))
         .collect::<Option<Vec<_>>>()?;
@@ -300,7 +369,60 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         lo,
         hi,
         clamp,
+        second: None,
     })
+}
+
+/// The constants of a two-term requantization `r` fused into conv `li`:
+/// `term` the conv's accumulator, `y` the other term. `y`'s tensor must be
+/// written by one layer only, a requantization before the conv, whose
+/// clamp `[lo, hi]` then bounds every value of `y` ([`Layer::Requant`]
+/// always clamps, fused or not); with that bound each channel's [`row2`]
+/// must fit i32. The rows' [`RowConsts`] are `row2`'s `xlo, xhi, m, b`.
+fn second_term(
+    plan: &IntPlan,
+    li: usize,
+    r: &crate::plan::Requant,
+    term: &crate::plan::RequantTerm,
+    y: &crate::plan::RequantTerm,
+) -> Option<(Vec<RowConsts>, SecondTerm)> {
+    let mut writers = plan
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, layer)| layer.output() == y.src);
+    let (Some((at, Layer::Requant(producer))), None) = (writers.next(), writers.next()) else {
+        return None;
+    };
+    if at >= li || r.shift >= 31 {
+        return None;
+    }
+    let top = producer.lo.unsigned_abs().max(producer.hi.unsigned_abs());
+    let (lo, hi) = (i32::try_from(r.lo).ok()?, i32::try_from(r.hi).ok()?);
+    let sat = saturation(r.shift, r.div, lo, hi)?;
+    let mut rows = Vec::with_capacity(r.bias.len());
+    let mut m2s = Vec::with_capacity(r.bias.len());
+    for c in 0..r.bias.len() {
+        let m = i32::try_from(term.mult[c]).ok()?;
+        let m2 = i32::try_from(y.mult[c]).ok()?;
+        let b = i32::try_from(r.bias[c]).ok()?;
+        let bound = i64::try_from(top).ok()?.checked_mul((m2 as i64).abs())? + (b as i64).abs();
+        let rc = row2(m, m2, b, bound, sat, r.shift)?;
+        rows.push(RowConsts {
+            xlo: rc.xlo,
+            xhi: rc.xhi,
+            m,
+            b,
+        });
+        m2s.push(m2);
+    }
+    Some((
+        rows,
+        SecondTerm {
+            src: y.src,
+            m2: m2s,
+        },
+    ))
 }
 
 /// Requantizes `src` (one channel's accumulators) into `out` with the
@@ -347,14 +469,23 @@ fn requant_clamped_body(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]
             break;
         };
         e.peak = e.peak.max(abs_peak(src));
-        row_body(src, rc, e, dst);
+        match e.second {
+            None => row_body(src, rc, e, dst),
+            Some(s) => {
+                let RowConsts { xlo, xhi, m, b } = rc;
+                let y = &s.y[c * p..(c + 1) * p];
+                let m2 = s.m2[c];
+                row2_body(src, y, Row2 { xlo, xhi, m, m2, b }, e, dst);
+            }
+        }
     }
 }
 
 /// The post-pass of a fused conv whose kernel has no epilogue: `acc` holds
 /// its accumulators (`[channels][p]`), `out` gets the requantized values,
 /// `e.peak` the largest |x| (at least its old value). AVX2-compiled where
-/// the CPU has it.
+/// the CPU has it. A second term must hold every row (`Epilogue::holds`):
+/// else this panics.
 pub(super) fn requant_clamped(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]) {
     /// [`requant_clamped_body`] compiled with AVX2.
     ///
@@ -581,6 +712,7 @@ pub(super) fn run_requant2(plan: &IntPlan, r: &crate::plan::Requant, ws: &mut Wo
         lo,
         hi,
         clamp: true,
+        second: None,
         peak: 0,
     };
     let (x, y) = match (&ws.bufs[t0.src], &ws.bufs[t1.src]) {
@@ -788,15 +920,94 @@ impl Regs {
         acc: std::arch::x86_64::__m256i,
         rc: &RowConsts,
     ) -> std::arch::x86_64::__m256i {
+        self.round::<DIV, CLAMP>(sum8(acc, rc))
+    }
+
+    /// A whole block of `rows` (at most eight) rows of a two-term
+    /// requantization (`acc[r]` of the channel of `rc[r]`, positions `i..i +
+    /// 8` of row `row0 + r` of `s`): the largest |acc| into `peak`, then
+    /// each row's clamped sum plus `y * m2` of the same positions (those
+    /// past `s.p` read as 0), rounded and clamped, in place.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2; `i < s.p` and `s` must hold rows `row0 +
+    /// rows` ([`Second::holds`]), `rc` `rows` constants.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block2(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rows: usize,
+        rc: &[RowConsts],
+        s: &Second,
+        row0: usize,
+        i: usize,
+        peak: &mut std::arch::x86_64::__m256i,
+    ) {
+        // SAFETY (both arms): AVX2 is this function's own feature, and the
+        // caller's bounds are `rows2`'s.
+        match self.div {
+            Div::Floor => unsafe { self.rows2::<FLOOR>(acc, rows, rc, s, row0, i, peak) },
+            Div::Trunc => unsafe { self.rows2::<TRUNC>(acc, rows, rc, s, row0, i, peak) },
+            Div::Nearest => unsafe { self.rows2::<NEAREST>(acc, rows, rc, s, row0, i, peak) },
+        }
+    }
+
+    /// [`Regs::block2`] for one rounding.
+    ///
+    /// # Safety
+    ///
+    /// As [`Regs::block2`].
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows2<const DIV: u8>(
+        &self,
+        acc: &mut [std::arch::x86_64::__m256i; 8],
+        rows: usize,
+        rc: &[RowConsts],
+        s: &Second,
+        row0: usize,
+        i: usize,
+        peak: &mut std::arch::x86_64::__m256i,
+    ) {
         use std::arch::x86_64::*;
-        let x = _mm256_min_epi32(
-            _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo)),
-            _mm256_set1_epi32(rc.xhi),
+        let n = (s.p - i).min(8);
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         );
-        let s = _mm256_add_epi32(
-            _mm256_mullo_epi32(x, _mm256_set1_epi32(rc.m)),
-            _mm256_set1_epi32(rc.b),
-        );
+        for (r, a) in acc.iter_mut().enumerate().take(rows) {
+            let at = (row0 + r) * s.p + i;
+            // SAFETY: `at + n <= (row0 + r + 1) * s.p <= s.y.len()` (the
+            // caller's bounds): the whole load (n = 8) or the lanes the
+            // mask keeps lie inside `s.y`.
+            let y = unsafe {
+                let ptr = s.y.as_ptr().add(at);
+                if n == 8 {
+                    _mm256_loadu_si256(ptr as *const __m256i)
+                } else {
+                    _mm256_maskload_epi32(ptr, mask)
+                }
+            };
+            // SAFETY: AVX2 is this function's own feature.
+            *peak = unsafe { peak8(*peak, *a) };
+            let y = _mm256_mullo_epi32(y, _mm256_set1_epi32(s.m2[row0 + r]));
+            *a = self.round::<DIV, true>(_mm256_add_epi32(sum8(*a, &rc[r]), y));
+        }
+    }
+
+    /// A sum `s` (exact in i32) rounded as `DIV` says by `2^shift` and,
+    /// with `CLAMP`, clamped to `[lo, hi]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn round<const DIV: u8, const CLAMP: bool>(
+        &self,
+        s: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
         let q = match DIV {
             FLOOR => _mm256_sra_epi32(s, self.count),
             TRUNC => {
@@ -818,6 +1029,23 @@ impl Regs {
             q
         }
     }
+}
+
+/// `clamp(acc, xlo, xhi) * m + b` of the channel of `rc`, per lane
+/// (wrapping; exact where [`row_consts`] or [`row2`] made `rc`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn sum8(acc: std::arch::x86_64::__m256i, rc: &RowConsts) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_epi32(
+        _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo)),
+        _mm256_set1_epi32(rc.xhi),
+    );
+    _mm256_add_epi32(
+        _mm256_mullo_epi32(x, _mm256_set1_epi32(rc.m)),
+        _mm256_set1_epi32(rc.b),
+    )
 }
 
 /// [`Regs::one`]'s rounding parameter: `Div::Floor`, `Div::Trunc`,
@@ -898,6 +1126,7 @@ mod tests {
             lo,
             hi,
             clamp: needs_clamp(rc, shift, div, lo, hi),
+            second: None,
             peak: 0,
         };
         let want: Vec<i32> = xs
@@ -1100,6 +1329,36 @@ mod tests {
         }
     }
 
+    /// Convs of every kernel family: `((cin, cout, k, stride, pad, groups),
+    /// [ih, iw], input bits)`: direct, strided, im2col, grouped, 1x1,
+    /// depthwise, operands wider than i16, a 1 x 1 map.
+    #[allow(clippy::type_complexity)]
+    const SHAPES: [((usize, usize, usize, usize, usize, usize), [usize; 2], u32); 11] = [
+        ((16, 16, 3, 1, 1, 1), [8, 16], 8),
+        ((5, 12, 3, 2, 1, 1), [9, 16], 9),
+        ((16, 32, 2, 2, 0, 1), [16, 16], 10),
+        ((3, 5, 3, 1, 1, 1), [5, 6], 8),
+        ((6, 8, 3, 1, 1, 2), [7, 10], 8),
+        ((8, 13, 1, 1, 0, 1), [5, 13], 8),
+        ((6, 9, 1, 1, 0, 3), [4, 5], 8),
+        ((8, 16, 1, 2, 0, 1), [8, 8], 8),
+        ((8, 8, 3, 1, 1, 8), [6, 10], 8),
+        ((4, 6, 3, 1, 1, 1), [5, 8], 17),
+        ((20, 3, 1, 1, 0, 1), [1, 1], 9),
+    ];
+
+    /// A conv's input of `len` values of `in_bits`, a fifth at each extreme.
+    fn conv_input(rng: &mut Rng, len: usize, in_bits: u32) -> Vec<i32> {
+        let top = (1i64 << (in_bits - 1)) - 1;
+        (0..len)
+            .map(|_| match rng.next() % 5 {
+                0 => top as i32,
+                1 => -(top as i32) - 1,
+                _ => rng.range(-top - 1, top) as i32,
+            })
+            .collect()
+    }
+
     /// Fused against unfused on random convs of every kernel family
     /// (direct, im2col, 1x1, grouped, depthwise, operands wider than i16),
     /// every rounding, shifts 0 to 24, negative multipliers, clamps: the
@@ -1109,20 +1368,7 @@ mod tests {
     fn fused_convs_match_the_separate_requantization() {
         let mut rng = Rng(0x9e37_79b9);
         let (mut fused_layers, mut in_kernel) = (0, 0);
-        let shapes = [
-            ((16, 16, 3, 1, 1, 1), [8, 16], 8),
-            ((5, 12, 3, 2, 1, 1), [9, 16], 9),
-            ((16, 32, 2, 2, 0, 1), [16, 16], 10),
-            ((3, 5, 3, 1, 1, 1), [5, 6], 8),
-            ((6, 8, 3, 1, 1, 2), [7, 10], 8),
-            ((8, 13, 1, 1, 0, 1), [5, 13], 8),
-            ((6, 9, 1, 1, 0, 3), [4, 5], 8),
-            ((8, 16, 1, 2, 0, 1), [8, 8], 8),
-            ((8, 8, 3, 1, 1, 8), [6, 10], 8),
-            ((4, 6, 3, 1, 1, 1), [5, 8], 17),
-            ((20, 3, 1, 1, 0, 1), [1, 1], 9),
-        ];
-        for (case, &(dims, hw, in_bits)) in shapes.iter().enumerate() {
+        for (case, &(dims, hw, in_bits)) in SHAPES.iter().enumerate() {
             let (cin, cout, k, _, _, groups) = dims;
             for div in DIVS {
                 for (shift, lo, hi) in [
@@ -1136,7 +1382,6 @@ mod tests {
                     let weights: Vec<i32> = (0..cout * fan_in)
                         .map(|_| rng.range(-128, 127) as i32)
                         .collect();
-                    let top = (1i64 << (in_bits - 1)) - 1;
                     let mult: Vec<i64> = (0..cout)
                         .map(|c| match c % 4 {
                             0 => rng.range(1, 1 << 16),
@@ -1156,13 +1401,7 @@ mod tests {
                     fused.fuse_requant(true);
                     let tag = format!("case {case} {dims:?} {div:?} shift {shift}");
                     for _ in 0..2 {
-                        let input: Vec<i32> = (0..plan.tensors[0].len())
-                            .map(|_| match rng.next() % 5 {
-                                0 => top as i32,
-                                1 => -(top as i32) - 1,
-                                _ => rng.range(-top - 1, top) as i32,
-                            })
-                            .collect();
+                        let input = conv_input(&mut rng, plan.tensors[0].len(), in_bits);
                         plain.bufs[0] = Buf::I32(input.clone());
                         fused.bufs[0] = Buf::I32(input);
                         let sim = SimOptions::default();
@@ -1196,6 +1435,191 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(in_kernel > 100, "only {in_kernel} in the epilogue");
         }
+    }
+
+    /// `conv_plan` with a residual add: tensor 3 (set by the test) is
+    /// requantized into tensor 4 (`y`, clamped to `[ylo, yhi]`) before the
+    /// conv, and the conv's requantization takes `y * m2` as a second term
+    /// (first or second in its term list, as `y_first`).
+    fn residual_plan(
+        plan: IntPlan,
+        (ym, yshift, ylo, yhi): (i64, u32, i64, i64),
+        m2: Vec<i64>,
+        y_first: bool,
+    ) -> IntPlan {
+        let mut plan = plan;
+        let shape = plan.tensors[2].shape;
+        plan.tensors.push(act("y0", shape));
+        plan.tensors.push(act("y", shape));
+        let cout = shape[0];
+        let yq = Requant {
+            name: "yq".into(),
+            terms: vec![RequantTerm {
+                src: 3,
+                mult: vec![ym; cout],
+                real: vec![0.0; cout],
+            }],
+            bias: vec![0; cout],
+            bias_real: vec![0.0; cout],
+            format: FixedFormat::new(32, 16),
+            shift: yshift,
+            div: Div::Floor,
+            lo: ylo,
+            hi: yhi,
+            output: 4,
+            wide: false,
+        };
+        if let Layer::Requant(r) = &mut plan.layers[1] {
+            let t = RequantTerm {
+                src: 4,
+                mult: m2,
+                real: vec![0.0; cout],
+            };
+            if y_first {
+                r.terms.insert(0, t);
+            } else {
+                r.terms.push(t);
+            }
+        }
+        plan.layers.insert(0, Layer::Requant(yq));
+        plan
+    }
+
+    /// A residual add fused into the conv before it (the second term in
+    /// the kernels' epilogue, or the depthwise and wide convs' post-pass)
+    /// against the conv and the two-term requantization run apart: every
+    /// kernel family, rounding, clamp and term order, residuals at their
+    /// bounds; the output and the accumulator statistics are identical.
+    #[test]
+    fn fused_residual_adds_match_the_separate_requantization() {
+        let mut rng = Rng(0x5bd1_e995);
+        let (mut fused_layers, mut in_kernel) = (0, 0);
+        for (case, &(dims, hw, in_bits)) in SHAPES.iter().enumerate() {
+            let (cin, cout, k, _, _, groups) = dims;
+            for (n, div) in DIVS.into_iter().enumerate() {
+                for (shift, lo, hi, ylo, yhi) in [
+                    (0, -128, 127, -128, 127),
+                    (8, 0, 255, 0, 255),
+                    (16, 0, 127, -128, 127),
+                    (16, -128, 127, 0, 255),
+                    (22, -128, 127, -128, 127),
+                ] {
+                    let fan_in = cin / groups * k * k;
+                    let weights: Vec<i32> = (0..cout * fan_in)
+                        .map(|_| rng.range(-128, 127) as i32)
+                        .collect();
+                    let mult = |rng: &mut Rng| -> Vec<i64> {
+                        (0..cout)
+                            .map(|c| match c % 4 {
+                                0 => rng.range(1, 1 << 16),
+                                1 => -rng.range(1, 1 << 16),
+                                2 => rng.range(-(1 << 12), 1 << 12),
+                                _ => rng.range(-3, 3),
+                            })
+                            .collect()
+                    };
+                    let (m, m2) = (mult(&mut rng), mult(&mut rng));
+                    let bias: Vec<i64> =
+                        (0..cout).map(|_| rng.range(-(1 << 20), 1 << 20)).collect();
+                    let plan = residual_plan(
+                        conv_plan(dims, hw, in_bits, weights, m, bias, (shift, div, lo, hi)),
+                        (1 << 8, 8, ylo, yhi),
+                        m2,
+                        (case + n) % 2 == 0,
+                    );
+                    let w = Weights::new(&plan);
+                    assert!(w.fused[0].is_none());
+                    let fusable = w.fused[1].as_ref().is_some_and(|f| f.second.is_some());
+                    fused_layers += usize::from(fusable);
+                    let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
+                    fused.fuse_requant(true);
+                    let tag = format!("case {case} {dims:?} {div:?} shift {shift}");
+                    for _ in 0..2 {
+                        let input = conv_input(&mut rng, plan.tensors[0].len(), in_bits);
+                        // Past the clamp of `y` on both sides, often.
+                        let y0: Vec<i32> = (0..plan.tensors[3].len())
+                            .map(|_| rng.range(2 * ylo - 9, 2 * yhi + 9) as i32)
+                            .collect();
+                        for ws in [&mut plain, &mut fused] {
+                            ws.bufs[0] = Buf::I32(input.clone());
+                            ws.bufs[3] = Buf::I32(y0.clone());
+                        }
+                        let sim = SimOptions::default();
+                        run_image(&plan, &w, &[], &mut plain, &sim).unwrap();
+                        run_image(&plan, &w, &[], &mut fused, &sim).unwrap();
+                        let (a, b) = (plain.tensor(2).unwrap(), fused.tensor(2).unwrap());
+                        assert_eq!(a.to_i64(), b.to_i64(), "{tag}");
+                        assert_eq!(plain.stats, fused.stats, "{tag}");
+                        if fusable && fused.tensor(1).is_none() {
+                            in_kernel += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            fused_layers > 100,
+            "only {fused_layers} residual adds fused"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(in_kernel > 100, "only {in_kernel} in the epilogue");
+        }
+    }
+
+    /// A residual add is fused only where a requantization before the conv
+    /// (and nothing else) writes its second term.
+    #[test]
+    fn residual_fusion_needs_a_clamped_second_term_written_before() {
+        let base = || {
+            residual_plan(
+                conv_plan(
+                    (4, 4, 1, 1, 0, 1),
+                    [2, 8],
+                    8,
+                    vec![1; 16],
+                    vec![3; 4],
+                    vec![0; 4],
+                    (4, Div::Trunc, -128, 127),
+                ),
+                (1 << 8, 8, -128, 127),
+                vec![5; 4],
+                false,
+            )
+        };
+        let plan = base();
+        assert!(plan_fusion(&plan, 1).is_some_and(|f| f.second.is_some()));
+        // `y` written after the conv.
+        let mut late = base();
+        let yq = late.layers.remove(0);
+        late.layers.insert(1, yq);
+        assert!(plan_fusion(&late, 0).is_none());
+        // `y` written by something other than a requantization.
+        let mut unbounded = base();
+        if let Layer::Requant(r) = &mut unbounded.layers[0] {
+            r.output = 5;
+        }
+        unbounded.tensors.push(act("z", unbounded.tensors[4].shape));
+        let pool = Layer::Pool(crate::plan::Pool {
+            name: "p".into(),
+            kind: crate::plan::PoolKind::Max {
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            },
+            input: 5,
+            output: 4,
+            div: Div::Floor,
+            sum_only: false,
+        });
+        unbounded.layers.insert(1, pool);
+        assert!(plan_fusion(&unbounded, 2).is_none());
+        // A bound so wide that the sums do not fit i32.
+        let mut wide = base();
+        if let Layer::Requant(r) = &mut wide.layers[0] {
+            (r.lo, r.hi) = (-(1 << 30), 1 << 30);
+        }
+        assert!(plan_fusion(&wide, 1).is_none());
     }
 
     /// A conv whose accumulator something else reads too, or whose

@@ -96,7 +96,7 @@ pub(super) fn gemm_madd(
         let shapes = wp.len() == madd_group_len(m, k)
             && col.len() >= k * p
             && out.len() >= m * p
-            && epi.as_ref().is_none_or(|e| e.rows.len() >= m);
+            && epi.as_ref().is_none_or(|e| e.holds(m, p));
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
             let kp = k.div_ceil(2);
             packed.clear();
@@ -243,14 +243,13 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
 /// the [`packed_len`] layout; eight output rows x eight positions per pass.
 /// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the
 /// largest |sum| into `epi.peak` and stores each row's sums requantized
-/// with `epi.rows[row]` instead of the sums.
+/// with `epi.rows[row]` (and its second term) instead of the sums.
 ///
 /// # Safety
 ///
 /// - The CPU must support AVX2.
 /// - `packed.len() >= packed_len(k.div_ceil(2), p)` and `out.len() >= m *
-///   p`. (`wp` and `epi.rows` are read with bounds checks: `wp` shorter
-///   than [`madd_group_len`]`(m, k)` or fewer than `m` rows panic.)
+///   p`; `epi`, where given, holds `m` rows of `p` (`Epilogue::holds`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn madd_kernel(
@@ -267,6 +266,7 @@ unsafe fn madd_kernel(
     // SAFETY: AVX2 is this function's own feature.
     let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
     let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
+    let second = epi.as_deref().and_then(|e| e.second);
     let mut peak = _mm256_setzero_si256();
     for o in (0..m).step_by(MADD_ROWS) {
         let rows = (m - o).min(MADD_ROWS);
@@ -294,13 +294,19 @@ unsafe fn madd_kernel(
                     x = x.add(16);
                     w = w.add(MADD_ROWS);
                 }
-                if let Some(rg) = &regs {
+                let i = b * 8;
+                match (&regs, &second) {
                     // The fused requantization: the largest |sum| (any lanes
                     // past the positions hold 0), then each row's sums
                     // requantized; a whole block of rows at once.
-                    rg.block(&mut acc, rows, &erows[o..], &mut peak);
+                    (Some(rg), None) => rg.block(&mut acc, rows, &erows[o..], &mut peak),
+                    // With a second term (rows `o..o + rows`, positions
+                    // `i..`, inside it: `Epilogue::holds(m, p)`).
+                    (Some(rg), Some(s)) => {
+                        rg.block2(&mut acc, rows, &erows[o..], s, o, i, &mut peak)
+                    }
+                    (None, _) => {}
                 }
-                let i = b * 8;
                 if i + 8 <= p {
                     let dst = out.as_mut_ptr().add(o * p + i);
                     for (r, a) in acc.iter().enumerate().take(rows) {
@@ -426,8 +432,7 @@ pub(super) fn conv_im2col_madd(
         let kk = cin_g * k * k;
         let kp = kk.div_ceil(2);
         let per_group = madd_group_len(cout_g, kk);
-        if pairs.len() != l.groups * per_group
-            || epi.as_ref().is_some_and(|e| e.rows.len() < l.cout)
+        if pairs.len() != l.groups * per_group || epi.as_ref().is_some_and(|e| !e.holds(l.cout, p))
         {
             return false;
         }

@@ -116,6 +116,9 @@ macro_rules! dispatch {
 
 mod channels;
 mod conv;
+/// The conv layers and plans of the unit tests (also the plan's).
+#[cfg(test)]
+pub(crate) use conv::testing;
 mod depthwise;
 mod direct;
 mod float_stem;
@@ -448,7 +451,7 @@ fn run_conv_layer(
     sim: &SimOptions,
 ) -> Option<usize> {
     match weights.fused.get(li) {
-        Some(Some(f)) if ws.fuse && sim.acc_bits.is_none() => {
+        Some(Some(f)) if ws.fuse && sim.acc_bits.is_none() && f.ready(plan, &ws.bufs) => {
             conv::run_conv_fused(plan, li, l, image, weights, ws, f);
             Some(f.requant)
         }

@@ -44,8 +44,9 @@
 //! and the input need no planning. The machinery they share: `builder` (the
 //! planner's state, the values it tracks, materialisation, the output
 //! layer), `requant` (a pending sum into a quantizer's domain) and
-//! `weights` (weights as integers, integer widths). The types here are
-//! the plan itself, what the engine and the exporters read.
+//! `weights` (weights as integers, integer widths). `schedule` then moves
+//! residual shortcuts before the last layer of their main path. The types
+//! here are the plan itself, what the engine and the exporters read.
 
 mod act_quant;
 mod activation;
@@ -58,6 +59,7 @@ mod mul;
 mod pool;
 mod relu;
 mod requant;
+mod schedule;
 mod shuffle;
 mod slice;
 mod weights;
@@ -399,6 +401,39 @@ impl Layer {
             Layer::Lut(l) => &l.name,
         }
     }
+
+    /// The tensors the layer reads.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            Layer::QuantizeInput(_) => vec![],
+            Layer::Conv(l) => match l.input {
+                ConvInput::Tensor(t) => vec![t],
+                ConvInput::Float => vec![],
+            },
+            Layer::Requant(r) => r.terms.iter().map(|t| t.src).collect(),
+            Layer::Pool(p) => vec![p.input],
+            Layer::Channels(c) => vec![c.input],
+            Layer::Concat(c) => c.inputs.clone(),
+            Layer::Mul(m) => vec![m.input, m.gate],
+            Layer::HardSwish(h) => vec![h.input],
+            Layer::Lut(l) => vec![l.input],
+        }
+    }
+
+    /// The tensor the layer writes.
+    pub fn output(&self) -> TensorId {
+        match self {
+            Layer::QuantizeInput(l) => l.output,
+            Layer::Conv(l) => l.output,
+            Layer::Requant(l) => l.output,
+            Layer::Pool(l) => l.output,
+            Layer::Channels(l) => l.output,
+            Layer::Concat(l) => l.output,
+            Layer::Mul(l) => l.output,
+            Layer::HardSwish(l) => l.output,
+            Layer::Lut(l) => l.output,
+        }
+    }
 }
 
 /// The logits: `sum_t k_t[c] * src_t[c] + bias[c]`, in float32 with the
@@ -512,6 +547,7 @@ pub fn build(g: &Graph, ck: &Checkpoint, opts: PlanOptions) -> Result<IntPlan, I
         .get(g.output)
         .and_then(|v| v.clone())
         .ok_or_else(|| unsupported("output", "the graph has no output value"))?;
+    schedule::hoist_shortcuts(&mut b.layers);
     let output = b.output(&out_value)?;
     Ok(IntPlan {
         model: g.model.clone(),
