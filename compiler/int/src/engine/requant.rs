@@ -8,6 +8,9 @@
 //!   (detected at run time) the same Rust code compiled with AVX2, so the
 //!   compiler vectorises it (8 or 4 lanes per vector);
 //! - sums that may pass 2^63 (`Requant::wide`): plain i128 loops;
+//! - rows of fewer than 8 values (a pooled `[C, 1, 1]`): one scalar i64
+//!   loop over every channel (a vector loop's set-up per row cost more
+//!   than its values);
 //! - anything else (more terms, 64-bit sources or multipliers): plain i64
 //!   rows, one term at a time.
 //!
@@ -210,6 +213,9 @@ fn requant_row(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
     requant_row_body(src, src2, q, out)
 }
 
+/// Rows shorter than this take one exact scalar loop over all channels.
+const SMALL_ROWS: usize = 8;
+
 /// Runs a requantization layer on the workspace's buffers.
 pub(super) fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
     let mut out = match std::mem::replace(&mut ws.bufs[r.output], Buf::I32(Vec::new())) {
@@ -229,6 +235,19 @@ pub(super) fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
                     s += src.get(idx) as i128 * t.mult[ch] as i128;
                 }
                 out[idx] = shift_round_wide(s, shift, div).clamp(lo, hi) as i32;
+            }
+        }
+    } else if p < SMALL_ROWS {
+        // Rows of a few values (after global pooling: one per channel): the
+        // exact i64 sum per value, without a vector loop's set-up per row.
+        for ch in 0..c {
+            for i in 0..p {
+                let idx = ch * p + i;
+                let mut s = r.bias[ch];
+                for (t, src) in r.terms.iter().zip(&srcs) {
+                    s += src.get(idx) * t.mult[ch];
+                }
+                out[idx] = shift_round(s, shift, div).clamp(lo, hi) as i32;
             }
         }
     } else if let ([t0], [src]) = (r.terms.as_slice(), srcs.as_slice()) {
