@@ -631,7 +631,8 @@ mod tests {
                     &input,
                     hw[0] * hw[1],
                     &mut out,
-                    &mut Vec::new(),
+                    // A buffer left dirty by a larger conv.
+                    &mut vec![-1; 1 << 14],
                     None,
                 );
                 assert_eq!(ran, avx2, "1x1 {tag}");
@@ -639,7 +640,7 @@ mod tests {
                     assert_eq!(out, want, "1x1 {tag}");
                 }
             } else {
-                let (mut p, mut rows) = (Vec::new(), Vec::new());
+                let (mut p, mut rows) = (vec![-1; 1 << 14], Vec::new());
                 let ran = conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out, None);
                 assert_eq!(ran, avx2, "im2col {tag}");
                 if ran {

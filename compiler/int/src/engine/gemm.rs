@@ -99,8 +99,7 @@ pub(super) fn gemm_madd(
             && epi.as_ref().is_none_or(|e| e.holds(m, p));
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
             let kp = k.div_ceil(2);
-            packed.clear();
-            packed.resize(packed_len(kp, p), 0);
+            size_packed(packed, kp, p);
             // SAFETY: AVX2 is present (checked above); `pack_pairs`
             // asserts its lengths.
             unsafe { pack_pairs(col, k, p, packed) };
@@ -123,10 +122,23 @@ fn packed_len(kp: usize, p: usize) -> usize {
     p.div_ceil(8) * kp * 16
 }
 
+/// Sizes `packed` to [`packed_len`]`(kp, p)` and zeroes its last block
+/// where `p` is not a multiple of 8: the packing writes every other value
+/// (whole blocks, and the last block's positions below `p`), and the
+/// positions past `p` must read 0 (the kernels' largest |sum| counts
+/// them). No clearing of the rest: a buffer reused from a larger conv is
+/// overwritten.
+fn size_packed(packed: &mut Vec<i16>, kp: usize, p: usize) {
+    packed.resize(packed_len(kp, p), 0);
+    if p % 8 != 0 {
+        packed[p / 8 * kp * 16..].fill(0);
+    }
+}
+
 /// Positions `from..` (a multiple of 8) of rows `a` and `b` (`b` missing:
 /// 0) of pair `j`, as i16, interleaved into their place in the blocks of the
-/// [`packed_len`] layout; `packed` was zeroed, so the positions past `p` of
-/// the last block stay 0. (The scalar tail of [`pack_pairs`] and
+/// [`packed_len`] layout; `packed`'s last block was zeroed
+/// ([`size_packed`]), so the positions past `p` stay 0. (The scalar tail of [`pack_pairs`] and
 /// [`pack_group`], which do whole blocks in AVX2 registers.)
 fn pairs_into_blocks<T: Copy>(
     a: &[T],
@@ -436,8 +448,7 @@ pub(super) fn conv_im2col_madd(
         {
             return false;
         }
-        packed.clear();
-        packed.resize(packed_len(kp, p), 0);
+        size_packed(packed, kp, p);
         rows.resize(2 * p, 0);
         for g in 0..l.groups {
             // SAFETY: AVX2 is present (checked above); `pack_group` asserts
@@ -537,6 +548,48 @@ unsafe fn pack_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fused::RowConsts;
+    use crate::fixed::Div;
+
+    /// An operand buffer left dirty by a larger conv: the sums and, with an
+    /// epilogue, the largest |sum| (which reads the last block's lanes past
+    /// `p`) are those of a fresh one.
+    #[test]
+    fn a_dirty_operand_buffer_changes_neither_sums_nor_peak() {
+        let (m, k, p) = (8, 6, 13);
+        let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
+        let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
+        let mut want = vec![0; m * p];
+        gemm(&w, m, k, &col, p, &mut want);
+        let peak = want.iter().map(|x| x.unsigned_abs()).max().unwrap();
+        let wp = madd_weights(&w, 1, m, k);
+        let rows = vec![
+            RowConsts {
+                xlo: i32::MIN,
+                xhi: i32::MAX,
+                m: 1,
+                b: 0,
+            };
+            m
+        ];
+        for mut packed in [Vec::new(), vec![i16::MAX; 1 << 12]] {
+            let mut out = vec![0; m * p];
+            let mut e = Epilogue {
+                rows: &rows,
+                shift: 0,
+                div: Div::Floor,
+                lo: i32::MIN,
+                hi: i32::MAX,
+                clamp: false,
+                second: None,
+                peak: 0,
+            };
+            if gemm_madd(&wp, m, k, &col, p, &mut out, &mut packed, Some(&mut e)) {
+                assert_eq!(out, want);
+                assert_eq!(e.peak, peak);
+            }
+        }
+    }
 
     #[test]
     fn gemm_matches_naive() {
