@@ -29,7 +29,10 @@ use super::depthwise::{depthwise, depthwise_from, depthwise_madd, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
-use super::gemm::{conv_im2col_madd, gemm, gemm_madd, im2col, madd_group_len};
+use super::gemm::{
+    conv_im2col_madd, gemm, gemm_madd, gemm_madd_with, im2col, madd_group_len, packed_len,
+    unpack_pairs, Dst, Operand,
+};
 use super::{AccStats, Buf, OverflowMode, SimOptions, Weights, Workspace};
 use crate::fixed::Rounding;
 use crate::plan::{ConvInput, ConvLayer, IntPlan};
@@ -126,12 +129,43 @@ fn conv_typed<T: Num>(
     }
 }
 
+/// Whether 1x1 conv `l` takes its input tensor `t` as the 16-bit operand
+/// the conv before it wrote (`Dst::Packed`, only where `t`'s rows were
+/// not written).
+fn takes_packed(ws: &Workspace, t: usize, l: &ConvLayer) -> bool {
+    let p = l.out_hw[0] * l.out_hw[1];
+    ws.stale[t]
+        && l.kernel == 1
+        && l.stride == 1
+        && l.padding == 0
+        && l.groups == 1
+        && l.in_hw == l.out_hw
+        && fits16(l)
+        && ws.acts16[t].len() >= packed_len(l.cin.div_ceil(2), p)
+}
+
+/// Tensor `t`'s rows (`l`'s input) from its 16-bit operand where only
+/// that was written: never so for a plan's layers (the conv before wrote
+/// the operand only because every reader takes it), but any layer that
+/// reads rows calls this first.
+fn restore_rows(ws: &mut Workspace, t: usize, l: &ConvLayer) {
+    if !ws.stale[t] || ws.acts16[t].is_empty() {
+        return;
+    }
+    let p = l.in_hw[0] * l.in_hw[1];
+    let Buf::I32(rows) = &mut ws.bufs[t] else {
+        return;
+    };
+    unpack_pairs(&ws.acts16[t], l.cin, p, rows);
+    ws.stale[t] = false;
+}
+
 /// Whether the conv's operands go through the 16-bit kernels (the AVX2
 /// multiply-add of i16 pairs): both fit i16 and are not both at -2^15,
 /// whose pair sum would pass 2^31. The input's width is that of its actual
 /// range (`in_bits`): a 16-bit unsigned or seed-pooled activation does not
 /// fit i16.
-fn fits16(l: &ConvLayer) -> bool {
+pub(super) fn fits16(l: &ConvLayer) -> bool {
     l.in_bits <= 16 && l.w_bits <= 16 && (l.in_bits < 16 || l.w_bits < 16)
 }
 
@@ -191,6 +225,16 @@ fn conv_sums(
             ws.outf = o;
         }
         (ConvInput::Tensor(t), Buf::I32(o)) => {
+            if takes_packed(ws, t, l) {
+                let (cin, p) = (l.cin, l.out_hw[0] * l.out_hw[1]);
+                let operand = Operand::Packed(&ws.acts16[t]);
+                let pairs = &weights.pairs[li];
+                let dst = Dst::Rows(o);
+                if gemm_madd_with(pairs, l.cout, cin, operand, p, dst, &mut ws.packed, None) {
+                    return;
+                }
+            }
+            restore_rows(ws, t, l);
             let mut col = std::mem::take(&mut ws.col32);
             let mut packed = std::mem::take(&mut ws.packed);
             let fits16 = fits16(l);
@@ -347,8 +391,42 @@ pub(super) fn run_conv_fused(
     let depthwise = l.groups == l.cin && l.groups == l.cout;
     let pointwise = l.kernel == 1 && l.stride == 1 && l.padding == 0;
     let pairs = &weights.pairs[li];
+    // The input as the 16-bit operand the conv before left (else its rows),
+    // the output as the next 1x1 convs' operand where they all take it.
+    let packed_in = match l.input {
+        ConvInput::Tensor(t) if takes_packed(ws, t, l) => true,
+        ConvInput::Tensor(t) => {
+            restore_rows(ws, t, l);
+            false
+        }
+        ConvInput::Float => false,
+    };
+    let mut packed_out = f.packed.then(|| std::mem::take(&mut ws.acts16[f.output]));
+    let mut wrote_packed = false;
     let mut epi = f.epilogue(second(f, &ws.bufs), p);
     let done = match (l.input, fits16 && !depthwise) {
+        (ConvInput::Tensor(t), true)
+            if pointwise && l.groups == 1 && (packed_in || packed_out.is_some()) =>
+        {
+            let operand = match &ws.bufs[t] {
+                _ if packed_in => Some(Operand::Packed(&ws.acts16[t])),
+                Buf::I32(v) => Some(Operand::Rows(v)),
+                Buf::I64(_) => None,
+            };
+            let dst = match packed_out.as_mut() {
+                Some(pk) => {
+                    pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
+                    Dst::Packed(pk)
+                }
+                None => Dst::Rows(&mut out),
+            };
+            let ran = operand.is_some_and(|operand| {
+                let (m, k) = (l.cout, l.cin);
+                gemm_madd_with(pairs, m, k, operand, p, dst, &mut ws.packed, Some(&mut epi))
+            });
+            wrote_packed = ran && packed_out.is_some();
+            ran
+        }
         (ConvInput::Tensor(t), true) => match &ws.bufs[t] {
             Buf::I32(input) if direct_conv(l) => conv_direct_madd(
                 l,
@@ -413,8 +491,12 @@ pub(super) fn run_conv_fused(
     let st = &mut ws.stats[li];
     st.values += (l.cout * p) as u64;
     st.max_abs = st.max_abs.max(peak as i64);
+    if let Some(pk) = packed_out {
+        ws.acts16[f.output] = pk;
+    }
     ws.bufs[f.output] = Buf::I32(out);
-    ws.stale[f.output] = false;
+    // Written as the next convs' operand only: no rows.
+    ws.stale[f.output] = wrote_packed;
 }
 
 /// Largest |x| (vectorised; AVX2 where the CPU has it).

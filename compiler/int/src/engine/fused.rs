@@ -56,7 +56,7 @@
 //! form where the separate pass took i64 lanes (MobileNetV2's depthwise
 //! requantizations, ToyNet's residual adds).
 
-use super::conv::abs_peak;
+use super::conv::{abs_peak, fits16};
 use super::{Buf, Workspace};
 use crate::fixed::{shift_round, Div};
 use crate::plan::{ConvInput, IntPlan, Layer, TensorId};
@@ -90,6 +90,9 @@ pub(super) struct FusedRequant {
     /// A two-term requantization's other term (the `rows` are then
     /// [`row2`]'s for its bound).
     pub second: Option<SecondTerm>,
+    /// Write the output as the 16-bit operand of the 1x1 convs that read
+    /// it (`gemm::Dst::Packed`) instead of i32 rows ([`packs_output`]).
+    pub packed: bool,
 }
 
 /// The second term of a fused two-term requantization: `y * m2[c]` added
@@ -352,6 +355,7 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
             hi,
             clamp: true,
             second: Some(second),
+            packed: packs_output(plan, l, r),
         });
     }
     let rows = (0..l.cout)
@@ -370,7 +374,45 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         hi,
         clamp,
         second: None,
+        packed: packs_output(plan, l, r),
     })
+}
+
+/// Whether conv `l`, fused with requantization `r`, writes `r`'s output
+/// only as the operand of the convs that read it: `l` is an ungrouped 1x1
+/// conv with 16-bit operands (so `gemm_madd` runs it, with its epilogue),
+/// on a CPU with AVX2; `r`'s values fit i16; and every reader (at least
+/// one; not the output layer) is such a conv of the same map. The readers
+/// then skip packing their operand (`pack_pairs`), and the tensor has no
+/// i32 rows (`Workspace::tensor` has none for it).
+fn packs_output(plan: &IntPlan, l: &crate::plan::ConvLayer, r: &crate::plan::Requant) -> bool {
+    let pointwise = |c: &crate::plan::ConvLayer| {
+        c.kernel == 1 && c.stride == 1 && c.padding == 0 && c.groups == 1 && fits16(c)
+    };
+    let avx2 = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    let t = r.output;
+    let mut readers = plan.layers.iter().filter(|x| x.inputs().contains(&t));
+    let all_pointwise = readers.clone().all(|x| {
+        matches!(x, Layer::Conv(c) if pointwise(c)
+            && c.input == ConvInput::Tensor(t)
+            && c.cin == l.cout
+            && c.in_hw == l.out_hw)
+    });
+    avx2 && pointwise(l)
+        && (i16::MIN as i64..=i16::MAX as i64).contains(&r.lo)
+        && (i16::MIN as i64..=i16::MAX as i64).contains(&r.hi)
+        && readers.next().is_some()
+        && all_pointwise
+        && !plan.output.terms.iter().any(|(s, _)| *s == t)
 }
 
 /// The constants of a two-term requantization `r` fused into conv `li`:
@@ -1620,6 +1662,123 @@ mod tests {
             (r.lo, r.hi) = (-(1 << 30), 1 << 30);
         }
         assert!(plan_fusion(&wide, 1).is_none());
+    }
+
+    /// Two 1x1 convs in a row (`conv_plan`'s, then tensor 2 into 3 and 4)
+    /// and, with `second`, another conv reading tensor 2 (into 5 and 6) of
+    /// kernel `second_k`.
+    fn chain_plan(
+        (cin, mid, cout): (usize, usize, usize),
+        hw: [usize; 2],
+        second: Option<usize>,
+        rng: &mut Rng,
+        div: Div,
+    ) -> IntPlan {
+        let w = |rng: &mut Rng, n: usize| -> Vec<i32> {
+            (0..n).map(|_| rng.range(-128, 127) as i32).collect()
+        };
+        let mult = |rng: &mut Rng, n: usize| -> Vec<i64> {
+            (0..n).map(|_| rng.range(-(1 << 14), 1 << 14)).collect()
+        };
+        let bias = |rng: &mut Rng, n: usize| -> Vec<i64> {
+            (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect()
+        };
+        let first = (mult(rng, mid), bias(rng, mid));
+        let mut plan = conv_plan(
+            (cin, mid, 1, 1, 0, 1),
+            hw,
+            8,
+            w(rng, mid * cin),
+            first.0,
+            first.1,
+            (12, div, -128, 127),
+        );
+        let mut follow = |plan: &mut IntPlan, k: usize, acc: usize, name: &str| {
+            let pad = k / 2;
+            let mut c = layer(mid, cout, k, 1, pad, 1, hw, w(rng, cout * mid * k * k));
+            c.name = name.into();
+            c.input = ConvInput::Tensor(2);
+            c.output = acc;
+            let [oh, ow] = c.out_hw;
+            plan.tensors.push(TensorInfo {
+                name: format!("{name}.acc"),
+                shape: [cout, oh, ow],
+                kind: TensorKind::Acc { scale: 1.0 },
+                wide: false,
+            });
+            plan.tensors.push(act(name, [cout, oh, ow]));
+            let Layer::Requant(mut q) = plan.layers[1].clone() else {
+                unreachable!()
+            };
+            q.terms[0].src = acc;
+            q.terms[0].mult = mult(rng, cout);
+            q.bias = bias(rng, cout);
+            q.output = acc + 1;
+            plan.layers.push(Layer::Conv(c));
+            plan.layers.push(Layer::Requant(q));
+        };
+        follow(&mut plan, 1, 3, "b");
+        if let Some(k) = second {
+            follow(&mut plan, k, 5, "c");
+        }
+        plan
+    }
+
+    /// A fused 1x1 conv whose output only 1x1 convs read writes it as
+    /// their 16-bit operand, and they read it from there: the same outputs
+    /// and statistics as unfused, on maps not a multiple of 8 and odd
+    /// channel counts; with a 3 x 3 reader the rows are written instead.
+    #[test]
+    fn a_1x1_conv_hands_its_output_to_the_next_as_their_operand() {
+        let avx2 = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("avx2")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        let mut rng = Rng(0x0bad_cafe);
+        for (dims, hw) in [
+            ((6, 5, 7), [5, 13]),
+            ((16, 16, 9), [8, 8]),
+            ((3, 24, 4), [1, 3]),
+        ] {
+            for second in [None, Some(1), Some(3)] {
+                for div in DIVS {
+                    let plan = chain_plan(dims, hw, second, &mut rng, div);
+                    let w = Weights::new(&plan);
+                    let f = w.fused[0].as_ref().expect("fused");
+                    assert_eq!(f.packed, avx2 && second != Some(3), "{dims:?} {second:?}");
+                    let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
+                    fused.fuse_requant(true);
+                    let tag = format!("{dims:?} {hw:?} {second:?} {div:?}");
+                    for _ in 0..2 {
+                        let input = conv_input(&mut rng, plan.tensors[0].len(), 8);
+                        plain.bufs[0] = Buf::I32(input.clone());
+                        fused.bufs[0] = Buf::I32(input);
+                        let sim = SimOptions::default();
+                        run_image(&plan, &w, &[], &mut plain, &sim).unwrap();
+                        run_image(&plan, &w, &[], &mut fused, &sim).unwrap();
+                        assert_eq!(plain.stats, fused.stats, "{tag}");
+                        for t in (4..plan.tensors.len()).step_by(2) {
+                            let (a, b) = (plain.tensor(t).unwrap(), fused.tensor(t).unwrap());
+                            assert_eq!(a.to_i64(), b.to_i64(), "{tag} tensor {t}");
+                        }
+                        let mid = fused.tensor(2).cloned().or(fused.unpacked(&plan, 2));
+                        assert_eq!(fused.tensor(2).is_none(), f.packed, "{tag}");
+                        let want = plain.tensor(2).unwrap().to_i64();
+                        assert_eq!(mid.unwrap().to_i64(), want, "{tag}");
+                    }
+                    // Unfused again on the same workspace: rows written.
+                    fused.fuse_requant(false);
+                    run_image(&plan, &w, &[], &mut fused, &SimOptions::default()).unwrap();
+                    assert!(fused.tensor(2).is_some(), "{tag}");
+                }
+            }
+        }
     }
 
     /// A conv whose accumulator something else reads too, or whose

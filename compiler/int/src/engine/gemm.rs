@@ -91,22 +91,70 @@ pub(super) fn gemm_madd(
     packed: &mut Vec<i16>,
     epi: Option<&mut Epilogue>,
 ) -> bool {
+    gemm_madd_with(wp, m, k, Operand::Rows(col), p, Dst::Rows(out), packed, epi)
+}
+
+/// The operand of [`gemm_madd_with`]: `k` rows of `p` values, or those rows
+/// already in the [`packed_len`] layout (written so by the conv before,
+/// [`Dst::Packed`]).
+#[derive(Clone, Copy)]
+pub(super) enum Operand<'a> {
+    Rows(&'a [i32]),
+    Packed(&'a [i16]),
+}
+
+/// Where [`gemm_madd_with`] writes: `m` rows of `p` values, or (with an
+/// epilogue) the requantized rows as the next 1x1 conv's operand, in the
+/// [`packed_len`] layout of `m.div_ceil(2)` pairs (values in i16).
+pub(super) enum Dst<'a> {
+    Rows(&'a mut [i32]),
+    Packed(&'a mut [i16]),
+}
+
+/// [`gemm_madd`] from either form of operand into either form of output
+/// (`packed` is scratch for an operand of rows). Returns false (nothing
+/// done) without AVX2, where the shapes do not match, or for a packed
+/// output without an epilogue.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_madd_with(
+    wp: &[i32],
+    m: usize,
+    k: usize,
+    col: Operand,
+    p: usize,
+    out: Dst,
+    packed: &mut Vec<i16>,
+    epi: Option<&mut Epilogue>,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        let kp = k.div_ceil(2);
         let shapes = wp.len() == madd_group_len(m, k)
-            && col.len() >= k * p
-            && out.len() >= m * p
+            && match col {
+                Operand::Rows(c) => c.len() >= k * p,
+                Operand::Packed(c) => c.len() >= packed_len(kp, p),
+            }
+            && match &out {
+                Dst::Rows(o) => o.len() >= m * p,
+                Dst::Packed(o) => epi.is_some() && o.len() >= packed_len(m.div_ceil(2), p),
+            }
             && epi.as_ref().is_none_or(|e| e.holds(m, p));
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
-            let kp = k.div_ceil(2);
-            size_packed(packed, kp, p);
-            // SAFETY: AVX2 is present (checked above); `pack_pairs`
-            // asserts its lengths.
-            unsafe { pack_pairs(col, k, p, packed) };
-            // SAFETY: AVX2 is present, `packed` was just sized to
-            // `packed_len(kp, p)`, `out` holds `m * p` and `epi` has `m`
-            // rows (checked above): the kernel's `# Safety`.
-            unsafe { madd_kernel(wp, m, k, packed, p, out, epi) };
+            let operand = match col {
+                Operand::Rows(c) => {
+                    size_packed(packed, kp, p);
+                    // SAFETY: AVX2 is present (checked above); `pack_pairs`
+                    // asserts its lengths.
+                    unsafe { pack_pairs(c, k, p, packed) };
+                    &packed[..]
+                }
+                Operand::Packed(c) => c,
+            };
+            // SAFETY: AVX2 is present, the operand holds `packed_len(kp,
+            // p)`, `out` `m * p` values or `packed_len(m.div_ceil(2), p)`
+            // pairs with an epilogue, and `epi` has `m` rows (checked
+            // above): the kernel's `# Safety`.
+            unsafe { madd_kernel(wp, m, k, operand, p, out, epi) };
             return true;
         }
     }
@@ -118,8 +166,19 @@ pub(super) fn gemm_madd(
 /// `kp` pairs of rows of k one after the other, each 16 i16 (position `i`
 /// of the block at `2i`, row `2j` low, `2j + 1` high), so the kernel's loads
 /// run through memory instead of striding `2p` (4 KiB on a 32 x 32 map).
-fn packed_len(kp: usize, p: usize) -> usize {
+pub(super) fn packed_len(kp: usize, p: usize) -> usize {
     p.div_ceil(8) * kp * 16
+}
+
+/// `k` rows of `p` values back out of the [`packed_len`] layout (the
+/// inverse of [`pack_pairs`]) into `out` (`k * p` values).
+pub(super) fn unpack_pairs(packed: &[i16], k: usize, p: usize, out: &mut [i32]) {
+    let kp = k.div_ceil(2);
+    for (r, row) in out.chunks_exact_mut(p).take(k).enumerate() {
+        for (i, o) in row.iter_mut().enumerate() {
+            *o = packed[((i / 8) * kp + r / 2) * 16 + 2 * (i % 8) + r % 2] as i32;
+        }
+    }
 }
 
 /// Sizes `packed` to [`packed_len`]`(kp, p)` and zeroes its last block
@@ -255,13 +314,16 @@ unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
 /// the [`packed_len`] layout; eight output rows x eight positions per pass.
 /// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the
 /// largest |sum| into `epi.peak` and stores each row's sums requantized
-/// with `epi.rows[row]` (and its second term) instead of the sums.
+/// with `epi.rows[row]` (and its second term) instead of the sums; into a
+/// [`Dst::Packed`] as i16 pairs of rows (positions past `p` zero).
 ///
 /// # Safety
 ///
 /// - The CPU must support AVX2.
-/// - `packed.len() >= packed_len(k.div_ceil(2), p)` and `out.len() >= m *
-///   p`; `epi`, where given, holds `m` rows of `p` (`Epilogue::holds`).
+/// - `packed.len() >= packed_len(k.div_ceil(2), p)`; `out` holds `m * p`
+///   values ([`Dst::Rows`]) or `packed_len(m.div_ceil(2), p)` with `epi`
+///   given ([`Dst::Packed`]); `epi`, where given, holds `m` rows of `p`
+///   (`Epilogue::holds`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn madd_kernel(
@@ -270,11 +332,13 @@ unsafe fn madd_kernel(
     k: usize,
     packed: &[i16],
     p: usize,
-    out: &mut [i32],
+    mut out: Dst,
     epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
+    // The pairs of rows of a packed output.
+    let kp_out = m.div_ceil(2);
     // SAFETY: AVX2 is this function's own feature.
     let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
     let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
@@ -319,16 +383,43 @@ unsafe fn madd_kernel(
                     }
                     (None, _) => {}
                 }
-                if i + 8 <= p {
-                    let dst = out.as_mut_ptr().add(o * p + i);
-                    for (r, a) in acc.iter().enumerate().take(rows) {
-                        _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
+                match &mut out {
+                    Dst::Packed(pk) => {
+                        // Rows `o + 2j`, `o + 2j + 1` as pair `o / 2 + j` of
+                        // block `b` (inside `packed_len(kp_out, p)`, the
+                        // caller's length); lanes past `p` and a missing
+                        // last odd row zero.
+                        let keep = _mm256_cmpgt_epi32(
+                            _mm256_set1_epi32((p - i).min(8) as i32),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                        );
+                        let low = _mm256_set1_epi32(0xffff);
+                        for j in 0..rows.div_ceil(2) {
+                            let lo = _mm256_and_si256(_mm256_and_si256(acc[2 * j], keep), low);
+                            let hi = if 2 * j + 1 < rows {
+                                _mm256_slli_epi32(_mm256_and_si256(acc[2 * j + 1], keep), 16)
+                            } else {
+                                _mm256_setzero_si256()
+                            };
+                            let at = (b * kp_out + o / 2 + j) * 16;
+                            _mm256_storeu_si256(
+                                pk.as_mut_ptr().add(at) as *mut __m256i,
+                                _mm256_or_si256(lo, hi),
+                            );
+                        }
                     }
-                } else {
-                    let mut last = [0i32; 8];
-                    for (r, a) in acc.iter().enumerate().take(rows) {
-                        _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
-                        out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
+                    Dst::Rows(out) if i + 8 <= p => {
+                        let dst = out.as_mut_ptr().add(o * p + i);
+                        for (r, a) in acc.iter().enumerate().take(rows) {
+                            _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
+                        }
+                    }
+                    Dst::Rows(out) => {
+                        let mut last = [0i32; 8];
+                        for (r, a) in acc.iter().enumerate().take(rows) {
+                            _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
+                            out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
+                        }
                     }
                 }
             }
@@ -467,7 +558,7 @@ pub(super) fn conv_im2col_madd(
                     kk,
                     packed,
                     p,
-                    &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                    Dst::Rows(&mut out[g * cout_g * p..(g + 1) * cout_g * p]),
                     ge.as_mut(),
                 )
             };

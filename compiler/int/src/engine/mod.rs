@@ -221,8 +221,13 @@ pub struct Workspace {
     /// every [`run_image`] since; empty otherwise (nothing timed).
     layer_ns: Vec<u64>,
     /// Per tensor: not written by the last [`run_image`] (the accumulator
-    /// of a conv whose requantization was fused into it).
+    /// of a conv whose requantization was fused into it, or an activation
+    /// written only in `acts16`).
     stale: Vec<bool>,
+    /// Per tensor: the activation as the 16-bit operand of the 1x1 convs
+    /// that read it (`gemm::Dst::Packed`), where a fused conv wrote it so
+    /// (`FusedRequant::packed`); empty for every other tensor.
+    acts16: Vec<Vec<i16>>,
     /// Whether [`run_image`] fuses requantizations into convs (see
     /// [`Workspace::fuse_requant`]).
     fuse: bool,
@@ -255,6 +260,7 @@ impl Workspace {
             stats: vec![AccStats::default(); plan.layers.len()],
             layer_ns: Vec::new(),
             stale: vec![false; plan.tensors.len()],
+            acts16: vec![Vec::new(); plan.tensors.len()],
             fuse: false,
         }
     }
@@ -273,19 +279,35 @@ impl Workspace {
     }
 
     /// Fuse each conv's requantization into the conv where the plan allows
-    /// it (`fused.rs`: a conv of integers followed by a one-term
-    /// requantization of its accumulator, which nothing else reads) and no
-    /// accumulator width is simulated. Same activations, logits and
-    /// statistics, faster; but those convs' accumulator tensors are not
-    /// written ([`Workspace::tensor`] has none for them). Off by default
+    /// it (`fused.rs`: a conv of integers followed by a requantization of
+    /// its accumulator, which nothing else reads) and no accumulator width
+    /// is simulated. Same logits and statistics, faster; but those convs'
+    /// accumulator tensors are not written, nor the activations that only
+    /// 1x1 convs read (kept in their operand layout): [`Workspace::tensor`]
+    /// has none for them. Off by default
     /// (every tensor kept, as tests that read accumulators need); `evaluate`
     /// and `qatc int bench` turn it on.
     pub fn fuse_requant(&mut self, on: bool) {
         self.fuse = on;
     }
 
+    /// An activation that the last [`run_image`] kept only as the operand
+    /// of the 1x1 convs reading it (so [`Workspace::tensor`] has none), as
+    /// rows again; `None` for any other tensor.
+    pub fn unpacked(&self, plan: &IntPlan, t: TensorId) -> Option<Buf> {
+        let packed = self.acts16.get(t).filter(|v| !v.is_empty())?;
+        let [c, h, w] = plan.tensors.get(t)?.shape;
+        if self.stale.get(t) != Some(&true) {
+            return None;
+        }
+        let mut rows = vec![0; c * h * w];
+        gemm::unpack_pairs(packed, c, h * w, &mut rows);
+        Some(Buf::I32(rows))
+    }
+
     /// A tensor's values after the last [`run_image`]; `None` for an
-    /// accumulator that a fused requantization did not write.
+    /// accumulator that a fused requantization did not write, or an
+    /// activation kept only as a 1x1 conv's operand.
     pub fn tensor(&self, t: TensorId) -> Option<&Buf> {
         if self.stale.get(t) == Some(&true) {
             return None;
@@ -434,6 +456,11 @@ fn run_layer(
         Layer::Mul(m) => pointwise::run_mul(plan, m, ws),
         Layer::HardSwish(h) => pointwise::run_hardswish(h, ws),
         Layer::Lut(l) => pointwise::run_lut(l, ws),
+    }
+    // Written now (a fused conv before may have left it unwritten, or
+    // written only as an operand, on an earlier image).
+    if let Some(s) = ws.stale.get_mut(layer.output()) {
+        *s = false;
     }
     None
 }
