@@ -1121,6 +1121,8 @@ mod tests {
             ((8, 8, 3, 1, 1, 8), [6, 10], 8),
             ((4, 6, 3, 1, 1, 1), [5, 8], 17),
             ((20, 3, 1, 1, 0, 1), [1, 1], 9),
+            ((17, 17, 3, 2, 1, 17), [7, 5], 8),
+            ((9, 9, 5, 1, 2, 9), [4, 3], 16),
         ];
         for (case, &(dims, hw, in_bits)) in shapes.iter().enumerate() {
             let (cin, cout, k, _, _, groups) = dims;
@@ -1190,8 +1192,9 @@ mod tests {
             }
         }
         assert!(fused_layers > 100, "only {fused_layers} layers fused");
-        // In the kernels' epilogue (the depthwise and 17-bit cases take the
-        // post-pass) wherever the CPU has AVX2.
+        // In the kernels' epilogue (the 17-bit case takes the post-pass;
+        // depthwise convs of at most 64 outputs requantize in the lanes
+        // kernel, `depthwise_lanes.rs`) wherever the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(in_kernel > 100, "only {in_kernel} in the epilogue");

@@ -117,6 +117,7 @@ macro_rules! dispatch {
 mod channels;
 mod conv;
 mod depthwise;
+mod depthwise_lanes;
 mod direct;
 mod float_stem;
 mod fused;
