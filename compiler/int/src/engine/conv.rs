@@ -9,14 +9,17 @@
 //! - i32 sums with 16-bit operands: the direct kernel of [`super::direct`]
 //!   for ungrouped k x k convs with rows a multiple of 8 wide, else the
 //!   `vpmaddwd` im2col/GEMM of [`super::gemm`];
-//! - depthwise convs: [`super::depthwise`] (with 16-bit operands the
-//!   whole layer in AVX2 `vpmaddwd` on i16 row pairs, `depthwise_madd`;
-//!   else per channel, AVX2 `vpmulld` on i32);
+//! - depthwise convs: with 16-bit operands and outputs of at most 8 x 8
+//!   positions, [`super::depthwise_lanes`] (8 channels in the lanes of an
+//!   AVX2 register, `vpmaddwd` on pairs of adjacent columns); else
+//!   [`super::depthwise`] (with 16-bit operands the whole layer in AVX2
+//!   `vpmaddwd` on i16 row pairs, `depthwise_madd`; else per channel, AVX2
+//!   `vpmulld` on i32);
 //! - everything else (i64 sums, wider operands): [`super::gemm::gemm`].
 //!
 //! [`run_conv_fused`] runs a conv together with the requantization after
-//! it (`fused.rs`): the direct and multiply-add kernels requantize in their
-//! epilogue, any other conv computes its sums as [`run_conv`] does and
+//! it (`fused.rs`): the direct, multiply-add and depthwise lanes kernels
+//! requantize in their epilogue, any other conv computes its sums as [`run_conv`] does and
 //! then requantizes them in one pass per channel that also takes the
 //! statistics.
 //!
@@ -26,6 +29,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
 use super::depthwise::{depthwise, depthwise_from, depthwise_madd, Phased};
+use super::depthwise_lanes::{depthwise_lanes, prefer_lanes};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
@@ -257,20 +261,16 @@ fn conv_sums(
             let [ih, iw] = l.in_hw;
             let [oh, ow] = l.out_hw;
             let done = match &ws.bufs[t] {
-                Buf::I32(input) if fits16 && depthwise => depthwise_madd(
-                    input,
-                    l.cout,
-                    ih,
-                    iw,
-                    &weights.w32[li],
-                    l.kernel,
-                    l.stride,
-                    l.padding,
-                    o,
-                    oh,
-                    ow,
-                    &mut col,
-                ),
+                Buf::I32(input) if fits16 && depthwise => {
+                    let (c, w, k, s, pad) =
+                        (l.cout, &weights.w32[li], l.kernel, l.stride, l.padding);
+                    let lanes = prefer_lanes(oh, ow);
+                    (lanes
+                        && depthwise_lanes(
+                            input, c, ih, iw, w, k, s, pad, o, oh, ow, &mut col, None,
+                        ))
+                        || depthwise_madd(input, c, ih, iw, w, k, s, pad, o, oh, ow, &mut col)
+                }
                 Buf::I32(input) if fits16 && direct_conv(l) => {
                     conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o, None)
                 }
@@ -359,10 +359,10 @@ fn record(st: &mut AccStats, sim: &SimOptions, out: &mut Buf) {
 }
 
 /// Conv layer `li` (`l`, a conv of integers) and the requantization after
-/// it (`f`, see `fused.rs`) in one: the direct and multiply-add kernels
-/// requantize in their epilogue and leave the accumulator tensor
-/// unwritten (marked stale); any other kernel (depthwise, wider operands,
-/// no AVX2) computes the sums as [`run_conv`] does, then
+/// it (`f`, see `fused.rs`) in one: the direct, multiply-add and depthwise
+/// lanes kernels requantize in their epilogue and leave the accumulator
+/// tensor unwritten (marked stale); any other kernel (larger depthwise
+/// maps, wider operands, no AVX2) computes the sums as [`run_conv`] does, then
 /// [`requant_clamped`] takes their statistics and requantizes them row by
 /// row. The statistics are those of [`run_conv`] without a simulated
 /// width (the caller fuses only then).
@@ -404,7 +404,28 @@ pub(super) fn run_conv_fused(
     let mut packed_out = f.packed.then(|| std::mem::take(&mut ws.acts16[f.output]));
     let mut wrote_packed = false;
     let mut epi = f.epilogue(second(f, &ws.bufs), p);
+    let [oh, ow] = l.out_hw;
     let done = match (l.input, fits16 && !depthwise) {
+        (ConvInput::Tensor(t), false) if fits16 && f.second.is_none() && prefer_lanes(oh, ow) => {
+            match &ws.bufs[t] {
+                Buf::I32(input) => depthwise_lanes(
+                    input,
+                    l.cout,
+                    l.in_hw[0],
+                    l.in_hw[1],
+                    &weights.w32[li],
+                    l.kernel,
+                    l.stride,
+                    l.padding,
+                    &mut out,
+                    oh,
+                    ow,
+                    &mut ws.col32,
+                    Some(&mut epi),
+                ),
+                Buf::I64(_) => false,
+            }
+        }
         (ConvInput::Tensor(t), true)
             if pointwise && l.groups == 1 && (packed_in || packed_out.is_some()) =>
         {

@@ -1,5 +1,9 @@
 //! Depthwise convs (one input channel per output channel).
 //!
+//! Small outputs (at most 8 x 8 positions) with 16-bit operands go through
+//! [`super::depthwise_lanes`] instead (channels in the vector lanes); the
+//! paths here take the others.
+//!
 //! Where the operands fit i16 (`fits16` in `conv.rs`), a whole layer goes
 //! through [`depthwise_madd`] (x86-64 with AVX2, detected at run time):
 //! each channel is written into a layout of *row pairs*, one i32 word per
@@ -1228,12 +1232,12 @@ dispatch!(
 );
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The plain depthwise sum, straight from the definition.
     #[allow(clippy::too_many_arguments)]
-    fn naive(
+    pub(in crate::engine) fn naive(
         input: &[i64],
         ih: usize,
         iw: usize,

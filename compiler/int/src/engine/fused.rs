@@ -25,9 +25,11 @@
 //! registers before requantizing them.
 //!
 //! Which convs: those whose kernel is `madd_kernel` (1x1 and im2col convs,
-//! `gemm.rs`) or `direct_kernel` (k x k, `direct.rs`) requantize in the
-//! epilogue; any other (depthwise, operands wider than i16, no AVX2)
-//! computes its accumulators as before and then runs [`requant_clamped`], one
+//! `gemm.rs`), `direct_kernel` (k x k, `direct.rs`) or, for maps up to 8 x
+//! 8 and one term, the depthwise lanes kernel (`depthwise_lanes.rs`)
+//! requantize in the epilogue; any other (larger depthwise maps, operands
+//! wider than i16, no AVX2) computes its accumulators as before and then
+//! runs [`requant_clamped`], one
 //! pass per channel that takes the statistics and requantizes while the row
 //! is in L1 (the same clamped i32 arithmetic, compiled with AVX2).
 //!
@@ -1050,21 +1052,7 @@ impl Regs {
         s: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
-        let q = match DIV {
-            FLOOR => _mm256_sra_epi32(s, self.count),
-            TRUNC => {
-                // |s| shifted, the sign restored: toward zero (|s| < 2^31).
-                let a = _mm256_srl_epi32(_mm256_abs_epi32(s), self.count);
-                _mm256_sign_epi32(a, s)
-            }
-            _ => {
-                // |s| + half, shifted, the sign restored (`vpsignd` keeps
-                // a zero quotient zero).
-                let a = _mm256_abs_epi32(s);
-                let q = _mm256_sra_epi32(_mm256_add_epi32(a, self.half), self.count);
-                _mm256_sign_epi32(q, s)
-            }
-        };
+        let q = round8::<DIV>(s, self.count, self.half);
         if CLAMP {
             _mm256_min_epi32(_mm256_max_epi32(q, self.lo), self.hi)
         } else {
@@ -1090,14 +1078,43 @@ fn sum8(acc: std::arch::x86_64::__m256i, rc: &RowConsts) -> std::arch::x86_64::_
     )
 }
 
+/// Sums `s` (exact in i32) divided by `2^count` rounded as `DIV` says
+/// ([`FLOOR`], [`TRUNC`], [`NEAREST`]: `fixed::shift_round` per lane;
+/// `half` is `2^(count - 1)`, or 0). Shared by the kernels' epilogues.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn round8<const DIV: u8>(
+    s: std::arch::x86_64::__m256i,
+    count: std::arch::x86_64::__m128i,
+    half: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    match DIV {
+        FLOOR => _mm256_sra_epi32(s, count),
+        TRUNC => {
+            // |s| shifted, the sign restored: toward zero (|s| < 2^31).
+            let a = _mm256_srl_epi32(_mm256_abs_epi32(s), count);
+            _mm256_sign_epi32(a, s)
+        }
+        _ => {
+            // |s| + half, shifted, the sign restored (`vpsignd` keeps a
+            // zero quotient zero).
+            let a = _mm256_abs_epi32(s);
+            let q = _mm256_sra_epi32(_mm256_add_epi32(a, half), count);
+            _mm256_sign_epi32(q, s)
+        }
+    }
+}
+
 /// [`Regs::one`]'s rounding parameter: `Div::Floor`, `Div::Trunc`,
 /// `Div::Nearest`.
 #[cfg(target_arch = "x86_64")]
-const FLOOR: u8 = 0;
+pub(super) const FLOOR: u8 = 0;
 #[cfg(target_arch = "x86_64")]
-const TRUNC: u8 = 1;
+pub(super) const TRUNC: u8 = 1;
 #[cfg(target_arch = "x86_64")]
-const NEAREST: u8 = 2;
+pub(super) const NEAREST: u8 = 2;
 
 /// The largest unsigned lane of `v`.
 ///
@@ -1375,7 +1392,7 @@ mod tests {
     /// [ih, iw], input bits)`: direct, strided, im2col, grouped, 1x1,
     /// depthwise, operands wider than i16, a 1 x 1 map.
     #[allow(clippy::type_complexity)]
-    const SHAPES: [((usize, usize, usize, usize, usize, usize), [usize; 2], u32); 11] = [
+    const SHAPES: [((usize, usize, usize, usize, usize, usize), [usize; 2], u32); 13] = [
         ((16, 16, 3, 1, 1, 1), [8, 16], 8),
         ((5, 12, 3, 2, 1, 1), [9, 16], 9),
         ((16, 32, 2, 2, 0, 1), [16, 16], 10),
@@ -1387,6 +1404,8 @@ mod tests {
         ((8, 8, 3, 1, 1, 8), [6, 10], 8),
         ((4, 6, 3, 1, 1, 1), [5, 8], 17),
         ((20, 3, 1, 1, 0, 1), [1, 1], 9),
+        ((17, 17, 3, 2, 1, 17), [7, 5], 8),
+        ((9, 9, 5, 1, 2, 9), [4, 3], 16),
     ];
 
     /// A conv's input of `len` values of `in_bits`, a fifth at each extreme.
@@ -1471,8 +1490,9 @@ mod tests {
             }
         }
         assert!(fused_layers > 100, "only {fused_layers} layers fused");
-        // In the kernels' epilogue (the depthwise and 17-bit cases take the
-        // post-pass) wherever the CPU has AVX2.
+        // In the kernels' epilogue (the 17-bit case takes the post-pass;
+        // depthwise convs of at most 64 outputs requantize in the lanes
+        // kernel, `depthwise_lanes.rs`) wherever the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(in_kernel > 100, "only {in_kernel} in the epilogue");

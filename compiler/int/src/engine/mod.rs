@@ -120,6 +120,7 @@ mod conv;
 #[cfg(test)]
 pub(crate) use conv::testing;
 mod depthwise;
+mod depthwise_lanes;
 mod direct;
 mod float_stem;
 mod fused;
