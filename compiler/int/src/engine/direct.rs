@@ -126,8 +126,27 @@ pub(super) fn conv_direct_madd(
                 if s == 1 {
                     continue;
                 }
+                let at =
+                    |phase: usize, lo: usize| 2 * (((c * s + phase) * ph + y + pad) * cols + lo);
+                if let [(lo0, hi0), (lo1, hi1)] = spans[..] {
+                    // Stride 2: the even and odd words of the row go to the
+                    // two phases (phase `p` starts at word `2 lo_p + p - pad`:
+                    // one of them at `xa`, the other at `xa + 1`).
+                    let x = ((2 * lo0).checked_sub(pad), (2 * lo1 + 1).checked_sub(pad));
+                    if let (true, (Some(x0), Some(x1))) = (lo0 < hi0 && lo1 < hi1, x) {
+                        let (a0, a1) = (at(0, lo0), at(1, lo1));
+                        let (left, right) = padded.split_at_mut(a1);
+                        let d0 = &mut left[a0..a0 + 2 * (hi0 - lo0)];
+                        let d1 = &mut right[..2 * (hi1 - lo1)];
+                        let (xa, da, db) = if x0 < x1 { (x0, d0, d1) } else { (x1, d1, d0) };
+                        // SAFETY: AVX2 is present (checked above); the
+                        // function bounds itself by the slices.
+                        unsafe { deinterleave_words(&pairs, xa, da, db) };
+                        continue;
+                    }
+                }
                 for (phase, &(lo, hi)) in spans.iter().enumerate().filter(|(_, s)| s.0 < s.1) {
-                    let at = 2 * (((c * s + phase) * ph + y + pad) * cols + lo);
+                    let at = at(phase, lo);
                     let x0 = lo * s + phase - pad;
                     let dst = padded[at..at + 2 * (hi - lo)].chunks_exact_mut(2);
                     for (d, src) in dst.zip(pairs[2 * x0..].chunks(2 * s)) {
@@ -159,6 +178,47 @@ pub(super) fn conv_direct_madd(
     {
         let _ = (l, input, dpairs, padded, out, epi);
         false
+    }
+}
+
+/// Words (pairs of i16) `xa, xa + 2, ...` of `src` into `da` and `xa + 1,
+/// xa + 3, ...` into `db`, as many as each holds (`da.len() / 2`,
+/// `db.len() / 2` words): eight source words per AVX2 permute, the rest one
+/// by one.
+///
+/// # Safety
+///
+/// The CPU must support AVX2. Any lengths are safe: the vector loop runs
+/// only where the eight source words and both four-word stores are inside
+/// the slices, and the rest are checked slices (a source too short for
+/// the words asked for panics).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave_words(src: &[i16], xa: usize, da: &mut [i16], db: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let (na, nb, words) = (da.len() / 2, db.len() / 2, src.len() / 2);
+    let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut j = 0;
+    while j + 4 <= na.min(nb) && xa + 2 * j + 8 <= words {
+        // SAFETY: AVX2 is this function's own feature; the load reads
+        // words `xa + 2j .. + 8` of `src` and the stores write words `j ..
+        // j + 4` of `da` and `db`, all inside (the loop's condition).
+        unsafe {
+            let v = _mm256_loadu_si256(src.as_ptr().add(2 * (xa + 2 * j)) as *const __m256i);
+            let v = _mm256_permutevar8x32_epi32(v, split);
+            _mm_storeu_si128(da.as_mut_ptr().add(2 * j) as _, _mm256_castsi256_si128(v));
+            _mm_storeu_si128(
+                db.as_mut_ptr().add(2 * j) as _,
+                _mm256_extracti128_si256::<1>(v),
+            );
+        }
+        j += 4;
+    }
+    for (n, d, x) in [(na, &mut *da, xa), (nb, &mut *db, xa + 1)] {
+        for jj in j..n {
+            let at = 2 * (x + 2 * jj);
+            d[2 * jj..2 * jj + 2].copy_from_slice(&src[at..at + 2]);
+        }
     }
 }
 
