@@ -717,8 +717,9 @@ mod tests {
             let tag = format!("{cin}->{cout} k{k} s{stride} p{pad} {hw:?}");
             if direct_conv(&l) {
                 let mut out = vec![i32::MIN; want.len()];
-                let ran =
-                    conv_direct_madd(&l, &input, &w.dpairs[0], &mut Vec::new(), &mut out, None);
+                // A layout buffer left dirty by a larger conv.
+                let mut dirty = vec![-1; 1 << 16];
+                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut dirty, &mut out, None);
                 assert_eq!(ran, avx2, "direct {tag}");
                 if ran {
                     assert_eq!(out, want, "direct {tag}");
