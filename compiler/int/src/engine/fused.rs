@@ -46,11 +46,13 @@
 //!   the sums, [`Regs::block2`]) where `y` is written before the conv by a
 //!   requantization, whose clamp `[lo, hi]` bounds |y| once per plan
 //!   ([`plan_fusion`], [`SecondTerm`]): a residual block's identity
-//!   shortcut (ResNet20, ToyNet).
-//! - Otherwise (the shortcut computed after the conv: MobileNetV2's
-//!   shortcut convs) run by [`run_requant2`] in i32 lanes, each row's
-//!   bound its own largest |y| (`requant.rs` takes i64 lanes as soon as the
-//!   row's values could pass 2^31).
+//!   shortcut, or its shortcut conv, which the plan schedules before the
+//!   main path's last conv (`plan/schedule.rs`).
+//! - Otherwise (`y` not written by a requantization before the conv, or
+//!   sums past i32 with the static bound: 6 of MobileNetV2's 14 adds) run
+//!   by [`run_requant2`] in i32 lanes, each row's bound its own largest
+//!   |y| (`requant.rs` takes i64 lanes as soon as the row's values could
+//!   pass 2^31).
 //!
 //! Measured on this Zen 3 (docs/performance.md, issue 18): the epilogue
 //! costs about what the separate pass it replaces cost (that pass streams
