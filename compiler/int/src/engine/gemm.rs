@@ -21,7 +21,7 @@
 use super::conv::Num;
 use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
-use super::fused::{hmax_u32, Regs};
+use super::fused::{first_lanes, hmax_u32, Regs};
 use crate::plan::ConvLayer;
 
 /// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
@@ -389,10 +389,7 @@ unsafe fn madd_kernel(
                         // block `b` (inside `packed_len(kp_out, p)`, the
                         // caller's length); lanes past `p` and a missing
                         // last odd row zero.
-                        let keep = _mm256_cmpgt_epi32(
-                            _mm256_set1_epi32((p - i).min(8) as i32),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                        );
+                        let keep = first_lanes(p - i);
                         let low = _mm256_set1_epi32(0xffff);
                         for j in 0..rows.div_ceil(2) {
                             let lo = _mm256_and_si256(_mm256_and_si256(acc[2 * j], keep), low);

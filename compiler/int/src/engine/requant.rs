@@ -2,11 +2,12 @@
 //! hi)` per channel, for one term (a conv's accumulator) or several (a
 //! residual add).
 //!
-//! - one or two i32 terms with 32-bit multipliers: [`requant_row`], one
-//!   loop per rounding mode (`Div`) in i32 lanes where the row's own
-//!   values bound every sum below 2^31, else i64 lanes; on x86-64 with AVX2
-//!   (detected at run time) the same Rust code compiled with AVX2, so the
-//!   compiler vectorises it (8 or 4 lanes per vector);
+//! - one or two i32 terms: [`requant_rows`], every channel in one call,
+//!   each row (32-bit multipliers) one loop per rounding mode (`Div`) in
+//!   i32 lanes where the row's own values bound every sum below 2^31, else
+//!   i64 lanes; on x86-64 with AVX2 (detected at run time) the same Rust
+//!   code compiled with AVX2, so the compiler vectorises it (8 or 4 lanes
+//!   per vector); a channel whose multipliers pass 32 bits exactly in i64;
 //! - sums that may pass 2^63 (`Requant::wide`): plain i128 loops;
 //! - rows of fewer than 8 values (a pooled `[C, 1, 1]`): one scalar i64
 //!   loop over every channel (a vector loop's set-up per row cost more
@@ -214,7 +215,7 @@ fn requant_row(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
 }
 
 /// The one or two terms of `r` as (source, multipliers) where every
-/// source is `len` i32 values and every multiplier fits 32 bits.
+/// source is `len` i32 values.
 fn i32_terms<'a>(
     r: &'a Requant,
     srcs: &[&'a Buf],
@@ -227,16 +228,15 @@ fn i32_terms<'a>(
         .iter()
         .zip(srcs)
         .map(|(t, src)| match src {
-            Buf::I32(v) if v.len() >= len && t.mult.iter().all(|&m| i32::try_from(m).is_ok()) => {
-                Some((v.as_slice(), t.mult.as_slice()))
-            }
+            Buf::I32(v) if v.len() >= len => Some((v.as_slice(), t.mult.as_slice())),
             _ => None,
         })
         .collect()
 }
 
-/// Rows of `p` values of one or two terms (source, multipliers in 32 bits),
-/// one per channel of `bias` (`q` gives the shift, rounding and clamp), in
+/// Rows of `p` values of one or two i32 terms (source, multipliers), one
+/// per channel of `bias` (`q` gives the shift, rounding and clamp; a
+/// channel whose multipliers pass 32 bits is summed exactly in i64), in
 /// one call compiled with AVX2 where the CPU has it: the per-row set-up of
 /// [`requant_row_body`] is inlined rather than a call and a feature check
 /// per channel (ToyNet's 16-bit head: 512 rows of 64; MobileNetV2's
@@ -250,16 +250,20 @@ fn requant_rows(terms: &[(&[i32], &[i64])], bias: &[i64], p: usize, q: &RowScale
         for (ch, (o, &b)) in out.chunks_exact_mut(p).zip(bias).enumerate() {
             let row = ch * p..(ch + 1) * p;
             let (src2, m2) = match rest {
-                [(y, my)] => (&y[row.clone()], my[ch] as i32),
+                [(y, my)] => (&y[row.clone()], my[ch]),
                 _ => (&[][..], 0),
             };
-            let q = RowScale {
-                m: ma[ch] as i32,
-                m2,
-                b,
-                ..*q
-            };
-            requant_row_body(&a[row], src2, &q, o);
+            let src = &a[row];
+            match (i32::try_from(ma[ch]), i32::try_from(m2)) {
+                (Ok(m), Ok(m2)) => requant_row_body(src, src2, &RowScale { m, m2, b, ..*q }, o),
+                _ => {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        let y = src2.get(i).map_or(0, |&y| y as i64 * m2);
+                        let s = src[i] as i64 * ma[ch] + y + b;
+                        *o = shift_round(s, q.shift, q.div).clamp(q.lo, q.hi) as i32;
+                    }
+                }
+            }
         }
     }
     /// [`body`] compiled with AVX2.
@@ -338,9 +342,9 @@ pub(super) fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
         };
         requant_rows(&terms, &r.bias, p, &q, &mut out);
     } else if let ([t0], [src]) = (r.terms.as_slice(), srcs.as_slice()) {
-        // One term: a channel whose values and multiplier fit in 32 bits
-        // takes the 32-bit path (a float conv's sums are stored wide, since
-        // its input has no integer bound, but usually fit).
+        // One term of i64 sums (a float conv's, stored wide since its input
+        // has no integer bound): a channel whose values and multiplier fit
+        // in 32 bits (the usual case) takes the 32-bit path.
         let mut row = Vec::new();
         for ch in 0..c {
             let o = &mut out[ch * p..(ch + 1) * p];
@@ -373,37 +377,6 @@ pub(super) fn run_requant(plan: &IntPlan, r: &Requant, ws: &mut Workspace) {
                     for (i, o) in o.iter_mut().enumerate() {
                         let x = src.get(ch * p + i);
                         *o = shift_round(x * m + b, shift, div).clamp(lo, hi) as i32;
-                    }
-                }
-            }
-        }
-    } else if let ([t0, t1], [Buf::I32(a), Buf::I32(b2)]) = (r.terms.as_slice(), srcs.as_slice()) {
-        for ch in 0..c {
-            let o = &mut out[ch * p..(ch + 1) * p];
-            let (sa, sb) = (&a[ch * p..(ch + 1) * p], &b2[ch * p..(ch + 1) * p]);
-            match (i32::try_from(t0.mult[ch]), i32::try_from(t1.mult[ch])) {
-                (Ok(m0), Ok(m1)) => {
-                    let b = r.bias[ch];
-                    requant_row(
-                        sa,
-                        sb,
-                        &RowScale {
-                            m: m0,
-                            m2: m1,
-                            b,
-                            shift,
-                            div,
-                            lo,
-                            hi,
-                        },
-                        o,
-                    )
-                }
-                _ => {
-                    for i in 0..p {
-                        let s =
-                            sa[i] as i64 * t0.mult[ch] + sb[i] as i64 * t1.mult[ch] + r.bias[ch];
-                        o[i] = shift_round(s, shift, div).clamp(lo, hi) as i32;
                     }
                 }
             }
