@@ -28,8 +28,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
-use super::depthwise::{depthwise, depthwise_from, depthwise_madd, Phased};
-use super::depthwise_lanes::{depthwise_lanes, prefer_lanes};
+use super::depthwise::{depthwise, depthwise16, depthwise_from, DwOut, Phased};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
@@ -264,12 +263,21 @@ fn conv_sums(
                 Buf::I32(input) if fits16 && depthwise => {
                     let (c, w, k, s, pad) =
                         (l.cout, &weights.w32[li], l.kernel, l.stride, l.padding);
-                    let lanes = prefer_lanes(oh, ow);
-                    (lanes
-                        && depthwise_lanes(
-                            input, c, ih, iw, w, k, s, pad, o, oh, ow, &mut col, None,
-                        ))
-                        || depthwise_madd(input, c, ih, iw, w, k, s, pad, o, oh, ow, &mut col)
+                    depthwise16(
+                        input,
+                        c,
+                        ih,
+                        iw,
+                        w,
+                        k,
+                        s,
+                        pad,
+                        DwOut::Rows(o),
+                        oh,
+                        ow,
+                        &mut col,
+                        None,
+                    )
                 }
                 Buf::I32(input) if fits16 && direct_conv(l) => {
                     conv_direct_madd(l, input, &weights.dpairs[li], &mut packed2, o, None)
@@ -406,9 +414,21 @@ pub(super) fn run_conv_fused(
     let mut epi = f.epilogue(second(f, &ws.bufs), p);
     let [oh, ow] = l.out_hw;
     let done = match (l.input, fits16 && !depthwise) {
-        (ConvInput::Tensor(t), false) if fits16 && f.second.is_none() && prefer_lanes(oh, ow) => {
-            match &ws.bufs[t] {
-                Buf::I32(input) => depthwise_lanes(
+        // Depthwise convs with 16-bit operands (`depthwise16`: channels in
+        // the lanes, or per channel), the sums requantized as they are
+        // made (declines, for the post-pass below, without AVX2 or on
+        // shapes no path takes). With `f.packed`, the output as the next
+        // 1x1 convs' operand.
+        (ConvInput::Tensor(t), false) if fits16 && depthwise => match &ws.bufs[t] {
+            Buf::I32(input) => {
+                let dst = match packed_out.as_mut() {
+                    Some(pk) => {
+                        pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
+                        DwOut::Packed(pk)
+                    }
+                    None => DwOut::Rows(&mut out),
+                };
+                let ran = depthwise16(
                     input,
                     l.cout,
                     l.in_hw[0],
@@ -417,15 +437,17 @@ pub(super) fn run_conv_fused(
                     l.kernel,
                     l.stride,
                     l.padding,
-                    &mut out,
+                    dst,
                     oh,
                     ow,
                     &mut ws.col32,
                     Some(&mut epi),
-                ),
-                Buf::I64(_) => false,
+                );
+                wrote_packed = ran && packed_out.is_some();
+                ran
             }
-        }
+            Buf::I64(_) => false,
+        },
         (ConvInput::Tensor(t), true)
             if pointwise && l.groups == 1 && (packed_in || packed_out.is_some()) =>
         {

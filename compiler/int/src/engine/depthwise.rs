@@ -29,6 +29,15 @@
 //!   masked store for the last columns (4 columns of two rows for outputs
 //!   at most 4 wide).
 //!
+//! With a requantization fused into the conv (`run_conv_fused`), each
+//! channel's sums go into a one-channel buffer and are requantized from
+//! there (`fused::requant_channel`, the arithmetic of the post-pass
+//! `requant_clamped`) while they are in L1, into the output rows or, where
+//! every reader is a 1x1 conv with 16-bit operands (`FusedRequant::packed`),
+//! straight into that conv's operand layout (`gemm::packed_len`), two
+//! channels per pair: no accumulator tensor, no requantization pass, no
+//! packing by the reader ([`DwOut`]).
+//!
 //! Otherwise (wider operands, no AVX2) each channel is copied into a
 //! zero-bordered, phase-split layout ([`Phased`]) so that every tap of an
 //! output row reads consecutive values, then
@@ -43,6 +52,11 @@
 //! gives the same results (the tests compare them with the definition).
 
 use super::conv::Num;
+use super::depthwise_lanes::{depthwise_lanes, prefer_lanes};
+use super::fused::{requant_channel, Epilogue};
+use super::gemm::packed_len;
+#[cfg(target_arch = "x86_64")]
+use super::gemm::pair8;
 
 /// A zero-bordered channel split by column phase for stride `s`: the value
 /// at padded row `r`, column `x` is `v[((x % s) * rows + r) * cols + x / s]`,
@@ -784,8 +798,9 @@ unsafe fn depthwise_flat_layer(
     input: &[i32],
     c: usize,
     w: &[i32],
-    out: &mut [i32],
+    out: DwOut,
     scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
     scratch.clear();
@@ -805,6 +820,7 @@ unsafe fn depthwise_flat_layer(
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, k2) = (f.ih * f.iw, f.k * f.k);
+    let mut sink = Sink::new(out, epi, c, p);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -815,10 +831,11 @@ unsafe fn depthwise_flat_layer(
             }
         }
         // SAFETY: AVX2 (this function's own feature); `scratch` holds
-        // `f.len()` words, `out[ch * p..]` the
-        // channel's `ih * iw` outputs (the caller checked `out.len() >= c *
-        // ih * iw`): the kernel's `# Safety`.
-        unsafe { depthwise_flat_kernel(f, scratch, &wv, &mut out[ch * p..(ch + 1) * p]) };
+        // `f.len()` words, the sink's target the channel's `ih * iw`
+        // outputs (`out[ch * p..]`, the caller checked `out.len() >= c *
+        // ih * iw`, or the sink's own row of `p`): the kernel's `# Safety`.
+        unsafe { depthwise_flat_kernel(f, scratch, &wv, sink.target(ch, p)) };
+        sink.finish(ch, p);
     }
 }
 
@@ -1032,8 +1049,9 @@ unsafe fn depthwise_flat2_layer(
     input: &[i32],
     c: usize,
     w: &[i32],
-    out: &mut [i32],
+    out: DwOut,
     scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
     scratch.clear();
@@ -1057,6 +1075,7 @@ unsafe fn depthwise_flat2_layer(
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, q, k2) = (f.ih * f.iw, f.ih * f.iw / 4, f.k * f.k);
+    let mut sink = Sink::new(out, epi, c, q);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -1067,18 +1086,165 @@ unsafe fn depthwise_flat2_layer(
             }
         }
         // SAFETY: AVX2 (this function's own feature); `scratch` holds
-        // `f.len()` words, `offs` the groups' offsets, `out[ch * q..]` the
-        // channel's `ih * iw / 4` outputs (the caller checked `out.len() >=
-        // c * oh * ow`): the kernel's `# Safety`.
-        unsafe {
-            depthwise_flat2_kernel(
-                f,
-                scratch,
-                &offs[..f.groups],
-                &wv,
-                &mut out[ch * q..(ch + 1) * q],
-            )
+        // `f.len()` words, `offs` the groups' offsets, the sink's target the
+        // channel's `ih * iw / 4` outputs (`out[ch * q..]`, the caller
+        // checked `out.len() >= c * oh * ow`, or the sink's own row of `q`):
+        // the kernel's `# Safety`.
+        unsafe { depthwise_flat2_kernel(f, scratch, &offs[..f.groups], &wv, sink.target(ch, q)) };
+        sink.finish(ch, q);
+    }
+}
+
+/// Where a fused depthwise layer writes its requantized output: `c` rows
+/// of `oh * ow` values, or (every reader a 1x1 conv with 16-bit operands,
+/// `FusedRequant::packed`) the readers' operand in the [`packed_len`]
+/// layout of `c.div_ceil(2)` pairs, values in i16.
+pub(super) enum DwOut<'o> {
+    Rows(&'o mut [i32]),
+    Packed(&'o mut [i16]),
+}
+
+impl DwOut<'_> {
+    fn reborrow(&mut self) -> DwOut<'_> {
+        match self {
+            DwOut::Rows(out) => DwOut::Rows(out),
+            DwOut::Packed(pk) => DwOut::Packed(pk),
+        }
+    }
+}
+
+/// A depthwise layer on 16-bit operands on the path that suits its shape:
+/// channels in the lanes ([`depthwise_lanes`]) for small outputs
+/// ([`prefer_lanes`]) without a second term, else (and where that one
+/// declines) [`depthwise_madd`]. Returns false (nothing computed) where
+/// neither takes it; the caller then runs another path.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise16(
+    input: &[i32],
+    c: usize,
+    ih: usize,
+    iw: usize,
+    w: &[i32],
+    k: usize,
+    stride: usize,
+    pad: usize,
+    mut out: DwOut,
+    oh: usize,
+    ow: usize,
+    scratch: &mut Vec<i32>,
+    mut epi: Option<&mut Epilogue>,
+) -> bool {
+    let lanes = prefer_lanes(oh, ow) && epi.as_ref().is_none_or(|e| e.second.is_none());
+    (lanes
+        && depthwise_lanes(
+            input,
+            c,
+            ih,
+            iw,
+            w,
+            k,
+            stride,
+            pad,
+            out.reborrow(),
+            oh,
+            ow,
+            scratch,
+            epi.as_deref_mut(),
+        ))
+        || depthwise_madd(
+            input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, epi,
+        )
+}
+
+/// Where the row-pair layers put each channel's sums: straight into `out`
+/// (the accumulators), or, with a fused requantization, into one channel's
+/// buffer first and from there requantized into the output while they are
+/// in L1 (no accumulator tensor, no separate pass over it): into its rows,
+/// or, for a packed output, into the even or odd row of a pair that is
+/// interleaved into the operand layout once both are done.
+#[cfg(target_arch = "x86_64")]
+struct Sink<'o, 'e, 'a> {
+    out: DwOut<'o>,
+    epi: Option<&'e mut Epilogue<'a>>,
+    /// The channel's sums (`p`), with a fused requantization.
+    row: Vec<i32>,
+    /// A packed output's two requantized rows (`p8` each, zero past `p`).
+    pair: Vec<i32>,
+    p8: usize,
+    c: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
+    /// `c` channels of `p` positions; a packed `out` needs `epi`.
+    fn new(out: DwOut<'o>, epi: Option<&'e mut Epilogue<'a>>, c: usize, p: usize) -> Self {
+        let row = if epi.is_some() {
+            vec![0; p]
+        } else {
+            Vec::new()
         };
+        let p8 = p.div_ceil(8) * 8;
+        let pair = match out {
+            DwOut::Packed(_) => vec![0; 2 * p8],
+            DwOut::Rows(_) => Vec::new(),
+        };
+        Sink {
+            out,
+            epi,
+            row,
+            pair,
+            p8,
+            c,
+        }
+    }
+
+    /// Where the kernel writes channel `ch`'s `p` sums.
+    #[inline(always)]
+    fn target(&mut self, ch: usize, p: usize) -> &mut [i32] {
+        match &mut self.out {
+            DwOut::Rows(out) if self.epi.is_none() => &mut out[ch * p..(ch + 1) * p],
+            _ => &mut self.row[..p],
+        }
+    }
+
+    /// Channel `ch`'s sums done: requantized into the output where fused
+    /// (a packed output's pair written with its odd channel, or the last,
+    /// a block of eight positions per [`pair8`]).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn finish(&mut self, ch: usize, p: usize) {
+        let Some(e) = self.epi.as_deref_mut() else {
+            return;
+        };
+        match &mut self.out {
+            DwOut::Rows(out) => {
+                requant_channel(&self.row[..p], ch, e, &mut out[ch * p..(ch + 1) * p])
+            }
+            DwOut::Packed(pk) => {
+                let half = (ch % 2) * self.p8;
+                requant_channel(&self.row[..p], ch, e, &mut self.pair[half..half + p]);
+                if ch % 2 == 1 || ch + 1 == self.c {
+                    let kp = self.c.div_ceil(2);
+                    let (a, b) = self.pair.split_at(self.p8);
+                    let b = (ch % 2 == 1).then_some(b);
+                    for blk in 0..p.div_ceil(8) {
+                        let at = (blk * kp + ch / 2) * 16;
+                        let (a, b) = (
+                            &a[blk * 8..blk * 8 + 8],
+                            b.map(|b| &b[blk * 8..blk * 8 + 8]),
+                        );
+                        let dst = &mut pk[at..at + 16];
+                        // SAFETY: AVX2 (this function's own feature); `a`
+                        // and `b` are 8 i32 each, `dst` 16 i16 (checked
+                        // slices).
+                        unsafe {
+                            let v = pair8(a.as_ptr(), b.map(|b| b.as_ptr()));
+                            std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr() as *mut _, v);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1102,13 +1268,14 @@ pub(super) fn depthwise_madd(
     k: usize,
     stride: usize,
     pad: usize,
-    out: &mut [i32],
+    out: DwOut,
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
 ) -> bool {
     depthwise_madd_with(
-        input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, true,
+        input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, true, epi,
     )
 }
 
@@ -1124,31 +1291,38 @@ pub(super) fn depthwise_madd_with(
     k: usize,
     stride: usize,
     pad: usize,
-    out: &mut [i32],
+    out: DwOut,
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
     flat: bool,
+    epi: Option<&mut Epilogue>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if !std::arch::is_x86_feature_detected!("avx2")
             || input.len() < c * ih * iw
             || w.len() < c * k * k
-            || out.len() < c * oh * ow
+            || !match &out {
+                DwOut::Rows(out) => out.len() >= c * oh * ow,
+                DwOut::Packed(pk) => {
+                    epi.is_some() && pk.len() >= packed_len(c.div_ceil(2), oh * ow)
+                }
+            }
+            || epi.as_ref().is_some_and(|e| !e.holds(c, oh * ow))
         {
             return false;
         }
         if let Some(f) = FlatGeom::new(ih, iw, k, stride, pad, oh, ow).filter(|_| flat) {
             // SAFETY: the CPU has AVX2, `input`, `w` and `out` hold `c`
             // channels (checked just above), `f` is this conv's layout.
-            unsafe { depthwise_flat_layer(&f, input, c, w, out, scratch) };
+            unsafe { depthwise_flat_layer(&f, input, c, w, out, scratch, epi) };
             return true;
         }
         if let Some(f) = Flat2Geom::new(ih, iw, k, stride, pad, oh, ow).filter(|_| flat) {
             // SAFETY: the CPU has AVX2, `input`, `w` and `out` hold `c`
             // channels (checked above), `f` is this conv's layout.
-            unsafe { depthwise_flat2_layer(&f, input, c, w, out, scratch) };
+            unsafe { depthwise_flat2_layer(&f, input, c, w, out, scratch, epi) };
             return true;
         }
         let Some(g) = PairGeom::new(ih, iw, k, stride, pad, oh, ow) else {
@@ -1156,13 +1330,13 @@ pub(super) fn depthwise_madd_with(
         };
         // SAFETY: the CPU has AVX2 and the slices hold `c` channels
         // (checked above), `g` is this conv's layout.
-        unsafe { depthwise_madd_layer(&g, input, c, ih, iw, w, k, pad, out, oh, ow, scratch) };
+        unsafe { depthwise_madd_layer(&g, input, c, ih, iw, w, k, pad, out, oh, ow, scratch, epi) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (
-            input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, flat,
+            input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, flat, epi,
         );
         false
     }
@@ -1187,10 +1361,11 @@ unsafe fn depthwise_madd_layer(
     w: &[i32],
     k: usize,
     pad: usize,
-    out: &mut [i32],
+    out: DwOut,
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
 ) {
     scratch.clear();
     scratch.resize(g.len(), 0);
@@ -1202,25 +1377,28 @@ unsafe fn depthwise_madd_layer(
     let (p, k2) = (oh * ow, k * k);
     let spans = phase_spans(iw, pad, g.s);
     let zeros = vec![0; iw];
+    let mut sink = Sink::new(out, epi, c, p);
     for ch in 0..c {
         let x = &input[ch * ih * iw..(ch + 1) * ih * iw];
         pair_layout(x, ih, iw, pad, g, &spans, &zeros, scratch);
         pair_weights(&w[ch * k2..(ch + 1) * k2], k, &mut wv);
         // SAFETY: AVX2 (this function's own feature); `g` is the conv's
         // layout, `scratch` its `g.len()` words, `offs`/`wv` its groups,
-        // and `out[ch * p..]` holds `oh * ow` outputs (the caller checked
-        // `out.len() >= c * oh * ow`): the kernel's `# Safety`.
+        // and the sink's target holds `oh * ow` outputs (`out[ch * p..]`,
+        // the caller checked `out.len() >= c * oh * ow`, or the sink's own
+        // row of `p`): the kernel's `# Safety`.
         unsafe {
             depthwise_madd_kernel(
                 g,
                 scratch,
                 &offs[..g.groups],
                 &wv,
-                &mut out[ch * p..(ch + 1) * p],
+                sink.target(ch, p),
                 oh,
                 ow,
             )
         };
+        sink.finish(ch, p);
     }
 }
 
@@ -1265,6 +1443,28 @@ pub(super) mod tests {
             }
         }
         out
+    }
+
+    /// A packed output ([`DwOut::Packed`], `c` channels of `p` positions)
+    /// against the rows `want`: the same values, and 0 in every word past
+    /// `p` or past the last channel.
+    pub(in crate::engine) fn assert_packed(
+        pk: &[i16],
+        c: usize,
+        p: usize,
+        want: &[i32],
+        what: &str,
+    ) {
+        let mut rows = vec![0; c * p];
+        crate::engine::gemm::unpack_pairs(pk, c, p, &mut rows);
+        assert_eq!(rows, want, "{what}: packed");
+        let kp = c.div_ceil(2);
+        for (i, &v) in pk.iter().enumerate() {
+            let (blk, j, lane) = (i / (kp * 16), i / 16 % kp, i % 16);
+            if blk * 8 + lane / 2 >= p || 2 * j + lane % 2 >= c {
+                assert_eq!(v, 0, "{what}: padding word {i}");
+            }
+        }
     }
 
     /// The 16-bit kernels ([`depthwise_madd`], flat and row-pair layouts) on
@@ -1354,11 +1554,12 @@ pub(super) mod tests {
                         k,
                         s,
                         p,
-                        &mut out,
+                        DwOut::Rows(&mut out),
                         oh,
                         ow,
                         &mut scratch,
                         flat,
+                        None,
                     );
                     let what = format!("ih {ih} iw {iw} s {s} k {k} p {p} values {gi} flat {flat}");
                     assert!(done, "{what}: not taken");
@@ -1374,6 +1575,140 @@ pub(super) mod tests {
             flats >= 100 && flat2s >= 20 && runs >= 1000,
             "{flats} flat, {flat2s} stride-2 flat of {runs}"
         );
+    }
+
+    /// The fused requantization of the row-pair layers (flat, stride-2
+    /// flat, row pairs) against [`requant_clamped`] on the sums the same
+    /// layer writes unfused: every rounding, with and without the clamp,
+    /// constants whose clamp ranges cut the sums on both sides, a second
+    /// term (a residual add), and the largest |sum|.
+    #[test]
+    fn fused_requantization_matches_requant_clamped() {
+        use crate::engine::fused::{requant_clamped, RowConsts, Second};
+        use crate::fixed::Div;
+        if !(cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2")) {
+            return;
+        }
+        let (mut runs, mut packed) = (0, 0);
+        let mut scratch = vec![7; 3];
+        // (ih, iw, k, stride, pad): flat, stride-2 flat, row pairs.
+        for &(ih, iw, k, s, pad) in &[
+            (16usize, 16usize, 3usize, 1usize, 1usize),
+            (8, 4, 3, 1, 1),
+            (16, 16, 3, 2, 1),
+            (32, 16, 5, 2, 2),
+            (9, 11, 3, 1, 1),
+            (7, 5, 3, 2, 0),
+        ] {
+            let oh = (ih + 2 * pad - k) / s + 1;
+            let ow = (iw + 2 * pad - k) / s + 1;
+            let p = oh * ow;
+            let c = 5;
+            let input: Vec<i32> = (0..c * ih * iw).map(|i| (i as i32 * 53) % 256).collect();
+            let w: Vec<i32> = (0..c * k * k)
+                .map(|i| (i as i32 * 37 % 255) - 127)
+                .collect();
+            for flat in [true, false] {
+                let mut sums = vec![0; c * p];
+                let args = (ih, iw, k, s, pad, oh, ow);
+                let run = |out: &mut [i32], scratch: &mut Vec<i32>, e: Option<&mut Epilogue>| {
+                    let (ih, iw, k, s, pad, oh, ow) = args;
+                    depthwise_madd_with(
+                        &input,
+                        c,
+                        ih,
+                        iw,
+                        &w,
+                        k,
+                        s,
+                        pad,
+                        DwOut::Rows(out),
+                        oh,
+                        ow,
+                        scratch,
+                        flat,
+                        e,
+                    )
+                };
+                assert!(run(&mut sums, &mut scratch, None));
+                let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;
+                let rows: Vec<RowConsts> = (0..c)
+                    .map(|ch| {
+                        let (xlo, xhi) = match ch % 3 {
+                            0 => (-big / 2, big / 3),
+                            1 => (-(1 << 20), 1 << 20),
+                            _ => (0, big),
+                        };
+                        let m = [(ch as i32 * 7) % 300 + 1, -(ch as i32 * 5 + 3), 0][ch % 3];
+                        RowConsts {
+                            xlo,
+                            xhi,
+                            m,
+                            b: ch as i32 * 911 - 2500,
+                        }
+                    })
+                    .collect();
+                let y: Vec<i32> = (0..c * p).map(|i| (i as i32 * 29) % 201 - 100).collect();
+                let m2: Vec<i32> = (0..c as i32).map(|ch| 3 * ch - 5).collect();
+                for div in [Div::Floor, Div::Trunc, Div::Nearest] {
+                    for clamp in [true, false] {
+                        for second in [false, true] {
+                            let e = Epilogue {
+                                rows: &rows,
+                                shift: 9,
+                                div,
+                                lo: if clamp { -100 } else { i32::MIN },
+                                hi: if clamp { 90 } else { i32::MAX },
+                                clamp,
+                                second: second.then_some(Second { y: &y, m2: &m2, p }),
+                                peak: 5,
+                            };
+                            let (mut want_e, mut got_e) = (e.rows_from(0), e.rows_from(0));
+                            want_e.peak = 5;
+                            got_e.peak = 5;
+                            let mut want = vec![0; c * p];
+                            requant_clamped(&sums, p, &mut want_e, &mut want);
+                            let mut got = vec![i32::MIN; c * p];
+                            assert!(run(&mut got, &mut scratch, Some(&mut got_e)));
+                            let what = format!(
+                                "ih {ih} iw {iw} k {k} s {s} flat {flat} {div:?} clamp {clamp} second {second}"
+                            );
+                            assert_eq!(got, want, "{what}");
+                            assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
+                            if clamp {
+                                // Values in i16: as the next 1x1 convs'
+                                // operand (a dirty buffer: every word is
+                                // written), the same values.
+                                let mut pk = vec![i16::MIN; packed_len(c.div_ceil(2), p)];
+                                let mut pk_e = e.rows_from(0);
+                                pk_e.peak = 5;
+                                assert!(depthwise_madd_with(
+                                    &input,
+                                    c,
+                                    ih,
+                                    iw,
+                                    &w,
+                                    k,
+                                    s,
+                                    pad,
+                                    DwOut::Packed(&mut pk),
+                                    oh,
+                                    ow,
+                                    &mut scratch,
+                                    flat,
+                                    Some(&mut pk_e),
+                                ));
+                                assert_packed(&pk, c, p, &want, &what);
+                                assert_eq!(pk_e.peak, want_e.peak, "{what}: packed peak");
+                                packed += 1;
+                            }
+                            runs += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!((runs, packed), (6 * 2 * 12, 6 * 2 * 6));
     }
 
     #[test]

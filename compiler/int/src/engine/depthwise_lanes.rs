@@ -26,7 +26,10 @@
 //! to `[xlo, xhi]`, `x * m + b` in wrapping i32, the rounding shift, the
 //! clamp to `[lo, hi]`), and the largest |accumulator| goes into the
 //! epilogue's `peak` (a two-term requantization, whose second term this
-//! path does not read, is declined). The pair sums are exact for i16 operands not both
+//! path does not read, is declined); the requantized values go into the
+//! NCHW rows or, as `depthwise.rs` does, into the next 1x1 convs' operand
+//! (`DwOut::Packed`: after the transpose, two channels' vectors make one
+//! pair word per position). The pair sums are exact for i16 operands not both
 //! -2^15 and the i32 sum of the taps does not depend on their order, so
 //! the sums are those of every other path.
 //!
@@ -35,9 +38,12 @@
 //! and 4 x 4 layers about 1.3x and 2.5x); larger maps keep the
 //! per-channel layouts.
 
+use super::depthwise::DwOut;
 use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
 use super::fused::{round8, FLOOR, NEAREST, TRUNC};
+#[cfg(target_arch = "x86_64")]
+use super::gemm::packed_len;
 use crate::fixed::Div;
 
 /// Most tap pairs per pixel (kernels up to 7 x 7: 7 rows of 4 pairs).
@@ -154,7 +160,7 @@ pub(super) fn depthwise_lanes(
     k: usize,
     stride: usize,
     pad: usize,
-    out: &mut [i32],
+    out: DwOut,
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -169,7 +175,12 @@ pub(super) fn depthwise_lanes(
             || c == 0
             || input.len() < c * ih * iw
             || w.len() < c * k * k
-            || out.len() < c * oh * ow
+            || !match &out {
+                DwOut::Rows(out) => out.len() >= c * oh * ow,
+                DwOut::Packed(pk) => {
+                    epi.is_some() && pk.len() >= packed_len(c.div_ceil(2), oh * ow)
+                }
+            }
             || epi
                 .as_ref()
                 .is_some_and(|e| e.rows.len() < c || e.second.is_some())
@@ -313,7 +324,7 @@ unsafe fn layer<const N: usize, const MODE: u8>(
     input: &[i32],
     c: usize,
     w: &[i32],
-    out: &mut [i32],
+    out: DwOut,
     buf: &mut [i32],
     epi: Option<&mut Epilogue>,
 ) {
@@ -327,7 +338,10 @@ unsafe fn layer<const N: usize, const MODE: u8>(
             && c >= 1
             && input.len() >= c * plane
             && w.len() >= c * k2
-            && out.len() >= c * p
+            && match &out {
+                DwOut::Rows(out) => out.len() >= c * p,
+                DwOut::Packed(pk) => MODE != 0 && pk.len() >= packed_len(c.div_ceil(2), p),
+            }
             && k2 <= 56
             && buf.len() >= g.len()
     );
@@ -385,7 +399,14 @@ unsafe fn layer<const N: usize, const MODE: u8>(
             unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
         })
         .collect();
-    let (src, dst) = (buf.as_mut_ptr(), out.as_mut_ptr());
+    let src = buf.as_mut_ptr();
+    // The output: rows, or the operand's pairs of channels (`kp` per block).
+    let (rows_out, packed_out) = match out {
+        DwOut::Rows(out) => (out.as_mut_ptr(), None),
+        DwOut::Packed(pk) => (std::ptr::null_mut(), Some(pk.as_mut_ptr())),
+    };
+    let kp = c.div_ceil(2);
+    let low = _mm256_set1_epi32(0xffff);
     let mut wv = [zero; MAX_GROUPS];
     let mut taps = [zero; 56];
     for c0 in (0..c).step_by(8) {
@@ -502,15 +523,42 @@ unsafe fn layer<const N: usize, const MODE: u8>(
                 }
             }
             transpose8(&mut acc);
-            for (l, a) in acc.iter().enumerate().take(nc) {
-                // SAFETY: channel `c0 + l < c`, positions `q..q + m <= p`:
-                // inside `out` (`c * p` words); masked lanes write nothing.
-                unsafe {
-                    let to = dst.add((c0 + l) * p + q);
-                    if m == 8 {
-                        _mm256_storeu_si256(to as *mut __m256i, *a);
-                    } else {
-                        _mm256_maskstore_epi32(to, tail, *a);
+            match packed_out {
+                None => {
+                    for (l, a) in acc.iter().enumerate().take(nc) {
+                        // SAFETY: channel `c0 + l < c`, positions `q..q + m
+                        // <= p`: inside `out` (`c * p` words); masked lanes
+                        // write nothing.
+                        unsafe {
+                            let to = rows_out.add((c0 + l) * p + q);
+                            if m == 8 {
+                                _mm256_storeu_si256(to as *mut __m256i, *a);
+                            } else {
+                                _mm256_maskstore_epi32(to, tail, *a);
+                            }
+                        }
+                    }
+                }
+                Some(pk) => {
+                    // Channels `c0 + 2j`, `c0 + 2j + 1` as pair `c0 / 2 + j`
+                    // of block `q / 8`, in i16 (the requantized values fit:
+                    // `packs_output`); positions past `p` and a missing last
+                    // odd channel 0.
+                    let keep = if m == 8 { _mm256_set1_epi32(-1) } else { tail };
+                    for j in 0..nc.div_ceil(2) {
+                        let lo = _mm256_and_si256(_mm256_and_si256(acc[2 * j], keep), low);
+                        let hi = if 2 * j + 1 < nc {
+                            _mm256_slli_epi32::<16>(_mm256_and_si256(acc[2 * j + 1], keep))
+                        } else {
+                            zero
+                        };
+                        // SAFETY: pair `c0 / 2 + j < kp` (`c0 + 2 j < c`)
+                        // of block `q / 8 < p.div_ceil(8)`: 16 i16 inside
+                        // `packed_len(kp, p)` (asserted above).
+                        unsafe {
+                            let to = pk.add((q / 8 * kp + c0 / 2 + j) * 16);
+                            _mm256_storeu_si256(to as *mut __m256i, _mm256_or_si256(lo, hi));
+                        }
                     }
                 }
             }
@@ -526,7 +574,7 @@ unsafe fn layer<const N: usize, const MODE: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::depthwise::tests::naive;
+    use crate::engine::depthwise::tests::{assert_packed, naive};
     use crate::engine::fused::{requant_clamped, RowConsts};
 
     fn avx2() -> bool {
@@ -630,7 +678,7 @@ mod tests {
                                 k,
                                 s,
                                 pad,
-                                &mut out,
+                                DwOut::Rows(&mut out),
                                 oh,
                                 ow,
                                 &mut scratch,
@@ -659,7 +707,7 @@ mod tests {
         }
         let mut rng = Rng(11);
         let mut scratch = vec![];
-        let mut runs = 0;
+        let (mut runs, mut packed) = (0, 0);
         for &(ih, iw, k, s, pad) in &[
             (4usize, 4usize, 3usize, 1usize, 1usize),
             (8, 8, 3, 1, 1),
@@ -685,7 +733,7 @@ mod tests {
                     k,
                     s,
                     pad,
-                    &mut sums,
+                    DwOut::Rows(&mut sums),
                     oh,
                     ow,
                     &mut scratch,
@@ -738,7 +786,7 @@ mod tests {
                                 k,
                                 s,
                                 pad,
-                                &mut got,
+                                DwOut::Rows(&mut got),
                                 oh,
                                 ow,
                                 &mut scratch,
@@ -749,12 +797,38 @@ mod tests {
                             );
                             assert_eq!(got, want, "{what}");
                             assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
+                            if clamp {
+                                // Values in i16: as the next 1x1 convs'
+                                // operand, into a dirty buffer.
+                                let kp = c.div_ceil(2);
+                                let mut pk = vec![i16::MIN; packed_len(kp, p)];
+                                let mut pk_e = e.rows_from(0);
+                                pk_e.peak = 5;
+                                assert!(depthwise_lanes(
+                                    &input,
+                                    c,
+                                    ih,
+                                    iw,
+                                    &w,
+                                    k,
+                                    s,
+                                    pad,
+                                    DwOut::Packed(&mut pk),
+                                    oh,
+                                    ow,
+                                    &mut scratch,
+                                    Some(&mut pk_e),
+                                ));
+                                assert_packed(&pk, c, p, &want, &what);
+                                assert_eq!(pk_e.peak, want_e.peak, "{what}: packed peak");
+                                packed += 1;
+                            }
                             runs += 1;
                         }
                     }
                 }
             }
         }
-        assert!(runs >= 800, "{runs}");
+        assert!(runs >= 800 && 2 * packed == runs, "{runs} {packed}");
     }
 }

@@ -384,8 +384,8 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
 
 /// Whether conv `l`, fused with requantization `r`, writes `r`'s output
 /// only as the operand of the convs that read it: `l` is an ungrouped 1x1
-/// conv with 16-bit operands (so `gemm_madd` runs it, with its epilogue),
-/// on a CPU with AVX2; `r`'s values fit i16; and every reader (at least
+/// conv with 16-bit operands (so `gemm_madd` runs it, with its epilogue)
+/// or a depthwise one with 16-bit operands, on a CPU with AVX2; `r`'s values fit i16; and every reader (at least
 /// one; not the output layer) is such a conv of the same map. The readers
 /// then skip packing their operand (`pack_pairs`), and the tensor has no
 /// i32 rows (`Workspace::tensor` has none for it).
@@ -411,7 +411,10 @@ fn packs_output(plan: &IntPlan, l: &crate::plan::ConvLayer, r: &crate::plan::Req
             && c.cin == l.cout
             && c.in_hw == l.out_hw)
     });
-    avx2 && pointwise(l)
+    // A depthwise conv with 16-bit operands (`depthwise_madd` or the lanes
+    // kernel) packs its output as it requantizes.
+    let depthwise = l.groups == l.cin && l.groups == l.cout && fits16(l);
+    avx2 && (pointwise(l) || depthwise)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.lo)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.hi)
         && readers.next().is_some()
@@ -509,20 +512,33 @@ fn row_body(src: &[i32], rc: RowConsts, e: &Epilogue, out: &mut [i32]) {
 /// then the row requantized.
 #[inline(always)]
 fn requant_clamped_body(acc: &[i32], p: usize, e: &mut Epilogue, out: &mut [i32]) {
-    for (c, &rc) in e.rows.iter().enumerate() {
+    for c in 0..e.rows.len() {
         let (Some(src), Some(dst)) = (acc.get(c * p..(c + 1) * p), out.get_mut(c * p..(c + 1) * p))
         else {
             break;
         };
-        e.peak = e.peak.max(abs_peak(src));
-        match e.second {
-            None => row_body(src, rc, e, dst),
-            Some(s) => {
-                let RowConsts { xlo, xhi, m, b } = rc;
-                let y = &s.y[c * p..(c + 1) * p];
-                let m2 = s.m2[c];
-                row2_body(src, y, Row2 { xlo, xhi, m, m2, b }, e, dst);
-            }
+        requant_channel(src, c, e, dst);
+    }
+}
+
+/// Channel `c`'s sums `src` (its `p` positions) requantized into `dst`
+/// (`p` values), their largest |x| into `e.peak`: one row of
+/// [`requant_clamped`], inlined into its caller (so vectorised with its
+/// features; the depthwise layers call it per channel while the channel's
+/// sums are in L1). A second term must hold row `c` (`Epilogue::holds`):
+/// else this panics.
+#[inline(always)]
+pub(super) fn requant_channel(src: &[i32], c: usize, e: &mut Epilogue, dst: &mut [i32]) {
+    let p = src.len();
+    let rc = e.rows[c];
+    e.peak = e.peak.max(abs_peak(src));
+    match e.second {
+        None => row_body(src, rc, e, dst),
+        Some(s) => {
+            let RowConsts { xlo, xhi, m, b } = rc;
+            let y = &s.y[c * p..(c + 1) * p];
+            let m2 = s.m2[c];
+            row2_body(src, y, Row2 { xlo, xhi, m, m2, b }, e, dst);
         }
     }
 }
