@@ -31,12 +31,10 @@
 //!
 //! With a requantization fused into the conv (`run_conv_fused`), each
 //! channel's sums go into a one-channel buffer and are requantized from
-//! there (`fused::requant_channel`, the arithmetic of the post-pass
-//! `requant_clamped`) while they are in L1, into the output rows or, where
-//! every reader is a 1x1 conv with 16-bit operands (`FusedRequant::packed`),
-//! straight into that conv's operand layout (`gemm::packed_len`), two
-//! channels per pair: no accumulator tensor, no requantization pass, no
-//! packing by the reader ([`DwOut`]).
+//! there into the output rows (`fused::requant_channel`, the arithmetic of
+//! the post-pass `requant_clamped`) while they are in L1: no accumulator
+//! tensor, no requantization pass. [`depthwise16`] picks between these
+//! paths and the lanes kernel.
 //!
 //! Otherwise (wider operands, no AVX2) each channel is copied into a
 //! zero-bordered, phase-split layout ([`Phased`]) so that every tap of an
@@ -54,9 +52,6 @@
 use super::conv::Num;
 use super::depthwise_lanes::{depthwise_lanes, prefer_lanes};
 use super::fused::{requant_channel, Epilogue};
-use super::gemm::packed_len;
-#[cfg(target_arch = "x86_64")]
-use super::gemm::pair8;
 
 /// A zero-bordered channel split by column phase for stride `s`: the value
 /// at padded row `r`, column `x` is `v[((x % s) * rows + r) * cols + x / s]`,
@@ -798,7 +793,7 @@ unsafe fn depthwise_flat_layer(
     input: &[i32],
     c: usize,
     w: &[i32],
-    out: DwOut,
+    out: &mut [i32],
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
@@ -820,7 +815,7 @@ unsafe fn depthwise_flat_layer(
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, k2) = (f.ih * f.iw, f.k * f.k);
-    let mut sink = Sink::new(out, epi, c, p);
+    let mut sink = Sink::new(out, epi, p);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -1049,7 +1044,7 @@ unsafe fn depthwise_flat2_layer(
     input: &[i32],
     c: usize,
     w: &[i32],
-    out: DwOut,
+    out: &mut [i32],
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
@@ -1075,7 +1070,7 @@ unsafe fn depthwise_flat2_layer(
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
     let (p, q, k2) = (f.ih * f.iw, f.ih * f.iw / 4, f.k * f.k);
-    let mut sink = Sink::new(out, epi, c, q);
+    let mut sink = Sink::new(out, epi, q);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -1095,10 +1090,11 @@ unsafe fn depthwise_flat2_layer(
     }
 }
 
-/// Where a fused depthwise layer writes its requantized output: `c` rows
-/// of `oh * ow` values, or (every reader a 1x1 conv with 16-bit operands,
-/// `FusedRequant::packed`) the readers' operand in the [`packed_len`]
-/// layout of `c.div_ceil(2)` pairs, values in i16.
+/// Where a depthwise layer writes: `c` rows of `oh * ow` values, or (a
+/// fused requantization whose readers are all 1x1 convs with 16-bit
+/// operands, `FusedRequant::packed`; the lanes kernel only) the readers'
+/// operand in the `gemm::packed_len` layout of `c.div_ceil(2)` pairs,
+/// values in i16.
 pub(super) enum DwOut<'o> {
     Rows(&'o mut [i32]),
     Packed(&'o mut [i16]),
@@ -1116,8 +1112,12 @@ impl DwOut<'_> {
 /// A depthwise layer on 16-bit operands on the path that suits its shape:
 /// channels in the lanes ([`depthwise_lanes`]) for small outputs
 /// ([`prefer_lanes`]) without a second term, else (and where that one
-/// declines) [`depthwise_madd`]. Returns false (nothing computed) where
-/// neither takes it; the caller then runs another path.
+/// declines) [`depthwise_madd`]. A packed output only the lanes kernel
+/// writes: from per-channel rows each channel pair's words lie a whole
+/// block apart in the layout, and those strided stores cost more than the
+/// reader's own packing (ToyNet's 16 x 16 depthwise layers 0.008 -> 0.010
+/// ms for 0.001 ms saved in the next conv, measured). Returns false
+/// (nothing computed) where no path takes it; the caller then runs another.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn depthwise16(
     input: &[i32],
@@ -1135,7 +1135,7 @@ pub(super) fn depthwise16(
     mut epi: Option<&mut Epilogue>,
 ) -> bool {
     let lanes = prefer_lanes(oh, ow) && epi.as_ref().is_none_or(|e| e.second.is_none());
-    (lanes
+    let ran = lanes
         && depthwise_lanes(
             input,
             c,
@@ -1150,100 +1150,51 @@ pub(super) fn depthwise16(
             ow,
             scratch,
             epi.as_deref_mut(),
-        ))
-        || depthwise_madd(
+        );
+    match out {
+        _ if ran => true,
+        DwOut::Rows(out) => depthwise_madd(
             input, c, ih, iw, w, k, stride, pad, out, oh, ow, scratch, epi,
-        )
+        ),
+        DwOut::Packed(_) => false,
+    }
 }
 
 /// Where the row-pair layers put each channel's sums: straight into `out`
 /// (the accumulators), or, with a fused requantization, into one channel's
-/// buffer first and from there requantized into the output while they are
-/// in L1 (no accumulator tensor, no separate pass over it): into its rows,
-/// or, for a packed output, into the even or odd row of a pair that is
-/// interleaved into the operand layout once both are done.
-#[cfg(target_arch = "x86_64")]
+/// buffer first and from there requantized into `out` while they are in L1
+/// (no accumulator tensor, no separate pass over it).
 struct Sink<'o, 'e, 'a> {
-    out: DwOut<'o>,
+    out: &'o mut [i32],
     epi: Option<&'e mut Epilogue<'a>>,
-    /// The channel's sums (`p`), with a fused requantization.
     row: Vec<i32>,
-    /// A packed output's two requantized rows (`p8` each, zero past `p`).
-    pair: Vec<i32>,
-    p8: usize,
-    c: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
-    /// `c` channels of `p` positions; a packed `out` needs `epi`.
-    fn new(out: DwOut<'o>, epi: Option<&'e mut Epilogue<'a>>, c: usize, p: usize) -> Self {
+    fn new(out: &'o mut [i32], epi: Option<&'e mut Epilogue<'a>>, p: usize) -> Self {
         let row = if epi.is_some() {
             vec![0; p]
         } else {
             Vec::new()
         };
-        let p8 = p.div_ceil(8) * 8;
-        let pair = match out {
-            DwOut::Packed(_) => vec![0; 2 * p8],
-            DwOut::Rows(_) => Vec::new(),
-        };
-        Sink {
-            out,
-            epi,
-            row,
-            pair,
-            p8,
-            c,
-        }
+        Sink { out, epi, row }
     }
 
     /// Where the kernel writes channel `ch`'s `p` sums.
     #[inline(always)]
     fn target(&mut self, ch: usize, p: usize) -> &mut [i32] {
-        match &mut self.out {
-            DwOut::Rows(out) if self.epi.is_none() => &mut out[ch * p..(ch + 1) * p],
-            _ => &mut self.row[..p],
+        if self.epi.is_some() {
+            &mut self.row[..p]
+        } else {
+            &mut self.out[ch * p..(ch + 1) * p]
         }
     }
 
-    /// Channel `ch`'s sums done: requantized into the output where fused
-    /// (a packed output's pair written with its odd channel, or the last,
-    /// a block of eight positions per [`pair8`]).
-    #[target_feature(enable = "avx2")]
-    #[inline]
+    /// Channel `ch`'s sums done: requantized into `out` where fused.
+    #[inline(always)]
     fn finish(&mut self, ch: usize, p: usize) {
-        let Some(e) = self.epi.as_deref_mut() else {
-            return;
-        };
-        match &mut self.out {
-            DwOut::Rows(out) => {
-                requant_channel(&self.row[..p], ch, e, &mut out[ch * p..(ch + 1) * p])
-            }
-            DwOut::Packed(pk) => {
-                let half = (ch % 2) * self.p8;
-                requant_channel(&self.row[..p], ch, e, &mut self.pair[half..half + p]);
-                if ch % 2 == 1 || ch + 1 == self.c {
-                    let kp = self.c.div_ceil(2);
-                    let (a, b) = self.pair.split_at(self.p8);
-                    let b = (ch % 2 == 1).then_some(b);
-                    for blk in 0..p.div_ceil(8) {
-                        let at = (blk * kp + ch / 2) * 16;
-                        let (a, b) = (
-                            &a[blk * 8..blk * 8 + 8],
-                            b.map(|b| &b[blk * 8..blk * 8 + 8]),
-                        );
-                        let dst = &mut pk[at..at + 16];
-                        // SAFETY: AVX2 (this function's own feature); `a`
-                        // and `b` are 8 i32 each, `dst` 16 i16 (checked
-                        // slices).
-                        unsafe {
-                            let v = pair8(a.as_ptr(), b.map(|b| b.as_ptr()));
-                            std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr() as *mut _, v);
-                        }
-                    }
-                }
-            }
+        if let Some(e) = self.epi.as_deref_mut() {
+            requant_channel(&self.row[..p], ch, e, &mut self.out[ch * p..(ch + 1) * p]);
         }
     }
 }
@@ -1268,7 +1219,7 @@ pub(super) fn depthwise_madd(
     k: usize,
     stride: usize,
     pad: usize,
-    out: DwOut,
+    out: &mut [i32],
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -1291,7 +1242,7 @@ pub(super) fn depthwise_madd_with(
     k: usize,
     stride: usize,
     pad: usize,
-    out: DwOut,
+    out: &mut [i32],
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -1303,12 +1254,7 @@ pub(super) fn depthwise_madd_with(
         if !std::arch::is_x86_feature_detected!("avx2")
             || input.len() < c * ih * iw
             || w.len() < c * k * k
-            || !match &out {
-                DwOut::Rows(out) => out.len() >= c * oh * ow,
-                DwOut::Packed(pk) => {
-                    epi.is_some() && pk.len() >= packed_len(c.div_ceil(2), oh * ow)
-                }
-            }
+            || out.len() < c * oh * ow
             || epi.as_ref().is_some_and(|e| !e.holds(c, oh * ow))
         {
             return false;
@@ -1361,7 +1307,7 @@ unsafe fn depthwise_madd_layer(
     w: &[i32],
     k: usize,
     pad: usize,
-    out: DwOut,
+    out: &mut [i32],
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -1377,7 +1323,7 @@ unsafe fn depthwise_madd_layer(
     let (p, k2) = (oh * ow, k * k);
     let spans = phase_spans(iw, pad, g.s);
     let zeros = vec![0; iw];
-    let mut sink = Sink::new(out, epi, c, p);
+    let mut sink = Sink::new(out, epi, p);
     for ch in 0..c {
         let x = &input[ch * ih * iw..(ch + 1) * ih * iw];
         pair_layout(x, ih, iw, pad, g, &spans, &zeros, scratch);
@@ -1443,28 +1389,6 @@ pub(super) mod tests {
             }
         }
         out
-    }
-
-    /// A packed output ([`DwOut::Packed`], `c` channels of `p` positions)
-    /// against the rows `want`: the same values, and 0 in every word past
-    /// `p` or past the last channel.
-    pub(in crate::engine) fn assert_packed(
-        pk: &[i16],
-        c: usize,
-        p: usize,
-        want: &[i32],
-        what: &str,
-    ) {
-        let mut rows = vec![0; c * p];
-        crate::engine::gemm::unpack_pairs(pk, c, p, &mut rows);
-        assert_eq!(rows, want, "{what}: packed");
-        let kp = c.div_ceil(2);
-        for (i, &v) in pk.iter().enumerate() {
-            let (blk, j, lane) = (i / (kp * 16), i / 16 % kp, i % 16);
-            if blk * 8 + lane / 2 >= p || 2 * j + lane % 2 >= c {
-                assert_eq!(v, 0, "{what}: padding word {i}");
-            }
-        }
     }
 
     /// The 16-bit kernels ([`depthwise_madd`], flat and row-pair layouts) on
@@ -1554,7 +1478,7 @@ pub(super) mod tests {
                         k,
                         s,
                         p,
-                        DwOut::Rows(&mut out),
+                        &mut out,
                         oh,
                         ow,
                         &mut scratch,
@@ -1589,7 +1513,7 @@ pub(super) mod tests {
         if !(cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2")) {
             return;
         }
-        let (mut runs, mut packed) = (0, 0);
+        let mut runs = 0;
         let mut scratch = vec![7; 3];
         // (ih, iw, k, stride, pad): flat, stride-2 flat, row pairs.
         for &(ih, iw, k, s, pad) in &[
@@ -1614,20 +1538,7 @@ pub(super) mod tests {
                 let run = |out: &mut [i32], scratch: &mut Vec<i32>, e: Option<&mut Epilogue>| {
                     let (ih, iw, k, s, pad, oh, ow) = args;
                     depthwise_madd_with(
-                        &input,
-                        c,
-                        ih,
-                        iw,
-                        &w,
-                        k,
-                        s,
-                        pad,
-                        DwOut::Rows(out),
-                        oh,
-                        ow,
-                        scratch,
-                        flat,
-                        e,
+                        &input, c, ih, iw, &w, k, s, pad, out, oh, ow, scratch, flat, e,
                     )
                 };
                 assert!(run(&mut sums, &mut scratch, None));
@@ -1675,40 +1586,13 @@ pub(super) mod tests {
                             );
                             assert_eq!(got, want, "{what}");
                             assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
-                            if clamp {
-                                // Values in i16: as the next 1x1 convs'
-                                // operand (a dirty buffer: every word is
-                                // written), the same values.
-                                let mut pk = vec![i16::MIN; packed_len(c.div_ceil(2), p)];
-                                let mut pk_e = e.rows_from(0);
-                                pk_e.peak = 5;
-                                assert!(depthwise_madd_with(
-                                    &input,
-                                    c,
-                                    ih,
-                                    iw,
-                                    &w,
-                                    k,
-                                    s,
-                                    pad,
-                                    DwOut::Packed(&mut pk),
-                                    oh,
-                                    ow,
-                                    &mut scratch,
-                                    flat,
-                                    Some(&mut pk_e),
-                                ));
-                                assert_packed(&pk, c, p, &want, &what);
-                                assert_eq!(pk_e.peak, want_e.peak, "{what}: packed peak");
-                                packed += 1;
-                            }
                             runs += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!((runs, packed), (6 * 2 * 12, 6 * 2 * 6));
+        assert_eq!(runs, 6 * 2 * 12);
     }
 
     #[test]

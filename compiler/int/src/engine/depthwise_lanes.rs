@@ -574,7 +574,7 @@ unsafe fn layer<const N: usize, const MODE: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::depthwise::tests::{assert_packed, naive};
+    use crate::engine::depthwise::tests::naive;
     use crate::engine::fused::{requant_clamped, RowConsts};
 
     fn avx2() -> bool {
@@ -605,6 +605,22 @@ mod tests {
                 _ => (rng.next() % 256) as i32,
             })
             .collect()
+    }
+
+    /// A packed output ([`DwOut::Packed`], `c` channels of `p` positions)
+    /// against the rows `want`: the same values, and 0 in every word past
+    /// `p` or past the last channel.
+    fn assert_packed(pk: &[i16], c: usize, p: usize, want: &[i32], what: &str) {
+        let mut rows = vec![0; c * p];
+        crate::engine::gemm::unpack_pairs(pk, c, p, &mut rows);
+        assert_eq!(rows, want, "{what}: packed");
+        let kp = c.div_ceil(2);
+        for (i, &v) in pk.iter().enumerate() {
+            let (blk, j, lane) = (i / (kp * 16), i / 16 % kp, i % 16);
+            if blk * 8 + lane / 2 >= p || 2 * j + lane % 2 >= c {
+                assert_eq!(v, 0, "{what}: padding word {i}");
+            }
+        }
     }
 
     /// The lanes kernel against the definition: maps 1 to 20 wide (non

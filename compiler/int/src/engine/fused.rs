@@ -385,7 +385,7 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
 /// Whether conv `l`, fused with requantization `r`, writes `r`'s output
 /// only as the operand of the convs that read it: `l` is an ungrouped 1x1
 /// conv with 16-bit operands (so `gemm_madd` runs it, with its epilogue)
-/// or a depthwise one with 16-bit operands, on a CPU with AVX2; `r`'s values fit i16; and every reader (at least
+/// or a depthwise one that the lanes kernel runs, on a CPU with AVX2; `r`'s values fit i16; and every reader (at least
 /// one; not the output layer) is such a conv of the same map. The readers
 /// then skip packing their operand (`pack_pairs`), and the tensor has no
 /// i32 rows (`Workspace::tensor` has none for it).
@@ -411,9 +411,13 @@ fn packs_output(plan: &IntPlan, l: &crate::plan::ConvLayer, r: &crate::plan::Req
             && c.cin == l.cout
             && c.in_hw == l.out_hw)
     });
-    // A depthwise conv with 16-bit operands (`depthwise_madd` or the lanes
-    // kernel) packs its output as it requantizes.
-    let depthwise = l.groups == l.cin && l.groups == l.cout && fits16(l);
+    // A depthwise conv that the lanes kernel runs (16-bit operands, a small
+    // output, one term: `depthwise16`) packs its output as it requantizes.
+    let depthwise = l.groups == l.cin
+        && l.groups == l.cout
+        && fits16(l)
+        && super::depthwise_lanes::prefer_lanes(l.out_hw[0], l.out_hw[1])
+        && r.terms.len() == 1;
     avx2 && (pointwise(l) || depthwise)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.lo)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.hi)
