@@ -704,6 +704,12 @@ mod tests {
             (6, 3, 3, 3, 1, [7, 46]),
             (4, 8, 3, 2, 0, [5, 17]),
             (3, 8, 5, 3, 2, [4, 23]),
+            // 1x1 stride 2: the shortcut fast path (even maps, output rows
+            // a multiple of 8 wide; an odd channel count), and a map it
+            // does not take.
+            (16, 32, 1, 2, 0, [8, 32]),
+            (5, 9, 1, 2, 0, [5, 16]),
+            (4, 6, 1, 2, 0, [6, 17]),
         ] {
             let fan_in = cin * k * k;
             let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {

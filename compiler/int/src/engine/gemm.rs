@@ -597,6 +597,54 @@ unsafe fn pack_group(
     let k = l.kernel;
     let cin_g = l.cin / l.groups;
     assert!(rows.len() >= 2 * p && packed.len() >= packed_len(kp, p));
+    let [oh, ow] = l.out_hw;
+    if k == 1 && l.stride == 2 && l.padding == 0 && ow % 8 == 0 && 2 * ow <= iw && 2 * oh <= ih + 1
+    {
+        // A 1x1 stride-2 conv (ResNet's downsampling shortcuts): the even
+        // columns of the even rows, eight positions of a pair of channels
+        // per block straight from the image (two loads and a permute per
+        // channel, no im2col row).
+        let evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        let low = _mm256_set1_epi32(0xffff);
+        for j in 0..kp {
+            let ch = |h: usize| (2 * j + h < kk).then(|| (g * cin_g + 2 * j + h) * ih * iw);
+            let (ca, cb) = (ch(0), ch(1));
+            for oy in 0..oh {
+                for ox in (0..ow).step_by(8) {
+                    // Sixteen words from column `2 ox` of row `2 oy`: inside
+                    // the channel (`2 ox + 16 <= 2 ow <= iw`, `2 oy < ih`),
+                    // bounds-checked.
+                    let at = 2 * oy * iw + 2 * ox;
+                    let even8 = |base: usize| {
+                        let src = &input[base + at..base + at + 16];
+                        // SAFETY: AVX2 is this function's own feature;
+                        // `src` holds 16 i32.
+                        unsafe {
+                            let v0 = _mm256_loadu_si256(src.as_ptr() as *const __m256i);
+                            let v1 = _mm256_loadu_si256(src.as_ptr().add(8) as *const __m256i);
+                            _mm256_permute2x128_si256::<0x20>(
+                                _mm256_permutevar8x32_epi32(v0, evens),
+                                _mm256_permutevar8x32_epi32(v1, evens),
+                            )
+                        }
+                    };
+                    let lo = ca.map_or(_mm256_setzero_si256(), |c| _mm256_and_si256(even8(c), low));
+                    let hi = cb.map_or(_mm256_setzero_si256(), |c| {
+                        _mm256_slli_epi32::<16>(even8(c))
+                    });
+                    let dst = &mut packed[((oy * ow + ox) / 8 * kp + j) * 16..][..16];
+                    // SAFETY: `dst` holds 16 i16 (a checked slice).
+                    unsafe {
+                        _mm256_storeu_si256(
+                            dst.as_mut_ptr() as *mut __m256i,
+                            _mm256_or_si256(lo, hi),
+                        )
+                    };
+                }
+            }
+        }
+        return;
+    }
     for j in 0..kp {
         let (a, b) = rows.split_at_mut(p);
         for (h, dst) in [a, b].into_iter().enumerate() {
