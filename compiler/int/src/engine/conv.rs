@@ -409,7 +409,13 @@ pub(super) fn run_conv_fused(
         }
         ConvInput::Float => false,
     };
-    let mut packed_out = f.packed.then(|| std::mem::take(&mut ws.acts16[f.output]));
+    // Sized for the output as the next 1x1 convs' operand (every word is
+    // written: no clearing).
+    let mut packed_out = f.packed.then(|| {
+        let mut pk = std::mem::take(&mut ws.acts16[f.output]);
+        pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
+        pk
+    });
     let mut wrote_packed = false;
     let mut epi = f.epilogue(second(f, &ws.bufs), p);
     let [oh, ow] = l.out_hw;
@@ -422,10 +428,7 @@ pub(super) fn run_conv_fused(
         (ConvInput::Tensor(t), false) if fits16 && depthwise => match &ws.bufs[t] {
             Buf::I32(input) => {
                 let dst = match packed_out.as_mut() {
-                    Some(pk) => {
-                        pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
-                        DwOut::Packed(pk)
-                    }
+                    Some(pk) => DwOut::Packed(pk),
                     None => DwOut::Rows(&mut out),
                 };
                 let ran = depthwise16(
@@ -457,10 +460,7 @@ pub(super) fn run_conv_fused(
                 Buf::I64(_) => None,
             };
             let dst = match packed_out.as_mut() {
-                Some(pk) => {
-                    pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
-                    Dst::Packed(pk)
-                }
+                Some(pk) => Dst::Packed(pk),
                 None => Dst::Rows(&mut out),
             };
             let ran = operand.is_some_and(|operand| {

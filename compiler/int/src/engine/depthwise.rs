@@ -50,7 +50,7 @@
 //! gives the same results (the tests compare them with the definition).
 
 use super::conv::Num;
-use super::depthwise_lanes::{depthwise_lanes, prefer_lanes};
+use super::depthwise_lanes::{depthwise_lanes, takes_lanes};
 use super::fused::{requant_channel, Epilogue};
 
 /// A zero-bordered channel split by column phase for stride `s`: the value
@@ -798,8 +798,8 @@ unsafe fn depthwise_flat_layer(
     epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
-    scratch.clear();
-    scratch.resize(f.len(), 0);
+    let (p, k2) = (f.ih * f.iw, f.k * f.k);
+    let (scratch, mut sink) = Sink::with_layout(scratch, f.len(), out, epi, p);
     let zeros = vec![0; f.iw];
     // The lane masks as vectors, and the vector classes a row uses (first
     // only, first and last, or all three).
@@ -814,8 +814,6 @@ unsafe fn depthwise_flat_layer(
     };
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
-    let (p, k2) = (f.ih * f.iw, f.k * f.k);
-    let mut sink = Sink::new(out, epi, p);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -1049,8 +1047,8 @@ unsafe fn depthwise_flat2_layer(
     epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
-    scratch.clear();
-    scratch.resize(f.len(), 0);
+    let (p, q, k2) = (f.ih * f.iw, f.ih * f.iw / 4, f.k * f.k);
+    let (scratch, mut sink) = Sink::with_layout(scratch, f.len(), out, epi, q);
     let mut offs = [0usize; MAX_GROUPS];
     for (g, o) in offs.iter_mut().enumerate().take(f.groups) {
         *o = f.offset(g);
@@ -1069,8 +1067,6 @@ unsafe fn depthwise_flat2_layer(
     let zeros = vec![0; f.iw];
     let mut words = [0i32; MAX_GROUPS];
     let mut wv = [[_mm256_setzero_si256(); MAX_GROUPS]; 3];
-    let (p, q, k2) = (f.ih * f.iw, f.ih * f.iw / 4, f.k * f.k);
-    let mut sink = Sink::new(out, epi, q);
     for ch in 0..c {
         // SAFETY: the CPU has AVX2 (this function's own feature).
         unsafe { flat2_layout(&input[ch * p..(ch + 1) * p], f, &zeros, scratch) };
@@ -1110,8 +1106,7 @@ impl DwOut<'_> {
 }
 
 /// A depthwise layer on 16-bit operands on the path that suits its shape:
-/// channels in the lanes ([`depthwise_lanes`]) for small outputs
-/// ([`prefer_lanes`]) without a second term, else (and where that one
+/// channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else (and where that one
 /// declines) [`depthwise_madd`]. A packed output only the lanes kernel
 /// writes: from per-channel rows each channel pair's words lie a whole
 /// block apart in the layout, and those strided stores cost more than the
@@ -1134,7 +1129,7 @@ pub(super) fn depthwise16(
     scratch: &mut Vec<i32>,
     mut epi: Option<&mut Epilogue>,
 ) -> bool {
-    let lanes = prefer_lanes(oh, ow) && epi.as_ref().is_none_or(|e| e.second.is_none());
+    let lanes = takes_lanes(oh, ow, epi.as_ref().is_some_and(|e| e.second.is_some()));
     let ran = lanes
         && depthwise_lanes(
             input,
@@ -1167,17 +1162,24 @@ pub(super) fn depthwise16(
 struct Sink<'o, 'e, 'a> {
     out: &'o mut [i32],
     epi: Option<&'e mut Epilogue<'a>>,
-    row: Vec<i32>,
+    row: &'o mut [i32],
 }
 
 impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
-    fn new(out: &'o mut [i32], epi: Option<&'e mut Epilogue<'a>>, p: usize) -> Self {
-        let row = if epi.is_some() {
-            vec![0; p]
-        } else {
-            Vec::new()
-        };
-        Sink { out, epi, row }
+    /// The layer's `scratch` as its layout of `len` zeroed words (returned)
+    /// and, with a fused requantization, the sink's channel row of `p`
+    /// after it: one buffer, no allocation per layer.
+    fn with_layout(
+        scratch: &'o mut Vec<i32>,
+        len: usize,
+        out: &'o mut [i32],
+        epi: Option<&'e mut Epilogue<'a>>,
+        p: usize,
+    ) -> (&'o mut [i32], Self) {
+        scratch.clear();
+        scratch.resize(len + if epi.is_some() { p } else { 0 }, 0);
+        let (layout, row) = scratch.split_at_mut(len);
+        (layout, Sink { out, epi, row })
     }
 
     /// Where the kernel writes channel `ch`'s `p` sums.
@@ -1313,17 +1315,15 @@ unsafe fn depthwise_madd_layer(
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
-    scratch.clear();
-    scratch.resize(g.len(), 0);
+    let (p, k2) = (oh * ow, k * k);
+    let (scratch, mut sink) = Sink::with_layout(scratch, g.len(), out, epi, p);
     let mut offs = [0usize; MAX_GROUPS];
     for (i, o) in offs.iter_mut().enumerate().take(g.groups) {
         *o = g.offset(i, k);
     }
     let mut wv = [0i32; MAX_GROUPS];
-    let (p, k2) = (oh * ow, k * k);
     let spans = phase_spans(iw, pad, g.s);
     let zeros = vec![0; iw];
-    let mut sink = Sink::new(out, epi, p);
     for ch in 0..c {
         let x = &input[ch * ih * iw..(ch + 1) * ih * iw];
         pair_layout(x, ih, iw, pad, g, &spans, &zeros, scratch);
@@ -1358,6 +1358,8 @@ dispatch!(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::engine::fused::{requant_clamped, RowConsts, Second};
+    use crate::fixed::Div;
 
     /// The plain depthwise sum, straight from the definition.
     #[allow(clippy::too_many_arguments)]
@@ -1501,6 +1503,90 @@ pub(super) mod tests {
         );
     }
 
+    /// Per-channel constants whose pre-clamp ranges cut sums of magnitude
+    /// up to `big` on both sides (by channel: a narrow range, a wide one,
+    /// the non-negative side), multipliers positive, negative and zero,
+    /// varied by `r()` (non-negative).
+    pub(in crate::engine) fn cutting_rows(
+        c: usize,
+        big: i32,
+        mut r: impl FnMut() -> i32,
+    ) -> Vec<RowConsts> {
+        (0..c)
+            .map(|ch| {
+                let r = r();
+                let (xlo, xhi) = match ch % 3 {
+                    0 => (-big / 2, big / 3),
+                    1 => (-(1 << 20), 1 << 20),
+                    _ => (0, big),
+                };
+                RowConsts {
+                    xlo,
+                    xhi,
+                    m: [(r % 300) + 1, -((r % 300) + 1), 0][ch % 3],
+                    b: r % 5000 - 2500,
+                }
+            })
+            .collect()
+    }
+
+    /// The epilogues the fused kernels are tested with: every rounding,
+    /// with and without the output clamp (without it no value may leave
+    /// `[lo, hi]`, as `needs_clamp` plans), each of `shifts`, with `second`
+    /// as the second term; each with its description.
+    pub(in crate::engine) fn epilogue_cases<'a>(
+        rows: &'a [RowConsts],
+        shifts: &[u32],
+        second: Option<Second<'a>>,
+    ) -> Vec<(Epilogue<'a>, String)> {
+        let mut cases = Vec::new();
+        for div in [Div::Floor, Div::Trunc, Div::Nearest] {
+            for clamp in [true, false] {
+                for &shift in shifts {
+                    let e = Epilogue {
+                        rows,
+                        shift,
+                        div,
+                        lo: if clamp { -100 } else { i32::MIN },
+                        hi: if clamp { 90 } else { i32::MAX },
+                        clamp,
+                        second,
+                        peak: 0,
+                    };
+                    let what = format!(
+                        "{div:?} clamp {clamp} shift {shift} second {}",
+                        second.is_some()
+                    );
+                    cases.push((e, what));
+                }
+            }
+        }
+        cases
+    }
+
+    /// A fused kernel (`run`: `sums.len()` values into its slice, the
+    /// requantization `e` applied) against [`requant_clamped`] on `sums`
+    /// (`p` per channel): the same values, and the same largest |sum| into
+    /// a peak that starts at 5. Returns the values.
+    pub(in crate::engine) fn assert_fused_matches<'a>(
+        sums: &[i32],
+        p: usize,
+        e: &Epilogue<'a>,
+        what: &str,
+        run: impl FnOnce(&mut [i32], &mut Epilogue<'a>) -> bool,
+    ) -> Vec<i32> {
+        let (mut want_e, mut got_e) = (e.rows_from(0), e.rows_from(0));
+        want_e.peak = 5;
+        got_e.peak = 5;
+        let mut want = vec![0; sums.len()];
+        requant_clamped(sums, p, &mut want_e, &mut want);
+        let mut got = vec![i32::MIN; sums.len()];
+        assert!(run(&mut got, &mut got_e), "{what}: not taken");
+        assert_eq!(got, want, "{what}");
+        assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
+        want
+    }
+
     /// The fused requantization of the row-pair layers (flat, stride-2
     /// flat, row pairs) against [`requant_clamped`] on the sums the same
     /// layer writes unfused: every rounding, with and without the clamp,
@@ -1508,8 +1594,6 @@ pub(super) mod tests {
     /// term (a residual add), and the largest |sum|.
     #[test]
     fn fused_requantization_matches_requant_clamped() {
-        use crate::engine::fused::{requant_clamped, RowConsts, Second};
-        use crate::fixed::Div;
         if !(cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2")) {
             return;
         }
@@ -1543,51 +1627,20 @@ pub(super) mod tests {
                 };
                 assert!(run(&mut sums, &mut scratch, None));
                 let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;
-                let rows: Vec<RowConsts> = (0..c)
-                    .map(|ch| {
-                        let (xlo, xhi) = match ch % 3 {
-                            0 => (-big / 2, big / 3),
-                            1 => (-(1 << 20), 1 << 20),
-                            _ => (0, big),
-                        };
-                        let m = [(ch as i32 * 7) % 300 + 1, -(ch as i32 * 5 + 3), 0][ch % 3];
-                        RowConsts {
-                            xlo,
-                            xhi,
-                            m,
-                            b: ch as i32 * 911 - 2500,
-                        }
-                    })
-                    .collect();
+                let mut n = 0;
+                let rows = cutting_rows(c, big, || {
+                    n += 911;
+                    n
+                });
                 let y: Vec<i32> = (0..c * p).map(|i| (i as i32 * 29) % 201 - 100).collect();
                 let m2: Vec<i32> = (0..c as i32).map(|ch| 3 * ch - 5).collect();
-                for div in [Div::Floor, Div::Trunc, Div::Nearest] {
-                    for clamp in [true, false] {
-                        for second in [false, true] {
-                            let e = Epilogue {
-                                rows: &rows,
-                                shift: 9,
-                                div,
-                                lo: if clamp { -100 } else { i32::MIN },
-                                hi: if clamp { 90 } else { i32::MAX },
-                                clamp,
-                                second: second.then_some(Second { y: &y, m2: &m2, p }),
-                                peak: 5,
-                            };
-                            let (mut want_e, mut got_e) = (e.rows_from(0), e.rows_from(0));
-                            want_e.peak = 5;
-                            got_e.peak = 5;
-                            let mut want = vec![0; c * p];
-                            requant_clamped(&sums, p, &mut want_e, &mut want);
-                            let mut got = vec![i32::MIN; c * p];
-                            assert!(run(&mut got, &mut scratch, Some(&mut got_e)));
-                            let what = format!(
-                                "ih {ih} iw {iw} k {k} s {s} flat {flat} {div:?} clamp {clamp} second {second}"
-                            );
-                            assert_eq!(got, want, "{what}");
-                            assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
-                            runs += 1;
-                        }
+                for second in [None, Some(Second { y: &y, m2: &m2, p })] {
+                    for (e, what) in epilogue_cases(&rows, &[9], second) {
+                        let what = format!("ih {ih} iw {iw} k {k} s {s} flat {flat} {what}");
+                        assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                            run(got, &mut scratch, Some(e))
+                        });
+                        runs += 1;
                     }
                 }
             }

@@ -33,7 +33,7 @@
 //! -2^15 and the i32 sum of the taps does not depend on their order, so
 //! the sums are those of every other path.
 //!
-//! Used (`conv.rs`, [`prefer_lanes`]) for outputs of at most 8 x 8
+//! Used (`depthwise16`, [`takes_lanes`]) for outputs of at most 8 x 8
 //! positions, where it is faster than `depthwise_madd` (MobileNetV2's 8 x 8
 //! and 4 x 4 layers about 1.3x and 2.5x); larger maps keep the
 //! per-channel layouts.
@@ -135,9 +135,11 @@ impl LanesGeom {
     }
 }
 
-/// Whether the lanes path is the faster one for an `oh x ow` output.
-pub(super) fn prefer_lanes(oh: usize, ow: usize) -> bool {
-    oh * ow <= MAX_POSITIONS
+/// Whether a depthwise conv with an `oh x ow` output takes the lanes path
+/// (`depthwise16`): where it is the faster one, and not with a two-term
+/// fused requantization (`second`), which it does not read.
+pub(super) fn takes_lanes(oh: usize, ow: usize, second: bool) -> bool {
+    oh * ow <= MAX_POSITIONS && !second
 }
 
 /// A whole depthwise layer (`c` channels of `ih x iw`, `k x k`, `stride`,
@@ -574,8 +576,9 @@ unsafe fn layer<const N: usize, const MODE: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::depthwise::tests::naive;
-    use crate::engine::fused::{requant_clamped, RowConsts};
+    use crate::engine::depthwise::tests::{
+        assert_fused_matches, cutting_rows, epilogue_cases, naive,
+    };
 
     fn avx2() -> bool {
         cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2")
@@ -756,92 +759,43 @@ mod tests {
                     None
                 ));
                 let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;
-                let rows: Vec<RowConsts> = (0..c)
-                    .map(|ch| {
-                        let r = rng.next() as i32;
-                        let (xlo, xhi) = match ch % 3 {
-                            0 => (-big / 2, big / 3),
-                            1 => (-(1 << 20), 1 << 20),
-                            _ => (0, big),
-                        };
-                        RowConsts {
-                            xlo,
-                            xhi,
-                            m: [(r % 300) + 1, -((r % 300) + 1), 0][ch % 3],
-                            b: r % 5000 - 2500,
-                        }
-                    })
-                    .collect();
-                for div in [Div::Floor, Div::Trunc, Div::Nearest] {
-                    for clamp in [true, false] {
-                        for shift in [0u32, 1, 7, 12] {
-                            let e = Epilogue {
-                                rows: &rows,
-                                shift,
-                                div,
-                                // Without the clamp no value may leave
-                                // `[lo, hi]` (as `needs_clamp` plans).
-                                lo: if clamp { -100 } else { i32::MIN },
-                                hi: if clamp { 90 } else { i32::MAX },
-                                clamp,
-                                second: None,
-                                peak: 5,
-                            };
-                            let (mut want_e, mut got_e) = (e.rows_from(0), e.rows_from(0));
-                            want_e.peak = 5;
-                            got_e.peak = 5;
-                            let mut want = vec![0; c * p];
-                            requant_clamped(&sums, p, &mut want_e, &mut want);
-                            let mut got = vec![i32::MIN; c * p];
-                            assert!(depthwise_lanes(
-                                &input,
-                                c,
-                                ih,
-                                iw,
-                                &w,
-                                k,
-                                s,
-                                pad,
-                                DwOut::Rows(&mut got),
-                                oh,
-                                ow,
-                                &mut scratch,
-                                Some(&mut got_e),
-                            ));
-                            let what = format!(
-                                "ih {ih} iw {iw} k {k} s {s} c {c} {div:?} clamp {clamp} shift {shift}"
-                            );
-                            assert_eq!(got, want, "{what}");
-                            assert_eq!(got_e.peak, want_e.peak, "{what}: peak");
-                            if clamp {
-                                // Values in i16: as the next 1x1 convs'
-                                // operand, into a dirty buffer.
-                                let kp = c.div_ceil(2);
-                                let mut pk = vec![i16::MIN; packed_len(kp, p)];
-                                let mut pk_e = e.rows_from(0);
-                                pk_e.peak = 5;
-                                assert!(depthwise_lanes(
-                                    &input,
-                                    c,
-                                    ih,
-                                    iw,
-                                    &w,
-                                    k,
-                                    s,
-                                    pad,
-                                    DwOut::Packed(&mut pk),
-                                    oh,
-                                    ow,
-                                    &mut scratch,
-                                    Some(&mut pk_e),
-                                ));
-                                assert_packed(&pk, c, p, &want, &what);
-                                assert_eq!(pk_e.peak, want_e.peak, "{what}: packed peak");
-                                packed += 1;
-                            }
-                            runs += 1;
-                        }
+                let rows = cutting_rows(c, big, || rng.next() as i32);
+                for (e, what) in epilogue_cases(&rows, &[0, 1, 7, 12], None) {
+                    let what = format!("ih {ih} iw {iw} k {k} s {s} c {c} {what}");
+                    let mut run = |out: DwOut, e: &mut Epilogue| {
+                        depthwise_lanes(
+                            &input,
+                            c,
+                            ih,
+                            iw,
+                            &w,
+                            k,
+                            s,
+                            pad,
+                            out,
+                            oh,
+                            ow,
+                            &mut scratch,
+                            Some(e),
+                        )
+                    };
+                    let want = assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                        run(DwOut::Rows(got), e)
+                    });
+                    if e.clamp {
+                        // Values in i16: as the next 1x1 convs' operand,
+                        // into a dirty buffer.
+                        let mut pk = vec![i16::MIN; packed_len(c.div_ceil(2), p)];
+                        assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                            let ran = run(DwOut::Packed(&mut pk), e);
+                            crate::engine::gemm::unpack_pairs(&pk, c, p, got);
+                            ran
+                        });
+                        // And every word past `p` or the last channel 0.
+                        assert_packed(&pk, c, p, &want, &what);
+                        packed += 1;
                     }
+                    runs += 1;
                 }
             }
         }

@@ -411,13 +411,12 @@ fn packs_output(plan: &IntPlan, l: &crate::plan::ConvLayer, r: &crate::plan::Req
             && c.cin == l.cout
             && c.in_hw == l.out_hw)
     });
-    // A depthwise conv that the lanes kernel runs (16-bit operands, a small
-    // output, one term: `depthwise16`) packs its output as it requantizes.
+    // A depthwise conv that the lanes kernel runs (`depthwise16`) packs its
+    // output as it requantizes.
     let depthwise = l.groups == l.cin
         && l.groups == l.cout
         && fits16(l)
-        && super::depthwise_lanes::prefer_lanes(l.out_hw[0], l.out_hw[1])
-        && r.terms.len() == 1;
+        && super::depthwise_lanes::takes_lanes(l.out_hw[0], l.out_hw[1], r.terms.len() > 1);
     avx2 && (pointwise(l) || depthwise)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.lo)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.hi)
