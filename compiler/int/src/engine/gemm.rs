@@ -29,6 +29,19 @@ use crate::plan::ConvLayer;
 #[inline(always)]
 fn gemm_body<T: Num>(w: &[T], m: usize, k: usize, col: &[T], p: usize, out: &mut [T]) {
     let zero = T::default();
+    if p == 1 {
+        // One position (a fc layer): a dot product per row, summed in the
+        // order of `k` as below (so f64 sums round alike); the compiler
+        // vectorises the integer ones.
+        for (o, a) in out[..m].iter_mut().enumerate() {
+            let row = &w[o * k..(o + 1) * k];
+            *a = row
+                .iter()
+                .zip(&col[..k])
+                .fold(zero, |s, (&wv, &x)| s + wv * x);
+        }
+        return;
+    }
     let mut o = 0;
     while o + 4 <= m {
         let (a0, rest) = out[o * p..(o + 4) * p].split_at_mut(p);
@@ -122,7 +135,7 @@ pub(super) fn gemm_madd_with(
     k: usize,
     col: Operand,
     p: usize,
-    out: Dst,
+    mut out: Dst,
     packed: &mut Vec<i16>,
     epi: Option<&mut Epilogue>,
 ) -> bool {
@@ -140,6 +153,13 @@ pub(super) fn gemm_madd_with(
             }
             && epi.as_ref().is_none_or(|e| e.holds(m, p));
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
+            if let (1, Operand::Rows(x), Dst::Rows(out), None) = (p, col, &mut out, &epi) {
+                // One position (a fc layer): one dot product per row.
+                // SAFETY: AVX2 is present; `wp` is `madd_group_len(m, k)`,
+                // `x` holds `k` values and `out` `m` (checked above).
+                unsafe { madd_gemv(wp, m, k, x, out) };
+                return true;
+            }
             let operand = match col {
                 Operand::Rows(c) => {
                     size_packed(packed, kp, p);
@@ -425,6 +445,59 @@ unsafe fn madd_kernel(
     if let Some(e) = epi {
         // SAFETY: AVX2 is this function's own feature.
         e.peak = e.peak.max(unsafe { hmax_u32(peak) });
+    }
+}
+
+/// `out[m] = w[m x k] * x[k]` (one position, e.g. a fc layer) with
+/// `vpmaddwd` on the [`madd_weights`] layout as it is: per block of eight
+/// rows and pair `j` of inputs, the block's eight weight pairs (one load)
+/// times the pair `(x[2j], x[2j + 1])` broadcast, so no lane is spent on
+/// the seven missing positions of [`madd_kernel`]'s blocks. The same exact
+/// pair sums (i16 operands, not both -2^15).
+///
+/// # Safety
+///
+/// The CPU must support AVX2; `wp.len() >= madd_group_len(m, k)`, `x.len()
+/// >= k` and `out.len() >= m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn madd_gemv(wp: &[i32], m: usize, k: usize, x: &[i32], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    assert!(wp.len() >= madd_group_len(m, k) && x.len() >= k && out.len() >= m);
+    let pairs: Vec<i32> = (0..kp)
+        .map(|j| {
+            let hi = if 2 * j + 1 < k { x[2 * j + 1] } else { 0 };
+            ((x[2 * j] as u16 as u32) | ((hi as u32) << 16)) as i32
+        })
+        .collect();
+    for o in (0..m).step_by(MADD_ROWS) {
+        let wb = &wp[o * kp..(o + MADD_ROWS) * kp];
+        // Two sums, even and odd pairs, so consecutive adds do not wait.
+        let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut j = 0;
+        // SAFETY (the loads): pair `j < kp` of the block is `wb[8 j..8 j +
+        // 8]`, inside `wb` (`8 kp`, a checked slice).
+        while j + 2 <= kp {
+            unsafe {
+                let w0 = _mm256_loadu_si256(wb.as_ptr().add(8 * j) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.as_ptr().add(8 * j + 8) as *const __m256i);
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, _mm256_set1_epi32(pairs[j])));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w1, _mm256_set1_epi32(pairs[j + 1])));
+            }
+            j += 2;
+        }
+        if j < kp {
+            unsafe {
+                let w0 = _mm256_loadu_si256(wb.as_ptr().add(8 * j) as *const __m256i);
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, _mm256_set1_epi32(pairs[j])));
+            }
+        }
+        let mut sums = [0i32; MADD_ROWS];
+        // SAFETY: `sums` is 8 i32 (an unaligned store).
+        unsafe { _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(a0, a1)) };
+        let rows = (m - o).min(MADD_ROWS);
+        out[o..o + rows].copy_from_slice(&sums[..rows]);
     }
 }
 
@@ -727,17 +800,55 @@ mod tests {
         }
     }
 
+    /// One position (the fc layers' shape, `madd_gemv`): the sums of the
+    /// plain product, on every row count around the block of eight and
+    /// odd lengths, with operands at the ends of i16.
+    #[test]
+    fn one_position_matches_gemm() {
+        for (m, k) in [(1usize, 1usize), (8, 2), (10, 7), (17, 1280), (3, 5)] {
+            let w: Vec<i32> = (0..m * k)
+                .map(|i| match i % 5 {
+                    0 => -32768,
+                    1 => 32767,
+                    _ => (i as i32 * 7919 % 65_535) - 32767,
+                })
+                .collect();
+            // The sums stay inside i32 (as the plan guarantees).
+            let top = (i32::MAX as usize / (k * 32768)).min(32767) as i32;
+            let x: Vec<i32> = (0..k)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        top
+                    } else {
+                        (i as i32 * 104_729) % (2 * top + 1) - top
+                    }
+                })
+                .collect();
+            let mut want = vec![0; m];
+            gemm(&w, m, k, &x, 1, &mut want);
+            let mut got = vec![7; m];
+            let wp = madd_weights(&w, 1, m, k);
+            if gemm_madd(&wp, m, k, &x, 1, &mut got, &mut Vec::new(), None) {
+                assert_eq!(got, want, "m {m} k {k}");
+            }
+        }
+    }
+
     #[test]
     fn gemm_matches_naive() {
-        let (m, k, p) = (6, 5, 7);
-        let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
-        let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
-        let mut out = vec![0; m * p];
-        gemm(&w, m, k, &col, p, &mut out);
-        for o in 0..m {
-            for i in 0..p {
-                let want: i32 = (0..k).map(|kk| w[o * k + kk] * col[kk * p + i]).sum();
-                assert_eq!(out[o * p + i], want);
+        // Several positions, and one (the dot-product path), over blocks
+        // of four rows and a remainder, with lengths that are not a
+        // multiple of the vector width.
+        for (m, k, p) in [(6, 5, 7), (6, 37, 1), (3, 1, 1)] {
+            let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
+            let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
+            let mut out = vec![0; m * p];
+            gemm(&w, m, k, &col, p, &mut out);
+            for o in 0..m {
+                for i in 0..p {
+                    let want: i32 = (0..k).map(|kk| w[o * k + kk] * col[kk * p + i]).sum();
+                    assert_eq!(out[o * p + i], want, "m {m} k {k} p {p}");
+                }
             }
         }
     }

@@ -424,8 +424,9 @@ mod tests {
                 .map(|i| (((i * 104729) % 199 - 99) * scale / 99) as i32)
                 .collect();
             for div in [Div::Trunc, Div::Floor, Div::Nearest] {
-                for shift in [0, 1, 7, 16, 30] {
-                    let (lo, hi) = (-(1i64 << 40), 1i64 << 40);
+                for (shift, (lo, hi)) in [0, 1, 7, 16, 30, 40, 62].into_iter().flat_map(|sh| {
+                    [(-(1i64 << 40), 1i64 << 40), (0, 8_388_607), (-128, 127)].map(|c| (sh, c))
+                }) {
                     let q = RowScale {
                         m,
                         m2,
@@ -442,9 +443,12 @@ mod tests {
                         for (i, &o) in out.iter().enumerate() {
                             let y = if two { src2[i] as i64 * m2 as i64 } else { 0 };
                             let s = src[i] as i64 * m as i64 + y + b;
-                            let want =
-                                shift_round(s, shift, div).clamp(i32::MIN as i64, i32::MAX as i64);
-                            assert_eq!(o as i64, want, "{div:?} shift {shift} m {m} two {two}");
+                            let want = shift_round(s, shift, div)
+                                .clamp(lo.max(i32::MIN as i64), hi.min(i32::MAX as i64));
+                            assert_eq!(
+                                o as i64, want,
+                                "{div:?} shift {shift} m {m} two {two} [{lo}, {hi}]"
+                            );
                         }
                     }
                 }
