@@ -7,7 +7,11 @@
 //!   i32 lanes where the row's own values bound every sum below 2^31, else
 //!   i64 lanes; on x86-64 with AVX2 (detected at run time) the same Rust
 //!   code compiled with AVX2, so the compiler vectorises it (8 or 4 lanes
-//!   per vector); a channel whose multipliers pass 32 bits exactly in i64;
+//!   per vector), and where the bound keeps every quotient inside i32
+//!   (sums below `2^(31 + shift)`: a 16-bit head after its conv) the i64
+//!   sums written out in AVX2 instead (`requant_wide_avx2`: `vpmuldq` on
+//!   even and odd lanes, the quotient in the low halves); a channel whose
+//!   multipliers pass 32 bits exactly in i64;
 //! - sums that may pass 2^63 (`Requant::wide`): plain i128 loops;
 //! - rows of fewer than 8 values (a pooled `[C, 1, 1]`): one scalar i64
 //!   loop over every channel (a vector loop's set-up per row cost more
@@ -112,8 +116,156 @@ fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
     }
     if bound < 1 << 31 && shift < 31 {
         requant_lanes::<i32>(src, src2, q, out)
+    } else if shift <= 31 && bound < 1 << (31 + shift) {
+        requant_i32_results(src, src2, q, out)
     } else {
         requant_lanes::<i64>(src, src2, q, out)
+    }
+}
+
+/// [`requant_lanes`]`::<i64>` where every sum `s` is below `2^(31 +
+/// shift)` in magnitude, so every quotient fits i32: on x86-64 with AVX2
+/// (detected at run time) [`requant_wide_avx2`] for the whole vectors and
+/// the generic loop for the last values, else the generic loop.
+#[inline(always)]
+fn requant_i32_results(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = out.len().min(src.len());
+        let n = if src2.is_empty() {
+            n
+        } else {
+            n.min(src2.len())
+        };
+        let whole = n / 8 * 8;
+        if whole > 0 && std::arch::is_x86_feature_detected!("avx2") {
+            let y = (!src2.is_empty()).then(|| &src2[..whole]);
+            // SAFETY: the CPU has AVX2 (checked just above); `src`, `y` and
+            // `out` hold `whole` values, a multiple of 8; the caller bounds
+            // every sum below `2^(31 + shift)`, `shift <= 31`.
+            unsafe { requant_wide_avx2(&src[..whole], y, q, &mut out[..whole]) };
+            let rest2 = if src2.is_empty() {
+                &[][..]
+            } else {
+                &src2[whole..n]
+            };
+            requant_lanes::<i64>(&src[whole..n], rest2, q, &mut out[whole..n]);
+            return;
+        }
+    }
+    requant_lanes::<i64>(src, src2, q, out)
+}
+
+/// Sums in i64 lanes, quotients in i32 (the compiler's own vectorisation
+/// of the i64 loop emulates each 64-bit multiply, arithmetic shift and
+/// comparison with several operations): per 8 values the products of the
+/// even and of the odd lanes (`vpmuldq`, exact i64 products of i32 values
+/// and a 32-bit multiplier), the bias added in i64, the rounding of
+/// `fixed::shift_round` on the 64-bit sums (trunc: `2^shift - 1` added to
+/// the negative ones; nearest: `|s| + 2^(shift - 1)`, the sign restored
+/// after the shift), a logical shift whose low 32 bits are the quotient
+/// (it fits i32: `|s| < 2^(31 + shift)`, whatever the shift puts above),
+/// the odd lanes' quotients moved up beside the even ones, and the clamp
+/// to `[lo, hi]` in i32.
+///
+/// # Safety
+///
+/// The CPU must support AVX2; `src.len()` is a multiple of 8, `out` and
+/// `src2` (where given) hold at least as many values; `q.shift <= 31` and
+/// every sum `src * m + src2 * m2 + b` is below `2^(31 + shift)` in
+/// magnitude (else the results are wrong, not unsafe).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requant_wide_avx2(src: &[i32], src2: Option<&[i32]>, q: &RowScale, out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    assert!(n % 8 == 0 && out.len() >= n && src2.is_none_or(|y| y.len() >= n) && q.shift <= 31);
+    let w = WideRound {
+        m: _mm256_set1_epi64x(q.m as i64),
+        m2: _mm256_set1_epi64x(q.m2 as i64),
+        b: _mm256_set1_epi64x(q.b),
+        count: _mm_cvtsi64_si128(q.shift as i64),
+        mask: _mm256_set1_epi64x((1i64 << q.shift) - 1),
+        half: _mm256_set1_epi64x(if q.shift == 0 {
+            0
+        } else {
+            1i64 << (q.shift - 1)
+        }),
+    };
+    let lo = _mm256_set1_epi32(q.lo.max(i32::MIN as i64) as i32);
+    let hi = _mm256_set1_epi32(q.hi.min(i32::MAX as i64) as i32);
+    macro_rules! rows {
+        ($div:expr) => {
+            for i in (0..n).step_by(8) {
+                // SAFETY: values `i..i + 8 <= n` of `src`, `src2` and `out`
+                // (asserted above).
+                unsafe {
+                    let x = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+                    let y = src2.map(|y| _mm256_loadu_si256(y.as_ptr().add(i) as *const __m256i));
+                    // Even lanes in the low halves as they are, odd ones
+                    // shifted down; `vpmuldq` reads only the low halves.
+                    let even = w.quotients::<{ $div }>(x, y);
+                    let odd = w.quotients::<{ $div }>(
+                        _mm256_srli_epi64::<32>(x),
+                        y.map(|y| _mm256_srli_epi64::<32>(y)),
+                    );
+                    let r = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+                    let r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+                    _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, r);
+                }
+            }
+        };
+    }
+    match q.div {
+        Div::Floor => rows!(0),
+        Div::Trunc => rows!(1),
+        Div::Nearest => rows!(2),
+    }
+}
+
+/// The constants of [`requant_wide_avx2`] in registers.
+#[cfg(target_arch = "x86_64")]
+struct WideRound {
+    m: std::arch::x86_64::__m256i,
+    m2: std::arch::x86_64::__m256i,
+    b: std::arch::x86_64::__m256i,
+    count: std::arch::x86_64::__m128i,
+    mask: std::arch::x86_64::__m256i,
+    half: std::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WideRound {
+    /// The quotients of the four sums of the low halves of `x` (and `y`)
+    /// in the low halves of the lanes (`DIV`: 0 floor, 1 trunc, 2
+    /// nearest); a method with its own feature so that it inlines into the
+    /// kernel.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn quotients<const DIV: u8>(
+        &self,
+        x: std::arch::x86_64::__m256i,
+        y: Option<std::arch::x86_64::__m256i>,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let mut s = _mm256_add_epi64(_mm256_mul_epi32(x, self.m), self.b);
+        if let Some(y) = y {
+            s = _mm256_add_epi64(s, _mm256_mul_epi32(y, self.m2));
+        }
+        match DIV {
+            0 => _mm256_srl_epi64(s, self.count),
+            1 => {
+                let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), s);
+                let t = _mm256_add_epi64(s, _mm256_and_si256(neg, self.mask));
+                _mm256_srl_epi64(t, self.count)
+            }
+            _ => {
+                let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), s);
+                let a = _mm256_sub_epi64(_mm256_xor_si256(s, neg), neg);
+                let t = _mm256_srl_epi64(_mm256_add_epi64(a, self.half), self.count);
+                _mm256_sub_epi64(_mm256_xor_si256(t, neg), neg)
+            }
+        }
     }
 }
 
