@@ -922,8 +922,11 @@ impl Flat2Geom {
 }
 
 /// Writes channel `x` into its [`Flat2Geom`] layout `buf` (zeroed once per
-/// layer): the words of pair rows `pad - 1 ..= pad + ih - 1` that hold
-/// input values ([`pair_words_split`]); the others stay zero.
+/// layer): the words of the even pair rows among `pad - 1 ..= pad + ih -
+/// 1` that hold input values ([`pair_words_split`]); the others stay zero.
+/// Only even pair rows are read: output row `oy`'s tap group `g` reads
+/// pair row `2 (oy + g / k)` (the stride), so the odd ones, half the
+/// layout, are not written.
 ///
 /// # Safety
 ///
@@ -938,7 +941,7 @@ unsafe fn flat2_layout(x: &[i32], f: &Flat2Geom, zeros: &[i32], buf: &mut [i32])
         Some(y) if y < ih => &x[y * iw..(y + 1) * iw],
         _ => &zeros[..iw],
     };
-    for r in pad.saturating_sub(1)..pad + ih {
+    for r in (pad.saturating_sub(1)..pad + ih).filter(|r| r % 2 == 0) {
         let (a, b) = (row(r), row(r + 1));
         let at = pad + r * iw;
         let (even, odd) = buf[at..at + 2 * half].split_at_mut(half);
@@ -1129,7 +1132,12 @@ pub(super) fn depthwise16(
     scratch: &mut Vec<i32>,
     mut epi: Option<&mut Epilogue>,
 ) -> bool {
-    let lanes = takes_lanes(oh, ow, epi.as_ref().is_some_and(|e| e.second.is_some()));
+    // The lanes kernel declines a second term and the i64 form.
+    let lanes = takes_lanes(
+        oh,
+        ow,
+        epi.as_ref().is_some_and(|e| e.second.is_some() || e.wide),
+    );
     let ran = lanes
         && depthwise_lanes(
             input,
@@ -1551,6 +1559,7 @@ pub(super) mod tests {
                         hi: if clamp { 90 } else { i32::MAX },
                         clamp,
                         second,
+                        wide: false,
                         peak: 0,
                     };
                     let what = format!(

@@ -137,9 +137,10 @@ impl LanesGeom {
 
 /// Whether a depthwise conv with an `oh x ow` output takes the lanes path
 /// (`depthwise16`): where it is the faster one, and not with a two-term
-/// fused requantization (`second`), which it does not read.
-pub(super) fn takes_lanes(oh: usize, ow: usize, second: bool) -> bool {
-    oh * ow <= MAX_POSITIONS && !second
+/// fused requantization or one in i64 sums (`declined`), which it does
+/// not compute.
+pub(super) fn takes_lanes(oh: usize, ow: usize, declined: bool) -> bool {
+    oh * ow <= MAX_POSITIONS && !declined
 }
 
 /// A whole depthwise layer (`c` channels of `ih x iw`, `k x k`, `stride`,
@@ -185,7 +186,7 @@ pub(super) fn depthwise_lanes(
             }
             || epi
                 .as_ref()
-                .is_some_and(|e| e.rows.len() < c || e.second.is_some())
+                .is_some_and(|e| e.rows.len() < c || e.second.is_some() || e.wide)
         {
             return false;
         }

@@ -16,9 +16,16 @@
 //! computed exactly in wrapping i32 arithmetic (`vpmulld`, `vpaddd`, then
 //! the rounding of `fixed::shift_round` on i32 and the clamp). For 8-bit
 //! outputs with shifts up to 22 that always holds, whatever the
-//! accumulator's range; where it does not for some channel (e.g. 16-bit
-//! outputs at shift 16), the layer is not fused ([`plan_fusion`] returns
-//! `None`) and runs as before.
+//! accumulator's range. Where it does not for some channel (e.g. 16-bit
+//! outputs at shift 16: clamped sums over a range of 2^32) but every
+//! clamped sum stays below `2^(31 + shift)`, so that the quotients fit i32
+//! ([`wide_row_consts`]), the layer is fused in the *i64 form*
+//! (`FusedRequant::wide`): the clamped accumulators' sums in i64 lanes
+//! (`vpmuldq` on even and odd lanes, `requant.rs`'s `WideRound`), the
+//! quotient from their low halves (ToyNet's 16-bit head, MobileNetV2's
+//! pre-pooling head). Otherwise (one term) the layer is not fused
+//! ([`plan_fusion`] returns `None`) and runs as before. The lanes kernel
+//! has no i64 form and declines it.
 //!
 //! The accumulator statistics (`Workspace::stats`: values, largest |x|) are
 //! kept exactly: the kernels take the largest |x| of the accumulators in
@@ -61,6 +68,9 @@
 //! requantizations, ToyNet's residual adds).
 
 use super::conv::{abs_peak, fits16};
+#[cfg(target_arch = "x86_64")]
+use super::requant::WideRound;
+use super::requant::{requant_row_body, RowScale};
 use super::{Buf, Workspace};
 use crate::fixed::{shift_round, Div};
 use crate::plan::{ConvInput, IntPlan, Layer, TensorId};
@@ -97,6 +107,9 @@ pub(super) struct FusedRequant {
     /// Write the output as the 16-bit operand of the 1x1 convs that read
     /// it (`gemm::Dst::Packed`) instead of i32 rows ([`packs_output`]).
     pub packed: bool,
+    /// The clamped sums pass i32 but every quotient fits it
+    /// ([`wide_row_consts`]): the epilogue forms the sums in i64 lanes.
+    pub wide: bool,
 }
 
 /// The second term of a fused two-term requantization: `y * m2[c]` added
@@ -123,6 +136,7 @@ impl FusedRequant {
                 .as_ref()
                 .zip(y)
                 .map(|(s, y)| Second { y, m2: &s.m2, p }),
+            wide: self.wide,
             peak: 0,
         }
     }
@@ -171,6 +185,9 @@ pub(super) struct Epilogue<'a> {
     pub clamp: bool,
     /// A two-term requantization's second term.
     pub second: Option<Second<'a>>,
+    /// Sums in i64 lanes, quotients in i32 ([`FusedRequant::wide`]; one
+    /// term only).
+    pub wide: bool,
     pub peak: u32,
 }
 
@@ -279,6 +296,29 @@ pub(super) fn row_consts(
     (bound < 1 << 31).then_some(RowConsts { xlo, xhi, m, b })
 }
 
+/// One channel's [`RowConsts`] where the clamped sums pass i32 (else
+/// [`row_consts`] takes it) but stay below `2^(31 + shift)` with the
+/// rounding offset, so that every quotient fits i32 (a 16-bit output at
+/// shift 16: sums over a range of 2^32), for the epilogue's i64 form;
+/// else `None`.
+pub(super) fn wide_row_consts(
+    m: i64,
+    b: i64,
+    shift: u32,
+    div: Div,
+    lo: i32,
+    hi: i32,
+) -> Option<RowConsts> {
+    let (m, b) = (i32::try_from(m).ok()?, i32::try_from(b).ok()?);
+    if lo > hi || shift > 31 {
+        return None;
+    }
+    let (xlo, xhi) = clamp_range(m, b, shift, div, lo, hi);
+    let sum = |x: i32| (x as i64 * m as i64 + b as i64).abs();
+    let bound = sum(xlo).max(sum(xhi)) + (1i64 << shift);
+    (bound < 1i64 << (31 + shift)).then_some(RowConsts { xlo, xhi, m, b })
+}
+
 /// Whether the rounded sums of the clamped accumulators, `div(x * m + b,
 /// 2^shift)` for `x` in `[xlo, xhi]`, can leave `[lo, hi]`: they are
 /// monotone in `x`, so they stay inside exactly when both ends do (with a
@@ -360,14 +400,23 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
             clamp: true,
             second: Some(second),
             packed: packs_output(plan, l, r),
+            wide: false,
         });
     }
-    let rows = (0..l.cout)
-        .map(|c| row_consts(term.mult[c], r.bias[c], r.shift, r.div, lo, hi))
-        .collect::<Option<Vec<_>>>()?;
-    let clamp = rows
-        .iter()
-        .any(|&rc| needs_clamp(rc, r.shift, r.div, lo, hi));
+    let consts = |f: fn(i64, i64, u32, Div, i32, i32) -> Option<RowConsts>| {
+        (0..l.cout)
+            .map(|c| f(term.mult[c], r.bias[c], r.shift, r.div, lo, hi))
+            .collect::<Option<Vec<_>>>()
+    };
+    // Every channel in i32 lanes, else every one in the i64 form.
+    let (rows, wide) = match consts(row_consts) {
+        Some(rows) => (rows, false),
+        None => (consts(wide_row_consts)?, true),
+    };
+    let clamp = wide
+        || rows
+            .iter()
+            .any(|&rc| needs_clamp(rc, r.shift, r.div, lo, hi));
     Some(FusedRequant {
         requant: li + 1,
         output: r.output,
@@ -378,7 +427,10 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         hi,
         clamp,
         second: None,
-        packed: packs_output(plan, l, r),
+        // The lanes kernel (the depthwise convs that write the operand)
+        // has no i64 form.
+        packed: !wide && packs_output(plan, l, r),
+        wide,
     })
 }
 
@@ -485,6 +537,14 @@ fn second_term(
 fn row_body(src: &[i32], rc: RowConsts, e: &Epilogue, out: &mut [i32]) {
     let RowConsts { xlo, xhi, m, b } = rc;
     let (shift, lo, hi) = (e.shift, e.lo, e.hi);
+    if e.wide {
+        // The exact i64 sum of the clamped accumulator (quotients in i32).
+        for (o, &x) in out.iter_mut().zip(src) {
+            let s = x.clamp(xlo.min(xhi), xhi) as i64 * m as i64 + b as i64;
+            *o = shift_round(s, shift, e.div).clamp(lo as i64, hi as i64) as i32;
+        }
+        return;
+    }
     let mask = ((1i64 << shift) - 1) as i32;
     let half = if shift == 0 { 0 } else { 1i32 << (shift - 1) };
     let sum = |x: i32| x.clamp(xlo.min(xhi), xhi).wrapping_mul(m).wrapping_add(b);
@@ -719,9 +779,23 @@ fn requant2_body(
             }
             _ => None,
         };
-        match fast {
-            Some(rc) => row2_body(xr, yr, rc, e, o),
-            None => {
+        match (fast, i32::try_from(m), i32::try_from(m2)) {
+            (Some(rc), _, _) => row2_body(xr, yr, rc, e, o),
+            // The row as `requant.rs` computes it: i32, i64-sum or i64
+            // lanes as the row's own largest values allow.
+            (None, Ok(m), Ok(m2)) => {
+                let q = RowScale {
+                    m,
+                    m2,
+                    b,
+                    shift: e.shift,
+                    div: e.div,
+                    lo: e.lo as i64,
+                    hi: e.hi as i64,
+                };
+                requant_row_body(xr, yr, &q, o)
+            }
+            _ => {
                 for i in 0..p {
                     let s = xr[i] as i64 * m + yr[i] as i64 * m2 + b;
                     o[i] = shift_round(s, e.shift, e.div).clamp(e.lo as i64, e.hi as i64) as i32;
@@ -778,6 +852,7 @@ pub(super) fn run_requant2(plan: &IntPlan, r: &crate::plan::Requant, ws: &mut Wo
         hi,
         clamp: true,
         second: None,
+        wide: false,
         peak: 0,
     };
     let (x, y) = match (&ws.bufs[t0.src], &ws.bufs[t1.src]) {
@@ -851,6 +926,8 @@ pub(super) struct Regs {
     hi: std::arch::x86_64::__m256i,
     div: Div,
     clamp: bool,
+    /// The i64 form ([`Epilogue::wide`]), its shift and rounding offsets.
+    wide: Option<WideRound>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -874,6 +951,7 @@ impl Regs {
             hi: _mm256_set1_epi32(e.hi),
             div: e.div,
             clamp: e.clamp,
+            wide: e.wide.then(|| WideRound::new(0, 0, 0, e.shift.min(31))),
         }
     }
 
@@ -890,6 +968,13 @@ impl Regs {
         acc: std::arch::x86_64::__m256i,
         rc: &RowConsts,
     ) -> std::arch::x86_64::__m256i {
+        if let Some(w) = &self.wide {
+            return match self.div {
+                Div::Floor => self.wide_one::<FLOOR>(w, acc, rc),
+                Div::Trunc => self.wide_one::<TRUNC>(w, acc, rc),
+                Div::Nearest => self.wide_one::<NEAREST>(w, acc, rc),
+            };
+        }
         match (self.div, self.clamp) {
             (Div::Floor, true) => self.one::<FLOOR, true>(acc, rc),
             (Div::Floor, false) => self.one::<FLOOR, false>(acc, rc),
@@ -919,6 +1004,13 @@ impl Regs {
         for a in acc.iter() {
             // SAFETY: AVX2 is this function's own feature.
             *peak = unsafe { peak8(*peak, *a) };
+        }
+        if self.wide.is_some() {
+            for (a, rc) in acc.iter_mut().zip(rc) {
+                // SAFETY: AVX2 is this function's own feature.
+                *a = unsafe { self.apply(*a, rc) };
+            }
+            return;
         }
         match (self.div, self.clamp) {
             (Div::Floor, true) => self.rows8::<FLOOR, true>(acc, rc),
@@ -986,6 +1078,27 @@ impl Regs {
         rc: &RowConsts,
     ) -> std::arch::x86_64::__m256i {
         self.round::<DIV, CLAMP>(sum8(acc, rc))
+    }
+
+    /// [`Regs::apply`] in the i64 form: the accumulators clamped to the
+    /// channel's `[xlo, xhi]`, their sums `x * m + b` in i64 lanes, the
+    /// quotients (which fit i32, [`wide_row_consts`]) clamped to `[lo,
+    /// hi]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn wide_one<const DIV: u8>(
+        &self,
+        w: &WideRound,
+        acc: std::arch::x86_64::__m256i,
+        rc: &RowConsts,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let x = _mm256_min_epi32(
+            _mm256_max_epi32(acc, _mm256_set1_epi32(rc.xlo)),
+            _mm256_set1_epi32(rc.xhi),
+        );
+        let q = w.channel(rc.m, rc.b as i64).quotients8::<DIV>(x, None);
+        _mm256_min_epi32(_mm256_max_epi32(q, self.lo), self.hi)
     }
 
     /// A whole block of `rows` (at most eight) rows of a two-term
@@ -1209,6 +1322,17 @@ mod tests {
     /// Both row forms (the post-pass and, with AVX2, the kernels'
     /// register epilogue) on `xs` against the exact requantization.
     fn check_row(xs: &[i32], rc: RowConsts, shift: u32, div: Div, lo: i32, hi: i32, tag: &str) {
+        check_row_in(xs, rc, (shift, div, lo, hi), false, tag)
+    }
+
+    /// [`check_row`] in i32 lanes or (`wide`) i64 sums.
+    fn check_row_in(
+        xs: &[i32],
+        rc: RowConsts,
+        (shift, div, lo, hi): (u32, Div, i32, i32),
+        wide: bool,
+        tag: &str,
+    ) {
         let rows = [rc];
         let mut e = Epilogue {
             rows: &rows,
@@ -1216,8 +1340,9 @@ mod tests {
             div,
             lo,
             hi,
-            clamp: needs_clamp(rc, shift, div, lo, hi),
+            clamp: wide || needs_clamp(rc, shift, div, lo, hi),
             second: None,
+            wide,
             peak: 0,
         };
         let want: Vec<i32> = xs
@@ -1277,7 +1402,7 @@ mod tests {
     #[test]
     fn clamped_i32_requantization_is_exact() {
         let mut rng = Rng(0x2545_f491);
-        let (mut fused, mut refused) = (0, 0);
+        let (mut fused, mut refused, mut wide) = (0, 0, 0);
         for shift in 0..=31u32 {
             for div in DIVS {
                 for (lo, hi) in [
@@ -1318,6 +1443,12 @@ mod tests {
                                     shift >= 31 || s(xlo).max(s(xhi)) + (1i64 << shift) >= 1 << 31,
                                     "{tag} refused"
                                 );
+                                // The i64 form, where the quotients fit i32.
+                                if let Some(rc) = wide_row_consts(m, b, shift, div, lo, hi) {
+                                    wide += 1;
+                                    let xs = probes(rc, &mut rng);
+                                    check_row_in(&xs, rc, (shift, div, lo, hi), true, &tag);
+                                }
                             }
                         }
                     }
@@ -1325,8 +1456,8 @@ mod tests {
             }
         }
         assert!(
-            fused > 500 && refused > 100,
-            "{fused} fused, {refused} refused"
+            fused > 500 && refused > 100 && wide > 50,
+            "{fused} fused, {refused} refused, {wide} in i64 sums"
         );
     }
 
@@ -1460,7 +1591,7 @@ mod tests {
     #[test]
     fn fused_convs_match_the_separate_requantization() {
         let mut rng = Rng(0x9e37_79b9);
-        let (mut fused_layers, mut in_kernel) = (0, 0);
+        let (mut fused_layers, mut in_kernel, mut wide_layers) = (0, 0, 0);
         for (case, &(dims, hw, in_bits)) in SHAPES.iter().enumerate() {
             let (cin, cout, k, _, _, groups) = dims;
             for div in DIVS {
@@ -1470,6 +1601,8 @@ mod tests {
                     (16, 0, 127),
                     (22, -128, 127),
                     (24, -5, 5),
+                    // 16-bit outputs: sums over 2^32, the i64 form.
+                    (16, -32768, 32767),
                 ] {
                     let fan_in = cin / groups * k * k;
                     let weights: Vec<i32> = (0..cout * fan_in)
@@ -1490,6 +1623,7 @@ mod tests {
                     let w = Weights::new(&plan);
                     let fusable = w.fused[0].is_some();
                     fused_layers += usize::from(fusable);
+                    wide_layers += usize::from(w.fused[0].as_ref().is_some_and(|f| f.wide));
                     let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
                     fused.fuse_requant(true);
                     let tag = format!("case {case} {dims:?} {div:?} shift {shift}");
@@ -1522,6 +1656,10 @@ mod tests {
             }
         }
         assert!(fused_layers > 100, "only {fused_layers} layers fused");
+        assert!(
+            wide_layers > 20,
+            "only {wide_layers} layers fused in i64 sums"
+        );
         // In the kernels' epilogue (the 17-bit case takes the post-pass;
         // depthwise convs of at most 64 outputs requantize in the lanes
         // kernel, `depthwise_lanes.rs`) wherever the CPU has AVX2.

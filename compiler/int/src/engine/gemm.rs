@@ -791,6 +791,7 @@ mod tests {
                 hi: i32::MAX,
                 clamp: false,
                 second: None,
+                wide: false,
                 peak: 0,
             };
             if gemm_madd(&wp, m, k, &col, p, &mut out, &mut packed, Some(&mut e)) {

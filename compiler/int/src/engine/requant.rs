@@ -84,14 +84,14 @@ impl Lane for i64 {
 /// The constants of one channel of a requantization (see
 /// [`requant_row_body`]).
 #[derive(Clone, Copy)]
-struct RowScale {
-    m: i32,
-    m2: i32,
-    b: i64,
-    shift: u32,
-    div: Div,
-    lo: i64,
-    hi: i64,
+pub(super) struct RowScale {
+    pub m: i32,
+    pub m2: i32,
+    pub b: i64,
+    pub shift: u32,
+    pub div: Div,
+    pub lo: i64,
+    pub hi: i64,
 }
 
 /// One channel of a requantization with one term (`src2` empty) or two (a
@@ -102,7 +102,7 @@ struct RowScale {
 /// pass i32), else in i64 (sign-extended 32x32 products); one loop per
 /// rounding so none branches inside.
 #[inline(always)]
-fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
+pub(super) fn requant_row_body(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32]) {
     let RowScale {
         m, m2, b, shift, ..
     } = *q;
@@ -180,18 +180,7 @@ unsafe fn requant_wide_avx2(src: &[i32], src2: Option<&[i32]>, q: &RowScale, out
     use std::arch::x86_64::*;
     let n = src.len();
     assert!(n % 8 == 0 && out.len() >= n && src2.is_none_or(|y| y.len() >= n) && q.shift <= 31);
-    let w = WideRound {
-        m: _mm256_set1_epi64x(q.m as i64),
-        m2: _mm256_set1_epi64x(q.m2 as i64),
-        b: _mm256_set1_epi64x(q.b),
-        count: _mm_cvtsi64_si128(q.shift as i64),
-        mask: _mm256_set1_epi64x((1i64 << q.shift) - 1),
-        half: _mm256_set1_epi64x(if q.shift == 0 {
-            0
-        } else {
-            1i64 << (q.shift - 1)
-        }),
-    };
+    let w = WideRound::new(q.m, q.m2, q.b, q.shift);
     let lo = _mm256_set1_epi32(q.lo.max(i32::MIN as i64) as i32);
     let hi = _mm256_set1_epi32(q.hi.min(i32::MAX as i64) as i32);
     macro_rules! rows {
@@ -202,15 +191,8 @@ unsafe fn requant_wide_avx2(src: &[i32], src2: Option<&[i32]>, q: &RowScale, out
                 unsafe {
                     let x = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
                     let y = src2.map(|y| _mm256_loadu_si256(y.as_ptr().add(i) as *const __m256i));
-                    // Even lanes in the low halves as they are, odd ones
-                    // shifted down; `vpmuldq` reads only the low halves.
-                    let even = w.quotients::<{ $div }>(x, y);
-                    let odd = w.quotients::<{ $div }>(
-                        _mm256_srli_epi64::<32>(x),
-                        y.map(|y| _mm256_srli_epi64::<32>(y)),
-                    );
-                    let r = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
-                    let r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+                    let r =
+                        _mm256_min_epi32(_mm256_max_epi32(w.quotients8::<{ $div }>(x, y), lo), hi);
                     _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, r);
                 }
             }
@@ -223,9 +205,12 @@ unsafe fn requant_wide_avx2(src: &[i32], src2: Option<&[i32]>, q: &RowScale, out
     }
 }
 
-/// The constants of [`requant_wide_avx2`] in registers.
+/// The constants of [`requant_wide_avx2`] (and of the fused epilogue's
+/// i64 form, `fused.rs`) in registers: the multipliers and bias of a
+/// channel, the shift, and the rounding offsets.
 #[cfg(target_arch = "x86_64")]
-struct WideRound {
+#[derive(Clone, Copy)]
+pub(super) struct WideRound {
     m: std::arch::x86_64::__m256i,
     m2: std::arch::x86_64::__m256i,
     b: std::arch::x86_64::__m256i,
@@ -236,6 +221,55 @@ struct WideRound {
 
 #[cfg(target_arch = "x86_64")]
 impl WideRound {
+    /// A channel's multipliers `m` (of the first term) and `m2`, its bias
+    /// `b`, and the shift (at most 31).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn new(m: i32, m2: i32, b: i64, shift: u32) -> WideRound {
+        use std::arch::x86_64::*;
+        WideRound {
+            m: _mm256_set1_epi64x(m as i64),
+            m2: _mm256_set1_epi64x(m2 as i64),
+            b: _mm256_set1_epi64x(b),
+            count: _mm_cvtsi64_si128(shift as i64),
+            mask: _mm256_set1_epi64x((1i64 << shift) - 1),
+            half: _mm256_set1_epi64x(if shift == 0 { 0 } else { 1i64 << (shift - 1) }),
+        }
+    }
+
+    /// The same shift and rounding with another channel's `m` and `b`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn channel(&self, m: i32, b: i64) -> WideRound {
+        use std::arch::x86_64::*;
+        WideRound {
+            m: _mm256_set1_epi64x(m as i64),
+            b: _mm256_set1_epi64x(b),
+            ..*self
+        }
+    }
+
+    /// The quotients of the sums of eight values `x` (and `y`), in i32
+    /// lanes, not clamped: even lanes in the low halves as they are, odd
+    /// ones shifted down (`vpmuldq` reads only the low halves), the odd
+    /// quotients moved back up beside the even ones. Exact where every
+    /// sum is below `2^(31 + shift)` (with the rounding offset).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn quotients8<const DIV: u8>(
+        &self,
+        x: std::arch::x86_64::__m256i,
+        y: Option<std::arch::x86_64::__m256i>,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let even = self.quotients::<DIV>(x, y);
+        let odd = self.quotients::<DIV>(
+            _mm256_srli_epi64::<32>(x),
+            y.map(|y| _mm256_srli_epi64::<32>(y)),
+        );
+        _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
+    }
+
     /// The quotients of the four sums of the low halves of `x` (and `y`)
     /// in the low halves of the lanes (`DIV`: 0 floor, 1 trunc, 2
     /// nearest); a method with its own feature so that it inlines into the
