@@ -286,14 +286,9 @@ pub(super) fn row_consts(
     lo: i32,
     hi: i32,
 ) -> Option<RowConsts> {
-    let (m, b) = (i32::try_from(m).ok()?, i32::try_from(b).ok()?);
-    if lo > hi || shift >= 31 {
-        return None;
-    }
-    let (xlo, xhi) = clamp_range(m, b, shift, div, lo, hi);
-    let sum = |x: i32| (x as i64 * m as i64 + b as i64).abs();
-    let bound = sum(xlo).max(sum(xhi)) + (1i64 << shift);
-    (bound < 1 << 31).then_some(RowConsts { xlo, xhi, m, b })
+    (shift < 31)
+        .then(|| clamped_consts(m, b, (shift, div, lo, hi), 31))
+        .flatten()
 }
 
 /// One channel's [`RowConsts`] where the clamped sums pass i32 (else
@@ -309,14 +304,27 @@ pub(super) fn wide_row_consts(
     lo: i32,
     hi: i32,
 ) -> Option<RowConsts> {
+    (shift <= 31)
+        .then(|| clamped_consts(m, b, (shift, div, lo, hi), 31 + shift))
+        .flatten()
+}
+
+/// The clamp range of a channel (`m`, `b` in i32, `lo <= hi`) where its
+/// clamped sums plus the rounding offset stay below `2^bits`, else `None`.
+fn clamped_consts(
+    m: i64,
+    b: i64,
+    (shift, div, lo, hi): (u32, Div, i32, i32),
+    bits: u32,
+) -> Option<RowConsts> {
     let (m, b) = (i32::try_from(m).ok()?, i32::try_from(b).ok()?);
-    if lo > hi || shift > 31 {
+    if lo > hi {
         return None;
     }
     let (xlo, xhi) = clamp_range(m, b, shift, div, lo, hi);
     let sum = |x: i32| (x as i64 * m as i64 + b as i64).abs();
     let bound = sum(xlo).max(sum(xhi)) + (1i64 << shift);
-    (bound < 1i64 << (31 + shift)).then_some(RowConsts { xlo, xhi, m, b })
+    (bound < 1i64 << bits).then_some(RowConsts { xlo, xhi, m, b })
 }
 
 /// Whether the rounded sums of the clamped accumulators, `div(x * m + b,
