@@ -710,6 +710,10 @@ mod tests {
             (16, 32, 1, 2, 0, [8, 32]),
             (5, 9, 1, 2, 0, [5, 16]),
             (4, 6, 1, 2, 0, [6, 17]),
+            // 2x2 stride 2: packed straight from the image (an odd row
+            // left over), and a width it does not take.
+            (3, 8, 2, 2, 0, [7, 16]),
+            (4, 5, 2, 2, 0, [4, 12]),
         ] {
             let fan_in = cin * k * k;
             let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {

@@ -29,9 +29,14 @@ use crate::plan::ConvLayer;
 /// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
 /// a multiple of 8 wide (its vectors run along a row; narrower maps go
 /// through im2col, whose vectors run across rows). Any stride: a strided
-/// conv's input is split into column phases.
+/// conv's input is split into column phases. Not 2x2 stride-2 patches
+/// (`gemm::patch2_conv`), which im2col packs straight from the image.
 pub(super) fn direct_conv(l: &ConvLayer) -> bool {
-    l.groups == 1 && l.stride >= 1 && l.kernel > 1 && l.out_hw[1] % 8 == 0
+    l.groups == 1
+        && l.stride >= 1
+        && l.kernel > 1
+        && l.out_hw[1] % 8 == 0
+        && !super::gemm::patch2_conv(l)
 }
 
 /// The weights of a [`direct_conv`] laid out for [`direct_kernel`]:

@@ -645,6 +645,15 @@ pub(super) fn conv_im2col_madd(
     }
 }
 
+/// Whether `l` is a 2x2 conv of stride 2 without padding: its patches do
+/// not overlap and each im2col row pair is two neighbouring values of one
+/// input row, so [`pack_group`] packs it straight from the image and the
+/// im2col kernel runs it (not `direct.rs`, whose per-tap layout costs more
+/// there).
+pub(super) fn patch2_conv(l: &ConvLayer) -> bool {
+    l.kernel == 2 && l.stride == 2 && l.padding == 0
+}
+
 /// The im2col rows of group `g` as i16 pairs in the [`packed_len`] layout
 /// (compiled with AVX2 so the row copies and conversions vectorise).
 ///
@@ -713,6 +722,46 @@ unsafe fn pack_group(
                             _mm256_or_si256(lo, hi),
                         )
                     };
+                }
+            }
+        }
+        return;
+    }
+    if patch2_conv(l) && ow % 8 == 0 && 2 * ow <= iw && 2 * oh <= ih {
+        // A 2x2 stride-2 conv (ToyNet's downsampling): im2col row pair `j`
+        // is channel `j / 2`'s taps `(ky, 0)` and `(ky, 1)`, `ky = j % 2`,
+        // so each pair word is two neighbouring values of input row `2 oy
+        // + ky`: eight words from sixteen values (their low halves picked
+        // by a byte shuffle), no im2col row.
+        let pick = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1,
+            -1, -1, -1, -1, -1, -1, -1,
+        );
+        for j in 0..kp {
+            let (c, ky) = (g * cin_g + j / 2, j % 2);
+            let plane = &input[c * ih * iw..(c + 1) * ih * iw];
+            for oy in 0..oh {
+                let row = &plane[(2 * oy + ky) * iw..(2 * oy + ky + 1) * iw];
+                for ox in (0..ow).step_by(8) {
+                    // Sixteen values from column `2 ox` (`2 ox + 16 <= 2 ow
+                    // <= iw`), bounds-checked.
+                    let src = &row[2 * ox..2 * ox + 16];
+                    let dst = &mut packed[((oy * ow + ox) / 8 * kp + j) * 16..][..16];
+                    // SAFETY: AVX2 is this function's own feature; `src`
+                    // holds 16 i32 and `dst` 16 i16 (checked slices).
+                    unsafe {
+                        let v0 = _mm256_loadu_si256(src.as_ptr() as *const __m256i);
+                        let v1 = _mm256_loadu_si256(src.as_ptr().add(8) as *const __m256i);
+                        // Per 128-bit lane: its two pair words in the low
+                        // 64 bits; then words 0 1 | 4 5 | 2 3 | 6 7 in
+                        // order.
+                        let w = _mm256_unpacklo_epi64(
+                            _mm256_shuffle_epi8(v0, pick),
+                            _mm256_shuffle_epi8(v1, pick),
+                        );
+                        let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(w);
+                        _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, w);
+                    }
                 }
             }
         }
