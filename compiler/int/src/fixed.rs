@@ -264,6 +264,24 @@ pub fn div_round(x: i64, n: i64, div: Div) -> i64 {
 mod tests {
     use super::*;
 
+    /// Dividing by `2^k` is shifting by `k`, in every rounding (the pools
+    /// of power-of-two maps take the shift).
+    #[test]
+    fn division_by_a_power_of_two_is_the_shift() {
+        let xs = (-300i64..=300).chain([i64::MIN / 4, -(1 << 40) - 7, (1 << 40) + 5, i64::MAX / 4]);
+        for x in xs {
+            for k in 0..24u32 {
+                for div in [Div::Trunc, Div::Floor, Div::Nearest] {
+                    assert_eq!(
+                        shift_round(x, k, div),
+                        div_round(x, 1 << k, div),
+                        "{x} {k} {div:?}"
+                    );
+                }
+            }
+        }
+    }
+
     const F32_16: FixedFormat = FixedFormat::new(32, 16);
     const F16_8: FixedFormat = FixedFormat::new(16, 8);
 

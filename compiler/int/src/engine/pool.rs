@@ -8,7 +8,7 @@
 //! it ([`plane_sums`]), with the same result as the window loop.
 
 use super::{Buf, Workspace};
-use crate::fixed::div_round;
+use crate::fixed::{div_round, shift_round};
 use crate::plan::{IntPlan, Pool, PoolKind};
 
 /// Runs a pooling layer on the workspace's buffers.
@@ -35,10 +35,16 @@ pub(super) fn run_pool(plan: &IntPlan, l: &Pool, ws: &mut Workspace) {
         let n = (ih * iw) as i64;
         let max = matches!(l.kind, PoolKind::Max { .. });
         let (sum_only, div) = (l.sum_only, l.div);
-        // What the window loop below stores for a window's sum or maximum.
+        // What the window loop below stores for a window's sum or maximum;
+        // a power-of-two count (every seed model's 4 x 4 or 8 x 8 map)
+        // divides by a shift, the same rounding without a division per
+        // channel.
+        let pow2 = (n as u64).is_power_of_two().then(|| n.trailing_zeros());
         let finish = |x: i64| -> i32 {
             if max || sum_only {
                 x as i32
+            } else if let Some(k) = pow2 {
+                shift_round(x, k, div) as i32
             } else {
                 div_round(x, n.max(1), div) as i32
             }
