@@ -18,12 +18,14 @@
 //! Kernels (x86-64 with AVX2, chosen at run time; every other case runs the
 //! plain Rust loops, which are the reference the tests compare against):
 //! - ungrouped k x k convs whose output rows are multiples of 8 wide, any
-//!   stride: `direct_kernel` over a zero-padded, phase-split copy of the
-//!   input as i16 channel pairs (`vpmaddwd`, 8 output channels x 8
+//!   stride (but 2x2 stride-2 patches, which im2col packs straight from
+//!   the image): `direct_kernel` over a zero-padded, phase-split copy of
+//!   the input as i16 channel pairs (`vpmaddwd`, 8 output channels x 8
 //!   positions per pass, weights from `direct_weights`);
 //! - 1x1 and other grouped/im2col convs: `madd_kernel` over an operand
 //!   packed per block of 8 positions (`packed_len`), weights laid out once
-//!   by `madd_weights`;
+//!   by `madd_weights`; a conv of one position (a fc layer) `madd_gemv`,
+//!   one dot product per row;
 //! - depthwise convs: with 16-bit operands `depthwise_madd` (`vpmaddwd` on
 //!   row pairs: two taps of 8 outputs per instruction, a layout whose
 //!   zero borders are written once per layer), else
@@ -33,13 +35,15 @@
 //!   f64 copy of the image where it is ungrouped with stride 1, else
 //!   im2col and `gemm_f64` (both with no FMA and the taps in im2col's
 //!   order, so bit for bit the plain loop and the C reference);
-//! - requantization: one vectorised loop per rounding mode, in i32 or i64
-//!   lanes (`requant_row_body`);
+//! - requantization: one vectorised loop per rounding mode, in i32 lanes,
+//!   i64 sums with i32 quotients (`requant_wide_avx2`) or i64 lanes
+//!   (`requant_row_body`);
 //! - a requantization fused into the conv before it (`fused.rs`, only where
 //!   the workspace asks for it: [`Workspace::fuse_requant`], and no
 //!   accumulator width is simulated): in the epilogue of `madd_kernel` and
 //!   `direct_kernel` (clamp, multiplier, bias, shift and clamp per output
-//!   channel on eight accumulators in a register, exact in i32 lanes), or
+//!   channel on eight accumulators in a register, exact in i32 lanes, or
+//!   in i64 sums where only the quotients fit i32: `FusedRequant::wide`), or
 //!   for other convs (depthwise, wide operands) one pass per channel over
 //!   the freshly computed row (`requant_clamped`); with the same switch a
 //!   two-term requantization (a residual add) runs in i32 lanes with its
