@@ -1129,17 +1129,9 @@ fn bench(
         images.len(),
         rounds.max(1)
     );
-    let avx2 = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
-    println!("kernels: {}", if avx2 { "AVX2" } else { "portable" });
+    // AVX-512 VNNI, AVX2 or portable, as the engine's threads choose
+    // (`QATC_INT_ISA=avx2` keeps a CPU with more on AVX2).
+    println!("kernels: {}", qatc_int::engine::kernels());
     let mut thread_counts = vec![1];
     if cores > 1 {
         thread_counts.push(cores);

@@ -54,7 +54,7 @@ impl Progress {
             None if !self.shown => {}
             None => {
                 let every = (self.steps / 10).max(1);
-                if step % every == 0 || step == self.steps {
+                if step.is_multiple_of(every) || step == self.steps {
                     eprintln!("{} step {step}/{}: {msg}", self.label, self.steps);
                 }
             }

@@ -685,6 +685,10 @@ mod tests {
     /// decline (the caller then runs the plain loops).
     #[test]
     fn madd_kernels_match_naive_on_edge_values() {
+        crate::engine::isa::on_each(madd_kernels_match_naive_on_edge_values_body);
+    }
+
+    fn madd_kernels_match_naive_on_edge_values_body() {
         let mut seed = 0x9e37_79b9_u32;
         let mut next = move || {
             seed ^= seed << 13;
@@ -788,6 +792,10 @@ mod tests {
 
     #[test]
     fn grouped_strided_padded_conv_matches_naive() {
+        crate::engine::isa::on_each(grouped_strided_padded_conv_matches_naive_body);
+    }
+
+    fn grouped_strided_padded_conv_matches_naive_body() {
         for (cin, cout, k, stride, pad, groups) in [
             (4, 6, 3, 2, 1, 2),
             (3, 5, 3, 1, 1, 1),

@@ -545,8 +545,8 @@ impl FlatGeom {
             && pad == (k - 1) / 2
             && (oh, ow) == (ih, iw)
             && ih >= 1
-            && (iw % 8 == 0 || iw == 4)
-            && (ih * iw) % 8 == 0
+            && (iw.is_multiple_of(8) || iw == 4)
+            && (ih * iw).is_multiple_of(8)
             && pad < 8)
             .then_some(FlatGeom {
                 ih,
@@ -644,7 +644,7 @@ unsafe fn pair_words_split(even: &mut [i32], odd: &mut [i32], a: &[i32], b: &[i3
     let n = 2 * even.len();
     assert!(odd.len() == even.len() && a.len() >= n && b.len() >= n);
     let word = |j: usize| ((a[j] as u16 as u32) | ((b[j] as u32) << 16)) as i32;
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         for j in 0..n / 2 {
             even[j] = word(2 * j);
             odd[j] = word(2 * j + 1);
@@ -865,18 +865,18 @@ impl Flat2Geom {
             && k % 2 == 1
             && k <= 5
             && pad == (k - 1) / 2
-            && ih % 2 == 0
-            && iw % 2 == 0
+            && ih.is_multiple_of(2)
+            && iw.is_multiple_of(2)
             && (oh, ow) == (ih / 2, iw / 2)
             && oh >= 1
-            && (ow % 8 == 0 || (ow == 4 && oh % 2 == 0)))
-            .then_some(Flat2Geom {
-                ih,
-                iw,
-                k,
-                pad,
-                groups: k.div_ceil(2) * k,
-            })
+            && (ow.is_multiple_of(8) || (ow == 4 && oh.is_multiple_of(2))))
+        .then_some(Flat2Geom {
+            ih,
+            iw,
+            k,
+            pad,
+            groups: k.div_ceil(2) * k,
+        })
     }
 
     /// Words of the layout: `pad` words of slack at each end around

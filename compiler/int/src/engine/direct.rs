@@ -19,11 +19,9 @@
 //! channel's sums requantized instead of the sums.
 
 use super::fused::Epilogue;
-#[cfg(target_arch = "x86_64")]
-use super::fused::{hmax_u32, Regs};
-#[cfg(target_arch = "x86_64")]
-use super::gemm::pair8;
 use super::gemm::{madd_weights, MADD_ROWS};
+#[cfg(target_arch = "x86_64")]
+use super::gemm::{pair8, vnni_blocks, BlockOut, Dst};
 use crate::plan::ConvLayer;
 
 /// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
@@ -35,7 +33,7 @@ pub(super) fn direct_conv(l: &ConvLayer) -> bool {
     l.groups == 1
         && l.stride >= 1
         && l.kernel > 1
-        && l.out_hw[1] % 8 == 0
+        && l.out_hw[1].is_multiple_of(8)
         && !super::gemm::patch2_conv(l)
 }
 
@@ -293,14 +291,16 @@ unsafe fn direct_kernel(
     epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
+    if super::isa::avx512_vnni() {
+        // SAFETY: the CPU has AVX-512 F, BW and VNNI (and AVX2): checked
+        // by `avx512_vnni`; the rest of the contract is this function's.
+        unsafe { direct_kernel_vnni(l, dpairs, padded, row_step, taps, out, epi) };
+        return;
+    }
     let [oh, ow] = l.out_hw;
-    let p = oh * ow;
     let n = taps.len();
     // SAFETY: AVX2 is this function's own feature.
-    let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
-    let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
-    let second = epi.as_deref().and_then(|e| e.second);
-    let mut peak = _mm256_setzero_si256();
+    let mut fin = unsafe { BlockOut::new(Dst::Rows(out), epi.as_deref(), oh * ow, l.cout) };
     for b in 0..l.cout.div_ceil(MADD_ROWS) {
         let rows = (l.cout - b * MADD_ROWS).min(MADD_ROWS);
         // SAFETY: block `b` of `dpairs` (`taps.len() * 8` values) lies
@@ -311,9 +311,9 @@ unsafe fn direct_kernel(
                 // SAFETY: AVX2 is this function's own feature; each load
                 // reads 16 i16 at `2 * (y * row_step + i) + off`, inside
                 // `padded`, and each weight `wb[t * 8 + r]` inside block
-                // `b` (the caller's bounds); the stores write 8 i32 at
-                // `(b * 8 + r) * p + y * ow + i` with `r < rows`, `i + 8 <=
-                // ow`, inside `out` (`cout * p` values).
+                // `b` (the caller's bounds); `finish` gets rows `< cout` of
+                // the whole block of positions `y * ow + i..+8` (`ow` a
+                // multiple of 8), inside `out` (`cout * oh * ow` values).
                 unsafe {
                     let base = padded.as_ptr().add(2 * (y * row_step + i));
                     let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
@@ -326,30 +326,63 @@ unsafe fn direct_kernel(
                         }
                         w = w.add(MADD_ROWS);
                     }
-                    let (o, at) = (b * MADD_ROWS, y * ow + i);
-                    match (&regs, &second) {
-                        // The fused requantization: the largest |sum| (any
-                        // lanes past the positions hold 0), then each row's
-                        // sums requantized; a whole block of rows at once.
-                        (Some(rg), None) => rg.block(&mut acc, rows, &erows[o..], &mut peak),
-                        // With a second term (rows `o..o + rows`, positions
-                        // `at..at + 8`, inside it: `Epilogue::holds`).
-                        (Some(rg), Some(s)) => {
-                            rg.block2(&mut acc, rows, &erows[o..], s, o, at, &mut peak)
-                        }
-                        (None, _) => {}
-                    }
-                    let dst = out.as_mut_ptr().add(b * MADD_ROWS * p + y * ow + i);
-                    for (r, a) in acc.iter().enumerate().take(rows) {
-                        _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
-                    }
+                    fin.finish(&mut acc, b * MADD_ROWS, rows, (y * ow + i) / 8);
                 }
             }
         }
     }
+    // SAFETY: AVX2 is this function's own feature.
+    let peak = unsafe { fin.peak() };
     if let Some(e) = epi {
-        // SAFETY: AVX2 is this function's own feature.
-        e.peak = e.peak.max(unsafe { hmax_u32(peak) });
+        e.peak = e.peak.max(peak);
+    }
+}
+
+/// [`direct_kernel`] with AVX-512 VNNI ([`vnni_blocks`] over the output's
+/// blocks of eight positions, row by row: two blocks per pass are the next
+/// eight of the row or of the next row). The same sums.
+///
+/// # Safety
+///
+/// As [`direct_kernel`], and the CPU must support AVX-512 F, BW and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn direct_kernel_vnni(
+    l: &ConvLayer,
+    dpairs: &[i32],
+    padded: &[i16],
+    row_step: usize,
+    taps: &[usize],
+    out: &mut [i32],
+    epi: Option<&mut Epilogue>,
+) {
+    let [oh, ow] = l.out_hw;
+    // SAFETY: AVX2 is one of this function's features.
+    let mut fin = unsafe { BlockOut::new(Dst::Rows(out), epi.as_deref(), oh * ow, l.cout) };
+    // Block `g` is positions `8 g..8 g + 8` of the output (`ow` a multiple
+    // of 8): row `y = 8 g / ow` from `i = 8 g % ow`, read from `2 * (y *
+    // row_step + i)` plus each tap's offset.
+    let at = |g: usize| 2 * ((8 * g / ow) * row_step + 8 * g % ow);
+    // SAFETY: this function's features; `dpairs` holds `cout.div_ceil(8)`
+    // blocks of `8 * taps.len()`, every read at `at(g) + off` lies inside
+    // `padded` and `fin` holds `cout` rows of `oh * ow` (the caller's
+    // bounds, as in `direct_kernel`).
+    unsafe {
+        vnni_blocks(
+            dpairs,
+            taps.len(),
+            l.cout,
+            padded,
+            oh * ow / 8,
+            at,
+            taps.iter().copied(),
+            &mut fin,
+        )
+    };
+    // SAFETY: AVX2 is one of this function's features.
+    let peak = unsafe { fin.peak() };
+    if let Some(e) = epi {
+        e.peak = e.peak.max(peak);
     }
 }
 

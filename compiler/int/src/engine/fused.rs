@@ -835,7 +835,7 @@ pub(super) fn run_requant2(plan: &IntPlan, r: &crate::plan::Requant, ws: &mut Wo
     }
     let c = r.bias.len();
     let len = plan.tensors.get(r.output).map_or(0, |t| t.len());
-    if c == 0 || len % c != 0 || t0.mult.len() != c || t1.mult.len() != c {
+    if c == 0 || !len.is_multiple_of(c) || t0.mult.len() != c || t1.mult.len() != c {
         return false;
     }
     let Some(sat) = saturation(r.shift, r.div, lo, hi) else {
@@ -1598,6 +1598,10 @@ mod tests {
     /// two images (the statistics accumulate).
     #[test]
     fn fused_convs_match_the_separate_requantization() {
+        crate::engine::isa::on_each(fused_convs_match_the_separate_requantization_body);
+    }
+
+    fn fused_convs_match_the_separate_requantization_body() {
         let mut rng = Rng(0x9e37_79b9);
         let (mut fused_layers, mut in_kernel, mut wide_layers) = (0, 0, 0);
         for (case, &(dims, hw, in_bits)) in SHAPES.iter().enumerate() {
@@ -1732,6 +1736,10 @@ mod tests {
     /// bounds; the output and the accumulator statistics are identical.
     #[test]
     fn fused_residual_adds_match_the_separate_requantization() {
+        crate::engine::isa::on_each(fused_residual_adds_match_the_separate_requantization_body);
+    }
+
+    fn fused_residual_adds_match_the_separate_requantization_body() {
         let mut rng = Rng(0x5bd1_e995);
         let (mut fused_layers, mut in_kernel) = (0, 0);
         for (case, &(dims, hw, in_bits)) in SHAPES.iter().enumerate() {
@@ -2075,7 +2083,11 @@ mod tests {
                             _ => rng.range(-(1 << 20), 1 << 20) as i32,
                         })
                         .collect();
-                    let top = if rng.next() % 2 == 0 { 255 } else { 1 << 16 };
+                    let top = if rng.next().is_multiple_of(2) {
+                        255
+                    } else {
+                        1 << 16
+                    };
                     let y: Vec<i32> = (0..len).map(|_| rng.range(-top, top) as i32).collect();
                     let w = Weights::new(&plan);
                     let (mut plain, mut fast) = (Workspace::new(&plan), Workspace::new(&plan));

@@ -209,7 +209,7 @@ pub(super) fn unpack_pairs(packed: &[i16], k: usize, p: usize, out: &mut [i32]) 
 /// overwritten.
 fn size_packed(packed: &mut Vec<i16>, kp: usize, p: usize) {
     packed.resize(packed_len(kp, p), 0);
-    if p % 8 != 0 {
+    if !p.is_multiple_of(8) {
         packed[p / 8 * kp * 16..].fill(0);
     }
 }
@@ -352,18 +352,19 @@ unsafe fn madd_kernel(
     k: usize,
     packed: &[i16],
     p: usize,
-    mut out: Dst,
+    out: Dst,
     epi: Option<&mut Epilogue>,
 ) {
     use std::arch::x86_64::*;
+    if super::isa::avx512_vnni() {
+        // SAFETY: the CPU has AVX-512 F, BW and VNNI (and AVX2): checked
+        // by `avx512_vnni`; the rest of the contract is this function's.
+        unsafe { madd_kernel_vnni(wp, m, k, packed, p, out, epi) };
+        return;
+    }
     let kp = k.div_ceil(2);
-    // The pairs of rows of a packed output.
-    let kp_out = m.div_ceil(2);
     // SAFETY: AVX2 is this function's own feature.
-    let regs = epi.as_deref().map(|e| unsafe { Regs::new(e) });
-    let erows = epi.as_deref().map_or(&[][..], |e| e.rows);
-    let second = epi.as_deref().and_then(|e| e.second);
-    let mut peak = _mm256_setzero_si256();
+    let mut fin = unsafe { BlockOut::new(out, epi.as_deref(), p, m) };
     for o in (0..m).step_by(MADD_ROWS) {
         let rows = (m - o).min(MADD_ROWS);
         // This block of eight rows: `[kp][8]`, broadcasts at fixed offsets.
@@ -373,9 +374,8 @@ unsafe fn madd_kernel(
             // `packed` is `kp` x 16 i16 at `b * kp * 16`, inside
             // `packed_len(kp, p)` (the caller's length); the weights read are
             // `wb[j * 8 + r]`, `j < kp`, inside `wb` (`8 * kp`, a checked
-            // slice); the whole-vector stores write `(o + r) * p + i..+8`
-            // with `o + r < m` and `i + 8 <= p`, inside `out` (`m * p`); the
-            // last partial block goes through `last` and checked slices.
+            // slice); `finish` writes inside `out` (its `# Safety`, from the
+            // caller's lengths).
             unsafe {
                 let mut acc = [_mm256_setzero_si256(); MADD_ROWS];
                 // Block b: kp pairs of rows x 8 positions, 16 i16 each.
@@ -390,61 +390,296 @@ unsafe fn madd_kernel(
                     x = x.add(16);
                     w = w.add(MADD_ROWS);
                 }
-                let i = b * 8;
-                match (&regs, &second) {
-                    // The fused requantization: the largest |sum| (any lanes
-                    // past the positions hold 0), then each row's sums
-                    // requantized; a whole block of rows at once.
-                    (Some(rg), None) => rg.block(&mut acc, rows, &erows[o..], &mut peak),
-                    // With a second term (rows `o..o + rows`, positions
-                    // `i..`, inside it: `Epilogue::holds(m, p)`).
-                    (Some(rg), Some(s)) => {
-                        rg.block2(&mut acc, rows, &erows[o..], s, o, i, &mut peak)
-                    }
-                    (None, _) => {}
+                fin.finish(&mut acc, o, rows, b);
+            }
+        }
+    }
+    // SAFETY: AVX2 is this function's own feature.
+    let peak = unsafe { fin.peak() };
+    if let Some(e) = epi {
+        e.peak = e.peak.max(peak);
+    }
+}
+
+/// [`madd_kernel`] with AVX-512 VNNI ([`vnni_blocks`] over the operand's
+/// blocks of eight positions). The same sums.
+///
+/// # Safety
+///
+/// As [`madd_kernel`], and the CPU must support AVX-512 F, BW and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn madd_kernel_vnni(
+    wp: &[i32],
+    m: usize,
+    k: usize,
+    packed: &[i16],
+    p: usize,
+    out: Dst,
+    epi: Option<&mut Epilogue>,
+) {
+    let kp = k.div_ceil(2);
+    // SAFETY: AVX2 is one of this function's features.
+    let mut fin = unsafe { BlockOut::new(out, epi.as_deref(), p, m) };
+    // Block `b` of the operand: `kp` pairs of rows at `b * kp * 16`, pair
+    // `j` 16 i16 further each.
+    let at = |b: usize| b * kp * 16;
+    // SAFETY: this function's features; the weights are `madd_group_len(m,
+    // k)` of blocks of `8 * kp`, each operand block read (`at(b) + 16 j +
+    // 16 <= packed_len(kp, p)`, `j < kp`, `b < p.div_ceil(8)`) inside
+    // `packed`, and `fin` holds `m` rows of `p` (the caller's lengths).
+    unsafe {
+        vnni_blocks(
+            wp,
+            kp,
+            m,
+            packed,
+            p.div_ceil(8),
+            at,
+            (0..kp).map(|j| 16 * j),
+            &mut fin,
+        )
+    };
+    // SAFETY: AVX2 is one of this function's features.
+    let peak = unsafe { fin.peak() };
+    if let Some(e) = epi {
+        e.peak = e.peak.max(peak);
+    }
+}
+
+/// The AVX-512 VNNI kernel of [`madd_kernel_vnni`] and `direct.rs`'s
+/// `direct_kernel_vnni`: `m` output rows from weights `w` in blocks of
+/// eight rows (`[n][8]` each, the [`madd_weights`] layout) over `blocks`
+/// blocks of eight positions, block `g` reading its `n` steps' operand
+/// vectors (16 i16: eight positions' pairs) at `at(g) + off` for each `off`
+/// of `offs`. Per pass sixteen rows (two blocks of weights) x two blocks
+/// of positions (one in each half of a 512-bit register), one `vpdpwssd`
+/// per row and step (`vpmaddwd` and `vpaddd` in one instruction, twice as
+/// wide); each half of each accumulator is then an eight-by-eight block as
+/// the AVX2 kernels have it and goes through the same [`BlockOut::finish`].
+///
+/// # Safety
+///
+/// AVX-512 F, BW, VNNI; `w.len() >= m.div_ceil(8) * 8 * n`; `offs` yields
+/// `n` offsets and for every `g < blocks` and `off` of them `at(g) + off +
+/// 16 <= x.len()`; `fin` takes rows `< m` of blocks `< blocks`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
+    w: &[i32],
+    n: usize,
+    m: usize,
+    x: &[i16],
+    blocks: usize,
+    at: impl Fn(usize) -> usize,
+    offs: I,
+    fin: &mut BlockOut,
+) {
+    let mut o = 0;
+    while o < m {
+        let two = m - o > MADD_ROWS;
+        for g in (0..blocks).step_by(2) {
+            // The upper half: the next block, or (the last block alone)
+            // block `g` again, not used.
+            let g1 = if g + 1 < blocks { g + 1 } else { g };
+            let pass = VnniPass {
+                w: w[o * n..].as_ptr(),
+                n,
+                x: (x[at(g)..].as_ptr(), x[at(g1)..].as_ptr()),
+                o,
+                g: (g, g1),
+                m,
+            };
+            // SAFETY: this function's features and its caller's bounds:
+            // weight blocks `o / 8` and (with `two`, `o + 8 < m`) the next
+            // inside `w`, every read at `at(g*) + off` inside `x`.
+            unsafe {
+                if two {
+                    pass.run::<2, I>(offs.clone(), fin);
+                } else {
+                    pass.run::<1, I>(offs.clone(), fin);
                 }
-                match &mut out {
-                    Dst::Packed(pk) => {
-                        // Rows `o + 2j`, `o + 2j + 1` as pair `o / 2 + j` of
-                        // block `b` (inside `packed_len(kp_out, p)`, the
-                        // caller's length); lanes past `p` and a missing
-                        // last odd row zero.
-                        let keep = first_lanes(p - i);
-                        let low = _mm256_set1_epi32(0xffff);
-                        for j in 0..rows.div_ceil(2) {
-                            let lo = _mm256_and_si256(_mm256_and_si256(acc[2 * j], keep), low);
-                            let hi = if 2 * j + 1 < rows {
-                                _mm256_slli_epi32(_mm256_and_si256(acc[2 * j + 1], keep), 16)
-                            } else {
-                                _mm256_setzero_si256()
-                            };
-                            let at = (b * kp_out + o / 2 + j) * 16;
-                            _mm256_storeu_si256(
-                                pk.as_mut_ptr().add(at) as *mut __m256i,
-                                _mm256_or_si256(lo, hi),
-                            );
-                        }
+            }
+        }
+        o += if two { 2 * MADD_ROWS } else { MADD_ROWS };
+    }
+}
+
+/// One pass of [`vnni_blocks`]: rows from `o`, weights from `w` (`n` steps
+/// per block of eight rows), operand blocks `g.0` and `g.1` read from `x.0`
+/// and `x.1` (where `g.1 == g.0`, the upper half is not used).
+#[cfg(target_arch = "x86_64")]
+struct VnniPass {
+    w: *const i32,
+    n: usize,
+    x: (*const i16, *const i16),
+    o: usize,
+    g: (usize, usize),
+    m: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl VnniPass {
+    /// `RB` blocks of eight rows.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F, BW, VNNI; `RB` blocks of `8 * n` weights at `w`, and
+    /// `x.* + off + 16` inside the operand for each `off` of `offs`; `fin`
+    /// as in [`vnni_blocks`].
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn run<const RB: usize, I: Iterator<Item = usize>>(&self, offs: I, fin: &mut BlockOut) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's bounds (see `# Safety`).
+        unsafe {
+            let mut acc = [[_mm512_setzero_si512(); MADD_ROWS]; RB];
+            for (t, off) in offs.enumerate() {
+                let lo = _mm256_loadu_si256(self.x.0.add(off) as *const __m256i);
+                let hi = _mm256_loadu_si256(self.x.1.add(off) as *const __m256i);
+                let xv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                for (rb, accs) in acc.iter_mut().enumerate() {
+                    let w = self.w.add((rb * self.n + t) * MADD_ROWS);
+                    for (r, a) in accs.iter_mut().enumerate() {
+                        *a = _mm512_dpwssd_epi32(*a, xv, _mm512_set1_epi32(*w.add(r)));
                     }
-                    Dst::Rows(out) if i + 8 <= p => {
-                        let dst = out.as_mut_ptr().add(o * p + i);
-                        for (r, a) in acc.iter().enumerate().take(rows) {
-                            _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
-                        }
-                    }
-                    Dst::Rows(out) => {
-                        let mut last = [0i32; 8];
-                        for (r, a) in acc.iter().enumerate().take(rows) {
-                            _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
-                            out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
-                        }
-                    }
+                }
+            }
+            for (rb, accs) in acc.iter().enumerate() {
+                let ob = self.o + rb * MADD_ROWS;
+                let rows = (self.m - ob).min(MADD_ROWS);
+                let mut half: [__m256i; MADD_ROWS] =
+                    std::array::from_fn(|r| _mm512_castsi512_si256(accs[r]));
+                fin.finish(&mut half, ob, rows, self.g.0);
+                if self.g.1 != self.g.0 {
+                    let mut half: [__m256i; MADD_ROWS] =
+                        std::array::from_fn(|r| _mm512_extracti64x4_epi64::<1>(accs[r]));
+                    fin.finish(&mut half, ob, rows, self.g.1);
                 }
             }
         }
     }
-    if let Some(e) = epi {
+}
+
+/// Where [`madd_kernel`]'s blocks of eight rows x eight positions of sums
+/// go: the fused requantization (where given), then the store into `out`.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct BlockOut<'a, 'e> {
+    out: Dst<'a>,
+    regs: Option<Regs>,
+    erows: &'e [super::fused::RowConsts],
+    second: Option<super::fused::Second<'e>>,
+    p: usize,
+    /// The pairs of rows of a packed output.
+    kp_out: usize,
+    peak: std::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a, 'e> BlockOut<'a, 'e> {
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn new(out: Dst<'a>, epi: Option<&'e Epilogue>, p: usize, m: usize) -> Self {
+        BlockOut {
+            out,
+            // SAFETY: AVX2 is this function's own feature.
+            regs: epi.map(|e| unsafe { Regs::new(e) }),
+            erows: epi.map_or(&[][..], |e| e.rows),
+            second: epi.and_then(|e| e.second),
+            p,
+            kp_out: m.div_ceil(2),
+            peak: std::arch::x86_64::_mm256_setzero_si256(),
+        }
+    }
+
+    /// The largest |sum| of the blocks so far (with an epilogue).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn peak(&self) -> u32 {
         // SAFETY: AVX2 is this function's own feature.
-        e.peak = e.peak.max(unsafe { hmax_u32(peak) });
+        unsafe { hmax_u32(self.peak) }
+    }
+
+    /// Rows `o..o + rows` (`rows <= 8`) x positions of block `b` of sums,
+    /// `acc[r]` row `o + r`: requantized where there is an epilogue (the
+    /// largest |sum| taken first; lanes past the positions hold 0), then
+    /// stored.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2; `o + rows <= m` and `b < p.div_ceil(8)`,
+    /// with `out` and the epilogue holding [`madd_kernel`]'s lengths.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn finish(
+        &mut self,
+        acc: &mut [std::arch::x86_64::__m256i; MADD_ROWS],
+        o: usize,
+        rows: usize,
+        b: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let (p, i) = (self.p, b * 8);
+        // SAFETY: AVX2 is this function's own feature; the stores write
+        // `(o + r) * p + i..+8` with `o + r < m` and `i + 8 <= p` inside
+        // `out` (`m * p`), the last partial block through `last` and checked
+        // slices, a packed output pair `o / 2 + j` of block `b` inside
+        // `packed_len(kp_out, p)` (the caller's lengths).
+        unsafe {
+            match (&self.regs, &self.second) {
+                // The fused requantization: the largest |sum| (any lanes
+                // past the positions hold 0), then each row's sums
+                // requantized; a whole block of rows at once.
+                (Some(rg), None) => rg.block(acc, rows, &self.erows[o..], &mut self.peak),
+                // With a second term (rows `o..o + rows`, positions `i..`,
+                // inside it: `Epilogue::holds(m, p)`).
+                (Some(rg), Some(s)) => {
+                    rg.block2(acc, rows, &self.erows[o..], s, o, i, &mut self.peak)
+                }
+                (None, _) => {}
+            }
+            match &mut self.out {
+                Dst::Packed(pk) => {
+                    // Rows `o + 2j`, `o + 2j + 1` as pair `o / 2 + j` of
+                    // block `b`; lanes past `p` and a missing last odd row
+                    // zero.
+                    let keep = first_lanes(p - i);
+                    let low = _mm256_set1_epi32(0xffff);
+                    for j in 0..rows.div_ceil(2) {
+                        let lo = _mm256_and_si256(_mm256_and_si256(acc[2 * j], keep), low);
+                        let hi = if 2 * j + 1 < rows {
+                            _mm256_slli_epi32(_mm256_and_si256(acc[2 * j + 1], keep), 16)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let at = (b * self.kp_out + o / 2 + j) * 16;
+                        _mm256_storeu_si256(
+                            pk.as_mut_ptr().add(at) as *mut __m256i,
+                            _mm256_or_si256(lo, hi),
+                        );
+                    }
+                }
+                Dst::Rows(out) if i + 8 <= p => {
+                    let dst = out.as_mut_ptr().add(o * p + i);
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        _mm256_storeu_si256(dst.add(r * p) as *mut __m256i, *a);
+                    }
+                }
+                Dst::Rows(out) => {
+                    let mut last = [0i32; 8];
+                    for (r, a) in acc.iter().enumerate().take(rows) {
+                        _mm256_storeu_si256(last.as_mut_ptr() as *mut __m256i, *a);
+                        out[(o + r) * p + i..(o + r + 1) * p].copy_from_slice(&last[..p - i]);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -814,6 +1049,10 @@ mod tests {
     /// `p`) are those of a fresh one.
     #[test]
     fn a_dirty_operand_buffer_changes_neither_sums_nor_peak() {
+        crate::engine::isa::on_each(a_dirty_operand_buffer_changes_neither_sums_nor_peak_body);
+    }
+
+    fn a_dirty_operand_buffer_changes_neither_sums_nor_peak_body() {
         let (m, k, p) = (8, 6, 13);
         let w: Vec<i32> = (0..m * k).map(|i| (i as i32 * 7 % 11) - 5).collect();
         let col: Vec<i32> = (0..k * p).map(|i| (i as i32 * 5 % 13) - 6).collect();
@@ -886,6 +1125,10 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive() {
+        crate::engine::isa::on_each(gemm_matches_naive_body);
+    }
+
+    fn gemm_matches_naive_body() {
         // Several positions, and one (the dot-product path), over blocks
         // of four rows and a remainder, with lengths that are not a
         // multiple of the vector width.

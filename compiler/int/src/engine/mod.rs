@@ -129,11 +129,13 @@ mod direct;
 mod float_stem;
 mod fused;
 mod gemm;
+mod isa;
 mod linear;
 mod pointwise;
 mod pool;
 mod requant;
 
+pub use isa::kernels;
 pub use linear::seed_linear_f32;
 pub use pointwise::hardswish_int;
 

@@ -179,7 +179,9 @@ fn requant_i32_results(src: &[i32], src2: &[i32], q: &RowScale, out: &mut [i32])
 unsafe fn requant_wide_avx2(src: &[i32], src2: Option<&[i32]>, q: &RowScale, out: &mut [i32]) {
     use std::arch::x86_64::*;
     let n = src.len();
-    assert!(n % 8 == 0 && out.len() >= n && src2.is_none_or(|y| y.len() >= n) && q.shift <= 31);
+    assert!(
+        n.is_multiple_of(8) && out.len() >= n && src2.is_none_or(|y| y.len() >= n) && q.shift <= 31
+    );
     let w = WideRound::new(q.m, q.m2, q.b, q.shift);
     let lo = _mm256_set1_epi32(q.lo.max(i32::MIN as i64) as i32);
     let hi = _mm256_set1_epi32(q.hi.min(i32::MAX as i64) as i32);

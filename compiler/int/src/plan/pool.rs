@@ -78,7 +78,9 @@ impl Builder<'_> {
         let window = match kind {
             PoolKind::Avg { kernel, .. } => Some(kernel * kernel),
             PoolKind::Adaptive { size }
-                if size > 0 && info.shape[1] % size == 0 && info.shape[2] % size == 0 =>
+                if size > 0
+                    && info.shape[1].is_multiple_of(size)
+                    && info.shape[2].is_multiple_of(size) =>
             {
                 Some((info.shape[1] / size) * (info.shape[2] / size))
             }

@@ -35,7 +35,7 @@ impl Builder<'_> {
         let v = self.value(values, n, 0)?.clone();
         let c = self.channels_of(&v);
         let groups = op.groups.max(1) as usize;
-        if c % groups != 0 {
+        if !c.is_multiple_of(groups) {
             return Err(unsupported(
                 &n.name,
                 format!("shuffles {c} channels in {groups} groups"),

@@ -268,7 +268,11 @@ pub fn gen_case(seed: u64) -> Case {
     let f = 1 + rng.below(4) as usize;
     let classes = 1 + rng.below(3) as usize;
     let stem_k = rng.pick(&[1usize, 3]);
-    let stem_stride = if hw % 2 == 0 && rng.chance(0.3) { 2 } else { 1 };
+    let stem_stride = if hw.is_multiple_of(2) && rng.chance(0.3) {
+        2
+    } else {
+        1
+    };
     let k1 = rng.pick(&[1usize, 3]);
     let k2 = rng.pick(&[1usize, 3]);
     let q0 = gen_act(&mut rng, false);
