@@ -631,6 +631,7 @@ pub(crate) mod testing {
             w_scale: 127.0,
             a_bits: 8,
             in_bits: 8,
+            in_range: [-128, 127],
             float_scale: 1.0,
             fan_in: cin / groups * k * k,
             worst_bits: None,
@@ -696,95 +697,108 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
-        for (cin, cout, k, stride, pad, hw) in [
-            (3, 5, 3, 1, 1, [5, 8]),
-            (16, 16, 3, 1, 1, [9, 24]),
-            (7, 12, 3, 2, 1, [11, 16]),
-            (16, 17, 3, 1, 1, [3, 40]),
-            (2, 9, 2, 2, 0, [6, 32]),
-            (5, 4, 5, 1, 2, [4, 8]),
-            (8, 13, 1, 1, 0, [5, 13]),
-            (9, 20, 1, 1, 0, [3, 7]),
-            (6, 3, 3, 3, 1, [7, 46]),
-            (4, 8, 3, 2, 0, [5, 17]),
-            (3, 8, 5, 3, 2, [4, 23]),
-            // 1x1 stride 2: the shortcut fast path (even maps, output rows
-            // a multiple of 8 wide; an odd channel count), and a map it
-            // does not take.
-            (16, 32, 1, 2, 0, [8, 32]),
-            (5, 9, 1, 2, 0, [5, 16]),
-            (4, 6, 1, 2, 0, [6, 17]),
-            // 2x2 stride 2: packed straight from the image (an odd row
-            // left over), and a width it does not take.
-            (3, 8, 2, 2, 0, [7, 16]),
-            (4, 5, 2, 2, 0, [4, 12]),
-        ] {
-            let fan_in = cin * k * k;
-            let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {
-                0 => a,
-                1 => b,
-                _ => (r as i32 >> 3).rem_euclid(mid) - mid / 2,
-            };
-            let weights: Vec<i32> = (0..cout * fan_in)
-                .map(|_| pick(next(), -128, 127, 255))
-                .collect();
-            let l = ConvLayer {
-                in_bits: 9,
-                ..layer(cin, cout, k, stride, pad, 1, hw, weights.clone())
-            };
-            let input: Vec<i32> = (0..cin * hw[0] * hw[1])
-                .map(|_| pick(next(), 255, -256, 511))
-                .collect();
-            let want = naive_conv(&l, &input);
-            let w = Weights::new(&IntPlan {
-                layers: vec![Layer::Conv(l.clone())],
-                ..test_plan()
-            });
-            let avx2 = {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx2")
+        for range in 0..3 {
+            for (cin, cout, k, stride, pad, hw) in [
+                (3, 5, 3, 1, 1, [5, 8]),
+                (16, 16, 3, 1, 1, [9, 24]),
+                (7, 12, 3, 2, 1, [11, 16]),
+                (16, 17, 3, 1, 1, [3, 40]),
+                (2, 9, 2, 2, 0, [6, 32]),
+                (5, 4, 5, 1, 2, [4, 8]),
+                (8, 13, 1, 1, 0, [5, 13]),
+                (9, 20, 1, 1, 0, [3, 7]),
+                (6, 3, 3, 3, 1, [7, 46]),
+                (4, 8, 3, 2, 0, [5, 17]),
+                (3, 8, 5, 3, 2, [4, 23]),
+                // 1x1 stride 2: the shortcut fast path (even maps, output rows
+                // a multiple of 8 wide; an odd channel count), and a map it
+                // does not take.
+                (16, 32, 1, 2, 0, [8, 32]),
+                (5, 9, 1, 2, 0, [5, 16]),
+                (4, 6, 1, 2, 0, [6, 17]),
+                // 2x2 stride 2: packed straight from the image (an odd row
+                // left over), and a width it does not take.
+                (3, 8, 2, 2, 0, [7, 16]),
+                (4, 5, 2, 2, 0, [4, 12]),
+            ] {
+                let fan_in = cin * k * k;
+                let pick = |r: u32, a: i32, b: i32, mid: i32| match r % 4 {
+                    0 => a,
+                    1 => b,
+                    _ => (r as i32 >> 3).rem_euclid(mid) - mid / 2,
+                };
+                let weights: Vec<i32> = (0..cout * fan_in)
+                    .map(|_| pick(next(), -128, 127, 255))
+                    .collect();
+                // Nine-bit inputs (16-bit kernels), and inputs that fit the
+                // 8-bit kernels (signed, offset by 128, and unsigned), one
+                // range per case in turn.
+                let (lo, hi, in_bits) = [(-256, 255, 9), (-128, 127, 8), (0, 255, 9)][range];
+                let l = ConvLayer {
+                    in_bits,
+                    in_range: [lo as i64, hi as i64],
+                    ..layer(cin, cout, k, stride, pad, 1, hw, weights.clone())
+                };
+                let input: Vec<i32> = (0..cin * hw[0] * hw[1])
+                    .map(|_| match next() {
+                        r if r % 4 == 0 => hi,
+                        r if r % 4 == 1 => lo,
+                        r => lo + (r >> 3) as i32 % (hi - lo + 1),
+                    })
+                    .collect();
+                let want = naive_conv(&l, &input);
+                let w = Weights::new(&IntPlan {
+                    layers: vec![Layer::Conv(l.clone())],
+                    ..test_plan()
+                });
+                let avx2 = {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        std::arch::is_x86_feature_detected!("avx2")
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        false
+                    }
+                };
+                let tag = format!("{cin}->{cout} k{k} s{stride} p{pad} {hw:?} in {lo}..={hi}");
+                if direct_conv(&l) {
+                    let mut out = vec![i32::MIN; want.len()];
+                    // A layout buffer left dirty by a larger conv.
+                    let mut dirty = vec![-1; 1 << 16];
+                    let ran =
+                        conv_direct_madd(&l, &input, &w.dpairs[0], &mut dirty, &mut out, None);
+                    assert_eq!(ran, avx2, "direct {tag}");
+                    if ran {
+                        assert_eq!(out, want, "direct {tag}");
+                    }
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            };
-            let tag = format!("{cin}->{cout} k{k} s{stride} p{pad} {hw:?}");
-            if direct_conv(&l) {
+                let pairs = madd_weights(&weights, 1, cout, fan_in);
                 let mut out = vec![i32::MIN; want.len()];
-                // A layout buffer left dirty by a larger conv.
-                let mut dirty = vec![-1; 1 << 16];
-                let ran = conv_direct_madd(&l, &input, &w.dpairs[0], &mut dirty, &mut out, None);
-                assert_eq!(ran, avx2, "direct {tag}");
-                if ran {
-                    assert_eq!(out, want, "direct {tag}");
-                }
-            }
-            let pairs = madd_weights(&weights, 1, cout, fan_in);
-            let mut out = vec![i32::MIN; want.len()];
-            if k == 1 && stride == 1 && pad == 0 {
-                let ran = gemm_madd(
-                    &pairs,
-                    cout,
-                    fan_in,
-                    &input,
-                    hw[0] * hw[1],
-                    &mut out,
-                    // A buffer left dirty by a larger conv.
-                    &mut vec![-1; 1 << 14],
-                    None,
-                );
-                assert_eq!(ran, avx2, "1x1 {tag}");
-                if ran {
-                    assert_eq!(out, want, "1x1 {tag}");
-                }
-            } else {
-                let (mut p, mut rows) = (vec![-1; 1 << 14], Vec::new());
-                let ran = conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out, None);
-                assert_eq!(ran, avx2, "im2col {tag}");
-                if ran {
-                    assert_eq!(out, want, "im2col {tag}");
+                if k == 1 && stride == 1 && pad == 0 {
+                    let ran = gemm_madd(
+                        &pairs,
+                        cout,
+                        fan_in,
+                        &input,
+                        hw[0] * hw[1],
+                        &mut out,
+                        // A buffer left dirty by a larger conv.
+                        &mut vec![-1; 1 << 14],
+                        None,
+                    );
+                    assert_eq!(ran, avx2, "1x1 {tag}");
+                    if ran {
+                        assert_eq!(out, want, "1x1 {tag}");
+                    }
+                } else {
+                    let (mut p, mut rows) = (vec![-1; 1 << 14], Vec::new());
+                    let ran =
+                        conv_im2col_madd(&l, &input, &pairs, &mut p, &mut rows, &mut out, None);
+                    assert_eq!(ran, avx2, "im2col {tag}");
+                    if ran {
+                        assert_eq!(out, want, "im2col {tag}");
+                    }
                 }
             }
         }

@@ -55,31 +55,113 @@ pub(super) fn direct_weights(l: &ConvLayer) -> Vec<i32> {
     madd_weights(&rows, 1, l.cout, cp * k2 * 2)
 }
 
+/// What the direct kernels read of a [`direct_conv`]'s weights: the i16
+/// pairs of [`direct_weights`] and, where the operands fit 8 bits
+/// ([`byte_offset`]), the u8 x s8 form of the AVX-512 VNNI kernel.
+pub(super) struct DirectWeights {
+    pub(super) pairs: Vec<i32>,
+    pub(super) bytes: Option<ByteWeights>,
+}
+
+/// The 8-bit form of a direct conv's weights: `[cout / 8][cin / 4][k *
+/// k][8]`, each entry the quad of input channels `4c..4c + 4` at one tap
+/// as s8 bytes of an i32 (byte `j` channel `4c + j`; channels past `cin`
+/// and rows past `cout` zero), the operand offset `z` (its u8 is the value
+/// plus `z`, [`byte_offset`]) and per output row `z` times the sum of its
+/// weights (wrapping), which the kernel subtracts.
+pub(super) struct ByteWeights {
+    quads: Vec<i32>,
+    comp: Vec<i32>,
+    z: i32,
+}
+
+impl DirectWeights {
+    pub(super) fn new(l: &ConvLayer) -> DirectWeights {
+        DirectWeights {
+            pairs: direct_weights(l),
+            bytes: byte_offset(l).map(|z| {
+                let (k2, cq) = (l.kernel * l.kernel, l.cin.div_ceil(4));
+                let mut quads =
+                    Vec::with_capacity(l.cout.div_ceil(MADD_ROWS) * MADD_ROWS * cq * k2);
+                let at = |o: usize, j: usize| -> i32 {
+                    let (c0, t) = ((j / k2) * 4, j % k2);
+                    let byte = |c: usize| match o < l.cout && c < l.cin {
+                        true => l.weights[(o * l.cin + c) * k2 + t] as u8 as u32,
+                        false => 0,
+                    };
+                    (byte(c0) | byte(c0 + 1) << 8 | byte(c0 + 2) << 16 | byte(c0 + 3) << 24) as i32
+                };
+                for b in 0..l.cout.div_ceil(MADD_ROWS) {
+                    for j in 0..cq * k2 {
+                        for r in 0..MADD_ROWS {
+                            quads.push(at(b * MADD_ROWS + r, j));
+                        }
+                    }
+                }
+                let comp = l
+                    .weights
+                    .chunks_exact(l.cin * k2)
+                    .map(|w| (z as i64 * w.iter().map(|&x| x as i64).sum::<i64>()) as i32)
+                    .collect();
+                ByteWeights { quads, comp, z }
+            }),
+        }
+    }
+}
+
+/// Where a conv's input and weights fit the 8-bit kernel (`vpdpbusd`: u8
+/// operands by s8 weights): every weight in `-128..=127` and the input's
+/// range (`in_range`) inside `0..=255` (offset 0) or `-128..=127` (offset
+/// 128: the operand is the value plus 128, and the conv of that operand
+/// less 128 times each row's weight sum is the conv); `None` elsewhere.
+pub(super) fn byte_offset(l: &ConvLayer) -> Option<i32> {
+    let [lo, hi] = l.in_range;
+    if l.input == crate::plan::ConvInput::Float
+        || !l.weights.iter().all(|w| (-128..=127).contains(w))
+    {
+        return None;
+    }
+    if lo >= 0 && hi <= 255 {
+        Some(0)
+    } else if lo >= -128 && hi <= 127 {
+        Some(128)
+    } else {
+        None
+    }
+}
+
 /// A k x k conv without im2col: the input is laid out once as zero-padded
 /// planes of interleaved channel pairs (a strided conv's columns split by
 /// phase), and each tap reads a shifted row of it (`vpmaddwd` on channel
-/// pairs, eight output channels per load). With `epi`, `out` gets the
-/// requantized values (see [`direct_kernel`]). Returns false (nothing done)
-/// without AVX2, or where the shapes are not the kernel's (never so for a
-/// [`direct_conv`] of a plan: see the check before the kernel).
+/// pairs, eight output channels per load). Where the operands fit 8 bits
+/// and the CPU has AVX-512 VNNI, the planes hold channel quads as u8
+/// (offset by `z`, the border `z` too: the value 0) and the kernel takes
+/// `vpdpbusd`. With `epi`, `out` gets the requantized values (see
+/// [`direct_kernel`]). Returns false (nothing done) without AVX2, or where
+/// the shapes are not the kernel's (never so for a [`direct_conv`] of a
+/// plan: see the check before the kernel).
 pub(super) fn conv_direct_madd(
     l: &ConvLayer,
     input: &[i32],
-    dpairs: &[i32],
+    dw: &DirectWeights,
     padded: &mut Vec<i16>,
     out: &mut [i32],
     epi: Option<&mut Epilogue>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(2));
+        // The 8-bit form where it applies; `per` channels in each word.
+        let bytes = dw.bytes.as_ref().filter(|_| super::isa::avx512_vnni());
+        let (per, wv) = bytes.map_or((2, &dw.pairs), |b| (4, &b.quads));
+        let (k, k2, cp) = (l.kernel, l.kernel * l.kernel, l.cin.div_ceil(per));
         let blocks = l.cout.div_ceil(MADD_ROWS);
         if !std::arch::is_x86_feature_detected!("avx2")
-            || dpairs.len() != blocks * cp * k2 * MADD_ROWS
+            || wv.len() != blocks * cp * k2 * MADD_ROWS
+            || bytes.is_some_and(|b| b.comp.len() != l.cout)
         {
             return false;
         }
-        // Layout: `[cin/2][s][ph][cols]` channel pairs, padded column
+        // Layout: `[cin/per][s][ph][cols]` words of channels, padded column
         // `col * s + phase` of row `r` at `((c * s + phase) * ph + r) * cols + col`.
         let [ih, iw] = l.in_hw;
         let (s, pad) = (l.stride, l.padding);
@@ -99,8 +181,10 @@ pub(super) fn conv_direct_madd(
             return false;
         }
         padded.clear();
-        padded.resize(cp * s * ph * cols * 2, 0);
-        let plane = |c: usize| &input[c * ih * iw..(c + 1) * ih * iw];
+        // The border: the value 0 (`z` in every byte of the 8-bit form).
+        let zero = bytes.map_or(0, |b| (b.z * 0x0101) as u16 as i16);
+        padded.resize(cp * s * ph * cols * 2, zero);
+        let plane = |c: usize| (c < l.cin).then(|| &input[c * ih * iw..(c + 1) * ih * iw]);
         // Per phase, the columns that hold an input value: padded column
         // `col * s + phase` is input column `col * s + phase - pad`, inside
         // `0..iw` for `col` in `lo..hi`.
@@ -114,7 +198,7 @@ pub(super) fn conv_direct_madd(
         // One input row as pairs, split by phase from there (stride > 1).
         let mut pairs = vec![0i16; if s == 1 { 0 } else { 2 * iw }];
         for c in 0..cp {
-            let (a, b) = (plane(2 * c), (2 * c + 1 < l.cin).then(|| plane(2 * c + 1)));
+            let chans: [Option<&[i32]>; 4] = std::array::from_fn(|j| plane(per * c + j));
             for y in 0..ih {
                 let row = y * iw..(y + 1) * iw;
                 let at = 2 * ((c * ph + y + pad) * cols + pad);
@@ -123,9 +207,14 @@ pub(super) fn conv_direct_madd(
                 } else {
                     &mut pairs[..]
                 };
-                // SAFETY: AVX2 is present (checked above); `pair_rows`
-                // bounds itself by the slices' lengths.
-                unsafe { pair_rows(&a[row.clone()], b.map(|b| &b[row]), dst) };
+                let rows = chans.map(|ch| ch.map(|ch| &ch[row.clone()]));
+                // SAFETY: AVX2 is present (checked above); `pair_rows` and
+                // `quad_rows` bound themselves by the slices' lengths.
+                match (bytes, rows) {
+                    (Some(b), rows) => unsafe { quad_rows(rows, b.z, dst) },
+                    (None, [Some(a), b, ..]) => unsafe { pair_rows(a, b, dst) },
+                    (None, _) => {}
+                }
                 if s == 1 {
                     continue;
                 }
@@ -168,18 +257,26 @@ pub(super) fn conv_direct_madd(
                 }
             }
         }
-        // SAFETY: AVX2 is present, `dpairs` has `blocks * taps.len() * 8`
-        // values, rows are whole vectors of 8, `out` holds `cout * oh * ow`
-        // and `(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols` (all
+        // SAFETY: AVX2 is present, the weights have `blocks * taps.len() *
+        // 8` values, rows are whole vectors of 8, `out` holds `cout * oh *
+        // ow` and `(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols` (all
         // checked above), so every tap of `taps` reads inside `padded`
-        // (`cp * s * ph * cols` pairs), and `epi` has `cout` rows: the
-        // kernel's `# Safety`.
-        unsafe { direct_kernel(l, dpairs, padded, s * cols, &taps, out, epi) };
+        // (`cp * s * ph * cols` words), and `epi` has `cout` rows: the
+        // kernel's `# Safety`; for the 8-bit form AVX-512 VNNI is present
+        // (`avx512_vnni`) and `comp` has `cout` values (checked above).
+        unsafe {
+            match bytes {
+                Some(b) => {
+                    direct_kernel_vnni(l, wv, Some(&b.comp), padded, s * cols, &taps, out, epi)
+                }
+                None => direct_kernel(l, wv, padded, s * cols, &taps, out, epi),
+            }
+        };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (l, input, dpairs, padded, out, epi);
+        let _ = (l, input, dw, padded, out, epi);
         false
     }
 }
@@ -256,6 +353,55 @@ unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
     }
 }
 
+/// `out` as words (i16 pairs) of four channels' u8 bytes: word `i` holds
+/// `rows[j][i] + z` in byte `j` (`z` where `rows[j]` is missing), for the
+/// first `min(rows' lengths, out.len() / 2)` positions; eight at a time in
+/// AVX2, the rest one by one. The values plus `z` must lie in `0..=255`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2. Any lengths are safe (the function bounds
+/// itself by them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quad_rows(rows: [Option<&[i32]>; 4], z: i32, out: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = rows
+        .iter()
+        .flatten()
+        .map(|r| r.len())
+        .fold(out.len() / 2, usize::min);
+    let word = |i: usize| -> u32 {
+        (0..4).fold(0, |w, j| {
+            let v = rows[j].map_or(0, |r| r[i]) + z;
+            w | ((v as u32 & 0xff) << (8 * j))
+        })
+    };
+    let full = n / 8 * 8;
+    let (zv, low) = (_mm256_set1_epi32(z), _mm256_set1_epi32(0xff));
+    for i in (0..full).step_by(8) {
+        // SAFETY: AVX2 is this function's own feature; `i + 8 <= n` puts
+        // the reads inside each row and the 8 words written inside `out`.
+        unsafe {
+            let mut w = _mm256_setzero_si256();
+            for (j, r) in rows.iter().enumerate() {
+                let v = match r {
+                    Some(r) => _mm256_add_epi32(_mm256_loadu_si256(r.as_ptr().add(i) as _), zv),
+                    None => zv,
+                };
+                let b = _mm256_and_si256(v, low);
+                w = _mm256_or_si256(w, _mm256_sllv_epi32(b, _mm256_set1_epi32(8 * j as i32)));
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as _, w);
+        }
+    }
+    for i in full..n {
+        let w = word(i);
+        out[2 * i] = w as u16 as i16;
+        out[2 * i + 1] = (w >> 16) as u16 as i16;
+    }
+}
+
 /// Eight output channels x eight positions of one output row per pass:
 /// one load of the shifted input row per (channel pair, tap), then one
 /// broadcast weight pair, `vpmaddwd` and `vpaddd` per output channel.
@@ -294,7 +440,7 @@ unsafe fn direct_kernel(
     if super::isa::avx512_vnni() {
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (and AVX2): checked
         // by `avx512_vnni`; the rest of the contract is this function's.
-        unsafe { direct_kernel_vnni(l, dpairs, padded, row_step, taps, out, epi) };
+        unsafe { direct_kernel_vnni(l, dpairs, None, padded, row_step, taps, out, epi) };
         return;
     }
     let [oh, ow] = l.out_hw;
@@ -340,16 +486,20 @@ unsafe fn direct_kernel(
 
 /// [`direct_kernel`] with AVX-512 VNNI ([`vnni_blocks`] over the output's
 /// blocks of eight positions, row by row: two blocks per pass are the next
-/// eight of the row or of the next row). The same sums.
+/// eight of the row or of the next row). The same sums. With `comp`, the
+/// 8-bit form: `dpairs` are [`ByteWeights`]' quads, `padded` holds u8
+/// channel quads, and `comp` is subtracted from each row's sums.
 ///
 /// # Safety
 ///
 /// As [`direct_kernel`], and the CPU must support AVX-512 F, BW and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn direct_kernel_vnni(
     l: &ConvLayer,
     dpairs: &[i32],
+    comp: Option<&[i32]>,
     padded: &[i16],
     row_step: usize,
     taps: &[usize],
@@ -376,6 +526,7 @@ unsafe fn direct_kernel_vnni(
             oh * ow / 8,
             at,
             taps.iter().copied(),
+            comp,
             &mut fin,
         )
     };

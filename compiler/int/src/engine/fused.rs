@@ -1525,6 +1525,8 @@ mod tests {
         let mut conv = layer(cin, cout, k, stride, pad, groups, [ih, iw], weights);
         conv.name = "c".into();
         conv.in_bits = in_bits;
+        // `conv_input`'s range.
+        conv.in_range = [-(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1];
         let [oh, ow] = conv.out_hw;
         let req = Requant {
             name: "q".into(),

@@ -437,6 +437,7 @@ unsafe fn madd_kernel_vnni(
             p.div_ceil(8),
             at,
             (0..kp).map(|j| 16 * j),
+            None,
             &mut fin,
         )
     };
@@ -474,6 +475,7 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
     blocks: usize,
     at: impl Fn(usize) -> usize,
     offs: I,
+    comp: Option<&[i32]>,
     fin: &mut BlockOut,
 ) {
     let mut o = 0;
@@ -490,15 +492,17 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
                 o,
                 g: (g, g1),
                 m,
+                comp,
             };
             // SAFETY: this function's features and its caller's bounds:
             // weight blocks `o / 8` and (with `two`, `o + 8 < m`) the next
             // inside `w`, every read at `at(g*) + off` inside `x`.
             unsafe {
-                if two {
-                    pass.run::<2, I>(offs.clone(), fin);
-                } else {
-                    pass.run::<1, I>(offs.clone(), fin);
+                match (two, comp.is_some()) {
+                    (true, false) => pass.run::<2, false, I>(offs.clone(), fin),
+                    (false, false) => pass.run::<1, false, I>(offs.clone(), fin),
+                    (true, true) => pass.run::<2, true, I>(offs.clone(), fin),
+                    (false, true) => pass.run::<1, true, I>(offs.clone(), fin),
                 }
             }
         }
@@ -510,18 +514,21 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
 /// per block of eight rows), operand blocks `g.0` and `g.1` read from `x.0`
 /// and `x.1` (where `g.1 == g.0`, the upper half is not used).
 #[cfg(target_arch = "x86_64")]
-struct VnniPass {
+struct VnniPass<'a> {
     w: *const i32,
     n: usize,
     x: (*const i16, *const i16),
     o: usize,
     g: (usize, usize),
     m: usize,
+    /// The 8-bit form's per-row `z * sum(w)`, subtracted from its sums.
+    comp: Option<&'a [i32]>,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl VnniPass {
-    /// `RB` blocks of eight rows.
+impl VnniPass<'_> {
+    /// `RB` blocks of eight rows; `BYTES`: the 8-bit form (`vpdpbusd`, u8
+    /// operand quads by s8 weight quads, the sums less `comp`).
     ///
     /// # Safety
     ///
@@ -530,7 +537,11 @@ impl VnniPass {
     /// as in [`vnni_blocks`].
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn run<const RB: usize, I: Iterator<Item = usize>>(&self, offs: I, fin: &mut BlockOut) {
+    unsafe fn run<const RB: usize, const BYTES: bool, I: Iterator<Item = usize>>(
+        &self,
+        offs: I,
+        fin: &mut BlockOut,
+    ) {
         use std::arch::x86_64::*;
         // SAFETY: the caller's bounds (see `# Safety`).
         unsafe {
@@ -542,13 +553,25 @@ impl VnniPass {
                 for (rb, accs) in acc.iter_mut().enumerate() {
                     let w = self.w.add((rb * self.n + t) * MADD_ROWS);
                     for (r, a) in accs.iter_mut().enumerate() {
-                        *a = _mm512_dpwssd_epi32(*a, xv, _mm512_set1_epi32(*w.add(r)));
+                        let wr = _mm512_set1_epi32(*w.add(r));
+                        *a = if BYTES {
+                            _mm512_dpbusd_epi32(*a, xv, wr)
+                        } else {
+                            _mm512_dpwssd_epi32(*a, xv, wr)
+                        };
                     }
                 }
             }
-            for (rb, accs) in acc.iter().enumerate() {
+            for (rb, accs) in acc.iter_mut().enumerate() {
                 let ob = self.o + rb * MADD_ROWS;
                 let rows = (self.m - ob).min(MADD_ROWS);
+                if let (true, Some(comp)) = (BYTES, self.comp) {
+                    // The sums of the offset operand less `z * sum(w)`:
+                    // the sums (exact modulo 2^32, and they fit i32).
+                    for (r, a) in accs.iter_mut().enumerate().take(rows) {
+                        *a = _mm512_sub_epi32(*a, _mm512_set1_epi32(comp[ob + r]));
+                    }
+                }
                 let mut half: [__m256i; MADD_ROWS] =
                     std::array::from_fn(|r| _mm512_castsi512_si256(accs[r]));
                 fin.finish(&mut half, ob, rows, self.g.0);

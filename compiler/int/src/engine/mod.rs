@@ -326,9 +326,9 @@ impl Workspace {
 /// Weights converted once per plan to every width the engine computes in.
 pub struct Weights {
     /// Per ungrouped k x k conv of the direct kernel:
-    /// [`direct_weights`](direct::direct_weights), for
+    /// [`DirectWeights`](direct::DirectWeights), for
     /// [`conv_direct_madd`](direct::conv_direct_madd).
-    dpairs: Vec<Vec<i32>>,
+    dpairs: Vec<direct::DirectWeights>,
     /// Per conv layer, per group, per output row: the weights as i16 pairs
     /// in i32 lanes (low half `w[2j]`, high half `w[2j+1]`) for
     /// [`gemm_madd`](gemm::gemm_madd).
@@ -379,8 +379,11 @@ impl Weights {
                 _ => (Vec::new(), Vec::new(), Vec::new()),
             };
             w.dpairs.push(match layer {
-                Layer::Conv(l) if direct::direct_conv(l) => direct::direct_weights(l),
-                _ => Vec::new(),
+                Layer::Conv(l) if direct::direct_conv(l) => direct::DirectWeights::new(l),
+                _ => direct::DirectWeights {
+                    pairs: Vec::new(),
+                    bytes: None,
+                },
             });
             w.pairs.push(match layer {
                 Layer::Conv(l) if l.groups != l.cin || l.groups != l.cout || l.groups == 1 => {

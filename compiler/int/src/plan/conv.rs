@@ -88,8 +88,15 @@ impl Builder<'_> {
             padding,
             groups,
         } = geometry;
-        let (input, a_bits, in_bits, mut denom_a, bound) = match v {
-            Value::Float => (ConvInput::Float, 32, 32, 1.0, None),
+        let (input, a_bits, in_bits, in_range, mut denom_a, bound) = match v {
+            Value::Float => (
+                ConvInput::Float,
+                32,
+                32,
+                [i32::MIN as i64, i32::MAX as i64],
+                1.0,
+                None,
+            ),
             other => {
                 let q = self.integers(n, other)?;
                 let bits = match &self.tensors[q.t].kind {
@@ -100,6 +107,7 @@ impl Builder<'_> {
                     ConvInput::Tensor(q.t),
                     bits,
                     signed_bits(q.lo, q.hi),
+                    [q.lo, q.hi],
                     q.scale,
                     Some(q.lo.unsigned_abs().max(q.hi.unsigned_abs()) as f64),
                 )
@@ -181,6 +189,7 @@ impl Builder<'_> {
             w_scale,
             a_bits,
             in_bits,
+            in_range,
             float_scale: if matches!(input, ConvInput::Float) {
                 float_scale
             } else {

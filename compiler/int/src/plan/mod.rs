@@ -208,6 +208,10 @@ pub struct ConvLayer {
     /// `a_bits` for unsigned (PACT, DoReFa) activations and for the seed's
     /// pooled fc input, clamped to `[-2^(b-1), 2^(b-1)]`.
     pub in_bits: u32,
+    /// The integers read lie in `[in_range[0], in_range[1]]` (the float
+    /// input: the i32 range): where that is inside `0..=255` or
+    /// `-128..=127`, the 8-bit kernels may read them as u8 (offset by 128).
+    pub in_range: [i64; 2],
     /// Float input only: the sum is scaled by this before rounding to an
     /// integer (1 under `trunc`, as the seed; under `nearest`, a power of two
     /// that keeps the sum to about 2^-15 of its real value: 2^8 over 8-bit
