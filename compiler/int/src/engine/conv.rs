@@ -233,7 +233,18 @@ fn conv_sums(
                 let operand = Operand::Packed(&ws.acts16[t]);
                 let pairs = &weights.pairs[li];
                 let dst = Dst::Rows(o);
-                if gemm_madd_with(pairs, l.cout, cin, operand, p, dst, &mut ws.packed, None) {
+                let bytes = weights.bytes[li].as_ref();
+                if gemm_madd_with(
+                    pairs,
+                    bytes,
+                    l.cout,
+                    cin,
+                    operand,
+                    p,
+                    dst,
+                    &mut ws.packed,
+                    None,
+                ) {
                     return;
                 }
             }
@@ -465,7 +476,18 @@ pub(super) fn run_conv_fused(
             };
             let ran = operand.is_some_and(|operand| {
                 let (m, k) = (l.cout, l.cin);
-                gemm_madd_with(pairs, m, k, operand, p, dst, &mut ws.packed, Some(&mut epi))
+                let bytes = weights.bytes[li].as_ref();
+                gemm_madd_with(
+                    pairs,
+                    bytes,
+                    m,
+                    k,
+                    operand,
+                    p,
+                    dst,
+                    &mut ws.packed,
+                    Some(&mut epi),
+                )
             });
             wrote_packed = ran && packed_out.is_some();
             ran
@@ -497,13 +519,15 @@ pub(super) fn run_conv_fused(
                     let mut ge = epi.rows_from(g * cout_g);
                     let ran = pairs.len() == l.groups * per_group
                         && input.len() >= l.cin * p
-                        && gemm_madd(
+                        && gemm_madd_with(
                             &pairs[g * per_group..(g + 1) * per_group],
+                            // The 8-bit form: ungrouped 1x1 convs only.
+                            weights.bytes[li].as_ref().filter(|_| l.groups == 1),
                             cout_g,
                             cin_g,
-                            &input[g * cin_g * p..(g + 1) * cin_g * p],
+                            Operand::Rows(&input[g * cin_g * p..(g + 1) * cin_g * p]),
                             p,
-                            &mut out[g * cout_g * p..(g + 1) * cout_g * p],
+                            Dst::Rows(&mut out[g * cout_g * p..(g + 1) * cout_g * p]),
                             &mut ws.packed,
                             Some(&mut ge),
                         );

@@ -19,9 +19,9 @@
 //! channel's sums requantized instead of the sums.
 
 use super::fused::Epilogue;
-use super::gemm::{madd_weights, MADD_ROWS};
+use super::gemm::{madd_weights, ByteWeights, MADD_ROWS};
 #[cfg(target_arch = "x86_64")]
-use super::gemm::{pair8, vnni_blocks, BlockOut, Dst};
+use super::gemm::{pair8, quad8, vnni_blocks, BlockOut, Dst};
 use crate::plan::ConvLayer;
 
 /// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
@@ -63,47 +63,24 @@ pub(super) struct DirectWeights {
     pub(super) bytes: Option<ByteWeights>,
 }
 
-/// The 8-bit form of a direct conv's weights: `[cout / 8][cin / 4][k *
-/// k][8]`, each entry the quad of input channels `4c..4c + 4` at one tap
-/// as s8 bytes of an i32 (byte `j` channel `4c + j`; channels past `cin`
-/// and rows past `cout` zero), the operand offset `z` (its u8 is the value
-/// plus `z`, [`byte_offset`]) and per output row `z` times the sum of its
-/// weights (wrapping), which the kernel subtracts.
-pub(super) struct ByteWeights {
-    quads: Vec<i32>,
-    comp: Vec<i32>,
-    z: i32,
-}
-
 impl DirectWeights {
     pub(super) fn new(l: &ConvLayer) -> DirectWeights {
         DirectWeights {
             pairs: direct_weights(l),
+            // The rows reordered as `[cin / 4][k * k][4]` (channels past
+            // `cin` zero): quad `(c, t)` is channels `4c..4c + 4` at tap `t`.
             bytes: byte_offset(l).map(|z| {
                 let (k2, cq) = (l.kernel * l.kernel, l.cin.div_ceil(4));
-                let mut quads =
-                    Vec::with_capacity(l.cout.div_ceil(MADD_ROWS) * MADD_ROWS * cq * k2);
-                let at = |o: usize, j: usize| -> i32 {
-                    let (c0, t) = ((j / k2) * 4, j % k2);
-                    let byte = |c: usize| match o < l.cout && c < l.cin {
-                        true => l.weights[(o * l.cin + c) * k2 + t] as u8 as u32,
-                        false => 0,
-                    };
-                    (byte(c0) | byte(c0 + 1) << 8 | byte(c0 + 2) << 16 | byte(c0 + 3) << 24) as i32
-                };
-                for b in 0..l.cout.div_ceil(MADD_ROWS) {
-                    for j in 0..cq * k2 {
-                        for r in 0..MADD_ROWS {
-                            quads.push(at(b * MADD_ROWS + r, j));
+                let mut rows = vec![0i32; l.cout * cq * k2 * 4];
+                for (o, row) in rows.chunks_exact_mut(cq * k2 * 4).enumerate() {
+                    for c in 0..l.cin {
+                        for t in 0..k2 {
+                            row[((c / 4) * k2 + t) * 4 + c % 4] =
+                                l.weights[(o * l.cin + c) * k2 + t];
                         }
                     }
                 }
-                let comp = l
-                    .weights
-                    .chunks_exact(l.cin * k2)
-                    .map(|w| (z as i64 * w.iter().map(|&x| x as i64).sum::<i64>()) as i32)
-                    .collect();
-                ByteWeights { quads, comp, z }
+                ByteWeights::new(&rows, l.cout, cq * k2 * 4, z)
             }),
         }
     }
@@ -355,8 +332,9 @@ unsafe fn pair_rows(a: &[i32], b: Option<&[i32]>, out: &mut [i16]) {
 
 /// `out` as words (i16 pairs) of four channels' u8 bytes: word `i` holds
 /// `rows[j][i] + z` in byte `j` (`z` where `rows[j]` is missing), for the
-/// first `min(rows' lengths, out.len() / 2)` positions; eight at a time in
-/// AVX2, the rest one by one. The values plus `z` must lie in `0..=255`.
+/// first `min(rows' lengths, out.len() / 2)` positions; eight at a time by
+/// [`quad8`], the rest one by one. The values plus `z` must lie in
+/// `0..=255`.
 ///
 /// # Safety
 ///
@@ -371,32 +349,20 @@ unsafe fn quad_rows(rows: [Option<&[i32]>; 4], z: i32, out: &mut [i16]) {
         .flatten()
         .map(|r| r.len())
         .fold(out.len() / 2, usize::min);
-    let word = |i: usize| -> u32 {
-        (0..4).fold(0, |w, j| {
-            let v = rows[j].map_or(0, |r| r[i]) + z;
-            w | ((v as u32 & 0xff) << (8 * j))
-        })
-    };
     let full = n / 8 * 8;
-    let (zv, low) = (_mm256_set1_epi32(z), _mm256_set1_epi32(0xff));
     for i in (0..full).step_by(8) {
         // SAFETY: AVX2 is this function's own feature; `i + 8 <= n` puts
         // the reads inside each row and the 8 words written inside `out`.
         unsafe {
-            let mut w = _mm256_setzero_si256();
-            for (j, r) in rows.iter().enumerate() {
-                let v = match r {
-                    Some(r) => _mm256_add_epi32(_mm256_loadu_si256(r.as_ptr().add(i) as _), zv),
-                    None => zv,
-                };
-                let b = _mm256_and_si256(v, low);
-                w = _mm256_or_si256(w, _mm256_sllv_epi32(b, _mm256_set1_epi32(8 * j as i32)));
-            }
+            let w = quad8(rows.map(|r| r.map(|r| r.as_ptr().add(i))), z);
             _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as _, w);
         }
     }
     for i in full..n {
-        let w = word(i);
+        let w = (0..4).fold(0u32, |w, j| {
+            let v = rows[j].map_or(0, |r| r[i]) + z;
+            w | ((v as u32 & 0xff) << (8 * j))
+        });
         out[2 * i] = w as u16 as i16;
         out[2 * i + 1] = (w >> 16) as u16 as i16;
     }

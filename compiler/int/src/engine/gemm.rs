@@ -15,6 +15,12 @@
 //!   kernel takes the largest |sum| and stores each row's sums requantized
 //!   instead of the sums (no accumulator tensor, no separate pass).
 //!
+//! - With AVX-512 VNNI (`isa.rs`): `madd_kernel_vnni` and, for
+//!   `direct.rs`, the same [`vnni_blocks`] (`vpdpwssd`, sixteen rows x two
+//!   blocks of eight positions per pass); and the 8-bit form
+//!   [`gemm_bytes`] (`vpdpbusd` on u8 operand quads, [`ByteWeights`]) for
+//!   ungrouped 1x1 convs whose operands fit it.
+//!
 //! Integer sums do not depend on their order, so every path gives the same
 //! results (the tests compare them with a naive conv).
 
@@ -104,7 +110,17 @@ pub(super) fn gemm_madd(
     packed: &mut Vec<i16>,
     epi: Option<&mut Epilogue>,
 ) -> bool {
-    gemm_madd_with(wp, m, k, Operand::Rows(col), p, Dst::Rows(out), packed, epi)
+    gemm_madd_with(
+        wp,
+        None,
+        m,
+        k,
+        Operand::Rows(col),
+        p,
+        Dst::Rows(out),
+        packed,
+        epi,
+    )
 }
 
 /// The operand of [`gemm_madd_with`]: `k` rows of `p` values, or those rows
@@ -125,12 +141,15 @@ pub(super) enum Dst<'a> {
 }
 
 /// [`gemm_madd`] from either form of operand into either form of output
-/// (`packed` is scratch for an operand of rows). Returns false (nothing
-/// done) without AVX2, where the shapes do not match, or for a packed
-/// output without an epilogue.
+/// (`packed` is scratch for an operand of rows). With `bytes` (the same
+/// weights' 8-bit form, where the operand fits it) and AVX-512 VNNI, the
+/// operand is laid out as u8 quads and the product runs `vpdpbusd`
+/// ([`gemm_bytes`]). Returns false (nothing done) without AVX2, where the
+/// shapes do not match, or for a packed output without an epilogue.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_madd_with(
     wp: &[i32],
+    bytes: Option<&ByteWeights>,
     m: usize,
     k: usize,
     col: Operand,
@@ -158,6 +177,13 @@ pub(super) fn gemm_madd_with(
                 // SAFETY: AVX2 is present; `wp` is `madd_group_len(m, k)`,
                 // `x` holds `k` values and `out` `m` (checked above).
                 unsafe { madd_gemv(wp, m, k, x, out) };
+                return true;
+            }
+            if let Some(bw) = bytes.filter(|b| super::isa::avx512_vnni() && b.holds(m, k) && p > 1)
+            {
+                // SAFETY: AVX-512 VNNI (and AVX2) present (`avx512_vnni`),
+                // the shapes checked above and `bw` holds `m` rows of `k`.
+                unsafe { gemm_bytes(bw, m, k, col, p, out, packed, epi) };
                 return true;
             }
             let operand = match col {
@@ -232,6 +258,221 @@ fn pairs_into_blocks<T: Copy>(
         let at = ((i / 8) * kp + j) * 16 + 2 * (i % 8);
         packed[at] = to16(a[i]);
         packed[at + 1] = b.map_or(0, |b| to16(b[i]));
+    }
+}
+
+/// The 8-bit form of one group's weights (`m` rows of `k`) for the AVX-512
+/// VNNI kernel (`vpdpbusd`: u8 operand by s8 weight quads): per block of
+/// eight rows `[k / 4][8]` i32, each the s8 quad `w[4j..4j + 4]` of a row
+/// (byte `t` weight `4j + t`; past `k` and rows past `m` zero); the
+/// operand's offset `z` (its u8 is the value plus `z`: 0 or 128,
+/// `direct::byte_offset`) and per row `z` times its weight sum (wrapping
+/// i32), which the kernel subtracts: the sums of the values.
+pub(super) struct ByteWeights {
+    pub(super) quads: Vec<i32>,
+    pub(super) comp: Vec<i32>,
+    pub(super) z: i32,
+}
+
+impl ByteWeights {
+    /// From `m` rows of `k` weights, each in `-128..=127`.
+    pub(super) fn new(w: &[i32], m: usize, k: usize, z: i32) -> ByteWeights {
+        let kq = k.div_ceil(4);
+        let byte = |o: usize, i: usize| match o < m && i < k {
+            true => w[o * k + i] as u8 as u32,
+            false => 0,
+        };
+        let mut quads = Vec::with_capacity(m.div_ceil(MADD_ROWS) * MADD_ROWS * kq);
+        for b in 0..m.div_ceil(MADD_ROWS) {
+            for j in 0..kq {
+                for r in 0..MADD_ROWS {
+                    let o = b * MADD_ROWS + r;
+                    let q = (0..4).fold(0, |q, t| q | byte(o, 4 * j + t) << (8 * t));
+                    quads.push(q as i32);
+                }
+            }
+        }
+        let comp = w
+            .chunks_exact(k.max(1))
+            .take(m)
+            .map(|r| (z as i64 * r.iter().map(|&x| x as i64).sum::<i64>()) as i32)
+            .collect();
+        ByteWeights { quads, comp, z }
+    }
+
+    /// Whether it holds `m` rows of `k`.
+    pub(super) fn holds(&self, m: usize, k: usize) -> bool {
+        self.comp.len() == m
+            && self.quads.len() == m.div_ceil(MADD_ROWS) * MADD_ROWS * k.div_ceil(4)
+    }
+}
+
+/// Eight positions of four rows (`None`: the value 0) as u8 quads: byte `t`
+/// of word `i` is `rows[t][i] + z` (the values plus `z` in `0..=255`).
+/// Reads `rows[t][0..8]`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2, and each row given must be valid for reading
+/// eight `i32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn quad8(rows: [Option<*const i32>; 4], z: i32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let (zv, low) = (_mm256_set1_epi32(z), _mm256_set1_epi32(0xff));
+    let mut w = _mm256_setzero_si256();
+    for (t, r) in rows.iter().enumerate() {
+        let v = match r {
+            // SAFETY: the caller makes `r` valid for eight i32.
+            Some(r) => _mm256_add_epi32(unsafe { _mm256_loadu_si256(*r as _) }, zv),
+            None => zv,
+        };
+        let b = _mm256_and_si256(v, low);
+        w = _mm256_or_si256(w, _mm256_sllv_epi32(b, _mm256_set1_epi32(8 * t as i32)));
+    }
+    w
+}
+
+/// The operand of [`gemm_bytes`]: `k` rows of `p` i32 as u8 quads of rows
+/// (plus `z`) in the [`packed_len`]`(k.div_ceil(4), p)` layout (per block
+/// of eight positions, quad `j` is eight words, 16 i16); positions past `p`
+/// and rows past `k` hold `z` (the value 0).
+///
+/// # Safety
+///
+/// The CPU must support AVX2. The lengths are asserted (a short slice
+/// panics).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_quads(col: &[i32], k: usize, p: usize, z: i32, packed: &mut Vec<i16>) {
+    use std::arch::x86_64::*;
+    let kq = k.div_ceil(4);
+    let full = p / 8;
+    assert!(col.len() >= k * p);
+    let zw = (z * 0x0101) as u16 as i16;
+    packed.clear();
+    packed.resize(packed_len(kq, p), zw);
+    for j in 0..kq {
+        let rows: [Option<&[i32]>; 4] = std::array::from_fn(|t| {
+            (4 * j + t < k).then(|| &col[(4 * j + t) * p..(4 * j + t + 1) * p])
+        });
+        for blk in 0..full {
+            // SAFETY: AVX2 is this function's own feature; `blk * 8 + 8 <=
+            // p` keeps the reads inside the rows, and the 16 i16 stored at
+            // `(blk * kq + j) * 16` lie inside `packed` (sized above).
+            unsafe {
+                let v = quad8(rows.map(|r| r.map(|r| r.as_ptr().add(blk * 8))), z);
+                _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kq + j) * 16) as _, v);
+            }
+        }
+        for i in full * 8..p {
+            let w = (0..4).fold(0u32, |w, t| {
+                let v = rows[t].map_or(0, |r| r[i]) + z;
+                w | ((v as u32 & 0xff) << (8 * t))
+            });
+            let at = ((i / 8) * kq + j) * 16 + 2 * (i % 8);
+            packed[at] = w as u16 as i16;
+            packed[at + 1] = (w >> 16) as u16 as i16;
+        }
+    }
+}
+
+/// The [`packed_len`] layout of i16 pairs of `k` rows (`pk`, positions past
+/// `p` zero) as [`pack_quads`]' layout of u8 quads (plus `z`) in `packed`:
+/// quad `q` is pairs `2q` and `2q + 1` (a missing last pair: `z`).
+///
+/// # Safety
+///
+/// The CPU must support AVX2. The lengths are asserted.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quads_from_pairs(pk: &[i16], k: usize, p: usize, z: i32, packed: &mut Vec<i16>) {
+    use std::arch::x86_64::*;
+    let (kp, kq) = (k.div_ceil(2), k.div_ceil(4));
+    assert!(pk.len() >= packed_len(kp, p));
+    packed.clear();
+    packed.resize(packed_len(kq, p), 0);
+    let zv = _mm256_set1_epi16(z as i16);
+    let bytes = _mm256_set1_epi32(0x00ff_00ff);
+    // Per word: the low bytes of its two i16 halves as one 16-bit value.
+    let two = |v: __m256i| {
+        let v = _mm256_and_si256(_mm256_add_epi16(v, zv), bytes);
+        _mm256_and_si256(
+            _mm256_or_si256(v, _mm256_srli_epi32::<8>(v)),
+            _mm256_set1_epi32(0xffff),
+        )
+    };
+    for b in 0..p.div_ceil(8) {
+        for q in 0..kq {
+            // SAFETY: AVX2 is this function's own feature; pairs `2q` and
+            // `2q + 1 < kp` of block `b` lie inside `pk` (asserted), and
+            // quad `q` of block `b` inside `packed` (sized above).
+            unsafe {
+                let a = _mm256_loadu_si256(pk.as_ptr().add((b * kp + 2 * q) * 16) as _);
+                let c = match 2 * q + 1 < kp {
+                    true => _mm256_loadu_si256(pk.as_ptr().add((b * kp + 2 * q + 1) * 16) as _),
+                    false => _mm256_setzero_si256(),
+                };
+                let w = _mm256_or_si256(two(a), _mm256_slli_epi32::<16>(two(c)));
+                _mm256_storeu_si256(packed.as_mut_ptr().add((b * kq + q) * 16) as _, w);
+            }
+        }
+    }
+}
+
+/// [`gemm_madd_with`] in the 8-bit form: the operand (rows or i16 pairs)
+/// laid out as u8 quads in `packed`, then [`vnni_blocks`] with `vpdpbusd`
+/// and `bw.comp` subtracted. The same sums.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512 F, BW and VNNI (and AVX2); the shapes as
+/// [`gemm_madd_with`] checks them, and `bw.holds(m, k)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_bytes(
+    bw: &ByteWeights,
+    m: usize,
+    k: usize,
+    col: Operand,
+    p: usize,
+    out: Dst,
+    packed: &mut Vec<i16>,
+    epi: Option<&mut Epilogue>,
+) {
+    let kq = k.div_ceil(4);
+    // SAFETY: AVX2 is one of this function's features; both assert their
+    // lengths.
+    unsafe {
+        match col {
+            Operand::Rows(c) => pack_quads(c, k, p, bw.z, packed),
+            Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, packed),
+        }
+    }
+    // SAFETY: AVX2 is one of this function's features.
+    let mut fin = unsafe { BlockOut::new(out, epi.as_deref(), p, m) };
+    // SAFETY: this function's features; `bw.quads` holds `m.div_ceil(8)`
+    // blocks of `8 * kq`, each operand read (`(b * kq + j) * 16 + 16 <=
+    // packed_len(kq, p)`) lies inside `packed`, `fin` holds `m` rows of `p`.
+    unsafe {
+        vnni_blocks(
+            &bw.quads,
+            kq,
+            m,
+            packed,
+            p.div_ceil(8),
+            |b| b * kq * 16,
+            (0..kq).map(|j| 16 * j),
+            Some(&bw.comp),
+            &mut fin,
+        )
+    };
+    // SAFETY: AVX2 is one of this function's features.
+    let peak = unsafe { fin.peak() };
+    if let Some(e) = epi {
+        e.peak = e.peak.max(peak);
     }
 }
 
@@ -1067,6 +1308,35 @@ mod tests {
     use crate::engine::fused::RowConsts;
     use crate::fixed::Div;
 
+    /// Requantization constants that keep every sum as it is.
+    fn identity_rows(m: usize) -> Vec<RowConsts> {
+        vec![
+            RowConsts {
+                xlo: i32::MIN,
+                xhi: i32::MAX,
+                m: 1,
+                b: 0,
+            };
+            m
+        ]
+    }
+
+    /// An epilogue of `rows` that stores the sums and takes their largest
+    /// |sum|.
+    fn identity(rows: &[RowConsts]) -> Epilogue<'_> {
+        Epilogue {
+            rows,
+            shift: 0,
+            div: Div::Floor,
+            lo: i32::MIN,
+            hi: i32::MAX,
+            clamp: false,
+            second: None,
+            wide: false,
+            peak: 0,
+        }
+    }
+
     /// An operand buffer left dirty by a larger conv: the sums and, with an
     /// epilogue, the largest |sum| (which reads the last block's lanes past
     /// `p`) are those of a fresh one.
@@ -1083,28 +1353,10 @@ mod tests {
         gemm(&w, m, k, &col, p, &mut want);
         let peak = want.iter().map(|x| x.unsigned_abs()).max().unwrap();
         let wp = madd_weights(&w, 1, m, k);
-        let rows = vec![
-            RowConsts {
-                xlo: i32::MIN,
-                xhi: i32::MAX,
-                m: 1,
-                b: 0,
-            };
-            m
-        ];
+        let rows = identity_rows(m);
         for mut packed in [Vec::new(), vec![i16::MAX; 1 << 12]] {
             let mut out = vec![0; m * p];
-            let mut e = Epilogue {
-                rows: &rows,
-                shift: 0,
-                div: Div::Floor,
-                lo: i32::MIN,
-                hi: i32::MAX,
-                clamp: false,
-                second: None,
-                wide: false,
-                peak: 0,
-            };
+            let mut e = identity(&rows);
             if gemm_madd(&wp, m, k, &col, p, &mut out, &mut packed, Some(&mut e)) {
                 assert_eq!(out, want);
                 assert_eq!(e.peak, peak);
@@ -1142,6 +1394,96 @@ mod tests {
             let wp = madd_weights(&w, 1, m, k);
             if gemm_madd(&wp, m, k, &x, 1, &mut got, &mut Vec::new(), None) {
                 assert_eq!(got, want, "m {m} k {k}");
+            }
+        }
+    }
+
+    /// The 8-bit form (`gemm_bytes`: u8 quads by s8 quads, offset 0 or
+    /// 128) against the plain product: operands of rows and of i16 pairs
+    /// (a buffer of the conv before), outputs of rows and of pairs (the
+    /// next conv's operand), with the epilogue's largest |sum|; row counts
+    /// around the blocks of eight and sixteen, `k` not a multiple of four,
+    /// positions not a multiple of eight, values at the ends of each range.
+    /// Where the CPU lacks AVX-512 VNNI the 16-bit kernels run instead
+    /// (the same sums).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn byte_operands_match_gemm() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for (m, k, p) in [
+            (8, 4, 8),
+            (5, 3, 9),
+            (17, 13, 23),
+            (24, 33, 16),
+            (16, 8, 2),
+            (9, 1, 64),
+            (40, 96, 17),
+        ] {
+            for (lo, hi, z) in [(-128, 127, 128), (0, 255, 0)] {
+                let pick = |r: u32, a: i32, b: i32| match r % 4 {
+                    0 => a,
+                    1 => b,
+                    _ => a + (r >> 3) as i32 % (b - a + 1),
+                };
+                let w: Vec<i32> = (0..m * k).map(|_| pick(next(), -128, 127)).collect();
+                let col: Vec<i32> = (0..k * p).map(|_| pick(next(), lo, hi)).collect();
+                let mut want = vec![0; m * p];
+                gemm(&w, m, k, &col, p, &mut want);
+                let peak = want.iter().map(|x| x.unsigned_abs()).max().unwrap();
+                let (wp, bw) = (madd_weights(&w, 1, m, k), ByteWeights::new(&w, m, k, z));
+                let rows = identity_rows(m);
+                let mut pairs = Vec::new();
+                size_packed(&mut pairs, k.div_ceil(2), p);
+                // SAFETY: AVX2 is present (checked above); `pack_pairs`
+                // asserts its lengths.
+                unsafe { pack_pairs(&col, k, p, &mut pairs) };
+                let tag = format!("m {m} k {k} p {p} z {z}");
+                for packed_in in [false, true] {
+                    for packed_out in [false, true] {
+                        let operand = match packed_in {
+                            true => Operand::Packed(&pairs),
+                            false => Operand::Rows(&col),
+                        };
+                        let mut out = vec![7; m * p];
+                        let mut pk = vec![7i16; packed_len(m.div_ceil(2), p)];
+                        let dst = match packed_out {
+                            true => Dst::Packed(&mut pk),
+                            false => Dst::Rows(&mut out),
+                        };
+                        let mut e = identity(&rows);
+                        let mut scratch = vec![-1i16; 1 << 12];
+                        let ran = gemm_madd_with(
+                            &wp,
+                            Some(&bw),
+                            m,
+                            k,
+                            operand,
+                            p,
+                            dst,
+                            &mut scratch,
+                            Some(&mut e),
+                        );
+                        assert!(ran, "{tag}");
+                        if packed_out {
+                            // The sums as i16 (the test's values fit).
+                            unpack_pairs(&pk, m, p, &mut out);
+                            let want16: Vec<i32> = want.iter().map(|&x| x as i16 as i32).collect();
+                            assert_eq!(out, want16, "{tag} packed in {packed_in} out");
+                        } else {
+                            assert_eq!(out, want, "{tag} packed in {packed_in}");
+                        }
+                        assert_eq!(e.peak, peak, "{tag} packed in {packed_in} out {packed_out}");
+                    }
+                }
             }
         }
     }

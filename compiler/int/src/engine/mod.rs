@@ -50,6 +50,17 @@
 //!   accumulator clamped to where it still changes the result
 //!   (`run_requant2`), where `requant.rs` would take i64 lanes.
 //!
+//! Where the CPU has AVX-512 F, BW and VNNI (`isa.rs`, detected at run
+//! time; `QATC_INT_ISA=avx2` keeps AVX2), `madd_kernel` and `direct_kernel`
+//! take their VNNI form (`gemm::vnni_blocks`: sixteen rows x sixteen
+//! positions per pass in 512-bit registers, `vpdpwssd` on the same i16
+//! pairs), and where every weight fits s8 and the input's range
+//! (`ConvLayer::in_range`) fits u8 or s8 (`direct::byte_offset`) the 8-bit
+//! form: the operand as u8 quads (offset by 128 for signed inputs),
+//! `vpdpbusd` with s8 weight quads, and 128 times each row's weight sum
+//! subtracted (`gemm::ByteWeights`), for direct convs and ungrouped 1x1
+//! convs. Each block of sums then goes through the AVX2 epilogue.
+//!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
 //!
@@ -67,6 +78,7 @@
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
+//! - `isa.rs`: whether the AVX-512 VNNI forms run;
 //! - `fused.rs`: which conv takes the requantization after it into its
 //!   epilogue (`plan_fusion`, per plan), the exact i32 form it computes
 //!   there, and the post-pass of the convs whose kernel has no epilogue;
@@ -333,6 +345,10 @@ pub struct Weights {
     /// in i32 lanes (low half `w[2j]`, high half `w[2j+1]`) for
     /// [`gemm_madd`](gemm::gemm_madd).
     pairs: Vec<Vec<i32>>,
+    /// Per ungrouped 1x1 conv whose operands fit 8 bits
+    /// ([`byte_offset`](direct::byte_offset)): its weights' 8-bit form, for
+    /// [`gemm_madd_with`](gemm::gemm_madd_with) on AVX-512 VNNI.
+    bytes: Vec<Option<gemm::ByteWeights>>,
     w32: Vec<Vec<i32>>,
     w64: Vec<Vec<i64>>,
     wf: Vec<Vec<f64>>,
@@ -353,6 +369,7 @@ impl Weights {
         let mut w = Weights {
             dpairs: Vec::new(),
             pairs: Vec::new(),
+            bytes: Vec::new(),
             w32: Vec::new(),
             w64: Vec::new(),
             wf: Vec::new(),
@@ -390,6 +407,15 @@ impl Weights {
                     gemm::madd_weights(&l.weights, l.groups, l.cout / l.groups, l.fan_in)
                 }
                 _ => Vec::new(),
+            });
+            w.bytes.push(match layer {
+                Layer::Conv(l)
+                    if l.groups == 1 && l.kernel == 1 && l.stride == 1 && l.padding == 0 =>
+                {
+                    direct::byte_offset(l)
+                        .map(|z| gemm::ByteWeights::new(&l.weights, l.cout, l.cin, z))
+                }
+                _ => None,
             });
             w.w32.push(a);
             w.w64.push(b);
