@@ -12,7 +12,10 @@
 //!   an output row per pass, reading each tap's eight inputs straight from
 //!   that copy; the taps in im2col's order (channel, then ky, then kx) and
 //!   the same separate `vmulpd`/`vaddpd`, so the sums are bit for bit those
-//!   of [`gemm_f64`] over im2col (the tests compare them). Other convs, and
+//!   of [`gemm_f64`] over im2col (the tests compare them); with AVX-512
+//!   (`isa.rs`) `direct_f64_avx512`, sixteen positions per pass in 512-bit
+//!   registers and masked lanes for a row's last ones, the same operations
+//!   per lane. Other convs, and
 //!   CPUs without AVX2, take im2col and [`gemm_f64`].
 //! - [`round_into`]: the sums truncated or rounded as the plan's mode says
 //!   (AVX2: four per vector, exact), stored as i32 where every one fits
@@ -67,11 +70,18 @@ pub(super) fn conv_float_direct(
                 oh,
                 ow,
             };
-            // SAFETY: AVX2 is present; `padded` holds `cin * rows * cols`
+            // SAFETY: AVX2 is present (and AVX-512 F where
+            // `avx512_vnni` says so); `padded` holds `cin * rows * cols`
             // values, `w` `cout * cin * k * k`, `out` `cout * oh * ow`, and
             // `oh + k - 1 == rows`, `ow + k - 1 == cols` (all checked or
-            // sized just above): the kernel's `# Safety`.
-            unsafe { direct_f64_avx2(&d, padded, w, out) };
+            // sized just above): the kernels' `# Safety`.
+            unsafe {
+                if super::isa::avx512_vnni() {
+                    direct_f64_avx512(&d, padded, w, out)
+                } else {
+                    direct_f64_avx2(&d, padded, w, out)
+                }
+            };
             return true;
         }
     }
@@ -170,6 +180,80 @@ unsafe fn direct_f64_avx2(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) 
                         s += wt * x[off + oy * cols + ox];
                     }
                     out[(o + r) * p + oy * ow + ox] = s;
+                }
+            }
+        }
+    }
+}
+
+/// [`direct_f64_avx2`] in 512-bit registers: four output rows x sixteen
+/// positions of one output row per pass (eight accumulators of eight f64),
+/// the last positions of a row (under sixteen) in masked lanes, so no
+/// scalar tail. The same products and additions in the same order per
+/// lane: bit for bit the same sums.
+///
+/// # Safety
+///
+/// As [`direct_f64_avx2`], and the CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn direct_f64_avx512(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    let &DirectF64 {
+        cin,
+        k,
+        rows,
+        cols,
+        cout,
+        oh,
+        ow,
+    } = d;
+    let taps = cin * k * k;
+    let p = oh * ow;
+    // Where tap `t` of output (0, 0) reads, in im2col's order.
+    let offs: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (c, ky, kx) = (t / (k * k), t / k % k, t % k);
+            (c * rows + ky) * cols + kx
+        })
+        .collect();
+    // Lanes of positions `ox + j` below `ow`.
+    let lanes = |n: usize| -> __mmask8 { ((1u32 << n.min(8)) - 1) as __mmask8 };
+    for o in (0..cout).step_by(R) {
+        let n = (cout - o).min(R);
+        // Rows past `cout` repeat the last one (computed, not stored).
+        let wr: [&[f64]; R] =
+            std::array::from_fn(|r| &w[(o + r.min(n - 1)) * taps..(o + r.min(n - 1) + 1) * taps]);
+        for oy in 0..oh {
+            for ox in (0..ow).step_by(16) {
+                let (m0, m1) = (lanes(ow - ox), lanes((ow - ox).saturating_sub(8)));
+                // SAFETY: AVX-512 F is one of this function's features.
+                // Tap `t` of the lanes kept by `m0`, `m1` (outputs below
+                // `ow`) of row `oy` reads `offs[t] + oy * cols + ox + j`, `j
+                // < ow - ox`: inside `x` as in `direct_f64_avx2`; masked-off
+                // lanes are neither read nor written (the pointers to them
+                // are formed with `wrapping_add`); the stores write the kept
+                // lanes of `(o + r) * p + oy * ow + ox..`, inside `out`.
+                unsafe {
+                    let base = x.as_ptr().wrapping_add(oy * cols + ox);
+                    let mut acc = [[_mm512_setzero_pd(); 2]; R];
+                    for (t, &off) in offs.iter().enumerate() {
+                        let (x0, x1) = (
+                            _mm512_maskz_loadu_pd(m0, base.wrapping_add(off)),
+                            _mm512_maskz_loadu_pd(m1, base.wrapping_add(off + 8)),
+                        );
+                        for (a, wr) in acc.iter_mut().zip(&wr) {
+                            let wv = _mm512_set1_pd(*wr.get_unchecked(t));
+                            a[0] = _mm512_add_pd(a[0], _mm512_mul_pd(x0, wv));
+                            a[1] = _mm512_add_pd(a[1], _mm512_mul_pd(x1, wv));
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate().take(n) {
+                        let dst = out.as_mut_ptr().wrapping_add((o + r) * p + oy * ow + ox);
+                        _mm512_mask_storeu_pd(dst, m0, a[0]);
+                        _mm512_mask_storeu_pd(dst.wrapping_add(8), m1, a[1]);
+                    }
                 }
             }
         }
@@ -469,12 +553,17 @@ mod tests {
     /// multiples of four.
     #[test]
     fn direct_float_conv_is_bit_for_bit_im2col_and_gemm() {
+        crate::engine::isa::on_each(direct_float_conv_is_bit_for_bit_im2col_and_gemm_body);
+    }
+
+    fn direct_float_conv_is_bit_for_bit_im2col_and_gemm_body() {
         for (cin, cout, k, pad, ih, iw) in [
             (3, 16, 3, 1, 32, 32),
             (3, 6, 3, 1, 9, 13),
             (2, 5, 5, 2, 7, 21),
             (1, 3, 1, 0, 4, 11),
             (3, 4, 3, 0, 10, 10),
+            (3, 7, 3, 1, 5, 40),
         ] {
             let mut l = layer(cin, cout, k, 1, pad, 1, [ih, iw], Vec::new());
             l.input = ConvInput::Float;
