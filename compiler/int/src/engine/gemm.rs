@@ -27,7 +27,9 @@
 use super::conv::Num;
 use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
-use super::fused::{first_lanes, hmax_u32, Regs};
+use super::fused::{first_lanes, hmax_u32, Regs, FLOOR, NEAREST, TRUNC};
+#[cfg(target_arch = "x86_64")]
+use crate::fixed::Div;
 use crate::plan::ConvLayer;
 
 /// `out[m x p] = w[m x k] * col[k x p]`, four output rows per pass over a
@@ -719,6 +721,8 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
     comp: Option<&[i32]>,
     fin: &mut BlockOut,
 ) {
+    // SAFETY: AVX-512 F is one of this function's features.
+    let r16 = unsafe { fin.regs16() };
     let mut o = 0;
     while o < m {
         let two = m - o > MADD_ROWS;
@@ -734,6 +738,7 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
                 g: (g, g1),
                 m,
                 comp,
+                r16,
             };
             // SAFETY: this function's features and its caller's bounds:
             // weight blocks `o / 8` and (with `two`, `o + 8 < m`) the next
@@ -764,6 +769,8 @@ struct VnniPass<'a> {
     m: usize,
     /// The 8-bit form's per-row `z * sum(w)`, subtracted from its sums.
     comp: Option<&'a [i32]>,
+    /// The 512-bit epilogue, where it applies ([`BlockOut::regs16`]).
+    r16: Option<Regs16>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -813,6 +820,11 @@ impl VnniPass<'_> {
                         *a = _mm512_sub_epi32(*a, _mm512_set1_epi32(comp[ob + r]));
                     }
                 }
+                if let Some(rg) = &self.r16 {
+                    // Both blocks' epilogue in 512-bit registers.
+                    fin.finish16(rg, accs, ob, rows, self.g);
+                    continue;
+                }
                 let mut half: [__m256i; MADD_ROWS] =
                     std::array::from_fn(|r| _mm512_castsi512_si256(accs[r]));
                 fin.finish(&mut half, ob, rows, self.g.0);
@@ -824,6 +836,18 @@ impl VnniPass<'_> {
             }
         }
     }
+}
+
+/// [`BlockOut::finish16`]'s constants in 512-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Regs16 {
+    count: std::arch::x86_64::__m128i,
+    half: std::arch::x86_64::__m512i,
+    lo: std::arch::x86_64::__m512i,
+    hi: std::arch::x86_64::__m512i,
+    div: Div,
+    clamp: bool,
 }
 
 /// Where [`madd_kernel`]'s blocks of eight rows x eight positions of sums
@@ -838,6 +862,10 @@ pub(super) struct BlockOut<'a, 'e> {
     /// The pairs of rows of a packed output.
     kp_out: usize,
     peak: std::arch::x86_64::__m256i,
+    /// A one-term requantization in i32 lanes (not `wide`, no second
+    /// term): its shift, output range, rounding and clamp, for
+    /// [`BlockOut::finish16`].
+    plain: Option<(u32, i32, i32, Div, bool)>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -856,6 +884,161 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             p,
             kp_out: m.div_ceil(2),
             peak: std::arch::x86_64::_mm256_setzero_si256(),
+            plain: epi
+                .filter(|e| !e.wide && e.second.is_none())
+                .map(|e| (e.shift, e.lo, e.hi, e.div, e.clamp)),
+        }
+    }
+
+    /// The 512-bit epilogue's constants, where [`BlockOut::finish16`]
+    /// applies (a one-term requantization in i32 lanes).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn regs16(&self) -> Option<Regs16> {
+        use std::arch::x86_64::*;
+        self.plain.map(|(shift, lo, hi, div, clamp)| Regs16 {
+            count: _mm_cvtsi32_si128(shift as i32),
+            half: _mm512_set1_epi32(if shift == 0 {
+                0
+            } else {
+                1i32 << (shift.min(31) - 1)
+            }),
+            lo: _mm512_set1_epi32(lo),
+            hi: _mm512_set1_epi32(hi),
+            div,
+            clamp,
+        })
+    }
+
+    /// [`BlockOut::finish`] of two blocks of positions at once: `acc[r]`
+    /// holds row `o + r`'s sums of block `g.0` (low half) and `g.1` (high
+    /// half; where `g.1 == g.0` a copy of the low half, not stored). The
+    /// largest |sum|, the requantization of `rg` (`Regs::one`'s arithmetic
+    /// on sixteen lanes: clamp, `x * m + b` wrapping, the rounding shift,
+    /// the clamp) and the store, rows or the next conv's pairs.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F and BW; `rg` from [`BlockOut::regs16`]; `o + rows <= m`
+    /// and the blocks `< p.div_ceil(8)`, as [`BlockOut::finish`].
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    pub(super) unsafe fn finish16(
+        &mut self,
+        rg: &Regs16,
+        acc: &mut [std::arch::x86_64::__m512i; MADD_ROWS],
+        o: usize,
+        rows: usize,
+        g: (usize, usize),
+    ) {
+        match (rg.div, rg.clamp) {
+            (Div::Floor, true) => self.rows16::<FLOOR, true>(rg, acc, o, rows, g),
+            (Div::Floor, false) => self.rows16::<FLOOR, false>(rg, acc, o, rows, g),
+            (Div::Trunc, true) => self.rows16::<TRUNC, true>(rg, acc, o, rows, g),
+            (Div::Trunc, false) => self.rows16::<TRUNC, false>(rg, acc, o, rows, g),
+            (Div::Nearest, true) => self.rows16::<NEAREST, true>(rg, acc, o, rows, g),
+            (Div::Nearest, false) => self.rows16::<NEAREST, false>(rg, acc, o, rows, g),
+        }
+    }
+
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    #[inline]
+    fn rows16<const DIV: u8, const CLAMP: bool>(
+        &mut self,
+        rg: &Regs16,
+        acc: &mut [std::arch::x86_64::__m512i; MADD_ROWS],
+        o: usize,
+        rows: usize,
+        g: (usize, usize),
+    ) {
+        use std::arch::x86_64::*;
+        let p = self.p;
+        let i = 8 * g.0;
+        // Lanes of positions below `p` (the high half only where it is a
+        // block of its own).
+        let n = if g.1 == g.0 { 8 } else { 16 }.min(p - i);
+        let keep: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+        let mut peak = _mm512_setzero_si512();
+        let zero = _mm512_setzero_si512();
+        for (r, a) in acc.iter_mut().enumerate().take(rows) {
+            peak = _mm512_max_epu32(peak, _mm512_abs_epi32(*a));
+            let rc = &self.erows[o + r];
+            let x = _mm512_min_epi32(
+                _mm512_max_epi32(*a, _mm512_set1_epi32(rc.xlo)),
+                _mm512_set1_epi32(rc.xhi),
+            );
+            let s = _mm512_add_epi32(
+                _mm512_mullo_epi32(x, _mm512_set1_epi32(rc.m)),
+                _mm512_set1_epi32(rc.b),
+            );
+            let neg = _mm512_cmplt_epi32_mask(s, zero);
+            let q = match DIV {
+                FLOOR => _mm512_sra_epi32(s, rg.count),
+                // |s| shifted, the sign restored (as `round8`'s
+                // `vpsignd`: a zero stays zero).
+                TRUNC => {
+                    let a = _mm512_srl_epi32(_mm512_abs_epi32(s), rg.count);
+                    _mm512_mask_sub_epi32(a, neg, zero, a)
+                }
+                _ => {
+                    let a = _mm512_abs_epi32(s);
+                    let q = _mm512_sra_epi32(_mm512_add_epi32(a, rg.half), rg.count);
+                    _mm512_mask_sub_epi32(q, neg, zero, q)
+                }
+            };
+            *a = if CLAMP {
+                _mm512_min_epi32(_mm512_max_epi32(q, rg.lo), rg.hi)
+            } else {
+                q
+            };
+        }
+        // The largest |sum| of the lanes in `p` (past it the sums are 0;
+        // a copied high half repeats the low one).
+        self.peak = _mm256_max_epu32(
+            self.peak,
+            _mm256_max_epu32(
+                _mm512_castsi512_si256(peak),
+                _mm512_extracti64x4_epi64::<1>(peak),
+            ),
+        );
+        // SAFETY (the stores): the lanes kept lie at positions `i..i + n <=
+        // p` of rows `o + r < m`, inside `out` (`m * p`); a packed output
+        // writes pair `o / 2 + j` of blocks `g.0` and `g.1` (`< p.div_ceil(8)`),
+        // inside `packed_len(kp_out, p)` (the caller's lengths).
+        match &mut self.out {
+            Dst::Rows(out) => {
+                let dst = out.as_mut_ptr().wrapping_add(o * p + i);
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    unsafe { _mm512_mask_storeu_epi32(dst.wrapping_add(r * p), keep, *a) };
+                }
+            }
+            Dst::Packed(pk) => {
+                let low = _mm512_set1_epi32(0xffff);
+                for j in 0..rows.div_ceil(2) {
+                    let lo = _mm512_and_si512(_mm512_maskz_mov_epi32(keep, acc[2 * j]), low);
+                    let hi = if 2 * j + 1 < rows {
+                        _mm512_slli_epi32::<16>(_mm512_maskz_mov_epi32(keep, acc[2 * j + 1]))
+                    } else {
+                        zero
+                    };
+                    let v = _mm512_or_si512(lo, hi);
+                    let at = |b: usize| (b * self.kp_out + o / 2 + j) * 16;
+                    unsafe {
+                        _mm256_storeu_si256(
+                            pk.as_mut_ptr().add(at(g.0)) as *mut __m256i,
+                            _mm512_castsi512_si256(v),
+                        );
+                        if g.1 != g.0 {
+                            _mm256_storeu_si256(
+                                pk.as_mut_ptr().add(at(g.1)) as *mut __m256i,
+                                _mm512_extracti64x4_epi64::<1>(v),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
