@@ -139,6 +139,38 @@ mod tests {
         }
     }
 
+    /// A resumed epoch reports what an uninterrupted one would only if the
+    /// running loss sum comes back bit for bit: serde_json's default float
+    /// parser is off by an ulp on some 17-digit numbers (the workspace
+    /// enables its `float_roundtrip`); every f64 here, over the exponents
+    /// a loss sum takes, reads back equal through the header JSON.
+    #[test]
+    fn partial_sums_read_back_bit_for_bit() {
+        let mut bits = 0x3ff0_0000_0000_0001_u64;
+        for i in 0..20_000u64 {
+            bits = bits
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            // Exponents 2^-20 to 2^43, any mantissa.
+            let x = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | ((1003 + i % 64) << 52));
+            let m = CheckpointMeta {
+                partial: Some(PartialEpoch {
+                    loss_sum: x,
+                    correct: 1,
+                    seen: 2,
+                    seconds: x / 3.0,
+                    data_wait_seconds: 0.1,
+                }),
+                ..meta()
+            };
+            let back = CheckpointMeta::from_header_json(&m.header_json().unwrap(), Path::new("c"))
+                .unwrap();
+            let (a, b) = (m.partial.unwrap(), back.partial.unwrap());
+            assert_eq!(a.loss_sum.to_bits(), b.loss_sum.to_bits(), "{x:e}");
+            assert_eq!(a.seconds.to_bits(), b.seconds.to_bits(), "{x:e}");
+        }
+    }
+
     #[test]
     fn header_and_sidecar_json_keep_the_field_order() {
         assert_eq!(
