@@ -33,6 +33,10 @@
 //! two-core development machine (DenseNet-BC 52 s an epoch,
 //! MobileNetV3-Small 16, ShuffleNetV2 10, SE-ResNet20 5); see
 //! docs/training.md for the accuracies per epoch (best 23.0 to 27.4 %).
+//! ShuffleNetV2 takes 4 epochs since 2026-12-07: on an Intel Xeon with
+//! AVX-512 (libtorch's kernels round differently there) its 3-epoch run
+//! peaked at 18.8 % with the test loss still falling (2.37, 2.27, 2.17);
+//! with 4 epochs it reached 23.0 % there.
 
 use qatc_runtime::model::{ModelMeta, QatModel};
 use qatc_runtime::profile::UnknownProfile;
@@ -134,7 +138,7 @@ fn shufflenetv2_trains_above_chance() {
         "shufflenetv2_trains_above_chance",
         &qatc_model_shufflenetv2::META,
         &qatc_model_shufflenetv2::Shufflenetv2::new,
-        3,
+        4,
     );
 }
 
