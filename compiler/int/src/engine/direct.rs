@@ -21,7 +21,7 @@
 use super::fused::Epilogue;
 use super::gemm::{madd_weights, ByteWeights, MADD_ROWS};
 #[cfg(target_arch = "x86_64")]
-use super::gemm::{pair8, quad8, vnni_blocks, BlockOut, Dst};
+use super::gemm::{pair8, quad8, quad_word, vnni_blocks, BlockOut, Dst};
 use crate::plan::ConvLayer;
 
 /// Convs the direct kernel takes: ungrouped, kernel over 1, and output rows
@@ -359,12 +359,7 @@ unsafe fn quad_rows(rows: [Option<&[i32]>; 4], z: i32, out: &mut [i16]) {
         }
     }
     for i in full..n {
-        let w = (0..4).fold(0u32, |w, j| {
-            let v = rows[j].map_or(0, |r| r[i]) + z;
-            w | ((v as u32 & 0xff) << (8 * j))
-        });
-        out[2 * i] = w as u16 as i16;
-        out[2 * i + 1] = (w >> 16) as u16 as i16;
+        out[2 * i..2 * i + 2].copy_from_slice(&quad_word(&rows, i, z));
     }
 }
 

@@ -103,6 +103,21 @@ struct DirectF64 {
     ow: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl DirectF64 {
+    /// Where tap `t` of output (0, 0) reads in the zero-bordered copy, in
+    /// im2col's order `(c, ky, kx)`.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let (k, rows, cols) = (self.k, self.rows, self.cols);
+        (0..self.cin * k * k)
+            .map(|t| {
+                let (c, ky, kx) = (t / (k * k), t / k % k, t % k);
+                (c * rows + ky) * cols + kx
+            })
+            .collect()
+    }
+}
+
 /// Four output rows x eight positions of one output row per pass (eight
 /// accumulators of four f64), the taps in im2col's order `(c, ky, kx)`,
 /// each product rounded then added (no FMA): [`gemm_f64`]'s sums. The last
@@ -122,22 +137,16 @@ unsafe fn direct_f64_avx2(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) 
     let &DirectF64 {
         cin,
         k,
-        rows,
         cols,
         cout,
         oh,
         ow,
+        ..
     } = d;
     let taps = cin * k * k;
     let p = oh * ow;
     let ow8 = ow / 8 * 8;
-    // Where tap `t` of output (0, 0) reads, in im2col's order.
-    let offs: Vec<usize> = (0..taps)
-        .map(|t| {
-            let (c, ky, kx) = (t / (k * k), t / k % k, t % k);
-            (c * rows + ky) * cols + kx
-        })
-        .collect();
+    let offs = d.tap_offsets();
     for o in (0..cout).step_by(R) {
         let n = (cout - o).min(R);
         // Rows past `cout` repeat the last one (computed, not stored).
@@ -203,21 +212,15 @@ unsafe fn direct_f64_avx512(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]
     let &DirectF64 {
         cin,
         k,
-        rows,
         cols,
         cout,
         oh,
         ow,
+        ..
     } = d;
     let taps = cin * k * k;
     let p = oh * ow;
-    // Where tap `t` of output (0, 0) reads, in im2col's order.
-    let offs: Vec<usize> = (0..taps)
-        .map(|t| {
-            let (c, ky, kx) = (t / (k * k), t / k % k, t % k);
-            (c * rows + ky) * cols + kx
-        })
-        .collect();
+    let offs = d.tap_offsets();
     // Lanes of positions `ox + j` below `ow`.
     let lanes = |n: usize| -> __mmask8 { ((1u32 << n.min(8)) - 1) as __mmask8 };
     for o in (0..cout).step_by(R) {

@@ -336,6 +336,17 @@ pub(super) unsafe fn quad8(rows: [Option<*const i32>; 4], z: i32) -> std::arch::
     w
 }
 
+/// Position `i` of four rows (`None`: the value 0) as one u8 quad, byte `t`
+/// `rows[t][i] + z`, in the two i16 halves of its word: [`quad8`]'s lane,
+/// for the positions past the last whole vector.
+pub(super) fn quad_word(rows: &[Option<&[i32]>; 4], i: usize, z: i32) -> [i16; 2] {
+    let w = (0..4).fold(0u32, |w, t| {
+        let v = rows[t].map_or(0, |r| r[i]) + z;
+        w | ((v as u32 & 0xff) << (8 * t))
+    });
+    [w as u16 as i16, (w >> 16) as u16 as i16]
+}
+
 /// The operand of [`gemm_bytes`]: `k` rows of `p` i32 as u8 quads of rows
 /// (plus `z`) in the [`packed_len`]`(k.div_ceil(4), p)` layout (per block
 /// of eight positions, quad `j` is eight words, 16 i16); positions past `p`
@@ -369,13 +380,8 @@ unsafe fn pack_quads(col: &[i32], k: usize, p: usize, z: i32, packed: &mut Vec<i
             }
         }
         for i in full * 8..p {
-            let w = (0..4).fold(0u32, |w, t| {
-                let v = rows[t].map_or(0, |r| r[i]) + z;
-                w | ((v as u32 & 0xff) << (8 * t))
-            });
             let at = ((i / 8) * kq + j) * 16 + 2 * (i % 8);
-            packed[at] = w as u16 as i16;
-            packed[at + 1] = (w >> 16) as u16 as i16;
+            packed[at..at + 2].copy_from_slice(&quad_word(&rows, i, z));
         }
     }
 }
