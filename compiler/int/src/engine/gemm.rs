@@ -868,9 +868,9 @@ pub(super) struct BlockOut<'a, 'e> {
     /// The pairs of rows of a packed output.
     kp_out: usize,
     peak: std::arch::x86_64::__m256i,
-    /// A one-term requantization in i32 lanes (not `wide`, no second
-    /// term): its shift, output range, rounding and clamp, for
-    /// [`BlockOut::finish16`].
+    /// A requantization in i32 lanes (not `wide`; one term, or two with
+    /// [`BlockOut::second`]): its shift, output range, rounding and clamp,
+    /// for [`BlockOut::finish16`].
     plain: Option<(u32, i32, i32, Div, bool)>,
 }
 
@@ -891,13 +891,13 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             kp_out: m.div_ceil(2),
             peak: std::arch::x86_64::_mm256_setzero_si256(),
             plain: epi
-                .filter(|e| !e.wide && e.second.is_none())
+                .filter(|e| !e.wide)
                 .map(|e| (e.shift, e.lo, e.hi, e.div, e.clamp)),
         }
     }
 
     /// The 512-bit epilogue's constants, where [`BlockOut::finish16`]
-    /// applies (a one-term requantization in i32 lanes).
+    /// applies (a requantization in i32 lanes, of one term or two).
     ///
     /// # Safety
     ///
@@ -924,7 +924,9 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     /// half; where `g.1 == g.0` a copy of the low half, not stored). The
     /// largest |sum|, the requantization of `rg` (`Regs::one`'s arithmetic
     /// on sixteen lanes: clamp, `x * m + b` wrapping, the rounding shift,
-    /// the clamp) and the store, rows or the next conv's pairs.
+    /// the clamp; with a second term `Regs::block2`'s: `y * m2` added
+    /// before the shift, then always the clamp) and the store, rows or the
+    /// next conv's pairs.
     ///
     /// # Safety
     ///
@@ -939,19 +941,22 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         rows: usize,
         g: (usize, usize),
     ) {
-        match (rg.div, rg.clamp) {
-            (Div::Floor, true) => self.rows16::<FLOOR, true>(rg, acc, o, rows, g),
-            (Div::Floor, false) => self.rows16::<FLOOR, false>(rg, acc, o, rows, g),
-            (Div::Trunc, true) => self.rows16::<TRUNC, true>(rg, acc, o, rows, g),
-            (Div::Trunc, false) => self.rows16::<TRUNC, false>(rg, acc, o, rows, g),
-            (Div::Nearest, true) => self.rows16::<NEAREST, true>(rg, acc, o, rows, g),
-            (Div::Nearest, false) => self.rows16::<NEAREST, false>(rg, acc, o, rows, g),
+        match (rg.div, rg.clamp, self.second.is_some()) {
+            (Div::Floor, _, true) => self.rows16::<FLOOR, true, true>(rg, acc, o, rows, g),
+            (Div::Trunc, _, true) => self.rows16::<TRUNC, true, true>(rg, acc, o, rows, g),
+            (Div::Nearest, _, true) => self.rows16::<NEAREST, true, true>(rg, acc, o, rows, g),
+            (Div::Floor, true, _) => self.rows16::<FLOOR, true, false>(rg, acc, o, rows, g),
+            (Div::Floor, false, _) => self.rows16::<FLOOR, false, false>(rg, acc, o, rows, g),
+            (Div::Trunc, true, _) => self.rows16::<TRUNC, true, false>(rg, acc, o, rows, g),
+            (Div::Trunc, false, _) => self.rows16::<TRUNC, false, false>(rg, acc, o, rows, g),
+            (Div::Nearest, true, _) => self.rows16::<NEAREST, true, false>(rg, acc, o, rows, g),
+            (Div::Nearest, false, _) => self.rows16::<NEAREST, false, false>(rg, acc, o, rows, g),
         }
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
     #[inline]
-    fn rows16<const DIV: u8, const CLAMP: bool>(
+    fn rows16<const DIV: u8, const CLAMP: bool, const TWO: bool>(
         &mut self,
         rg: &Regs16,
         acc: &mut [std::arch::x86_64::__m512i; MADD_ROWS],
@@ -975,10 +980,19 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 _mm512_max_epi32(*a, _mm512_set1_epi32(rc.xlo)),
                 _mm512_set1_epi32(rc.xhi),
             );
-            let s = _mm512_add_epi32(
+            let mut s = _mm512_add_epi32(
                 _mm512_mullo_epi32(x, _mm512_set1_epi32(rc.m)),
                 _mm512_set1_epi32(rc.b),
             );
+            if let (true, Some(sec)) = (TWO, &self.second) {
+                // SAFETY: the lanes kept lie at positions `i..i + n <= p`
+                // of row `o + r < m` of `y` (`Epilogue::holds(m, p)`); the
+                // others are not read.
+                let y = unsafe {
+                    _mm512_maskz_loadu_epi32(keep, sec.y.as_ptr().wrapping_add((o + r) * p + i))
+                };
+                s = _mm512_add_epi32(s, _mm512_mullo_epi32(y, _mm512_set1_epi32(sec.m2[o + r])));
+            }
             let neg = _mm512_cmplt_epi32_mask(s, zero);
             let q = match DIV {
                 FLOOR => _mm512_sra_epi32(s, rg.count),
