@@ -61,11 +61,16 @@ pub(super) fn direct_weights(l: &ConvLayer) -> Vec<i32> {
 pub(super) struct DirectWeights {
     pub(super) pairs: Vec<i32>,
     pub(super) bytes: Option<ByteWeights>,
+    /// With `bytes`: the same weights as AMX tiles.
+    pub(super) tiles: Option<super::amx::DirectTiles>,
 }
 
 impl DirectWeights {
     pub(super) fn new(l: &ConvLayer) -> DirectWeights {
+        let k2 = l.kernel * l.kernel;
         DirectWeights {
+            tiles: byte_offset(l)
+                .map(|_| super::amx::DirectTiles::new(&l.weights, l.cout, l.cin, k2)),
             pairs: direct_weights(l),
             // The rows reordered as `[cin / 4][k * k][4]` (channels past
             // `cin` zero): quad `(c, t)` is channels `4c..4c + 4` at tap `t`.
@@ -157,10 +162,17 @@ pub(super) fn conv_direct_madd(
         {
             return false;
         }
+        // The AMX tiles read whole chunks of quads: the planes past `cp`
+        // (up to `cpad`) are allocated, and hold the border value.
+        let tiles = dw
+            .tiles
+            .as_ref()
+            .filter(|_| bytes.is_some() && super::isa::amx());
+        let planes = tiles.map_or(cp, |t| t.cpad.max(cp));
         padded.clear();
         // The border: the value 0 (`z` in every byte of the 8-bit form).
         let zero = bytes.map_or(0, |b| (b.z * 0x0101) as u16 as i16);
-        padded.resize(cp * s * ph * cols * 2, zero);
+        padded.resize(planes * s * ph * cols * 2, zero);
         let plane = |c: usize| (c < l.cin).then(|| &input[c * ih * iw..(c + 1) * ih * iw]);
         // Per phase, the columns that hold an input value: padded column
         // `col * s + phase` is input column `col * s + phase - pad`, inside
@@ -223,6 +235,40 @@ pub(super) fn conv_direct_madd(
                     }
                 }
             }
+        }
+        if let (Some(t), Some(b)) = (tiles, bytes) {
+            // Where tap (ky, kx) of quad 0 reads, in words (quad `c` is `c
+            // * s * ph * cols` words further).
+            let taps: Vec<usize> = (0..k2)
+                .map(|t| ((t % k % s) * ph + t / k) * cols + t % k / s)
+                .collect();
+            // SAFETY: AMX is permitted (`isa::amx`) and AVX-512 and AVX2
+            // present; `t` is this conv's ([`DirectWeights::new`]); the
+            // planes hold `cpad` quads, and for every output row `y < oh`,
+            // tile of positions `i..i + n <= ow` and tap, the words read
+            // `y * s * cols + i + off + c * s * ph * cols..+n` lie inside
+            // them (`(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols`,
+            // checked above); `comp` has `cout` values and `fin` `cout`
+            // rows of `oh * ow`.
+            unsafe {
+                let mut fin = BlockOut::new(Dst::Rows(out), epi.as_deref(), oh * ow, l.cout);
+                super::amx::direct_tiles(
+                    t,
+                    l.cout,
+                    [oh, ow],
+                    padded,
+                    s * cols,
+                    &taps,
+                    s * ph * cols,
+                    &b.comp,
+                    &mut fin,
+                );
+                let peak = fin.peak();
+                if let Some(e) = epi {
+                    e.peak = e.peak.max(peak);
+                }
+            }
+            return true;
         }
         // Where tap (c, ky, kx) reads, relative to an output position's
         // top-left corner, in i16 units.

@@ -272,6 +272,9 @@ fn pairs_into_blocks<T: Copy>(
 /// i32), which the kernel subtracts: the sums of the values.
 pub(super) struct ByteWeights {
     pub(super) quads: Vec<i32>,
+    /// The same weights as the AMX kernel's A tiles
+    /// ([`super::amx::weight_tiles`]).
+    pub(super) tiles: Vec<i8>,
     pub(super) comp: Vec<i32>,
     pub(super) z: i32,
 }
@@ -299,13 +302,20 @@ impl ByteWeights {
             .take(m)
             .map(|r| (z as i64 * r.iter().map(|&x| x as i64).sum::<i64>()) as i32)
             .collect();
-        ByteWeights { quads, comp, z }
+        let tiles = super::amx::weight_tiles(w, m, k);
+        ByteWeights {
+            quads,
+            tiles,
+            comp,
+            z,
+        }
     }
 
     /// Whether it holds `m` rows of `k`.
     pub(super) fn holds(&self, m: usize, k: usize) -> bool {
         self.comp.len() == m
             && self.quads.len() == m.div_ceil(MADD_ROWS) * MADD_ROWS * k.div_ceil(4)
+            && self.tiles.len() == super::amx::weight_tiles_len(m, k)
     }
 }
 
@@ -347,40 +357,62 @@ pub(super) fn quad_word(rows: &[Option<&[i32]>; 4], i: usize, z: i32) -> [i16; 2
     [w as u16 as i16, (w >> 16) as u16 as i16]
 }
 
+/// The length in i16 of [`gemm_bytes`]' operand layout: per block of `w`
+/// positions (8 for the VNNI kernel, 16 for the AMX tiles), `kstride`
+/// quads of rows, each `w` words (2w i16).
+fn quads_len(w: usize, kstride: usize, p: usize) -> usize {
+    p.div_ceil(w) * kstride * 2 * w
+}
+
+/// Where quad `j` of positions `i..i + 8` (`i` a multiple of 8) starts in
+/// the [`quads_len`]`(w, kstride, p)` layout, in i16.
+fn quad_at(w: usize, kstride: usize, i: usize, j: usize) -> usize {
+    ((i / w) * kstride + j) * 2 * w + 2 * (i % w)
+}
+
 /// The operand of [`gemm_bytes`]: `k` rows of `p` i32 as u8 quads of rows
-/// (plus `z`) in the [`packed_len`]`(k.div_ceil(4), p)` layout (per block
-/// of eight positions, quad `j` is eight words, 16 i16); positions past `p`
-/// and rows past `k` hold `z` (the value 0).
+/// (plus `z`) in the [`quads_len`]`(w, kstride, p)` layout (per block of
+/// `w` positions, quad `j < kstride` is `w` words); positions past `p`, rows
+/// past `k` and quads past `k.div_ceil(4)` hold `z` (the value 0).
 ///
 /// # Safety
 ///
 /// The CPU must support AVX2. The lengths are asserted (a short slice
-/// panics).
+/// panics); `w` is 8 or 16 and `kstride >= k.div_ceil(4)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_quads(col: &[i32], k: usize, p: usize, z: i32, packed: &mut Vec<i16>) {
+unsafe fn pack_quads(
+    col: &[i32],
+    k: usize,
+    p: usize,
+    z: i32,
+    (w, kstride): (usize, usize),
+    packed: &mut Vec<i16>,
+) {
     use std::arch::x86_64::*;
     let kq = k.div_ceil(4);
     let full = p / 8;
-    assert!(col.len() >= k * p);
+    assert!(col.len() >= k * p && (w == 8 || w == 16) && kstride >= kq);
     let zw = (z * 0x0101) as u16 as i16;
     packed.clear();
-    packed.resize(packed_len(kq, p), zw);
+    packed.resize(quads_len(w, kstride, p), zw);
     for j in 0..kq {
         let rows: [Option<&[i32]>; 4] = std::array::from_fn(|t| {
             (4 * j + t < k).then(|| &col[(4 * j + t) * p..(4 * j + t + 1) * p])
         });
         for blk in 0..full {
+            let at = quad_at(w, kstride, blk * 8, j);
+            assert!(at + 16 <= packed.len());
             // SAFETY: AVX2 is this function's own feature; `blk * 8 + 8 <=
             // p` keeps the reads inside the rows, and the 16 i16 stored at
-            // `(blk * kq + j) * 16` lie inside `packed` (sized above).
+            // `at` lie inside `packed` (asserted).
             unsafe {
                 let v = quad8(rows.map(|r| r.map(|r| r.as_ptr().add(blk * 8))), z);
-                _mm256_storeu_si256(packed.as_mut_ptr().add((blk * kq + j) * 16) as _, v);
+                _mm256_storeu_si256(packed.as_mut_ptr().add(at) as _, v);
             }
         }
         for i in full * 8..p {
-            let at = ((i / 8) * kq + j) * 16 + 2 * (i % 8);
+            let at = quad_at(w, kstride, i / 8 * 8, j) + 2 * (i % 8);
             packed[at..at + 2].copy_from_slice(&quad_word(&rows, i, z));
         }
     }
@@ -392,15 +424,23 @@ unsafe fn pack_quads(col: &[i32], k: usize, p: usize, z: i32, packed: &mut Vec<i
 ///
 /// # Safety
 ///
-/// The CPU must support AVX2. The lengths are asserted.
+/// The CPU must support AVX2. The lengths are asserted; `w` is 8 or 16 and
+/// `kstride >= k.div_ceil(4)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quads_from_pairs(pk: &[i16], k: usize, p: usize, z: i32, packed: &mut Vec<i16>) {
+unsafe fn quads_from_pairs(
+    pk: &[i16],
+    k: usize,
+    p: usize,
+    z: i32,
+    (w, kstride): (usize, usize),
+    packed: &mut Vec<i16>,
+) {
     use std::arch::x86_64::*;
     let (kp, kq) = (k.div_ceil(2), k.div_ceil(4));
-    assert!(pk.len() >= packed_len(kp, p));
+    assert!(pk.len() >= packed_len(kp, p) && (w == 8 || w == 16) && kstride >= kq);
     packed.clear();
-    packed.resize(packed_len(kq, p), 0);
+    packed.resize(quads_len(w, kstride, p), (z * 0x0101) as u16 as i16);
     let zv = _mm256_set1_epi16(z as i16);
     let bytes = _mm256_set1_epi32(0x00ff_00ff);
     // Per word: the low bytes of its two i16 halves as one 16-bit value.
@@ -413,9 +453,11 @@ unsafe fn quads_from_pairs(pk: &[i16], k: usize, p: usize, z: i32, packed: &mut 
     };
     for b in 0..p.div_ceil(8) {
         for q in 0..kq {
+            let at = quad_at(w, kstride, 8 * b, q);
+            assert!(at + 16 <= packed.len());
             // SAFETY: AVX2 is this function's own feature; pairs `2q` and
             // `2q + 1 < kp` of block `b` lie inside `pk` (asserted), and
-            // quad `q` of block `b` inside `packed` (sized above).
+            // the 16 i16 at `at` inside `packed` (asserted).
             unsafe {
                 let a = _mm256_loadu_si256(pk.as_ptr().add((b * kp + 2 * q) * 16) as _);
                 let c = match 2 * q + 1 < kp {
@@ -423,15 +465,17 @@ unsafe fn quads_from_pairs(pk: &[i16], k: usize, p: usize, z: i32, packed: &mut 
                     false => _mm256_setzero_si256(),
                 };
                 let w = _mm256_or_si256(two(a), _mm256_slli_epi32::<16>(two(c)));
-                _mm256_storeu_si256(packed.as_mut_ptr().add((b * kq + q) * 16) as _, w);
+                _mm256_storeu_si256(packed.as_mut_ptr().add(at) as _, w);
             }
         }
     }
 }
 
 /// [`gemm_madd_with`] in the 8-bit form: the operand (rows or i16 pairs)
-/// laid out as u8 quads in `packed`, then [`vnni_blocks`] with `vpdpbusd`
-/// and `bw.comp` subtracted. The same sums.
+/// laid out as u8 quads in `packed`, then with AMX the tile kernel
+/// ([`super::amx::gemm_tiles`], blocks of 16 positions), else
+/// [`vnni_blocks`] with `vpdpbusd` (blocks of 8); `bw.comp` subtracted.
+/// The same sums.
 ///
 /// # Safety
 ///
@@ -451,32 +495,45 @@ unsafe fn gemm_bytes(
     epi: Option<&mut Epilogue>,
 ) {
     let kq = k.div_ceil(4);
+    let amx = super::isa::amx();
+    let layout = match amx {
+        true => (16, super::amx::tile_quads(k)),
+        false => (8, kq),
+    };
     // SAFETY: AVX2 is one of this function's features; both assert their
     // lengths.
     unsafe {
         match col {
-            Operand::Rows(c) => pack_quads(c, k, p, bw.z, packed),
-            Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, packed),
+            Operand::Rows(c) => pack_quads(c, k, p, bw.z, layout, packed),
+            Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, layout, packed),
         }
     }
     // SAFETY: AVX2 is one of this function's features.
     let mut fin = unsafe { BlockOut::new(out, epi.as_deref(), p, m) };
-    // SAFETY: this function's features; `bw.quads` holds `m.div_ceil(8)`
-    // blocks of `8 * kq`, each operand read (`(b * kq + j) * 16 + 16 <=
-    // packed_len(kq, p)`) lies inside `packed`, `fin` holds `m` rows of `p`.
-    unsafe {
-        vnni_blocks(
-            &bw.quads,
-            kq,
-            m,
-            packed,
-            p.div_ceil(8),
-            |b| b * kq * 16,
-            (0..kq).map(|j| 16 * j),
-            Some(&bw.comp),
-            &mut fin,
-        )
-    };
+    if amx {
+        // SAFETY: AMX is permitted (`isa::amx`) with this function's
+        // features; `packed` holds `quads_len(16, tile_quads(k), p)`, the
+        // tiles `m` rows of `tile_quads(k)` quads, `fin` `m` rows of `p`.
+        unsafe { super::amx::gemm_tiles(&bw.tiles, m, k, packed, p, &bw.comp, &mut fin) };
+    } else {
+        // SAFETY: this function's features; `bw.quads` holds
+        // `m.div_ceil(8)` blocks of `8 * kq`, each operand read (`(b * kq +
+        // j) * 16 + 16 <= packed_len(kq, p)`) lies inside `packed`, `fin`
+        // holds `m` rows of `p`.
+        unsafe {
+            vnni_blocks(
+                &bw.quads,
+                kq,
+                m,
+                packed,
+                p.div_ceil(8),
+                |b| b * kq * 16,
+                (0..kq).map(|j| 16 * j),
+                Some(&bw.comp),
+                &mut fin,
+            )
+        };
+    }
     // SAFETY: AVX2 is one of this function's features.
     let peak = unsafe { fin.peak() };
     if let Some(e) = epi {
@@ -826,19 +883,7 @@ impl VnniPass<'_> {
                         *a = _mm512_sub_epi32(*a, _mm512_set1_epi32(comp[ob + r]));
                     }
                 }
-                if let Some(rg) = &self.r16 {
-                    // Both blocks' epilogue in 512-bit registers.
-                    fin.finish16(rg, accs, ob, rows, self.g);
-                    continue;
-                }
-                let mut half: [__m256i; MADD_ROWS] =
-                    std::array::from_fn(|r| _mm512_castsi512_si256(accs[r]));
-                fin.finish(&mut half, ob, rows, self.g.0);
-                if self.g.1 != self.g.0 {
-                    let mut half: [__m256i; MADD_ROWS] =
-                        std::array::from_fn(|r| _mm512_extracti64x4_epi64::<1>(accs[r]));
-                    fin.finish(&mut half, ob, rows, self.g.1);
-                }
+                fin.finish_pair(self.r16.as_ref(), accs, ob, rows, self.g);
             }
         }
     }
@@ -903,7 +948,7 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     ///
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn regs16(&self) -> Option<Regs16> {
+    pub(super) unsafe fn regs16(&self) -> Option<Regs16> {
         use std::arch::x86_64::*;
         self.plain.map(|(shift, lo, hi, div, clamp)| Regs16 {
             count: _mm_cvtsi32_si128(shift as i32),
@@ -1058,6 +1103,43 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Rows `o..o + rows` (`rows <= 8`) of sums of blocks `g.0` (the low
+    /// halves of `acc`) and `g.1` (the high halves; where `g.1 == g.0` not
+    /// used): [`BlockOut::finish16`] where `rg` is given
+    /// ([`BlockOut::regs16`]), else [`BlockOut::finish`] per half.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F and BW; as [`BlockOut::finish16`].
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    #[inline]
+    pub(super) unsafe fn finish_pair(
+        &mut self,
+        rg: Option<&Regs16>,
+        acc: &mut [std::arch::x86_64::__m512i; MADD_ROWS],
+        o: usize,
+        rows: usize,
+        g: (usize, usize),
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's bounds (this function's `# Safety`).
+        unsafe {
+            if let Some(rg) = rg {
+                // Both blocks' epilogue in 512-bit registers.
+                self.finish16(rg, acc, o, rows, g);
+                return;
+            }
+            let mut half: [__m256i; MADD_ROWS] =
+                std::array::from_fn(|r| _mm512_castsi512_si256(acc[r]));
+            self.finish(&mut half, o, rows, g.0);
+            if g.1 != g.0 {
+                let mut half: [__m256i; MADD_ROWS] =
+                    std::array::from_fn(|r| _mm512_extracti64x4_epi64::<1>(acc[r]));
+                self.finish(&mut half, o, rows, g.1);
             }
         }
     }
@@ -1615,6 +1697,11 @@ mod tests {
         if !std::arch::is_x86_feature_detected!("avx2") {
             return;
         }
+        // The VNNI kernel, then (where the CPU has it) the AMX tiles.
+        crate::engine::isa::on_each(byte_operands_match_gemm_body);
+    }
+
+    fn byte_operands_match_gemm_body() {
         let mut seed = 0x2545_f491_u32;
         let mut next = move || {
             seed ^= seed << 13;
@@ -1630,6 +1717,7 @@ mod tests {
             (16, 8, 2),
             (9, 1, 64),
             (40, 96, 17),
+            (33, 260, 50),
         ] {
             for (lo, hi, z) in [(-128, 127, 128), (0, 255, 0)] {
                 let pick = |r: u32, a: i32, b: i32| match r % 4 {
@@ -1651,7 +1739,9 @@ mod tests {
                 unsafe { pack_pairs(&col, k, p, &mut pairs) };
                 let tag = format!("m {m} k {k} p {p} z {z}");
                 for packed_in in [false, true] {
-                    for packed_out in [false, true] {
+                    // Rows without an epilogue (the sums as they are), rows
+                    // and the next conv's pairs with one.
+                    for (packed_out, with_epi) in [(false, false), (false, true), (true, true)] {
                         let operand = match packed_in {
                             true => Operand::Packed(&pairs),
                             false => Operand::Rows(&col),
@@ -1673,7 +1763,7 @@ mod tests {
                             p,
                             dst,
                             &mut scratch,
-                            Some(&mut e),
+                            with_epi.then_some(&mut e),
                         );
                         assert!(ran, "{tag}");
                         if packed_out {
@@ -1684,7 +1774,12 @@ mod tests {
                         } else {
                             assert_eq!(out, want, "{tag} packed in {packed_in}");
                         }
-                        assert_eq!(e.peak, peak, "{tag} packed in {packed_in} out {packed_out}");
+                        if with_epi {
+                            assert_eq!(
+                                e.peak, peak,
+                                "{tag} packed in {packed_in} out {packed_out}"
+                            );
+                        }
                     }
                 }
             }

@@ -1,47 +1,85 @@
-//! Which vector extensions beyond AVX2 the kernels may use: AVX-512 with
-//! VNNI (`vpdpwssd` on 512-bit registers: sixteen lanes of i16 pair
-//! products added into i32 in one instruction, where AVX2 takes
-//! `vpmaddwd` and `vpaddd` on eight).
+//! Which vector extensions beyond AVX2 the kernels may use, in three
+//! levels: AVX2; AVX-512 with VNNI (`vpdpwssd` / `vpdpbusd` on 512-bit
+//! registers: sixteen lanes of i16 pair or u8 quad products added into i32
+//! in one instruction, where AVX2 takes `vpmaddwd` and `vpaddd` on eight);
+//! and AMX with INT8 (`tdpbsud`: a 16 x 64 tile of s8 weights times a 64 x
+//! 16 tile of u8 operand quads into a 16 x 16 tile of i32 sums, 16,384
+//! products in one instruction, [`super::amx`]).
 //!
-//! Detected at run time, once per thread. `QATC_INT_ISA=avx2` keeps the
-//! kernels on AVX2 on a CPU that has more (to compare the two side by side
-//! in one sitting, `qatc int bench`); the tests pin either choice on their
-//! own thread with [`with_avx512`]. Both paths compute the same sums
-//! (integer multiply-adds that wrap alike, `vpdpwssd` being `vpmaddwd`
-//! followed by `vpaddd`), so the choice changes speed only.
+//! Detected at run time, once per thread; AMX also needs the kernel's
+//! permission to use the tile data state (Linux: `arch_prctl(
+//! ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once per process).
+//! `QATC_INT_ISA=avx2` or `avx512` caps the level on a CPU that has more
+//! (to compare them side by side in one sitting, `qatc int bench`); the
+//! tests pin a level on their own thread with [`with_level`]. Every level
+//! computes the same sums (exact integer multiply-adds that wrap alike), so
+//! the choice changes speed only.
 
 use std::cell::Cell;
 
-thread_local! {
-    static AVX512: Cell<Option<bool>> = const { Cell::new(None) };
+/// The kernels' level, ordered: each has everything the one before has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Level {
+    /// AVX2 or nothing (the plain loops check AVX2 themselves).
+    Avx2,
+    /// AVX-512 F, BW and VNNI.
+    Avx512,
+    /// AVX-512 as above and AMX-TILE, AMX-INT8, the tile state permitted.
+    Amx,
 }
 
-/// Whether the CPU has AVX-512 F, BW and VNNI (and AVX2) and the kernels
-/// may use them: not where `QATC_INT_ISA` is `avx2`, or inside
-/// [`with_avx512`]`(false, ..)`.
-pub(super) fn avx512_vnni() -> bool {
-    AVX512.with(|c| match c.get() {
+thread_local! {
+    static LEVEL: Cell<Option<Level>> = const { Cell::new(None) };
+}
+
+/// This thread's level: what the CPU has, capped by `QATC_INT_ISA` or
+/// [`with_level`].
+fn level() -> Level {
+    LEVEL.with(|c| match c.get() {
         Some(v) => v,
         None => {
-            let v = detected() && std::env::var("QATC_INT_ISA").map_or(true, |s| s != "avx2");
+            let cap = match std::env::var("QATC_INT_ISA").as_deref() {
+                Ok("avx2") => Level::Avx2,
+                Ok("avx512") => Level::Avx512,
+                _ => Level::Amx,
+            };
+            let v = detected().min(cap);
             c.set(Some(v));
             v
         }
     })
 }
 
+/// Whether the CPU has AVX-512 F, BW and VNNI (and AVX2) and the kernels
+/// may use them: not where `QATC_INT_ISA` is `avx2`, or inside
+/// [`with_level`]`(Level::Avx2, ..)`.
+pub(super) fn avx512_vnni() -> bool {
+    level() >= Level::Avx512
+}
+
+/// Whether the AMX kernels may run (the CPU has them, the OS let this
+/// process use the tiles, and no cap below).
+pub(super) fn amx() -> bool {
+    level() >= Level::Amx
+}
+
 /// What the CPU has (ignoring `QATC_INT_ISA`).
-fn detected() -> bool {
+fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        avx2()
+        let avx512 = avx2()
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        match (avx512, avx512 && super::amx::permitted()) {
+            (_, true) => Level::Amx,
+            (true, false) => Level::Avx512,
+            _ => Level::Avx2,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Level::Avx2
     }
 }
 
@@ -58,32 +96,32 @@ fn avx2() -> bool {
 
 /// The name of the widest kernels this thread runs (for reports).
 pub fn kernels() -> &'static str {
-    if avx512_vnni() {
-        "avx512-vnni"
-    } else if avx2() {
-        "avx2"
-    } else {
-        "portable"
+    match level() {
+        Level::Amx => "amx-int8 + avx512-vnni",
+        Level::Avx512 => "avx512-vnni",
+        Level::Avx2 if avx2() => "avx2",
+        Level::Avx2 => "portable",
     }
 }
 
-/// Runs `f` with the AVX-512 kernels on (where the CPU has them) or off,
-/// on this thread; restores the choice before. For tests that cover both
-/// paths.
+/// Runs `f` with the kernels of at most `cap` (as far as the CPU has them)
+/// on this thread; restores the choice before. For tests that cover every
+/// path.
 #[cfg(test)]
-pub(super) fn with_avx512<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = AVX512.with(|c| c.replace(Some(on && detected())));
+pub(super) fn with_level<R>(cap: Level, f: impl FnOnce() -> R) -> R {
+    let before = LEVEL.with(|c| c.replace(Some(cap.min(detected()))));
     let r = f();
-    AVX512.with(|c| c.set(before));
+    LEVEL.with(|c| c.set(before));
     r
 }
 
-/// Runs `f` on this thread with the AVX-512 kernels off, then on (where
-/// the CPU has them): the tests of the kernels that have both forms.
+/// Runs `f` on this thread at each level the CPU has, AVX2 first: the
+/// tests of the kernels that have several forms.
 #[cfg(test)]
 pub(super) fn on_each(f: impl Fn()) {
-    with_avx512(false, &f);
-    if detected() {
-        with_avx512(true, &f);
+    for cap in [Level::Avx2, Level::Avx512, Level::Amx] {
+        if cap <= detected() {
+            with_level(cap, &f);
+        }
     }
 }

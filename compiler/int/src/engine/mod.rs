@@ -59,7 +59,13 @@
 //! form: the operand as u8 quads (offset by 128 for signed inputs),
 //! `vpdpbusd` with s8 weight quads, and 128 times each row's weight sum
 //! subtracted (`gemm::ByteWeights`), for direct convs and ungrouped 1x1
-//! convs. Each block of sums then goes through the AVX2 epilogue.
+//! convs. Each block of sums then goes through the 512-bit epilogue
+//! (`BlockOut::finish16`: one- and two-term requantizations in i32 lanes)
+//! or the AVX2 one per half (i64 forms). Where the CPU also has AMX-INT8
+//! and the OS grants the tile state (`isa.rs`, `amx.rs`), those 8-bit
+//! convs run as tiles instead (`tdpbsud`: sixteen channels x sixteen
+//! positions of sums per tile, the same operand bytes and correction),
+//! through the same epilogue.
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
@@ -78,7 +84,8 @@
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
-//! - `isa.rs`: whether the AVX-512 VNNI forms run;
+//! - `isa.rs`: whether the AVX-512 VNNI and AMX forms run;
+//! - `amx.rs`: the AMX-INT8 tile kernels of the 8-bit 1x1 and direct convs;
 //! - `fused.rs`: which conv takes the requantization after it into its
 //!   epilogue (`plan_fusion`, per plan), the exact i32 form it computes
 //!   there, and the post-pass of the convs whose kernel has no epilogue;
@@ -92,7 +99,9 @@
 //! `#[target_feature(enable = "avx2")]` whose `# Safety` section states what
 //! its callers must check (AVX2 present, slice lengths); the callers check
 //! it with `is_x86_feature_detected!` and explicit shape tests next to the
-//! call.
+//! call. The AMX kernels (`amx.rs`) are written in `asm!` and state the
+//! same way what their callers check (`isa::amx`, the tile bounds), and
+//! `amx::permitted` makes one `arch_prctl` system call.
 
 // Per-channel loops index several parallel arrays at once.
 #![allow(clippy::needless_range_loop)]
@@ -135,6 +144,7 @@ mod conv;
 /// The conv layers and plans of the unit tests (also the plan's).
 #[cfg(test)]
 pub(crate) use conv::testing;
+mod amx;
 mod depthwise;
 mod depthwise_lanes;
 mod direct;
@@ -400,6 +410,7 @@ impl Weights {
                 _ => direct::DirectWeights {
                     pairs: Vec::new(),
                     bytes: None,
+                    tiles: None,
                 },
             });
             w.pairs.push(match layer {

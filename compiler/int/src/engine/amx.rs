@@ -1,0 +1,503 @@
+//! The AMX-INT8 kernel of the 8-bit 1x1 convs (`gemm::gemm_bytes`).
+//!
+//! AMX computes on tiles, eight registers of up to 16 rows x 64 bytes
+//! (`tmm0`-`tmm7`). `tdpbsud C, A, B` adds to the 16 x 16 i32 tile `C` the
+//! products of the 16 x 64 s8 tile `A` and the u8 tile `B`, whose row `j`
+//! holds quad `j` of the 64 inputs for 16 columns (4 bytes each):
+//! `C[r][n] += sum_i A[r][i] * B[i / 4][4 n + i % 4]`, 16,384 exact
+//! products into wrapping i32 per instruction. Here `A` is a conv's weights
+//! (16 output channels x 64 input channels, s8), `B` its operand as
+//! [`pack_quads`](super::gemm) lays it out with blocks of 16 positions (u8
+//! quads of input channels, offset by `z`), and `C` sixteen channels x
+//! sixteen positions of sums: the same operand bytes and the same
+//! `z * sum(w)` correction as the VNNI kernel's `vpdpbusd`, so the same
+//! sums. Per pass two tiles of channels x two tiles of positions (`tmm0`-
+//! `tmm3`), the weights in `tmm4`/`tmm5`, the operand in `tmm6`/`tmm7`;
+//! the sums go through memory (a 4 KiB buffer) into the same 512-bit
+//! epilogue as the VNNI kernel's (`BlockOut::finish_pair`).
+//!
+//! The instructions are written with `asm!` (Rust has no stable AMX
+//! intrinsics); the tile registers are used by this module only, configured
+//! at the start of each call (`ldtilecfg`) and released at its end
+//! (`tilerelease`), so no tile state outlives a call.
+
+/// Quads of input channels per position in the operand and the weight
+/// tiles: `k.div_ceil(4)` rounded up to whole tiles (16 quads, 64
+/// channels); the weights of the quads past `k` are zero.
+pub(super) fn tile_quads(k: usize) -> usize {
+    k.div_ceil(4).div_ceil(16) * 16
+}
+
+/// Length of [`weight_tiles`]: `m` rounded up to 16 rows of
+/// [`tile_quads`]`(k)` quads.
+pub(super) fn weight_tiles_len(m: usize, k: usize) -> usize {
+    m.div_ceil(16) * 16 * tile_quads(k) * 4
+}
+
+/// `m` rows of `k` weights (each in `-128..=127`) as the `A` tiles: row
+/// `r`, input `i` at byte `r * 4 tile_quads(k) + i`, zero past `k` and in
+/// the rows past `m`.
+pub(super) fn weight_tiles(w: &[i32], m: usize, k: usize) -> Vec<i8> {
+    let stride = tile_quads(k) * 4;
+    let mut t = vec![0i8; weight_tiles_len(m, k)];
+    for (r, row) in w.chunks_exact(k.max(1)).take(m).enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            t[r * stride + i] = x as i8;
+        }
+    }
+    t
+}
+
+/// Whether this CPU has AMX-TILE and AMX-INT8 and the OS lets this
+/// process use the tile data (asked once per process). The caller has
+/// checked AVX-512 (so CPUID leaf 7 exists).
+pub(super) fn permitted() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static PERMITTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *PERMITTED.get_or_init(|| {
+            // CPUID leaf 7, sub-leaf 0: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID is available on every x86-64 CPU.
+            let id = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+            if (id.edx >> 24) & 3 != 3 {
+                return false;
+            }
+            // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): 0 where
+            // the kernel supports the tile state and grants it.
+            let ret: i64;
+            // SAFETY: the arch_prctl system call (158) with these
+            // arguments only changes which XSAVE states this process may
+            // use; it reads and writes no memory of ours. `syscall`
+            // clobbers rcx and r11.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") 158i64 => ret,
+                    in("rdi") 0x1023i64,
+                    in("rsi") 18i64,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            ret == 0
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// A tile configuration (`ldtilecfg`'s 64 bytes).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+/// Four 16 x 16 tiles of i32 sums, where `tilestored` writes them.
+#[repr(C, align(64))]
+struct Sums([[i32; 256]; 4]);
+
+/// `m` output rows of sums over `p` positions: the weight tiles `a`
+/// ([`weight_tiles`]) times the operand `x` (u8 quads in blocks of 16
+/// positions, [`tile_quads`]`(k)` quads per block, as `pack_quads` lays
+/// them out with `w = 16`: positions past `p` hold the offset `z`), less
+/// `comp` per row (`z * sum(w)`), into `fin`'s epilogue and store.
+///
+/// # Safety
+///
+/// AMX-TILE and AMX-INT8 permitted ([`permitted`]), AVX-512 F, BW (and
+/// AVX2); `a.len() == weight_tiles_len(m, k)`, `x.len() >=
+/// p.div_ceil(16) * tile_quads(k) * 32`, `comp.len() >= m`, and `fin`
+/// takes `m` rows of `p` positions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) unsafe fn gemm_tiles(
+    a: &[i8],
+    m: usize,
+    k: usize,
+    x: &[i16],
+    p: usize,
+    comp: &[i32],
+    fin: &mut super::gemm::BlockOut,
+) {
+    use std::arch::asm;
+    let kt = tile_quads(k);
+    let (tiles, blocks8) = (p.div_ceil(16), p.div_ceil(8));
+    // Bytes between rows: a weight row, a quad of the operand.
+    let (sa, sb) = (kt * 4, 64usize);
+    assert!(a.len() == weight_tiles_len(m, k) && x.len() >= tiles * kt * 32 && comp.len() >= m);
+    let mut sums = Sums([[0; 256]; 4]);
+    // SAFETY: AVX-512 F is one of this function's features.
+    let r16 = unsafe { fin.regs16() };
+    let cfg = config(16, 16);
+    // SAFETY: the configuration is 64 readable, aligned bytes.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    let mut o = 0;
+    while o < m {
+        let two_rows = o + 16 < m;
+        for q in (0..tiles).step_by(2) {
+            let two_pos = q + 1 < tiles;
+            // SAFETY (the tile loads): weight rows `o..o + 16` (and `o +
+            // 16..o + 32` with `two_rows`, `o + 16 < m`) lie inside `a`'s
+            // `m.div_ceil(16) * 16` rows of `sa` bytes, chunk `c` at bytes
+            // `64 c..64 c + 64 <= sa`; operand blocks `q` (and `q + 1 <
+            // tiles`) have `kt` quads of 64 bytes, quads `16 c..16 c + 16
+            // <= kt` read (asserted lengths). The stores write `sums`.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for c in 0..kt / 16 {
+                    let a0 = a.as_ptr().add(o * sa + 64 * c);
+                    let b0 = (x.as_ptr() as *const u8).add((q * kt + 16 * c) * 64);
+                    step(
+                        (a0, a0.wrapping_add(16 * sa)),
+                        sa,
+                        (b0, b0.wrapping_add(kt * 64)),
+                        sb,
+                        two_rows,
+                        two_pos,
+                    );
+                }
+                store_sums(&mut sums);
+            }
+            // Tile `2 rt + pt`: channels `o + 16 rt..`, positions `16 (q +
+            // pt)..` (blocks of eight `2 (q + pt)` and the next, where there
+            // is one).
+            for rt in 0..1 + two_rows as usize {
+                for pt in 0..1 + two_pos as usize {
+                    let g0 = 2 * (q + pt);
+                    let g = (g0, if g0 + 1 < blocks8 { g0 + 1 } else { g0 });
+                    let tile = &sums.0[2 * rt + pt];
+                    // SAFETY: this function's features; rows `< m`, blocks
+                    // `< p.div_ceil(8)`: `fin`'s bounds.
+                    unsafe { emit(tile, 16, o + 16 * rt, m, comp, g, r16.as_ref(), fin) };
+                }
+            }
+        }
+        o += if two_rows { 32 } else { 16 };
+    }
+    // SAFETY: releases the tile state this call configured.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// A direct k x k conv's weights as `A` tiles: per output channel `o`
+/// (rounded up to 16 rows), tap `t` and quad `c` of input channels (the
+/// quads rounded up to `chunks * kr`), four bytes at `((o * k2 + t) *
+/// cpad + c) * 4`; zero past `cin` and `cout`. One `A` tile (16 channels,
+/// `kr` quads of one tap) is 16 rows of `4 kr` bytes, `k2 * cpad * 4` apart.
+pub(super) struct DirectTiles {
+    pub(super) bytes: Vec<i8>,
+    /// Quads per chunk (the `K` of one `tdpbsud`, at most 16).
+    pub(super) kr: usize,
+    /// Quads in all: `kr` times the number of chunks.
+    pub(super) cpad: usize,
+}
+
+impl DirectTiles {
+    /// From a conv's weights `[cout][cin][k2]`, each in `-128..=127`.
+    pub(super) fn new(w: &[i32], cout: usize, cin: usize, k2: usize) -> DirectTiles {
+        let cp = cin.div_ceil(4);
+        let chunks = cp.div_ceil(16).max(1);
+        let kr = cp.div_ceil(chunks);
+        let cpad = kr * chunks;
+        let mut bytes = vec![0i8; cout.div_ceil(16) * 16 * k2 * cpad * 4];
+        for o in 0..cout {
+            for c in 0..cin {
+                for t in 0..k2 {
+                    bytes[((o * k2 + t) * cpad + c / 4) * 4 + c % 4] =
+                        w[(o * cin + c) * k2 + t] as i8;
+                }
+            }
+        }
+        DirectTiles { bytes, kr, cpad }
+    }
+}
+
+/// A tile configuration: `C` tiles (`tmm0`-`tmm3`) 16 rows of `n` i32, `A`
+/// tiles (`tmm4`, `tmm5`) 16 rows of `kr` quads, `B` tiles (`tmm6`,
+/// `tmm7`) `kr` rows of `n` quads.
+fn config(n: usize, kr: usize) -> TileConfig {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    for t in 0..8 {
+        let (rows, colsb) = match t {
+            0..=3 => (16, 4 * n),
+            4 | 5 => (16, 4 * kr),
+            _ => (kr, 4 * n),
+        };
+        c[16 + 2 * t] = colsb as u8;
+        c[48 + t] = rows as u8;
+    }
+    TileConfig(c)
+}
+
+/// The direct conv of `direct.rs`'s 8-bit layout in tiles: `cout` output
+/// channels over `oh x ow` positions (`ow` a multiple of 8), each tile of
+/// positions `n` consecutive ones of an output row (16 where `ow` is a
+/// multiple of 16, else 8), summed over every tap and chunk of quads: the
+/// `A` tile of `w` ([`DirectTiles`]) times the `B` tile of `kr` quad
+/// planes (`qs` words apart) read at the tile's first position plus the
+/// tap's offset (`taps[t]`, in words, of quad 0; output row `y` starts
+/// `y * row_step` words in); less `comp` per row, into `fin`.
+///
+/// # Safety
+///
+/// AMX-TILE and AMX-INT8 permitted ([`permitted`]), AVX-512 F, BW (and
+/// AVX2); `w` from [`DirectTiles::new`] for this conv; for every output
+/// row `y < oh`, position `i < ow` (a multiple of `n`), tap offset and
+/// quad `c < w.cpad`, the `n` words at `y * row_step + i + off + c * qs`
+/// lie inside `padded` (as words: two i16 each); `comp.len() >= cout`;
+/// `fin` takes `cout` rows of `oh * ow`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn direct_tiles(
+    w: &DirectTiles,
+    cout: usize,
+    [oh, ow]: [usize; 2],
+    padded: &[i16],
+    row_step: usize,
+    taps: &[usize],
+    qs: usize,
+    comp: &[i32],
+    fin: &mut super::gemm::BlockOut,
+) {
+    use std::arch::asm;
+    let n = if ow.is_multiple_of(16) { 16 } else { 8 };
+    let (kr, cpad, k2) = (w.kr, w.cpad, taps.len());
+    let tiles = oh * ow / n;
+    // Bytes between the rows of an `A` tile, of a `B` tile.
+    let (sa, sb) = (k2 * cpad * 4, qs * 4);
+    assert!(ow.is_multiple_of(8) && comp.len() >= cout);
+    assert!(w.bytes.len() == cout.div_ceil(16) * 16 * k2 * cpad * 4);
+    let cfg = config(n, kr);
+    let mut sums = Sums([[0; 256]; 4]);
+    // SAFETY: AVX-512 F is one of this function's features.
+    let r16 = unsafe { fin.regs16() };
+    // SAFETY: the configuration is 64 readable, aligned bytes.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    // The first word a position tile reads (tap offsets added).
+    let at = |tile: usize| {
+        let (y, i) = (tile * n / ow, tile * n % ow);
+        y * row_step + i
+    };
+    let x = padded.as_ptr() as *const u8;
+    let mut o = 0;
+    while o < cout {
+        let two_rows = o + 16 < cout;
+        for q in (0..tiles).step_by(2) {
+            let two_pos = q + 1 < tiles;
+            let (p0, p1) = (at(q), if two_pos { at(q + 1) } else { at(q) });
+            // SAFETY (the tile loads): the `A` rows `o..o + 16` (and the
+            // next 16 with `two_rows`) lie inside `w.bytes` (rows rounded
+            // up to 16), tap `t`'s chunk at bytes `4 (t cpad + kr c)..+4 kr`
+            // of a row; the `B` rows are quads `kr c..kr c + kr <= cpad` at
+            // `n` words from the tile's first word plus the tap's offset,
+            // inside `padded` (the caller's bounds). The stores write `sums`.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for (t, &off) in taps.iter().enumerate() {
+                    for c in 0..cpad / kr {
+                        let a0 = w.bytes.as_ptr().add((o * k2 + t) * cpad * 4 + 4 * kr * c);
+                        let a1 = a0.wrapping_add(16 * sa);
+                        let b0 = x.add(4 * (p0 + off + kr * c * qs));
+                        let b1 = x.add(4 * (p1 + off + kr * c * qs));
+                        step((a0, a1), sa, (b0, b1), sb, two_rows, two_pos);
+                    }
+                }
+                store_sums(&mut sums);
+            }
+            for rt in 0..1 + two_rows as usize {
+                for pt in 0..1 + two_pos as usize {
+                    let g0 = (q + pt) * n / 8;
+                    let g = (g0, if n == 16 { g0 + 1 } else { g0 });
+                    // SAFETY: this function's features; rows `< cout`,
+                    // blocks `< oh * ow / 8`: `fin`'s bounds.
+                    unsafe {
+                        emit(
+                            &sums.0[2 * rt + pt],
+                            n,
+                            o + 16 * rt,
+                            cout,
+                            comp,
+                            g,
+                            r16.as_ref(),
+                            fin,
+                        )
+                    };
+                }
+            }
+        }
+        o += if two_rows { 32 } else { 16 };
+    }
+    // SAFETY: releases the tile state this call configured.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// One step of the tile kernels: the weight tile(s) at `a` (rows `sa`
+/// bytes apart; the second with `two_rows`) times the operand tile(s) at
+/// `b` (rows `sb` apart; the second with `two_pos`) added into `tmm0`
+/// (`a.0` x `b.0`), `tmm1` (`a.0` x `b.1`), `tmm2` (`a.1` x `b.0`) and
+/// `tmm3` (`a.1` x `b.1`).
+///
+/// # Safety
+///
+/// The tiles configured (`tmm4`-`tmm7` as `A` and `B` tiles), and every
+/// row those tiles read from the pointers used readable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step(
+    (a0, a1): (*const i8, *const i8),
+    sa: usize,
+    (b0, b1): (*const u8, *const u8),
+    sb: usize,
+    two_rows: bool,
+    two_pos: bool,
+) {
+    use std::arch::asm;
+    // SAFETY: the caller's (this function's `# Safety`).
+    unsafe {
+        match (two_rows, two_pos) {
+            (true, true) => asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tdpbsud tmm1, tmm4, tmm7",
+                "tdpbsud tmm2, tmm5, tmm6",
+                "tdpbsud tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                sa = in(reg) sa,
+                sb = in(reg) sb,
+                options(nostack, readonly)
+            ),
+            (true, false) => asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tdpbsud tmm2, tmm5, tmm6",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                sa = in(reg) sa,
+                sb = in(reg) sb,
+                options(nostack, readonly)
+            ),
+            (false, true) => asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tdpbsud tmm1, tmm4, tmm7",
+                a0 = in(reg) a0,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                sa = in(reg) sa,
+                sb = in(reg) sb,
+                options(nostack, readonly)
+            ),
+            (false, false) => asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                a0 = in(reg) a0,
+                b0 = in(reg) b0,
+                sa = in(reg) sa,
+                sb = in(reg) sb,
+                options(nostack, readonly)
+            ),
+        }
+    }
+}
+
+/// `tmm0`-`tmm3` into `sums` (rows 64 bytes apart).
+///
+/// # Safety
+///
+/// The tiles configured (at most 16 rows of 64 bytes each).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_sums(sums: &mut Sums) {
+    // SAFETY: each tile writes at most 16 rows of 64 bytes, inside its
+    // 1 KiB of `sums`.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) sums.0[0].as_mut_ptr(),
+            c1 = in(reg) sums.0[1].as_mut_ptr(),
+            c2 = in(reg) sums.0[2].as_mut_ptr(),
+            c3 = in(reg) sums.0[3].as_mut_ptr(),
+            s = in(reg) 64usize,
+            options(nostack)
+        );
+    }
+}
+
+/// One `C` tile of sums (16 channels from `o`, `n` positions: blocks of
+/// eight `g.0` and, with `n = 16`, `g.1`), less `comp` per channel, into
+/// `fin` eight channels at a time (channels `< m` only).
+///
+/// # Safety
+///
+/// AVX-512 F, BW (and AVX2); `comp.len() >= m`; `fin` takes rows `< m` of
+/// blocks `g.*`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit(
+    tile: &[i32; 256],
+    n: usize,
+    o: usize,
+    m: usize,
+    comp: &[i32],
+    g: (usize, usize),
+    r16: Option<&super::gemm::Regs16>,
+    fin: &mut super::gemm::BlockOut,
+) {
+    use std::arch::x86_64::*;
+    for h in 0..2 {
+        let ob = o + 8 * h;
+        if ob >= m {
+            break;
+        }
+        let rows = (m - ob).min(8);
+        let mut acc: [__m512i; 8] = std::array::from_fn(|r| {
+            let row = tile[(8 * h + r) * 16..].as_ptr();
+            // SAFETY: row `8 h + r < 16` of the tile: 16 aligned i32 (the
+            // first 8 where `n = 8`, then copied into the high half, which
+            // `finish_pair` does not store but takes in the largest |sum|).
+            let v = unsafe {
+                match n {
+                    16 => _mm512_load_si512(row as *const _),
+                    _ => _mm512_broadcast_i64x4(_mm256_load_si256(row as *const __m256i)),
+                }
+            };
+            match r < rows {
+                true => _mm512_sub_epi32(v, _mm512_set1_epi32(comp[ob + r])),
+                false => v,
+            }
+        });
+        // SAFETY: rows `ob..ob + rows <= m`, blocks `g`: the caller's.
+        unsafe { fin.finish_pair(r16, &mut acc, ob, rows, g) };
+    }
+}
