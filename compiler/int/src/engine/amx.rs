@@ -186,36 +186,61 @@ pub(super) unsafe fn gemm_tiles(
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// A direct k x k conv's weights as `A` tiles: per output channel `o`
-/// (rounded up to 16 rows), tap `t` and quad `c` of input channels (the
-/// quads rounded up to `chunks * kr`), four bytes at `((o * k2 + t) *
-/// cpad + c) * 4`; zero past `cin` and `cout`. One `A` tile (16 channels,
-/// `kr` quads of one tap) is 16 rows of `4 kr` bytes, `k2 * cpad * 4` apart.
+/// A direct k x k conv's weights as `A` tiles, in the order of
+/// `direct.rs`'s tap list for the tiles: with stride 1 the taps are the
+/// kernel's columns `kx` and the `K` rows of a tap are `(ky, quad)` pairs,
+/// `j = ky * cp + c` (`cp` quads of input channels), which the layout
+/// puts `cols` words apart; with a larger stride the taps are `(ky, kx)`
+/// and row `j` is quad `j`. Per output channel `o` (rounded up to 16 rows),
+/// tap `t` and row `j < jpad` (the rows rounded up to `chunks * kr`) four
+/// bytes at `((o * taps + t) * jpad + j) * 4`; zero past `cin` and `cout`.
+/// One `A` tile (16 channels, `kr` rows of one tap) is 16 rows of `4 kr`
+/// bytes, `taps * jpad * 4` apart.
 pub(super) struct DirectTiles {
     pub(super) bytes: Vec<i8>,
-    /// Quads per chunk (the `K` of one `tdpbsud`, at most 16).
+    /// Rows per chunk (the `K` of one `tdpbsud`, at most 16 quads).
     pub(super) kr: usize,
-    /// Quads in all: `kr` times the number of chunks.
-    pub(super) cpad: usize,
+    /// Rows per tap in all: `kr` times the number of chunks.
+    pub(super) jpad: usize,
+    /// Quad planes the layout needs per row and phase (with a stride over
+    /// 1: `jpad`, so a chunk's rows past the channels read the border).
+    pub(super) planes: usize,
 }
 
 impl DirectTiles {
-    /// From a conv's weights `[cout][cin][k2]`, each in `-128..=127`.
-    pub(super) fn new(w: &[i32], cout: usize, cin: usize, k2: usize) -> DirectTiles {
-        let cp = cin.div_ceil(4);
-        let chunks = cp.div_ceil(16).max(1);
-        let kr = cp.div_ceil(chunks);
-        let cpad = kr * chunks;
-        let mut bytes = vec![0i8; cout.div_ceil(16) * 16 * k2 * cpad * 4];
-        for o in 0..cout {
-            for c in 0..cin {
-                for t in 0..k2 {
-                    bytes[((o * k2 + t) * cpad + c / 4) * 4 + c % 4] =
-                        w[(o * cin + c) * k2 + t] as i8;
+    /// From a direct conv (weights `[cout][cin][k][k]`, each in
+    /// `-128..=127`).
+    pub(super) fn new(l: &crate::plan::ConvLayer) -> DirectTiles {
+        let (k, cp) = (l.kernel, l.cin.div_ceil(4));
+        let (taps, rows) = match l.stride {
+            1 => (k, k * cp),
+            _ => (k * k, cp),
+        };
+        let chunks = rows.div_ceil(16).max(1);
+        let kr = rows.div_ceil(chunks);
+        let jpad = kr * chunks;
+        let mut bytes = vec![0i8; l.cout.div_ceil(16) * 16 * taps * jpad * 4];
+        for o in 0..l.cout {
+            for c in 0..l.cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let (t, j) = match l.stride {
+                            1 => (kx, ky * cp + c / 4),
+                            _ => (ky * k + kx, c / 4),
+                        };
+                        bytes[((o * taps + t) * jpad + j) * 4 + c % 4] =
+                            l.weights[((o * l.cin + c) * k + ky) * k + kx] as i8;
+                    }
                 }
             }
         }
-        DirectTiles { bytes, kr, cpad }
+        let planes = if l.stride == 1 { cp } else { jpad };
+        DirectTiles {
+            bytes,
+            kr,
+            jpad,
+            planes,
+        }
     }
 }
 
@@ -240,18 +265,18 @@ fn config(n: usize, kr: usize) -> TileConfig {
 /// The direct conv of `direct.rs`'s 8-bit layout in tiles: `cout` output
 /// channels over `oh x ow` positions (`ow` a multiple of 8), each tile of
 /// positions `n` consecutive ones of an output row (16 where `ow` is a
-/// multiple of 16, else 8), summed over every tap and chunk of quads: the
-/// `A` tile of `w` ([`DirectTiles`]) times the `B` tile of `kr` quad
-/// planes (`qs` words apart) read at the tile's first position plus the
-/// tap's offset (`taps[t]`, in words, of quad 0; output row `y` starts
-/// `y * row_step` words in); less `comp` per row, into `fin`.
+/// multiple of 16, else 8), summed over every tap and chunk of rows: the
+/// `A` tile of `w` ([`DirectTiles`]) times the `B` tile of `kr` rows
+/// (`qs` words apart) read at the tile's first position plus the tap's
+/// offset (`taps[t]`, in words, of row 0; output row `y` starts `y *
+/// row_step` words in); less `comp` per row, into `fin`.
 ///
 /// # Safety
 ///
 /// AMX-TILE and AMX-INT8 permitted ([`permitted`]), AVX-512 F, BW (and
 /// AVX2); `w` from [`DirectTiles::new`] for this conv; for every output
 /// row `y < oh`, position `i < ow` (a multiple of `n`), tap offset and
-/// quad `c < w.cpad`, the `n` words at `y * row_step + i + off + c * qs`
+/// row `j < w.jpad`, the `n` words at `y * row_step + i + off + j * qs`
 /// lie inside `padded` (as words: two i16 each); `comp.len() >= cout`;
 /// `fin` takes `cout` rows of `oh * ow`.
 #[cfg(target_arch = "x86_64")]
@@ -270,12 +295,12 @@ pub(super) unsafe fn direct_tiles(
 ) {
     use std::arch::asm;
     let n = if ow.is_multiple_of(16) { 16 } else { 8 };
-    let (kr, cpad, k2) = (w.kr, w.cpad, taps.len());
+    let (kr, jpad, k2) = (w.kr, w.jpad, taps.len());
     let tiles = oh * ow / n;
     // Bytes between the rows of an `A` tile, of a `B` tile.
-    let (sa, sb) = (k2 * cpad * 4, qs * 4);
+    let (sa, sb) = (k2 * jpad * 4, qs * 4);
     assert!(ow.is_multiple_of(8) && comp.len() >= cout);
-    assert!(w.bytes.len() == cout.div_ceil(16) * 16 * k2 * cpad * 4);
+    assert!(w.bytes.len() == cout.div_ceil(16) * 16 * k2 * jpad * 4);
     let cfg = config(n, kr);
     let mut sums = Sums([[0; 256]; 4]);
     // SAFETY: AVX-512 F is one of this function's features.
@@ -296,8 +321,8 @@ pub(super) unsafe fn direct_tiles(
             let (p0, p1) = (at(q), if two_pos { at(q + 1) } else { at(q) });
             // SAFETY (the tile loads): the `A` rows `o..o + 16` (and the
             // next 16 with `two_rows`) lie inside `w.bytes` (rows rounded
-            // up to 16), tap `t`'s chunk at bytes `4 (t cpad + kr c)..+4 kr`
-            // of a row; the `B` rows are quads `kr c..kr c + kr <= cpad` at
+            // up to 16), tap `t`'s chunk at bytes `4 (t jpad + kr c)..+4 kr`
+            // of a row; the `B` rows are `kr c..kr c + kr <= jpad` at
             // `n` words from the tile's first word plus the tap's offset,
             // inside `padded` (the caller's bounds). The stores write `sums`.
             unsafe {
@@ -309,8 +334,8 @@ pub(super) unsafe fn direct_tiles(
                     options(nostack, nomem)
                 );
                 for (t, &off) in taps.iter().enumerate() {
-                    for c in 0..cpad / kr {
-                        let a0 = w.bytes.as_ptr().add((o * k2 + t) * cpad * 4 + 4 * kr * c);
+                    for c in 0..jpad / kr {
+                        let a0 = w.bytes.as_ptr().add((o * k2 + t) * jpad * 4 + 4 * kr * c);
                         let a1 = a0.wrapping_add(16 * sa);
                         let b0 = x.add(4 * (p0 + off + kr * c * qs));
                         let b1 = x.add(4 * (p1 + off + kr * c * qs));

@@ -728,11 +728,15 @@ mod tests {
                 (7, 12, 3, 2, 1, [11, 16]),
                 (16, 17, 3, 1, 1, [3, 40]),
                 (2, 9, 2, 2, 0, [6, 32]),
-                // The AMX tiles' shapes: chunks of quads (72 channels: two
-                // of nine quads), two and one tiles of channels, 16 and 8
-                // positions per tile, an odd count of tiles, stride 2.
+                // The AMX tiles' shapes: chunks of rows (72 channels at
+                // stride 1: 54 rows of kernel row and quad, four chunks of
+                // 14, the last reaching past the layout into its slack; at
+                // stride 2 two of nine quads), two and one tiles of
+                // channels, 16 and 8 positions per tile, an odd count of
+                // tiles.
                 (72, 40, 3, 1, 1, [5, 16]),
                 (20, 33, 3, 2, 1, [10, 16]),
+                (72, 20, 3, 2, 1, [8, 32]),
                 (64, 64, 3, 1, 1, [8, 8]),
                 (12, 16, 3, 1, 1, [3, 24]),
                 (5, 4, 5, 1, 2, [4, 8]),

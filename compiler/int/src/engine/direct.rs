@@ -67,10 +67,8 @@ pub(super) struct DirectWeights {
 
 impl DirectWeights {
     pub(super) fn new(l: &ConvLayer) -> DirectWeights {
-        let k2 = l.kernel * l.kernel;
         DirectWeights {
-            tiles: byte_offset(l)
-                .map(|_| super::amx::DirectTiles::new(&l.weights, l.cout, l.cin, k2)),
+            tiles: byte_offset(l).map(|_| super::amx::DirectTiles::new(l)),
             pairs: direct_weights(l),
             // The rows reordered as `[cin / 4][k * k][4]` (channels past
             // `cin` zero): quad `(c, t)` is channels `4c..4c + 4` at tap `t`.
@@ -143,8 +141,6 @@ pub(super) fn conv_direct_madd(
         {
             return false;
         }
-        // Layout: `[cin/per][s][ph][cols]` words of channels, padded column
-        // `col * s + phase` of row `r` at `((c * s + phase) * ph + r) * cols + col`.
         let [ih, iw] = l.in_hw;
         let (s, pad) = (l.stride, l.padding);
         let (ph, cols) = (ih + 2 * pad, (iw + 2 * pad).div_ceil(s));
@@ -163,16 +159,27 @@ pub(super) fn conv_direct_madd(
             return false;
         }
         // The AMX tiles read whole chunks of quads: the planes past `cp`
-        // (up to `cpad`) are allocated, and hold the border value.
+        // they read are allocated (and hold the border value), and 16 rows
+        // of slack past the end.
         let tiles = dw
             .tiles
             .as_ref()
             .filter(|_| bytes.is_some() && super::isa::amx());
-        let planes = tiles.map_or(cp, |t| t.cpad.max(cp));
+        let planes = tiles.map_or(cp, |t| t.planes.max(cp));
+        // Layout: `[ph][s][planes][cols]` words of channels: padded column
+        // `col * s + phase` of padded row `r` of channel group `c` at
+        // `word(c, phase, r, col)`, so the groups of one row and phase are
+        // `cols` words apart (an AMX tile's rows), and output row `y` starts
+        // `y * row_step` words after row 0.
+        let word = |c: usize, phase: usize, r: usize, col: usize| {
+            ((r * s + phase) * planes + c) * cols + col
+        };
+        let row_step = s * s * planes * cols;
         padded.clear();
         // The border: the value 0 (`z` in every byte of the 8-bit form).
         let zero = bytes.map_or(0, |b| (b.z * 0x0101) as u16 as i16);
-        padded.resize(planes * s * ph * cols * 2, zero);
+        let slack = if tiles.is_some() { 16 * cols } else { 0 };
+        padded.resize((planes * s * ph * cols + slack) * 2, zero);
         let plane = |c: usize| (c < l.cin).then(|| &input[c * ih * iw..(c + 1) * ih * iw]);
         // Per phase, the columns that hold an input value: padded column
         // `col * s + phase` is input column `col * s + phase - pad`, inside
@@ -190,7 +197,7 @@ pub(super) fn conv_direct_madd(
             let chans: [Option<&[i32]>; 4] = std::array::from_fn(|j| plane(per * c + j));
             for y in 0..ih {
                 let row = y * iw..(y + 1) * iw;
-                let at = 2 * ((c * ph + y + pad) * cols + pad);
+                let at = 2 * word(c, 0, y + pad, pad);
                 let dst = if s == 1 {
                     &mut padded[at..at + 2 * iw]
                 } else {
@@ -207,8 +214,7 @@ pub(super) fn conv_direct_madd(
                 if s == 1 {
                     continue;
                 }
-                let at =
-                    |phase: usize, lo: usize| 2 * (((c * s + phase) * ph + y + pad) * cols + lo);
+                let at = |phase: usize, lo: usize| 2 * word(c, phase, y + pad, lo);
                 if let [(lo0, hi0), (lo1, hi1)] = spans[..] {
                     // Stride 2: the even and odd words of the row go to the
                     // two phases (phase `p` starts at word `2 lo_p + p - pad`:
@@ -237,19 +243,26 @@ pub(super) fn conv_direct_madd(
             }
         }
         if let (Some(t), Some(b)) = (tiles, bytes) {
-            // Where tap (ky, kx) of quad 0 reads, in words (quad `c` is `c
-            // * s * ph * cols` words further).
-            let taps: Vec<usize> = (0..k2)
-                .map(|t| ((t % k % s) * ph + t / k) * cols + t % k / s)
-                .collect();
+            // Where each tap of the tiles reads, in words, its row `j` `j *
+            // cols` words further: with stride 1 the taps are the kernel's
+            // columns `kx` and row `j` is quad `j % cp` of kernel row `j /
+            // cp` (`word(c, 0, ky, kx)` is `(ky * cp + c) * cols + kx`);
+            // otherwise the taps are `(ky, kx)` and row `j` quad `j`.
+            let taps: Vec<usize> = match s {
+                1 => (0..k).collect(),
+                _ => (0..k2)
+                    .map(|t| word(0, t % k % s, t / k, t % k / s))
+                    .collect(),
+            };
             // SAFETY: AMX is permitted (`isa::amx`) and AVX-512 and AVX2
-            // present; `t` is this conv's ([`DirectWeights::new`]); the
-            // planes hold `cpad` quads, and for every output row `y < oh`,
-            // tile of positions `i..i + n <= ow` and tap, the words read
-            // `y * s * cols + i + off + c * s * ph * cols..+n` lie inside
-            // them (`(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols`,
-            // checked above); `comp` has `cout` values and `fin` `cout`
-            // rows of `oh * ow`.
+            // present; `t` is this conv's ([`DirectWeights::new`]); for
+            // every output row `y < oh`, tile of positions `i..i + n <= ow`,
+            // tap and row `j < t.jpad`, the words read `y * row_step + i +
+            // off + j * cols..+n` lie inside `padded` (`(oh - 1) * s + k <=
+            // ph`, `(k - 1) / s + ow <= cols`, checked above; with stride 1
+            // rows past `k * cp` reach at most 16 rows into the slack, with
+            // more the planes past `cp` are allocated); `comp` has `cout`
+            // values and `fin` `cout` rows of `oh * ow`.
             unsafe {
                 let mut fin = BlockOut::new(Dst::Rows(out), epi.as_deref(), oh * ow, l.cout);
                 super::amx::direct_tiles(
@@ -257,9 +270,9 @@ pub(super) fn conv_direct_madd(
                     l.cout,
                     [oh, ow],
                     padded,
-                    s * cols,
+                    row_step,
                     &taps,
-                    s * ph * cols,
+                    cols,
                     &b.comp,
                     &mut fin,
                 );
@@ -276,7 +289,7 @@ pub(super) fn conv_direct_madd(
         for c in 0..cp {
             for ky in 0..k {
                 for kx in 0..k {
-                    taps.push(2 * (((c * s + kx % s) * ph + ky) * cols + kx / s));
+                    taps.push(2 * word(c, kx % s, ky, kx / s));
                 }
             }
         }
@@ -284,15 +297,15 @@ pub(super) fn conv_direct_madd(
         // 8` values, rows are whole vectors of 8, `out` holds `cout * oh *
         // ow` and `(oh - 1) * s + k <= ph`, `(k - 1) / s + ow <= cols` (all
         // checked above), so every tap of `taps` reads inside `padded`
-        // (`cp * s * ph * cols` words), and `epi` has `cout` rows: the
+        // (`planes * s * ph * cols` words), and `epi` has `cout` rows: the
         // kernel's `# Safety`; for the 8-bit form AVX-512 VNNI is present
         // (`avx512_vnni`) and `comp` has `cout` values (checked above).
         unsafe {
             match bytes {
                 Some(b) => {
-                    direct_kernel_vnni(l, wv, Some(&b.comp), padded, s * cols, &taps, out, epi)
+                    direct_kernel_vnni(l, wv, Some(&b.comp), padded, row_step, &taps, out, epi)
                 }
-                None => direct_kernel(l, wv, padded, s * cols, &taps, out, epi),
+                None => direct_kernel(l, wv, padded, row_step, &taps, out, epi),
             }
         };
         true
@@ -400,7 +413,7 @@ unsafe fn quad_rows(rows: [Option<&[i32]>; 4], z: i32, out: &mut [i16]) {
         // SAFETY: AVX2 is this function's own feature; `i + 8 <= n` puts
         // the reads inside each row and the 8 words written inside `out`.
         unsafe {
-            let w = quad8(rows.map(|r| r.map(|r| r.as_ptr().add(i))), z);
+            let w = quad8(&rows, i, z);
             _mm256_storeu_si256(out.as_mut_ptr().add(2 * i) as _, w);
         }
     }
@@ -412,8 +425,8 @@ unsafe fn quad_rows(rows: [Option<&[i32]>; 4], z: i32, out: &mut [i16]) {
 /// Eight output channels x eight positions of one output row per pass:
 /// one load of the shifted input row per (channel pair, tap), then one
 /// broadcast weight pair, `vpmaddwd` and `vpaddd` per output channel.
-/// Output row `y` starts `y * row_step` pairs into its phase plane
-/// (`row_step = s * cols`). Bounds: `ow = (pw - k) / s + 1`, so for
+/// Output row `y` starts `y * row_step` pairs after row 0 (`row_step = s *
+/// s * planes * cols`, [`conv_direct_madd`]'s layout). Bounds: `ow = (pw - k) / s + 1`, so for
 /// `i + 8 <= ow` the furthest tap reads row `(oh - 1) * s + k - 1 < ph` and
 /// column `(k - 1) / s + i + 7 < cols` of the last phase of the last pair.
 /// With `epi` (a fused requantization, `fused.rs`) the epilogue takes the

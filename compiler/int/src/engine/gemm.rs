@@ -319,25 +319,29 @@ impl ByteWeights {
     }
 }
 
-/// Eight positions of four rows (`None`: the value 0) as u8 quads: byte `t`
-/// of word `i` is `rows[t][i] + z` (the values plus `z` in `0..=255`).
-/// Reads `rows[t][0..8]`.
+/// Positions `i..i + 8` of four rows (`None`: the value 0) as u8 quads:
+/// byte `t` of word `j` is `rows[t][i + j] + z` (the values plus `z` in
+/// `0..=255`).
 ///
 /// # Safety
 ///
-/// The CPU must support AVX2, and each row given must be valid for reading
-/// eight `i32`.
+/// The CPU must support AVX2, and each row given must hold `i + 8`
+/// values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) unsafe fn quad8(rows: [Option<*const i32>; 4], z: i32) -> std::arch::x86_64::__m256i {
+pub(super) unsafe fn quad8(
+    rows: &[Option<&[i32]>; 4],
+    i: usize,
+    z: i32,
+) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     let (zv, low) = (_mm256_set1_epi32(z), _mm256_set1_epi32(0xff));
     let mut w = _mm256_setzero_si256();
     for (t, r) in rows.iter().enumerate() {
         let v = match r {
-            // SAFETY: the caller makes `r` valid for eight i32.
-            Some(r) => _mm256_add_epi32(unsafe { _mm256_loadu_si256(*r as _) }, zv),
+            // SAFETY: the caller makes `r` hold `i + 8` values.
+            Some(r) => _mm256_add_epi32(unsafe { _mm256_loadu_si256(r.as_ptr().add(i) as _) }, zv),
             None => zv,
         };
         let b = _mm256_and_si256(v, low);
@@ -407,7 +411,7 @@ unsafe fn pack_quads(
             // p` keeps the reads inside the rows, and the 16 i16 stored at
             // `at` lie inside `packed` (asserted).
             unsafe {
-                let v = quad8(rows.map(|r| r.map(|r| r.as_ptr().add(blk * 8))), z);
+                let v = quad8(&rows, blk * 8, z);
                 _mm256_storeu_si256(packed.as_mut_ptr().add(at) as _, v);
             }
         }
