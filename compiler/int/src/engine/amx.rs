@@ -121,29 +121,98 @@ pub(super) unsafe fn gemm_tiles(
     comp: &[i32],
     fin: &mut super::gemm::BlockOut,
 ) {
-    use std::arch::asm;
     let kt = tile_quads(k);
     let (tiles, blocks8) = (p.div_ceil(16), p.div_ceil(8));
     // Bytes between rows: a weight row, a quad of the operand.
     let (sa, sb) = (kt * 4, 64usize);
     assert!(a.len() == weight_tiles_len(m, k) && x.len() >= tiles * kt * 32 && comp.len() >= m);
-    let mut sums = Sums([[0; 256]; 4]);
     // SAFETY: AVX-512 F is one of this function's features.
     let r16 = unsafe { fin.regs16() };
-    let cfg = config(16, 16);
+    let compute = |ps: Pass| {
+        for c in 0..kt / 16 {
+            // SAFETY (the tile loads): weight rows `o..o + 16` (and `o +
+            // 16..o + 32` with `two_rows`, `o + 16 < m`) lie inside `a`'s
+            // `m.div_ceil(16) * 16` rows of `sa` bytes, chunk `c` at bytes
+            // `64 c..64 c + 64 <= sa`; operand blocks `q` (and `q + 1 <
+            // tiles`) have `kt` quads of 64 bytes, quads `16 c..16 c + 16
+            // <= kt` read (asserted lengths).
+            unsafe {
+                let a0 = a.as_ptr().add(ps.o * sa + 64 * c);
+                let b0 = (x.as_ptr() as *const u8).add((ps.q * kt + 16 * c) * 64);
+                step(
+                    (a0, a0.wrapping_add(16 * sa)),
+                    sa,
+                    (b0, b0.wrapping_add(kt * 64)),
+                    sb,
+                    ps.two_rows,
+                    ps.two_pos,
+                );
+            }
+        }
+    };
+    // Tile `2 rt + pt`: channels `o + 16 rt..`, positions `16 (q + pt)..`
+    // (blocks of eight `2 (q + pt)` and the next, where there is one).
+    let finish = |sums: &Sums, ps: Pass| {
+        for rt in 0..1 + ps.two_rows as usize {
+            for pt in 0..1 + ps.two_pos as usize {
+                let g0 = 2 * (ps.q + pt);
+                let g = (g0, if g0 + 1 < blocks8 { g0 + 1 } else { g0 });
+                let tile = &sums.0[2 * rt + pt];
+                // SAFETY: this function's features; rows `< m`, blocks `<
+                // p.div_ceil(8)`: `fin`'s bounds.
+                unsafe { emit(tile, 16, ps.o + 16 * rt, m, comp, g, r16.as_ref(), fin) };
+            }
+        }
+    };
+    // SAFETY: the tile configuration of `compute`'s tiles.
+    unsafe { passes(&config(16, 16), m, tiles, compute, finish) };
+}
+
+/// Where one pass of the tile kernels works: channels from `o` (16, or 32
+/// with `two_rows`), position tiles `q` (and `q + 1` with `two_pos`).
+#[derive(Clone, Copy)]
+struct Pass {
+    o: usize,
+    q: usize,
+    two_rows: bool,
+    two_pos: bool,
+}
+
+/// The passes of a tile kernel over `m` channels and `tiles` tiles of
+/// positions, two x two tiles each: the tiles configured as `cfg`, then per
+/// pass `tmm0`-`tmm3` zeroed, `compute` (the tile products into them), the
+/// sums stored and `finish` (the epilogue). The tile state is released at
+/// the end. (Running each pass's epilogue while the next pass's products
+/// are under way, from a second buffer, measured no faster.)
+///
+/// # Safety
+///
+/// AMX-TILE and AMX-INT8 permitted; `compute` uses only `tmm0`-`tmm7` as
+/// `cfg` configures them, and its loads are its own to justify.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn passes(
+    cfg: &TileConfig,
+    m: usize,
+    tiles: usize,
+    mut compute: impl FnMut(Pass),
+    mut finish: impl FnMut(&Sums, Pass),
+) {
+    use std::arch::asm;
+    let mut sums = Sums([[0; 256]; 4]);
     // SAFETY: the configuration is 64 readable, aligned bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
     let mut o = 0;
     while o < m {
         let two_rows = o + 16 < m;
         for q in (0..tiles).step_by(2) {
-            let two_pos = q + 1 < tiles;
-            // SAFETY (the tile loads): weight rows `o..o + 16` (and `o +
-            // 16..o + 32` with `two_rows`, `o + 16 < m`) lie inside `a`'s
-            // `m.div_ceil(16) * 16` rows of `sa` bytes, chunk `c` at bytes
-            // `64 c..64 c + 64 <= sa`; operand blocks `q` (and `q + 1 <
-            // tiles`) have `kt` quads of 64 bytes, quads `16 c..16 c + 16
-            // <= kt` read (asserted lengths). The stores write `sums`.
+            let ps = Pass {
+                o,
+                q,
+                two_rows,
+                two_pos: q + 1 < tiles,
+            };
+            // SAFETY: the tiles are configured; zeroing touches no memory.
             unsafe {
                 asm!(
                     "tilezero tmm0",
@@ -151,34 +220,13 @@ pub(super) unsafe fn gemm_tiles(
                     "tilezero tmm2",
                     "tilezero tmm3",
                     options(nostack, nomem)
-                );
-                for c in 0..kt / 16 {
-                    let a0 = a.as_ptr().add(o * sa + 64 * c);
-                    let b0 = (x.as_ptr() as *const u8).add((q * kt + 16 * c) * 64);
-                    step(
-                        (a0, a0.wrapping_add(16 * sa)),
-                        sa,
-                        (b0, b0.wrapping_add(kt * 64)),
-                        sb,
-                        two_rows,
-                        two_pos,
-                    );
-                }
-                store_sums(&mut sums);
-            }
-            // Tile `2 rt + pt`: channels `o + 16 rt..`, positions `16 (q +
-            // pt)..` (blocks of eight `2 (q + pt)` and the next, where there
-            // is one).
-            for rt in 0..1 + two_rows as usize {
-                for pt in 0..1 + two_pos as usize {
-                    let g0 = 2 * (q + pt);
-                    let g = (g0, if g0 + 1 < blocks8 { g0 + 1 } else { g0 });
-                    let tile = &sums.0[2 * rt + pt];
-                    // SAFETY: this function's features; rows `< m`, blocks
-                    // `< p.div_ceil(8)`: `fin`'s bounds.
-                    unsafe { emit(tile, 16, o + 16 * rt, m, comp, g, r16.as_ref(), fin) };
-                }
-            }
+                )
+            };
+            compute(ps);
+            // SAFETY: the tiles are configured (at most 16 rows of 64
+            // bytes).
+            unsafe { store_sums(&mut sums) };
+            finish(&sums, ps);
         }
         o += if two_rows { 32 } else { 16 };
     }
@@ -293,7 +341,6 @@ pub(super) unsafe fn direct_tiles(
     comp: &[i32],
     fin: &mut super::gemm::BlockOut,
 ) {
-    use std::arch::asm;
     let n = if ow.is_multiple_of(16) { 16 } else { 8 };
     let (kr, jpad, k2) = (w.kr, w.jpad, taps.len());
     let tiles = oh * ow / n;
@@ -301,74 +348,51 @@ pub(super) unsafe fn direct_tiles(
     let (sa, sb) = (k2 * jpad * 4, qs * 4);
     assert!(ow.is_multiple_of(8) && comp.len() >= cout);
     assert!(w.bytes.len() == cout.div_ceil(16) * 16 * k2 * jpad * 4);
-    let cfg = config(n, kr);
-    let mut sums = Sums([[0; 256]; 4]);
     // SAFETY: AVX-512 F is one of this function's features.
     let r16 = unsafe { fin.regs16() };
-    // SAFETY: the configuration is 64 readable, aligned bytes.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
     // The first word a position tile reads (tap offsets added).
     let at = |tile: usize| {
         let (y, i) = (tile * n / ow, tile * n % ow);
         y * row_step + i
     };
     let x = padded.as_ptr() as *const u8;
-    let mut o = 0;
-    while o < cout {
-        let two_rows = o + 16 < cout;
-        for q in (0..tiles).step_by(2) {
-            let two_pos = q + 1 < tiles;
-            let (p0, p1) = (at(q), if two_pos { at(q + 1) } else { at(q) });
-            // SAFETY (the tile loads): the `A` rows `o..o + 16` (and the
-            // next 16 with `two_rows`) lie inside `w.bytes` (rows rounded
-            // up to 16), tap `t`'s chunk at bytes `4 (t jpad + kr c)..+4 kr`
-            // of a row; the `B` rows are `kr c..kr c + kr <= jpad` at
-            // `n` words from the tile's first word plus the tap's offset,
-            // inside `padded` (the caller's bounds). The stores write `sums`.
-            unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-                for (t, &off) in taps.iter().enumerate() {
-                    for c in 0..jpad / kr {
-                        let a0 = w.bytes.as_ptr().add((o * k2 + t) * jpad * 4 + 4 * kr * c);
-                        let a1 = a0.wrapping_add(16 * sa);
-                        let b0 = x.add(4 * (p0 + off + kr * c * qs));
-                        let b1 = x.add(4 * (p1 + off + kr * c * qs));
-                        step((a0, a1), sa, (b0, b1), sb, two_rows, two_pos);
-                    }
-                }
-                store_sums(&mut sums);
-            }
-            for rt in 0..1 + two_rows as usize {
-                for pt in 0..1 + two_pos as usize {
-                    let g0 = (q + pt) * n / 8;
-                    let g = (g0, if n == 16 { g0 + 1 } else { g0 });
-                    // SAFETY: this function's features; rows `< cout`,
-                    // blocks `< oh * ow / 8`: `fin`'s bounds.
-                    unsafe {
-                        emit(
-                            &sums.0[2 * rt + pt],
-                            n,
-                            o + 16 * rt,
-                            cout,
-                            comp,
-                            g,
-                            r16.as_ref(),
-                            fin,
-                        )
-                    };
+    let compute = |ps: Pass| {
+        let (p0, p1) = (at(ps.q), if ps.two_pos { at(ps.q + 1) } else { at(ps.q) });
+        for (t, &off) in taps.iter().enumerate() {
+            for c in 0..jpad / kr {
+                // SAFETY (the tile loads): the `A` rows `o..o + 16` (and
+                // the next 16 with `two_rows`) lie inside `w.bytes` (rows
+                // rounded up to 16), tap `t`'s chunk at bytes `4 (t jpad +
+                // kr c)..+4 kr` of a row; the `B` rows are `kr c..kr c + kr
+                // <= jpad` at `n` words from the tile's first word plus the
+                // tap's offset, inside `padded` (the caller's bounds).
+                unsafe {
+                    let a0 = w
+                        .bytes
+                        .as_ptr()
+                        .add((ps.o * k2 + t) * jpad * 4 + 4 * kr * c);
+                    let a1 = a0.wrapping_add(16 * sa);
+                    let b0 = x.add(4 * (p0 + off + kr * c * qs));
+                    let b1 = x.add(4 * (p1 + off + kr * c * qs));
+                    step((a0, a1), sa, (b0, b1), sb, ps.two_rows, ps.two_pos);
                 }
             }
         }
-        o += if two_rows { 32 } else { 16 };
-    }
-    // SAFETY: releases the tile state this call configured.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    };
+    let finish = |sums: &Sums, ps: Pass| {
+        for rt in 0..1 + ps.two_rows as usize {
+            for pt in 0..1 + ps.two_pos as usize {
+                let g0 = (ps.q + pt) * n / 8;
+                let g = (g0, if n == 16 { g0 + 1 } else { g0 });
+                let tile = &sums.0[2 * rt + pt];
+                // SAFETY: this function's features; rows `< cout`, blocks
+                // `< oh * ow / 8`: `fin`'s bounds.
+                unsafe { emit(tile, n, ps.o + 16 * rt, cout, comp, g, r16.as_ref(), fin) };
+            }
+        }
+    };
+    // SAFETY: the tile configuration of `compute`'s tiles.
+    unsafe { passes(&config(n, kr), cout, tiles, compute, finish) };
 }
 
 /// One step of the tile kernels: the weight tile(s) at `a` (rows `sa`
