@@ -102,13 +102,15 @@ struct Sums([[i32; 256]; 4]);
 /// ([`weight_tiles`]) times the operand `x` (u8 quads in blocks of 16
 /// positions, [`tile_quads`]`(k)` quads per block, as `pack_quads` lays
 /// them out with `w = 16`: positions past `p` hold the offset `z`), less
-/// `comp` per row (`z * sum(w)`), into `fin`'s epilogue and store.
+/// `comp` per row (`z * sum(w)`; `None` where `z` is 0), into `fin`'s
+/// epilogue and store.
 ///
 /// # Safety
 ///
 /// AMX-TILE and AMX-INT8 permitted ([`permitted`]), AVX-512 F, BW (and
 /// AVX2); `a.len() == weight_tiles_len(m, k)`, `x.len() >=
-/// p.div_ceil(16) * tile_quads(k) * 32`, `comp.len() >= m`, and `fin`
+/// p.div_ceil(16) * tile_quads(k) * 32`, `comp` (where given) `>= m`
+/// values, and `fin`
 /// takes `m` rows of `p` positions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
@@ -118,14 +120,15 @@ pub(super) unsafe fn gemm_tiles(
     k: usize,
     x: &[i16],
     p: usize,
-    comp: &[i32],
+    comp: Option<&[i32]>,
     fin: &mut super::gemm::BlockOut,
 ) {
     let kt = tile_quads(k);
     let (tiles, blocks8) = (p.div_ceil(16), p.div_ceil(8));
     // Bytes between rows: a weight row, a quad of the operand.
     let (sa, sb) = (kt * 4, 64usize);
-    assert!(a.len() == weight_tiles_len(m, k) && x.len() >= tiles * kt * 32 && comp.len() >= m);
+    assert!(a.len() == weight_tiles_len(m, k) && x.len() >= tiles * kt * 32);
+    assert!(comp.is_none_or(|c| c.len() >= m));
     // SAFETY: AVX-512 F is one of this function's features.
     let r16 = unsafe { fin.regs16() };
     let compute = |ps: Pass| {
@@ -317,7 +320,7 @@ fn config(n: usize, kr: usize) -> TileConfig {
 /// `A` tile of `w` ([`DirectTiles`]) times the `B` tile of `kr` rows
 /// (`qs` words apart) read at the tile's first position plus the tap's
 /// offset (`taps[t]`, in words, of row 0; output row `y` starts `y *
-/// row_step` words in); less `comp` per row, into `fin`.
+/// row_step` words in); less `comp` per row (`None`: zero), into `fin`.
 ///
 /// # Safety
 ///
@@ -325,7 +328,8 @@ fn config(n: usize, kr: usize) -> TileConfig {
 /// AVX2); `w` from [`DirectTiles::new`] for this conv; for every output
 /// row `y < oh`, position `i < ow` (a multiple of `n`), tap offset and
 /// row `j < w.jpad`, the `n` words at `y * row_step + i + off + j * qs`
-/// lie inside `padded` (as words: two i16 each); `comp.len() >= cout`;
+/// lie inside `padded` (as words: two i16 each); `comp` (where given)
+/// `>= cout` values;
 /// `fin` takes `cout` rows of `oh * ow`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
@@ -338,7 +342,7 @@ pub(super) unsafe fn direct_tiles(
     row_step: usize,
     taps: &[usize],
     qs: usize,
-    comp: &[i32],
+    comp: Option<&[i32]>,
     fin: &mut super::gemm::BlockOut,
 ) {
     let n = if ow.is_multiple_of(16) { 16 } else { 8 };
@@ -346,7 +350,7 @@ pub(super) unsafe fn direct_tiles(
     let tiles = oh * ow / n;
     // Bytes between the rows of an `A` tile, of a `B` tile.
     let (sa, sb) = (k2 * jpad * 4, qs * 4);
-    assert!(ow.is_multiple_of(8) && comp.len() >= cout);
+    assert!(ow.is_multiple_of(8) && comp.is_none_or(|c| c.len() >= cout));
     assert!(w.bytes.len() == cout.div_ceil(16) * 16 * k2 * jpad * 4);
     // SAFETY: AVX-512 F is one of this function's features.
     let r16 = unsafe { fin.regs16() };
@@ -503,12 +507,14 @@ unsafe fn store_sums(sums: &mut Sums) {
 }
 
 /// One `C` tile of sums (16 channels from `o`, `n` positions: blocks of
-/// eight `g.0` and, with `n = 16`, `g.1`), less `comp` per channel, into
+/// eight `g.0` and, with `n = 16`, `g.1`), less `comp` per channel (`None`:
+/// zero), into
 /// `fin` eight channels at a time (channels `< m` only).
 ///
 /// # Safety
 ///
-/// AVX-512 F, BW (and AVX2); `comp.len() >= m`; `fin` takes rows `< m` of
+/// AVX-512 F, BW (and AVX2); `comp` (where given) `>= m` values; `fin`
+/// takes rows `< m` of
 /// blocks `g.*`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
@@ -518,7 +524,7 @@ unsafe fn emit(
     n: usize,
     o: usize,
     m: usize,
-    comp: &[i32],
+    comp: Option<&[i32]>,
     g: (usize, usize),
     r16: Option<&super::gemm::Regs16>,
     fin: &mut super::gemm::BlockOut,
@@ -541,9 +547,9 @@ unsafe fn emit(
                     _ => _mm512_broadcast_i64x4(_mm256_load_si256(row as *const __m256i)),
                 }
             };
-            match r < rows {
-                true => _mm512_sub_epi32(v, _mm512_set1_epi32(comp[ob + r])),
-                false => v,
+            match (r < rows, comp) {
+                (true, Some(c)) => _mm512_sub_epi32(v, _mm512_set1_epi32(c[ob + r])),
+                _ => v,
             }
         });
         // SAFETY: rows `ob..ob + rows <= m`, blocks `g`: the caller's.

@@ -1171,6 +1171,8 @@ struct Sink<'o, 'e, 'a> {
     out: &'o mut [i32],
     epi: Option<&'e mut Epilogue<'a>>,
     row: &'o mut [i32],
+    /// Requantize in 512-bit registers (`isa::avx512_vnni`).
+    wide: bool,
 }
 
 impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
@@ -1187,7 +1189,16 @@ impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
         scratch.clear();
         scratch.resize(len + if epi.is_some() { p } else { 0 }, 0);
         let (layout, row) = scratch.split_at_mut(len);
-        (layout, Sink { out, epi, row })
+        let wide = super::isa::avx512_vnni();
+        (
+            layout,
+            Sink {
+                out,
+                epi,
+                row,
+                wide,
+            },
+        )
     }
 
     /// Where the kernel writes channel `ch`'s `p` sums.
@@ -1204,9 +1215,30 @@ impl<'o, 'e, 'a> Sink<'o, 'e, 'a> {
     #[inline(always)]
     fn finish(&mut self, ch: usize, p: usize) {
         if let Some(e) = self.epi.as_deref_mut() {
-            requant_channel(&self.row[..p], ch, e, &mut self.out[ch * p..(ch + 1) * p]);
+            let (src, dst) = (&self.row[..p], &mut self.out[ch * p..(ch + 1) * p]);
+            #[cfg(target_arch = "x86_64")]
+            if self.wide {
+                // SAFETY: the CPU has AVX-512 F and BW (`isa::avx512_vnni`,
+                // checked when the sink was made); the function is safe
+                // Rust compiled with them.
+                unsafe { requant_channel_512(src, ch, e, dst) };
+                return;
+            }
+            requant_channel(src, ch, e, dst);
         }
     }
+}
+
+/// [`requant_channel`] compiled with AVX-512 (its loops in sixteen lanes).
+///
+/// # Safety
+///
+/// The CPU must support AVX-512 F and BW (and AVX2). Nothing else: the
+/// body is safe Rust.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn requant_channel_512(src: &[i32], c: usize, e: &mut Epilogue, dst: &mut [i32]) {
+    requant_channel(src, c, e, dst);
 }
 
 /// A whole depthwise layer (`c` channels, `k x k`, `stride`, `pad`) on i16

@@ -273,7 +273,7 @@ pub(super) fn conv_direct_madd(
                     row_step,
                     &taps,
                     cols,
-                    &b.comp,
+                    (b.z != 0).then_some(&b.comp[..]),
                     &mut fin,
                 );
                 let peak = fin.peak();

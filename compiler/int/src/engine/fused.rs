@@ -1565,8 +1565,13 @@ mod tests {
     /// [ih, iw], input bits)`: direct, strided, im2col, grouped, 1x1,
     /// depthwise, operands wider than i16, a 1 x 1 map.
     #[allow(clippy::type_complexity)]
-    const SHAPES: [((usize, usize, usize, usize, usize, usize), [usize; 2], u32); 13] = [
+    const SHAPES: [((usize, usize, usize, usize, usize, usize), [usize; 2], u32); 16] = [
         ((16, 16, 3, 1, 1, 1), [8, 16], 8),
+        // Depthwise on the flat row-pair layouts (stride 1 and 2, maps of
+        // 72 and 256 positions) with their per-channel requantization.
+        ((8, 8, 3, 1, 1, 8), [9, 8], 8),
+        ((16, 16, 3, 1, 1, 16), [16, 16], 8),
+        ((12, 12, 3, 2, 1, 12), [16, 16], 8),
         ((5, 12, 3, 2, 1, 1), [9, 16], 9),
         ((16, 32, 2, 2, 0, 1), [16, 16], 10),
         ((3, 5, 3, 1, 1, 1), [5, 6], 8),
@@ -1615,6 +1620,9 @@ mod tests {
                     (16, 0, 127),
                     (22, -128, 127),
                     (24, -5, 5),
+                    // Shifts past 30: truncation in its four-operation form.
+                    (31, -2, 1),
+                    (33, -1, 1),
                     // 16-bit outputs: sums over 2^32, the i64 form.
                     (16, -32768, 32767),
                 ] {

@@ -515,10 +515,12 @@ unsafe fn gemm_bytes(
     // SAFETY: AVX2 is one of this function's features.
     let mut fin = unsafe { BlockOut::new(out, epi.as_deref(), p, m) };
     if amx {
+        // With `z` 0 every correction is 0.
+        let comp = (bw.z != 0).then_some(&bw.comp[..]);
         // SAFETY: AMX is permitted (`isa::amx`) with this function's
         // features; `packed` holds `quads_len(16, tile_quads(k), p)`, the
         // tiles `m` rows of `tile_quads(k)` quads, `fin` `m` rows of `p`.
-        unsafe { super::amx::gemm_tiles(&bw.tiles, m, k, packed, p, &bw.comp, &mut fin) };
+        unsafe { super::amx::gemm_tiles(&bw.tiles, m, k, packed, p, comp, &mut fin) };
     } else {
         // SAFETY: this function's features; `bw.quads` holds
         // `m.div_ceil(8)` blocks of `8 * kq`, each operand read (`(b * kq +
@@ -899,11 +901,20 @@ impl VnniPass<'_> {
 pub(super) struct Regs16 {
     count: std::arch::x86_64::__m128i,
     half: std::arch::x86_64::__m512i,
+    /// `2^shift - 1`, where `shift <= 30` ([`TRUNC_ADD`]); else 0.
+    below: std::arch::x86_64::__m512i,
     lo: std::arch::x86_64::__m512i,
     hi: std::arch::x86_64::__m512i,
-    div: Div,
+    /// The rounding: [`FLOOR`], [`TRUNC`], [`TRUNC_ADD`] or [`NEAREST`].
+    div: u8,
     clamp: bool,
 }
+
+/// [`BlockOut::finish16`]'s truncation in three operations (a negative sum
+/// plus `2^shift - 1`, shifted as the floor), where `shift <= 30`; the
+/// same quotients as [`TRUNC`]'s four (|s| shifted, the sign restored).
+#[cfg(target_arch = "x86_64")]
+const TRUNC_ADD: u8 = 3;
 
 /// Where [`madd_kernel`]'s blocks of eight rows x eight positions of sums
 /// go: the fused requantization (where given), then the store into `out`.
@@ -961,9 +972,16 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             } else {
                 1i32 << (shift.min(31) - 1)
             }),
+            below: _mm512_set1_epi32(if shift <= 30 { (1 << shift) - 1 } else { 0 }),
             lo: _mm512_set1_epi32(lo),
             hi: _mm512_set1_epi32(hi),
-            div,
+            div: match div {
+                // The shorter form of truncation where `2^shift - 1` fits.
+                Div::Trunc if shift <= 30 => TRUNC_ADD,
+                Div::Trunc => TRUNC,
+                Div::Floor => FLOOR,
+                Div::Nearest => NEAREST,
+            },
             clamp,
         })
     }
@@ -991,15 +1009,18 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         g: (usize, usize),
     ) {
         match (rg.div, rg.clamp, self.second.is_some()) {
-            (Div::Floor, _, true) => self.rows16::<FLOOR, true, true>(rg, acc, o, rows, g),
-            (Div::Trunc, _, true) => self.rows16::<TRUNC, true, true>(rg, acc, o, rows, g),
-            (Div::Nearest, _, true) => self.rows16::<NEAREST, true, true>(rg, acc, o, rows, g),
-            (Div::Floor, true, _) => self.rows16::<FLOOR, true, false>(rg, acc, o, rows, g),
-            (Div::Floor, false, _) => self.rows16::<FLOOR, false, false>(rg, acc, o, rows, g),
-            (Div::Trunc, true, _) => self.rows16::<TRUNC, true, false>(rg, acc, o, rows, g),
-            (Div::Trunc, false, _) => self.rows16::<TRUNC, false, false>(rg, acc, o, rows, g),
-            (Div::Nearest, true, _) => self.rows16::<NEAREST, true, false>(rg, acc, o, rows, g),
-            (Div::Nearest, false, _) => self.rows16::<NEAREST, false, false>(rg, acc, o, rows, g),
+            (FLOOR, _, true) => self.rows16::<FLOOR, true, true>(rg, acc, o, rows, g),
+            (TRUNC, _, true) => self.rows16::<TRUNC, true, true>(rg, acc, o, rows, g),
+            (TRUNC_ADD, _, true) => self.rows16::<TRUNC_ADD, true, true>(rg, acc, o, rows, g),
+            (_, _, true) => self.rows16::<NEAREST, true, true>(rg, acc, o, rows, g),
+            (FLOOR, true, _) => self.rows16::<FLOOR, true, false>(rg, acc, o, rows, g),
+            (FLOOR, false, _) => self.rows16::<FLOOR, false, false>(rg, acc, o, rows, g),
+            (TRUNC, true, _) => self.rows16::<TRUNC, true, false>(rg, acc, o, rows, g),
+            (TRUNC, false, _) => self.rows16::<TRUNC, false, false>(rg, acc, o, rows, g),
+            (TRUNC_ADD, true, _) => self.rows16::<TRUNC_ADD, true, false>(rg, acc, o, rows, g),
+            (TRUNC_ADD, false, _) => self.rows16::<TRUNC_ADD, false, false>(rg, acc, o, rows, g),
+            (_, true, _) => self.rows16::<NEAREST, true, false>(rg, acc, o, rows, g),
+            (_, false, _) => self.rows16::<NEAREST, false, false>(rg, acc, o, rows, g),
         }
     }
 
@@ -1051,6 +1072,10 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                     let a = _mm512_srl_epi32(_mm512_abs_epi32(s), rg.count);
                     _mm512_mask_sub_epi32(a, neg, zero, a)
                 }
+                // A negative sum plus `2^shift - 1`, then the floor shift:
+                // the quotient rounded up, toward zero (no overflow: the
+                // sum is negative and the addend below 2^31).
+                TRUNC_ADD => _mm512_sra_epi32(_mm512_mask_add_epi32(s, neg, s, rg.below), rg.count),
                 _ => {
                     let a = _mm512_abs_epi32(s);
                     let q = _mm512_sra_epi32(_mm512_add_epi32(a, rg.half), rg.count);
@@ -1084,15 +1109,21 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 }
             }
             Dst::Packed(pk) => {
-                let low = _mm512_set1_epi32(0xffff);
                 for j in 0..rows.div_ceil(2) {
-                    let lo = _mm512_and_si512(_mm512_maskz_mov_epi32(keep, acc[2 * j]), low);
+                    // Row `2j` in the low i16 of each word, row `2j + 1`
+                    // (or 0) in the high one (the values fit i16); lanes
+                    // past `p` zero.
                     let hi = if 2 * j + 1 < rows {
-                        _mm512_slli_epi32::<16>(_mm512_maskz_mov_epi32(keep, acc[2 * j + 1]))
+                        _mm512_slli_epi32::<16>(acc[2 * j + 1])
                     } else {
                         zero
                     };
-                    let v = _mm512_or_si512(lo, hi);
+                    let v = _mm512_mask_blend_epi16(0xaaaa_aaaa, acc[2 * j], hi);
+                    let v = if n == 16 {
+                        v
+                    } else {
+                        _mm512_maskz_mov_epi32(keep, v)
+                    };
                     let at = |b: usize| (b * self.kp_out + o / 2 + j) * 16;
                     unsafe {
                         _mm256_storeu_si256(
