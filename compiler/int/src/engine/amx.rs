@@ -1,4 +1,6 @@
-//! The AMX-INT8 kernel of the 8-bit 1x1 convs (`gemm::gemm_bytes`).
+//! The AMX-INT8 kernels of the 8-bit convs: ungrouped 1x1 convs
+//! ([`gemm_tiles`], from `gemm::gemm_bytes`) and direct k x k convs
+//! ([`direct_tiles`], from `direct::conv_direct_madd`).
 //!
 //! AMX computes on tiles, eight registers of up to 16 rows x 64 bytes
 //! (`tmm0`-`tmm7`). `tdpbsud C, A, B` adds to the 16 x 16 i32 tile `C` the
@@ -11,10 +13,12 @@
 //! quads of input channels, offset by `z`), and `C` sixteen channels x
 //! sixteen positions of sums: the same operand bytes and the same
 //! `z * sum(w)` correction as the VNNI kernel's `vpdpbusd`, so the same
-//! sums. Per pass two tiles of channels x two tiles of positions (`tmm0`-
-//! `tmm3`), the weights in `tmm4`/`tmm5`, the operand in `tmm6`/`tmm7`;
-//! the sums go through memory (a 4 KiB buffer) into the same 512-bit
-//! epilogue as the VNNI kernel's (`BlockOut::finish_pair`).
+//! sums. A direct conv's `B` tiles are read straight from its layout (the
+//! rows of a tile `cols` words apart, see [`DirectTiles`]). Per pass two
+//! tiles of channels x two tiles of positions (`tmm0`-`tmm3`), the weights
+//! in `tmm4`/`tmm5`, the operand in `tmm6`/`tmm7` ([`passes`]); the sums go
+//! through memory (a 4 KiB buffer) into the same 512-bit epilogue as the
+//! VNNI kernel's (`BlockOut::finish_pair`).
 //!
 //! The instructions are written with `asm!` (Rust has no stable AMX
 //! intrinsics); the tile registers are used by this module only, configured
@@ -110,8 +114,7 @@ struct Sums([[i32; 256]; 4]);
 /// AMX-TILE and AMX-INT8 permitted ([`permitted`]), AVX-512 F, BW (and
 /// AVX2); `a.len() == weight_tiles_len(m, k)`, `x.len() >=
 /// p.div_ceil(16) * tile_quads(k) * 32`, `comp` (where given) `>= m`
-/// values, and `fin`
-/// takes `m` rows of `p` positions.
+/// values, and `fin` takes `m` rows of `p` positions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
 pub(super) unsafe fn gemm_tiles(

@@ -11,7 +11,7 @@
 //! ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once per process).
 //! `QATC_INT_ISA=avx2` or `avx512` caps the level on a CPU that has more
 //! (to compare them side by side in one sitting, `qatc int bench`); the
-//! tests pin a level on their own thread with [`with_level`]. Every level
+//! tests pin a level on their own thread with `with_level`. Every level
 //! computes the same sums (exact integer multiply-adds that wrap alike), so
 //! the choice changes speed only.
 
@@ -33,7 +33,7 @@ thread_local! {
 }
 
 /// This thread's level: what the CPU has, capped by `QATC_INT_ISA` or
-/// [`with_level`].
+/// `with_level`.
 fn level() -> Level {
     LEVEL.with(|c| match c.get() {
         Some(v) => v,
@@ -52,7 +52,7 @@ fn level() -> Level {
 
 /// Whether the CPU has AVX-512 F, BW and VNNI (and AVX2) and the kernels
 /// may use them: not where `QATC_INT_ISA` is `avx2`, or inside
-/// [`with_level`]`(Level::Avx2, ..)`.
+/// `with_level(Level::Avx2, ..)`.
 pub(super) fn avx512_vnni() -> bool {
     level() >= Level::Avx512
 }
