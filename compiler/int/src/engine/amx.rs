@@ -231,7 +231,7 @@ unsafe fn passes(
             compute(ps);
             // SAFETY: the tiles are configured (at most 16 rows of 64
             // bytes).
-            unsafe { store_sums(&mut sums) };
+            unsafe { store_sums(&mut sums, ps.two_rows, ps.two_pos) };
             finish(&sums, ps);
         }
         o += if two_rows { 32 } else { 16 };
@@ -483,29 +483,31 @@ unsafe fn step(
     }
 }
 
-/// `tmm0`-`tmm3` into `sums` (rows 64 bytes apart).
+/// The tiles of sums a pass used into `sums` (rows 64 bytes apart):
+/// `tmm0`, `tmm1` with `two_pos`, `tmm2` with `two_rows`, `tmm3` with both.
 ///
 /// # Safety
 ///
 /// The tiles configured (at most 16 rows of 64 bytes each).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn store_sums(sums: &mut Sums) {
+unsafe fn store_sums(sums: &mut Sums, two_rows: bool, two_pos: bool) {
+    use std::arch::asm;
+    let s = 64usize;
+    let [c0, c1, c2, c3] = &mut sums.0;
     // SAFETY: each tile writes at most 16 rows of 64 bytes, inside its
     // 1 KiB of `sums`.
     unsafe {
-        std::arch::asm!(
-            "tilestored [{c0} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) sums.0[0].as_mut_ptr(),
-            c1 = in(reg) sums.0[1].as_mut_ptr(),
-            c2 = in(reg) sums.0[2].as_mut_ptr(),
-            c3 = in(reg) sums.0[3].as_mut_ptr(),
-            s = in(reg) 64usize,
-            options(nostack)
-        );
+        asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c0.as_mut_ptr(), s = in(reg) s, options(nostack));
+        if two_pos {
+            asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) c1.as_mut_ptr(), s = in(reg) s, options(nostack));
+        }
+        if two_rows {
+            asm!("tilestored [{c} + {s}*1], tmm2", c = in(reg) c2.as_mut_ptr(), s = in(reg) s, options(nostack));
+        }
+        if two_rows && two_pos {
+            asm!("tilestored [{c} + {s}*1], tmm3", c = in(reg) c3.as_mut_ptr(), s = in(reg) s, options(nostack));
+        }
     }
 }
 

@@ -368,6 +368,13 @@ fn quads_len(w: usize, kstride: usize, p: usize) -> usize {
     p.div_ceil(w) * kstride * 2 * w
 }
 
+/// `packed` as the [`quads_len`] layout with every word `z` in each byte
+/// (the value 0), which the packings then overwrite where values are.
+fn size_quads(packed: &mut Vec<i16>, (w, kstride): (usize, usize), p: usize, z: i32) {
+    packed.clear();
+    packed.resize(quads_len(w, kstride, p), (z * 0x0101) as u16 as i16);
+}
+
 /// Where quad `j` of positions `i..i + 8` (`i` a multiple of 8) starts in
 /// the [`quads_len`]`(w, kstride, p)` layout, in i16.
 fn quad_at(w: usize, kstride: usize, i: usize, j: usize) -> usize {
@@ -397,9 +404,7 @@ unsafe fn pack_quads(
     let kq = k.div_ceil(4);
     let full = p / 8;
     assert!(col.len() >= k * p && (w == 8 || w == 16) && kstride >= kq);
-    let zw = (z * 0x0101) as u16 as i16;
-    packed.clear();
-    packed.resize(quads_len(w, kstride, p), zw);
+    size_quads(packed, (w, kstride), p, z);
     for j in 0..kq {
         let rows: [Option<&[i32]>; 4] = std::array::from_fn(|t| {
             (4 * j + t < k).then(|| &col[(4 * j + t) * p..(4 * j + t + 1) * p])
@@ -443,8 +448,7 @@ unsafe fn quads_from_pairs(
     use std::arch::x86_64::*;
     let (kp, kq) = (k.div_ceil(2), k.div_ceil(4));
     assert!(pk.len() >= packed_len(kp, p) && (w == 8 || w == 16) && kstride >= kq);
-    packed.clear();
-    packed.resize(quads_len(w, kstride, p), (z * 0x0101) as u16 as i16);
+    size_quads(packed, (w, kstride), p, z);
     let zv = _mm256_set1_epi16(z as i16);
     let bytes = _mm256_set1_epi32(0x00ff_00ff);
     // Per word: the low bytes of its two i16 halves as one 16-bit value.
