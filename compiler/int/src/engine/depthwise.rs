@@ -50,6 +50,7 @@
 //! gives the same results (the tests compare them with the definition).
 
 use super::conv::Num;
+use super::depthwise_bytes::{depthwise_bytes, DwBytes};
 use super::depthwise_lanes::{depthwise_lanes, takes_lanes};
 use super::fused::{requant_channel, Epilogue};
 
@@ -1109,7 +1110,8 @@ impl DwOut<'_> {
 }
 
 /// A depthwise layer on 16-bit operands on the path that suits its shape:
-/// channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else (and where that one
+/// on 8-bit operands (`bytes`, the layer's weights in that form) the quad
+/// rows of [`depthwise_bytes`] where it takes the layer, else channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else (and where that one
 /// declines) [`depthwise_madd`]. A packed output only the lanes kernel
 /// writes: from per-channel rows each channel pair's words lie a whole
 /// block apart in the layout, and those strided stores cost more than the
@@ -1123,6 +1125,7 @@ pub(super) fn depthwise16(
     ih: usize,
     iw: usize,
     w: &[i32],
+    bytes: Option<&DwBytes>,
     k: usize,
     stride: usize,
     pad: usize,
@@ -1138,6 +1141,27 @@ pub(super) fn depthwise16(
         ow,
         epi.as_ref().is_some_and(|e| e.second.is_some() || e.wide),
     );
+    // The 8-bit kernel on the maps the lanes kernel does not take (on those
+    // its cost per channel is more than the lanes kernel's per eight).
+    if let Some(wb) = bytes.filter(|_| !lanes) {
+        if depthwise_bytes(
+            input,
+            c,
+            ih,
+            iw,
+            wb,
+            k,
+            stride,
+            pad,
+            out.reborrow(),
+            oh,
+            ow,
+            scratch,
+            epi.as_deref_mut(),
+        ) {
+            return true;
+        }
+    }
     let ran = lanes
         && depthwise_lanes(
             input,

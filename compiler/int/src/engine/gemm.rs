@@ -623,7 +623,7 @@ pub(super) unsafe fn pair8(a: *const i32, b: Option<*const i32>) -> std::arch::x
 /// panics.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
+pub(super) unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
     let full = p / 8;
@@ -914,11 +914,108 @@ pub(super) struct Regs16 {
     clamp: bool,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Regs16 {
+    /// The constants of a requantization in i32 lanes: its shift, output
+    /// range `[lo, hi]`, rounding and clamp.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn new(shift: u32, lo: i32, hi: i32, div: Div, clamp: bool) -> Regs16 {
+        use std::arch::x86_64::*;
+        Regs16 {
+            count: _mm_cvtsi32_si128(shift as i32),
+            half: _mm512_set1_epi32(if shift == 0 {
+                0
+            } else {
+                1i32 << (shift.min(31) - 1)
+            }),
+            below: _mm512_set1_epi32(if shift <= 30 { (1 << shift) - 1 } else { 0 }),
+            lo: _mm512_set1_epi32(lo),
+            hi: _mm512_set1_epi32(hi),
+            div: match div {
+                // The shorter form of truncation where `2^shift - 1` fits.
+                Div::Trunc if shift <= 30 => TRUNC_ADD,
+                Div::Trunc => TRUNC,
+                Div::Floor => FLOOR,
+                Div::Nearest => NEAREST,
+            },
+            clamp,
+        }
+    }
+
+    /// The rounding ([`FLOOR`], [`TRUNC`], [`TRUNC_ADD`] or [`NEAREST`]),
+    /// for the callers' dispatch to [`Regs16::round`].
+    pub(super) fn div(&self) -> u8 {
+        self.div
+    }
+
+    /// Whether the rounded values are clamped to `[lo, hi]`.
+    pub(super) fn clamp(&self) -> bool {
+        self.clamp
+    }
+
+    /// The first half of `Regs::one`'s arithmetic on sixteen sums of one
+    /// row: clamped to `[xlo, xhi]`, then `x * m + b` in wrapping i32.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    pub(super) fn scale(
+        a: std::arch::x86_64::__m512i,
+        xlo: std::arch::x86_64::__m512i,
+        xhi: std::arch::x86_64::__m512i,
+        m: std::arch::x86_64::__m512i,
+        b: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let x = _mm512_min_epi32(_mm512_max_epi32(a, xlo), xhi);
+        _mm512_add_epi32(_mm512_mullo_epi32(x, m), b)
+    }
+
+    /// The second half: `s` divided by `2^shift` in the rounding `DIV`
+    /// (which must be `self.div()`), then, with `CLAMP`, clamped to `[lo,
+    /// hi]`.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    pub(super) fn round<const DIV: u8, const CLAMP: bool>(
+        &self,
+        s: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let zero = _mm512_setzero_si512();
+        let neg = _mm512_cmplt_epi32_mask(s, zero);
+        let q = match DIV {
+            FLOOR => _mm512_sra_epi32(s, self.count),
+            // |s| shifted, the sign restored (as `round8`'s `vpsignd`: a
+            // zero stays zero).
+            TRUNC => {
+                let a = _mm512_srl_epi32(_mm512_abs_epi32(s), self.count);
+                _mm512_mask_sub_epi32(a, neg, zero, a)
+            }
+            // A negative sum plus `2^shift - 1`, then the floor shift: the
+            // quotient rounded up, toward zero (no overflow: the sum is
+            // negative and the addend below 2^31).
+            TRUNC_ADD => _mm512_sra_epi32(_mm512_mask_add_epi32(s, neg, s, self.below), self.count),
+            _ => {
+                let a = _mm512_abs_epi32(s);
+                let q = _mm512_sra_epi32(_mm512_add_epi32(a, self.half), self.count);
+                _mm512_mask_sub_epi32(q, neg, zero, q)
+            }
+        };
+        if CLAMP {
+            _mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi)
+        } else {
+            q
+        }
+    }
+}
+
 /// [`BlockOut::finish16`]'s truncation in three operations (a negative sum
 /// plus `2^shift - 1`, shifted as the floor), where `shift <= 30`; the
 /// same quotients as [`TRUNC`]'s four (|s| shifted, the sign restored).
 #[cfg(target_arch = "x86_64")]
-const TRUNC_ADD: u8 = 3;
+pub(super) const TRUNC_ADD: u8 = 3;
 
 /// Where [`madd_kernel`]'s blocks of eight rows x eight positions of sums
 /// go: the fused requantization (where given), then the store into `out`.
@@ -968,26 +1065,9 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx2,avx512f")]
     pub(super) unsafe fn regs16(&self) -> Option<Regs16> {
-        use std::arch::x86_64::*;
-        self.plain.map(|(shift, lo, hi, div, clamp)| Regs16 {
-            count: _mm_cvtsi32_si128(shift as i32),
-            half: _mm512_set1_epi32(if shift == 0 {
-                0
-            } else {
-                1i32 << (shift.min(31) - 1)
-            }),
-            below: _mm512_set1_epi32(if shift <= 30 { (1 << shift) - 1 } else { 0 }),
-            lo: _mm512_set1_epi32(lo),
-            hi: _mm512_set1_epi32(hi),
-            div: match div {
-                // The shorter form of truncation where `2^shift - 1` fits.
-                Div::Trunc if shift <= 30 => TRUNC_ADD,
-                Div::Trunc => TRUNC,
-                Div::Floor => FLOOR,
-                Div::Nearest => NEAREST,
-            },
-            clamp,
-        })
+        // SAFETY: AVX-512 F, this function's own feature.
+        self.plain
+            .map(|(shift, lo, hi, div, clamp)| unsafe { Regs16::new(shift, lo, hi, div, clamp) })
     }
 
     /// [`BlockOut::finish`] of two blocks of positions at once: `acc[r]`
@@ -1050,12 +1130,11 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         for (r, a) in acc.iter_mut().enumerate().take(rows) {
             peak = _mm512_max_epu32(peak, _mm512_abs_epi32(*a));
             let rc = &self.erows[o + r];
-            let x = _mm512_min_epi32(
-                _mm512_max_epi32(*a, _mm512_set1_epi32(rc.xlo)),
+            let mut s = Regs16::scale(
+                *a,
+                _mm512_set1_epi32(rc.xlo),
                 _mm512_set1_epi32(rc.xhi),
-            );
-            let mut s = _mm512_add_epi32(
-                _mm512_mullo_epi32(x, _mm512_set1_epi32(rc.m)),
+                _mm512_set1_epi32(rc.m),
                 _mm512_set1_epi32(rc.b),
             );
             if let (true, Some(sec)) = (TWO, &self.second) {
@@ -1067,30 +1146,7 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 };
                 s = _mm512_add_epi32(s, _mm512_mullo_epi32(y, _mm512_set1_epi32(sec.m2[o + r])));
             }
-            let neg = _mm512_cmplt_epi32_mask(s, zero);
-            let q = match DIV {
-                FLOOR => _mm512_sra_epi32(s, rg.count),
-                // |s| shifted, the sign restored (as `round8`'s
-                // `vpsignd`: a zero stays zero).
-                TRUNC => {
-                    let a = _mm512_srl_epi32(_mm512_abs_epi32(s), rg.count);
-                    _mm512_mask_sub_epi32(a, neg, zero, a)
-                }
-                // A negative sum plus `2^shift - 1`, then the floor shift:
-                // the quotient rounded up, toward zero (no overflow: the
-                // sum is negative and the addend below 2^31).
-                TRUNC_ADD => _mm512_sra_epi32(_mm512_mask_add_epi32(s, neg, s, rg.below), rg.count),
-                _ => {
-                    let a = _mm512_abs_epi32(s);
-                    let q = _mm512_sra_epi32(_mm512_add_epi32(a, rg.half), rg.count);
-                    _mm512_mask_sub_epi32(q, neg, zero, q)
-                }
-            };
-            *a = if CLAMP {
-                _mm512_min_epi32(_mm512_max_epi32(q, rg.lo), rg.hi)
-            } else {
-                q
-            };
+            *a = rg.round::<DIV, CLAMP>(s);
         }
         // The largest |sum| of the lanes in `p` (past it the sums are 0;
         // a copied high half repeats the low one).

@@ -59,7 +59,10 @@
 //! form: the operand as u8 quads (offset by 128 for signed inputs),
 //! `vpdpbusd` with s8 weight quads, and 128 times each row's weight sum
 //! subtracted (`gemm::ByteWeights`), for direct convs and ungrouped 1x1
-//! convs. Each block of sums then goes through the 512-bit epilogue
+//! convs, and for depthwise convs of "same" geometry, stride 1 or 2, whose
+//! maps are over 8 x 8 (`depthwise_bytes.rs`: the input as u8 row quads,
+//! one `vpdpbusd` per kernel column for sixteen outputs, requantized in
+//! the registers). Each block of sums then goes through the 512-bit epilogue
 //! (`BlockOut::finish16`: one- and two-term requantizations in i32 lanes)
 //! or the AVX2 one per half (i64 forms). Where the CPU also has AMX-INT8
 //! and the OS grants the tile state (`isa.rs`, `amx.rs`), those 8-bit
@@ -81,6 +84,10 @@
 //! - `direct.rs`: the direct 16-bit k x k kernel (AVX2, no im2col);
 //! - `depthwise.rs`: depthwise convs (AVX2 `vpmaddwd` kernel on i16 row
 //!   pairs, `vpmulld` kernel on i32);
+//! - `depthwise_lanes.rs`: depthwise convs of small maps with the channels
+//!   in the vector lanes (AVX2, i16);
+//! - `depthwise_bytes.rs`: depthwise convs on 8-bit operands (AVX-512
+//!   VNNI, u8 row quads);
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
@@ -146,6 +153,7 @@ mod conv;
 pub(crate) use conv::testing;
 mod amx;
 mod depthwise;
+mod depthwise_bytes;
 mod depthwise_lanes;
 mod direct;
 mod float_stem;
@@ -359,6 +367,10 @@ pub struct Weights {
     /// ([`byte_offset`](direct::byte_offset)): its weights' 8-bit form, for
     /// [`gemm_madd_with`](gemm::gemm_madd_with) on AVX-512 VNNI.
     bytes: Vec<Option<gemm::ByteWeights>>,
+    /// Per depthwise conv whose operands fit 8 bits: its weights' 8-bit
+    /// form, for [`depthwise_bytes`](depthwise_bytes::depthwise_bytes) on
+    /// AVX-512 VNNI.
+    dw_bytes: Vec<Option<depthwise_bytes::DwBytes>>,
     w32: Vec<Vec<i32>>,
     w64: Vec<Vec<i64>>,
     wf: Vec<Vec<f64>>,
@@ -380,6 +392,7 @@ impl Weights {
             dpairs: Vec::new(),
             pairs: Vec::new(),
             bytes: Vec::new(),
+            dw_bytes: Vec::new(),
             w32: Vec::new(),
             w64: Vec::new(),
             wf: Vec::new(),
@@ -426,6 +439,10 @@ impl Weights {
                     direct::byte_offset(l)
                         .map(|z| gemm::ByteWeights::new(&l.weights, l.cout, l.cin, z))
                 }
+                _ => None,
+            });
+            w.dw_bytes.push(match layer {
+                Layer::Conv(l) => depthwise_bytes::DwBytes::new(l),
                 _ => None,
             });
             w.w32.push(a);

@@ -1,0 +1,868 @@
+//! Depthwise convs on 8-bit operands with AVX-512 VNNI: the input as u8
+//! *row quads*, so that one `vpdpbusd` sums four kernel rows of one kernel
+//! column for sixteen outputs.
+//!
+//! Each channel is laid out, per column phase `φ < s` (the stride), as
+//! rows of `ow` i32 words: word `x'` of quad row `y'` holds, in its byte
+//! `j`, the value at padded row `s y' + j`, input column `s x' + φ`, plus
+//! the offset `z` (the border rows hold `z`: the value 0; [`DwBytes`]
+//! corrects the sums by `z * sum(w)`, as the 1x1 kernels do). The weights
+//! are words of the same form, byte `j` the tap `(4 q + j, kx)` (zero past
+//! the kernel). Output position `p = y ow + x` then reads, for kernel
+//! column `kx` and quad `q`, the word at `p + (4 q / s) ow + d` of phase
+//! `(kx - pad) mod s`, with `d = floor((kx - pad) / s)`: the same offset
+//! for every position, so sixteen consecutive positions (across rows,
+//! whatever the width) are one unaligned load, and a 3 x 3 kernel costs
+//! three `vpdpbusd` per sixteen outputs. A tap whose column falls outside
+//! the input (the horizontal padding, which the layout does not hold: its
+//! rows are exactly `ow` words) is masked off per lane: the lane keeps its
+//! sum (`z` = 0), or reads the word of `z` bytes (`z` = 128), from a mask
+//! table per layer. This needs each phase's columns to number `ow`
+//! ("same" padding, [`QuadGeom::new`]); other geometries keep the 16-bit
+//! paths of [`super::depthwise`].
+//!
+//! The sums are requantized in the registers (the 512-bit epilogue's
+//! arithmetic, [`Regs16`]) and stored into the channel's output row, or,
+//! where the next 1x1 convs take the 16-bit operand (`DwOut::Packed`), into
+//! rows that are then packed as their operand. `depthwise16` runs it on the
+//! maps the lanes kernel (`depthwise_lanes.rs`) does not take: per channel
+//! it pays a layout, a call and a reduction, which on MobileNetV2's 4 x 4
+//! layers cost more than the lanes kernel's eight channels per vector
+//! (0.028-0.033 against 0.020 ms per layer), while on 16 x 16 and 32 x 32
+//! maps it runs in about 0.7x to 0.8x the time of the row-pair kernel
+//! (`qatc int bench --layers`, the same sitting). Each product of a u8 and an
+//! s8 byte and their sum in i32 are exact, and an integer sum does not
+//! depend on the order of its terms: the sums equal every other path's.
+
+use super::depthwise::DwOut;
+use super::fused::Epilogue;
+use crate::plan::ConvLayer;
+
+/// Largest kernel: two quads of kernel rows.
+const MAX_K: usize = 8;
+
+/// Words before each phase's rows (reads reach `pad / s` words before a
+/// row's first) and after its last (a last vector's lanes past the map,
+/// and its taps' offsets).
+const FRONT: usize = 16;
+const BACK: usize = 48;
+
+/// Words of layouts made before their channels are summed (at least two
+/// channels' worth): 16 KiB, a third of a 48 KiB L1.
+const CHUNK_WORDS: usize = 4096;
+
+/// A depthwise conv's weights in the 8-bit form: per channel, per quad of
+/// kernel rows `q`, per kernel column `kx`, the bytes `w[4 q + j][kx]`
+/// (`j < 4`, zero past the kernel) as one word; per channel `z * sum(w)`;
+/// and the conv's geometry with its lane masks (made once per plan).
+#[derive(Clone, Debug)]
+pub(super) struct DwBytes {
+    quads: Vec<i32>,
+    comp: Vec<i32>,
+    /// The operand's offset: 0 (inputs in `0..=255`) or 128 (in
+    /// `-128..=127`).
+    z: i32,
+    geom: QuadGeom,
+    /// [`QuadGeom::masks`].
+    masks: Vec<u16>,
+}
+
+impl DwBytes {
+    /// For a depthwise conv whose operands fit 8 bits
+    /// ([`byte_offset`](super::direct::byte_offset)) and whose geometry
+    /// the quad layout takes ([`QuadGeom::new`]); `None` otherwise.
+    pub(super) fn new(l: &ConvLayer) -> Option<DwBytes> {
+        let depthwise = l.groups == l.cin && l.groups == l.cout;
+        let k = l.kernel;
+        if !depthwise || l.weights.len() != l.cout * k * k {
+            return None;
+        }
+        let [ih, iw] = l.in_hw;
+        let [oh, ow] = l.out_hw;
+        let geom = QuadGeom::new(ih, iw, k, l.stride, l.padding, oh, ow)?;
+        let z = super::direct::byte_offset(l)?;
+        Some(DwBytes::from_weights(&l.weights, l.cout, z, geom))
+    }
+
+    /// From `c` channels of `k x k` weights (`geom.k`), each in
+    /// `-128..=127`, for an operand offset by `z`.
+    fn from_weights(w: &[i32], c: usize, z: i32, geom: QuadGeom) -> DwBytes {
+        let (k, nq) = (geom.k, geom.nq);
+        let k2 = k * k;
+        let mut quads = Vec::with_capacity(c * nq * k);
+        for wc in w.chunks_exact(k2).take(c) {
+            for q in 0..nq {
+                for kx in 0..k {
+                    let word = (0..4).filter(|j| 4 * q + j < k).fold(0u32, |word, j| {
+                        word | (wc[(4 * q + j) * k + kx] as u8 as u32) << (8 * j)
+                    });
+                    quads.push(word as i32);
+                }
+            }
+        }
+        let comp = w
+            .chunks_exact(k2)
+            .take(c)
+            .map(|r| (z as i64 * r.iter().map(|&x| x as i64).sum::<i64>()) as i32)
+            .collect();
+        DwBytes {
+            quads,
+            comp,
+            z,
+            masks: geom.masks(),
+            geom,
+        }
+    }
+}
+
+/// The geometry of one depthwise conv on the quad layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct QuadGeom {
+    ih: usize,
+    iw: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+    /// Quads of kernel rows.
+    nq: usize,
+    /// Quad rows per phase: `oh + 4 (nq - 1) / s`.
+    qrows: usize,
+    /// Words per phase: `FRONT + qrows * ow + BACK`.
+    plane: usize,
+}
+
+impl QuadGeom {
+    /// The geometry of a `k x k`, stride `stride` (1 or 2), padding `pad`
+    /// depthwise conv of an `ih x iw` map to `oh x ow`, where each column
+    /// phase holds `ow` input columns; `None` elsewhere.
+    pub(super) fn new(
+        ih: usize,
+        iw: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        oh: usize,
+        ow: usize,
+    ) -> Option<QuadGeom> {
+        let s = stride;
+        let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
+        let ok = (s == 1 || s == 2)
+            && (1..=MAX_K).contains(&k)
+            && pad < FRONT
+            && ih >= 1
+            && iw >= 1
+            && k <= ph
+            && k <= pw
+            && oh == (ph - k) / s + 1
+            && ow == (pw - k) / s + 1
+            && (0..s).all(|phase| iw > phase && (iw - phase).div_ceil(s) == ow)
+            && 16 * ih * iw < i32::MAX as usize;
+        let nq = k.div_ceil(4);
+        let qrows = oh + 4 * (nq - 1) / s;
+        ok.then_some(QuadGeom {
+            ih,
+            iw,
+            k,
+            s,
+            pad,
+            oh,
+            ow,
+            nq,
+            qrows,
+            plane: FRONT + qrows * ow + BACK,
+        })
+    }
+
+    /// Output positions.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Vectors of sixteen positions.
+    fn vectors(&self) -> usize {
+        self.p().div_ceil(16)
+    }
+
+    /// Words of the layout (every phase).
+    fn len(&self) -> usize {
+        self.s * self.plane
+    }
+
+    /// Tap `(q, kx)`'s word offset from a vector's first position.
+    fn offset(&self, q: usize, kx: usize) -> usize {
+        let (s, pad) = (self.s as isize, self.pad as isize);
+        let e = kx as isize - pad;
+        let (phase, d) = (e.rem_euclid(s) as usize, e.div_euclid(s));
+        let at = (phase * self.plane + FRONT + (4 * q / self.s) * self.ow) as isize + d;
+        at as usize
+    }
+
+    /// Per vector, per kernel column: the lanes whose position is in the
+    /// map and whose tap column lies inside the input.
+    fn masks(&self) -> Vec<u16> {
+        let (k, ow) = (self.k, self.ow);
+        let nv = self.vectors();
+        let mut masks = vec![0u16; nv * k];
+        // Per kernel column, the map's positions as bits (16 per vector):
+        // each row's columns `x` with `0 <= s x + kx - pad < iw`.
+        let mut bits = vec![0u16; nv];
+        for kx in 0..k {
+            bits.fill(0);
+            let cols = (0..ow).filter(|&x| {
+                let col = (self.s * x + kx) as isize - self.pad as isize;
+                col >= 0 && (col as usize) < self.iw
+            });
+            let (Some(first), Some(last)) = (cols.clone().next(), cols.clone().next_back()) else {
+                continue;
+            };
+            for y in 0..self.oh {
+                for pos in y * ow + first..=y * ow + last {
+                    bits[pos / 16] |= 1 << (pos % 16);
+                }
+            }
+            for (v, &b) in bits.iter().enumerate() {
+                masks[v * k + kx] = b;
+            }
+        }
+        masks
+    }
+}
+
+/// A depthwise layer (`c` channels of `ih x iw`, `k x k`, `stride`, `pad`)
+/// on the 8-bit weights `wb`, into `out` (`oh x ow` per channel), with the
+/// fused requantization `epi` where given (one term in i32 lanes). Returns
+/// false (nothing computed) where it does not apply: no AVX-512 VNNI
+/// (`isa::avx512_vnni`), a geometry [`QuadGeom::new`] declines, a second
+/// term or a wide requantization, or slices too short; the caller then
+/// takes the 16-bit paths. The input's values must lie in `wb`'s range
+/// (`byte_offset` of the layer's `in_range`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise_bytes(
+    input: &[i32],
+    c: usize,
+    ih: usize,
+    iw: usize,
+    wb: &DwBytes,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out: DwOut,
+    oh: usize,
+    ow: usize,
+    scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let g = &wb.geom;
+        if QuadGeom::new(ih, iw, k, stride, pad, oh, ow).as_ref() != Some(g) {
+            return false;
+        }
+        let p = g.p();
+        let fits = match &out {
+            DwOut::Rows(o) => o.len() >= c * p,
+            DwOut::Packed(pk) => pk.len() >= super::gemm::packed_len(c.div_ceil(2), p),
+        };
+        if !super::isa::avx512_vnni()
+            || !fits
+            || wb.comp.len() < c
+            || wb.quads.len() < c * g.nq * k
+            || input.len() < c * ih * iw
+            || epi
+                .as_ref()
+                .is_some_and(|e| e.second.is_some() || e.wide || !e.holds(c, p))
+        {
+            return false;
+        }
+        // SAFETY: AVX-512 F, BW and VNNI (`isa::avx512_vnni`, checked
+        // above); `g` is this conv's geometry and the slices hold `c`
+        // channels (checked above).
+        unsafe { layer(input, c, wb, out, scratch, epi) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (
+            input, c, ih, iw, wb, k, stride, pad, out, oh, ow, scratch, epi,
+        );
+        false
+    }
+}
+
+/// The channel loop of [`depthwise_bytes`]: the layouts filled with the
+/// offset's words once, then per chunk of channels each one's rows
+/// rewritten, then each summed, the sums requantized (or stored) per
+/// vector.
+///
+/// # Safety
+///
+/// AVX-512 F, BW and VNNI; `input`, `wb` and `out` hold `c` channels of
+/// `wb`'s geometry, `epi` (if any) `c` rows of its positions and one term
+/// in i32 lanes (checked by [`depthwise_bytes`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn layer(
+    input: &[i32],
+    c: usize,
+    wb: &DwBytes,
+    mut out: DwOut,
+    scratch: &mut Vec<i32>,
+    epi: Option<&mut Epilogue>,
+) {
+    use super::fused::{FLOOR, NEAREST, TRUNC};
+    use super::gemm::{Regs16, TRUNC_ADD};
+    let g = &wb.geom;
+    let (p, taps, len) = (g.p(), g.nq * g.k, g.len());
+    let zq = wb.z.wrapping_mul(0x0101_0101);
+    // Channels laid out before any is summed: a tap's load spans words of
+    // several of the layout's stores, which cannot be forwarded from the
+    // store buffer, so its stores should be done by then (one channel at a
+    // time ran MobileNetV2's small layers at half the speed).
+    let chunk = (CHUNK_WORDS / len).clamp(2, c.max(2));
+    // The layouts, then (a packed output) the channels' rows before packing.
+    let rows_len = match out {
+        DwOut::Rows(_) => 0,
+        DwOut::Packed(_) => c * p,
+    };
+    scratch.clear();
+    scratch.resize(chunk * len + rows_len, zq);
+    let (layouts, rows) = scratch.split_at_mut(chunk * len);
+    let mut offs = [0usize; 2 * MAX_K];
+    for (t, o) in offs.iter_mut().enumerate().take(taps) {
+        *o = g.offset(t / g.k, t % g.k);
+    }
+    // SAFETY (the constants): AVX-512 F, this function's own feature.
+    let rg = epi
+        .as_ref()
+        .map(|e| unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp) });
+    let mut peak = 0u32;
+    for c0 in (0..c).step_by(chunk) {
+        let chs = c0..(c0 + chunk).min(c);
+        for (ch, layout) in chs.clone().zip(layouts.chunks_exact_mut(len)) {
+            let x = &input[ch * g.ih * g.iw..(ch + 1) * g.ih * g.iw];
+            // SAFETY: AVX-512 F and BW; `layout` is `g.len()` words.
+            unsafe { fill(g, x, wb.z, layout) };
+        }
+        for (ch, layout) in chs.zip(layouts.chunks_exact(len)) {
+            let dst = match &mut out {
+                DwOut::Rows(o) => &mut o[ch * p..(ch + 1) * p],
+                DwOut::Packed(_) => &mut rows[ch * p..(ch + 1) * p],
+            };
+            let t = Taps {
+                offs: &offs[..taps],
+                w: &wb.quads[ch * taps..(ch + 1) * taps],
+                comp: wb.comp[ch],
+                zq: (wb.z != 0).then_some(zq),
+            };
+            let m = &wb.masks;
+            let rc = epi.as_ref().map(|e| &e.rows[ch]);
+            // SAFETY: as this function's; `layout` holds the channel, `dst`
+            // is `p` words, `m` `g.vectors() * k` entries.
+            peak = peak.max(unsafe {
+                match (rg, rc) {
+                    (Some(rg), Some(rc)) => {
+                        let req = Some((&rg, rc));
+                        match (rg.div(), rg.clamp()) {
+                            (FLOOR, true) => channel::<FLOOR, true>(g, layout, &t, m, req, dst),
+                            (FLOOR, false) => channel::<FLOOR, false>(g, layout, &t, m, req, dst),
+                            (TRUNC, true) => channel::<TRUNC, true>(g, layout, &t, m, req, dst),
+                            (TRUNC, false) => channel::<TRUNC, false>(g, layout, &t, m, req, dst),
+                            (TRUNC_ADD, true) => {
+                                channel::<TRUNC_ADD, true>(g, layout, &t, m, req, dst)
+                            }
+                            (TRUNC_ADD, false) => {
+                                channel::<TRUNC_ADD, false>(g, layout, &t, m, req, dst)
+                            }
+                            (_, true) => channel::<NEAREST, true>(g, layout, &t, m, req, dst),
+                            (_, false) => channel::<NEAREST, false>(g, layout, &t, m, req, dst),
+                        }
+                    }
+                    _ => channel::<FLOOR, false>(g, layout, &t, m, None, dst),
+                }
+            });
+        }
+    }
+    if let DwOut::Packed(pk) = out {
+        // SAFETY: AVX2 (implied by this function's features); `rows` holds
+        // `c * p` values, `pk` the packed length (checked by the caller).
+        unsafe { super::gemm::pack_pairs(rows, c, p, pk) };
+    }
+    if let Some(e) = epi {
+        e.peak = e.peak.max(peak);
+    }
+}
+
+/// One channel's taps: per `(q, kx)` its word offset and weight quad, the
+/// correction `z * sum(w)`, and the offset's word where `z` is not 0.
+#[cfg(target_arch = "x86_64")]
+struct Taps<'a> {
+    offs: &'a [usize],
+    w: &'a [i32],
+    comp: i32,
+    zq: Option<i32>,
+}
+
+/// One channel `x` (`ih x iw`) into the quad layout: every word of every
+/// phase's quad rows rewritten; the words around the rows keep the
+/// offset's word they were filled with.
+///
+/// A quad row is the one `s` rows below it shifted up by `8 s` bits, with
+/// the new rows' bytes added below: walking the padded rows upwards, each
+/// row costs one load, one shift and one add per sixteen words (`(v + z)`
+/// where the row is input, `z` where it is padding), and every `s`-th
+/// is stored.
+///
+/// # Safety
+///
+/// AVX-512 F and BW; `layout` is `g.len()` words, `x` `g.ih * g.iw`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn fill(g: &QuadGeom, x: &[i32], z: i32, layout: &mut [i32]) {
+    debug_assert!(layout.len() >= g.len() && x.len() >= g.ih * g.iw);
+    // SAFETY: as this function's.
+    unsafe {
+        match (g.s, z) {
+            (1, 0) => fill_rows::<1, true>(g, x, z, layout),
+            (1, _) => fill_rows::<1, false>(g, x, z, layout),
+            (_, 0) => fill_rows::<2, true>(g, x, z, layout),
+            (_, _) => fill_rows::<2, false>(g, x, z, layout),
+        }
+    }
+}
+
+/// [`fill`] for stride `S`, offset 0 where `Z0` (no add of the offset).
+///
+/// # Safety
+///
+/// As [`fill`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[inline]
+unsafe fn fill_rows<const S: usize, const Z0: bool>(
+    g: &QuadGeom,
+    x: &[i32],
+    z: i32,
+    layout: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let (ow, iw) = (g.ow, g.iw);
+    let zv = _mm512_set1_epi32(z);
+    // The highest padded row a quad row reaches.
+    let top = S * (g.qrows - 1) + 3;
+    for phase in 0..S {
+        let idx = _mm512_add_epi32(
+            _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0),
+            _mm512_set1_epi32(phase as i32),
+        );
+        let dst = layout.as_mut_ptr().wrapping_add(phase * g.plane + FRONT);
+        let mut x0 = 0;
+        while x0 < ow {
+            let n = (ow - x0).min(16);
+            let keep = ((1u32 << n) - 1) as __mmask16;
+            // Stride 2: input columns `2 x0 ..` in two loads.
+            let left = iw.saturating_sub(2 * x0);
+            let m0 = ((1u64 << left.min(16)) - 1) as __mmask16;
+            let m1 = ((1u64 << left.saturating_sub(16).min(16)) - 1) as __mmask16;
+            let mut q = _mm512_set1_epi32(z.wrapping_mul(0x0101_0101));
+            for r in (0..=top).rev() {
+                let v = if r >= g.pad && r - g.pad < g.ih {
+                    let row = x.as_ptr().wrapping_add((r - g.pad) * iw);
+                    // SAFETY: the lanes loaded are columns below `iw` of
+                    // input row `r - pad` (masked); the others are not read.
+                    let v = unsafe {
+                        if S == 1 {
+                            _mm512_maskz_loadu_epi32(keep, row.wrapping_add(x0))
+                        } else {
+                            let lo = _mm512_maskz_loadu_epi32(m0, row.wrapping_add(2 * x0));
+                            let hi = _mm512_maskz_loadu_epi32(m1, row.wrapping_add(2 * x0 + 16));
+                            _mm512_permutex2var_epi32(lo, idx, hi)
+                        }
+                    };
+                    if Z0 {
+                        v
+                    } else {
+                        _mm512_add_epi32(v, zv)
+                    }
+                } else {
+                    zv
+                };
+                q = _mm512_add_epi32(_mm512_slli_epi32::<8>(q), v);
+                if r % S == 0 && r / S < g.qrows {
+                    // SAFETY: words `x0..x0 + n` of quad row `r / S`, inside
+                    // the phase's rows (`n <= ow - x0`).
+                    unsafe {
+                        _mm512_mask_storeu_epi32(dst.wrapping_add((r / S) * ow + x0), keep, q)
+                    };
+                }
+            }
+            x0 += 16;
+        }
+    }
+}
+
+/// One channel's sums from the quad layout, sixteen positions per vector
+/// (`vpdpbusd` per tap, lanes masked where the tap's column lies outside
+/// the input), requantized with `req` (the layer's constants and this
+/// channel's row; `DIV` and `CLAMP` theirs) or stored as they are, into
+/// `dst` (`g.p()` values). Returns the largest |sum|.
+///
+/// # Safety
+///
+/// AVX-512 F, BW and VNNI; `layout` is [`fill`]'s of this channel, `masks`
+/// [`QuadGeom::masks`], `t` this channel's taps, `dst` `g.p()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn channel<const DIV: u8, const CLAMP: bool>(
+    g: &QuadGeom,
+    layout: &[i32],
+    t: &Taps,
+    masks: &[u16],
+    req: Option<(&super::gemm::Regs16, &super::fused::RowConsts)>,
+    dst: &mut [i32],
+) -> u32 {
+    use super::gemm::Regs16;
+    use std::arch::x86_64::*;
+    let (p, k) = (g.p(), g.k);
+    debug_assert!(dst.len() >= p && masks.len() >= g.vectors() * k && layout.len() >= g.len());
+    let init = _mm512_set1_epi32(t.comp.wrapping_neg());
+    let zq = _mm512_set1_epi32(t.zq.unwrap_or(0));
+    let (xlo, xhi, m, b) = match req {
+        Some((_, rc)) => (
+            _mm512_set1_epi32(rc.xlo),
+            _mm512_set1_epi32(rc.xhi),
+            _mm512_set1_epi32(rc.m),
+            _mm512_set1_epi32(rc.b),
+        ),
+        None => (init, init, init, init),
+    };
+    let mut peak = _mm512_setzero_si512();
+    for v in 0..g.vectors() {
+        let mut acc = init;
+        let at = layout.as_ptr().wrapping_add(16 * v);
+        let vm = &masks[v * k..(v + 1) * k];
+        for q in 0..g.nq {
+            for (kx, &lanes) in vm.iter().enumerate() {
+                let i = q * k + kx;
+                // SAFETY: the sixteen words from `16 v + offs[i]` lie inside
+                // the layout (`FRONT` before the rows, `BACK` after them
+                // cover the offsets and the last vector's lanes past the
+                // map).
+                let data = unsafe { _mm512_loadu_si512(at.wrapping_add(t.offs[i]) as *const _) };
+                acc = match t.zq {
+                    None => _mm512_mask_dpbusd_epi32(acc, lanes, data, _mm512_set1_epi32(t.w[i])),
+                    Some(_) => _mm512_dpbusd_epi32(
+                        acc,
+                        _mm512_mask_blend_epi32(lanes, zq, data),
+                        _mm512_set1_epi32(t.w[i]),
+                    ),
+                };
+            }
+        }
+        let n = (p - 16 * v).min(16);
+        let keep = ((1u32 << n) - 1) as __mmask16;
+        peak = _mm512_mask_max_epu32(peak, keep, peak, _mm512_abs_epi32(acc));
+        let r = match req {
+            Some((rg, _)) => rg.round::<DIV, CLAMP>(Regs16::scale(acc, xlo, xhi, m, b)),
+            None => acc,
+        };
+        // SAFETY: positions `16 v .. 16 v + n <= p` of `dst`.
+        unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(16 * v), keep, r) };
+    }
+    _mm512_reduce_max_epu32(peak)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::depthwise::tests::{
+        assert_fused_matches, cutting_rows, epilogue_cases, naive,
+    };
+    use crate::engine::gemm::{packed_len, unpack_pairs};
+    use crate::engine::isa::{with_level, Level};
+
+    fn avx512() -> bool {
+        cfg!(target_arch = "x86_64")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// The values a run writes as a packed output (`c` channels of `p`
+    /// positions), unpacked.
+    fn unpacked(c: usize, p: usize, run: impl FnOnce(DwOut) -> bool) -> Vec<i32> {
+        let mut pk = vec![i16::MIN; packed_len(c.div_ceil(2), p)];
+        assert!(run(DwOut::Packed(&mut pk)), "packed output not taken");
+        let mut back = vec![0; c * p];
+        unpack_pairs(&pk, c, p, &mut back);
+        back
+    }
+
+    /// A 3 x 3 "same" conv of a 4 x 4 map.
+    fn tiny() -> QuadGeom {
+        QuadGeom::new(4, 4, 3, 1, 1, 4, 4).expect("a quad geometry")
+    }
+
+    /// `c` channels of the definition's sums.
+    #[allow(clippy::too_many_arguments)]
+    fn want(
+        input: &[i32],
+        c: usize,
+        ih: usize,
+        iw: usize,
+        w: &[i32],
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> (Vec<i32>, usize, usize) {
+        let oh = (ih + 2 * pad - k) / s + 1;
+        let ow = (iw + 2 * pad - k) / s + 1;
+        let mut sums = vec![];
+        for ch in 0..c {
+            let x: Vec<i64> = input[ch * ih * iw..(ch + 1) * ih * iw]
+                .iter()
+                .map(|&v| v as i64)
+                .collect();
+            let wc: Vec<i64> = w[ch * k * k..(ch + 1) * k * k]
+                .iter()
+                .map(|&v| v as i64)
+                .collect();
+            sums.extend(
+                naive(&x, ih, iw, &wc, k, s, pad, oh, ow)
+                    .into_iter()
+                    .map(|v| v as i32),
+            );
+        }
+        (sums, oh, ow)
+    }
+
+    /// The shapes of "same" convs (and a few the layout declines).
+    fn shapes() -> Vec<(usize, usize, usize, usize, usize)> {
+        let mut shapes = vec![];
+        for iw in [1usize, 2, 3, 4, 5, 7, 8, 12, 16, 17, 24, 32, 33, 48] {
+            for ih in [1usize, 2, 3, 4, 7, 8, 9] {
+                for (s, k, pad) in [
+                    (1, 3, 1),
+                    (2, 3, 1),
+                    (1, 5, 2),
+                    (2, 5, 2),
+                    (1, 1, 0),
+                    (2, 1, 0),
+                    (1, 7, 3),
+                    (2, 7, 3),
+                    (1, 3, 0),
+                    (2, 3, 0),
+                ] {
+                    if ih + 2 * pad >= k && iw + 2 * pad >= k {
+                        shapes.push((ih, iw, s, k, pad));
+                    }
+                }
+            }
+        }
+        shapes
+    }
+
+    /// The 8-bit kernel against the definition: both offsets (inputs in
+    /// `0..=255` and in `-128..=127`, with their edges), weights with the
+    /// edges -128 and 127, kernels 1 to 7, strides 1 and 2, maps 1 to 48
+    /// wide; the geometries it takes run (and only those: the others
+    /// decline), a packed output equals the rows packed.
+    #[test]
+    fn quad_kernel_matches_naive() {
+        if !avx512() {
+            return;
+        }
+        let c = 3;
+        let mut scratch = vec![7; 5];
+        let (mut taken, mut declined) = (0, 0);
+        with_level(Level::Avx512, || {
+            for (ih, iw, s, k, pad) in shapes() {
+                for (z, gen) in [
+                    (0, (|i: usize| (i * 37 % 256) as i32) as fn(usize) -> i32),
+                    (0, |i| {
+                        if i % 3 == 0 {
+                            255
+                        } else {
+                            (i % 2) as i32 * 255
+                        }
+                    }),
+                    (128, |i| (i * 53 % 256) as i32 - 128),
+                    (128, |i| if i % 2 == 0 { -128 } else { 127 }),
+                ] {
+                    let input: Vec<i32> = (0..c * ih * iw).map(gen).collect();
+                    let w: Vec<i32> = (0..c * k * k)
+                        .map(|i| match i % 7 {
+                            0 => -128,
+                            1 => 127,
+                            _ => (i * 11 % 255) as i32 - 127,
+                        })
+                        .collect();
+                    let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
+                    let what = format!("ih {ih} iw {iw} s {s} k {k} pad {pad} z {z}");
+                    // Weights of another geometry where the layout declines
+                    // this one: the kernel must decline them.
+                    let geom = QuadGeom::new(ih, iw, k, s, pad, oh, ow);
+                    let wb = DwBytes::from_weights(&w, c, z, geom.unwrap_or(tiny()));
+                    let mut out = vec![i32::MIN; c * oh * ow];
+                    let ran = depthwise_bytes(
+                        &input,
+                        c,
+                        ih,
+                        iw,
+                        &wb,
+                        k,
+                        s,
+                        pad,
+                        DwOut::Rows(&mut out),
+                        oh,
+                        ow,
+                        &mut scratch,
+                        None,
+                    );
+                    assert_eq!(ran, geom.is_some(), "{what}");
+                    if !ran {
+                        declined += 1;
+                        continue;
+                    }
+                    taken += 1;
+                    assert_eq!(out, sums, "{what}");
+                    let p = oh * ow;
+                    let back = unpacked(c, p, |pk| {
+                        depthwise_bytes(
+                            &input,
+                            c,
+                            ih,
+                            iw,
+                            &wb,
+                            k,
+                            s,
+                            pad,
+                            pk,
+                            oh,
+                            ow,
+                            &mut scratch,
+                            None,
+                        )
+                    });
+                    let short: Vec<i32> = sums.iter().map(|&v| v as i16 as i32).collect();
+                    assert_eq!(back, short, "{what}: packed");
+                }
+            }
+        });
+        assert!(
+            taken >= 300 && declined >= 50,
+            "{taken} taken, {declined} declined"
+        );
+        // Below AVX-512 it declines.
+        let w = vec![1; 9];
+        let wb = DwBytes::from_weights(&w, 1, 0, tiny());
+        let mut out = vec![0; 16];
+        let ran = with_level(Level::Avx2, || {
+            depthwise_bytes(
+                &[1; 16],
+                1,
+                4,
+                4,
+                &wb,
+                3,
+                1,
+                1,
+                DwOut::Rows(&mut out),
+                4,
+                4,
+                &mut scratch,
+                None,
+            )
+        });
+        assert!(!ran);
+    }
+
+    /// The fused requantization against `requant_clamped` on the kernel's
+    /// own sums: every rounding, with and without the clamp, shifts that
+    /// take each form of truncation, constants whose clamp ranges cut the
+    /// sums on both sides, and the largest |sum| (lanes past the map
+    /// excluded); rows and packed outputs.
+    #[test]
+    fn quad_kernel_fused_matches_requant_clamped() {
+        if !avx512() {
+            return;
+        }
+        let mut runs = 0;
+        let mut scratch = Vec::new();
+        with_level(Level::Avx512, || {
+            for &(ih, iw, k, s, pad, z) in &[
+                (16usize, 16usize, 3usize, 1usize, 1usize, 0),
+                (8, 8, 3, 1, 1, 128),
+                (4, 4, 3, 1, 1, 0),
+                (5, 3, 3, 1, 1, 0),
+                (16, 16, 3, 2, 1, 0),
+                (32, 16, 5, 2, 2, 128),
+                (9, 11, 5, 1, 2, 0),
+                // Five channels in chunks of three layouts.
+                (32, 32, 3, 1, 1, 128),
+            ] {
+                let c = 5;
+                let input: Vec<i32> = (0..c * ih * iw)
+                    .map(|i| (i as i32 * 53) % 256 - z)
+                    .collect();
+                let w: Vec<i32> = (0..c * k * k)
+                    .map(|i| (i as i32 * 37 % 255) - 127)
+                    .collect();
+                let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
+                let geom = QuadGeom::new(ih, iw, k, s, pad, oh, ow).expect("a quad geometry");
+                let wb = DwBytes::from_weights(&w, c, z, geom);
+                let p = oh * ow;
+                let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;
+                let mut n = 0;
+                let rows = cutting_rows(c, big, || {
+                    n += 911;
+                    n
+                });
+                for (e, what) in epilogue_cases(&rows, &[0, 9, 31], None) {
+                    let what = format!("ih {ih} iw {iw} k {k} s {s} z {z} {what}");
+                    let values = assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                        depthwise_bytes(
+                            &input,
+                            c,
+                            ih,
+                            iw,
+                            &wb,
+                            k,
+                            s,
+                            pad,
+                            DwOut::Rows(got),
+                            oh,
+                            ow,
+                            &mut scratch,
+                            Some(e),
+                        )
+                    });
+                    runs += 1;
+                    if e.clamp {
+                        let mut pe = e.rows_from(0);
+                        let back = unpacked(c, p, |pk| {
+                            depthwise_bytes(
+                                &input,
+                                c,
+                                ih,
+                                iw,
+                                &wb,
+                                k,
+                                s,
+                                pad,
+                                pk,
+                                oh,
+                                ow,
+                                &mut scratch,
+                                Some(&mut pe),
+                            )
+                        });
+                        assert_eq!(back, values, "{what}: packed");
+                    }
+                }
+            }
+        });
+        assert_eq!(runs, 8 * 18);
+    }
+}
