@@ -307,7 +307,7 @@ unsafe fn layer(
     input: &[i32],
     c: usize,
     wb: &DwBytes,
-    mut out: DwOut,
+    out: DwOut,
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
@@ -337,60 +337,119 @@ unsafe fn layer(
     let rg = epi
         .as_ref()
         .map(|e| unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp) });
-    let mut peak = 0u32;
-    for c0 in (0..c).step_by(chunk) {
-        let chs = c0..(c0 + chunk).min(c);
-        for (ch, layout) in chs.clone().zip(layouts.chunks_exact_mut(len)) {
-            let x = &input[ch * g.ih * g.iw..(ch + 1) * g.ih * g.iw];
-            // SAFETY: AVX-512 F and BW; `layout` is `g.len()` words.
-            unsafe { fill(g, x, wb.z, layout) };
-        }
-        for (ch, layout) in chs.zip(layouts.chunks_exact(len)) {
-            let dst = match &mut out {
-                DwOut::Rows(o) => &mut o[ch * p..(ch + 1) * p],
-                DwOut::Packed(_) => &mut rows[ch * p..(ch + 1) * p],
-            };
-            let t = Taps {
-                offs: &offs[..taps],
-                w: &wb.quads[ch * taps..(ch + 1) * taps],
-                comp: wb.comp[ch],
-                zq: (wb.z != 0).then_some(zq),
-            };
-            let m = &wb.masks;
-            let rc = epi.as_ref().map(|e| &e.rows[ch]);
-            // SAFETY: as this function's; `layout` holds the channel, `dst`
-            // is `p` words, `m` `g.vectors() * k` entries.
-            peak = peak.max(unsafe {
-                match (rg, rc) {
-                    (Some(rg), Some(rc)) => {
-                        let req = Some((&rg, rc));
-                        match (rg.div(), rg.clamp()) {
-                            (FLOOR, true) => channel::<FLOOR, true>(g, layout, &t, m, req, dst),
-                            (FLOOR, false) => channel::<FLOOR, false>(g, layout, &t, m, req, dst),
-                            (TRUNC, true) => channel::<TRUNC, true>(g, layout, &t, m, req, dst),
-                            (TRUNC, false) => channel::<TRUNC, false>(g, layout, &t, m, req, dst),
-                            (TRUNC_ADD, true) => {
-                                channel::<TRUNC_ADD, true>(g, layout, &t, m, req, dst)
-                            }
-                            (TRUNC_ADD, false) => {
-                                channel::<TRUNC_ADD, false>(g, layout, &t, m, req, dst)
-                            }
-                            (_, true) => channel::<NEAREST, true>(g, layout, &t, m, req, dst),
-                            (_, false) => channel::<NEAREST, false>(g, layout, &t, m, req, dst),
-                        }
-                    }
-                    _ => channel::<FLOOR, false>(g, layout, &t, m, None, dst),
+    // The sums' rows: the output's, or the rows to pack.
+    let (dst, packed) = match out {
+        DwOut::Rows(o) => (o, None),
+        DwOut::Packed(pk) => (rows, Some(pk)),
+    };
+    let l = Layer {
+        g,
+        input,
+        c,
+        wb,
+        offs: &offs[..taps],
+        chunk,
+    };
+    // SAFETY: as this function's; `layouts` is `chunk` layouts, `dst` holds
+    // `c * p` values.
+    let peak = unsafe {
+        match (rg, epi.as_ref().map(|e| e.rows)) {
+            (Some(rg), Some(rc)) => {
+                let req = Some((&rg, rc));
+                match (rg.div(), rg.clamp()) {
+                    (FLOOR, true) => l.run::<FLOOR, true>(layouts, req, dst),
+                    (FLOOR, false) => l.run::<FLOOR, false>(layouts, req, dst),
+                    (TRUNC, true) => l.run::<TRUNC, true>(layouts, req, dst),
+                    (TRUNC, false) => l.run::<TRUNC, false>(layouts, req, dst),
+                    (TRUNC_ADD, true) => l.run::<TRUNC_ADD, true>(layouts, req, dst),
+                    (TRUNC_ADD, false) => l.run::<TRUNC_ADD, false>(layouts, req, dst),
+                    (_, true) => l.run::<NEAREST, true>(layouts, req, dst),
+                    (_, false) => l.run::<NEAREST, false>(layouts, req, dst),
                 }
-            });
+            }
+            _ => l.run::<FLOOR, false>(layouts, None, dst),
         }
-    }
-    if let DwOut::Packed(pk) = out {
-        // SAFETY: AVX2 (implied by this function's features); `rows` holds
-        // `c * p` values, `pk` the packed length (checked by the caller).
-        unsafe { super::gemm::pack_pairs(rows, c, p, pk) };
+    };
+    if let Some(pk) = packed {
+        // SAFETY: AVX2 (implied by this function's features); `dst` (the
+        // rows) holds `c * p` values, `pk` the packed length (checked by
+        // the caller).
+        unsafe { super::gemm::pack_pairs(dst, c, p, pk) };
     }
     if let Some(e) = epi {
         e.peak = e.peak.max(peak);
+    }
+}
+
+/// A layer's operands for [`Layer::run`].
+#[cfg(target_arch = "x86_64")]
+struct Layer<'a> {
+    g: &'a QuadGeom,
+    input: &'a [i32],
+    c: usize,
+    wb: &'a DwBytes,
+    /// Per tap `(q, kx)`: [`QuadGeom::offset`].
+    offs: &'a [usize],
+    /// Channels laid out before any is summed.
+    chunk: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Layer<'_> {
+    /// Per chunk of channels, each one's layout filled, then each one
+    /// summed and requantized with `req` (the layer's constants and rows;
+    /// `DIV` and `CLAMP` theirs) or stored as sums, into `dst` (`p` values
+    /// per channel). Returns the largest |sum|.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F, BW and VNNI; `layouts` holds `chunk` of the geometry's
+    /// layouts (filled with the offset's words), `dst` and `req`'s rows `c`
+    /// channels, the operands those of [`layer`]'s `# Safety`.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    unsafe fn run<const DIV: u8, const CLAMP: bool>(
+        &self,
+        layouts: &mut [i32],
+        req: Option<(&super::gemm::Regs16, &[super::fused::RowConsts])>,
+        dst: &mut [i32],
+    ) -> u32 {
+        use std::arch::x86_64::*;
+        let (g, wb) = (self.g, self.wb);
+        let (p, len, taps) = (g.p(), g.len(), self.offs.len());
+        let zq = wb.z.wrapping_mul(0x0101_0101);
+        let mut peak = _mm512_setzero_si512();
+        for c0 in (0..self.c).step_by(self.chunk) {
+            let chs = c0..(c0 + self.chunk).min(self.c);
+            for (ch, layout) in chs.clone().zip(layouts.chunks_exact_mut(len)) {
+                let x = &self.input[ch * g.ih * g.iw..(ch + 1) * g.ih * g.iw];
+                // SAFETY: AVX-512 F and BW; `layout` is `g.len()` words.
+                unsafe { fill(g, x, wb.z, layout) };
+            }
+            for (ch, layout) in chs.zip(layouts.chunks_exact(len)) {
+                let t = Taps {
+                    offs: self.offs,
+                    w: &wb.quads[ch * taps..(ch + 1) * taps],
+                    comp: wb.comp[ch],
+                    zq: (wb.z != 0).then_some(zq),
+                };
+                let req = req.map(|(rg, rows)| (rg, &rows[ch]));
+                // SAFETY: as this function's; `layout` holds the channel,
+                // `dst`'s slice is `p` words, the masks `g.vectors() * k`
+                // entries.
+                unsafe {
+                    channel::<DIV, CLAMP>(
+                        g,
+                        layout,
+                        &t,
+                        &wb.masks,
+                        req,
+                        &mut dst[ch * p..(ch + 1) * p],
+                        &mut peak,
+                    )
+                };
+            }
+        }
+        _mm512_reduce_max_epu32(peak)
     }
 }
 
@@ -506,7 +565,7 @@ unsafe fn fill_rows<const S: usize, const Z0: bool>(
 /// (`vpdpbusd` per tap, lanes masked where the tap's column lies outside
 /// the input), requantized with `req` (the layer's constants and this
 /// channel's row; `DIV` and `CLAMP` theirs) or stored as they are, into
-/// `dst` (`g.p()` values). Returns the largest |sum|.
+/// `dst` (`g.p()` values); the largest |sum| of each lane into `peak`.
 ///
 /// # Safety
 ///
@@ -514,6 +573,7 @@ unsafe fn fill_rows<const S: usize, const Z0: bool>(
 /// [`QuadGeom::masks`], `t` this channel's taps, `dst` `g.p()` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+#[inline]
 unsafe fn channel<const DIV: u8, const CLAMP: bool>(
     g: &QuadGeom,
     layout: &[i32],
@@ -521,7 +581,8 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
     masks: &[u16],
     req: Option<(&super::gemm::Regs16, &super::fused::RowConsts)>,
     dst: &mut [i32],
-) -> u32 {
+    peak: &mut std::arch::x86_64::__m512i,
+) {
     use super::gemm::Regs16;
     use std::arch::x86_64::*;
     let (p, k) = (g.p(), g.k);
@@ -537,7 +598,6 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
         ),
         None => (init, init, init, init),
     };
-    let mut peak = _mm512_setzero_si512();
     for v in 0..g.vectors() {
         let mut acc = init;
         let at = layout.as_ptr().wrapping_add(16 * v);
@@ -562,7 +622,7 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
         }
         let n = (p - 16 * v).min(16);
         let keep = ((1u32 << n) - 1) as __mmask16;
-        peak = _mm512_mask_max_epu32(peak, keep, peak, _mm512_abs_epi32(acc));
+        *peak = _mm512_mask_max_epu32(*peak, keep, *peak, _mm512_abs_epi32(acc));
         let r = match req {
             Some((rg, _)) => rg.round::<DIV, CLAMP>(Regs16::scale(acc, xlo, xhi, m, b)),
             None => acc,
@@ -570,7 +630,6 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
         // SAFETY: positions `16 v .. 16 v + n <= p` of `dst`.
         unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(16 * v), keep, r) };
     }
-    _mm512_reduce_max_epu32(peak)
 }
 
 #[cfg(test)]
