@@ -375,6 +375,33 @@ fn size_quads(packed: &mut Vec<i16>, (w, kstride): (usize, usize), p: usize, z: 
     packed.resize(quads_len(w, kstride, p), (z * 0x0101) as u16 as i16);
 }
 
+/// `packed` as the [`quads_len`] layout where a packing writes every word
+/// of quads `..kq` in the blocks of 8 positions up to `p`: only the rest
+/// (the quads from `kq` on, and a last block of 16 positions' second half
+/// past `p`) is set to `z` in each byte (the value 0), not the whole
+/// buffer.
+fn size_quads_past(
+    packed: &mut Vec<i16>,
+    (w, kstride): (usize, usize),
+    p: usize,
+    z: i32,
+    kq: usize,
+) {
+    packed.resize(quads_len(w, kstride, p), 0);
+    let zw = (z * 0x0101) as u16 as i16;
+    for blk in 0..p.div_ceil(w) {
+        let from = quad_at(w, kstride, blk * w, kq);
+        let to = quad_at(w, kstride, blk * w, kstride);
+        packed[from..to].fill(zw);
+    }
+    for i in (p.div_ceil(8) * 8..p.div_ceil(w) * w).step_by(8) {
+        for q in 0..kq {
+            let at = quad_at(w, kstride, i, q);
+            packed[at..at + 16].fill(zw);
+        }
+    }
+}
+
 /// Where quad `j` of positions `i..i + 8` (`i` a multiple of 8) starts in
 /// the [`quads_len`]`(w, kstride, p)` layout, in i16.
 fn quad_at(w: usize, kstride: usize, i: usize, j: usize) -> usize {
@@ -427,6 +454,65 @@ unsafe fn pack_quads(
     }
 }
 
+/// [`pack_quads`] into the AMX layout (blocks of 16 positions) in 512-bit
+/// registers: per sixteen positions of a quad, its rows loaded (the last
+/// block's lanes past `p`, and rows past `k`, masked to 0), shifted into
+/// their bytes and added to the word of four `z` (each value plus `z` lies
+/// in `0..=255`, the operand's range, so no byte carries into the next),
+/// one store; the quads past `k.div_ceil(4)` hold `z` ([`size_quads_past`]).
+///
+/// # Safety
+///
+/// The CPU must support AVX-512 F and BW. The lengths are asserted (a short
+/// slice panics); `kstride >= k.div_ceil(4)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn pack_quads16(
+    col: &[i32],
+    k: usize,
+    p: usize,
+    z: i32,
+    kstride: usize,
+    packed: &mut Vec<i16>,
+) {
+    use std::arch::x86_64::*;
+    let kq = k.div_ceil(4);
+    assert!(col.len() >= k * p && kstride >= kq);
+    size_quads_past(packed, (16, kstride), p, z, kq);
+    let zq = _mm512_set1_epi32(z.wrapping_mul(0x0101_0101));
+    for blk in 0..p.div_ceil(16) {
+        let i = 16 * blk;
+        let keep = ((1u32 << (p - i).min(16)) - 1) as __mmask16;
+        for j in 0..kq {
+            let at = quad_at(16, kstride, i, j);
+            assert!(at + 32 <= packed.len());
+            let mut w = zq;
+            // Row `4 j + t`'s sixteen values (a row past `k`: none loaded,
+            // the bytes stay `z`).
+            let load = |t: usize| {
+                let r = 4 * j + t;
+                let m = if r < k { keep } else { 0 };
+                // SAFETY: the lanes loaded are positions `i.. < p` of row
+                // `r < k` of `col` (`k * p` values, asserted); with no lane
+                // (a row past `k`) nothing is read.
+                unsafe {
+                    _mm512_maskz_loadu_epi32(
+                        m,
+                        col.as_ptr()
+                            .wrapping_add(r.min(k.saturating_sub(1)) * p + i),
+                    )
+                }
+            };
+            w = _mm512_add_epi32(w, load(0));
+            w = _mm512_add_epi32(w, _mm512_slli_epi32::<8>(load(1)));
+            w = _mm512_add_epi32(w, _mm512_slli_epi32::<16>(load(2)));
+            w = _mm512_add_epi32(w, _mm512_slli_epi32::<24>(load(3)));
+            // SAFETY: the 32 i16 at `at` lie inside `packed` (asserted).
+            unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(at) as *mut _, w) };
+        }
+    }
+}
+
 /// The [`packed_len`] layout of i16 pairs of `k` rows (`pk`, positions past
 /// `p` zero) as [`pack_quads`]' layout of u8 quads (plus `z`) in `packed`:
 /// quad `q` is pairs `2q` and `2q + 1` (a missing last pair: `z`).
@@ -448,7 +534,7 @@ unsafe fn quads_from_pairs(
     use std::arch::x86_64::*;
     let (kp, kq) = (k.div_ceil(2), k.div_ceil(4));
     assert!(pk.len() >= packed_len(kp, p) && (w == 8 || w == 16) && kstride >= kq);
-    size_quads(packed, (w, kstride), p, z);
+    size_quads_past(packed, (w, kstride), p, z, kq);
     let zv = _mm256_set1_epi16(z as i16);
     let bytes = _mm256_set1_epi32(0x00ff_00ff);
     // Per word: the low bytes of its two i16 halves as one 16-bit value.
@@ -512,6 +598,7 @@ unsafe fn gemm_bytes(
     // lengths.
     unsafe {
         match col {
+            Operand::Rows(c) if amx => pack_quads16(c, k, p, bw.z, layout.1, packed),
             Operand::Rows(c) => pack_quads(c, k, p, bw.z, layout, packed),
             Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, layout, packed),
         }
