@@ -33,8 +33,8 @@ use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
 use super::gemm::{
-    conv_im2col_madd, gemm, gemm_madd, gemm_madd_with, im2col, madd_group_len, packed_len,
-    unpack_pairs, Dst, Operand,
+    conv_im2col_madd, gemm, gemm_madd_with, im2col, madd_group_len, packed_len, unpack_pairs, Dst,
+    Operand,
 };
 use super::{AccStats, Buf, OverflowMode, SimOptions, Weights, Workspace};
 use crate::fixed::Rounding;
@@ -254,13 +254,16 @@ fn conv_sums(
             let fits16 = fits16(l);
             let pairs = &weights.pairs[li];
             let mut packed2 = std::mem::take(&mut ws.packed2);
+            // The 8-bit form: ungrouped 1x1 convs only (`Weights::bytes`).
+            let bytes = weights.bytes[li].as_ref().filter(|_| l.groups == 1);
             let mut fast =
                 |g: usize, w: &[i32], m: usize, k: usize, c: &[i32], p: usize, out: &mut [i32]| {
                     let per_group = madd_group_len(m, k);
                     let wp = pairs.get(g * per_group..(g + 1) * per_group).unwrap_or(&[]);
+                    let (col, dst) = (Operand::Rows(c), Dst::Rows(out));
                     if !(fits16
                         && wp.len() == per_group
-                        && gemm_madd(wp, m, k, c, p, out, &mut packed, None))
+                        && gemm_madd_with(wp, bytes, m, k, col, p, dst, &mut packed, None))
                     {
                         gemm(w, m, k, c, p, out)
                     }
@@ -670,6 +673,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{layer, test_plan};
     use super::*;
+    use crate::engine::gemm::gemm_madd;
     use crate::engine::gemm::madd_weights;
     use crate::plan::Layer;
 

@@ -100,7 +100,9 @@ dispatch!(gemm, gemm_avx2, gemm_body, (w: &[T], m: usize, k: usize, col: &[T], p
 /// pairs of rows ([`packed_len`]), eight output rows share
 /// each load. With `epi`, `out` gets the requantized values instead of
 /// the sums (see [`madd_kernel`]). Returns false (nothing done) without
-/// AVX2 or where the shapes do not match.
+/// AVX2 or where the shapes do not match. (The tests' form: the engine
+/// calls [`gemm_madd_with`].)
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_madd(
     wp: &[i32],
