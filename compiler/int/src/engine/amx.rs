@@ -523,6 +523,7 @@ unsafe fn store_sums(sums: &mut Sums, two_rows: bool, two_pos: bool) {
 /// blocks `g.*`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn emit(
     tile: &[i32; 256],
