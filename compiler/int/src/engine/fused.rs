@@ -1388,6 +1388,63 @@ mod tests {
                 assert_eq!(&got[..c.len()], w, "register epilogue {tag} {rc:?}");
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            for (c, w) in xs.chunks(16).zip(want.chunks(16)) {
+                let mut v = [0i32; 16];
+                v[..c.len()].copy_from_slice(c);
+                let mut got = [0i32; 16];
+                // SAFETY: AVX-512 F is present (checked above); the load
+                // and store read and write sixteen i32 of `v` and `got`.
+                unsafe { epilogue16(&v, &e, &rc, &mut got) };
+                assert_eq!(&got[..c.len()], w, "512-bit epilogue {tag} {rc:?}");
+            }
+        }
+    }
+
+    /// The 512-bit epilogue's arithmetic ([`Regs16`], the one-term form of
+    /// `BlockOut::rows16`: in i32 lanes or the i64 form) on sixteen sums.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn epilogue16(v: &[i32; 16], e: &Epilogue, rc: &RowConsts, got: &mut [i32; 16]) {
+        use crate::engine::gemm::{Regs16, TRUNC_ADD};
+        use std::arch::x86_64::*;
+        // SAFETY: AVX-512 F, this function's own feature; sixteen i32.
+        let x = unsafe { _mm512_loadu_si512(v.as_ptr() as *const _) };
+        let r = unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp) };
+        let q = if e.wide {
+            let r = r.widened();
+            let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
+            let x = _mm512_min_epi32(
+                _mm512_max_epi32(x, _mm512_set1_epi32(rc.xlo)),
+                _mm512_set1_epi32(rc.xhi),
+            );
+            let q = match r.div() {
+                FLOOR => r.wide_quotients::<FLOOR>(x, rc.m, rc.b),
+                TRUNC | TRUNC_ADD => r.wide_quotients::<TRUNC>(x, rc.m, rc.b),
+                _ => r.wide_quotients::<NEAREST>(x, rc.m, rc.b),
+            };
+            _mm512_min_epi32(_mm512_max_epi32(q, lo), hi)
+        } else {
+            let set = _mm512_set1_epi32;
+            let s = Regs16::scale(x, set(rc.xlo), set(rc.xhi), set(rc.m), set(rc.b));
+            match (r.div(), r.clamp()) {
+                (FLOOR, true) => r.round::<FLOOR, true>(s),
+                (FLOOR, false) => r.round::<FLOOR, false>(s),
+                (TRUNC, true) => r.round::<TRUNC, true>(s),
+                (TRUNC, false) => r.round::<TRUNC, false>(s),
+                (TRUNC_ADD, true) => r.round::<TRUNC_ADD, true>(s),
+                (TRUNC_ADD, false) => r.round::<TRUNC_ADD, false>(s),
+                (_, true) => r.round::<NEAREST, true>(s),
+                (_, false) => r.round::<NEAREST, false>(s),
+            }
+        };
+        // SAFETY: sixteen i32 of `got`.
+        unsafe { _mm512_storeu_si512(got.as_mut_ptr() as *mut _, q) };
     }
 
     /// Accumulators around every place the result can change: the i32

@@ -1001,6 +1001,14 @@ pub(super) struct Regs16 {
     /// The rounding: [`FLOOR`], [`TRUNC`], [`TRUNC_ADD`] or [`NEAREST`].
     div: u8,
     clamp: bool,
+    /// The i64 form ([`Epilogue::wide`]): the sums `x * m + b` in i64
+    /// lanes, even and odd lanes apart, the quotients in i32.
+    wide: bool,
+    /// The i64 form's shift (at most 31, as `WideRound`'s), `2^shift - 1`
+    /// and `2^(shift - 1)` in i64 lanes.
+    count64: std::arch::x86_64::__m128i,
+    mask64: std::arch::x86_64::__m512i,
+    half64: std::arch::x86_64::__m512i,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1032,7 +1040,61 @@ impl Regs16 {
                 Div::Nearest => NEAREST,
             },
             clamp,
+            wide: false,
+            count64: _mm_cvtsi32_si128(shift.min(31) as i32),
+            mask64: _mm512_set1_epi64((1i64 << shift.min(31)) - 1),
+            half64: _mm512_set1_epi64(match shift.min(31) {
+                0 => 0,
+                s => 1i64 << (s - 1),
+            }),
         }
+    }
+
+    /// The same constants for the i64 form ([`Epilogue::wide`]).
+    pub(super) fn widened(self) -> Regs16 {
+        Regs16 { wide: true, ..self }
+    }
+
+    /// The i64 form of [`Regs16::scale`] and [`Regs16::round`] (without
+    /// the clamp) on sixteen sums `x` already clamped to the channel's
+    /// `[xlo, xhi]`: `x * m + b` in i64 lanes (`vpmuldq` of the even lanes,
+    /// then of the odd ones shifted down), divided by `2^shift` in the
+    /// rounding `DIV` (`self.div()`), the quotients (which fit i32,
+    /// `wide_row_consts`) back in their i32 lanes: `WideRound::quotients8`
+    /// in 512-bit registers. The low half of a logical shift is the
+    /// arithmetic one's for shifts up to 32.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    pub(super) fn wide_quotients<const DIV: u8>(
+        &self,
+        x: std::arch::x86_64::__m512i,
+        m: i32,
+        b: i32,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let (m, b) = (_mm512_set1_epi64(m as i64), _mm512_set1_epi64(b as i64));
+        let zero = _mm512_setzero_si512();
+        let quot = |v: __m512i| {
+            let s = _mm512_add_epi64(_mm512_mul_epi32(v, m), b);
+            match DIV {
+                FLOOR => _mm512_srl_epi64(s, self.count64),
+                TRUNC | TRUNC_ADD => {
+                    let neg = _mm512_cmplt_epi64_mask(s, zero);
+                    _mm512_srl_epi64(_mm512_mask_add_epi64(s, neg, s, self.mask64), self.count64)
+                }
+                _ => {
+                    let neg = _mm512_cmplt_epi64_mask(s, zero);
+                    let t = _mm512_srl_epi64(
+                        _mm512_add_epi64(_mm512_abs_epi64(s), self.half64),
+                        self.count64,
+                    );
+                    _mm512_mask_sub_epi64(t, neg, zero, t)
+                }
+            }
+        };
+        let even = quot(x);
+        let odd = quot(_mm512_srli_epi64::<32>(x));
+        _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd))
     }
 
     /// The rounding ([`FLOOR`], [`TRUNC`], [`TRUNC_ADD`] or [`NEAREST`]),
@@ -1118,10 +1180,10 @@ pub(super) struct BlockOut<'a, 'e> {
     /// The pairs of rows of a packed output.
     kp_out: usize,
     peak: std::arch::x86_64::__m256i,
-    /// A requantization in i32 lanes (not `wide`; one term, or two with
-    /// [`BlockOut::second`]): its shift, output range, rounding and clamp,
-    /// for [`BlockOut::finish16`].
-    plain: Option<(u32, i32, i32, Div, bool)>,
+    /// The requantization's shift, output range, rounding, clamp and
+    /// whether it is the i64 form (one term, or in i32 lanes two with
+    /// [`BlockOut::second`]), for [`BlockOut::finish16`].
+    plain: Option<(u32, i32, i32, Div, bool, bool)>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1140,9 +1202,7 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             p,
             kp_out: m.div_ceil(2),
             peak: std::arch::x86_64::_mm256_setzero_si256(),
-            plain: epi
-                .filter(|e| !e.wide)
-                .map(|e| (e.shift, e.lo, e.hi, e.div, e.clamp)),
+            plain: epi.map(|e| (e.shift, e.lo, e.hi, e.div, e.clamp, e.wide)),
         }
     }
 
@@ -1155,8 +1215,14 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     #[target_feature(enable = "avx2,avx512f")]
     pub(super) unsafe fn regs16(&self) -> Option<Regs16> {
         // SAFETY: AVX-512 F, this function's own feature.
-        self.plain
-            .map(|(shift, lo, hi, div, clamp)| unsafe { Regs16::new(shift, lo, hi, div, clamp) })
+        self.plain.map(|(shift, lo, hi, div, clamp, wide)| {
+            let r = unsafe { Regs16::new(shift, lo, hi, div, clamp) };
+            if wide {
+                r.widened()
+            } else {
+                r
+            }
+        })
     }
 
     /// [`BlockOut::finish`] of two blocks of positions at once: `acc[r]`
@@ -1181,25 +1247,40 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         rows: usize,
         g: (usize, usize),
     ) {
+        // The i64 form: one term, always clamped (`Epilogue::wide`).
+        if rg.wide {
+            match rg.div {
+                FLOOR => self.rows16::<FLOOR, true, false, true>(rg, acc, o, rows, g),
+                TRUNC | TRUNC_ADD => self.rows16::<TRUNC, true, false, true>(rg, acc, o, rows, g),
+                _ => self.rows16::<NEAREST, true, false, true>(rg, acc, o, rows, g),
+            }
+            return;
+        }
         match (rg.div, rg.clamp, self.second.is_some()) {
-            (FLOOR, _, true) => self.rows16::<FLOOR, true, true>(rg, acc, o, rows, g),
-            (TRUNC, _, true) => self.rows16::<TRUNC, true, true>(rg, acc, o, rows, g),
-            (TRUNC_ADD, _, true) => self.rows16::<TRUNC_ADD, true, true>(rg, acc, o, rows, g),
-            (_, _, true) => self.rows16::<NEAREST, true, true>(rg, acc, o, rows, g),
-            (FLOOR, true, _) => self.rows16::<FLOOR, true, false>(rg, acc, o, rows, g),
-            (FLOOR, false, _) => self.rows16::<FLOOR, false, false>(rg, acc, o, rows, g),
-            (TRUNC, true, _) => self.rows16::<TRUNC, true, false>(rg, acc, o, rows, g),
-            (TRUNC, false, _) => self.rows16::<TRUNC, false, false>(rg, acc, o, rows, g),
-            (TRUNC_ADD, true, _) => self.rows16::<TRUNC_ADD, true, false>(rg, acc, o, rows, g),
-            (TRUNC_ADD, false, _) => self.rows16::<TRUNC_ADD, false, false>(rg, acc, o, rows, g),
-            (_, true, _) => self.rows16::<NEAREST, true, false>(rg, acc, o, rows, g),
-            (_, false, _) => self.rows16::<NEAREST, false, false>(rg, acc, o, rows, g),
+            (FLOOR, _, true) => self.rows16::<FLOOR, true, true, false>(rg, acc, o, rows, g),
+            (TRUNC, _, true) => self.rows16::<TRUNC, true, true, false>(rg, acc, o, rows, g),
+            (TRUNC_ADD, _, true) => {
+                self.rows16::<TRUNC_ADD, true, true, false>(rg, acc, o, rows, g)
+            }
+            (_, _, true) => self.rows16::<NEAREST, true, true, false>(rg, acc, o, rows, g),
+            (FLOOR, true, _) => self.rows16::<FLOOR, true, false, false>(rg, acc, o, rows, g),
+            (FLOOR, false, _) => self.rows16::<FLOOR, false, false, false>(rg, acc, o, rows, g),
+            (TRUNC, true, _) => self.rows16::<TRUNC, true, false, false>(rg, acc, o, rows, g),
+            (TRUNC, false, _) => self.rows16::<TRUNC, false, false, false>(rg, acc, o, rows, g),
+            (TRUNC_ADD, true, _) => {
+                self.rows16::<TRUNC_ADD, true, false, false>(rg, acc, o, rows, g)
+            }
+            (TRUNC_ADD, false, _) => {
+                self.rows16::<TRUNC_ADD, false, false, false>(rg, acc, o, rows, g)
+            }
+            (_, true, _) => self.rows16::<NEAREST, true, false, false>(rg, acc, o, rows, g),
+            (_, false, _) => self.rows16::<NEAREST, false, false, false>(rg, acc, o, rows, g),
         }
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
     #[inline]
-    fn rows16<const DIV: u8, const CLAMP: bool, const TWO: bool>(
+    fn rows16<const DIV: u8, const CLAMP: bool, const TWO: bool, const WIDE: bool>(
         &mut self,
         rg: &Regs16,
         acc: &mut [std::arch::x86_64::__m512i; MADD_ROWS],
@@ -1219,6 +1300,15 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         for (r, a) in acc.iter_mut().enumerate().take(rows) {
             peak = _mm512_max_epu32(peak, _mm512_abs_epi32(*a));
             let rc = &self.erows[o + r];
+            if WIDE {
+                let x = _mm512_min_epi32(
+                    _mm512_max_epi32(*a, _mm512_set1_epi32(rc.xlo)),
+                    _mm512_set1_epi32(rc.xhi),
+                );
+                let q = rg.wide_quotients::<DIV>(x, rc.m, rc.b);
+                *a = _mm512_min_epi32(_mm512_max_epi32(q, rg.lo), rg.hi);
+                continue;
+            }
             let mut s = Regs16::scale(
                 *a,
                 _mm512_set1_epi32(rc.xlo),
