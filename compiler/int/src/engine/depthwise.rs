@@ -260,6 +260,31 @@ pub(super) struct PairGeom {
 /// The most tap groups [`depthwise_madd`] takes (kernels up to 7 x 7).
 const MAX_GROUPS: usize = 28;
 
+/// Whether `oh x ow` is the output of a `k x k` (`k >= 1`), stride `s` (at
+/// least 1), padding `pad` conv of an `ih x iw` map (not empty) that the
+/// kernel fits once padded: the shape check every depthwise layout starts
+/// from.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_output_is(
+    ih: usize,
+    iw: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+) -> bool {
+    let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
+    k >= 1
+        && s >= 1
+        && ih >= 1
+        && iw >= 1
+        && k <= ph
+        && k <= pw
+        && oh == (ph - k) / s + 1
+        && ow == (pw - k) / s + 1
+}
+
 impl PairGeom {
     /// The layout for a `k x k`, stride `stride`, padding `pad` depthwise
     /// conv of an `ih x iw` map to `oh x ow`, or `None` where the shapes do
@@ -279,15 +304,7 @@ impl PairGeom {
         let s = stride.max(1);
         let (rows, width) = (ih + 2 * pad, iw + 2 * pad);
         let groups = k.div_ceil(2) * k;
-        if k == 0
-            || groups > MAX_GROUPS
-            || oh == 0
-            || ow == 0
-            || k > rows
-            || k > width
-            || oh != (rows - k) / s + 1
-            || ow != (width - k) / s + 1
-        {
+        if groups > MAX_GROUPS || !conv_output_is(ih, iw, k, s, pad, oh, ow) {
             return None;
         }
         let lanes = if ow <= 4 { 4 } else { ow.div_ceil(8) * 8 };
@@ -1110,9 +1127,10 @@ impl DwOut<'_> {
 }
 
 /// A depthwise layer on 16-bit operands on the path that suits its shape:
+/// channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else
 /// on 8-bit operands (`bytes`, the layer's weights in that form) the quad
-/// rows of [`depthwise_bytes`] where it takes the layer, else channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else (and where that one
-/// declines) [`depthwise_madd`]. A packed output only the lanes kernel
+/// rows of [`depthwise_bytes`] where it takes the layer, else (and where
+/// those decline) [`depthwise_madd`]. A packed output only the lanes kernel
 /// writes: from per-channel rows each channel pair's words lie a whole
 /// block apart in the layout, and those strided stores cost more than the
 /// reader's own packing (ToyNet's 16 x 16 depthwise layers 0.008 -> 0.010
@@ -1142,8 +1160,9 @@ pub(super) fn depthwise16(
         epi.as_ref().is_some_and(|e| e.second.is_some() || e.wide),
     );
     // The 8-bit kernel on the maps the lanes kernel does not take (on those
-    // its cost per channel is more than the lanes kernel's per eight).
-    if let Some(wb) = bytes.filter(|_| !lanes) {
+    // its cost per channel is more than the lanes kernel's per eight; nor
+    // does the plan ask for a packed output there).
+    if let (Some(wb), DwOut::Rows(o), false) = (bytes, &mut out, lanes) {
         if depthwise_bytes(
             input,
             c,
@@ -1153,7 +1172,7 @@ pub(super) fn depthwise16(
             k,
             stride,
             pad,
-            out.reborrow(),
+            o,
             oh,
             ow,
             scratch,

@@ -22,10 +22,10 @@
 //! paths of [`super::depthwise`].
 //!
 //! The sums are requantized in the registers (the 512-bit epilogue's
-//! arithmetic, [`Regs16`]) and stored into the channel's output row, or,
-//! where the next 1x1 convs take the 16-bit operand (`DwOut::Packed`), into
-//! rows that are then packed as their operand. `depthwise16` runs it on the
-//! maps the lanes kernel (`depthwise_lanes.rs`) does not take: per channel
+//! arithmetic, [`Regs16`]) and stored into the channel's output row.
+//! `depthwise16` runs it on the maps the lanes kernel (`depthwise_lanes.rs`)
+//! does not take (which are also the only ones whose output the plan hands
+//! on as the next 1x1 convs' 16-bit operand, `DwOut::Packed`): per channel
 //! it pays a layout, a call and a reduction, which on MobileNetV2's 4 x 4
 //! layers cost more than the lanes kernel's eight channels per vector
 //! (0.028-0.033 against 0.020 ms per layer), while on 16 x 16 and 32 x 32
@@ -34,7 +34,6 @@
 //! s8 byte and their sum in i32 are exact, and an integer sum does not
 //! depend on the order of its terms: the sums equal every other path's.
 
-use super::depthwise::DwOut;
 use super::fused::Epilogue;
 use crate::plan::ConvLayer;
 
@@ -68,6 +67,11 @@ pub(super) struct DwBytes {
 }
 
 impl DwBytes {
+    /// The operand word of four offsets (four bytes of the value 0).
+    fn zq(&self) -> i32 {
+        self.z.wrapping_mul(0x0101_0101)
+    }
+
     /// For a depthwise conv whose operands fit 8 bits
     /// ([`byte_offset`](super::direct::byte_offset)) and whose geometry
     /// the quad layout takes ([`QuadGeom::new`]); `None` otherwise.
@@ -147,21 +151,18 @@ impl QuadGeom {
         ow: usize,
     ) -> Option<QuadGeom> {
         let s = stride;
-        let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
         let ok = (s == 1 || s == 2)
-            && (1..=MAX_K).contains(&k)
+            && k <= MAX_K
             && pad < FRONT
-            && ih >= 1
-            && iw >= 1
-            && k <= ph
-            && k <= pw
-            && oh == (ph - k) / s + 1
-            && ow == (pw - k) / s + 1
+            && super::depthwise::conv_output_is(ih, iw, k, s, pad, oh, ow)
             && (0..s).all(|phase| iw > phase && (iw - phase).div_ceil(s) == ow)
             && 16 * ih * iw < i32::MAX as usize;
+        if !ok {
+            return None;
+        }
         let nq = k.div_ceil(4);
         let qrows = oh + 4 * (nq - 1) / s;
-        ok.then_some(QuadGeom {
+        Some(QuadGeom {
             ih,
             iw,
             k,
@@ -248,7 +249,7 @@ pub(super) fn depthwise_bytes(
     k: usize,
     stride: usize,
     pad: usize,
-    out: DwOut,
+    out: &mut [i32],
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -261,12 +262,8 @@ pub(super) fn depthwise_bytes(
             return false;
         }
         let p = g.p();
-        let fits = match &out {
-            DwOut::Rows(o) => o.len() >= c * p,
-            DwOut::Packed(pk) => pk.len() >= super::gemm::packed_len(c.div_ceil(2), p),
-        };
         if !super::isa::avx512_vnni()
-            || !fits
+            || out.len() < c * p
             || wb.comp.len() < c
             || wb.quads.len() < c * g.nq * k
             || input.len() < c * ih * iw
@@ -307,41 +304,24 @@ unsafe fn layer(
     input: &[i32],
     c: usize,
     wb: &DwBytes,
-    out: DwOut,
+    out: &mut [i32],
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
-    use super::fused::{FLOOR, NEAREST, TRUNC};
-    use super::gemm::{Regs16, TRUNC_ADD};
+    use super::gemm::Regs16;
     let g = &wb.geom;
-    let (p, taps, len) = (g.p(), g.nq * g.k, g.len());
-    let zq = wb.z.wrapping_mul(0x0101_0101);
+    let (taps, len) = (g.nq * g.k, g.len());
     // Channels laid out before any is summed: a tap's load spans words of
     // several of the layout's stores, which cannot be forwarded from the
     // store buffer, so its stores should be done by then (one channel at a
     // time ran MobileNetV2's small layers at half the speed).
     let chunk = (CHUNK_WORDS / len).clamp(2, c.max(2));
-    // The layouts, then (a packed output) the channels' rows before packing.
-    let rows_len = match out {
-        DwOut::Rows(_) => 0,
-        DwOut::Packed(_) => c * p,
-    };
     scratch.clear();
-    scratch.resize(chunk * len + rows_len, zq);
-    let (layouts, rows) = scratch.split_at_mut(chunk * len);
+    scratch.resize(chunk * len, wb.zq());
     let mut offs = [0usize; 2 * MAX_K];
     for (t, o) in offs.iter_mut().enumerate().take(taps) {
         *o = g.offset(t / g.k, t % g.k);
     }
-    // SAFETY (the constants): AVX-512 F, this function's own feature.
-    let rg = epi
-        .as_ref()
-        .map(|e| unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp) });
-    // The sums' rows: the output's, or the rows to pack.
-    let (dst, packed) = match out {
-        DwOut::Rows(o) => (o, None),
-        DwOut::Packed(pk) => (rows, Some(pk)),
-    };
     let l = Layer {
         g,
         input,
@@ -350,32 +330,22 @@ unsafe fn layer(
         offs: &offs[..taps],
         chunk,
     };
-    // SAFETY: as this function's; `layouts` is `chunk` layouts, `dst` holds
-    // `c * p` values.
-    let peak = unsafe {
-        match (rg, epi.as_ref().map(|e| e.rows)) {
-            (Some(rg), Some(rc)) => {
-                let req = Some((&rg, rc));
-                match (rg.div(), rg.clamp()) {
-                    (FLOOR, true) => l.run::<FLOOR, true>(layouts, req, dst),
-                    (FLOOR, false) => l.run::<FLOOR, false>(layouts, req, dst),
-                    (TRUNC, true) => l.run::<TRUNC, true>(layouts, req, dst),
-                    (TRUNC, false) => l.run::<TRUNC, false>(layouts, req, dst),
-                    (TRUNC_ADD, true) => l.run::<TRUNC_ADD, true>(layouts, req, dst),
-                    (TRUNC_ADD, false) => l.run::<TRUNC_ADD, false>(layouts, req, dst),
-                    (_, true) => l.run::<NEAREST, true>(layouts, req, dst),
-                    (_, false) => l.run::<NEAREST, false>(layouts, req, dst),
-                }
+    // SAFETY (the runs): as this function's; `scratch` is `chunk` layouts,
+    // `out` holds `c * p` values. (`Regs16::of`: AVX-512 F, this
+    // function's own feature.)
+    let peak = match epi.as_deref() {
+        Some(e) => {
+            let rg = unsafe { Regs16::of(e) };
+            let req = Some((&rg, e.rows));
+            macro_rules! go {
+                ($div:ident, $clamp:literal) => {
+                    unsafe { l.run::<$div, $clamp>(scratch, req, out) }
+                };
             }
-            _ => l.run::<FLOOR, false>(layouts, None, dst),
+            super::gemm::by_rounding!(rg, go)
         }
+        None => unsafe { l.run::<{ super::fused::FLOOR }, false>(scratch, None, out) },
     };
-    if let Some(pk) = packed {
-        // SAFETY: AVX2 (implied by this function's features); `dst` (the
-        // rows) holds `c * p` values, `pk` the packed length (checked by
-        // the caller).
-        unsafe { super::gemm::pack_pairs(dst, c, p, pk) };
-    }
     if let Some(e) = epi {
         e.peak = e.peak.max(peak);
     }
@@ -416,7 +386,6 @@ impl Layer<'_> {
         use std::arch::x86_64::*;
         let (g, wb) = (self.g, self.wb);
         let (p, len, taps) = (g.p(), g.len(), self.offs.len());
-        let zq = wb.z.wrapping_mul(0x0101_0101);
         let mut peak = _mm512_setzero_si512();
         for c0 in (0..self.c).step_by(self.chunk) {
             let chs = c0..(c0 + self.chunk).min(self.c);
@@ -430,7 +399,7 @@ impl Layer<'_> {
                     offs: self.offs,
                     w: &wb.quads[ch * taps..(ch + 1) * taps],
                     comp: wb.comp[ch],
-                    zq: (wb.z != 0).then_some(zq),
+                    zq: (wb.z != 0).then_some(wb.zq()),
                 };
                 let req = req.map(|(rg, rows)| (rg, &rows[ch]));
                 // SAFETY: as this function's; `layout` holds the channel,
@@ -638,7 +607,6 @@ mod tests {
     use crate::engine::depthwise::tests::{
         assert_fused_matches, cutting_rows, epilogue_cases, naive,
     };
-    use crate::engine::gemm::{packed_len, unpack_pairs};
     use crate::engine::isa::{with_level, Level};
 
     fn avx512() -> bool {
@@ -646,16 +614,6 @@ mod tests {
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-
-    /// The values a run writes as a packed output (`c` channels of `p`
-    /// positions), unpacked.
-    fn unpacked(c: usize, p: usize, run: impl FnOnce(DwOut) -> bool) -> Vec<i32> {
-        let mut pk = vec![i16::MIN; packed_len(c.div_ceil(2), p)];
-        assert!(run(DwOut::Packed(&mut pk)), "packed output not taken");
-        let mut back = vec![0; c * p];
-        unpack_pairs(&pk, c, p, &mut back);
-        back
     }
 
     /// A 3 x 3 "same" conv of a 4 x 4 map.
@@ -773,7 +731,7 @@ mod tests {
                         k,
                         s,
                         pad,
-                        DwOut::Rows(&mut out),
+                        &mut out,
                         oh,
                         ow,
                         &mut scratch,
@@ -786,26 +744,6 @@ mod tests {
                     }
                     taken += 1;
                     assert_eq!(out, sums, "{what}");
-                    let p = oh * ow;
-                    let back = unpacked(c, p, |pk| {
-                        depthwise_bytes(
-                            &input,
-                            c,
-                            ih,
-                            iw,
-                            &wb,
-                            k,
-                            s,
-                            pad,
-                            pk,
-                            oh,
-                            ow,
-                            &mut scratch,
-                            None,
-                        )
-                    });
-                    let short: Vec<i32> = sums.iter().map(|&v| v as i16 as i32).collect();
-                    assert_eq!(back, short, "{what}: packed");
                 }
             }
         });
@@ -827,7 +765,7 @@ mod tests {
                 3,
                 1,
                 1,
-                DwOut::Rows(&mut out),
+                &mut out,
                 4,
                 4,
                 &mut scratch,
@@ -880,7 +818,7 @@ mod tests {
                 });
                 for (e, what) in epilogue_cases(&rows, &[0, 9, 31], None) {
                     let what = format!("ih {ih} iw {iw} k {k} s {s} z {z} {what}");
-                    let values = assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                    assert_fused_matches(&sums, p, &e, &what, |got, e| {
                         depthwise_bytes(
                             &input,
                             c,
@@ -890,7 +828,7 @@ mod tests {
                             k,
                             s,
                             pad,
-                            DwOut::Rows(got),
+                            got,
                             oh,
                             ow,
                             &mut scratch,
@@ -898,27 +836,6 @@ mod tests {
                         )
                     });
                     runs += 1;
-                    if e.clamp {
-                        let mut pe = e.rows_from(0);
-                        let back = unpacked(c, p, |pk| {
-                            depthwise_bytes(
-                                &input,
-                                c,
-                                ih,
-                                iw,
-                                &wb,
-                                k,
-                                s,
-                                pad,
-                                pk,
-                                oh,
-                                ow,
-                                &mut scratch,
-                                Some(&mut pe),
-                            )
-                        });
-                        assert_eq!(back, values, "{what}: packed");
-                    }
                 }
             }
         });

@@ -91,16 +91,8 @@ impl LanesGeom {
         let s = stride.max(1);
         let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
         let groups = k * k.div_ceil(2);
-        let ok = k >= 1
-            && groups <= MAX_GROUPS
-            && ih >= 1
-            && iw >= 1
-            && oh >= 1
-            && ow >= 1
-            && k <= ph
-            && k <= pw
-            && oh == (ph - k) / s + 1
-            && ow == (pw - k) / s + 1
+        let ok = groups <= MAX_GROUPS
+            && super::depthwise::conv_output_is(ih, iw, k, s, pad, oh, ow)
             && 8 * ih * iw < i32::MAX as usize;
         ok.then_some(LanesGeom {
             ih,

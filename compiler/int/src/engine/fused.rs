@@ -1411,13 +1411,12 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f")]
     unsafe fn epilogue16(v: &[i32; 16], e: &Epilogue, rc: &RowConsts, got: &mut [i32; 16]) {
-        use crate::engine::gemm::{Regs16, TRUNC_ADD};
+        use crate::engine::gemm::{by_rounding, Regs16, TRUNC_ADD};
         use std::arch::x86_64::*;
         // SAFETY: AVX-512 F, this function's own feature; sixteen i32.
         let x = unsafe { _mm512_loadu_si512(v.as_ptr() as *const _) };
-        let r = unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp) };
+        let r = unsafe { Regs16::of(e) };
         let q = if e.wide {
-            let r = r.widened();
             let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
             let x = _mm512_min_epi32(
                 _mm512_max_epi32(x, _mm512_set1_epi32(rc.xlo)),
@@ -1432,16 +1431,12 @@ mod tests {
         } else {
             let set = _mm512_set1_epi32;
             let s = Regs16::scale(x, set(rc.xlo), set(rc.xhi), set(rc.m), set(rc.b));
-            match (r.div(), r.clamp()) {
-                (FLOOR, true) => r.round::<FLOOR, true>(s),
-                (FLOOR, false) => r.round::<FLOOR, false>(s),
-                (TRUNC, true) => r.round::<TRUNC, true>(s),
-                (TRUNC, false) => r.round::<TRUNC, false>(s),
-                (TRUNC_ADD, true) => r.round::<TRUNC_ADD, true>(s),
-                (TRUNC_ADD, false) => r.round::<TRUNC_ADD, false>(s),
-                (_, true) => r.round::<NEAREST, true>(s),
-                (_, false) => r.round::<NEAREST, false>(s),
+            macro_rules! go {
+                ($div:ident, $clamp:literal) => {
+                    r.round::<$div, $clamp>(s)
+                };
             }
+            by_rounding!(r, go)
         };
         // SAFETY: sixteen i32 of `got`.
         unsafe { _mm512_storeu_si512(got.as_mut_ptr() as *mut _, q) };

@@ -712,7 +712,7 @@ pub(super) unsafe fn pair8(a: *const i32, b: Option<*const i32>) -> std::arch::x
 /// panics.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
+unsafe fn pack_pairs(col: &[i32], k: usize, p: usize, packed: &mut [i16]) {
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
     let full = p / 8;
@@ -988,6 +988,27 @@ impl VnniPass<'_> {
     }
 }
 
+/// `$go!(DIV, CLAMP)` (a local macro of the caller's) with the rounding
+/// and the clamp of `$rg` (a [`Regs16`]) as constants, one arm per pair:
+/// the 512-bit epilogue's kernels take them as const generics.
+macro_rules! by_rounding {
+    ($rg:expr, $go:ident) => {{
+        use $crate::engine::fused::{FLOOR, NEAREST, TRUNC};
+        use $crate::engine::gemm::TRUNC_ADD;
+        match ($rg.div(), $rg.clamp()) {
+            (FLOOR, true) => $go!(FLOOR, true),
+            (FLOOR, false) => $go!(FLOOR, false),
+            (TRUNC, true) => $go!(TRUNC, true),
+            (TRUNC, false) => $go!(TRUNC, false),
+            (TRUNC_ADD, true) => $go!(TRUNC_ADD, true),
+            (TRUNC_ADD, false) => $go!(TRUNC_ADD, false),
+            (_, true) => $go!(NEAREST, true),
+            (_, false) => $go!(NEAREST, false),
+        }
+    }};
+}
+pub(super) use by_rounding;
+
 /// [`BlockOut::finish16`]'s constants in 512-bit registers.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
@@ -1013,14 +1034,27 @@ pub(super) struct Regs16 {
 
 #[cfg(target_arch = "x86_64")]
 impl Regs16 {
-    /// The constants of a requantization in i32 lanes: its shift, output
-    /// range `[lo, hi]`, rounding and clamp.
+    /// The constants of requantization `e` (its shift, output range,
+    /// rounding, clamp, and whether it is the i64 form).
     ///
     /// # Safety
     ///
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx2,avx512f")]
-    pub(super) unsafe fn new(shift: u32, lo: i32, hi: i32, div: Div, clamp: bool) -> Regs16 {
+    pub(super) unsafe fn of(e: &Epilogue) -> Regs16 {
+        // SAFETY: AVX-512 F, this function's own feature.
+        unsafe { Regs16::new(e.shift, e.lo, e.hi, e.div, e.clamp, e.wide) }
+    }
+
+    /// The constants of a requantization: its shift, output range `[lo,
+    /// hi]`, rounding, clamp, and whether it is the i64 form
+    /// ([`Epilogue::wide`]).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn new(shift: u32, lo: i32, hi: i32, div: Div, clamp: bool, wide: bool) -> Regs16 {
         use std::arch::x86_64::*;
         Regs16 {
             count: _mm_cvtsi32_si128(shift as i32),
@@ -1040,7 +1074,7 @@ impl Regs16 {
                 Div::Nearest => NEAREST,
             },
             clamp,
-            wide: false,
+            wide,
             count64: _mm_cvtsi32_si128(shift.min(31) as i32),
             mask64: _mm512_set1_epi64((1i64 << shift.min(31)) - 1),
             half64: _mm512_set1_epi64(match shift.min(31) {
@@ -1048,11 +1082,6 @@ impl Regs16 {
                 s => 1i64 << (s - 1),
             }),
         }
-    }
-
-    /// The same constants for the i64 form ([`Epilogue::wide`]).
-    pub(super) fn widened(self) -> Regs16 {
-        Regs16 { wide: true, ..self }
     }
 
     /// The i64 form of [`Regs16::scale`] and [`Regs16::round`] (without
@@ -1215,13 +1244,8 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     #[target_feature(enable = "avx2,avx512f")]
     pub(super) unsafe fn regs16(&self) -> Option<Regs16> {
         // SAFETY: AVX-512 F, this function's own feature.
-        self.plain.map(|(shift, lo, hi, div, clamp, wide)| {
-            let r = unsafe { Regs16::new(shift, lo, hi, div, clamp) };
-            if wide {
-                r.widened()
-            } else {
-                r
-            }
+        self.plain.map(|(shift, lo, hi, div, clamp, wide)| unsafe {
+            Regs16::new(shift, lo, hi, div, clamp, wide)
         })
     }
 
@@ -1256,26 +1280,22 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             }
             return;
         }
-        match (rg.div, rg.clamp, self.second.is_some()) {
-            (FLOOR, _, true) => self.rows16::<FLOOR, true, true, false>(rg, acc, o, rows, g),
-            (TRUNC, _, true) => self.rows16::<TRUNC, true, true, false>(rg, acc, o, rows, g),
-            (TRUNC_ADD, _, true) => {
-                self.rows16::<TRUNC_ADD, true, true, false>(rg, acc, o, rows, g)
+        // Two terms: always clamped.
+        if self.second.is_some() {
+            match rg.div {
+                FLOOR => self.rows16::<FLOOR, true, true, false>(rg, acc, o, rows, g),
+                TRUNC => self.rows16::<TRUNC, true, true, false>(rg, acc, o, rows, g),
+                TRUNC_ADD => self.rows16::<TRUNC_ADD, true, true, false>(rg, acc, o, rows, g),
+                _ => self.rows16::<NEAREST, true, true, false>(rg, acc, o, rows, g),
             }
-            (_, _, true) => self.rows16::<NEAREST, true, true, false>(rg, acc, o, rows, g),
-            (FLOOR, true, _) => self.rows16::<FLOOR, true, false, false>(rg, acc, o, rows, g),
-            (FLOOR, false, _) => self.rows16::<FLOOR, false, false, false>(rg, acc, o, rows, g),
-            (TRUNC, true, _) => self.rows16::<TRUNC, true, false, false>(rg, acc, o, rows, g),
-            (TRUNC, false, _) => self.rows16::<TRUNC, false, false, false>(rg, acc, o, rows, g),
-            (TRUNC_ADD, true, _) => {
-                self.rows16::<TRUNC_ADD, true, false, false>(rg, acc, o, rows, g)
-            }
-            (TRUNC_ADD, false, _) => {
-                self.rows16::<TRUNC_ADD, false, false, false>(rg, acc, o, rows, g)
-            }
-            (_, true, _) => self.rows16::<NEAREST, true, false, false>(rg, acc, o, rows, g),
-            (_, false, _) => self.rows16::<NEAREST, false, false, false>(rg, acc, o, rows, g),
+            return;
         }
+        macro_rules! go {
+            ($div:ident, $clamp:literal) => {
+                self.rows16::<$div, $clamp, false, false>(rg, acc, o, rows, g)
+            };
+        }
+        by_rounding!(rg, go)
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512bw")]

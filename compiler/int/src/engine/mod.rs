@@ -63,8 +63,8 @@
 //! maps are over 8 x 8 (`depthwise_bytes.rs`: the input as u8 row quads,
 //! one `vpdpbusd` per kernel column for sixteen outputs, requantized in
 //! the registers). Each block of sums then goes through the 512-bit epilogue
-//! (`BlockOut::finish16`: one- and two-term requantizations in i32 lanes)
-//! or the AVX2 one per half (i64 forms). Where the CPU also has AMX-INT8
+//! (`BlockOut::finish16`: one- and two-term requantizations in i32 lanes,
+//! and the i64 form of one term). Where the CPU also has AMX-INT8
 //! and the OS grants the tile state (`isa.rs`, `amx.rs`), those 8-bit
 //! convs run as tiles instead (`tdpbsud`: sixteen channels x sixteen
 //! positions of sums per tile, the same operand bytes and correction),
