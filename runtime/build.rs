@@ -14,7 +14,13 @@
 //! Flags: `-ffp-contract=off` keeps every multiply and add rounded on its
 //! own (an FMA would change values against the stock ops), and the file is
 //! always optimised (`-O3`), also in debug builds, where the unoptimised
-//! loops would dominate a test's run time.
+//! loops would dominate a test's run time. `-fopenmp`: `at::parallel_for`
+//! is a header template whose parallel form (`#pragma omp parallel`, in
+//! ATen/ParallelOpenMP.h) exists only where `_OPENMP` is defined; without
+//! the flag every kernel here ran on one thread. The calls go to the
+//! libgomp that libtorch itself uses (torch-sys links `gomp`, the binaries'
+//! run path finds the wheel's `libgomp.so.1`), so `at::set_num_threads`
+//! sets their thread count too.
 
 use std::env;
 use std::path::PathBuf;
@@ -50,6 +56,7 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag("-O3")
         .flag("-ffp-contract=off")
+        .flag("-fopenmp")
         // gloo's types as c10d's headers name them (the wheel ships c10d's
         // headers, not gloo's: see csrc/gloo-decl/gloo/rendezvous/store.h).
         .include("csrc/gloo-decl")

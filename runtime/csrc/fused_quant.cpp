@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -269,6 +270,22 @@ Params params_of(int64_t mode, int64_t bits, const at::Tensor& alpha, int64_t ac
   return p;
 }
 
+// The sum of f(begin, end) over [0, n) cut into blocks of `block` indices,
+// the blocks computed in parallel and their partial sums added in block
+// order: the same value whatever the number of threads (at::parallel_reduce
+// cuts the range by the thread count, so its sum would depend on it).
+template <class F>
+double blocked_sum(int64_t n, int64_t block, const F& f) {
+  int64_t blocks = (n + block - 1) / block;
+  std::vector<double> partial(blocks, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t stop) {
+    for (int64_t b = first; b < stop; ++b) partial[b] = f(b * block, std::min(n, (b + 1) * block));
+  });
+  double sum = 0.0;
+  for (double v : partial) sum += v;
+  return sum;
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -296,12 +313,9 @@ at::Tensor quantizer_grads(const at::Tensor& grad, const at::Tensor& code, int64
     });
   } else {
     // dx and dalpha's partial sums in the same pass over g and the code.
-    double sum = at::parallel_reduce(
-        0, n, GRAIN, 0.0,
-        [&](int64_t begin, int64_t end, double acc) {
-          return acc + grads_range(gp + begin, cp + begin, dp + begin, end - begin);
-        },
-        [](double a, double b) { return a + b; });
+    double sum = blocked_sum(n, GRAIN, [&](int64_t begin, int64_t end) {
+      return grads_range(gp + begin, cp + begin, dp + begin, end - begin);
+    });
     *da = at::scalar_tensor(static_cast<float>(sum), g.options());
   }
   return dx;
@@ -498,9 +512,8 @@ struct FusedConcatQuant : public torch::autograd::Function<FusedConcatQuant> {
       off += c * per;
     }
     int64_t grain = std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, width));
-    double sum = at::parallel_reduce(
-        0, rows, grain, 0.0,
-        [&](int64_t begin, int64_t end, double acc) {
+    double sum = blocked_sum(rows, grain, [&](int64_t begin, int64_t end) {
+          double acc = 0.0;
           for (int64_t row = begin; row < end; ++row) {
             for (size_t i = 0; i < dps.size(); ++i) {
               int64_t at_ = row * width + offs[i];
@@ -513,8 +526,7 @@ struct FusedConcatQuant : public torch::autograd::Function<FusedConcatQuant> {
             }
           }
           return acc;
-        },
-        [](double a, double b) { return a + b; });
+        });
     variable_list out(dxs.begin(), dxs.end());
     out.push_back(mode == DOREFA ? at::Tensor()
                                  : at::scalar_tensor(static_cast<float>(sum), g.options()));

@@ -658,3 +658,86 @@ fn gating_product_fused_into_quantizers() {
         );
     }
 }
+
+/// The fused kernels run on torch's intra-op threads; their results do not
+/// depend on how many there are. The clipping value's gradient is the one
+/// reduction: summed over fixed blocks of the tensor, not over the threads'
+/// shares (which would move a block boundary with the thread count). The
+/// incoming gradient makes that visible: `g` holds +1e8 a little after
+/// the middle of the tensor (the start of the second share of two threads)
+/// and -1e8 at the end, with small values around, every element clipped
+/// (x far above alpha) so every `g` enters the sum; a float lane sum that
+/// starts at a different element keeps a different set of the small
+/// values before the 1e8 absorbs the rest.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    use qatc_runtime::quant::{ActQuant, ActSpec, Pre};
+    let shape = [5i64, 7, 97, 199];
+    let n: i64 = shape.iter().product();
+    let x = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .view(shape)
+        * 3.0
+        + 50.0;
+    let g: Vec<f32> = (0..n)
+        .map(|i| {
+            if i == n / 2 + 11 {
+                1e8
+            } else if i == n - 3 {
+                -1e8
+            } else {
+                1.0 + ((i * 7919) % 13) as f32 * 0.125
+            }
+        })
+        .collect();
+    let g = Tensor::from_slice(&g).view(shape);
+    let specs = [
+        ActSpec::Pact {
+            bits: 8,
+            alpha: 2.0,
+        },
+        ActSpec::Mpact {
+            bits: 4,
+            alpha: 2.0,
+        },
+    ];
+    let before = tch::get_num_threads();
+    let run = |threads: i32, spec: ActSpec, concat: bool| {
+        tch::set_num_threads(threads);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let aq = ActQuant::from_spec(&vs.root(), spec);
+        let x = x.detach().copy().set_requires_grad(true);
+        let out = if concat {
+            // Two halves of the channels joined again: the concat's own
+            // backward reduction, by rows.
+            aq.forward_concat(&[
+                (&x.narrow(1, 0, 3), Pre::None),
+                (&x.narrow(1, 3, 4), Pre::Relu),
+            ])
+        } else {
+            tch::nn::Module::forward(&aq, &x)
+        };
+        (&out * &g).sum(Kind::Float).backward();
+        let da = aq.alpha().expect("a clipping value").grad();
+        (out.detach(), x.grad(), da)
+    };
+    for spec in specs {
+        for concat in [false, true] {
+            let one = run(1, spec, concat);
+            for threads in [2, 3] {
+                let many = run(threads, spec, concat);
+                let name = format!("{spec:?}, concat {concat}, {threads} threads");
+                assert_eq!(differing(&one.0, &many.0), 0, "{name}: values");
+                assert_same_grad(&format!("{name}: dx"), &one.1, &many.1);
+                assert_eq!(
+                    one.2.double_value(&[]).to_bits(),
+                    many.2.double_value(&[]).to_bits(),
+                    "{name}: dalpha {} against {} with one thread",
+                    many.2.double_value(&[]),
+                    one.2.double_value(&[])
+                );
+            }
+        }
+    }
+    tch::set_num_threads(before);
+}
