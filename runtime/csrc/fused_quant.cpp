@@ -34,15 +34,19 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace {
 
@@ -604,9 +608,96 @@ struct FusedMulQuant : public torch::autograd::Function<FusedMulQuant> {
   }
 };
 
+// This thread's OpenMP thread count (the ICV that at::get_num_threads()
+// reads) at 1 for the scope's life, so ATen's ops called here take their
+// serial paths; restored on exit, also when an op throws. For the small
+// tensors of the weight quantizer: an op that splits 40,000 elements over
+// two threads waits for the sleeping second thread (OMP_WAIT_POLICY=PASSIVE)
+// about 70 us on a virtual machine, ten times its work.
+struct SerialScope {
+  // at::get_num_threads() first: its lazy per-thread initialisation would
+  // otherwise set the count back on its first call inside the scope.
+  int before = at::get_num_threads();
+  // MKL's own count for this thread (its vector math, tanh among them,
+  // starts its own parallel region): weak, absent from builds without MKL.
+  int mkl_before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+  SerialScope() { omp_set_num_threads(1); }
+  ~SerialScope() {
+    omp_set_num_threads(before);
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_before);
+  }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+};
+
+// The DoReFa weight quantizer of quant.rs for 2 bits and more, op for op:
+// t = tanh(w) / max|tanh(w)|, then its values rounded in place (the sign at
+// 2 bits, round(t * n) / n with n = 2^(bits-1) - 1 otherwise); the
+// division's backward never reads its output, so the gradient is the
+// graph's straight through the rounding.
+at::Tensor dorefa_weight_graph(const at::Tensor& w, int64_t bits) {
+  at::Tensor t = at::tanh(w);
+  t = t / t.abs().max();
+  at::Tensor q = t.detach();
+  if (bits == 2) {
+    q.sign_();
+  } else {
+    double n = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+    q.mul_(n);
+    q.round_();
+    q.div_(n);
+  }
+  return t;
+}
+
+// The weight quantizer as one autograd node whose forward and backward run
+// on this thread alone (SerialScope). Backward builds the same graph again
+// on a detached copy of w and differentiates it with autograd: PyTorch's
+// own derivative formulas (tanh, abs, max, division), so dw is the stock
+// graph's, computed serially (the stock graph's sum over a weight of more
+// than 32,768 elements is split over the threads: its last bits there
+// depend on the thread count, these do not).
+struct FusedWeightQuant : public torch::autograd::Function<FusedWeightQuant> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t bits) {
+    SerialScope serial;
+    ctx->save_for_backward({w});
+    ctx->saved_data["bits"] = bits;
+    return dorefa_weight_graph(w, bits);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    SerialScope serial;
+    at::Tensor w = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    int64_t bits = ctx->saved_data["bits"].toInt();
+    at::AutoGradMode enable(true);
+    at::Tensor t = dorefa_weight_graph(w, bits);
+    variable_list dw = torch::autograd::grad({t}, {w}, {grads[0]});
+    return {dw[0], at::Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
+
+// The DoReFa weight quantizer (2 to 16 bits) of a float CPU tensor as one
+// serial autograd node (FusedWeightQuant); a constant when w needs no
+// gradient or grad mode is off.
+at::Tensor* qatc_fq_dorefa_weight(const at::Tensor* w, int64_t bits) {
+  try {
+    TORCH_CHECK(w->device().is_cpu() && w->scalar_type() == at::kFloat,
+                "fused weight quantizer: a float CPU tensor expected, got ", w->toString());
+    TORCH_CHECK(bits >= 2 && bits <= 16, "fused weight quantizer: 2 to 16 bits, got ", bits);
+    if (w->requires_grad() && at::GradMode::is_enabled()) {
+      return new at::Tensor(FusedWeightQuant::apply(*w, bits));
+    }
+    SerialScope serial;
+    return new at::Tensor(dorefa_weight_graph(*w, bits));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
 
 const char* qatc_fq_last_error() { return last_error.c_str(); }
 

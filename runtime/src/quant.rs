@@ -235,7 +235,11 @@ fn round_to_scale_(q: &mut Tensor, s: &Tensor) {
 ///   to `w`.
 ///
 /// Computed as [`reference::dorefa_weight`] is, except that the rounding
-/// happens in place in `t`'s storage (see "Fast paths").
+/// happens in place in `t`'s storage (see "Fast paths"). On CPU float
+/// tensors (2 bits and more) the same ops run as one autograd node on the
+/// calling thread alone, its backward PyTorch's derivatives of the same
+/// graph ([`fused::dorefa_weight`]): a weight is too small to gain from
+/// splitting a dozen ops over threads that must be woken for each.
 ///
 /// # Panics
 /// If `bits` is not 1..=16 or 32.
@@ -245,6 +249,11 @@ pub fn dorefa_weight(w: &Tensor, bits: u32) -> Tensor {
         FLOAT_BITS => w.shallow_clone(),
         1 => reference::dorefa_weight(w, 1),
         _ => {
+            if fused::applies(w, None) {
+                if let Some(q) = fused::or_report(fused::dorefa_weight(w, bits)) {
+                    return q;
+                }
+            }
             let t = w.tanh();
             // The division's backward uses its inputs, never its output:
             // its storage may take the quantized values.

@@ -659,8 +659,9 @@ fn gating_product_fused_into_quantizers() {
     }
 }
 
-/// The fused kernels run on torch's intra-op threads; their results do not
-/// depend on how many there are. The clipping value's gradient is the one
+/// The fused kernels run on torch's intra-op threads (the weight quantizer
+/// on the calling thread alone); their results do not depend on how many
+/// there are. The clipping value's gradient is the one
 /// reduction: summed over fixed blocks of the tensor, not over the threads'
 /// shares (which would move a block boundary with the thread count). The
 /// incoming gradient makes that visible: `g` holds +1e8 a little after
@@ -721,6 +722,30 @@ fn results_do_not_depend_on_the_thread_count() {
         let da = aq.alpha().expect("a clipping value").grad();
         (out.detach(), x.grad(), da)
     };
+    // The weight quantizer (one autograd node run on the calling thread
+    // alone) on a weight larger than libtorch's parallel grain (32,768
+    // elements): the same values and dw with any thread count.
+    tch::manual_seed(95);
+    let w = Tensor::randn([64, 64, 3, 3], (Kind::Float, Device::Cpu)) * 0.1;
+    let gw = (Tensor::arange(w.numel() as i64, (Kind::Float, Device::Cpu)) * 0.3)
+        .sin()
+        .view(w.size().as_slice());
+    let weight = |threads: i32, bits: u32| {
+        tch::set_num_threads(threads);
+        let w = w.detach().copy().set_requires_grad(true);
+        let q = quant::dorefa_weight(&w, bits);
+        (&q * &gw).sum(Kind::Float).backward();
+        (q.detach(), w.grad())
+    };
+    for bits in [2, 4, 8] {
+        let one = weight(1, bits);
+        for threads in [2, 3] {
+            let many = weight(threads, bits);
+            let name = format!("dorefa_weight b{bits}, {threads} threads");
+            assert_eq!(differing(&one.0, &many.0), 0, "{name}: values");
+            assert_same_grad(&format!("{name}: dw"), &one.1, &many.1);
+        }
+    }
     for spec in specs {
         for concat in [false, true] {
             let one = run(1, spec, concat);

@@ -11,6 +11,9 @@
 //! order (float lanes flushed into doubles), so equal within float rounding.
 //! `tests/fused_quantizers.rs` checks all three against the reference.
 //!
+//! The DoReFa weight quantizer has a node of its own ([`dorefa_weight`]):
+//! the stock ops, run on the calling thread alone.
+//!
 //! Other devices and kinds (CUDA, f64) take the stock-op path, and so does
 //! a call whose kernel raised an error ([`or_report`]).
 
@@ -79,6 +82,7 @@ extern "C" {
         bits: i64,
         track: i32,
     ) -> *mut torch_sys::C_tensor;
+    fn qatc_fq_dorefa_weight(w: *const torch_sys::C_tensor, bits: i64) -> *mut torch_sys::C_tensor;
     fn qatc_fq_last_error() -> *const std::os::raw::c_char;
 }
 
@@ -199,6 +203,19 @@ pub(crate) fn quantize_mul(
             i32::from(track),
         )
     };
+    take(out)
+}
+
+/// The DoReFa weight quantizer (2 to 16 bits) as one autograd node whose
+/// forward and backward run on the calling thread alone: the same ops as
+/// [`super::dorefa_weight`]'s stock path, and in backward PyTorch's own
+/// derivatives of them (the graph built again and differentiated), so the
+/// same values and gradients. A weight is small (a few thousand to a few
+/// hundred thousand elements): split over threads, each of its dozen ops
+/// would wait longer for a sleeping thread than it computes.
+pub(crate) fn dorefa_weight(w: &Tensor, bits: u32) -> Result<Tensor, QuantError> {
+    // SAFETY: as in `quantize`.
+    let out = unsafe { qatc_fq_dorefa_weight(w.as_ptr(), i64::from(bits)) };
     take(out)
 }
 
