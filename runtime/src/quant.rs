@@ -238,7 +238,7 @@ fn round_to_scale_(q: &mut Tensor, s: &Tensor) {
 /// happens in place in `t`'s storage (see "Fast paths"). On CPU float
 /// tensors (2 bits and more) the same ops run as one autograd node on the
 /// calling thread alone, its backward PyTorch's derivatives of the same
-/// graph ([`fused::dorefa_weight`]): a weight is too small to gain from
+/// graph (`FusedWeightQuant` in `csrc/fused_quant.cpp`): a weight is too small to gain from
 /// splitting a dozen ops over threads that must be woken for each.
 ///
 /// # Panics
