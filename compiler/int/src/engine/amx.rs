@@ -536,6 +536,13 @@ unsafe fn emit(
     fin: &mut super::gemm::BlockOut,
 ) {
     use std::arch::x86_64::*;
+    if let Some(rg) = r16 {
+        // SAFETY: the caller's bounds (rows `o..o + 16` below `m` only,
+        // blocks `g`, `comp`).
+        if unsafe { fin.tile16(rg, tile, n, o, m.saturating_sub(o).min(16), g, comp) } {
+            return;
+        }
+    }
     for h in 0..2 {
         let ob = o + 8 * h;
         if ob >= m {

@@ -29,12 +29,12 @@
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
 use super::depthwise::{depthwise, depthwise16, depthwise_from, DwOut, Phased};
+use super::depthwise_bytes::{depthwise_bytes, DwIn};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
 use super::gemm::{
-    conv_im2col_madd, gemm, gemm_madd_with, im2col, madd_group_len, packed_len, unpack_pairs, Dst,
-    Operand,
+    conv_im2col_madd, gemm, gemm_madd_with, im2col, madd_group_len, packed_len, Dst, Operand,
 };
 use super::{AccStats, Buf, OverflowMode, SimOptions, Weights, Workspace};
 use crate::fixed::Rounding;
@@ -138,13 +138,15 @@ fn conv_typed<T: Num>(
 fn takes_packed(ws: &Workspace, t: usize, l: &ConvLayer) -> bool {
     let p = l.out_hw[0] * l.out_hw[1];
     ws.stale[t]
-        && l.kernel == 1
-        && l.stride == 1
-        && l.padding == 0
-        && l.groups == 1
-        && l.in_hw == l.out_hw
+        && pointwise_same(l)
         && fits16(l)
         && ws.acts16[t].len() >= packed_len(l.cin.div_ceil(2), p)
+}
+
+/// An ungrouped 1x1 conv, stride 1, no padding: a matrix product over the
+/// map's positions.
+fn pointwise_same(l: &ConvLayer) -> bool {
+    l.kernel == 1 && l.stride == 1 && l.padding == 0 && l.groups == 1 && l.in_hw == l.out_hw
 }
 
 /// Tensor `t`'s rows (`l`'s input) from its 16-bit operand where only
@@ -152,15 +154,23 @@ fn takes_packed(ws: &Workspace, t: usize, l: &ConvLayer) -> bool {
 /// the operand only because every reader takes it), but any layer that
 /// reads rows calls this first.
 fn restore_rows(ws: &mut Workspace, t: usize, l: &ConvLayer) {
-    if !ws.stale[t] || ws.acts16[t].is_empty() {
+    if !ws.stale[t] || !matches!(ws.bufs[t], Buf::I32(_)) {
         return;
     }
     let p = l.in_hw[0] * l.in_hw[1];
-    let Buf::I32(rows) = &mut ws.bufs[t] else {
+    let Buf::I32(mut rows) = std::mem::replace(&mut ws.bufs[t], Buf::I32(Vec::new())) else {
         return;
     };
-    unpack_pairs(&ws.acts16[t], l.cin, p, rows);
-    ws.stale[t] = false;
+    if rows.len() >= l.cin * p && ws.unpack_into(t, l.cin, p, &mut rows) {
+        ws.stale[t] = false;
+    }
+    ws.bufs[t] = Buf::I32(rows);
+}
+
+/// Whether tensor `t` holds, instead of rows, bytes `v + z` with the offset
+/// `z` of the 8-bit operand of the conv reading it (`Dst::Bytes`).
+fn takes_bytes(ws: &Workspace, t: usize, z: Option<i32>) -> bool {
+    ws.stale[t] && !ws.acts8[t].is_empty() && z == Some(ws.z8[t])
 }
 
 /// Whether the conv's operands go through the 16-bit kernels (the AVX2
@@ -248,6 +258,25 @@ fn conv_sums(
                     return;
                 }
             }
+            let bytes = weights.bytes[li].as_ref();
+            if pointwise_same(l) && takes_bytes(ws, t, bytes.map(|b| b.z)) {
+                let p = l.out_hw[0] * l.out_hw[1];
+                let (operand, dst) = (Operand::Bytes(&ws.acts8[t]), Dst::Rows(o));
+                let pairs = &weights.pairs[li];
+                if gemm_madd_with(
+                    pairs,
+                    bytes,
+                    l.cout,
+                    l.cin,
+                    operand,
+                    p,
+                    dst,
+                    &mut ws.packed,
+                    None,
+                ) {
+                    return;
+                }
+            }
             restore_rows(ws, t, l);
             let mut col = std::mem::take(&mut ws.col32);
             let mut packed = std::mem::take(&mut ws.packed);
@@ -316,6 +345,7 @@ fn conv_sums(
             ws.packed2 = packed2;
         }
         (ConvInput::Tensor(t), Buf::I64(o)) => {
+            restore_rows(ws, t, l);
             let mut col = std::mem::take(&mut ws.col64);
             let input: Vec<i64> = ws.bufs[t].to_i64();
             conv_typed(
@@ -416,25 +446,82 @@ pub(super) fn run_conv_fused(
     let pairs = &weights.pairs[li];
     // The input as the 16-bit operand the conv before left (else its rows),
     // the output as the next 1x1 convs' operand where they all take it.
+    // Or as the bytes the conv before wrote, where this conv's 8-bit
+    // operand has their offset (an ungrouped 1x1 conv or a depthwise one).
+    let bytes_z = match depthwise {
+        true => weights.dw_bytes[li].as_ref().map(|b| b.offset()),
+        false => weights.bytes[li].as_ref().map(|b| b.z),
+    };
+    let bytes_in = match l.input {
+        ConvInput::Tensor(t) => (depthwise || pointwise_same(l)) && takes_bytes(ws, t, bytes_z),
+        ConvInput::Float => false,
+    };
     let packed_in = match l.input {
         ConvInput::Tensor(t) if takes_packed(ws, t, l) => true,
+        ConvInput::Tensor(_) if bytes_in => false,
         ConvInput::Tensor(t) => {
             restore_rows(ws, t, l);
             false
         }
         ConvInput::Float => false,
     };
+    // The output as bytes for the next convs where the AMX kernel runs this
+    // one with a one-term epilogue in i32 lanes (else as planned below).
+    let amx_out = pointwise_same(l)
+        && super::isa::amx()
+        && weights.bytes[li].is_some()
+        && f.second.is_none()
+        && !f.wide;
+    let mut bytes_out = f.bytes.filter(|_| amx_out).map(|z| {
+        let mut b = std::mem::take(&mut ws.acts8[f.output]);
+        b.resize(l.cout * p, 0);
+        (b, z)
+    });
     // Sized for the output as the next 1x1 convs' operand (every word is
     // written: no clearing).
-    let mut packed_out = f.packed.then(|| {
+    let mut packed_out = (f.packed && bytes_out.is_none()).then(|| {
         let mut pk = std::mem::take(&mut ws.acts16[f.output]);
         pk.resize(packed_len(l.cout.div_ceil(2), p), 0);
         pk
     });
     let mut wrote_packed = false;
-    let mut epi = f.epilogue(second(f, &ws.bufs), p);
+    let mut wrote_bytes = false;
     let [oh, ow] = l.out_hw;
+    // A depthwise conv of bytes: the 8-bit kernel straight from them (one
+    // term; where it declines, the rows are restored for the paths below).
+    let (mut dw_done, mut dw_peak) = (false, 0);
+    if let (true, true, ConvInput::Tensor(t)) = (bytes_in, depthwise, l.input) {
+        if let (Some(wb), None, None) = (
+            weights.dw_bytes[li].as_ref(),
+            packed_out.as_ref(),
+            f.second.as_ref(),
+        ) {
+            let mut e = f.epilogue(None, p);
+            dw_done = depthwise_bytes(
+                DwIn::Bytes(&ws.acts8[t]),
+                l.cout,
+                l.in_hw[0],
+                l.in_hw[1],
+                wb,
+                l.kernel,
+                l.stride,
+                l.padding,
+                &mut out,
+                oh,
+                ow,
+                &mut ws.col32,
+                Some(&mut e),
+            );
+            dw_peak = e.peak;
+        }
+        if !dw_done {
+            restore_rows(ws, t, l);
+        }
+    }
+    let mut epi = f.epilogue(second(f, &ws.bufs), p);
+    epi.peak = epi.peak.max(dw_peak);
     let done = match (l.input, fits16 && !depthwise) {
+        _ if dw_done => true,
         // Depthwise convs with 16-bit operands (`depthwise16`: channels in
         // the lanes, or per channel), the sums requantized as they are
         // made (declines, for the post-pass below, without AVX2 or on
@@ -468,16 +555,20 @@ pub(super) fn run_conv_fused(
             Buf::I64(_) => false,
         },
         (ConvInput::Tensor(t), true)
-            if pointwise && l.groups == 1 && (packed_in || packed_out.is_some()) =>
+            if pointwise
+                && l.groups == 1
+                && (packed_in || bytes_in || packed_out.is_some() || bytes_out.is_some()) =>
         {
             let operand = match &ws.bufs[t] {
                 _ if packed_in => Some(Operand::Packed(&ws.acts16[t])),
+                _ if bytes_in => Some(Operand::Bytes(&ws.acts8[t])),
                 Buf::I32(v) => Some(Operand::Rows(v)),
                 Buf::I64(_) => None,
             };
-            let dst = match packed_out.as_mut() {
-                Some(pk) => Dst::Packed(pk),
-                None => Dst::Rows(&mut out),
+            let dst = match (bytes_out.as_mut(), packed_out.as_mut()) {
+                (Some((b, z)), _) => Dst::Bytes(b, *z),
+                (None, Some(pk)) => Dst::Packed(pk),
+                (None, None) => Dst::Rows(&mut out),
             };
             let ran = operand.is_some_and(|operand| {
                 let (m, k) = (l.cout, l.cin);
@@ -495,6 +586,7 @@ pub(super) fn run_conv_fused(
                 )
             });
             wrote_packed = ran && packed_out.is_some();
+            wrote_bytes = ran && bytes_out.is_some();
             ran
         }
         (ConvInput::Tensor(t), true) => match &ws.bufs[t] {
@@ -566,9 +658,20 @@ pub(super) fn run_conv_fused(
     if let Some(pk) = packed_out {
         ws.acts16[f.output] = pk;
     }
+    if let Some((b, z)) = bytes_out {
+        ws.acts8[f.output] = b;
+        ws.z8[f.output] = z;
+    }
+    // Only the form written is kept.
+    if !wrote_bytes {
+        ws.acts8[f.output].clear();
+    }
+    if !wrote_packed {
+        ws.acts16[f.output].clear();
+    }
     ws.bufs[f.output] = Buf::I32(out);
     // Written as the next convs' operand only: no rows.
-    ws.stale[f.output] = wrote_packed;
+    ws.stale[f.output] = wrote_packed || wrote_bytes;
 }
 
 /// Largest |x| (vectorised; AVX2 where the CPU has it).

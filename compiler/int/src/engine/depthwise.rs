@@ -1164,7 +1164,7 @@ pub(super) fn depthwise16(
     // does the plan ask for a packed output there).
     if let (Some(wb), DwOut::Rows(o), false) = (bytes, &mut out, lanes) {
         if depthwise_bytes(
-            input,
+            super::depthwise_bytes::DwIn::Rows(input),
             c,
             ih,
             iw,

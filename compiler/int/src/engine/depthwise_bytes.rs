@@ -35,6 +35,7 @@
 //! depend on the order of its terms: the sums equal every other path's.
 
 use super::fused::Epilogue;
+use super::gemm::Stored;
 use crate::plan::ConvLayer;
 
 /// Largest kernel: two quads of kernel rows.
@@ -67,6 +68,11 @@ pub(super) struct DwBytes {
 }
 
 impl DwBytes {
+    /// The operand's offset (`z`).
+    pub(super) fn offset(&self) -> i32 {
+        self.z
+    }
+
     /// The operand word of four offsets (four bytes of the value 0).
     fn zq(&self) -> i32 {
         self.z.wrapping_mul(0x0101_0101)
@@ -76,6 +82,13 @@ impl DwBytes {
     /// ([`byte_offset`](super::direct::byte_offset)) and whose geometry
     /// the quad layout takes ([`QuadGeom::new`]); `None` otherwise.
     pub(super) fn new(l: &ConvLayer) -> Option<DwBytes> {
+        let (geom, z) = DwBytes::applies(l)?;
+        Some(DwBytes::from_weights(&l.weights, l.cout, z, geom))
+    }
+
+    /// [`DwBytes::new`]'s conditions: the geometry and the operand's
+    /// offset where they hold.
+    pub(super) fn applies(l: &ConvLayer) -> Option<(QuadGeom, i32)> {
         let depthwise = l.groups == l.cin && l.groups == l.cout;
         let k = l.kernel;
         if !depthwise || l.weights.len() != l.cout * k * k {
@@ -84,8 +97,7 @@ impl DwBytes {
         let [ih, iw] = l.in_hw;
         let [oh, ow] = l.out_hw;
         let geom = QuadGeom::new(ih, iw, k, l.stride, l.padding, oh, ow)?;
-        let z = super::direct::byte_offset(l)?;
-        Some(DwBytes::from_weights(&l.weights, l.cout, z, geom))
+        Some((geom, super::direct::byte_offset(l)?))
     }
 
     /// From `c` channels of `k x k` weights (`geom.k`), each in
@@ -231,6 +243,14 @@ impl QuadGeom {
     }
 }
 
+/// A depthwise layer's input: i32 rows, or the rows as bytes `v + z`
+/// (`gemm::Dst::Bytes`, `z` the layer's offset, `DwBytes::z`).
+#[derive(Clone, Copy)]
+pub(super) enum DwIn<'a> {
+    Rows(&'a [i32]),
+    Bytes(&'a [u8]),
+}
+
 /// A depthwise layer (`c` channels of `ih x iw`, `k x k`, `stride`, `pad`)
 /// on the 8-bit weights `wb`, into `out` (`oh x ow` per channel), with the
 /// fused requantization `epi` where given (one term in i32 lanes). Returns
@@ -241,7 +261,7 @@ impl QuadGeom {
 /// (`byte_offset` of the layer's `in_range`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn depthwise_bytes(
-    input: &[i32],
+    input: DwIn,
     c: usize,
     ih: usize,
     iw: usize,
@@ -266,7 +286,10 @@ pub(super) fn depthwise_bytes(
             || out.len() < c * p
             || wb.comp.len() < c
             || wb.quads.len() < c * g.nq * k
-            || input.len() < c * ih * iw
+            || match input {
+                DwIn::Rows(x) => x.len(),
+                DwIn::Bytes(x) => x.len(),
+            } < c * ih * iw
             || epi
                 .as_ref()
                 .is_some_and(|e| e.second.is_some() || e.wide || !e.holds(c, p))
@@ -276,7 +299,12 @@ pub(super) fn depthwise_bytes(
         // SAFETY: AVX-512 F, BW and VNNI (`isa::avx512_vnni`, checked
         // above); `g` is this conv's geometry and the slices hold `c`
         // channels (checked above).
-        unsafe { layer(input, c, wb, out, scratch, epi) };
+        unsafe {
+            match input {
+                DwIn::Rows(x) => layer(x, c, wb, out, scratch, epi),
+                DwIn::Bytes(x) => layer(x, c, wb, out, scratch, epi),
+            }
+        };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -300,8 +328,8 @@ pub(super) fn depthwise_bytes(
 /// in i32 lanes (checked by [`depthwise_bytes`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-unsafe fn layer(
-    input: &[i32],
+unsafe fn layer<T: Stored>(
+    input: &[T],
     c: usize,
     wb: &DwBytes,
     out: &mut [i32],
@@ -353,9 +381,9 @@ unsafe fn layer(
 
 /// A layer's operands for [`Layer::run`].
 #[cfg(target_arch = "x86_64")]
-struct Layer<'a> {
+struct Layer<'a, T> {
     g: &'a QuadGeom,
-    input: &'a [i32],
+    input: &'a [T],
     c: usize,
     wb: &'a DwBytes,
     /// Per tap `(q, kx)`: [`QuadGeom::offset`].
@@ -365,7 +393,7 @@ struct Layer<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Layer<'_> {
+impl<T: Stored> Layer<'_, T> {
     /// Per chunk of channels, each one's layout filled, then each one
     /// summed and requantized with `req` (the layer's constants and rows;
     /// `DIV` and `CLAMP` theirs) or stored as sums, into `dst` (`p` values
@@ -447,15 +475,15 @@ struct Taps<'a> {
 /// AVX-512 F and BW; `layout` is `g.len()` words, `x` `g.ih * g.iw`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn fill(g: &QuadGeom, x: &[i32], z: i32, layout: &mut [i32]) {
+unsafe fn fill<T: Stored>(g: &QuadGeom, x: &[T], z: i32, layout: &mut [i32]) {
     debug_assert!(layout.len() >= g.len() && x.len() >= g.ih * g.iw);
     // SAFETY: as this function's.
     unsafe {
         match (g.s, z) {
-            (1, 0) => fill_rows::<1, true>(g, x, z, layout),
-            (1, _) => fill_rows::<1, false>(g, x, z, layout),
-            (_, 0) => fill_rows::<2, true>(g, x, z, layout),
-            (_, _) => fill_rows::<2, false>(g, x, z, layout),
+            (1, 0) => fill_rows::<1, true, T>(g, x, z, layout),
+            (1, _) => fill_rows::<1, false, T>(g, x, z, layout),
+            (_, 0) => fill_rows::<2, true, T>(g, x, z, layout),
+            (_, _) => fill_rows::<2, false, T>(g, x, z, layout),
         }
     }
 }
@@ -468,9 +496,9 @@ unsafe fn fill(g: &QuadGeom, x: &[i32], z: i32, layout: &mut [i32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
 #[inline]
-unsafe fn fill_rows<const S: usize, const Z0: bool>(
+unsafe fn fill_rows<const S: usize, const Z0: bool, T: Stored>(
     g: &QuadGeom,
-    x: &[i32],
+    x: &[T],
     z: i32,
     layout: &mut [i32],
 ) {
@@ -501,14 +529,14 @@ unsafe fn fill_rows<const S: usize, const Z0: bool>(
                     // input row `r - pad` (masked); the others are not read.
                     let v = unsafe {
                         if S == 1 {
-                            _mm512_maskz_loadu_epi32(keep, row.wrapping_add(x0))
+                            T::load16(row.wrapping_add(x0), keep)
                         } else {
-                            let lo = _mm512_maskz_loadu_epi32(m0, row.wrapping_add(2 * x0));
-                            let hi = _mm512_maskz_loadu_epi32(m1, row.wrapping_add(2 * x0 + 16));
+                            let lo = T::load16(row.wrapping_add(2 * x0), m0);
+                            let hi = T::load16(row.wrapping_add(2 * x0 + 16), m1);
                             _mm512_permutex2var_epi32(lo, idx, hi)
                         }
                     };
-                    if Z0 {
+                    if Z0 || T::BIASED {
                         v
                     } else {
                         _mm512_add_epi32(v, zv)
@@ -723,7 +751,7 @@ mod tests {
                     let wb = DwBytes::from_weights(&w, c, z, geom.unwrap_or(tiny()));
                     let mut out = vec![i32::MIN; c * oh * ow];
                     let ran = depthwise_bytes(
-                        &input,
+                        DwIn::Rows(&input),
                         c,
                         ih,
                         iw,
@@ -757,7 +785,7 @@ mod tests {
         let mut out = vec![0; 16];
         let ran = with_level(Level::Avx2, || {
             depthwise_bytes(
-                &[1; 16],
+                DwIn::Rows(&[1; 16]),
                 1,
                 4,
                 4,
@@ -820,7 +848,7 @@ mod tests {
                     let what = format!("ih {ih} iw {iw} k {k} s {s} z {z} {what}");
                     assert_fused_matches(&sums, p, &e, &what, |got, e| {
                         depthwise_bytes(
-                            &input,
+                            DwIn::Rows(&input),
                             c,
                             ih,
                             iw,

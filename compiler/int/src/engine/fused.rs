@@ -107,6 +107,10 @@ pub(super) struct FusedRequant {
     /// Write the output as the 16-bit operand of the 1x1 convs that read
     /// it (`gemm::Dst::Packed`) instead of i32 rows ([`packs_output`]).
     pub packed: bool,
+    /// Write the output as bytes `v + z` (`gemm::Dst::Bytes`), `Some(z)`,
+    /// where the AMX kernel runs the conv and every reader takes bytes
+    /// ([`bytes_output`]); before `packed` where both are set.
+    pub bytes: Option<i32>,
     /// The clamped sums pass i32 but every quotient fits it
     /// ([`wide_row_consts`]): the epilogue forms the sums in i64 lanes.
     pub wide: bool,
@@ -408,6 +412,7 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
             clamp: true,
             second: Some(second),
             packed: packs_output(plan, l, r),
+            bytes: None,
             wide: false,
         });
     }
@@ -438,8 +443,63 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
         // The lanes kernel (the depthwise convs that write the operand)
         // has no i64 form.
         packed: !wide && packs_output(plan, l, r),
+        bytes: (!wide)
+            .then(|| bytes_output(plan, l, r, (lo, hi)))
+            .flatten(),
         wide,
     })
+}
+
+/// Where conv `l`, fused with the one-term requantization `r` (clamp
+/// `[lo, hi]`, in i32 lanes), writes `r`'s output as bytes `v + z`
+/// (`gemm::Dst::Bytes`), `Some(z)`: `l` is an ungrouped 1x1 conv on 8-bit
+/// operands (`direct::byte_offset`) on a CPU whose AMX tiles run it
+/// (`isa::amx`), and every reader of the output (at least one; not the
+/// output layer) is a conv of it whose own 8-bit operand has the offset
+/// `z` (`byte_offset`, which `[lo, hi]` fits): an ungrouped 1x1 conv, or a
+/// depthwise one the 8-bit depthwise kernel takes (maps over the lanes
+/// kernel's). The readers lay out their operands from a quarter of the
+/// bytes i32 rows take; a reader that declines them at run time restores
+/// the rows first (`conv.rs`).
+fn bytes_output(
+    plan: &IntPlan,
+    l: &crate::plan::ConvLayer,
+    r: &crate::plan::Requant,
+    (lo, hi): (i32, i32),
+) -> Option<i32> {
+    use super::direct::byte_offset;
+    let pointwise = |c: &crate::plan::ConvLayer| {
+        c.kernel == 1 && c.stride == 1 && c.padding == 0 && c.groups == 1
+    };
+    if !super::isa::amx() || !pointwise(l) || byte_offset(l).is_none() || r.terms.len() != 1 {
+        return None;
+    }
+    let t = r.output;
+    let mut zs = plan
+        .layers
+        .iter()
+        .filter(|x| x.inputs().contains(&t))
+        .map(|x| match x {
+            Layer::Conv(c)
+                if c.input == ConvInput::Tensor(t)
+                    && c.in_hw == l.out_hw
+                    && c.cin == l.cout
+                    && pointwise(c) =>
+            {
+                byte_offset(c)
+            }
+            Layer::Conv(c)
+                if c.input == ConvInput::Tensor(t)
+                    && !super::depthwise_lanes::takes_lanes(c.out_hw[0], c.out_hw[1], false) =>
+            {
+                super::depthwise_bytes::DwBytes::applies(c).map(|(_, z)| z)
+            }
+            _ => None,
+        });
+    let z = zs.next()??;
+    let fits = (-z..=255 - z).contains(&lo) && (-z..=255 - z).contains(&hi);
+    (fits && zs.all(|x| x == Some(z)) && !plan.output.terms.iter().any(|(s, _)| *s == t))
+        .then_some(z)
 }
 
 /// Whether conv `l`, fused with requantization `r`, writes `r`'s output
@@ -2044,6 +2104,108 @@ mod tests {
                     fused.fuse_requant(false);
                     run_image(&plan, &w, &[], &mut fused, &SimOptions::default()).unwrap();
                     assert!(fused.tensor(2).is_some(), "{tag}");
+                }
+            }
+        }
+    }
+
+    /// A fused 1x1 conv whose readers all take 8-bit operands writes its
+    /// output as bytes `v + z` where AMX runs it, and they read them: the
+    /// same outputs and statistics as unfused, with a 1x1 reader and
+    /// depthwise 3 x 3 readers (stride 1 and 2, 16 x 16 and 24 x 19 maps;
+    /// the 8 x 8 output is the lanes kernel's and 19 columns at stride 2
+    /// not the quad layout's: rows there),
+    /// both offsets (outputs in `-128..=127`, `0..=255` and `0..=15`), every
+    /// rounding; and the bytes unpack to the unfused rows.
+    #[test]
+    fn a_1x1_conv_hands_bytes_to_its_8_bit_readers() {
+        crate::engine::isa::on_each(a_1x1_conv_hands_bytes_to_its_8_bit_readers_body);
+    }
+
+    fn a_1x1_conv_hands_bytes_to_its_8_bit_readers_body() {
+        let mut rng = Rng(0x5eed_b17e);
+        let amx = crate::engine::isa::amx();
+        for (hw, cin, mid) in [([16, 16], 24, 40), ([24, 19], 7, 17)] {
+            for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
+                for (k, stride) in [(1, 1), (3, 1), (3, 2)] {
+                    for div in DIVS {
+                        let w = |rng: &mut Rng, n: usize| -> Vec<i32> {
+                            (0..n).map(|_| rng.range(-128, 127) as i32).collect()
+                        };
+                        let mult = |rng: &mut Rng, n: usize| -> Vec<i64> {
+                            (0..n).map(|_| rng.range(1 << 8, 1 << 13)).collect()
+                        };
+                        let bias = |rng: &mut Rng, n: usize| -> Vec<i64> {
+                            (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect()
+                        };
+                        let (m0, b0) = (mult(&mut rng, mid), bias(&mut rng, mid));
+                        let mut plan = conv_plan(
+                            (cin, mid, 1, 1, 0, 1),
+                            hw,
+                            8,
+                            w(&mut rng, mid * cin),
+                            m0,
+                            b0,
+                            (12, div, lo, hi),
+                        );
+                        // The reader: a 1x1 conv to 9 channels or a depthwise
+                        // conv, its operand's range the clamp above.
+                        let (cout, groups) = if k == 1 { (9, 1) } else { (mid, mid) };
+                        let pad = k / 2;
+                        let ws_n = cout * (mid / groups) * k * k;
+                        let mut c = layer(mid, cout, k, stride, pad, groups, hw, w(&mut rng, ws_n));
+                        c.name = "r".into();
+                        c.input = ConvInput::Tensor(2);
+                        c.output = 3;
+                        c.in_range = [lo, hi];
+                        let [oh, ow] = c.out_hw;
+                        plan.tensors.push(TensorInfo {
+                            name: "r.acc".into(),
+                            shape: [cout, oh, ow],
+                            kind: TensorKind::Acc { scale: 1.0 },
+                            wide: false,
+                        });
+                        plan.tensors.push(act("r", [cout, oh, ow]));
+                        let Layer::Requant(mut q) = plan.layers[1].clone() else {
+                            unreachable!()
+                        };
+                        q.terms[0].src = 3;
+                        q.terms[0].mult = mult(&mut rng, cout);
+                        q.bias = bias(&mut rng, cout);
+                        q.lo = -128;
+                        q.hi = 127;
+                        q.output = 4;
+                        plan.layers.push(Layer::Conv(c));
+                        plan.layers.push(Layer::Requant(q));
+                        let weights = Weights::new(&plan);
+                        let f = weights.fused[0].as_ref().expect("fused");
+                        let z = if lo < 0 { 128 } else { 0 };
+                        // The lanes kernel (8 x 8 outputs) takes rows; the
+                        // quad layout no odd width at stride 2.
+                        let quads = oh * ow > 64 && (stride == 1 || hw[1] % 2 == 0);
+                        let bytes = amx && (k == 1 || quads);
+                        assert_eq!(f.bytes, bytes.then_some(z), "{hw:?} {lo} {k}");
+                        let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
+                        fused.fuse_requant(true);
+                        let tag = format!("{hw:?} [{lo}, {hi}] k {k} s {stride} {div:?}");
+                        for _ in 0..2 {
+                            let input = conv_input(&mut rng, plan.tensors[0].len(), 8);
+                            plain.bufs[0] = Buf::I32(input.clone());
+                            fused.bufs[0] = Buf::I32(input);
+                            let sim = SimOptions::default();
+                            run_image(&plan, &weights, &[], &mut plain, &sim).unwrap();
+                            run_image(&plan, &weights, &[], &mut fused, &sim).unwrap();
+                            assert_eq!(plain.stats, fused.stats, "{tag}");
+                            let want = plain.tensor(4).unwrap().to_i64();
+                            assert_eq!(fused.tensor(4).unwrap().to_i64(), want, "{tag}");
+                            // No rows exactly where AMX wrote bytes (or, without
+                            // it, the 16-bit operand of a 1x1 reader).
+                            assert_eq!(fused.tensor(2).is_none(), bytes || f.packed, "{tag}");
+                            let mid_t = fused.tensor(2).cloned().or(fused.unpacked(&plan, 2));
+                            let want = plain.tensor(2).unwrap().to_i64();
+                            assert_eq!(mid_t.unwrap().to_i64(), want, "{tag}");
+                        }
+                    }
                 }
             }
         }

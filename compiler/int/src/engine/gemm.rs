@@ -134,6 +134,74 @@ pub(super) fn gemm_madd(
 pub(super) enum Operand<'a> {
     Rows(&'a [i32]),
     Packed(&'a [i16]),
+    /// The rows as bytes `v + z` (`Dst::Bytes`), `z` the 8-bit operand's
+    /// offset of the conv reading them; AMX only.
+    Bytes(&'a [u8]),
+}
+
+/// An element of activation rows as the 8-bit kernels load them: i32
+/// values, or bytes `v + z` (`Dst::Bytes`, `BIASED`).
+pub(super) trait Stored: Copy {
+    const BIASED: bool;
+
+    /// Sixteen consecutive elements from `p` into i32 lanes as stored
+    /// (bytes zero-extended); lanes off `keep` 0.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F and BW; the elements of the lanes in `keep` readable from
+    /// `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, keep: u16) -> std::arch::x86_64::__m512i;
+
+    /// [`Stored::load16`]'s values themselves: less `z` (every lane) where
+    /// the elements are biased; lanes off `keep` 0.
+    ///
+    /// # Safety
+    ///
+    /// As [`Stored::load16`]'s.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn values16(
+        p: *const Self,
+        keep: u16,
+        z: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's.
+        let v = unsafe { Self::load16(p, keep) };
+        match Self::BIASED {
+            // SAFETY: AVX-512 F, the caller's.
+            true => unsafe { _mm512_maskz_sub_epi32(keep, v, z) },
+            false => v,
+        }
+    }
+}
+
+impl Stored for i32 {
+    const BIASED: bool = false;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const i32, keep: u16) -> std::arch::x86_64::__m512i {
+        // SAFETY: the caller's (AVX-512 F; the lanes kept readable).
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_epi32(keep, p) }
+    }
+}
+
+impl Stored for u8 {
+    const BIASED: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const u8, keep: u16) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's (AVX-512 F and BW; the bytes kept readable).
+        unsafe {
+            _mm512_cvtepu8_epi32(_mm512_castsi512_si128(_mm512_maskz_loadu_epi8(
+                keep as u64,
+                p as *const i8,
+            )))
+        }
+    }
 }
 
 /// Where [`gemm_madd_with`] writes: `m` rows of `p` values, or (with an
@@ -142,6 +210,10 @@ pub(super) enum Operand<'a> {
 pub(super) enum Dst<'a> {
     Rows(&'a mut [i32]),
     Packed(&'a mut [i16]),
+    /// The requantized rows as bytes `v + z` (every value in `-z..=255 -
+    /// z`), the 8-bit operand of the next convs: written by the AMX
+    /// kernel's one-term epilogue only ([`BlockOut::tile16`]).
+    Bytes(&'a mut [u8], i32),
 }
 
 /// [`gemm_madd`] from either form of operand into either form of output
@@ -169,12 +241,25 @@ pub(super) fn gemm_madd_with(
             && match col {
                 Operand::Rows(c) => c.len() >= k * p,
                 Operand::Packed(c) => c.len() >= packed_len(kp, p),
+                Operand::Bytes(c) => c.len() >= k * p,
             }
             && match &out {
                 Dst::Rows(o) => o.len() >= m * p,
                 Dst::Packed(o) => epi.is_some() && o.len() >= packed_len(m.div_ceil(2), p),
+                Dst::Bytes(o, _) => epi.is_some() && o.len() >= m * p,
             }
             && epi.as_ref().is_none_or(|e| e.holds(m, p));
+        // Bytes in or out: only the AMX kernel (and bytes out only from
+        // its one-term epilogue in i32 lanes, `BlockOut::tile16`).
+        let narrow_in = matches!(col, Operand::Bytes(_));
+        let narrow_out = matches!(out, Dst::Bytes(..));
+        let tiles = super::isa::amx()
+            && p > 1
+            && bytes.is_some_and(|b| b.holds(m, k))
+            && (!narrow_out || epi.as_ref().is_some_and(|e| e.second.is_none() && !e.wide));
+        if (narrow_in || narrow_out) && !tiles {
+            return false;
+        }
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
             if let (1, Operand::Rows(x), Dst::Rows(out), None) = (p, col, &mut out, &epi) {
                 // One position (a fc layer): one dot product per row.
@@ -199,6 +284,8 @@ pub(super) fn gemm_madd_with(
                     &packed[..]
                 }
                 Operand::Packed(c) => c,
+                // Declined above (`tiles` takes them).
+                Operand::Bytes(_) => return false,
             };
             // SAFETY: AVX2 is present, the operand holds `packed_len(kp,
             // p)`, `out` `m * p` values or `packed_len(m.div_ceil(2), p)`
@@ -457,7 +544,8 @@ unsafe fn pack_quads(
 }
 
 /// [`pack_quads`] into the AMX layout (blocks of 16 positions) in 512-bit
-/// registers: per sixteen positions of a quad, its rows loaded (the last
+/// registers, from i32 rows or bytes `v + z` ([`Stored`]): per sixteen
+/// positions of a quad, its rows' values loaded (the last
 /// block's lanes past `p`, and rows past `k`, masked to 0), shifted into
 /// their bytes and added to the word of four `z` (each value plus `z` lies
 /// in `0..=255`, the operand's range, so no byte carries into the next),
@@ -469,8 +557,8 @@ unsafe fn pack_quads(
 /// slice panics); `kstride >= k.div_ceil(4)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn pack_quads16(
-    col: &[i32],
+unsafe fn pack_quads16<T: Stored>(
+    col: &[T],
     k: usize,
     p: usize,
     z: i32,
@@ -482,6 +570,7 @@ unsafe fn pack_quads16(
     assert!(col.len() >= k * p && kstride >= kq);
     size_quads_past(packed, (16, kstride), p, z, kq);
     let zq = _mm512_set1_epi32(z.wrapping_mul(0x0101_0101));
+    let zv = _mm512_set1_epi32(z);
     for blk in 0..p.div_ceil(16) {
         let i = 16 * blk;
         let keep = ((1u32 << (p - i).min(16)) - 1) as __mmask16;
@@ -498,10 +587,11 @@ unsafe fn pack_quads16(
                 // `r < k` of `col` (`k * p` values, asserted); with no lane
                 // (a row past `k`) nothing is read.
                 unsafe {
-                    _mm512_maskz_loadu_epi32(
-                        m,
+                    T::values16(
                         col.as_ptr()
                             .wrapping_add(r.min(k.saturating_sub(1)) * p + i),
+                        m,
+                        zv,
                     )
                 }
             };
@@ -603,6 +693,8 @@ unsafe fn gemm_bytes(
             Operand::Rows(c) if amx => pack_quads16(c, k, p, bw.z, layout.1, packed),
             Operand::Rows(c) => pack_quads(c, k, p, bw.z, layout, packed),
             Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, layout, packed),
+            // Only with AMX (`gemm_madd_with`), the offset the same.
+            Operand::Bytes(c) => pack_quads16(c, k, p, bw.z, layout.1, packed),
         }
     }
     // SAFETY: AVX2 is one of this function's features.
@@ -1361,6 +1453,9 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         // writes pair `o / 2 + j` of blocks `g.0` and `g.1` (`< p.div_ceil(8)`),
         // inside `packed_len(kp_out, p)` (the caller's lengths).
         match &mut self.out {
+            // Never here: `gemm_madd_with` gives bytes to the AMX kernel's
+            // one-term epilogue only, which `tile16` runs.
+            Dst::Bytes(..) => unreachable!("a bytes output outside the one-term AMX epilogue"),
             Dst::Rows(out) => {
                 let dst = out.as_mut_ptr().wrapping_add(o * p + i);
                 for (r, a) in acc.iter().enumerate().take(rows) {
@@ -1399,6 +1494,136 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 }
             }
         }
+    }
+
+    /// One AMX tile of sums straight from memory, where the epilogue is
+    /// one term in i32 lanes into rows or bytes (not the i64 form, no
+    /// second term, not a packed output; else false, nothing done): row `r < rows` of
+    /// `tile` (16 i32 from `16 r`; with `n = 8` the first 8, repeated in the
+    /// high half) is channel `o + r`'s sums of blocks `g.0` and `g.1`, less
+    /// `comp[o + r]` where given. The same arithmetic as
+    /// [`BlockOut::finish16`] (the largest |sum|, [`Regs16::scale`],
+    /// [`Regs16::round`], the store of the lanes below `p`: i32, or the
+    /// low byte of `v + z`), one row at a time with no array of registers
+    /// between the load and the store.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F and BW; `rg` from [`BlockOut::regs16`]; `o + rows <= m`,
+    /// `rows <= 16`, the blocks `< p.div_ceil(8)` (`g.1 == g.0` or `g.0 +
+    /// 1`), `comp` (where given) `>= o + rows` values.
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile16(
+        &mut self,
+        rg: &Regs16,
+        tile: &[i32; 256],
+        n: usize,
+        o: usize,
+        rows: usize,
+        g: (usize, usize),
+        comp: Option<&[i32]>,
+    ) -> bool {
+        if rg.wide || self.second.is_some() || matches!(self.out, Dst::Packed(_)) {
+            return false;
+        }
+        macro_rules! go {
+            ($div:ident, $clamp:literal) => {
+                match comp {
+                    // SAFETY: the caller's (this function's `# Safety`).
+                    Some(c) => unsafe {
+                        self.tile_rows::<$div, $clamp, true>(rg, tile, n, o, rows, g, c)
+                    },
+                    None => unsafe {
+                        self.tile_rows::<$div, $clamp, false>(rg, tile, n, o, rows, g, &[])
+                    },
+                }
+            };
+        }
+        by_rounding!(rg, go);
+        true
+    }
+
+    /// [`BlockOut::tile16`]'s loop for one rounding, clamp and whether a
+    /// correction is subtracted (`COMP`: `comp` holds the rows).
+    ///
+    /// # Safety
+    ///
+    /// As [`BlockOut::tile16`], with `rows <= 16`.
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows<const DIV: u8, const CLAMP: bool, const COMP: bool>(
+        &mut self,
+        rg: &Regs16,
+        tile: &[i32; 256],
+        n: usize,
+        o: usize,
+        rows: usize,
+        g: (usize, usize),
+        comp: &[i32],
+    ) {
+        use std::arch::x86_64::*;
+        let p = self.p;
+        let i = 8 * g.0;
+        let lanes = if g.1 == g.0 { 8 } else { 16 }.min(p - i);
+        let keep: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+        // The rows, or their bytes plus the offset `z`.
+        let (dst, dst8, z, len) = match &mut self.out {
+            Dst::Rows(out) => (out.as_mut_ptr(), std::ptr::null_mut(), None, out.len()),
+            Dst::Bytes(out, z) => (std::ptr::null_mut(), out.as_mut_ptr(), Some(*z), out.len()),
+            Dst::Packed(_) => return,
+        };
+        let zv = _mm512_set1_epi32(z.unwrap_or(0));
+        let rows = rows.min(16);
+        assert!(o + rows <= self.erows.len() && (!COMP || comp.len() >= o + rows));
+        assert!(rows == 0 || (o + rows - 1) * p + i + lanes <= len);
+        let at = o * p + i;
+        let mut peak = _mm512_setzero_si512();
+        for (r, rc) in self.erows[o..o + rows].iter().enumerate() {
+            let row = tile[16 * r..].as_ptr();
+            // SAFETY: row `r < 16` of the tile: 16 aligned i32 (with `n = 8`
+            // the first 8, repeated in the high half, which is not stored but
+            // taken in the largest |sum| as `emit` does).
+            let mut a = unsafe {
+                match n {
+                    16 => _mm512_load_si512(row as *const _),
+                    _ => _mm512_broadcast_i64x4(_mm256_load_si256(row as *const __m256i)),
+                }
+            };
+            if COMP {
+                a = _mm512_sub_epi32(a, _mm512_set1_epi32(comp[o + r]));
+            }
+            peak = _mm512_max_epu32(peak, _mm512_abs_epi32(a));
+            let s = Regs16::scale(
+                a,
+                _mm512_set1_epi32(rc.xlo),
+                _mm512_set1_epi32(rc.xhi),
+                _mm512_set1_epi32(rc.m),
+                _mm512_set1_epi32(rc.b),
+            );
+            let q = rg.round::<DIV, CLAMP>(s);
+            // SAFETY: the lanes kept lie at positions `i..i + lanes <= p` of
+            // row `o + r < m`, inside `out` (asserted).
+            unsafe {
+                match z {
+                    None => _mm512_mask_storeu_epi32(dst.wrapping_add(at + r * p), keep, q),
+                    Some(_) => _mm512_mask_cvtepi32_storeu_epi8(
+                        dst8.wrapping_add(at + r * p) as *mut i8,
+                        keep,
+                        _mm512_add_epi32(q, zv),
+                    ),
+                }
+            }
+        }
+        self.peak = _mm256_max_epu32(
+            self.peak,
+            _mm256_max_epu32(
+                _mm512_castsi512_si256(peak),
+                _mm512_extracti64x4_epi64::<1>(peak),
+            ),
+        );
     }
 
     /// Rows `o..o + rows` (`rows <= 8`) of sums of blocks `g.0` (the low
@@ -1488,6 +1713,8 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 (None, _) => {}
             }
             match &mut self.out {
+                // Never here (AVX-512 and AMX only, `tile16`).
+                Dst::Bytes(..) => unreachable!("a bytes output in the AVX2 epilogue"),
                 Dst::Packed(pk) => {
                     // Rows `o + 2j`, `o + 2j + 1` as pair `o / 2 + j` of
                     // block `b`; lanes past `p` and a missing last odd row

@@ -6,7 +6,9 @@
 //! accumulator reached and, when an accumulator width is simulated, how
 //! many values overflowed it.
 //!
-//! Invariants: activations are i32, accumulators i32 where the plan proves
+//! Invariants: activations are i32 (kept between two fused convs as i16
+//! pairs or bytes where every reader takes them: see the kernels below),
+//! accumulators i32 where the plan proves
 //! 31 bits enough and i64 otherwise (the float conv's rounded sums, which
 //! no plan bounds: i32 for an image whose sums all fit, i64 otherwise),
 //! requantization products i64 (i128
@@ -68,7 +70,13 @@
 //! and the OS grants the tile state (`isa.rs`, `amx.rs`), those 8-bit
 //! convs run as tiles instead (`tdpbsud`: sixteen channels x sixteen
 //! positions of sums per tile, the same operand bytes and correction),
-//! through the same epilogue.
+//! through the same epilogue, one tile row at a time from memory
+//! (`BlockOut::tile16`). A 1x1 conv run so whose readers all take 8-bit
+//! operands with one offset `z` (ungrouped 1x1 convs, depthwise convs of
+//! the quad layout: `fused::bytes_output`) writes its requantized output as
+//! bytes `v + z` instead of i32 rows (`gemm::Dst::Bytes`, a quarter of the
+//! stores), which its readers lay out straight from
+//! (`Workspace::acts8`; a reader that declines them restores the rows).
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
@@ -265,6 +273,11 @@ pub struct Workspace {
     /// that read it (`gemm::Dst::Packed`), where a fused conv wrote it so
     /// (`FusedRequant::packed`); empty for every other tensor.
     acts16: Vec<Vec<i16>>,
+    /// Per tensor: the activation as bytes `v + z8[t]` (`gemm::Dst::Bytes`),
+    /// where a fused conv wrote it so (`FusedRequant::bytes`); empty for
+    /// every other tensor.
+    acts8: Vec<Vec<u8>>,
+    z8: Vec<i32>,
     /// Whether [`run_image`] fuses requantizations into convs (see
     /// [`Workspace::fuse_requant`]).
     fuse: bool,
@@ -298,6 +311,8 @@ impl Workspace {
             layer_ns: Vec::new(),
             stale: vec![false; plan.tensors.len()],
             acts16: vec![Vec::new(); plan.tensors.len()],
+            acts8: vec![Vec::new(); plan.tensors.len()],
+            z8: vec![0; plan.tensors.len()],
             fuse: false,
         }
     }
@@ -332,14 +347,33 @@ impl Workspace {
     /// of the 1x1 convs reading it (so [`Workspace::tensor`] has none), as
     /// rows again; `None` for any other tensor.
     pub fn unpacked(&self, plan: &IntPlan, t: TensorId) -> Option<Buf> {
-        let packed = self.acts16.get(t).filter(|v| !v.is_empty())?;
         let [c, h, w] = plan.tensors.get(t)?.shape;
         if self.stale.get(t) != Some(&true) {
             return None;
         }
         let mut rows = vec![0; c * h * w];
-        gemm::unpack_pairs(packed, c, h * w, &mut rows);
+        if !self.unpack_into(t, c, h * w, &mut rows) {
+            return None;
+        }
         Some(Buf::I32(rows))
+    }
+
+    /// Tensor `t`'s `c` rows of `p` values from the form a fused conv wrote
+    /// instead of rows (bytes or 16-bit pairs) into `rows`; false (nothing
+    /// written) where it has neither.
+    pub(super) fn unpack_into(&self, t: TensorId, c: usize, p: usize, rows: &mut [i32]) -> bool {
+        if let Some(b) = self.acts8.get(t).filter(|v| v.len() >= c * p) {
+            let z = self.z8[t];
+            for (o, &x) in rows.iter_mut().zip(&b[..c * p]) {
+                *o = x as i32 - z;
+            }
+            true
+        } else if let Some(pk) = self.acts16.get(t).filter(|v| !v.is_empty()) {
+            gemm::unpack_pairs(pk, c, p, rows);
+            true
+        } else {
+            false
+        }
     }
 
     /// A tensor's values after the last [`run_image`]; `None` for an
