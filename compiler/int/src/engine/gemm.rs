@@ -154,6 +154,21 @@ pub(super) trait Stored: Copy {
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self, keep: u16) -> std::arch::x86_64::__m512i;
 
+    /// Sixteen positions of four rows (`stride` elements apart, from `p`)
+    /// as the u8 quads of the 8-bit operand, where the elements are bytes
+    /// `v + z` (interleaved as they are); `None` for other elements.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 and AVX-512 F; sixteen elements readable from `p + t * stride`,
+    /// `t < 4`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn quads16(p: *const Self, stride: usize) -> Option<std::arch::x86_64::__m512i> {
+        let _ = (p, stride);
+        None
+    }
+
     /// [`Stored::load16`]'s values themselves: less `z` (every lane) where
     /// the elements are biased; lanes off `keep` 0.
     ///
@@ -190,6 +205,25 @@ impl Stored for i32 {
 
 impl Stored for u8 {
     const BIASED: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn quads16(p: *const u8, stride: usize) -> Option<std::arch::x86_64::__m512i> {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's (sixteen bytes of each of the four rows).
+        let [x0, x1, x2, x3] = std::array::from_fn(|t| unsafe {
+            _mm_loadu_si128(p.add(t * stride) as *const __m128i)
+        });
+        // Rows 0 and 1, 2 and 3 byte by byte, then those pairs word by word:
+        // each dword the four rows' bytes at one position. SAFETY: AVX2 and
+        // AVX-512 F (the caller's); registers only.
+        unsafe {
+            let (a, b) = (_mm_unpacklo_epi8(x0, x1), _mm_unpackhi_epi8(x0, x1));
+            let (c, d) = (_mm_unpacklo_epi8(x2, x3), _mm_unpackhi_epi8(x2, x3));
+            let lo = _mm256_set_m128i(_mm_unpackhi_epi16(a, c), _mm_unpacklo_epi16(a, c));
+            let hi = _mm256_set_m128i(_mm_unpackhi_epi16(b, d), _mm_unpacklo_epi16(b, d));
+            Some(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi))
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const u8, keep: u16) -> std::arch::x86_64::__m512i {
@@ -577,6 +611,17 @@ unsafe fn pack_quads16<T: Stored>(
         for j in 0..kq {
             let at = quad_at(16, kstride, i, j);
             assert!(at + 32 <= packed.len());
+            // Bytes `v + z` of a whole block of four rows: interleaved.
+            if keep == 0xffff && 4 * j + 4 <= k {
+                // SAFETY: positions `i..i + 16 <= p` of rows `4 j..4 j + 4
+                // <= k` of `col` (`k * p` elements, asserted).
+                let quads = unsafe { T::quads16(col.as_ptr().add(4 * j * p + i), p) };
+                if let Some(w) = quads {
+                    // SAFETY: the 32 i16 at `at` lie inside `packed`.
+                    unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(at) as *mut _, w) };
+                    continue;
+                }
+            }
             let mut w = zq;
             // Row `4 j + t`'s sixteen values (a row past `k`: none loaded,
             // the bytes stay `z`).
