@@ -260,29 +260,52 @@ pub(super) struct PairGeom {
 /// The most tap groups [`depthwise_madd`] takes (kernels up to 7 x 7).
 const MAX_GROUPS: usize = 28;
 
-/// Whether `oh x ow` is the output of a `k x k` (`k >= 1`), stride `s` (at
-/// least 1), padding `pad` conv of an `ih x iw` map (not empty) that the
-/// kernel fits once padded: the shape check every depthwise layout starts
-/// from.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn conv_output_is(
-    ih: usize,
-    iw: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
-) -> bool {
-    let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
-    k >= 1
-        && s >= 1
-        && ih >= 1
-        && iw >= 1
-        && k <= ph
-        && k <= pw
-        && oh == (ph - k) / s + 1
-        && ow == (pw - k) / s + 1
+/// The shape of a `k x k` (`k >= 1`), stride `s` (at least 1), padding
+/// `pad` conv of an `ih x iw` map (not empty) to `oh x ow`, which the
+/// kernel fits once padded: what every depthwise layout starts from
+/// ([`ConvShape::new`] checks it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ConvShape {
+    pub ih: usize,
+    pub iw: usize,
+    pub k: usize,
+    pub s: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvShape {
+    /// The shape, where `oh x ow` is that conv's output; else `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        ih: usize,
+        iw: usize,
+        k: usize,
+        s: usize,
+        pad: usize,
+        oh: usize,
+        ow: usize,
+    ) -> Option<ConvShape> {
+        let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
+        let ok = k >= 1
+            && s >= 1
+            && ih >= 1
+            && iw >= 1
+            && k <= ph
+            && k <= pw
+            && oh == (ph - k) / s + 1
+            && ow == (pw - k) / s + 1;
+        ok.then_some(ConvShape {
+            ih,
+            iw,
+            k,
+            s,
+            pad,
+            oh,
+            ow,
+        })
+    }
 }
 
 impl PairGeom {
@@ -304,7 +327,7 @@ impl PairGeom {
         let s = stride.max(1);
         let (rows, width) = (ih + 2 * pad, iw + 2 * pad);
         let groups = k.div_ceil(2) * k;
-        if groups > MAX_GROUPS || !conv_output_is(ih, iw, k, s, pad, oh, ow) {
+        if groups > MAX_GROUPS || ConvShape::new(ih, iw, k, s, pad, oh, ow).is_none() {
             return None;
         }
         let lanes = if ow <= 4 { 4 } else { ow.div_ceil(8) * 8 };

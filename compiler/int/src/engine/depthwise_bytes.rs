@@ -34,6 +34,7 @@
 //! s8 byte and their sum in i32 are exact, and an integer sum does not
 //! depend on the order of its terms: the sums equal every other path's.
 
+use super::depthwise::ConvShape;
 use super::fused::Epilogue;
 use super::gemm::Stored;
 use crate::plan::ConvLayer;
@@ -96,14 +97,14 @@ impl DwBytes {
         }
         let [ih, iw] = l.in_hw;
         let [oh, ow] = l.out_hw;
-        let geom = QuadGeom::new(ih, iw, k, l.stride, l.padding, oh, ow)?;
+        let geom = QuadGeom::new(ConvShape::new(ih, iw, k, l.stride, l.padding, oh, ow)?)?;
         Some((geom, super::direct::byte_offset(l)?))
     }
 
-    /// From `c` channels of `k x k` weights (`geom.k`), each in
+    /// From `c` channels of `k x k` weights (`geom.shape.k`), each in
     /// `-128..=127`, for an operand offset by `z`.
     fn from_weights(w: &[i32], c: usize, z: i32, geom: QuadGeom) -> DwBytes {
-        let (k, nq) = (geom.k, geom.nq);
+        let (k, nq) = (geom.shape.k, geom.nq);
         let k2 = k * k;
         let mut quads = Vec::with_capacity(c * nq * k);
         for wc in w.chunks_exact(k2).take(c) {
@@ -134,13 +135,7 @@ impl DwBytes {
 /// The geometry of one depthwise conv on the quad layout.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct QuadGeom {
-    ih: usize,
-    iw: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
+    shape: ConvShape,
     /// Quads of kernel rows.
     nq: usize,
     /// Quad rows per phase: `oh + 4 (nq - 1) / s`.
@@ -150,23 +145,21 @@ pub(super) struct QuadGeom {
 }
 
 impl QuadGeom {
-    /// The geometry of a `k x k`, stride `stride` (1 or 2), padding `pad`
-    /// depthwise conv of an `ih x iw` map to `oh x ow`, where each column
-    /// phase holds `ow` input columns; `None` elsewhere.
-    pub(super) fn new(
-        ih: usize,
-        iw: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        oh: usize,
-        ow: usize,
-    ) -> Option<QuadGeom> {
-        let s = stride;
+    /// The layout of a depthwise conv of `shape`, where the stride is 1 or
+    /// 2 and each column phase holds `ow` input columns; `None` elsewhere.
+    pub(super) fn new(shape: ConvShape) -> Option<QuadGeom> {
+        let ConvShape {
+            ih,
+            iw,
+            k,
+            s,
+            pad,
+            oh,
+            ow,
+        } = shape;
         let ok = (s == 1 || s == 2)
             && k <= MAX_K
             && pad < FRONT
-            && super::depthwise::conv_output_is(ih, iw, k, s, pad, oh, ow)
             && (0..s).all(|phase| iw > phase && (iw - phase).div_ceil(s) == ow)
             && 16 * ih * iw < i32::MAX as usize;
         if !ok {
@@ -175,13 +168,7 @@ impl QuadGeom {
         let nq = k.div_ceil(4);
         let qrows = oh + 4 * (nq - 1) / s;
         Some(QuadGeom {
-            ih,
-            iw,
-            k,
-            s,
-            pad,
-            oh,
-            ow,
+            shape,
             nq,
             qrows,
             plane: FRONT + qrows * ow + BACK,
@@ -190,7 +177,7 @@ impl QuadGeom {
 
     /// Output positions.
     fn p(&self) -> usize {
-        self.oh * self.ow
+        self.shape.oh * self.shape.ow
     }
 
     /// Vectors of sixteen positions.
@@ -200,22 +187,22 @@ impl QuadGeom {
 
     /// Words of the layout (every phase).
     fn len(&self) -> usize {
-        self.s * self.plane
+        self.shape.s * self.plane
     }
 
     /// Tap `(q, kx)`'s word offset from a vector's first position.
     fn offset(&self, q: usize, kx: usize) -> usize {
-        let (s, pad) = (self.s as isize, self.pad as isize);
+        let (s, pad) = (self.shape.s as isize, self.shape.pad as isize);
         let e = kx as isize - pad;
         let (phase, d) = (e.rem_euclid(s) as usize, e.div_euclid(s));
-        let at = (phase * self.plane + FRONT + (4 * q / self.s) * self.ow) as isize + d;
+        let at = (phase * self.plane + FRONT + (4 * q / self.shape.s) * self.shape.ow) as isize + d;
         at as usize
     }
 
     /// Per vector, per kernel column: the lanes whose position is in the
     /// map and whose tap column lies inside the input.
     fn masks(&self) -> Vec<u16> {
-        let (k, ow) = (self.k, self.ow);
+        let (k, ow) = (self.shape.k, self.shape.ow);
         let nv = self.vectors();
         let mut masks = vec![0u16; nv * k];
         // Per kernel column, the map's positions as bits (16 per vector):
@@ -224,13 +211,13 @@ impl QuadGeom {
         for kx in 0..k {
             bits.fill(0);
             let cols = (0..ow).filter(|&x| {
-                let col = (self.s * x + kx) as isize - self.pad as isize;
-                col >= 0 && (col as usize) < self.iw
+                let col = (self.shape.s * x + kx) as isize - self.shape.pad as isize;
+                col >= 0 && (col as usize) < self.shape.iw
             });
             let (Some(first), Some(last)) = (cols.clone().next(), cols.clone().next_back()) else {
                 continue;
             };
-            for y in 0..self.oh {
+            for y in 0..self.shape.oh {
                 for pos in y * ow + first..=y * ow + last {
                     bits[pos / 16] |= 1 << (pos % 16);
                 }
@@ -278,7 +265,11 @@ pub(super) fn depthwise_bytes(
     #[cfg(target_arch = "x86_64")]
     {
         let g = &wb.geom;
-        if QuadGeom::new(ih, iw, k, stride, pad, oh, ow).as_ref() != Some(g) {
+        if ConvShape::new(ih, iw, k, stride, pad, oh, ow)
+            .and_then(QuadGeom::new)
+            .as_ref()
+            != Some(g)
+        {
             return false;
         }
         let p = g.p();
@@ -338,7 +329,7 @@ unsafe fn layer<T: Stored>(
 ) {
     use super::gemm::Regs16;
     let g = &wb.geom;
-    let (taps, len) = (g.nq * g.k, g.len());
+    let (taps, len) = (g.nq * g.shape.k, g.len());
     // Channels laid out before any is summed: a tap's load spans words of
     // several of the layout's stores, which cannot be forwarded from the
     // store buffer, so its stores should be done by then (one channel at a
@@ -348,7 +339,7 @@ unsafe fn layer<T: Stored>(
     scratch.resize(chunk * len, wb.zq());
     let mut offs = [0usize; 2 * MAX_K];
     for (t, o) in offs.iter_mut().enumerate().take(taps) {
-        *o = g.offset(t / g.k, t % g.k);
+        *o = g.offset(t / g.shape.k, t % g.shape.k);
     }
     let l = Layer {
         g,
@@ -418,7 +409,8 @@ impl<T: Stored> Layer<'_, T> {
         for c0 in (0..self.c).step_by(self.chunk) {
             let chs = c0..(c0 + self.chunk).min(self.c);
             for (ch, layout) in chs.clone().zip(layouts.chunks_exact_mut(len)) {
-                let x = &self.input[ch * g.ih * g.iw..(ch + 1) * g.ih * g.iw];
+                let x =
+                    &self.input[ch * g.shape.ih * g.shape.iw..(ch + 1) * g.shape.ih * g.shape.iw];
                 // SAFETY: AVX-512 F and BW; `layout` is `g.len()` words.
                 unsafe { fill(g, x, wb.z, layout) };
             }
@@ -472,14 +464,14 @@ struct Taps<'a> {
 ///
 /// # Safety
 ///
-/// AVX-512 F and BW; `layout` is `g.len()` words, `x` `g.ih * g.iw`.
+/// AVX-512 F and BW; `layout` is `g.len()` words, `x` `g.shape.ih * g.shape.iw`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
 unsafe fn fill<T: Stored>(g: &QuadGeom, x: &[T], z: i32, layout: &mut [i32]) {
-    debug_assert!(layout.len() >= g.len() && x.len() >= g.ih * g.iw);
+    debug_assert!(layout.len() >= g.len() && x.len() >= g.shape.ih * g.shape.iw);
     // SAFETY: as this function's.
     unsafe {
-        match (g.s, z) {
+        match (g.shape.s, z) {
             (1, 0) => fill_rows::<1, true, T>(g, x, z, layout),
             (1, _) => fill_rows::<1, false, T>(g, x, z, layout),
             (_, 0) => fill_rows::<2, true, T>(g, x, z, layout),
@@ -503,7 +495,7 @@ unsafe fn fill_rows<const S: usize, const Z0: bool, T: Stored>(
     layout: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    let (ow, iw) = (g.ow, g.iw);
+    let (ow, iw) = (g.shape.ow, g.shape.iw);
     let zv = _mm512_set1_epi32(z);
     // The highest padded row a quad row reaches.
     let top = S * (g.qrows - 1) + 3;
@@ -523,8 +515,8 @@ unsafe fn fill_rows<const S: usize, const Z0: bool, T: Stored>(
             let m1 = ((1u64 << left.saturating_sub(16).min(16)) - 1) as __mmask16;
             let mut q = _mm512_set1_epi32(z.wrapping_mul(0x0101_0101));
             for r in (0..=top).rev() {
-                let v = if r >= g.pad && r - g.pad < g.ih {
-                    let row = x.as_ptr().wrapping_add((r - g.pad) * iw);
+                let v = if r >= g.shape.pad && r - g.shape.pad < g.shape.ih {
+                    let row = x.as_ptr().wrapping_add((r - g.shape.pad) * iw);
                     // SAFETY: the lanes loaded are columns below `iw` of
                     // input row `r - pad` (masked); the others are not read.
                     let v = unsafe {
@@ -582,7 +574,7 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
 ) {
     use super::gemm::Regs16;
     use std::arch::x86_64::*;
-    let (p, k) = (g.p(), g.k);
+    let (p, k) = (g.p(), g.shape.k);
     debug_assert!(dst.len() >= p && masks.len() >= g.vectors() * k && layout.len() >= g.len());
     let init = _mm512_set1_epi32(t.comp.wrapping_neg());
     let zq = _mm512_set1_epi32(t.zq.unwrap_or(0));
@@ -646,7 +638,9 @@ mod tests {
 
     /// A 3 x 3 "same" conv of a 4 x 4 map.
     fn tiny() -> QuadGeom {
-        QuadGeom::new(4, 4, 3, 1, 1, 4, 4).expect("a quad geometry")
+        ConvShape::new(4, 4, 3, 1, 1, 4, 4)
+            .and_then(QuadGeom::new)
+            .expect("a quad geometry")
     }
 
     /// `c` channels of the definition's sums.
@@ -747,7 +741,7 @@ mod tests {
                     let what = format!("ih {ih} iw {iw} s {s} k {k} pad {pad} z {z}");
                     // Weights of another geometry where the layout declines
                     // this one: the kernel must decline them.
-                    let geom = QuadGeom::new(ih, iw, k, s, pad, oh, ow);
+                    let geom = ConvShape::new(ih, iw, k, s, pad, oh, ow).and_then(QuadGeom::new);
                     let wb = DwBytes::from_weights(&w, c, z, geom.unwrap_or(tiny()));
                     let mut out = vec![i32::MIN; c * oh * ow];
                     let ran = depthwise_bytes(
@@ -835,7 +829,9 @@ mod tests {
                     .map(|i| (i as i32 * 37 % 255) - 127)
                     .collect();
                 let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
-                let geom = QuadGeom::new(ih, iw, k, s, pad, oh, ow).expect("a quad geometry");
+                let geom = ConvShape::new(ih, iw, k, s, pad, oh, ow)
+                    .and_then(QuadGeom::new)
+                    .expect("a quad geometry");
                 let wb = DwBytes::from_weights(&w, c, z, geom);
                 let p = oh * ow;
                 let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;

@@ -38,7 +38,7 @@
 //! and 4 x 4 layers about 1.3x and 2.5x); larger maps keep the
 //! per-channel layouts.
 
-use super::depthwise::DwOut;
+use super::depthwise::{ConvShape, DwOut};
 use super::fused::Epilogue;
 #[cfg(target_arch = "x86_64")]
 use super::fused::{round8, FLOOR, NEAREST, TRUNC};
@@ -60,13 +60,7 @@ const MAX_POSITIONS: usize = 8 * 8;
 /// The geometry of one depthwise conv on the lanes path.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct LanesGeom {
-    ih: usize,
-    iw: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
+    shape: ConvShape,
     /// Padded rows and columns.
     ph: usize,
     pw: usize,
@@ -75,33 +69,16 @@ pub(super) struct LanesGeom {
 }
 
 impl LanesGeom {
-    /// The geometry of a `k x k`, stride `stride`, padding `pad` depthwise
-    /// conv of an `ih x iw` map to `oh x ow`, or `None` where the shapes do
-    /// not match, `k` is over 7 or a channel's offsets pass i32.
+    /// The geometry of a depthwise conv of `shape`, or `None` where `k` is
+    /// over 7 or a channel's offsets pass i32.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        ih: usize,
-        iw: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        oh: usize,
-        ow: usize,
-    ) -> Option<LanesGeom> {
-        let s = stride.max(1);
+    pub(super) fn new(shape: ConvShape) -> Option<LanesGeom> {
+        let ConvShape { ih, iw, k, pad, .. } = shape;
         let (ph, pw) = (ih + 2 * pad, iw + 2 * pad);
         let groups = k * k.div_ceil(2);
-        let ok = groups <= MAX_GROUPS
-            && super::depthwise::conv_output_is(ih, iw, k, s, pad, oh, ow)
-            && 8 * ih * iw < i32::MAX as usize;
+        let ok = groups <= MAX_GROUPS && 8 * ih * iw < i32::MAX as usize;
         ok.then_some(LanesGeom {
-            ih,
-            iw,
-            k,
-            s,
-            pad,
-            oh,
-            ow,
+            shape,
             ph,
             pw,
             groups,
@@ -116,14 +93,14 @@ impl LanesGeom {
     /// Where tap pair `g` of output `(0, 0)` reads, in pixels of the
     /// layout: row `g / pairs`, column `2 (g % pairs)`.
     fn offset(&self, g: usize) -> usize {
-        let pairs = self.k.div_ceil(2);
+        let pairs = self.shape.k.div_ceil(2);
         (g / pairs) * self.pw + 2 * (g % pairs)
     }
 
     /// Where output position `q` (`oy * ow + ox`) reads its tap `(0, 0)`.
     fn base(&self, q: usize) -> usize {
-        let (oy, ox) = (q / self.ow, q % self.ow);
-        oy * self.s * self.pw + ox * self.s
+        let (oy, ox) = (q / self.shape.ow, q % self.shape.ow);
+        oy * self.shape.s * self.pw + ox * self.shape.s
     }
 }
 
@@ -163,7 +140,8 @@ pub(super) fn depthwise_lanes(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let Some(g) = LanesGeom::new(ih, iw, k, stride, pad, oh, ow) else {
+        let Some(g) = ConvShape::new(ih, iw, k, stride, pad, oh, ow).and_then(LanesGeom::new)
+        else {
             return false;
         };
         if !std::arch::is_x86_feature_detected!("avx2")
@@ -325,8 +303,8 @@ unsafe fn layer<const N: usize, const MODE: u8>(
 ) {
     use std::arch::x86_64::*;
     let n = if N == 0 { g.groups } else { N };
-    let (ih, iw, k, pad, pw) = (g.ih, g.iw, g.k, g.pad, g.pw);
-    let (plane, p, k2, pairs) = (ih * iw, g.oh * g.ow, k * k, k.div_ceil(2));
+    let (ih, iw, k, pad, pw) = (g.shape.ih, g.shape.iw, g.shape.k, g.shape.pad, g.pw);
+    let (plane, p, k2, pairs) = (ih * iw, g.shape.oh * g.shape.ow, k * k, k.div_ceil(2));
     assert!(
         n == g.groups
             && n <= MAX_GROUPS
