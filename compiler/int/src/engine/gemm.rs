@@ -1541,9 +1541,9 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         }
     }
 
-    /// One AMX tile of sums straight from memory, where the epilogue is
-    /// one term in i32 lanes into rows or bytes (not the i64 form, no
-    /// second term, not a packed output; else false, nothing done): row `r < rows` of
+    /// One AMX tile of sums straight from memory, where the epilogue is in
+    /// i32 lanes (one term or two) into rows or bytes (not the i64 form,
+    /// not a packed output; else false, nothing done): row `r < rows` of
     /// `tile` (16 i32 from `16 r`; with `n = 8` the first 8, repeated in the
     /// high half) is channel `o + r`'s sums of blocks `g.0` and `g.1`, less
     /// `comp[o + r]` where given. The same arithmetic as
@@ -1570,18 +1570,26 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         g: (usize, usize),
         comp: Option<&[i32]>,
     ) -> bool {
-        if rg.wide || self.second.is_some() || matches!(self.out, Dst::Packed(_)) {
+        if rg.wide || matches!(self.out, Dst::Packed(_)) {
             return false;
         }
+        let two = self.second.is_some();
+        // Two terms: always clamped (as `finish16`).
         macro_rules! go {
             ($div:ident, $clamp:literal) => {
-                match comp {
-                    // SAFETY: the caller's (this function's `# Safety`).
-                    Some(c) => unsafe {
-                        self.tile_rows::<$div, $clamp, true>(rg, tile, n, o, rows, g, c)
+                // SAFETY (each arm): the caller's (this function's `# Safety`).
+                match (comp, two) {
+                    (Some(c), false) => unsafe {
+                        self.tile_rows::<$div, $clamp, true, false>(rg, tile, n, o, rows, g, c)
                     },
-                    None => unsafe {
-                        self.tile_rows::<$div, $clamp, false>(rg, tile, n, o, rows, g, &[])
+                    (None, false) => unsafe {
+                        self.tile_rows::<$div, $clamp, false, false>(rg, tile, n, o, rows, g, &[])
+                    },
+                    (Some(c), true) => unsafe {
+                        self.tile_rows::<$div, true, true, true>(rg, tile, n, o, rows, g, c)
+                    },
+                    (None, true) => unsafe {
+                        self.tile_rows::<$div, true, false, true>(rg, tile, n, o, rows, g, &[])
                     },
                 }
             };
@@ -1590,8 +1598,10 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         true
     }
 
-    /// [`BlockOut::tile16`]'s loop for one rounding, clamp and whether a
-    /// correction is subtracted (`COMP`: `comp` holds the rows).
+    /// [`BlockOut::tile16`]'s loop for one rounding, clamp, whether a
+    /// correction is subtracted (`COMP`: `comp` holds the rows) and whether
+    /// there is a second term (`TWO`: `y * m2` added before the rounding,
+    /// as in `finish16`).
     ///
     /// # Safety
     ///
@@ -1599,7 +1609,7 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_rows<const DIV: u8, const CLAMP: bool, const COMP: bool>(
+    unsafe fn tile_rows<const DIV: u8, const CLAMP: bool, const COMP: bool, const TWO: bool>(
         &mut self,
         rg: &Regs16,
         tile: &[i32; 256],
@@ -1624,6 +1634,8 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         let rows = rows.min(16);
         assert!(o + rows <= self.erows.len() && (!COMP || comp.len() >= o + rows));
         assert!(rows == 0 || (o + rows - 1) * p + i + lanes <= len);
+        let second = self.second.as_ref().filter(|_| TWO);
+        assert!(second.is_none_or(|sec| sec.holds(o + rows, p)) && (!TWO || second.is_some()));
         let at = o * p + i;
         let mut peak = _mm512_setzero_si512();
         for (r, rc) in self.erows[o..o + rows].iter().enumerate() {
@@ -1641,13 +1653,22 @@ impl<'a, 'e> BlockOut<'a, 'e> {
                 a = _mm512_sub_epi32(a, _mm512_set1_epi32(comp[o + r]));
             }
             peak = _mm512_max_epu32(peak, _mm512_abs_epi32(a));
-            let s = Regs16::scale(
+            let mut s = Regs16::scale(
                 a,
                 _mm512_set1_epi32(rc.xlo),
                 _mm512_set1_epi32(rc.xhi),
                 _mm512_set1_epi32(rc.m),
                 _mm512_set1_epi32(rc.b),
             );
+            if let Some(sec) = second {
+                // SAFETY: the lanes kept lie at positions `i..i + lanes <= p`
+                // of row `o + r` of `y` (`holds`, asserted); the others are
+                // not read.
+                let y = unsafe {
+                    _mm512_maskz_loadu_epi32(keep, sec.y.as_ptr().wrapping_add((o + r) * p + i))
+                };
+                s = _mm512_add_epi32(s, _mm512_mullo_epi32(y, _mm512_set1_epi32(sec.m2[o + r])));
+            }
             let q = rg.round::<DIV, CLAMP>(s);
             // SAFETY: the lanes kept lie at positions `i..i + lanes <= p` of
             // row `o + r < m`, inside `out` (asserted).
