@@ -539,7 +539,15 @@ unsafe fn emit(
     if let Some(rg) = r16 {
         // SAFETY: the caller's bounds (rows `o..o + 16` below `m` only,
         // blocks `g`, `comp`).
-        if unsafe { fin.tile16(rg, tile, n, o, m.saturating_sub(o).min(16), g, comp) } {
+        let t = super::gemm::TileRows {
+            tile,
+            n,
+            o,
+            rows: m.saturating_sub(o).min(16),
+            g,
+            comp,
+        };
+        if unsafe { fin.tile16(rg, &t) } {
             return;
         }
     }

@@ -2021,35 +2021,53 @@ mod tests {
             first.1,
             (12, div, -128, 127),
         );
-        let mut follow = |plan: &mut IntPlan, k: usize, acc: usize, name: &str| {
-            let pad = k / 2;
-            let mut c = layer(mid, cout, k, 1, pad, 1, hw, w(rng, cout * mid * k * k));
-            c.name = name.into();
-            c.input = ConvInput::Tensor(2);
-            c.output = acc;
-            let [oh, ow] = c.out_hw;
-            plan.tensors.push(TensorInfo {
-                name: format!("{name}.acc"),
-                shape: [cout, oh, ow],
-                kind: TensorKind::Acc { scale: 1.0 },
-                wide: false,
-            });
-            plan.tensors.push(act(name, [cout, oh, ow]));
-            let Layer::Requant(mut q) = plan.layers[1].clone() else {
-                unreachable!()
-            };
-            q.terms[0].src = acc;
-            q.terms[0].mult = mult(rng, cout);
-            q.bias = bias(rng, cout);
-            q.output = acc + 1;
-            plan.layers.push(Layer::Conv(c));
-            plan.layers.push(Layer::Requant(q));
+        let mut follow = |plan: &mut IntPlan, k: usize, name: &str| {
+            let c = layer(mid, cout, k, 1, k / 2, 1, hw, w(rng, cout * mid * k * k));
+            let (m, b) = (mult(rng, cout), bias(rng, cout));
+            append_conv(plan, c, name, 2, (m, b), None);
         };
-        follow(&mut plan, 1, 3, "b");
+        follow(&mut plan, 1, "b");
         if let Some(k) = second {
-            follow(&mut plan, k, 5, "c");
+            follow(&mut plan, k, "c");
         }
         plan
+    }
+
+    /// Conv `c` of tensor `input` appended to `plan` with its accumulator
+    /// and its requantization (`conv_plan`'s, with the multipliers and
+    /// biases and, where given, the clamp `range`) as two new tensors.
+    fn append_conv(
+        plan: &mut IntPlan,
+        mut c: crate::plan::ConvLayer,
+        name: &str,
+        input: usize,
+        (mult, bias): (Vec<i64>, Vec<i64>),
+        range: Option<(i64, i64)>,
+    ) {
+        let acc = plan.tensors.len();
+        c.name = name.into();
+        c.input = ConvInput::Tensor(input);
+        c.output = acc;
+        let [oh, ow] = c.out_hw;
+        plan.tensors.push(TensorInfo {
+            name: format!("{name}.acc"),
+            shape: [c.cout, oh, ow],
+            kind: TensorKind::Acc { scale: 1.0 },
+            wide: false,
+        });
+        plan.tensors.push(act(name, [c.cout, oh, ow]));
+        let Layer::Requant(mut q) = plan.layers[1].clone() else {
+            unreachable!()
+        };
+        q.terms[0].src = acc;
+        q.terms[0].mult = mult;
+        q.bias = bias;
+        if let Some((lo, hi)) = range {
+            (q.lo, q.hi) = (lo, hi);
+        }
+        q.output = acc + 1;
+        plan.layers.push(Layer::Conv(c));
+        plan.layers.push(Layer::Requant(q));
     }
 
     /// A fused 1x1 conv whose output only 1x1 convs read writes it as
@@ -2151,32 +2169,13 @@ mod tests {
                         // The reader: a 1x1 conv to 9 channels or a depthwise
                         // conv, its operand's range the clamp above.
                         let (cout, groups) = if k == 1 { (9, 1) } else { (mid, mid) };
-                        let pad = k / 2;
                         let ws_n = cout * (mid / groups) * k * k;
-                        let mut c = layer(mid, cout, k, stride, pad, groups, hw, w(&mut rng, ws_n));
-                        c.name = "r".into();
-                        c.input = ConvInput::Tensor(2);
-                        c.output = 3;
+                        let mut c =
+                            layer(mid, cout, k, stride, k / 2, groups, hw, w(&mut rng, ws_n));
                         c.in_range = [lo, hi];
                         let [oh, ow] = c.out_hw;
-                        plan.tensors.push(TensorInfo {
-                            name: "r.acc".into(),
-                            shape: [cout, oh, ow],
-                            kind: TensorKind::Acc { scale: 1.0 },
-                            wide: false,
-                        });
-                        plan.tensors.push(act("r", [cout, oh, ow]));
-                        let Layer::Requant(mut q) = plan.layers[1].clone() else {
-                            unreachable!()
-                        };
-                        q.terms[0].src = 3;
-                        q.terms[0].mult = mult(&mut rng, cout);
-                        q.bias = bias(&mut rng, cout);
-                        q.lo = -128;
-                        q.hi = 127;
-                        q.output = 4;
-                        plan.layers.push(Layer::Conv(c));
-                        plan.layers.push(Layer::Requant(q));
+                        let mb = (mult(&mut rng, cout), bias(&mut rng, cout));
+                        append_conv(&mut plan, c, "r", 2, mb, Some((-128, 127)));
                         let weights = Weights::new(&plan);
                         let f = weights.fused[0].as_ref().expect("fused");
                         let z = if lo < 0 { 128 } else { 0 };

@@ -1334,6 +1334,21 @@ impl Regs16 {
 #[cfg(target_arch = "x86_64")]
 pub(super) const TRUNC_ADD: u8 = 3;
 
+/// One AMX tile of sums for [`BlockOut::tile16`]: row `r < rows` of
+/// `tile` (16 i32 from `16 r`; with `n = 8` the first 8, repeated in the
+/// high half) is channel `o + r`'s sums of blocks `g.0` and `g.1`, less
+/// `comp[o + r]` where given.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct TileRows<'t> {
+    pub tile: &'t [i32; 256],
+    pub n: usize,
+    pub o: usize,
+    pub rows: usize,
+    pub g: (usize, usize),
+    pub comp: Option<&'t [i32]>,
+}
+
 /// Where [`madd_kernel`]'s blocks of eight rows x eight positions of sums
 /// go: the fused requantization (where given), then the store into `out`.
 #[cfg(target_arch = "x86_64")]
@@ -1541,12 +1556,10 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         }
     }
 
-    /// One AMX tile of sums straight from memory, where the epilogue is in
-    /// i32 lanes (one term or two) into rows or bytes (not the i64 form,
-    /// not a packed output; else false, nothing done): row `r < rows` of
-    /// `tile` (16 i32 from `16 r`; with `n = 8` the first 8, repeated in the
-    /// high half) is channel `o + r`'s sums of blocks `g.0` and `g.1`, less
-    /// `comp[o + r]` where given. The same arithmetic as
+    /// One AMX tile of sums straight from memory (`t`, [`TileRows`]), where
+    /// the epilogue is in i32 lanes (one term or two) into rows or bytes
+    /// (not the i64 form, not a packed output; else false, nothing done).
+    /// The same arithmetic as
     /// [`BlockOut::finish16`] (the largest |sum|, [`Regs16::scale`],
     /// [`Regs16::round`], the store of the lanes below `p`: i32, or the
     /// low byte of `v + z`), one row at a time with no array of registers
@@ -1554,22 +1567,12 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     ///
     /// # Safety
     ///
-    /// AVX-512 F and BW; `rg` from [`BlockOut::regs16`]; `o + rows <= m`,
-    /// `rows <= 16`, the blocks `< p.div_ceil(8)` (`g.1 == g.0` or `g.0 +
-    /// 1`), `comp` (where given) `>= o + rows` values.
+    /// AVX-512 F and BW; `rg` from [`BlockOut::regs16`]; `t.o + t.rows <=
+    /// m`, `t.rows <= 16`, the blocks `< p.div_ceil(8)` (`t.g.1 == t.g.0`
+    /// or `t.g.0 + 1`), `t.comp` (where given) `>= t.o + t.rows` values.
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile16(
-        &mut self,
-        rg: &Regs16,
-        tile: &[i32; 256],
-        n: usize,
-        o: usize,
-        rows: usize,
-        g: (usize, usize),
-        comp: Option<&[i32]>,
-    ) -> bool {
+    pub(super) unsafe fn tile16(&mut self, rg: &Regs16, t: &TileRows) -> bool {
         if rg.wide || matches!(self.out, Dst::Packed(_)) {
             return false;
         }
@@ -1578,19 +1581,13 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         macro_rules! go {
             ($div:ident, $clamp:literal) => {
                 // SAFETY (each arm): the caller's (this function's `# Safety`).
-                match (comp, two) {
-                    (Some(c), false) => unsafe {
-                        self.tile_rows::<$div, $clamp, true, false>(rg, tile, n, o, rows, g, c)
+                match (t.comp.is_some(), two) {
+                    (true, false) => unsafe { self.tile_rows::<$div, $clamp, true, false>(rg, t) },
+                    (false, false) => unsafe {
+                        self.tile_rows::<$div, $clamp, false, false>(rg, t)
                     },
-                    (None, false) => unsafe {
-                        self.tile_rows::<$div, $clamp, false, false>(rg, tile, n, o, rows, g, &[])
-                    },
-                    (Some(c), true) => unsafe {
-                        self.tile_rows::<$div, true, true, true>(rg, tile, n, o, rows, g, c)
-                    },
-                    (None, true) => unsafe {
-                        self.tile_rows::<$div, true, false, true>(rg, tile, n, o, rows, g, &[])
-                    },
+                    (true, true) => unsafe { self.tile_rows::<$div, true, true, true>(rg, t) },
+                    (false, true) => unsafe { self.tile_rows::<$div, true, false, true>(rg, t) },
                 }
             };
         }
@@ -1599,7 +1596,7 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     }
 
     /// [`BlockOut::tile16`]'s loop for one rounding, clamp, whether a
-    /// correction is subtracted (`COMP`: `comp` holds the rows) and whether
+    /// correction is subtracted (`COMP`: `t.comp` is given) and whether
     /// there is a second term (`TWO`: `y * m2` added before the rounding,
     /// as in `finish16`).
     ///
@@ -1608,18 +1605,21 @@ impl<'a, 'e> BlockOut<'a, 'e> {
     /// As [`BlockOut::tile16`], with `rows <= 16`.
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn tile_rows<const DIV: u8, const CLAMP: bool, const COMP: bool, const TWO: bool>(
         &mut self,
         rg: &Regs16,
-        tile: &[i32; 256],
-        n: usize,
-        o: usize,
-        rows: usize,
-        g: (usize, usize),
-        comp: &[i32],
+        t: &TileRows,
     ) {
         use std::arch::x86_64::*;
+        let TileRows {
+            tile,
+            n,
+            o,
+            rows,
+            g,
+            comp,
+        } = *t;
+        let comp = comp.unwrap_or(&[]);
         let p = self.p;
         let i = 8 * g.0;
         let lanes = if g.1 == g.0 { 8 } else { 16 }.min(p - i);
