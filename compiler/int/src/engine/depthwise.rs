@@ -1,8 +1,11 @@
 //! Depthwise convs (one input channel per output channel).
 //!
-//! Small outputs (at most 8 x 8 positions) with 16-bit operands go through
-//! [`super::depthwise_lanes`] instead (channels in the vector lanes); the
-//! paths here take the others.
+//! On 8-bit operands with AVX-512 VNNI the kernels of
+//! [`super::depthwise_bytes`] run them (the byte table of
+//! [`super::depthwise_table`] where the CPU has VBMI); else small outputs
+//! (at most 8 x 8 positions) with 16-bit operands go through
+//! [`super::depthwise_lanes`] (channels in the vector lanes); the paths
+//! here take the others.
 //!
 //! Where the operands fit i16 (`fits16` in `conv.rs`), a whole layer goes
 //! through [`depthwise_madd`] (x86-64 with AVX2, detected at run time):
@@ -1150,8 +1153,9 @@ impl DwOut<'_> {
 }
 
 /// A depthwise layer on 16-bit operands on the path that suits its shape:
-/// channels in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else
-/// on 8-bit operands (`bytes`, the layer's weights in that form) the quad
+/// on 8-bit operands (`bytes`, the layer's weights in that form) the byte
+/// table of [`depthwise_bytes`] wherever it takes the layer; else channels
+/// in the lanes ([`depthwise_lanes`]) where [`takes_lanes`], else the quad
 /// rows of [`depthwise_bytes`] where it takes the layer, else (and where
 /// those decline) [`depthwise_madd`]. A packed output only the lanes kernel
 /// writes: from per-channel rows each channel pair's words lie a whole
@@ -1182,25 +1186,28 @@ pub(super) fn depthwise16(
         ow,
         epi.as_ref().is_some_and(|e| e.second.is_some() || e.wide),
     );
-    // The 8-bit kernel on the maps the lanes kernel does not take (on those
-    // its cost per channel is more than the lanes kernel's per eight; nor
-    // does the plan ask for a packed output there).
-    if let (Some(wb), DwOut::Rows(o), false) = (bytes, &mut out, lanes) {
-        if depthwise_bytes(
-            super::depthwise_bytes::DwIn::Rows(input),
-            c,
-            ih,
-            iw,
-            wb,
-            k,
-            stride,
-            pad,
-            o,
-            oh,
-            ow,
-            scratch,
-            epi.as_deref_mut(),
-        ) {
+    // The 8-bit kernels: the byte table wherever it takes the conv, the
+    // quad layout on the maps the lanes kernel does not take (on those its
+    // cost per channel is more than the lanes kernel's per eight). The plan
+    // asks for a packed output only where neither runs.
+    if let (Some(wb), DwOut::Rows(o)) = (bytes, &mut out) {
+        if (wb.table() || !lanes)
+            && depthwise_bytes(
+                super::depthwise_bytes::DwIn::Rows(input),
+                c,
+                ih,
+                iw,
+                wb,
+                k,
+                stride,
+                pad,
+                o,
+                oh,
+                ow,
+                scratch,
+                epi.as_deref_mut(),
+            )
+        {
             return true;
         }
     }

@@ -35,6 +35,8 @@
 //! depend on the order of its terms: the sums equal every other path's.
 
 use super::depthwise::ConvShape;
+use super::depthwise_lanes::takes_lanes;
+use super::depthwise_table::TableGeom;
 use super::fused::Epilogue;
 use super::gemm::Stored;
 use crate::plan::ConvLayer;
@@ -52,20 +54,38 @@ const BACK: usize = 48;
 /// channels' worth): 16 KiB, a third of a 48 KiB L1.
 const CHUNK_WORDS: usize = 4096;
 
-/// A depthwise conv's weights in the 8-bit form: per channel, per quad of
-/// kernel rows `q`, per kernel column `kx`, the bytes `w[4 q + j][kx]`
-/// (`j < 4`, zero past the kernel) as one word; per channel `z * sum(w)`;
-/// and the conv's geometry with its lane masks (made once per plan).
+/// A depthwise conv's weights in the 8-bit form of the kernel that runs
+/// it (the quad layout, or the byte table of `depthwise_table.rs` where
+/// the CPU has AVX-512 VBMI and the geometry's windows fit it); per channel
+/// `z * sum(w)`; and the conv's geometry (made once per plan).
 #[derive(Clone, Debug)]
 pub(super) struct DwBytes {
-    quads: Vec<i32>,
     comp: Vec<i32>,
     /// The operand's offset: 0 (inputs in `0..=255`) or 128 (in
     /// `-128..=127`).
     z: i32,
-    geom: QuadGeom,
-    /// [`QuadGeom::masks`].
-    masks: Vec<u16>,
+    form: Form,
+}
+
+/// The weights and geometry of one of the two 8-bit kernels.
+#[derive(Clone, Debug)]
+enum Form {
+    /// Per channel, per quad of kernel rows `q`, per kernel column `kx`,
+    /// the bytes `w[4 q + j][kx]` (`j < 4`, zero past the kernel) as one
+    /// word; the geometry and its lane masks ([`QuadGeom::masks`]).
+    Quads {
+        quads: Vec<i32>,
+        geom: QuadGeom,
+        masks: Vec<u16>,
+    },
+    /// Per channel its [`TableGeom::weights`] words; the geometry.
+    Table { taps: Vec<i32>, geom: TableGeom },
+}
+
+/// The geometry an 8-bit depthwise kernel runs a conv in.
+enum Geom {
+    Quads(QuadGeom),
+    Table(TableGeom),
 }
 
 impl DwBytes {
@@ -74,22 +94,49 @@ impl DwBytes {
         self.z
     }
 
+    /// Whether the byte table runs it (else the quad layout).
+    pub(super) fn table(&self) -> bool {
+        matches!(self.form, Form::Table { .. })
+    }
+
     /// The operand word of four offsets (four bytes of the value 0).
     fn zq(&self) -> i32 {
         self.z.wrapping_mul(0x0101_0101)
     }
 
+    /// The conv's shape.
+    fn shape(&self) -> ConvShape {
+        match &self.form {
+            Form::Quads { geom, .. } => geom.shape,
+            Form::Table { geom, .. } => geom.shape(),
+        }
+    }
+
     /// For a depthwise conv whose operands fit 8 bits
     /// ([`byte_offset`](super::direct::byte_offset)) and whose geometry
-    /// the quad layout takes ([`QuadGeom::new`]); `None` otherwise.
+    /// one of the kernels takes ([`DwBytes::geometry`]); `None` otherwise.
     pub(super) fn new(l: &ConvLayer) -> Option<DwBytes> {
-        let (geom, z) = DwBytes::applies(l)?;
+        let (geom, z) = DwBytes::geometry(l)?;
         Some(DwBytes::from_weights(&l.weights, l.cout, z, geom))
     }
 
-    /// [`DwBytes::new`]'s conditions: the geometry and the operand's
-    /// offset where they hold.
-    pub(super) fn applies(l: &ConvLayer) -> Option<(QuadGeom, i32)> {
+    /// The offset `z` of the operand where `depthwise16` runs conv `l` on
+    /// an 8-bit kernel (reading bytes `v + z`, `gemm::Dst::Bytes`): the
+    /// byte table wherever it takes the conv, the quad layout on the maps
+    /// the lanes kernel does not take; `None` elsewhere.
+    pub(super) fn runs(l: &ConvLayer) -> Option<i32> {
+        let [oh, ow] = l.out_hw;
+        match DwBytes::geometry(l)? {
+            (Geom::Table(_), z) => Some(z),
+            (Geom::Quads(_), z) => (!takes_lanes(oh, ow, false)).then_some(z),
+        }
+    }
+
+    /// The geometry of a depthwise conv whose operands fit 8 bits, and the
+    /// operand's offset: the byte table where the CPU has AVX-512 VBMI
+    /// ([`isa::avx512_vbmi`](super::isa::avx512_vbmi)) and its windows fit
+    /// ([`TableGeom::new`]), else the quad layout ([`QuadGeom::new`]).
+    fn geometry(l: &ConvLayer) -> Option<(Geom, i32)> {
         let depthwise = l.groups == l.cin && l.groups == l.cout;
         let k = l.kernel;
         if !depthwise || l.weights.len() != l.cout * k * k {
@@ -97,38 +144,55 @@ impl DwBytes {
         }
         let [ih, iw] = l.in_hw;
         let [oh, ow] = l.out_hw;
-        let geom = QuadGeom::new(ConvShape::new(ih, iw, k, l.stride, l.padding, oh, ow)?)?;
-        Some((geom, super::direct::byte_offset(l)?))
+        let shape = ConvShape::new(ih, iw, k, l.stride, l.padding, oh, ow)?;
+        let z = super::direct::byte_offset(l)?;
+        let table = super::isa::avx512_vbmi()
+            .then(|| TableGeom::new(shape, z))
+            .flatten();
+        match table {
+            Some(t) => Some((Geom::Table(t), z)),
+            None => Some((Geom::Quads(QuadGeom::new(shape)?), z)),
+        }
     }
 
-    /// From `c` channels of `k x k` weights (`geom.shape.k`), each in
+    /// From `c` channels of `k x k` weights (`geom`'s kernel), each in
     /// `-128..=127`, for an operand offset by `z`.
-    fn from_weights(w: &[i32], c: usize, z: i32, geom: QuadGeom) -> DwBytes {
-        let (k, nq) = (geom.shape.k, geom.nq);
-        let k2 = k * k;
-        let mut quads = Vec::with_capacity(c * nq * k);
-        for wc in w.chunks_exact(k2).take(c) {
-            for q in 0..nq {
-                for kx in 0..k {
-                    let word = (0..4).filter(|j| 4 * q + j < k).fold(0u32, |word, j| {
-                        word | (wc[(4 * q + j) * k + kx] as u8 as u32) << (8 * j)
-                    });
-                    quads.push(word as i32);
-                }
-            }
-        }
+    fn from_weights(w: &[i32], c: usize, z: i32, geom: Geom) -> DwBytes {
+        let k2 = match &geom {
+            Geom::Quads(g) => g.shape.k * g.shape.k,
+            Geom::Table(g) => g.shape().k * g.shape().k,
+        };
         let comp = w
             .chunks_exact(k2)
             .take(c)
             .map(|r| (z as i64 * r.iter().map(|&x| x as i64).sum::<i64>()) as i32)
             .collect();
-        DwBytes {
-            quads,
-            comp,
-            z,
-            masks: geom.masks(),
-            geom,
-        }
+        let form = match geom {
+            Geom::Quads(geom) => {
+                let (k, nq) = (geom.shape.k, geom.nq);
+                let mut quads = Vec::with_capacity(c * nq * k);
+                for wc in w.chunks_exact(k2).take(c) {
+                    for q in 0..nq {
+                        for kx in 0..k {
+                            let word = (0..4).filter(|j| 4 * q + j < k).fold(0u32, |word, j| {
+                                word | (wc[(4 * q + j) * k + kx] as u8 as u32) << (8 * j)
+                            });
+                            quads.push(word as i32);
+                        }
+                    }
+                }
+                Form::Quads {
+                    quads,
+                    masks: geom.masks(),
+                    geom,
+                }
+            }
+            Geom::Table(geom) => Form::Table {
+                taps: geom.weights(w, c),
+                geom,
+            },
+        };
+        DwBytes { comp, z, form }
     }
 }
 
@@ -264,19 +328,20 @@ pub(super) fn depthwise_bytes(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let g = &wb.geom;
-        if ConvShape::new(ih, iw, k, stride, pad, oh, ow)
-            .and_then(QuadGeom::new)
-            .as_ref()
-            != Some(g)
-        {
+        if ConvShape::new(ih, iw, k, stride, pad, oh, ow) != Some(wb.shape()) {
             return false;
         }
-        let p = g.p();
+        let p = oh * ow;
+        let weights = match &wb.form {
+            Form::Quads { quads, geom, .. } => quads.len() >= c * geom.nq * k,
+            Form::Table { taps, geom } => {
+                super::isa::avx512_vbmi() && taps.len() >= c * geom.quads()
+            }
+        };
         if !super::isa::avx512_vnni()
+            || !weights
             || out.len() < c * p
             || wb.comp.len() < c
-            || wb.quads.len() < c * g.nq * k
             || match input {
                 DwIn::Rows(x) => x.len(),
                 DwIn::Bytes(x) => x.len(),
@@ -288,8 +353,8 @@ pub(super) fn depthwise_bytes(
             return false;
         }
         // SAFETY: AVX-512 F, BW and VNNI (`isa::avx512_vnni`, checked
-        // above); `g` is this conv's geometry and the slices hold `c`
-        // channels (checked above).
+        // above), VBMI for the table (`isa::avx512_vbmi`); `wb` is this
+        // conv's geometry and the slices hold `c` channels (checked above).
         unsafe {
             match input {
                 DwIn::Rows(x) => layer(x, c, wb, out, scratch, epi),
@@ -307,16 +372,16 @@ pub(super) fn depthwise_bytes(
     }
 }
 
-/// The channel loop of [`depthwise_bytes`]: the layouts filled with the
-/// offset's words once, then per chunk of channels each one's rows
-/// rewritten, then each summed, the sums requantized (or stored) per
-/// vector.
+/// The channel loop of [`depthwise_bytes`], by the form of `wb`: per
+/// channel its sums (the quad layout's rows rewritten first, a chunk of
+/// channels at a time; the table reads the bytes, the rows narrowed to
+/// bytes first), requantized (or stored) per vector.
 ///
 /// # Safety
 ///
-/// AVX-512 F, BW and VNNI; `input`, `wb` and `out` hold `c` channels of
-/// `wb`'s geometry, `epi` (if any) `c` rows of its positions and one term
-/// in i32 lanes (checked by [`depthwise_bytes`]).
+/// AVX-512 F, BW and VNNI, and VBMI for the table; `input`, `wb` and `out`
+/// hold `c` channels of `wb`'s geometry, `epi` (if any) `c` rows of its
+/// positions and one term in i32 lanes (checked by [`depthwise_bytes`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
 unsafe fn layer<T: Stored>(
@@ -327,47 +392,124 @@ unsafe fn layer<T: Stored>(
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
+    use super::fused::FLOOR;
     use super::gemm::Regs16;
-    let g = &wb.geom;
-    let (taps, len) = (g.nq * g.shape.k, g.len());
-    // Channels laid out before any is summed: a tap's load spans words of
-    // several of the layout's stores, which cannot be forwarded from the
-    // store buffer, so its stores should be done by then (one channel at a
-    // time ran MobileNetV2's small layers at half the speed).
-    let chunk = (CHUNK_WORDS / len).clamp(2, c.max(2));
-    scratch.clear();
-    scratch.resize(chunk * len, wb.zq());
-    let mut offs = [0usize; 2 * MAX_K];
-    for (t, o) in offs.iter_mut().enumerate().take(taps) {
-        *o = g.offset(t / g.shape.k, t % g.shape.k);
+    let rg = epi.as_deref().map(|e| {
+        // SAFETY: AVX-512 F, this function's own feature.
+        unsafe { Regs16::of(e) }
+    });
+    let req = rg.as_ref().zip(epi.as_deref().map(|e| e.rows));
+    // SAFETY (the runs): as this function's.
+    macro_rules! go {
+        ($div:ident, $clamp:literal) => {
+            unsafe { run::<$div, $clamp, T>(input, c, wb, out, scratch, req) }
+        };
     }
-    let l = Layer {
-        g,
-        input,
-        c,
-        wb,
-        offs: &offs[..taps],
-        chunk,
-    };
-    // SAFETY (the runs): as this function's; `scratch` is `chunk` layouts,
-    // `out` holds `c * p` values. (`Regs16::of`: AVX-512 F, this
-    // function's own feature.)
-    let peak = match epi.as_deref() {
-        Some(e) => {
-            let rg = unsafe { Regs16::of(e) };
-            let req = Some((&rg, e.rows));
-            macro_rules! go {
-                ($div:ident, $clamp:literal) => {
-                    unsafe { l.run::<$div, $clamp>(scratch, req, out) }
-                };
-            }
-            super::gemm::by_rounding!(rg, go)
-        }
-        None => unsafe { l.run::<{ super::fused::FLOOR }, false>(scratch, None, out) },
+    let peak = match &rg {
+        Some(rg) => super::gemm::by_rounding!(rg, go),
+        None => go!(FLOOR, false),
     };
     if let Some(e) = epi {
         e.peak = e.peak.max(peak);
     }
+}
+
+/// [`layer`] in the rounding `DIV` and `CLAMP` of `req` (the layer's
+/// constants and rows), or the sums stored where `req` is `None`. Returns
+/// the largest |sum|.
+///
+/// # Safety
+///
+/// As [`layer`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+unsafe fn run<const DIV: u8, const CLAMP: bool, T: Stored>(
+    input: &[T],
+    c: usize,
+    wb: &DwBytes,
+    out: &mut [i32],
+    scratch: &mut Vec<i32>,
+    req: Option<(&super::gemm::Regs16, &[super::fused::RowConsts])>,
+) -> u32 {
+    use std::arch::x86_64::*;
+    let mut peak = _mm512_setzero_si512();
+    match &wb.form {
+        Form::Quads { quads, geom, masks } => {
+            let g = geom;
+            let (taps, len) = (g.nq * g.shape.k, g.len());
+            // Channels laid out before any is summed: a tap's load spans
+            // words of several of the layout's stores, which cannot be
+            // forwarded from the store buffer, so its stores should be done
+            // by then (one channel at a time ran MobileNetV2's small layers
+            // at half the speed).
+            let chunk = (CHUNK_WORDS / len).clamp(2, c.max(2));
+            scratch.clear();
+            scratch.resize(chunk * len, wb.zq());
+            let mut offs = [0usize; 2 * MAX_K];
+            for (t, o) in offs.iter_mut().enumerate().take(taps) {
+                *o = g.offset(t / g.shape.k, t % g.shape.k);
+            }
+            let l = Layer {
+                g,
+                input,
+                c,
+                wb,
+                quads,
+                masks,
+                offs: &offs[..taps],
+                chunk,
+            };
+            // SAFETY: as this function's; `scratch` is `chunk` layouts,
+            // `out` holds `c * p` values.
+            unsafe { l.run::<DIV, CLAMP>(scratch, req, out, &mut peak) };
+        }
+        Form::Table { taps, geom } => {
+            let (hw, p, nq) = (geom.shape().ih * geom.shape().iw, geom.p(), geom.quads());
+            // The rows narrowed to bytes, a channel at a time (in i32
+            // words of the scratch: no other allocation).
+            let narrowed = match T::as_bytes(&input[..0]) {
+                Some(_) => 0,
+                None => hw.div_ceil(4),
+            };
+            scratch.clear();
+            scratch.resize(narrowed, 0);
+            for ch in 0..c {
+                let x = &input[ch * hw..(ch + 1) * hw];
+                let bytes: &[u8] = match T::as_bytes(x) {
+                    Some(b) => b,
+                    None => {
+                        // SAFETY: the scratch's `4 * narrowed >= hw` bytes.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                scratch.as_mut_ptr() as *mut u8,
+                                4 * narrowed,
+                            )
+                        };
+                        // SAFETY: AVX-512 F and BW; both hold `hw`.
+                        unsafe { super::depthwise_table::narrow(x, wb.z, dst, hw) };
+                        dst
+                    }
+                };
+                // SAFETY: AVX-512 F, this function's.
+                let sink = unsafe { Sink16::new(req.map(|(rg, rows)| (rg, &rows[ch]))) };
+                // SAFETY: AVX-512 F, BW, VNNI and VBMI (checked by
+                // `depthwise_bytes`); the channel's `hw` bytes, `nq` words
+                // and `p` outputs.
+                unsafe {
+                    super::depthwise_table::channel::<DIV, CLAMP>(
+                        geom,
+                        bytes,
+                        &taps[ch * nq..(ch + 1) * nq],
+                        wb.comp[ch].wrapping_neg(),
+                        &sink,
+                        &mut out[ch * p..(ch + 1) * p],
+                        &mut peak,
+                    )
+                };
+            }
+        }
+    }
+    _mm512_reduce_max_epu32(peak)
 }
 
 /// A layer's operands for [`Layer::run`].
@@ -377,6 +519,9 @@ struct Layer<'a, T> {
     input: &'a [T],
     c: usize,
     wb: &'a DwBytes,
+    /// The form's weight words and lane masks.
+    quads: &'a [i32],
+    masks: &'a [u16],
     /// Per tap `(q, kx)`: [`QuadGeom::offset`].
     offs: &'a [usize],
     /// Channels laid out before any is summed.
@@ -388,7 +533,7 @@ impl<T: Stored> Layer<'_, T> {
     /// Per chunk of channels, each one's layout filled, then each one
     /// summed and requantized with `req` (the layer's constants and rows;
     /// `DIV` and `CLAMP` theirs) or stored as sums, into `dst` (`p` values
-    /// per channel). Returns the largest |sum|.
+    /// per channel); the largest |sum| of each lane into `peak`.
     ///
     /// # Safety
     ///
@@ -401,11 +546,10 @@ impl<T: Stored> Layer<'_, T> {
         layouts: &mut [i32],
         req: Option<(&super::gemm::Regs16, &[super::fused::RowConsts])>,
         dst: &mut [i32],
-    ) -> u32 {
-        use std::arch::x86_64::*;
+        peak: &mut std::arch::x86_64::__m512i,
+    ) {
         let (g, wb) = (self.g, self.wb);
         let (p, len, taps) = (g.p(), g.len(), self.offs.len());
-        let mut peak = _mm512_setzero_si512();
         for c0 in (0..self.c).step_by(self.chunk) {
             let chs = c0..(c0 + self.chunk).min(self.c);
             for (ch, layout) in chs.clone().zip(layouts.chunks_exact_mut(len)) {
@@ -417,11 +561,12 @@ impl<T: Stored> Layer<'_, T> {
             for (ch, layout) in chs.zip(layouts.chunks_exact(len)) {
                 let t = Taps {
                     offs: self.offs,
-                    w: &wb.quads[ch * taps..(ch + 1) * taps],
+                    w: &self.quads[ch * taps..(ch + 1) * taps],
                     comp: wb.comp[ch],
                     zq: (wb.z != 0).then_some(wb.zq()),
                 };
-                let req = req.map(|(rg, rows)| (rg, &rows[ch]));
+                // SAFETY: AVX-512 F, this function's.
+                let sink = unsafe { Sink16::new(req.map(|(rg, rows)| (rg, &rows[ch]))) };
                 // SAFETY: as this function's; `layout` holds the channel,
                 // `dst`'s slice is `p` words, the masks `g.vectors() * k`
                 // entries.
@@ -430,15 +575,14 @@ impl<T: Stored> Layer<'_, T> {
                         g,
                         layout,
                         &t,
-                        &wb.masks,
-                        req,
+                        self.masks,
+                        &sink,
                         &mut dst[ch * p..(ch + 1) * p],
-                        &mut peak,
+                        peak,
                     )
                 };
             }
         }
-        _mm512_reduce_max_epu32(peak)
     }
 }
 
@@ -552,9 +696,8 @@ unsafe fn fill_rows<const S: usize, const Z0: bool, T: Stored>(
 
 /// One channel's sums from the quad layout, sixteen positions per vector
 /// (`vpdpbusd` per tap, lanes masked where the tap's column lies outside
-/// the input), requantized with `req` (the layer's constants and this
-/// channel's row; `DIV` and `CLAMP` theirs) or stored as they are, into
-/// `dst` (`g.p()` values); the largest |sum| of each lane into `peak`.
+/// the input), requantized (or stored) by `sink` into `dst` (`g.p()`
+/// values); the largest |sum| of each lane into `peak`.
 ///
 /// # Safety
 ///
@@ -568,25 +711,15 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
     layout: &[i32],
     t: &Taps,
     masks: &[u16],
-    req: Option<(&super::gemm::Regs16, &super::fused::RowConsts)>,
+    sink: &Sink16,
     dst: &mut [i32],
     peak: &mut std::arch::x86_64::__m512i,
 ) {
-    use super::gemm::Regs16;
     use std::arch::x86_64::*;
     let (p, k) = (g.p(), g.shape.k);
     debug_assert!(dst.len() >= p && masks.len() >= g.vectors() * k && layout.len() >= g.len());
     let init = _mm512_set1_epi32(t.comp.wrapping_neg());
     let zq = _mm512_set1_epi32(t.zq.unwrap_or(0));
-    let (xlo, xhi, m, b) = match req {
-        Some((_, rc)) => (
-            _mm512_set1_epi32(rc.xlo),
-            _mm512_set1_epi32(rc.xhi),
-            _mm512_set1_epi32(rc.m),
-            _mm512_set1_epi32(rc.b),
-        ),
-        None => (init, init, init, init),
-    };
     for v in 0..g.vectors() {
         let mut acc = init;
         let at = layout.as_ptr().wrapping_add(16 * v);
@@ -609,11 +742,71 @@ unsafe fn channel<const DIV: u8, const CLAMP: bool>(
                 };
             }
         }
+        // SAFETY: AVX-512 F (this function's); `dst` holds `p` values.
+        unsafe { sink.put::<DIV, CLAMP>(acc, v, p, dst, peak) };
+    }
+}
+
+/// Where a depthwise kernel puts a channel's vectors of sixteen sums: the
+/// channel's requantization constants in registers (and the layer's
+/// rounding), or none (the sums stored as they are).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Sink16<'a> {
+    rg: Option<&'a super::gemm::Regs16>,
+    xlo: std::arch::x86_64::__m512i,
+    xhi: std::arch::x86_64::__m512i,
+    m: std::arch::x86_64::__m512i,
+    b: std::arch::x86_64::__m512i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Sink16<'a> {
+    /// For one channel: the layer's rounding and the channel's constants.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    unsafe fn new(req: Option<(&'a super::gemm::Regs16, &super::fused::RowConsts)>) -> Sink16<'a> {
+        use std::arch::x86_64::*;
+        let (xlo, xhi, m, b) = req.map_or((0, 0, 0, 0), |(_, rc)| (rc.xlo, rc.xhi, rc.m, rc.b));
+        Sink16 {
+            rg: req.map(|(rg, _)| rg),
+            xlo: _mm512_set1_epi32(xlo),
+            xhi: _mm512_set1_epi32(xhi),
+            m: _mm512_set1_epi32(m),
+            b: _mm512_set1_epi32(b),
+        }
+    }
+
+    /// Vector `v` of a channel's sums (`acc`, positions `16 v ..` of `p`):
+    /// its largest |sum| per lane into `peak` (lanes past the map
+    /// excluded), then requantized in `DIV` and `CLAMP` (the layer's) or as
+    /// they are, into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F; `dst` holds `p` values, `16 v < p`.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    pub(super) unsafe fn put<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: std::arch::x86_64::__m512i,
+        v: usize,
+        p: usize,
+        dst: &mut [i32],
+        peak: &mut std::arch::x86_64::__m512i,
+    ) {
+        use super::gemm::Regs16;
+        use std::arch::x86_64::*;
         let n = (p - 16 * v).min(16);
         let keep = ((1u32 << n) - 1) as __mmask16;
         *peak = _mm512_mask_max_epu32(*peak, keep, *peak, _mm512_abs_epi32(acc));
-        let r = match req {
-            Some((rg, _)) => rg.round::<DIV, CLAMP>(Regs16::scale(acc, xlo, xhi, m, b)),
+        let r = match self.rg {
+            Some(rg) => {
+                rg.round::<DIV, CLAMP>(Regs16::scale(acc, self.xlo, self.xhi, self.m, self.b))
+            }
             None => acc,
         };
         // SAFETY: positions `16 v .. 16 v + n <= p` of `dst`.
@@ -637,10 +830,28 @@ mod tests {
     }
 
     /// A 3 x 3 "same" conv of a 4 x 4 map.
-    fn tiny() -> QuadGeom {
-        ConvShape::new(4, 4, 3, 1, 1, 4, 4)
-            .and_then(QuadGeom::new)
-            .expect("a quad geometry")
+    fn tiny() -> Geom {
+        Geom::Quads(
+            ConvShape::new(4, 4, 3, 1, 1, 4, 4)
+                .and_then(QuadGeom::new)
+                .expect("a quad geometry"),
+        )
+    }
+
+    /// The geometry of `shape` in the quad layout, or (`table`) the byte
+    /// table for operands offset by `z`, where that one takes it.
+    fn geom_of(table: bool, shape: Option<ConvShape>, z: i32) -> Option<Geom> {
+        match table {
+            false => shape.and_then(QuadGeom::new).map(Geom::Quads),
+            true => shape.and_then(|s| TableGeom::new(s, z)).map(Geom::Table),
+        }
+    }
+
+    /// The rows `x` as the bytes `v + z` a producer writes.
+    fn as_bytes(x: &[i32], z: i32) -> Vec<u8> {
+        x.iter()
+            .map(|&v| u8::try_from(v + z).expect("a byte"))
+            .collect()
     }
 
     /// `c` channels of the definition's sums.
@@ -702,99 +913,110 @@ mod tests {
         shapes
     }
 
-    /// The 8-bit kernel against the definition: both offsets (inputs in
-    /// `0..=255` and in `-128..=127`, with their edges), weights with the
-    /// edges -128 and 127, kernels 1 to 7, strides 1 and 2, maps 1 to 48
-    /// wide; the geometries it takes run (and only those: the others
-    /// decline), a packed output equals the rows packed.
+    /// Both 8-bit kernels (the quad layout, the byte table) against the
+    /// definition: both offsets (inputs in `0..=255` and in `-128..=127`,
+    /// with their edges), weights with the edges -128 and 127, kernels 1 to
+    /// 7, strides 1 and 2, maps 1 to 48 wide, the input as rows and as
+    /// bytes; the geometries each takes run (and only those: the others
+    /// decline).
     #[test]
-    fn quad_kernel_matches_naive() {
+    fn byte_kernels_match_naive() {
         if !avx512() {
             return;
         }
         let c = 3;
         let mut scratch = vec![7; 5];
-        let (mut taken, mut declined) = (0, 0);
-        with_level(Level::Avx512, || {
-            for (ih, iw, s, k, pad) in shapes() {
-                for (z, gen) in [
-                    (0, (|i: usize| (i * 37 % 256) as i32) as fn(usize) -> i32),
-                    (0, |i| {
-                        if i % 3 == 0 {
-                            255
-                        } else {
-                            (i % 2) as i32 * 255
+        for table in [false, true] {
+            let (mut taken, mut declined) = (0, 0);
+            with_level(Level::Avx512, || {
+                for (ih, iw, s, k, pad) in shapes() {
+                    for (z, gen) in [
+                        (0, (|i: usize| (i * 37 % 256) as i32) as fn(usize) -> i32),
+                        (0, |i| {
+                            if i % 3 == 0 {
+                                255
+                            } else {
+                                (i % 2) as i32 * 255
+                            }
+                        }),
+                        (128, |i| (i * 53 % 256) as i32 - 128),
+                        (128, |i| if i % 2 == 0 { -128 } else { 127 }),
+                    ] {
+                        let input: Vec<i32> = (0..c * ih * iw).map(gen).collect();
+                        let w: Vec<i32> = (0..c * k * k)
+                            .map(|i| match i % 7 {
+                                0 => -128,
+                                1 => 127,
+                                _ => (i * 11 % 255) as i32 - 127,
+                            })
+                            .collect();
+                        let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
+                        let what =
+                            format!("table {table} ih {ih} iw {iw} s {s} k {k} pad {pad} z {z}");
+                        // Weights of another geometry where the layout
+                        // declines this one: the kernel must decline them.
+                        let geom = geom_of(table, ConvShape::new(ih, iw, k, s, pad, oh, ow), z);
+                        let ok = geom.is_some();
+                        let wb = DwBytes::from_weights(&w, c, z, geom.unwrap_or_else(tiny));
+                        let bytes = as_bytes(&input, z);
+                        for input in [DwIn::Rows(&input), DwIn::Bytes(&bytes)] {
+                            let mut out = vec![i32::MIN; c * oh * ow];
+                            let ran = depthwise_bytes(
+                                input,
+                                c,
+                                ih,
+                                iw,
+                                &wb,
+                                k,
+                                s,
+                                pad,
+                                &mut out,
+                                oh,
+                                ow,
+                                &mut scratch,
+                                None,
+                            );
+                            assert_eq!(ran, ok, "{what}");
+                            if !ran {
+                                declined += 1;
+                                continue;
+                            }
+                            taken += 1;
+                            assert_eq!(out, sums, "{what}");
                         }
-                    }),
-                    (128, |i| (i * 53 % 256) as i32 - 128),
-                    (128, |i| if i % 2 == 0 { -128 } else { 127 }),
-                ] {
-                    let input: Vec<i32> = (0..c * ih * iw).map(gen).collect();
-                    let w: Vec<i32> = (0..c * k * k)
-                        .map(|i| match i % 7 {
-                            0 => -128,
-                            1 => 127,
-                            _ => (i * 11 % 255) as i32 - 127,
-                        })
-                        .collect();
-                    let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
-                    let what = format!("ih {ih} iw {iw} s {s} k {k} pad {pad} z {z}");
-                    // Weights of another geometry where the layout declines
-                    // this one: the kernel must decline them.
-                    let geom = ConvShape::new(ih, iw, k, s, pad, oh, ow).and_then(QuadGeom::new);
-                    let wb = DwBytes::from_weights(&w, c, z, geom.unwrap_or(tiny()));
-                    let mut out = vec![i32::MIN; c * oh * ow];
-                    let ran = depthwise_bytes(
-                        DwIn::Rows(&input),
-                        c,
-                        ih,
-                        iw,
-                        &wb,
-                        k,
-                        s,
-                        pad,
-                        &mut out,
-                        oh,
-                        ow,
-                        &mut scratch,
-                        None,
-                    );
-                    assert_eq!(ran, geom.is_some(), "{what}");
-                    if !ran {
-                        declined += 1;
-                        continue;
                     }
-                    taken += 1;
-                    assert_eq!(out, sums, "{what}");
                 }
-            }
-        });
-        assert!(
-            taken >= 300 && declined >= 50,
-            "{taken} taken, {declined} declined"
-        );
-        // Below AVX-512 it declines.
+            });
+            assert!(
+                taken >= 600 && declined >= 100,
+                "table {table}: {taken} taken, {declined} declined"
+            );
+        }
+        // Below AVX-512 both decline.
         let w = vec![1; 9];
-        let wb = DwBytes::from_weights(&w, 1, 0, tiny());
-        let mut out = vec![0; 16];
-        let ran = with_level(Level::Avx2, || {
-            depthwise_bytes(
-                DwIn::Rows(&[1; 16]),
-                1,
-                4,
-                4,
-                &wb,
-                3,
-                1,
-                1,
-                &mut out,
-                4,
-                4,
-                &mut scratch,
-                None,
-            )
-        });
-        assert!(!ran);
+        let shape = ConvShape::new(4, 4, 3, 1, 1, 4, 4);
+        for geom in [tiny(), geom_of(true, shape, 0).expect("a table")] {
+            let wb = DwBytes::from_weights(&w, 1, 0, geom);
+            let mut out = vec![0; 16];
+            let ran = with_level(Level::Avx2, || {
+                depthwise_bytes(
+                    DwIn::Rows(&[1; 16]),
+                    1,
+                    4,
+                    4,
+                    &wb,
+                    3,
+                    1,
+                    1,
+                    &mut out,
+                    4,
+                    4,
+                    &mut scratch,
+                    None,
+                )
+            });
+            assert!(!ran);
+        }
     }
 
     /// The fused requantization against `requant_clamped` on the kernel's
@@ -803,24 +1025,28 @@ mod tests {
     /// sums on both sides, and the largest |sum| (lanes past the map
     /// excluded); rows and packed outputs.
     #[test]
-    fn quad_kernel_fused_matches_requant_clamped() {
+    fn byte_kernels_fused_match_requant_clamped() {
         if !avx512() {
             return;
         }
         let mut runs = 0;
         let mut scratch = Vec::new();
         with_level(Level::Avx512, || {
-            for &(ih, iw, k, s, pad, z) in &[
-                (16usize, 16usize, 3usize, 1usize, 1usize, 0),
-                (8, 8, 3, 1, 1, 128),
-                (4, 4, 3, 1, 1, 0),
-                (5, 3, 3, 1, 1, 0),
-                (16, 16, 3, 2, 1, 0),
-                (32, 16, 5, 2, 2, 128),
-                (9, 11, 5, 1, 2, 0),
-                // Five channels in chunks of three layouts.
-                (32, 32, 3, 1, 1, 128),
-            ] {
+            for (table, &(ih, iw, k, s, pad, z)) in [false, true].into_iter().flat_map(|t| {
+                [
+                    (16usize, 16usize, 3usize, 1usize, 1usize, 0),
+                    (8, 8, 3, 1, 1, 128),
+                    (4, 4, 3, 1, 1, 0),
+                    (5, 3, 3, 1, 1, 0),
+                    (16, 16, 3, 2, 1, 0),
+                    (32, 16, 5, 2, 2, 128),
+                    (9, 11, 5, 1, 2, 0),
+                    // Five channels in chunks of three layouts.
+                    (32, 32, 3, 1, 1, 128),
+                ]
+                .iter()
+                .map(move |g| (t, g))
+            }) {
                 let c = 5;
                 let input: Vec<i32> = (0..c * ih * iw)
                     .map(|i| (i as i32 * 53) % 256 - z)
@@ -829,9 +1055,8 @@ mod tests {
                     .map(|i| (i as i32 * 37 % 255) - 127)
                     .collect();
                 let (sums, oh, ow) = want(&input, c, ih, iw, &w, k, s, pad);
-                let geom = ConvShape::new(ih, iw, k, s, pad, oh, ow)
-                    .and_then(QuadGeom::new)
-                    .expect("a quad geometry");
+                let geom = geom_of(table, ConvShape::new(ih, iw, k, s, pad, oh, ow), z)
+                    .expect("a geometry");
                 let wb = DwBytes::from_weights(&w, c, z, geom);
                 let p = oh * ow;
                 let big = sums.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as i32;
@@ -841,7 +1066,7 @@ mod tests {
                     n
                 });
                 for (e, what) in epilogue_cases(&rows, &[0, 9, 31], None) {
-                    let what = format!("ih {ih} iw {iw} k {k} s {s} z {z} {what}");
+                    let what = format!("table {table} ih {ih} iw {iw} k {k} s {s} z {z} {what}");
                     assert_fused_matches(&sums, p, &e, &what, |got, e| {
                         depthwise_bytes(
                             DwIn::Rows(&input),
@@ -863,6 +1088,6 @@ mod tests {
                 }
             }
         });
-        assert_eq!(runs, 8 * 18);
+        assert_eq!(runs, 2 * 8 * 18);
     }
 }

@@ -457,8 +457,8 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
 /// (`isa::amx`), and every reader of the output (at least one; not the
 /// output layer) is a conv of it whose own 8-bit operand has the offset
 /// `z` (`byte_offset`, which `[lo, hi]` fits): an ungrouped 1x1 conv, or a
-/// depthwise one the 8-bit depthwise kernel takes (maps over the lanes
-/// kernel's). The readers lay out their operands from a quarter of the
+/// depthwise one that an 8-bit depthwise kernel runs (`DwBytes::runs`: the
+/// byte table, or the quad layout on maps over the lanes kernel's). The readers lay out their operands from a quarter of the
 /// bytes i32 rows take; a reader that declines them at run time restores
 /// the rows first (`conv.rs`).
 fn bytes_output(
@@ -488,11 +488,8 @@ fn bytes_output(
             {
                 byte_offset(c)
             }
-            Layer::Conv(c)
-                if c.input == ConvInput::Tensor(t)
-                    && !super::depthwise_lanes::takes_lanes(c.out_hw[0], c.out_hw[1], false) =>
-            {
-                super::depthwise_bytes::DwBytes::applies(c).map(|(_, z)| z)
+            Layer::Conv(c) if c.input == ConvInput::Tensor(t) => {
+                super::depthwise_bytes::DwBytes::runs(c)
             }
             _ => None,
         });
@@ -536,7 +533,8 @@ fn packs_output(plan: &IntPlan, l: &crate::plan::ConvLayer, r: &crate::plan::Req
     let depthwise = l.groups == l.cin
         && l.groups == l.cout
         && fits16(l)
-        && super::depthwise_lanes::takes_lanes(l.out_hw[0], l.out_hw[1], r.terms.len() > 1);
+        && super::depthwise_lanes::takes_lanes(l.out_hw[0], l.out_hw[1], r.terms.len() > 1)
+        && super::depthwise_bytes::DwBytes::runs(l).is_none();
     avx2 && (pointwise(l) || depthwise)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.lo)
         && (i16::MIN as i64..=i16::MAX as i64).contains(&r.hi)
@@ -1365,6 +1363,8 @@ pub(super) unsafe fn peak8(
 mod tests {
     use super::*;
     use crate::engine::conv::testing::{layer, test_plan};
+    use crate::engine::depthwise::ConvShape;
+    use crate::engine::depthwise_table::TableGeom;
     use crate::engine::{run_image, Buf, SimOptions, Weights, Workspace};
     use crate::plan::{Requant, RequantTerm, TensorInfo, TensorKind};
     use crate::FixedFormat;
@@ -2131,8 +2131,9 @@ mod tests {
     /// output as bytes `v + z` where AMX runs it, and they read them: the
     /// same outputs and statistics as unfused, with a 1x1 reader and
     /// depthwise 3 x 3 readers (stride 1 and 2, 16 x 16 and 24 x 19 maps;
-    /// the 8 x 8 output is the lanes kernel's and 19 columns at stride 2
-    /// not the quad layout's: rows there),
+    /// without the byte table, the 8 x 8 output is the lanes kernel's and
+    /// 19 columns at stride 2 not the quad layout's, nor do its windows fit
+    /// the table: rows there),
     /// both offsets (outputs in `-128..=127`, `0..=255` and `0..=15`), every
     /// rounding; and the bytes unpack to the unfused rows.
     #[test]
@@ -2179,10 +2180,15 @@ mod tests {
                         let weights = Weights::new(&plan);
                         let f = weights.fused[0].as_ref().expect("fused");
                         let z = if lo < 0 { 128 } else { 0 };
-                        // The lanes kernel (8 x 8 outputs) takes rows; the
-                        // quad layout no odd width at stride 2.
+                        // The byte table (with AVX-512 VBMI) takes the
+                        // shapes whose windows fit it; else the lanes kernel
+                        // (8 x 8 outputs) takes rows, the quad layout no odd
+                        // width at stride 2.
+                        let shape = ConvShape::new(hw[0], hw[1], k, stride, k / 2, oh, ow);
+                        let table = crate::engine::isa::avx512_vbmi()
+                            && shape.and_then(|s| TableGeom::new(s, z)).is_some();
                         let quads = oh * ow > 64 && (stride == 1 || hw[1] % 2 == 0);
-                        let bytes = amx && (k == 1 || quads);
+                        let bytes = amx && (k == 1 || table || quads);
                         assert_eq!(f.bytes, bytes.then_some(z), "{hw:?} {lo} {k}");
                         let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
                         fused.fuse_requant(true);

@@ -144,6 +144,10 @@ pub(super) enum Operand<'a> {
 pub(super) trait Stored: Copy {
     const BIASED: bool;
 
+    /// The elements themselves where they are the bytes `v + z`; `None`
+    /// for other elements.
+    fn as_bytes(x: &[Self]) -> Option<&[u8]>;
+
     /// Sixteen consecutive elements from `p` into i32 lanes as stored
     /// (bytes zero-extended); lanes off `keep` 0.
     ///
@@ -195,6 +199,9 @@ pub(super) trait Stored: Copy {
 
 impl Stored for i32 {
     const BIASED: bool = false;
+    fn as_bytes(_: &[i32]) -> Option<&[u8]> {
+        None
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const i32, keep: u16) -> std::arch::x86_64::__m512i {
@@ -205,6 +212,9 @@ impl Stored for i32 {
 
 impl Stored for u8 {
     const BIASED: bool = true;
+    fn as_bytes(x: &[u8]) -> Option<&[u8]> {
+        Some(x)
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn quads16(p: *const u8, stride: usize) -> Option<std::arch::x86_64::__m512i> {

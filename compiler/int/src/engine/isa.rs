@@ -57,6 +57,20 @@ pub(super) fn avx512_vnni() -> bool {
     level() >= Level::Avx512
 }
 
+/// Whether the CPU also has AVX-512 VBMI (`vpermi2b`: sixty-four bytes
+/// picked from a 128-byte table in one instruction) and the AVX-512
+/// kernels may run ([`avx512_vnni`]).
+pub(super) fn avx512_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_vnni() && std::arch::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AMX kernels may run (the CPU has them, the OS let this
 /// process use the tiles, and no cap below).
 pub(super) fn amx() -> bool {

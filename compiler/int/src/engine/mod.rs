@@ -61,10 +61,14 @@
 //! form: the operand as u8 quads (offset by 128 for signed inputs),
 //! `vpdpbusd` with s8 weight quads, and 128 times each row's weight sum
 //! subtracted (`gemm::ByteWeights`), for direct convs and ungrouped 1x1
-//! convs, and for depthwise convs of "same" geometry, stride 1 or 2, whose
-//! maps are over 8 x 8 (`depthwise_bytes.rs`: the input as u8 row quads,
-//! one `vpdpbusd` per kernel column for sixteen outputs, requantized in
-//! the registers). Each block of sums then goes through the 512-bit epilogue
+//! convs, and for depthwise convs: where the CPU has AVX-512 VBMI too and
+//! the rows each sixteen outputs reach fit 128 bytes, any stride, padding
+//! and kernel up to 8 x 8 (`depthwise_table.rs`: `vpermi2b` picks four
+//! taps' input bytes for sixteen outputs from the channel's bytes, one
+//! `vpdpbusd` sums them, no layout written), else those of "same" geometry,
+//! stride 1 or 2, whose maps are over 8 x 8 (`depthwise_bytes.rs`: the
+//! input as u8 row quads, one `vpdpbusd` per kernel column for sixteen
+//! outputs); both requantize in the registers. Each block of sums then goes through the 512-bit epilogue
 //! (`BlockOut::finish16`: one- and two-term requantizations in i32 lanes,
 //! and the i64 form of one term). Where the CPU also has AMX-INT8
 //! and the OS grants the tile state (`isa.rs`, `amx.rs`), those 8-bit
@@ -72,8 +76,8 @@
 //! positions of sums per tile, the same operand bytes and correction),
 //! through the same epilogue, one tile row at a time from memory
 //! (`BlockOut::tile16`). A 1x1 conv run so whose readers all take 8-bit
-//! operands with one offset `z` (ungrouped 1x1 convs, depthwise convs of
-//! the quad layout: `fused::bytes_output`) writes its requantized output as
+//! operands with one offset `z` (ungrouped 1x1 convs, depthwise convs an
+//! 8-bit kernel runs: `fused::bytes_output`) writes its requantized output as
 //! bytes `v + z` instead of i32 rows (`gemm::Dst::Bytes`, a quarter of the
 //! stores), which its readers lay out straight from
 //! (`Workspace::acts8`; a reader that declines them restores the rows).
@@ -95,7 +99,9 @@
 //! - `depthwise_lanes.rs`: depthwise convs of small maps with the channels
 //!   in the vector lanes (AVX2, i16);
 //! - `depthwise_bytes.rs`: depthwise convs on 8-bit operands (AVX-512
-//!   VNNI, u8 row quads);
+//!   VNNI): the weights' 8-bit forms, the layer loop, the u8 row quads;
+//! - `depthwise_table.rs`: the byte table of the 8-bit depthwise convs
+//!   (AVX-512 VBMI `vpermi2b`);
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
 //!   no FMA);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
@@ -163,6 +169,7 @@ mod amx;
 mod depthwise;
 mod depthwise_bytes;
 mod depthwise_lanes;
+mod depthwise_table;
 mod direct;
 mod float_stem;
 mod fused;
