@@ -29,7 +29,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::depthwise::depthwise_avx2_kernel;
 use super::depthwise::{depthwise, depthwise16, depthwise_from, DwOut, Phased};
-use super::depthwise_bytes::{depthwise_bytes, DwIn};
+use super::depthwise_bytes::{depthwise_bytes, DwDst, DwIn};
 use super::direct::{conv_direct_madd, direct_conv};
 use super::float_stem::{conv_float_direct, gemm_f64, round_into, StemRound};
 use super::fused::{requant_clamped, FusedRequant};
@@ -472,7 +472,13 @@ pub(super) fn run_conv_fused(
         && weights.bytes[li].is_some()
         && f.second.is_none()
         && !f.wide;
-    let mut bytes_out = f.bytes.filter(|_| amx_out).map(|z| {
+    // Or where the byte table runs this depthwise conv with such an
+    // epilogue.
+    let table_out = depthwise
+        && weights.dw_bytes[li].as_ref().is_some_and(|b| b.table())
+        && f.second.is_none()
+        && !f.wide;
+    let mut bytes_out = f.bytes.filter(|_| amx_out || table_out).map(|z| {
         let mut b = std::mem::take(&mut ws.acts8[f.output]);
         b.resize(l.cout * p, 0);
         (b, z)
@@ -487,18 +493,30 @@ pub(super) fn run_conv_fused(
     let mut wrote_packed = false;
     let mut wrote_bytes = false;
     let [oh, ow] = l.out_hw;
-    // A depthwise conv of bytes: the 8-bit kernel straight from them (one
-    // term; where it declines, the rows are restored for the paths below).
+    // A depthwise conv of bytes, or writing bytes: the 8-bit kernel (one
+    // term; where it declines, the rows are restored for the paths below,
+    // which write rows).
     let (mut dw_done, mut dw_peak) = (false, 0);
-    if let (true, true, ConvInput::Tensor(t)) = (bytes_in, depthwise, l.input) {
-        if let (Some(wb), None, None) = (
-            weights.dw_bytes[li].as_ref(),
-            packed_out.as_ref(),
-            f.second.as_ref(),
-        ) {
+    if let (true, ConvInput::Tensor(t), Some(wb), None, None) = (
+        depthwise,
+        l.input,
+        weights.dw_bytes[li].as_ref(),
+        packed_out.as_ref(),
+        f.second.as_ref(),
+    ) {
+        let input = match &ws.bufs[t] {
+            _ if bytes_in => Some(DwIn::Bytes(&ws.acts8[t])),
+            Buf::I32(v) if bytes_out.is_some() => Some(DwIn::Rows(v)),
+            _ => None,
+        };
+        if let Some(input) = input {
             let mut e = f.epilogue(None, p);
+            let dst = match bytes_out.as_mut() {
+                Some((b, z)) => DwDst::Bytes(b, *z),
+                None => DwDst::Rows(&mut out),
+            };
             dw_done = depthwise_bytes(
-                DwIn::Bytes(&ws.acts8[t]),
+                input,
                 l.cout,
                 l.in_hw[0],
                 l.in_hw[1],
@@ -506,15 +524,16 @@ pub(super) fn run_conv_fused(
                 l.kernel,
                 l.stride,
                 l.padding,
-                &mut out,
+                dst,
                 oh,
                 ow,
                 &mut ws.col32,
                 Some(&mut e),
             );
             dw_peak = e.peak;
+            wrote_bytes = dw_done && bytes_out.is_some();
         }
-        if !dw_done {
+        if bytes_in && !dw_done {
             restore_rows(ws, t, l);
         }
     }

@@ -1201,7 +1201,7 @@ pub(super) fn depthwise16(
                 k,
                 stride,
                 pad,
-                o,
+                super::depthwise_bytes::DwDst::Rows(o),
                 oh,
                 ow,
                 scratch,

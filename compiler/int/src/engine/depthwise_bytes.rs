@@ -302,12 +302,22 @@ pub(super) enum DwIn<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Where a depthwise layer on 8-bit operands puts its values: i32 rows, or
+/// (the byte table only, with a fused requantization whose values `v` fit
+/// `-z..=255 - z`) the rows as bytes `v + z`, as `gemm::Dst::Bytes` does
+/// for the 1x1 convs that read them.
+pub(super) enum DwDst<'a> {
+    Rows(&'a mut [i32]),
+    Bytes(&'a mut [u8], i32),
+}
+
 /// A depthwise layer (`c` channels of `ih x iw`, `k x k`, `stride`, `pad`)
 /// on the 8-bit weights `wb`, into `out` (`oh x ow` per channel), with the
 /// fused requantization `epi` where given (one term in i32 lanes). Returns
 /// false (nothing computed) where it does not apply: no AVX-512 VNNI
-/// (`isa::avx512_vnni`), a geometry [`QuadGeom::new`] declines, a second
-/// term or a wide requantization, or slices too short; the caller then
+/// (`isa::avx512_vnni`), not `wb`'s geometry, a second term or a wide
+/// requantization, bytes out of the quad layout or without a
+/// requantization, or slices too short; the caller then
 /// takes the 16-bit paths. The input's values must lie in `wb`'s range
 /// (`byte_offset` of the layer's `in_range`).
 #[allow(clippy::too_many_arguments)]
@@ -320,7 +330,7 @@ pub(super) fn depthwise_bytes(
     k: usize,
     stride: usize,
     pad: usize,
-    out: &mut [i32],
+    out: DwDst,
     oh: usize,
     ow: usize,
     scratch: &mut Vec<i32>,
@@ -338,9 +348,13 @@ pub(super) fn depthwise_bytes(
                 super::isa::avx512_vbmi() && taps.len() >= c * geom.quads()
             }
         };
+        let room = match &out {
+            DwDst::Rows(o) => o.len() >= c * p,
+            DwDst::Bytes(o, _) => o.len() >= c * p && wb.table() && epi.is_some(),
+        };
         if !super::isa::avx512_vnni()
             || !weights
-            || out.len() < c * p
+            || !room
             || wb.comp.len() < c
             || match input {
                 DwIn::Rows(x) => x.len(),
@@ -388,7 +402,7 @@ unsafe fn layer<T: Stored>(
     input: &[T],
     c: usize,
     wb: &DwBytes,
-    out: &mut [i32],
+    out: DwDst,
     scratch: &mut Vec<i32>,
     epi: Option<&mut Epilogue>,
 ) {
@@ -427,7 +441,7 @@ unsafe fn run<const DIV: u8, const CLAMP: bool, T: Stored>(
     input: &[T],
     c: usize,
     wb: &DwBytes,
-    out: &mut [i32],
+    out: DwDst,
     scratch: &mut Vec<i32>,
     req: Option<(&super::gemm::Regs16, &[super::fused::RowConsts])>,
 ) -> u32 {
@@ -435,6 +449,10 @@ unsafe fn run<const DIV: u8, const CLAMP: bool, T: Stored>(
     let mut peak = _mm512_setzero_si512();
     match &wb.form {
         Form::Quads { quads, geom, masks } => {
+            let DwDst::Rows(out) = out else {
+                // Declined by `depthwise_bytes`.
+                return 0;
+            };
             let g = geom;
             let (taps, len) = (g.nq * g.shape.k, g.len());
             // Channels laid out before any is summed: a tap's load spans
@@ -464,49 +482,38 @@ unsafe fn run<const DIV: u8, const CLAMP: bool, T: Stored>(
             unsafe { l.run::<DIV, CLAMP>(scratch, req, out, &mut peak) };
         }
         Form::Table { taps, geom } => {
-            let (hw, p, nq) = (geom.shape().ih * geom.shape().iw, geom.p(), geom.quads());
-            // The rows narrowed to bytes, a channel at a time (in i32
-            // words of the scratch: no other allocation).
-            let narrowed = match T::as_bytes(&input[..0]) {
-                Some(_) => 0,
-                None => hw.div_ceil(4),
+            let l = super::depthwise_table::TableLayer {
+                g: geom,
+                taps,
+                comp: &wb.comp,
+                z: wb.z,
             };
-            scratch.clear();
-            scratch.resize(narrowed, 0);
-            for ch in 0..c {
-                let x = &input[ch * hw..(ch + 1) * hw];
-                let bytes: &[u8] = match T::as_bytes(x) {
-                    Some(b) => b,
-                    None => {
-                        // SAFETY: the scratch's `4 * narrowed >= hw` bytes.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                scratch.as_mut_ptr() as *mut u8,
-                                4 * narrowed,
-                            )
-                        };
-                        // SAFETY: AVX-512 F and BW; both hold `hw`.
-                        unsafe { super::depthwise_table::narrow(x, wb.z, dst, hw) };
-                        dst
-                    }
-                };
-                // SAFETY: AVX-512 F, this function's.
-                let sink = unsafe { Sink16::new(req.map(|(rg, rows)| (rg, &rows[ch]))) };
-                // SAFETY: AVX-512 F, BW, VNNI and VBMI (checked by
-                // `depthwise_bytes`); the channel's `hw` bytes, `nq` words
-                // and `p` outputs.
-                unsafe {
-                    super::depthwise_table::channel::<DIV, CLAMP>(
-                        geom,
-                        bytes,
-                        &taps[ch * nq..(ch + 1) * nq],
-                        wb.comp[ch].wrapping_neg(),
-                        &sink,
-                        &mut out[ch * p..(ch + 1) * p],
+            // SAFETY: as this function's, VBMI checked by
+            // `depthwise_bytes`.
+            unsafe {
+                match out {
+                    DwDst::Rows(o) => l.run::<DIV, CLAMP, T, false>(
+                        input,
+                        c,
+                        o,
+                        &mut [],
+                        0,
+                        scratch,
+                        req,
                         &mut peak,
-                    )
-                };
-            }
+                    ),
+                    DwDst::Bytes(o, z) => l.run::<DIV, CLAMP, T, true>(
+                        input,
+                        c,
+                        &mut [],
+                        o,
+                        z,
+                        scratch,
+                        req,
+                        &mut peak,
+                    ),
+                }
+            };
         }
     }
     _mm512_reduce_max_epu32(peak)
@@ -768,7 +775,9 @@ impl<'a> Sink16<'a> {
     /// AVX-512 F.
     #[target_feature(enable = "avx2,avx512f")]
     #[inline]
-    unsafe fn new(req: Option<(&'a super::gemm::Regs16, &super::fused::RowConsts)>) -> Sink16<'a> {
+    pub(super) unsafe fn new(
+        req: Option<(&'a super::gemm::Regs16, &super::fused::RowConsts)>,
+    ) -> Sink16<'a> {
         use std::arch::x86_64::*;
         let (xlo, xhi, m, b) = req.map_or((0, 0, 0, 0), |(_, rc)| (rc.xlo, rc.xhi, rc.m, rc.b));
         Sink16 {
@@ -783,7 +792,35 @@ impl<'a> Sink16<'a> {
     /// Vector `v` of a channel's sums (`acc`, positions `16 v ..` of `p`):
     /// its largest |sum| per lane into `peak` (lanes past the map
     /// excluded), then requantized in `DIV` and `CLAMP` (the layer's) or as
-    /// they are, into `dst`.
+    /// they are; returned with the lanes of the map.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F; `16 v < p`.
+    #[target_feature(enable = "avx2,avx512f")]
+    #[inline]
+    pub(super) unsafe fn value<const DIV: u8, const CLAMP: bool>(
+        &self,
+        acc: std::arch::x86_64::__m512i,
+        v: usize,
+        p: usize,
+        peak: &mut std::arch::x86_64::__m512i,
+    ) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__mmask16) {
+        use super::gemm::Regs16;
+        use std::arch::x86_64::*;
+        let n = (p - 16 * v).min(16);
+        let keep = ((1u32 << n) - 1) as __mmask16;
+        *peak = _mm512_mask_max_epu32(*peak, keep, *peak, _mm512_abs_epi32(acc));
+        let r = match self.rg {
+            Some(rg) => {
+                rg.round::<DIV, CLAMP>(Regs16::scale(acc, self.xlo, self.xhi, self.m, self.b))
+            }
+            None => acc,
+        };
+        (r, keep)
+    }
+
+    /// [`Sink16::value`] stored into `dst` (positions `16 v ..`).
     ///
     /// # Safety
     ///
@@ -798,18 +835,10 @@ impl<'a> Sink16<'a> {
         dst: &mut [i32],
         peak: &mut std::arch::x86_64::__m512i,
     ) {
-        use super::gemm::Regs16;
         use std::arch::x86_64::*;
-        let n = (p - 16 * v).min(16);
-        let keep = ((1u32 << n) - 1) as __mmask16;
-        *peak = _mm512_mask_max_epu32(*peak, keep, *peak, _mm512_abs_epi32(acc));
-        let r = match self.rg {
-            Some(rg) => {
-                rg.round::<DIV, CLAMP>(Regs16::scale(acc, self.xlo, self.xhi, self.m, self.b))
-            }
-            None => acc,
-        };
-        // SAFETY: positions `16 v .. 16 v + n <= p` of `dst`.
+        // SAFETY: AVX-512 F, this function's.
+        let (r, keep) = unsafe { self.value::<DIV, CLAMP>(acc, v, p, peak) };
+        // SAFETY: positions `16 v ..` kept, below `p`, of `dst`.
         unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(16 * v), keep, r) };
     }
 }
@@ -970,7 +999,7 @@ mod tests {
                                 k,
                                 s,
                                 pad,
-                                &mut out,
+                                DwDst::Rows(&mut out),
                                 oh,
                                 ow,
                                 &mut scratch,
@@ -1008,7 +1037,7 @@ mod tests {
                     3,
                     1,
                     1,
-                    &mut out,
+                    DwDst::Rows(&mut out),
                     4,
                     4,
                     &mut scratch,
@@ -1029,7 +1058,7 @@ mod tests {
         if !avx512() {
             return;
         }
-        let mut runs = 0;
+        let (mut runs, mut bytes8) = (0, 0);
         let mut scratch = Vec::new();
         with_level(Level::Avx512, || {
             for (table, &(ih, iw, k, s, pad, z)) in [false, true].into_iter().flat_map(|t| {
@@ -1067,7 +1096,7 @@ mod tests {
                 });
                 for (e, what) in epilogue_cases(&rows, &[0, 9, 31], None) {
                     let what = format!("table {table} ih {ih} iw {iw} k {k} s {s} z {z} {what}");
-                    assert_fused_matches(&sums, p, &e, &what, |got, e| {
+                    let want = assert_fused_matches(&sums, p, &e, &what, |got, e| {
                         depthwise_bytes(
                             DwIn::Rows(&input),
                             c,
@@ -1077,7 +1106,7 @@ mod tests {
                             k,
                             s,
                             pad,
-                            got,
+                            DwDst::Rows(got),
                             oh,
                             ow,
                             &mut scratch,
@@ -1085,9 +1114,41 @@ mod tests {
                         )
                     });
                     runs += 1;
+                    // The table's bytes `v + z8`, where the values fit a
+                    // byte with an offset (the quad layout declines bytes).
+                    let (lo, hi) = want.iter().fold((0, 0), |(l, h), &v| (v.min(l), v.max(h)));
+                    let z8 = match (lo, hi) {
+                        (0.., ..=255) => 0,
+                        (-128.., ..=127) => 128,
+                        _ => continue,
+                    };
+                    let mut bytes = vec![7u8; c * p];
+                    let mut e8 = e.rows_from(0);
+                    let ran = depthwise_bytes(
+                        DwIn::Rows(&input),
+                        c,
+                        ih,
+                        iw,
+                        &wb,
+                        k,
+                        s,
+                        pad,
+                        DwDst::Bytes(&mut bytes, z8),
+                        oh,
+                        ow,
+                        &mut scratch,
+                        Some(&mut e8),
+                    );
+                    assert_eq!(ran, table, "{what}: bytes");
+                    if ran {
+                        let got: Vec<i32> = bytes.iter().map(|&b| b as i32 - z8).collect();
+                        assert_eq!(got, want, "{what}: bytes");
+                        bytes8 += 1;
+                    }
                 }
             }
         });
         assert_eq!(runs, 2 * 8 * 18);
+        assert!(bytes8 >= 20, "{bytes8} byte outputs");
     }
 }

@@ -175,52 +175,124 @@ impl TableGeom {
     }
 }
 
-/// One channel's sums through the table: `x` the channel's bytes `v + z`
-/// (`ih x iw`), `w` its [`TableGeom::weights`] words, `init` the sums'
-/// start (`-z * sum(w)`); each vector of sixteen sums requantized (or
-/// stored) by `sink` into `dst` (`g.p()` values), the largest |sum| of each
-/// lane into `peak`.
-///
-/// # Safety
-///
-/// AVX-512 F, BW, VBMI and VNNI; `x` holds `ih * iw` bytes, `w`
-/// `g.quads()` words, `dst` `g.p()` values.
+/// A layer's operands on the table: the geometry, per channel the weight
+/// words ([`TableGeom::weights`]) and `z * sum(w)`, the offset `z`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi,avx512vnni")]
-#[inline]
-pub(super) unsafe fn channel<const DIV: u8, const CLAMP: bool>(
-    g: &TableGeom,
-    x: &[u8],
-    w: &[i32],
-    init: i32,
-    sink: &Sink16,
-    dst: &mut [i32],
-    peak: &mut std::arch::x86_64::__m512i,
-) {
-    use std::arch::x86_64::*;
-    debug_assert!(x.len() >= g.shape.ih * g.shape.iw && w.len() >= g.nq && dst.len() >= g.p());
-    let init = _mm512_set1_epi32(init);
-    let nq = g.nq;
-    for (v, win) in g.windows.iter().enumerate() {
-        let at = x.as_ptr().wrapping_add(win.start);
-        // SAFETY: the masked bytes are the window's, inside the channel's
-        // `ih * iw` (`TableGeom::new`); the others are not read.
-        let (a, b) = unsafe {
-            (
-                _mm512_maskz_loadu_epi8(win.lo, at as *const i8),
-                _mm512_maskz_loadu_epi8(win.hi, at.wrapping_add(64) as *const i8),
-            )
+pub(super) struct TableLayer<'a> {
+    pub g: &'a TableGeom,
+    pub taps: &'a [i32],
+    pub comp: &'a [i32],
+    pub z: i32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl TableLayer<'_> {
+    /// `c` channels of `input` (bytes `v + z`, or i32 rows narrowed to
+    /// bytes a channel at a time in `scratch`'s words) through the table:
+    /// per vector of sixteen positions the window's two loads, per quad of
+    /// taps one `vpermi2b` (the padding's bytes keep their index, `z`) and
+    /// one `vpdpbusd` from the sums' start `-z * sum(w)`; each vector
+    /// requantized with `req` (the layer's constants and rows;
+    /// `DIV` and `CLAMP` theirs) or stored as sums, into `dst` (`p` values
+    /// per channel), or with `BYTES` as the bytes `v + z8` into `dst8`; the
+    /// largest |sum| of each lane into `peak`.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 F, BW, VBMI and VNNI; `input` holds `c` channels of `ih *
+    /// iw`, `taps` and `comp` `c` channels' worth, `dst` (`dst8` with
+    /// `BYTES`, and every requantized value plus `z8` in `0..=255`) and
+    /// `req`'s rows `c` channels.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run<const DIV: u8, const CLAMP: bool, T: Stored, const BYTES: bool>(
+        &self,
+        input: &[T],
+        c: usize,
+        dst: &mut [i32],
+        dst8: &mut [u8],
+        z8: i32,
+        scratch: &mut Vec<i32>,
+        req: Option<(&super::gemm::Regs16, &[super::fused::RowConsts])>,
+        peak: &mut std::arch::x86_64::__m512i,
+    ) {
+        use std::arch::x86_64::*;
+        let g = self.g;
+        let (hw, p, nq) = (g.shape.ih * g.shape.iw, g.p(), g.nq);
+        // The peak in a register for the layer.
+        let mut pk = *peak;
+        let zv8 = _mm512_set1_epi32(z8);
+        // The rows narrowed to bytes, a channel at a time (in i32 words of
+        // the scratch: no other allocation).
+        let narrowed = match T::as_bytes(&input[..0]) {
+            Some(_) => 0,
+            None => hw.div_ceil(4),
         };
-        let mut acc = init;
-        for q in 0..nq {
-            let i = v * nq + q;
-            // SAFETY: 64 bytes of the index entry.
-            let idx = unsafe { _mm512_loadu_si512(g.index[i].as_ptr() as *const _) };
-            let d = _mm512_mask2_permutex2var_epi8(a, idx, g.inside[i], b);
-            acc = _mm512_dpbusd_epi32(acc, d, _mm512_set1_epi32(w[q]));
+        scratch.clear();
+        scratch.resize(narrowed, 0);
+        for ch in 0..c {
+            let x = &input[ch * hw..(ch + 1) * hw];
+            let bytes: &[u8] = match T::as_bytes(x) {
+                Some(b) => b,
+                None => {
+                    // SAFETY: the scratch's `4 * narrowed >= hw` bytes.
+                    let b = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            scratch.as_mut_ptr() as *mut u8,
+                            4 * narrowed,
+                        )
+                    };
+                    // SAFETY: AVX-512 F and BW; both hold `hw`.
+                    unsafe { narrow(x, self.z, b, hw) };
+                    b
+                }
+            };
+            // SAFETY: AVX-512 F, this function's.
+            let sink = unsafe { Sink16::new(req.map(|(rg, rows)| (rg, &rows[ch]))) };
+            let init = _mm512_set1_epi32(self.comp[ch].wrapping_neg());
+            let w = &self.taps[ch * nq..(ch + 1) * nq];
+            let (rows, bytes8) = match BYTES {
+                false => (&mut dst[ch * p..(ch + 1) * p], &mut [][..]),
+                true => (&mut [][..], &mut dst8[ch * p..(ch + 1) * p]),
+            };
+            let per_vector = g.index.chunks_exact(nq).zip(g.inside.chunks_exact(nq));
+            for (v, (win, (index, inside))) in g.windows.iter().zip(per_vector).enumerate() {
+                let at = bytes.as_ptr().wrapping_add(win.start);
+                // SAFETY: the masked bytes are the window's, inside the
+                // channel's `hw` (`TableGeom::new`); the others are not
+                // read.
+                let (a, b) = unsafe {
+                    (
+                        _mm512_maskz_loadu_epi8(win.lo, at as *const i8),
+                        _mm512_maskz_loadu_epi8(win.hi, at.wrapping_add(64) as *const i8),
+                    )
+                };
+                // Four taps per `vpermi2b` and `vpdpbusd`.
+                let mut acc = init;
+                for ((idx, &lanes), &wq) in index.iter().zip(inside).zip(w) {
+                    // SAFETY: 64 bytes of the index entry.
+                    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) };
+                    let d = _mm512_mask2_permutex2var_epi8(a, idx, lanes, b);
+                    acc = _mm512_dpbusd_epi32(acc, d, _mm512_set1_epi32(wq));
+                }
+                // SAFETY: AVX-512 F, BW (this function's); the channel's
+                // destination holds `p` values.
+                unsafe {
+                    match BYTES {
+                        false => sink.put::<DIV, CLAMP>(acc, v, p, rows, &mut pk),
+                        true => {
+                            let (r, keep) = sink.value::<DIV, CLAMP>(acc, v, p, &mut pk);
+                            _mm512_mask_cvtepi32_storeu_epi8(
+                                bytes8.as_mut_ptr().add(16 * v) as *mut _,
+                                keep,
+                                _mm512_add_epi32(r, zv8),
+                            );
+                        }
+                    }
+                };
+            }
         }
-        // SAFETY: AVX-512 F (this function's); `dst` holds `g.p()` values.
-        unsafe { sink.put::<DIV, CLAMP>(acc, v, g.p(), dst, peak) };
+        *peak = pk;
     }
 }
 
@@ -232,7 +304,8 @@ pub(super) unsafe fn channel<const DIV: u8, const CLAMP: bool>(
 /// AVX-512 F and BW; `x` and `dst` hold `n` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-pub(super) unsafe fn narrow<T: Stored>(x: &[T], z: i32, dst: &mut [u8], n: usize) {
+#[inline]
+unsafe fn narrow<T: Stored>(x: &[T], z: i32, dst: &mut [u8], n: usize) {
     use std::arch::x86_64::*;
     debug_assert!(x.len() >= n && dst.len() >= n);
     let zv = _mm512_set1_epi32(if T::BIASED { 0 } else { z });

@@ -453,14 +453,16 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
 /// Where conv `l`, fused with the one-term requantization `r` (clamp
 /// `[lo, hi]`, in i32 lanes), writes `r`'s output as bytes `v + z`
 /// (`gemm::Dst::Bytes`), `Some(z)`: `l` is an ungrouped 1x1 conv on 8-bit
-/// operands (`direct::byte_offset`) on a CPU whose AMX tiles run it
-/// (`isa::amx`), and every reader of the output (at least one; not the
-/// output layer) is a conv of it whose own 8-bit operand has the offset
-/// `z` (`byte_offset`, which `[lo, hi]` fits): an ungrouped 1x1 conv, or a
-/// depthwise one that an 8-bit depthwise kernel runs (`DwBytes::runs`: the
-/// byte table, or the quad layout on maps over the lanes kernel's). The readers lay out their operands from a quarter of the
-/// bytes i32 rows take; a reader that declines them at run time restores
-/// the rows first (`conv.rs`).
+/// operands (`direct::byte_offset`) or a depthwise conv that the byte
+/// table runs (`depthwise_bytes::DwDst::Bytes`), on a CPU whose AMX tiles
+/// run the 1x1 readers (`isa::amx`), and every reader of the output (at
+/// least one; not the output layer) is a conv of it whose own 8-bit
+/// operand has the offset `z` (`byte_offset`, which `[lo, hi]` fits): an
+/// ungrouped 1x1 conv, or a depthwise one that an 8-bit depthwise kernel
+/// runs (`DwBytes::runs`: the byte table, or the quad layout on maps over
+/// the lanes kernel's). The readers lay out their operands from a quarter
+/// of the bytes i32 rows take; a reader that declines them at run time
+/// restores the rows first (`conv.rs`).
 fn bytes_output(
     plan: &IntPlan,
     l: &crate::plan::ConvLayer,
@@ -471,7 +473,11 @@ fn bytes_output(
     let pointwise = |c: &crate::plan::ConvLayer| {
         c.kernel == 1 && c.stride == 1 && c.padding == 0 && c.groups == 1
     };
-    if !super::isa::amx() || !pointwise(l) || byte_offset(l).is_none() || r.terms.len() != 1 {
+    // The producer: an AMX 1x1 conv, or a depthwise conv the byte table
+    // runs (`DwBytes::table`; its readers' 8-bit operands are AMX's).
+    let table = super::depthwise_bytes::DwBytes::new(l).is_some_and(|b| b.table());
+    let producer = (pointwise(l) && byte_offset(l).is_some()) || table;
+    if !super::isa::amx() || !producer || r.terms.len() != 1 {
         return None;
     }
     let t = r.output;
@@ -2125,6 +2131,84 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A fused depthwise conv that the byte table runs writes its output as
+    /// bytes `v + z` for its 1x1 readers where AMX runs them: the same
+    /// outputs and statistics as unfused, 3 x 3 at stride 1 and 2 on 16 x
+    /// 16, 8 x 8 and 7 x 5 maps, both offsets (outputs in `-128..=127`,
+    /// `0..=255` and `0..=15`), every rounding; the bytes unpack to the
+    /// unfused rows. Without the table or AMX: rows.
+    #[test]
+    fn a_depthwise_conv_hands_bytes_to_its_1x1_readers() {
+        crate::engine::isa::on_each(|| {
+            let mut rng = Rng(0xd3b7_b17e);
+            let amx = crate::engine::isa::amx();
+            let mut wrote = 0;
+            for (hw, mid) in [([16, 16], 24), ([8, 8], 40), ([7, 5], 9)] {
+                for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
+                    for stride in [1, 2] {
+                        for div in DIVS {
+                            let w = |rng: &mut Rng, n: usize| -> Vec<i32> {
+                                (0..n).map(|_| rng.range(-128, 127) as i32).collect()
+                            };
+                            let mult = |rng: &mut Rng, n: usize| -> Vec<i64> {
+                                (0..n).map(|_| rng.range(1 << 8, 1 << 13)).collect()
+                            };
+                            let bias = |rng: &mut Rng, n: usize| -> Vec<i64> {
+                                (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect()
+                            };
+                            let (m0, b0) = (mult(&mut rng, mid), bias(&mut rng, mid));
+                            let mut plan = conv_plan(
+                                (mid, mid, 3, stride, 1, mid),
+                                hw,
+                                8,
+                                w(&mut rng, mid * 9),
+                                m0,
+                                b0,
+                                (12, div, lo, hi),
+                            );
+                            let Layer::Conv(d) = &plan.layers[0] else {
+                                unreachable!()
+                            };
+                            let (dhw, dshape) = (d.out_hw, d.clone());
+                            // The reader: a 1x1 conv to 9 channels.
+                            let mut c = layer(mid, 9, 1, 1, 0, 1, dhw, w(&mut rng, 9 * mid));
+                            c.in_range = [lo, hi];
+                            let mb = (mult(&mut rng, 9), bias(&mut rng, 9));
+                            append_conv(&mut plan, c, "r", 2, mb, Some((-128, 127)));
+                            let weights = Weights::new(&plan);
+                            let f = weights.fused[0].as_ref().expect("fused");
+                            let z = if lo < 0 { 128 } else { 0 };
+                            let table = crate::engine::depthwise_bytes::DwBytes::new(&dshape)
+                                .is_some_and(|b| b.table());
+                            let bytes = amx && table;
+                            let tag = format!("{hw:?} [{lo}, {hi}] s {stride} {div:?}");
+                            assert_eq!(f.bytes, bytes.then_some(z), "{tag}");
+                            wrote += bytes as usize;
+                            let (mut plain, mut fused) =
+                                (Workspace::new(&plan), Workspace::new(&plan));
+                            fused.fuse_requant(true);
+                            let input = conv_input(&mut rng, plan.tensors[0].len(), 8);
+                            plain.bufs[0] = Buf::I32(input.clone());
+                            fused.bufs[0] = Buf::I32(input);
+                            let sim = SimOptions::default();
+                            run_image(&plan, &weights, &[], &mut plain, &sim).unwrap();
+                            run_image(&plan, &weights, &[], &mut fused, &sim).unwrap();
+                            assert_eq!(plain.stats, fused.stats, "{tag}");
+                            let want = plain.tensor(4).unwrap().to_i64();
+                            assert_eq!(fused.tensor(4).unwrap().to_i64(), want, "{tag}");
+                            assert_eq!(fused.tensor(2).is_none(), bytes || f.packed, "{tag}");
+                            let mid_t = fused.tensor(2).cloned().or(fused.unpacked(&plan, 2));
+                            let want = plain.tensor(2).unwrap().to_i64();
+                            assert_eq!(mid_t.unwrap().to_i64(), want, "{tag}");
+                        }
+                    }
+                }
+            }
+            let vbmi = crate::engine::isa::avx512_vbmi();
+            assert!(!(amx && vbmi) || wrote >= 30, "{wrote} wrote bytes");
+        });
     }
 
     /// A fused 1x1 conv whose readers all take 8-bit operands writes its
