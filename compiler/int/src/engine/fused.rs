@@ -2133,6 +2133,45 @@ mod tests {
         }
     }
 
+    /// Random 8-bit weights, multipliers and biases of the byte hand-off
+    /// tests.
+    fn bytes_w(rng: &mut Rng, n: usize) -> Vec<i32> {
+        (0..n).map(|_| rng.range(-128, 127) as i32).collect()
+    }
+
+    fn bytes_mb(rng: &mut Rng, n: usize) -> (Vec<i64>, Vec<i64>) {
+        let m = (0..n).map(|_| rng.range(1 << 8, 1 << 13)).collect();
+        let b = (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect();
+        (m, b)
+    }
+
+    /// The byte hand-off plan (a fused conv writing tensor 2, a reader
+    /// writing tensor 4) run `rounds` times fused and unfused on random
+    /// inputs: the same statistics and outputs, no rows of tensor 2 exactly
+    /// where the fused conv wrote bytes (`bytes`, or the 16-bit operand),
+    /// and those unpack to the unfused rows.
+    fn assert_hands_over(plan: &IntPlan, bytes: bool, rounds: usize, rng: &mut Rng, tag: &str) {
+        let weights = Weights::new(plan);
+        let f = weights.fused[0].as_ref().expect("fused");
+        let (mut plain, mut fused) = (Workspace::new(plan), Workspace::new(plan));
+        fused.fuse_requant(true);
+        for _ in 0..rounds {
+            let input = conv_input(rng, plan.tensors[0].len(), 8);
+            plain.bufs[0] = Buf::I32(input.clone());
+            fused.bufs[0] = Buf::I32(input);
+            let sim = SimOptions::default();
+            run_image(plan, &weights, &[], &mut plain, &sim).unwrap();
+            run_image(plan, &weights, &[], &mut fused, &sim).unwrap();
+            assert_eq!(plain.stats, fused.stats, "{tag}");
+            let want = plain.tensor(4).unwrap().to_i64();
+            assert_eq!(fused.tensor(4).unwrap().to_i64(), want, "{tag}");
+            assert_eq!(fused.tensor(2).is_none(), bytes || f.packed, "{tag}");
+            let mid_t = fused.tensor(2).cloned().or(fused.unpacked(plan, 2));
+            let want = plain.tensor(2).unwrap().to_i64();
+            assert_eq!(mid_t.unwrap().to_i64(), want, "{tag}");
+        }
+    }
+
     /// A fused depthwise conv that the byte table runs writes its output as
     /// bytes `v + z` for its 1x1 readers where AMX runs them: the same
     /// outputs and statistics as unfused, 3 x 3 at stride 1 and 2 on 16 x
@@ -2149,21 +2188,12 @@ mod tests {
                 for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
                     for stride in [1, 2] {
                         for div in DIVS {
-                            let w = |rng: &mut Rng, n: usize| -> Vec<i32> {
-                                (0..n).map(|_| rng.range(-128, 127) as i32).collect()
-                            };
-                            let mult = |rng: &mut Rng, n: usize| -> Vec<i64> {
-                                (0..n).map(|_| rng.range(1 << 8, 1 << 13)).collect()
-                            };
-                            let bias = |rng: &mut Rng, n: usize| -> Vec<i64> {
-                                (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect()
-                            };
-                            let (m0, b0) = (mult(&mut rng, mid), bias(&mut rng, mid));
+                            let (m0, b0) = bytes_mb(&mut rng, mid);
                             let mut plan = conv_plan(
                                 (mid, mid, 3, stride, 1, mid),
                                 hw,
                                 8,
-                                w(&mut rng, mid * 9),
+                                bytes_w(&mut rng, mid * 9),
                                 m0,
                                 b0,
                                 (12, div, lo, hi),
@@ -2173,12 +2203,11 @@ mod tests {
                             };
                             let (dhw, dshape) = (d.out_hw, d.clone());
                             // The reader: a 1x1 conv to 9 channels.
-                            let mut c = layer(mid, 9, 1, 1, 0, 1, dhw, w(&mut rng, 9 * mid));
+                            let mut c = layer(mid, 9, 1, 1, 0, 1, dhw, bytes_w(&mut rng, 9 * mid));
                             c.in_range = [lo, hi];
-                            let mb = (mult(&mut rng, 9), bias(&mut rng, 9));
+                            let mb = bytes_mb(&mut rng, 9);
                             append_conv(&mut plan, c, "r", 2, mb, Some((-128, 127)));
-                            let weights = Weights::new(&plan);
-                            let f = weights.fused[0].as_ref().expect("fused");
+                            let f = plan_fusion(&plan, 0).expect("fused");
                             let z = if lo < 0 { 128 } else { 0 };
                             let table = crate::engine::depthwise_bytes::DwBytes::new(&dshape)
                                 .is_some_and(|b| b.table());
@@ -2186,22 +2215,7 @@ mod tests {
                             let tag = format!("{hw:?} [{lo}, {hi}] s {stride} {div:?}");
                             assert_eq!(f.bytes, bytes.then_some(z), "{tag}");
                             wrote += bytes as usize;
-                            let (mut plain, mut fused) =
-                                (Workspace::new(&plan), Workspace::new(&plan));
-                            fused.fuse_requant(true);
-                            let input = conv_input(&mut rng, plan.tensors[0].len(), 8);
-                            plain.bufs[0] = Buf::I32(input.clone());
-                            fused.bufs[0] = Buf::I32(input);
-                            let sim = SimOptions::default();
-                            run_image(&plan, &weights, &[], &mut plain, &sim).unwrap();
-                            run_image(&plan, &weights, &[], &mut fused, &sim).unwrap();
-                            assert_eq!(plain.stats, fused.stats, "{tag}");
-                            let want = plain.tensor(4).unwrap().to_i64();
-                            assert_eq!(fused.tensor(4).unwrap().to_i64(), want, "{tag}");
-                            assert_eq!(fused.tensor(2).is_none(), bytes || f.packed, "{tag}");
-                            let mid_t = fused.tensor(2).cloned().or(fused.unpacked(&plan, 2));
-                            let want = plain.tensor(2).unwrap().to_i64();
-                            assert_eq!(mid_t.unwrap().to_i64(), want, "{tag}");
+                            assert_hands_over(&plan, bytes, 1, &mut rng, &tag);
                         }
                     }
                 }
@@ -2232,21 +2246,12 @@ mod tests {
             for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
                 for (k, stride) in [(1, 1), (3, 1), (3, 2)] {
                     for div in DIVS {
-                        let w = |rng: &mut Rng, n: usize| -> Vec<i32> {
-                            (0..n).map(|_| rng.range(-128, 127) as i32).collect()
-                        };
-                        let mult = |rng: &mut Rng, n: usize| -> Vec<i64> {
-                            (0..n).map(|_| rng.range(1 << 8, 1 << 13)).collect()
-                        };
-                        let bias = |rng: &mut Rng, n: usize| -> Vec<i64> {
-                            (0..n).map(|_| rng.range(-(1 << 20), 1 << 20)).collect()
-                        };
-                        let (m0, b0) = (mult(&mut rng, mid), bias(&mut rng, mid));
+                        let (m0, b0) = bytes_mb(&mut rng, mid);
                         let mut plan = conv_plan(
                             (cin, mid, 1, 1, 0, 1),
                             hw,
                             8,
-                            w(&mut rng, mid * cin),
+                            bytes_w(&mut rng, mid * cin),
                             m0,
                             b0,
                             (12, div, lo, hi),
@@ -2255,14 +2260,21 @@ mod tests {
                         // conv, its operand's range the clamp above.
                         let (cout, groups) = if k == 1 { (9, 1) } else { (mid, mid) };
                         let ws_n = cout * (mid / groups) * k * k;
-                        let mut c =
-                            layer(mid, cout, k, stride, k / 2, groups, hw, w(&mut rng, ws_n));
+                        let mut c = layer(
+                            mid,
+                            cout,
+                            k,
+                            stride,
+                            k / 2,
+                            groups,
+                            hw,
+                            bytes_w(&mut rng, ws_n),
+                        );
                         c.in_range = [lo, hi];
                         let [oh, ow] = c.out_hw;
-                        let mb = (mult(&mut rng, cout), bias(&mut rng, cout));
+                        let mb = bytes_mb(&mut rng, cout);
                         append_conv(&mut plan, c, "r", 2, mb, Some((-128, 127)));
-                        let weights = Weights::new(&plan);
-                        let f = weights.fused[0].as_ref().expect("fused");
+                        let f = plan_fusion(&plan, 0).expect("fused");
                         let z = if lo < 0 { 128 } else { 0 };
                         // The byte table (with AVX-512 VBMI) takes the
                         // shapes whose windows fit it; else the lanes kernel
@@ -2274,26 +2286,8 @@ mod tests {
                         let quads = oh * ow > 64 && (stride == 1 || hw[1] % 2 == 0);
                         let bytes = amx && (k == 1 || table || quads);
                         assert_eq!(f.bytes, bytes.then_some(z), "{hw:?} {lo} {k}");
-                        let (mut plain, mut fused) = (Workspace::new(&plan), Workspace::new(&plan));
-                        fused.fuse_requant(true);
                         let tag = format!("{hw:?} [{lo}, {hi}] k {k} s {stride} {div:?}");
-                        for _ in 0..2 {
-                            let input = conv_input(&mut rng, plan.tensors[0].len(), 8);
-                            plain.bufs[0] = Buf::I32(input.clone());
-                            fused.bufs[0] = Buf::I32(input);
-                            let sim = SimOptions::default();
-                            run_image(&plan, &weights, &[], &mut plain, &sim).unwrap();
-                            run_image(&plan, &weights, &[], &mut fused, &sim).unwrap();
-                            assert_eq!(plain.stats, fused.stats, "{tag}");
-                            let want = plain.tensor(4).unwrap().to_i64();
-                            assert_eq!(fused.tensor(4).unwrap().to_i64(), want, "{tag}");
-                            // No rows exactly where AMX wrote bytes (or, without
-                            // it, the 16-bit operand of a 1x1 reader).
-                            assert_eq!(fused.tensor(2).is_none(), bytes || f.packed, "{tag}");
-                            let mid_t = fused.tensor(2).cloned().or(fused.unpacked(&plan, 2));
-                            let want = plain.tensor(2).unwrap().to_i64();
-                            assert_eq!(mid_t.unwrap().to_i64(), want, "{tag}");
-                        }
+                        assert_hands_over(&plan, bytes, 2, &mut rng, &tag);
                     }
                 }
             }
