@@ -158,9 +158,23 @@ pub struct IntReport {
 }
 
 /// Runs the plan on every image: accuracy, predictions and the per-layer
-/// accumulator report. The lead's `qatc eval --int` calls this.
+/// accumulator report. The lead's `qatc eval --int` calls this. The
+/// weights are converted first ([`engine::Weights::new`]); to run many
+/// batches of one plan, convert them once and call [`evaluate_with`].
 pub fn evaluate(
     plan: &IntPlan,
+    images: &dyn Images,
+    opts: EvalOptions,
+) -> Result<IntReport, IntError> {
+    evaluate_with(plan, &engine::Weights::new(plan), images, opts)
+}
+
+/// [`evaluate`] with the plan's weights already converted (`weights` must
+/// be `engine::Weights::new(plan)`): what `qatc int bench` times, as ONNX
+/// Runtime's benchmark times its runs of a session made before.
+pub fn evaluate_with(
+    plan: &IntPlan,
+    weights: &engine::Weights,
     images: &dyn Images,
     opts: EvalOptions,
 ) -> Result<IntReport, IntError> {
@@ -173,7 +187,6 @@ pub fn evaluate(
         opts.threads
     }
     .clamp(1, n.max(1));
-    let weights = engine::Weights::new(plan);
     let next = std::sync::atomic::AtomicUsize::new(0);
     type Part = (Vec<(usize, usize, Vec<f32>)>, Vec<AccStats>);
     let run = || -> Result<Part, IntError> {
@@ -189,7 +202,7 @@ pub fn evaluate(
                 break;
             }
             images.image(i, &mut img);
-            let r = engine::run_image(plan, &weights, &img, &mut ws, &opts.sim)?;
+            let r = engine::run_image(plan, weights, &img, &mut ws, &opts.sim)?;
             let pred = engine::argmax(&r.logits);
             out.push((
                 i,

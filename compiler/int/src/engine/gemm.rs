@@ -1160,7 +1160,9 @@ pub(super) use by_rounding;
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Regs16 {
-    count: std::arch::x86_64::__m128i,
+    /// The shift in every lane (`vpsravd`/`vpsrlvd`: one micro-op, where
+    /// the shift by an `xmm` count takes two).
+    count: std::arch::x86_64::__m512i,
     half: std::arch::x86_64::__m512i,
     /// `2^shift - 1`, where `shift <= 30` ([`TRUNC_ADD`]); else 0.
     below: std::arch::x86_64::__m512i,
@@ -1204,7 +1206,7 @@ impl Regs16 {
     unsafe fn new(shift: u32, lo: i32, hi: i32, div: Div, clamp: bool, wide: bool) -> Regs16 {
         use std::arch::x86_64::*;
         Regs16 {
-            count: _mm_cvtsi32_si128(shift as i32),
+            count: _mm512_set1_epi32(shift as i32),
             half: _mm512_set1_epi32(if shift == 0 {
                 0
             } else {
@@ -1313,20 +1315,22 @@ impl Regs16 {
         let zero = _mm512_setzero_si512();
         let neg = _mm512_cmplt_epi32_mask(s, zero);
         let q = match DIV {
-            FLOOR => _mm512_sra_epi32(s, self.count),
+            FLOOR => _mm512_srav_epi32(s, self.count),
             // |s| shifted, the sign restored (as `round8`'s `vpsignd`: a
             // zero stays zero).
             TRUNC => {
-                let a = _mm512_srl_epi32(_mm512_abs_epi32(s), self.count);
+                let a = _mm512_srlv_epi32(_mm512_abs_epi32(s), self.count);
                 _mm512_mask_sub_epi32(a, neg, zero, a)
             }
             // A negative sum plus `2^shift - 1`, then the floor shift: the
             // quotient rounded up, toward zero (no overflow: the sum is
             // negative and the addend below 2^31).
-            TRUNC_ADD => _mm512_sra_epi32(_mm512_mask_add_epi32(s, neg, s, self.below), self.count),
+            TRUNC_ADD => {
+                _mm512_srav_epi32(_mm512_mask_add_epi32(s, neg, s, self.below), self.count)
+            }
             _ => {
                 let a = _mm512_abs_epi32(s);
-                let q = _mm512_sra_epi32(_mm512_add_epi32(a, self.half), self.count);
+                let q = _mm512_srav_epi32(_mm512_add_epi32(a, self.half), self.count);
                 _mm512_mask_sub_epi32(q, neg, zero, q)
             }
         };
