@@ -16,7 +16,11 @@
 //! sums. A direct conv's `B` tiles are read straight from its layout (the
 //! rows of a tile `cols` words apart, see [`DirectTiles`]). Per pass two
 //! tiles of channels x two tiles of positions (`tmm0`-`tmm3`), the weights
-//! in `tmm4`/`tmm5`, the operand in `tmm6`/`tmm7` ([`passes`]); the sums go
+//! in `tmm4`/`tmm5`, the operand in `tmm6`/`tmm7` ([`passes`]). A 1x1 conv
+//! of at most 64 input channels configures its `A` tiles `4 kq` bytes wide
+//! and its `B` tiles `kq` rows high (`kq` quads, [`tile_quads`]), and keeps
+//! a pair of channel tiles' weights in `tmm4`/`tmm5` over all the passes
+//! of that pair; the sums go
 //! through memory (a 4 KiB buffer) into the same 512-bit epilogue as the
 //! VNNI kernel's (`BlockOut::finish_pair`).
 //!
@@ -26,10 +30,15 @@
 //! (`tilerelease`), so no tile state outlives a call.
 
 /// Quads of input channels per position in the operand and the weight
-/// tiles: `k.div_ceil(4)` rounded up to whole tiles (16 quads, 64
-/// channels); the weights of the quads past `k` are zero.
+/// tiles: `k.div_ceil(4)` where that is at most one tile (16 quads, 64
+/// channels: the tiles are configured that narrow, so a 1x1 conv of 24
+/// channels loads and multiplies 6 quads, not 16), else rounded up to
+/// whole tiles; the weights of the quads past `k` are zero.
 pub(super) fn tile_quads(k: usize) -> usize {
-    k.div_ceil(4).div_ceil(16) * 16
+    match k.div_ceil(4) {
+        kq @ 0..=16 => kq.max(1),
+        kq => kq.div_ceil(16) * 16,
+    }
 }
 
 /// Length of [`weight_tiles`]: `m` rounded up to 16 rows of
@@ -127,6 +136,9 @@ pub(super) unsafe fn gemm_tiles(
     fin: &mut super::gemm::BlockOut,
 ) {
     let kt = tile_quads(k);
+    // Quads per chunk (the `A` tiles' columns, the `B` tiles' rows): every
+    // quad where they fit one tile, else 16.
+    let kr = kt.min(16);
     let (tiles, blocks8) = (p.div_ceil(16), p.div_ceil(8));
     // Bytes between rows: a weight row, a quad of the operand.
     let (sa, sb) = (kt * 4, 64usize);
@@ -134,17 +146,21 @@ pub(super) unsafe fn gemm_tiles(
     assert!(comp.is_none_or(|c| c.len() >= m));
     // SAFETY: AVX-512 F is one of this function's features.
     let r16 = unsafe { fin.regs16() };
+    // With one chunk (`k <= 64`) the weight tiles of a row pair stay in
+    // `tmm4` and `tmm5` from its first pass (`q` 0) to its last: nothing
+    // else loads them.
+    let keep_a = kt == kr;
     let compute = |ps: Pass| {
-        for c in 0..kt / 16 {
+        for c in 0..kt / kr {
             // SAFETY (the tile loads): weight rows `o..o + 16` (and `o +
             // 16..o + 32` with `two_rows`, `o + 16 < m`) lie inside `a`'s
             // `m.div_ceil(16) * 16` rows of `sa` bytes, chunk `c` at bytes
-            // `64 c..64 c + 64 <= sa`; operand blocks `q` (and `q + 1 <
-            // tiles`) have `kt` quads of 64 bytes, quads `16 c..16 c + 16
-            // <= kt` read (asserted lengths).
+            // `4 kr c..4 kr (c + 1) <= sa`; operand blocks `q` (and `q + 1
+            // < tiles`) have `kt` quads of 64 bytes, quads `kr c..kr (c +
+            // 1) <= kt` read (asserted lengths; `kr` divides `kt`).
             unsafe {
-                let a0 = a.as_ptr().add(ps.o * sa + 64 * c);
-                let b0 = (x.as_ptr() as *const u8).add((ps.q * kt + 16 * c) * 64);
+                let a0 = a.as_ptr().add(ps.o * sa + 4 * kr * c);
+                let b0 = (x.as_ptr() as *const u8).add((ps.q * kt + kr * c) * 64);
                 step(
                     (a0, a0.wrapping_add(16 * sa)),
                     sa,
@@ -152,6 +168,7 @@ pub(super) unsafe fn gemm_tiles(
                     sb,
                     ps.two_rows,
                     ps.two_pos,
+                    !(keep_a && ps.q > 0),
                 );
             }
         }
@@ -171,7 +188,7 @@ pub(super) unsafe fn gemm_tiles(
         }
     };
     // SAFETY: the tile configuration of `compute`'s tiles.
-    unsafe { passes(&config(16, 16), m, tiles, compute, finish) };
+    unsafe { passes(&config(16, kr), m, tiles, compute, finish) };
 }
 
 /// Where one pass of the tile kernels works: channels from `o` (16, or 32
@@ -381,7 +398,7 @@ pub(super) unsafe fn direct_tiles(
                     let a1 = a0.wrapping_add(16 * sa);
                     let b0 = x.add(4 * (p0 + off + kr * c * qs));
                     let b1 = x.add(4 * (p1 + off + kr * c * qs));
-                    step((a0, a1), sa, (b0, b1), sb, ps.two_rows, ps.two_pos);
+                    step((a0, a1), sa, (b0, b1), sb, ps.two_rows, ps.two_pos, true);
                 }
             }
         }
@@ -406,12 +423,14 @@ pub(super) unsafe fn direct_tiles(
 /// bytes apart; the second with `two_rows`) times the operand tile(s) at
 /// `b` (rows `sb` apart; the second with `two_pos`) added into `tmm0`
 /// (`a.0` x `b.0`), `tmm1` (`a.0` x `b.1`), `tmm2` (`a.1` x `b.0`) and
-/// `tmm3` (`a.1` x `b.1`).
+/// `tmm3` (`a.1` x `b.1`). Without `load_a` the weight tiles are those
+/// `tmm4` and `tmm5` hold (loaded by a step before, of the same weights).
 ///
 /// # Safety
 ///
 /// The tiles configured (`tmm4`-`tmm7` as `A` and `B` tiles), and every
-/// row those tiles read from the pointers used readable.
+/// row those tiles read from the pointers used readable; without `load_a`,
+/// `tmm4` (and with `two_rows` `tmm5`) loaded from `a`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn step(
@@ -421,61 +440,63 @@ unsafe fn step(
     sb: usize,
     two_rows: bool,
     two_pos: bool,
+    load_a: bool,
 ) {
     use std::arch::asm;
     // SAFETY: the caller's (this function's `# Safety`).
     unsafe {
-        match (two_rows, two_pos) {
+        match (load_a, two_rows) {
+            (false, _) => {}
             (true, true) => asm!(
                 "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm5, [{a1} + {sa}*1]",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                sa = in(reg) sa,
+                options(nostack, readonly)
+            ),
+            (true, false) => asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                a0 = in(reg) a0,
+                sa = in(reg) sa,
+                options(nostack, readonly)
+            ),
+        }
+        match (two_rows, two_pos) {
+            (true, true) => asm!(
                 "tileloadd tmm6, [{b0} + {sb}*1]",
                 "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbsud tmm0, tmm4, tmm6",
                 "tdpbsud tmm1, tmm4, tmm7",
                 "tdpbsud tmm2, tmm5, tmm6",
                 "tdpbsud tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
                 b0 = in(reg) b0,
                 b1 = in(reg) b1,
-                sa = in(reg) sa,
                 sb = in(reg) sb,
                 options(nostack, readonly)
             ),
             (true, false) => asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
                 "tdpbsud tmm0, tmm4, tmm6",
                 "tdpbsud tmm2, tmm5, tmm6",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
                 b0 = in(reg) b0,
-                sa = in(reg) sa,
                 sb = in(reg) sb,
                 options(nostack, readonly)
             ),
             (false, true) => asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
                 "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbsud tmm0, tmm4, tmm6",
                 "tdpbsud tmm1, tmm4, tmm7",
-                a0 = in(reg) a0,
                 b0 = in(reg) b0,
                 b1 = in(reg) b1,
-                sa = in(reg) sa,
                 sb = in(reg) sb,
                 options(nostack, readonly)
             ),
             (false, false) => asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
                 "tdpbsud tmm0, tmm4, tmm6",
-                a0 = in(reg) a0,
                 b0 = in(reg) b0,
-                sa = in(reg) sa,
                 sb = in(reg) sb,
                 options(nostack, readonly)
             ),
