@@ -71,6 +71,22 @@ pub(super) fn avx512_vbmi() -> bool {
     }
 }
 
+/// Whether the CPU also has AVX-512 DQ and VL (`vpmullq`: i64 lanes
+/// multiplied, for the requantization passes the compiler vectorises) and
+/// the AVX-512 kernels may run ([`avx512_vnni`]).
+pub(super) fn avx512_dq() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_vnni()
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AMX kernels may run (the CPU has them, the OS let this
 /// process use the tiles, and no cap below).
 pub(super) fn amx() -> bool {
