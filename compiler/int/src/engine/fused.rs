@@ -957,15 +957,9 @@ fn requant2(
     sat: (i64, i64),
     out: &mut [i32],
 ) {
-    /// [`requant2_body`] compiled with AVX2.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2 (the body is safe Rust).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(
+    // AVX-512: the rows in i64 lanes (where a channel's sums pass i32)
+    // multiply with `vpmullq`, which AVX2 lacks.
+    super::isa::vectorised!(requant2_body(
         x: &[i32],
         y: &[i32],
         ms: (&[i64], &[i64]),
@@ -974,47 +968,7 @@ fn requant2(
         e: &Epilogue,
         sat: (i64, i64),
         out: &mut [i32],
-    ) {
-        requant2_body(x, y, ms, bias, p, e, sat, out)
-    }
-    /// [`requant2_body`] compiled with AVX-512 (the rows in i64 lanes,
-    /// where a channel's sums pass i32, multiply with `vpmullq`, which AVX2
-    /// lacks).
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX-512 F, BW, DQ and VL (the body is safe
-    /// Rust).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512(
-        x: &[i32],
-        y: &[i32],
-        ms: (&[i64], &[i64]),
-        bias: &[i64],
-        p: usize,
-        e: &Epilogue,
-        sat: (i64, i64),
-        out: &mut [i32],
-    ) {
-        requant2_body(x, y, ms, bias, p, e, sat, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::isa::avx512_dq() {
-            // SAFETY: the CPU has AVX-512 F, BW, DQ and VL
-            // (`isa::avx512_dq`).
-            unsafe { avx512(x, y, ms, bias, p, e, sat, out) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { avx2(x, y, ms, bias, p, e, sat, out) };
-            return;
-        }
-    }
-    requant2_body(x, y, ms, bias, p, e, sat, out)
+    ))
 }
 
 /// An [`Epilogue`]'s shared constants in AVX2 registers, for the kernels.

@@ -87,6 +87,56 @@ pub(super) fn avx512_dq() -> bool {
     }
 }
 
+/// Calls the safe function `$body` with `$args` (each `name: type`)
+/// compiled for the widest of AVX-512 F, BW, DQ and VL ([`avx512_dq`]),
+/// AVX2, or neither, that this thread may use: for loops the compiler
+/// vectorises (an integer loop computes the same in every form).
+macro_rules! vectorised {
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
+        /// The body compiled with AVX-512.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX-512 F, BW, DQ and VL (the body is
+        /// safe Rust).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+        /// The body compiled with AVX2.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX2 (the body is safe Rust).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        let done = if $crate::engine::isa::avx512_dq() {
+            // SAFETY: the CPU has AVX-512 F, BW, DQ and VL (`avx512_dq`).
+            unsafe { avx512($($arg),*) };
+            true
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2($($arg),*) };
+            true
+        } else {
+            false
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            $body($($arg),*)
+        }
+    }};
+}
+pub(super) use vectorised;
+
 /// Whether the AMX kernels may run (the CPU has them, the OS let this
 /// process use the tiles, and no cap below).
 pub(super) fn amx() -> bool {

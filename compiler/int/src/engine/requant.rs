@@ -454,55 +454,14 @@ fn requant_rows(terms: &[(&[i32], &[i64])], bias: &[i64], p: usize, q: &RowScale
             }
         }
     }
-    /// [`body`] compiled with AVX2.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2 (the body is safe Rust).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn avx2(
+    // AVX-512: i64 lanes multiply with `vpmullq`, which AVX2 lacks.
+    super::isa::vectorised!(body(
         terms: &[(&[i32], &[i64])],
         bias: &[i64],
         p: usize,
         q: &RowScale,
         out: &mut [i32],
-    ) {
-        body(terms, bias, p, q, out)
-    }
-    /// [`body`] compiled with AVX-512 (i64 lanes multiply with `vpmullq`,
-    /// which AVX2 lacks).
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX-512 F, BW, DQ and VL (the body is safe
-    /// Rust).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
-    unsafe fn avx512(
-        terms: &[(&[i32], &[i64])],
-        bias: &[i64],
-        p: usize,
-        q: &RowScale,
-        out: &mut [i32],
-    ) {
-        body(terms, bias, p, q, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::isa::avx512_dq() {
-            // SAFETY: the CPU has AVX-512 F, BW, DQ and VL
-            // (`isa::avx512_dq`).
-            unsafe { avx512(terms, bias, p, q, out) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { avx2(terms, bias, p, q, out) };
-            return;
-        }
-    }
-    body(terms, bias, p, q, out)
+    ))
 }
 
 /// Rows shorter than this take one exact scalar loop over all channels.
