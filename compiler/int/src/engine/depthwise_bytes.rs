@@ -132,6 +132,12 @@ impl DwBytes {
         }
     }
 
+    /// Whether the byte table runs conv `l` ([`DwBytes::geometry`]; its
+    /// weights not converted).
+    pub(super) fn in_table(l: &ConvLayer) -> bool {
+        matches!(DwBytes::geometry(l), Some((Geom::Table(_), _)))
+    }
+
     /// The geometry of a depthwise conv whose operands fit 8 bits, and the
     /// operand's offset: the byte table where the CPU has AVX-512 VBMI
     /// ([`isa::avx512_vbmi`](super::isa::avx512_vbmi)) and its windows fit

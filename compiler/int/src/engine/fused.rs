@@ -475,7 +475,7 @@ fn bytes_output(
     };
     // The producer: an AMX 1x1 conv, or a depthwise conv the byte table
     // runs (`DwBytes::table`; its readers' 8-bit operands are AMX's).
-    let table = super::depthwise_bytes::DwBytes::new(l).is_some_and(|b| b.table());
+    let table = super::depthwise_bytes::DwBytes::in_table(l);
     let producer = (pointwise(l) && byte_offset(l).is_some()) || table;
     if !super::isa::amx() || !producer || r.terms.len() != 1 {
         return None;
