@@ -7,16 +7,19 @@
 //!   same sums in the same order, so bit for bit the same results (and the
 //!   C reference's).
 //! - [`conv_float_direct`]: ungrouped stride-1 convs (every seed stem)
-//!   without im2col: the image converted to f64 once into a zero-bordered
-//!   copy, then `direct_f64_avx2`, four output rows x eight positions of
-//!   an output row per pass, reading each tap's eight inputs straight from
-//!   that copy; the taps in im2col's order (channel, then ky, then kx) and
-//!   the same separate `vmulpd`/`vaddpd`, so the sums are bit for bit those
-//!   of [`gemm_f64`] over im2col (the tests compare them); with AVX-512
-//!   (`isa.rs`) `direct_f64_avx512`, sixteen positions per pass in 512-bit
-//!   registers and masked lanes for a row's last ones, the same operations
-//!   per lane. Other convs, and
-//!   CPUs without AVX2, take im2col and [`gemm_f64`].
+//!   without im2col, where every weight is an integer of at most 29 bits
+//!   (the plan's weights are): the image converted to f64 once into a
+//!   zero-bordered copy, then `direct_f64_avx2` (AVX2 + FMA), four output
+//!   rows x eight positions of an output row per pass, reading each tap's
+//!   eight inputs straight from that copy; the taps in im2col's order
+//!   (channel, then ky, then kx). Each `x * w` of an f32 input (24
+//!   significant bits) and such a weight is exact in f64, so one `vfmadd`
+//!   per tap rounds exactly as the product then the sum: the sums are bit
+//!   for bit those of [`gemm_f64`] over im2col (the tests compare them).
+//!   With AVX-512 (`isa.rs`) `direct_f64_avx512`, sixteen positions per
+//!   pass in 512-bit registers and masked lanes for a row's last ones, the
+//!   same operations per lane. Other convs and weights, and CPUs without
+//!   AVX2, take im2col and [`gemm_f64`].
 //! - [`round_into`]: the sums truncated or rounded as the plan's mode says
 //!   (AVX2: four per vector, exact), stored as i32 where every one fits
 //!   (else i64), so what follows takes its 32-bit paths.
@@ -47,10 +50,14 @@ pub(super) fn conv_float_direct(
         && ow + k - 1 == cols
         && image.len() == l.cin * ih * iw
         && w.len() == l.cout * l.cin * k * k
-        && out.len() == l.cout * oh * ow;
+        && out.len() == l.cout * oh * ow
+        && w.iter().all(|&v| exact_factor(v));
     #[cfg(target_arch = "x86_64")]
     {
-        if fits && std::arch::is_x86_feature_detected!("avx2") {
+        if fits
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
             padded.clear();
             padded.resize(l.cin * rows * cols, 0.0);
             for (c, plane) in image.chunks_exact(ih * iw).enumerate() {
@@ -70,7 +77,7 @@ pub(super) fn conv_float_direct(
                 oh,
                 ow,
             };
-            // SAFETY: AVX2 is present (and AVX-512 F where
+            // SAFETY: AVX2 and FMA are present (and AVX-512 F where
             // `avx512_vnni` says so); `padded` holds `cin * rows * cols`
             // values, `w` `cout * cin * k * k`, `out` `cout * oh * ow`, and
             // `oh + k - 1 == rows`, `ow + k - 1 == cols` (all checked or
@@ -87,6 +94,14 @@ pub(super) fn conv_float_direct(
     }
     let _ = (fits, image, w, padded, out, rows, cols, oh, ow);
     false
+}
+
+/// Whether `w` is an integer of at most 29 bits: then its product with any
+/// f32 (24 significant bits) is exact in f64 (53), so a fused multiply-add
+/// `fma(x, w, s)` rounds exactly as `s + x * w` with the product rounded
+/// first, and the direct kernels may use one.
+fn exact_factor(w: f64) -> bool {
+    w.fract() == 0.0 && w.abs() < (1u64 << 29) as f64
 }
 
 /// The shape of [`direct_f64_avx2`]'s conv: `cin` planes of `rows x cols`
@@ -120,17 +135,20 @@ impl DirectF64 {
 
 /// Four output rows x eight positions of one output row per pass (eight
 /// accumulators of four f64), the taps in im2col's order `(c, ky, kx)`,
-/// each product rounded then added (no FMA): [`gemm_f64`]'s sums. The last
-/// positions of a row (under eight) in scalar code, same order.
+/// one fused multiply-add per tap, which the weights' [`exact_factor`]
+/// makes [`gemm_f64`]'s product-then-sum bit for bit. The last positions
+/// of a row (under eight) in scalar code, same order.
 ///
 /// # Safety
 ///
-/// - The CPU must support AVX2.
+/// - The CPU must support AVX2 and FMA.
+/// - Every weight passes [`exact_factor`] (else the sums may differ from
+///   [`gemm_f64`]'s in the last bit: not unsafe, but wrong).
 /// - `x.len() >= cin * rows * cols`, `w.len() >= cout * cin * k * k`,
 ///   `out.len() >= cout * oh * ow`, `oh + k - 1 <= rows` and
 ///   `ow + k - 1 <= cols`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn direct_f64_avx2(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) {
     use std::arch::x86_64::*;
     const R: usize = 4;
@@ -171,8 +189,8 @@ unsafe fn direct_f64_avx2(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) 
                         );
                         for (a, wr) in acc.iter_mut().zip(&wr) {
                             let wv = _mm256_set1_pd(*wr.get_unchecked(t));
-                            a[0] = _mm256_add_pd(a[0], _mm256_mul_pd(x0, wv));
-                            a[1] = _mm256_add_pd(a[1], _mm256_mul_pd(x1, wv));
+                            a[0] = _mm256_fmadd_pd(x0, wv, a[0]);
+                            a[1] = _mm256_fmadd_pd(x1, wv, a[1]);
                         }
                     }
                     for (r, a) in acc.iter().enumerate().take(n) {
@@ -205,7 +223,7 @@ unsafe fn direct_f64_avx2(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) 
 ///
 /// As [`direct_f64_avx2`], and the CPU must support AVX-512 F.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f")]
+#[target_feature(enable = "avx2,fma,avx512f")]
 unsafe fn direct_f64_avx512(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]) {
     use std::arch::x86_64::*;
     const R: usize = 4;
@@ -248,8 +266,8 @@ unsafe fn direct_f64_avx512(d: &DirectF64, x: &[f64], w: &[f64], out: &mut [f64]
                         );
                         for (a, wr) in acc.iter_mut().zip(&wr) {
                             let wv = _mm512_set1_pd(*wr.get_unchecked(t));
-                            a[0] = _mm512_add_pd(a[0], _mm512_mul_pd(x0, wv));
-                            a[1] = _mm512_add_pd(a[1], _mm512_mul_pd(x1, wv));
+                            a[0] = _mm512_fmadd_pd(x0, wv, a[0]);
+                            a[1] = _mm512_fmadd_pd(x1, wv, a[1]);
                         }
                     }
                     for (r, a) in acc.iter().enumerate().take(n) {
@@ -572,12 +590,14 @@ mod tests {
             l.input = ConvInput::Float;
             (l.a_bits, l.in_bits) = (32, 32);
             let [oh, ow] = l.out_hw;
-            // Values whose products and sums round (thirds, sevenths).
+            // Inputs with full f32 mantissas over six orders of magnitude
+            // and integer weights up to 2^15 (the plan's widest): the sums
+            // round in f64.
             let image: Vec<f32> = (0..cin * ih * iw)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.1)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.1 * 10f32.powi(i as i32 % 7 - 3))
                 .collect();
             let w: Vec<f64> = (0..cout * cin * k * k)
-                .map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0)
+                .map(|i| (i * 7919 % 65521) as f64 - 32760.0)
                 .collect();
             let input: Vec<f64> = image.iter().map(|&x| x as f64).collect();
             let mut col = Vec::new();
@@ -595,6 +615,28 @@ mod tests {
                 bits(&want),
                 "{cin}->{cout} k{k} pad{pad} {ih}x{iw}"
             );
+            // The order of the additions shows in some sum (else the test
+            // could not tell a kernel that reorders them).
+            let reversed = |o: usize| {
+                let (c, pos) = (o / (oh * ow), o % (oh * ow));
+                let row = &w[c * cin * k * k..(c + 1) * cin * k * k];
+                (0..cin * k * k)
+                    .rev()
+                    .fold(0.0, |s, t| s + row[t] * col[t * oh * ow + pos])
+            };
+            if cin * k * k > 2 {
+                assert!(
+                    (0..want.len()).any(|o| reversed(o) != want[o]),
+                    "{cin}->{cout} k{k}: no sum depends on the order"
+                );
+            }
+            // A weight that is not an integer of at most 29 bits (its
+            // products may round) leaves the conv to im2col.
+            for bad in [0.5, (1u64 << 29) as f64] {
+                let mut w2 = w.clone();
+                w2[w.len() / 2] = bad;
+                assert!(!conv_float_direct(&l, &image, &w2, &mut padded, &mut got));
+            }
         }
     }
 

@@ -34,9 +34,10 @@
 //!   `depthwise_avx2_kernel` (`vpmulld`, all taps of 8 outputs in one
 //!   register) over a `Phased` copy of the channel;
 //! - the float first conv: `direct_f64_avx2` straight from a zero-bordered
-//!   f64 copy of the image where it is ungrouped with stride 1, else
-//!   im2col and `gemm_f64` (both with no FMA and the taps in im2col's
-//!   order, so bit for bit the plain loop and the C reference);
+//!   f64 copy of the image where it is ungrouped with stride 1 (fused
+//!   multiply-adds, exact there: integer weights times f32 inputs), else
+//!   im2col and `gemm_f64` (no FMA); both with the taps in im2col's order,
+//!   so bit for bit the plain loop and the C reference;
 //! - requantization: one vectorised loop per rounding mode, in i32 lanes,
 //!   i64 sums with i32 quotients (`requant_wide_avx2`) or i64 lanes
 //!   (`requant_row_body`);
@@ -103,7 +104,7 @@
 //! - `depthwise_table.rs`: the byte table of the 8-bit depthwise convs
 //!   (AVX-512 VBMI `vpermi2b`);
 //! - `float_stem.rs`: the float first conv in f64 (direct or im2col, AVX2,
-//!   no FMA);
+//!   the same sums as the plain loop);
 //! - `requant.rs`: requantization (AVX2-compiled i32/i64 lanes);
 //! - `isa.rs`: whether the AVX-512 VNNI and AMX forms run;
 //! - `amx.rs`: the AMX-INT8 tile kernels of the 8-bit 1x1 and direct convs;
