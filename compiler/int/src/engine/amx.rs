@@ -9,7 +9,7 @@
 //! `C[r][n] += sum_i A[r][i] * B[i / 4][4 n + i % 4]`, 16,384 exact
 //! products into wrapping i32 per instruction. Here `A` is a conv's weights
 //! (16 output channels x 64 input channels, s8), `B` its operand as
-//! [`pack_quads`](super::gemm) lays it out with blocks of 16 positions (u8
+//! [`pack_quads16`](super::gemm) lays it out with blocks of 16 positions (u8
 //! quads of input channels, offset by `z`), and `C` sixteen channels x
 //! sixteen positions of sums: the same operand bytes and the same
 //! `z * sum(w)` correction as the VNNI kernel's `vpdpbusd`, so the same
@@ -113,7 +113,7 @@ struct Sums([[i32; 256]; 4]);
 
 /// `m` output rows of sums over `p` positions: the weight tiles `a`
 /// ([`weight_tiles`]) times the operand `x` (u8 quads in blocks of 16
-/// positions, [`tile_quads`]`(k)` quads per block, as `pack_quads` lays
+/// positions, [`tile_quads`]`(k)` quads per block, as `pack_quads16` lays
 /// them out with `w = 16`: positions past `p` hold the offset `z`), less
 /// `comp` per row (`z * sum(w)`; `None` where `z` is 0), into `fin`'s
 /// epilogue and store.

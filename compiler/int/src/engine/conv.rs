@@ -465,10 +465,11 @@ pub(super) fn run_conv_fused(
         }
         ConvInput::Float => false,
     };
-    // The output as bytes for the next convs where the AMX kernel runs this
-    // one with a one-term epilogue in i32 lanes (else as planned below).
-    let amx_out = pointwise_same(l)
-        && super::isa::amx()
+    // The output as bytes for the next convs where the 8-bit kernel (AVX-512
+    // VNNI or AMX) runs this one with a one-term epilogue in i32 lanes (else
+    // as planned below).
+    let eight_out = pointwise_same(l)
+        && super::isa::avx512_vnni()
         && weights.bytes[li].is_some()
         && f.second.is_none()
         && !f.wide;
@@ -478,7 +479,7 @@ pub(super) fn run_conv_fused(
         && weights.dw_bytes[li].as_ref().is_some_and(|b| b.table())
         && f.second.is_none()
         && !f.wide;
-    let mut bytes_out = f.bytes.filter(|_| amx_out || table_out).map(|z| {
+    let mut bytes_out = f.bytes.filter(|_| eight_out || table_out).map(|z| {
         let mut b = std::mem::take(&mut ws.acts8[f.output]);
         b.resize(l.cout * p, 0);
         (b, z)

@@ -30,7 +30,7 @@ use super::depthwise::ConvShape;
 #[cfg(target_arch = "x86_64")]
 use super::depthwise_bytes::Sink16;
 #[cfg(target_arch = "x86_64")]
-use super::gemm::Stored;
+use super::gemm::{store_bytes16, Stored};
 
 /// Largest kernel side (sixteen quads of taps).
 const MAX_K: usize = 8;
@@ -282,8 +282,8 @@ impl TableLayer<'_> {
                         false => sink.put::<DIV, CLAMP>(acc, v, p, rows, &mut pk),
                         true => {
                             let (r, keep) = sink.value::<DIV, CLAMP>(acc, v, p, &mut pk);
-                            _mm512_mask_cvtepi32_storeu_epi8(
-                                bytes8.as_mut_ptr().add(16 * v) as *mut _,
+                            store_bytes16(
+                                bytes8.as_mut_ptr().add(16 * v),
                                 keep,
                                 _mm512_add_epi32(r, zv8),
                             );
@@ -315,11 +315,7 @@ unsafe fn narrow<T: Stored>(x: &[T], z: i32, dst: &mut [u8], n: usize) {
         // SAFETY: the kept lanes are elements `i..n` of both slices.
         unsafe {
             let v = T::load16(x.as_ptr().add(i), keep);
-            _mm512_mask_cvtepi32_storeu_epi8(
-                dst.as_mut_ptr().add(i) as *mut _,
-                keep,
-                _mm512_add_epi32(v, zv),
-            );
+            store_bytes16(dst.as_mut_ptr().add(i), keep, _mm512_add_epi32(v, zv));
         }
         i += 16;
     }

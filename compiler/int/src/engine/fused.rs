@@ -454,8 +454,9 @@ pub(super) fn plan_fusion(plan: &IntPlan, li: usize) -> Option<FusedRequant> {
 /// `[lo, hi]`, in i32 lanes), writes `r`'s output as bytes `v + z`
 /// (`gemm::Dst::Bytes`), `Some(z)`: `l` is an ungrouped 1x1 conv on 8-bit
 /// operands (`direct::byte_offset`) or a depthwise conv that the byte
-/// table runs (`depthwise_bytes::DwDst::Bytes`), on a CPU whose AMX tiles
-/// run the 1x1 readers (`isa::amx`), and every reader of the output (at
+/// table runs (`depthwise_bytes::DwDst::Bytes`), on a CPU whose 8-bit
+/// form (AVX-512 VNNI, or AMX tiles) runs the 1x1 readers
+/// (`isa::avx512_vnni`), and every reader of the output (at
 /// least one; not the output layer) is a conv of it whose own 8-bit
 /// operand has the offset `z` (`byte_offset`, which `[lo, hi]` fits): an
 /// ungrouped 1x1 conv, or a depthwise one that an 8-bit depthwise kernel
@@ -473,11 +474,12 @@ fn bytes_output(
     let pointwise = |c: &crate::plan::ConvLayer| {
         c.kernel == 1 && c.stride == 1 && c.padding == 0 && c.groups == 1
     };
-    // The producer: an AMX 1x1 conv, or a depthwise conv the byte table
-    // runs (`DwBytes::table`; its readers' 8-bit operands are AMX's).
+    // The producer: a 1x1 conv of the 8-bit form (AVX-512 VNNI or AMX), or
+    // a depthwise conv the byte table runs (`DwBytes::table`; its 1x1
+    // readers' 8-bit operands are that form's).
     let table = super::depthwise_bytes::DwBytes::in_table(l);
     let producer = (pointwise(l) && byte_offset(l).is_some()) || table;
-    if !super::isa::amx() || !producer || r.terms.len() != 1 {
+    if !super::isa::avx512_vnni() || !producer || r.terms.len() != 1 {
         return None;
     }
     let t = r.output;
@@ -2156,16 +2158,17 @@ mod tests {
     }
 
     /// A fused depthwise conv that the byte table runs writes its output as
-    /// bytes `v + z` for its 1x1 readers where AMX runs them: the same
+    /// bytes `v + z` for its 1x1 readers where their 8-bit form runs them
+    /// (AVX-512 VNNI or AMX): the same
     /// outputs and statistics as unfused, 3 x 3 at stride 1 and 2 on 16 x
     /// 16, 8 x 8 and 7 x 5 maps, both offsets (outputs in `-128..=127`,
     /// `0..=255` and `0..=15`), every rounding; the bytes unpack to the
-    /// unfused rows. Without the table or AMX: rows.
+    /// unfused rows. Without the table or AVX-512 VNNI: rows.
     #[test]
     fn a_depthwise_conv_hands_bytes_to_its_1x1_readers() {
         crate::engine::isa::on_each(|| {
             let mut rng = Rng(0xd3b7_b17e);
-            let amx = crate::engine::isa::amx();
+            let eight = crate::engine::isa::avx512_vnni();
             let mut wrote = 0;
             for (hw, mid) in [([16, 16], 24), ([8, 8], 40), ([7, 5], 9)] {
                 for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
@@ -2194,7 +2197,7 @@ mod tests {
                             let z = if lo < 0 { 128 } else { 0 };
                             let table = crate::engine::depthwise_bytes::DwBytes::new(&dshape)
                                 .is_some_and(|b| b.table());
-                            let bytes = amx && table;
+                            let bytes = eight && table;
                             let tag = format!("{hw:?} [{lo}, {hi}] s {stride} {div:?}");
                             assert_eq!(f.bytes, bytes.then_some(z), "{tag}");
                             wrote += bytes as usize;
@@ -2204,12 +2207,13 @@ mod tests {
                 }
             }
             let vbmi = crate::engine::isa::avx512_vbmi();
-            assert!(!(amx && vbmi) || wrote >= 30, "{wrote} wrote bytes");
+            assert!(!vbmi || wrote >= 30, "{wrote} wrote bytes");
         });
     }
 
     /// A fused 1x1 conv whose readers all take 8-bit operands writes its
-    /// output as bytes `v + z` where AMX runs it, and they read them: the
+    /// output as bytes `v + z` where its 8-bit form runs it (AVX-512 VNNI or
+    /// AMX), and they read them: the
     /// same outputs and statistics as unfused, with a 1x1 reader and
     /// depthwise 3 x 3 readers (stride 1 and 2, 16 x 16 and 24 x 19 maps;
     /// without the byte table, the 8 x 8 output is the lanes kernel's and
@@ -2224,7 +2228,7 @@ mod tests {
 
     fn a_1x1_conv_hands_bytes_to_its_8_bit_readers_body() {
         let mut rng = Rng(0x5eed_b17e);
-        let amx = crate::engine::isa::amx();
+        let eight = crate::engine::isa::avx512_vnni();
         for (hw, cin, mid) in [([16, 16], 24, 40), ([24, 19], 7, 17)] {
             for (lo, hi) in [(-128i64, 127i64), (0, 255), (0, 15)] {
                 for (k, stride) in [(1, 1), (3, 1), (3, 2)] {
@@ -2267,7 +2271,7 @@ mod tests {
                         let table = crate::engine::isa::avx512_vbmi()
                             && shape.and_then(|s| TableGeom::new(s, z)).is_some();
                         let quads = oh * ow > 64 && (stride == 1 || hw[1] % 2 == 0);
-                        let bytes = amx && (k == 1 || table || quads);
+                        let bytes = eight && (k == 1 || table || quads);
                         assert_eq!(f.bytes, bytes.then_some(z), "{hw:?} {lo} {k}");
                         let tag = format!("{hw:?} [{lo}, {hi}] k {k} s {stride} {div:?}");
                         assert_hands_over(&plan, bytes, 2, &mut rng, &tag);

@@ -293,15 +293,16 @@ pub(super) fn gemm_madd_with(
                 Dst::Bytes(o, _) => epi.is_some() && o.len() >= m * p,
             }
             && epi.as_ref().is_none_or(|e| e.holds(m, p));
-        // Bytes in or out: only the AMX kernel (and bytes out only from
-        // its one-term epilogue in i32 lanes, `BlockOut::tile16`).
+        // Bytes in or out: only the 8-bit form (AVX-512 VNNI, or AMX
+        // tiles), and bytes out only from its one-term epilogue in i32
+        // lanes (`BlockOut::tile16`, `BlockOut::rows16`).
         let narrow_in = matches!(col, Operand::Bytes(_));
         let narrow_out = matches!(out, Dst::Bytes(..));
-        let tiles = super::isa::amx()
+        let eight = super::isa::avx512_vnni()
             && p > 1
             && bytes.is_some_and(|b| b.holds(m, k))
             && (!narrow_out || epi.as_ref().is_some_and(|e| e.second.is_none() && !e.wide));
-        if (narrow_in || narrow_out) && !tiles {
+        if (narrow_in || narrow_out) && !eight {
             return false;
         }
         if shapes && std::arch::is_x86_feature_detected!("avx2") {
@@ -501,13 +502,6 @@ fn quads_len(w: usize, kstride: usize, p: usize) -> usize {
     p.div_ceil(w) * kstride * 2 * w
 }
 
-/// `packed` as the [`quads_len`] layout with every word `z` in each byte
-/// (the value 0), which the packings then overwrite where values are.
-fn size_quads(packed: &mut Vec<i16>, (w, kstride): (usize, usize), p: usize, z: i32) {
-    packed.clear();
-    packed.resize(quads_len(w, kstride, p), (z * 0x0101) as u16 as i16);
-}
-
 /// `packed` as the [`quads_len`] layout where a packing writes every word
 /// of quads `..kq` in the blocks of 8 positions up to `p`: only the rest
 /// (the quads from `kq` on, and a last block of 16 positions' second half
@@ -541,54 +535,10 @@ fn quad_at(w: usize, kstride: usize, i: usize, j: usize) -> usize {
     ((i / w) * kstride + j) * 2 * w + 2 * (i % w)
 }
 
-/// The operand of [`gemm_bytes`]: `k` rows of `p` i32 as u8 quads of rows
-/// (plus `z`) in the [`quads_len`]`(w, kstride, p)` layout (per block of
-/// `w` positions, quad `j < kstride` is `w` words); positions past `p`, rows
-/// past `k` and quads past `k.div_ceil(4)` hold `z` (the value 0).
-///
-/// # Safety
-///
-/// The CPU must support AVX2. The lengths are asserted (a short slice
-/// panics); `w` is 8 or 16 and `kstride >= k.div_ceil(4)`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_quads(
-    col: &[i32],
-    k: usize,
-    p: usize,
-    z: i32,
-    (w, kstride): (usize, usize),
-    packed: &mut Vec<i16>,
-) {
-    use std::arch::x86_64::*;
-    let kq = k.div_ceil(4);
-    let full = p / 8;
-    assert!(col.len() >= k * p && (w == 8 || w == 16) && kstride >= kq);
-    size_quads(packed, (w, kstride), p, z);
-    for j in 0..kq {
-        let rows: [Option<&[i32]>; 4] = std::array::from_fn(|t| {
-            (4 * j + t < k).then(|| &col[(4 * j + t) * p..(4 * j + t + 1) * p])
-        });
-        for blk in 0..full {
-            let at = quad_at(w, kstride, blk * 8, j);
-            assert!(at + 16 <= packed.len());
-            // SAFETY: AVX2 is this function's own feature; `blk * 8 + 8 <=
-            // p` keeps the reads inside the rows, and the 16 i16 stored at
-            // `at` lie inside `packed` (asserted).
-            unsafe {
-                let v = quad8(&rows, blk * 8, z);
-                _mm256_storeu_si256(packed.as_mut_ptr().add(at) as _, v);
-            }
-        }
-        for i in full * 8..p {
-            let at = quad_at(w, kstride, i / 8 * 8, j) + 2 * (i % 8);
-            packed[at..at + 2].copy_from_slice(&quad_word(&rows, i, z));
-        }
-    }
-}
-
-/// [`pack_quads`] into the AMX layout (blocks of 16 positions) in 512-bit
-/// registers, from i32 rows or bytes `v + z` ([`Stored`]): per sixteen
+/// The operand of [`gemm_bytes`]: `k` rows of `p` values as u8 quads of
+/// rows (plus `z`) in the [`quads_len`]`(16, kstride, p)` layout (blocks of
+/// 16 positions, which the AMX tiles and the VNNI kernel read alike), in
+/// 512-bit registers, from i32 rows or bytes `v + z` ([`Stored`]): per sixteen
 /// positions of a quad, its rows' values loaded (the last
 /// block's lanes past `p`, and rows past `k`, masked to 0), shifted into
 /// their bytes and added to the word of four `z` (each value plus `z` lies
@@ -661,7 +611,7 @@ unsafe fn pack_quads16<T: Stored>(
 }
 
 /// The [`packed_len`] layout of i16 pairs of `k` rows (`pk`, positions past
-/// `p` zero) as [`pack_quads`]' layout of u8 quads (plus `z`) in `packed`:
+/// `p` zero) as [`pack_quads16`]' layout of u8 quads (plus `z`) in `packed`:
 /// quad `q` is pairs `2q` and `2q + 1` (a missing last pair: `z`).
 ///
 /// # Safety
@@ -737,18 +687,19 @@ unsafe fn gemm_bytes(
 ) {
     let kq = k.div_ceil(4);
     let amx = super::isa::amx();
+    // Blocks of sixteen positions, each quad of a block 64 bytes; the tiles
+    // read `tile_quads(k)` quads per block.
     let layout = match amx {
         true => (16, super::amx::tile_quads(k)),
-        false => (8, kq),
+        false => (16, kq),
     };
-    // SAFETY: AVX2 is one of this function's features; both assert their
-    // lengths.
+    // SAFETY: AVX-512 F and BW, and AVX2, are this function's features;
+    // both assert their lengths.
     unsafe {
         match col {
-            Operand::Rows(c) if amx => pack_quads16(c, k, p, bw.z, layout.1, packed),
-            Operand::Rows(c) => pack_quads(c, k, p, bw.z, layout, packed),
+            Operand::Rows(c) => pack_quads16(c, k, p, bw.z, layout.1, packed),
             Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, layout, packed),
-            // Only with AMX (`gemm_madd_with`), the offset the same.
+            // The offset the same (`gemm_madd_with`).
             Operand::Bytes(c) => pack_quads16(c, k, p, bw.z, layout.1, packed),
         }
     }
@@ -762,10 +713,14 @@ unsafe fn gemm_bytes(
         // tiles `m` rows of `tile_quads(k)` quads, `fin` `m` rows of `p`.
         unsafe { super::amx::gemm_tiles(&bw.tiles, m, k, packed, p, comp, &mut fin) };
     } else {
+        // Eight positions `8 b..8 b + 8` of quad `j` are half of the 64
+        // bytes of quad `j` of block `b / 2` of sixteen: `quad_at(16, kq,
+        // 8 b, j)` is `(b / 2 * kq + j) * 32 + b % 2 * 16` (in i16).
         // SAFETY: this function's features; `bw.quads` holds
-        // `m.div_ceil(8)` blocks of `8 * kq`, each operand read (`(b * kq +
-        // j) * 16 + 16 <= packed_len(kq, p)`) lies inside `packed`, `fin`
-        // holds `m` rows of `p`.
+        // `m.div_ceil(8)` blocks of `8 * kq`, each operand read (16 i16 at
+        // `quad_at(16, kq, 8 b, j)`, `b < p.div_ceil(8)`, `j < kq`) lies
+        // inside `packed` (`quads_len(16, kq, p)`), `fin` holds `m` rows
+        // of `p`.
         unsafe {
             vnni_blocks(
                 &bw.quads,
@@ -773,8 +728,8 @@ unsafe fn gemm_bytes(
                 m,
                 packed,
                 p.div_ceil(8),
-                |b| b * kq * 16,
-                (0..kq).map(|j| 16 * j),
+                |b| quad_at(16, kq, 8 * b, 0),
+                (0..kq).map(|j| 32 * j),
                 Some(&bw.comp),
                 &mut fin,
             )
@@ -1047,7 +1002,7 @@ pub(super) unsafe fn vnni_blocks<I: Iterator<Item = usize> + Clone>(
                 g: (g, g1),
                 m,
                 comp,
-                r16,
+                r16: r16.as_ref(),
             };
             // SAFETY: this function's features and its caller's bounds:
             // weight blocks `o / 8` and (with `two`, `o + 8 < m`) the next
@@ -1078,8 +1033,9 @@ struct VnniPass<'a> {
     m: usize,
     /// The 8-bit form's per-row `z * sum(w)`, subtracted from its sums.
     comp: Option<&'a [i32]>,
-    /// The 512-bit epilogue, where it applies ([`BlockOut::regs16`]).
-    r16: Option<Regs16>,
+    /// The 512-bit epilogue, where it applies ([`BlockOut::regs16`]): by
+    /// reference, not copied into every pass.
+    r16: Option<&'a Regs16>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1119,7 +1075,11 @@ impl VnniPass<'_> {
                     }
                 }
             }
-            for (rb, accs) in acc.iter_mut().enumerate() {
+            // The epilogue takes the sums by reference: a copy, so that
+            // `acc` itself stays in registers through the loop (taking its
+            // address had it zeroed and kept in memory).
+            let mut sums = acc;
+            for (rb, accs) in sums.iter_mut().enumerate() {
                 let ob = self.o + rb * MADD_ROWS;
                 let rows = (self.m - ob).min(MADD_ROWS);
                 if let (true, Some(comp)) = (BYTES, self.comp) {
@@ -1129,7 +1089,7 @@ impl VnniPass<'_> {
                         *a = _mm512_sub_epi32(*a, _mm512_set1_epi32(comp[ob + r]));
                     }
                 }
-                fin.finish_pair(self.r16.as_ref(), accs, ob, rows, self.g);
+                fin.finish_pair(self.r16, accs, ob, rows, self.g);
             }
         }
     }
@@ -1348,6 +1308,30 @@ impl Regs16 {
 #[cfg(target_arch = "x86_64")]
 pub(super) const TRUNC_ADD: u8 = 3;
 
+/// The sixteen i32 lanes of `v` (each in `0..=255`) as bytes, the lanes of
+/// `keep` stored at `dst..dst + 16`: `vpmovdb` into a register, then a
+/// masked byte store. (The memory form of `vpmovdb` is several times slower
+/// on AMD Zen 4, and no faster elsewhere.)
+///
+/// # Safety
+///
+/// AVX-512 F and BW; the kept lanes' bytes lie in one allocation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[inline]
+pub(super) unsafe fn store_bytes16(
+    dst: *mut u8,
+    keep: std::arch::x86_64::__mmask16,
+    v: std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::*;
+    // The 512-bit byte store (AVX-512 BW; the 128-bit one would need VL)
+    // with only the low sixteen bytes kept.
+    let b = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(v));
+    // SAFETY: the caller's (the kept bytes are writable).
+    unsafe { _mm512_mask_storeu_epi8(dst as *mut i8, keep as __mmask64, b) }
+}
+
 /// One AMX tile of sums for [`BlockOut::tile16`]: row `r < rows` of
 /// `tile` (16 i32 from `16 r`; with `n = 8` the first 8, repeated in the
 /// high half) is channel `o + r`'s sums of blocks `g.0` and `g.1`, less
@@ -1527,9 +1511,16 @@ impl<'a, 'e> BlockOut<'a, 'e> {
         // writes pair `o / 2 + j` of blocks `g.0` and `g.1` (`< p.div_ceil(8)`),
         // inside `packed_len(kp_out, p)` (the caller's lengths).
         match &mut self.out {
-            // Never here: `gemm_madd_with` gives bytes to the AMX kernel's
-            // one-term epilogue only, which `tile16` runs.
-            Dst::Bytes(..) => unreachable!("a bytes output outside the one-term AMX epilogue"),
+            // One term in i32 lanes only (`gemm_madd_with`): the values in
+            // `-z..=255 - z` (`fused::bytes_output`), stored as `v + z`.
+            Dst::Bytes(out, z) => {
+                let zv = _mm512_set1_epi32(*z);
+                let dst = out.as_mut_ptr().wrapping_add(o * p + i);
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    let b = _mm512_add_epi32(*a, zv);
+                    unsafe { store_bytes16(dst.wrapping_add(r * p), keep, b) };
+                }
+            }
             Dst::Rows(out) => {
                 let dst = out.as_mut_ptr().wrapping_add(o * p + i);
                 for (r, a) in acc.iter().enumerate().take(rows) {
@@ -1689,11 +1680,9 @@ impl<'a, 'e> BlockOut<'a, 'e> {
             unsafe {
                 match z {
                     None => _mm512_mask_storeu_epi32(dst.wrapping_add(at + r * p), keep, q),
-                    Some(_) => _mm512_mask_cvtepi32_storeu_epi8(
-                        dst8.wrapping_add(at + r * p) as *mut i8,
-                        keep,
-                        _mm512_add_epi32(q, zv),
-                    ),
+                    Some(_) => {
+                        store_bytes16(dst8.wrapping_add(at + r * p), keep, _mm512_add_epi32(q, zv))
+                    }
                 }
             }
         }

@@ -76,12 +76,14 @@
 //! convs run as tiles instead (`tdpbsud`: sixteen channels x sixteen
 //! positions of sums per tile, the same operand bytes and correction),
 //! through the same epilogue, one tile row at a time from memory
-//! (`BlockOut::tile16`). A 1x1 conv run so whose readers all take 8-bit
-//! operands with one offset `z` (ungrouped 1x1 convs, depthwise convs an
-//! 8-bit kernel runs: `fused::bytes_output`) writes its requantized output as
-//! bytes `v + z` instead of i32 rows (`gemm::Dst::Bytes`, a quarter of the
-//! stores), which its readers lay out straight from
-//! (`Workspace::acts8`; a reader that declines them restores the rows).
+//! (`BlockOut::tile16`). An 8-bit 1x1 conv (VNNI or AMX) whose readers all
+//! take 8-bit operands with one offset `z` (ungrouped 1x1 convs, depthwise
+//! convs an 8-bit kernel runs: `fused::bytes_output`) writes its
+//! requantized output as bytes `v + z` instead of i32 rows
+//! (`gemm::Dst::Bytes`, a quarter of the stores), which its readers lay out
+//! straight from (`Workspace::acts8`; a reader that declines them restores
+//! the rows). Both 8-bit 1x1 forms read the same operand layout, blocks of
+//! sixteen positions (`gemm::pack_quads16`).
 //!
 //! The 16-bit kernels run only where the plan's bit-widths put operands in
 //! i16 (and not both at -2^15).
