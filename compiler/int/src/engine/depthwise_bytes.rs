@@ -785,9 +785,12 @@ impl<'a> Sink16<'a> {
         req: Option<(&'a super::gemm::Regs16, &super::fused::RowConsts)>,
     ) -> Sink16<'a> {
         use std::arch::x86_64::*;
-        let (xlo, xhi, m, b) = req.map_or((0, 0, 0, 0), |(_, rc)| (rc.xlo, rc.xhi, rc.m, rc.b));
+        let (rg, (xlo, xhi, m, b)) = match req {
+            Some((rg, rc)) => (Some(rg), (rc.xlo, rc.xhi, rc.m, rc.b)),
+            None => (None, (0, 0, 0, 0)),
+        };
         Sink16 {
-            rg: req.map(|(rg, _)| rg),
+            rg,
             xlo: _mm512_set1_epi32(xlo),
             xhi: _mm512_set1_epi32(xhi),
             m: _mm512_set1_epi32(m),
