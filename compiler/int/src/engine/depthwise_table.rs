@@ -250,6 +250,7 @@ impl TableLayer<'_> {
             // SAFETY: AVX-512 F, this function's.
             // (A `match`, not `Option::map`: the closure's call was not
             // inlined, and cost a tenth of the layer on 4 x 4 maps.)
+            #[allow(clippy::manual_map)]
             let chreq = match req {
                 Some((rg, rows)) => Some((rg, &rows[ch])),
                 None => None,
