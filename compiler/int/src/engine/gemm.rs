@@ -662,11 +662,11 @@ unsafe fn quads_from_pairs(
     }
 }
 
-/// [`gemm_madd_with`] in the 8-bit form: the operand (rows or i16 pairs)
-/// laid out as u8 quads in `packed`, then with AMX the tile kernel
-/// ([`super::amx::gemm_tiles`], blocks of 16 positions), else
-/// [`vnni_blocks`] with `vpdpbusd` (blocks of 8); `bw.comp` subtracted.
-/// The same sums.
+/// [`gemm_madd_with`] in the 8-bit form: the operand (rows, i16 pairs or
+/// bytes) laid out as u8 quads in `packed` (blocks of 16 positions), then
+/// with AMX the tile kernel ([`super::amx::gemm_tiles`]), else
+/// [`vnni_blocks`] with `vpdpbusd` (each block's two halves of 8 positions
+/// in one register); `bw.comp` subtracted. The same sums.
 ///
 /// # Safety
 ///
