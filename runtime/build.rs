@@ -1,7 +1,8 @@
 //! Compiles `csrc/fused_quant.cpp`, the fused activation quantizers
 //! (`src/quant/fused.rs`), `csrc/c10d.cpp`, libtorch's c10d collectives
 //! for data-parallel training (`src/dist.rs`), and `csrc/cuda_math.cpp`,
-//! the float32 settings of CUDA devices (`src/device.rs`), against the
+//! the float32 settings of CUDA devices and libtorch's CPU capability
+//! (`src/device.rs`), against the
 //! libtorch that torch-sys links.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as

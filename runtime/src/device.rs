@@ -18,6 +18,22 @@ use tch::Device;
 extern "C" {
     fn qatc_cuda_math(allow_tf32: i32, deterministic: i32);
     fn qatc_cuda_math_tf32() -> i32;
+    fn qatc_cpu_capability(buf: *mut std::ffi::c_char, len: i32) -> i32;
+}
+
+/// The CPU capability libtorch dispatches its CPU kernels to (`DEFAULT`,
+/// `AVX2`, `AVX512`, ...), as PyTorch's
+/// `torch.backends.cpu.get_cpu_capability()` reports it: from the CPU's
+/// flags, capped by `ATEN_CPU_CAPABILITY`. Two machines of one capability
+/// run the same convolution kernels; the golden sets record it
+/// (`made_on`).
+pub fn cpu_capability() -> String {
+    let mut buf = [0u8; 64];
+    // SAFETY: `buf` holds `buf.len()` bytes, which the function writes at
+    // most (NUL included).
+    let n = unsafe { qatc_cpu_capability(buf.as_mut_ptr().cast(), buf.len() as i32) };
+    let n = usize::try_from(n).unwrap_or(0).min(buf.len() - 1);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// How float32 is computed on CUDA devices (process-wide libtorch flags).
@@ -206,6 +222,24 @@ mod tests {
         ] {
             m.apply();
             assert_eq!(CudaMath::tf32_now(), m.tf32);
+        }
+    }
+
+    /// libtorch names its CPU capability; on an x86-64 CPU with AVX2 and
+    /// FMA (and no cap set) it is one of its vectorised ones.
+    #[test]
+    fn cpu_capability_is_libtorchs() {
+        let c = cpu_capability();
+        assert!(
+            !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric()),
+            "{c:?}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("ATEN_CPU_CAPABILITY").is_none()
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            assert!(c == "AVX2" || c == "AVX512", "{c:?}");
         }
     }
 

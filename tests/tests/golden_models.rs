@@ -741,11 +741,11 @@ fn golden_initialisation() {
 
 /// Whether the golden set was made on a machine like this one: `made_on`
 /// in its `meta.json` (CPU name, instruction-set flags, torch's CPU
-/// capability) against `/proc/cpuinfo`. The CPU name alone does not say
-/// (an "AMD EPYC" with AVX-512 runs other kernels than one without), so
-/// torch's capability here, the one libtorch picks from these flags (or
-/// `ATEN_CPU_CAPABILITY`), must be the set's too. `None` when the set does
-/// not say.
+/// capability) against `/proc/cpuinfo` and libtorch here. The CPU name
+/// alone does not say (an "AMD EPYC" with AVX-512 runs other kernels than
+/// one without), so the capability libtorch dispatches to here
+/// ([`qatc_runtime::device::cpu_capability`]) must be the set's too. `None` when the set
+/// does not say.
 fn made_here() -> Option<bool> {
     let path = qatc_testdata::golden_set().require("meta.json");
     let all: serde_json::Value =
@@ -769,26 +769,8 @@ fn made_here() -> Option<bool> {
     });
     let capability_ok = made_on["cpu_capability"]
         .as_str()
-        .is_none_or(|c| c.eq_ignore_ascii_case(&torch_cpu_capability(&flags)));
+        .is_none_or(|c| c.eq_ignore_ascii_case(&qatc_runtime::device::cpu_capability()));
     Some(cpu_ok && isa_ok && capability_ok)
-}
-
-/// The CPU capability libtorch dispatches its kernels to on a CPU with
-/// `flags`: `ATEN_CPU_CAPABILITY` where set, else AVX512 with AVX-512 F,
-/// BW, VL and DQ (and FMA), AVX2 with AVX2 and FMA, else DEFAULT (ATen's
-/// rule in `aten/src/ATen/native/DispatchStub.cpp`).
-fn torch_cpu_capability(flags: &HashSet<&str>) -> String {
-    if let Ok(c) = std::env::var("ATEN_CPU_CAPABILITY") {
-        return c.to_uppercase();
-    }
-    let has = |f: &[&str]| f.iter().all(|f| flags.contains(f));
-    if has(&["avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"]) {
-        "AVX512".into()
-    } else if has(&["avx2", "fma"]) {
-        "AVX2".into()
-    } else {
-        "DEFAULT".into()
-    }
 }
 
 /// PyTorch's order on request (`Layout::Pytorch`, `QATC_LAYOUT=pytorch`):

@@ -2195,8 +2195,7 @@ mod tests {
                             append_conv(&mut plan, c, "r", 2, mb, Some((-128, 127)));
                             let f = plan_fusion(&plan, 0).expect("fused");
                             let z = if lo < 0 { 128 } else { 0 };
-                            let table = crate::engine::depthwise_bytes::DwBytes::new(&dshape)
-                                .is_some_and(|b| b.table());
+                            let table = crate::engine::depthwise_bytes::DwBytes::in_table(&dshape);
                             let bytes = eight && table;
                             let tag = format!("{hw:?} [{lo}, {hi}] s {stride} {div:?}");
                             assert_eq!(f.bytes, bytes.then_some(z), "{tag}");

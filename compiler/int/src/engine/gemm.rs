@@ -495,48 +495,45 @@ pub(super) fn quad_word(rows: &[Option<&[i32]>; 4], i: usize, z: i32) -> [i16; 2
     [w as u16 as i16, (w >> 16) as u16 as i16]
 }
 
-/// The length in i16 of [`gemm_bytes`]' operand layout: per block of `w`
-/// positions (8 for the VNNI kernel, 16 for the AMX tiles), `kstride`
-/// quads of rows, each `w` words (2w i16).
-fn quads_len(w: usize, kstride: usize, p: usize) -> usize {
-    p.div_ceil(w) * kstride * 2 * w
+/// Positions per block of [`gemm_bytes`]' operand layout (the AMX tiles'
+/// and the VNNI kernel's alike).
+const QUAD_BLOCK: usize = 16;
+
+/// The length in i16 of [`gemm_bytes`]' operand layout: per block of
+/// [`QUAD_BLOCK`] positions, `kstride` quads of rows, each 16 words (32
+/// i16).
+fn quads_len(kstride: usize, p: usize) -> usize {
+    p.div_ceil(QUAD_BLOCK) * kstride * 2 * QUAD_BLOCK
 }
 
 /// `packed` as the [`quads_len`] layout where a packing writes every word
 /// of quads `..kq` in the blocks of 8 positions up to `p`: only the rest
-/// (the quads from `kq` on, and a last block of 16 positions' second half
-/// past `p`) is set to `z` in each byte (the value 0), not the whole
-/// buffer.
-fn size_quads_past(
-    packed: &mut Vec<i16>,
-    (w, kstride): (usize, usize),
-    p: usize,
-    z: i32,
-    kq: usize,
-) {
-    packed.resize(quads_len(w, kstride, p), 0);
+/// (the quads from `kq` on, and a last block's second half past `p`) is
+/// set to `z` in each byte (the value 0), not the whole buffer.
+fn size_quads_past(packed: &mut Vec<i16>, kstride: usize, p: usize, z: i32, kq: usize) {
+    packed.resize(quads_len(kstride, p), 0);
     let zw = (z * 0x0101) as u16 as i16;
-    for blk in 0..p.div_ceil(w) {
-        let from = quad_at(w, kstride, blk * w, kq);
-        let to = quad_at(w, kstride, blk * w, kstride);
+    for blk in 0..p.div_ceil(QUAD_BLOCK) {
+        let from = quad_at(kstride, blk * QUAD_BLOCK, kq);
+        let to = quad_at(kstride, blk * QUAD_BLOCK, kstride);
         packed[from..to].fill(zw);
     }
-    for i in (p.div_ceil(8) * 8..p.div_ceil(w) * w).step_by(8) {
+    for i in (p.div_ceil(8) * 8..p.div_ceil(QUAD_BLOCK) * QUAD_BLOCK).step_by(8) {
         for q in 0..kq {
-            let at = quad_at(w, kstride, i, q);
+            let at = quad_at(kstride, i, q);
             packed[at..at + 16].fill(zw);
         }
     }
 }
 
 /// Where quad `j` of positions `i..i + 8` (`i` a multiple of 8) starts in
-/// the [`quads_len`]`(w, kstride, p)` layout, in i16.
-fn quad_at(w: usize, kstride: usize, i: usize, j: usize) -> usize {
-    ((i / w) * kstride + j) * 2 * w + 2 * (i % w)
+/// the [`quads_len`]`(kstride, p)` layout, in i16.
+fn quad_at(kstride: usize, i: usize, j: usize) -> usize {
+    ((i / QUAD_BLOCK) * kstride + j) * 2 * QUAD_BLOCK + 2 * (i % QUAD_BLOCK)
 }
 
 /// The operand of [`gemm_bytes`]: `k` rows of `p` values as u8 quads of
-/// rows (plus `z`) in the [`quads_len`]`(16, kstride, p)` layout (blocks of
+/// rows (plus `z`) in the [`quads_len`]`(kstride, p)` layout (blocks of
 /// 16 positions, which the AMX tiles and the VNNI kernel read alike), in
 /// 512-bit registers, from i32 rows or bytes `v + z` ([`Stored`]): per sixteen
 /// positions of a quad, its rows' values loaded (the last
@@ -562,14 +559,14 @@ unsafe fn pack_quads16<T: Stored>(
     use std::arch::x86_64::*;
     let kq = k.div_ceil(4);
     assert!(col.len() >= k * p && kstride >= kq);
-    size_quads_past(packed, (16, kstride), p, z, kq);
+    size_quads_past(packed, kstride, p, z, kq);
     let zq = _mm512_set1_epi32(z.wrapping_mul(0x0101_0101));
     let zv = _mm512_set1_epi32(z);
     for blk in 0..p.div_ceil(16) {
         let i = 16 * blk;
         let keep = ((1u32 << (p - i).min(16)) - 1) as __mmask16;
         for j in 0..kq {
-            let at = quad_at(16, kstride, i, j);
+            let at = quad_at(kstride, i, j);
             assert!(at + 32 <= packed.len());
             // Bytes `v + z` of a whole block of four rows: interleaved.
             if keep == 0xffff && 4 * j + 4 <= k {
@@ -616,8 +613,8 @@ unsafe fn pack_quads16<T: Stored>(
 ///
 /// # Safety
 ///
-/// The CPU must support AVX2. The lengths are asserted; `w` is 8 or 16 and
-/// `kstride >= k.div_ceil(4)`.
+/// The CPU must support AVX2. The lengths are asserted; `kstride >=
+/// k.div_ceil(4)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quads_from_pairs(
@@ -625,13 +622,13 @@ unsafe fn quads_from_pairs(
     k: usize,
     p: usize,
     z: i32,
-    (w, kstride): (usize, usize),
+    kstride: usize,
     packed: &mut Vec<i16>,
 ) {
     use std::arch::x86_64::*;
     let (kp, kq) = (k.div_ceil(2), k.div_ceil(4));
-    assert!(pk.len() >= packed_len(kp, p) && (w == 8 || w == 16) && kstride >= kq);
-    size_quads_past(packed, (w, kstride), p, z, kq);
+    assert!(pk.len() >= packed_len(kp, p) && kstride >= kq);
+    size_quads_past(packed, kstride, p, z, kq);
     let zv = _mm256_set1_epi16(z as i16);
     let bytes = _mm256_set1_epi32(0x00ff_00ff);
     // Per word: the low bytes of its two i16 halves as one 16-bit value.
@@ -644,7 +641,7 @@ unsafe fn quads_from_pairs(
     };
     for b in 0..p.div_ceil(8) {
         for q in 0..kq {
-            let at = quad_at(w, kstride, 8 * b, q);
+            let at = quad_at(kstride, 8 * b, q);
             assert!(at + 16 <= packed.len());
             // SAFETY: AVX2 is this function's own feature; pairs `2q` and
             // `2q + 1 < kp` of block `b` lie inside `pk` (asserted), and
@@ -687,20 +684,17 @@ unsafe fn gemm_bytes(
 ) {
     let kq = k.div_ceil(4);
     let amx = super::isa::amx();
-    // Blocks of sixteen positions, each quad of a block 64 bytes; the tiles
-    // read `tile_quads(k)` quads per block.
-    let layout = match amx {
-        true => (16, super::amx::tile_quads(k)),
-        false => (16, kq),
-    };
+    // Quads per block of sixteen positions (each quad of a block 64
+    // bytes): the tiles read `tile_quads(k)`.
+    let kstride = if amx { super::amx::tile_quads(k) } else { kq };
     // SAFETY: AVX-512 F and BW, and AVX2, are this function's features;
     // both assert their lengths.
     unsafe {
         match col {
-            Operand::Rows(c) => pack_quads16(c, k, p, bw.z, layout.1, packed),
-            Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, layout, packed),
+            Operand::Rows(c) => pack_quads16(c, k, p, bw.z, kstride, packed),
+            Operand::Packed(pk) => quads_from_pairs(pk, k, p, bw.z, kstride, packed),
             // The offset the same (`gemm_madd_with`).
-            Operand::Bytes(c) => pack_quads16(c, k, p, bw.z, layout.1, packed),
+            Operand::Bytes(c) => pack_quads16(c, k, p, bw.z, kstride, packed),
         }
     }
     // SAFETY: AVX2 is one of this function's features.
@@ -709,17 +703,17 @@ unsafe fn gemm_bytes(
         // With `z` 0 every correction is 0.
         let comp = (bw.z != 0).then_some(&bw.comp[..]);
         // SAFETY: AMX is permitted (`isa::amx`) with this function's
-        // features; `packed` holds `quads_len(16, tile_quads(k), p)`, the
+        // features; `packed` holds `quads_len(tile_quads(k), p)`, the
         // tiles `m` rows of `tile_quads(k)` quads, `fin` `m` rows of `p`.
         unsafe { super::amx::gemm_tiles(&bw.tiles, m, k, packed, p, comp, &mut fin) };
     } else {
         // Eight positions `8 b..8 b + 8` of quad `j` are half of the 64
-        // bytes of quad `j` of block `b / 2` of sixteen: `quad_at(16, kq,
+        // bytes of quad `j` of block `b / 2` of sixteen: `quad_at(kq,
         // 8 b, j)` is `(b / 2 * kq + j) * 32 + b % 2 * 16` (in i16).
         // SAFETY: this function's features; `bw.quads` holds
         // `m.div_ceil(8)` blocks of `8 * kq`, each operand read (16 i16 at
-        // `quad_at(16, kq, 8 b, j)`, `b < p.div_ceil(8)`, `j < kq`) lies
-        // inside `packed` (`quads_len(16, kq, p)`), `fin` holds `m` rows
+        // `quad_at(kq, 8 b, j)`, `b < p.div_ceil(8)`, `j < kq`) lies
+        // inside `packed` (`quads_len(kq, p)`), `fin` holds `m` rows
         // of `p`.
         unsafe {
             vnni_blocks(
@@ -728,7 +722,7 @@ unsafe fn gemm_bytes(
                 m,
                 packed,
                 p.div_ceil(8),
-                |b| quad_at(16, kq, 8 * b, 0),
+                |b| quad_at(kq, 8 * b, 0),
                 (0..kq).map(|j| 32 * j),
                 Some(&bw.comp),
                 &mut fin,
